@@ -1,0 +1,126 @@
+//! berth's nftables rules, in one private table `inet berth`.
+//!
+//! Each bridge network owns a few objects in that table (named by
+//! [`chain_names`]): a postrouting nat chain that masquerades the network's
+//! subnets (held in one interval set per family), and a forward filter
+//! chain accepting traffic from the bridge and replies to it. Each
+//! operation is a single `nft -j -f -` transaction (~3 ms) that never needs
+//! to list the ruleset first; see rules.rs for how that stays idempotent.
+//!
+//! Note on `forward`: an `accept` in our chain only ends evaluation of *our*
+//! base chain. A drop policy in another table's forward hook (Docker's or
+//! firewalld's, for instance) still applies; those need their own
+//! exceptions.
+//!
+//! Every function has an `_in` variant taking the namespace to act in
+//! (`None` = the caller's), which tests use to stay off the host's ruleset.
+
+mod names;
+mod nft;
+mod rules;
+mod state;
+
+use ipnet::IpNet;
+
+pub use names::{chain_names, ChainNames};
+pub use nft::{run_batch, NFT_ENV};
+pub use rules::TABLE;
+pub use state::NetworkState;
+
+use crate::handle::check_ifname;
+use crate::{Error, Netns, Result};
+
+/// The firewall rules of one bridge network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkRules {
+    /// The CNI network name (any characters).
+    pub network: String,
+    /// The bridge's interface name.
+    pub bridge: String,
+    /// Subnets whose traffic leaving the network is masqueraded; empty
+    /// means no masquerading.
+    pub masquerade: Vec<IpNet>,
+    /// Accept forwarding from the bridge and established/related traffic
+    /// back to it.
+    pub forward: bool,
+}
+
+fn check_network(network: &str) -> Result<()> {
+    if network.is_empty() {
+        return Err(Error::invalid("network name", network, "empty"));
+    }
+    Ok(())
+}
+
+/// Makes the kernel's rules for `rules.network` exactly `rules`
+/// (creating the table, chains and sets as needed). Idempotent.
+pub fn apply(rules: &NetworkRules) -> Result<()> {
+    apply_in(None, rules)
+}
+
+/// [`apply`] inside `ns` (None: the caller's namespace).
+pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
+    check_network(&rules.network)?;
+    if rules.forward {
+        check_ifname(&rules.bridge)?;
+    }
+    let op = format!("apply firewall rules of network {}", rules.network);
+    run_batch(ns, rules::apply_batch(rules), &op)
+}
+
+/// Removes everything `network` has in the table. Succeeds when there is
+/// nothing to remove.
+pub fn remove(network: &str) -> Result<()> {
+    remove_in(None, network)
+}
+
+/// [`remove`] inside `ns` (None: the caller's namespace).
+pub fn remove_in(ns: Option<&Netns>, network: &str) -> Result<()> {
+    check_network(network)?;
+    let op = format!("remove firewall rules of network {network}");
+    run_batch(ns, rules::remove_batch(network), &op)
+}
+
+/// Removes the whole `inet berth` table with everything in it, for the
+/// caller that knows it held the last objects in it. Idempotent.
+pub fn remove_table() -> Result<()> {
+    remove_table_in(None)
+}
+
+/// [`remove_table`] inside `ns` (None: the caller's namespace).
+pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
+    run_batch(ns, rules::remove_table_batch(), "remove table inet berth")
+}
+
+/// For CHECK: true if the network's masquerade chain exists and holds
+/// rules. A missing table means false.
+pub fn network_present(network: &str) -> Result<bool> {
+    network_present_in(None, network)
+}
+
+/// [`network_present`] inside `ns` (None: the caller's namespace).
+pub fn network_present_in(ns: Option<&Netns>, network: &str) -> Result<bool> {
+    let st = network_state_in(ns, network)?;
+    Ok(st.nat_chain && st.nat_rules > 0)
+}
+
+/// Everything the kernel holds for `network` (all empty if the table does
+/// not exist).
+pub fn network_state(network: &str) -> Result<NetworkState> {
+    network_state_in(None, network)
+}
+
+/// [`network_state`] inside `ns` (None: the caller's namespace).
+pub fn network_state_in(ns: Option<&Netns>, network: &str) -> Result<NetworkState> {
+    check_network(network)?;
+    let op = format!("list nft table inet {TABLE}");
+    let out = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
+        Ok(out) => out,
+        // nft reports a missing table as ENOENT on stderr.
+        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => {
+            return Ok(NetworkState::default())
+        }
+        Err(e) => return Err(e),
+    };
+    state::parse(&out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })
+}

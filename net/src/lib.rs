@@ -1,0 +1,31 @@
+//! berth's kernel layer: network namespaces, rtnetlink (links, bridges,
+//! veths, addresses, routes), sysctls and the nftables firewall.
+//!
+//! Everything here is synchronous on purpose: a CNI plugin does a handful
+//! of kernel round trips per invocation, and a blocking netlink socket is
+//! both the fastest and the simplest way to do them (no runtime start-up,
+//! no background tasks). A [`Handle`] is bound to the network namespace it
+//! was opened in for its whole life, so container-side work never needs to
+//! move the calling thread between namespaces.
+
+mod addr;
+mod bridge;
+mod error;
+pub mod firewall;
+mod handle;
+mod link;
+mod netns;
+mod nl;
+mod route;
+pub mod sysctl;
+
+pub use addr::{Address, AddressOptions};
+pub use bridge::{BridgePortOptions, BridgeVlan};
+pub use error::Error;
+pub use handle::Handle;
+pub use link::{BridgeOptions, Link, VethOptions};
+pub use netns::Netns;
+pub use route::Route;
+
+/// The result type of every fallible operation in this crate.
+pub type Result<T> = std::result::Result<T, Error>;

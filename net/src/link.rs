@@ -1,0 +1,308 @@
+//! Links: lookup, bridge and veth creation, generic link settings, deletion.
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    State,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use std::os::fd::AsRawFd;
+
+use crate::handle::check_ifname;
+use crate::{Handle, Netns, Result};
+
+/// A network interface as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// IFLA_INFO_KIND: "bridge", "veth", "vxlan"... None for physical or
+    /// loopback devices.
+    pub kind: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    /// Index of the bridge (or bond...) this link is enslaved to.
+    pub master: Option<u32>,
+    /// IFF_UP: administratively up.
+    pub admin_up: bool,
+    /// Operationally up (IF_OPER_UP, or IF_OPER_UNKNOWN with a carrier:
+    /// drivers that do not track operstate, like loopback, report UNKNOWN).
+    pub oper_up: bool,
+    pub promisc: bool,
+    pub alias: Option<String>,
+    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// IFLA_LINK_NETNSID: the namespace of the peer, as an id local to this
+    /// link's namespace; None when the peer is in the same namespace.
+    pub link_netnsid: Option<i32>,
+}
+
+impl Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
+        let flags = msg.header.flags;
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mac: None,
+            mtu: 0,
+            master: None,
+            admin_up: flags.contains(LinkFlags::Up),
+            oper_up: false,
+            promisc: flags.contains(LinkFlags::Promisc),
+            alias: None,
+            peer_index: None,
+            link_netnsid: None,
+        };
+        let mut oper = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(a);
+                    link.mac = Some(mac);
+                }
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+                LinkAttribute::Link(i) if *i != 0 => link.peer_index = Some(*i),
+                LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+                LinkAttribute::OperState(s) => oper = Some(*s),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            link.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link.oper_up = match oper {
+            Some(State::Up) => true,
+            Some(State::Unknown) | None => flags.contains(LinkFlags::LowerUp),
+            _ => false,
+        };
+        link
+    }
+}
+
+/// Options for [`Handle::add_bridge`].
+#[derive(Clone, Debug, Default)]
+pub struct BridgeOptions {
+    pub mtu: Option<u32>,
+    /// A fixed MAC. Without one, the kernel gives the bridge the lowest MAC
+    /// of its ports, which changes as containers come and go (and with it
+    /// the gateway's MAC in every container's neighbour cache).
+    pub mac: Option<[u8; 6]>,
+    pub vlan_filtering: bool,
+    pub promisc: bool,
+}
+
+/// Options for [`Handle::add_veth`]. `mtu` applies to both ends.
+#[derive(Clone, Debug, Default)]
+pub struct VethOptions {
+    pub mtu: Option<u32>,
+    pub peer_mac: Option<[u8; 6]>,
+    pub host_mac: Option<[u8; 6]>,
+}
+
+fn link_msg(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+impl Handle {
+    /// Looks a link up by name; None if there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        check_ifname(name)?;
+        let mut msg = link_msg(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(msg, || format!("get link {name}"))
+    }
+
+    /// Looks a link up by index; None if there is none.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        self.get_link(link_msg(index), || format!("get link {index}"))
+    }
+
+    fn get_link(&mut self, msg: LinkMessage, op: impl Fn() -> String) -> Result<Option<Link>> {
+        match self.sock.get(RouteNetlinkMessage::GetLink(msg)) {
+            Ok(RouteNetlinkMessage::NewLink(m)) => Ok(Some(Link::from_message(&m))),
+            Ok(other) => Err(crate::Error::Protocol {
+                op: op(),
+                msg: format!("unexpected reply {other:?}"),
+            }),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e.context(op())),
+        }
+    }
+
+    /// All links of this handle's namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let replies = self
+            .sock
+            .dump(RouteNetlinkMessage::GetLink(link_msg(0)))
+            .map_err(|e| e.context("list links"))?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates a bridge. Fails with errno EEXIST if `name` exists.
+    pub fn add_bridge(&mut self, name: &str, opts: &BridgeOptions) -> Result<()> {
+        check_ifname(name)?;
+        let mut msg = link_msg(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = opts.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = opts.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if opts.vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        if opts.promisc {
+            // Flags in a create request are applied to the new device, which
+            // saves a separate SETLINK round trip.
+            msg.header.flags = LinkFlags::Promisc;
+            msg.header.change_mask = LinkFlags::Promisc;
+        }
+        self.sock
+            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| e.context(format!("create bridge {name}")))
+    }
+
+    /// Creates a veth pair: `host_name` in this handle's namespace and
+    /// `peer_name` directly in `peer_ns`, in a single request. The peer is
+    /// born in its namespace rather than moved there afterwards: moving a
+    /// device costs a synchronize_net() (~20 ms), creating it in place
+    /// costs ~0.3 ms.
+    pub fn add_veth(
+        &mut self,
+        host_name: &str,
+        peer_name: &str,
+        peer_ns: &Netns,
+        opts: &VethOptions,
+    ) -> Result<()> {
+        check_ifname(host_name)?;
+        check_ifname(peer_name)?;
+        let mut peer = link_msg(0);
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        if let Some(mtu) = opts.mtu {
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = opts.peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+
+        let mut msg = link_msg(0);
+        msg.attributes
+            .push(LinkAttribute::IfName(host_name.to_string()));
+        if let Some(mtu) = opts.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = opts.host_mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.sock
+            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| e.context(format!("create veth {host_name}")))
+    }
+
+    fn set_flags(
+        &mut self,
+        index: u32,
+        flag: LinkFlags,
+        on: bool,
+        op: impl Fn() -> String,
+    ) -> Result<()> {
+        let mut msg = link_msg(index);
+        msg.header.change_mask = flag;
+        if on {
+            msg.header.flags = flag;
+        }
+        self.sock
+            .request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(|e| e.context(op()))
+    }
+
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        self.set_flags(index, LinkFlags::Up, true, || {
+            format!("set link {index} up")
+        })
+    }
+
+    pub fn set_down(&mut self, index: u32) -> Result<()> {
+        self.set_flags(index, LinkFlags::Up, false, || {
+            format!("set link {index} down")
+        })
+    }
+
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
+        self.set_flags(index, LinkFlags::Promisc, on, || {
+            format!(
+                "set promisc {} on link {index}",
+                if on { "on" } else { "off" }
+            )
+        })
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        self.set_attr(index, LinkAttribute::Mtu(mtu), || {
+            format!("set mtu {mtu} on link {index}")
+        })
+    }
+
+    /// Enslaves link `index` to `master` (a bridge); 0 releases it.
+    pub fn set_master(&mut self, index: u32, master: u32) -> Result<()> {
+        self.set_attr(index, LinkAttribute::Controller(master), || {
+            format!("set master {master} on link {index}")
+        })
+    }
+
+    fn set_attr(&mut self, index: u32, attr: LinkAttribute, op: impl Fn() -> String) -> Result<()> {
+        let mut msg = link_msg(index);
+        msg.attributes.push(attr);
+        self.sock
+            .request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(|e| e.context(op()))
+    }
+
+    /// Deletes a link (for a veth, both ends go).
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        self.sock
+            .request(RouteNetlinkMessage::DelLink(link_msg(index)), 0)
+            .map_err(|e| e.context(format!("delete link {index}")))
+    }
+
+    /// Deletes a link by name in one request; Ok(false) if it did not exist.
+    pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool> {
+        check_ifname(name)?;
+        let mut msg = link_msg(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.sock.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e.context(format!("delete link {name}"))),
+        }
+    }
+}

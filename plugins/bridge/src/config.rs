@@ -1,0 +1,234 @@
+//! berth-bridge's configuration: the reference bridge plugin's keys with the
+//! same meaning, validated completely before anything on the host changes.
+
+use cni::conf::{flexible_bool, flexible_opt_bool};
+use cni::{Error, Request};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const DEFAULT_BRIDGE: &str = "berth0";
+
+/// `vlanTrunk` entries: `{"id": N}` or `{"minID": A, "maxID": B}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TrunkEntry {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default, rename = "minID")]
+    pub min_id: Option<i64>,
+    #[serde(default, rename = "maxID")]
+    pub max_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    #[serde(default)]
+    bridge: Option<String>,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    is_gateway: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    is_default_gateway: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    force_address: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    ip_masq: bool,
+    #[serde(default)]
+    ip_masq_backend: Option<String>,
+    #[serde(default)]
+    mtu: Option<i64>,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    hairpin_mode: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    promisc_mode: bool,
+    #[serde(default)]
+    vlan: Option<i64>,
+    #[serde(default)]
+    vlan_trunk: Option<Vec<TrunkEntry>>,
+    #[serde(default, deserialize_with = "flexible_opt_bool")]
+    preserve_default_vlan: Option<bool>,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    macspoofchk: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    enabledad: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    disable_container_interface: bool,
+    #[serde(default, deserialize_with = "flexible_bool")]
+    port_isolation: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeConf {
+    pub bridge: String,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub force_address: bool,
+    pub ip_masq: bool,
+    pub mtu: Option<u32>,
+    pub hairpin_mode: bool,
+    pub promisc_mode: bool,
+    /// Untagged VLAN of the container's port (0 = none).
+    pub vlan: u16,
+    /// Tagged VLAN ranges on the container's port, inclusive.
+    pub vlan_trunk: Vec<(u16, u16)>,
+    pub preserve_default_vlan: bool,
+    pub macspoofchk: bool,
+    pub enabledad: bool,
+    pub disable_container_interface: bool,
+    pub port_isolation: bool,
+    /// `ipam.type`, if an `ipam` section is present.
+    pub ipam_type: Option<String>,
+    /// The `dns` key; wins over the IPAM plugin's DNS.
+    pub dns: cni::Dns,
+    /// The container MAC from CNI_ARGS, args.cni.mac or runtimeConfig.mac.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl BridgeConf {
+    pub fn uses_vlans(&self) -> bool {
+        self.vlan != 0 || !self.vlan_trunk.is_empty()
+    }
+
+    pub fn parse(req: &Request) -> Result<BridgeConf, Error> {
+        let raw: Raw = serde_json::from_value(req.conf.raw.clone())
+            .map_err(|e| Error::new(cni::codes::INVALID_CONFIG, format!("berth-bridge config: {e}")))?;
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        check_ifname("bridge", &bridge)?;
+        if let Some(b) = &raw.ip_masq_backend {
+            if b != "iptables" && b != "nftables" {
+                return Err(Error::config("ipMasqBackend", format!("{b:?}: expected \"iptables\" or \"nftables\"")));
+            }
+        }
+        let mtu = match raw.mtu {
+            None | Some(0) => None,
+            Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+            Some(m) => return Err(Error::config("mtu", format!("{m} is outside 68..65535"))),
+        };
+        if raw.hairpin_mode && raw.promisc_mode {
+            return Err(Error::config("hairpinMode", "cannot be combined with promiscMode"));
+        }
+        let vlan = match raw.vlan {
+            None => 0,
+            Some(v) if (0..=4094).contains(&v) => v as u16,
+            Some(v) => return Err(Error::config("vlan", format!("{v} is outside 0..4094"))),
+        };
+        let vlan_trunk = parse_trunk(raw.vlan_trunk.as_deref().unwrap_or_default())?;
+        let ipam = req.conf.raw.get("ipam").filter(|v| !v.is_null());
+        let ipam_type = match ipam {
+            None => None,
+            Some(v) => match v.get("type").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => Some(t.to_string()),
+                _ => return Err(Error::config("ipam.type", "missing")),
+            },
+        };
+        if raw.disable_container_interface && ipam_type.is_some() {
+            return Err(Error::config("disableContainerInterface", "cannot be used together with ipam"));
+        }
+        let dns = cni::Dns::from_json(req.conf.raw.get("dns").unwrap_or(&Value::Null))
+            .map_err(|e| Error::config("dns", e.msg))?;
+        req.args.check_known(&["MAC", "IP"])?;
+        Ok(BridgeConf {
+            bridge,
+            is_gateway: raw.is_gateway || raw.is_default_gateway,
+            is_default_gateway: raw.is_default_gateway,
+            force_address: raw.force_address,
+            ip_masq: raw.ip_masq,
+            mtu,
+            hairpin_mode: raw.hairpin_mode,
+            promisc_mode: raw.promisc_mode,
+            vlan,
+            vlan_trunk,
+            preserve_default_vlan: raw.preserve_default_vlan.unwrap_or(true),
+            macspoofchk: raw.macspoofchk,
+            enabledad: raw.enabledad,
+            disable_container_interface: raw.disable_container_interface,
+            port_isolation: raw.port_isolation,
+            ipam_type,
+            dns,
+            mac: container_mac(req)?,
+        })
+    }
+}
+
+/// Interface names the kernel accepts.
+pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 15 || name == "." || name == ".."
+        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(Error::config(field, format!("{name:?} is not a valid interface name")));
+    }
+    Ok(())
+}
+
+fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {
+    let valid = |field: &str, v: i64| -> Result<u16, Error> {
+        if (1..=4094).contains(&v) {
+            Ok(v as u16)
+        } else {
+            Err(Error::config(field, format!("{v} is outside 1..4094")))
+        }
+    };
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match (e.id, e.min_id, e.max_id) {
+            (Some(id), None, None) => {
+                let id = valid(&format!("vlanTrunk[{i}].id"), id)?;
+                out.push((id, id));
+            }
+            (None, Some(lo), Some(hi)) => {
+                let lo = valid(&format!("vlanTrunk[{i}].minID"), lo)?;
+                let hi = valid(&format!("vlanTrunk[{i}].maxID"), hi)?;
+                if lo > hi {
+                    return Err(Error::config(&format!("vlanTrunk[{i}]"), "minID is greater than maxID"));
+                }
+                out.push((lo, hi));
+            }
+            _ => {
+                return Err(Error::config(
+                    &format!("vlanTrunk[{i}]"),
+                    "give either \"id\" or both \"minID\" and \"maxID\"",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// "aa:bb:cc:dd:ee:ff" (also with '-').
+pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Error> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let bad = || Error::config(field, format!("{s:?} is not a MAC address"));
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(Error::config(field, format!("{s:?} is a multicast address")));
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// MAC priority, lowest first: CNI_ARGS MAC, args.cni.mac, runtimeConfig.mac.
+fn container_mac(req: &Request) -> Result<Option<[u8; 6]>, Error> {
+    if let Some(m) = req.conf.runtime("mac") {
+        let s = m.as_str().ok_or_else(|| Error::config("runtimeConfig.mac", "expected a string"))?;
+        return parse_mac("runtimeConfig.mac", s).map(Some);
+    }
+    if let Some(m) = req.conf.args_cni("mac") {
+        let s = m.as_str().ok_or_else(|| Error::config("args.cni.mac", "expected a string"))?;
+        return parse_mac("args.cni.mac", s).map(Some);
+    }
+    match req.args.get("MAC") {
+        Some(s) => parse_mac("CNI_ARGS MAC", s).map(Some),
+        None => Ok(None),
+    }
+}

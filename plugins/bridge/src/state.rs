@@ -1,0 +1,168 @@
+//! berth-bridge's runtime state under /run/berth/bridge (tmpfs: it vanishes
+//! at reboot together with the veths and nftables rules it describes).
+//!
+//! ```text
+//! /run/berth/bridge/                 flock'ed while records or rules change
+//!   <network>/attachments/<hostveth> {"containerID","ifname","bridge"}
+//!   <network>/rules.json             what the network's nftables rules cover
+//! ```
+//! An attachment record is written before anything is created for it, so a
+//! plugin killed at any point leaves a record that DEL or GC acts on. The
+//! network's nftables rules are installed by the first ADD (one nft call)
+//! and removed by the DEL or GC that removes the last record.
+
+use cni::{codes, Error};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_RUN_DIR: &str = "/run/berth/bridge";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub bridge: String,
+}
+
+/// What the network's installed nftables rules cover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesMarker {
+    pub bridge: String,
+    pub subnets: Vec<IpNet>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(codes::IO, format!("{what} {}: {e}", path.display()))
+}
+
+pub struct State {
+    root: PathBuf,
+}
+
+/// Held while records or rules change; released on drop (closing the fd).
+pub struct Lock {
+    _held: nix::fcntl::Flock<fs::File>,
+}
+
+impl State {
+    pub fn new(root: impl Into<PathBuf>) -> State {
+        State { root: root.into() }
+    }
+
+    /// The run dir, overridable with BERTH_RUN_DIR (tests use private ones).
+    pub fn from_env() -> State {
+        State::new(std::env::var_os("BERTH_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into()))
+    }
+
+    /// One lock for all networks: the sections it guards are a few file
+    /// operations, plus one nft call on a network's first ADD or last DEL.
+    /// Locking the directory itself leaves no lock file behind.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        fs::create_dir_all(&self.root).map_err(|e| io_err("creating", &self.root, e))?;
+        let dir = fs::File::open(&self.root).map_err(|e| io_err("opening", &self.root, e))?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+            .map(|held| Lock { _held: held })
+            .map_err(|(_, e)| Error::new(codes::IO, format!("locking {}: {e}", self.root.display())))
+    }
+
+    fn network_dir(&self, network: &str) -> PathBuf {
+        self.root.join(network)
+    }
+
+    fn records_dir(&self, network: &str) -> PathBuf {
+        self.network_dir(network).join("attachments")
+    }
+
+    pub fn write_record(&self, _lock: &Lock, network: &str, host_veth: &str, rec: &Record) -> Result<(), Error> {
+        let dir = self.records_dir(network);
+        fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        write_atomic(&dir.join(host_veth), &serde_json::to_vec(rec).unwrap_or_default())
+    }
+
+    pub fn read_record(&self, network: &str, host_veth: &str) -> Option<Record> {
+        let data = fs::read(self.records_dir(network).join(host_veth)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    pub fn remove_record(&self, _lock: &Lock, network: &str, host_veth: &str) -> Result<(), Error> {
+        let p = self.records_dir(network).join(host_veth);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &p, e)),
+        }
+    }
+
+    /// All records of a network: (host veth name, record).
+    pub fn records(&self, network: &str) -> Vec<(String, Option<Record>)> {
+        let Ok(rd) = fs::read_dir(self.records_dir(network)) else { return Vec::new() };
+        rd.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .map(|n| {
+                let r = self.read_record(network, &n);
+                (n, r)
+            })
+            .collect()
+    }
+
+    /// True if the network still has an attachment. Stops at the first
+    /// entry, so the cost doesn't grow with the number of containers.
+    pub fn has_records(&self, network: &str) -> bool {
+        fs::read_dir(self.records_dir(network))
+            .map(|mut rd| rd.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))))
+            .unwrap_or(false)
+    }
+
+    pub fn rules_marker(&self, network: &str) -> Option<RulesMarker> {
+        let data = fs::read(self.network_dir(network).join("rules.json")).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Networks whose rules are installed.
+    pub fn networks_with_rules(&self) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(&self.root) else { return Vec::new() };
+        rd.filter_map(Result::ok)
+            .filter(|e| e.path().join("rules.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
+    pub fn write_rules_marker(&self, _lock: &Lock, network: &str, m: &RulesMarker) -> Result<(), Error> {
+        let dir = self.network_dir(network);
+        fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        write_atomic(&dir.join("rules.json"), &serde_json::to_vec(m).unwrap_or_default())
+    }
+
+    /// Removes the marker and the network's directories once they are empty.
+    pub fn forget_network(&self, _lock: &Lock, network: &str) -> Result<(), Error> {
+        let dir = self.network_dir(network);
+        let marker = dir.join("rules.json");
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &marker, e)),
+        }
+        // Fails harmlessly if an attachment appeared meanwhile.
+        let _ = fs::remove_dir(self.records_dir(network));
+        let _ = fs::remove_dir(&dir);
+        Ok(())
+    }
+}
+
+/// Write to a temporary name, then rename: readers see the old or the new
+/// content, never a torn file. No fsync: the run dir is tmpfs.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut f = fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+    f.write_all(data).map_err(|e| io_err("writing", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err("renaming", &tmp, e))
+}
