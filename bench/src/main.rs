@@ -1,0 +1,976 @@
+//! berth-bench: side-by-side timings of berth's plugins and the reference
+//! CNI plugins, driven exactly as a runtime drives them.
+//!
+//! Parts (all by default; choose with `--only`):
+//!
+//! * `compare` — for each N: one network per implementation (its own bridge,
+//!   subnet and IPAM dataDir), N containers each in a fresh netns (created
+//!   up front, not timed). Each ADD and each DEL is one exec of the bridge
+//!   plugin with CNI env + config on stdin (it execs its IPAM plugin itself),
+//!   timed with `Instant` around the exec. Reports per-container medians and
+//!   the ref/berth ratio, and (N ≥ 200) the ADD median of the last 100
+//!   containers against the first 100 (does cost grow with the network?).
+//! * `floor` — the kernel's veth deletion cost, the floor under any DEL:
+//!   times `ip link del` of a veth pair (both ends in one throwaway netns,
+//!   and with the peer in a second netns as for a container), next to the
+//!   cost of running `ip` itself (`ip link show lo`).
+//! * `concurrent` — K (64) ADDs at once on one berth network: all must
+//!   succeed with no address handed out twice; then K DELs at once.
+//!
+//! Everything is cleaned up at the end: DELs (which remove the plugins'
+//! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
+//! nftables is left to the plugins.
+
+mod sys;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use sys::{Netns, TempDir};
+
+const USAGE: &str = "\
+berth-bench: berth's CNI plugins vs the reference plugins, as a runtime runs them
+
+usage: berth-bench [options]        (as root)
+
+  --cni-path-berth DIR  berth-bridge + berth-ipam
+                        [default: this binary's dir if it has berth-bridge,
+                         else <workspace>/target/release]
+  --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
+  --n LIST              container counts for compare [default: 1,100,1000]
+  --only LIST           parts to run: compare,floor,concurrent [default: all]
+  --no-ref              compare: run berth only
+  --concurrency K       concurrent ADDs for `concurrent` [default: 64]
+  --floor-reps R        repetitions for `floor` [default: 30]
+  --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
+                        the reference plugins 1.1.1 accept]
+  --json                print the report as JSON on stdout (progress on stderr)
+  -h, --help
+";
+
+#[derive(Debug, Clone)]
+struct Args {
+    berth_dir: PathBuf,
+    ref_dir: PathBuf,
+    ns: Vec<usize>,
+    compare: bool,
+    floor: bool,
+    concurrent: bool,
+    no_ref: bool,
+    concurrency: usize,
+    floor_reps: usize,
+    cni_version: String,
+    json: bool,
+}
+
+fn default_berth_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            if dir.join("berth-bridge").is_file() {
+                return dir.to_path_buf();
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}
+
+fn parse_list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>> {
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{flag}: bad value {s:?}"))
+        })
+        .collect()
+}
+
+fn parse_args(argv: &[String]) -> Result<Option<Args>> {
+    let mut a = Args {
+        berth_dir: default_berth_dir(),
+        ref_dir: PathBuf::from("/usr/lib/cni"),
+        ns: vec![1, 100, 1000],
+        compare: true,
+        floor: true,
+        concurrent: true,
+        no_ref: false,
+        concurrency: 64,
+        floor_reps: 30,
+        cni_version: "1.0.0".into(),
+        json: false,
+    };
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (flag.as_str(), None),
+        };
+        let mut value = || -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it
+                    .next()
+                    .cloned()
+                    .with_context(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(None),
+            "--cni-path-berth" => a.berth_dir = value()?.into(),
+            "--cni-path-ref" => a.ref_dir = value()?.into(),
+            "--n" => a.ns = parse_list("--n", &value()?)?,
+            "--only" => {
+                let parts: Vec<String> = parse_list("--only", &value()?)?;
+                a.compare = false;
+                a.floor = false;
+                a.concurrent = false;
+                for p in parts {
+                    match p.as_str() {
+                        "compare" => a.compare = true,
+                        "floor" => a.floor = true,
+                        "concurrent" => a.concurrent = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent)"),
+                    }
+                }
+            }
+            "--no-ref" => a.no_ref = true,
+            "--concurrency" => a.concurrency = value()?.parse().context("--concurrency")?,
+            "--floor-reps" => a.floor_reps = value()?.parse().context("--floor-reps")?,
+            "--cni-version" => a.cni_version = value()?,
+            "--json" => a.json = true,
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    if a.ns.contains(&0) {
+        bail!("--n: counts must be at least 1");
+    }
+    if a.concurrency == 0 || a.floor_reps == 0 {
+        bail!("--concurrency and --floor-reps must be at least 1");
+    }
+    Ok(Some(a))
+}
+
+// ---------------------------------------------------------------------------
+// implementations and plugin execution
+
+#[derive(Debug, Clone)]
+struct Impl {
+    label: &'static str,
+    dir: PathBuf,
+    bridge: &'static str,
+    ipam: &'static str,
+}
+
+impl Impl {
+    fn berth(dir: &Path) -> Self {
+        Self {
+            label: "berth",
+            dir: dir.into(),
+            bridge: "berth-bridge",
+            ipam: "berth-ipam",
+        }
+    }
+
+    fn reference(dir: &Path) -> Self {
+        Self {
+            label: "ref",
+            dir: dir.into(),
+            bridge: "bridge",
+            ipam: "host-local",
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        for b in [self.bridge, self.ipam] {
+            let p = self.dir.join(b);
+            if !p.is_file() {
+                bail!(
+                    "{} plugin {} not found{}",
+                    self.label,
+                    p.display(),
+                    if self.label == "berth" {
+                        " (build with `cargo build --workspace --bins --release` or pass --cni-path-berth)"
+                    } else {
+                        " (apt-get install containernetworking-plugins, or pass --cni-path-ref / --no-ref)"
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The same network shape for both implementations: bridge + IPAM,
+/// dual-stack, gateway, masquerade, default routes.
+fn plugin_conf(
+    imp: &Impl,
+    cni_version: &str,
+    name: &str,
+    bridge: &str,
+    s4: &str,
+    s6: &str,
+    data_dir: &Path,
+) -> Value {
+    json!({
+        "cniVersion": cni_version,
+        "name": name,
+        "type": imp.bridge,
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": true,
+        "ipam": {
+            "type": imp.ipam,
+            "dataDir": data_dir.to_string_lossy(),
+            "ranges": [[{"subnet": s4}], [{"subnet": s6}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+        }
+    })
+}
+
+fn with_prev_result(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+struct Exec {
+    elapsed: Duration,
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Exec {
+    fn describe(&self) -> String {
+        format!(
+            "stdout: {} stderr: {}",
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
+    }
+}
+
+/// One exec of `imp`'s bridge plugin, as a runtime does it: environment
+/// cleared but PATH, CNI_* set, config on stdin. Timed from spawn to exit.
+fn exec_cni(imp: &Impl, command: &str, cid: &str, netns: &str, conf: &Value) -> Result<Exec> {
+    let input = serde_json::to_vec(conf)?;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let bin = imp.dir.join(imp.bridge);
+    let start = Instant::now();
+    let mut child = Command::new(&bin)
+        .env_clear()
+        .env("PATH", path)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &imp.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("exec {}", bin.display()))?;
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        // A plugin that exits without reading stdin is its own error.
+        let _ = stdin.write_all(&input);
+    }
+    let out = child.wait_with_output()?;
+    let elapsed = start.elapsed();
+    Ok(Exec {
+        elapsed,
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// statistics
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let m = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    })
+}
+
+fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
+    match (num, den) {
+        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// one network per (implementation, N) in which to run N containers
+
+/// A network under test: its bridge is deleted and its dataDir removed on
+/// drop (after the namespaces, which are dropped first).
+struct Network {
+    imp: Impl,
+    conf: Value,
+    _data: TempDir,
+    _bridge: sys::LinkGuard,
+    name: String,
+}
+
+impl Network {
+    fn new(imp: &Impl, cni_version: &str, taken: &mut Vec<u8>) -> Result<Self> {
+        let data = TempDir::new(&format!("{}-ipam", imp.label))?;
+        let (s4, s6) = sys::free_subnets(taken)?;
+        let bridge = sys::unique_ifname("bbr");
+        let name = format!("bench-{}-{}", imp.label, bridge);
+        let conf = plugin_conf(imp, cni_version, &name, &bridge, &s4, &s6, data.path());
+        Ok(Self {
+            imp: imp.clone(),
+            conf,
+            _data: data,
+            _bridge: sys::LinkGuard(bridge),
+            name,
+        })
+    }
+
+    fn make_netns(&self, n: usize) -> Result<Vec<Netns>> {
+        (0..n)
+            .map(|i| {
+                Netns::new(format!(
+                    "bb-{}-{}-{}",
+                    std::process::id(),
+                    self._bridge.0,
+                    i
+                ))
+            })
+            .collect()
+    }
+
+    fn cid(&self, i: usize) -> String {
+        format!("{}-{i}", self.name)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    add_ms: Vec<f64>,
+    del_ms: Vec<f64>,
+    error: Option<String>,
+}
+
+impl Series {
+    fn to_json(&self, n: usize) -> Value {
+        let (first, last) = if n >= 200 && self.add_ms.len() >= 200 {
+            (
+                median(&self.add_ms[..100]),
+                median(&self.add_ms[self.add_ms.len() - 100..]),
+            )
+        } else {
+            (None, None)
+        };
+        json!({
+            "adds": self.add_ms.len(),
+            "dels": self.del_ms.len(),
+            "add_median_ms": median(&self.add_ms),
+            "del_median_ms": median(&self.del_ms),
+            "add_first100_median_ms": first,
+            "add_last100_median_ms": last,
+            "error": self.error,
+        })
+    }
+}
+
+/// N containers on a fresh network: N timed ADDs, then N timed DELs.
+fn run_series(imp: &Impl, n: usize, args: &Args, taken: &mut Vec<u8>) -> Series {
+    let mut s = Series::default();
+    let net = match Network::new(imp, &args.cni_version, taken) {
+        Ok(net) => net,
+        Err(e) => {
+            s.error = Some(format!("{e:#}"));
+            return s;
+        }
+    };
+    let nss = match net.make_netns(n) {
+        Ok(v) => v,
+        Err(e) => {
+            s.error = Some(format!("creating namespaces: {e:#}"));
+            return s;
+        }
+    };
+    let mut results: Vec<Value> = Vec::with_capacity(n);
+    for (i, ns) in nss.iter().enumerate() {
+        match exec_cni(&net.imp, "ADD", &net.cid(i), &ns.path, &net.conf) {
+            Ok(x) if x.ok => {
+                s.add_ms.push(ms(x.elapsed));
+                results.push(serde_json::from_str(&x.stdout).unwrap_or(Value::Null));
+            }
+            Ok(x) => {
+                s.error = Some(format!("ADD #{i} failed: {}", x.describe()));
+                // a runtime DELs a container whose ADD failed
+                let _ = exec_cni(&net.imp, "DEL", &net.cid(i), &ns.path, &net.conf);
+                break;
+            }
+            Err(e) => {
+                s.error = Some(format!("ADD #{i}: {e:#}"));
+                break;
+            }
+        }
+        if (i + 1) % 100 == 0 {
+            eprint!("\r  {} N={n}: {} ADDs", imp.label, i + 1);
+        }
+    }
+    for (i, prev) in results.iter().enumerate() {
+        let conf = with_prev_result(&net.conf, prev);
+        match exec_cni(&net.imp, "DEL", &net.cid(i), &nss[i].path, &conf) {
+            Ok(x) if x.ok => s.del_ms.push(ms(x.elapsed)),
+            Ok(x) => {
+                s.error
+                    .get_or_insert_with(|| format!("DEL #{i} failed: {}", x.describe()));
+            }
+            Err(e) => {
+                s.error.get_or_insert_with(|| format!("DEL #{i}: {e:#}"));
+            }
+        }
+    }
+    if n >= 100 {
+        eprintln!();
+    }
+    drop(nss); // namespaces first, then the bridge and dataDir with `net`
+    drop(net);
+    s
+}
+
+fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<Value> {
+    let berth = Impl::berth(&args.berth_dir);
+    let reference = Impl::reference(&args.ref_dir);
+    // Warm-up, not counted: the first network a process sets up pays
+    // one-time costs (page cache, firewall tables, sysctls) that would
+    // otherwise land on whichever implementation runs first.
+    eprintln!("compare: warm-up (1 container per implementation, not counted)");
+    let _ = run_series(&berth, 1, args, taken);
+    if !args.no_ref {
+        let _ = run_series(&reference, 1, args, taken);
+    }
+    let mut rows = Vec::new();
+    for &n in &args.ns {
+        eprintln!("compare: N={n} berth");
+        let b = run_series(&berth, n, args, taken);
+        let r = if args.no_ref {
+            None
+        } else {
+            eprintln!("compare: N={n} ref");
+            Some(run_series(&reference, n, args, taken))
+        };
+        let bj = b.to_json(n);
+        let rj = r.as_ref().map(|r| r.to_json(n));
+        let add_ratio = r
+            .as_ref()
+            .and_then(|r| ratio(median(&r.add_ms), median(&b.add_ms)));
+        let del_ratio = r
+            .as_ref()
+            .and_then(|r| ratio(median(&r.del_ms), median(&b.del_ms)));
+        rows.push(json!({
+            "n": n,
+            "berth": bj,
+            "ref": rj,
+            "add_ratio_ref_over_berth": add_ratio,
+            "del_ratio_ref_over_berth": del_ratio,
+        }));
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------
+// the veth deletion floor
+
+fn time_ip(args: &[&str]) -> Result<f64> {
+    let start = Instant::now();
+    let st = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let t = ms(start.elapsed());
+    if !st.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&st.stderr).trim()
+        );
+    }
+    Ok(t)
+}
+
+fn floor(reps: usize) -> Result<Value> {
+    let pid = std::process::id();
+    let h = Netns::new(format!("bb-{pid}-floor-h"))?;
+    let c = Netns::new(format!("bb-{pid}-floor-c"))?;
+    let (mut same, mut cross, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(time_ip(&["-n", &h.name, "link", "show", "lo"])?);
+
+        sys::ip(&[
+            "-n", &h.name, "link", "add", "vfa", "type", "veth", "peer", "name", "vfb",
+        ])?;
+        same.push(time_ip(&["-n", &h.name, "link", "del", "vfa"])?);
+
+        sys::ip(&[
+            "-n", &h.name, "link", "add", "vfa", "type", "veth", "peer", "name", "eth0", "netns",
+            &c.name,
+        ])?;
+        cross.push(time_ip(&["-n", &h.name, "link", "del", "vfa"])?);
+    }
+    let (s, x, b) = (median(&same), median(&cross), median(&base));
+    Ok(json!({
+        "reps": reps,
+        "what": "median wall time of `ip -n NS link del` of a veth pair (includes starting ip); \
+                 ip_baseline is `ip -n NS link show lo`; kernel cost ~ del - baseline",
+        "veth_del_same_netns_ms": s,
+        "veth_del_peer_in_other_netns_ms": x,
+        "ip_baseline_ms": b,
+        "kernel_veth_del_same_netns_ms": s.zip(b).map(|(s, b)| s - b),
+        "kernel_veth_del_peer_in_other_netns_ms": x.zip(b).map(|(x, b)| x - b),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// concurrent ADDs on one network
+
+fn concurrent(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
+    let k = args.concurrency;
+    let imp = Impl::berth(&args.berth_dir);
+    let net = Network::new(&imp, &args.cni_version, taken)?;
+    let nss = net.make_netns(k)?;
+
+    // Run the bridge plugin once per container, all released at once.
+    let run_all = |command: &str, confs: &[Value]| -> (Duration, Vec<Result<Exec>>) {
+        let barrier = Barrier::new(k);
+        let start = Instant::now();
+        let out = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..k)
+                .map(|i| {
+                    let (barrier, net, nss) = (&barrier, &net, &nss);
+                    let conf = &confs[i];
+                    scope.spawn(move || {
+                        barrier.wait();
+                        exec_cni(&net.imp, command, &net.cid(i), &nss[i].path, conf)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect::<Vec<_>>()
+        });
+        (start.elapsed(), out)
+    };
+
+    eprintln!("concurrent: {k} ADDs at once on one berth network");
+    let add_confs = vec![net.conf.clone(); k];
+    let (add_wall, adds) = run_all("ADD", &add_confs);
+    let mut failures = Vec::new();
+    let mut add_ms = Vec::new();
+    let mut results = Vec::new();
+    let mut owners: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, r) in adds.iter().enumerate() {
+        match r {
+            Ok(x) if x.ok => {
+                add_ms.push(ms(x.elapsed));
+                let v: Value = serde_json::from_str(&x.stdout).unwrap_or(Value::Null);
+                for ip in v["ips"].as_array().into_iter().flatten() {
+                    if let Some(a) = ip["address"].as_str() {
+                        let addr = a.split('/').next().unwrap_or(a).to_string();
+                        owners.entry(addr).or_default().push(i);
+                    }
+                }
+                results.push(v);
+            }
+            Ok(x) => {
+                failures.push(format!("ADD #{i}: {}", x.describe()));
+                results.push(Value::Null);
+            }
+            Err(e) => {
+                failures.push(format!("ADD #{i}: {e:#}"));
+                results.push(Value::Null);
+            }
+        }
+    }
+    let mut duplicates: Vec<String> = owners
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(a, v)| format!("{a} given to containers {v:?}"))
+        .collect();
+    duplicates.sort();
+    let addresses = owners.len();
+
+    eprintln!("concurrent: {k} DELs at once");
+    let del_confs: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            if r.is_null() {
+                net.conf.clone()
+            } else {
+                with_prev_result(&net.conf, r)
+            }
+        })
+        .collect();
+    let (del_wall, dels) = run_all("DEL", &del_confs);
+    let mut del_ms = Vec::new();
+    let mut del_failures = Vec::new();
+    for (i, r) in dels.iter().enumerate() {
+        match r {
+            Ok(x) if x.ok => del_ms.push(ms(x.elapsed)),
+            Ok(x) => del_failures.push(format!("DEL #{i}: {}", x.describe())),
+            Err(e) => del_failures.push(format!("DEL #{i}: {e:#}")),
+        }
+    }
+    drop(nss);
+    drop(net);
+
+    let max = |v: &[f64]| {
+        v.iter()
+            .cloned()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    let ok = failures.is_empty() && duplicates.is_empty() && del_failures.is_empty();
+    Ok(json!({
+        "containers": k,
+        "ok": ok,
+        "add_succeeded": add_ms.len(),
+        "add_failures": failures,
+        "distinct_addresses": addresses,
+        "duplicate_addresses": duplicates,
+        "add_wall_ms": ms(add_wall),
+        "add_median_ms": median(&add_ms),
+        "add_max_ms": max(&add_ms),
+        "del_succeeded": del_ms.len(),
+        "del_failures": del_failures,
+        "del_wall_ms": ms(del_wall),
+        "del_median_ms": median(&del_ms),
+        "del_max_ms": max(&del_ms),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// output
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn fx(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:.1}x"),
+        None => "-".into(),
+    }
+}
+
+fn print_tables(report: &Value) {
+    if let Some(rows) = report["compare"].as_array() {
+        println!("== per-container ADD / DEL, median ms (one exec of the bridge plugin each) ==");
+        println!(
+            "{:>6}  {:>10} {:>10} {:>9}  {:>10} {:>10} {:>9}",
+            "N", "berth ADD", "ref ADD", "ref/berth", "berth DEL", "ref DEL", "ref/berth"
+        );
+        for r in rows {
+            println!(
+                "{:>6}  {:>10} {:>10} {:>9}  {:>10} {:>10} {:>9}",
+                r["n"].as_u64().unwrap_or(0),
+                f(&r["berth"]["add_median_ms"]),
+                f(&r["ref"]["add_median_ms"]),
+                fx(&r["add_ratio_ref_over_berth"]),
+                f(&r["berth"]["del_median_ms"]),
+                f(&r["ref"]["del_median_ms"]),
+                fx(&r["del_ratio_ref_over_berth"]),
+            );
+        }
+        let growth: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["n"].as_u64().unwrap_or(0) >= 200)
+            .collect();
+        if !growth.is_empty() {
+            println!();
+            println!("== ADD median ms: first 100 vs last 100 containers ==");
+            println!(
+                "{:>6}  {:<6} {:>10} {:>10} {:>10}",
+                "N", "impl", "first100", "last100", "last/first"
+            );
+            for r in growth {
+                for imp in ["berth", "ref"] {
+                    let s = &r[imp];
+                    if s.is_null() {
+                        continue;
+                    }
+                    let (a, b) = (&s["add_first100_median_ms"], &s["add_last100_median_ms"]);
+                    let g = ratio(b.as_f64(), a.as_f64())
+                        .map(Value::from)
+                        .unwrap_or(Value::Null);
+                    println!(
+                        "{:>6}  {:<6} {:>10} {:>10} {:>10}",
+                        r["n"].as_u64().unwrap_or(0),
+                        imp,
+                        f(a),
+                        f(b),
+                        fx(&g)
+                    );
+                }
+            }
+        }
+        for r in rows {
+            for imp in ["berth", "ref"] {
+                if let Some(e) = r[imp]["error"].as_str() {
+                    println!("FAILED {imp} N={}: {e}", r["n"]);
+                }
+            }
+        }
+        println!();
+    }
+    if !report["floor"].is_null() {
+        let fl = &report["floor"];
+        println!(
+            "== veth deletion floor (median of {} runs of `ip -n NS link del`) ==",
+            fl["reps"]
+        );
+        println!(
+            "  veth, both ends in one netns:   {:>8} ms  (kernel ~{} ms)",
+            f(&fl["veth_del_same_netns_ms"]),
+            f(&fl["kernel_veth_del_same_netns_ms"])
+        );
+        println!(
+            "  veth, peer in another netns:    {:>8} ms  (kernel ~{} ms)",
+            f(&fl["veth_del_peer_in_other_netns_ms"]),
+            f(&fl["kernel_veth_del_peer_in_other_netns_ms"])
+        );
+        println!(
+            "  running ip itself (link show):  {:>8} ms",
+            f(&fl["ip_baseline_ms"])
+        );
+        println!();
+    }
+    if let Some(e) = report["floor_error"].as_str() {
+        println!("FAILED floor: {e}\n");
+    }
+    if !report["concurrent"].is_null() {
+        let c = &report["concurrent"];
+        println!(
+            "== {} concurrent ADDs on one berth network ==",
+            c["containers"]
+        );
+        println!(
+            "  {}: {} of {} ADDs succeeded, {} distinct addresses, {} duplicates",
+            if c["ok"] == true { "OK" } else { "FAILED" },
+            c["add_succeeded"],
+            c["containers"],
+            c["distinct_addresses"],
+            c["duplicate_addresses"].as_array().map_or(0, |v| v.len()),
+        );
+        println!(
+            "  ADD: wall {} ms, median {} ms, max {} ms;  DEL: {} ok, wall {} ms, median {} ms, max {} ms",
+            f(&c["add_wall_ms"]), f(&c["add_median_ms"]), f(&c["add_max_ms"]),
+            c["del_succeeded"], f(&c["del_wall_ms"]), f(&c["del_median_ms"]), f(&c["del_max_ms"]),
+        );
+        for key in ["add_failures", "duplicate_addresses", "del_failures"] {
+            for e in c[key].as_array().into_iter().flatten().take(10) {
+                println!("  {key}: {}", e.as_str().unwrap_or_default());
+            }
+        }
+        println!();
+    }
+    if let Some(e) = report["concurrent_error"].as_str() {
+        println!("FAILED concurrent: {e}\n");
+    }
+}
+
+fn main() {
+    match real_main() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("berth-bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Ok(false) when a part failed (the report says which).
+fn real_main() -> Result<bool> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(args) = parse_args(&argv)? else {
+        print!("{USAGE}");
+        return Ok(true);
+    };
+    if !sys::is_root() {
+        bail!("must run as root (creates namespaces, bridges and firewall rules)");
+    }
+    if args.compare || args.concurrent {
+        Impl::berth(&args.berth_dir).check()?;
+    }
+    if args.compare && !args.no_ref {
+        Impl::reference(&args.ref_dir).check()?;
+    }
+
+    let mut taken = Vec::new();
+    let mut report = json!({
+        "config": {
+            "cni_path_berth": args.berth_dir,
+            "cni_path_ref": if args.no_ref { Value::Null } else { json!(args.ref_dir) },
+            "n": args.ns,
+            "cni_version": args.cni_version,
+            "network": "bridge + IPAM, isGateway, ipMasq, IPv4 /16 + IPv6 /64, default routes",
+            "warmup": "compare: 1 container per implementation on its own network first, not counted",
+        }
+    });
+    let mut ok = true;
+    if args.compare {
+        let rows = compare(&args, &mut taken);
+        ok &= rows
+            .iter()
+            .all(|r| r["berth"]["error"].is_null() && r["ref"]["error"].is_null());
+        report["compare"] = Value::Array(rows);
+    }
+    if args.floor {
+        eprintln!("floor: {} veth deletions", args.floor_reps);
+        match floor(args.floor_reps) {
+            Ok(v) => report["floor"] = v,
+            Err(e) => {
+                ok = false;
+                report["floor_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
+    if args.concurrent {
+        match concurrent(&args, &mut taken) {
+            Ok(v) => {
+                ok &= v["ok"] == true;
+                report["concurrent"] = v;
+            }
+            Err(e) => {
+                ok = false;
+                report["concurrent_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
+    report["ok"] = json!(ok);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_tables(&report);
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse_args(&[]).unwrap().unwrap();
+        assert_eq!(a.ns, vec![1, 100, 1000]);
+        assert_eq!(a.ref_dir, PathBuf::from("/usr/lib/cni"));
+        assert!(a.compare && a.floor && a.concurrent && !a.json);
+        assert_eq!(a.concurrency, 64);
+    }
+
+    #[test]
+    fn flags() {
+        let a = parse_args(&argv("--n 5,200 --only compare,concurrent --json --cni-path-berth /x --cni-path-ref=/y --no-ref"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.ns, vec![5, 200]);
+        assert!(a.compare && a.concurrent && !a.floor);
+        assert!(a.json && a.no_ref);
+        assert_eq!(a.berth_dir, PathBuf::from("/x"));
+        assert_eq!(a.ref_dir, PathBuf::from("/y"));
+        assert!(parse_args(&argv("--help")).unwrap().is_none());
+        assert!(parse_args(&argv("--bogus")).is_err());
+        assert!(parse_args(&argv("--n 0")).is_err());
+        assert!(parse_args(&argv("--only nope")).is_err());
+        assert!(parse_args(&argv("--n")).is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(ratio(Some(10.0), Some(2.0)), Some(5.0));
+        assert_eq!(ratio(Some(10.0), Some(0.0)), None);
+    }
+
+    #[test]
+    fn same_shape_for_both() {
+        let d = Path::new("/tmp/d");
+        let b = plugin_conf(
+            &Impl::berth(d),
+            "1.0.0",
+            "n",
+            "br",
+            "10.200.0.0/16",
+            "fd00:be:c8::/64",
+            d,
+        );
+        let r = plugin_conf(
+            &Impl::reference(d),
+            "1.0.0",
+            "n",
+            "br",
+            "10.200.0.0/16",
+            "fd00:be:c8::/64",
+            d,
+        );
+        assert_eq!(b["type"], "berth-bridge");
+        assert_eq!(b["ipam"]["type"], "berth-ipam");
+        assert_eq!(r["type"], "bridge");
+        assert_eq!(r["ipam"]["type"], "host-local");
+        let strip = |mut v: Value| {
+            v["type"] = Value::Null;
+            v["ipam"]["type"] = Value::Null;
+            v
+        };
+        assert_eq!(strip(b), strip(r));
+    }
+
+    #[test]
+    fn series_growth_only_from_200() {
+        let s = Series {
+            add_ms: (0..300).map(f64::from).collect(),
+            del_ms: vec![1.0],
+            error: None,
+        };
+        let j = s.to_json(300);
+        assert_eq!(j["add_first100_median_ms"], json!(49.5));
+        assert_eq!(j["add_last100_median_ms"], json!(249.5));
+        let j = Series {
+            add_ms: vec![1.0; 100],
+            ..Default::default()
+        }
+        .to_json(100);
+        assert!(j["add_first100_median_ms"].is_null());
+    }
+}

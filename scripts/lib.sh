@@ -1,0 +1,109 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test and scripts/demo. Source it; don't run it.
+#
+#   berth_need_root        fail loudly unless running as uid 0
+#   berth_apt_packages     install the Debian packages berth's tests/demo need
+#   berth_need_cargo       find cargo (rustup toolchain) or fail with a hint
+#   berth_load_modules     modprobe the kernel modules tests use (best effort)
+#   berth_target_dir       print cargo's target directory for this workspace
+
+# The Debian packages the test suite and the demo use:
+#   iproute2 nftables iptables   ip/nft at run time; iptables for the reference
+#                                plugins' ipMasq
+#   containernetworking-plugins  the reference plugins in /usr/lib/cni
+#   busybox-static               ping/nc inside namespaces; rootfs for images
+#   iperf3                       datapath throughput between namespaces
+#   jq                           JSON in scripts
+BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
+    busybox-static iperf3 jq)
+
+berth_log() {
+    printf '==> %s\n' "$*" >&2
+}
+
+berth_die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+berth_need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        berth_die "$(basename "$0") must run as root (it creates network namespaces,
+bridges, veths and nftables rules, and installs apt packages).
+Run it as root, or with sudo keeping your Rust toolchain reachable, e.g.:
+    sudo -E env \"PATH=\$PATH\" $0"
+    fi
+}
+
+# Installs the packages that are not installed yet. A warm machine (all
+# present) never touches apt.
+berth_apt_packages() {
+    local missing=() pkg status
+    if ! command -v dpkg-query >/dev/null 2>&1; then
+        berth_log "dpkg-query not found: not a Debian system; not installing packages"
+        berth_log "make sure these (or equivalents) are installed: ${BERTH_APT_PACKAGES[*]}"
+        return 0
+    fi
+    for pkg in "${BERTH_APT_PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+        if [ "$status" != "install ok installed" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        berth_log "apt packages present: ${BERTH_APT_PACKAGES[*]}"
+        return 0
+    fi
+    berth_log "installing missing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update || berth_die "apt-get update failed"
+    apt-get install -y --no-install-recommends "${missing[@]}" \
+        || berth_die "apt-get install failed for: ${missing[*]}"
+}
+
+# Makes `cargo` callable. The toolchain comes from rustup (Debian's own cargo
+# is older than the workspace's rust-version). Under sudo, PATH is reset, so
+# also look in root's and the invoking user's ~/.cargo/bin.
+berth_need_cargo() {
+    local home user_home=""
+    if [ -n "${SUDO_USER:-}" ]; then
+        user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6 || true)
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        for home in "${HOME:-}" /root "$user_home"; do
+            if [ -n "$home" ] && [ -x "$home/.cargo/bin/cargo" ]; then
+                berth_log "using the rustup toolchain in $home"
+                export PATH="$home/.cargo/bin:$PATH"
+                if [ "$home" != "${HOME:-}" ]; then
+                    export CARGO_HOME="${CARGO_HOME:-$home/.cargo}"
+                    export RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}"
+                fi
+                break
+            fi
+        done
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        berth_die "cargo not found. berth builds with a rustup-managed Rust toolchain
+(Debian's packaged cargo is too old for this workspace). Install it with rustup
+(see https://rustup.rs), e.g.
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+then put ~/.cargo/bin on PATH (or run: . ~/.cargo/env) and try again."
+    fi
+    if ! cargo --version >/dev/null 2>&1; then
+        berth_die "cargo is on PATH but does not run (no default toolchain?). Try: rustup default stable"
+    fi
+    berth_log "toolchain: $(cargo --version), $(rustc --version 2>/dev/null || echo 'rustc ?')"
+}
+
+# veth, bridge, nf_tables and vxlan may be built into the kernel (or modprobe
+# may be absent): failures are fine. br_netfilter is deliberately NOT loaded:
+# it would push bridged traffic through the host's iptables/nftables.
+berth_load_modules() {
+    if command -v modprobe >/dev/null 2>&1; then
+        modprobe -a veth bridge nf_tables vxlan >/dev/null 2>&1 || true
+    fi
+}
+
+berth_target_dir() {
+    cargo metadata --format-version 1 --no-deps | jq -r .target_directory
+}

@@ -1,0 +1,902 @@
+//! Test support for berth's integration tests.
+//!
+//! Integration tests run the real plugin binaries the way a CNI runtime does
+//! (exec with env + JSON on stdin) against real network namespaces. They run
+//! as root (`./scripts/test`); nothing here skips a test when it is not root:
+//! [`require_root`] fails it instead.
+//!
+//! Everything a test creates has a unique name (pid + per-process counter) so
+//! parallel test threads and concurrent test processes don't collide, and is
+//! removed on drop, also when the test panics.
+//!
+//! Observation uses `ip -j` ([`ip_json`]); that is fine here: the "no `ip`
+//! subprocesses" rule is for product code.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Plugin binaries the integration tests expect in [`bin_dir`].
+pub const BRIDGE_BIN: &str = "berth-bridge";
+pub const IPAM_BIN: &str = "berth-ipam";
+
+/// Where the reference plugins live (Debian's containernetworking-plugins).
+pub const REFERENCE_CNI_DIR: &str = "/usr/lib/cni";
+
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+pub const IFNAMSIZ_MAX: usize = 15;
+
+/// How long [`run_plugin`] lets a plugin run before killing it.
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A number unique within this process (starts at 0).
+pub fn next_id() -> u64 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------
+// root
+
+/// True when running as uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails the calling test (never skips it) when not running as root.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (it creates network namespaces and links); \
+         run the suite with ./scripts/test as root"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// binaries
+
+/// The directory holding the built plugin binaries: `$BERTH_BIN_DIR` if set,
+/// else the cargo target profile directory this test executable was built
+/// into (tests run from `target/<profile>/deps/`, binaries are in
+/// `target/<profile>/`).
+///
+/// Panics if `berth-bridge` is not there.
+pub fn bin_dir() -> PathBuf {
+    let dir = match std::env::var_os("BERTH_BIN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let exe = std::env::current_exe().expect("current_exe");
+            bin_dir_from_exe(&exe)
+        }
+    };
+    let bridge = dir.join(BRIDGE_BIN);
+    assert!(
+        bridge.is_file(),
+        "{} not found in {}: build the plugins first with \
+         `cargo build --workspace --bins` (./scripts/test does), \
+         or point BERTH_BIN_DIR at the directory holding them",
+        BRIDGE_BIN,
+        dir.display()
+    );
+    dir
+}
+
+/// The profile directory for a test executable path:
+/// `target/debug/deps/foo-1234` -> `target/debug`,
+/// `target/debug/foo` -> `target/debug`.
+pub fn bin_dir_from_exe(exe: &Path) -> PathBuf {
+    let parent = exe.parent().unwrap_or_else(|| Path::new("."));
+    if parent.file_name() == Some(OsStr::new("deps")) {
+        parent.parent().unwrap_or(parent).to_path_buf()
+    } else {
+        parent.to_path_buf()
+    }
+}
+
+/// Path to a named binary in [`bin_dir`]; panics if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: build it with `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+// ---------------------------------------------------------------------------
+// names
+
+/// Fixed-width base-36 digits of `n` (lowercase), `width` chars, high digits
+/// first; panics if `n` does not fit.
+fn base36(mut n: u64, width: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = vec![b'0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    assert_eq!(n, 0, "value does not fit in {width} base-36 digits");
+    String::from_utf8(out).unwrap()
+}
+
+/// Minimal width in base 36 for `n`.
+fn base36_min(n: u64) -> String {
+    let mut w = 1;
+    let mut m = n / 36;
+    while m > 0 {
+        w += 1;
+        m /= 36;
+    }
+    base36(n, w)
+}
+
+/// A name unique among all live processes: `prefix` + 5 base-36 chars of the
+/// pid + base-36 counter, at most `maxlen` bytes. Use `maxlen` =
+/// [`IFNAMSIZ_MAX`] (15) for interface names.
+///
+/// Panics if `prefix` leaves no room for the unique part (prefix + 6 bytes
+/// must fit) or the counter no longer fits.
+pub fn unique_name(prefix: &str, maxlen: usize) -> String {
+    unique_name_with(prefix, maxlen, std::process::id(), next_id())
+}
+
+/// [`unique_name`] with explicit pid and counter (pure; for tests).
+pub fn unique_name_with(prefix: &str, maxlen: usize, pid: u32, counter: u64) -> String {
+    let pid = base36(u64::from(pid), 5);
+    let ctr = base36_min(counter);
+    let name = format!("{prefix}{pid}{ctr}");
+    assert!(
+        name.len() <= maxlen,
+        "unique_name: prefix {prefix:?} too long for maxlen {maxlen} \
+         (needs {} bytes: prefix + 5 pid chars + counter)",
+        name.len()
+    );
+    name
+}
+
+/// Keeps `[a-z0-9-]` of a tag (lowercased), at most 24 chars.
+fn sanitize_tag(tag: &str) -> String {
+    tag.chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(24)
+        .collect()
+}
+
+/// The name of the `counter`th test netns of process `pid`:
+/// `berth-t-<pid>-<counter>-<tag>`. `./scripts/test` removes namespaces of
+/// this form whose pid is no longer alive.
+pub fn netns_name(pid: u32, counter: u64, tag: &str) -> String {
+    let tag = sanitize_tag(tag);
+    if tag.is_empty() {
+        format!("berth-t-{pid}-{counter}")
+    } else {
+        format!("berth-t-{pid}-{counter}-{tag}")
+    }
+}
+
+/// A private IPv4 /24 and IPv6 /64 for one test network, distinct for each
+/// call within a process (for the first 256 calls) and spread by pid across
+/// processes: IPv4 in 10.128.0.0/9, IPv6 in fd42::/16.
+pub fn unique_subnets() -> (String, String) {
+    unique_subnets_with(std::process::id(), next_id())
+}
+
+/// [`unique_subnets`] with explicit pid and counter (pure).
+pub fn unique_subnets_with(pid: u32, counter: u64) -> (String, String) {
+    let idx = (u64::from(pid).wrapping_mul(256).wrapping_add(counter)) % 32768;
+    let a = 128 + (idx >> 8);
+    let b = idx & 0xff;
+    let v4 = format!("10.{a}.{b}.0/24");
+    let v6 = format!(
+        "fd42:{:x}:{:x}:{:x}::/64",
+        (pid >> 16) & 0xffff,
+        pid & 0xffff,
+        counter & 0xffff
+    );
+    (v4, v6)
+}
+
+// ---------------------------------------------------------------------------
+// commands
+
+/// Runs a command, returns its output; panics if it cannot be started.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout. Panics with the
+/// command line, status and stderr otherwise.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "`{} {}` failed ({}): {}{}",
+        program,
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip -j <args>` parsed as JSON. An empty output is `[]`. Panics on failure.
+pub fn ip_json(args: &[&str]) -> Value {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let out = run_ok("ip", &full);
+    parse_ip_json(&out)
+}
+
+fn parse_ip_json(out: &str) -> Value {
+    if out.trim().is_empty() {
+        return Value::Array(vec![]);
+    }
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("ip -j printed invalid JSON ({e}): {out}"))
+}
+
+/// Whether a link of that name exists in the host netns.
+pub fn link_exists(name: &str) -> bool {
+    run("ip", &["link", "show", "dev", name]).status.success()
+}
+
+/// Whether a named netns (/run/netns/<name>) exists.
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+// ---------------------------------------------------------------------------
+// TestNetns
+
+/// A network namespace made for one test, deleted on drop (also on panic).
+#[derive(Debug)]
+pub struct TestNetns {
+    name: String,
+    path: PathBuf,
+}
+
+impl TestNetns {
+    /// `ip netns add berth-t-<pid>-<counter>-<tag>`; panics on failure.
+    pub fn new(tag: &str) -> Self {
+        Self::try_new(tag).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn try_new(tag: &str) -> anyhow::Result<Self> {
+        let name = netns_name(std::process::id(), next_id(), tag);
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "ip netns add {name} failed ({}): {} (tests need root: ./scripts/test)",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let path = Path::new("/run/netns").join(&name);
+        Ok(Self { name, path })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`: what a runtime passes as CNI_NETNS.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path()` as a &str (for env vars and JSON).
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("netns path is UTF-8")
+    }
+
+    /// Runs `ip netns exec <name> <cmd...>`; returns its output.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        assert!(!cmd.is_empty(), "TestNetns::exec needs a command");
+        let mut args = vec!["netns", "exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        run("ip", &args)
+    }
+
+    /// Like [`exec`](Self::exec) but the command must succeed; returns stdout.
+    pub fn exec_ok(&self, cmd: &[&str]) -> String {
+        let out = self.exec(cmd);
+        assert!(
+            out.status.success(),
+            "in netns {}: `{}` failed ({}): {}{}",
+            self.name,
+            cmd.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -n <name> -j <args>` parsed as JSON.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-n", self.name.as_str(), "-j"];
+        full.extend_from_slice(args);
+        parse_ip_json(&run_ok("ip", &full))
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: ip netns del {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("warning: cannot run ip netns del {}: {e}", self.name),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LinkGuard
+
+/// Deletes a host link (bridge, veth...) by name on drop, if it exists.
+#[derive(Debug)]
+pub struct LinkGuard {
+    name: String,
+}
+
+impl LinkGuard {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        if link_exists(&self.name) {
+            let out = run("ip", &["link", "del", "dev", &self.name]);
+            if !out.status.success() {
+                eprintln!(
+                    "warning: ip link del {} failed: {}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TempDir
+
+/// A temporary directory removed (recursively) on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "berth-t-{}-{}-{}",
+            std::process::id(),
+            next_id(),
+            sanitize_tag(tag)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path()` joined with `rel`, as a String (for JSON configs).
+    pub fn join_str(&self, rel: &str) -> String {
+        self.path.join(rel).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// running plugins
+
+/// What a plugin run produced.
+#[derive(Debug, Clone)]
+pub struct PluginOutput {
+    /// Exit status; -1 if killed by a signal (or timed out).
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout parsed as JSON, if it is JSON.
+    pub json: Option<Value>,
+}
+
+impl PluginOutput {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// The JSON result of a successful run; panics (showing stdout and
+    /// stderr) otherwise.
+    pub fn expect_ok(&self) -> &Value {
+        assert!(self.success(), "plugin failed: {self}");
+        self.json
+            .as_ref()
+            .unwrap_or_else(|| panic!("plugin succeeded but printed no JSON: {self}"))
+    }
+
+    /// Panics unless the run succeeded (DEL prints nothing on success).
+    pub fn assert_ok(&self) {
+        assert!(self.success(), "plugin failed: {self}");
+    }
+
+    /// The CNI error code of a failed run (`{"code": N, ...}` on stdout).
+    pub fn error_code(&self) -> Option<u64> {
+        self.json.as_ref()?.get("code")?.as_u64()
+    }
+
+    /// The CNI error `msg`, if any.
+    pub fn error_msg(&self) -> Option<&str> {
+        self.json.as_ref()?.get("msg")?.as_str()
+    }
+
+    /// Panics unless the run failed with CNI error `code`.
+    pub fn expect_error(&self, code: u64) -> &Value {
+        assert!(
+            !self.success(),
+            "expected CNI error {code}, plugin succeeded: {self}"
+        );
+        assert_eq!(
+            self.error_code(),
+            Some(code),
+            "wrong CNI error code: {self}"
+        );
+        self.json.as_ref().unwrap()
+    }
+}
+
+impl std::fmt::Display for PluginOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a CNI plugin as a runtime does: a cleared environment plus `PATH`,
+/// `CNI_COMMAND=command` and `env`, `stdin` as JSON on standard input.
+/// (`BERTH_LOG` is passed through too when set, for debugging.) Kills the
+/// plugin after [`PLUGIN_TIMEOUT`]. Panics only if the binary cannot be
+/// started.
+pub fn run_plugin(bin: &Path, command: &str, env: &[(&str, &str)], stdin: &Value) -> PluginOutput {
+    let input = serde_json::to_vec(stdin).expect("serialize stdin");
+    run_plugin_raw(bin, command, env, &input)
+}
+
+/// [`run_plugin`] with raw stdin bytes (for malformed-input tests).
+pub fn run_plugin_raw(
+    bin: &Path,
+    command: &str,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> PluginOutput {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear();
+    cmd.env(
+        "PATH",
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+    );
+    if let Some(v) = std::env::var_os("BERTH_LOG") {
+        cmd.env("BERTH_LOG", v);
+    }
+    cmd.env("CNI_COMMAND", command);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run plugin {}: {e}", bin.display()));
+
+    // Feed stdin and drain stdout/stderr on threads so no pipe can fill up.
+    let mut child_stdin = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A plugin may exit without reading stdin: ignore EPIPE.
+        let _ = child_stdin.write_all(&input);
+    });
+    let mut out_pipe = child.stdout.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+
+    let deadline = Instant::now() + PLUGIN_TIMEOUT;
+    let mut pause = Duration::from_micros(100);
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait().expect("wait for plugin") {
+            Some(st) => break st,
+            None if Instant::now() >= deadline => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().expect("wait for killed plugin");
+            }
+            None => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+        }
+    };
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
+    let mut stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+    if timed_out {
+        stderr.push_str(&format!(
+            "\n[berth-tests: killed {} after {:?}]",
+            bin.display(),
+            PLUGIN_TIMEOUT
+        ));
+    }
+    let json = if stdout.trim().is_empty() {
+        None
+    } else {
+        serde_json::from_str(&stdout).ok()
+    };
+    PluginOutput {
+        status: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        json,
+    }
+}
+
+/// What a runtime puts on stdin for `plugins[idx]` of a conflist: that
+/// plugin's object plus the list's `name` and `cniVersion` (and
+/// `prevResult` if given).
+pub fn plugin_conf(conflist: &Value, idx: usize, prev_result: Option<&Value>) -> Value {
+    let mut conf = conflist["plugins"][idx].clone();
+    let obj = conf
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("conflist has no plugins[{idx}] object"));
+    obj.insert("name".into(), conflist["name"].clone());
+    obj.insert("cniVersion".into(), conflist["cniVersion"].clone());
+    if let Some(prev) = prev_result {
+        obj.insert("prevResult".into(), prev.clone());
+    }
+    conf
+}
+
+/// `conf` with `prevResult` set (what a runtime sends on DEL/CHECK).
+pub fn with_prev_result(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c.as_object_mut()
+        .expect("plugin config is a JSON object")
+        .insert("prevResult".into(), prev.clone());
+    c
+}
+
+/// A builder for running one plugin for one container:
+///
+/// ```no_run
+/// # use berth_tests::*;
+/// let ns = TestNetns::new("demo");
+/// let cni = Cni::new("berth-bridge").netns(&ns);
+/// # let conf = serde_json::json!({});
+/// let result = cni.add(&conf).expect_ok().clone();
+/// cni.del(&with_prev_result(&conf, &result)).assert_ok();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cni {
+    /// Directory holding `plugin`.
+    pub bin_dir: PathBuf,
+    /// Binary name of the plugin to exec.
+    pub plugin: String,
+    pub containerid: String,
+    /// CNI_NETNS (a path).
+    pub netns: String,
+    pub ifname: String,
+    /// CNI_PATH (':'-separated); defaults to `bin_dir`.
+    pub path: String,
+    /// CNI_ARGS, if any.
+    pub args: Option<String>,
+    /// Extra environment variables.
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Cni {
+    /// `plugin` from [`bin_dir`], a fresh unique container id, ifname `eth0`,
+    /// CNI_PATH = bin_dir. Set the netns with [`netns`](Self::netns).
+    pub fn new(plugin: &str) -> Self {
+        Self::in_dir(bin_dir(), plugin)
+    }
+
+    /// A plugin from another directory (e.g. [`REFERENCE_CNI_DIR`]).
+    pub fn in_dir(dir: impl Into<PathBuf>, plugin: &str) -> Self {
+        let bin_dir = dir.into();
+        let path = bin_dir.to_string_lossy().into_owned();
+        Self {
+            bin_dir,
+            plugin: plugin.to_string(),
+            containerid: format!("berth-test-{}-{}", std::process::id(), next_id()),
+            netns: String::new(),
+            ifname: "eth0".to_string(),
+            path,
+            args: None,
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn containerid(mut self, id: impl Into<String>) -> Self {
+        self.containerid = id.into();
+        self
+    }
+
+    pub fn netns(mut self, ns: &TestNetns) -> Self {
+        self.netns = ns.path_str().to_string();
+        self
+    }
+
+    pub fn netns_path(mut self, path: impl Into<String>) -> Self {
+        self.netns = path.into();
+        self
+    }
+
+    pub fn ifname(mut self, ifname: impl Into<String>) -> Self {
+        self.ifname = ifname.into();
+        self
+    }
+
+    /// Sets CNI_PATH (':'-separated directories).
+    pub fn cni_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    pub fn cni_args(mut self, args: impl Into<String>) -> Self {
+        self.args = Some(args.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn bin(&self) -> PathBuf {
+        self.bin_dir.join(&self.plugin)
+    }
+
+    /// Runs `command` with this container's env and `conf` on stdin.
+    pub fn run(&self, command: &str, conf: &Value) -> PluginOutput {
+        let mut env: Vec<(&str, &str)> = vec![
+            ("CNI_CONTAINERID", self.containerid.as_str()),
+            ("CNI_NETNS", self.netns.as_str()),
+            ("CNI_IFNAME", self.ifname.as_str()),
+            ("CNI_PATH", self.path.as_str()),
+        ];
+        if let Some(a) = &self.args {
+            env.push(("CNI_ARGS", a.as_str()));
+        }
+        for (k, v) in &self.extra_env {
+            env.push((k.as_str(), v.as_str()));
+        }
+        run_plugin(&self.bin(), command, &env, conf)
+    }
+
+    pub fn add(&self, conf: &Value) -> PluginOutput {
+        self.run("ADD", conf)
+    }
+
+    pub fn del(&self, conf: &Value) -> PluginOutput {
+        self.run("DEL", conf)
+    }
+
+    pub fn check(&self, conf: &Value) -> PluginOutput {
+        self.run("CHECK", conf)
+    }
+
+    /// VERSION needs no container env; `conf` is usually `{"cniVersion": ...}`.
+    pub fn version(&self, conf: &Value) -> PluginOutput {
+        run_plugin(&self.bin(), "VERSION", &[], conf)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// unit tests (no root needed)
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn base36_is_fixed_width() {
+        assert_eq!(base36(0, 5), "00000");
+        assert_eq!(base36(35, 2), "0z");
+        assert_eq!(base36(36, 2), "10");
+        // pid_max on Linux is at most 2^22
+        assert_eq!(base36(1 << 22, 5).len(), 5);
+        assert_eq!(base36_min(0), "0");
+        assert_eq!(base36_min(36 * 36), "100");
+    }
+
+    #[test]
+    fn unique_names_fit_ifnamsiz() {
+        for counter in [0u64, 1, 35, 36, 1295, 46655, 1_000_000] {
+            let n = unique_name_with("bt", IFNAMSIZ_MAX, 4_194_304, counter);
+            assert!(n.len() <= IFNAMSIZ_MAX, "{n}");
+            assert!(n.starts_with("bt"));
+            assert!(n.bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
+        let n = unique_name("brx", IFNAMSIZ_MAX);
+        assert!(n.len() <= IFNAMSIZ_MAX && n.starts_with("brx"), "{n}");
+    }
+
+    #[test]
+    fn unique_names_distinct_across_pids_and_counters() {
+        let mut seen = HashSet::new();
+        for pid in [1u32, 2, 36, 37, 1296, 4_194_304] {
+            for counter in 0..200u64 {
+                assert!(
+                    seen.insert(unique_name_with("b", 15, pid, counter)),
+                    "duplicate for pid {pid} counter {counter}"
+                );
+            }
+        }
+        let names: HashSet<String> = (0..1000).map(|_| unique_name("t", 15)).collect();
+        assert_eq!(names.len(), 1000);
+    }
+
+    #[test]
+    fn unique_names_distinct_across_threads() {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(|| (0..200).map(|_| unique_name("th", 15)).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = HashSet::new();
+        for h in handles {
+            for n in h.join().unwrap() {
+                assert!(all.insert(n));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "too long")]
+    fn unique_name_rejects_long_prefix() {
+        unique_name_with("averylongprefix", IFNAMSIZ_MAX, 1, 0);
+    }
+
+    #[test]
+    fn netns_names_are_parseable() {
+        let n = netns_name(1234, 7, "Bridge ADD/del");
+        assert_eq!(n, "berth-t-1234-7-bridge-add-del");
+        assert_eq!(netns_name(1, 2, ""), "berth-t-1-2");
+        // ./scripts/test recovers the pid as the field after "berth-t-"
+        let pid: u32 = n
+            .strip_prefix("berth-t-")
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, 1234);
+        assert!(netns_name(1, 2, &"x".repeat(300)).len() < 64);
+    }
+
+    #[test]
+    fn subnets_are_distinct_within_a_process() {
+        let mut v4s = HashSet::new();
+        let mut v6s = HashSet::new();
+        for c in 0..256 {
+            let (a, b) = unique_subnets_with(4242, c);
+            assert!(a.starts_with("10.") && a.ends_with(".0/24"), "{a}");
+            assert!(b.starts_with("fd42:") && b.ends_with("::/64"), "{b}");
+            let second: u32 = a.split('.').nth(1).unwrap().parse().unwrap();
+            assert!((128..=255).contains(&second), "{a}");
+            assert!(v4s.insert(a));
+            assert!(v6s.insert(b));
+        }
+    }
+
+    #[test]
+    fn bin_dir_from_test_exe() {
+        assert_eq!(
+            bin_dir_from_exe(Path::new("/w/target/debug/deps/support-0123abcd")),
+            PathBuf::from("/w/target/debug")
+        );
+        assert_eq!(
+            bin_dir_from_exe(Path::new("/w/target/release/berth-bench")),
+            PathBuf::from("/w/target/release")
+        );
+    }
+
+    #[test]
+    fn plugin_conf_injects_name_and_version() {
+        let list = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "net1",
+            "plugins": [{"type": "berth-bridge", "bridge": "br0"}]
+        });
+        let prev = serde_json::json!({"cniVersion": "1.1.0", "ips": []});
+        let c = plugin_conf(&list, 0, None);
+        assert_eq!(c["name"], "net1");
+        assert_eq!(c["cniVersion"], "1.1.0");
+        assert_eq!(c["type"], "berth-bridge");
+        assert!(c.get("prevResult").is_none());
+        let d = with_prev_result(&c, &prev);
+        assert_eq!(d["prevResult"], prev);
+        assert_eq!(plugin_conf(&list, 0, Some(&prev)), d);
+    }
+
+    #[test]
+    fn plugin_output_error_accessors() {
+        let o = PluginOutput {
+            status: 1,
+            stdout: r#"{"cniVersion":"1.1.0","code":7,"msg":"bad bridge"}"#.into(),
+            stderr: String::new(),
+            json: serde_json::from_str(r#"{"cniVersion":"1.1.0","code":7,"msg":"bad bridge"}"#)
+                .ok(),
+        };
+        assert!(!o.success());
+        assert_eq!(o.error_code(), Some(7));
+        assert_eq!(o.error_msg(), Some("bad bridge"));
+        o.expect_error(7);
+    }
+
+    #[test]
+    fn ip_json_empty_output_is_empty_array() {
+        assert_eq!(parse_ip_json(""), serde_json::json!([]));
+        assert_eq!(parse_ip_json("[{\"ifname\":\"lo\"}]\n")[0]["ifname"], "lo");
+    }
+}
