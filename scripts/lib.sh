@@ -14,8 +14,9 @@
 #   busybox-static               ping/nc inside namespaces; rootfs for images
 #   iperf3                       datapath throughput between namespaces
 #   jq                           JSON in scripts
+#   kmod                         modprobe (br_netfilter for the Docker-host test)
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
-    busybox-static iperf3 jq)
+    busybox-static iperf3 jq kmod)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2
@@ -101,6 +102,10 @@ then put ~/.cargo/bin on PATH (or run: . ~/.cargo/env) and try again."
 berth_load_modules() {
     if command -v modprobe >/dev/null 2>&1; then
         modprobe -a veth bridge nf_tables vxlan >/dev/null 2>&1 || true
+        # The Docker-host test needs br_netfilter, as dockerd loads it. Bridged
+        # traffic in the host's namespace then passes the host's forward
+        # hooks too, which accept it on a test machine (no dockerd runs there).
+        modprobe br_netfilter >/dev/null 2>&1 || true
     fi
 }
 

@@ -15,6 +15,7 @@
 //! Every function has an `_in` variant taking the namespace to act in
 //! (`None` = the caller's), which tests use to stay off the host's ruleset.
 
+mod docker;
 mod names;
 mod nft;
 mod rules;
@@ -22,9 +23,13 @@ mod state;
 
 use ipnet::IpNet;
 
+pub use docker::{
+    docker_user_in, ensure_docker_user_in, remove_docker_user_in, DockerUser, DOCKER_USER,
+    DOCKER_USER_COMMENT,
+};
 pub use names::{chain_names, ChainNames};
 pub use nft::{run_batch, NFT_ENV};
-pub use rules::TABLE;
+pub use rules::{FORWARD_MARK, TABLE};
 pub use state::NetworkState;
 
 use crate::handle::check_ifname;

@@ -13,13 +13,13 @@ use std::collections::HashSet;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nftables::batch::Batch;
 use nftables::expr::{
-    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
 };
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
     Table,
 };
-use nftables::stmt::{Accept, Match, Operator, Statement};
+use nftables::stmt::{Accept, Mangle, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::names::{chain_names, ChainNames};
@@ -29,8 +29,17 @@ use super::NetworkRules;
 pub const TABLE: &str = "berth";
 /// Priority of the masquerade chain (`srcnat`).
 const PRIO_SRCNAT: i32 = 100;
-/// Priority of the forward chain (`filter`).
-const PRIO_FILTER: i32 = 0;
+/// Priority of the forward chain: just before `filter` (0), where
+/// iptables' FORWARD chain (and Docker's DOCKER-USER) runs, so the mark set
+/// here is visible there.
+const PRIO_FORWARD: i32 = -1;
+/// The packet mark bit berth's forward chains set on a network's own
+/// traffic (from its bridge, and replies to it). An `accept` in our table
+/// cannot overrule a drop policy in another table; the mark lets one rule
+/// in Docker's DOCKER-USER chain accept exactly this traffic (see
+/// docker.rs). Bit 30: clear of kube-proxy (0x4000/0x8000), the portmap
+/// and netavark masquerade bits (0x2000, 0x1000) and Tailscale (0xff0000).
+pub const FORWARD_MARK: u32 = 0x4000_0000;
 /// nft keeps at most 128 bytes of a rule comment.
 const COMMENT_MAX: usize = 120;
 
@@ -66,7 +75,7 @@ fn fwd_chain(n: &ChainNames) -> Chain<'static> {
         &n.forward,
         NfChainType::Filter,
         NfHook::Forward,
-        PRIO_FILTER,
+        PRIO_FORWARD,
     )
 }
 
@@ -168,19 +177,32 @@ fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
+/// `meta mark set meta mark | FORWARD_MARK`
+fn set_forward_mark() -> Statement<'static> {
+    Statement::Mangle(Mangle {
+        key: meta(MetaKey::Mark),
+        value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+            meta(MetaKey::Mark),
+            Expression::Number(FORWARD_MARK),
+        ]))),
+    })
+}
+
 fn forward_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2] {
     let dev = || Expression::String(bridge.to_string().into());
     [
-        // iifname BRIDGE accept
+        // iifname BRIDGE meta mark set meta mark | FORWARD_MARK accept
         rule(
             chain,
             comment,
             vec![
                 matches(meta(MetaKey::Iifname), Operator::EQ, dev()),
+                set_forward_mark(),
                 Statement::Accept(Some(Accept {})),
             ],
         ),
-        // oifname BRIDGE ct state established,related accept
+        // oifname BRIDGE ct state established,related
+        //   meta mark set meta mark | FORWARD_MARK accept
         rule(
             chain,
             comment,
@@ -198,6 +220,7 @@ fn forward_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2]
                         Expression::String("related".into()),
                     ]),
                 ),
+                set_forward_mark(),
                 Statement::Accept(Some(Accept {})),
             ],
         ),

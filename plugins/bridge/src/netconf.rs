@@ -108,10 +108,14 @@ impl AddContext<'_> {
         if conf.is_gateway {
             self.configure_gateway(&bridge, &result.ips)?;
         }
-        if conf.ip_masq && !result.ips.is_empty() {
-            let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
+        let masquerade: Vec<IpNet> = if conf.ip_masq {
+            result.ips.iter().map(|ip| ip.address.trunc()).collect()
+        } else {
+            Vec::new()
+        };
+        {
             let lock = self.state.lock()?;
-            firewall::ensure(self.state, &lock, &req.conf.name, &conf.bridge, &subnets)?;
+            firewall::ensure(self.state, &lock, &req.conf.name, &conf.bridge, &masquerade)?;
         }
 
         result.interfaces = vec![
@@ -390,8 +394,8 @@ pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), E
             }
         }
     }
-    if conf.ip_masq && !prev.ips.is_empty() && !firewall::present(&req.conf.name)? {
-        return Err(missing(format!("masquerade rules for network {:?} are missing from table inet berth", req.conf.name)));
+    if let Some(what) = firewall::missing(&req.conf.name, conf.ip_masq && !prev.ips.is_empty())? {
+        return Err(missing(what));
     }
     Ok(())
 }
