@@ -8,10 +8,10 @@
 
 pub mod config;
 mod firewall;
+mod ipam;
 mod netconf;
 pub mod state;
 
-use cni::invoke::delegate;
 use cni::{codes, CniResult, Command, Error, Plugin, Request};
 use config::BridgeConf;
 use net::{Handle, Netns};
@@ -86,7 +86,7 @@ impl Plugin for BridgePlugin {
             Err(e) => errors.push(kernel(e)),
         }
         if let Some(ipam) = &conf.ipam_type {
-            if let Err(e) = delegate(ipam, "ipam.type", Command::Del, req) {
+            if let Err(e) = ipam::call(ipam, Command::Del, req) {
                 errors.push(e);
             }
         }
@@ -111,7 +111,7 @@ impl Plugin for BridgePlugin {
             .prev_result()?
             .ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
         if let Some(ipam) = &conf.ipam_type {
-            delegate(ipam, "ipam.type", Command::Check, req)?;
+            ipam::call(ipam, Command::Check, req)?;
         }
         netconf::check(req, &conf, &prev)
     }
@@ -119,7 +119,7 @@ impl Plugin for BridgePlugin {
     fn status(&self, req: &Request) -> Result<(), Error> {
         let conf = BridgeConf::parse(req)?;
         if let Some(ipam) = &conf.ipam_type {
-            delegate(ipam, "ipam.type", Command::Status, req)?;
+            ipam::call(ipam, Command::Status, req)?;
         }
         Ok(())
     }
@@ -128,7 +128,7 @@ impl Plugin for BridgePlugin {
         let conf = BridgeConf::parse(req)?;
         let mut errors = Vec::new();
         if let Some(ipam) = &conf.ipam_type {
-            if let Err(e) = delegate(ipam, "ipam.type", Command::Gc, req) {
+            if let Err(e) = ipam::call(ipam, Command::Gc, req) {
                 errors.push(e);
             }
         }

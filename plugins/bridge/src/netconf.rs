@@ -3,8 +3,7 @@
 
 use crate::config::{format_mac, BridgeConf};
 use crate::state::State;
-use crate::{firewall, host_veth_name, kernel};
-use cni::invoke::delegate;
+use crate::{firewall, host_veth_name, ipam, kernel};
 use cni::{codes, CniResult, Command, Error, Interface, IpConfig, Request, Route};
 use ipnet::IpNet;
 use net::{AddressOptions, BridgeOptions, BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions};
@@ -59,7 +58,7 @@ impl AddContext<'_> {
         let (req, conf) = (self.req, self.conf);
         let mut result = CniResult { cni_version: req.result_version(), ..Default::default() };
         if let Some(ipam) = &conf.ipam_type {
-            let r = delegate(ipam, "ipam.type", Command::Add, req)?
+            let r = ipam::call(ipam, Command::Add, req)?
                 .ok_or_else(|| Error::new(codes::DELEGATE, format!("ipam.type: {ipam} printed no result")))?;
             progress.ipam = true;
             if r.ips.is_empty() {
@@ -315,7 +314,7 @@ impl AddContext<'_> {
         }
         if progress.ipam {
             if let Some(ipam) = &self.conf.ipam_type {
-                let _ = delegate(ipam, "ipam.type", Command::Del, self.req);
+                let _ = ipam::call(ipam, Command::Del, self.req);
             }
         }
         if let Some(index) = progress.bridge_created {
