@@ -85,7 +85,7 @@ fn apply_check_update_remove() {
     let fwd = l.chain(&names.forward).expect("forward chain");
     assert_eq!(fwd["type"], "filter");
     assert_eq!(fwd["hook"], "forward");
-    assert_eq!(fwd["prio"], 0);
+    assert_eq!(fwd["prio"], -1, "before iptables' filter chains (see FORWARD_MARK)");
     assert_eq!(
         l.rules_of(&names.nat).len(),
         2,

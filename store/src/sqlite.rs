@@ -136,8 +136,9 @@ impl SqliteStore {
             .map_err(sql_err(path, "setting synchronous"))?;
         // Each plugin process is usually the database's only connection, and
         // the last connection to close would checkpoint (and fsync) the WAL
-        // and delete it, so the next process must recreate it. Checkpoints
-        // happen instead when the WAL passes its auto-checkpoint size.
+        // and delete it, so the next process must recreate it. Instead, a
+        // closing connection checkpoints only once the WAL has grown (see
+        // `Drop`).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(sql_err(path, "disabling checkpoint on close"))?;
         let mut store = SqliteStore {
@@ -217,6 +218,25 @@ impl SqliteStore {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(io_err(path, "restricting permissions of"))?;
         Ok(())
+    }
+}
+
+/// WAL size past which a closing connection checkpoints it. A process that
+/// opens the database as its only connection rebuilds the WAL index by
+/// reading the whole WAL, so the WAL must stay small for opens to stay
+/// cheap; one checkpoint (two fsyncs) every few dozen operations does that.
+const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_CHECKPOINT_BYTES);
+        if big {
+            // Best effort: a checkpoint that is busy or fails leaves the WAL
+            // for the next closer; the data is safe either way.
+            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 }
 

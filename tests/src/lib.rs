@@ -900,3 +900,201 @@ mod tests {
         assert_eq!(parse_ip_json("[{\"ifname\":\"lo\"}]\n")[0]["ifname"], "lo");
     }
 }
+
+// ---------------------------------------------------------------------------
+// bridge plugin helpers (tests/bridge.rs, bridge_bad_input.rs, interop.rs)
+
+/// The host end of berth-bridge's veth for (container ID, ifname): "bv" + the
+/// first 8 hex digits of sha256(containerID + "\0" + ifname). Recomputed here
+/// so the tests stay black-box.
+pub fn bridge_host_veth(container_id: &str, ifname: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(container_id.as_bytes());
+    h.update([0u8]);
+    h.update(ifname.as_bytes());
+    format!("bv{}", &hex::encode(h.finalize())[..8])
+}
+
+/// `ip netns exec <ns> busybox ping -c1 -W2 <addr>`, up to 3 tries (the
+/// first packet may race neighbour discovery). Err carries the last output.
+pub fn ping_from(ns: &TestNetns, addr: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let out = ns.exec(&["busybox", "ping", "-c1", "-W2", addr]);
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Err(last)
+}
+
+/// Panics unless `addr` answers a ping from `ns`.
+pub fn assert_ping(ns: &TestNetns, addr: &str) {
+    if let Err(e) = ping_from(ns, addr) {
+        panic!("ping {addr} from netns {} failed: {e}", ns.name());
+    }
+}
+
+/// The nftables table berth-bridge's firewall uses (`inet berth`).
+pub const BERTH_NFT_TABLE: &str = "berth";
+
+/// `<short>` of berth's per-network nft object names
+/// (`nat-<short>-<hash8>`, `fwd-...`, `masq4-...`, `masq6-...`): the network
+/// name cut to 32 chars, characters outside `[A-Za-z0-9_-]` replaced by `_`.
+pub fn nft_short_name(network: &str) -> String {
+    network
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect()
+}
+
+/// Whether an nft object name is `<kind>-<short>-<8 hex>` for `network`.
+pub fn nft_name_is_of(name: &str, network: &str) -> bool {
+    let short = nft_short_name(network);
+    ["nat-", "fwd-", "masq4-", "masq6-"].iter().any(|kind| {
+        name.strip_prefix(kind)
+            .and_then(|rest| rest.strip_prefix(short.as_str()))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
+/// `nft -j list table inet berth` as the list of its objects (empty when
+/// the table does not exist).
+pub fn berth_nft_table() -> Vec<Value> {
+    let out = run("nft", &["-j", "list", "table", "inet", BERTH_NFT_TABLE]);
+    if !out.status.success() {
+        // "No such file or directory": no table.
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nft -j printed invalid JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    v["nftables"].as_array().cloned().unwrap_or_default()
+}
+
+/// Objects of table `inet berth` that belong to `network`, as
+/// "chain <name>", "set <name>" and "rule <chain>" strings, sorted.
+pub fn berth_nft_objects(network: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for obj in berth_nft_table() {
+        for (kind, key) in [("chain", "name"), ("set", "name"), ("rule", "chain")] {
+            if let Some(name) = obj
+                .get(kind)
+                .and_then(|o| o.get(key))
+                .and_then(Value::as_str)
+            {
+                if nft_name_is_of(name, network) {
+                    out.push(format!("{kind} {name}"));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deletes `network`'s chains and sets from `inet berth` on drop (best
+/// effort; never the table itself), for tests that use ipMasq.
+#[derive(Debug)]
+pub struct NftNetworkGuard {
+    network: String,
+}
+
+impl NftNetworkGuard {
+    pub fn new(network: impl Into<String>) -> Self {
+        Self {
+            network: network.into(),
+        }
+    }
+}
+
+impl Drop for NftNetworkGuard {
+    fn drop(&mut self) {
+        let objs = berth_nft_objects(&self.network);
+        let t = BERTH_NFT_TABLE;
+        // Chains first (their rules reference the sets).
+        for o in &objs {
+            if let Some(chain) = o.strip_prefix("chain ") {
+                let _ = run("nft", &["flush", "chain", "inet", t, chain]);
+                let _ = run("nft", &["delete", "chain", "inet", t, chain]);
+            }
+        }
+        for o in &objs {
+            if let Some(set) = o.strip_prefix("set ") {
+                let _ = run("nft", &["delete", "set", "inet", t, set]);
+            }
+        }
+    }
+}
+
+/// Every entry under `root`, recursively: relative path -> file content
+/// (`None` for directories, `Some(target)` bytes for symlinks). A missing
+/// `root` is an empty map.
+pub fn dir_tree(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                out.insert(rel, None);
+                walk(root, &p, out);
+            } else if ft.is_symlink() {
+                let t = std::fs::read_link(&p).unwrap_or_default();
+                out.insert(rel, Some(t.to_string_lossy().into_owned().into_bytes()));
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A BERTH_RUN_DIR shared by the tests of this process that are alive at
+/// the same time (removed when the last of them drops its handle), as all
+/// berth-bridge networks of a host share /run/berth/bridge. berth-bridge
+/// decides from its run dir whether a network was the last one with
+/// firewall rules (then it drops the whole `inet berth` table), so networks
+/// under different run dirs would delete each other's rules; tests keep
+/// apart by using unique network names (`<run dir>/<network>`).
+pub fn shared_run_dir() -> std::sync::Arc<TempDir> {
+    use std::sync::{Arc, Mutex, Weak};
+    static SHARED: Mutex<Weak<TempDir>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = slot.upgrade() {
+        return dir;
+    }
+    let dir = Arc::new(TempDir::new("run"));
+    *slot = Arc::downgrade(&dir);
+    dir
+}

@@ -19,6 +19,7 @@ mod docker;
 mod names;
 mod nft;
 mod rules;
+mod spoofchk;
 mod state;
 
 use ipnet::IpNet;
@@ -30,6 +31,10 @@ pub use docker::{
 pub use names::{chain_names, ChainNames};
 pub use nft::{run_batch, NFT_ENV};
 pub use rules::{FORWARD_MARK, TABLE};
+pub use spoofchk::{
+    spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_remove_in,
+    spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in, SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
+};
 pub use state::NetworkState;
 
 use crate::handle::check_ifname;
@@ -95,6 +100,34 @@ pub fn remove_table() -> Result<()> {
 /// [`remove_table`] inside `ns` (None: the caller's namespace).
 pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
     run_batch(ns, rules::remove_table_batch(), "remove table inet berth")
+}
+
+/// Removes `network`'s objects, or the whole `inet berth` table together
+/// with berth's DOCKER-USER rule when nothing but this network's objects is
+/// left in it (one listing, then one batch). Returns true if the table was
+/// dropped. Other berth processes must not change the table meanwhile: the
+/// caller holds berth's host-wide lock.
+pub fn release_network_in(ns: Option<&Netns>, network: &str) -> Result<bool> {
+    check_network(network)?;
+    let op = format!("list nft table inet {TABLE}");
+    let listing = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
+        Ok(out) => Some(out),
+        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => None,
+        Err(e) => return Err(e),
+    };
+    let others = match &listing {
+        Some(out) => state::foreign_objects(out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })?,
+        None => 0,
+    };
+    if others > 0 {
+        remove_in(ns, network)?;
+        return Ok(false);
+    }
+    remove_docker_user_in(ns)?;
+    if listing.is_some() {
+        remove_table_in(ns)?;
+    }
+    Ok(true)
 }
 
 /// For CHECK: true if the network's masquerade chain exists and holds

@@ -228,10 +228,15 @@ fn forward_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2]
 }
 
 /// Rule comment: lets an operator reading `nft list` find the network.
-/// Quotes, backslashes and control characters are replaced so the text
-/// listing stays loadable with `nft -f`.
 fn comment_for(network: &str) -> String {
-    let clean: String = network
+    clean_comment(format!("berth network {network}"))
+}
+
+/// Makes `text` a safe rule comment: quotes, backslashes and control
+/// characters are replaced so the text listing stays loadable with
+/// `nft -f`, and it is cut (on a char boundary) to what nft keeps.
+pub(crate) fn clean_comment(text: String) -> String {
+    let mut c: String = text
         .chars()
         .map(|c| {
             if c == '"' || c == '\\' || c.is_control() {
@@ -241,7 +246,6 @@ fn comment_for(network: &str) -> String {
             }
         })
         .collect();
-    let mut c = format!("berth network {clean}");
     if c.len() > COMMENT_MAX {
         let mut cut = COMMENT_MAX;
         while !c.is_char_boundary(cut) {

@@ -54,6 +54,24 @@ pub(crate) fn parse(json: &str, names: &ChainNames) -> Result<NetworkState, Stri
     Ok(st)
 }
 
+/// How many chains and sets in `nft -j list table inet berth` output
+/// belong to something other than `names` (another network, or another
+/// berth plugin).
+pub(crate) fn foreign_objects(json: &str, names: &ChainNames) -> Result<usize, String> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| format!("bad nft JSON: {e}"))?;
+    let items = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("nft JSON without an \"nftables\" array")?;
+    let own = [&names.nat, &names.forward, &names.set_v4, &names.set_v6];
+    Ok(items
+        .iter()
+        .filter_map(|i| i.get("chain").or_else(|| i.get("set")))
+        .filter_map(|o| o.get("name").and_then(Value::as_str))
+        .filter(|n| !own.iter().any(|o| o.as_str() == *n))
+        .count())
+}
+
 /// One set element: "10.0.0.1", {"prefix": {...}}, or either wrapped in
 /// {"elem": {"val": ...}}. Ranges that are not prefixes are skipped: berth
 /// only ever adds prefixes.

@@ -1,6 +1,7 @@
 //! The network's nftables rules (masquerade and forward accept), installed
 //! once per network and removed with its last attachment. The common ADD
-//! path only reads a marker file: no nft call per container.
+//! path only reads a marker file: no nft call per container (except with
+//! macspoofchk: one batch per ADD and per DEL for the port's check).
 //!
 //! Every network gets its forward rules, masquerading or not: on a host
 //! where Docker set iptables' FORWARD policy to DROP and loaded
@@ -51,15 +52,13 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
         return Ok(());
     }
     if state.rules_marker(network).is_some() {
-        // The last network with rules takes the table with it, so a host
-        // without berth containers has no berth ruleset at all. (Only
-        // berth-bridge puts objects in the table today; a plugin that adds
-        // its own must be counted here too.)
-        if state.networks_with_rules().iter().all(|n| n == network) {
-            net::firewall::remove_docker_user_in(None).map_err(nft_err)?;
-            net::firewall::remove_table().map_err(nft_err)?;
-        } else {
-            net::firewall::remove(network).map_err(nft_err)?;
+        // Only this network's objects go — unless nothing else is left in
+        // the table (networks of any berth process on this host, whatever
+        // its run dir, count), so a host without berth containers has no
+        // berth ruleset at all.
+        let table_dropped = net::firewall::release_network_in(None, network).map_err(nft_err)?;
+        if table_dropped {
+            net::firewall::spoofchk_remove_table_if_unused_in(None).map_err(nft_err)?;
         }
     }
     state.forget_network(lock, network)
@@ -85,4 +84,34 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error>
         )));
     }
     Ok(None)
+}
+
+/// macspoofchk: only `mac` may send into the bridge through `host_veth`.
+/// Called under the state lock, after [`ensure`]: the network's marker
+/// then exists, so a concurrent last DEL of another network cannot drop
+/// the `bridge berth` table under us.
+pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Result<(), Error> {
+    net::firewall::spoofchk_add_in(None, host_veth, mac, container_id).map_err(nft_err)
+}
+
+/// Removes `host_veth`'s spoof check (no MAC needed; nothing there is
+/// fine). Called under the state lock for the same reason as
+/// [`spoofchk_add`]: run after the table was dropped, the batch would
+/// re-create it empty.
+pub fn spoofchk_remove(host_veth: &str) -> Result<(), Error> {
+    net::firewall::spoofchk_remove_in(None, host_veth).map_err(nft_err)
+}
+
+/// CHECK with macspoofchk: `host_veth`'s chain exists and lets `mac`
+/// through. Returns what is missing.
+pub fn spoofchk_missing(host_veth: &str, mac: &str) -> Result<Option<String>, Error> {
+    let chain = net::firewall::spoofchk_chain_name(host_veth);
+    let table = net::firewall::SPOOFCHK_TABLE;
+    match net::firewall::spoofchk_macs_in(None, host_veth).map_err(nft_err)? {
+        None => Ok(Some(format!("MAC spoof check chain {chain} is missing from table bridge {table}"))),
+        Some(macs) if !macs.iter().any(|m| m.eq_ignore_ascii_case(mac)) => Ok(Some(format!(
+            "MAC spoof check chain {chain} in table bridge {table} has no rule for MAC {mac} (has {macs:?})"
+        ))),
+        Some(_) => Ok(None),
+    }
 }

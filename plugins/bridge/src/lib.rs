@@ -34,6 +34,20 @@ pub(crate) fn kernel(e: net::Error) -> Error {
     Error::new(codes::KERNEL, e.to_string())
 }
 
+/// DEL and GC (under the state lock): removes the port's MAC spoof check
+/// when the network has macspoofchk on; one nft batch, no MAC needed.
+/// Skipped without an attachment record: the record outlives the check, so
+/// there is nothing to remove, and a repeated DEL must not run the batch
+/// (after the last network took the table with it, its "add, then delete"
+/// would leave an empty `bridge berth` table behind).
+fn spoofchk_remove(conf: &BridgeConf, state: &State, network: &str, host_veth: &str) -> Result<(), Error> {
+    if conf.macspoofchk && state.has_record(network, host_veth) {
+        firewall::spoofchk_remove(host_veth)
+    } else {
+        Ok(())
+    }
+}
+
 impl Plugin for BridgePlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let conf = BridgeConf::parse(req)?;
@@ -93,8 +107,10 @@ impl Plugin for BridgePlugin {
         let state = State::from_env();
         match state.lock() {
             Ok(lock) => {
-                let removed = state
-                    .remove_record(&lock, &req.conf.name, &host_veth)
+                // A spoof check that could not be removed keeps its record,
+                // so a retried DEL or a GC tries again.
+                let removed = spoofchk_remove(&conf, &state, &req.conf.name, &host_veth)
+                    .and_then(|()| state.remove_record(&lock, &req.conf.name, &host_veth))
                     .and_then(|()| firewall::release_if_unused(&state, &lock, &req.conf.name));
                 if let Err(e) = removed {
                     errors.push(e);
@@ -148,7 +164,9 @@ impl Plugin for BridgePlugin {
                 continue;
             }
             let lock = state.lock()?;
-            if let Err(e) = state.remove_record(&lock, &req.conf.name, &host_veth) {
+            let removed = spoofchk_remove(&conf, &state, &req.conf.name, &host_veth)
+                .and_then(|()| state.remove_record(&lock, &req.conf.name, &host_veth));
+            if let Err(e) = removed {
                 errors.push(e);
             }
         }

@@ -16,6 +16,10 @@ pub struct Progress {
     ipam: bool,
     bridge_created: Option<u32>,
     veth: bool,
+    /// The macspoofchk batch was attempted: from then on rollback removes
+    /// the port's check (set before the call, so a batch that applied but
+    /// reported an error is covered too).
+    spoofchk: bool,
 }
 
 pub struct AddContext<'a> {
@@ -115,6 +119,14 @@ impl AddContext<'_> {
         {
             let lock = self.state.lock()?;
             firewall::ensure(self.state, &lock, &req.conf.name, &conf.bridge, &masquerade)?;
+            if conf.macspoofchk {
+                // The MAC the container really has (given or kernel-chosen).
+                let mac = cl
+                    .mac
+                    .ok_or_else(|| Error::new(codes::KERNEL, format!("{} has no MAC address", req.ifname)))?;
+                progress.spoofchk = true;
+                firewall::spoofchk_add(self.host_veth, &mac, &req.container_id)?;
+            }
         }
 
         result.interfaces = vec![
@@ -325,6 +337,9 @@ impl AddContext<'_> {
             }
         }
         if let Ok(lock) = self.state.lock() {
+            if progress.spoofchk {
+                let _ = firewall::spoofchk_remove(self.host_veth);
+            }
             let _ = self.state.remove_record(&lock, &self.req.conf.name, self.host_veth);
             let _ = firewall::release_if_unused(self.state, &lock, &self.req.conf.name);
         }
@@ -395,6 +410,13 @@ pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), E
     }
     if let Some(what) = firewall::missing(&req.conf.name, conf.ip_masq && !prev.ips.is_empty())? {
         return Err(missing(what));
+    }
+    if conf.macspoofchk {
+        // The ADD result's MAC (already checked to be the link's above).
+        let mac = if want.mac.is_empty() { mac_string(&link) } else { want.mac.clone() };
+        if let Some(what) = firewall::spoofchk_missing(&host_veth, &mac)? {
+            return Err(missing(what));
+        }
     }
     Ok(())
 }

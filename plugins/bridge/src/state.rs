@@ -19,6 +19,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/bridge";
+/// Locked (as a directory) around every change of records and rules.
+const LOCK_DIR: &str = "/run/berth";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -58,15 +60,19 @@ impl State {
         State::new(std::env::var_os("BERTH_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into()))
     }
 
-    /// One lock for all networks: the sections it guards are a few file
-    /// operations, plus one nft call on a network's first ADD or last DEL.
-    /// Locking the directory itself leaves no lock file behind.
+    /// One lock for all networks and all berth processes on the host: the
+    /// nftables tables it guards are host-wide, whatever run dir a process
+    /// uses. The sections it guards are a few file operations, plus nft
+    /// calls on a network's first ADD and last DEL. Locking a directory
+    /// leaves no lock file behind.
     pub fn lock(&self) -> Result<Lock, Error> {
         fs::create_dir_all(&self.root).map_err(|e| io_err("creating", &self.root, e))?;
-        let dir = fs::File::open(&self.root).map_err(|e| io_err("opening", &self.root, e))?;
+        let lock_dir = Path::new(LOCK_DIR);
+        fs::create_dir_all(lock_dir).map_err(|e| io_err("creating", lock_dir, e))?;
+        let dir = fs::File::open(lock_dir).map_err(|e| io_err("opening", lock_dir, e))?;
         nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
             .map(|held| Lock { _held: held })
-            .map_err(|(_, e)| Error::new(codes::IO, format!("locking {}: {e}", self.root.display())))
+            .map_err(|(_, e)| Error::new(codes::IO, format!("locking {}: {e}", lock_dir.display())))
     }
 
     fn network_dir(&self, network: &str) -> PathBuf {
@@ -86,6 +92,11 @@ impl State {
     pub fn read_record(&self, network: &str, host_veth: &str) -> Option<Record> {
         let data = fs::read(self.records_dir(network).join(host_veth)).ok()?;
         serde_json::from_slice(&data).ok()
+    }
+
+    /// True if `host_veth` has a record (readable or not).
+    pub fn has_record(&self, network: &str, host_veth: &str) -> bool {
+        self.records_dir(network).join(host_veth).exists()
     }
 
     pub fn remove_record(&self, _lock: &Lock, network: &str, host_veth: &str) -> Result<(), Error> {
@@ -121,15 +132,6 @@ impl State {
     pub fn rules_marker(&self, network: &str) -> Option<RulesMarker> {
         let data = fs::read(self.network_dir(network).join("rules.json")).ok()?;
         serde_json::from_slice(&data).ok()
-    }
-
-    /// Networks whose rules are installed.
-    pub fn networks_with_rules(&self) -> Vec<String> {
-        let Ok(rd) = fs::read_dir(&self.root) else { return Vec::new() };
-        rd.filter_map(Result::ok)
-            .filter(|e| e.path().join("rules.json").exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect()
     }
 
     pub fn write_rules_marker(&self, _lock: &Lock, network: &str, m: &RulesMarker) -> Result<(), Error> {
