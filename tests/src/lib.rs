@@ -1098,3 +1098,57 @@ pub fn shared_run_dir() -> std::sync::Arc<TempDir> {
     *slot = Arc::downgrade(&dir);
     dir
 }
+
+/// Runs a CNI plugin inside `host`, which is then the plugin's "host"
+/// namespace (its bridges, veths and nftables rules land there, not on the
+/// real host), as a runtime there would: a cleared environment plus PATH,
+/// `CNI_COMMAND=command` and `env`, `stdin` as JSON.
+pub fn run_plugin_in(
+    host: &TestNetns,
+    bin: &Path,
+    command: &str,
+    env: &[(&str, &str)],
+    stdin: &Value,
+) -> PluginOutput {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", host.name(), "env", "-i"])
+        .arg(format!("PATH={}", std::env::var("PATH").unwrap_or_default()))
+        .arg(format!("CNI_COMMAND={command}"));
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    let mut child = cmd
+        .arg(bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run ip netns exec {}: {e}", host.name()));
+    let input = serde_json::to_vec(stdin).expect("serialize stdin");
+    // Configs are far below a pipe's capacity: writing first cannot block.
+    let _ = child.stdin.take().expect("stdin").write_all(&input);
+    let out = child.wait_with_output().expect("wait for plugin");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    PluginOutput {
+        status: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(&stdout).ok(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl TestNetns {
+    /// Runs `sh -c script` in the namespace; panics (with its output) on
+    /// failure, returns stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "in {}: {script}\n{}{}",
+            self.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

@@ -7,23 +7,10 @@
 //! and links are never touched, and dropping that namespace removes
 //! everything the plugin made there, also when a test fails.
 
-use berth_tests::{bin, require_root, PluginOutput, TempDir, TestNetns};
+use berth_tests::{bin, require_root, run_plugin_in, PluginOutput, TempDir, TestNetns};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 
 const SPOOFED: &str = "02:00:00:00:00:99";
-
-fn sh(ns: &TestNetns, script: &str) -> String {
-    let out = ns.exec(&["sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "in {}: {script}\n{}{}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn ping(from: &TestNetns, addr: &str) -> bool {
     from.exec(&["busybox", "ping", "-c", "1", "-W", "2", addr]).status.success()
@@ -33,31 +20,14 @@ fn ping(from: &TestNetns, addr: &str) -> bool {
 /// runtime would: cleared environment, CNI_* variables, config on stdin.
 /// (As in docker_host.rs.)
 fn plugin_in(host: &TestNetns, command: &str, container: &TestNetns, d: &Dirs, conf: &Value) -> PluginOutput {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", host.name(), "env", "-i"])
-        .arg(format!("PATH={}", std::env::var("PATH").unwrap_or_default()))
-        .arg(format!("CNI_COMMAND={command}"))
-        .arg(format!("CNI_CONTAINERID={}", container.name()))
-        .arg(format!("CNI_NETNS={}", container.path_str()))
-        .arg("CNI_IFNAME=eth0")
-        .arg(format!("CNI_PATH={}", d.cni_path))
-        .arg(format!("BERTH_RUN_DIR={}", d.run.path().display()))
-        .arg(bin("berth-bridge"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ip netns exec");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    PluginOutput {
-        status: out.status.code().unwrap_or(-1),
-        json: serde_json::from_str(&stdout).ok(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let env = [
+        ("CNI_CONTAINERID", container.name()),
+        ("CNI_NETNS", container.path_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", d.cni_path.as_str()),
+        ("BERTH_RUN_DIR", &d.run.path().display().to_string()),
+    ];
+    run_plugin_in(host, &bin("berth-bridge"), command, &env, conf)
 }
 
 struct Dirs {
@@ -82,7 +52,7 @@ fn dirs(macspoofchk: bool) -> Dirs {
 
 fn new_host() -> TestNetns {
     let host = TestNetns::new("spoofhost");
-    sh(&host, "ip link set lo up");
+    host.sh("ip link set lo up");
     host
 }
 
@@ -98,17 +68,17 @@ fn addr_and_port(result: &Value) -> (String, String) {
 /// `peer`, so the next ping starts with an ARP request carrying the new MAC
 /// (and a stale cache on either side cannot explain the outcome).
 fn set_mac(ns: &TestNetns, peer: &TestNetns, mac: &str) {
-    sh(ns, &format!("ip link set eth0 down && ip link set eth0 address {mac} && ip link set eth0 up && ip neigh flush all"));
-    sh(peer, "ip neigh flush all");
+    ns.sh(&format!("ip link set eth0 down && ip link set eth0 address {mac} && ip link set eth0 up && ip neigh flush all"));
+    peer.sh("ip neigh flush all");
 }
 
 fn tables(host: &TestNetns) -> String {
-    sh(host, "nft list tables")
+    host.sh("nft list tables")
 }
 
 /// `nft -j list table bridge berth` parsed: (map keys, chain names).
 fn spoof_objects(host: &TestNetns) -> (Vec<String>, Vec<String>) {
-    let v: Value = serde_json::from_str(&sh(host, "nft -j list table bridge berth")).unwrap();
+    let v: Value = serde_json::from_str(&host.sh("nft -j list table bridge berth")).unwrap();
     let items = v["nftables"].as_array().cloned().unwrap_or_default();
     let mut keys = Vec::new();
     let mut chains = Vec::new();
@@ -146,7 +116,7 @@ fn spoofed_source_mac_is_dropped() {
     let (ip_b, port_b) = addr_and_port(&res_b);
     let mac_a = res_a["interfaces"][2]["mac"].as_str().unwrap().to_string();
 
-    let ruleset = sh(&host, "nft list table bridge berth");
+    let ruleset = host.sh("nft list table bridge berth");
     assert!(ruleset.contains("iifname vmap @spoofchk-ports"), "{ruleset}");
     assert!(ruleset.contains(&format!("ether saddr != {mac_a} drop")), "{ruleset}");
     let (keys, chains) = spoof_objects(&host);
@@ -180,7 +150,7 @@ fn spoofed_source_mac_is_dropped() {
 
     // CHECK notices a missing per-port chain (the element refers to it, so
     // it goes first).
-    sh(&host, &format!(
+    host.sh(&format!(
         "nft delete element bridge berth spoofchk-ports '{{ \"{port_a}\" }}' && nft delete chain bridge berth spoof-{port_a}"
     ));
     let chk = check(&host, &a, &d, &res_a);

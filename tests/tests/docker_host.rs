@@ -11,23 +11,11 @@
 //! on a second link has no route back to the containers, so a reply from it
 //! proves masquerading.
 
-use berth_tests::{bin, require_root, run, PluginOutput, TempDir, TestNetns};
+use berth_tests::{bin, require_root, run_plugin_in, run, PluginOutput, TempDir, TestNetns};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const OUTSIDE: &str = "198.51.100.2";
-
-fn sh(ns: &TestNetns, script: &str) -> String {
-    let out = ns.exec(&["sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "in {}: {script}\n{}{}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn ping(from: &TestNetns, addr: &str) -> bool {
     from.exec(&["busybox", "ping", "-c", "1", "-W", "2", addr]).status.success()
@@ -36,31 +24,14 @@ fn ping(from: &TestNetns, addr: &str) -> bool {
 /// Runs berth-bridge inside `host` (so that namespace is its "host") as a
 /// runtime would: cleared environment, CNI_* variables, config on stdin.
 fn plugin_in(host: &TestNetns, command: &str, container: &TestNetns, dirs: &Dirs, conf: &Value) -> PluginOutput {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", host.name(), "env", "-i"])
-        .arg(format!("PATH={}", std::env::var("PATH").unwrap_or_default()))
-        .arg(format!("CNI_COMMAND={command}"))
-        .arg(format!("CNI_CONTAINERID={}", container.name()))
-        .arg(format!("CNI_NETNS={}", container.path_str()))
-        .arg("CNI_IFNAME=eth0")
-        .arg(format!("CNI_PATH={}", dirs.cni_path))
-        .arg(format!("BERTH_RUN_DIR={}", dirs.run.path().display()))
-        .arg(bin("berth-bridge"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ip netns exec");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    PluginOutput {
-        status: out.status.code().unwrap_or(-1),
-        json: serde_json::from_str(&stdout).ok(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let env = [
+        ("CNI_CONTAINERID", container.name()),
+        ("CNI_NETNS", container.path_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", dirs.cni_path.as_str()),
+        ("BERTH_RUN_DIR", &dirs.run.path().display().to_string()),
+    ];
+    run_plugin_in(host, &bin("berth-bridge"), command, &env, conf)
 }
 
 struct Dirs {
@@ -93,9 +64,7 @@ fn make_docker_host() -> TestNetns {
         "br_netfilter is not available (modprobe br_netfilter)"
     );
     let host = TestNetns::new("dockerhost");
-    sh(
-        &host,
-        "ip link set lo up && \
+    host.sh("ip link set lo up && \
          sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 && \
          iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && \
          iptables -P FORWARD DROP && iptables -I FORWARD -j DOCKER-USER",
@@ -112,13 +81,13 @@ fn connect_outside(host: &TestNetns) -> TestNetns {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    sh(host, "ip addr add 198.51.100.1/24 dev h2o && ip link set h2o up");
-    sh(&outside, &format!("ip addr add {OUTSIDE}/24 dev o2h && ip link set o2h up && ip link set lo up"));
+    host.sh("ip addr add 198.51.100.1/24 dev h2o && ip link set h2o up");
+    outside.sh(&format!("ip addr add {OUTSIDE}/24 dev o2h && ip link set o2h up && ip link set lo up"));
     outside
 }
 
 fn berth_rule_handle(host: &TestNetns) -> Option<String> {
-    let listing = sh(host, "nft -a list chain ip filter DOCKER-USER");
+    let listing = host.sh("nft -a list chain ip filter DOCKER-USER");
     listing
         .lines()
         .find(|l| l.contains("berth: accept traffic of berth bridges"))
@@ -141,12 +110,12 @@ fn containers_talk_and_masquerade_under_dockers_drop_policy() {
 
     // berth's exception is in DOCKER-USER, in a form iptables-nft (and so
     // Docker) still reads.
-    let rules = sh(&host, "iptables -S DOCKER-USER");
+    let rules = host.sh("iptables -S DOCKER-USER");
     assert!(
         rules.contains("-m mark --mark 0x40000000/0x40000000") && rules.contains("-j ACCEPT"),
         "DOCKER-USER: {rules}"
     );
-    assert!(sh(&host, "iptables-save").contains("DOCKER-USER"));
+    assert!(host.sh("iptables-save").contains("DOCKER-USER"));
 
     assert!(ping(&a, ip_b), "container to container over the bridge");
     assert!(ping(&a, "10.77.0.1"), "container to its gateway");
@@ -155,7 +124,7 @@ fn containers_talk_and_masquerade_under_dockers_drop_policy() {
     // Control: the same setup without berth's exception is dropped by
     // Docker's policy, so the pings above passed because of it.
     let handle = berth_rule_handle(&host).expect("berth's rule in DOCKER-USER");
-    sh(&host, &format!("nft delete rule ip filter DOCKER-USER handle {handle}"));
+    host.sh(&format!("nft delete rule ip filter DOCKER-USER handle {handle}"));
     assert!(!ping(&a, ip_b), "without the exception br_netfilter + DROP must drop bridged traffic");
     assert!(!ping(&a, OUTSIDE), "without the exception DROP must drop routed traffic");
 
@@ -170,10 +139,10 @@ fn containers_talk_and_masquerade_under_dockers_drop_policy() {
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
     plugin_in(&host, "DEL", &b, &d, &d.conf).assert_ok();
     assert!(berth_rule_handle(&host).is_none());
-    let tables = sh(&host, "nft list tables");
+    let tables = host.sh("nft list tables");
     assert!(!tables.contains("inet berth"), "{tables}");
-    assert!(sh(&host, "iptables -S DOCKER-USER").contains("-A DOCKER-USER -j RETURN"));
-    assert!(sh(&host, "iptables -S FORWARD").contains("-P FORWARD DROP"));
+    assert!(host.sh("iptables -S DOCKER-USER").contains("-A DOCKER-USER -j RETURN"));
+    assert!(host.sh("iptables -S FORWARD").contains("-P FORWARD DROP"));
     drop(outside);
 }
 
@@ -190,7 +159,7 @@ fn exception_is_added_once_and_removed_with_the_last_network() {
 
     plugin_in(&host, "ADD", &a, &d, &d.conf).expect_ok();
     plugin_in(&host, "ADD", &b, &d, &other).expect_ok();
-    let count = sh(&host, "iptables -S DOCKER-USER").matches("berth: accept").count();
+    let count = host.sh("iptables -S DOCKER-USER").matches("berth: accept").count();
     assert_eq!(count, 1, "one exception for all berth networks");
 
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();

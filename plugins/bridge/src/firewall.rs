@@ -76,7 +76,7 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error>
         return Ok(Some(format!("masquerade rules of network {network:?} are missing from table inet berth")));
     }
     let docker = net::firewall::docker_user_in(None).map_err(nft_err)?;
-    if docker.iter().any(|d| *d == net::firewall::DockerUser::Missing) {
+    if docker.contains(&net::firewall::DockerUser::Missing) {
         return Ok(Some(format!(
             "chain {} exists but lacks berth's rule {:?} (Docker started after the network was set up?)",
             net::firewall::DOCKER_USER,
