@@ -53,6 +53,21 @@ fn bridge_mac(name: &str) -> [u8; 6] {
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
+/// The host end of the veth is a bridge port: it forwards IPv6 frames at
+/// layer 2 and needs no IPv6 of its own. Left on (before the link comes up),
+/// every port would get a link-local address and an fe80::/64 route, all in
+/// one node of the host's IPv6 routing table, where inserting and looking
+/// up routes is linear in the number of containers — and it would send DAD
+/// and router solicitations into its container.
+fn disable_ipv6(host_veth: &str) -> Result<(), Error> {
+    match net::sysctl::write(&format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "1") {
+        Ok(()) => Ok(()),
+        // IPv6 disabled in the whole kernel: nothing to turn off.
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(kernel(e)),
+    }
+}
+
 fn is_default_route(dst: &IpNet) -> bool {
     dst.prefix_len() == 0
 }
@@ -98,6 +113,7 @@ impl AddContext<'_> {
             self.host.set_bridge_port(hv.index, &port).map_err(kernel)?;
         }
         self.configure_vlans(hv.index, bridge.index)?;
+        disable_ipv6(self.host_veth)?;
         self.host.set_up(hv.index).map_err(kernel)?;
 
         let cl = self
@@ -231,6 +247,9 @@ impl AddContext<'_> {
     /// Addresses, link up, then routes (IPv6 prefix routes need the link up).
     fn configure_container(&mut self, index: u32, result: &mut CniResult) -> Result<(), Error> {
         let conf = self.conf;
+        if !conf.enabledad {
+            self.disable_dad()?;
+        }
         for ip in &result.ips {
             let opts = AddressOptions { nodad: !conf.enabledad };
             self.cont.add_address(index, ip.address, &opts).map_err(kernel)?;
@@ -264,6 +283,29 @@ impl AddContext<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `enabledad: false` (the default), as in the reference: no duplicate
+    /// address detection on the container interface at all, so the
+    /// link-local address it gets when it comes up is usable at once and
+    /// sends no DAD probe, which the bridge would flood to every port.
+    /// Addresses berth adds are also marked nodad. Must run before the link
+    /// comes up; /proc/sys/net resolves in the writer's netns, hence the
+    /// thread in the container's.
+    fn disable_dad(&self) -> Result<(), Error> {
+        let ifname = self.req.ifname.clone();
+        let written = self.ns.run(move || {
+            for key in ["accept_dad", "enhanced_dad"] {
+                match net::sysctl::write(&format!("net/ipv6/conf/{ifname}/{key}"), "0") {
+                    Ok(()) => {}
+                    // No IPv6 in the kernel, or no enhanced_dad knob.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        written.map_err(kernel)?.map_err(kernel)
     }
 
     /// Gateway addresses on the bridge and forwarding on, like the
