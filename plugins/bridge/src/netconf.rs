@@ -314,11 +314,13 @@ impl AddContext<'_> {
     fn configure_gateway(&mut self, bridge: &Link, ips: &[IpConfig]) -> Result<(), Error> {
         let mut v4 = false;
         let mut v6 = false;
+        // One dump, kept current below as addresses are added and removed.
+        let mut existing = self.host.addresses(Some(bridge.index)).map_err(kernel)?;
         for ip in ips {
             let Some(gw) = ip.gateway else { continue };
             let want = IpNet::new(gw, ip.address.prefix_len()).map_err(|e| Error::config("gateway", e))?;
-            let existing = self.host.addresses(Some(bridge.index)).map_err(kernel)?;
             let mut present = false;
+            let mut replaced = Vec::new();
             for a in existing.iter().filter(|a| a.addr.addr().is_ipv4() == gw.is_ipv4()) {
                 if a.addr == want {
                     present = true;
@@ -338,13 +340,16 @@ impl AddContext<'_> {
                     ));
                 }
                 self.host.del_address(bridge.index, a.addr).map_err(kernel)?;
+                replaced.push(a.addr);
             }
+            existing.retain(|a| !replaced.contains(&a.addr));
             if !present {
                 match self.host.add_address(bridge.index, want, &AddressOptions { nodad: true }) {
                     Ok(()) => {}
                     Err(e) if e.is_exists() => {} // a concurrent ADD added it
                     Err(e) => return Err(kernel(e)),
                 }
+                existing.push(net::Address { index: bridge.index, addr: want, scope: 0 });
             }
             if gw.is_ipv4() {
                 v4 = true;
