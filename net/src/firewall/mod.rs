@@ -8,9 +8,14 @@
 //! to list the ruleset first; see rules.rs for how that stays idempotent.
 //!
 //! Note on `forward`: an `accept` in our chain only ends evaluation of *our*
-//! base chain. A drop policy in another table's forward hook (Docker's or
-//! firewalld's, for instance) still applies; those need their own
-//! exceptions.
+//! base chain. A drop policy in another table's forward hook still applies.
+//! So the forward chain also marks the network's traffic ([`FORWARD_MARK`]),
+//! and docker.rs puts one rule accepting that mark into Docker's
+//! DOCKER-USER chain. Other firewalls with a drop policy (firewalld, for
+//! instance) still need their own exception.
+//!
+//! A second table, `bridge berth`, holds the macspoofchk rules
+//! (spoofchk.rs).
 //!
 //! Every function has an `_in` variant taking the namespace to act in
 //! (`None` = the caller's), which tests use to stay off the host's ruleset.
