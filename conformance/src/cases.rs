@@ -74,6 +74,7 @@ cases! {
     "check-iface-removed" check_iface_removed "CHECK after the container interface was deleted by hand: error";
     "check-addr-removed" check_addr_removed "CHECK after the container address was deleted by hand: error";
     "check-route-removed" check_route_removed "CHECK after a result route was deleted by hand: error";
+    "prev-result-version" prev_result_version "prevResult of another result family than the config: error; prevResult without cniVersion: accepted";
     "add-netns-missing" add_netns_missing "ADD with a nonexistent CNI_NETNS: error";
     "add-own-netns" add_own_netns "ADD with CNI_NETNS = the plugin's own netns: error";
     "ipam-missing" ipam_missing "IPAM binary missing from CNI_PATH: ADD fails, the following DEL cleans up";
@@ -856,6 +857,37 @@ fn check_after_add(s: &Suite) -> Result<Outcome> {
     }
     del(s, &mut a)?;
     pass()
+}
+
+/// Contract case 31, on CHECK (the verb an interface plugin reads
+/// prevResult in): a prevResult whose cniVersion is of another result
+/// family than the config's must be refused; one without cniVersion takes
+/// the config's and is accepted.
+fn prev_result_version(s: &Suite) -> Result<Outcome> {
+    require!(need_check(s));
+    let mut a = s.att()?;
+    add(s, &mut a)?;
+    let cached = a.result.clone().context("ADD left no cached result")?;
+    let other = if vge(&s.version, "1.0.0") { "0.3.1" } else { "1.0.0" };
+    let mut conf = s.single_conf(Some(&s.version));
+
+    let mut foreign = cached.clone();
+    foreign["cniVersion"] = json!(other);
+    conf["prevResult"] = foreign;
+    let o = s.exec_main(&a, Some("CHECK"), &[], &conf_bytes(&conf));
+    let code = o
+        .cni_error()
+        .with_context(|| format!("CHECK with config {} and a prevResult of cniVersion {other}", s.version))?;
+
+    let mut bare = cached;
+    if let Some(m) = bare.as_object_mut() {
+        m.remove("cniVersion");
+    }
+    conf["prevResult"] = bare;
+    let o = s.exec_main(&a, Some("CHECK"), &[], &conf_bytes(&conf));
+    ensure!(o.ok(), "CHECK with a prevResult without cniVersion failed: {}", o.brief());
+    del(s, &mut a)?;
+    pass_note(format!("prevResult {other} with config {}: error {code}", s.version))
 }
 
 fn check_no_prev(s: &Suite) -> Result<Outcome> {
