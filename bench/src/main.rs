@@ -499,21 +499,14 @@ fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<Value> {
 // ---------------------------------------------------------------------------
 // the veth deletion floor
 
-fn time_ip(args: &[&str]) -> Result<f64> {
+/// Wall time of deleting `name` through `h`: one RTM_DELLINK and its ack,
+/// i.e. the kernel's cost plus one netlink round trip.
+fn time_del(h: &mut net::Handle, name: &str) -> Result<f64> {
     let start = Instant::now();
-    let st = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
+    let existed = h.delete_link_by_name(name).with_context(|| format!("delete {name}"))?;
     let t = ms(start.elapsed());
-    if !st.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&st.stderr).trim()
-        );
+    if !existed {
+        bail!("{name} did not exist");
     }
     Ok(t)
 }
@@ -526,61 +519,61 @@ fn floor(reps: usize) -> Result<Value> {
     let pid = std::process::id();
     let h = Netns::new(format!("bb-{pid}-floor-h"))?;
     let c = Netns::new(format!("bb-{pid}-floor-c"))?;
+    let (hn, cn) = (
+        net::Netns::open(std::path::Path::new(&h.path))?,
+        net::Netns::open(std::path::Path::new(&c.path))?,
+    );
+    let mut hh = sys::handle_in(&h)?;
+    let mut ch = sys::handle_in(&c)?;
+    let veth = |hh: &mut net::Handle, peer: &str, peer_ns: &net::Netns| -> Result<u32> {
+        hh.add_veth("vfa", peer, peer_ns, &net::VethOptions::default())?;
+        Ok(hh.link_by_name("vfa")?.context("vfa vanished")?.index)
+    };
     // What a bridge plugin's DEL really deletes: a veth that is a port of a
-    // bridge with other ports, its peer up in another netns. Removing a
-    // bridge port costs the kernel more than removing a bare veth (the port's
-    // rx handler is unregistered with another RCU grace period).
-    sys::ip(&["-n", &h.name, "link", "add", "bfl0", "type", "bridge"])?;
-    sys::ip(&["-n", &h.name, "link", "set", "bfl0", "up"])?;
+    // bridge with other ports, its peer up in another netns.
+    hh.add_bridge("bfl0", &net::BridgeOptions::default())?;
+    let br = hh.link_by_name("bfl0")?.context("bfl0 vanished")?.index;
+    hh.set_up(br)?;
     for i in 0..FLOOR_BRIDGE_PORTS {
         let (a, b) = (format!("vp{i}a"), format!("vp{i}b"));
-        sys::ip(&["-n", &h.name, "link", "add", &a, "type", "veth", "peer", "name", &b])?;
-        sys::ip(&["-n", &h.name, "link", "set", &a, "master", "bfl0", "up"])?;
-        sys::ip(&["-n", &h.name, "link", "set", &b, "up"])?;
+        hh.add_veth(&a, &b, &hn, &net::VethOptions::default())?;
+        for (name, master) in [(&a, Some(br)), (&b, None)] {
+            let idx = hh.link_by_name(name)?.context("port vanished")?.index;
+            if let Some(m) = master {
+                hh.set_master(idx, m)?;
+            }
+            hh.set_up(idx)?;
+        }
     }
-    let (mut same, mut cross, mut port, mut base) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut same, mut cross, mut port) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        base.push(time_ip(&["-n", &h.name, "link", "show", "lo"])?);
+        veth(&mut hh, "vfb", &hn)?;
+        same.push(time_del(&mut hh, "vfa")?);
 
-        sys::ip(&[
-            "-n", &h.name, "link", "add", "vfa", "type", "veth", "peer", "name", "vfb",
-        ])?;
-        same.push(time_ip(&["-n", &h.name, "link", "del", "vfa"])?);
+        veth(&mut hh, "eth0", &cn)?;
+        cross.push(time_del(&mut hh, "vfa")?);
 
-        sys::ip(&[
-            "-n", &h.name, "link", "add", "vfa", "type", "veth", "peer", "name", "eth0", "netns",
-            &c.name,
-        ])?;
-        cross.push(time_ip(&["-n", &h.name, "link", "del", "vfa"])?);
-
-        sys::ip(&[
-            "-n", &h.name, "link", "add", "vfa", "type", "veth", "peer", "name", "eth0", "netns",
-            &c.name,
-        ])?;
-        sys::ip(&["-n", &h.name, "link", "set", "vfa", "master", "bfl0", "up"])?;
-        sys::ip(&["-n", &c.name, "link", "set", "eth0", "up"])?;
-        port.push(time_ip(&["-n", &h.name, "link", "del", "vfa"])?);
+        let idx = veth(&mut hh, "eth0", &cn)?;
+        hh.set_master(idx, br)?;
+        hh.set_up(idx)?;
+        let peer = ch.link_by_name("eth0")?.context("eth0 vanished")?.index;
+        ch.set_up(peer)?;
+        port.push(time_del(&mut hh, "vfa")?);
     }
-    let (s, x, p, b) = (median(&same), median(&cross), median(&port), median(&base));
     Ok(json!({
         "reps": reps,
-        "what": "median wall time of `ip -n NS link del` of a veth pair (includes starting ip); \
-                 ip_baseline is `ip -n NS link show lo`; kernel cost ~ del - baseline",
+        "what": "median time of one RTM_DELLINK of a veth (netlink round trip included)",
         "bridge_ports": FLOOR_BRIDGE_PORTS,
-        "veth_del_same_netns_ms": s,
-        "veth_del_peer_in_other_netns_ms": x,
-        "veth_del_bridge_port_ms": p,
-        "ip_baseline_ms": b,
-        "kernel_veth_del_same_netns_ms": s.zip(b).map(|(s, b)| s - b),
-        "kernel_veth_del_peer_in_other_netns_ms": x.zip(b).map(|(x, b)| x - b),
-        "kernel_veth_del_bridge_port_ms": p.zip(b).map(|(p, b)| p - b),
+        "veth_del_same_netns_ms": median(&same),
+        "veth_del_peer_in_other_netns_ms": median(&cross),
+        "veth_del_bridge_port_ms": median(&port),
     }))
 }
 
 /// berth's DEL against the kernel's cost of deleting the very veth it
 /// deletes, in the same state: FLOOR_BRIDGE_PORTS berth containers on one
-/// network; for every other container `ip link del <host veth>` is timed
-/// (less ip's own start-up) and an untimed DEL then releases its address;
+/// network; for every other container one RTM_DELLINK of its host veth is
+/// timed and an untimed DEL then releases its address;
 /// for the rest berth's whole DEL (process start included) is timed. Both
 /// halves see the bridge shrink alike.
 fn del_in_place(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
@@ -596,11 +589,7 @@ fn del_in_place(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
         }
         results.push(serde_json::from_str::<Value>(&x.stdout)?);
     }
-    let mut base = Vec::new();
-    for _ in 0..10 {
-        base.push(time_ip(&["link", "show", "lo"])?);
-    }
-    let base = median(&base).unwrap_or(0.0);
+    let mut host = sys::host()?;
     let (mut kernel, mut berth) = (Vec::new(), Vec::new());
     for (i, r) in results.iter().enumerate() {
         let conf = with_prev_result(&net.conf, r);
@@ -608,7 +597,7 @@ fn del_in_place(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
             let hv = r["interfaces"][1]["name"]
                 .as_str()
                 .context("ADD result without a host interface")?;
-            kernel.push(time_ip(&["link", "del", hv])? - base);
+            kernel.push(time_del(&mut host, hv)?);
             let x = exec_cni(&net.imp, "DEL", &net.cid(i), &nss[i].path, &conf)?;
             if !x.ok {
                 bail!("DEL #{i} failed: {}", x.describe());
@@ -828,28 +817,15 @@ fn print_tables(report: &Value) {
     if !report["floor"].is_null() {
         let fl = &report["floor"];
         println!(
-            "== veth deletion floor (median of {} runs of `ip -n NS link del`) ==",
+            "== veth deletion floor (median of {} RTM_DELLINKs, netlink round trip included) ==",
             fl["reps"]
         );
+        println!("  veth, both ends in one netns:   {:>8} ms", f(&fl["veth_del_same_netns_ms"]));
+        println!("  veth, peer in another netns:    {:>8} ms", f(&fl["veth_del_peer_in_other_netns_ms"]));
         println!(
-            "  veth, both ends in one netns:   {:>8} ms  (kernel ~{} ms)",
-            f(&fl["veth_del_same_netns_ms"]),
-            f(&fl["kernel_veth_del_same_netns_ms"])
-        );
-        println!(
-            "  veth, peer in another netns:    {:>8} ms  (kernel ~{} ms)",
-            f(&fl["veth_del_peer_in_other_netns_ms"]),
-            f(&fl["kernel_veth_del_peer_in_other_netns_ms"])
-        );
-        println!(
-            "  bridge port ({} other ports), peer in another netns: {:>8} ms  (kernel ~{} ms)",
+            "  bridge port ({} other ports), peer up in another netns: {:>8} ms",
             fl["bridge_ports"],
-            f(&fl["veth_del_bridge_port_ms"]),
-            f(&fl["kernel_veth_del_bridge_port_ms"])
-        );
-        println!(
-            "  running ip itself (link show):  {:>8} ms",
-            f(&fl["ip_baseline_ms"])
+            f(&fl["veth_del_bridge_port_ms"])
         );
         println!();
     }
@@ -858,7 +834,7 @@ fn print_tables(report: &Value) {
         println!();
         println!("== berth DEL vs the kernel deleting the same veth ({} containers on one network, alternating) ==", d["containers"]);
         println!(
-            "  kernel (ip link del <host veth>, less ip start-up): {:>8} ms",
+            "  kernel (one RTM_DELLINK of the host veth):          {:>8} ms",
             f(&d["kernel_veth_del_ms"])
         );
         println!(

@@ -1,9 +1,8 @@
-//! Host plumbing for the bench: namespaces, links, temp dirs, free subnets.
-//! The bench is not product code, so it drives `ip` as a subprocess.
+//! Host plumbing for the bench: namespaces, links, temp dirs, free subnets,
+//! through berth's own `net` crate (netlink) and plain system calls.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -20,53 +19,61 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `ip <args>`; fails with its stderr.
-pub fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run ip (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// A netlink handle in the bench's own netns.
+pub fn host() -> Result<net::Handle> {
+    net::Handle::new().context("open a netlink socket")
 }
 
-pub fn link_exists(name: &str) -> bool {
-    Command::new("ip")
-        .args(["link", "show", "dev", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+/// A netlink handle inside a named netns.
+pub fn handle_in(ns: &Netns) -> Result<net::Handle> {
+    let fd = net::Netns::open(Path::new(&ns.path)).with_context(|| format!("open {}", ns.path))?;
+    net::Handle::in_netns(&fd).with_context(|| format!("netlink socket in {}", ns.path))
 }
 
-/// A named network namespace, deleted on drop.
+/// A named network namespace (`/run/netns/<name>`, as `ip netns add` makes
+/// it), deleted on drop. Plays the runtime's part: it creates the netns
+/// the plugins are handed.
 #[derive(Debug)]
 pub struct Netns {
-    pub name: String,
     pub path: String,
 }
 
 impl Netns {
     pub fn new(name: String) -> Result<Self> {
-        ip(&["netns", "add", &name])?;
-        let path = format!("/run/netns/{name}");
-        Ok(Self { name, path })
+        let dir = Path::new("/run/netns");
+        std::fs::create_dir_all(dir).context("mkdir /run/netns")?;
+        let path = dir.join(&name);
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+        let target = path.clone();
+        // A fresh netns on a throwaway thread, kept alive by a bind mount of
+        // the thread's namespace file onto the name.
+        let made = std::thread::spawn(move || -> nix::Result<()> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?;
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            bail!("create netns {name}: {e}");
+        }
+        Ok(Self { path: path.display().to_string() })
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("warning: {e:#}");
+        if let Err(e) = nix::mount::umount2(self.path.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("warning: umount {}: {e}", self.path);
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            eprintln!("warning: remove {}: {e}", self.path);
         }
     }
 }
@@ -77,10 +84,8 @@ pub struct LinkGuard(pub String);
 
 impl Drop for LinkGuard {
     fn drop(&mut self) {
-        if link_exists(&self.0) {
-            if let Err(e) = ip(&["link", "del", "dev", &self.0]) {
-                eprintln!("warning: {e:#}");
-            }
+        if let Err(e) = host().and_then(|mut h| Ok(h.delete_link_by_name(&self.0)?)) {
+            eprintln!("warning: delete link {}: {e:#}", self.0);
         }
     }
 }
@@ -133,19 +138,6 @@ pub fn unique_ifname(prefix: &str) -> String {
     name
 }
 
-/// Parses "a.b.c.d/len", "a.b.c.d" (a /32) or "default" (0/0).
-fn parse_v4_prefix(s: &str) -> Option<(u32, u8)> {
-    if s == "default" {
-        return Some((0, 0));
-    }
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, l.parse().ok()?),
-        None => (s, 32),
-    };
-    let a: Ipv4Addr = addr.parse().ok()?;
-    Some((u32::from(a), len))
-}
-
 /// Two IPv4 prefixes overlap iff they agree on the shorter one's bits.
 pub fn v4_overlap(a: (u32, u8), b: (u32, u8)) -> bool {
     let len = a.1.min(b.1);
@@ -159,26 +151,18 @@ pub fn v4_overlap(a: (u32, u8), b: (u32, u8)) -> bool {
 /// IPv4 prefixes in use on the host: routes of all tables (except default
 /// routes, which cover everything) and interface addresses.
 fn host_v4_prefixes() -> Result<Vec<(u32, u8)>> {
+    let mut h = host()?;
     let mut out = Vec::new();
-    let routes: serde_json::Value =
-        serde_json::from_str(&ip(&["-j", "-4", "route", "show", "table", "all"])?)
-            .context("parse ip -j route")?;
-    for r in routes.as_array().into_iter().flatten() {
-        if let Some(p) = r["dst"].as_str().and_then(parse_v4_prefix) {
-            if p.1 > 0 {
-                out.push(p);
+    for r in h.routes().context("list routes")? {
+        if let ipnet::IpNet::V4(n) = r.dst {
+            if n.prefix_len() > 0 {
+                out.push((u32::from(n.network()), n.prefix_len()));
             }
         }
     }
-    let addrs: serde_json::Value =
-        serde_json::from_str(&ip(&["-j", "-4", "addr", "show"])?).context("parse ip -j addr")?;
-    for link in addrs.as_array().into_iter().flatten() {
-        for a in link["addr_info"].as_array().into_iter().flatten() {
-            if let (Some(l), Some(p)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
-                if let Ok(ip) = l.parse::<Ipv4Addr>() {
-                    out.push((u32::from(ip), p as u8));
-                }
-            }
+    for a in h.addresses(None).context("list addresses")? {
+        if let IpAddr::V4(ip) = a.addr.addr() {
+            out.push((u32::from(ip), a.addr.prefix_len()));
         }
     }
     Ok(out)
@@ -208,12 +192,15 @@ mod tests {
 
     #[test]
     fn overlap() {
-        let p = |s| parse_v4_prefix(s).unwrap();
+        let p = |s: &str| {
+            let n: ipnet::Ipv4Net = s.parse().unwrap();
+            (u32::from(n.addr()), n.prefix_len())
+        };
         assert!(v4_overlap(p("10.200.0.0/16"), p("10.200.3.0/24")));
         assert!(v4_overlap(p("10.0.0.0/8"), p("10.200.0.0/16")));
         assert!(!v4_overlap(p("10.201.0.0/16"), p("10.200.0.0/16")));
-        assert!(v4_overlap(p("10.200.1.1"), p("10.200.0.0/16")));
-        assert!(v4_overlap(p("default"), p("10.200.0.0/16")));
+        assert!(v4_overlap(p("10.200.1.1/32"), p("10.200.0.0/16")));
+        assert!(v4_overlap(p("0.0.0.0/0"), p("10.200.0.0/16")));
         assert!(!v4_overlap(p("192.168.0.0/16"), p("10.200.0.0/16")));
     }
 
