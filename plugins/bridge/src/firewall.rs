@@ -43,7 +43,8 @@ pub fn ensure(state: &State, lock: &Lock, network: &str, bridge: &str, subnets: 
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
     net::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
-    state.write_rules_marker(lock, network, &RulesMarker { bridge: bridge.to_string(), subnets: all })
+    let marker = RulesMarker { bridge: bridge.to_string(), subnets: all, boot_id: crate::state::boot_id() };
+    state.write_rules_marker(lock, network, &marker)
 }
 
 /// Removes the network's rules and state once no attachment is left.

@@ -1,10 +1,12 @@
-//! berth-bridge's runtime state under /run/berth/bridge (tmpfs: it vanishes
-//! at reboot together with the veths and nftables rules it describes).
+//! berth-bridge's runtime state under /run/berth/bridge. /run is usually a
+//! tmpfs that vanishes at reboot together with the veths and nftables rules
+//! described here; where it is not, the rules marker carries the boot ID.
 //!
 //! ```text
 //! /run/berth/bridge/                 flock'ed while records or rules change
 //!   <network>/attachments/<hostveth> {"containerID","ifname","bridge"}
 //!   <network>/rules.json             what the network's nftables rules cover
+//!                                    (and in which boot)
 //! ```
 //! An attachment record is written before anything is created for it, so a
 //! plugin killed at any point leaves a record that DEL or GC acts on. The
@@ -35,6 +37,17 @@ pub struct Record {
 pub struct RulesMarker {
     pub bridge: String,
     pub subnets: Vec<IpNet>,
+    /// The kernel boot the rules were installed in. nftables rules die with
+    /// a reboot; the run dir does too when it is a tmpfs, but not on hosts
+    /// where /run is a plain directory, so a marker from another boot must
+    /// not vouch for rules.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// This boot's ID (random per boot, from the kernel).
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -129,9 +142,11 @@ impl State {
             .unwrap_or(false)
     }
 
+    /// The network's marker, if it was written in this boot.
     pub fn rules_marker(&self, network: &str) -> Option<RulesMarker> {
         let data = fs::read(self.network_dir(network).join("rules.json")).ok()?;
-        serde_json::from_slice(&data).ok()
+        let m: RulesMarker = serde_json::from_slice(&data).ok()?;
+        (m.boot_id == boot_id()).then_some(m)
     }
 
     pub fn write_rules_marker(&self, _lock: &Lock, network: &str, m: &RulesMarker) -> Result<(), Error> {
@@ -157,7 +172,8 @@ impl State {
 }
 
 /// Write to a temporary name, then rename: readers see the old or the new
-/// content, never a torn file. No fsync: the run dir is tmpfs.
+/// content, never a torn file. No fsync: what is here describes kernel
+/// state that a power loss takes away anyway.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let tmp = path.with_file_name(format!(
         ".{}.{}",
@@ -167,4 +183,28 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let mut f = fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
     f.write_all(data).map_err(|e| io_err("writing", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| io_err("renaming", &tmp, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_from_another_boot_vouches_for_nothing() {
+        let root = std::env::temp_dir().join(format!("berth-state-test-{}", std::process::id()));
+        let state = State::new(&root);
+        let net: IpNet = "10.9.0.0/24".parse().unwrap();
+        let marker = |boot: String| RulesMarker { bridge: "b0".into(), subnets: vec![net], boot_id: boot };
+        // Written directly: the lock only serialises writers, it doesn't
+        // change what is read back.
+        let dir = root.join("n1");
+        fs::create_dir_all(&dir).unwrap();
+        let write = |m: &RulesMarker| fs::write(dir.join("rules.json"), serde_json::to_vec(m).unwrap()).unwrap();
+
+        write(&marker(boot_id()));
+        assert_eq!(state.rules_marker("n1"), Some(marker(boot_id())));
+        write(&marker("another-boot".into()));
+        assert_eq!(state.rules_marker("n1"), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
