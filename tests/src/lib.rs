@@ -1152,3 +1152,11 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// Names of the links enslaved to `bridge` in the caller's netns.
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    ip_json(&["link", "show", "master", bridge])
+        .as_array()
+        .map(|links| links.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}

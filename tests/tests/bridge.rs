@@ -193,12 +193,7 @@ impl Net {
         if !link_exists(&self.bridge) {
             return Vec::new();
         }
-        let mut v: Vec<String> = ip_json(&["link", "show", "master", &self.bridge])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_string())
-            .collect();
+        let mut v = berth_tests::bridge_ports(&self.bridge);
         v.sort();
         v
     }

@@ -57,15 +57,6 @@ fn allocations(data: &Path, network: &str) -> Vec<(IpAddr, String, String)> {
     v
 }
 
-fn bridge_ports(bridge: &str) -> Vec<String> {
-    ip_json(&["link", "show", "master", bridge])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn eth0_addrs(ns: &TestNetns) -> Vec<String> {
     let mut out = Vec::new();
     for l in ns

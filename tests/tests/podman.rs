@@ -344,15 +344,6 @@ fn in_subnet(ip: Ipv4Addr, subnet: &str) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-fn bridge_ports(bridge: &str) -> Vec<String> {
-    ip_json(&["link", "show", "master", bridge])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn bridge_v4_addrs(bridge: &str) -> Vec<String> {
     let mut out = Vec::new();
     for l in ip_json(&["-4", "addr", "show", "dev", bridge])
