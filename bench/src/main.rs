@@ -16,11 +16,14 @@
 //!   cost of running `ip` itself (`ip link show lo`).
 //! * `concurrent` — K (64) ADDs at once on one berth network: all must
 //!   succeed with no address handed out twice; then K DELs at once.
+//! * `host` — berth-host's none, macvlan and device modes against
+//!   `loopback`, `macvlan` and `host-device` (see host.rs).
 //!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
 //! nftables is left to the plugins.
 
+mod host;
 mod sys;
 
 use std::collections::HashMap;
@@ -45,10 +48,11 @@ usage: berth-bench [options]        (as root)
                          else <workspace>/target/release]
   --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
   --n LIST              container counts for compare [default: 1,100,1000]
-  --only LIST           parts to run: compare,floor,concurrent [default: all]
+  --only LIST           parts to run: compare,floor,concurrent,host [default: all]
   --no-ref              compare: run berth only
   --concurrency K       concurrent ADDs for `concurrent` [default: 64]
   --floor-reps R        repetitions for `floor` [default: 30]
+  --host-reps R         containers per mode for `host` [default: 30]
   --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
                         the reference plugins 1.1.1 accept]
   --json                print the report as JSON on stdout (progress on stderr)
@@ -63,9 +67,11 @@ struct Args {
     compare: bool,
     floor: bool,
     concurrent: bool,
+    host: bool,
     no_ref: bool,
     concurrency: usize,
     floor_reps: usize,
+    host_reps: usize,
     cni_version: String,
     json: bool,
 }
@@ -100,9 +106,11 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
         compare: true,
         floor: true,
         concurrent: true,
+        host: true,
         no_ref: false,
         concurrency: 64,
         floor_reps: 30,
+        host_reps: 30,
         cni_version: "1.0.0".into(),
         json: false,
     };
@@ -131,18 +139,21 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                 a.compare = false;
                 a.floor = false;
                 a.concurrent = false;
+                a.host = false;
                 for p in parts {
                     match p.as_str() {
                         "compare" => a.compare = true,
                         "floor" => a.floor = true,
                         "concurrent" => a.concurrent = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent)"),
+                        "host" => a.host = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host)"),
                     }
                 }
             }
             "--no-ref" => a.no_ref = true,
             "--concurrency" => a.concurrency = value()?.parse().context("--concurrency")?,
             "--floor-reps" => a.floor_reps = value()?.parse().context("--floor-reps")?,
+            "--host-reps" => a.host_reps = value()?.parse().context("--host-reps")?,
             "--cni-version" => a.cni_version = value()?,
             "--json" => a.json = true,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -151,8 +162,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
     if a.ns.contains(&0) {
         bail!("--n: counts must be at least 1");
     }
-    if a.concurrency == 0 || a.floor_reps == 0 {
-        bail!("--concurrency and --floor-reps must be at least 1");
+    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 {
+        bail!("--concurrency, --floor-reps and --host-reps must be at least 1");
     }
     Ok(Some(a))
 }
@@ -257,12 +268,18 @@ impl Exec {
     }
 }
 
-/// One exec of `imp`'s bridge plugin, as a runtime does it: environment
-/// cleared but PATH, CNI_* set, config on stdin. Timed from spawn to exit.
+/// One exec of `imp`'s bridge plugin (see [`exec_plugin`]).
 fn exec_cni(imp: &Impl, command: &str, cid: &str, netns: &str, conf: &Value) -> Result<Exec> {
+    exec_plugin(&imp.dir, imp.bridge, command, cid, netns, conf)
+}
+
+/// One exec of plugin `plugin` from `dir` (also its CNI_PATH), as a runtime
+/// does it: environment cleared but PATH, CNI_* set, config on stdin.
+/// Timed from spawn to exit.
+fn exec_plugin(dir: &Path, plugin: &str, command: &str, cid: &str, netns: &str, conf: &Value) -> Result<Exec> {
     let input = serde_json::to_vec(conf)?;
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let bin = imp.dir.join(imp.bridge);
+    let bin = dir.join(plugin);
     let start = Instant::now();
     let mut child = Command::new(&bin)
         .env_clear()
@@ -271,7 +288,7 @@ fn exec_cni(imp: &Impl, command: &str, cid: &str, netns: &str, conf: &Value) -> 
         .env("CNI_CONTAINERID", cid)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", &imp.dir)
+        .env("CNI_PATH", dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -755,6 +772,27 @@ fn fx(v: &Value) -> String {
 }
 
 fn print_tables(report: &Value) {
+    if let Some(rows) = report["host"].as_array() {
+        println!("== berth-host vs the reference plugin of each mode: ADD / DEL, median ms ==");
+        println!("{:<8} {:>10} {:>10} {:<12} {:>10} {:>10} {:>8} {:>8}", "mode", "berth ADD", "berth DEL", "ref", "ref ADD", "ref DEL", "ADD x", "DEL x");
+        for r in rows {
+            println!(
+                "{:<8} {:>10} {:>10} {:<12} {:>10} {:>10} {:>8} {:>8}",
+                r["mode"].as_str().unwrap_or("-"),
+                f(&r["berth"]["add_ms"]),
+                f(&r["berth"]["del_ms"]),
+                r["ref"]["plugin"].as_str().unwrap_or("-"),
+                f(&r["ref"]["add_ms"]),
+                f(&r["ref"]["del_ms"]),
+                fx(&r["add_ratio"]),
+                fx(&r["del_ratio"]),
+            );
+        }
+        println!();
+    }
+    if let Some(e) = report["host_error"].as_str() {
+        println!("FAILED host: {e}\n");
+    }
     if let Some(rows) = report["compare"].as_array() {
         println!("== per-container ADD / DEL, median ms (one exec of the bridge plugin each) ==");
         println!(
@@ -957,6 +995,15 @@ fn real_main() -> Result<bool> {
             Err(e) => {
                 ok = false;
                 report["concurrent_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
+    if args.host {
+        match host::host_modes(&args.berth_dir, &args.ref_dir, args.host_reps) {
+            Ok(v) => report["host"] = v,
+            Err(e) => {
+                ok = false;
+                report["host_error"] = json!(format!("{e:#}"));
             }
         }
     }

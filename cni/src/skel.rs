@@ -112,6 +112,12 @@ pub trait Plugin {
     }
     /// Printed on stderr when CNI_COMMAND is unset.
     fn about(&self) -> String;
+    /// True if the plugin itself decides which namespaces CNI_NETNS may
+    /// name. Otherwise the dispatcher refuses the plugin's own namespace
+    /// (code 8, as the reference skel does) before the plugin runs.
+    fn judges_netns_itself(&self) -> bool {
+        false
+    }
 }
 
 /// What an invocation printed and how it exits.
@@ -290,7 +296,7 @@ fn prepare(
     let netns = (!netns.is_empty()).then(|| PathBuf::from(&netns));
     if let Some(ns) = &netns {
         let overridden = matches!(get("CNI_NETNS_OVERRIDE").as_str(), "1" | "true" | "TRUE" | "True");
-        if needs_attachment && !overridden && is_own_netns(ns) {
+        if needs_attachment && !overridden && !plugin.judges_netns_itself() && is_own_netns(ns) {
             return Err(err_v(Error::new(
                 codes::INVALID_NETNS,
                 format!("CNI_NETNS: {} is the plugin's own network namespace", ns.display()),
@@ -473,6 +479,32 @@ mod tests {
     #[test]
     fn plugin_errors_keep_their_code() {
         assert_eq!(code(&run_with(&with(&[("CNI_IFNAME", "fail0")]), CONF)), 101);
+    }
+
+    #[test]
+    fn own_netns_reaches_a_plugin_that_judges_netns_itself() {
+        struct Judge;
+        impl Plugin for Judge {
+            fn add(&self, req: &Request) -> Result<CniResult, Error> {
+                Ok(CniResult { cni_version: req.result_version(), ..Default::default() })
+            }
+            fn check(&self, _: &Request) -> Result<(), Error> {
+                Ok(())
+            }
+            fn del(&self, _: &Request) -> Result<(), Error> {
+                Ok(())
+            }
+            fn about(&self) -> String {
+                "judge".into()
+            }
+            fn judges_netns_itself(&self) -> bool {
+                true
+            }
+        }
+        let own = with(&[("CNI_NETNS", "/proc/self/ns/net")]);
+        let env = |k: &str| own.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let out = dispatch(&Judge, &env, &mut CONF.as_bytes());
+        assert_eq!(out.status, 0, "{}", out.stdout);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```text
 //! berth-conformance --cni-path DIR --conf FILE.conflist [--format text|markdown]
 //!                   [--state-dir DIR]... [--env K=V]... [--case ID]...
+//!                   [--host-setup SCRIPT] [--ifname NAME]
 //! ```
 //!
 //! Every plugin runs inside a private "host" network namespace
@@ -32,7 +33,8 @@ use runtime::Suite;
 use snapshot::Snapshot;
 
 const USAGE: &str = "usage: berth-conformance --cni-path DIR --conf FILE.conflist \
-[--format text|markdown] [--state-dir DIR]... [--env K=V]... [--case ID]... [--list]";
+[--format text|markdown] [--state-dir DIR]... [--env K=V]... [--case ID]... \
+[--host-setup SCRIPT] [--ifname NAME] [--list]";
 
 struct Args {
     cni_path: String,
@@ -41,12 +43,21 @@ struct Args {
     state_dirs: Vec<PathBuf>,
     env: Vec<(String, String)>,
     only: Vec<String>,
+    /// `sh -c` script run in the private host namespace before the
+    /// baseline and again before every case, for plugins that need host
+    /// links (a macvlan master, a device to move, which a case may have
+    /// consumed). It must be idempotent.
+    host_setup: Option<String>,
+    /// CNI_IFNAME (default eth0; `lo` for a loopback plugin).
+    ifname: String,
 }
 
 fn parse_args() -> Result<Option<Args>> {
     let mut it = std::env::args().skip(1);
     let (mut cni_path, mut conf, mut markdown) = (None, None, false);
     let (mut state_dirs, mut env, mut only) = (Vec::new(), Vec::new(), Vec::new());
+    let mut host_setup = None;
+    let mut ifname = "eth0".to_string();
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
             it.next()
@@ -69,6 +80,8 @@ fn parse_args() -> Result<Option<Args>> {
                 env.push((k.to_string(), v.to_string()));
             }
             "--case" => only.push(val("--case")?),
+            "--host-setup" => host_setup = Some(val("--host-setup")?),
+            "--ifname" => ifname = val("--ifname")?,
             "--list" => {
                 for c in cases::all() {
                     println!("{}  {}", c.id, c.desc);
@@ -95,6 +108,8 @@ fn parse_args() -> Result<Option<Args>> {
         state_dirs,
         env,
         only,
+        host_setup,
+        ifname,
     }))
 }
 
@@ -153,6 +168,16 @@ fn run_suite(args: &Args, pid: u32) -> Result<(Vec<Row>, Option<String>)> {
     let mut state_dirs = args.state_dirs.clone();
     state_dirs.push(tmp.0.clone());
     let host = Netns::create(&format!("bc-{pid}-host"))?;
+    let host_setup = |host: &Netns| -> Result<()> {
+        if let Some(script) = &args.host_setup {
+            let o = exec::run("ip", &["netns", "exec", &host.name, "sh", "-c", script]);
+            if !o.ok() {
+                bail!("--host-setup failed: {}", o.brief());
+            }
+        }
+        Ok(())
+    };
+    host_setup(&host)?;
     let s = Suite::new(
         pid,
         host,
@@ -160,6 +185,7 @@ fn run_suite(args: &Args, pid: u32) -> Result<(Vec<Row>, Option<String>)> {
         args.env.clone(),
         conf,
         state_dirs,
+        args.ifname.clone(),
     )?;
 
     // Warm-up: plugins may leave a bridge or an empty base chain the first
@@ -179,6 +205,12 @@ fn run_suite(args: &Args, pid: u32) -> Result<(Vec<Row>, Option<String>)> {
     for c in cases::all() {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == c.id) {
             continue;
+        }
+        if args.host_setup.is_some() {
+            host_setup(&s.host)?;
+            // What the setup re-created (a device a case consumed) is not
+            // the next case's doing.
+            base = Snapshot::take(&s.host.name, &s.state_dirs)?;
         }
         let res = catch_unwind(AssertUnwindSafe(|| (c.run)(&s)));
         let (mut result, mut detail) = match res {

@@ -115,6 +115,8 @@ pub struct Suite {
     /// failed).
     pub supported: std::collections::BTreeMap<String, Vec<String>>,
     pub state_dirs: Vec<PathBuf>,
+    /// CNI_IFNAME of every attachment (`eth0`; `lo` for a loopback plugin).
+    pub ifname: String,
     counter: AtomicU64,
 }
 
@@ -127,6 +129,7 @@ impl Suite {
         extra_env: Vec<(String, String)>,
         conf: Value,
         state_dirs: Vec<PathBuf>,
+        ifname: String,
     ) -> Result<Suite> {
         let plugins = conf
             .get("plugins")
@@ -148,6 +151,7 @@ impl Suite {
             main,
             supported: Default::default(),
             state_dirs,
+            ifname,
             counter: AtomicU64::new(0),
         };
         let mut types: Vec<String> = s
@@ -215,6 +219,12 @@ impl Suite {
         })
     }
 
+    /// The plugin under test configures loopback (CNI_IFNAME `lo`): its
+    /// ADD is idempotent and its interface cannot be deleted.
+    pub fn is_loopback(&self) -> bool {
+        self.ifname == "lo"
+    }
+
     pub fn next(&self) -> u64 {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
@@ -226,7 +236,7 @@ impl Suite {
         Ok(Att {
             suite: self,
             cid: format!("bc{}c{n}", self.pid),
-            ifname: "eth0".into(),
+            ifname: self.ifname.clone(),
             ns,
             cni_args: None,
             caps: Map::new(),

@@ -23,7 +23,7 @@ pub use addr::{Address, AddressOptions};
 pub use bridge::{BridgePortOptions, BridgeVlan};
 pub use error::Error;
 pub use handle::Handle;
-pub use link::{BridgeOptions, Link, VethOptions};
+pub use link::{BridgeOptions, Link, MacvlanMode, MacvlanOptions, VethOptions};
 pub use netns::Netns;
 pub use route::Route;
 

@@ -2,8 +2,8 @@
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    State,
+    InfoBridge, InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, MacVlanMode, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use std::os::fd::AsRawFd;
@@ -30,11 +30,14 @@ pub struct Link {
     pub oper_up: bool,
     pub promisc: bool,
     pub alias: Option<String>,
-    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
+    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace);
+    /// for a macvlan, its parent's index (in the parent's namespace).
     pub peer_index: Option<u32>,
     /// IFLA_LINK_NETNSID: the namespace of the peer, as an id local to this
     /// link's namespace; None when the peer is in the same namespace.
     pub link_netnsid: Option<i32>,
+    /// For a macvlan: its mode.
+    pub macvlan_mode: Option<MacvlanMode>,
 }
 
 impl Link {
@@ -53,6 +56,7 @@ impl Link {
             alias: None,
             peer_index: None,
             link_netnsid: None,
+            macvlan_mode: None,
         };
         let mut oper = None;
         for attr in &msg.attributes {
@@ -71,8 +75,15 @@ impl Link {
                 LinkAttribute::OperState(s) => oper = Some(*s),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            link.kind = Some(k.to_string());
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::MacVlan(data)) => {
+                                link.macvlan_mode = data.iter().find_map(|d| match d {
+                                    InfoMacVlan::Mode(m) => MacvlanMode::from_kernel(*m),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -106,6 +117,51 @@ pub struct VethOptions {
     pub mtu: Option<u32>,
     pub peer_mac: Option<[u8; 6]>,
     pub host_mac: Option<[u8; 6]>,
+}
+
+/// How a macvlan forwards between its siblings on the same parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacvlanMode {
+    /// Siblings reach each other directly, inside the kernel.
+    Bridge,
+    /// Siblings never reach each other, not even through the wire.
+    Private,
+    /// Everything goes out of the parent; siblings meet only if the
+    /// switch on the other end hairpins.
+    Vepa,
+    /// The only child of its parent, taking the parent's MAC.
+    Passthru,
+}
+
+impl MacvlanMode {
+    fn to_kernel(self) -> MacVlanMode {
+        match self {
+            MacvlanMode::Bridge => MacVlanMode::Bridge,
+            MacvlanMode::Private => MacVlanMode::Private,
+            MacvlanMode::Vepa => MacVlanMode::Vepa,
+            MacvlanMode::Passthru => MacVlanMode::Passthrough,
+        }
+    }
+
+    fn from_kernel(m: MacVlanMode) -> Option<MacvlanMode> {
+        match m {
+            MacVlanMode::Bridge => Some(MacvlanMode::Bridge),
+            MacVlanMode::Private => Some(MacvlanMode::Private),
+            MacVlanMode::Vepa => Some(MacvlanMode::Vepa),
+            MacVlanMode::Passthrough => Some(MacvlanMode::Passthru),
+            _ => None,
+        }
+    }
+}
+
+/// Options for [`Handle::add_macvlan`].
+#[derive(Clone, Debug)]
+pub struct MacvlanOptions {
+    pub mode: MacvlanMode,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    /// Length of the queue of broadcast/multicast frames to the children.
+    pub bc_queue_len: Option<u32>,
 }
 
 fn link_msg(index: u32) -> LinkMessage {
@@ -226,6 +282,68 @@ impl Handle {
         self.sock
             .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
             .map_err(|e| e.context(format!("create veth {host_name}")))
+    }
+
+    /// Creates a macvlan child of `parent` (a link of this handle's
+    /// namespace) named `name` directly in `ns`, in one request: like a
+    /// veth peer, it is born where it will live rather than moved there.
+    pub fn add_macvlan(&mut self, name: &str, parent: u32, ns: &Netns, opts: &MacvlanOptions) -> Result<()> {
+        check_ifname(name)?;
+        let mut msg = link_msg(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Link(parent));
+        msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        if let Some(mtu) = opts.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = opts.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let mut data = vec![InfoMacVlan::Mode(opts.mode.to_kernel())];
+        if let Some(n) = opts.bc_queue_len {
+            data.push(InfoMacVlan::BcQueueLen(n));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::MacVlan),
+            LinkInfo::Data(InfoData::MacVlan(data)),
+        ]));
+        self.sock
+            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| e.context(format!("create macvlan {name} on link {parent}")))
+    }
+
+    /// Moves link `index` of this handle's namespace into `ns`, renamed to
+    /// `new_name` there and with its alias set to `alias`, in one request.
+    /// The kernel takes the link down, moves it, then renames it in `ns`,
+    /// so a name taken in this namespace doesn't matter; a name taken in
+    /// `ns` fails with EEXIST after the move (the link is then in `ns`
+    /// under its old name).
+    pub fn move_link(&mut self, index: u32, ns: &Netns, new_name: &str, alias: Option<&str>) -> Result<()> {
+        check_ifname(new_name)?;
+        let mut msg = link_msg(index);
+        msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        msg.attributes.push(LinkAttribute::IfName(new_name.to_string()));
+        if let Some(a) = alias {
+            msg.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+        }
+        self.sock
+            .request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(|e| e.context(format!("move link {index} to netns {} as {new_name}", ns.path().display())))
+    }
+
+    /// Renames link `index` (which must be down).
+    pub fn set_name(&mut self, index: u32, name: &str) -> Result<()> {
+        check_ifname(name)?;
+        self.set_attr(index, LinkAttribute::IfName(name.to_string()), || {
+            format!("rename link {index} to {name}")
+        })
+    }
+
+    /// Sets the link's alias (ifalias); an empty string clears it.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        self.set_attr(index, LinkAttribute::IfAlias(alias.to_string()), || {
+            format!("set alias of link {index}")
+        })
     }
 
     fn set_flags(

@@ -39,6 +39,10 @@ pub struct Route {
     pub scope: Option<u8>,
     /// Use the gateway even if it is not on a connected subnet of `oif`.
     pub onlink: bool,
+    /// Read back only: the kernel made it (RTPROT_KERNEL), as it does for
+    /// an address's prefix and for IPv6 link-local; it comes back by itself
+    /// with the address or link. Ignored when adding.
+    pub kernel_made: bool,
 }
 
 impl Route {
@@ -54,6 +58,7 @@ impl Route {
             advmss: None,
             scope: None,
             onlink: false,
+            kernel_made: false,
         }
     }
 
@@ -215,6 +220,7 @@ impl Route {
         let scope = u8::from(m.header.scope);
         route.scope = (scope != route.default_scope()).then_some(scope);
         route.onlink = m.header.flags.contains(RouteFlags::Onlink);
+        route.kernel_made = m.header.protocol == RouteProtocol::Kernel;
         Some(route)
     }
 }

@@ -22,6 +22,7 @@
 
 mod addr;
 mod error;
+pub mod file;
 mod sqlite;
 #[cfg(test)]
 mod sqlite_tests;

@@ -184,3 +184,111 @@ fn reference_plugins_run_to_completion() {
         "exit status does not match {failed} failed"
     );
 }
+
+/// Case ids with their outcome ("PASS", "FAIL", "N/A") from a text report.
+fn outcomes(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (result, rest) = l.split_once(char::is_whitespace)?;
+            if !["PASS", "FAIL", "N/A"].contains(&result) {
+                return None;
+            }
+            let id = rest.split_whitespace().next()?;
+            Some((id.to_string(), result.to_string()))
+        })
+        .collect()
+}
+
+fn failed_cases(stdout: &str) -> Vec<String> {
+    outcomes(stdout).into_iter().filter(|(_, r)| r == "FAIL").map(|(id, _)| id).collect()
+}
+
+/// berth-host, one mode per run, the suite's host namespace given the
+/// links the mode needs by `--host-setup`.
+fn berth_host_run(tag: &str, plugin: Value, extra: &[&str]) -> Run {
+    require_root();
+    let dir = TempDir::new(&format!("conf-host-{tag}"));
+    let run_dir = TempDir::new(&format!("conf-host-{tag}-run"));
+    let conf = json!({"cniVersion": "1.1.0", "name": format!("bchost{tag}"), "plugins": [plugin]});
+    let rd = run_dir.path().to_str().unwrap().to_string();
+    let env = format!("BERTH_RUN_DIR={rd}");
+    let cni_path = bin_dir().to_str().unwrap().to_string();
+    let mut args = vec!["--env", env.as_str(), "--state-dir", rd.as_str()];
+    args.extend_from_slice(extra);
+    let r = conformance(&cni_path, &conf, &dir, &args);
+    assert_no_leftovers(r.pid);
+    let left: Vec<_> = std::fs::read_dir(&rd).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "records left in the run dir: {left:?}");
+    r
+}
+
+fn host_ipam(subnet4: &str, subnet6: &str) -> Value {
+    json!({
+        "type": "berth-ipam",
+        "ranges": [[{"subnet": subnet4}], [{"subnet": subnet6}]],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    })
+}
+
+/// An uplink in the suite's host namespace: `name` with its peer
+/// `name`p carrying the network's gateways (created only if missing).
+fn uplink_setup(name: &str, gw4: &str, gw6: &str) -> String {
+    format!(
+        "ip link show {name} >/dev/null 2>&1 || {{ ip link add {name} type veth peer name {name}p && \
+         ip addr add {gw4} dev {name}p && ip addr add {gw6} dev {name}p nodad && \
+         ip link set {name} up && ip link set {name}p up; }}"
+    )
+}
+
+#[test]
+fn berth_host_none_passes_every_applicable_case() {
+    // Loopback: CNI_IFNAME is lo; the cases about addresses from IPAM
+    // don't apply.
+    let r = berth_host_run("none", json!({"type": "berth-host", "mode": "none"}), &["--ifname", "lo"]);
+    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    let (passed, _) = summary(&r.stdout).expect("no summary line");
+    assert!(passed >= 30, "only {passed} cases passed:\n{}", r.stdout);
+}
+
+#[test]
+fn berth_host_macvlan_passes_every_case() {
+    let setup = uplink_setup("up0", "10.124.0.1/24", "fd12:4::1/64");
+    let plugin = json!({
+        "type": "berth-host", "mode": "macvlan", "master": "up0", "capabilities": {"ips": true},
+        "ipam": host_ipam("10.124.0.0/24", "fd12:4::/64")
+    });
+    let r = berth_host_run("macvlan", plugin, &["--host-setup", &setup]);
+    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    assert!(r.stdout.contains("\n0 not applicable\n"), "{}", r.stdout);
+    assert_eq!(r.status, 0);
+}
+
+/// Device mode moves one device, and the suite's stand-in for a device is a
+/// veth (this kernel has no dummy links): the cases that need two
+/// attachments at once, or a device that survives its namespace or the
+/// deletion of its container end, fail by construction. Every other case
+/// passes.
+#[test]
+fn berth_host_device_fails_only_where_one_virtual_device_cannot_do() {
+    let setup = uplink_setup("dev0", "10.125.0.1/24", "fd12:5::1/64");
+    let plugin = json!({
+        "type": "berth-host", "mode": "device", "device": "dev0", "capabilities": {"ips": true},
+        "ipam": host_ipam("10.125.0.0/24", "fd12:5::/64")
+    });
+    let r = berth_host_run("device", plugin, &["--host-setup", &setup]);
+    let expected = [
+        // The veth dies with the namespace (a physical link would return).
+        "del-netns-gone",
+        // Deleting the container end of a veth deletes the pair.
+        "check-iface-removed",
+        // Two or more containers at once on one device.
+        "parallel-add",
+        "gc-valid-attachments",
+        "gc-attachments-legacy",
+        "ping",
+    ];
+    assert_eq!(failed_cases(&r.stdout), expected, "{}", r.stdout);
+    let (passed, _) = summary(&r.stdout).expect("no summary line");
+    assert_eq!(passed, 42, "{}", r.stdout);
+}

@@ -4,7 +4,6 @@
 use cni::conf::{flexible_bool, flexible_opt_bool};
 use cni::{Error, Request};
 use serde::Deserialize;
-use serde_json::Value;
 
 pub const DEFAULT_BRIDGE: &str = "berth0";
 
@@ -112,19 +111,11 @@ impl BridgeConf {
             Some(v) => return Err(Error::config("vlan", format!("{v} is outside 0..4094"))),
         };
         let vlan_trunk = parse_trunk(raw.vlan_trunk.as_deref().unwrap_or_default())?;
-        let ipam = req.conf.raw.get("ipam").filter(|v| !v.is_null());
-        let ipam_type = match ipam {
-            None => None,
-            Some(v) => match v.get("type").and_then(Value::as_str) {
-                Some(t) if !t.is_empty() => Some(t.to_string()),
-                _ => return Err(Error::config("ipam.type", "missing")),
-            },
-        };
+        let ipam_type = ifconf::ipam_type(&req.conf)?;
         if raw.disable_container_interface && ipam_type.is_some() {
             return Err(Error::config("disableContainerInterface", "cannot be used together with ipam"));
         }
-        let dns = cni::Dns::from_json(req.conf.raw.get("dns").unwrap_or(&Value::Null))
-            .map_err(|e| Error::config("dns", e.msg))?;
+        let dns = ifconf::dns(&req.conf)?;
         req.args.check_known(&["MAC", "IP"])?;
         Ok(BridgeConf {
             bridge,
@@ -144,7 +135,7 @@ impl BridgeConf {
             port_isolation: raw.port_isolation,
             ipam_type,
             dns,
-            mac: container_mac(req)?,
+            mac: ifconf::container_mac(req)?,
         })
     }
 }
@@ -193,42 +184,3 @@ fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {
     Ok(out)
 }
 
-/// "aa:bb:cc:dd:ee:ff" (also with '-').
-pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Error> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    let bad = || Error::config(field, format!("{s:?} is not a MAC address"));
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (b, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if mac[0] & 1 == 1 {
-        return Err(Error::config(field, format!("{s:?} is a multicast address")));
-    }
-    Ok(mac)
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// MAC priority, lowest first: CNI_ARGS MAC, args.cni.mac, runtimeConfig.mac.
-fn container_mac(req: &Request) -> Result<Option<[u8; 6]>, Error> {
-    if let Some(m) = req.conf.runtime("mac") {
-        let s = m.as_str().ok_or_else(|| Error::config("runtimeConfig.mac", "expected a string"))?;
-        return parse_mac("runtimeConfig.mac", s).map(Some);
-    }
-    if let Some(m) = req.conf.args_cni("mac") {
-        let s = m.as_str().ok_or_else(|| Error::config("args.cni.mac", "expected a string"))?;
-        return parse_mac("args.cni.mac", s).map(Some);
-    }
-    match req.args.get("MAC") {
-        Some(s) => parse_mac("CNI_ARGS MAC", s).map(Some),
-        None => Ok(None),
-    }
-}

@@ -8,12 +8,12 @@
 
 pub mod config;
 mod firewall;
-mod ipam;
 mod netconf;
 pub mod state;
 
 use cni::{codes, CniResult, Command, Error, Plugin, Request};
 use config::BridgeConf;
+use ifconf::{ipam, kernel};
 use net::{Handle, Netns};
 use sha2::{Digest, Sha256};
 use state::{Record, State};
@@ -28,10 +28,6 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     h.update([0u8]);
     h.update(ifname.as_bytes());
     format!("bv{}", &hex::encode(h.finalize())[..8])
-}
-
-pub(crate) fn kernel(e: net::Error) -> Error {
-    Error::new(codes::KERNEL, e.to_string())
 }
 
 /// DEL and GC (under the state lock): removes the port's MAC spoof check

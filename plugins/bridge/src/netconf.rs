@@ -1,10 +1,11 @@
 //! The kernel side of ADD and CHECK: bridge, veth, addresses, routes,
 //! gateway, forwarding, firewall.
 
-use crate::config::{format_mac, BridgeConf};
+use crate::config::BridgeConf;
 use crate::state::State;
-use crate::{firewall, host_veth_name, ipam, kernel};
+use crate::{firewall, host_veth_name};
 use cni::{codes, CniResult, Command, Error, Interface, IpConfig, Request, Route};
+use ifconf::{check_failed as missing, ipam, kernel, mac_string};
 use ipnet::IpNet;
 use net::{AddressOptions, BridgeOptions, BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions};
 use std::net::IpAddr;
@@ -31,10 +32,6 @@ pub struct AddContext<'a> {
     pub cont: &'a mut Handle,
     pub host_veth: &'a str,
     pub state: &'a State,
-}
-
-fn mac_string(link: &Link) -> String {
-    link.mac.as_ref().map(format_mac).unwrap_or_default()
 }
 
 /// The first host address of the subnet: the reference's default gateway.
@@ -77,12 +74,8 @@ impl AddContext<'_> {
         let (req, conf) = (self.req, self.conf);
         let mut result = CniResult { cni_version: req.result_version(), ..Default::default() };
         if let Some(ipam) = &conf.ipam_type {
-            let r = ipam::call(ipam, Command::Add, req)?
-                .ok_or_else(|| Error::new(codes::DELEGATE, format!("ipam.type: {ipam} printed no result")))?;
+            let r = ipam::add(ipam, req)?;
             progress.ipam = true;
-            if r.ips.is_empty() {
-                return Err(Error::new(codes::DELEGATE, format!("ipam.type: {ipam} returned no IP addresses")));
-            }
             result.ips = r.ips;
             result.routes = r.routes;
             result.dns = r.dns;
@@ -244,68 +237,24 @@ impl AddContext<'_> {
         Ok(())
     }
 
-    /// Addresses, link up, then routes (IPv6 prefix routes need the link up).
+    /// Addresses, link up, then routes, with default routes through the
+    /// gateways when isDefaultGateway asks for them.
     fn configure_container(&mut self, index: u32, result: &mut CniResult) -> Result<(), Error> {
         let conf = self.conf;
         if !conf.enabledad {
-            self.disable_dad()?;
+            ifconf::disable_dad(self.ns, &self.req.ifname)?;
         }
-        for ip in &result.ips {
-            let opts = AddressOptions { nodad: !conf.enabledad };
-            self.cont.add_address(index, ip.address, &opts).map_err(kernel)?;
-        }
-        self.cont.set_up(index).map_err(kernel)?;
-        let gw_of = |v4: bool| result.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway);
         if conf.is_default_gateway {
             for v4 in [true, false] {
                 let has_default = result.routes.iter().any(|r| is_default_route(&r.dst) && r.dst.addr().is_ipv4() == v4);
-                if let (false, Some(gw)) = (has_default, gw_of(v4)) {
+                let gw = result.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway);
+                if let (false, Some(gw)) = (has_default, gw) {
                     let dst: IpNet = if v4 { "0.0.0.0/0".parse() } else { "::/0".parse() }.map_err(|_| Error::new(codes::KERNEL, "default route"))?;
                     result.routes.push(Route::new(dst, Some(gw)));
                 }
             }
         }
-        for r in &result.routes {
-            let v4 = r.dst.addr().is_ipv4();
-            let mut route = net::Route::new(r.dst);
-            route.gateway = r.gw.or_else(|| gw_of(v4));
-            route.oif = Some(index);
-            route.mtu = r.mtu;
-            route.advmss = r.advmss;
-            route.priority = r.priority;
-            route.table = r.table;
-            route.scope = r.scope;
-            match self.cont.add_route(&route) {
-                Ok(()) => {}
-                // The same route listed twice, or already implied.
-                Err(e) if e.is_exists() => {}
-                Err(e) => return Err(Error::new(codes::KERNEL, format!("route {}: {e}", r.dst))),
-            }
-        }
-        Ok(())
-    }
-
-    /// `enabledad: false` (the default), as in the reference: no duplicate
-    /// address detection on the container interface at all, so the
-    /// link-local address it gets when it comes up is usable at once and
-    /// sends no DAD probe, which the bridge would flood to every port.
-    /// Addresses berth adds are also marked nodad. Must run before the link
-    /// comes up; /proc/sys/net resolves in the writer's netns, hence the
-    /// thread in the container's.
-    fn disable_dad(&self) -> Result<(), Error> {
-        let ifname = self.req.ifname.clone();
-        let written = self.ns.run(move || {
-            for key in ["accept_dad", "enhanced_dad"] {
-                match net::sysctl::write(&format!("net/ipv6/conf/{ifname}/{key}"), "0") {
-                    Ok(()) => {}
-                    // No IPv6 in the kernel, or no enhanced_dad knob.
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        });
-        written.map_err(kernel)?.map_err(kernel)
+        ifconf::apply(self.cont, index, result, !conf.enabledad)
     }
 
     /// Gateway addresses on the bridge and forwarding on, like the
@@ -393,10 +342,6 @@ impl AddContext<'_> {
     }
 }
 
-fn missing(what: String) -> Error {
-    Error::new(codes::CHECK_FAILED, what)
-}
-
 /// CHECK: everything the ADD result promises is still there.
 pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), Error> {
     let ns_path = req.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
@@ -404,33 +349,8 @@ pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), E
     let mut host = Handle::new().map_err(kernel)?;
     let mut cont = Handle::in_netns(&ns).map_err(kernel)?;
 
-    let idx = prev
-        .interfaces
-        .iter()
-        .position(|i| i.name == req.ifname && !i.sandbox.is_empty())
-        .ok_or_else(|| Error::config("prevResult", format!("no interface {:?} with a sandbox", req.ifname)))?;
+    let ifconf::Checked { index_in_result: idx, link } = ifconf::check_interface(&mut cont, req, prev)?;
     let want = &prev.interfaces[idx];
-    let link = cont
-        .link_by_name(&req.ifname)
-        .map_err(kernel)?
-        .ok_or_else(|| missing(format!("interface {:?} is missing from {}", req.ifname, ns_path.display())))?;
-    if !want.mac.is_empty() && !mac_string(&link).eq_ignore_ascii_case(&want.mac) {
-        return Err(missing(format!("interface {:?} has MAC {} but the ADD result says {}", req.ifname, mac_string(&link), want.mac)));
-    }
-    let addrs = cont.addresses(Some(link.index)).map_err(kernel)?;
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(idx)) {
-        if !addrs.iter().any(|a| a.addr == ip.address) {
-            return Err(missing(format!("address {} is missing from {:?}", ip.address, req.ifname)));
-        }
-    }
-    let routes = cont.routes().map_err(kernel)?;
-    for r in &prev.routes {
-        let found = routes.iter().any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw));
-        if !found {
-            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return Err(missing(format!("route {}{via} is missing from {}", r.dst, ns_path.display())));
-        }
-    }
 
     let bridge = host
         .link_by_name(&conf.bridge)

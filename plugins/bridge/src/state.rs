@@ -17,7 +17,6 @@ use cni::{codes, Error};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/bridge";
@@ -171,18 +170,9 @@ impl State {
     }
 }
 
-/// Write to a temporary name, then rename: readers see the old or the new
-/// content, never a torn file. No fsync: what is here describes kernel
-/// state that a power loss takes away anyway.
+/// [`store::file::write_atomic`], as a CNI error.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_file_name(format!(
-        ".{}.{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
-    f.write_all(data).map_err(|e| io_err("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_err("renaming", &tmp, e))
+    store::file::write_atomic(path, data).map_err(|e| Error::new(codes::IO, e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,41 @@
+//! Small state files (attachment records, markers) that plugins keep next
+//! to the kernel objects they describe.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Writes `data` to `path` through a temporary name in the same directory
+/// and a rename, so readers see the old content or the new, never a torn
+/// file. No fsync: these files describe kernel state that a power loss
+/// takes away anyway. Errors name the file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let named = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
+    let mut f = fs::File::create(&tmp).map_err(|e| named("creating", &tmp, e))?;
+    f.write_all(data).map_err(|e| named("writing", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| named("renaming", &tmp, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("berth-store-file-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("rec.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        let e = write_atomic(&dir.join("missing/rec.json"), b"x").unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
