@@ -21,6 +21,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path).map_err(|e| named("renaming", &tmp, e))
 }
 
+/// An exclusive flock on directory `dir` (created if missing), held until
+/// the returned value is dropped. Locking a directory leaves no lock file
+/// behind.
+pub fn lock_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
+    let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
+    fs::create_dir_all(dir).map_err(|e| named("creating", e))?;
+    let f = fs::File::open(dir).map_err(|e| named("opening", e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| named("locking", e.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,12 +79,9 @@ impl State {
     /// leaves no lock file behind.
     pub fn lock(&self) -> Result<Lock, Error> {
         fs::create_dir_all(&self.root).map_err(|e| io_err("creating", &self.root, e))?;
-        let lock_dir = Path::new(LOCK_DIR);
-        fs::create_dir_all(lock_dir).map_err(|e| io_err("creating", lock_dir, e))?;
-        let dir = fs::File::open(lock_dir).map_err(|e| io_err("opening", lock_dir, e))?;
-        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        store::file::lock_dir(Path::new(LOCK_DIR))
             .map(|held| Lock { _held: held })
-            .map_err(|(_, e)| Error::new(codes::IO, format!("locking {}: {e}", lock_dir.display())))
+            .map_err(|e| Error::new(codes::IO, e.to_string()))
     }
 
     fn network_dir(&self, network: &str) -> PathBuf {

@@ -106,11 +106,9 @@ impl State {
     /// Serialises changes of records across processes: two ADDs that claim
     /// the same device see each other's record.
     pub fn lock(&self) -> Result<Lock, Error> {
-        fs::create_dir_all(&self.root).map_err(|e| io_err("creating", &self.root, e))?;
-        let dir = fs::File::open(&self.root).map_err(|e| io_err("opening", &self.root, e))?;
-        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        store::file::lock_dir(&self.root)
             .map(|held| Lock { _held: held })
-            .map_err(|(_, e)| Error::new(codes::IO, format!("locking {}: {e}", self.root.display())))
+            .map_err(|e| Error::new(codes::IO, e.to_string()))
     }
 
     fn path(&self, network: &str, key: &str) -> PathBuf {
