@@ -249,6 +249,30 @@ impl Handle {
             .collect())
     }
 
+    /// The route the kernel would use to reach `dst` (RTM_GETROUTE, as
+    /// `ip route get`), or None when the answer is not a unicast route
+    /// (a local or unreachable destination). Its `dst` is `dst` itself.
+    pub fn route_get(&mut self, dst: IpAddr) -> Result<Option<Route>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match dst {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        match self.sock.get(RouteNetlinkMessage::GetRoute(msg)) {
+            Ok(RouteNetlinkMessage::NewRoute(m)) => Ok(Route::from_message(&m)),
+            Ok(_) => Ok(None),
+            // No route at all (ENETUNREACH, EHOSTUNREACH...).
+            Err(crate::nl::NlError::Kernel { errno, .. })
+                if errno == libc::ENETUNREACH || errno == libc::EHOSTUNREACH =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.context(format!("get route to {dst}"))),
+        }
+    }
+
     /// Adds a route; fails with errno EEXIST if the same route exists.
     pub fn add_route(&mut self, route: &Route) -> Result<()> {
         self.route_request(route, NLM_F_CREATE | NLM_F_EXCL, "add")

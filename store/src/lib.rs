@@ -1,4 +1,5 @@
-//! Durable state for berth: IP address allocations.
+//! Durable state for berth: IP address allocations, and which published
+//! host ports belong to whom ([`ports`]).
 //!
 //! [`AllocationStore`] is the interface; [`SqliteStore`] is the embedded,
 //! single-host implementation (one SQLite database per network at
@@ -23,6 +24,7 @@
 mod addr;
 mod error;
 pub mod file;
+pub mod ports;
 mod sqlite;
 #[cfg(test)]
 mod sqlite_tests;

@@ -48,7 +48,7 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-fn sql_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusqlite::Error) -> Error + 'a {
+pub(crate) fn sql_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusqlite::Error) -> Error + 'a {
     move |source| Error::Sqlite {
         context,
         path: path.to_path_buf(),
@@ -56,12 +56,35 @@ fn sql_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusqlite::Error
     }
 }
 
-fn io_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
+pub(crate) fn io_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         context,
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Per-connection settings every berth database uses (busy timeout,
+/// synchronous=NORMAL under WAL, no checkpoint on close).
+pub(crate) fn configure(conn: &Connection, path: &Path) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql_err(path, "setting busy timeout"))?;
+    // In WAL mode, NORMAL commits without an fsync; the WAL is synced at
+    // checkpoints. A process killed at any point still leaves the
+    // database consistent and every committed allocation in it (the OS
+    // has the writes); only a power loss can drop the last commits —
+    // and it also kills every container they belonged to. This takes
+    // five fsyncs off each ADD and DEL.
+    conn.execute_batch("PRAGMA synchronous = NORMAL;")
+        .map_err(sql_err(path, "setting synchronous"))?;
+    // Each plugin process is usually the database's only connection, and
+    // the last connection to close would checkpoint (and fsync) the WAL
+    // and delete it, so the next process must recreate it. Instead, a
+    // closing connection checkpoints only once the WAL has grown (see
+    // `Drop`).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(sql_err(path, "disabling checkpoint on close"))?;
+    Ok(())
 }
 
 /// Reject names that are not a single, ordinary path component.
@@ -124,23 +147,7 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql_err(path, "opening"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(sql_err(path, "setting busy timeout"))?;
-        // In WAL mode, NORMAL commits without an fsync; the WAL is synced at
-        // checkpoints. A process killed at any point still leaves the
-        // database consistent and every committed allocation in it (the OS
-        // has the writes); only a power loss can drop the last commits —
-        // and it also kills every container they belonged to. This takes
-        // five fsyncs off each ADD and DEL.
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")
-            .map_err(sql_err(path, "setting synchronous"))?;
-        // Each plugin process is usually the database's only connection, and
-        // the last connection to close would checkpoint (and fsync) the WAL
-        // and delete it, so the next process must recreate it. Instead, a
-        // closing connection checkpoints only once the WAL has grown (see
-        // `Drop`).
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(sql_err(path, "disabling checkpoint on close"))?;
+        configure(&conn, path)?;
         let mut store = SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -229,14 +236,18 @@ const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_CHECKPOINT_BYTES);
-        if big {
-            // Best effort: a checkpoint that is busy or fails leaves the WAL
-            // for the next closer; the data is safe either way.
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        }
+        checkpoint_if_big(&self.conn, &self.path);
+    }
+}
+
+/// Checkpoints the WAL once it has grown past [`WAL_CHECKPOINT_BYTES`].
+/// Best effort: a checkpoint that is busy or fails leaves the WAL for the
+/// next closer; the data is safe either way.
+pub(crate) fn checkpoint_if_big(conn: &Connection, path: &Path) {
+    let mut wal = path.to_path_buf().into_os_string();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_CHECKPOINT_BYTES) {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
 }
 

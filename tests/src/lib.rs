@@ -1160,3 +1160,105 @@ pub fn bridge_ports(bridge: &str) -> Vec<String> {
         .map(|links| links.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
+
+// ---------------------------------------------------------------------------
+// sockets inside test namespaces
+
+impl TestNetns {
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates belong to the namespace for their whole life.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(&self.path).unwrap_or_else(|e| panic!("open {}: {e}", self.path.display()));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into test namespace");
+                f()
+            })
+            .join()
+            .expect("thread in test namespace panicked")
+        })
+    }
+}
+
+/// A TCP and a UDP service in a namespace, answering every connection or
+/// datagram with `peer=<the client address it sees>` (IPv4 and IPv6,
+/// v4-mapped addresses shown as IPv4). Stops when dropped.
+pub struct PeerEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PeerEcho {
+    pub fn start(ns: &TestNetns, tcp_port: u16, udp_port: u16) -> PeerEcho {
+        use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
+        // Bound inside the namespace, served from ordinary threads.
+        let (tcp, udp) = ns.run(|| {
+            let tcp = TcpListener::bind(SocketAddr::new(any.ip(), tcp_port)).expect("bind tcp");
+            let udp = UdpSocket::bind(SocketAddr::new(any.ip(), udp_port)).expect("bind udp");
+            (tcp, udp)
+        });
+        tcp.set_nonblocking(true).expect("nonblocking");
+        udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s1 = stop.clone();
+        let t1 = std::thread::spawn(move || {
+            while !s1.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut conn, peer)) => {
+                        let _ = writeln!(conn, "peer={}", peer.ip().to_canonical());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let s2 = stop.clone();
+        let t2 = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s2.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(format!("peer={}\n", peer.ip().to_canonical()).as_bytes(), peer);
+                }
+            }
+        });
+        PeerEcho { stop, threads: vec![t1, t2] }
+    }
+}
+
+impl Drop for PeerEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// From inside `ns`: connects over TCP to `addr` and returns the first
+/// line the service sent, or the error.
+pub fn tcp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<String, String> {
+    ns.run(|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Ok(text.trim().to_string())
+    })
+}
+
+/// From inside `ns`: sends one UDP datagram to `addr` and returns the
+/// reply and the address it came from, or the error (a 2 s timeout).
+pub fn udp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<(String, std::net::SocketAddr), String> {
+    ns.run(|| {
+        let local: std::net::SocketAddr =
+            if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let s = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.send_to(b"hello", addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
+    })
+}

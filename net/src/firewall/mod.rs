@@ -23,6 +23,7 @@
 mod docker;
 mod names;
 mod nft;
+mod portmap;
 mod rules;
 mod spoofchk;
 mod state;
@@ -34,7 +35,11 @@ pub use docker::{
     DOCKER_USER_COMMENT,
 };
 pub use names::{chain_names, ChainNames};
-pub use nft::{run_batch, NFT_ENV};
+pub use nft::{nft_available, run_batch, NFT_ENV};
+pub use portmap::{
+    missing_in as portmap_missing_in, publish_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts,
+    PM_FORWARD, PM_OUTPUT, PM_POSTROUTING, PM_PREFIX, PM_PREROUTING,
+};
 pub use rules::{FORWARD_MARK, TABLE};
 pub use spoofchk::{
     spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_remove_in,
@@ -132,6 +137,26 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str) -> Result<bool> {
     if listing.is_some() {
         remove_table_in(ns)?;
     }
+    Ok(true)
+}
+
+/// Drops the `inet berth` table, and berth's DOCKER-USER rule with it, if
+/// no chain, set or map is left in it (after the last published port went:
+/// one listing, at most one batch). Returns true if it was dropped. The
+/// caller holds berth's host-wide lock, as for [`release_network_in`].
+pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
+    let op = format!("list nft table inet {TABLE}");
+    let listing = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
+        Ok(out) => out,
+        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let nothing = ChainNames { nat: String::new(), forward: String::new(), set_v4: String::new(), set_v6: String::new() };
+    if state::foreign_objects(&listing, &nothing).map_err(|msg| Error::Nft { op, msg })? > 0 {
+        return Ok(false);
+    }
+    remove_docker_user_in(ns)?;
+    remove_table_in(ns)?;
     Ok(true)
 }
 

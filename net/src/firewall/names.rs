@@ -60,7 +60,7 @@ fn short_form(network: &str) -> String {
 
 /// FNV-1a, 32 bits: tiny, dependency-free and fixed forever by its spec,
 /// which is what a name that must be recomputed years later needs.
-fn fnv1a32(data: &[u8]) -> u32 {
+pub(crate) fn fnv1a32(data: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for &b in data {
         h ^= u32::from(b);

@@ -34,6 +34,11 @@ fn nft_binary() -> &'static PathBuf {
     })
 }
 
+/// True if an nft binary was found (for CNI STATUS).
+pub fn nft_available() -> bool {
+    nft_binary().is_file()
+}
+
 /// Runs `nft ARGS` (feeding `input` on stdin), in `ns` if given, and
 /// returns its stdout. A process inherits the namespaces of the thread
 /// that spawns it, so running the spawn inside [`Netns::run`] is enough.

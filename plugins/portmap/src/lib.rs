@@ -1,0 +1,417 @@
+//! berth-portmap: published ports (`runtimeConfig.portMappings`) for a
+//! container whose address an earlier plugin in the chain gave it.
+//!
+//! Everything happens in the host's namespace; the container's is never
+//! entered, so DEL and GC work without it. Per ADD: one SQLite transaction
+//! that checks and claims the host ports (a port another attachment holds
+//! is refused, naming the holder) and records what will be installed, then
+//! one nft transaction adding exactly those elements (net::firewall's
+//! portmap module). DEL removes what the record says, so it needs neither
+//! the mappings again nor a listing of the ruleset. Both run under berth's
+//! host-wide lock, which berth-bridge also takes around its table changes.
+//!
+//! Order for crash safety: the record is written before the kernel
+//! changes, and forgotten only after they are undone, so a plugin killed at
+//! any point leaves a record that DEL or GC acts on (removing an element
+//! that was never added is fine).
+
+pub mod config;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use cni::{codes, CniResult, Error, Plugin, Request};
+use config::{HostAddr, PortmapConf};
+use net::firewall::{Conditions, PortMapping, Protocol, PublishedPorts};
+use net::Handle;
+use serde::{Deserialize, Serialize};
+use store::ports::{PortClaim, PortOwner, PortStore, Published};
+
+pub const DEFAULT_RUN_DIR: &str = "/run/berth/portmap";
+/// berth's host-wide lock (shared with berth-bridge: both change the
+/// `inet berth` table).
+const LOCK_DIR: &str = "/run/berth";
+const DB_FILE: &str = "ports.db";
+
+pub struct PortmapPlugin;
+
+fn kernel(e: net::Error) -> Error {
+    Error::new(codes::KERNEL, e.to_string())
+}
+
+fn firewall(e: net::Error) -> Error {
+    Error::new(codes::FIREWALL, format!("nftables: {e}"))
+}
+
+fn store_err(e: store::Error) -> Error {
+    match &e {
+        store::Error::PortTaken { .. } => Error::new(codes::ADDRESS_TAKEN, e.to_string()),
+        _ if e.is_busy() => Error::new(codes::TRY_AGAIN, e.to_string()),
+        _ => Error::new(codes::STORE, e.to_string()),
+    }
+}
+
+fn check_failed(msg: impl Into<String>) -> Error {
+    Error::new(codes::CHECK_FAILED, msg)
+}
+
+/// The run dir (BERTH_RUN_DIR overrides it; tests use private ones).
+fn run_dir() -> PathBuf {
+    std::env::var_os("BERTH_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into())
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn open_store() -> Result<PortStore, Error> {
+    let dir = run_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::new(codes::IO, format!("creating {}: {e}", dir.display())))?;
+    PortStore::open(&dir.join(DB_FILE), &boot_id()).map_err(store_err)
+}
+
+/// berth's host-wide lock, held until the value is dropped.
+fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
+    store::file::lock_dir(Path::new(LOCK_DIR)).map_err(|e| Error::new(codes::IO, e.to_string()))
+}
+
+fn owner(req: &Request) -> PortOwner {
+    PortOwner { network: req.conf.name.clone(), container_id: req.container_id.clone(), ifname: req.ifname.clone() }
+}
+
+/// What an attachment installed, as recorded in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Installed {
+    #[serde(default, rename = "conditionsV4")]
+    conditions_v4: Vec<String>,
+    #[serde(default, rename = "conditionsV6")]
+    conditions_v6: Vec<String>,
+    mappings: Vec<InstalledMapping>,
+    #[serde(rename = "containerIPs")]
+    container_ips: Vec<IpAddr>,
+    hairpin: Vec<(IpAddr, String)>,
+    localhost: Vec<IpAddr>,
+    masq_all: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InstalledMapping {
+    protocol: String,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<IpAddr>,
+    host_port: u16,
+    #[serde(rename = "containerIP")]
+    container_ip: IpAddr,
+    container_port: u16,
+}
+
+impl Installed {
+    fn of(p: &PublishedPorts) -> Installed {
+        Installed {
+            conditions_v4: p.conditions.v4.clone(),
+            conditions_v6: p.conditions.v6.clone(),
+            mappings: p
+                .mappings
+                .iter()
+                .map(|m| InstalledMapping {
+                    protocol: m.protocol.name().to_string(),
+                    host_ip: m.host_ip,
+                    host_port: m.host_port,
+                    container_ip: m.container_ip,
+                    container_port: m.container_port,
+                })
+                .collect(),
+            container_ips: p.container_ips.clone(),
+            hairpin: p.hairpin.clone(),
+            localhost: p.localhost.clone(),
+            masq_all: p.masq_all.clone(),
+        }
+    }
+
+    fn ports(&self) -> Result<PublishedPorts, Error> {
+        let mut mappings = Vec::with_capacity(self.mappings.len());
+        for m in &self.mappings {
+            let protocol = Protocol::parse(&m.protocol)
+                .ok_or_else(|| Error::new(codes::STORE, format!("recorded mapping has protocol {:?}", m.protocol)))?;
+            mappings.push(PortMapping {
+                protocol,
+                host_ip: m.host_ip,
+                host_port: m.host_port,
+                container_ip: m.container_ip,
+                container_port: m.container_port,
+            });
+        }
+        Ok(PublishedPorts {
+            conditions: self.conditions(),
+            mappings,
+            container_ips: self.container_ips.clone(),
+            hairpin: self.hairpin.clone(),
+            localhost: self.localhost.clone(),
+            masq_all: self.masq_all.clone(),
+        })
+    }
+
+    fn conditions(&self) -> Conditions {
+        Conditions { v4: self.conditions_v4.clone(), v6: self.conditions_v6.clone() }
+    }
+
+    fn parse(p: &Published) -> Result<Installed, Error> {
+        serde_json::from_str(&p.installed)
+            .map_err(|e| Error::new(codes::STORE, format!("record of {} is unreadable: {e}", p.owner)))
+    }
+}
+
+/// The first IPv4 and first IPv6 address of the container's CNI_IFNAME in
+/// prevResult (an address naming no interface counts, as in the
+/// reference).
+fn container_addresses(prev: &CniResult, ifname: &str) -> (Option<IpAddr>, Option<IpAddr>) {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in &prev.ips {
+        if let Some(i) = ip.interface {
+            match prev.interfaces.get(i) {
+                Some(intf) if intf.name != ifname || intf.sandbox.is_empty() => continue,
+                _ => {}
+            }
+        }
+        let addr = ip.address.addr();
+        if addr.is_ipv4() {
+            v4 = v4.or(Some(addr));
+        } else {
+            v6 = v6.or(Some(addr));
+        }
+    }
+    (v4, v6)
+}
+
+/// Turns the config's mappings and the container's addresses into what
+/// the kernel gets and which host ports that claims. Checks hostIP against
+/// the host's addresses; changes nothing.
+fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) -> Result<(PublishedPorts, Vec<PortClaim>), Error> {
+    let (v4, v6) = container_addresses(prev, &req.ifname);
+    if v4.is_none() && v6.is_none() {
+        return Err(Error::config(
+            "prevResult",
+            format!("has no IP address on the container's interface {:?} to forward ports to", req.ifname),
+        ));
+    }
+    let local: Vec<IpAddr> = host.addresses(None).map_err(kernel)?.iter().map(|a| a.addr.addr()).collect();
+    let mut ports = PublishedPorts { conditions: conf.conditions.clone(), ..Default::default() };
+    let mut claims = Vec::new();
+    for (i, m) in conf.mappings.iter().enumerate() {
+        if let HostAddr::Ip(ip) = m.host {
+            if !local.contains(&ip) {
+                return Err(Error::config(
+                    &format!("runtimeConfig.portMappings[{i}].hostIP"),
+                    format!("{ip} is not an address of this host"),
+                ));
+            }
+        }
+        let targets: Vec<IpAddr> = [v4, v6].into_iter().flatten().filter(|c| m.host.serves(c.is_ipv4())).collect();
+        if targets.is_empty() {
+            return Err(Error::config(
+                &format!("runtimeConfig.portMappings[{i}].hostIP"),
+                format!(
+                    "{} is {} but the container has no address of that family",
+                    m.host.ip().map(|i| i.to_string()).unwrap_or_else(|| "the unspecified address".into()),
+                    if v4.is_none() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+        for c in targets {
+            ports.mappings.push(PortMapping {
+                protocol: m.protocol,
+                host_ip: m.host.ip(),
+                host_port: m.host_port,
+                container_ip: c,
+                container_port: m.container_port,
+            });
+            claims.push(PortClaim {
+                family: if c.is_ipv4() { 4 } else { 6 },
+                protocol: m.protocol.name().to_string(),
+                host_port: m.host_port,
+                host_ip: m.host.ip(),
+            });
+            if !ports.container_ips.contains(&c) {
+                ports.container_ips.push(c);
+            }
+        }
+    }
+    for c in ports.container_ips.clone() {
+        if conf.snat {
+            // The host-side link the container is reached through: a
+            // connection arriving from it was made by the container or a
+            // sibling on its bridge (hairpin) and must be masqueraded, or
+            // the reply would go to the client directly, skipping the NAT.
+            if let Some(link) = host_link(host, c)? {
+                ports.hairpin.push((c, link));
+            }
+            if c.is_ipv4() {
+                ports.localhost.push(c);
+            }
+        }
+        if conf.masq_all {
+            ports.masq_all.push(c);
+        }
+    }
+    Ok((ports, claims))
+}
+
+/// The name of the host link the route to `ip` leaves through, if any.
+fn host_link(host: &mut Handle, ip: IpAddr) -> Result<Option<String>, Error> {
+    let Some(route) = host.route_get(ip).map_err(kernel)? else { return Ok(None) };
+    let Some(oif) = route.oif else { return Ok(None) };
+    Ok(host.link_by_index(oif).map_err(kernel)?.map(|l| l.name))
+}
+
+/// Connections from 127.0.0.1, DNATed to the container, leave through its
+/// host-side link with a loopback source until masquerade rewrites it; the
+/// kernel routes that only with route_localnet on that link. Set on the
+/// container's link only, never reverted (other containers share it), as
+/// the reference portmap does.
+fn allow_localnet(ports: &PublishedPorts) -> Result<(), Error> {
+    for (ip, link) in &ports.hairpin {
+        if ip.is_ipv4() && ports.localhost.contains(ip) {
+            net::sysctl::write(&format!("net/ipv4/conf/{link}/route_localnet"), "1").map_err(kernel)?;
+        }
+    }
+    Ok(())
+}
+
+/// The conditions of every profile other attachments use.
+fn other_profiles(store: &PortStore, owner: &PortOwner) -> Result<Vec<Conditions>, Error> {
+    store
+        .profiles_except(owner)
+        .map_err(store_err)?
+        .iter()
+        .map(|p| Installed::parse(p).map(|i| i.conditions()))
+        .collect()
+}
+
+/// Removes what `published` installed and forgets it (DEL and GC). Drops
+/// every portmap object when it was the last attachment, and the table if
+/// nothing else is left in it. Called under the lock.
+fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
+    let ports = Installed::parse(published)?.ports()?;
+    let others = other_profiles(store, &published.owner)?;
+    let refs: Vec<&Conditions> = others.iter().collect();
+    net::firewall::unpublish_in(None, &refs, &ports).map_err(firewall)?;
+    if others.is_empty() {
+        net::firewall::remove_table_if_empty_in(None).map_err(firewall)?;
+    }
+    store.release(&published.owner).map_err(store_err)
+}
+
+impl Plugin for PortmapPlugin {
+    fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        let conf = PortmapConf::parse(req)?;
+        let prev = req.prev_result()?.ok_or_else(|| {
+            Error::config("prevResult", "missing: berth-portmap is a chained plugin and needs the previous plugin's result")
+        })?;
+        let result = CniResult { cni_version: req.result_version(), ..prev.clone() };
+        if conf.mappings.is_empty() {
+            return Ok(result);
+        }
+        let mut host = Handle::new().map_err(kernel)?;
+        let (ports, claims) = plan(&conf, req, &prev, &mut host)?;
+        let owner = owner(req);
+        let installed = serde_json::to_string(&Installed::of(&ports))
+            .map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
+        let published = Published { owner: owner.clone(), profile: ports.conditions.id(), installed };
+
+        let _lock = lock()?;
+        let mut store = open_store()?;
+        let replaced = store.claim(&published, &claims).map_err(store_err)?;
+        let replaced = replaced.map(|r| Installed::parse(&r).and_then(|i| i.ports())).transpose()?;
+        let others = other_profiles(&store, &owner)?;
+        let refs: Vec<&Conditions> = others.iter().collect();
+        if let Err(e) = net::firewall::publish_in(None, &refs, replaced.as_ref(), &ports) {
+            // Nothing of this batch was applied; what a replaced record
+            // had installed goes too, so the store and kernel agree.
+            if let Some(old) = &replaced {
+                let _ = net::firewall::unpublish_in(None, &refs, old);
+            }
+            let _ = store.release(&owner);
+            return Err(firewall(e));
+        }
+        allow_localnet(&ports)?;
+        Ok(result)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        // The config must still parse (as in the reference), but the
+        // mappings are not needed: the record says what to remove.
+        PortmapConf::parse(req)?;
+        let _lock = lock()?;
+        let mut store = open_store()?;
+        match store.attachment(&owner(req)).map_err(store_err)? {
+            Some(published) => release(&mut store, &published),
+            None => Ok(()),
+        }
+    }
+
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        let conf = PortmapConf::parse(req)?;
+        let prev = req.prev_result()?.ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
+        if conf.mappings.is_empty() {
+            return Ok(());
+        }
+        let mut host = Handle::new().map_err(kernel)?;
+        let (wanted, _) = plan(&conf, req, &prev, &mut host)?;
+        let store = open_store()?;
+        let owner = owner(req);
+        let published = store
+            .attachment(&owner)
+            .map_err(store_err)?
+            .ok_or_else(|| check_failed(format!("no published ports are recorded for {owner}")))?;
+        let installed = Installed::parse(&published)?;
+        let mut want = Installed::of(&wanted).mappings;
+        let mut have = installed.mappings.clone();
+        want.sort();
+        have.sort();
+        if want != have || installed.conditions() != conf.conditions {
+            return Err(check_failed(format!(
+                "the ports published for {owner} differ from the config's: recorded {}, configured {}",
+                serde_json::to_string(&have).unwrap_or_default(),
+                serde_json::to_string(&want).unwrap_or_default()
+            )));
+        }
+        match net::firewall::portmap_missing_in(None, &installed.ports()?).map_err(firewall)? {
+            Some(missing) => Err(check_failed(missing)),
+            None => Ok(()),
+        }
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), Error> {
+        PortmapConf::parse(req)?;
+        // No list means no attachment is valid (the spec's reading).
+        let valid = req.conf.valid_attachments.clone().unwrap_or_default();
+        let _lock = lock()?;
+        let mut store = open_store()?;
+        let mut first_error = None;
+        for published in store.attachments(&req.conf.name).map_err(store_err)? {
+            let o = &published.owner;
+            if valid.iter().any(|a| a.container_id == o.container_id && a.ifname == o.ifname) {
+                continue;
+            }
+            if let Err(e) = release(&mut store, &published) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), Error> {
+        PortmapConf::parse(req)?;
+        if !net::firewall::nft_available() {
+            return Err(Error::new(codes::NOT_AVAILABLE, "nft (nftables) is not installed; berth-portmap needs it"));
+        }
+        Ok(())
+    }
+
+    fn about(&self) -> String {
+        format!("berth-portmap {}: published ports on nftables maps (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -1,0 +1,416 @@
+//! berth-portmap chained after berth-bridge, in real namespaces (root).
+//!
+//! Each test builds a private "host" namespace (the plugins run there, so
+//! its bridge and `inet berth` table are the test's own) joined by a veth
+//! to an "outside" namespace standing for another machine. Services run
+//! in container namespaces; every connection goes between namespaces the
+//! test made. Deleting the namespaces removes whatever a failed test left.
+
+use std::net::{IpAddr, SocketAddr};
+
+use berth_tests::*;
+use serde_json::{json, Value};
+
+struct Fx {
+    host: TestNetns,
+    outside: TestNetns,
+    name: String,
+    run: TempDir,
+    data: TempDir,
+    /// The host's and the outside's addresses on the link between them.
+    host_v4: IpAddr,
+    host_v6: IpAddr,
+    out_v4: IpAddr,
+    out_v6: IpAddr,
+    subnet_v4: String,
+    subnet_v6: String,
+}
+
+/// The `n`th address of a "10.a.b.0/24" or "fd42:...::/64" subnet.
+fn nth(subnet: &str, n: u8) -> IpAddr {
+    let base = subnet.split('/').next().unwrap();
+    match base.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            IpAddr::from([o[0], o[1], o[2], n])
+        }
+        IpAddr::V6(a) => {
+            let mut s = a.segments();
+            s[7] = u16::from(n);
+            IpAddr::from(s)
+        }
+    }
+}
+
+fn at(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+impl Fx {
+    fn new(tag: &str) -> Fx {
+        require_root();
+        let host = TestNetns::new(&format!("{tag}h"));
+        let outside = TestNetns::new(&format!("{tag}o"));
+        let (link_v4, link_v6) = unique_subnets();
+        let (subnet_v4, subnet_v6) = unique_subnets();
+        let (host_v4, host_v6, out_v4, out_v6) = (nth(&link_v4, 1), nth(&link_v6, 1), nth(&link_v4, 2), nth(&link_v6, 2));
+        host.sh(&format!(
+            "ip link set lo up && ip link add up0 type veth peer name eth0 netns {o} && \
+             ip addr add {host_v4}/24 dev up0 && ip addr add {host_v6}/64 dev up0 nodad && ip link set up0 up",
+            o = outside.name()
+        ));
+        outside.sh(&format!(
+            "ip link set lo up && ip addr add {out_v4}/24 dev eth0 && ip addr add {out_v6}/64 dev eth0 nodad && \
+             ip link set eth0 up"
+        ));
+        Fx {
+            host,
+            outside,
+            name: format!("pmt{}-{}", std::process::id(), next_id()),
+            run: TempDir::new(&format!("{tag}-run")),
+            data: TempDir::new(&format!("{tag}-data")),
+            host_v4,
+            host_v6,
+            out_v4,
+            out_v6,
+            subnet_v4,
+            subnet_v6,
+        }
+    }
+
+    fn exec(&self, plugin: &str, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
+        let path = bin_dir();
+        let env = [
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", ns.path_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", path.to_str().unwrap()),
+            ("BERTH_RUN_DIR", self.run.path().to_str().unwrap()),
+        ];
+        run_plugin_in(&self.host, &bin(plugin), command, &env, conf)
+    }
+
+    fn bridge_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.1.0", "name": self.name, "type": "berth-bridge", "bridge": "pmbr0",
+            "isGateway": true, "ipMasq": true, "hairpinMode": true,
+            "ipam": {"type": "berth-ipam", "dataDir": self.data.path(),
+                     "ranges": [[{"subnet": self.subnet_v4}], [{"subnet": self.subnet_v6}]],
+                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}
+        })
+    }
+
+    fn portmap_conf(&self, mappings: Value, extra: Value, prev: Option<&Value>) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.1.0", "name": self.name, "type": "berth-portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": mappings}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        if let Some(p) = prev {
+            c["prevResult"] = p.clone();
+        }
+        c
+    }
+
+    /// A container on the bridge: its namespace and berth-bridge's result.
+    fn container(&self, cid: &str) -> (TestNetns, Value) {
+        let ns = TestNetns::new(cid);
+        ns.sh("ip link set lo up");
+        let out = self.exec("berth-bridge", "ADD", cid, &ns, &self.bridge_conf());
+        let result = out.expect_ok().clone();
+        (ns, result)
+    }
+
+    fn publish(&self, cid: &str, ns: &TestNetns, prev: &Value, mappings: Value) -> PluginOutput {
+        self.exec("berth-portmap", "ADD", cid, ns, &self.portmap_conf(mappings, json!({}), Some(prev)))
+    }
+
+    fn portmap(&self, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
+        self.exec("berth-portmap", command, cid, ns, conf)
+    }
+
+    /// The host's `inet berth` table as text ("" when there is none).
+    fn table(&self) -> String {
+        self.host.sh("nft list table inet berth 2>/dev/null || true")
+    }
+
+    fn gateway_v4(&self) -> IpAddr {
+        nth(&self.subnet_v4, 1)
+    }
+}
+
+/// The portmap objects (chains, sets, maps named pm...) in a listing.
+fn portmap_objects(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(str::trim)
+        .filter(|l| ["chain pm", "set pm", "map pm"].iter().any(|p| l.starts_with(p)))
+        .map(String::from)
+        .collect()
+}
+
+/// The container's address of one family from a bridge result.
+fn address(result: &Value, v4: bool) -> IpAddr {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .map(|a| a.split('/').next().unwrap().parse::<IpAddr>().unwrap())
+        .find(|a| a.is_ipv4() == v4)
+        .expect("address of the family")
+}
+
+fn peer(ip: IpAddr) -> Result<String, String> {
+    Ok(format!("peer={ip}"))
+}
+
+/// A TCP and a UDP service in a container answer on the published ports
+/// from another machine (both families), from the host via 127.0.0.1 and
+/// its own address, and from a sibling on the bridge and the container
+/// itself via the host's address. The source address the service sees is
+/// the one the README documents. After DEL nothing answers and no portmap
+/// object is left.
+#[test]
+fn published_ports_answer_from_everywhere_until_del() {
+    let fx = Fx::new("pmall");
+    let (c1, r1) = fx.container("pmc1");
+    let (c2, _r2) = fx.container("pmc2");
+    let _svc = PeerEcho::start(&c1, 80, 53);
+    let maps = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                      {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]);
+    let conf = fx.portmap_conf(maps.clone(), json!({}), Some(&r1));
+    let out = fx.portmap("ADD", "pmc1", &c1, &conf);
+    // The result is the previous plugin's, passed through.
+    assert_eq!(out.expect_ok()["ips"], r1["ips"]);
+
+    // Another machine: no source NAT, over IPv4 and IPv6, TCP and UDP.
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)), peer(fx.out_v4));
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v6, 8080)), peer(fx.out_v6));
+    let (reply, from) = udp_ask(&fx.outside, at(fx.host_v4, 5353)).expect("udp over ipv4");
+    assert_eq!((reply, from), (format!("peer={}", fx.out_v4), at(fx.host_v4, 5353)));
+    let (reply, _) = udp_ask(&fx.outside, at(fx.host_v6, 5353)).expect("udp over ipv6");
+    assert_eq!(reply, format!("peer={}", fx.out_v6));
+
+    // The host: via loopback the source is masqueraded to the bridge's
+    // address; via its own address it is that address.
+    assert_eq!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)), peer(fx.gateway_v4()));
+    assert_eq!(tcp_ask(&fx.host, at(fx.host_v4, 8080)), peer(fx.host_v4));
+
+    // Hairpin: a sibling, and the container itself, via the host address;
+    // masqueraded to the bridge's address so replies come back through
+    // the NAT.
+    assert_eq!(tcp_ask(&c2, at(fx.host_v4, 8080)), peer(fx.gateway_v4()));
+    assert_eq!(udp_ask(&c2, at(fx.host_v4, 5353)).map(|r| r.0), Ok(format!("peer={}", fx.gateway_v4())));
+    assert_eq!(tcp_ask(&c1, at(fx.host_v4, 8080)), peer(fx.gateway_v4()));
+
+    let check = fx.portmap("CHECK", "pmc1", &c1, &conf);
+    check.assert_ok();
+
+    // DEL needs no netns and no mappings: the record says what to remove.
+    let del_conf = fx.portmap_conf(json!([]), json!({}), None);
+    fx.portmap("DEL", "pmc1", &c1, &del_conf).assert_ok();
+    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)).is_err(), "still answering after DEL");
+    assert!(udp_ask(&fx.outside, at(fx.host_v4, 5353)).is_err(), "udp still answering after DEL");
+    assert!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)).is_err());
+    let table = fx.table();
+    assert_eq!(portmap_objects(&table), Vec::<String>::new(), "portmap objects left after the last DEL:\n{table}");
+    // Idempotent.
+    fx.portmap("DEL", "pmc1", &c1, &del_conf).assert_ok();
+    // The bridge's own rules are untouched.
+    assert!(table.contains("masq4-"), "{table}");
+}
+
+/// DEL works after the container's namespace is gone.
+#[test]
+fn del_without_netns() {
+    let fx = Fx::new("pmdelns");
+    let (c1, r1) = fx.container("pmd1");
+    fx.publish("pmd1", &c1, &r1, json!([{"hostPort": 8081, "containerPort": 80}])).assert_ok();
+    assert!(fx.table().contains("tcp . 8081"));
+    let path = c1.path_str().to_string();
+    let cni_path = bin_dir().to_str().unwrap().to_string();
+    drop(c1);
+    let env = [
+        ("CNI_CONTAINERID", "pmd1"),
+        ("CNI_NETNS", path.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", cni_path.as_str()),
+        ("BERTH_RUN_DIR", fx.run.path().to_str().unwrap()),
+    ];
+    let conf = fx.portmap_conf(json!([]), json!({}), None);
+    run_plugin_in(&fx.host, &bin("berth-portmap"), "DEL", &env, &conf).assert_ok();
+    let env_no_netns = [env[0], env[2], env[3], env[4]];
+    run_plugin_in(&fx.host, &bin("berth-portmap"), "DEL", &env_no_netns, &conf).assert_ok();
+    assert_eq!(portmap_objects(&fx.table()), Vec::<String>::new());
+}
+
+/// A host port another container publishes is refused, naming it, and
+/// nothing of the refused request is installed; other ports, protocols
+/// and a freed port are fine.
+#[test]
+fn conflicts_name_the_holder() {
+    let fx = Fx::new("pmconf");
+    let (c1, r1) = fx.container("pmk1");
+    let (c2, r2) = fx.container("pmk2");
+    fx.publish("pmk1", &c1, &r1, json!([{"hostPort": 8080, "containerPort": 80}])).assert_ok();
+    let before = fx.table();
+    for maps in [
+        json!([{"hostPort": 9090, "containerPort": 80}, {"hostPort": 8080, "containerPort": 80}]),
+        json!([{"hostPort": 8080, "containerPort": 80, "hostIP": fx.host_v4.to_string()}]),
+    ] {
+        let out = fx.publish("pmk2", &c2, &r2, maps.clone());
+        let err = out.expect_error(103);
+        let msg = err["msg"].as_str().unwrap();
+        assert!(msg.contains("pmk1") && msg.contains("8080"), "{maps}: {msg}");
+        assert_eq!(fx.table(), before, "{maps}: the refused request changed the ruleset");
+    }
+    fx.publish("pmk2", &c2, &r2, json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}])).assert_ok();
+    fx.portmap("DEL", "pmk1", &c1, &fx.portmap_conf(json!([]), json!({}), None)).assert_ok();
+    fx.publish("pmk2", &c2, &r2, json!([{"hostPort": 8080, "containerPort": 80}])).assert_ok();
+    let _svc = PeerEcho::start(&c2, 80, 53);
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)), peer(fx.out_v4));
+}
+
+/// hostIP restricts a mapping to one of the host's addresses.
+#[test]
+fn host_ip_restricts_the_mapping() {
+    let fx = Fx::new("pmhip");
+    let second = match fx.host_v4 {
+        IpAddr::V4(a) => IpAddr::from([a.octets()[0], a.octets()[1], a.octets()[2], 3]),
+        _ => unreachable!(),
+    };
+    fx.host.sh(&format!("ip addr add {second}/24 dev up0"));
+    let (c1, r1) = fx.container("pmh1");
+    let _svc = PeerEcho::start(&c1, 80, 53);
+    fx.publish("pmh1", &c1, &r1, json!([{"hostPort": 8082, "containerPort": 80, "hostIP": second.to_string()}]))
+        .assert_ok();
+    assert_eq!(tcp_ask(&fx.outside, at(second, 8082)), peer(fx.out_v4));
+    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8082)).is_err(), "answered on another host address");
+    // An IPv4 hostIP does not publish over IPv6.
+    assert!(tcp_ask(&fx.outside, at(fx.host_v6, 8082)).is_err(), "answered over IPv6");
+}
+
+/// Bad input: a clear error with code 7 naming the field, and nothing
+/// changed (no rule, element or record).
+#[test]
+fn bad_input_changes_nothing() {
+    let fx = Fx::new("pmbad");
+    let (c1, r1) = fx.container("pmb1");
+    let before = fx.table();
+    let m = |v: Value| json!([v]);
+    let cases: Vec<(Value, Value, Option<&Value>, &str)> = vec![
+        (m(json!({"hostPort": 0, "containerPort": 80})), json!({}), Some(&r1), "hostPort"),
+        (m(json!({"hostPort": 65536, "containerPort": 80})), json!({}), Some(&r1), "hostPort"),
+        (m(json!({"hostPort": 8080})), json!({}), Some(&r1), "containerPort"),
+        (m(json!({"hostPort": 8080, "containerPort": 80, "protocol": "icmp"})), json!({}), Some(&r1), "protocol"),
+        (m(json!({"hostPort": 8080, "containerPort": 80, "hostIP": "192.0.2.77"})), json!({}), Some(&r1), "hostIP"),
+        (m(json!({"hostPort": 8080, "containerPort": 80})), json!({}), None, "prevResult"),
+        (m(json!({"hostPort": 8080, "containerPort": 80})), json!({"markMasqBit": 32}), Some(&r1), "markMasqBit"),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80})),
+            json!({"externalSetMarkChain": "KUBE-MARK-MASQ"}),
+            Some(&r1),
+            "externalSetMarkChain",
+        ),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80})),
+            json!({"conditionsV4": ["-s", "192.0.2.0/24"]}),
+            Some(&r1),
+            "conditionsV4",
+        ),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80})),
+            json!({"conditionsV4": ["ip saddr 1.2.3.4; flush ruleset"]}),
+            Some(&r1),
+            "conditionsV4",
+        ),
+    ];
+    for (maps, extra, prev, field) in cases {
+        let conf = fx.portmap_conf(maps.clone(), extra.clone(), prev);
+        let out = fx.portmap("ADD", "pmb1", &c1, &conf);
+        let err = out.expect_error(7);
+        assert!(err["msg"].as_str().unwrap().contains(field), "{maps} {extra}: {err}");
+        assert_eq!(fx.table(), before, "{maps} {extra}: changed the ruleset");
+        // No record either: CHECK finds nothing published.
+        let check = fx.portmap("CHECK", "pmb1", &c1, &fx.portmap_conf(json!([{"hostPort": 8080, "containerPort": 80}]), json!({}), Some(&r1)));
+        check.expect_error(107);
+    }
+}
+
+/// CHECK notices an element removed behind berth's back; GC removes the
+/// mappings of attachments that are no longer valid and keeps the others.
+#[test]
+fn check_and_gc() {
+    let fx = Fx::new("pmgc");
+    let (c1, r1) = fx.container("pmg1");
+    let (c2, r2) = fx.container("pmg2");
+    let maps1 = json!([{"hostPort": 8083, "containerPort": 80}]);
+    fx.publish("pmg1", &c1, &r1, maps1.clone()).assert_ok();
+    fx.publish("pmg2", &c2, &r2, json!([{"hostPort": 8084, "containerPort": 80}])).assert_ok();
+    let conf1 = fx.portmap_conf(maps1.clone(), json!({}), Some(&r1));
+    fx.portmap("CHECK", "pmg1", &c1, &conf1).assert_ok();
+    // Other mappings than the recorded ones: CHECK says so.
+    let other = fx.portmap_conf(json!([{"hostPort": 8085, "containerPort": 80}]), json!({}), Some(&r1));
+    fx.portmap("CHECK", "pmg1", &c1, &other).expect_error(107);
+
+    fx.host.sh("nft delete element inet berth pm4-d '{ tcp . 8083 }'");
+    let err = fx.portmap("CHECK", "pmg1", &c1, &conf1).expect_error(107).clone();
+    assert!(err["msg"].as_str().unwrap().contains("tcp . 8083"), "{err}");
+
+    let mut gc = fx.portmap_conf(json!([]), json!({}), None);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "pmg2", "ifname": "eth0"}]);
+    fx.portmap("GC", "pmg1", &c1, &gc).assert_ok();
+    let table = fx.table();
+    assert!(!table.contains("8083") && table.contains("tcp . 8084"), "{table}");
+    let c1_v6 = address(&r1, false).to_string();
+    assert!(!table.contains(&c1_v6), "{table}");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    fx.portmap("GC", "pmg1", &c1, &gc).assert_ok();
+    assert_eq!(portmap_objects(&fx.table()), Vec::<String>::new());
+}
+
+/// conditionsV4 apply to the mappings of the config they came with only,
+/// and the mappings of another config on the same host are unaffected.
+#[test]
+fn conditions_apply_to_their_own_mappings() {
+    let fx = Fx::new("pmcond");
+    let (c1, r1) = fx.container("pmq1");
+    let (c2, r2) = fx.container("pmq2");
+    let _s1 = PeerEcho::start(&c1, 80, 53);
+    let _s2 = PeerEcho::start(&c2, 80, 53);
+    let cond = json!({"conditionsV4": [format!("ip saddr != {}", fx.out_v4)]});
+    let conf = fx.portmap_conf(json!([{"hostPort": 8086, "containerPort": 80}]), cond, Some(&r1));
+    fx.portmap("ADD", "pmq1", &c1, &conf).assert_ok();
+    fx.publish("pmq2", &c2, &r2, json!([{"hostPort": 8087, "containerPort": 80}])).assert_ok();
+    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8086)).is_err(), "condition ignored");
+    assert_eq!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8086)), peer(fx.gateway_v4()));
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8087)), peer(fx.out_v4));
+    // No conditionsV6: IPv6 still answers.
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v6, 8086)), peer(fx.out_v6));
+    fx.portmap("CHECK", "pmq1", &c1, &conf).assert_ok();
+}
+
+/// With a user's own forward chain dropping by default, the one exception
+/// the README documents (accept berth's mark) is enough.
+#[test]
+fn coexists_with_a_policy_drop_forward_chain() {
+    let fx = Fx::new("pmdrop");
+    fx.host.sh(&format!(
+        "nft add table inet usr && \
+         nft add chain inet usr forward_usr '{{ type filter hook forward priority 0; policy drop; }}' && \
+         nft add rule inet usr forward_usr meta mark and {mark:#x} == {mark:#x} accept",
+        mark = 0x4000_0000u32
+    ));
+    let (c1, r1) = fx.container("pmp1");
+    let _svc = PeerEcho::start(&c1, 80, 53);
+    fx.publish("pmp1", &c1, &r1, json!([{"hostPort": 8088, "containerPort": 80}, {"hostPort": 5354, "containerPort": 53, "protocol": "udp"}]))
+        .assert_ok();
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8088)), peer(fx.out_v4));
+    assert_eq!(udp_ask(&fx.outside, at(fx.host_v4, 5354)).map(|r| r.0), Ok(format!("peer={}", fx.out_v4)));
+    // The user's table is left as it was.
+    assert!(fx.host.sh("nft list table inet usr").contains("policy drop"));
+}
