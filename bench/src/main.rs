@@ -18,12 +18,16 @@
 //!   succeed with no address handed out twice; then K DELs at once.
 //! * `host` — berth-host's none, macvlan and device modes against
 //!   `loopback`, `macvlan` and `host-device` (see host.rs).
+//! * `portmap` — one more container's published ports with 0, 1000 and
+//!   5000 mappings installed, berth-portmap against `portmap` (see
+//!   portmap.rs).
 //!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
 //! nftables is left to the plugins.
 
 mod host;
+mod portmap;
 mod sys;
 
 use std::collections::HashMap;
@@ -48,11 +52,13 @@ usage: berth-bench [options]        (as root)
                          else <workspace>/target/release]
   --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
   --n LIST              container counts for compare [default: 1,100,1000]
-  --only LIST           parts to run: compare,floor,concurrent,host [default: all]
+  --only LIST           parts to run: compare,floor,concurrent,host,portmap
+                        [default: all]
   --no-ref              compare: run berth only
   --concurrency K       concurrent ADDs for `concurrent` [default: 64]
   --floor-reps R        repetitions for `floor` [default: 30]
   --host-reps R         containers per mode for `host` [default: 30]
+  --portmap-reps R      containers per level for `portmap` [default: 20]
   --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
                         the reference plugins 1.1.1 accept]
   --json                print the report as JSON on stdout (progress on stderr)
@@ -72,6 +78,8 @@ struct Args {
     concurrency: usize,
     floor_reps: usize,
     host_reps: usize,
+    portmap: bool,
+    portmap_reps: usize,
     cni_version: String,
     json: bool,
 }
@@ -111,6 +119,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
         concurrency: 64,
         floor_reps: 30,
         host_reps: 30,
+        portmap: true,
+        portmap_reps: 20,
         cni_version: "1.0.0".into(),
         json: false,
     };
@@ -140,13 +150,15 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                 a.floor = false;
                 a.concurrent = false;
                 a.host = false;
+                a.portmap = false;
                 for p in parts {
                     match p.as_str() {
                         "compare" => a.compare = true,
                         "floor" => a.floor = true,
                         "concurrent" => a.concurrent = true,
                         "host" => a.host = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host)"),
+                        "portmap" => a.portmap = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap)"),
                     }
                 }
             }
@@ -154,6 +166,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
             "--concurrency" => a.concurrency = value()?.parse().context("--concurrency")?,
             "--floor-reps" => a.floor_reps = value()?.parse().context("--floor-reps")?,
             "--host-reps" => a.host_reps = value()?.parse().context("--host-reps")?,
+            "--portmap-reps" => a.portmap_reps = value()?.parse().context("--portmap-reps")?,
             "--cni-version" => a.cni_version = value()?,
             "--json" => a.json = true,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -162,7 +175,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
     if a.ns.contains(&0) {
         bail!("--n: counts must be at least 1");
     }
-    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 {
+    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 {
         bail!("--concurrency, --floor-reps and --host-reps must be at least 1");
     }
     Ok(Some(a))
@@ -277,6 +290,19 @@ fn exec_cni(imp: &Impl, command: &str, cid: &str, netns: &str, conf: &Value) -> 
 /// does it: environment cleared but PATH, CNI_* set, config on stdin.
 /// Timed from spawn to exit.
 fn exec_plugin(dir: &Path, plugin: &str, command: &str, cid: &str, netns: &str, conf: &Value) -> Result<Exec> {
+    exec_plugin_env(dir, plugin, command, cid, netns, conf, &[])
+}
+
+/// [`exec_plugin`] with `extra` variables added to the environment.
+fn exec_plugin_env(
+    dir: &Path,
+    plugin: &str,
+    command: &str,
+    cid: &str,
+    netns: &str,
+    conf: &Value,
+    extra: &[(&str, &str)],
+) -> Result<Exec> {
     let input = serde_json::to_vec(conf)?;
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     let bin = dir.join(plugin);
@@ -289,6 +315,7 @@ fn exec_plugin(dir: &Path, plugin: &str, command: &str, cid: &str, netns: &str, 
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", dir)
+        .envs(extra.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -793,6 +820,27 @@ fn print_tables(report: &Value) {
     if let Some(e) = report["host_error"].as_str() {
         println!("FAILED host: {e}\n");
     }
+    if let Some(rows) = report["portmap"].as_array() {
+        println!("== portmap: one more container (2 mappings) with M mappings installed, median ms ==");
+        println!("   (growth = cost at M / cost at 0; berth's target at 5000: ADD and DEL growth <= 1.25x)");
+        println!(
+            "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>10} {:>7}",
+            "M", "berth ADD", "growth", "berth DEL", "growth", "ref ADD", "growth", "ref DEL", "growth"
+        );
+        for r in rows {
+            let (b, rf) = (&r["berth"], &r["ref"]);
+            println!(
+                "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>10} {:>7}",
+                r["installed_mappings"].as_u64().unwrap_or(0),
+                f(&b["add_ms"]), fx(&b["add_growth"]), f(&b["del_ms"]), fx(&b["del_growth"]),
+                f(&rf["add_ms"]), fx(&rf["add_growth"]), f(&rf["del_ms"]), fx(&rf["del_growth"]),
+            );
+        }
+        println!();
+    }
+    if let Some(e) = report["portmap_error"].as_str() {
+        println!("FAILED portmap: {e}\n");
+    }
     if let Some(rows) = report["compare"].as_array() {
         println!("== per-container ADD / DEL, median ms (one exec of the bridge plugin each) ==");
         println!(
@@ -1004,6 +1052,15 @@ fn real_main() -> Result<bool> {
             Err(e) => {
                 ok = false;
                 report["host_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
+    if args.portmap {
+        match portmap::portmap_levels(&args.berth_dir, &args.ref_dir, args.portmap_reps) {
+            Ok(v) => report["portmap"] = v,
+            Err(e) => {
+                ok = false;
+                report["portmap_error"] = json!(format!("{e:#}"));
             }
         }
     }

@@ -44,8 +44,18 @@ CREATE TABLE IF NOT EXISTS attachments (
     installed    TEXT NOT NULL,
     PRIMARY KEY (network, container_id, ifname)
 ) WITHOUT ROWID;
+-- One row per profile in use: how many attachments use it, and one
+-- attachment's record (the plugin reads the profile's definition there).
+CREATE TABLE IF NOT EXISTS profiles (
+    profile   TEXT    NOT NULL PRIMARY KEY,
+    users     INTEGER NOT NULL,
+    installed TEXT    NOT NULL
+) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
+
+/// meta key of the plugin's note of what kernel structure it installed.
+const STRUCTURE_KEY: &str = "structure";
 
 /// The attachment publishing ports: (network, containerID, ifname).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,7 +152,7 @@ impl PortStore {
             .optional()
             .map_err(sql_err(&path, "reading boot id"))?;
         if seen.as_deref() != Some(boot_id) {
-            tx.execute_batch("DELETE FROM claims; DELETE FROM attachments;")
+            tx.execute_batch("DELETE FROM claims; DELETE FROM attachments; DELETE FROM profiles; DELETE FROM meta;")
                 .map_err(sql_err(&path, "forgetting an earlier boot"))?;
             tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)", [boot_id])
                 .map_err(sql_err(&path, "recording boot id"))?;
@@ -208,6 +218,12 @@ impl PortStore {
         )
         .and_then(|mut s| s.execute(params![o.network, o.container_id, o.ifname, published.profile, published.installed]))
         .map_err(sql_err(&path, "recording an attachment"))?;
+        tx.prepare_cached(
+            "INSERT INTO profiles (profile, users, installed) VALUES (?1, 1, ?2)
+             ON CONFLICT (profile) DO UPDATE SET users = users + 1",
+        )
+        .and_then(|mut s| s.execute(params![published.profile, published.installed]))
+        .map_err(sql_err(&path, "counting a profile's users"))?;
         tx.commit().map_err(sql_err(&path, "committing"))?;
         Ok(previous)
     }
@@ -250,19 +266,36 @@ impl PortStore {
         Ok(rows)
     }
 
-    /// One attachment per profile in use, not counting `except`'s: what
-    /// the shared rules must be built for.
-    pub fn profiles_except(&self, except: &PortOwner) -> Result<Vec<Published>> {
+    /// The profiles in use by attachments other than `except`, each with
+    /// one user's record (`installed`): what the shared rules must be
+    /// built for. Costs O(profiles), not O(attachments).
+    pub fn profiles_except(&self, except: &PortOwner) -> Result<Vec<(String, String)>> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT network, container_id, ifname, profile, installed FROM attachments
-                 WHERE NOT (network = ?1 AND container_id = ?2 AND ifname = ?3)
-                 GROUP BY profile ORDER BY profile",
+                "SELECT p.profile, p.installed FROM profiles p
+                 WHERE p.users > (SELECT COUNT(*) FROM attachments a
+                                  WHERE a.network = ?1 AND a.container_id = ?2 AND a.ifname = ?3
+                                    AND a.profile = p.profile)
+                 ORDER BY p.profile",
             )
             .map_err(sql_err(&self.path, "listing profiles"))?;
         let rows = stmt
-            .query_map(params![except.network, except.container_id, except.ifname], |r| {
+            .query_map(params![except.network, except.container_id, except.ifname], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(sql_err(&self.path, "listing profiles"))?;
+        Ok(rows)
+    }
+
+    /// Every attachment of every network (to reinstall the kernel state
+    /// after it was removed behind the plugin's back).
+    pub fn all_attachments(&self) -> Result<Vec<Published>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT network, container_id, ifname, profile, installed FROM attachments")
+            .map_err(sql_err(&self.path, "listing attachments"))?;
+        let rows = stmt
+            .query_map([], |r| {
                 Ok(Published {
                     owner: PortOwner { network: r.get(0)?, container_id: r.get(1)?, ifname: r.get(2)? },
                     profile: r.get(3)?,
@@ -270,8 +303,26 @@ impl PortStore {
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(sql_err(&self.path, "listing profiles"))?;
+            .map_err(sql_err(&self.path, "listing attachments"))?;
         Ok(rows)
+    }
+
+    /// The plugin's note of the kernel structure it installed in this boot
+    /// (None: none, or not known to be there).
+    pub fn structure(&self) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut s| s.query_row([STRUCTURE_KEY], |r| r.get(0)).optional())
+            .map_err(sql_err(&self.path, "reading the structure note"))
+    }
+
+    /// Records (Some) or forgets (None) the note [`PortStore::structure`] returns.
+    pub fn set_structure(&mut self, note: Option<&str>) -> Result<()> {
+        let r = match note {
+            Some(n) => self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![STRUCTURE_KEY, n]),
+            None => self.conn.execute("DELETE FROM meta WHERE key = ?1", [STRUCTURE_KEY]),
+        };
+        r.map(|_| ()).map_err(sql_err(&self.path, "recording the structure note"))
     }
 }
 
@@ -295,6 +346,16 @@ fn attachment_in(conn: &Connection, path: &Path, o: &PortOwner) -> Result<Option
 }
 
 fn forget_in(conn: &Connection, path: &Path, o: &PortOwner) -> Result<()> {
+    if let Some(old) = attachment_in(conn, path, o)? {
+        for sql in [
+            "UPDATE profiles SET users = users - 1 WHERE profile = ?1",
+            "DELETE FROM profiles WHERE profile = ?1 AND users <= 0",
+        ] {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute([&old.profile]))
+                .map_err(sql_err(path, "counting a profile's users"))?;
+        }
+    }
     for sql in [
         "DELETE FROM claims WHERE network = ?1 AND container_id = ?2 AND ifname = ?3",
         "DELETE FROM attachments WHERE network = ?1 AND container_id = ?2 AND ifname = ?3",
@@ -371,7 +432,16 @@ mod tests {
         s.release(&owner("a")).unwrap();
         s.claim(&published("c"), &[claim(8081, None)]).unwrap();
         assert_eq!(s.attachments("net").unwrap().len(), 2);
+        // b and c share profile "d": it is in use by others than b.
         assert_eq!(s.profiles_except(&owner("b")).unwrap().len(), 1);
+        s.release(&owner("c")).unwrap();
+        assert!(s.profiles_except(&owner("b")).unwrap().is_empty());
+        let mut other = published("x");
+        other.profile = "p2".into();
+        s.claim(&other, &[claim(1000, None)]).unwrap();
+        let p = s.profiles_except(&owner("b")).unwrap();
+        assert_eq!(p, vec![("p2".to_string(), other.installed.clone())]);
+        assert_eq!(s.all_attachments().unwrap().len(), 2);
     }
 
     #[test]
@@ -380,8 +450,11 @@ mod tests {
         let p = t.0.join("p.db");
         PortStore::open(&p, "boot1").unwrap().claim(&published("a"), &[claim(8080, None)]).unwrap();
         assert!(PortStore::open(&p, "boot1").unwrap().attachment(&owner("a")).unwrap().is_some());
+        PortStore::open(&p, "boot1").unwrap().set_structure(Some("d")).unwrap();
+        assert_eq!(PortStore::open(&p, "boot1").unwrap().structure().unwrap().as_deref(), Some("d"));
         let mut s = PortStore::open(&p, "boot2").unwrap();
         assert!(s.attachment(&owner("a")).unwrap().is_none());
+        assert_eq!(s.structure().unwrap(), None);
         s.claim(&published("b"), &[claim(8080, None)]).unwrap();
     }
 }

@@ -414,3 +414,30 @@ fn coexists_with_a_policy_drop_forward_chain() {
     // The user's table is left as it was.
     assert!(fx.host.sh("nft list table inet usr").contains("policy drop"));
 }
+
+/// The `inet berth` table removed behind berth's back (a firewall reload
+/// flushing the ruleset): the next ADD rebuilds it with every recorded
+/// container's ports, and DELs still succeed.
+#[test]
+fn next_add_restores_a_flushed_ruleset() {
+    let fx = Fx::new("pmflush");
+    let (c1, r1) = fx.container("pmf1");
+    let (c2, r2) = fx.container("pmf2");
+    let _svc = PeerEcho::start(&c1, 80, 53);
+    fx.publish("pmf1", &c1, &r1, json!([{"hostPort": 8089, "containerPort": 80}])).assert_ok();
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)), peer(fx.out_v4));
+    fx.host.sh("nft delete table inet berth");
+    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)).is_err());
+    let conf1 = fx.portmap_conf(json!([{"hostPort": 8089, "containerPort": 80}]), json!({}), Some(&r1));
+    fx.portmap("CHECK", "pmf1", &c1, &conf1).expect_error(107);
+
+    fx.publish("pmf2", &c2, &r2, json!([{"hostPort": 8090, "containerPort": 80}])).assert_ok();
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)), peer(fx.out_v4));
+    fx.portmap("CHECK", "pmf1", &c1, &conf1).assert_ok();
+
+    let del = fx.portmap_conf(json!([]), json!({}), None);
+    fx.host.sh("nft delete table inet berth");
+    fx.portmap("DEL", "pmf1", &c1, &del).assert_ok();
+    fx.portmap("DEL", "pmf2", &c2, &del).assert_ok();
+    assert_eq!(portmap_objects(&fx.table()), Vec::<String>::new());
+}

@@ -37,8 +37,9 @@ pub use docker::{
 pub use names::{chain_names, ChainNames};
 pub use nft::{nft_available, run_batch, NFT_ENV};
 pub use portmap::{
-    missing_in as portmap_missing_in, publish_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts,
-    PM_FORWARD, PM_OUTPUT, PM_POSTROUTING, PM_PREFIX, PM_PREROUTING,
+    add_elements_in, is_missing_object, missing_in as portmap_missing_in, rebuild_in, remove_elements_in,
+    structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
+    PM_OUTPUT, PM_POSTROUTING, PM_PREFIX, PM_PREROUTING,
 };
 pub use rules::{FORWARD_MARK, TABLE};
 pub use spoofchk::{

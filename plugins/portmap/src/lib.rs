@@ -6,7 +6,8 @@
 //! that checks and claims the host ports (a port another attachment holds
 //! is refused, naming the holder) and records what will be installed, then
 //! one nft transaction adding exactly those elements (net::firewall's
-//! portmap module). DEL removes what the record says, so it needs neither
+//! portmap module; the shared chains and sets are built once, when the
+//! store's note says they are missing, see [`install`]). DEL removes what the record says, so it needs neither
 //! the mappings again nor a listing of the ruleset. Both run under berth's
 //! host-wide lock, which berth-bridge also takes around its table changes.
 //!
@@ -158,8 +159,11 @@ impl Installed {
     }
 
     fn parse(p: &Published) -> Result<Installed, Error> {
-        serde_json::from_str(&p.installed)
-            .map_err(|e| Error::new(codes::STORE, format!("record of {} is unreadable: {e}", p.owner)))
+        Installed::from_text(&p.installed, &p.owner.to_string())
+    }
+
+    fn from_text(text: &str, whose: &str) -> Result<Installed, Error> {
+        serde_json::from_str(text).map_err(|e| Error::new(codes::STORE, format!("record of {whose} is unreadable: {e}")))
     }
 }
 
@@ -286,21 +290,79 @@ fn other_profiles(store: &PortStore, owner: &PortOwner) -> Result<Vec<Conditions
         .profiles_except(owner)
         .map_err(store_err)?
         .iter()
-        .map(|p| Installed::parse(p).map(|i| i.conditions()))
+        .map(|(id, installed)| Installed::from_text(installed, &format!("profile {id}")).map(|i| i.conditions()))
         .collect()
 }
 
-/// Removes what `published` installed and forgets it (DEL and GC). Drops
-/// every portmap object when it was the last attachment, and the table if
-/// nothing else is left in it. Called under the lock.
+/// How the store notes which structure is installed: the profile IDs.
+fn structure_note(profiles: &[&Conditions]) -> String {
+    let mut ids: Vec<String> = profiles.iter().map(|c| c.id()).collect();
+    ids.sort();
+    ids.dedup();
+    ids.join(",")
+}
+
+fn noted(store: &PortStore, note: &str) -> Result<bool, Error> {
+    Ok(store.structure().map_err(store_err)?.as_deref() == Some(note))
+}
+
+/// Puts `ports` (already claimed) into the kernel. The common case adds
+/// its elements and nothing else; when the store's note says the
+/// structure for these profiles is not there (first ADD, a new profile),
+/// or the fast path finds it gone (a flushed ruleset), the structure is
+/// rebuilt with every recorded attachment's elements, so state lost
+/// behind berth's back comes back too. Called under the lock.
+fn install(store: &mut PortStore, owner: &PortOwner, replaced: Option<&PublishedPorts>, ports: &PublishedPorts) -> Result<(), Error> {
+    let others = other_profiles(store, owner)?;
+    let mut profiles: Vec<&Conditions> = others.iter().collect();
+    profiles.push(&ports.conditions);
+    let note = structure_note(&profiles);
+    if noted(store, &note)? {
+        match net::firewall::add_elements_in(None, replaced, ports) {
+            Ok(()) => return Ok(()),
+            Err(e) if net::firewall::is_missing_object(&e) => {}
+            Err(e) => return Err(firewall(e)),
+        }
+    }
+    store.set_structure(None).map_err(store_err)?;
+    let all: Vec<PublishedPorts> = store
+        .all_attachments()
+        .map_err(store_err)?
+        .iter()
+        .map(|p| Installed::parse(p).and_then(|i| i.ports()))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&PublishedPorts> = all.iter().collect();
+    net::firewall::rebuild_in(None, &profiles, replaced, &refs).map_err(firewall)?;
+    store.set_structure(Some(&note)).map_err(store_err)
+}
+
+/// Removes what `published` installed and forgets it (DEL and GC). The
+/// common case deletes its elements and nothing else; the last user of a
+/// profile also drops the profile's objects, the last attachment every
+/// portmap object (and the table if nothing else is left in it). Called
+/// under the lock.
 fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
     let ports = Installed::parse(published)?.ports()?;
     let others = other_profiles(store, &published.owner)?;
     let refs: Vec<&Conditions> = others.iter().collect();
+    let note = structure_note(&refs);
+    let shared = refs.iter().any(|c| c.id() == ports.conditions.id());
+    let mut structure_lost = false;
+    if shared && noted(store, &note)? {
+        match net::firewall::remove_elements_in(None, &ports) {
+            Ok(()) => return store.release(&published.owner).map_err(store_err),
+            Err(e) if net::firewall::is_missing_object(&e) => structure_lost = true,
+            Err(e) => return Err(firewall(e)),
+        }
+    }
     net::firewall::unpublish_in(None, &refs, &ports).map_err(firewall)?;
     if others.is_empty() {
         net::firewall::remove_table_if_empty_in(None).map_err(firewall)?;
     }
+    // After a lost structure the others' elements are gone too: no note,
+    // so the next ADD rebuilds everything from the records.
+    let now = (!others.is_empty() && !structure_lost).then_some(note);
+    store.set_structure(now.as_deref()).map_err(store_err)?;
     store.release(&published.owner).map_err(store_err)
 }
 
@@ -325,16 +387,16 @@ impl Plugin for PortmapPlugin {
         let mut store = open_store()?;
         let replaced = store.claim(&published, &claims).map_err(store_err)?;
         let replaced = replaced.map(|r| Installed::parse(&r).and_then(|i| i.ports())).transpose()?;
-        let others = other_profiles(&store, &owner)?;
-        let refs: Vec<&Conditions> = others.iter().collect();
-        if let Err(e) = net::firewall::publish_in(None, &refs, replaced.as_ref(), &ports) {
-            // Nothing of this batch was applied; what a replaced record
-            // had installed goes too, so the store and kernel agree.
+        if let Err(e) = install(&mut store, &owner, replaced.as_ref(), &ports) {
+            // Nothing of the failed batch was applied; what a replaced
+            // record had installed goes too, so the store and kernel agree.
             if let Some(old) = &replaced {
+                let others = other_profiles(&store, &owner).unwrap_or_default();
+                let refs: Vec<&Conditions> = others.iter().collect();
                 let _ = net::firewall::unpublish_in(None, &refs, old);
             }
             let _ = store.release(&owner);
-            return Err(firewall(e));
+            return Err(e);
         }
         allow_localnet(&ports)?;
         Ok(result)
@@ -377,6 +439,12 @@ impl Plugin for PortmapPlugin {
                 serde_json::to_string(&have).unwrap_or_default(),
                 serde_json::to_string(&want).unwrap_or_default()
             )));
+        }
+        let others = other_profiles(&store, &owner)?;
+        let mut profiles: Vec<&Conditions> = others.iter().collect();
+        profiles.push(&conf.conditions);
+        if let Some(missing) = net::firewall::structure_missing_in(None, &profiles).map_err(firewall)? {
+            return Err(check_failed(missing));
         }
         match net::firewall::portmap_missing_in(None, &installed.ports()?).map_err(firewall)? {
             Some(missing) => Err(check_failed(missing)),
