@@ -72,6 +72,7 @@ fn apply_check_update_remove() {
         bridge: "berth-test0".into(),
         masquerade: vec![net("10.88.0.0/16"), net("fd88::/64")],
         forward: true,
+        isolation: true,
     };
     firewall::apply_in(Some(&netns), &rules).unwrap();
 
@@ -91,7 +92,7 @@ fn apply_check_update_remove() {
         2,
         "one masquerade rule per family"
     );
-    assert_eq!(l.rules_of(&names.forward).len(), 2);
+    assert_eq!(l.rules_of(&names.forward).len(), 4, "two isolation drops, two accepts");
     let text = serde_json::to_string(&l.rules).unwrap();
     assert!(text.contains("masquerade"));
     assert!(text.contains("berth-test0"));
@@ -112,7 +113,7 @@ fn apply_check_update_remove() {
     firewall::apply_in(Some(&netns), &rules).unwrap();
     let l = list(&ns).unwrap();
     assert_eq!(l.rules_of(&names.nat).len(), 2);
-    assert_eq!(l.rules_of(&names.forward).len(), 2);
+    assert_eq!(l.rules_of(&names.forward).len(), 4);
 
     // update: other v4 subnet, no v6, no forwarding
     let updated = NetworkRules {
@@ -141,15 +142,17 @@ fn apply_check_update_remove() {
     let l = list(&ns).unwrap();
     assert!(l.chain(&names.nat).is_none());
     assert!(l.set(&names.set_v4).is_none());
-    assert_eq!(l.rules_of(&names.forward).len(), 2);
+    assert_eq!(l.rules_of(&names.forward).len(), 4);
     assert!(!firewall::network_present_in(Some(&netns), &network).unwrap());
 
     // remove, twice
     firewall::apply_in(Some(&netns), &rules).unwrap();
-    firewall::remove_in(Some(&netns), &network).unwrap();
-    firewall::remove_in(Some(&netns), &network).unwrap();
+    firewall::remove_with_bridge_in(Some(&netns), &network, Some("berth-test0")).unwrap();
+    firewall::remove_with_bridge_in(Some(&netns), &network, Some("berth-test0")).unwrap();
     let l = list(&ns).expect("the shared table stays");
-    assert!(l.chains.is_empty() && l.sets.is_empty(), "{:?}", l.chains);
+    assert!(l.chains.is_empty(), "{:?}", l.chains);
+    let (_, text, _) = ns.exec("nft", &["list", "set", "inet", "berth", firewall::BRIDGES_SET]);
+    assert!(!text.contains("berth-test0"), "{text}");
     assert!(!firewall::network_present_in(Some(&netns), &network).unwrap());
 }
 
@@ -167,11 +170,18 @@ fn networks_are_independent() {
                 bridge: bridge.into(),
                 masquerade: vec![net(subnet)],
                 forward: true,
+                isolation: true,
             },
         )
         .unwrap();
     }
-    firewall::remove_in(Some(&netns), &a).unwrap();
+    let (_, text, _) = ns.exec("nft", &["list", "set", "inet", "berth", firewall::BRIDGES_SET]);
+    assert!(text.contains("\"br-a\"") && text.contains("\"br-b\""), "{text}");
+    let (_, text, _) = ns.exec("nft", &["list", "chain", "inet", "berth", &chain_names(&a).forward]);
+    assert!(text.contains("iifname \"br-a\" oifname != \"br-a\" oifname @berth-bridges ct status & dnat != dnat drop"), "{text}");
+    firewall::remove_with_bridge_in(Some(&netns), &a, Some("br-a")).unwrap();
+    let (_, text, _) = ns.exec("nft", &["list", "set", "inet", "berth", firewall::BRIDGES_SET]);
+    assert!(!text.contains("\"br-a\"") && text.contains("\"br-b\""), "{text}");
     assert!(!firewall::network_present_in(Some(&netns), &a).unwrap());
     assert!(firewall::network_present_in(Some(&netns), &b).unwrap());
     let l = list(&ns).unwrap();
@@ -191,6 +201,7 @@ fn host_ruleset_is_not_touched() {
             bridge: "br-c".into(),
             masquerade: vec![net("10.30.0.0/24")],
             forward: true,
+            isolation: false,
         },
     )
     .unwrap();

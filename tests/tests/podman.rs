@@ -632,3 +632,70 @@ fn podman_containers_on_berth_network() {
 fn podman_containers_on_reference_network() {
     two_containers_then_nothing_left(Plugins::Reference);
 }
+
+/// `podman run -p` with berth-portmap chained after berth-bridge: the
+/// container's HTTP service answers on the published port of the host's
+/// loopback address (the only address the test publishes on), and after
+/// `podman rm` nothing answers and the port's element is gone.
+#[test]
+fn podman_publishes_a_port_through_berth_portmap() {
+    require_root();
+    bin(IPAM_BIN);
+    bin("berth-portmap");
+    let podman = Podman::new("pm-ports");
+    let data = TempDir::new("pm-ports-ipam");
+    let network = unique_name("bpp", 32);
+    let bridge = unique_name("bpp", IFNAMSIZ_MAX);
+    let _bridge_guard = LinkGuard::new(bridge.clone());
+    let _nft_guard = NftNetworkGuard::new(network.clone());
+    let (subnet, _) = unique_subnets();
+    podman.install_conflist(&json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [
+            {"type": BRIDGE_BIN, "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "ipam": {"type": IPAM_BIN, "dataDir": data.path().to_str().unwrap(),
+                      "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "berth-portmap", "capabilities": {"portMappings": true}}
+        ],
+    }));
+    // A port unlikely to be in use, spread by pid across parallel runs.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let element = format!("127.0.0.1 . tcp . {port}");
+    let mut containers = Containers { podman: &podman, names: Vec::new() };
+    let name = unique_name("bppc", 63);
+    containers.names.push(name.clone());
+    podman.ok(&[
+        "run", "-d", "--network", &network, "-p", &format!("127.0.0.1:{port}:80"), "--name", &name, IMAGE,
+        "sh", "-c", "busybox mkdir -p /www && echo berth-portmap-ok > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let get = || -> Result<String, String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+        Ok(body)
+    };
+    // httpd needs a moment to listen after podman returns.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let answer = loop {
+        match get() {
+            Ok(body) if body.contains("berth-portmap-ok") => break Ok(body),
+            other if Instant::now() > deadline => break other,
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    };
+    assert!(answer.is_ok(), "published port 127.0.0.1:{port}: {answer:?}");
+    let table = run_ok("nft", &["list", "table", "inet", "berth"]);
+    assert!(table.contains(&element), "no element {element} in:\n{table}");
+
+    podman.ok(&["rm", "--force", "--time", "0", &name]);
+    containers.names.clear();
+    assert!(get().is_err(), "port {port} still answers after podman rm");
+    let table = run("nft", &["list", "table", "inet", "berth"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(!table.contains(&element), "element {element} left:\n{table}");
+}

@@ -91,11 +91,16 @@ impl Fx {
     }
 
     fn bridge_conf(&self) -> Value {
+        self.network_conf(&self.name, "pmbr0", &self.subnet_v4, &self.subnet_v6)
+    }
+
+    /// A berth-bridge network in the host namespace.
+    fn network_conf(&self, name: &str, bridge: &str, v4: &str, v6: &str) -> Value {
         json!({
-            "cniVersion": "1.1.0", "name": self.name, "type": "berth-bridge", "bridge": "pmbr0",
+            "cniVersion": "1.1.0", "name": name, "type": "berth-bridge", "bridge": bridge,
             "isGateway": true, "ipMasq": true, "hairpinMode": true,
             "ipam": {"type": "berth-ipam", "dataDir": self.data.path(),
-                     "ranges": [[{"subnet": self.subnet_v4}], [{"subnet": self.subnet_v6}]],
+                     "ranges": [[{"subnet": v4}], [{"subnet": v6}]],
                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}
         })
     }
@@ -117,9 +122,14 @@ impl Fx {
 
     /// A container on the bridge: its namespace and berth-bridge's result.
     fn container(&self, cid: &str) -> (TestNetns, Value) {
+        self.container_on(cid, &self.bridge_conf())
+    }
+
+    /// A container on the berth-bridge network `conf`.
+    fn container_on(&self, cid: &str, conf: &Value) -> (TestNetns, Value) {
         let ns = TestNetns::new(cid);
         ns.sh("ip link set lo up");
-        let out = self.exec("berth-bridge", "ADD", cid, &ns, &self.bridge_conf());
+        let out = self.exec("berth-bridge", "ADD", cid, &ns, conf);
         let result = out.expect_ok().clone();
         (ns, result)
     }
@@ -440,4 +450,43 @@ fn next_add_restores_a_flushed_ruleset() {
     fx.portmap("DEL", "pmf1", &c1, &del).assert_ok();
     fx.portmap("DEL", "pmf2", &c2, &del).assert_ok();
     assert_eq!(portmap_objects(&fx.table()), Vec::<String>::new());
+}
+
+/// Containers on two berth bridge networks cannot reach each other (in
+/// either direction) unless both networks say `isolation: false`; the same
+/// network is unaffected, and a published port stays reachable from the
+/// other network through the host's address.
+#[test]
+fn bridge_networks_are_isolated_unless_configured_otherwise() {
+    let fx = Fx::new("pmiso");
+    for (isolated, suffix) in [(true, "i"), (false, "o")] {
+        let (v4b, v6b) = unique_subnets();
+        let mut other = fx.network_conf(&format!("{}{suffix}", fx.name), &format!("pmbr{suffix}"), &v4b, &v6b);
+        let mut own = fx.bridge_conf();
+        if !isolated {
+            let (v4a, v6a) = unique_subnets();
+            own = fx.network_conf(&format!("{}n", fx.name), "pmbrn", &v4a, &v6a);
+            other["isolation"] = json!(false);
+            own["isolation"] = json!(false);
+        }
+        let (a1, ra1) = fx.container_on(&format!("pmia1{suffix}"), &own);
+        let (a2, _) = fx.container_on(&format!("pmia2{suffix}"), &own);
+        let (b1, rb1) = fx.container_on(&format!("pmib1{suffix}"), &other);
+        let _sa = PeerEcho::start(&a1, 80, 53);
+        let _sb = PeerEcho::start(&b1, 80, 53);
+        let (a1_ip, b1_ip) = (address(&ra1, true), address(&rb1, true));
+        // The same network: unaffected.
+        assert!(tcp_ask(&a2, at(a1_ip, 80)).is_ok(), "isolation {isolated}: same network blocked");
+        let across = [tcp_ask(&b1, at(a1_ip, 80)), tcp_ask(&a1, at(b1_ip, 80))];
+        for r in &across {
+            assert_eq!(r.is_err(), isolated, "isolation {isolated}: across networks {r:?}");
+        }
+        if isolated {
+            let cid = format!("pmia1{suffix}");
+            fx.publish(&cid, &a1, &ra1, json!([{"hostPort": 8091, "containerPort": 80}])).assert_ok();
+            // The client's network masquerades what leaves its subnet
+            // (ipMasq), so the service sees the gateway of its own side.
+            assert_eq!(tcp_ask(&b1, at(fx.host_v4, 8091)), peer(fx.gateway_v4()), "published port across networks");
+        }
+    }
 }

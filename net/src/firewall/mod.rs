@@ -41,7 +41,7 @@ pub use portmap::{
     structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
     PM_OUTPUT, PM_POSTROUTING, PM_PREFIX, PM_PREROUTING,
 };
-pub use rules::{FORWARD_MARK, TABLE};
+pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
 pub use spoofchk::{
     spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_remove_in,
     spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in, SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
@@ -64,6 +64,11 @@ pub struct NetworkRules {
     /// Accept forwarding from the bridge and established/related traffic
     /// back to it.
     pub forward: bool,
+    /// Drop traffic between this bridge and any other berth bridge
+    /// (published ports excepted: DNATed connections pass). With
+    /// `forward`, the bridge is listed in the table's `berth-bridges` set
+    /// either way, so isolated networks also refuse non-isolated ones.
+    pub isolation: bool,
 }
 
 fn check_network(network: &str) -> Result<()> {
@@ -97,9 +102,18 @@ pub fn remove(network: &str) -> Result<()> {
 
 /// [`remove`] inside `ns` (None: the caller's namespace).
 pub fn remove_in(ns: Option<&Netns>, network: &str) -> Result<()> {
+    remove_with_bridge_in(ns, network, None)
+}
+
+/// [`remove_in`], also taking `bridge` out of the `berth-bridges` set
+/// (pass None while another network still uses that bridge).
+pub fn remove_with_bridge_in(ns: Option<&Netns>, network: &str, bridge: Option<&str>) -> Result<()> {
     check_network(network)?;
+    if let Some(b) = bridge {
+        check_ifname(b)?;
+    }
     let op = format!("remove firewall rules of network {network}");
-    run_batch(ns, rules::remove_batch(network), &op)
+    run_batch(ns, rules::remove_batch(network, bridge), &op)
 }
 
 /// Removes the whole `inet berth` table with everything in it, for the
@@ -113,12 +127,13 @@ pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
     run_batch(ns, rules::remove_table_batch(), "remove table inet berth")
 }
 
-/// Removes `network`'s objects, or the whole `inet berth` table together
+/// Removes `network`'s objects (and `bridge` from `berth-bridges`, see
+/// [`remove_with_bridge_in`]), or the whole `inet berth` table together
 /// with berth's DOCKER-USER rule when nothing but this network's objects is
 /// left in it (one listing, then one batch). Returns true if the table was
 /// dropped. Other berth processes must not change the table meanwhile: the
 /// caller holds berth's host-wide lock.
-pub fn release_network_in(ns: Option<&Netns>, network: &str) -> Result<bool> {
+pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str>) -> Result<bool> {
     check_network(network)?;
     let op = format!("list nft table inet {TABLE}");
     let listing = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
@@ -131,7 +146,7 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str) -> Result<bool> {
         None => 0,
     };
     if others > 0 {
-        remove_in(ns, network)?;
+        remove_with_bridge_in(ns, network, bridge)?;
         return Ok(false);
     }
     remove_docker_user_in(ns)?;

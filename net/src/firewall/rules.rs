@@ -40,6 +40,9 @@ const PRIO_FORWARD: i32 = -1;
 /// docker.rs). Bit 30: clear of kube-proxy (0x4000/0x8000), the portmap
 /// and netavark masquerade bits (0x2000, 0x1000) and Tailscale (0xff0000).
 pub const FORWARD_MARK: u32 = 0x4000_0000;
+/// The set of every berth bridge network's bridge (type ifname): isolated
+/// networks drop traffic to and from its members other than themselves.
+pub const BRIDGES_SET: &str = "berth-bridges";
 /// nft keeps at most 128 bytes of a rule comment.
 const COMMENT_MAX: usize = 120;
 
@@ -227,6 +230,58 @@ fn forward_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2]
     ]
 }
 
+fn bridges_set() -> Box<Set<'static>> {
+    Box::new(Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: BRIDGES_SET.into(),
+        set_type: SetTypeValue::Single(SetType::Ifname),
+        ..Set::default()
+    })
+}
+
+fn bridge_element(bridge: &str) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: BRIDGES_SET.into(),
+        elem: Cow::Owned(vec![Expression::String(bridge.to_string().into())]),
+    })
+}
+
+/// `ct status & dnat != dnat`: not a published-port connection (those may
+/// cross networks, as they may come from anywhere).
+fn not_dnat() -> Statement<'static> {
+    let status = Expression::Named(NamedExpression::CT(CT { key: "status".into(), family: None, dir: None }));
+    matches(
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(status, Expression::String("dnat".into())))),
+        Operator::NEQ,
+        Expression::String("dnat".into()),
+    )
+}
+
+/// Isolation: drop traffic from `bridge` to another berth bridge, and from
+/// another berth bridge to `bridge`.
+fn isolation_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2] {
+    let dev = || Expression::String(bridge.to_string().into());
+    let set = || Expression::String(format!("@{BRIDGES_SET}").into());
+    let drop = || Statement::Drop(Some(nftables::stmt::Drop {}));
+    let one_way = |here: MetaKey, there: MetaKey| {
+        rule(
+            chain,
+            comment,
+            vec![
+                matches(meta(here), Operator::EQ, dev()),
+                matches(meta(there.clone()), Operator::NEQ, dev()),
+                matches(meta(there), Operator::EQ, set()),
+                not_dnat(),
+                drop(),
+            ],
+        )
+    };
+    [one_way(MetaKey::Iifname, MetaKey::Oifname), one_way(MetaKey::Oifname, MetaKey::Iifname)]
+}
+
 /// Rule comment: lets an operator reading `nft list` find the network.
 fn comment_for(network: &str) -> String {
     clean_comment(format!("berth network {network}"))
@@ -328,7 +383,14 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch<'static> {
     }
 
     if rules.forward {
+        b.add(NfListObject::Set(bridges_set()));
+        b.add(bridge_element(&rules.bridge));
         ensure_empty_chain(&mut b, fwd_chain(&n));
+        if rules.isolation {
+            for r in isolation_rules(&n.forward, &rules.bridge, &comment) {
+                b.add(NfListObject::Rule(r));
+            }
+        }
         for r in forward_rules(&n.forward, &rules.bridge, &comment) {
             b.add(NfListObject::Rule(r));
         }
@@ -349,10 +411,16 @@ pub(crate) fn remove_table_batch() -> Batch<'static> {
     b
 }
 
-pub(crate) fn remove_batch(network: &str) -> Batch<'static> {
+pub(crate) fn remove_batch(network: &str, bridge: Option<&str>) -> Batch<'static> {
     let n = chain_names(network);
     let mut b = Batch::new();
     b.add(NfListObject::Table(table()));
+    if let Some(br) = bridge {
+        // "add, then delete": gone whether or not it was there.
+        b.add(NfListObject::Set(bridges_set()));
+        b.add(bridge_element(br));
+        b.delete(bridge_element(br));
+    }
     drop_chain(&mut b, nat_chain(&n));
     drop_chain(&mut b, fwd_chain(&n));
     drop_set(&mut b, addr_set(&n.set_v4, SetType::Ipv4Addr));
@@ -395,6 +463,7 @@ mod tests {
             bridge: "br-test".into(),
             masquerade: masq.iter().map(|s| s.parse().unwrap()).collect(),
             forward,
+            isolation: forward,
         }
     }
 
@@ -469,7 +538,7 @@ mod tests {
 
     #[test]
     fn remove_keeps_table() {
-        let c = cmds(&json(remove_batch("net1")));
+        let c = cmds(&json(remove_batch("net1", None)));
         assert!(!c
             .iter()
             .any(|(cmd, kind, _)| cmd == "delete" && kind == "table"));

@@ -53,6 +53,8 @@ struct Raw {
     disable_container_interface: bool,
     #[serde(default, deserialize_with = "flexible_bool")]
     port_isolation: bool,
+    #[serde(default, deserialize_with = "flexible_opt_bool")]
+    isolation: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,10 @@ pub struct BridgeConf {
     pub enabledad: bool,
     pub disable_container_interface: bool,
     pub port_isolation: bool,
+    /// No traffic to or from other berth bridge networks (published ports
+    /// excepted), as the reference firewall plugin's `ingressPolicy:
+    /// same-bridge`. Default true.
+    pub isolation: bool,
     /// `ipam.type`, if an `ipam` section is present.
     pub ipam_type: Option<String>,
     /// The `dns` key; wins over the IPAM plugin's DNS.
@@ -133,6 +139,7 @@ impl BridgeConf {
             enabledad: raw.enabledad,
             disable_container_interface: raw.disable_container_interface,
             port_isolation: raw.port_isolation,
+            isolation: raw.isolation.unwrap_or(true),
             ipam_type,
             dns,
             mac: ifconf::container_mac(req)?,

@@ -8,6 +8,10 @@
 //! br_netfilter, even traffic between two containers on one bridge passes
 //! that chain. The rules mark berth's traffic and one rule in Docker's
 //! DOCKER-USER chain accepts the mark (net::firewall's docker module).
+//!
+//! With `isolation` (the default) the forward chain first drops traffic
+//! between the bridge and any other berth bridge, except published-port
+//! (DNATed) connections.
 
 use crate::state::{Lock, RulesMarker, State};
 use cni::{codes, Error};
@@ -19,10 +23,17 @@ fn nft_err(e: net::Error) -> Error {
 
 /// Makes sure the network's rules exist and masquerade `subnets` (empty:
 /// no masquerading) from `bridge`.
-pub fn ensure(state: &State, lock: &Lock, network: &str, bridge: &str, subnets: &[IpNet]) -> Result<(), Error> {
+pub fn ensure(
+    state: &State,
+    lock: &Lock,
+    network: &str,
+    bridge: &str,
+    subnets: &[IpNet],
+    isolation: bool,
+) -> Result<(), Error> {
     let marker = state.rules_marker(network);
     if let Some(m) = &marker {
-        if m.bridge == bridge && subnets.iter().all(|s| m.subnets.contains(s)) {
+        if m.bridge == bridge && m.isolation == isolation && subnets.iter().all(|s| m.subnets.contains(s)) {
             return Ok(());
         }
     }
@@ -38,12 +49,13 @@ pub fn ensure(state: &State, lock: &Lock, network: &str, bridge: &str, subnets: 
         bridge: bridge.to_string(),
         masquerade: all.clone(),
         forward: true,
+        isolation,
     })
     .map_err(nft_err)?;
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
     net::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
-    let marker = RulesMarker { bridge: bridge.to_string(), subnets: all, boot_id: crate::state::boot_id() };
+    let marker = RulesMarker { bridge: bridge.to_string(), subnets: all, boot_id: crate::state::boot_id(), isolation };
     state.write_rules_marker(lock, network, &marker)
 }
 
@@ -52,12 +64,14 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
     if state.has_records(network) {
         return Ok(());
     }
-    if state.rules_marker(network).is_some() {
+    if let Some(marker) = state.rules_marker(network) {
         // Only this network's objects go — unless nothing else is left in
         // the table (networks of any berth process on this host, whatever
         // its run dir, count), so a host without berth containers has no
-        // berth ruleset at all.
-        let table_dropped = net::firewall::release_network_in(None, network).map_err(nft_err)?;
+        // berth ruleset at all. The bridge leaves the set of berth bridges
+        // unless another network still uses it.
+        let bridge = (!state.bridge_used_by_others(network, &marker.bridge)).then_some(marker.bridge.as_str());
+        let table_dropped = net::firewall::release_network_in(None, network, bridge).map_err(nft_err)?;
         if table_dropped {
             net::firewall::spoofchk_remove_table_if_unused_in(None).map_err(nft_err)?;
         }

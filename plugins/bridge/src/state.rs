@@ -42,6 +42,10 @@ pub struct RulesMarker {
     /// not vouch for rules.
     #[serde(default)]
     pub boot_id: String,
+    /// Whether the rules isolate the network (markers written before the
+    /// key existed had no isolation rules).
+    #[serde(default)]
+    pub isolation: bool,
 }
 
 /// This boot's ID (random per boot, from the kernel).
@@ -139,6 +143,15 @@ impl State {
     }
 
     /// The network's marker, if it was written in this boot.
+    /// True if a network other than `network` has rules on `bridge`.
+    pub fn bridge_used_by_others(&self, network: &str, bridge: &str) -> bool {
+        let Ok(rd) = fs::read_dir(&self.root) else { return false };
+        rd.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != network)
+            .any(|n| self.rules_marker(&n).is_some_and(|m| m.bridge == bridge))
+    }
+
     pub fn rules_marker(&self, network: &str) -> Option<RulesMarker> {
         let data = fs::read(self.network_dir(network).join("rules.json")).ok()?;
         let m: RulesMarker = serde_json::from_slice(&data).ok()?;
@@ -181,7 +194,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("berth-state-test-{}", std::process::id()));
         let state = State::new(&root);
         let net: IpNet = "10.9.0.0/24".parse().unwrap();
-        let marker = |boot: String| RulesMarker { bridge: "b0".into(), subnets: vec![net], boot_id: boot };
+        let marker = |boot: String| RulesMarker { bridge: "b0".into(), subnets: vec![net], boot_id: boot, isolation: true };
         // Written directly: the lock only serialises writers, it doesn't
         // change what is read back.
         let dir = root.join("n1");
