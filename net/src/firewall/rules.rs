@@ -272,7 +272,7 @@ fn isolation_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 
             comment,
             vec![
                 matches(meta(here), Operator::EQ, dev()),
-                matches(meta(there.clone()), Operator::NEQ, dev()),
+                matches(meta(there), Operator::NEQ, dev()),
                 matches(meta(there), Operator::EQ, set()),
                 not_dnat(),
                 drop(),
