@@ -167,3 +167,51 @@ fn exception_is_added_once_and_removed_with_the_last_network() {
     plugin_in(&host, "DEL", &b, &d, &other).assert_ok();
     assert!(berth_rule_handle(&host).is_none());
 }
+
+/// A port published by berth-portmap answers from outside under Docker's
+/// drop policy and beside Docker's own NAT chains (berth's mark is what
+/// lets it through: without the DOCKER-USER exception it is dropped), and
+/// berth's DEL leaves Docker's rules as they were.
+#[test]
+fn published_port_works_beside_dockers_rules() {
+    use berth_tests::{tcp_ask, PeerEcho};
+    require_root();
+    let host = make_docker_host();
+    host.sh(
+        "iptables -t nat -N DOCKER && \
+         iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER && \
+         iptables -t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER && \
+         iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE && \
+         iptables -t nat -A DOCKER -p tcp --dport 9999 -j DNAT --to-destination 172.17.0.2:80",
+    );
+    let docker_nat = host.sh("iptables -t nat -S");
+    let outside = connect_outside(&host);
+    let a = TestNetns::new("dk-pm");
+    let d = dirs();
+    let result = plugin_in(&host, "ADD", &a, &d, &d.conf).expect_ok().clone();
+    let _svc = PeerEcho::start(&a, 80, 53);
+    let pm = json!({
+        "cniVersion": "1.1.0", "name": "dockerhost", "type": "berth-portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]},
+        "prevResult": result,
+    });
+    let env = [
+        ("CNI_CONTAINERID", a.name()),
+        ("CNI_NETNS", a.path_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", d.cni_path.as_str()),
+        ("BERTH_RUN_DIR", &d.run.path().display().to_string()),
+    ];
+    run_plugin_in(&host, &bin("berth-portmap"), "ADD", &env, &pm).assert_ok();
+    let target: std::net::SocketAddr = "198.51.100.1:8080".parse().unwrap();
+    assert_eq!(tcp_ask(&outside, target), Ok(format!("peer={OUTSIDE}")));
+
+    let handle = berth_rule_handle(&host).expect("berth's rule in DOCKER-USER");
+    host.sh(&format!("nft delete rule ip filter DOCKER-USER handle {handle}"));
+    assert!(tcp_ask(&outside, target).is_err(), "Docker's drop policy let a published port through without the exception");
+
+    run_plugin_in(&host, &bin("berth-portmap"), "DEL", &env, &pm).assert_ok();
+    plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
+    assert_eq!(host.sh("iptables -t nat -S"), docker_nat, "Docker's NAT rules changed");
+    assert!(!host.sh("nft list tables").contains("inet berth"));
+}

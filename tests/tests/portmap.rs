@@ -490,3 +490,30 @@ fn bridge_networks_are_isolated_unless_configured_otherwise() {
         }
     }
 }
+
+/// A port range given as consecutive mappings becomes map elements, not
+/// rules: the rule set is the same size with 1 and with 101 mappings. With
+/// masqAll even another machine's connections are masqueraded.
+#[test]
+fn port_ranges_are_elements_and_masq_all_masquerades() {
+    let fx = Fx::new("pmrange");
+    let (c1, r1) = fx.container("pmr1");
+    let (c2, r2) = fx.container("pmr2");
+    let _s1 = PeerEcho::start(&c1, 80, 53);
+    let _s2 = PeerEcho::start(&c2, 80, 53);
+    fx.publish("pmr1", &c1, &r1, json!([{"hostPort": 8093, "containerPort": 80}])).assert_ok();
+    let rules = |t: &str| t.lines().filter(|l| l.contains("dnat") || l.contains("masquerade") || l.contains("accept")).count();
+    let before = fx.table();
+    let range: Vec<Value> = (0..100).map(|i| json!({"hostPort": 30000 + i, "containerPort": 80})).collect();
+    let conf = fx.portmap_conf(Value::Array(range), json!({"masqAll": true}), Some(&r2));
+    fx.portmap("ADD", "pmr2", &c2, &conf).assert_ok();
+    let after = fx.table();
+    assert_eq!(rules(&after), rules(&before), "mappings added rules:\n{after}");
+    assert!(after.contains("tcp . 30099"), "{after}");
+    // Both families: 200 elements.
+    assert_eq!(after.matches("tcp . 300").count(), 200, "{after}");
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 30042)), peer(fx.gateway_v4()), "masqAll");
+    // Without masqAll, the client's own address.
+    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8093)), peer(fx.out_v4));
+    fx.portmap("CHECK", "pmr2", &c2, &conf).assert_ok();
+}
