@@ -91,7 +91,7 @@ fn berth_passes_every_applicable_case() {
                 "ranges": [[{"subnet": "10.123.0.0/24"}], [{"subnet": "fd12:3::/64"}]],
                 "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
             }
-        }]
+        }, {"type": "berth-portmap", "capabilities": {"portMappings": true}}]
     });
     let rd = run_dir.path().to_str().unwrap().to_string();
     let env = format!("BERTH_RUN_DIR={rd}");
@@ -207,10 +207,15 @@ fn failed_cases(stdout: &str) -> Vec<String> {
 /// berth-host, one mode per run, the suite's host namespace given the
 /// links the mode needs by `--host-setup`.
 fn berth_host_run(tag: &str, plugin: Value, extra: &[&str]) -> Run {
+    berth_host_chain_run(tag, vec![plugin], extra)
+}
+
+/// [`berth_host_run`] with plugins chained after berth-host.
+fn berth_host_chain_run(tag: &str, plugins: Vec<Value>, extra: &[&str]) -> Run {
     require_root();
     let dir = TempDir::new(&format!("conf-host-{tag}"));
     let run_dir = TempDir::new(&format!("conf-host-{tag}-run"));
-    let conf = json!({"cniVersion": "1.1.0", "name": format!("bchost{tag}"), "plugins": [plugin]});
+    let conf = json!({"cniVersion": "1.1.0", "name": format!("bchost{tag}"), "plugins": plugins});
     let rd = run_dir.path().to_str().unwrap().to_string();
     let env = format!("BERTH_RUN_DIR={rd}");
     let cni_path = bin_dir().to_str().unwrap().to_string();
@@ -218,7 +223,13 @@ fn berth_host_run(tag: &str, plugin: Value, extra: &[&str]) -> Run {
     args.extend_from_slice(extra);
     let r = conformance(&cni_path, &conf, &dir, &args);
     assert_no_leftovers(r.pid);
-    let left: Vec<_> = std::fs::read_dir(&rd).unwrap().flatten().map(|e| e.path()).collect();
+    // berth-portmap's host-wide database stays, as berth-ipam's does.
+    let left: Vec<_> = std::fs::read_dir(&rd)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ports.db")))
+        .collect();
     assert!(left.is_empty(), "records left in the run dir: {left:?}");
     r
 }
@@ -258,7 +269,9 @@ fn berth_host_macvlan_passes_every_case() {
         "type": "berth-host", "mode": "macvlan", "master": "up0", "capabilities": {"ips": true},
         "ipam": host_ipam("10.124.0.0/24", "fd12:4::/64")
     });
-    let r = berth_host_run("macvlan", plugin, &["--host-setup", &setup]);
+    // Published ports work on any attachment with an address: chained.
+    let portmap = json!({"type": "berth-portmap", "capabilities": {"portMappings": true}});
+    let r = berth_host_chain_run("macvlan", vec![plugin, portmap], &["--host-setup", &setup]);
     assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
     assert!(r.stdout.contains("\n0 not applicable\n"), "{}", r.stdout);
     assert_eq!(r.status, 0);

@@ -91,7 +91,18 @@ fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
 }
 
 impl PortmapConf {
+    /// The whole config, mappings included (ADD and CHECK).
     pub fn parse(req: &Request) -> Result<PortmapConf, Error> {
+        let mut conf = PortmapConf::parse_keys(req)?;
+        conf.mappings = mappings(req.conf.runtime("portMappings"))?;
+        Ok(conf)
+    }
+
+    /// The plugin's own keys, without looking at the mappings: DEL, GC and
+    /// STATUS don't need them (DEL works from the record), and a runtime
+    /// cleaning up after an ADD refused for a bad mapping sends the same
+    /// bad mapping to DEL, which must still succeed.
+    pub fn parse_keys(req: &Request) -> Result<PortmapConf, Error> {
         let keys: Keys = serde_json::from_value(req.conf.raw.clone())
             .map_err(|e| Error::decode(format!("network configuration: {e}")))?;
         if keys.external_set_mark_chain.is_some() && keys.mark_masq_bit.is_some() {
@@ -127,7 +138,7 @@ impl PortmapConf {
             masq_all: keys.masq_all,
             mark_masq_bit,
             conditions,
-            mappings: mappings(req.conf.runtime("portMappings"))?,
+            mappings: Vec::new(),
         })
     }
 }

@@ -403,9 +403,9 @@ impl Plugin for PortmapPlugin {
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
-        // The config must still parse (as in the reference), but the
-        // mappings are not needed: the record says what to remove.
-        PortmapConf::parse(req)?;
+        // The plugin's keys must still parse (as in the reference), but
+        // the mappings are not needed: the record says what to remove.
+        PortmapConf::parse_keys(req)?;
         let _lock = lock()?;
         let mut store = open_store()?;
         match store.attachment(&owner(req)).map_err(store_err)? {
@@ -453,7 +453,7 @@ impl Plugin for PortmapPlugin {
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
-        PortmapConf::parse(req)?;
+        PortmapConf::parse_keys(req)?;
         // No list means no attachment is valid (the spec's reading).
         let valid = req.conf.valid_attachments.clone().unwrap_or_default();
         let _lock = lock()?;
@@ -472,7 +472,7 @@ impl Plugin for PortmapPlugin {
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
-        PortmapConf::parse(req)?;
+        PortmapConf::parse_keys(req)?;
         if !net::firewall::nft_available() {
             return Err(Error::new(codes::NOT_AVAILABLE, "nft (nftables) is not installed; berth-portmap needs it"));
         }
