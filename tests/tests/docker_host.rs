@@ -24,6 +24,18 @@ fn ping(from: &TestNetns, addr: &str) -> bool {
 /// Runs berth-bridge inside `host` (so that namespace is its "host") as a
 /// runtime would: cleared environment, CNI_* variables, config on stdin.
 fn plugin_in(host: &TestNetns, command: &str, container: &TestNetns, dirs: &Dirs, conf: &Value) -> PluginOutput {
+    named_plugin_in("berth-bridge", host, command, container, dirs, conf)
+}
+
+/// [`plugin_in`] for any plugin.
+fn named_plugin_in(
+    plugin: &str,
+    host: &TestNetns,
+    command: &str,
+    container: &TestNetns,
+    dirs: &Dirs,
+    conf: &Value,
+) -> PluginOutput {
     let env = [
         ("CNI_CONTAINERID", container.name()),
         ("CNI_NETNS", container.path_str()),
@@ -31,7 +43,7 @@ fn plugin_in(host: &TestNetns, command: &str, container: &TestNetns, dirs: &Dirs
         ("CNI_PATH", dirs.cni_path.as_str()),
         ("BERTH_RUN_DIR", &dirs.run.path().display().to_string()),
     ];
-    run_plugin_in(host, &bin("berth-bridge"), command, &env, conf)
+    run_plugin_in(host, &bin(plugin), command, &env, conf)
 }
 
 struct Dirs {
@@ -195,14 +207,7 @@ fn published_port_works_beside_dockers_rules() {
         "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]},
         "prevResult": result,
     });
-    let env = [
-        ("CNI_CONTAINERID", a.name()),
-        ("CNI_NETNS", a.path_str()),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", d.cni_path.as_str()),
-        ("BERTH_RUN_DIR", &d.run.path().display().to_string()),
-    ];
-    run_plugin_in(&host, &bin("berth-portmap"), "ADD", &env, &pm).assert_ok();
+    named_plugin_in("berth-portmap", &host, "ADD", &a, &d, &pm).assert_ok();
     let target: std::net::SocketAddr = "198.51.100.1:8080".parse().unwrap();
     assert_eq!(tcp_ask(&outside, target), Ok(format!("peer={OUTSIDE}")));
 
@@ -210,7 +215,7 @@ fn published_port_works_beside_dockers_rules() {
     host.sh(&format!("nft delete rule ip filter DOCKER-USER handle {handle}"));
     assert!(tcp_ask(&outside, target).is_err(), "Docker's drop policy let a published port through without the exception");
 
-    run_plugin_in(&host, &bin("berth-portmap"), "DEL", &env, &pm).assert_ok();
+    named_plugin_in("berth-portmap", &host, "DEL", &a, &d, &pm).assert_ok();
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
     assert_eq!(host.sh("iptables -t nat -S"), docker_nat, "Docker's NAT rules changed");
     assert!(!host.sh("nft list tables").contains("inet berth"));

@@ -39,7 +39,7 @@ pub use nft::{nft_available, run_batch, NFT_ENV};
 pub use portmap::{
     add_elements_in, is_missing_object, missing_in as portmap_missing_in, rebuild_in, remove_elements_in,
     structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
-    PM_OUTPUT, PM_POSTROUTING, PM_PREFIX, PM_PREROUTING,
+    PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
 };
 pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
 pub use spoofchk::{
@@ -136,11 +136,7 @@ pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
 pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str>) -> Result<bool> {
     check_network(network)?;
     let op = format!("list nft table inet {TABLE}");
-    let listing = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
-        Ok(out) => Some(out),
-        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => None,
-        Err(e) => return Err(e),
-    };
+    let listing = list_table(ns, &op)?;
     let others = match &listing {
         Some(out) => state::foreign_objects(out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })?,
         None => 0,
@@ -162,11 +158,7 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
 /// caller holds berth's host-wide lock, as for [`release_network_in`].
 pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
     let op = format!("list nft table inet {TABLE}");
-    let listing = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
-        Ok(out) => out,
-        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => return Ok(false),
-        Err(e) => return Err(e),
-    };
+    let Some(listing) = list_table(ns, &op)? else { return Ok(false) };
     let nothing = ChainNames { nat: String::new(), forward: String::new(), set_v4: String::new(), set_v6: String::new() };
     if state::foreign_objects(&listing, &nothing).map_err(|msg| Error::Nft { op, msg })? > 0 {
         return Ok(false);
@@ -174,6 +166,16 @@ pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
     remove_docker_user_in(ns)?;
     remove_table_in(ns)?;
     Ok(true)
+}
+
+/// `nft -j list table inet berth`, or None if there is no such table (nft
+/// reports that as ENOENT on stderr).
+fn list_table(ns: Option<&Netns>, op: &str) -> Result<Option<String>> {
+    match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, op) {
+        Ok(out) => Ok(Some(out)),
+        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// For CHECK: true if the network's masquerade chain exists and holds
@@ -198,13 +200,6 @@ pub fn network_state(network: &str) -> Result<NetworkState> {
 pub fn network_state_in(ns: Option<&Netns>, network: &str) -> Result<NetworkState> {
     check_network(network)?;
     let op = format!("list nft table inet {TABLE}");
-    let out = match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, &op) {
-        Ok(out) => out,
-        // nft reports a missing table as ENOENT on stderr.
-        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => {
-            return Ok(NetworkState::default())
-        }
-        Err(e) => return Err(e),
-    };
+    let Some(out) = list_table(ns, &op)? else { return Ok(NetworkState::default()) };
     state::parse(&out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })
 }

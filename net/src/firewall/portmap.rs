@@ -65,8 +65,6 @@ pub const PM_PREROUTING: &str = "pm-prerouting";
 pub const PM_OUTPUT: &str = "pm-output";
 pub const PM_POSTROUTING: &str = "pm-postrouting";
 pub const PM_FORWARD: &str = "pm-forward";
-/// Every portmap object's name starts with this.
-pub const PM_PREFIX: &str = "pm-";
 /// The packet mark bit pm-forward sets on a hairpin connection's first
 /// packet for pm-postrouting to masquerade (the input link, which tells a
 /// hairpin, is not known in postrouting). Bit 13 (0x2000), the reference

@@ -6,10 +6,11 @@
 //! that checks and claims the host ports (a port another attachment holds
 //! is refused, naming the holder) and records what will be installed, then
 //! one nft transaction adding exactly those elements (net::firewall's
-//! portmap module; the shared chains and sets are built once, when the
-//! store's note says they are missing, see [`install`]). DEL removes what the record says, so it needs neither
-//! the mappings again nor a listing of the ruleset. Both run under berth's
-//! host-wide lock, which berth-bridge also takes around its table changes.
+//! portmap module; the shared chains and sets are built only when the
+//! store's note says they are missing, see `install`). DEL removes what the
+//! record says, so it needs neither the mappings again nor a listing of the
+//! ruleset. Both run under berth's host-wide lock, which berth-bridge also
+//! takes around its table changes.
 //!
 //! Order for crash safety: the record is written before the kernel
 //! changes, and forgotten only after they are undone, so a plugin killed at
