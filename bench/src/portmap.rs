@@ -7,7 +7,9 @@
 //! which the plugins run in: their rules never meet, and nothing lands in
 //! the real host's ruleset. A bridge there with an address in the
 //! containers' subnet gives both plugins the host-side link they look up
-//! for the container address (hairpin, route_localnet).
+//! for the container address (hairpin, route_localnet), and, as on any
+//! real host, conntrack is on and tracks a flow (so the UDP mapping's
+//! stale-flow cleanup does its real work at every level).
 //!
 //! Installing the levels: berth's mappings through berth-portmap itself
 //! (one ADD per container, 2 mappings each); the reference's by one
@@ -61,7 +63,29 @@ impl Host {
         let br = h.link_by_name("pmbench0")?.context("bridge vanished")?;
         h.add_address(br.index, "10.200.0.1/16".parse()?, &net::AddressOptions::default())?;
         h.set_up(br.index)?;
-        Ok(Host { ns, run: TempDir::new("pm-run")?, plugin, dir: dir.to_path_buf() })
+        let host = Host { ns, run: TempDir::new("pm-run")?, plugin, dir: dir.to_path_buf() };
+        // Like any real host, track connections (a ct rule registers
+        // conntrack in this namespace) and have one tracked: a plugin
+        // with UDP mappings then does the work it does on a real host.
+        host.run_tool(
+            "nft",
+            &["-f", "-"],
+            "add table inet bench\nadd chain inet bench out { type filter hook output priority 0; }\nadd rule inet bench out ct state new counter\n",
+        )?;
+        host.track_a_flow()?;
+        Ok(host)
+    }
+
+    /// Sends one UDP datagram to 127.0.0.1 inside the namespace, so
+    /// conntrack holds an entry (for 30 s).
+    fn track_a_flow(&self) -> Result<()> {
+        let ns = net::Netns::open(std::path::Path::new(&self.ns.path))?;
+        ns.run(|| -> std::io::Result<()> {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            s.send_to(b"x", "127.0.0.1:9")?;
+            Ok(())
+        })??;
+        Ok(())
     }
 
     fn conf(&self, i: usize, first_port: u16, container_ns: &str) -> Value {
@@ -172,6 +196,9 @@ pub fn portmap_levels(berth_dir: &std::path::Path, ref_dir: &std::path::Path, re
         eprintln!("portmap: installing {level} mappings per implementation");
         let hosts = [prepare("berth-portmap", berth_dir, level, &cns)?, prepare("portmap", ref_dir, level, &cns)?];
         eprintln!("portmap: {reps} rounds at {level} mappings");
+        for h in &hosts {
+            h.track_a_flow()?;
+        }
         let mut samples: [Vec<f64>; 4] = Default::default();
         // One warm-up round, not counted.
         for round in 0..=reps {

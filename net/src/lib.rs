@@ -10,6 +10,7 @@
 
 mod addr;
 mod bridge;
+pub mod conntrack;
 mod error;
 pub mod firewall;
 mod handle;

@@ -1262,3 +1262,25 @@ pub fn udp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<(String, st
         Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
     })
 }
+
+/// [`udp_ask`] from a fixed local port (so the kernel sees one flow
+/// across calls).
+pub fn udp_ask_from(
+    ns: &TestNetns,
+    local_port: u16,
+    addr: std::net::SocketAddr,
+) -> Result<(String, std::net::SocketAddr), String> {
+    ns.run(|| {
+        let local: std::net::SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], local_port).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, local_port).into()
+        };
+        let s = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.send_to(b"hello", addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
+    })
+}

@@ -517,3 +517,19 @@ fn port_ranges_are_elements_and_masq_all_masquerades() {
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8093)), peer(fx.out_v4));
     fx.portmap("CHECK", "pmr2", &c2, &conf).assert_ok();
 }
+
+/// A UDP flow that reached the host port before it was published (and so
+/// got a conntrack entry without NAT) reaches the container once the port
+/// is published: ADD deletes such stale entries.
+#[test]
+fn udp_flow_started_before_publishing_reaches_the_container() {
+    let fx = Fx::new("pmudp");
+    let (c1, r1) = fx.container("pmu1");
+    let _svc = PeerEcho::start(&c1, 80, 53);
+    let target = at(fx.host_v4, 5355);
+    // Nothing listens on the host: no answer, but a conntrack entry.
+    assert!(udp_ask_from(&fx.outside, 40404, target).is_err());
+    fx.publish("pmu1", &c1, &r1, json!([{"hostPort": 5355, "containerPort": 53, "protocol": "udp"}])).assert_ok();
+    let (reply, from) = udp_ask_from(&fx.outside, 40404, target).expect("the same flow after publishing");
+    assert_eq!((reply, from), (format!("peer={}", fx.out_v4), target));
+}

@@ -285,6 +285,28 @@ fn allow_localnet(ports: &PublishedPorts) -> Result<(), Error> {
     Ok(())
 }
 
+/// A UDP client that sent to a host port before it was published has a
+/// conntrack entry without NAT, which its later datagrams keep following:
+/// the published port would look dead to it until the entry times out.
+/// Those entries go once the mapping is in place (as the reference does).
+/// Best effort: the mapping works for every new flow either way, so a
+/// failure is only reported on stderr.
+fn forget_stale_udp_flows(ports: &PublishedPorts) {
+    for v4 in [true, false] {
+        let mut udp: Vec<u16> = ports
+            .mappings
+            .iter()
+            .filter(|m| m.protocol == Protocol::Udp && m.container_ip.is_ipv4() == v4)
+            .map(|m| m.host_port)
+            .collect();
+        udp.sort_unstable();
+        udp.dedup();
+        if let Err(e) = net::conntrack::delete_udp_to_ports(v4, &udp) {
+            eprintln!("berth-portmap: warning: {e}");
+        }
+    }
+}
+
 /// The conditions of every profile other attachments use.
 fn other_profiles(store: &PortStore, owner: &PortOwner) -> Result<Vec<Conditions>, Error> {
     store
@@ -400,6 +422,7 @@ impl Plugin for PortmapPlugin {
             return Err(e);
         }
         allow_localnet(&ports)?;
+        forget_stale_udp_flows(&ports);
         Ok(result)
     }
 
