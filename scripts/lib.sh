@@ -104,7 +104,7 @@ then put ~/.cargo/bin on PATH (or run: . ~/.cargo/env) and try again."
 # it would push bridged traffic through the host's iptables/nftables.
 berth_load_modules() {
     if command -v modprobe >/dev/null 2>&1; then
-        modprobe -a veth bridge nf_tables vxlan >/dev/null 2>&1 || true
+        modprobe -a veth bridge nf_tables vxlan nf_conntrack_netlink >/dev/null 2>&1 || true
         # The Docker-host test needs br_netfilter, as dockerd loads it. Bridged
         # traffic in the host's namespace then passes the host's forward
         # hooks too, which accept it on a test machine (no dockerd runs there).
