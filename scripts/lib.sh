@@ -15,11 +15,12 @@
 #   iperf3                       datapath throughput between namespaces
 #   jq                           JSON in scripts
 #   kmod                         modprobe (br_netfilter for the Docker-host test)
+#   e2fsprogs                    mkfs.ext4 for berthd's size-limited volumes
 #   podman runc                  a real CNI client (libcni) for tests/podman.rs;
 #                                runc named explicitly, as --no-install-recommends
 #                                would pick crun, which fails on hybrid cgroups
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
-    busybox-static iperf3 jq kmod podman runc)
+    busybox-static iperf3 jq kmod podman runc e2fsprogs)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2

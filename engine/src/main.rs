@@ -1,0 +1,157 @@
+//! berthd: the daemon the Docker engine calls, on one unix socket
+//! (default `/run/docker/plugins/berth.sock`, where the engine looks for a
+//! plugin named `berth`). It serves the VolumeDriver protocol now; the
+//! network and IPAM drivers will join it on the same socket.
+//!
+//! ```text
+//! berthd [--config FILE] [--root DIR] [--socket PATH]
+//! ```
+//!
+//! The config file is JSON: `{"root": DIR, "socket": PATH, "bindAllow":
+//! [DIR...]}`; flags win over it. Each call is logged on stderr with its
+//! duration.
+
+mod http;
+mod volume_api;
+
+use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::json;
+use volumes::Volumes;
+
+const DEFAULT_SOCKET: &str = "/run/docker/plugins/berth.sock";
+const USAGE: &str = "usage: berthd [--config FILE] [--root DIR] [--socket PATH]";
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    root: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    bind_allow: Vec<PathBuf>,
+}
+
+struct Settings {
+    socket: PathBuf,
+    volumes: volumes::Config,
+}
+
+fn settings(args: &[String]) -> Result<Settings> {
+    let mut config: Option<PathBuf> = None;
+    let mut root: Option<PathBuf> = None;
+    let mut socket: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--config" => config = Some(value()?.into()),
+            "--root" => root = Some(value()?.into()),
+            "--socket" => socket = Some(value()?.into()),
+            "-h" | "--help" => bail!("{USAGE}"),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let file: FileConfig = match &config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("config {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    Ok(Settings {
+        socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        volumes: volumes::Config {
+            root: root.or(file.root).unwrap_or_else(|| volumes::DEFAULT_ROOT.into()),
+            bind_allow: file.bind_allow,
+        },
+    })
+}
+
+/// One call: route, run, log.
+fn dispatch(vols: &Volumes, req: &http::Request) -> http::Response {
+    let start = Instant::now();
+    let method = req.path.trim_start_matches('/');
+    let (status, body) = match method.split_once('.') {
+        _ if req.method != "POST" => (404, json!({"Err": format!("{} {}: only POST is served", req.method, req.path)})),
+        Some(("Plugin", "Activate")) => (200, json!({"Implements": ["VolumeDriver"]})),
+        Some(("VolumeDriver", m)) => volume_api::handle(vols, m, &req.body)
+            .unwrap_or_else(|| (404, json!({"Err": format!("unknown method {method}")}))),
+        _ => (404, json!({"Err": format!("unknown method {method}")})),
+    };
+    let name = serde_json::from_slice::<serde_json::Value>(&req.body)
+        .ok()
+        .and_then(|v| v.get("Name").and_then(|n| n.as_str()).map(String::from))
+        .unwrap_or_default();
+    let outcome = match body.get("Err").and_then(|e| e.as_str()) {
+        Some(e) if !e.is_empty() => format!("error: {e}"),
+        _ => "ok".to_string(),
+    };
+    eprintln!("berthd: {method} {name:?} {status} {:.2?} {outcome}", start.elapsed());
+    http::Response { status, body: serde_json::to_vec(&body).unwrap_or_default() }
+}
+
+fn serve(vols: Arc<Volumes>, stream: UnixStream) {
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        match http::read_request(&mut reader) {
+            Ok(Some(req)) => {
+                let resp = dispatch(&vols, &req);
+                if http::write_response(&mut writer, &resp).is_err() || req.close {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let body = serde_json::to_vec(&json!({"Err": format!("malformed HTTP request: {e}")})).unwrap_or_default();
+                let _ = http::write_response(&mut writer, &http::Response { status: 400, body });
+                return;
+            }
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let s = settings(&args)?;
+    let vols = Arc::new(Volumes::open(s.volumes.clone()).with_context(|| format!("volume root {}", s.volumes.root.display()))?);
+    if let Some(dir) = s.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a previous berthd (we hold the root's lock, so no
+    // other berthd serves it).
+    let _ = std::fs::remove_file(&s.socket);
+    let listener = UnixListener::bind(&s.socket).with_context(|| format!("binding {}", s.socket.display()))?;
+    std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", s.socket.display()))?;
+    eprintln!(
+        "berthd: serving VolumeDriver on {} (root {}, {} volumes)",
+        s.socket.display(),
+        vols.root().display(),
+        vols.list().map(|l| l.len()).unwrap_or(0)
+    );
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let v = vols.clone();
+                std::thread::spawn(move || serve(v, stream));
+            }
+            Err(e) => eprintln!("berthd: accept: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("berthd: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,325 @@
+//! berthd's VolumeDriver protocol over its unix socket, as the Docker
+//! engine speaks it (root): each test starts its own berthd with a private
+//! root, socket and bind allowlist in a TempDir, and kills it at the end.
+//! Mounts it makes (bind, tmpfs, loop-mounted images) are under that root
+//! and are checked gone; a guard unmounts anything a failed test left.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_tests::*;
+use serde_json::{json, Value};
+
+struct Berthd {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Berthd {
+    fn start() -> Berthd {
+        require_root();
+        let dir = TempDir::new("berthd");
+        std::fs::create_dir_all(dir.path().join("allowed/site")).unwrap();
+        std::fs::write(dir.path().join("allowed/site/index.txt"), "hello\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::fs::write(
+            dir.path().join("berthd.json"),
+            serde_json::to_vec(&json!({"bindAllow": [dir.path().join("allowed")]})).unwrap(),
+        )
+        .unwrap();
+        let mut d = Berthd { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("berth.sock")
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(self.dir.path().join("berthd.json"))
+            .arg("--root")
+            .arg(self.root())
+            .arg("--socket")
+            .arg(self.socket())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start berthd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "berthd did not listen on {}", self.socket().display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// POST /<method> with `body` (raw); (status, JSON answer).
+    fn raw(&self, method: &str, body: &[u8]) -> (u16, Value) {
+        let mut s = UnixStream::connect(self.socket()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "POST /{method} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut r = BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn call(&self, method: &str, body: Value) -> (u16, Value) {
+        self.raw(method, format!("{body}\n").as_bytes())
+    }
+
+    /// A call that must succeed: its answer.
+    fn ok(&self, method: &str, body: Value) -> Value {
+        let (code, v) = self.call(method, body.clone());
+        assert_eq!((code, v["Err"].as_str().unwrap_or("")), (200, ""), "{method} {body}: {v}");
+        v
+    }
+
+    /// A call that must fail: its Err text.
+    fn fails(&self, method: &str, body: Value) -> String {
+        let (code, v) = self.call(method, body.clone());
+        let e = v["Err"].as_str().unwrap_or("").to_string();
+        assert!(code != 200 && !e.is_empty(), "{method} {body} should fail: {code} {v}");
+        e
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root())
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        self.kill();
+        // Whatever a failed test left mounted under our root.
+        let root = self.root();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&root))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let want = p.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+#[test]
+fn activation_capabilities_and_unknown_methods() {
+    let d = Berthd::start();
+    let (code, v) = d.raw("Plugin.Activate", b"");
+    assert_eq!((code, v), (200, json!({"Implements": ["VolumeDriver"]})));
+    assert_eq!(d.ok("VolumeDriver.Capabilities", json!({}))["Capabilities"]["Scope"], "local");
+    let (code, v) = d.raw("VolumeDriver.List", b"");
+    assert_eq!((code, v["Volumes"].clone()), (200, json!([])));
+    assert_eq!(d.call("VolumeDriver.Frobnicate", json!({})).0, 404);
+    assert_eq!(d.call("NetworkDriver.GetCapabilities", json!({})).0, 404);
+    // Get of an unknown volume is an error (the engine then calls Create).
+    assert!(d.fails("VolumeDriver.Get", json!({"Name": "nope"})).contains("does not exist"));
+    let mode = std::fs::metadata(d.socket()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    assert_eq!(mode, 0o600);
+}
+
+/// A managed volume: created with owner and mode, Path before any Mount,
+/// mounts counted per ID (the same ID twice needs two unmounts), Remove
+/// refused while mounted, data deleted with the volume.
+#[test]
+fn managed_volume_counts_mounts_per_id() {
+    let d = Berthd::start();
+    d.ok("VolumeDriver.Create", json!({"Name": "data", "Opts": {"uid": "1000", "gid": "1001", "mode": "0750"}}));
+    // A repeated Create with the same options is fine; other options are not.
+    d.ok("VolumeDriver.Create", json!({"Name": "data", "Opts": {"uid": "1000", "gid": "1001", "mode": "0750"}}));
+    assert!(d.fails("VolumeDriver.Create", json!({"Name": "data", "Opts": null})).contains("already exists"));
+    let path = d.ok("VolumeDriver.Path", json!({"Name": "data"}))["Mountpoint"].as_str().unwrap().to_string();
+    let meta = std::fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1001, 0o750));
+    let got = d.ok("VolumeDriver.Get", json!({"Name": "data"}));
+    assert_eq!(got["Volume"]["Name"], "data");
+    assert!(got["Volume"]["CreatedAt"].as_str().unwrap().ends_with('Z'));
+
+    let m1 = d.ok("VolumeDriver.Mount", json!({"Name": "data", "ID": "a"}));
+    assert_eq!(m1["Mountpoint"], json!(path));
+    d.ok("VolumeDriver.Mount", json!({"Name": "data", "ID": "a"}));
+    d.ok("VolumeDriver.Mount", json!({"Name": "data", "ID": "b"}));
+    std::fs::write(Path::new(&path).join("f"), "x").unwrap();
+    let st = &d.ok("VolumeDriver.Get", json!({"Name": "data"}))["Volume"]["Status"];
+    assert_eq!((st["mountCount"].clone(), st["mountIDs"].clone(), st["usedBytes"].clone()), (json!(3), json!(2), json!(1)));
+    assert!(d.fails("VolumeDriver.Remove", json!({"Name": "data"})).contains("mounted"));
+    assert!(d.fails("VolumeDriver.Unmount", json!({"Name": "data", "ID": "zzz"})).contains("zzz"));
+    for id in ["a", "b", "a"] {
+        d.ok("VolumeDriver.Unmount", json!({"Name": "data", "ID": id}));
+    }
+    assert!(d.fails("VolumeDriver.Unmount", json!({"Name": "data", "ID": "a"})).contains("no mount"));
+    let list = d.ok("VolumeDriver.List", json!({}));
+    assert_eq!(list["Volumes"], json!([{"Name": "data", "Mountpoint": path}]));
+    d.ok("VolumeDriver.Remove", json!({"Name": "data"}));
+    assert!(!Path::new(&path).exists());
+    assert_eq!(d.files(), Vec::<String>::new());
+}
+
+/// Bind volumes: only inside the allowlist (symlinks resolved), the host
+/// directory is mounted while in use, `ro` is read-only, and Remove never
+/// deletes the host directory.
+#[test]
+fn bind_volumes_stay_inside_the_allowlist() {
+    let d = Berthd::start();
+    let allowed = d.dir.path().join("allowed/site");
+    let outside = d.dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&outside, d.dir.path().join("allowed/escape")).unwrap();
+    for (device, why) in [
+        (outside.clone(), "outside"),
+        (d.dir.path().join("allowed/escape"), "outside"),
+        (d.dir.path().join("allowed/../elsewhere"), "outside"),
+        (d.dir.path().join("allowed/missing"), "resolved"),
+    ] {
+        let e = d.fails("VolumeDriver.Create", json!({"Name": "b", "Opts": {"type": "bind", "device": device}}));
+        assert!(e.contains(why), "{}: {e}", device.display());
+    }
+    assert_eq!(d.files(), Vec::<String>::new(), "a refused Create left something");
+
+    d.ok("VolumeDriver.Create", json!({"Name": "site", "Opts": {"type": "bind", "device": allowed, "ro": "true"}}));
+    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "site", "ID": "c1"}))["Mountpoint"].as_str().unwrap());
+    assert!(is_mounted(&mp));
+    assert_eq!(std::fs::read_to_string(mp.join("index.txt")).unwrap(), "hello\n");
+    let w = std::fs::write(mp.join("new.txt"), "x").unwrap_err();
+    assert_eq!(w.raw_os_error(), Some(libc::EROFS), "ro bind volume accepted a write");
+    d.ok("VolumeDriver.Unmount", json!({"Name": "site", "ID": "c1"}));
+    assert!(!is_mounted(&mp));
+    d.ok("VolumeDriver.Remove", json!({"Name": "site"}));
+    assert_eq!(std::fs::read_to_string(allowed.join("index.txt")).unwrap(), "hello\n", "host directory touched");
+}
+
+/// tmpfs volumes are mounted on the first Mount and gone at the last
+/// Unmount; size-limited volumes refuse writes past their size.
+#[test]
+fn tmpfs_and_size_limited_volumes() {
+    let d = Berthd::start();
+    d.ok("VolumeDriver.Create", json!({"Name": "scratch", "Opts": {"type": "tmpfs", "o": "size=1m,mode=0700"}}));
+    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "scratch", "ID": "x"}))["Mountpoint"].as_str().unwrap());
+    assert!(is_mounted(&mp));
+    assert!(std::fs::write(mp.join("big"), vec![0u8; 2 << 20]).is_err(), "tmpfs size=1m took 2 MiB");
+    d.ok("VolumeDriver.Unmount", json!({"Name": "scratch", "ID": "x"}));
+    assert!(!is_mounted(&mp));
+
+    d.ok("VolumeDriver.Create", json!({"Name": "small", "Opts": {"size": "8M"}}));
+    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "small", "ID": "y"}))["Mountpoint"].as_str().unwrap());
+    assert!(is_mounted(&mp));
+    std::fs::write(mp.join("fits"), vec![1u8; 1 << 20]).expect("1 MiB fits in 8 MiB");
+    let e = std::fs::write(mp.join("too-big"), vec![1u8; 16 << 20]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    let st = &d.ok("VolumeDriver.Get", json!({"Name": "small"}))["Volume"]["Status"];
+    assert_eq!(st["sizeLimit"], json!(8 << 20));
+    assert!(st["usedBytes"].as_u64().unwrap() >= 1 << 20, "{st}");
+    d.ok("VolumeDriver.Unmount", json!({"Name": "small", "ID": "y"}));
+    assert!(!is_mounted(&mp));
+    // The data survives an unmount and the next mount.
+    d.ok("VolumeDriver.Mount", json!({"Name": "small", "ID": "z"}));
+    assert_eq!(std::fs::read(mp.join("fits")).unwrap().len(), 1 << 20);
+    d.ok("VolumeDriver.Unmount", json!({"Name": "small", "ID": "z"}));
+    d.ok("VolumeDriver.Remove", json!({"Name": "small"}));
+    d.ok("VolumeDriver.Remove", json!({"Name": "scratch"}));
+    assert_eq!(d.files(), Vec::<String>::new());
+}
+
+/// Bad input: an Err that says why, and nothing created or changed.
+#[test]
+fn bad_input_changes_nothing() {
+    let d = Berthd::start();
+    d.ok("VolumeDriver.Create", json!({"Name": "keep"}));
+    let before = d.files();
+    let cases = [
+        ("VolumeDriver.Create", json!({"Name": "x", "Opts": {"colour": "red"}}), "colour"),
+        ("VolumeDriver.Create", json!({"Name": "x", "Opts": {"size": "12Q"}}), "size"),
+        ("VolumeDriver.Create", json!({"Name": "a/b"}), "invalid volume name"),
+        ("VolumeDriver.Create", json!({"Name": ".."}), "invalid volume name"),
+        ("VolumeDriver.Create", json!({"Name": "x", "Opts": {"type": "bind", "device": "/etc"}}), "outside"),
+        ("VolumeDriver.Create", json!({"Opts": {}}), "Name"),
+        ("VolumeDriver.Mount", json!({"Name": "ghost", "ID": "1"}), "does not exist"),
+        ("VolumeDriver.Mount", json!({"Name": "keep"}), "ID"),
+        ("VolumeDriver.Unmount", json!({"Name": "keep", "ID": "never"}), "never"),
+        ("VolumeDriver.Remove", json!({"Name": "ghost"}), "does not exist"),
+    ];
+    for (method, body, word) in cases {
+        let e = d.fails(method, body.clone());
+        assert!(e.contains(word), "{method} {body}: {e}");
+        assert_eq!(d.files(), before, "{method} {body} changed the root");
+    }
+    let (code, v) = d.raw("VolumeDriver.Create", b"{not json");
+    assert!(code != 200 && v["Err"].as_str().unwrap_or("").contains("malformed"), "{code} {v}");
+    assert_eq!(d.files(), before);
+}
+
+/// berthd killed with SIGKILL and restarted: every volume is still there,
+/// with its mount counts, and a live tmpfs mount stays mounted.
+#[test]
+fn sigkill_and_restart_keep_volumes_and_counts() {
+    let mut d = Berthd::start();
+    d.ok("VolumeDriver.Create", json!({"Name": "m"}));
+    d.ok("VolumeDriver.Create", json!({"Name": "t", "Opts": {"type": "tmpfs"}}));
+    d.ok("VolumeDriver.Mount", json!({"Name": "m", "ID": "c1"}));
+    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "t", "ID": "c2"}))["Mountpoint"].as_str().unwrap());
+    std::fs::write(mp.join("state"), "kept").unwrap();
+    d.kill();
+    d.spawn();
+    let names: Vec<Value> = d.ok("VolumeDriver.List", json!({}))["Volumes"].as_array().unwrap().iter().map(|v| v["Name"].clone()).collect();
+    assert_eq!(names, vec![json!("m"), json!("t")]);
+    for (n, count) in [("m", 1), ("t", 1)] {
+        assert_eq!(d.ok("VolumeDriver.Get", json!({"Name": n}))["Volume"]["Status"]["mountCount"], json!(count), "{n}");
+    }
+    assert_eq!(std::fs::read_to_string(mp.join("state")).unwrap(), "kept");
+    d.ok("VolumeDriver.Unmount", json!({"Name": "t", "ID": "c2"}));
+    assert!(!is_mounted(&mp));
+    d.ok("VolumeDriver.Unmount", json!({"Name": "m", "ID": "c1"}));
+    d.ok("VolumeDriver.Remove", json!({"Name": "m"}));
+    d.ok("VolumeDriver.Remove", json!({"Name": "t"}));
+}
