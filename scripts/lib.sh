@@ -16,11 +16,13 @@
 #   jq                           JSON in scripts
 #   kmod                         modprobe (br_netfilter for the Docker-host test)
 #   e2fsprogs                    mkfs.ext4 for berthd's size-limited volumes
+#   docker.io                    a real Docker engine for tests/docker_volumes.rs
+#                                (started by the test itself, privately)
 #   podman runc                  a real CNI client (libcni) for tests/podman.rs;
 #                                runc named explicitly, as --no-install-recommends
 #                                would pick crun, which fails on hybrid cgroups
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
-    busybox-static iperf3 jq kmod podman runc e2fsprogs)
+    busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2
@@ -62,8 +64,18 @@ berth_apt_packages() {
     berth_log "installing missing apt packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update || berth_die "apt-get update failed"
-    apt-get install -y --no-install-recommends "${missing[@]}" \
-        || berth_die "apt-get install failed for: ${missing[*]}"
+    # Packages with services (docker.io) must not start them: tests start
+    # their own, privately. policy-rc.d answering 101 is Debian's way.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && made_policy=1
+    fi
+    local rc=0
+    apt-get install -y --no-install-recommends "${missing[@]}" || rc=$?
+    if [ "$made_policy" = 1 ]; then
+        rm -f "$policy"
+    fi
+    [ "$rc" -eq 0 ] || berth_die "apt-get install failed for: ${missing[*]}"
 }
 
 # Makes `cargo` callable. The toolchain comes from rustup (Debian's own cargo

@@ -1,0 +1,253 @@
+//! berthd as the volume driver of a real Docker engine (Debian's docker.io
+//! 20.10), end to end (root).
+//!
+//! The test starts its own dockerd with private data, exec and socket
+//! paths and no networking of its own (`--bridge=none --iptables=false`,
+//! containers run with `--network none`), so the host's firewall and
+//! other tests are untouched, and its own berthd under a plugin name unique
+//! to the test process (`/run/docker/plugins/berth-t<pid>.sock`). Both are
+//! stopped by PID at the end; busybox-static is the image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_tests::*;
+use serde_json::Value;
+
+struct Daemons {
+    dir: TempDir,
+    plugin: String,
+    dockerd: Option<Child>,
+    berthd: Option<Child>,
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+impl Daemons {
+    fn start() -> Daemons {
+        require_root();
+        assert!(
+            Path::new("/usr/sbin/dockerd").is_file(),
+            "dockerd not found: run ./scripts/test, which installs docker.io"
+        );
+        let dir = TempDir::new("dockervol");
+        let plugin = format!("berth-t{}", std::process::id());
+        std::fs::create_dir_all(dir.path().join("allowed/site")).unwrap();
+        std::fs::write(dir.path().join("allowed/site/index.txt"), "from the host\n").unwrap();
+        std::fs::write(
+            dir.path().join("berthd.json"),
+            serde_json::to_vec(&serde_json::json!({"bindAllow": [dir.path().join("allowed")]})).unwrap(),
+        )
+        .unwrap();
+        let mut d = Daemons { dir, plugin, dockerd: None, berthd: None };
+        d.start_berthd();
+        d.start_dockerd();
+        d.import_busybox();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        PathBuf::from(format!("/run/docker/plugins/{}.sock", self.plugin))
+    }
+
+    fn start_berthd(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::File::create(self.dir.path().join("berthd.log")).unwrap();
+        let child = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(self.dir.path().join("berthd.json"))
+            .arg("--root")
+            .arg(self.dir.path().join("volumes"))
+            .arg("--socket")
+            .arg(self.socket())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start berthd");
+        self.berthd = Some(child);
+        wait_for(|| std::os::unix::net::UnixStream::connect(self.socket()).is_ok(), "berthd's socket");
+    }
+
+    fn stop_berthd_hard(&mut self) {
+        if let Some(mut c) = self.berthd.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn start_dockerd(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = Command::new("/usr/sbin/dockerd")
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .args(["--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.dockerd = Some(child);
+        wait_for(|| self.docker(&["info"]).status.success(), "dockerd");
+    }
+
+    /// SIGTERM and wait, as a service manager stops it.
+    fn stop_dockerd(&mut self) {
+        if let Some(mut c) = self.dockerd.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.dir.path().join("docker.sock").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(o.status.success(), "docker {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn import_busybox(&self) {
+        let rootfs = self.dir.path().join("rootfs/bin");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("busybox")).unwrap();
+        for a in ["sh", "cat", "dd", "echo", "sleep", "ls"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join(a)).unwrap();
+        }
+        let tar = self.dir.path().join("bb.tar");
+        run_ok("tar", &["-C", self.dir.path().join("rootfs").to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+        self.ok(&["import", tar.to_str().unwrap(), "bb:1"]);
+    }
+
+    /// `docker run --rm --network none -v VOL:/data bb:1 sh -c SCRIPT`.
+    fn run(&self, vol: &str, script: &str) -> Output {
+        self.docker(&["run", "--rm", "--network", "none", "-v", &format!("{vol}:/data"), "bb:1", "sh", "-c", script])
+    }
+
+    fn status(&self, vol: &str) -> Value {
+        let out = self.ok(&["volume", "inspect", vol]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v[0]["Status"].clone()
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2"]);
+        self.stop_dockerd();
+        self.stop_berthd_hard();
+        let _ = std::fs::remove_file(self.socket());
+        let root = self.dir.path().to_path_buf();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| Path::new(m).starts_with(&root)).collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn docker_engine_uses_berthd_volumes() {
+    let mut d = Daemons::start();
+    let p = d.plugin.clone();
+    let site = d.dir.path().join("allowed/site");
+
+    // Each kind: created through the engine, written by one container,
+    // read by another.
+    d.ok(&["volume", "create", "-d", &p, "managed1"]);
+    d.ok(&["volume", "create", "-d", &p, "--opt", "size=8M", "small"]);
+    d.ok(&["volume", "create", "-d", &p, "--opt", "type=bind", "--opt", &format!("device={}", site.display()), "site"]);
+    d.ok(&["volume", "create", "-d", &p, "--opt", "type=tmpfs", "--opt", "o=size=4m", "scratch"]);
+    for vol in ["managed1", "small"] {
+        let w = d.run(vol, "echo written-by-one > /data/f");
+        assert!(w.status.success(), "{vol}: {}", text(&w));
+        let r = d.run(vol, "cat /data/f");
+        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{vol}: {}", text(&r));
+    }
+    let r = d.run("site", "cat /data/index.txt && echo new > /data/new.txt");
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(std::fs::read_to_string(site.join("new.txt")).unwrap(), "new\n", "bind volume did not reach the host directory");
+    let r = d.run("scratch", "echo t > /data/t && cat /data/t");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "t", "{}", text(&r));
+
+    // The size limit holds inside a container.
+    let r = d.run("small", "dd if=/dev/zero of=/data/big bs=1M count=16");
+    assert!(!r.status.success(), "16 MiB written to an 8M volume: {}", text(&r));
+    assert!(text(&r).contains("No space left"), "{}", text(&r));
+    assert_eq!(d.status("small")["sizeLimit"], 8 << 20);
+
+    // Two containers on one volume: one stops, the volume stays mounted
+    // for the other.
+    for c in ["keeper1", "keeper2"] {
+        d.ok(&["run", "-d", "--name", c, "--network", "none", "-v", "small:/data", "bb:1", "sleep", "300"]);
+    }
+    assert_eq!(d.status("small")["mountCount"], 2);
+    d.ok(&["rm", "-f", "keeper1"]);
+    assert_eq!(d.status("small")["mountCount"], 1);
+    let r = d.docker(&["exec", "keeper2", "cat", "/data/f"]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{}", text(&r));
+
+    // berthd killed with SIGKILL and restarted: every volume and the mount
+    // count are still there, the running container keeps its data.
+    d.stop_berthd_hard();
+    d.start_berthd();
+    let listed = d.ok(&["volume", "ls", "-q", "--filter", &format!("driver={p}")]);
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort();
+    assert_eq!(names, vec!["managed1", "scratch", "site", "small"]);
+    assert_eq!(d.status("small")["mountCount"], 1);
+    let r = d.docker(&["exec", "keeper2", "sh", "-c", "echo more >> /data/f && cat /data/f"]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("more"), "{}", text(&r));
+    d.ok(&["rm", "-f", "keeper2"]);
+    assert_eq!(d.status("small")["mountCount"], 0);
+
+    // dockerd restarted: it asks berthd for each volume and keeps them all.
+    d.stop_dockerd();
+    d.start_dockerd();
+    let listed = d.ok(&["volume", "ls", "-q", "--filter", &format!("driver={p}")]);
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    let r = d.run("managed1", "cat /data/f");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{}", text(&r));
+
+    // Removal: a managed volume's data goes, a bind volume's host
+    // directory stays.
+    for v in ["managed1", "small", "site", "scratch"] {
+        d.ok(&["volume", "rm", v]);
+    }
+    assert!(site.join("index.txt").is_file(), "removing a bind volume deleted the host directory");
+    let left: Vec<_> = std::fs::read_dir(d.dir.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left in berthd's root: {left:?}");
+}
