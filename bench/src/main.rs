@@ -21,6 +21,9 @@
 //! * `portmap` — one more container's published ports with 0, 1000 and
 //!   5000 mappings installed, berth-portmap against `portmap` (see
 //!   portmap.rs).
+//! * `volumes` — berthd's volume driver: protocol round trips, and
+//!   `docker volume create` + `docker run -v` against the `local` driver
+//!   (see volumes.rs).
 //!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
@@ -29,6 +32,7 @@
 mod host;
 mod portmap;
 mod sys;
+mod volumes;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -52,13 +56,15 @@ usage: berth-bench [options]        (as root)
                          else <workspace>/target/release]
   --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
   --n LIST              container counts for compare [default: 1,100,1000]
-  --only LIST           parts to run: compare,floor,concurrent,host,portmap
+  --only LIST           parts to run: compare,floor,concurrent,host,portmap,volumes
                         [default: all]
   --no-ref              compare: run berth only
   --concurrency K       concurrent ADDs for `concurrent` [default: 64]
   --floor-reps R        repetitions for `floor` [default: 30]
   --host-reps R         containers per mode for `host` [default: 30]
   --portmap-reps R      containers per level for `portmap` [default: 20]
+  --volume-reps V       round trips for `volumes` [default: 1000]
+  --docker-reps D       volumes per driver through dockerd for `volumes` [default: 20]
   --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
                         the reference plugins 1.1.1 accept]
   --json                print the report as JSON on stdout (progress on stderr)
@@ -80,6 +86,9 @@ struct Args {
     host_reps: usize,
     portmap: bool,
     portmap_reps: usize,
+    volumes: bool,
+    volume_reps: usize,
+    docker_reps: usize,
     cni_version: String,
     json: bool,
 }
@@ -121,6 +130,9 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
         host_reps: 30,
         portmap: true,
         portmap_reps: 20,
+        volumes: true,
+        volume_reps: 1000,
+        docker_reps: 20,
         cni_version: "1.0.0".into(),
         json: false,
     };
@@ -151,6 +163,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                 a.concurrent = false;
                 a.host = false;
                 a.portmap = false;
+                a.volumes = false;
                 for p in parts {
                     match p.as_str() {
                         "compare" => a.compare = true,
@@ -158,7 +171,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                         "concurrent" => a.concurrent = true,
                         "host" => a.host = true,
                         "portmap" => a.portmap = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap)"),
+                        "volumes" => a.volumes = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, volumes)"),
                     }
                 }
             }
@@ -167,6 +181,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
             "--floor-reps" => a.floor_reps = value()?.parse().context("--floor-reps")?,
             "--host-reps" => a.host_reps = value()?.parse().context("--host-reps")?,
             "--portmap-reps" => a.portmap_reps = value()?.parse().context("--portmap-reps")?,
+            "--volume-reps" => a.volume_reps = value()?.parse().context("--volume-reps")?,
+            "--docker-reps" => a.docker_reps = value()?.parse().context("--docker-reps")?,
             "--cni-version" => a.cni_version = value()?,
             "--json" => a.json = true,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -175,7 +191,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
     if a.ns.contains(&0) {
         bail!("--n: counts must be at least 1");
     }
-    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 {
+    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 || a.volume_reps == 0 || a.docker_reps == 0 {
         bail!("--concurrency, --floor-reps and --host-reps must be at least 1");
     }
     Ok(Some(a))
@@ -841,6 +857,22 @@ fn print_tables(report: &Value) {
     if let Some(e) = report["portmap_error"].as_str() {
         println!("FAILED portmap: {e}\n");
     }
+    if report["volumes"].is_object() {
+        let (r, d) = (&report["volumes"]["round_trip"], &report["volumes"]["docker"]);
+        println!("== berthd volumes ==");
+        println!(
+            "Create+Mount+Unmount+Remove over the socket, {} volumes: managed median {} ms, p99 {} ms; size-limited (8M) median {} ms, p99 {} ms",
+            r["volumes"], f(&r["managed_median_ms"]), f(&r["managed_p99_ms"]), f(&r["sized_median_ms"]), f(&r["sized_p99_ms"])
+        );
+        println!(
+            "docker volume create + docker run -v, {} volumes each: -d berth {} ms, -d local {} ms, berth/local {} (target <= 1.3x)",
+            d["volumes"], f(&d["berth_ms"]), f(&d["local_ms"]), fx(&d["berth_over_local"])
+        );
+        println!();
+    }
+    if let Some(e) = report["volumes_error"].as_str() {
+        println!("FAILED volumes: {e}\n");
+    }
     if let Some(rows) = report["compare"].as_array() {
         println!("== per-container ADD / DEL, median ms (one exec of the bridge plugin each) ==");
         println!(
@@ -1061,6 +1093,15 @@ fn real_main() -> Result<bool> {
             Err(e) => {
                 ok = false;
                 report["portmap_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
+    if args.volumes {
+        match volumes::volumes(&args.berth_dir, args.volume_reps, args.docker_reps) {
+            Ok(v) => report["volumes"] = v,
+            Err(e) => {
+                ok = false;
+                report["volumes_error"] = json!(format!("{e:#}"));
             }
         }
     }
