@@ -8,16 +8,18 @@
 //! ```
 //!
 //! The config file is JSON: `{"root": DIR, "socket": PATH, "bindAllow":
-//! [DIR...]}`; flags win over it. Each call is logged on stderr with its
+//! [DIR...], "dockerSocket": PATH}` (the engine's API, asked to reconcile
+//! mount counts; default /var/run/docker.sock); flags win over it. Each call is logged on stderr with its
 //! duration.
 
+mod docker;
 mod http;
 mod volume_api;
 
 use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +29,8 @@ use serde_json::json;
 use volumes::Volumes;
 
 const DEFAULT_SOCKET: &str = "/run/docker/plugins/berth.sock";
+/// The engine's API, asked when mount counts need reconciling.
+const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 const USAGE: &str = "usage: berthd [--config FILE] [--root DIR] [--socket PATH]";
 
 #[derive(Deserialize, Default)]
@@ -36,10 +40,12 @@ struct FileConfig {
     socket: Option<PathBuf>,
     #[serde(default)]
     bind_allow: Vec<PathBuf>,
+    docker_socket: Option<PathBuf>,
 }
 
 struct Settings {
     socket: PathBuf,
+    docker: PathBuf,
     volumes: volumes::Config,
 }
 
@@ -67,6 +73,7 @@ fn settings(args: &[String]) -> Result<Settings> {
     };
     Ok(Settings {
         socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        docker: file.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
         volumes: volumes::Config {
             root: root.or(file.root).unwrap_or_else(|| volumes::DEFAULT_ROOT.into()),
             bind_allow: file.bind_allow,
@@ -75,13 +82,13 @@ fn settings(args: &[String]) -> Result<Settings> {
 }
 
 /// One call: route, run, log.
-fn dispatch(vols: &Volumes, req: &http::Request) -> http::Response {
+fn dispatch(vols: &Volumes, docker: &Path, req: &http::Request) -> http::Response {
     let start = Instant::now();
     let method = req.path.trim_start_matches('/');
     let (status, body) = match method.split_once('.') {
         _ if req.method != "POST" => (404, json!({"Err": format!("{} {}: only POST is served", req.method, req.path)})),
         Some(("Plugin", "Activate")) => (200, json!({"Implements": ["VolumeDriver"]})),
-        Some(("VolumeDriver", m)) => volume_api::handle(vols, m, &req.body)
+        Some(("VolumeDriver", m)) => volume_api::handle(vols, docker, m, &req.body)
             .unwrap_or_else(|| (404, json!({"Err": format!("unknown method {method}")}))),
         _ => (404, json!({"Err": format!("unknown method {method}")})),
     };
@@ -97,13 +104,13 @@ fn dispatch(vols: &Volumes, req: &http::Request) -> http::Response {
     http::Response { status, body: serde_json::to_vec(&body).unwrap_or_default() }
 }
 
-fn serve(vols: Arc<Volumes>, stream: UnixStream) {
+fn serve(vols: Arc<Volumes>, docker: Arc<PathBuf>, stream: UnixStream) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
         match http::read_request(&mut reader) {
             Ok(Some(req)) => {
-                let resp = dispatch(&vols, &req);
+                let resp = dispatch(&vols, &docker, &req);
                 if http::write_response(&mut writer, &resp).is_err() || req.close {
                     return;
                 }
@@ -137,11 +144,12 @@ fn run() -> Result<()> {
         vols.root().display(),
         vols.list().map(|l| l.len()).unwrap_or(0)
     );
+    let docker = Arc::new(s.docker.clone());
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                let v = vols.clone();
-                std::thread::spawn(move || serve(v, stream));
+                let (v, d) = (vols.clone(), docker.clone());
+                std::thread::spawn(move || serve(v, d, stream));
             }
             Err(e) => eprintln!("berthd: accept: {e}"),
         }

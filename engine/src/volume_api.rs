@@ -5,6 +5,7 @@
 //! shows the `Err` text.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -61,10 +62,10 @@ fn need_name(name: &str) -> Result<(), Answer> {
 }
 
 /// Handles `/VolumeDriver.<method>`; None for an unknown method.
-pub fn handle(vols: &Volumes, method: &str, body: &[u8]) -> Option<Answer> {
+pub fn handle(vols: &Volumes, docker: &Path, method: &str, body: &[u8]) -> Option<Answer> {
     let answer = match method {
         "Create" => create(vols, body),
-        "Remove" => with_name(body, |n| vols.remove(n).map(|_| json!({"Err": ""}))),
+        "Remove" => with_name(body, |n| remove(vols, docker, n)),
         "Mount" => mount(vols, body),
         "Unmount" => unmount(vols, body),
         "Path" => with_name(body, |n| vols.path(n).map(|p| json!({"Mountpoint": p, "Err": ""}))),
@@ -102,6 +103,22 @@ fn create(vols: &Volumes, body: &[u8]) -> Answer {
         Ok(()) => ok(json!({"Err": ""})),
         Err(e) => err(e),
     }
+}
+
+/// Remove; a volume still counted as mounted is reconciled with the
+/// engine first: the engine only removes volumes no container references,
+/// so if it confirms none does, the counts are stale (containers that died
+/// with dockerd never sent Unmount) and are dropped.
+fn remove(vols: &Volumes, docker: &Path, name: &str) -> volumes::Result<Value> {
+    match vols.remove(name) {
+        Err(volumes::Error::InUse { .. }) if crate::docker::containers_using(docker, name) == Some(0) => {
+            let n = vols.clear_mounts(name)?;
+            eprintln!("berthd: {name:?}: no container of the engine uses it: dropped {n} stale mount(s)");
+            vols.remove(name)?;
+        }
+        other => other?,
+    }
+    Ok(json!({"Err": ""}))
 }
 
 fn mount_req(body: &[u8]) -> Result<MountReq, Answer> {

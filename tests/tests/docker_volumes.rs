@@ -39,7 +39,11 @@ impl Daemons {
         std::fs::write(dir.path().join("allowed/site/index.txt"), "from the host\n").unwrap();
         std::fs::write(
             dir.path().join("berthd.json"),
-            serde_json::to_vec(&serde_json::json!({"bindAllow": [dir.path().join("allowed")]})).unwrap(),
+            serde_json::to_vec(&serde_json::json!({
+                "bindAllow": [dir.path().join("allowed")],
+                "dockerSocket": dir.path().join("docker.sock"),
+            }))
+            .unwrap(),
         )
         .unwrap();
         let mut d = Daemons { dir, plugin, dockerd: None, berthd: None };
@@ -142,6 +146,18 @@ impl Daemons {
         self.ok(&["import", tar.to_str().unwrap(), "bb:1"]);
     }
 
+    /// One POST to berthd, as the engine sends it; the answer's text.
+    fn plugin_call(&self, method: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("berthd socket");
+        let req = format!("POST /{method} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{method} {body}: {out}");
+        out
+    }
+
     /// `docker run --rm --network none -v VOL:/data bb:1 sh -c SCRIPT`.
     fn run(&self, vol: &str, script: &str) -> Output {
         self.docker(&["run", "--rm", "--network", "none", "-v", &format!("{vol}:/data"), "bb:1", "sh", "-c", script])
@@ -241,6 +257,16 @@ fn docker_engine_uses_berthd_volumes() {
     assert_eq!(listed.lines().count(), 4, "{listed}");
     let r = d.run("managed1", "cat /data/f");
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{}", text(&r));
+
+    // A mount the engine lost track of (a container killed with dockerd
+    // never sends Unmount): the engine's Remove reaches berthd, which asks
+    // the engine, finds no container using the volume, and drops it.
+    d.ok(&["volume", "create", "-d", &p, "--opt", "type=tmpfs", "orphan"]);
+    let mp = d.plugin_call("VolumeDriver.Mount", r#"{"Name":"orphan","ID":"lost-with-dockerd"}"#);
+    assert_eq!(d.status("orphan")["mountCount"], 1, "{mp}");
+    d.ok(&["volume", "rm", "orphan"]);
+    let log = std::fs::read_to_string(d.dir.path().join("berthd.log")).unwrap();
+    assert!(log.contains("stale mount"), "{log}");
 
     // Removal: a managed volume's data goes, a bind volume's host
     // directory stays.

@@ -351,6 +351,23 @@ impl Volumes {
         self.write(&self.dir(name), &rec)
     }
 
+    /// Forgets every mount of the volume and removes its backing mount:
+    /// for a caller that knows no container holds it any more (the engine
+    /// lost track of them, e.g. containers killed by a crash of dockerd get
+    /// no Unmount). Returns how many mounts were forgotten.
+    pub fn clear_mounts(&self, name: &str) -> Result<u32> {
+        let _g = self.guard();
+        let mut rec = self.read(name)?;
+        let n = rec.mount_count();
+        if n == 0 {
+            return Ok(0);
+        }
+        self.detach(&rec, &self.data_path(name))?;
+        rec.mounts.clear();
+        self.write(&self.dir(name), &rec)?;
+        Ok(n)
+    }
+
     fn attach(&self, rec: &Record, data: &Path) -> Result<()> {
         let kernel = |what: &str| {
             let name = rec.name.clone();
