@@ -87,7 +87,7 @@ fn dispatch(vols: &Volumes, docker: &Path, req: &http::Request) -> http::Respons
     let method = req.path.trim_start_matches('/');
     let (status, body) = match method.split_once('.') {
         _ if req.method != "POST" => (404, json!({"Err": format!("{} {}: only POST is served", req.method, req.path)})),
-        Some(("Plugin", "Activate")) => (200, json!({"Implements": ["VolumeDriver"]})),
+        Some(("Plugin", "Activate")) => (200, json!({"Implements": ["VolumeDriver"], "Err": ""})),
         Some(("VolumeDriver", m)) => volume_api::handle(vols, docker, m, &req.body)
             .unwrap_or_else(|| (404, json!({"Err": format!("unknown method {method}")}))),
         _ => (404, json!({"Err": format!("unknown method {method}")})),

@@ -71,7 +71,7 @@ pub fn handle(vols: &Volumes, docker: &Path, method: &str, body: &[u8]) -> Optio
         "Path" => with_name(body, |n| vols.path(n).map(|p| json!({"Mountpoint": p, "Err": ""}))),
         "Get" => with_name(body, |n| get(vols, n)),
         "List" => list(vols),
-        "Capabilities" => ok(json!({"Capabilities": {"Scope": "local"}})),
+        "Capabilities" => ok(json!({"Capabilities": {"Scope": "local"}, "Err": ""})),
         _ => return None,
     };
     Some(answer)

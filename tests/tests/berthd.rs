@@ -157,7 +157,7 @@ fn is_mounted(p: &Path) -> bool {
 fn activation_capabilities_and_unknown_methods() {
     let d = Berthd::start();
     let (code, v) = d.raw("Plugin.Activate", b"");
-    assert_eq!((code, v), (200, json!({"Implements": ["VolumeDriver"]})));
+    assert_eq!((code, v), (200, json!({"Implements": ["VolumeDriver"], "Err": ""})));
     assert_eq!(d.ok("VolumeDriver.Capabilities", json!({}))["Capabilities"]["Scope"], "local");
     let (code, v) = d.raw("VolumeDriver.List", b"");
     assert_eq!((code, v["Volumes"].clone()), (200, json!([])));
