@@ -10,21 +10,17 @@ use std::path::Path;
 /// file. No fsync: these files describe kernel state that a power loss
 /// takes away anyway. Errors name the file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let named = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
-    let mut f = fs::File::create(&tmp).map_err(|e| named("creating", &tmp, e))?;
-    f.write_all(data).map_err(|e| named("writing", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| named("renaming", &tmp, e))
+    write_replacing(path, data, false)
 }
 
 /// [`write_atomic`] that also survives a power loss: the new content is
 /// fsynced before the rename and the directory after it. For records of
 /// durable state (volumes), not of kernel state.
 pub fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_replacing(path, data, true)
+}
+
+fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.{}",
         path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
@@ -33,10 +29,14 @@ pub fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     let named = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
     let mut f = fs::File::create(&tmp).map_err(|e| named("creating", &tmp, e))?;
     f.write_all(data).map_err(|e| named("writing", &tmp, e))?;
-    f.sync_all().map_err(|e| named("syncing", &tmp, e))?;
+    if durable {
+        f.sync_all().map_err(|e| named("syncing", &tmp, e))?;
+    }
     fs::rename(&tmp, path).map_err(|e| named("renaming", &tmp, e))?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| named("syncing", dir, e))?;
+    if durable {
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| named("syncing", dir, e))?;
+        }
     }
     Ok(())
 }
