@@ -241,6 +241,14 @@ macro_rules! require {
     };
 }
 
+/// With `--shared-netns` the container has no namespace, interface or
+/// address of its own: cases that duplicate, delete or expect to lose them
+/// don't apply.
+fn need_own_netns(s: &Suite) -> Option<String> {
+    s.shared_netns
+        .then(|| "--shared-netns: the container uses the host's namespace and interfaces, not its own".to_string())
+}
+
 /// The first IPv4 range of the interface plugin's IPAM.
 struct V4Range {
     net: u32,
@@ -801,8 +809,13 @@ fn add_versions(s: &Suite) -> Result<Outcome> {
 }
 
 /// After DEL the container interface is gone; loopback, which cannot go,
-/// is down.
+/// is down; with `--shared-netns` the host's interfaces are untouched.
 fn ensure_released(s: &Suite, a: &Att) -> Result<()> {
+    if s.shared_netns {
+        let o = a.ns.exec(&["ip", "-j", "link", "show", "dev", &a.ifname]);
+        ensure!(o.ok() && o.stdout.contains("\"UP\""), "DEL took the host's {} away or down: {}", a.ifname, o.brief());
+        return Ok(());
+    }
     if s.is_loopback() {
         let o = a.ns.exec(&["ip", "-j", "link", "show", "dev", &a.ifname]);
         ensure!(o.ok(), "lo is missing from the container: {}", o.brief());
@@ -824,6 +837,7 @@ fn add_result(s: &Suite) -> Result<Outcome> {
 }
 
 fn add_duplicate(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     if s.is_loopback() {
         return na("CNI_IFNAME lo: loopback's ADD is idempotent");
     }
@@ -856,6 +870,7 @@ fn add_duplicate(s: &Suite) -> Result<Outcome> {
 }
 
 fn add_del_del(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     let mut a = s.att()?;
     add(s, &mut a)?;
     s.del(&a, &[], true).map_err(step).context("first DEL")?;
@@ -1008,6 +1023,7 @@ fn check_fails(s: &Suite, a: &Att) -> Result<String> {
 }
 
 fn check_after_del(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     require!(need_check(s));
     let mut a = s.att()?;
     add(s, &mut a)?;
@@ -1017,6 +1033,7 @@ fn check_after_del(s: &Suite) -> Result<Outcome> {
 }
 
 fn check_iface_removed(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     require!(need_check(s));
     if s.is_loopback() {
         return na("CNI_IFNAME lo: loopback cannot be deleted");
@@ -1031,6 +1048,7 @@ fn check_iface_removed(s: &Suite) -> Result<Outcome> {
 }
 
 fn check_addr_removed(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     require!(need_check(s));
     let mut a = s.att()?;
     add(s, &mut a)?;
@@ -1047,6 +1065,7 @@ fn check_addr_removed(s: &Suite) -> Result<Outcome> {
 }
 
 fn check_route_removed(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     require!(need_check(s));
     let mut a = s.att()?;
     let r = add(s, &mut a)?;
@@ -1078,6 +1097,7 @@ fn add_netns_missing(s: &Suite) -> Result<Outcome> {
 }
 
 fn add_own_netns(s: &Suite) -> Result<Outcome> {
+    require!(need_own_netns(s));
     let mut a = s.att()?;
     let p = s.host.path.clone();
     let res = add_must_fail(s, &mut a, &[("CNI_NETNS", Some(&p))]);

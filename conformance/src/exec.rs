@@ -226,6 +226,37 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A second name for `of`'s namespace (`ip netns attach` to a process
+    /// inside it): CNI_NETNS naming the host's own namespace, as a runtime
+    /// passes for a container that shares it. Deleting the alias removes
+    /// only the name.
+    pub fn alias(name: &str, of: &Netns) -> Result<Netns> {
+        let mut sleeper = std::process::Command::new("ip")
+            .args(["netns", "exec", &of.name, "sleep", "30"])
+            .spawn()
+            .context("start a process in the host namespace")?;
+        // `ip netns exec` execs sleep in place: the pid is inside `of` once
+        // the namespace switch is done, which the attach below waits for.
+        let pid = sleeper.id().to_string();
+        let mut attached = Err(anyhow::anyhow!("not attached"));
+        for _ in 0..50 {
+            let same = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+                == std::fs::metadata(&of.path).ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    std::path::PathBuf::from(format!("net:[{}]", m.ino()))
+                });
+            if same {
+                attached = run_ok("ip", &["netns", "attach", name, &pid]).map(|_| ());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        attached.context("ip netns attach")?;
+        Ok(Netns { name: name.to_string(), path: format!("/run/netns/{name}"), deleted: false })
+    }
+
     /// Deletes it now (the file under /run/netns goes away).
     pub fn delete(&mut self) {
         if !self.deleted {

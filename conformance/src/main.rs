@@ -4,8 +4,12 @@
 //! ```text
 //! berth-conformance --cni-path DIR --conf FILE.conflist [--format text|markdown]
 //!                   [--state-dir DIR]... [--env K=V]... [--case ID]...
-//!                   [--host-setup SCRIPT] [--ifname NAME]
+//!                   [--host-setup SCRIPT] [--ifname NAME] [--shared-netns]
 //! ```
+//!
+//! `--shared-netns`: every attachment's CNI_NETNS names the suite's host
+//! namespace itself, for plugins that give a container the host's network
+//! (cases that need a namespace of the container's own are n/a).
 //!
 //! Every plugin runs inside a private "host" network namespace
 //! (`bc-<pid>-host`) the suite creates, containers are further namespaces
@@ -34,7 +38,7 @@ use snapshot::Snapshot;
 
 const USAGE: &str = "usage: berth-conformance --cni-path DIR --conf FILE.conflist \
 [--format text|markdown] [--state-dir DIR]... [--env K=V]... [--case ID]... \
-[--host-setup SCRIPT] [--ifname NAME] [--list]";
+[--host-setup SCRIPT] [--ifname NAME] [--shared-netns] [--list]";
 
 struct Args {
     cni_path: String,
@@ -50,6 +54,7 @@ struct Args {
     host_setup: Option<String>,
     /// CNI_IFNAME (default eth0; `lo` for a loopback plugin).
     ifname: String,
+    shared_netns: bool,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -58,6 +63,7 @@ fn parse_args() -> Result<Option<Args>> {
     let (mut state_dirs, mut env, mut only) = (Vec::new(), Vec::new(), Vec::new());
     let mut host_setup = None;
     let mut ifname = "eth0".to_string();
+    let mut shared_netns = false;
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
             it.next()
@@ -82,6 +88,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--case" => only.push(val("--case")?),
             "--host-setup" => host_setup = Some(val("--host-setup")?),
             "--ifname" => ifname = val("--ifname")?,
+            "--shared-netns" => shared_netns = true,
             "--list" => {
                 for c in cases::all() {
                     println!("{}  {}", c.id, c.desc);
@@ -110,6 +117,7 @@ fn parse_args() -> Result<Option<Args>> {
         only,
         host_setup,
         ifname,
+        shared_netns,
     }))
 }
 
@@ -178,7 +186,7 @@ fn run_suite(args: &Args, pid: u32) -> Result<(Vec<Row>, Option<String>)> {
         Ok(())
     };
     host_setup(&host)?;
-    let s = Suite::new(
+    let mut s = Suite::new(
         pid,
         host,
         args.cni_path.clone(),
@@ -187,6 +195,7 @@ fn run_suite(args: &Args, pid: u32) -> Result<(Vec<Row>, Option<String>)> {
         state_dirs,
         args.ifname.clone(),
     )?;
+    s.shared_netns = args.shared_netns;
 
     // Warm-up: plugins may leave a bridge or an empty base chain the first
     // time; that is the baseline.

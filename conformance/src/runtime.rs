@@ -117,6 +117,9 @@ pub struct Suite {
     pub state_dirs: Vec<PathBuf>,
     /// CNI_IFNAME of every attachment (`eth0`; `lo` for a loopback plugin).
     pub ifname: String,
+    /// Every attachment's CNI_NETNS names the host namespace itself (a
+    /// plugin for containers sharing the host's network).
+    pub shared_netns: bool,
     counter: AtomicU64,
 }
 
@@ -152,6 +155,7 @@ impl Suite {
             supported: Default::default(),
             state_dirs,
             ifname,
+            shared_netns: false,
             counter: AtomicU64::new(0),
         };
         let mut types: Vec<String> = s
@@ -222,7 +226,7 @@ impl Suite {
     /// The plugin under test configures loopback (CNI_IFNAME `lo`): its
     /// ADD is idempotent and its interface cannot be deleted.
     pub fn is_loopback(&self) -> bool {
-        self.ifname == "lo"
+        self.ifname == "lo" && !self.shared_netns
     }
 
     pub fn next(&self) -> u64 {
@@ -232,7 +236,8 @@ impl Suite {
     /// A fresh attachment in a fresh namespace `bc-<pid>-<n>`.
     pub fn att(&self) -> Result<Att<'_>> {
         let n = self.next();
-        let ns = Netns::create(&format!("bc-{}-{n}", self.pid))?;
+        let name = format!("bc-{}-{n}", self.pid);
+        let ns = if self.shared_netns { Netns::alias(&name, &self.host)? } else { Netns::create(&name)? };
         Ok(Att {
             suite: self,
             cid: format!("bc{}c{n}", self.pid),

@@ -262,6 +262,31 @@ fn berth_host_none_passes_every_applicable_case() {
     assert!(passed >= 30, "only {passed} cases passed:\n{}", r.stdout);
 }
 
+/// Host mode: every attachment's CNI_NETNS names the suite's host
+/// namespace itself (`--shared-netns`); the container's interface is the
+/// host's `lo`. Cases that need a namespace of the container's own are n/a.
+#[test]
+fn berth_host_host_mode_passes_every_applicable_case() {
+    let r = berth_host_run("host", json!({"type": "berth-host", "mode": "host"}), &["--shared-netns", "--ifname", "lo"]);
+    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    let (passed, _) = summary(&r.stdout).expect("no summary line");
+    assert!(passed >= 25, "only {passed} cases passed:\n{}", r.stdout);
+}
+
+/// Control for the shared-namespace checks: the reference `loopback` run
+/// with the host's namespace as the container's sets the host's `lo` down
+/// on DEL, which the suite must catch.
+#[test]
+fn shared_netns_catches_a_plugin_that_changes_the_host() {
+    require_root();
+    let dir = TempDir::new("conf-loopback-shared");
+    let conf = json!({"cniVersion": "1.0.0", "name": "bcloshared", "plugins": [{"type": "loopback"}]});
+    let r = conformance(REFERENCE_CNI_DIR, &conf, &dir, &["--shared-netns", "--ifname", "lo"]);
+    assert_no_leftovers(r.pid);
+    let failed = failed_cases(&r.stdout);
+    assert!(failed.iter().any(|c| c == "add-del-del" || c == "del-no-prevresult" || c == "add-result"), "{}", r.stdout);
+}
+
 #[test]
 fn berth_host_macvlan_passes_every_case() {
     let setup = uplink_setup("up0", "10.124.0.1/24", "fd12:4::1/64");

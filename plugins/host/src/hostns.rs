@@ -54,6 +54,9 @@ pub fn add(req: &Request) -> Result<CniResult, Error> {
 }
 
 /// CHECK: the namespace is still the host's.
+/// CHECK needs the ADD's result, as in every other mode (the runtime
+/// always passes it); the namespace must still be the host's.
 pub fn check(req: &Request) -> Result<(), Error> {
+    req.prev_result()?.ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
     host_netns(req).map(|_| ())
 }
