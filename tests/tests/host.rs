@@ -504,3 +504,29 @@ fn macvlan_defaults_to_the_default_route_link_and_mode_names_the_macvlan_mode() 
     assert!(fx.records().is_empty());
     assert_eq!(link_names(&fx.host), ["hvu0", "lo"]);
 }
+
+/// The device found by its MAC (`hwaddr`) and by a kernel device path
+/// whose `net/` directory names it (`kernelpath`). This machine has no
+/// NIC to spare, so the path is sysfs's directory of virtual devices: the
+/// plugin runs in the test's host namespace (`ip netns exec` mounts its
+/// sysfs), where `net/` holds `hsu0` and `lo`, and the first name is taken.
+#[test]
+fn device_selected_by_hwaddr_and_by_kernelpath() {
+    let fx = Fx::new("hs");
+    let outside = TestNetns::new("hso");
+    uplink(&fx.host, &outside, "hsu0", "10.77.12.1/24", "10.77.12.2/24");
+    fx.host.sh("ip link set hsu0 address 02:00:00:77:12:01");
+    let host_before = snapshot(&fx.host);
+    for selector in [json!({"hwaddr": "02:00:00:77:12:01"}), json!({"kernelpath": "/sys/devices/virtual"})] {
+        let mut extra = json!({"mode": "device"});
+        extra.as_object_mut().unwrap().extend(selector.as_object().unwrap().clone());
+        let conf = fx.conf(extra);
+        let c = TestNetns::new("hsc");
+        let r = fx.add("c1", &c, &conf).expect_ok().clone();
+        let eth0 = link(&c, "eth0").unwrap_or_else(|| panic!("{selector}: no eth0 in the container"));
+        assert_eq!(eth0["ifalias"], "hsu0", "{selector}");
+        assert_eq!(eth0["address"], "02:00:00:77:12:01", "{selector}");
+        fx.del("c1", &c, &with_prev_result(&conf, &r)).assert_ok();
+        assert_eq!(snapshot(&fx.host), host_before, "{selector}: host not restored");
+    }
+}
