@@ -1,25 +1,27 @@
 //! berthd: the daemon the Docker engine calls, on one unix socket
 //! (default `/run/docker/plugins/berth.sock`, where the engine looks for a
-//! plugin named `berth`). It serves the VolumeDriver protocol now; the
-//! network and IPAM drivers will join it on the same socket.
+//! plugin named `berth`): the VolumeDriver, NetworkDriver (bridge mode)
+//! and IpamDriver protocols.
 //!
 //! ```text
-//! berthd [--config FILE] [--root DIR] [--socket PATH]
+//! berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]
 //! ```
 //!
-//! The config file is JSON: `{"root": DIR, "socket": PATH, "bindAllow":
+//! The config file is JSON: `{"root": DIR, "state": DIR, "socket": PATH, "bindAllow":
 //! [DIR...], "dockerSocket": PATH}` (the engine's API, asked to reconcile
 //! mount counts; default /var/run/docker.sock); flags win over it. Each call is logged on stderr with its
 //! duration.
 
 mod docker;
 mod http;
+mod ipam_api;
+mod network_api;
 mod volume_api;
 
 use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,14 +31,17 @@ use serde_json::json;
 use volumes::Volumes;
 
 const DEFAULT_SOCKET: &str = "/run/docker/plugins/berth.sock";
+/// Networks, endpoints and address pools of the network and IPAM drivers.
+const DEFAULT_STATE: &str = "/var/lib/berth/engine";
 /// The engine's API, asked when mount counts need reconciling.
 const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
-const USAGE: &str = "usage: berthd [--config FILE] [--root DIR] [--socket PATH]";
+const USAGE: &str = "usage: berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]";
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FileConfig {
     root: Option<PathBuf>,
+    state: Option<PathBuf>,
     socket: Option<PathBuf>,
     #[serde(default)]
     bind_allow: Vec<PathBuf>,
@@ -45,6 +50,7 @@ struct FileConfig {
 
 struct Settings {
     socket: PathBuf,
+    state: PathBuf,
     docker: PathBuf,
     volumes: volumes::Config,
 }
@@ -53,6 +59,7 @@ fn settings(args: &[String]) -> Result<Settings> {
     let mut config: Option<PathBuf> = None;
     let mut root: Option<PathBuf> = None;
     let mut socket: Option<PathBuf> = None;
+    let mut state: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -60,6 +67,7 @@ fn settings(args: &[String]) -> Result<Settings> {
             "--config" => config = Some(value()?.into()),
             "--root" => root = Some(value()?.into()),
             "--socket" => socket = Some(value()?.into()),
+            "--state" => state = Some(value()?.into()),
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -74,6 +82,7 @@ fn settings(args: &[String]) -> Result<Settings> {
     Ok(Settings {
         socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
         docker: file.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
+        state: state.or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
         volumes: volumes::Config {
             root: root.or(file.root).unwrap_or_else(|| volumes::DEFAULT_ROOT.into()),
             bind_allow: file.bind_allow,
@@ -82,21 +91,36 @@ fn settings(args: &[String]) -> Result<Settings> {
 }
 
 /// One call: route, run, log.
-fn dispatch(vols: &Volumes, docker: &Path, req: &http::Request) -> http::Response {
+/// Everything berthd serves.
+struct Drivers {
+    volumes: Volumes,
+    networks: network_api::Networks,
+    ipam: ipam_api::Ipam,
+    docker: PathBuf,
+}
+
+fn dispatch(d: &Drivers, req: &http::Request) -> http::Response {
     let start = Instant::now();
     let method = req.path.trim_start_matches('/');
+    let unknown = || (404, json!({"Err": format!("unknown method {method}")}));
     let (status, body) = match method.split_once('.') {
         _ if req.method != "POST" => (404, json!({"Err": format!("{} {}: only POST is served", req.method, req.path)})),
-        Some(("Plugin", "Activate")) => (200, json!({"Implements": ["VolumeDriver"], "Err": ""})),
-        Some(("VolumeDriver", m)) => volume_api::handle(vols, docker, m, &req.body)
-            .unwrap_or_else(|| (404, json!({"Err": format!("unknown method {method}")}))),
-        _ => (404, json!({"Err": format!("unknown method {method}")})),
+        Some(("Plugin", "Activate")) => {
+            (200, json!({"Implements": ["VolumeDriver", "NetworkDriver", "IpamDriver"], "Err": ""}))
+        }
+        Some(("VolumeDriver", m)) => volume_api::handle(&d.volumes, &d.docker, m, &req.body).unwrap_or_else(unknown),
+        Some(("NetworkDriver", m)) => d.networks.handle(m, &req.body).unwrap_or_else(unknown),
+        // IPAM's error field is "Error" (the protocol's own).
+        Some(("IpamDriver", m)) => {
+            d.ipam.handle(m, &req.body).unwrap_or_else(|| (404, json!({"Error": format!("unknown method {method}")})))
+        }
+        _ => unknown(),
     };
     let name = serde_json::from_slice::<serde_json::Value>(&req.body)
         .ok()
         .and_then(|v| v.get("Name").and_then(|n| n.as_str()).map(String::from))
         .unwrap_or_default();
-    let outcome = match body.get("Err").and_then(|e| e.as_str()) {
+    let outcome = match body.get("Err").or_else(|| body.get("Error")).and_then(|e| e.as_str()) {
         Some(e) if !e.is_empty() => format!("error: {e}"),
         _ => "ok".to_string(),
     };
@@ -104,13 +128,13 @@ fn dispatch(vols: &Volumes, docker: &Path, req: &http::Request) -> http::Respons
     http::Response { status, body: serde_json::to_vec(&body).unwrap_or_default() }
 }
 
-fn serve(vols: Arc<Volumes>, docker: Arc<PathBuf>, stream: UnixStream) {
+fn serve(drivers: Arc<Drivers>, stream: UnixStream) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
         match http::read_request(&mut reader) {
             Ok(Some(req)) => {
-                let resp = dispatch(&vols, &docker, &req);
+                let resp = dispatch(&drivers, &req);
                 if http::write_response(&mut writer, &resp).is_err() || req.close {
                     return;
                 }
@@ -128,7 +152,14 @@ fn serve(vols: Arc<Volumes>, docker: Arc<PathBuf>, stream: UnixStream) {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let s = settings(&args)?;
-    let vols = Arc::new(Volumes::open(s.volumes.clone()).with_context(|| format!("volume root {}", s.volumes.root.display()))?);
+    let vols = Volumes::open(s.volumes.clone()).with_context(|| format!("volume root {}", s.volumes.root.display()))?;
+    let count = vols.list().map(|l| l.len()).unwrap_or(0);
+    let drivers = Arc::new(Drivers {
+        volumes: vols,
+        networks: network_api::Networks::new(&s.state),
+        ipam: ipam_api::Ipam::new(&s.state),
+        docker: s.docker.clone(),
+    });
     if let Some(dir) = s.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -139,17 +170,16 @@ fn run() -> Result<()> {
     std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", s.socket.display()))?;
     eprintln!(
-        "berthd: serving VolumeDriver on {} (root {}, {} volumes)",
+        "berthd: serving VolumeDriver, NetworkDriver and IpamDriver on {} (volumes under {}: {count}; state {})",
         s.socket.display(),
-        vols.root().display(),
-        vols.list().map(|l| l.len()).unwrap_or(0)
+        s.volumes.root.display(),
+        s.state.display()
     );
-    let docker = Arc::new(s.docker.clone());
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                let (v, d) = (vols.clone(), docker.clone());
-                std::thread::spawn(move || serve(v, d, stream));
+                let d = drivers.clone();
+                std::thread::spawn(move || serve(d, stream));
             }
             Err(e) => eprintln!("berthd: accept: {e}"),
         }

@@ -50,6 +50,8 @@ impl Berthd {
             .arg(self.dir.path().join("berthd.json"))
             .arg("--root")
             .arg(self.root())
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
             .arg("--socket")
             .arg(self.socket())
             .stdin(Stdio::null())
@@ -157,12 +159,12 @@ fn is_mounted(p: &Path) -> bool {
 fn activation_capabilities_and_unknown_methods() {
     let d = Berthd::start();
     let (code, v) = d.raw("Plugin.Activate", b"");
-    assert_eq!((code, v), (200, json!({"Implements": ["VolumeDriver"], "Err": ""})));
+    assert_eq!((code, v), (200, json!({"Implements": ["VolumeDriver", "NetworkDriver", "IpamDriver"], "Err": ""})));
     assert_eq!(d.ok("VolumeDriver.Capabilities", json!({}))["Capabilities"]["Scope"], "local");
     let (code, v) = d.raw("VolumeDriver.List", b"");
     assert_eq!((code, v["Volumes"].clone()), (200, json!([])));
     assert_eq!(d.call("VolumeDriver.Frobnicate", json!({})).0, 404);
-    assert_eq!(d.call("NetworkDriver.GetCapabilities", json!({})).0, 404);
+    assert_eq!(d.call("NetworkDriver.Frobnicate", json!({})).0, 404);
     // Get of an unknown volume is an error (the engine then calls Create).
     assert!(d.fails("VolumeDriver.Get", json!({"Name": "nope"})).contains("does not exist"));
     let mode = std::fs::metadata(d.socket()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();

@@ -1,12 +1,13 @@
-//! berthd as the volume driver of a real Docker engine (Debian's docker.io
-//! 20.10), end to end (root).
+//! berthd as the volume driver and the network driver of a real Docker
+//! engine (Debian's docker.io 20.10), end to end (root).
 //!
-//! The test starts its own dockerd with private data, exec and socket
-//! paths and no networking of its own (`--bridge=none --iptables=false`,
-//! containers run with `--network none`), so the host's firewall and
-//! other tests are untouched, and its own berthd under a plugin name unique
-//! to the test process (`/run/docker/plugins/berth-t<pid>.sock`). Both are
-//! stopped by PID at the end; busybox-static is the image.
+//! Each test starts its own dockerd with private data, exec and socket
+//! paths and no networking of its own (`--bridge=none --iptables=false`;
+//! containers run on `--network none` or on the berth network the test
+//! makes, whose bridge, veths and rules have unique names), so the host's
+//! firewall and other tests are untouched, and its own berthd under a
+//! plugin name unique to the test (`/run/docker/plugins/berth-t<pid>-<n>.sock`).
+//! Both are stopped by PID at the end; busybox-static is the image.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -34,7 +35,7 @@ impl Daemons {
             "dockerd not found: run ./scripts/test, which installs docker.io"
         );
         let dir = TempDir::new("dockervol");
-        let plugin = format!("berth-t{}", std::process::id());
+        let plugin = format!("berth-t{}-{}", std::process::id(), next_id());
         std::fs::create_dir_all(dir.path().join("allowed/site")).unwrap();
         std::fs::write(dir.path().join("allowed/site/index.txt"), "from the host\n").unwrap();
         std::fs::write(
@@ -65,6 +66,8 @@ impl Daemons {
             .arg(self.dir.path().join("berthd.json"))
             .arg("--root")
             .arg(self.dir.path().join("volumes"))
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
             .arg("--socket")
             .arg(self.socket())
             .stdin(Stdio::null())
@@ -138,7 +141,7 @@ impl Daemons {
         let rootfs = self.dir.path().join("rootfs/bin");
         std::fs::create_dir_all(&rootfs).unwrap();
         std::fs::copy("/bin/busybox", rootfs.join("busybox")).unwrap();
-        for a in ["sh", "cat", "dd", "echo", "sleep", "ls"] {
+        for a in ["sh", "cat", "dd", "echo", "sleep", "ls", "ping", "true"] {
             std::os::unix::fs::symlink("busybox", rootfs.join(a)).unwrap();
         }
         let tar = self.dir.path().join("bb.tar");
@@ -172,7 +175,7 @@ impl Daemons {
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2"]);
+        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc"]);
         self.stop_dockerd();
         self.stop_berthd_hard();
         let _ = std::fs::remove_file(self.socket());
@@ -276,4 +279,69 @@ fn docker_engine_uses_berthd_volumes() {
     assert!(site.join("index.txt").is_file(), "removing a bind volume deleted the host directory");
     let left: Vec<_> = std::fs::read_dir(d.dir.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left in berthd's root: {left:?}");
+}
+
+/// `docker inspect` of a container's address, gateway on `net`.
+fn net_addr(d: &Daemons, container: &str, net: &str, field: &str) -> String {
+    d.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"), container])
+}
+
+fn pings(d: &Daemons, from: &str, to: &str) -> bool {
+    d.docker(&["exec", from, "ping", "-c", "1", "-W", "2", to]).status.success()
+}
+
+/// A berth bridge network through the engine: containers reach each other
+/// and their gateway, disconnect/connect work, berthd killed and restarted
+/// keeps existing connectivity and lets new containers join, and
+/// `docker network rm` leaves no bridge, rule or address pool. Containers
+/// on `none` and `host` run beside it unaffected.
+#[test]
+fn docker_engine_uses_berthd_networks() {
+    let mut d = Daemons::start();
+    let p = d.plugin.clone();
+    let (subnet, _) = unique_subnets();
+    let net = format!("bn{}", std::process::id());
+    d.ok(&["network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", &subnet, "-o", "mode=bridge", &net]);
+    let id = d.ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
+    let bridge = format!("bd{}", &id[..12]);
+    let _bridge_guard = LinkGuard::new(bridge.clone());
+    let rules = format!("docker-{}", &id[..12]);
+    let _rules_guard = NftNetworkGuard::new(rules.clone());
+    assert!(link_exists(&bridge), "no bridge {bridge}");
+    assert!(!berth_nft_objects(&rules).is_empty(), "no rules for {rules}");
+
+    for c in ["na", "nb"] {
+        d.ok(&["run", "-d", "--name", c, "--network", &net, "bb:1", "sleep", "300"]);
+    }
+    let ip_b = net_addr(&d, "nb", &net, "IPAddress");
+    let gw = net_addr(&d, "na", &net, "Gateway");
+    assert!(pings(&d, "na", &ip_b), "na cannot reach nb at {ip_b}");
+    assert!(pings(&d, "nb", &gw), "nb cannot reach its gateway {gw}");
+    // The engine's own none and host networks are unaffected.
+    d.ok(&["run", "--rm", "--network", "none", "bb:1", "true"]);
+    d.ok(&["run", "--rm", "--network", "host", "bb:1", "true"]);
+
+    d.ok(&["network", "disconnect", &net, "nb"]);
+    assert!(!pings(&d, "na", &ip_b), "nb still reachable after disconnect");
+    d.ok(&["network", "connect", &net, "nb"]);
+    let ip_b = net_addr(&d, "nb", &net, "IPAddress");
+    assert!(pings(&d, "na", &ip_b), "nb unreachable after connect");
+
+    // berthd killed and restarted: existing containers keep talking, a new
+    // one joins.
+    d.stop_berthd_hard();
+    d.start_berthd();
+    assert!(pings(&d, "na", &ip_b), "connectivity lost with berthd's restart");
+    d.ok(&["run", "-d", "--name", "nc", "--network", &net, "bb:1", "sleep", "300"]);
+    let ip_c = net_addr(&d, "nc", &net, "IPAddress");
+    assert!(pings(&d, "na", &ip_c), "a container started after the restart is unreachable");
+
+    d.ok(&["rm", "-f", "na", "nb", "nc"]);
+    d.ok(&["network", "rm", &net]);
+    assert!(!link_exists(&bridge), "bridge {bridge} left");
+    assert_eq!(berth_nft_objects(&rules), Vec::<String>::new(), "rules of {rules} left");
+    let pools = std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
+    assert!(!pools.contains(&subnet), "pool {subnet} still held: {pools}");
+    let eps: Vec<_> = std::fs::read_dir(d.dir.path().join("state/endpoints")).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert!(eps.is_empty(), "endpoint records left: {eps:?}");
 }

@@ -1,0 +1,373 @@
+//! Docker's remote NetworkDriver protocol, bridge mode: the same kernel
+//! objects berth-bridge makes for a CNI network (a Linux bridge with the
+//! gateway address, the network's rules in `inet berth` with masquerade,
+//! forward marks and isolation, one veth per endpoint), through the same
+//! `net` library. The engine moves the veth's peer into the container and
+//! configures it (shared/reference/docker-plugins.md §4).
+//!
+//! The engine never re-sends CreateNetwork after a restart, so every
+//! network and endpoint is recorded (`<state>/networks/<id>.json`,
+//! `<state>/endpoints/<id>.json`, written durably) before its kernel
+//! objects exist and forgotten after they are gone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+use net::{AddressOptions, BridgeOptions, Handle, Netns, VethOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// berth's host-wide lock, shared with the CNI plugins (the `inet berth`
+/// table is host-wide).
+const LOCK_DIR: &str = "/run/berth";
+
+pub type Answer = (u16, Value);
+
+fn fail(msg: impl std::fmt::Display) -> Answer {
+    (500, json!({"Err": msg.to_string()}))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Network {
+    id: String,
+    bridge: String,
+    mtu: Option<u32>,
+    masquerade: bool,
+    isolation: bool,
+    /// "ip/len" gateways, from the engine's IPv4Data/IPv6Data.
+    gateways: Vec<IpNet>,
+}
+
+impl Network {
+    /// The name the network's rules carry in `inet berth`.
+    fn rules_name(&self) -> String {
+        format!("docker-{}", short(&self.id))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Endpoint {
+    network: String,
+    host_veth: String,
+    peer: String,
+    /// The engine's addresses for it (CreateEndpoint's Interface).
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+fn short(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect()
+}
+
+pub struct Networks {
+    dir: PathBuf,
+    ops: Mutex<()>,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| fail(format!("malformed request JSON: {e}")))
+}
+
+fn kernel(what: &str) -> impl Fn(net::Error) -> Answer + '_ {
+    move |e| fail(format!("{what}: {e}"))
+}
+
+#[derive(Deserialize)]
+struct IdReq {
+    #[serde(rename = "NetworkID", default)]
+    network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    endpoint_id: String,
+}
+
+#[derive(Deserialize, Default)]
+struct Interface {
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "AddressIPv6", default)]
+    address_v6: String,
+}
+
+#[derive(Deserialize)]
+struct CreateEndpointReq {
+    #[serde(rename = "NetworkID", default)]
+    network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    endpoint_id: String,
+    #[serde(rename = "Interface", default)]
+    interface: Option<Interface>,
+}
+
+#[derive(Deserialize)]
+struct IpData {
+    #[serde(rename = "Gateway", default)]
+    gateway: String,
+}
+
+#[derive(Deserialize)]
+struct CreateNetworkReq {
+    #[serde(rename = "NetworkID", default)]
+    network_id: String,
+    #[serde(rename = "Options", default)]
+    options: BTreeMap<String, Value>,
+    #[serde(rename = "IPv4Data", default)]
+    ipv4: Option<Vec<IpData>>,
+    #[serde(rename = "IPv6Data", default)]
+    ipv6: Option<Vec<IpData>>,
+}
+
+fn flag(opts: &BTreeMap<String, String>, key: &str, default: bool) -> Result<bool, Answer> {
+    match opts.get(key).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if v == "true" || v == "1" || v == "yes" => Ok(true),
+        Some(v) if v == "false" || v == "0" || v == "no" => Ok(false),
+        Some(v) => Err(fail(format!("option {key}={v:?}: expected true or false"))),
+    }
+}
+
+impl Networks {
+    pub fn new(state: &Path) -> Networks {
+        Networks { dir: state.to_path_buf(), ops: Mutex::new(()) }
+    }
+
+    fn net_path(&self, id: &str) -> PathBuf {
+        self.dir.join("networks").join(format!("{}.json", short(id)))
+    }
+
+    fn ep_path(&self, id: &str) -> PathBuf {
+        self.dir.join("endpoints").join(format!("{}.json", short(id)))
+    }
+
+    fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn write<T: Serialize>(path: &Path, v: &T) -> Result<(), Answer> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+        }
+        let text = serde_json::to_vec_pretty(v).map_err(fail)?;
+        store::file::write_durable(path, &text).map_err(fail)
+    }
+
+    fn networks(&self) -> Vec<Network> {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("networks")) else { return Vec::new() };
+        rd.flatten().filter_map(|e| Self::read(&e.path())).collect()
+    }
+
+    pub fn handle(&self, method: &str, body: &[u8]) -> Option<Answer> {
+        let _g = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let a = match method {
+            "GetCapabilities" => (200, json!({"Scope": "local", "ConnectivityScope": "local"})),
+            "CreateNetwork" => self.create_network(body).unwrap_or_else(|a| a),
+            "DeleteNetwork" => self.delete_network(body).unwrap_or_else(|a| a),
+            "CreateEndpoint" => self.create_endpoint(body).unwrap_or_else(|a| a),
+            "Join" => self.join(body).unwrap_or_else(|a| a),
+            "Leave" => (200, json!({})),
+            "DeleteEndpoint" => self.delete_endpoint(body).unwrap_or_else(|a| a),
+            "EndpointOperInfo" => self.oper_info(body).unwrap_or_else(|a| a),
+            // Published ports are not wired yet: the protocol lets a driver
+            // answer 404 to both.
+            _ => return None,
+        };
+        Some(a)
+    }
+
+    fn create_network(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: CreateNetworkReq = parse(body)?;
+        if req.network_id.is_empty() {
+            return Err(fail("request has no NetworkID"));
+        }
+        let generic: BTreeMap<String, String> = match req.options.get("com.docker.network.generic") {
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))).collect(),
+            _ => BTreeMap::new(),
+        };
+        for k in generic.keys() {
+            if !["mode", "bridge", "mtu", "masquerade", "isolation", "vlan"].contains(&k.as_str()) {
+                return Err(fail(format!("unknown option {k:?} (known: mode, bridge, mtu, masquerade, isolation, vlan)")));
+            }
+        }
+        match generic.get("mode").map(String::as_str) {
+            None | Some("bridge") => {}
+            Some("overlay") => return Err(fail("mode=overlay is not served yet; use mode=bridge")),
+            Some(m) => return Err(fail(format!("unknown mode {m:?} (bridge, overlay)"))),
+        }
+        if generic.get("vlan").is_some_and(|v| v != "0") {
+            return Err(fail("option vlan: VLANs are not served yet"));
+        }
+        let mtu = match generic.get("mtu") {
+            None => None,
+            Some(m) => match m.parse::<u32>() {
+                Ok(v) if (68..=65535).contains(&v) => Some(v),
+                _ => return Err(fail(format!("option mtu={m:?}: expected 68..65535"))),
+            },
+        };
+        let bridge = generic.get("bridge").cloned().unwrap_or_else(|| format!("bd{}", short(&req.network_id)));
+        let mut gateways = Vec::new();
+        for d in req.ipv4.iter().flatten().chain(req.ipv6.iter().flatten()) {
+            if d.gateway.is_empty() {
+                continue;
+            }
+            let g: IpNet = d.gateway.parse().map_err(|_| fail(format!("Gateway {:?} is not ip/len", d.gateway)))?;
+            gateways.push(g);
+        }
+        let others = self.networks();
+        if let Some(o) = others.iter().find(|n| n.bridge == bridge && n.id != req.network_id) {
+            return Err(fail(format!("bridge {bridge:?} belongs to berth network {}", short(&o.id))));
+        }
+        for g in &gateways {
+            if let Some(o) = others.iter().find(|n| n.id != req.network_id && n.gateways.iter().any(|og| og.contains(&g.network()) || g.contains(&og.network()))) {
+                return Err(fail(format!("subnet {} overlaps berth network {}", g.trunc(), short(&o.id))));
+            }
+        }
+        let mut h = Handle::new().map_err(kernel("netlink"))?;
+        if h.link_by_name(&bridge).map_err(kernel("netlink"))?.is_some() {
+            return Err(fail(format!("a link named {bridge:?} already exists (owned by another network or not a berth bridge)")));
+        }
+        let network = Network {
+            id: req.network_id.clone(),
+            bridge,
+            mtu,
+            masquerade: flag(&generic, "masquerade", true)?,
+            isolation: flag(&generic, "isolation", true)?,
+            gateways,
+        };
+        // Recorded first: a berthd killed from here on leaves a record
+        // that DeleteNetwork cleans.
+        Self::write(&self.net_path(&network.id), &network)?;
+        if let Err(e) = self.build(&mut h, &network) {
+            let _ = self.teardown(&mut h, &network);
+            let _ = std::fs::remove_file(self.net_path(&network.id));
+            return Err(e);
+        }
+        Ok((200, json!({})))
+    }
+
+    fn build(&self, h: &mut Handle, n: &Network) -> Result<(), Answer> {
+        h.add_bridge(&n.bridge, &BridgeOptions { mtu: n.mtu, ..Default::default() }).map_err(kernel("create bridge"))?;
+        let br = h.link_by_name(&n.bridge).map_err(kernel("netlink"))?.ok_or_else(|| fail("bridge vanished"))?;
+        for g in &n.gateways {
+            h.add_address(br.index, *g, &AddressOptions { nodad: true }).map_err(kernel("gateway address"))?;
+        }
+        h.set_up(br.index).map_err(kernel("bridge up"))?;
+        if n.gateways.iter().any(|g| g.addr().is_ipv4()) {
+            net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel("ip_forward"))?;
+        }
+        if n.gateways.iter().any(|g| g.addr().is_ipv6()) {
+            net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel("IPv6 forwarding"))?;
+        }
+        let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
+        let masq = if n.masquerade { n.gateways.iter().map(|g| g.trunc()).collect() } else { Vec::new() };
+        net::firewall::apply(&net::firewall::NetworkRules {
+            network: n.rules_name(),
+            bridge: n.bridge.clone(),
+            masquerade: masq,
+            forward: true,
+            isolation: n.isolation,
+        })
+        .map_err(kernel("firewall"))?;
+        net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
+    }
+
+    fn teardown(&self, h: &mut Handle, n: &Network) -> Result<(), Answer> {
+        {
+            let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
+            net::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge)).map_err(kernel("firewall"))?;
+        }
+        h.delete_link_by_name(&n.bridge).map_err(kernel("delete bridge"))?;
+        Ok(())
+    }
+
+    fn delete_network(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: IdReq = parse(body)?;
+        let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) else { return Ok((200, json!({}))) };
+        let mut h = Handle::new().map_err(kernel("netlink"))?;
+        self.teardown(&mut h, &n)?;
+        let _ = std::fs::remove_file(self.net_path(&n.id));
+        Ok((200, json!({})))
+    }
+
+    fn endpoint_of(&self, network: &str, endpoint: &str) -> Endpoint {
+        Endpoint {
+            network: network.to_string(),
+            host_veth: format!("bh{}", short(endpoint)),
+            peer: format!("bp{}", short(endpoint)),
+            addresses: Vec::new(),
+        }
+    }
+
+    fn create_endpoint(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: CreateEndpointReq = parse(body)?;
+        if Self::read::<Network>(&self.net_path(&req.network_id)).is_none() {
+            return Err(fail(format!("unknown network {}", short(&req.network_id))));
+        }
+        if req.endpoint_id.is_empty() {
+            return Err(fail("request has no EndpointID"));
+        }
+        let mut ep = self.endpoint_of(&req.network_id, &req.endpoint_id);
+        let i = req.interface.unwrap_or_default();
+        ep.addresses = [i.address, i.address_v6].into_iter().filter(|a| !a.is_empty()).collect();
+        Self::write(&self.ep_path(&req.endpoint_id), &ep)?;
+        // The engine's addresses and MAC stand: nothing to fill in.
+        Ok((200, json!({"Interface": {}})))
+    }
+
+    fn join(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: IdReq = parse(body)?;
+        let n: Network = Self::read(&self.net_path(&req.network_id))
+            .ok_or_else(|| fail(format!("unknown network {}", short(&req.network_id))))?;
+        if req.endpoint_id.is_empty() {
+            return Err(fail("request has no EndpointID"));
+        }
+        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id))
+            .ok_or_else(|| fail(format!("unknown endpoint {} (Join before CreateEndpoint)", short(&req.endpoint_id))))?;
+        let mut h = Handle::new().map_err(kernel("netlink"))?;
+        let wired = (|| -> Result<(), Answer> {
+            let here = Netns::current().map_err(kernel("own namespace"))?;
+            let _ = h.delete_link_by_name(&ep.host_veth);
+            h.add_veth(&ep.host_veth, &ep.peer, &here, &VethOptions { mtu: n.mtu, ..Default::default() })
+                .map_err(kernel("create veth"))?;
+            let br = h.link_by_name(&n.bridge).map_err(kernel("netlink"))?.ok_or_else(|| fail(format!("bridge {} is gone", n.bridge)))?;
+            let hv = h.link_by_name(&ep.host_veth).map_err(kernel("netlink"))?.ok_or_else(|| fail("veth vanished"))?;
+            h.set_master(hv.index, br.index).map_err(kernel("attach veth"))?;
+            h.set_up(hv.index).map_err(kernel("veth up"))
+        })();
+        if let Err(e) = wired {
+            let _ = h.delete_link_by_name(&ep.host_veth);
+            return Err(e);
+        }
+        let gw = |v4: bool| n.gateways.iter().find(|g| g.addr().is_ipv4() == v4).map(|g| g.addr().to_string()).unwrap_or_default();
+        Ok((
+            200,
+            json!({
+                "InterfaceName": {"SrcName": ep.peer, "DstPrefix": "eth"},
+                "Gateway": gw(true),
+                "GatewayIPv6": gw(false),
+            }),
+        ))
+    }
+
+    fn delete_endpoint(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: IdReq = parse(body)?;
+        let path = self.ep_path(&req.endpoint_id);
+        // Tolerant: the link may be gone with its namespace, or never made.
+        let host_veth = Self::read::<Endpoint>(&path)
+            .map(|e| e.host_veth)
+            .unwrap_or_else(|| self.endpoint_of(&req.network_id, &req.endpoint_id).host_veth);
+        let mut h = Handle::new().map_err(kernel("netlink"))?;
+        h.delete_link_by_name(&host_veth).map_err(kernel("delete veth"))?;
+        let _ = std::fs::remove_file(path);
+        Ok((200, json!({})))
+    }
+
+    fn oper_info(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: IdReq = parse(body)?;
+        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id)).ok_or_else(|| fail(format!("unknown endpoint {}", short(&req.endpoint_id))))?;
+        Ok((200, json!({"Value": {"hostVeth": ep.host_veth, "network": short(&ep.network), "addresses": ep.addresses}})))
+    }
+}
