@@ -325,3 +325,100 @@ fn sigkill_and_restart_keep_volumes_and_counts() {
     d.ok("VolumeDriver.Remove", json!({"Name": "m"}));
     d.ok("VolumeDriver.Remove", json!({"Name": "t"}));
 }
+
+fn link_names() -> Vec<String> {
+    let mut v: Vec<String> = ip_json(&["link", "show"])
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// IpamDriver: identical pools are shared (refcounted), overlapping and
+/// malformed ones refused with `Error`; the gateway request gets the first
+/// host address.
+#[test]
+fn ipam_pools_and_addresses() {
+    let d = Berthd::start();
+    let (subnet, _) = unique_subnets();
+    let ipam = |m: &str, b: Value| d.call(&format!("IpamDriver.{m}"), b);
+    let (code, p1) = ipam("RequestPool", json!({"AddressSpace": "berth-local", "Pool": subnet, "V6": false}));
+    assert_eq!(code, 200, "{p1}");
+    let (_, p2) = ipam("RequestPool", json!({"AddressSpace": "berth-local", "Pool": subnet}));
+    assert_eq!(p1["PoolID"], p2["PoolID"]);
+    let base = subnet.trim_end_matches(".0/24");
+    for bad in [json!({"Pool": format!("{base}.128/25")}), json!({"SubPool": "10.0.0.0/24"}), json!({"Pool": "nonsense"})] {
+        let (code, v) = ipam("RequestPool", bad.clone());
+        assert!(code != 200 && !v["Error"].as_str().unwrap_or("").is_empty(), "{bad}: {v}");
+    }
+    let (code, v) = d.raw("IpamDriver.RequestPool", b"{nope");
+    assert!(code != 200 && v["Error"].as_str().unwrap_or("").contains("malformed"), "{v}");
+    let id = p1["PoolID"].as_str().unwrap();
+    let gw = ipam("RequestAddress", json!({"PoolID": id, "Options": {"RequestAddressType": "com.docker.network.gateway"}})).1;
+    assert_eq!(gw["Address"], format!("{base}.1/24"));
+    let a = ipam("RequestAddress", json!({"PoolID": id, "Address": ""})).1;
+    assert_eq!(a["Address"], format!("{base}.2/24"));
+    assert_eq!(ipam("ReleaseAddress", json!({"PoolID": id, "Address": format!("{base}.2")})).0, 200);
+    let again = ipam("RequestAddress", json!({"PoolID": id})).1;
+    assert!(again["Address"].as_str().unwrap().starts_with(base), "{again}");
+    for _ in 0..2 {
+        assert_eq!(ipam("ReleasePool", json!({"PoolID": id})).0, 200);
+    }
+    let pools = std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap();
+    assert!(!pools.contains(&subnet), "{pools}");
+}
+
+/// NetworkDriver bad input: an `Err` naming what is wrong and nothing
+/// half-created (no link, no record).
+#[test]
+fn network_bad_input_changes_nothing() {
+    let d = Berthd::start();
+    let (subnet, _) = unique_subnets();
+    let gw = subnet.replace(".0/24", ".1/24");
+    let bridge = unique_name("bdt", IFNAMSIZ_MAX);
+    let _guard = LinkGuard::new(bridge.clone());
+    let create = |id: &str, generic: Value, gw: &str| {
+        d.call(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID": id, "Options": {"com.docker.network.generic": generic},
+                   "IPv4Data": [{"AddressSpace": "berth-local", "Pool": subnet, "Gateway": gw}], "IPv6Data": []}),
+        )
+    };
+    // Unique in their first 12 characters, which name the rules.
+    let id1 = format!("{:08x}a{}", std::process::id(), "0".repeat(55));
+    let _rules_guard = NftNetworkGuard::new(format!("docker-{}", &id1[..12]));
+    let (code, v) = create(&id1, json!({"bridge": bridge}), &gw);
+    assert_eq!(code, 200, "{v}");
+    assert!(link_exists(&bridge));
+    let links = link_names();
+    let networks = || std::fs::read_dir(d.dir.path().join("state/networks")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(networks(), 1);
+    let id2 = format!("{:08x}b{}", std::process::id(), "0".repeat(55));
+    for (generic, gateway, word) in [
+        (json!({"mode": "teleport"}), "10.251.0.1/24", "mode"),
+        (json!({"colour": "red"}), "10.251.0.1/24", "colour"),
+        (json!({"mtu": "9"}), "10.251.0.1/24", "mtu"),
+        (json!({"bridge": "lo"}), "10.251.0.1/24", "lo"),
+        (json!({"bridge": bridge}), "10.251.0.1/24", "belongs to"),
+        (json!({}), gw.as_str(), "overlaps"),
+    ] {
+        let (code, v) = create(&id2, generic.clone(), gateway);
+        let e = v["Err"].as_str().unwrap_or("");
+        assert!(code != 200 && e.contains(word), "{generic} {gateway}: {code} {v}");
+        assert_eq!(link_names(), links, "{generic}: links changed");
+        assert_eq!(networks(), 1, "{generic}: a record was left");
+    }
+    let (code, v) = d.raw("NetworkDriver.CreateNetwork", b"{nope");
+    assert!(code != 200 && v["Err"].as_str().unwrap_or("").contains("malformed"), "{v}");
+    let e = d.fails("NetworkDriver.Join", json!({"NetworkID": id1, "EndpointID": "e".repeat(64), "SandboxKey": "/x"}));
+    assert!(e.contains("unknown endpoint"), "{e}");
+    assert_eq!(link_names(), links);
+    // Leave and DeleteEndpoint of what is not there succeed (the engine
+    // sends them for stale sandboxes).
+    d.ok("NetworkDriver.Leave", json!({"NetworkID": id1, "EndpointID": "f".repeat(64)}));
+    d.ok("NetworkDriver.DeleteEndpoint", json!({"NetworkID": id1, "EndpointID": "f".repeat(64)}));
+    d.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": id1}));
+    assert!(!link_exists(&bridge));
+    assert_eq!(networks(), 0);
+}

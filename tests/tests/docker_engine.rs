@@ -336,7 +336,18 @@ fn docker_engine_uses_berthd_networks() {
     let ip_c = net_addr(&d, "nc", &net, "IPAddress");
     assert!(pings(&d, "na", &ip_c), "a container started after the restart is unreachable");
 
-    d.ok(&["rm", "-f", "na", "nb", "nc"]);
+    // dockerd restarted: the engine never re-sends CreateNetwork; berthd's
+    // records keep the network usable.
+    d.ok(&["rm", "-f", "nc"]);
+    d.stop_dockerd();
+    d.start_dockerd();
+    for c in ["na", "nb"] {
+        let _ = d.docker(&["start", c]);
+    }
+    let ip_b = net_addr(&d, "nb", &net, "IPAddress");
+    assert!(pings(&d, "na", &ip_b), "containers on the network cannot talk after dockerd's restart");
+
+    d.ok(&["rm", "-f", "na", "nb"]);
     d.ok(&["network", "rm", &net]);
     assert!(!link_exists(&bridge), "bridge {bridge} left");
     assert_eq!(berth_nft_objects(&rules), Vec::<String>::new(), "rules of {rules} left");
