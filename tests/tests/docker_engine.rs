@@ -175,7 +175,7 @@ impl Daemons {
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc"]);
+        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web"]);
         self.stop_dockerd();
         self.stop_berthd_hard();
         let _ = std::fs::remove_file(self.socket());
@@ -286,6 +286,28 @@ fn net_addr(d: &Daemons, container: &str, net: &str, field: &str) -> String {
     d.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"), container])
 }
 
+/// GET / on 127.0.0.1:`port`, retried for `patience` (the server starts
+/// after `docker run -d` returns).
+fn http_get(port: u16, patience: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = (|| -> Result<String, String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+            Ok(body)
+        })();
+        if attempt.is_ok() || Instant::now() > deadline {
+            return attempt;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn pings(d: &Daemons, from: &str, to: &str) -> bool {
     d.docker(&["exec", from, "ping", "-c", "1", "-W", "2", to]).status.success()
 }
@@ -320,6 +342,19 @@ fn docker_engine_uses_berthd_networks() {
     // The engine's own none and host networks are unaffected.
     d.ok(&["run", "--rm", "--network", "none", "bb:1", "true"]);
     d.ok(&["run", "--rm", "--network", "host", "bb:1", "true"]);
+
+    // A published port (-p) answers from the host through berth's maps.
+    let port = 21000 + (std::process::id() % 20000) as u16;
+    d.ok(&[
+        "run", "-d", "--name", "web", "--network", &net, "-p", &format!("127.0.0.1:{port}:80"), "bb:1",
+        "sh", "-c", "busybox mkdir -p /www && echo from-a-berth-network > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]);
+    let answer = http_get(port, Duration::from_secs(10));
+    assert!(answer.as_deref().is_ok_and(|a| a.contains("from-a-berth-network")), "127.0.0.1:{port}: {answer:?}");
+    d.ok(&["rm", "-f", "web"]);
+    assert!(http_get(port, Duration::ZERO).is_err(), "port {port} still answers after the container went");
+    let table = run("nft", &["list", "table", "inet", "berth"]);
+    assert!(!String::from_utf8_lossy(&table.stdout).contains(&format!("tcp . {port}")), "element of port {port} left");
 
     d.ok(&["network", "disconnect", &net, "nb"]);
     assert!(!pings(&d, "na", &ip_b), "nb still reachable after disconnect");

@@ -389,6 +389,44 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
     store.release(&published.owner).map_err(store_err)
 }
 
+/// Publishes `ports` for `owner`, claiming `claims` (ADD, and berthd's
+/// ProgramExternalConnectivity for Docker's `-p`: both share the host's
+/// claims, so a port is never published twice): one store transaction,
+/// then one nft transaction; replaces what `owner` published before.
+pub fn publish(owner: &PortOwner, ports: &PublishedPorts, claims: &[PortClaim]) -> Result<(), Error> {
+    let installed = serde_json::to_string(&Installed::of(ports))
+        .map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
+    let published = Published { owner: owner.clone(), profile: ports.conditions.id(), installed };
+    let _lock = lock()?;
+    let mut store = open_store()?;
+    let replaced = store.claim(&published, claims).map_err(store_err)?;
+    let replaced = replaced.map(|r| Installed::parse(&r).and_then(|i| i.ports())).transpose()?;
+    if let Err(e) = install(&mut store, owner, replaced.as_ref(), ports) {
+        // Nothing of the failed batch was applied; what a replaced record
+        // had installed goes too, so the store and kernel agree.
+        if let Some(old) = &replaced {
+            let others = other_profiles(&store, owner).unwrap_or_default();
+            let refs: Vec<&Conditions> = others.iter().collect();
+            let _ = net::firewall::unpublish_in(None, &refs, old);
+        }
+        let _ = store.release(owner);
+        return Err(e);
+    }
+    allow_localnet(ports)?;
+    forget_stale_udp_flows(ports);
+    Ok(())
+}
+
+/// Removes whatever `owner` published (nothing is fine).
+pub fn unpublish(owner: &PortOwner) -> Result<(), Error> {
+    let _lock = lock()?;
+    let mut store = open_store()?;
+    match store.attachment(owner).map_err(store_err)? {
+        Some(published) => release(&mut store, &published),
+        None => Ok(()),
+    }
+}
+
 impl Plugin for PortmapPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let conf = PortmapConf::parse(req)?;
@@ -401,28 +439,7 @@ impl Plugin for PortmapPlugin {
         }
         let mut host = Handle::new().map_err(kernel)?;
         let (ports, claims) = plan(&conf, req, &prev, &mut host)?;
-        let owner = owner(req);
-        let installed = serde_json::to_string(&Installed::of(&ports))
-            .map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
-        let published = Published { owner: owner.clone(), profile: ports.conditions.id(), installed };
-
-        let _lock = lock()?;
-        let mut store = open_store()?;
-        let replaced = store.claim(&published, &claims).map_err(store_err)?;
-        let replaced = replaced.map(|r| Installed::parse(&r).and_then(|i| i.ports())).transpose()?;
-        if let Err(e) = install(&mut store, &owner, replaced.as_ref(), &ports) {
-            // Nothing of the failed batch was applied; what a replaced
-            // record had installed goes too, so the store and kernel agree.
-            if let Some(old) = &replaced {
-                let others = other_profiles(&store, &owner).unwrap_or_default();
-                let refs: Vec<&Conditions> = others.iter().collect();
-                let _ = net::firewall::unpublish_in(None, &refs, old);
-            }
-            let _ = store.release(&owner);
-            return Err(e);
-        }
-        allow_localnet(&ports)?;
-        forget_stale_udp_flows(&ports);
+        publish(&owner(req), &ports, &claims)?;
         Ok(result)
     }
 
@@ -430,12 +447,7 @@ impl Plugin for PortmapPlugin {
         // The plugin's keys must still parse (as in the reference), but
         // the mappings are not needed: the record says what to remove.
         PortmapConf::parse_keys(req)?;
-        let _lock = lock()?;
-        let mut store = open_store()?;
-        match store.attachment(&owner(req)).map_err(store_err)? {
-            Some(published) => release(&mut store, &published),
-            None => Ok(()),
-        }
+        unpublish(&owner(req))
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
