@@ -21,18 +21,19 @@
 //! * `portmap` — one more container's published ports with 0, 1000 and
 //!   5000 mappings installed, berth-portmap against `portmap` (see
 //!   portmap.rs).
-//! * `volumes` — berthd's volume driver: protocol round trips, and
-//!   `docker volume create` + `docker run -v` against the `local` driver
-//!   (see volumes.rs).
+//! * `engine` — berthd under the Docker engine: volume protocol round
+//!   trips, `docker volume create` + `docker run -v` against the `local`
+//!   driver, `docker run` on a berth network against the `bridge` driver
+//!   (see engine.rs).
 //!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
 //! nftables is left to the plugins.
 
 mod host;
+mod engine;
 mod portmap;
 mod sys;
-mod volumes;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -56,15 +57,15 @@ usage: berth-bench [options]        (as root)
                          else <workspace>/target/release]
   --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
   --n LIST              container counts for compare [default: 1,100,1000]
-  --only LIST           parts to run: compare,floor,concurrent,host,portmap,volumes
+  --only LIST           parts to run: compare,floor,concurrent,host,portmap,engine
                         [default: all]
   --no-ref              compare: run berth only
   --concurrency K       concurrent ADDs for `concurrent` [default: 64]
   --floor-reps R        repetitions for `floor` [default: 30]
   --host-reps R         containers per mode for `host` [default: 30]
   --portmap-reps R      containers per level for `portmap` [default: 20]
-  --volume-reps V       round trips for `volumes` [default: 1000]
-  --docker-reps D       volumes per driver through dockerd for `volumes` [default: 20]
+  --volume-reps V       volume round trips for `engine` [default: 1000]
+  --docker-reps D       docker runs per driver for `engine` [default: 20]
   --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
                         the reference plugins 1.1.1 accept]
   --json                print the report as JSON on stdout (progress on stderr)
@@ -171,8 +172,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                         "concurrent" => a.concurrent = true,
                         "host" => a.host = true,
                         "portmap" => a.portmap = true,
-                        "volumes" => a.volumes = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, volumes)"),
+                        "engine" => a.volumes = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, engine)"),
                     }
                 }
             }
@@ -859,7 +860,7 @@ fn print_tables(report: &Value) {
     }
     if report["volumes"].is_object() {
         let (r, d) = (&report["volumes"]["round_trip"], &report["volumes"]["docker"]);
-        println!("== berthd volumes ==");
+        println!("== berthd under the Docker engine ==");
         println!(
             "Create+Mount+Unmount+Remove over the socket, {} volumes: managed median {} ms, p99 {} ms; size-limited (8M) median {} ms, p99 {} ms",
             r["volumes"], f(&r["managed_median_ms"]), f(&r["managed_p99_ms"]), f(&r["sized_median_ms"]), f(&r["sized_p99_ms"])
@@ -867,6 +868,11 @@ fn print_tables(report: &Value) {
         println!(
             "docker volume create + docker run -v, {} volumes each: -d berth {} ms, -d local {} ms, berth/local {} (target <= 1.3x)",
             d["volumes"], f(&d["berth_ms"]), f(&d["local_ms"]), fx(&d["berth_over_local"])
+        );
+        let n = &report["volumes"]["network"];
+        println!(
+            "docker run --rm on a network, {} runs each: berth {} ms, bridge driver {} ms, berth/bridge {} (target <= 1.2x)",
+            n["runs"], f(&n["berth_ms"]), f(&n["bridge_driver_ms"]), fx(&n["berth_over_bridge"])
         );
         println!();
     }
@@ -1097,7 +1103,7 @@ fn real_main() -> Result<bool> {
         }
     }
     if args.volumes {
-        match volumes::volumes(&args.berth_dir, args.volume_reps, args.docker_reps) {
+        match engine::engine(&args.berth_dir, args.volume_reps, args.docker_reps) {
             Ok(v) => report["volumes"] = v,
             Err(e) => {
                 ok = false;

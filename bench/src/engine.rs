@@ -1,4 +1,4 @@
-//! `volumes` part: berthd's volume driver.
+//! `engine` part: berthd as the Docker engine's volume and network driver.
 //!
 //! * Protocol round trip: for V volumes, Create + Mount + Unmount + Remove
 //!   over berthd's socket (one HTTP request each, as the engine sends
@@ -8,6 +8,9 @@
 //!   -v VOL:/data` with `-d berth` and with `-d local`, alternating, on a
 //!   private dockerd (no networking of its own; containers use
 //!   `--network none`); median per volume and the ratio.
+//! * `docker run --rm --network NET bb:1 true` on a berth bridge network
+//!   and on one of the engine's own `bridge` driver, alternating; median
+//!   and ratio.
 //!
 //! berthd and dockerd run with private roots in a temp dir and are
 //! stopped (by PID) at the end.
@@ -92,6 +95,8 @@ fn start_berthd(berth_dir: &Path, dir: &Path, socket: &Path) -> Result<Proc> {
     let child = Command::new(berth_dir.join("berthd"))
         .arg("--root")
         .arg(dir.join("volumes"))
+        .arg("--state")
+        .arg(dir.join("state"))
         .arg("--socket")
         .arg(socket)
         .stdin(Stdio::null())
@@ -173,7 +178,7 @@ fn start_dockerd(dir: &Path) -> Result<(Proc, Docker)> {
     Ok((p, d))
 }
 
-pub fn volumes(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result<Value> {
+pub fn engine(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result<Value> {
     let dir = TempDir::new("volumes")?;
     let plugin = format!("berth-bench{}", std::process::id());
     let socket = PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"));
@@ -197,13 +202,37 @@ pub fn volumes(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Resul
             docker.run(&["volume", "rm", &name])?;
         }
     }
+    eprintln!("engine: docker run on a berth network and on a bridge-driver network, {docker_volumes} each");
+    let mut taken = Vec::new();
+    let (s1, _) = crate::sys::free_subnets(&mut taken)?;
+    let (s2, _) = crate::sys::free_subnets(&mut taken)?;
+    let bnet = format!("bb{}", std::process::id());
+    let dnet = format!("db{}", std::process::id());
+    docker.run(&["network", "create", "-d", &plugin, "--ipam-driver", &plugin, "--subnet", &s1, &bnet])?;
+    docker.run(&["network", "create", "-d", "bridge", "--subnet", &s2, &dnet])?;
+    let mut net_samples: [Vec<f64>; 2] = Default::default();
+    let timed = (|| -> Result<()> {
+        for i in 0..=docker_volumes {
+            for (s, n) in [bnet.as_str(), dnet.as_str()].into_iter().enumerate() {
+                let t = docker.run(&["run", "--rm", "--network", n, "bb:1", "true"])?;
+                if i > 0 {
+                    net_samples[s].push(ms(t));
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = docker.run(&["network", "rm", &bnet, &dnet]);
+    timed?;
     drop(dockerd);
     let _ = std::fs::remove_file(&socket);
+    let [nb, nd] = net_samples.map(|v| median(&v).unwrap_or(f64::NAN));
     let [b, l] = samples.map(|v| median(&v).unwrap_or(f64::NAN));
     Ok(json!({
         "round_trip": {"volumes": volumes, "managed_median_ms": managed[0], "managed_p99_ms": managed[1],
                        "sized_median_ms": sized[0], "sized_p99_ms": sized[1]},
         "docker": {"volumes": docker_volumes, "berth_ms": b, "local_ms": l, "berth_over_local": ratio(Some(b), Some(l))},
+        "network": {"runs": docker_volumes, "berth_ms": nb, "bridge_driver_ms": nd, "berth_over_bridge": ratio(Some(nb), Some(nd))},
     }))
 }
 
