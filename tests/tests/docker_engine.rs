@@ -321,9 +321,12 @@ fn pings(d: &Daemons, from: &str, to: &str) -> bool {
 fn docker_engine_uses_berthd_networks() {
     let mut d = Daemons::start();
     let p = d.plugin.clone();
-    let (subnet, _) = unique_subnets();
+    let (subnet, subnet6) = unique_subnets();
     let net = format!("bn{}", std::process::id());
-    d.ok(&["network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", &subnet, "-o", "mode=bridge", &net]);
+    d.ok(&[
+        "network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", &subnet, "--ipv6", "--subnet", &subnet6, "-o",
+        "mode=bridge", &net,
+    ]);
     let id = d.ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
     let bridge = format!("bd{}", &id[..12]);
     let _bridge_guard = LinkGuard::new(bridge.clone());
@@ -339,6 +342,10 @@ fn docker_engine_uses_berthd_networks() {
     let gw = net_addr(&d, "na", &net, "Gateway");
     assert!(pings(&d, "na", &ip_b), "na cannot reach nb at {ip_b}");
     assert!(pings(&d, "nb", &gw), "nb cannot reach its gateway {gw}");
+    // Dual stack: IPv6 addresses from berth's IPAM, and traffic over them.
+    let ip6_b = net_addr(&d, "nb", &net, "GlobalIPv6Address");
+    assert!(ip6_b.starts_with("fd42:"), "no IPv6 address from {subnet6}: {ip6_b:?}");
+    assert!(pings(&d, "na", &ip6_b), "na cannot reach nb at {ip6_b}");
     // The engine's own none and host networks are unaffected.
     d.ok(&["run", "--rm", "--network", "none", "bb:1", "true"]);
     d.ok(&["run", "--rm", "--network", "host", "bb:1", "true"]);
