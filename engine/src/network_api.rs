@@ -246,6 +246,13 @@ impl Networks {
             let g: IpNet = d.gateway.parse().map_err(|_| fail(format!("Gateway {:?} is not ip/len", d.gateway)))?;
             gateways.push(g);
         }
+        let mut h = Handle::new().map_err(kernel("netlink"))?;
+        // A CreateNetwork retried after berthd died halfway through it:
+        // what the first attempt made goes, then it is made again.
+        if let Some(old) = Self::read::<Network>(&self.net_path(&req.network_id)) {
+            self.teardown(&mut h, &old)?;
+            let _ = std::fs::remove_file(self.net_path(&old.id));
+        }
         let others = self.networks();
         if let Some(o) = others.iter().find(|n| n.bridge == bridge && n.id != req.network_id) {
             return Err(fail(format!("bridge {bridge:?} belongs to berth network {}", short(&o.id))));
@@ -255,7 +262,6 @@ impl Networks {
                 return Err(fail(format!("subnet {} overlaps berth network {}", g.trunc(), short(&o.id))));
             }
         }
-        let mut h = Handle::new().map_err(kernel("netlink"))?;
         if h.link_by_name(&bridge).map_err(kernel("netlink"))?.is_some() {
             return Err(fail(format!("a link named {bridge:?} already exists (owned by another network or not a berth bridge)")));
         }

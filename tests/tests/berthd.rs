@@ -391,6 +391,10 @@ fn network_bad_input_changes_nothing() {
     let (code, v) = create(&id1, json!({"bridge": bridge}), &gw);
     assert_eq!(code, 200, "{v}");
     assert!(link_exists(&bridge));
+    // Sent again (the engine retrying after berthd died mid-way): made
+    // again, not refused for its own bridge.
+    let (code, v) = create(&id1, json!({"bridge": bridge}), &gw);
+    assert_eq!(code, 200, "{v}");
     let links = link_names();
     let networks = || std::fs::read_dir(d.dir.path().join("state/networks")).map(|r| r.count()).unwrap_or(0);
     assert_eq!(networks(), 1);
