@@ -90,7 +90,6 @@ fn settings(args: &[String]) -> Result<Settings> {
     })
 }
 
-/// One call: route, run, log.
 /// Everything berthd serves.
 struct Drivers {
     volumes: Volumes,
@@ -99,6 +98,7 @@ struct Drivers {
     docker: PathBuf,
 }
 
+/// One call: route, run, log.
 fn dispatch(d: &Drivers, req: &http::Request) -> http::Response {
     let start = Instant::now();
     let method = req.path.trim_start_matches('/');
@@ -116,9 +116,15 @@ fn dispatch(d: &Drivers, req: &http::Request) -> http::Response {
         }
         _ => unknown(),
     };
+    // What the call is about: a volume's name, or a network, endpoint or
+    // pool ID (shortened).
     let name = serde_json::from_slice::<serde_json::Value>(&req.body)
         .ok()
-        .and_then(|v| v.get("Name").and_then(|n| n.as_str()).map(String::from))
+        .and_then(|v| {
+            ["Name", "EndpointID", "NetworkID", "PoolID"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(|n| n.as_str()).map(|s| s.chars().take(24).collect::<String>()))
+        })
         .unwrap_or_default();
     let outcome = match body.get("Err").or_else(|| body.get("Error")).and_then(|e| e.as_str()) {
         Some(e) if !e.is_empty() => format!("error: {e}"),
