@@ -19,6 +19,7 @@ mod netns;
 mod nl;
 mod route;
 pub mod sysctl;
+mod vxlan;
 
 pub use addr::{Address, AddressOptions};
 pub use bridge::{BridgePortOptions, BridgeVlan};
@@ -27,6 +28,7 @@ pub use handle::Handle;
 pub use link::{BridgeOptions, Link, MacvlanMode, MacvlanOptions, VethOptions};
 pub use netns::Netns;
 pub use route::Route;
+pub use vxlan::{VxlanOptions, VXLAN_PORT};
 
 /// The result type of every fallible operation in this crate.
 pub type Result<T> = std::result::Result<T, Error>;
