@@ -57,7 +57,7 @@ impl Handle {
     pub fn add_vxlan(&mut self, name: &str, opts: &VxlanOptions) -> Result<()> {
         check_ifname(name)?;
         if opts.vni == 0 || opts.vni > 0x00ff_ffff {
-            return Err(Error::invalid("vni", &opts.vni.to_string(), "must be 1..16777215"));
+            return Err(Error::invalid("vni", opts.vni.to_string(), "must be 1..16777215"));
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
