@@ -1,0 +1,243 @@
+//! berth-overlay: containers on different hosts reach each other by
+//! address over VXLAN, flannel's L3 model. Each node owns one subnet of the
+//! cluster network; its containers sit on a local bridge (berth-bridge's
+//! code, run in process with a config derived from this one); one VXLAN
+//! device `berth.<vni>` carries traffic to the other nodes, with exactly
+//! one FDB entry, one neighbour entry and one onlink route per remote node.
+//! Learning is off: nothing is flooded or learnt.
+//!
+//! This increment serves the static store (`store.static`: this node's
+//! subnet and its peers, the same list on every node); the etcd store and
+//! the agent come next. A node's VTEP MAC is derived from its underlay
+//! IPv4 address (02:bf:a:b:c:d), so peers know it without exchanging it,
+//! and its VTEP address is its subnet's network address (as flannel's).
+
+pub mod config;
+
+use std::net::IpAddr;
+
+use cni::{CniResult, Command, Error, Plugin, Request};
+use config::{OverlayConf, Peer};
+use ifconf::kernel;
+use ipnet::IpNet;
+use net::{AddressOptions, Handle, Link, Route, VxlanOptions};
+use serde_json::json;
+
+pub struct OverlayPlugin;
+
+/// VXLAN over IPv4 costs 50 bytes of the underlay MTU.
+const VXLAN_OVERHEAD: u32 = 50;
+/// berth's host-wide lock: the VXLAN device and peer entries are shared by
+/// every ADD on the node.
+const LOCK_DIR: &str = "/run/berth";
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("berth.{vni}")
+}
+
+pub fn bridge_name(vni: u32) -> String {
+    format!("bov{vni}")
+}
+
+/// The VTEP MAC of the node whose underlay address is `underlay`.
+pub fn vtep_mac(underlay: IpAddr) -> Result<[u8; 6], Error> {
+    match underlay {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            Ok([0x02, 0xbf, o[0], o[1], o[2], o[3]])
+        }
+        IpAddr::V6(_) => Err(Error::config("underlay", "IPv6 underlays are not served yet")),
+    }
+}
+
+/// The underlay link: `iface`, or the link of the default route.
+fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error> {
+    let link = match &conf.iface {
+        Some(name) => h
+            .link_by_name(name)
+            .map_err(kernel)?
+            .ok_or_else(|| Error::config("iface", format!("no link {name:?} on this host")))?,
+        None => {
+            let routes = h.routes().map_err(kernel)?;
+            let oif = routes
+                .iter()
+                .find(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() && r.table.is_none())
+                .and_then(|r| r.oif)
+                .ok_or_else(|| Error::config("iface", "not given, and there is no IPv4 default route to take it from"))?;
+            h.link_by_index(oif).map_err(kernel)?.ok_or_else(|| Error::config("iface", "the default route's link vanished"))?
+        }
+    };
+    let addr = h
+        .addresses(Some(link.index))
+        .map_err(kernel)?
+        .iter()
+        .map(|a| a.addr.addr())
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| Error::config("iface", format!("{} has no IPv4 address to use as the VTEP address", link.name)))?;
+    Ok((link, addr))
+}
+
+/// MTU of the overlay's links (VXLAN device, bridge, veths).
+fn overlay_mtu(conf: &OverlayConf, underlay: &Link) -> u32 {
+    conf.mtu.unwrap_or(underlay.mtu.saturating_sub(VXLAN_OVERHEAD))
+}
+
+/// Makes the VXLAN device exist (with the node's VTEP address) and every
+/// peer's entries current. Idempotent; entries are replaced.
+fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
+    let mut h = Handle::new().map_err(kernel)?;
+    let (up, local) = underlay(&mut h, conf)?;
+    let mtu = overlay_mtu(conf, &up);
+    let name = vxlan_name(conf.vni);
+    let vx = match h.link_by_name(&name).map_err(kernel)? {
+        Some(l) if l.kind.as_deref() == Some("vxlan") => l,
+        Some(_) => return Err(Error::config("vni", format!("link {name} exists and is not a VXLAN device"))),
+        None => {
+            let opts = VxlanOptions {
+                vni: conf.vni,
+                port: conf.port,
+                underlay: Some(up.index),
+                local: Some(local),
+                mtu: Some(mtu),
+                mac: Some(vtep_mac(local)?),
+                learning: false,
+            };
+            h.add_vxlan(&name, &opts).map_err(kernel)?;
+            h.link_by_name(&name).map_err(kernel)?.ok_or_else(|| Error::new(cni::codes::KERNEL, format!("{name} vanished")))?
+        }
+    };
+    let vtep = IpNet::new(IpAddr::V4(conf.subnet.network()), 32).map_err(|e| Error::config("store.static.subnet", e))?;
+    if !h.addresses(Some(vx.index)).map_err(kernel)?.iter().any(|a| a.addr == vtep) {
+        h.add_address(vx.index, vtep, &AddressOptions::default()).map_err(kernel)?;
+    }
+    h.set_up(vx.index).map_err(kernel)?;
+    net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel)?;
+    for p in &conf.peers {
+        program_peer(&mut h, vx.index, p)?;
+    }
+    Ok(mtu)
+}
+
+/// One remote node: FDB (its VTEP MAC at its underlay address), neighbour
+/// (its VTEP address at that MAC), onlink route to its subnet.
+fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
+    let mac = vtep_mac(p.underlay)?;
+    let vtep = IpAddr::V4(p.subnet.network());
+    h.set_fdb(vx, mac, p.underlay).map_err(kernel)?;
+    h.set_neighbour(vx, vtep, mac).map_err(kernel)?;
+    let mut r = Route::new(IpNet::V4(p.subnet)).via(vtep).dev(vx);
+    r.onlink = true;
+    h.replace_route(&r).map_err(kernel)
+}
+
+/// The request berth-bridge gets: this config turned into a bridge
+/// network on the node's subnet, routes to the cluster network.
+fn bridge_request(req: &Request, conf: &OverlayConf, mtu: u32) -> Result<Request, Error> {
+    let mut ipam = json!({
+        "type": "berth-ipam",
+        "ranges": [[{"subnet": conf.subnet.to_string()}]],
+        "routes": [{"dst": conf.network.to_string()}],
+    });
+    if let Some(d) = &conf.data_dir {
+        ipam["dataDir"] = json!(d);
+    }
+    let mut c = json!({
+        "cniVersion": req.conf.cni_version,
+        "name": req.conf.name,
+        "type": "berth-bridge",
+        "bridge": bridge_name(conf.vni),
+        "isGateway": true,
+        "ipMasq": false,
+        "mtu": mtu,
+        "ipam": ipam,
+    });
+    for key in ["runtimeConfig", "args", "prevResult", "cni.dev/valid-attachments", "cni.dev/attachments"] {
+        if let Some(v) = req.conf.raw.get(key) {
+            c[key] = v.clone();
+        }
+    }
+    let stdin = serde_json::to_vec(&c).map_err(|e| Error::decode(e.to_string()))?;
+    let conf = cni::NetConf::parse(&stdin)?;
+    Ok(Request { conf, stdin, ..req.clone() })
+}
+
+/// The overlay MTU without touching anything (DEL, CHECK, GC, STATUS).
+fn current_mtu(conf: &OverlayConf) -> u32 {
+    Handle::new()
+        .ok()
+        .and_then(|mut h| underlay(&mut h, conf).ok())
+        .map(|(l, _)| overlay_mtu(conf, &l))
+        .unwrap_or(1450)
+}
+
+fn delegate(req: &Request, conf: &OverlayConf, command: Command) -> Result<Option<CniResult>, Error> {
+    let breq = bridge_request(req, conf, current_mtu(conf))?;
+    let bridge = berth_bridge::BridgePlugin;
+    match command {
+        Command::Del => bridge.del(&breq).map(|_| None),
+        Command::Check => bridge.check(&breq).map(|_| None),
+        Command::Gc => bridge.gc(&breq).map(|_| None),
+        _ => bridge.status(&breq).map(|_| None),
+    }
+}
+
+impl Plugin for OverlayPlugin {
+    fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        let conf = OverlayConf::parse(req)?;
+        let mtu = {
+            let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
+                .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+            ensure_datapath(&conf)?
+        };
+        berth_bridge::BridgePlugin.add(&bridge_request(req, &conf, mtu)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        let conf = OverlayConf::parse(req)?;
+        delegate(req, &conf, Command::Del).map(|_| ())
+    }
+
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        let conf = OverlayConf::parse(req)?;
+        let mut h = Handle::new().map_err(kernel)?;
+        let name = vxlan_name(conf.vni);
+        if h.link_by_name(&name).map_err(kernel)?.is_none() {
+            return Err(ifconf::check_failed(format!("VXLAN device {name} is missing")));
+        }
+        let routes = h.routes().map_err(kernel)?;
+        for p in &conf.peers {
+            if !routes.iter().any(|r| r.dst == IpNet::V4(p.subnet)) {
+                return Err(ifconf::check_failed(format!("no route to node {}'s subnet {}", p.node, p.subnet)));
+            }
+        }
+        delegate(req, &conf, Command::Check).map(|_| ())
+    }
+
+    fn status(&self, req: &Request) -> Result<(), Error> {
+        let conf = OverlayConf::parse(req)?;
+        delegate(req, &conf, Command::Status).map(|_| ())
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), Error> {
+        let conf = OverlayConf::parse(req)?;
+        delegate(req, &conf, Command::Gc).map(|_| ())
+    }
+
+    fn about(&self) -> String {
+        format!("berth-overlay {}: multi-host VXLAN networks (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_macs() {
+        assert_eq!(vxlan_name(16_777_215), "berth.16777215");
+        assert!(vxlan_name(16_777_215).len() <= 15);
+        assert_eq!(bridge_name(42), "bov42");
+        assert_eq!(vtep_mac("192.0.2.7".parse().unwrap()).unwrap(), [0x02, 0xbf, 192, 0, 2, 7]);
+        assert!(vtep_mac("2001:db8::1".parse().unwrap()).is_err());
+    }
+}

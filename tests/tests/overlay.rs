@@ -1,0 +1,128 @@
+//! berth-overlay with static peers: two "hosts" (namespaces) joined by an
+//! underlay veth, each running the plugin in its own namespace for a
+//! container of its own (root). Traffic stays between these namespaces.
+
+use berth_tests::*;
+use serde_json::{json, Value};
+
+struct Node {
+    host: TestNetns,
+    run: TempDir,
+    data: TempDir,
+    subnet: &'static str,
+    peer: (&'static str, &'static str),
+}
+
+impl Node {
+    fn conf(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.1.0", "name": "ovt", "type": "berth-overlay",
+            "network": "10.244.0.0/16", "subnetLen": 24, "vni": 42, "iface": "ovu",
+            "dataDir": self.data.path(),
+            "store": {"static": {"subnet": self.subnet, "peers": [{"node": "peer", "underlay": self.peer.0, "subnet": self.peer.1}]}}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    fn exec(&self, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
+        let path = bin_dir();
+        let env = [
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", ns.path_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", path.to_str().unwrap()),
+            ("BERTH_RUN_DIR", self.run.path().to_str().unwrap()),
+        ];
+        run_plugin_in(&self.host, &bin("berth-overlay"), command, &env, conf)
+    }
+}
+
+fn two_nodes(tag: &str) -> (Node, Node) {
+    require_root();
+    let (h1, h2) = (TestNetns::new(&format!("{tag}1")), TestNetns::new(&format!("{tag}2")));
+    h1.sh(&format!("ip link set lo up && ip link add ovu type veth peer name ovu netns {} && ip addr add 192.168.77.1/24 dev ovu && ip link set ovu up", h2.name()));
+    h2.sh("ip link set lo up && ip addr add 192.168.77.2/24 dev ovu && ip link set ovu up");
+    let n1 = Node {
+        host: h1,
+        run: TempDir::new(&format!("{tag}-run1")),
+        data: TempDir::new(&format!("{tag}-data1")),
+        subnet: "10.244.1.0/24",
+        peer: ("192.168.77.2", "10.244.2.0/24"),
+    };
+    let n2 = Node {
+        host: h2,
+        run: TempDir::new(&format!("{tag}-run2")),
+        data: TempDir::new(&format!("{tag}-data2")),
+        subnet: "10.244.2.0/24",
+        peer: ("192.168.77.1", "10.244.1.0/24"),
+    };
+    (n1, n2)
+}
+
+fn first_ip(r: &Value) -> String {
+    r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+}
+
+/// Containers on two hosts reach each other by address over VXLAN; the
+/// MTU leaves room for the encapsulation; the datapath has one FDB entry,
+/// one neighbour and one route per peer; DEL releases the addresses.
+#[test]
+fn containers_on_two_hosts_talk_over_vxlan() {
+    let (n1, n2) = two_nodes("ovs");
+    let (c1, c2) = (TestNetns::new("ovc1"), TestNetns::new("ovc2"));
+    let r1 = n1.exec("ADD", "c1", &c1, &n1.conf(json!({}))).expect_ok().clone();
+    let r2 = n2.exec("ADD", "c2", &c2, &n2.conf(json!({}))).expect_ok().clone();
+    let (ip1, ip2) = (first_ip(&r1), first_ip(&r2));
+    assert!(ip1.starts_with("10.244.1.") && ip2.starts_with("10.244.2."), "{ip1} {ip2}");
+    assert_ping(&c1, &ip2);
+    assert_ping(&c2, &ip1);
+    let eth0 = c1.ip_json(&["link", "show", "eth0"]);
+    assert_eq!(eth0[0]["mtu"], 1450, "underlay 1500 minus 50");
+    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(fdb.contains("02:bf:c0:a8:4d:02 dst 192.168.77.2"), "{fdb}");
+    let routes = n1.host.exec_ok(&["ip", "route", "show", "10.244.2.0/24"]);
+    assert!(routes.contains("via 10.244.2.0 dev berth.42") && routes.contains("onlink"), "{routes}");
+    n1.exec("CHECK", "c1", &c1, &with_prev_result(&n1.conf(json!({})), &r1)).assert_ok();
+
+    for (n, c, cid, r) in [(&n1, &c1, "c1", &r1), (&n2, &c2, "c2", &r2)] {
+        n.exec("DEL", cid, c, &with_prev_result(&n.conf(json!({})), r)).assert_ok();
+        n.exec("DEL", cid, c, &n.conf(json!({}))).assert_ok();
+    }
+    assert!(c1.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+    // Nothing of the containers is left on the hosts; the datapath stays
+    // for the next container.
+    for n in [&n1, &n2] {
+        let links = n.host.exec_ok(&["ip", "-br", "link"]);
+        assert!(!links.contains("bv"), "host veth left: {links}");
+        assert!(links.contains("berth.42"), "{links}");
+    }
+    let again = n1.exec("ADD", "c3", &c1, &n1.conf(json!({}))).expect_ok().clone();
+    assert_ping(&c1, "10.244.2.1"); // the other node's bridge, across the overlay
+    n1.exec("DEL", "c3", &c1, &with_prev_result(&n1.conf(json!({})), &again)).assert_ok();
+}
+
+/// Bad input: code 7 naming the key, and no VXLAN device made.
+#[test]
+fn bad_input_makes_nothing() {
+    let (n1, _n2) = two_nodes("ovb");
+    let c = TestNetns::new("ovbc");
+    for (extra, field) in [
+        (json!({"vni": 0}), "vni"),
+        (json!({"vni": 16777216}), "vni"),
+        (json!({"subnetLen": 8}), "subnetLen"),
+        (json!({"network": "nonsense"}), "network"),
+        (json!({"iface": "nosuchlink"}), "iface"),
+        (json!({"store": {"static": {"subnet": "10.99.1.0/24"}}}), "store.static.subnet"),
+        (json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [{"node": "x", "underlay": "192.168.77.2", "subnet": "10.244.1.0/24"}]}}}), "peers[0].subnet"),
+        (json!({"store": {"etcd": {"endpoints": ["http://192.0.2.254:2379"]}}}), "etcd"),
+    ] {
+        let out = n1.exec("ADD", "c1", &c, &n1.conf(extra.clone()));
+        let err = out.expect_error(7);
+        assert!(err["msg"].as_str().unwrap().contains(field), "{extra}: {err}");
+        let links = n1.host.exec_ok(&["ip", "-br", "link"]);
+        assert!(!links.contains("berth.42") && !links.contains("bov42"), "{extra}: {links}");
+    }
+}
