@@ -42,6 +42,9 @@ struct Network {
     mtu: Option<u32>,
     masquerade: bool,
     isolation: bool,
+    /// `docker network create --internal`: no traffic to or from outside.
+    #[serde(default)]
+    internal: bool,
     /// "ip/len" gateways, from the engine's IPv4Data/IPv6Data.
     gateways: Vec<IpNet>,
 }
@@ -265,12 +268,15 @@ impl Networks {
         if h.link_by_name(&bridge).map_err(kernel("netlink"))?.is_some() {
             return Err(fail(format!("a link named {bridge:?} already exists (owned by another network or not a berth bridge)")));
         }
+        let internal = req.options.get("com.docker.network.internal").and_then(Value::as_bool).unwrap_or(false);
         let network = Network {
             id: req.network_id.clone(),
             bridge,
             mtu,
-            masquerade: flag(&generic, "masquerade", true)?,
+            // Nothing leaves an internal network, so nothing to masquerade.
+            masquerade: flag(&generic, "masquerade", true)? && !internal,
             isolation: flag(&generic, "isolation", true)?,
+            internal,
             gateways,
         };
         // Recorded first: a berthd killed from here on leaves a record
@@ -305,6 +311,7 @@ impl Networks {
             masquerade: masq,
             forward: true,
             isolation: n.isolation,
+            internal: n.internal,
         })
         .map_err(kernel("firewall"))?;
         net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))

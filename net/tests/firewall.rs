@@ -73,6 +73,7 @@ fn apply_check_update_remove() {
         masquerade: vec![net("10.88.0.0/16"), net("fd88::/64")],
         forward: true,
         isolation: true,
+        internal: false,
     };
     firewall::apply_in(Some(&netns), &rules).unwrap();
 
@@ -171,6 +172,7 @@ fn networks_are_independent() {
                 masquerade: vec![net(subnet)],
                 forward: true,
                 isolation: true,
+                internal: false,
             },
         )
         .unwrap();
@@ -202,9 +204,14 @@ fn host_ruleset_is_not_touched() {
             masquerade: vec![net("10.30.0.0/24")],
             forward: true,
             isolation: false,
+            internal: true,
         },
     )
     .unwrap();
+    // internal: nothing forwarded between the bridge and any other link
+    let (_, text, _) = ns.exec("nft", &["list", "chain", "inet", "berth", &chain_names(&network).forward]);
+    assert!(text.contains("iifname \"br-c\" oifname != \"br-c\" drop"), "{text}");
+    assert!(text.contains("oifname \"br-c\" iifname != \"br-c\" drop"), "{text}");
     // whatever the host has, it has nothing of this (uniquely named) network
     let host = std::process::Command::new("nft")
         .args(["-j", "list", "ruleset"])

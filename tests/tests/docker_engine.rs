@@ -175,7 +175,7 @@ impl Daemons {
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web"]);
+        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web", "ia", "ib"]);
         self.stop_dockerd();
         self.stop_berthd_hard();
         let _ = std::fs::remove_file(self.socket());
@@ -388,6 +388,25 @@ fn docker_engine_uses_berthd_networks() {
     }
     let ip_b = net_addr(&d, "nb", &net, "IPAddress");
     assert!(pings(&d, "na", &ip_b), "containers on the network cannot talk after dockerd's restart");
+
+    // --internal: containers talk among themselves, nothing is forwarded
+    // to or from any other link, nothing masqueraded.
+    let (isub, _) = unique_subnets();
+    let inet = format!("bi{}", std::process::id());
+    d.ok(&["network", "create", "-d", &p, "--ipam-driver", &p, "--internal", "--subnet", &isub, &inet]);
+    let iid = d.ok(&["network", "inspect", "-f", "{{.Id}}", &inet]);
+    let ibridge = format!("bd{}", &iid[..12]);
+    let _ibridge_guard = LinkGuard::new(ibridge.clone());
+    let irules = format!("docker-{}", &iid[..12]);
+    let _irules_guard = NftNetworkGuard::new(irules.clone());
+    for c in ["ia", "ib"] {
+        d.ok(&["run", "-d", "--name", c, "--network", &inet, "bb:1", "sleep", "300"]);
+    }
+    assert!(pings(&d, "ia", &net_addr(&d, "ib", &inet, "IPAddress")), "containers of an internal network cannot talk");
+    let chain = run_ok("nft", &["list", "table", "inet", "berth"]);
+    assert!(chain.contains(&format!("iifname \"{ibridge}\" oifname != \"{ibridge}\" drop")), "{chain}");
+    d.ok(&["rm", "-f", "ia", "ib"]);
+    d.ok(&["network", "rm", &inet]);
 
     d.ok(&["rm", "-f", "na", "nb"]);
     d.ok(&["network", "rm", &net]);

@@ -69,6 +69,9 @@ pub struct NetworkRules {
     /// `forward`, the bridge is listed in the table's `berth-bridges` set
     /// either way, so isolated networks also refuse non-isolated ones.
     pub isolation: bool,
+    /// No forwarding between the bridge and any other link at all (Docker's
+    /// `--internal`); implies no masquerading is useful.
+    pub internal: bool,
 }
 
 fn check_network(network: &str) -> Result<()> {

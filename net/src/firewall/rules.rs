@@ -282,6 +282,18 @@ fn isolation_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 
     [one_way(MetaKey::Iifname, MetaKey::Oifname), one_way(MetaKey::Oifname, MetaKey::Iifname)]
 }
 
+/// Internal network: drop everything the bridge would forward to or from
+/// any other link (its containers only talk among themselves and to the
+/// gateway address).
+fn internal_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2] {
+    let dev = || Expression::String(bridge.to_string().into());
+    let drop = || Statement::Drop(Some(nftables::stmt::Drop {}));
+    let one_way = |here: MetaKey, there: MetaKey| {
+        rule(chain, comment, vec![matches(meta(here), Operator::EQ, dev()), matches(meta(there), Operator::NEQ, dev()), drop()])
+    };
+    [one_way(MetaKey::Iifname, MetaKey::Oifname), one_way(MetaKey::Oifname, MetaKey::Iifname)]
+}
+
 /// Rule comment: lets an operator reading `nft list` find the network.
 fn comment_for(network: &str) -> String {
     clean_comment(format!("berth network {network}"))
@@ -386,6 +398,11 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch<'static> {
         b.add(NfListObject::Set(bridges_set()));
         b.add(bridge_element(&rules.bridge));
         ensure_empty_chain(&mut b, fwd_chain(&n));
+        if rules.internal {
+            for r in internal_rules(&n.forward, &rules.bridge, &comment) {
+                b.add(NfListObject::Rule(r));
+            }
+        }
         if rules.isolation {
             for r in isolation_rules(&n.forward, &rules.bridge, &comment) {
                 b.add(NfListObject::Rule(r));
@@ -464,6 +481,7 @@ mod tests {
             masquerade: masq.iter().map(|s| s.parse().unwrap()).collect(),
             forward,
             isolation: forward,
+            internal: false,
         }
     }
 

@@ -50,6 +50,7 @@ pub fn ensure(
         masquerade: all.clone(),
         forward: true,
         isolation,
+        internal: false,
     })
     .map_err(nft_err)?;
     // Docker may have started since the last network was set up: this is
