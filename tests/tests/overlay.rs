@@ -126,3 +126,72 @@ fn bad_input_makes_nothing() {
         assert!(!links.contains("berth.42") && !links.contains("bov42"), "{extra}: {links}");
     }
 }
+
+/// Kills the agent (by PID) when dropped.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn has_route(host: &TestNetns, subnet: &str) -> bool {
+    !host.exec_ok(&["ip", "route", "show", subnet]).trim().is_empty()
+}
+
+/// Waits up to `limit` for `cond`; true if it held in time.
+fn within(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The agent keeps the node's peers equal to its config file: a peer
+/// added or removed there is programmed or forgotten within a second,
+/// without restarting anything.
+#[test]
+fn agent_follows_peers_joining_and_leaving() {
+    let (n1, _n2) = two_nodes("ova");
+    let file = n1.run.path().join("overlay.conf");
+    let write = |peers: Value| {
+        let mut c = n1.conf(json!({}));
+        c["store"]["static"]["peers"] = peers;
+        std::fs::write(&file, serde_json::to_vec(&c).unwrap()).unwrap();
+    };
+    let b = json!({"node": "b", "underlay": "192.168.77.2", "subnet": "10.244.2.0/24"});
+    let c = json!({"node": "c", "underlay": "192.168.77.3", "subnet": "10.244.3.0/24"});
+    write(json!([b]));
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", n1.host.name()])
+        .arg(bin("berth-overlay"))
+        .args(["agent", "--conf"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let _agent = Agent(child);
+    let second = std::time::Duration::from_secs(1);
+    assert!(within(std::time::Duration::from_secs(5), || has_route(&n1.host, "10.244.2.0/24")), "peer b never programmed");
+
+    write(json!([b, c]));
+    assert!(within(second, || has_route(&n1.host, "10.244.3.0/24")), "peer c not programmed within a second");
+    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(fdb.contains("dst 192.168.77.3"), "{fdb}");
+
+    write(json!([c]));
+    assert!(within(second, || !has_route(&n1.host, "10.244.2.0/24")), "peer b not forgotten within a second");
+    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(!fdb.contains("dst 192.168.77.2"), "{fdb}");
+    let neigh = n1.host.exec_ok(&["ip", "neigh", "show", "dev", "berth.42"]);
+    assert!(!neigh.contains("10.244.2.0"), "{neigh}");
+    assert!(has_route(&n1.host, "10.244.3.0/24"));
+}

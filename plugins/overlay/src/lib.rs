@@ -118,6 +118,100 @@ fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
     Ok(mtu)
 }
 
+/// Removes a remote node's entries (each already gone is fine).
+fn forget_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
+    let mac = vtep_mac(p.underlay)?;
+    let vtep = IpAddr::V4(p.subnet.network());
+    let mut r = Route::new(IpNet::V4(p.subnet)).via(vtep).dev(vx);
+    r.onlink = true;
+    match h.del_route(&r) {
+        // Already gone (no such route).
+        Err(e) if e.errno() == Some(libc::ESRCH) => {}
+        other => other.map_err(kernel)?,
+    }
+    h.del_neighbour(vx, vtep).map_err(kernel)?;
+    h.del_fdb(vx, mac).map_err(kernel)
+}
+
+/// The agent: keeps the node's datapath equal to the config file's peers,
+/// re-reading it every `interval`: a peer added to the file is programmed,
+/// a peer removed from it is forgotten, within one interval (the kernel is
+/// only touched when the file changed, and every 10 s to repair). Runs
+/// until killed; the datapath stays as it is when it stops.
+pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration) -> Result<(), Error> {
+    /// Everything is reprogrammed this often even without a change, so
+    /// entries removed behind the agent's back come back.
+    const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut programmed: Vec<Peer> = Vec::new();
+    let mut last: Option<(OverlayConf, std::time::Instant)> = None;
+    loop {
+        match read_agent_conf(conf_path) {
+            Ok(conf) if last.as_ref().is_some_and(|(c, at)| *c == conf && at.elapsed() < RESYNC) => {}
+            Ok(conf) => {
+                let synced = (|| -> Result<(), Error> {
+                    let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
+                        .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+                    ensure_datapath(&conf)?;
+                    let mut h = Handle::new().map_err(kernel)?;
+                    let vx = h
+                        .link_by_name(&vxlan_name(conf.vni))
+                        .map_err(kernel)?
+                        .ok_or_else(|| Error::new(cni::codes::KERNEL, "VXLAN device vanished"))?;
+                    for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
+                        forget_peer(&mut h, vx.index, gone)?;
+                        eprintln!("berth-overlay agent: peer {} ({}) left", gone.node, gone.subnet);
+                    }
+                    for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
+                        eprintln!("berth-overlay agent: peer {} ({}) at {}", new.node, new.subnet, new.underlay);
+                    }
+                    programmed = conf.peers.clone();
+                    Ok(())
+                })();
+                match synced {
+                    Ok(()) => last = Some((conf, std::time::Instant::now())),
+                    Err(e) => {
+                        eprintln!("berth-overlay agent: {}", e.msg);
+                        last = None;
+                    }
+                }
+            }
+            Err(e) => eprintln!("berth-overlay agent: {}: {}", conf_path.display(), e.msg),
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// The agent's config: the plugin's own object, or a conflist holding one.
+fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
+    let text = std::fs::read(path).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::decode(e.to_string()))?;
+    let mut plugin = match v.get("plugins").and_then(|p| p.as_array()) {
+        Some(list) => list
+            .iter()
+            .find(|p| p["type"] == "berth-overlay")
+            .cloned()
+            .ok_or_else(|| Error::config("plugins", "no berth-overlay plugin in the conflist"))?,
+        None => v.clone(),
+    };
+    if plugin.get("name").is_none() {
+        plugin["name"] = v.get("name").cloned().unwrap_or_else(|| json!("overlay"));
+    }
+    let conf = cni::NetConf::parse(&serde_json::to_vec(&plugin).map_err(|e| Error::decode(e.to_string()))?)?;
+    let req = Request {
+        command: Command::Status,
+        container_id: String::new(),
+        netns: None,
+        ifname: String::new(),
+        cni_path: Vec::new(),
+        args: Default::default(),
+        raw_args: String::new(),
+        stdin: Vec::new(),
+        version: cni::version::Version::parse("1.1.0")?,
+        conf,
+    };
+    OverlayConf::parse(&req)
+}
+
 /// One remote node: FDB (its VTEP MAC at its underlay address), neighbour
 /// (its VTEP address at that MAC), onlink route to its subnet.
 fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
