@@ -22,7 +22,7 @@
 #                                runc named explicitly, as --no-install-recommends
 #                                would pick crun, which fails on hybrid cgroups
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
-    busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io)
+    busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2

@@ -1,7 +1,7 @@
 //! berth-overlay's configuration (the keys, same meaning):
 //! `network` (cluster CIDR), `subnetLen`, `vni`, `port`, `iface`, `node`,
 //! `mtu`, and `store`: `static` (this node's subnet and its peers) or
-//! `etcd` (not served yet).
+//! `etcd` (`endpoints`, `prefix`: leases in the cluster store).
 
 use std::net::IpAddr;
 
@@ -17,8 +17,25 @@ pub struct Peer {
     pub subnet: Ipv4Net,
 }
 
+/// `store.etcd`: the cluster store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EtcdConf {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_prefix() -> String {
+    "/berth".to_string()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayConf {
+    /// The CNI network name (keys in the store are under it).
+    pub name: String,
+    /// The etcd store; None: the static store. With etcd, `subnet` and
+    /// `peers` are filled in from the store (see `resolve`).
+    pub etcd: Option<EtcdConf>,
     pub network: Ipv4Net,
     pub subnet_len: u8,
     pub vni: u32,
@@ -106,8 +123,33 @@ impl OverlayConf {
             m => return Err(bad("mtu", format!("{m} is outside 68..65535"))),
         };
         let store = raw.store.ok_or_else(|| bad("store", "missing ({\"static\": ...} or {\"etcd\": ...})"))?;
-        if store.get("etcd").is_some() {
-            return Err(bad("store.etcd", "the etcd store is not served yet; use store.static"));
+        let common = |subnet: Ipv4Net, peers: Vec<Peer>, etcd: Option<EtcdConf>| OverlayConf {
+            name: req.conf.name.clone(),
+            etcd,
+            network,
+            subnet_len,
+            vni,
+            port,
+            iface: raw.iface.clone().filter(|i| !i.is_empty()),
+            node: raw.node.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname),
+            mtu,
+            subnet,
+            peers,
+            data_dir: raw.data_dir.clone(),
+        };
+        if let Some(e) = store.get("etcd") {
+            let etcd: EtcdConf = serde_json::from_value(e.clone()).map_err(|e| bad("store.etcd", e))?;
+            if etcd.endpoints.is_empty() {
+                return Err(bad("store.etcd.endpoints", "empty"));
+            }
+            for ep in &etcd.endpoints {
+                if !ep.starts_with("http://") {
+                    return Err(bad("store.etcd.endpoints", format!("{ep:?}: only http:// endpoints are served")));
+                }
+            }
+            // The node's subnet comes from the store; a placeholder until then.
+            let first = network.subnets(subnet_len).map_err(|e| bad("subnetLen", e))?.next().unwrap_or(network);
+            return Ok(common(first, Vec::new(), Some(etcd)));
         }
         let st = store.get("static").ok_or_else(|| bad("store", "needs \"static\" (or \"etcd\")"))?;
         let own = st
@@ -130,17 +172,6 @@ impl OverlayConf {
             }
             peers.push(Peer { node: p.node.clone(), underlay, subnet: s });
         }
-        Ok(OverlayConf {
-            network,
-            subnet_len,
-            vni,
-            port,
-            iface: raw.iface.filter(|i| !i.is_empty()),
-            node: raw.node.filter(|n| !n.is_empty()).unwrap_or_else(hostname),
-            mtu,
-            subnet: own,
-            peers,
-            data_dir: raw.data_dir,
-        })
+        Ok(common(own, peers, None))
     }
 }

@@ -13,6 +13,7 @@
 //! and its VTEP address is its subnet's network address (as flannel's).
 
 pub mod config;
+pub mod etcd;
 
 use std::net::IpAddr;
 
@@ -75,6 +76,110 @@ fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error>
         .find(|a| a.is_ipv4())
         .ok_or_else(|| Error::config("iface", format!("{} has no IPv4 address to use as the VTEP address", link.name)))?;
     Ok((link, addr))
+}
+
+fn try_again(e: etcd::StoreError) -> Error {
+    Error::new(cni::codes::TRY_AGAIN, format!("cluster store: {}", e.0))
+}
+
+/// Where the node's subnet from the store is remembered, for DEL and
+/// STATUS while the store is unreachable.
+fn cache_path(conf: &OverlayConf) -> std::path::PathBuf {
+    let dir = std::env::var_os("BERTH_RUN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/berth/overlay".into());
+    dir.join(format!("{}.subnet", conf.name))
+}
+
+fn cached_subnet(conf: &OverlayConf) -> Option<ipnet::Ipv4Net> {
+    std::fs::read_to_string(cache_path(conf)).ok()?.trim().parse().ok()
+}
+
+fn subnet_key(conf: &OverlayConf, e: &config::EtcdConf, subnet: &ipnet::Ipv4Net) -> String {
+    format!("{}/{}/subnets/{}-{}", e.prefix.trim_end_matches('/'), conf.name, subnet.network(), subnet.prefix_len())
+}
+
+/// The conf with this node's subnet and its peers filled in from the
+/// store (the static store's are already there). With `claim`, a node
+/// without a subnet lease takes the first free subnet, and a lease whose
+/// underlay address changed is rewritten. An unreachable store is code 11.
+pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
+    let Some(e) = &conf.etcd else { return Ok(conf.clone()) };
+    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let prefix = format!("{}/{}/subnets/", e.prefix.trim_end_matches('/'), conf.name);
+    let mut leases: Vec<Peer> = Vec::new();
+    for (_, v) in store.get_prefix(&prefix).map_err(try_again)? {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&v) else { continue };
+        let (Some(node), Some(underlay), Some(subnet)) = (
+            v["node"].as_str(),
+            v["underlay"].as_str().and_then(|u| u.parse::<IpAddr>().ok()),
+            v["subnet"].as_str().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()),
+        ) else {
+            continue;
+        };
+        leases.push(Peer { node: node.to_string(), underlay, subnet });
+    }
+    let mine = leases.iter().find(|p| p.node == conf.node).cloned();
+    let own = match mine {
+        Some(m) if !claim => m,
+        _ if !claim => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
+        m => {
+            let mut h = Handle::new().map_err(kernel)?;
+            let (_, local) = underlay(&mut h, conf)?;
+            match m {
+                Some(m) if m.underlay == local => m,
+                Some(m) => {
+                    let lease = store.grant(etcd::LEASE_TTL).map_err(try_again)?;
+                    let value = json!({"node": conf.node, "underlay": local.to_string(), "subnet": m.subnet.to_string()}).to_string();
+                    store.put(&subnet_key(conf, e, &m.subnet), &value, lease).map_err(try_again)?;
+                    Peer { underlay: local, ..m }
+                }
+                None => claim_subnet(conf, e, &store, &leases, local)?,
+            }
+        }
+    };
+    if let Some(dir) = cache_path(conf).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = store::file::write_atomic(&cache_path(conf), own.subnet.to_string().as_bytes());
+    let peers = leases.into_iter().filter(|p| p.node != conf.node).collect();
+    Ok(OverlayConf { subnet: own.subnet, peers, ..conf.clone() })
+}
+
+/// Takes the first subnet of the cluster network no lease holds (a
+/// create-if-absent transaction: two nodes never get the same one).
+fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, leases: &[Peer], local: IpAddr) -> Result<Peer, Error> {
+    let lease = store.grant(etcd::LEASE_TTL).map_err(try_again)?;
+    let subnets = conf.network.subnets(conf.subnet_len).map_err(|err| Error::config("subnetLen", err))?;
+    for s in subnets.filter(|s| !leases.iter().any(|l| l.subnet == *s)) {
+        let value = json!({"node": conf.node, "underlay": local.to_string(), "subnet": s.to_string()}).to_string();
+        if store.create(&subnet_key(conf, e, &s), &value, lease).map_err(try_again)? {
+            return Ok(Peer { node: conf.node.clone(), underlay: local, subnet: s });
+        }
+    }
+    Err(Error::new(cni::codes::TRY_AGAIN, format!("no free /{} left in {}", conf.subnet_len, conf.network)))
+}
+
+/// Renews this node's lease: a new lease, the same entry put under it (the
+/// old lease then expires holding nothing).
+fn renew_lease(conf: &OverlayConf) -> Result<(), Error> {
+    let Some(e) = &conf.etcd else { return Ok(()) };
+    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let mut h = Handle::new().map_err(kernel)?;
+    let (_, local) = underlay(&mut h, conf)?;
+    let lease = store.grant(etcd::LEASE_TTL).map_err(try_again)?;
+    let value = json!({"node": conf.node, "underlay": local.to_string(), "subnet": conf.subnet.to_string()}).to_string();
+    store.put(&subnet_key(conf, e, &conf.subnet), &value, lease).map_err(try_again)
+}
+
+/// For DEL, CHECK, GC: the store's view, or the cached subnet (no peers)
+/// while the store is unreachable.
+fn resolve_or_cached(conf: &OverlayConf) -> Result<OverlayConf, Error> {
+    match resolve(conf, false) {
+        Ok(c) => Ok(c),
+        Err(err) => match cached_subnet(conf) {
+            Some(subnet) if conf.etcd.is_some() => Ok(OverlayConf { subnet, peers: Vec::new(), ..conf.clone() }),
+            _ => Err(err),
+        },
+    }
 }
 
 /// MTU of the overlay's links (VXLAN device, bridge, veths).
@@ -142,10 +247,23 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration) -> 
     /// Everything is reprogrammed this often even without a change, so
     /// entries removed behind the agent's back come back.
     const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
+    /// The node's lease is renewed this often (a third of its TTL).
+    const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs((etcd::LEASE_TTL / 3) as u64);
     let mut programmed: Vec<Peer> = Vec::new();
     let mut last: Option<(OverlayConf, std::time::Instant)> = None;
+    let mut renewed: Option<std::time::Instant> = None;
     loop {
-        match read_agent_conf(conf_path) {
+        let conf = read_agent_conf(conf_path).and_then(|c| {
+            if c.etcd.is_some() && renewed.is_none_or(|at| at.elapsed() >= LEASE_RENEW) {
+                let claimed = resolve(&c, true)?;
+                renew_lease(&claimed)?;
+                renewed = Some(std::time::Instant::now());
+                Ok(claimed)
+            } else {
+                resolve(&c, false)
+            }
+        });
+        match conf {
             Ok(conf) if last.as_ref().is_some_and(|(c, at)| *c == conf && at.elapsed() < RESYNC) => {}
             Ok(conf) => {
                 let synced = (|| -> Result<(), Error> {
@@ -277,7 +395,7 @@ fn delegate(req: &Request, conf: &OverlayConf, command: Command) -> Result<Optio
 
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
-        let conf = OverlayConf::parse(req)?;
+        let conf = resolve(&OverlayConf::parse(req)?, true)?;
         let mtu = {
             let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
                 .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
@@ -287,12 +405,12 @@ impl Plugin for OverlayPlugin {
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
-        let conf = OverlayConf::parse(req)?;
+        let conf = resolve_or_cached(&OverlayConf::parse(req)?)?;
         delegate(req, &conf, Command::Del).map(|_| ())
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
-        let conf = OverlayConf::parse(req)?;
+        let conf = resolve_or_cached(&OverlayConf::parse(req)?)?;
         let mut h = Handle::new().map_err(kernel)?;
         let name = vxlan_name(conf.vni);
         if h.link_by_name(&name).map_err(kernel)?.is_none() {
@@ -308,12 +426,22 @@ impl Plugin for OverlayPlugin {
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
-        let conf = OverlayConf::parse(req)?;
+        let parsed = OverlayConf::parse(req)?;
+        // Unreachable store: fine while this node holds a lease (its
+        // containers keep working), 50 when it holds none.
+        let conf = match resolve(&parsed, false) {
+            Ok(c) => c,
+            Err(e) if e.code == cni::codes::TRY_AGAIN => match cached_subnet(&parsed) {
+                Some(subnet) => OverlayConf { subnet, peers: Vec::new(), ..parsed.clone() },
+                None => return Err(Error::new(cni::codes::NOT_AVAILABLE, format!("{}; this node holds no subnet lease", e.msg))),
+            },
+            Err(e) => return Err(e),
+        };
         delegate(req, &conf, Command::Status).map(|_| ())
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
-        let conf = OverlayConf::parse(req)?;
+        let conf = resolve_or_cached(&OverlayConf::parse(req)?)?;
         delegate(req, &conf, Command::Gc).map(|_| ())
     }
 
