@@ -117,7 +117,8 @@ fn bad_input_makes_nothing() {
         (json!({"iface": "nosuchlink"}), "iface"),
         (json!({"store": {"static": {"subnet": "10.99.1.0/24"}}}), "store.static.subnet"),
         (json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [{"node": "x", "underlay": "192.168.77.2", "subnet": "10.244.1.0/24"}]}}}), "peers[0].subnet"),
-        (json!({"store": {"etcd": {"endpoints": ["http://192.0.2.254:2379"]}}}), "etcd"),
+        (json!({"store": {"etcd": {"endpoints": ["https://192.168.77.1:2379"]}}}), "store.etcd.endpoints"),
+        (json!({"store": {"etcd": {"endpoints": []}}}), "store.etcd.endpoints"),
     ] {
         let out = n1.exec("ADD", "c1", &c, &n1.conf(extra.clone()));
         let err = out.expect_error(7);
