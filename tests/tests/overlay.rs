@@ -311,3 +311,74 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
         n.exec("DEL", cid, c, conf).assert_ok();
     }
 }
+
+/// A host of the multi-host test: its namespace (underlay address
+/// 192.168.77.<n> on a port of a switch namespace), run and IPAM dirs.
+fn switched_node(tag: &str, switch: &TestNetns, n: u8) -> Node {
+    let host = TestNetns::new(&format!("{tag}{n}"));
+    switch.sh(&format!("ip link add p{n} type veth peer name ovu netns {} && ip link set p{n} master sw0 up", host.name()));
+    host.sh(&format!("ip link set lo up && ip addr add 192.168.77.{n}/24 dev ovu && ip link set ovu up"));
+    Node {
+        host,
+        run: TempDir::new(&format!("{tag}-run{n}")),
+        data: TempDir::new(&format!("{tag}-data{n}")),
+        subnet: "10.244.9.0/24", // unused with etcd
+        peer: ("192.168.77.254", "10.244.9.0/24"),
+    }
+}
+
+/// Three hosts on one underlay switch with etcd: containers on A reach
+/// containers on B and C; a fourth host joins and becomes reachable
+/// without restarting anything; a host leaves (its agent stopped and its
+/// lease deleted) and its peer entries disappear from the others within a
+/// second.
+#[test]
+fn hosts_join_and_leave_through_etcd() {
+    require_root();
+    let switch = TestNetns::new("ovxs");
+    switch.sh("ip link add sw0 type bridge && ip link set sw0 up");
+    let nodes: Vec<Node> = (1..=4).map(|n| switched_node("ovx", &switch, n)).collect();
+    let mut etcd = Etcd::start(&nodes[0].host);
+    let confs: Vec<Value> = nodes.iter().enumerate().map(|(i, n)| etcd_conf(n, &format!("x{}", i + 1), "ovx")).collect();
+    let mut agents: Vec<Option<Agent>> = nodes[..3].iter().zip(&confs).map(|(n, c)| Some(start_agent(n, c))).collect();
+    let ten = std::time::Duration::from_secs(10);
+    let routes = |n: &Node| {
+        let out = n.host.exec(&["ip", "route", "show", "dev", "berth.42"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("onlink")).count()
+    };
+    assert!(within(ten, || nodes[..3].iter().all(|n| routes(n) == 2)), "the three agents did not program each other");
+
+    let cs: Vec<TestNetns> = (1..=4).map(|i| TestNetns::new(&format!("ovxc{i}"))).collect();
+    let mut ips = Vec::new();
+    for i in 0..3 {
+        let r = nodes[i].exec("ADD", &format!("x{i}"), &cs[i], &confs[i]).expect_ok().clone();
+        ips.push(first_ip(&r));
+    }
+    assert_ping(&cs[0], &ips[1]);
+    assert_ping(&cs[0], &ips[2]);
+
+    // A fourth host joins: nothing else restarts.
+    agents.push(Some(start_agent(&nodes[3], &confs[3])));
+    assert!(within(ten, || routes(&nodes[3]) == 3), "the new host did not learn the others");
+    let r = nodes[3].exec("ADD", "x3", &cs[3], &confs[3]).expect_ok().clone();
+    ips.push(first_ip(&r));
+    assert!(within(std::time::Duration::from_secs(2), || routes(&nodes[0]) == 3), "host A did not learn the new host within 2 s");
+    assert_ping(&cs[0], &ips[3]);
+
+    // Host C leaves: its agent stops and its lease goes.
+    agents[2] = None;
+    let subnet_c = format!("{}-24", ips[2].rsplit_once('.').unwrap().0.to_string() + ".0");
+    let deleted = nodes[0].host.exec(&[
+        "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "http://192.168.77.1:2379", "del",
+        &format!("/berth-test/ovx/subnets/{subnet_c}"),
+    ]);
+    assert!(deleted.status.success(), "etcdctl del: {}", String::from_utf8_lossy(&deleted.stderr));
+    let second = std::time::Duration::from_secs(1);
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != 2) {
+        assert!(within(second, || routes(n) == 2), "host {i} still has host C's entries after a second");
+        let fdb = n.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+        assert!(!fdb.contains("dst 192.168.77.3"), "host {i}: {fdb}");
+    }
+    drop(agents);
+    etcd.stop();
+}
