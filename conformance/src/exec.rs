@@ -121,7 +121,10 @@ pub fn run_cmd(mut cmd: Command, stdin: &[u8]) -> Out {
         }
     };
     let pid = child.id();
-    let mut sin = child.stdin.take().expect("stdin");
+    let Some(mut sin) = child.stdin.take() else {
+        let _ = child.kill();
+        return Out { status: -2, stdout: String::new(), stderr: "no stdin pipe".into(), json: None };
+    };
     let input = stdin.to_vec();
     // A plugin may exit without reading stdin (VERSION): ignore EPIPE.
     let writer = std::thread::spawn(move || {
@@ -226,35 +229,17 @@ impl Netns {
         Ok(ns)
     }
 
-    /// A second name for `of`'s namespace (`ip netns attach` to a process
-    /// inside it): CNI_NETNS naming the host's own namespace, as a runtime
-    /// passes for a container that shares it. Deleting the alias removes
-    /// only the name.
+    /// A second name for `of`'s namespace (a bind mount of its namespace
+    /// file, as `ip netns attach` makes): CNI_NETNS naming the host's own
+    /// namespace, as a runtime passes for a container that shares it.
+    /// Deleting the alias removes only the name.
     pub fn alias(name: &str, of: &Netns) -> Result<Netns> {
-        let mut sleeper = std::process::Command::new("ip")
-            .args(["netns", "exec", &of.name, "sleep", "30"])
-            .spawn()
-            .context("start a process in the host namespace")?;
-        // `ip netns exec` execs sleep in place: the pid is inside `of` once
-        // the namespace switch is done, which the attach below waits for.
-        let pid = sleeper.id().to_string();
-        let mut attached = Err(anyhow::anyhow!("not attached"));
-        for _ in 0..50 {
-            let same = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
-                == std::fs::metadata(&of.path).ok().map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    std::path::PathBuf::from(format!("net:[{}]", m.ino()))
-                });
-            if same {
-                attached = run_ok("ip", &["netns", "attach", name, &pid]).map(|_| ());
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-        attached.context("ip netns attach")?;
-        Ok(Netns { name: name.to_string(), path: format!("/run/netns/{name}"), deleted: false })
+        let path = format!("/run/netns/{name}");
+        std::fs::File::create(&path).with_context(|| format!("create {path}"))?;
+        let ns = Netns { name: name.to_string(), path, deleted: false };
+        nix::mount::mount(Some(of.path.as_str()), ns.path.as_str(), None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind {} to {}", of.path, ns.path))?;
+        Ok(ns)
     }
 
     /// Deletes it now (the file under /run/netns goes away).

@@ -2,6 +2,7 @@
 //! plugin run inside the suite's private "host" namespace.
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -185,7 +186,9 @@ impl Suite {
     }
 
     pub fn plugins(&self) -> &Vec<Value> {
-        self.conf["plugins"].as_array().expect("plugins")
+        // Checked to be an array when the suite was made.
+        static EMPTY: Vec<Value> = Vec::new();
+        self.conf["plugins"].as_array().unwrap_or(&EMPTY)
     }
 
     pub fn main_plugin(&self) -> &Value {
@@ -292,22 +295,26 @@ impl Suite {
                 json: None,
             };
         };
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.host.name, "env", "-i"]);
-        c.arg(format!(
-            "PATH={}",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        ));
-        for (k, v) in &self.extra_env {
-            c.arg(format!("{k}={v}"));
+        let host = match std::fs::File::open(&self.host.path) {
+            Ok(f) => f,
+            Err(e) => {
+                return Out { status: -2, stdout: String::new(), stderr: format!("open {}: {e}", self.host.path), json: None }
+            }
+        };
+        let mut c = Command::new(bin);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .envs(command.map(|cmd| ("CNI_COMMAND", cmd)))
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        // The plugin runs in the suite's host namespace: the child enters
+        // it between fork and exec (setns is async-signal-safe).
+        // SAFETY: the closure only calls setns(2) on an fd opened above.
+        unsafe {
+            c.pre_exec(move || {
+                nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
         }
-        if let Some(cmd) = command {
-            c.arg(format!("CNI_COMMAND={cmd}"));
-        }
-        for (k, v) in env {
-            c.arg(format!("{k}={v}"));
-        }
-        c.arg(bin);
         run_cmd(c, stdin)
     }
 
@@ -390,7 +397,7 @@ impl Suite {
                 .unwrap_or("")
                 .to_string();
             let c = Self::plugin_conf(&list, i, &v, prev.as_ref(), &att.caps, att.args.as_ref());
-            let o = self.exec(&typ, Some("ADD"), &env, &serde_json::to_vec(&c).unwrap());
+            let o = self.exec(&typ, Some("ADD"), &env, c.to_string().as_bytes());
             if !o.ok() {
                 return Err((typ, o));
             }
@@ -422,7 +429,7 @@ impl Suite {
                 .unwrap_or("")
                 .to_string();
             let c = Self::plugin_conf(&list, i, &v, prev, &att.caps, att.args.as_ref());
-            let o = self.exec(&typ, Some("DEL"), &env, &serde_json::to_vec(&c).unwrap());
+            let o = self.exec(&typ, Some("DEL"), &env, c.to_string().as_bytes());
             if !o.ok() {
                 return Err((typ, o));
             }
@@ -450,7 +457,7 @@ impl Suite {
                 .unwrap_or("")
                 .to_string();
             let c = Self::plugin_conf(&list, i, &v, prev, &att.caps, att.args.as_ref());
-            let o = self.exec(&typ, Some("CHECK"), &env, &serde_json::to_vec(&c).unwrap());
+            let o = self.exec(&typ, Some("CHECK"), &env, c.to_string().as_bytes());
             if !o.ok() {
                 return Err((typ, o));
             }
@@ -479,7 +486,7 @@ impl Suite {
             for (k, x) in extra {
                 c[k] = x.clone();
             }
-            let o = self.exec(&typ, Some(verb), &env, &serde_json::to_vec(&c).unwrap());
+            let o = self.exec(&typ, Some(verb), &env, c.to_string().as_bytes());
             let stop = verb == "STATUS" && !o.ok();
             outs.push((typ, o));
             if stop {
@@ -502,7 +509,9 @@ impl Suite {
         match version {
             Some(v) => c["cniVersion"] = json!(v),
             None => {
-                c.as_object_mut().unwrap().remove("cniVersion");
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("cniVersion");
+                }
             }
         }
         c

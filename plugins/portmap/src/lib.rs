@@ -202,7 +202,13 @@ fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) 
             format!("has no IP address on the container's interface {:?} to forward ports to", req.ifname),
         ));
     }
-    let local: Vec<IpAddr> = host.addresses(None).map_err(kernel)?.iter().map(|a| a.addr.addr()).collect();
+    // The host's addresses, only when a mapping names one (a dump of every
+    // address is not free on a host with many links).
+    let local: Vec<IpAddr> = if conf.mappings.iter().any(|m| m.host.ip().is_some()) {
+        host.addresses(None).map_err(kernel)?.iter().map(|a| a.addr.addr()).collect()
+    } else {
+        Vec::new()
+    };
     let mut ports = PublishedPorts { conditions: conf.conditions.clone(), ..Default::default() };
     let mut claims = Vec::new();
     for (i, m) in conf.mappings.iter().enumerate() {
