@@ -62,6 +62,33 @@ fn two_nodes(tag: &str) -> (Node, Node) {
     (n1, n2)
 }
 
+/// Two hosts whose underlay is IPv6 only (fd77::1 and fd77::2).
+fn two_nodes_v6(tag: &str) -> (Node, Node) {
+    require_root();
+    let (h1, h2) = (TestNetns::new(&format!("{tag}1")), TestNetns::new(&format!("{tag}2")));
+    h1.sh(&format!("ip link set lo up && ip link add ovu type veth peer name ovu netns {} && ip addr add fd77::1/64 dev ovu nodad && ip link set ovu up", h2.name()));
+    h2.sh("ip link set lo up && ip addr add fd77::2/64 dev ovu nodad && ip link set ovu up");
+    let node = |host, n: u8, subnet, peer| Node {
+        host,
+        run: TempDir::new(&format!("{tag}-run{n}")),
+        data: TempDir::new(&format!("{tag}-data{n}")),
+        subnet,
+        peer,
+    };
+    (node(h1, 1, "10.244.1.0/24", ("fd77::2", "10.244.2.0/24")), node(h2, 2, "10.244.2.0/24", ("fd77::1", "10.244.1.0/24")))
+}
+
+/// The result's address of the given family, without its prefix length.
+fn ip_of(r: &Value, v6: bool) -> String {
+    r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+        .find(|a| a.contains(':') == v6)
+        .unwrap_or_else(|| panic!("no {} address in {r}", if v6 { "IPv6" } else { "IPv4" }))
+}
+
 fn first_ip(r: &Value) -> String {
     r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
 }
@@ -104,6 +131,38 @@ fn containers_on_two_hosts_talk_over_vxlan() {
     n1.exec("DEL", "c3", &c1, &with_prev_result(&n1.conf(json!({})), &again)).assert_ok();
 }
 
+/// Dual stack over an IPv6 underlay: each node's IPv6 subnet is the one
+/// with its IPv4 subnet's index; containers reach each other over both
+/// families; the MTU leaves room for IPv6 encapsulation (70 bytes).
+#[test]
+fn dual_stack_over_an_ipv6_underlay() {
+    let (n1, n2) = two_nodes_v6("ov6");
+    let (c1, c2) = (TestNetns::new("ov6c1"), TestNetns::new("ov6c2"));
+    let dual = json!({"network6": "fd44::/48"});
+    let r1 = n1.exec("ADD", "c1", &c1, &n1.conf(dual.clone())).expect_ok().clone();
+    let r2 = n2.exec("ADD", "c2", &c2, &n2.conf(dual.clone())).expect_ok().clone();
+    let (a4, b4, a6, b6) = (ip_of(&r1, false), ip_of(&r2, false), ip_of(&r1, true), ip_of(&r2, true));
+    assert!(a6.starts_with("fd44:0:0:1:") && b6.starts_with("fd44:0:0:2:"), "{a6} {b6}");
+    assert_ping(&c1, &b4);
+    assert_ping(&c1, &b6);
+    assert_ping(&c2, &a6);
+    assert_eq!(c1.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1430, "underlay 1500 minus 70");
+    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(fdb.contains("02:bf:00:00:00:02 dst fd77::2"), "{fdb}");
+    let routes = n1.host.exec_ok(&["ip", "-6", "route", "show", "fd44:0:0:2::/64"]);
+    assert!(routes.contains("via fd44:0:0:2:: dev berth.42") && routes.contains("onlink"), "{routes}");
+    n1.exec("CHECK", "c1", &c1, &with_prev_result(&n1.conf(dual.clone()), &r1)).assert_ok();
+    for (n, c, cid, r) in [(&n1, &c1, "c1", &r1), (&n2, &c2, "c2", &r2)] {
+        n.exec("DEL", cid, c, &with_prev_result(&n.conf(dual.clone()), r)).assert_ok();
+    }
+    // Both addresses went back to IPAM: a new container can ask for them.
+    let mut wants = n1.conf(dual.clone());
+    wants["args"] = json!({"cni": {"ips": [a4, a6]}});
+    let again = n1.exec("ADD", "c3", &c1, &wants).expect_ok().clone();
+    assert_eq!((ip_of(&again, false), ip_of(&again, true)), (a4, a6));
+    n1.exec("DEL", "c3", &c1, &n1.conf(dual)).assert_ok();
+}
+
 /// Bad input: code 7 naming the key, and no VXLAN device made.
 #[test]
 fn bad_input_makes_nothing() {
@@ -119,6 +178,11 @@ fn bad_input_makes_nothing() {
         (json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [{"node": "x", "underlay": "192.168.77.2", "subnet": "10.244.1.0/24"}]}}}), "peers[0].subnet"),
         (json!({"store": {"etcd": {"endpoints": ["https://192.168.77.1:2379"]}}}), "store.etcd.endpoints"),
         (json!({"store": {"etcd": {"endpoints": []}}}), "store.etcd.endpoints"),
+        (json!({"store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "leaseTTL": 1}}}), "store.etcd.leaseTTL"),
+        (json!({"store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "subnet": "10.245.0.0/24"}}}), "store.etcd.subnet"),
+        (json!({"network6": "10.0.0.0/8"}), "network6"),
+        (json!({"network6": "fd44::/60"}), "subnetLen6"),
+        (json!({"subnetLen6": 64}), "subnetLen6"),
     ] {
         let out = n1.exec("ADD", "c1", &c, &n1.conf(extra.clone()));
         let err = out.expect_error(7);
@@ -126,10 +190,36 @@ fn bad_input_makes_nothing() {
         let links = n1.host.exec_ok(&["ip", "-br", "link"]);
         assert!(!links.contains("berth.42") && !links.contains("bov42"), "{extra}: {links}");
     }
+
+    // A second overlay network on the host may not overlap the first's
+    // cluster CIDR nor reuse its VNI.
+    let first = n1.exec("ADD", "c1", &c, &n1.conf(json!({}))).expect_ok().clone();
+    for (extra, field) in [
+        (json!({"name": "ovt2", "vni": 43, "network": "10.244.128.0/17", "store": {"static": {"subnet": "10.244.129.0/24"}}}), "network"),
+        (json!({"name": "ovt3", "network": "10.250.0.0/16", "store": {"static": {"subnet": "10.250.1.0/24"}}}), "vni"),
+    ] {
+        let c2 = TestNetns::new("ovbd");
+        let err = n1.exec("ADD", "c2", &c2, &n1.conf(extra.clone())).expect_error(7).clone();
+        assert!(err["msg"].as_str().unwrap().contains(field) && err["msg"].as_str().unwrap().contains("ovt"), "{extra}: {err}");
+        let links = n1.host.exec_ok(&["ip", "-br", "link"]);
+        assert!(!links.contains("berth.43") && !links.contains("bov43"), "{extra}: {links}");
+        assert!(c2.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+    }
+    n1.exec("DEL", "c1", &c, &with_prev_result(&n1.conf(json!({})), &first)).assert_ok();
 }
 
 /// Kills the agent (by PID) when dropped.
 struct Agent(std::process::Child);
+
+impl Agent {
+    /// A clean stop: SIGTERM, then waits (up to 5 s) for it to exit.
+    fn terminate(&mut self) {
+        // SAFETY: signals our own child by PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let stopped = within(std::time::Duration::from_secs(5), || matches!(self.0.try_wait(), Ok(Some(_))));
+        assert!(stopped, "the agent did not exit on SIGTERM");
+    }
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -246,10 +336,16 @@ impl Drop for Etcd {
 }
 
 fn etcd_conf(n: &Node, node: &str, name: &str) -> Value {
-    n.conf(json!({
-        "name": name, "node": node,
-        "store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "prefix": "/berth-test"}}
-    }))
+    etcd_conf_with(n, node, name, json!({}))
+}
+
+/// `etcd_conf` with more `store.etcd` keys.
+fn etcd_conf_with(n: &Node, node: &str, name: &str, etcd_extra: Value) -> Value {
+    let mut etcd = json!({"endpoints": ["http://192.168.77.1:2379"], "prefix": "/berth-test"});
+    for (k, v) in etcd_extra.as_object().unwrap() {
+        etcd[k] = v.clone();
+    }
+    n.conf(json!({"name": name, "node": node, "store": {"etcd": etcd}}))
 }
 
 fn start_agent(n: &Node, conf: &Value) -> Agent {
@@ -381,4 +477,56 @@ fn hosts_join_and_leave_through_etcd() {
     }
     drop(agents);
     etcd.stop();
+}
+
+/// Leases end three ways: a host stopped cleanly gives its subnet back at
+/// once and gets the same one when it returns; a host that dies keeps its
+/// peers' entries until its lease's TTL runs out, then loses them. And a
+/// lease is never taken from another node: not by a second host under the
+/// same node name, not by asking for a subnet another node holds.
+#[test]
+fn leases_are_released_on_stop_and_expire_after_death() {
+    let (n1, n2) = two_nodes("ovl");
+    let _etcd = Etcd::start(&n1.host);
+    let ttl = json!({"leaseTTL": 3});
+    let (conf1, conf2) = (etcd_conf_with(&n1, "l1", "ovl", ttl.clone()), etcd_conf_with(&n2, "l2", "ovl", ttl.clone()));
+    let _a1 = start_agent(&n1, &conf1);
+    let mut a2 = start_agent(&n2, &conf2);
+    let ten = std::time::Duration::from_secs(10);
+    let cached = |n: &Node| std::fs::read_to_string(n.run.path().join("ovl.subnet")).unwrap_or_default();
+    assert!(within(ten, || !cached(&n1).is_empty() && !cached(&n2).is_empty()), "the agents took no subnets");
+    let (s1, s2) = (cached(&n1), cached(&n2));
+    assert!(within(ten, || has_route(&n1.host, &s2) && has_route(&n2.host, &s1)), "the agents did not program each other");
+
+    // Not from another node: the same name from another underlay address,
+    // or a subnet another node holds.
+    let c = TestNetns::new("ovlc");
+    let err = n2.exec("ADD", "c1", &c, &etcd_conf_with(&n2, "l1", "ovl", ttl.clone())).expect_error(7).clone();
+    assert!(err["msg"].as_str().unwrap().contains("node") && err["msg"].as_str().unwrap().contains("192.168.77.1"), "{err}");
+    let err = n2
+        .exec("ADD", "c1", &c, &etcd_conf_with(&n2, "l3", "ovl", json!({"leaseTTL": 3, "subnet": s1})))
+        .expect_error(7)
+        .clone();
+    assert!(err["msg"].as_str().unwrap().contains("store.etcd.subnet") && err["msg"].as_str().unwrap().contains("l1"), "{err}");
+    assert!(c.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+
+    // A clean stop gives the lease back: host 1 forgets host 2 at once.
+    a2.terminate();
+    let second = std::time::Duration::from_secs(1);
+    assert!(within(second, || !has_route(&n1.host, &s2)), "host 2's lease outlived its clean stop by a second");
+    // Back again: the same subnet as before.
+    let mut a2 = start_agent(&n2, &conf2);
+    assert!(within(std::time::Duration::from_secs(3), || has_route(&n1.host, &s2)), "host 2 did not come back with {s2}");
+
+    // Death (SIGKILL): the entries stay while the lease lives, then go.
+    let _ = a2.0.kill();
+    let _ = a2.0.wait();
+    let killed = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(has_route(&n1.host, &s2), "host 2 forgotten before its lease could expire");
+    assert!(within(std::time::Duration::from_secs(6), || !has_route(&n1.host, &s2)), "host 2's lease did not expire");
+    let gone = killed.elapsed();
+    assert!(gone >= std::time::Duration::from_secs(1), "forgotten after {gone:?}, before any lease of 3 s could end");
+    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(!fdb.contains("dst 192.168.77.2"), "{fdb}");
 }

@@ -1,12 +1,19 @@
 //! berth-overlay's configuration (the keys, same meaning):
 //! `network` (cluster CIDR), `subnetLen`, `vni`, `port`, `iface`, `node`,
 //! `mtu`, and `store`: `static` (this node's subnet and its peers) or
-//! `etcd` (`endpoints`, `prefix`: leases in the cluster store).
+//! `etcd` (`endpoints`, `prefix`, `leaseTTL`, `subnet`: leases in the
+//! cluster store).
+//!
+//! Dual stack: `network6` (an IPv6 cluster CIDR) and `subnetLen6` (default
+//! 64). A node's IPv6 subnet is not leased separately: it is the subnet of
+//! `network6` with the same index as its IPv4 subnet in `network` (the
+//! node holding 10.244.5.0/24 of 10.244.0.0/16 holds fd44:0:0:5::/64 of
+//! fd44::/48), so one lease, static or in etcd, covers both families.
 
 use std::net::IpAddr;
 
 use cni::{Error, Request};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -15,6 +22,8 @@ pub struct Peer {
     pub node: String,
     pub underlay: IpAddr,
     pub subnet: Ipv4Net,
+    /// Its IPv6 subnet, when the network is dual stack.
+    pub subnet6: Option<Ipv6Net>,
 }
 
 /// `store.etcd`: the cluster store.
@@ -23,11 +32,26 @@ pub struct EtcdConf {
     pub endpoints: Vec<String>,
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Seconds a node's lease outlives its last renewal (the agent renews
+    /// it every third of this): how long a node that died without a clean
+    /// shutdown stays a peer.
+    #[serde(default = "default_lease_ttl", rename = "leaseTTL")]
+    pub lease_ttl: i64,
+    /// The subnet this node asks for; None: the first free one.
+    #[serde(default)]
+    pub subnet: Option<String>,
 }
 
 fn default_prefix() -> String {
     "/berth".to_string()
 }
+
+fn default_lease_ttl() -> i64 {
+    60
+}
+
+/// etcd refuses TTLs below its election timeout; an hour is plenty.
+const LEASE_TTL_RANGE: std::ops::RangeInclusive<i64> = 3..=3600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayConf {
@@ -38,6 +62,8 @@ pub struct OverlayConf {
     pub etcd: Option<EtcdConf>,
     pub network: Ipv4Net,
     pub subnet_len: u8,
+    /// The IPv6 cluster CIDR and node subnet length (dual stack).
+    pub network6: Option<(Ipv6Net, u8)>,
     pub vni: u32,
     pub port: u16,
     pub iface: Option<String>,
@@ -61,6 +87,8 @@ struct Raw {
     iface: Option<String>,
     node: Option<String>,
     mtu: Option<i64>,
+    network6: Option<String>,
+    subnet_len6: Option<u8>,
     store: Option<Value>,
     data_dir: Option<String>,
 }
@@ -92,6 +120,25 @@ fn subnet(field: &str, s: &str, network: &Ipv4Net, len: u8) -> Result<Ipv4Net, E
 }
 
 impl OverlayConf {
+    /// This node's IPv6 subnet (dual stack only).
+    pub fn subnet6(&self) -> Option<Ipv6Net> {
+        self.subnet6_of(&self.subnet)
+    }
+
+    /// The IPv6 subnet paired with the IPv4 node subnet `subnet`: the one
+    /// with the same index in `network6`.
+    pub fn subnet6_of(&self, subnet: &Ipv4Net) -> Option<Ipv6Net> {
+        let (net6, len6) = self.network6?;
+        let index = (u32::from(subnet.network()) - u32::from(self.network.network())) >> (32 - self.subnet_len);
+        let base = u128::from(net6.network()) + (u128::from(index) << (128 - len6));
+        Ipv6Net::new(base.into(), len6).ok()
+    }
+
+    /// The peer record for node `node` at `underlay` holding `subnet`.
+    pub fn peer(&self, node: &str, underlay: IpAddr, subnet: Ipv4Net) -> Peer {
+        Peer { node: node.to_string(), underlay, subnet, subnet6: self.subnet6_of(&subnet) }
+    }
+
     pub fn parse(req: &Request) -> Result<OverlayConf, Error> {
         let raw: Raw = serde_json::from_value(req.conf.raw.clone())
             .map_err(|e| Error::decode(format!("berth-overlay config: {e}")))?;
@@ -122,12 +169,44 @@ impl OverlayConf {
             m @ 68..=65535 => Some(m as u32),
             m => return Err(bad("mtu", format!("{m} is outside 68..65535"))),
         };
+        let network6 = match raw.network6.as_deref().filter(|n| !n.is_empty()) {
+            None => {
+                if raw.subnet_len6.is_some() {
+                    return Err(bad("subnetLen6", "given without network6"));
+                }
+                None
+            }
+            Some(n) => {
+                let n6: Ipv6Net = n.parse().map_err(|_| bad("network6", format!("{n:?} is not an IPv6 CIDR")))?;
+                let n6 = n6.trunc();
+                let len6 = raw.subnet_len6.unwrap_or(64);
+                if len6 <= n6.prefix_len() || len6 > 120 {
+                    return Err(bad(
+                        "subnetLen6",
+                        format!("{len6} must be longer than network6's /{} and at most 120", n6.prefix_len()),
+                    ));
+                }
+                // Every IPv4 node subnet needs its IPv6 twin.
+                if len6 - n6.prefix_len() < subnet_len - network.prefix_len() {
+                    return Err(bad(
+                        "subnetLen6",
+                        format!(
+                            "{n6} holds {} /{len6} subnets, fewer than the {} /{subnet_len} node subnets of {network}",
+                            1u128 << (len6 - n6.prefix_len()).min(127),
+                            1u64 << (subnet_len - network.prefix_len())
+                        ),
+                    ));
+                }
+                Some((n6, len6))
+            }
+        };
         let store = raw.store.ok_or_else(|| bad("store", "missing ({\"static\": ...} or {\"etcd\": ...})"))?;
         let common = |subnet: Ipv4Net, peers: Vec<Peer>, etcd: Option<EtcdConf>| OverlayConf {
             name: req.conf.name.clone(),
             etcd,
             network,
             subnet_len,
+            network6,
             vni,
             port,
             iface: raw.iface.clone().filter(|i| !i.is_empty()),
@@ -139,6 +218,15 @@ impl OverlayConf {
         };
         if let Some(e) = store.get("etcd") {
             let etcd: EtcdConf = serde_json::from_value(e.clone()).map_err(|e| bad("store.etcd", e))?;
+            if !LEASE_TTL_RANGE.contains(&etcd.lease_ttl) {
+                return Err(bad(
+                    "store.etcd.leaseTTL",
+                    format!("{} is outside {}..{} seconds", etcd.lease_ttl, LEASE_TTL_RANGE.start(), LEASE_TTL_RANGE.end()),
+                ));
+            }
+            if let Some(s) = &etcd.subnet {
+                subnet("store.etcd.subnet", s, &network, subnet_len)?;
+            }
             if etcd.endpoints.is_empty() {
                 return Err(bad("store.etcd.endpoints", "empty"));
             }
@@ -170,8 +258,45 @@ impl OverlayConf {
             if s == own || peers.iter().any(|q| q.subnet == s) {
                 return Err(bad(&format!("{field}.subnet"), format!("{s} is already another node's")));
             }
-            peers.push(Peer { node: p.node.clone(), underlay, subnet: s });
+            peers.push(Peer { node: p.node.clone(), underlay, subnet: s, subnet6: None });
         }
-        Ok(common(own, peers, None))
+        let conf = common(own, Vec::new(), None);
+        let peers = peers.iter().map(|p| conf.peer(&p.node, p.underlay, p.subnet)).collect();
+        Ok(OverlayConf { peers, ..conf })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(network6: Option<(&str, u8)>) -> OverlayConf {
+        OverlayConf {
+            name: "t".into(),
+            etcd: None,
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            network6: network6.map(|(n, l)| (n.parse().unwrap(), l)),
+            vni: 1,
+            port: 4789,
+            iface: None,
+            node: "n".into(),
+            mtu: None,
+            subnet: "10.244.5.0/24".parse().unwrap(),
+            peers: Vec::new(),
+            data_dir: None,
+        }
+    }
+
+    #[test]
+    fn ipv6_subnet_has_the_ipv4_subnets_index() {
+        let c = conf(Some(("fd44::/48", 64)));
+        assert_eq!(c.subnet6().unwrap().to_string(), "fd44:0:0:5::/64");
+        assert_eq!(c.subnet6_of(&"10.244.0.0/24".parse().unwrap()).unwrap().to_string(), "fd44::/64");
+        assert_eq!(c.subnet6_of(&"10.244.255.0/24".parse().unwrap()).unwrap().to_string(), "fd44:0:0:ff::/64");
+        let p = c.peer("b", "192.0.2.2".parse().unwrap(), "10.244.7.0/24".parse().unwrap());
+        assert_eq!(p.subnet6.unwrap().to_string(), "fd44:0:0:7::/64");
+        assert_eq!(conf(None).subnet6(), None);
+        assert_eq!(conf(Some(("fd44:1::/32", 80))).subnet6().unwrap().to_string(), "fd44:1:0:0:5::/80");
     }
 }

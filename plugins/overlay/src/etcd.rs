@@ -4,8 +4,9 @@
 //! hang.
 //!
 //! Layout under `<prefix>/<network>/`:
-//! `subnets/<a.b.c.d-len>` → `{"node","underlay","subnet"}`, held under a
-//! lease (TTL [`LEASE_TTL`]) that the node's agent renews.
+//! `subnets/<a.b.c.d-len>` → `{"node","underlay","subnet"[,"subnet6"]}`,
+//! held under a lease (TTL `store.etcd.leaseTTL`) that the node's agent
+//! renews.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -13,8 +14,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// A node's subnet lease lives this long without renewal.
-pub const LEASE_TTL: i64 = 60;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -6,11 +6,13 @@
 //! one FDB entry, one neighbour entry and one onlink route per remote node.
 //! Learning is off: nothing is flooded or learnt.
 //!
-//! This increment serves the static store (`store.static`: this node's
-//! subnet and its peers, the same list on every node); the etcd store and
-//! the agent come next. A node's VTEP MAC is derived from its underlay
-//! IPv4 address (02:bf:a:b:c:d), so peers know it without exchanging it,
-//! and its VTEP address is its subnet's network address (as flannel's).
+//! Peers come from the static store (`store.static`: this node's subnet
+//! and the others', the same list on every node) or from subnet leases in
+//! etcd (`store.etcd`, see `resolve`); the agent (`run_agent`) keeps the
+//! datapath equal to them. A node's VTEP MAC is derived from its underlay
+//! address (02:bf and its last four bytes), so peers know it without
+//! exchanging it, and its VTEP addresses are its subnets' network
+//! addresses (as flannel's).
 
 pub mod config;
 pub mod etcd;
@@ -26,8 +28,10 @@ use serde_json::json;
 
 pub struct OverlayPlugin;
 
-/// VXLAN over IPv4 costs 50 bytes of the underlay MTU.
-const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN costs 50 bytes of the underlay MTU over IPv4 (20 IP + 8 UDP + 8
+/// VXLAN + 14 inner Ethernet), 70 over IPv6 (40-byte IP header).
+const VXLAN_OVERHEAD_V4: u32 = 50;
+const VXLAN_OVERHEAD_V6: u32 = 70;
 /// berth's host-wide lock: the VXLAN device and peer entries are shared by
 /// every ADD on the node.
 const LOCK_DIR: &str = "/run/berth";
@@ -40,18 +44,30 @@ pub fn bridge_name(vni: u32) -> String {
     format!("bov{vni}")
 }
 
-/// The VTEP MAC of the node whose underlay address is `underlay`.
-pub fn vtep_mac(underlay: IpAddr) -> Result<[u8; 6], Error> {
-    match underlay {
-        IpAddr::V4(a) => {
+/// The VTEP MAC of the node whose underlay address is `underlay`: 02:bf
+/// and the last four bytes of the address (all of an IPv4 address).
+pub fn vtep_mac(underlay: IpAddr) -> [u8; 6] {
+    let o = match underlay {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
             let o = a.octets();
-            Ok([0x02, 0xbf, o[0], o[1], o[2], o[3]])
+            [o[12], o[13], o[14], o[15]]
         }
-        IpAddr::V6(_) => Err(Error::config("underlay", "IPv6 underlays are not served yet")),
+    };
+    [0x02, 0xbf, o[0], o[1], o[2], o[3]]
+}
+
+/// An address a VXLAN tunnel can start from: IPv4, or global IPv6.
+fn usable_underlay(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
     }
 }
 
-/// The underlay link: `iface`, or the link of the default route.
+/// The underlay link and this node's address on it: `iface`, or the link
+/// of the IPv4 default route (else the IPv6 one). The link's IPv4 address
+/// is preferred; a link with only IPv6 gives an IPv6 underlay.
 fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error> {
     let link = match &conf.iface {
         Some(name) => h
@@ -60,21 +76,25 @@ fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error>
             .ok_or_else(|| Error::config("iface", format!("no link {name:?} on this host")))?,
         None => {
             let routes = h.routes().map_err(kernel)?;
-            let oif = routes
-                .iter()
-                .find(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() && r.table.is_none())
-                .and_then(|r| r.oif)
-                .ok_or_else(|| Error::config("iface", "not given, and there is no IPv4 default route to take it from"))?;
+            let default = |v4: bool| {
+                routes
+                    .iter()
+                    .find(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4 && r.table.is_none())
+                    .and_then(|r| r.oif)
+            };
+            let oif = default(true)
+                .or_else(|| default(false))
+                .ok_or_else(|| Error::config("iface", "not given, and there is no default route to take it from"))?;
             h.link_by_index(oif).map_err(kernel)?.ok_or_else(|| Error::config("iface", "the default route's link vanished"))?
         }
     };
-    let addr = h
-        .addresses(Some(link.index))
-        .map_err(kernel)?
+    let addrs: Vec<IpAddr> = h.addresses(Some(link.index)).map_err(kernel)?.iter().map(|a| a.addr.addr()).collect();
+    let addr = addrs
         .iter()
-        .map(|a| a.addr.addr())
         .find(|a| a.is_ipv4())
-        .ok_or_else(|| Error::config("iface", format!("{} has no IPv4 address to use as the VTEP address", link.name)))?;
+        .or_else(|| addrs.iter().find(|a| usable_underlay(a)))
+        .copied()
+        .ok_or_else(|| Error::config("iface", format!("{} has no IPv4 or global IPv6 address to use as the VTEP address", link.name)))?;
     Ok((link, addr))
 }
 
@@ -97,15 +117,20 @@ fn subnet_key(conf: &OverlayConf, e: &config::EtcdConf, subnet: &ipnet::Ipv4Net)
     format!("{}/{}/subnets/{}-{}", e.prefix.trim_end_matches('/'), conf.name, subnet.network(), subnet.prefix_len())
 }
 
-/// The conf with this node's subnet and its peers filled in from the
-/// store (the static store's are already there). With `claim`, a node
-/// without a subnet lease takes the first free subnet, and a lease whose
-/// underlay address changed is rewritten. An unreachable store is code 11.
-pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
-    let Some(e) = &conf.etcd else { return Ok(conf.clone()) };
-    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+/// A lease's value: who holds the subnet and where its VTEP is.
+fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::Ipv4Net) -> String {
+    let mut v = json!({"node": conf.node, "underlay": underlay.to_string(), "subnet": subnet.to_string()});
+    if let Some(s6) = conf.subnet6_of(subnet) {
+        v["subnet6"] = json!(s6.to_string());
+    }
+    v.to_string()
+}
+
+/// Every node's lease of the network (records that don't parse are
+/// somebody else's business and skipped).
+fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> Result<Vec<Peer>, Error> {
     let prefix = format!("{}/{}/subnets/", e.prefix.trim_end_matches('/'), conf.name);
-    let mut leases: Vec<Peer> = Vec::new();
+    let mut leases = Vec::new();
     for (_, v) in store.get_prefix(&prefix).map_err(try_again)? {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&v) else { continue };
         let (Some(node), Some(underlay), Some(subnet)) = (
@@ -115,22 +140,52 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
         ) else {
             continue;
         };
-        leases.push(Peer { node: node.to_string(), underlay, subnet });
+        if conf.network.contains(&subnet) && subnet.prefix_len() == conf.subnet_len {
+            leases.push(conf.peer(node, underlay, subnet));
+        }
     }
+    Ok(leases)
+}
+
+/// The conf with this node's subnet and its peers filled in from the
+/// store (the static store's are already there). With `claim`, a node
+/// without a subnet lease takes one (see `claim_subnet`). An unreachable
+/// store is code 11; a node name whose lease is held from another underlay
+/// address, or a requested subnet another node holds, is code 7.
+pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
+    let Some(e) = &conf.etcd else { return Ok(conf.clone()) };
+    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let leases = read_leases(conf, e, &store)?;
     let mine = leases.iter().find(|p| p.node == conf.node).cloned();
     let own = match mine {
         Some(m) if !claim => m,
-        _ if !claim => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
+        None if !claim => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
         m => {
             let mut h = Handle::new().map_err(kernel)?;
             let (_, local) = underlay(&mut h, conf)?;
             match m {
-                Some(m) if m.underlay == local => m,
+                // Two hosts under one name would steal each other's
+                // subnet; a host whose address changed gets its name back
+                // when the old lease expires.
+                Some(m) if m.underlay != local => {
+                    return Err(Error::config(
+                        "node",
+                        format!(
+                            "node {:?} already holds {} from underlay {} (this host is {local}): give this host its own node name, or wait up to leaseTTL ({} s) for that lease to expire",
+                            conf.node, m.subnet, m.underlay, e.lease_ttl
+                        ),
+                    ))
+                }
                 Some(m) => {
-                    let lease = store.grant(etcd::LEASE_TTL).map_err(try_again)?;
-                    let value = json!({"node": conf.node, "underlay": local.to_string(), "subnet": m.subnet.to_string()}).to_string();
-                    store.put(&subnet_key(conf, e, &m.subnet), &value, lease).map_err(try_again)?;
-                    Peer { underlay: local, ..m }
+                    if let Some(wanted) = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()) {
+                        if wanted != m.subnet {
+                            return Err(Error::config(
+                                "store.etcd.subnet",
+                                format!("{wanted} asked for, but node {:?} holds {}; release it first", conf.node, m.subnet),
+                            ));
+                        }
+                    }
+                    m
                 }
                 None => claim_subnet(conf, e, &store, &leases, local)?,
             }
@@ -144,15 +199,35 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
     Ok(OverlayConf { subnet: own.subnet, peers, ..conf.clone() })
 }
 
-/// Takes the first subnet of the cluster network no lease holds (a
-/// create-if-absent transaction: two nodes never get the same one).
+/// Takes a subnet no lease holds, with a create-if-absent transaction
+/// (two nodes never get the same one): `store.etcd.subnet` if given (code 7
+/// naming the holder if another node has it), else the subnet this node
+/// last held (its containers may still use it), else the first free one.
 fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, leases: &[Peer], local: IpAddr) -> Result<Peer, Error> {
-    let lease = store.grant(etcd::LEASE_TTL).map_err(try_again)?;
+    let holder = |s: &ipnet::Ipv4Net| leases.iter().find(|l| l.subnet == *s);
+    let wanted = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok());
+    if let Some(h) = wanted.and_then(|w| holder(&w)) {
+        return Err(Error::config("store.etcd.subnet", format!("{} is held by node {:?} ({})", h.subnet, h.node, h.underlay)));
+    }
+    let lease = store.grant(e.lease_ttl).map_err(try_again)?;
+    let try_one = |s: &ipnet::Ipv4Net| -> Result<bool, Error> {
+        store.create(&subnet_key(conf, e, s), &lease_value(conf, local, s), lease).map_err(try_again)
+    };
+    if let Some(wanted) = wanted {
+        if try_one(&wanted)? {
+            return Ok(conf.peer(&conf.node, local, wanted));
+        }
+        return Err(Error::config("store.etcd.subnet", format!("{wanted} was just taken by another node")));
+    }
+    if let Some(last) = cached_subnet(conf).filter(|s| conf.network.contains(s) && s.prefix_len() == conf.subnet_len) {
+        if holder(&last).is_none() && try_one(&last)? {
+            return Ok(conf.peer(&conf.node, local, last));
+        }
+    }
     let subnets = conf.network.subnets(conf.subnet_len).map_err(|err| Error::config("subnetLen", err))?;
-    for s in subnets.filter(|s| !leases.iter().any(|l| l.subnet == *s)) {
-        let value = json!({"node": conf.node, "underlay": local.to_string(), "subnet": s.to_string()}).to_string();
-        if store.create(&subnet_key(conf, e, &s), &value, lease).map_err(try_again)? {
-            return Ok(Peer { node: conf.node.clone(), underlay: local, subnet: s });
+    for s in subnets.filter(|s| holder(s).is_none()) {
+        if try_one(&s)? {
+            return Ok(conf.peer(&conf.node, local, s));
         }
     }
     Err(Error::new(cni::codes::TRY_AGAIN, format!("no free /{} left in {}", conf.subnet_len, conf.network)))
@@ -165,9 +240,24 @@ fn renew_lease(conf: &OverlayConf) -> Result<(), Error> {
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
     let mut h = Handle::new().map_err(kernel)?;
     let (_, local) = underlay(&mut h, conf)?;
-    let lease = store.grant(etcd::LEASE_TTL).map_err(try_again)?;
-    let value = json!({"node": conf.node, "underlay": local.to_string(), "subnet": conf.subnet.to_string()}).to_string();
-    store.put(&subnet_key(conf, e, &conf.subnet), &value, lease).map_err(try_again)
+    let lease = store.grant(e.lease_ttl).map_err(try_again)?;
+    store.put(&subnet_key(conf, e, &conf.subnet), &lease_value(conf, local, &conf.subnet), lease).map_err(try_again)
+}
+
+/// Gives this node's subnet back (the agent's clean shutdown): the other
+/// nodes forget it at once instead of after leaseTTL. Only a lease that
+/// still names this node is deleted.
+fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
+    let Some(e) = &conf.etcd else { return Ok(()) };
+    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let key = subnet_key(conf, e, &conf.subnet);
+    for (k, v) in store.get_prefix(&key).map_err(try_again)? {
+        let holder = serde_json::from_str::<serde_json::Value>(&v).ok().and_then(|v| v["node"].as_str().map(str::to_string));
+        if k == key && holder.as_deref() == Some(conf.node.as_str()) {
+            store.delete(&key).map_err(try_again)?;
+        }
+    }
+    Ok(())
 }
 
 /// For DEL, CHECK, GC: the store's view, or the cached subnet (no peers)
@@ -183,16 +273,65 @@ fn resolve_or_cached(conf: &OverlayConf) -> Result<OverlayConf, Error> {
 }
 
 /// MTU of the overlay's links (VXLAN device, bridge, veths).
-fn overlay_mtu(conf: &OverlayConf, underlay: &Link) -> u32 {
-    conf.mtu.unwrap_or(underlay.mtu.saturating_sub(VXLAN_OVERHEAD))
+fn overlay_mtu(conf: &OverlayConf, underlay: &Link, local: IpAddr) -> u32 {
+    let overhead = if local.is_ipv4() { VXLAN_OVERHEAD_V4 } else { VXLAN_OVERHEAD_V6 };
+    conf.mtu.unwrap_or(underlay.mtu.saturating_sub(overhead))
 }
 
-/// Makes the VXLAN device exist (with the node's VTEP address) and every
+/// Where each network's cluster CIDRs and VNI are noted on this host, so
+/// a second overlay network cannot take an overlapping CIDR or the same
+/// VNI (their routes would shadow each other).
+fn network_note_path(conf: &OverlayConf) -> std::path::PathBuf {
+    cache_path(conf).with_extension("network")
+}
+
+/// Refuses a network whose CIDRs overlap, or whose VNI is, another overlay
+/// network's on this host (one whose VXLAN device still exists), then
+/// notes this one's.
+fn claim_network(h: &mut Handle, conf: &OverlayConf) -> Result<(), Error> {
+    let note = json!({"network": conf.network.to_string(), "network6": conf.network6.map(|(n, _)| n.to_string()), "vni": conf.vni});
+    let mine = network_note_path(conf);
+    let dir = mine.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path == mine || path.extension().is_none_or(|x| x != "network") {
+            continue;
+        }
+        let Some(other) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) else { continue };
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let vni = other["vni"].as_u64().unwrap_or(0) as u32;
+        if h.link_by_name(&vxlan_name(vni)).map_err(kernel)?.is_none() {
+            continue; // that network is gone from this host
+        }
+        if vni == conf.vni {
+            return Err(Error::config("vni", format!("VNI {vni} is overlay network {name:?}'s on this host")));
+        }
+        let overlaps4 = other["network"].as_str().and_then(|n| n.parse::<ipnet::Ipv4Net>().ok()).filter(|n| {
+            n.contains(&conf.network.network()) || conf.network.contains(&n.network())
+        });
+        if let Some(n) = overlaps4 {
+            return Err(Error::config(
+                "network",
+                format!("{} overlaps {n} of overlay network {name:?} (VXLAN {}) on this host", conf.network, vxlan_name(vni)),
+            ));
+        }
+        let overlaps6 = other["network6"].as_str().and_then(|n| n.parse::<ipnet::Ipv6Net>().ok()).filter(|n| {
+            conf.network6.is_some_and(|(m, _)| n.contains(&m.network()) || m.contains(&n.network()))
+        });
+        if let Some(n) = overlaps6 {
+            return Err(Error::config("network6", format!("overlaps {n} of overlay network {name:?} on this host")));
+        }
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    store::file::write_atomic(&mine, note.to_string().as_bytes()).map_err(|e| Error::new(cni::codes::IO, e.to_string()))
+}
+
+/// Makes the VXLAN device exist (with the node's VTEP addresses) and every
 /// peer's entries current. Idempotent; entries are replaced.
 fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
     let mut h = Handle::new().map_err(kernel)?;
     let (up, local) = underlay(&mut h, conf)?;
-    let mtu = overlay_mtu(conf, &up);
+    let mtu = overlay_mtu(conf, &up, local);
     let name = vxlan_name(conf.vni);
     let vx = match h.link_by_name(&name).map_err(kernel)? {
         Some(l) if l.kind.as_deref() == Some("vxlan") => l,
@@ -204,64 +343,111 @@ fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
                 underlay: Some(up.index),
                 local: Some(local),
                 mtu: Some(mtu),
-                mac: Some(vtep_mac(local)?),
+                mac: Some(vtep_mac(local)),
                 learning: false,
             };
             h.add_vxlan(&name, &opts).map_err(kernel)?;
             h.link_by_name(&name).map_err(kernel)?.ok_or_else(|| Error::new(cni::codes::KERNEL, format!("{name} vanished")))?
         }
     };
-    let vtep = IpNet::new(IpAddr::V4(conf.subnet.network()), 32).map_err(|e| Error::config("store.static.subnet", e))?;
-    if !h.addresses(Some(vx.index)).map_err(kernel)?.iter().any(|a| a.addr == vtep) {
-        h.add_address(vx.index, vtep, &AddressOptions::default()).map_err(kernel)?;
+    let have = h.addresses(Some(vx.index)).map_err(kernel)?;
+    for vtep in vteps(conf.subnet, conf.subnet6()) {
+        let addr = IpNet::new(vtep, if vtep.is_ipv4() { 32 } else { 128 }).map_err(|e| Error::config("network", e))?;
+        if !have.iter().any(|a| a.addr == addr) {
+            // No DAD: the address is ours by lease, and waiting would
+            // leave it tentative (unusable) for the first second.
+            let opts = AddressOptions { nodad: vtep.is_ipv6() };
+            h.add_address(vx.index, addr, &opts).map_err(kernel)?;
+        }
     }
     h.set_up(vx.index).map_err(kernel)?;
     net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel)?;
+    if conf.network6.is_some() {
+        net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel)?;
+    }
     for p in &conf.peers {
         program_peer(&mut h, vx.index, p)?;
     }
     Ok(mtu)
 }
 
-/// Removes a remote node's entries (each already gone is fine).
-fn forget_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
-    let mac = vtep_mac(p.underlay)?;
-    let vtep = IpAddr::V4(p.subnet.network());
-    let mut r = Route::new(IpNet::V4(p.subnet)).via(vtep).dev(vx);
-    r.onlink = true;
-    match h.del_route(&r) {
-        // Already gone (no such route).
-        Err(e) if e.errno() == Some(libc::ESRCH) => {}
-        other => other.map_err(kernel)?,
-    }
-    h.del_neighbour(vx, vtep).map_err(kernel)?;
-    h.del_fdb(vx, mac).map_err(kernel)
+/// A node's VTEP addresses: the network address of each of its subnets.
+fn vteps(subnet: ipnet::Ipv4Net, subnet6: Option<ipnet::Ipv6Net>) -> Vec<IpAddr> {
+    let mut v = vec![IpAddr::V4(subnet.network())];
+    v.extend(subnet6.map(|s| IpAddr::V6(s.network())));
+    v
 }
 
-/// The agent: keeps the node's datapath equal to the config file's peers,
-/// re-reading it every `interval`: a peer added to the file is programmed,
-/// a peer removed from it is forgotten, within one interval (the kernel is
-/// only touched when the file changed, and every 10 s to repair). Runs
-/// until killed; the datapath stays as it is when it stops.
-pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration) -> Result<(), Error> {
+/// A peer's routes: each of its subnets via its VTEP address, onlink.
+fn peer_routes(vx: u32, p: &Peer) -> Vec<Route> {
+    let mut nets = vec![IpNet::V4(p.subnet)];
+    nets.extend(p.subnet6.map(IpNet::V6));
+    nets.into_iter()
+        .map(|n| {
+            let mut r = Route::new(n).via(n.network()).dev(vx);
+            r.onlink = true;
+            r
+        })
+        .collect()
+}
+
+/// One remote node: FDB (its VTEP MAC at its underlay address), a
+/// neighbour per VTEP address at that MAC, an onlink route per subnet.
+fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
+    let mac = vtep_mac(p.underlay);
+    h.set_fdb(vx, mac, p.underlay).map_err(kernel)?;
+    for vtep in vteps(p.subnet, p.subnet6) {
+        h.set_neighbour(vx, vtep, mac).map_err(kernel)?;
+    }
+    for r in peer_routes(vx, p) {
+        h.replace_route(&r).map_err(kernel)?;
+    }
+    Ok(())
+}
+
+/// Removes a remote node's entries (each already gone is fine).
+fn forget_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
+    for r in peer_routes(vx, p) {
+        match h.del_route(&r) {
+            // Already gone (no such route).
+            Err(e) if e.errno() == Some(libc::ESRCH) => {}
+            other => other.map_err(kernel)?,
+        }
+    }
+    for vtep in vteps(p.subnet, p.subnet6) {
+        h.del_neighbour(vx, vtep).map_err(kernel)?;
+    }
+    h.del_fdb(vx, vtep_mac(p.underlay)).map_err(kernel)
+}
+
+/// The agent: keeps the node's datapath equal to the peers of its config
+/// (the static store's list in the file, re-read every `interval`, or the
+/// etcd store's leases, read as often): a peer that appears is programmed,
+/// one that goes is forgotten, within one interval (the kernel is only
+/// touched when something changed, and every 10 s to repair). With etcd it
+/// holds this node's lease, renewed every third of leaseTTL. When `stop`
+/// turns true it gives the lease back and returns; the datapath stays as
+/// it is, so containers keep talking to the peers they know.
+pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, stop: &std::sync::atomic::AtomicBool) -> Result<(), Error> {
     /// Everything is reprogrammed this often even without a change, so
     /// entries removed behind the agent's back come back.
     const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
-    /// The node's lease is renewed this often (a third of its TTL).
-    const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs((etcd::LEASE_TTL / 3) as u64);
     let mut programmed: Vec<Peer> = Vec::new();
     let mut last: Option<(OverlayConf, std::time::Instant)> = None;
     let mut renewed: Option<std::time::Instant> = None;
-    loop {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let conf = read_agent_conf(conf_path).and_then(|c| {
-            if c.etcd.is_some() && renewed.is_none_or(|at| at.elapsed() >= LEASE_RENEW) {
+            claim_network(&mut Handle::new().map_err(kernel)?, &c)?;
+            Ok(c)
+        });
+        let conf = conf.and_then(|c| match &c.etcd {
+            Some(e) if renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0) => {
                 let claimed = resolve(&c, true)?;
                 renew_lease(&claimed)?;
                 renewed = Some(std::time::Instant::now());
                 Ok(claimed)
-            } else {
-                resolve(&c, false)
             }
+            _ => resolve(&c, false),
         });
         match conf {
             Ok(conf) if last.as_ref().is_some_and(|(c, at)| *c == conf && at.elapsed() < RESYNC) => {}
@@ -297,6 +483,13 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration) -> 
         }
         std::thread::sleep(interval);
     }
+    if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
+        match release_lease(&conf) {
+            Ok(()) => eprintln!("berth-overlay agent: stopping; released {}", conf.subnet),
+            Err(e) => eprintln!("berth-overlay agent: stopping; lease not released ({}), it expires by itself", e.msg),
+        }
+    }
+    Ok(())
 }
 
 /// The agent's config: the plugin's own object, or a conflist holding one.
@@ -330,18 +523,6 @@ fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
     OverlayConf::parse(&req)
 }
 
-/// One remote node: FDB (its VTEP MAC at its underlay address), neighbour
-/// (its VTEP address at that MAC), onlink route to its subnet.
-fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
-    let mac = vtep_mac(p.underlay)?;
-    let vtep = IpAddr::V4(p.subnet.network());
-    h.set_fdb(vx, mac, p.underlay).map_err(kernel)?;
-    h.set_neighbour(vx, vtep, mac).map_err(kernel)?;
-    let mut r = Route::new(IpNet::V4(p.subnet)).via(vtep).dev(vx);
-    r.onlink = true;
-    h.replace_route(&r).map_err(kernel)
-}
-
 /// The request berth-bridge gets: this config turned into a bridge
 /// network on the node's subnet, routes to the cluster network.
 fn bridge_request(req: &Request, conf: &OverlayConf, mtu: u32) -> Result<Request, Error> {
@@ -350,6 +531,10 @@ fn bridge_request(req: &Request, conf: &OverlayConf, mtu: u32) -> Result<Request
         "ranges": [[{"subnet": conf.subnet.to_string()}]],
         "routes": [{"dst": conf.network.to_string()}],
     });
+    if let (Some((net6, _)), Some(sub6)) = (conf.network6, conf.subnet6()) {
+        ipam["ranges"].as_array_mut().into_iter().for_each(|r| r.push(json!([{"subnet": sub6.to_string()}])));
+        ipam["routes"].as_array_mut().into_iter().for_each(|r| r.push(json!({"dst": net6.to_string()})));
+    }
     if let Some(d) = &conf.data_dir {
         ipam["dataDir"] = json!(d);
     }
@@ -378,7 +563,7 @@ fn current_mtu(conf: &OverlayConf) -> u32 {
     Handle::new()
         .ok()
         .and_then(|mut h| underlay(&mut h, conf).ok())
-        .map(|(l, _)| overlay_mtu(conf, &l))
+        .map(|(l, local)| overlay_mtu(conf, &l, local))
         .unwrap_or(1450)
 }
 
@@ -395,7 +580,10 @@ fn delegate(req: &Request, conf: &OverlayConf, command: Command) -> Result<Optio
 
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
-        let conf = resolve(&OverlayConf::parse(req)?, true)?;
+        let parsed = OverlayConf::parse(req)?;
+        // Before leasing anything: a conflicting network gets nothing.
+        claim_network(&mut Handle::new().map_err(kernel)?, &parsed)?;
+        let conf = resolve(&parsed, true)?;
         let mtu = {
             let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
                 .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
@@ -418,8 +606,10 @@ impl Plugin for OverlayPlugin {
         }
         let routes = h.routes().map_err(kernel)?;
         for p in &conf.peers {
-            if !routes.iter().any(|r| r.dst == IpNet::V4(p.subnet)) {
-                return Err(ifconf::check_failed(format!("no route to node {}'s subnet {}", p.node, p.subnet)));
+            for want in peer_routes(0, p) {
+                if !routes.iter().any(|r| r.dst == want.dst) {
+                    return Err(ifconf::check_failed(format!("no route to node {}'s subnet {}", p.node, want.dst)));
+                }
             }
         }
         delegate(req, &conf, Command::Check).map(|_| ())
@@ -459,7 +649,7 @@ mod tests {
         assert_eq!(vxlan_name(16_777_215), "berth.16777215");
         assert!(vxlan_name(16_777_215).len() <= 15);
         assert_eq!(bridge_name(42), "bov42");
-        assert_eq!(vtep_mac("192.0.2.7".parse().unwrap()).unwrap(), [0x02, 0xbf, 192, 0, 2, 7]);
-        assert!(vtep_mac("2001:db8::1".parse().unwrap()).is_err());
+        assert_eq!(vtep_mac("192.0.2.7".parse().unwrap()), [0x02, 0xbf, 192, 0, 2, 7]);
+        assert_eq!(vtep_mac("2001:db8::a:b0c:d".parse().unwrap()), [0x02, 0xbf, 0x0b, 0x0c, 0x00, 0x0d]);
     }
 }
