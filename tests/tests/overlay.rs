@@ -510,6 +510,11 @@ fn leases_are_released_on_stop_and_expire_after_death() {
     assert!(err["msg"].as_str().unwrap().contains("store.etcd.subnet") && err["msg"].as_str().unwrap().contains("l1"), "{err}");
     assert!(c.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
 
+    // Renewals keep each node's one lease alive; they make no new ones.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let leases = n1.host.exec_ok(&["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "http://192.168.77.1:2379", "lease", "list"]);
+    assert!(leases.starts_with("found 2 leases"), "{leases}");
+
     // A clean stop gives the lease back: host 1 forgets host 2 at once.
     a2.terminate();
     let second = std::time::Duration::from_secs(1);

@@ -126,13 +126,24 @@ fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::Ipv4Net) ->
     v.to_string()
 }
 
+/// The store's view of the network: every node's lease, which etcd lease
+/// holds each, and the revision it is from.
+struct Leases {
+    peers: Vec<(Peer, i64)>,
+    revision: i64,
+}
+
+fn leases_prefix(conf: &OverlayConf, e: &config::EtcdConf) -> String {
+    format!("{}/{}/subnets/", e.prefix.trim_end_matches('/'), conf.name)
+}
+
 /// Every node's lease of the network (records that don't parse are
 /// somebody else's business and skipped).
-fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> Result<Vec<Peer>, Error> {
-    let prefix = format!("{}/{}/subnets/", e.prefix.trim_end_matches('/'), conf.name);
-    let mut leases = Vec::new();
-    for (_, v) in store.get_prefix(&prefix).map_err(try_again)? {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&v) else { continue };
+fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> Result<Leases, Error> {
+    let range = store.get_prefix(&leases_prefix(conf, e)).map_err(try_again)?;
+    let mut peers = Vec::new();
+    for kv in range.kvs {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&kv.value) else { continue };
         let (Some(node), Some(underlay), Some(subnet)) = (
             v["node"].as_str(),
             v["underlay"].as_str().and_then(|u| u.parse::<IpAddr>().ok()),
@@ -141,10 +152,10 @@ fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> 
             continue;
         };
         if conf.network.contains(&subnet) && subnet.prefix_len() == conf.subnet_len {
-            leases.push(conf.peer(node, underlay, subnet));
+            peers.push((conf.peer(node, underlay, subnet), kv.lease));
         }
     }
-    Ok(leases)
+    Ok(Leases { peers, revision: range.revision })
 }
 
 /// The conf with this node's subnet and its peers filled in from the
@@ -153,11 +164,25 @@ fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> 
 /// store is code 11; a node name whose lease is held from another underlay
 /// address, or a requested subnet another node holds, is code 7.
 pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
-    let Some(e) = &conf.etcd else { return Ok(conf.clone()) };
+    resolve_held(conf, claim).map(|(c, _)| c)
+}
+
+/// What the agent keeps of the store between rounds.
+#[derive(Clone, Copy)]
+struct Held {
+    /// The etcd lease this node's subnet is held under.
+    lease: i64,
+    /// The store revision the peers were read at (watched from there).
+    revision: i64,
+}
+
+/// `resolve`, and (etcd store) the node's lease and the revision read.
+fn resolve_held(conf: &OverlayConf, claim: bool) -> Result<(OverlayConf, Option<Held>), Error> {
+    let Some(e) = &conf.etcd else { return Ok((conf.clone(), None)) };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
-    let leases = read_leases(conf, e, &store)?;
-    let mine = leases.iter().find(|p| p.node == conf.node).cloned();
-    let own = match mine {
+    let Leases { peers: leases, revision } = read_leases(conf, e, &store)?;
+    let mine = leases.iter().find(|(p, _)| p.node == conf.node).cloned();
+    let (own, lease) = match mine {
         Some(m) if !claim => m,
         None if !claim => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
         m => {
@@ -167,7 +192,7 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
                 // Two hosts under one name would steal each other's
                 // subnet; a host whose address changed gets its name back
                 // when the old lease expires.
-                Some(m) if m.underlay != local => {
+                Some((m, _)) if m.underlay != local => {
                     return Err(Error::config(
                         "node",
                         format!(
@@ -176,7 +201,7 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
                         ),
                     ))
                 }
-                Some(m) => {
+                Some((m, lease)) => {
                     if let Some(wanted) = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()) {
                         if wanted != m.subnet {
                             return Err(Error::config(
@@ -185,9 +210,12 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
                             ));
                         }
                     }
-                    m
+                    (m, lease)
                 }
-                None => claim_subnet(conf, e, &store, &leases, local)?,
+                None => {
+                    let peers: Vec<Peer> = leases.iter().map(|(p, _)| p.clone()).collect();
+                    claim_subnet(conf, e, &store, &peers, local)?
+                }
             }
         }
     };
@@ -195,15 +223,15 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = store::file::write_atomic(&cache_path(conf), own.subnet.to_string().as_bytes());
-    let peers = leases.into_iter().filter(|p| p.node != conf.node).collect();
-    Ok(OverlayConf { subnet: own.subnet, peers, ..conf.clone() })
+    let peers = leases.into_iter().map(|(p, _)| p).filter(|p| p.node != conf.node).collect();
+    Ok((OverlayConf { subnet: own.subnet, peers, ..conf.clone() }, Some(Held { lease, revision })))
 }
 
 /// Takes a subnet no lease holds, with a create-if-absent transaction
 /// (two nodes never get the same one): `store.etcd.subnet` if given (code 7
 /// naming the holder if another node has it), else the subnet this node
 /// last held (its containers may still use it), else the first free one.
-fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, leases: &[Peer], local: IpAddr) -> Result<Peer, Error> {
+fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, leases: &[Peer], local: IpAddr) -> Result<(Peer, i64), Error> {
     let holder = |s: &ipnet::Ipv4Net| leases.iter().find(|l| l.subnet == *s);
     let wanted = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok());
     if let Some(h) = wanted.and_then(|w| holder(&w)) {
@@ -215,33 +243,39 @@ fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, le
     };
     if let Some(wanted) = wanted {
         if try_one(&wanted)? {
-            return Ok(conf.peer(&conf.node, local, wanted));
+            return Ok((conf.peer(&conf.node, local, wanted), lease));
         }
         return Err(Error::config("store.etcd.subnet", format!("{wanted} was just taken by another node")));
     }
     if let Some(last) = cached_subnet(conf).filter(|s| conf.network.contains(s) && s.prefix_len() == conf.subnet_len) {
         if holder(&last).is_none() && try_one(&last)? {
-            return Ok(conf.peer(&conf.node, local, last));
+            return Ok((conf.peer(&conf.node, local, last), lease));
         }
     }
     let subnets = conf.network.subnets(conf.subnet_len).map_err(|err| Error::config("subnetLen", err))?;
     for s in subnets.filter(|s| holder(s).is_none()) {
         if try_one(&s)? {
-            return Ok(conf.peer(&conf.node, local, s));
+            return Ok((conf.peer(&conf.node, local, s), lease));
         }
     }
     Err(Error::new(cni::codes::TRY_AGAIN, format!("no free /{} left in {}", conf.subnet_len, conf.network)))
 }
 
-/// Renews this node's lease: a new lease, the same entry put under it (the
-/// old lease then expires holding nothing).
-fn renew_lease(conf: &OverlayConf) -> Result<(), Error> {
-    let Some(e) = &conf.etcd else { return Ok(()) };
+/// Renews this node's lease `lease` (a keepalive: no write, so no watch
+/// wakes). A lease that no longer exists (expired while the store was
+/// away) is replaced: a new one, the same entry put under it. The lease
+/// held afterwards.
+fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
+    let Some(e) = &conf.etcd else { return Ok(lease) };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    if lease != 0 && store.keepalive(lease).map_err(try_again)? > 0 {
+        return Ok(lease);
+    }
     let mut h = Handle::new().map_err(kernel)?;
     let (_, local) = underlay(&mut h, conf)?;
-    let lease = store.grant(e.lease_ttl).map_err(try_again)?;
-    store.put(&subnet_key(conf, e, &conf.subnet), &lease_value(conf, local, &conf.subnet), lease).map_err(try_again)
+    let fresh = store.grant(e.lease_ttl).map_err(try_again)?;
+    store.put(&subnet_key(conf, e, &conf.subnet), &lease_value(conf, local, &conf.subnet), fresh).map_err(try_again)?;
+    Ok(fresh)
 }
 
 /// Gives this node's subnet back (the agent's clean shutdown): the other
@@ -251,9 +285,9 @@ fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
     let Some(e) = &conf.etcd else { return Ok(()) };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
     let key = subnet_key(conf, e, &conf.subnet);
-    for (k, v) in store.get_prefix(&key).map_err(try_again)? {
-        let holder = serde_json::from_str::<serde_json::Value>(&v).ok().and_then(|v| v["node"].as_str().map(str::to_string));
-        if k == key && holder.as_deref() == Some(conf.node.as_str()) {
+    for kv in store.get_prefix(&key).map_err(try_again)?.kvs {
+        let holder = serde_json::from_str::<serde_json::Value>(&kv.value).ok().and_then(|v| v["node"].as_str().map(str::to_string));
+        if kv.key == key && holder.as_deref() == Some(conf.node.as_str()) {
             store.delete(&key).map_err(try_again)?;
         }
     }
@@ -420,68 +454,91 @@ fn forget_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
     h.del_fdb(vx, vtep_mac(p.underlay)).map_err(kernel)
 }
 
-/// The agent: keeps the node's datapath equal to the peers of its config
-/// (the static store's list in the file, re-read every `interval`, or the
-/// etcd store's leases, read as often): a peer that appears is programmed,
-/// one that goes is forgotten, within one interval (the kernel is only
-/// touched when something changed, and every 10 s to repair). With etcd it
-/// holds this node's lease, renewed every third of leaseTTL. When `stop`
-/// turns true it gives the lease back and returns; the datapath stays as
-/// it is, so containers keep talking to the peers they know.
+/// The agent: keeps the node's datapath equal to the peers of its config:
+/// the static store's list in the file (re-read every `interval`), or the
+/// etcd store's leases (read again as soon as a watch on them fires). A
+/// peer that appears is programmed, one that goes is forgotten (the kernel
+/// is only touched when something changed, and every 10 s to repair).
+/// With etcd it holds this node's lease, kept alive every third of
+/// leaseTTL. When `stop` turns true it gives the lease back and returns;
+/// the datapath stays as it is, so containers keep talking to the peers
+/// they know.
 pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, stop: &std::sync::atomic::AtomicBool) -> Result<(), Error> {
+    use std::time::{Duration, Instant};
     /// Everything is reprogrammed this often even without a change, so
     /// entries removed behind the agent's back come back.
-    const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
+    const RESYNC: Duration = Duration::from_secs(10);
+    /// The longest one watch waits: how soon a stop, or a change of the
+    /// config file, is noticed with the etcd store.
+    const WATCH_SLICE: Duration = Duration::from_secs(1);
     let mut programmed: Vec<Peer> = Vec::new();
-    let mut last: Option<(OverlayConf, std::time::Instant)> = None;
-    let mut renewed: Option<std::time::Instant> = None;
+    let mut last: Option<(OverlayConf, Instant)> = None;
+    let mut renewed: Option<Instant> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let conf = read_agent_conf(conf_path).and_then(|c| {
+        let mut held: Option<Held> = None;
+        let round = read_agent_conf(conf_path).and_then(|c| {
             claim_network(&mut Handle::new().map_err(kernel)?, &c)?;
-            Ok(c)
-        });
-        let conf = conf.and_then(|c| match &c.etcd {
-            Some(e) if renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0) => {
-                let claimed = resolve(&c, true)?;
-                renew_lease(&claimed)?;
-                renewed = Some(std::time::Instant::now());
-                Ok(claimed)
+            // The first round, and each renewal, also claims the lease.
+            let due = c.etcd.as_ref().is_some_and(|e| renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0));
+            let (conf, mut h) = resolve_held(&c, due)?;
+            if due {
+                if let Some(h) = h.as_mut() {
+                    h.lease = renew_lease(&conf, h.lease)?;
+                }
+                renewed = Some(Instant::now());
             }
-            _ => resolve(&c, false),
+            held = h;
+            Ok(conf)
         });
-        match conf {
-            Ok(conf) if last.as_ref().is_some_and(|(c, at)| *c == conf && at.elapsed() < RESYNC) => {}
-            Ok(conf) => {
-                let synced = (|| -> Result<(), Error> {
-                    let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
-                        .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
-                    ensure_datapath(&conf)?;
-                    let mut h = Handle::new().map_err(kernel)?;
-                    let vx = h
-                        .link_by_name(&vxlan_name(conf.vni))
-                        .map_err(kernel)?
-                        .ok_or_else(|| Error::new(cni::codes::KERNEL, "VXLAN device vanished"))?;
-                    for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
-                        forget_peer(&mut h, vx.index, gone)?;
-                        eprintln!("berth-overlay agent: peer {} ({}) left", gone.node, gone.subnet);
-                    }
-                    for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
-                        eprintln!("berth-overlay agent: peer {} ({}) at {}", new.node, new.subnet, new.underlay);
-                    }
-                    programmed = conf.peers.clone();
-                    Ok(())
-                })();
-                match synced {
-                    Ok(()) => last = Some((conf, std::time::Instant::now())),
-                    Err(e) => {
-                        eprintln!("berth-overlay agent: {}", e.msg);
-                        last = None;
-                    }
+        let conf = match round {
+            Ok(conf) => conf,
+            Err(e) => {
+                eprintln!("berth-overlay agent: {}: {}", conf_path.display(), e.msg);
+                std::thread::sleep(interval);
+                continue;
+            }
+        };
+        if last.as_ref().is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC) {
+            let synced = (|| -> Result<(), Error> {
+                let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR)).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+                ensure_datapath(&conf)?;
+                let mut h = Handle::new().map_err(kernel)?;
+                let vx = h
+                    .link_by_name(&vxlan_name(conf.vni))
+                    .map_err(kernel)?
+                    .ok_or_else(|| Error::new(cni::codes::KERNEL, "VXLAN device vanished"))?;
+                for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
+                    forget_peer(&mut h, vx.index, gone)?;
+                    eprintln!("berth-overlay agent: peer {} ({}) left", gone.node, gone.subnet);
+                }
+                for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
+                    eprintln!("berth-overlay agent: peer {} ({}) at {}", new.node, new.subnet, new.underlay);
+                }
+                programmed = conf.peers.clone();
+                Ok(())
+            })();
+            match synced {
+                Ok(()) => last = Some((conf.clone(), Instant::now())),
+                Err(e) => {
+                    eprintln!("berth-overlay agent: {}", e.msg);
+                    last = None;
                 }
             }
-            Err(e) => eprintln!("berth-overlay agent: {}: {}", conf_path.display(), e.msg),
         }
-        std::thread::sleep(interval);
+        // Wait for the next round: a change of the leases (etcd), or the
+        // interval (the static store's file; etcd while unreachable).
+        let watched = match (&conf.etcd, held) {
+            (Some(e), Some(h)) => {
+                let renew_in = Duration::from_secs_f64(e.lease_ttl as f64 / 3.0).saturating_sub(renewed.map(|at| at.elapsed()).unwrap_or_default());
+                etcd::Etcd::new(&e.endpoints)
+                    .and_then(|store| store.wait_for_change(&leases_prefix(&conf, e), h.revision, WATCH_SLICE.min(renew_in)))
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if !watched {
+            std::thread::sleep(interval);
+        }
     }
     if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
         match release_lease(&conf) {
