@@ -6,6 +6,11 @@
 //! Pools are recorded (`<state>/ipam/pools.json`) with a reference count:
 //! an identical RequestPool returns the same pool, as the protocol
 //! requires, and ReleasePool frees it at zero.
+//!
+//! The pool of a berthd overlay network is the cluster CIDR; once the
+//! node holds its subnet lease, the pool is narrowed to that subnet
+//! (`narrow`): containers get addresses from it, with its prefix length,
+//! and its first address (the node's gateway) is never handed out.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,6 +31,10 @@ const AUTO_POOL_SPACE: &str = "10.211.0.0/16";
 struct Pool {
     pool: IpNet,
     refs: u32,
+    /// Overlay networks: the node's subnet of the pool, where addresses
+    /// come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<IpNet>,
 }
 
 pub struct Ipam {
@@ -106,17 +115,38 @@ impl Ipam {
         store::file::write_durable(&self.pools_path(), &text).map_err(|e| e.to_string())
     }
 
-    /// The pool's network, if it is known.
-    pub fn pool(&self, id: &str) -> Option<IpNet> {
-        self.load().ok()?.get(id).map(|p| p.pool)
+    /// True if `net` is one of the pools (berthd's overlay networks need
+    /// their pool from this driver).
+    pub fn has_pool(&self, net: &IpNet) -> bool {
+        let _g = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        self.load().is_ok_and(|pools| pools.contains_key(&pool_id(&net.trunc())))
     }
 
-    fn open(&self, id: &str) -> Result<(SqliteStore, RangeSet), String> {
+    /// From now on pool `net` hands out addresses of `node` only (an
+    /// overlay network's node subnet).
+    pub fn narrow(&self, net: &IpNet, node: &IpNet) -> Result<(), String> {
+        let _g = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = self.load()?;
+        let p = pools.get_mut(&pool_id(&net.trunc())).ok_or_else(|| format!("unknown pool {net}"))?;
+        if !p.pool.contains(&node.network()) {
+            return Err(format!("{node} is not inside the pool {net}"));
+        }
+        node_range_set(node)?;
+        p.node = Some(*node);
+        self.save(&pools)
+    }
+
+    /// The pool's store, the range addresses are handed out from, and its
+    /// prefix length.
+    fn open(&self, id: &str) -> Result<(SqliteStore, RangeSet, IpNet), String> {
         let pools = self.load()?;
         let p = pools.get(id).ok_or_else(|| format!("unknown pool {id:?}"))?;
-        let set = range_set(&p.pool)?;
+        let (set, from) = match p.node {
+            Some(node) => (node_range_set(&node)?, node),
+            None => (range_set(&p.pool)?, p.pool),
+        };
         let st = SqliteStore::open(&self.dir, id).map_err(|e| e.to_string())?;
-        Ok((st, set))
+        Ok((st, set, from))
     }
 
     pub fn handle(&self, method: &str, body: &[u8]) -> Option<Answer> {
@@ -167,7 +197,7 @@ impl Ipam {
                 if let Some(o) = pools.values().find(|p| p.pool.contains(&net.network()) || net.contains(&p.pool.network())) {
                     return Err(fail(format!("pool {net} overlaps pool {} in use", o.pool)));
                 }
-                pools.insert(id.clone(), Pool { pool: net, refs: 1 });
+                pools.insert(id.clone(), Pool { pool: net, refs: 1, node: None });
             }
         }
         self.save(&pools).map_err(fail)?;
@@ -194,8 +224,7 @@ impl Ipam {
 
     fn request_address(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: AddrReq = parse(body)?;
-        let (mut st, set) = self.open(&req.pool_id).map_err(fail)?;
-        let net = self.pool(&req.pool_id).ok_or_else(|| fail(format!("unknown pool {:?}", req.pool_id)))?;
+        let (mut st, set, net) = self.open(&req.pool_id).map_err(fail)?;
         let gateway = req.options.as_ref().and_then(|o| o.get("RequestAddressType")).is_some_and(|t| t == GATEWAY_TYPE);
         let ip: IpAddr = if !req.address.is_empty() {
             req.address.parse().map_err(|_| fail(format!("Address {:?} is not an IP address", req.address)))?
@@ -212,11 +241,24 @@ impl Ipam {
 
     fn release_address(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: AddrReq = parse(body)?;
-        let (mut st, _) = self.open(&req.pool_id).map_err(fail)?;
+        let (mut st, _, _) = self.open(&req.pool_id).map_err(fail)?;
         let ip: IpAddr = req.address.parse().map_err(|_| fail(format!("Address {:?} is not an IP address", req.address)))?;
         st.release(&Owner::new("docker", ip.to_string())).map_err(fail)?;
         Ok((200, json!({})))
     }
+}
+
+/// An overlay node subnet's hosts: as `range_set`, and not its first
+/// address either (the node's gateway, on its bridge).
+fn node_range_set(net: &IpNet) -> Result<RangeSet, String> {
+    let mut reserved = vec![net.network(), first_host(net)];
+    if let IpNet::V4(n) = net {
+        reserved.push(IpAddr::V4(n.broadcast()));
+    }
+    if net.prefix_len() >= net.max_prefix_len() - 1 {
+        return Err(format!("node subnet {net} has no room for hosts"));
+    }
+    RangeSet::new(0, net.to_string(), &[IpRange::new(net.network(), net.broadcast())], &reserved).map_err(|e| e.to_string())
 }
 
 fn first_host(net: &IpNet) -> IpAddr {
@@ -240,5 +282,8 @@ mod tests {
         assert!(range_set(&"10.1.2.0/31".parse().unwrap()).is_err());
         assert_eq!(first_host(&n), "10.1.2.1".parse::<IpAddr>().unwrap());
         assert_eq!(pool_id(&"fd00::/64".parse().unwrap()), "fd00___64");
+        let node = node_range_set(&n).unwrap();
+        assert!(!node.allows("10.1.2.1".parse().unwrap()), "the node's gateway is handed out");
+        assert!(node.allows("10.1.2.2".parse().unwrap()));
     }
 }

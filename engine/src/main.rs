@@ -1,7 +1,7 @@
 //! berthd: the daemon the Docker engine calls, on one unix socket
 //! (default `/run/docker/plugins/berth.sock`, where the engine looks for a
-//! plugin named `berth`): the VolumeDriver, NetworkDriver (bridge mode)
-//! and IpamDriver protocols.
+//! plugin named `berth`): the VolumeDriver, NetworkDriver (bridge and
+//! overlay modes) and IpamDriver protocols.
 //!
 //! ```text
 //! berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]
@@ -9,13 +9,15 @@
 //!
 //! The config file is JSON: `{"root": DIR, "state": DIR, "socket": PATH, "bindAllow":
 //! [DIR...], "dockerSocket": PATH}` (the engine's API, asked to reconcile
-//! mount counts; default /var/run/docker.sock); flags win over it. Each call is logged on stderr with its
-//! duration.
+//! mount counts; default /var/run/docker.sock), "overlay": {berth-overlay keys}}` (defaults of
+//! every `mode=overlay` network, e.g. `{"iface": "eth1", "store": {"etcd": {"endpoints": [...]}}}`);
+//! flags win over it. Each call is logged on stderr with its duration.
 
 mod docker;
 mod http;
 mod ipam_api;
 mod network_api;
+mod overlay_net;
 mod volume_api;
 
 use std::io::BufReader;
@@ -46,6 +48,9 @@ struct FileConfig {
     #[serde(default)]
     bind_allow: Vec<PathBuf>,
     docker_socket: Option<PathBuf>,
+    /// Defaults of overlay networks (berth-overlay's config keys).
+    #[serde(default)]
+    overlay: serde_json::Value,
 }
 
 struct Settings {
@@ -53,6 +58,7 @@ struct Settings {
     state: PathBuf,
     docker: PathBuf,
     volumes: volumes::Config,
+    overlay: serde_json::Value,
 }
 
 fn settings(args: &[String]) -> Result<Settings> {
@@ -87,6 +93,7 @@ fn settings(args: &[String]) -> Result<Settings> {
             root: root.or(file.root).unwrap_or_else(|| volumes::DEFAULT_ROOT.into()),
             bind_allow: file.bind_allow,
         },
+        overlay: file.overlay,
     })
 }
 
@@ -94,7 +101,7 @@ fn settings(args: &[String]) -> Result<Settings> {
 struct Drivers {
     volumes: Volumes,
     networks: network_api::Networks,
-    ipam: ipam_api::Ipam,
+    ipam: Arc<ipam_api::Ipam>,
     docker: PathBuf,
 }
 
@@ -160,12 +167,14 @@ fn run() -> Result<()> {
     let s = settings(&args)?;
     let vols = Volumes::open(s.volumes.clone()).with_context(|| format!("volume root {}", s.volumes.root.display()))?;
     let count = vols.list().map(|l| l.len()).unwrap_or(0);
+    let ipam = Arc::new(ipam_api::Ipam::new(&s.state));
     let drivers = Arc::new(Drivers {
         volumes: vols,
-        networks: network_api::Networks::new(&s.state),
-        ipam: ipam_api::Ipam::new(&s.state),
+        networks: network_api::Networks::new(&s.state, ipam.clone(), s.overlay.clone()),
+        ipam,
         docker: s.docker.clone(),
     });
+    drivers.networks.resume();
     if let Some(dir) = s.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

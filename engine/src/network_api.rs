@@ -1,10 +1,13 @@
-//! Docker's remote NetworkDriver protocol, bridge mode: the same kernel
+//! Docker's remote NetworkDriver protocol. Bridge mode: the same kernel
 //! objects berth-bridge makes for a CNI network (a Linux bridge with the
 //! gateway address, the network's rules in `inet berth` with masquerade,
 //! forward marks and isolation, one veth per endpoint), through the same
 //! `net` library. The engine moves the veth's peer into the container and
 //! configures it (shared/reference/docker-plugins.md §4). Published ports
 //! (`-p`) go through berth-portmap's library onto its nftables maps.
+//! Overlay mode: the node's share of a berth-overlay network (see
+//! `overlay_net`): the same bridge and endpoints, on the node's leased
+//! subnet, behind the overlay's VXLAN device.
 //!
 //! The engine never re-sends CreateNetwork after a restart, so every
 //! network and endpoint is recorded (`<state>/networks/<id>.json`,
@@ -13,9 +16,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::net::IpAddr;
+
+use crate::ipam_api::Ipam;
+use crate::overlay_net;
 
 use ipnet::IpNet;
 use net::firewall::{PortMapping, Protocol, PublishedPorts};
@@ -45,8 +51,12 @@ struct Network {
     /// `docker network create --internal`: no traffic to or from outside.
     #[serde(default)]
     internal: bool,
-    /// "ip/len" gateways, from the engine's IPv4Data/IPv6Data.
+    /// "ip/len" gateways, from the engine's IPv4Data/IPv6Data (overlay:
+    /// the node subnet's first address).
     gateways: Vec<IpNet>,
+    /// mode=overlay: the berth-overlay config object.
+    #[serde(default)]
+    overlay: Option<Value>,
 }
 
 impl Network {
@@ -74,6 +84,11 @@ fn short(id: &str) -> String {
 pub struct Networks {
     dir: PathBuf,
     ops: Mutex<()>,
+    /// Overlay networks' addresses come from the node's subnet of their pool.
+    ipam: Arc<Ipam>,
+    /// berthd's config `overlay`: defaults of every overlay network.
+    overlay_defaults: Value,
+    agents: overlay_net::Agents,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
@@ -138,6 +153,8 @@ struct PortBinding {
 
 #[derive(Deserialize)]
 struct IpData {
+    #[serde(rename = "Pool", default)]
+    pool: String,
     #[serde(rename = "Gateway", default)]
     gateway: String,
 }
@@ -164,8 +181,20 @@ fn flag(opts: &BTreeMap<String, String>, key: &str, default: bool) -> Result<boo
 }
 
 impl Networks {
-    pub fn new(state: &Path) -> Networks {
-        Networks { dir: state.to_path_buf(), ops: Mutex::new(()) }
+    pub fn new(state: &Path, ipam: Arc<Ipam>, overlay_defaults: Value) -> Networks {
+        Networks { dir: state.to_path_buf(), ops: Mutex::new(()), ipam, overlay_defaults, agents: overlay_net::Agents::new(state) }
+    }
+
+    /// At start: the node agents of the overlay networks (berthd is their
+    /// agent; the engine sends nothing for networks it already has).
+    pub fn resume(&self) {
+        for n in self.networks() {
+            if let Some(conf) = &n.overlay {
+                if let Err(e) = self.agents.start(&short(&n.id), conf) {
+                    eprintln!("berthd: overlay network {}: agent: {e}", short(&n.id));
+                }
+            }
+        }
     }
 
     fn net_path(&self, id: &str) -> PathBuf {
@@ -220,15 +249,24 @@ impl Networks {
             Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))).collect(),
             _ => BTreeMap::new(),
         };
-        for k in generic.keys() {
-            if !["mode", "bridge", "mtu", "masquerade", "isolation", "vlan"].contains(&k.as_str()) {
-                return Err(fail(format!("unknown option {k:?} (known: mode, bridge, mtu, masquerade, isolation, vlan)")));
-            }
-        }
-        match generic.get("mode").map(String::as_str) {
-            None | Some("bridge") => {}
-            Some("overlay") => return Err(fail("mode=overlay is not served yet; use mode=bridge")),
+        const COMMON: [&str; 6] = ["mode", "bridge", "mtu", "masquerade", "isolation", "vlan"];
+        let overlay = match generic.get("mode").map(String::as_str) {
+            None | Some("bridge") => false,
+            Some("overlay") => true,
             Some(m) => return Err(fail(format!("unknown mode {m:?} (bridge, overlay)"))),
+        };
+        for k in generic.keys() {
+            let known = COMMON.contains(&k.as_str()) || (overlay && overlay_net::OPTIONS.contains(&k.as_str()));
+            if !known && overlay_net::OPTIONS.contains(&k.as_str()) {
+                return Err(fail(format!("option {k:?} is for mode=overlay")));
+            }
+            if !known {
+                return Err(fail(format!(
+                    "unknown option {k:?} (known: {}; with mode=overlay also {})",
+                    COMMON.join(", "),
+                    overlay_net::OPTIONS.join(", ")
+                )));
+            }
         }
         if generic.get("vlan").is_some_and(|v| v != "0") {
             return Err(fail("option vlan: VLANs are not served yet"));
@@ -240,9 +278,22 @@ impl Networks {
                 _ => return Err(fail(format!("option mtu={m:?}: expected 68..65535"))),
             },
         };
-        let bridge = generic.get("bridge").cloned().unwrap_or_else(|| format!("bd{}", short(&req.network_id)));
+        let overlay_conf = if overlay {
+            let cluster = self.overlay_pool(&req)?;
+            let conf = overlay_net::overlay_conf(&generic, &self.overlay_defaults, &cluster.to_string(), mtu).map_err(fail)?;
+            // Checked now, so a bad option changes nothing.
+            berth_overlay::parse_conf(&conf).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+            Some(conf)
+        } else {
+            None
+        };
+        let default_bridge = match &overlay_conf {
+            Some(c) => berth_overlay::bridge_name(c["vni"].as_u64().unwrap_or(1) as u32),
+            None => format!("bd{}", short(&req.network_id)),
+        };
+        let bridge = generic.get("bridge").cloned().unwrap_or(default_bridge);
         let mut gateways = Vec::new();
-        for d in req.ipv4.iter().flatten().chain(req.ipv6.iter().flatten()) {
+        for d in req.ipv4.iter().flatten().chain(req.ipv6.iter().flatten()).filter(|_| !overlay) {
             if d.gateway.is_empty() {
                 continue;
             }
@@ -269,7 +320,7 @@ impl Networks {
             return Err(fail(format!("a link named {bridge:?} already exists (owned by another network or not a berth bridge)")));
         }
         let internal = req.options.get("com.docker.network.internal").and_then(Value::as_bool).unwrap_or(false);
-        let network = Network {
+        let mut network = Network {
             id: req.network_id.clone(),
             bridge,
             mtu,
@@ -278,11 +329,13 @@ impl Networks {
             isolation: flag(&generic, "isolation", true)?,
             internal,
             gateways,
+            overlay: overlay_conf,
         };
         // Recorded first: a berthd killed from here on leaves a record
         // that DeleteNetwork cleans.
         Self::write(&self.net_path(&network.id), &network)?;
-        if let Err(e) = self.build(&mut h, &network) {
+        let built = self.join_overlay(&mut network).and_then(|()| self.build(&mut h, &network));
+        if let Err(e) = built {
             let _ = self.teardown(&mut h, &network);
             let _ = std::fs::remove_file(self.net_path(&network.id));
             return Err(e);
@@ -304,7 +357,13 @@ impl Networks {
             net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel("IPv6 forwarding"))?;
         }
         let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
-        let masq = if n.masquerade { n.gateways.iter().map(|g| g.trunc()).collect() } else { Vec::new() };
+        // An overlay's traffic stays unmasqueraded within the cluster
+        // CIDR (other nodes see container addresses), as flannel's.
+        let masq = match (&n.overlay, n.masquerade) {
+            (_, false) => Vec::new(),
+            (Some(o), true) => o["network"].as_str().and_then(|c| c.parse::<IpNet>().ok()).into_iter().collect(),
+            (None, true) => n.gateways.iter().map(|g| g.trunc()).collect(),
+        };
         net::firewall::apply(&net::firewall::NetworkRules {
             network: n.rules_name(),
             bridge: n.bridge.clone(),
@@ -317,7 +376,50 @@ impl Networks {
         net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
     }
 
+    /// The cluster CIDR of an overlay network: the engine's IPv4 pool,
+    /// which must be berth's IPAM's (the node's subnet is carved from it).
+    fn overlay_pool(&self, req: &CreateNetworkReq) -> Result<IpNet, Answer> {
+        if req.ipv6.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(fail("mode=overlay: IPv6 (--ipv6) is not served on Docker overlay networks yet"));
+        }
+        let pool = req.ipv4.iter().flatten().map(|d| d.pool.as_str()).find(|p| !p.is_empty()).unwrap_or("");
+        let cluster: IpNet = pool.parse().map_err(|_| fail(format!("mode=overlay: IPv4 pool {pool:?} is not a CIDR")))?;
+        if !self.ipam.has_pool(&cluster) {
+            return Err(fail(format!(
+                "mode=overlay: the pool {cluster} is not berth's: create the network with --ipam-driver berth --subnet <cluster CIDR>"
+            )));
+        }
+        Ok(cluster)
+    }
+
+    /// mode=overlay: joins the node to the overlay (its lease, the VXLAN
+    /// device and peers), then the bridge gets the node subnet's gateway,
+    /// berth's IPAM hands out the node subnet, and the agent starts.
+    /// Bridge mode: nothing to do.
+    fn join_overlay(&self, n: &mut Network) -> Result<(), Answer> {
+        let Some(conf) = n.overlay.clone() else { return Ok(()) };
+        let parsed = berth_overlay::parse_conf(&conf).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+        let (joined, mtu) = berth_overlay::join_node(&parsed).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+        let subnet = IpNet::V4(joined.subnet);
+        let gateway = match subnet.hosts().next() {
+            Some(g) => IpNet::new(g, subnet.prefix_len()).map_err(fail)?,
+            None => return Err(fail(format!("node subnet {subnet} has no host address"))),
+        };
+        n.gateways = vec![gateway];
+        n.mtu = Some(mtu);
+        Self::write(&self.net_path(&n.id), n)?;
+        let cluster: IpNet = conf["network"].as_str().unwrap_or_default().parse().map_err(fail)?;
+        self.ipam.narrow(&cluster, &subnet).map_err(fail)?;
+        self.agents.start(&short(&n.id), &conf).map_err(fail)
+    }
+
     fn teardown(&self, h: &mut Handle, n: &Network) -> Result<(), Answer> {
+        if let Some(conf) = &n.overlay {
+            self.agents.stop(&short(&n.id));
+            if let Ok(parsed) = berth_overlay::parse_conf(conf) {
+                berth_overlay::leave_node(&parsed).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+            }
+        }
         {
             let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
             net::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge)).map_err(kernel("firewall"))?;

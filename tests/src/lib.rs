@@ -1284,3 +1284,56 @@ pub fn udp_ask_from(
         Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
     })
 }
+
+/// etcd (Debian's etcd-server) run by a test inside one of its namespaces,
+/// serving clients on `addr`:2379 only (peers on that namespace's
+/// loopback); killed by PID when dropped or stopped, its data in a temp
+/// dir.
+pub struct Etcd {
+    child: Option<std::process::Child>,
+    host: String,
+    addr: String,
+    data: TempDir,
+}
+
+impl Etcd {
+    pub fn start(host: &TestNetns, addr: &str) -> Etcd {
+        let mut e = Etcd { child: None, host: host.name().to_string(), addr: addr.to_string(), data: TempDir::new("etcd") };
+        e.spawn();
+        e
+    }
+
+    /// Starts it (again, after `stop`: same data).
+    pub fn spawn(&mut self) {
+        let url = format!("http://{}:2379", self.addr);
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.host, "etcd", "--name", "t", "--data-dir"])
+            .arg(self.data.path())
+            .args([
+                "--listen-client-urls", &url,
+                "--advertise-client-urls", &url,
+                "--listen-peer-urls", "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--initial-cluster", "t=http://127.0.0.1:2380",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start etcd (Debian package etcd-server)");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -62,6 +62,8 @@ impl Daemons {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::File::create(self.dir.path().join("berthd.log")).unwrap();
         let child = Command::new(bin("berthd"))
+            // Overlay networks' notes and lease caches: the test's own.
+            .env("BERTH_RUN_DIR", self.dir.path().join("run"))
             .arg("--config")
             .arg(self.dir.path().join("berthd.json"))
             .arg("--root")
@@ -175,7 +177,7 @@ impl Daemons {
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web", "ia", "ib"]);
+        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web", "ia", "ib", "oa", "ob"]);
         self.stop_dockerd();
         self.stop_berthd_hard();
         let _ = std::fs::remove_file(self.socket());
@@ -416,4 +418,133 @@ fn docker_engine_uses_berthd_networks() {
     assert!(!pools.contains(&subnet), "pool {subnet} still held: {pools}");
     let eps: Vec<_> = std::fs::read_dir(d.dir.path().join("state/endpoints")).map(|r| r.flatten().collect()).unwrap_or_default();
     assert!(eps.is_empty(), "endpoint records left: {eps:?}");
+}
+
+/// A berth overlay network through the engine, shared with a host running
+/// the berth-overlay CNI plugin: the Docker host (this namespace, berthd
+/// as its agent) and a "remote host" namespace on a veth underlay lease
+/// subnets of one cluster CIDR in etcd (run in the remote namespace); a
+/// Docker container and the remote CNI container reach each other across
+/// VXLAN; berthd killed and restarted keeps the node's lease alive;
+/// `docker network rm` gives the lease back and leaves no VXLAN device,
+/// bridge or pool. Bad overlay options are refused with nothing made.
+#[test]
+fn docker_engine_runs_berthd_overlay_networks() {
+    let mut d = Daemons::start();
+    let p = d.plugin.clone();
+    let pid = std::process::id();
+    let vni = 3000 + pid % 4000;
+    let (vxlan, bridge) = (format!("berth.{vni}"), format!("bov{vni}"));
+    let _guards = (LinkGuard::new(vxlan.clone()), LinkGuard::new(bridge.clone()));
+    // The underlay: a veth from this namespace to the remote host's.
+    let remote = TestNetns::new("dovr");
+    let uplink = format!("bu{}", pid % 100000);
+    let _uplink_guard = LinkGuard::new(uplink.clone());
+    let k = 1 + pid % 250;
+    let (here, there) = (format!("198.19.{k}.1"), format!("198.19.{k}.2"));
+    run_ok("ip", &["link", "add", &uplink, "type", "veth", "peer", "name", "ovu", "netns", remote.name()]);
+    run_ok("ip", &["addr", "add", &format!("{here}/24"), "dev", &uplink]);
+    run_ok("ip", &["link", "set", &uplink, "up"]);
+    remote.sh(&format!("ip link set lo up && ip addr add {there}/24 dev ovu && ip link set ovu up"));
+    let _etcd = Etcd::start(&remote, &there);
+    let endpoint = format!("http://{there}:2379");
+    let prefix = format!("/berth-test-{pid}");
+    wait_for(|| remote.exec(&["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).status.success(), "etcd");
+
+    // The remote host: berth-overlay's agent and a CNI container.
+    let remote_run = TempDir::new("dovr-run");
+    let remote_conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": format!("vni{vni}"), "type": "berth-overlay",
+        "network": "10.246.0.0/16", "subnetLen": 24, "vni": vni, "iface": "ovu", "node": "remote",
+        "dataDir": remote_run.path().join("ipam"),
+        "store": {"etcd": {"endpoints": [endpoint], "prefix": prefix, "leaseTTL": 5}}
+    });
+    std::fs::write(remote_run.path().join("agent.conf"), serde_json::to_vec(&remote_conf).unwrap()).unwrap();
+    let mut remote_agent = Command::new("ip")
+        .args(["netns", "exec", remote.name(), "env", &format!("BERTH_RUN_DIR={}", remote_run.path().display())])
+        .arg(bin("berth-overlay"))
+        .args(["agent", "--conf"])
+        .arg(remote_run.path().join("agent.conf"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the remote agent");
+    let cr = TestNetns::new("dovc");
+    let (netns_path, cni_path, run_dir) = (cr.path_str().to_string(), bin_dir().display().to_string(), remote_run.path().display().to_string());
+    let env = [
+        ("CNI_CONTAINERID", "cr"),
+        ("CNI_NETNS", netns_path.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", cni_path.as_str()),
+        ("BERTH_RUN_DIR", run_dir.as_str()),
+    ];
+    let added = run_plugin_in(&remote, &bin("berth-overlay"), "ADD", &env, &remote_conf).expect_ok().clone();
+    let remote_ip = added["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+
+    // Bad overlay options: refused, nothing made.
+    let vni_opt = format!("vni={vni}");
+    let etcd_opt = format!("etcd={endpoint}");
+    for (args, says) in [
+        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt], "etcd"),
+        (vec!["--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt, "-o", &etcd_opt], "--ipam-driver"),
+        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", "vni=0", "-o", &etcd_opt], "vni"),
+        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=bridge", "-o", &vni_opt], "mode=overlay"),
+        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=mesh"], "mode"),
+    ] {
+        let mut full = vec!["network", "create", "-d", &p];
+        full.extend(args.iter().copied());
+        full.push("ovbad");
+        let out = d.docker(&full);
+        assert!(!out.status.success() && text(&out).contains(says), "{args:?}: {}", text(&out));
+        assert!(!link_exists(&vxlan) && !link_exists(&bridge), "{args:?} left a link");
+    }
+
+    let iface_opt = format!("iface={uplink}");
+    let prefix_opt = format!("prefix={prefix}");
+    d.ok(&[
+        "network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt,
+        "-o", &etcd_opt, "-o", &prefix_opt, "-o", &iface_opt, "-o", "node=docker-host", "-o", "leaseTTL=5", "ovnet",
+    ]);
+    assert!(link_exists(&vxlan) && link_exists(&bridge), "no {vxlan} or {bridge}");
+    d.ok(&["run", "-d", "--name", "oa", "--network", "ovnet", "bb:1", "sleep", "300"]);
+    let ip_a = net_addr(&d, "oa", "ovnet", "IPAddress");
+    let gw = net_addr(&d, "oa", "ovnet", "Gateway");
+    let node_net = ip_a.rsplit_once('.').unwrap().0.to_string();
+    assert!(ip_a.starts_with("10.246.") && remote_ip.starts_with("10.246.") && !remote_ip.starts_with(&format!("{node_net}.")), "{ip_a} {remote_ip}");
+    assert_eq!(net_addr(&d, "oa", "ovnet", "IPPrefixLen"), "24", "the container's prefix is the node subnet's");
+    assert!(pings(&d, "oa", &gw), "oa cannot reach its gateway {gw}");
+    assert!(pings(&d, "oa", &remote_ip), "the Docker container cannot reach the remote CNI container {remote_ip}");
+    assert_ping(&cr, &ip_a);
+    let mtu = d.ok(&["exec", "oa", "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu, "1450", "underlay 1500 minus 50");
+
+    // berthd killed: the lease outlives it (TTL 5 s) only because the
+    // restarted berthd keeps it alive.
+    let docker_subnet = format!("{node_net}.0/24");
+    let remote_routes = || remote.exec_ok(&["ip", "route", "show", &docker_subnet]);
+    d.stop_berthd_hard();
+    d.start_berthd();
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(!remote_routes().is_empty(), "the Docker host's lease expired after berthd's restart");
+    d.ok(&["run", "-d", "--name", "ob", "--network", "ovnet", "bb:1", "sleep", "300"]);
+    let ip_b = net_addr(&d, "ob", "ovnet", "IPAddress");
+    assert!(pings(&d, "ob", &remote_ip) && pings(&d, "oa", &ip_b), "a container started after berthd's restart cannot talk");
+
+    // docker network rm: the lease goes back at once, nothing is left.
+    d.ok(&["rm", "-f", "oa", "ob"]);
+    d.ok(&["network", "rm", "ovnet"]);
+    assert!(!link_exists(&vxlan) && !link_exists(&bridge), "{vxlan} or {bridge} left");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !remote_routes().is_empty() {
+        assert!(Instant::now() < deadline, "the remote host still routes to {docker_subnet}: the lease was not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pools = std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
+    assert!(!pools.contains("10.246.0.0"), "pool still held: {pools}");
+    let agents: Vec<_> = std::fs::read_dir(d.dir.path().join("state/overlay")).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert!(agents.is_empty(), "agent configs left: {agents:?}");
+
+    run_plugin_in(&remote, &bin("berth-overlay"), "DEL", &env, &remote_conf).assert_ok();
+    let _ = remote_agent.kill();
+    let _ = remote_agent.wait();
 }

@@ -287,54 +287,6 @@ fn agent_follows_peers_joining_and_leaving() {
     assert!(has_route(&n1.host, "10.244.3.0/24"));
 }
 
-/// etcd, run by the test inside node 1's namespace on its underlay
-/// address; killed (by PID) when dropped.
-struct Etcd {
-    child: Option<std::process::Child>,
-    host: String,
-    data: TempDir,
-}
-
-impl Etcd {
-    fn start(host: &TestNetns) -> Etcd {
-        let mut e = Etcd { child: None, host: host.name().to_string(), data: TempDir::new("ove-etcd") };
-        e.spawn();
-        e
-    }
-
-    fn spawn(&mut self) {
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.host, "etcd", "--name", "t", "--data-dir"])
-            .arg(self.data.path())
-            .args([
-                "--listen-client-urls", "http://192.168.77.1:2379",
-                "--advertise-client-urls", "http://192.168.77.1:2379",
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", "t=http://127.0.0.1:2380",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start etcd (Debian package etcd-server)");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn etcd_conf(n: &Node, node: &str, name: &str) -> Value {
     etcd_conf_with(n, node, name, json!({}))
 }
@@ -372,7 +324,7 @@ fn start_agent(n: &Node, conf: &Value) -> Agent {
 #[test]
 fn etcd_store_leases_subnets_and_survives_an_outage() {
     let (n1, n2) = two_nodes("ove");
-    let mut etcd = Etcd::start(&n1.host);
+    let mut etcd = Etcd::start(&n1.host, "192.168.77.1");
     let (conf1, conf2) = (etcd_conf(&n1, "h1", "ovet"), etcd_conf(&n2, "h2", "ovet"));
     let _a1 = start_agent(&n1, &conf1);
     let _a2 = start_agent(&n2, &conf2);
@@ -434,7 +386,7 @@ fn hosts_join_and_leave_through_etcd() {
     let switch = TestNetns::new("ovxs");
     switch.sh("ip link add sw0 type bridge && ip link set sw0 up");
     let nodes: Vec<Node> = (1..=4).map(|n| switched_node("ovx", &switch, n)).collect();
-    let mut etcd = Etcd::start(&nodes[0].host);
+    let mut etcd = Etcd::start(&nodes[0].host, "192.168.77.1");
     let confs: Vec<Value> = nodes.iter().enumerate().map(|(i, n)| etcd_conf(n, &format!("x{}", i + 1), "ovx")).collect();
     let mut agents: Vec<Option<Agent>> = nodes[..3].iter().zip(&confs).map(|(n, c)| Some(start_agent(n, c))).collect();
     let ten = std::time::Duration::from_secs(10);
@@ -487,7 +439,7 @@ fn hosts_join_and_leave_through_etcd() {
 #[test]
 fn leases_are_released_on_stop_and_expire_after_death() {
     let (n1, n2) = two_nodes("ovl");
-    let _etcd = Etcd::start(&n1.host);
+    let _etcd = Etcd::start(&n1.host, "192.168.77.1");
     let ttl = json!({"leaseTTL": 3});
     let (conf1, conf2) = (etcd_conf_with(&n1, "l1", "ovl", ttl.clone()), etcd_conf_with(&n2, "l2", "ovl", ttl.clone()));
     let _a1 = start_agent(&n1, &conf1);

@@ -564,7 +564,13 @@ fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
     if plugin.get("name").is_none() {
         plugin["name"] = v.get("name").cloned().unwrap_or_else(|| json!("overlay"));
     }
-    let conf = cni::NetConf::parse(&serde_json::to_vec(&plugin).map_err(|e| Error::decode(e.to_string()))?)?;
+    parse_conf(&plugin)
+}
+
+/// A berth-overlay config object (the plugin's keys, with `name`) outside
+/// any CNI call: the agent's file, berthd's overlay networks.
+pub fn parse_conf(plugin: &serde_json::Value) -> Result<OverlayConf, Error> {
+    let conf = cni::NetConf::parse(&serde_json::to_vec(plugin).map_err(|e| Error::decode(e.to_string()))?)?;
     let req = Request {
         command: Command::Status,
         container_id: String::new(),
@@ -578,6 +584,45 @@ fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
         conf,
     };
     OverlayConf::parse(&req)
+}
+
+/// Makes this node part of the overlay: refuses a network that conflicts
+/// with another on this host (before leasing anything), takes or finds the
+/// node's subnet lease, and makes the VXLAN device and every peer's
+/// entries. The conf with the node's subnet and peers, and the overlay
+/// MTU.
+pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
+    claim_network(&mut Handle::new().map_err(kernel)?, conf)?;
+    let conf = resolve(conf, true)?;
+    let mtu = {
+        let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR)).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        ensure_datapath(&conf)?
+    };
+    Ok((conf, mtu))
+}
+
+/// Takes this node out of the overlay (berthd's DeleteNetwork): gives the
+/// lease back, deletes the VXLAN device (its FDB, neighbour entries and
+/// routes go with it) and this host's notes of the network. Each step
+/// already done is fine. A network that never joined (no note of it on
+/// this host, e.g. refused for another's VNI) touches nothing.
+pub fn leave_node(conf: &OverlayConf) -> Result<(), Error> {
+    if !network_note_path(conf).exists() {
+        return Ok(());
+    }
+    if conf.etcd.is_some() {
+        let held = resolve(conf, false).or_else(|_| {
+            cached_subnet(conf).map(|subnet| OverlayConf { subnet, ..conf.clone() }).ok_or_else(|| Error::new(cni::codes::TRY_AGAIN, "no lease"))
+        });
+        if let Ok(held) = held {
+            // Unreachable store: the lease expires by itself.
+            let _ = release_lease(&held);
+        }
+    }
+    Handle::new().map_err(kernel)?.delete_link_by_name(&vxlan_name(conf.vni)).map_err(kernel)?;
+    let _ = std::fs::remove_file(network_note_path(conf));
+    let _ = std::fs::remove_file(cache_path(conf));
+    Ok(())
 }
 
 /// The request berth-bridge gets: this config turned into a bridge
@@ -637,15 +682,7 @@ fn delegate(req: &Request, conf: &OverlayConf, command: Command) -> Result<Optio
 
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
-        let parsed = OverlayConf::parse(req)?;
-        // Before leasing anything: a conflicting network gets nothing.
-        claim_network(&mut Handle::new().map_err(kernel)?, &parsed)?;
-        let conf = resolve(&parsed, true)?;
-        let mtu = {
-            let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
-                .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
-            ensure_datapath(&conf)?
-        };
+        let (conf, mtu) = join_node(&OverlayConf::parse(req)?)?;
         berth_bridge::BridgePlugin.add(&bridge_request(req, &conf, mtu)?)
     }
 
