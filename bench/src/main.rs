@@ -25,6 +25,12 @@
 //!   trips, `docker volume create` + `docker run -v` against the `local`
 //!   driver, `docker run` on a berth network against the `bridge` driver
 //!   (see engine.rs).
+//! * `overlay` — berth-overlay against issue 6's targets: iperf3 between
+//!   containers on two namespace "hosts" against the same container path
+//!   built by hand (bridge, veth, VXLAN with `ip`/`bridge`) between the
+//!   same hosts, a raw host-to-host VXLAN for reference, and the agent's
+//!   convergence with etcd and N simulated nodes (initial, join, leave)
+//!   (see overlay.rs).
 //!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
@@ -32,6 +38,7 @@
 
 mod host;
 mod engine;
+mod overlay;
 mod portmap;
 mod sys;
 
@@ -57,8 +64,8 @@ usage: berth-bench [options]        (as root)
                          else <workspace>/target/release]
   --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
   --n LIST              container counts for compare [default: 1,100,1000]
-  --only LIST           parts to run: compare,floor,concurrent,host,portmap,engine
-                        [default: all]
+  --only LIST           parts to run: compare,floor,concurrent,host,portmap,engine,
+                        overlay [default: all]
   --no-ref              compare: run berth only
   --concurrency K       concurrent ADDs for `concurrent` [default: 64]
   --floor-reps R        repetitions for `floor` [default: 30]
@@ -66,6 +73,10 @@ usage: berth-bench [options]        (as root)
   --portmap-reps R      containers per level for `portmap` [default: 20]
   --volume-reps V       volume round trips for `engine` [default: 1000]
   --docker-reps D       docker runs per driver for `engine` [default: 20]
+  --overlay-nodes N     simulated nodes for `overlay` convergence [default: 200,
+                        at most 250]
+  --iperf-secs S        length of each iperf3 run for `overlay` [default: 5]
+  --iperf-reps R        iperf3 runs per path for `overlay` [default: 3]
   --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
                         the reference plugins 1.1.1 accept]
   --json                print the report as JSON on stdout (progress on stderr)
@@ -90,6 +101,10 @@ struct Args {
     volumes: bool,
     volume_reps: usize,
     docker_reps: usize,
+    overlay: bool,
+    overlay_nodes: usize,
+    iperf_secs: u64,
+    iperf_reps: usize,
     cni_version: String,
     json: bool,
 }
@@ -134,6 +149,10 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
         volumes: true,
         volume_reps: 1000,
         docker_reps: 20,
+        overlay: true,
+        overlay_nodes: 200,
+        iperf_secs: 5,
+        iperf_reps: 3,
         cni_version: "1.0.0".into(),
         json: false,
     };
@@ -165,6 +184,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                 a.host = false;
                 a.portmap = false;
                 a.volumes = false;
+                a.overlay = false;
                 for p in parts {
                     match p.as_str() {
                         "compare" => a.compare = true,
@@ -173,7 +193,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                         "host" => a.host = true,
                         "portmap" => a.portmap = true,
                         "engine" => a.volumes = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, engine)"),
+                        "overlay" => a.overlay = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, engine, overlay)"),
                     }
                 }
             }
@@ -184,6 +205,9 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
             "--portmap-reps" => a.portmap_reps = value()?.parse().context("--portmap-reps")?,
             "--volume-reps" => a.volume_reps = value()?.parse().context("--volume-reps")?,
             "--docker-reps" => a.docker_reps = value()?.parse().context("--docker-reps")?,
+            "--overlay-nodes" => a.overlay_nodes = value()?.parse().context("--overlay-nodes")?,
+            "--iperf-secs" => a.iperf_secs = value()?.parse().context("--iperf-secs")?,
+            "--iperf-reps" => a.iperf_reps = value()?.parse().context("--iperf-reps")?,
             "--cni-version" => a.cni_version = value()?,
             "--json" => a.json = true,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -194,6 +218,12 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
     }
     if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 || a.volume_reps == 0 || a.docker_reps == 0 {
         bail!("--concurrency, --floor-reps and --host-reps must be at least 1");
+    }
+    if a.iperf_secs == 0 || a.iperf_reps == 0 {
+        bail!("--iperf-secs and --iperf-reps must be at least 1");
+    }
+    if !(1..=overlay::MAX_NODES).contains(&a.overlay_nodes) {
+        bail!("--overlay-nodes: 1 to {} (the nodes and 5 joiners take /24s of 10.200.0.0/16)", overlay::MAX_NODES);
     }
     Ok(Some(a))
 }
@@ -815,6 +845,115 @@ fn fx(v: &Value) -> String {
     }
 }
 
+fn pass(v: &Value) -> &'static str {
+    if *v == true {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// Numbers of a JSON array, each formatted with `digits` decimals.
+fn list(v: &Value, digits: usize) -> String {
+    let items: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| format!("{:.*}", digits, x.as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    items.join(" ")
+}
+
+fn print_overlay(o: &Value) {
+    let t = &o["throughput"];
+    if t.is_object() {
+        println!(
+            "== berth-overlay throughput: iperf3 TCP, {} runs x {} s per path, alternating ==",
+            t["runs_per_path"], t["iperf_secs"]
+        );
+        let m = &t["mtu"];
+        println!(
+            "   (MTU: underlay {}; berth eth0 {}, bov42 {}, berth.42 {}; hand-built eth0 {}, hbr {}, vxh {}; raw vxb {})",
+            m["underlay"],
+            m["berth_eth0"],
+            m["berth_bridge"],
+            m["berth_vxlan"],
+            m["hand_eth0"],
+            m["hand_bridge"],
+            m["hand_vxlan"],
+            m["raw_vxlan"]
+        );
+        let paths = [
+            ("berth", "berth", "container -> container over berth-overlay"),
+            ("hand", "hand_container", "container -> container, built by hand"),
+            ("raw", "raw_vxlan", "host -> host over a raw VXLAN"),
+        ];
+        for (label, key, what) in paths {
+            let p = &t[key];
+            println!(
+                "  {label:<6} {what:<42} median {:>6} Gbit/s   runs [{}]   retransmits [{}]",
+                f(&p["median_gbps"]),
+                list(&p["gbps"], 2),
+                list(&p["retransmits"], 0),
+            );
+        }
+        println!(
+            "  berth/hand {} (target >= {:.2}): {}",
+            f(&t["berth_over_hand_container"]),
+            t["target_ratio"].as_f64().unwrap_or(f64::NAN),
+            pass(&t["ratio_pass"])
+        );
+        println!(
+            "  berth/raw  {} (raw VXLAN host to host, no veth/bridge/forwarding: for reference, not judged)",
+            f(&t["berth_over_raw_vxlan"])
+        );
+        let frag: Vec<String> = paths
+            .iter()
+            .map(|(label, key, _)| format!("{label} +{} / +{}", t[key]["frag_creates"], t[key]["reasm_reqds"]))
+            .collect();
+        println!(
+            "  fragmentation, FragCreates / ReasmReqds over each path's namespaces: {}: {}",
+            frag.join(", "),
+            pass(&t["no_fragmentation"])
+        );
+        println!();
+    }
+    if let Some(e) = o["throughput_error"].as_str() {
+        println!("FAILED overlay throughput: {e}\n");
+    }
+    let c = &o["convergence"];
+    if c.is_object() {
+        println!(
+            "== berth-overlay agent convergence: etcd, {} simulated nodes (target < {:.0} ms) ==",
+            c["nodes"], c["target_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "  initial: agent start -> {} onlink routes   {:>8} ms             {}   (records put beforehand in {} ms; agent VTEP {})",
+            c["nodes"], f(&c["initial_ms"]), pass(&c["initial_pass"]), f(&c["records_put_ms"]), c["agent_vtep_address"].as_str().unwrap_or("-")
+        );
+        for (label, key) in [("join:  record put -> its route     ", "join"), ("leave: record deleted -> route gone", "leave")] {
+            println!(
+                "  {label}  median {:>8} ms, max {:>8} ms   {}   [{}]",
+                f(&c[format!("{key}_median_ms")]),
+                f(&c[format!("{key}_max_ms")]),
+                pass(&c[format!("{key}_pass")]),
+                list(&c[format!("{key}_ms")], 1),
+            );
+        }
+        println!(
+            "  FDB entries with a dst on berth.77: {}, onlink routes: {}, live nodes: {}: {}",
+            c["fdb_entries_with_dst"],
+            c["onlink_routes"],
+            c["live_nodes"],
+            if c["fdb_matches_live_nodes"] == true { "OK" } else { "MISMATCH" }
+        );
+        println!();
+    }
+    if let Some(e) = o["convergence_error"].as_str() {
+        println!("FAILED overlay convergence: {e}\n");
+    }
+}
+
 fn print_tables(report: &Value) {
     if let Some(rows) = report["host"].as_array() {
         println!("== berth-host vs the reference plugin of each mode: ADD / DEL, median ms ==");
@@ -878,6 +1017,12 @@ fn print_tables(report: &Value) {
     }
     if let Some(e) = report["volumes_error"].as_str() {
         println!("FAILED volumes: {e}\n");
+    }
+    if report["overlay"].is_object() {
+        print_overlay(&report["overlay"]);
+    }
+    if let Some(e) = report["overlay_error"].as_str() {
+        println!("FAILED overlay: {e}\n");
     }
     if let Some(rows) = report["compare"].as_array() {
         println!("== per-container ADD / DEL, median ms (one exec of the bridge plugin each) ==");
@@ -1111,6 +1256,18 @@ fn real_main() -> Result<bool> {
             }
         }
     }
+    if args.overlay {
+        match overlay::overlay(&args.berth_dir, args.overlay_nodes, args.iperf_secs, args.iperf_reps) {
+            Ok(v) => {
+                ok &= overlay::ok(&v);
+                report["overlay"] = v;
+            }
+            Err(e) => {
+                ok = false;
+                report["overlay_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
     report["ok"] = json!(ok);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1152,6 +1309,22 @@ mod tests {
         assert!(parse_args(&argv("--n 0")).is_err());
         assert!(parse_args(&argv("--only nope")).is_err());
         assert!(parse_args(&argv("--n")).is_err());
+    }
+
+    #[test]
+    fn overlay_flags() {
+        let a = parse_args(&[]).unwrap().unwrap();
+        assert!(a.overlay);
+        assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (200, 5, 3));
+        let a = parse_args(&argv("--only overlay --overlay-nodes 50 --iperf-secs=2 --iperf-reps 1")).unwrap().unwrap();
+        assert!(a.overlay && !a.compare && !a.floor && !a.concurrent && !a.host && !a.portmap && !a.volumes);
+        assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (50, 2, 1));
+        assert!(!parse_args(&argv("--only compare")).unwrap().unwrap().overlay);
+        assert!(parse_args(&argv("--overlay-nodes 0")).is_err());
+        assert!(parse_args(&argv("--overlay-nodes 251")).is_err());
+        assert!(parse_args(&argv("--overlay-nodes 250")).is_ok());
+        assert!(parse_args(&argv("--iperf-secs 0")).is_err());
+        assert!(parse_args(&argv("--iperf-reps 0")).is_err());
     }
 
     #[test]

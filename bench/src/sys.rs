@@ -67,6 +67,20 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The name under /run/netns (what `ip -n` takes).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// Runs `f` on a thread inside this namespace: sockets it opens and
+    /// processes it spawns live there (and stay there afterwards).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let fd = net::Netns::open(Path::new(&self.path)).with_context(|| format!("open {}", self.path))?;
+        fd.run(f).with_context(|| format!("enter {}", self.path))?
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = nix::mount::umount2(self.path.as_str(), nix::mount::MntFlags::MNT_DETACH) {
@@ -87,6 +101,23 @@ impl Drop for LinkGuard {
         if let Err(e) = host().and_then(|mut h| Ok(h.delete_link_by_name(&self.0)?)) {
             eprintln!("warning: delete link {}: {e:#}", self.0);
         }
+    }
+}
+
+/// A child process (a daemon the bench started) stopped by its PID on
+/// drop: SIGTERM, then SIGKILL if it is still there after 30 s; reaped.
+#[derive(Debug)]
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.0.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -371,6 +371,7 @@ impl Networks {
             forward: true,
             isolation: n.isolation,
             internal: n.internal,
+            uplinks: n.overlay.as_ref().and_then(|o| o["vni"].as_u64()).map(|v| berth_overlay::vxlan_name(v as u32)).into_iter().collect(),
         })
         .map_err(kernel("firewall"))?;
         net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))

@@ -74,6 +74,7 @@ fn apply_check_update_remove() {
         forward: true,
         isolation: true,
         internal: false,
+        uplinks: Vec::new(),
     };
     firewall::apply_in(Some(&netns), &rules).unwrap();
 
@@ -173,6 +174,7 @@ fn networks_are_independent() {
                 forward: true,
                 isolation: true,
                 internal: false,
+                uplinks: Vec::new(),
             },
         )
         .unwrap();
@@ -205,6 +207,7 @@ fn host_ruleset_is_not_touched() {
             forward: true,
             isolation: false,
             internal: true,
+            uplinks: Vec::new(),
         },
     )
     .unwrap();

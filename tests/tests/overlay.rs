@@ -93,12 +93,20 @@ fn first_ip(r: &Value) -> String {
     r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
 }
 
-/// Containers on two hosts reach each other by address over VXLAN; the
-/// MTU leaves room for the encapsulation; the datapath has one FDB entry,
+/// Containers on two hosts reach each other by address over VXLAN, also
+/// where forwarding has a drop policy; the MTU leaves room for the
+/// encapsulation; the datapath has one FDB entry,
 /// one neighbour and one route per peer; DEL releases the addresses.
 #[test]
 fn containers_on_two_hosts_talk_over_vxlan() {
     let (n1, n2) = two_nodes("ovs");
+    // Both hosts forward under a drop policy that lets berth's mark
+    // through, as a host running Docker does (FORWARD policy DROP, the
+    // DOCKER-USER exception): connections from the other node's containers
+    // come in through the VXLAN device and must be accepted too.
+    for n in [&n1, &n2] {
+        n.host.sh("nft add table inet usr && nft add chain inet usr guard '{ type filter hook forward priority 10; policy drop; }' && nft add rule inet usr guard meta mark and 0x40000000 == 0x40000000 accept");
+    }
     let (c1, c2) = (TestNetns::new("ovc1"), TestNetns::new("ovc2"));
     let r1 = n1.exec("ADD", "c1", &c1, &n1.conf(json!({}))).expect_ok().clone();
     let r2 = n2.exec("ADD", "c2", &c2, &n2.conf(json!({}))).expect_ok().clone();

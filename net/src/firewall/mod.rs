@@ -72,6 +72,11 @@ pub struct NetworkRules {
     /// No forwarding between the bridge and any other link at all (Docker's
     /// `--internal`); implies no masquerading is useful.
     pub internal: bool,
+    /// Links whose new connections into the bridge are accepted and marked
+    /// like the bridge's own traffic (an overlay's VXLAN device: other
+    /// nodes' containers connecting to this node's), so a drop policy that
+    /// lets berth's mark through (Docker's) does not drop them.
+    pub uplinks: Vec<String>,
 }
 
 fn check_network(network: &str) -> Result<()> {
@@ -92,6 +97,9 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
     check_network(&rules.network)?;
     if rules.forward {
         check_ifname(&rules.bridge)?;
+    }
+    for u in &rules.uplinks {
+        check_ifname(u)?;
     }
     let op = format!("apply firewall rules of network {}", rules.network);
     run_batch(ns, rules::apply_batch(rules), &op)

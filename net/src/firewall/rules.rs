@@ -230,6 +230,22 @@ fn forward_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2]
     ]
 }
 
+/// `iifname UPLINK oifname BRIDGE meta mark set meta mark | FORWARD_MARK
+/// accept`: connections from an uplink (e.g. the overlay's VXLAN device)
+/// into the bridge.
+fn uplink_rule(chain: &str, bridge: &str, uplink: &str, comment: &str) -> Rule<'static> {
+    rule(
+        chain,
+        comment,
+        vec![
+            matches(meta(MetaKey::Iifname), Operator::EQ, Expression::String(uplink.to_string().into())),
+            matches(meta(MetaKey::Oifname), Operator::EQ, Expression::String(bridge.to_string().into())),
+            set_forward_mark(),
+            Statement::Accept(Some(Accept {})),
+        ],
+    )
+}
+
 fn bridges_set() -> Box<Set<'static>> {
     Box::new(Set {
         family: NfFamily::INet,
@@ -411,6 +427,9 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch<'static> {
         for r in forward_rules(&n.forward, &rules.bridge, &comment) {
             b.add(NfListObject::Rule(r));
         }
+        for uplink in &rules.uplinks {
+            b.add(NfListObject::Rule(uplink_rule(&n.forward, &rules.bridge, uplink, &comment)));
+        }
     } else {
         drop_chain(&mut b, fwd_chain(&n));
     }
@@ -482,6 +501,7 @@ mod tests {
             forward,
             isolation: forward,
             internal: false,
+            uplinks: Vec::new(),
         }
     }
 

@@ -55,6 +55,8 @@ struct Raw {
     port_isolation: bool,
     #[serde(default, deserialize_with = "flexible_opt_bool")]
     isolation: Option<bool>,
+    #[serde(default)]
+    uplinks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +82,10 @@ pub struct BridgeConf {
     /// excepted), as the reference firewall plugin's `ingressPolicy:
     /// same-bridge`. Default true.
     pub isolation: bool,
+    /// berth's own key: links whose connections into the bridge the
+    /// firewall accepts like the bridge's own traffic (berth-overlay passes
+    /// its VXLAN device). Default none.
+    pub uplinks: Vec<String>,
     /// `ipam.type`, if an `ipam` section is present.
     pub ipam_type: Option<String>,
     /// The `dns` key; wins over the IPAM plugin's DNS.
@@ -140,6 +146,7 @@ impl BridgeConf {
             disable_container_interface: raw.disable_container_interface,
             port_isolation: raw.port_isolation,
             isolation: raw.isolation.unwrap_or(true),
+            uplinks: uplinks(raw.uplinks.unwrap_or_default())?,
             ipam_type,
             dns,
             mac: ifconf::container_mac(req)?,
@@ -191,3 +198,13 @@ fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {
     Ok(out)
 }
 
+
+/// `uplinks`: interface names (checked as the kernel would).
+fn uplinks(names: Vec<String>) -> Result<Vec<String>, Error> {
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) || n == "." || n == ".." {
+            return Err(Error::config(&format!("uplinks[{i}]"), format!("{n:?} is not an interface name")));
+        }
+    }
+    Ok(names)
+}

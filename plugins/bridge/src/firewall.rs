@@ -30,10 +30,11 @@ pub fn ensure(
     bridge: &str,
     subnets: &[IpNet],
     isolation: bool,
+    uplinks: &[String],
 ) -> Result<(), Error> {
     let marker = state.rules_marker(network);
     if let Some(m) = &marker {
-        if m.bridge == bridge && m.isolation == isolation && subnets.iter().all(|s| m.subnets.contains(s)) {
+        if m.bridge == bridge && m.isolation == isolation && m.uplinks == uplinks && subnets.iter().all(|s| m.subnets.contains(s)) {
             return Ok(());
         }
     }
@@ -51,12 +52,14 @@ pub fn ensure(
         forward: true,
         isolation,
         internal: false,
+        uplinks: uplinks.to_vec(),
     })
     .map_err(nft_err)?;
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
     net::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
-    let marker = RulesMarker { bridge: bridge.to_string(), subnets: all, boot_id: crate::state::boot_id(), isolation };
+    let marker =
+        RulesMarker { bridge: bridge.to_string(), subnets: all, boot_id: crate::state::boot_id(), isolation, uplinks: uplinks.to_vec() };
     state.write_rules_marker(lock, network, &marker)
 }
 

@@ -127,7 +127,7 @@ impl AddContext<'_> {
         };
         {
             let lock = self.state.lock()?;
-            firewall::ensure(self.state, &lock, &req.conf.name, &conf.bridge, &masquerade, conf.isolation)?;
+            firewall::ensure(self.state, &lock, &req.conf.name, &conf.bridge, &masquerade, conf.isolation, &conf.uplinks)?;
             if conf.macspoofchk {
                 // The MAC the container really has (given or kernel-chosen).
                 let mac = cl

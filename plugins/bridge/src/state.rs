@@ -46,6 +46,9 @@ pub struct RulesMarker {
     /// key existed had no isolation rules).
     #[serde(default)]
     pub isolation: bool,
+    /// The links whose connections into the bridge are accepted.
+    #[serde(default)]
+    pub uplinks: Vec<String>,
 }
 
 /// This boot's ID (random per boot, from the kernel).
@@ -194,7 +197,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("berth-state-test-{}", std::process::id()));
         let state = State::new(&root);
         let net: IpNet = "10.9.0.0/24".parse().unwrap();
-        let marker = |boot: String| RulesMarker { bridge: "b0".into(), subnets: vec![net], boot_id: boot, isolation: true };
+        let marker = |boot: String| RulesMarker { bridge: "b0".into(), subnets: vec![net], boot_id: boot, isolation: true, uplinks: Vec::new() };
         // Written directly: the lock only serialises writers, it doesn't
         // change what is read back.
         let dir = root.join("n1");

@@ -648,6 +648,8 @@ fn bridge_request(req: &Request, conf: &OverlayConf, mtu: u32) -> Result<Request
         "isGateway": true,
         "ipMasq": false,
         "mtu": mtu,
+        // Other nodes' containers connect in through the VXLAN device.
+        "uplinks": [vxlan_name(conf.vni)],
         "ipam": ipam,
     });
     for key in ["runtimeConfig", "args", "prevResult", "cni.dev/valid-attachments", "cni.dev/attachments"] {
