@@ -460,15 +460,17 @@ fn docker_engine_runs_berthd_overlay_networks() {
         "store": {"etcd": {"endpoints": [endpoint], "prefix": prefix, "leaseTTL": 5}}
     });
     std::fs::write(remote_run.path().join("agent.conf"), serde_json::to_vec(&remote_conf).unwrap()).unwrap();
-    let mut remote_agent = Command::new("ip")
+    let remote_agent = Command::new("ip")
         .args(["netns", "exec", remote.name(), "env", &format!("BERTH_RUN_DIR={}", remote_run.path().display())])
         .arg(bin("berth-overlay"))
         .args(["agent", "--conf"])
         .arg(remote_run.path().join("agent.conf"))
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the remote agent");
+    let _remote_agent = KillOnDrop(remote_agent);
     let cr = TestNetns::new("dovc");
     let (netns_path, cni_path, run_dir) = (cr.path_str().to_string(), bin_dir().display().to_string(), remote_run.path().display().to_string());
     let env = [
@@ -528,7 +530,15 @@ fn docker_engine_runs_berthd_overlay_networks() {
     assert!(!remote_routes().is_empty(), "the Docker host's lease expired after berthd's restart");
     d.ok(&["run", "-d", "--name", "ob", "--network", "ovnet", "bb:1", "sleep", "300"]);
     let ip_b = net_addr(&d, "ob", "ovnet", "IPAddress");
-    assert!(pings(&d, "ob", &remote_ip) && pings(&d, "oa", &ip_b), "a container started after berthd's restart cannot talk");
+    let (b_to_remote, a_to_b) = (pings(&d, "ob", &remote_ip), pings(&d, "oa", &ip_b));
+    assert!(
+        b_to_remote && a_to_b,
+        "a container started after berthd's restart cannot talk (ob -> remote {b_to_remote}, oa -> ob {a_to_b}); ob: {}\nhost routes: {}\nfdb: {}\nberthd log: {}",
+        text(&d.docker(&["exec", "ob", "ip", "addr"])),
+        run_ok("ip", &["route"]),
+        run_ok("bridge", &["fdb", "show", "dev", &vxlan]),
+        std::fs::read_to_string(d.dir.path().join("berthd.log")).unwrap_or_default()
+    );
 
     // docker network rm: the lease goes back at once, nothing is left.
     d.ok(&["rm", "-f", "oa", "ob"]);
@@ -545,6 +555,14 @@ fn docker_engine_runs_berthd_overlay_networks() {
     assert!(agents.is_empty(), "agent configs left: {agents:?}");
 
     run_plugin_in(&remote, &bin("berth-overlay"), "DEL", &env, &remote_conf).assert_ok();
-    let _ = remote_agent.kill();
-    let _ = remote_agent.wait();
+}
+
+/// A child process killed (by PID) when dropped, even when a test fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

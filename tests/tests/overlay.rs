@@ -191,6 +191,9 @@ fn bad_input_makes_nothing() {
         (json!({"network6": "10.0.0.0/8"}), "network6"),
         (json!({"network6": "fd44::/60"}), "subnetLen6"),
         (json!({"subnetLen6": 64}), "subnetLen6"),
+        (json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [
+            {"node": "x", "underlay": "fd77::1:c0a8:4d02", "subnet": "10.244.2.0/24"},
+            {"node": "y", "underlay": "fd78::c0a8:4d02", "subnet": "10.244.3.0/24"}]}}}), "peers[1].underlay"),
     ] {
         let out = n1.exec("ADD", "c1", &c, &n1.conf(extra.clone()));
         let err = out.expect_error(7);
@@ -468,6 +471,9 @@ fn leases_are_released_on_stop_and_expire_after_death() {
         .expect_error(7)
         .clone();
     assert!(err["msg"].as_str().unwrap().contains("store.etcd.subnet") && err["msg"].as_str().unwrap().contains("l1"), "{err}");
+    // A second node name on one host would share its VTEP.
+    let err = n2.exec("ADD", "c1", &c, &etcd_conf_with(&n2, "l3", "ovl", ttl.clone())).expect_error(7).clone();
+    assert!(err["msg"].as_str().unwrap().contains("one node name per host"), "{err}");
     assert!(c.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
 
     // Renewals keep each node's one lease alive; they make no new ones.
@@ -494,4 +500,45 @@ fn leases_are_released_on_stop_and_expire_after_death() {
     assert!(gone >= std::time::Duration::from_secs(1), "forgotten after {gone:?}, before any lease of 3 s could end");
     let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
     assert!(!fdb.contains("dst 192.168.77.2"), "{fdb}");
+}
+
+/// ADDs racing on a node that holds no lease yet (the agent and the first
+/// containers start together) take one subnet between them, not one each.
+#[test]
+fn racing_claims_on_one_node_take_one_subnet() {
+    let (n1, _n2) = two_nodes("ovr");
+    let _etcd = Etcd::start(&n1.host, "192.168.77.1");
+    let conf = etcd_conf(&n1, "r1", "ovr");
+    let cs: Vec<TestNetns> = (0..4).map(|i| TestNetns::new(&format!("ovrc{i}"))).collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = cs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (n, conf) = (&n1, &conf);
+                s.spawn(move || {
+                    let cid = format!("r{i}");
+                    // etcd may still be starting: ADD answers 11 until then.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    loop {
+                        let out = n.exec("ADD", &cid, c, conf);
+                        if out.success() || std::time::Instant::now() > deadline {
+                            return first_ip(out.expect_ok());
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let nets: std::collections::BTreeSet<&str> = ips.iter().map(|ip| ip.rsplit_once('.').unwrap().0).collect();
+    assert_eq!(nets.len(), 1, "the node's containers got addresses of {nets:?}");
+    let keys = n1.host.exec_ok(&[
+        "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "http://192.168.77.1:2379", "get", "--prefix", "--keys-only", "/berth-test/ovr/subnets/",
+    ]);
+    assert_eq!(keys.lines().filter(|l| !l.trim().is_empty()).count(), 1, "leases: {keys}");
+    for (i, c) in cs.iter().enumerate() {
+        n1.exec("DEL", &format!("r{i}"), c, &conf).assert_ok();
+    }
 }

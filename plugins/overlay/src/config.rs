@@ -24,6 +24,8 @@ pub struct Peer {
     pub subnet: Ipv4Net,
     /// Its IPv6 subnet, when the network is dual stack.
     pub subnet6: Option<Ipv6Net>,
+    /// Its VTEP MAC: published in its lease, else derived from `underlay`.
+    pub mac: [u8; 6],
 }
 
 /// `store.etcd`: the cluster store.
@@ -136,7 +138,7 @@ impl OverlayConf {
 
     /// The peer record for node `node` at `underlay` holding `subnet`.
     pub fn peer(&self, node: &str, underlay: IpAddr, subnet: Ipv4Net) -> Peer {
-        Peer { node: node.to_string(), underlay, subnet, subnet6: self.subnet6_of(&subnet) }
+        Peer { node: node.to_string(), underlay, subnet, subnet6: self.subnet6_of(&subnet), mac: crate::vtep_mac(underlay) }
     }
 
     pub fn parse(req: &Request) -> Result<OverlayConf, Error> {
@@ -258,7 +260,14 @@ impl OverlayConf {
             if s == own || peers.iter().any(|q| q.subnet == s) {
                 return Err(bad(&format!("{field}.subnet"), format!("{s} is already another node's")));
             }
-            peers.push(Peer { node: p.node.clone(), underlay, subnet: s, subnet6: None });
+            let mac = crate::vtep_mac(underlay);
+            if let Some(q) = peers.iter().find(|q| q.mac == mac) {
+                return Err(bad(
+                    &format!("{field}.underlay"),
+                    format!("{underlay} gives the VTEP MAC of node {:?} ({}): underlay addresses must differ in their last four bytes", q.node, q.underlay),
+                ));
+            }
+            peers.push(Peer { node: p.node.clone(), underlay, subnet: s, subnet6: None, mac });
         }
         let conf = common(own, Vec::new(), None);
         let peers = peers.iter().map(|p| conf.peer(&p.node, p.underlay, p.subnet)).collect();

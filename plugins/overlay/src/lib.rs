@@ -57,6 +57,16 @@ pub fn vtep_mac(underlay: IpAddr) -> [u8; 6] {
     [0x02, 0xbf, o[0], o[1], o[2], o[3]]
 }
 
+/// `02:bf:…` as text.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
+    parts.try_into().ok()
+}
+
 /// An address a VXLAN tunnel can start from: IPv4, or global IPv6.
 fn usable_underlay(a: &IpAddr) -> bool {
     match a {
@@ -119,7 +129,9 @@ fn subnet_key(conf: &OverlayConf, e: &config::EtcdConf, subnet: &ipnet::Ipv4Net)
 
 /// A lease's value: who holds the subnet and where its VTEP is.
 fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::Ipv4Net) -> String {
-    let mut v = json!({"node": conf.node, "underlay": underlay.to_string(), "subnet": subnet.to_string()});
+    let mut v = json!({
+        "node": conf.node, "underlay": underlay.to_string(), "subnet": subnet.to_string(), "vtepMac": mac_text(&vtep_mac(underlay)),
+    });
     if let Some(s6) = conf.subnet6_of(subnet) {
         v["subnet6"] = json!(s6.to_string());
     }
@@ -152,7 +164,11 @@ fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> 
             continue;
         };
         if conf.network.contains(&subnet) && subnet.prefix_len() == conf.subnet_len {
-            peers.push((conf.peer(node, underlay, subnet), kv.lease));
+            let mut peer = conf.peer(node, underlay, subnet);
+            if let Some(mac) = v["vtepMac"].as_str().and_then(parse_mac) {
+                peer.mac = mac;
+            }
+            peers.push((peer, kv.lease));
         }
     }
     Ok(Leases { peers, revision: range.revision })
@@ -180,8 +196,19 @@ struct Held {
 fn resolve_held(conf: &OverlayConf, claim: bool) -> Result<(OverlayConf, Option<Held>), Error> {
     let Some(e) = &conf.etcd else { return Ok((conf.clone(), None)) };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
-    let Leases { peers: leases, revision } = read_leases(conf, e, &store)?;
-    let mine = leases.iter().find(|(p, _)| p.node == conf.node).cloned();
+    let Leases { peers: mut leases, mut revision } = read_leases(conf, e, &store)?;
+    // Claims on this host are serialized (the agent and an ADD may both
+    // find no lease at once and would each take a subnet); the leases are
+    // read again under the lock.
+    let _claiming = if claim && !leases.iter().any(|(p, _)| p.node == conf.node) {
+        let dir = cache_path(conf).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let lock = store::file::lock_dir(&dir).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        Leases { peers: leases, revision } = read_leases(conf, e, &store)?;
+        Some(lock)
+    } else {
+        None
+    };
+    let mine = own_lease(conf, &store, &leases);
     let (own, lease) = match mine {
         Some(m) if !claim => m,
         None if !claim => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
@@ -227,6 +254,21 @@ fn resolve_held(conf: &OverlayConf, claim: bool) -> Result<(OverlayConf, Option<
     Ok((OverlayConf { subnet: own.subnet, peers, ..conf.clone() }, Some(Held { lease, revision })))
 }
 
+/// This node's lease among `leases`. Should the node hold more than one
+/// (claims from two hosts under one name raced), it keeps the subnet it
+/// last used (else the first) and gives the others back.
+fn own_lease(conf: &OverlayConf, store: &etcd::Etcd, leases: &[(Peer, i64)]) -> Option<(Peer, i64)> {
+    let mine: Vec<&(Peer, i64)> = leases.iter().filter(|(p, _)| p.node == conf.node).collect();
+    let last = cached_subnet(conf);
+    let keep = mine.iter().find(|(p, _)| Some(p.subnet) == last).or(mine.first()).map(|k| (*k).clone())?;
+    if let Some(e) = &conf.etcd {
+        for (p, _) in mine.iter().filter(|(p, _)| p.subnet != keep.0.subnet && p.underlay == keep.0.underlay) {
+            let _ = store.delete(&subnet_key(conf, e, &p.subnet));
+        }
+    }
+    Some(keep)
+}
+
 /// Takes a subnet no lease holds, with a create-if-absent transaction
 /// (two nodes never get the same one): `store.etcd.subnet` if given (code 7
 /// naming the holder if another node has it), else the subnet this node
@@ -236,6 +278,22 @@ fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, le
     let wanted = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok());
     if let Some(h) = wanted.and_then(|w| holder(&w)) {
         return Err(Error::config("store.etcd.subnet", format!("{} is held by node {:?} ({})", h.subnet, h.node, h.underlay)));
+    }
+    // Derived MACs of IPv6 underlays can collide (last four bytes); two
+    // VTEPs with one MAC would share FDB entries.
+    let mac = vtep_mac(local);
+    if let Some(other) = leases.iter().find(|p| p.mac == mac) {
+        let why = if other.underlay == local {
+            format!("underlay {local} is already node {:?}'s VTEP (one node name per host)", other.node)
+        } else {
+            format!(
+                "this host's VTEP MAC {} (from underlay {local}) is node {:?}'s (underlay {}): underlay addresses must differ in their last four bytes",
+                mac_text(&mac),
+                other.node,
+                other.underlay
+            )
+        };
+        return Err(Error::config("iface", why));
     }
     let lease = store.grant(e.lease_ttl).map_err(try_again)?;
     let try_one = |s: &ipnet::Ipv4Net| -> Result<bool, Error> {
@@ -428,7 +486,7 @@ fn peer_routes(vx: u32, p: &Peer) -> Vec<Route> {
 /// One remote node: FDB (its VTEP MAC at its underlay address), a
 /// neighbour per VTEP address at that MAC, an onlink route per subnet.
 fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
-    let mac = vtep_mac(p.underlay);
+    let mac = p.mac;
     h.set_fdb(vx, mac, p.underlay).map_err(kernel)?;
     for vtep in vteps(p.subnet, p.subnet6) {
         h.set_neighbour(vx, vtep, mac).map_err(kernel)?;
@@ -439,8 +497,10 @@ fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes a remote node's entries (each already gone is fine).
-fn forget_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
+/// Removes a remote node's entries (each already gone is fine); its FDB
+/// entry only if no peer in `remaining` shares its VTEP MAC (FDB entries
+/// are keyed by MAC alone).
+fn forget_peer(h: &mut Handle, vx: u32, p: &Peer, remaining: &[Peer]) -> Result<(), Error> {
     for r in peer_routes(vx, p) {
         match h.del_route(&r) {
             // Already gone (no such route).
@@ -451,7 +511,10 @@ fn forget_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
     for vtep in vteps(p.subnet, p.subnet6) {
         h.del_neighbour(vx, vtep).map_err(kernel)?;
     }
-    h.del_fdb(vx, vtep_mac(p.underlay)).map_err(kernel)
+    if remaining.iter().any(|r| r.mac == p.mac) {
+        return Ok(());
+    }
+    h.del_fdb(vx, p.mac).map_err(kernel)
 }
 
 /// The agent: keeps the node's datapath equal to the peers of its config:
@@ -501,16 +564,16 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
         if last.as_ref().is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC) {
             let synced = (|| -> Result<(), Error> {
                 let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR)).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
-                ensure_datapath(&conf)?;
                 let mut h = Handle::new().map_err(kernel)?;
-                let vx = h
-                    .link_by_name(&vxlan_name(conf.vni))
-                    .map_err(kernel)?
-                    .ok_or_else(|| Error::new(cni::codes::KERNEL, "VXLAN device vanished"))?;
-                for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
-                    forget_peer(&mut h, vx.index, gone)?;
-                    eprintln!("berth-overlay agent: peer {} ({}) left", gone.node, gone.subnet);
+                // The gone first: then programming the current peers
+                // restores anything they shared with them.
+                if let Some(vx) = h.link_by_name(&vxlan_name(conf.vni)).map_err(kernel)? {
+                    for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
+                        forget_peer(&mut h, vx.index, gone, &conf.peers)?;
+                        eprintln!("berth-overlay agent: peer {} ({}) left", gone.node, gone.subnet);
+                    }
                 }
+                ensure_datapath(&conf)?;
                 for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
                     eprintln!("berth-overlay agent: peer {} ({}) at {}", new.node, new.subnet, new.underlay);
                 }
@@ -747,5 +810,8 @@ mod tests {
         assert_eq!(bridge_name(42), "bov42");
         assert_eq!(vtep_mac("192.0.2.7".parse().unwrap()), [0x02, 0xbf, 192, 0, 2, 7]);
         assert_eq!(vtep_mac("2001:db8::a:b0c:d".parse().unwrap()), [0x02, 0xbf, 0x0b, 0x0c, 0x00, 0x0d]);
+        assert_eq!(mac_text(&[0x02, 0xbf, 192, 0, 2, 7]), "02:bf:c0:00:02:07");
+        assert_eq!(parse_mac("02:bf:c0:00:02:07"), Some([0x02, 0xbf, 192, 0, 2, 7]));
+        assert_eq!(parse_mac("02:bf:c0"), None);
     }
 }
