@@ -343,8 +343,27 @@ impl TestNetns {
     }
 }
 
+impl TestNetns {
+    /// Kills (by PID) every process running in this namespace: daemons a
+    /// plugin under test left there (e.g. berth-portmap's ::1 proxy of a
+    /// container never DELeted) would keep it alive after `ip netns del`.
+    fn kill_processes_inside(&self) {
+        let Ok(mine) = std::fs::metadata(&self.path) else { return };
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else { continue };
+            if ns.ino() == mine.ino() && ns.dev() == mine.dev() && pid != std::process::id() as i32 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 impl Drop for TestNetns {
     fn drop(&mut self) {
+        self.kill_processes_inside();
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdin(Stdio::null())

@@ -150,6 +150,10 @@ impl Fx {
     fn gateway_v4(&self) -> IpAddr {
         nth(&self.subnet_v4, 1)
     }
+
+    fn gateway_v6(&self) -> IpAddr {
+        nth(&self.subnet_v6, 1)
+    }
 }
 
 /// The portmap objects (chains, sets, maps named pm...) in a listing.
@@ -179,8 +183,8 @@ fn peer(ip: IpAddr) -> Result<String, String> {
 }
 
 /// A TCP and a UDP service in a container answer on the published ports
-/// from another machine (both families), from the host via 127.0.0.1 and
-/// its own address, and from a sibling on the bridge and the container
+/// from another machine (both families), from the host via 127.0.0.1, ::1
+/// and its own address, and from a sibling on the bridge and the container
 /// itself via the host's address. The source address the service sees is
 /// the one the README documents. After DEL nothing answers and no portmap
 /// object is left.
@@ -209,6 +213,11 @@ fn published_ports_answer_from_everywhere_until_del() {
     // address; via its own address it is that address.
     assert_eq!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)), peer(fx.gateway_v4()));
     assert_eq!(tcp_ask(&fx.host, at(fx.host_v4, 8080)), peer(fx.host_v4));
+    // Via ::1 a proxy relays (IPv6 has no route_localnet): the service
+    // sees the bridge's IPv6 address.
+    let lo6: IpAddr = "::1".parse().unwrap();
+    assert_eq!(tcp_ask(&fx.host, at(lo6, 8080)), peer(fx.gateway_v6()));
+    assert_eq!(udp_ask(&fx.host, at(lo6, 5353)).map(|r| r.0), Ok(format!("peer={}", fx.gateway_v6())));
 
     // Hairpin: a sibling, and the container itself, via the host address;
     // masqueraded to the bridge's address so replies come back through
@@ -226,6 +235,8 @@ fn published_ports_answer_from_everywhere_until_del() {
     assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)).is_err(), "still answering after DEL");
     assert!(udp_ask(&fx.outside, at(fx.host_v4, 5353)).is_err(), "udp still answering after DEL");
     assert!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)).is_err());
+    assert!(tcp_ask(&fx.host, at(lo6, 8080)).is_err(), "the ::1 proxy outlived DEL");
+    assert!(udp_ask(&fx.host, at(lo6, 5353)).is_err(), "the ::1 udp proxy outlived DEL");
     let table = fx.table();
     assert_eq!(portmap_objects(&table), Vec::<String>::new(), "portmap objects left after the last DEL:\n{table}");
     // Idempotent.
@@ -532,4 +543,24 @@ fn udp_flow_started_before_publishing_reaches_the_container() {
     fx.publish("pmu1", &c1, &r1, json!([{"hostPort": 5355, "containerPort": 53, "protocol": "udp"}])).assert_ok();
     let (reply, from) = udp_ask_from(&fx.outside, 40404, target).expect("the same flow after publishing");
     assert_eq!((reply, from), (format!("peer={}", fx.out_v4), target));
+}
+
+/// A port something else already holds on ::1: ADD fails with code 103
+/// naming it, and nothing of the ADD stays (no element, no claim: the same
+/// port can then be published once it is free).
+#[test]
+fn a_taken_loopback6_port_is_refused() {
+    let fx = Fx::new("pmlo6");
+    let (c1, r1) = fx.container("pmlc1");
+    let holder = fx.host.run(|| std::net::TcpListener::bind("[::1]:8095")).expect("listen on [::1]:8095");
+    let maps = json!([{"hostPort": 8095, "containerPort": 80, "protocol": "tcp"}]);
+    let err = fx.publish("pmlc1", &c1, &r1, maps.clone()).expect_error(103).clone();
+    assert!(err["msg"].as_str().unwrap().contains("::1"), "{err}");
+    let table = fx.table();
+    assert!(!table.contains("8095"), "an element of the refused ADD stayed:\n{table}");
+    drop(holder);
+    let _svc = PeerEcho::start(&c1, 80, 53);
+    fx.publish("pmlc1", &c1, &r1, maps).assert_ok();
+    assert_eq!(tcp_ask(&fx.host, at("::1".parse().unwrap(), 8095)), peer(fx.gateway_v6()));
+    fx.portmap("DEL", "pmlc1", &c1, &fx.portmap_conf(json!([]), json!({}), None)).assert_ok();
 }

@@ -7,6 +7,7 @@
 //! ```text
 //! chain pm-prerouting  nat/prerouting/dstnat: fib daddr type local jump pm-<profile>
 //! chain pm-output      nat/output/dstnat:     the same, for the host's own connections
+//!                      (except to ::1, which a userspace proxy serves)
 //! chain pm-<profile>   meta nfproto ipv4 <conditionsV4> dnat ip to
 //!                          ip daddr . meta l4proto . th dport map @pm4a-<profile>   (hostIP given)
 //!                      meta nfproto ipv4 <conditionsV4> dnat ip to
@@ -312,6 +313,9 @@ impl Script {
     fn rules(&mut self, profiles: &[&Conditions]) {
         self.global_sets();
         self.base_chains();
+        // ::1 is never DNATed: such a connection could not leave the host
+        // (no route_localnet for IPv6); berth-portmap's proxy answers it.
+        self.line(format_args!("add rule inet {TABLE} {PM_OUTPUT} ip6 daddr ::1 return"));
         for c in profiles {
             let id = c.id();
             self.profile_maps(&id);

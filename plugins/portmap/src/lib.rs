@@ -18,6 +18,7 @@
 //! that was never added is fine).
 
 pub mod config;
+pub mod proxy;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,9 @@ struct Installed {
     hairpin: Vec<(IpAddr, String)>,
     localhost: Vec<IpAddr>,
     masq_all: Vec<IpAddr>,
+    /// The `::1` ports relayed by proxies (see `proxy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    loopback6: Vec<proxy::Proxy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -129,6 +133,7 @@ impl Installed {
             hairpin: p.hairpin.clone(),
             localhost: p.localhost.clone(),
             masq_all: p.masq_all.clone(),
+            loopback6: Vec::new(),
         }
     }
 
@@ -194,7 +199,15 @@ fn container_addresses(prev: &CniResult, ifname: &str) -> (Option<IpAddr>, Optio
 /// Turns the config's mappings and the container's addresses into what
 /// the kernel gets and which host ports that claims. Checks hostIP against
 /// the host's addresses; changes nothing.
-fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) -> Result<(PublishedPorts, Vec<PortClaim>), Error> {
+/// What ADD publishes: the NAT mappings, the host ports they claim, and
+/// the `::1` ports proxies relay.
+struct Plan {
+    ports: PublishedPorts,
+    claims: Vec<PortClaim>,
+    loopback6: Vec<proxy::Proxy>,
+}
+
+fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) -> Result<Plan, Error> {
     let (v4, v6) = container_addresses(prev, &req.ifname);
     if v4.is_none() && v6.is_none() {
         return Err(Error::config(
@@ -211,7 +224,23 @@ fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) 
     };
     let mut ports = PublishedPorts { conditions: conf.conditions.clone(), ..Default::default() };
     let mut claims = Vec::new();
+    let mut loopback6 = Vec::new();
     for (i, m) in conf.mappings.iter().enumerate() {
+        // ::1 is a host address the mapping covers (no hostIP, "::", or
+        // "::1" itself); with snat, as 127.0.0.1 is served.
+        let on_loopback6 = match m.host {
+            HostAddr::Any | HostAddr::AnyOf { v4: false } => true,
+            HostAddr::Ip(ip) => ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            HostAddr::AnyOf { v4: true } => false,
+        };
+        if let (true, true, Some(c6), Protocol::Tcp | Protocol::Udp) = (on_loopback6, conf.snat, v6, m.protocol) {
+            loopback6.push(proxy::Proxy {
+                protocol: m.protocol.name().to_string(),
+                host_port: m.host_port,
+                container_ip: c6,
+                container_port: m.container_port,
+            });
+        }
         if let HostAddr::Ip(ip) = m.host {
             if !local.contains(&ip) {
                 return Err(Error::config(
@@ -267,7 +296,7 @@ fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) 
             ports.masq_all.push(c);
         }
     }
-    Ok((ports, claims))
+    Ok(Plan { ports, claims, loopback6 })
 }
 
 /// The name of the host link the route to `ip` leaves through, if any.
@@ -323,12 +352,17 @@ fn other_profiles(store: &PortStore, owner: &PortOwner) -> Result<Vec<Conditions
         .collect()
 }
 
-/// How the store notes which structure is installed: the profile IDs.
+/// The version of the shared chains' layout: a store noting another (an
+/// upgrade) gets them rebuilt on the next ADD.
+const STRUCTURE_VERSION: &str = "2";
+
+/// How the store notes which structure is installed: the layout version
+/// and the profile IDs.
 fn structure_note(profiles: &[&Conditions]) -> String {
     let mut ids: Vec<String> = profiles.iter().map(|c| c.id()).collect();
     ids.sort();
     ids.dedup();
-    ids.join(",")
+    format!("v{STRUCTURE_VERSION}:{}", ids.join(","))
 }
 
 fn noted(store: &PortStore, note: &str) -> Result<bool, Error> {
@@ -371,7 +405,11 @@ fn install(store: &mut PortStore, owner: &PortOwner, replaced: Option<&Published
 /// portmap object (and the table if nothing else is left in it). Called
 /// under the lock.
 fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
-    let ports = Installed::parse(published)?.ports()?;
+    let installed = Installed::parse(published)?;
+    if !installed.loopback6.is_empty() {
+        proxy::stop_all(&proxy::owner_key(&published.owner.to_string()));
+    }
+    let ports = installed.ports()?;
     let others = other_profiles(store, &published.owner)?;
     let refs: Vec<&Conditions> = others.iter().collect();
     let note = structure_note(&refs);
@@ -400,8 +438,15 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
 /// claims, so a port is never published twice): one store transaction,
 /// then one nft transaction; replaces what `owner` published before.
 pub fn publish(owner: &PortOwner, ports: &PublishedPorts, claims: &[PortClaim]) -> Result<(), Error> {
-    let installed = serde_json::to_string(&Installed::of(ports))
-        .map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
+    publish_with_proxies(owner, ports, claims, &[])
+}
+
+/// `publish`, and the `::1` ports relayed by proxies (recorded before
+/// they start: DEL and GC find them by the record).
+fn publish_with_proxies(owner: &PortOwner, ports: &PublishedPorts, claims: &[PortClaim], loopback6: &[proxy::Proxy]) -> Result<(), Error> {
+    let installed = Installed { loopback6: loopback6.to_vec(), ..Installed::of(ports) };
+    let installed =
+        serde_json::to_string(&installed).map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
     let published = Published { owner: owner.clone(), profile: ports.conditions.id(), installed };
     let _lock = lock()?;
     let mut store = open_store()?;
@@ -420,6 +465,20 @@ pub fn publish(owner: &PortOwner, ports: &PublishedPorts, claims: &[PortClaim]) 
     }
     allow_localnet(ports)?;
     forget_stale_udp_flows(ports);
+    // A replaced record's proxies go; this one's start.
+    let key = proxy::owner_key(&owner.to_string());
+    if replaced.is_some() {
+        proxy::stop_all(&key);
+    }
+    if let Err(e) = proxy::spawn(&key, loopback6) {
+        // Nothing of this ADD stays: its proxy, elements, record.
+        proxy::stop_all(&key);
+        let stored = store.attachment(owner).map_err(store_err)?;
+        if let Some(published) = stored {
+            release(&mut store, &published)?;
+        }
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -444,8 +503,8 @@ impl Plugin for PortmapPlugin {
             return Ok(result);
         }
         let mut host = Handle::new().map_err(kernel)?;
-        let (ports, claims) = plan(&conf, req, &prev, &mut host)?;
-        publish(&owner(req), &ports, &claims)?;
+        let plan = plan(&conf, req, &prev, &mut host)?;
+        publish_with_proxies(&owner(req), &plan.ports, &plan.claims, &plan.loopback6)?;
         Ok(result)
     }
 
@@ -463,7 +522,7 @@ impl Plugin for PortmapPlugin {
             return Ok(());
         }
         let mut host = Handle::new().map_err(kernel)?;
-        let (wanted, _) = plan(&conf, req, &prev, &mut host)?;
+        let wanted = plan(&conf, req, &prev, &mut host)?.ports;
         let store = open_store()?;
         let owner = owner(req);
         let published = store
