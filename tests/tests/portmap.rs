@@ -389,6 +389,14 @@ fn check_and_gc() {
     assert!(!table.contains("8083") && table.contains("tcp . 8084"), "{table}");
     let c1_v6 = address(&r1, false).to_string();
     assert!(!table.contains(&c1_v6), "{table}");
+    // The ::1 relays: GC stopped pmg1's; CHECK notices pmg2's is gone.
+    let relay = |port: u16| format!("berth-portmap proxy --owner .* tcp:\\[::1\\]:{port}=");
+    assert!(!run("pgrep", &["-f", &relay(8083)]).status.success(), "pmg1's ::1 relay outlived GC");
+    let conf2 = fx.portmap_conf(json!([{"hostPort": 8084, "containerPort": 80}]), json!({}), Some(&r2));
+    fx.portmap("CHECK", "pmg2", &c2, &conf2).assert_ok();
+    assert!(run("pkill", &["-KILL", "-f", &relay(8084)]).status.success(), "no ::1 relay for pmg2");
+    let err = fx.portmap("CHECK", "pmg2", &c2, &conf2).expect_error(107).clone();
+    assert!(err["msg"].as_str().unwrap().contains("::1 relay"), "{err}");
     gc["cni.dev/valid-attachments"] = json!([]);
     fx.portmap("GC", "pmg1", &c1, &gc).assert_ok();
     assert_eq!(portmap_objects(&fx.table()), Vec::<String>::new());

@@ -541,6 +541,9 @@ impl Plugin for PortmapPlugin {
                 serde_json::to_string(&want).unwrap_or_default()
             )));
         }
+        if !installed.loopback6.is_empty() && !proxy::running(&proxy::owner_key(&owner.to_string())) {
+            return Err(check_failed(format!("the ::1 relay of {owner} is not running")));
+        }
         let others = other_profiles(&store, &owner)?;
         let mut profiles: Vec<&Conditions> = others.iter().collect();
         profiles.push(&conf.conditions);

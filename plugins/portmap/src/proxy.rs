@@ -113,9 +113,10 @@ fn libc_setsid() {
     let _ = nix::unistd::setsid();
 }
 
-/// Stops every proxy of the attachment tagged `key` (none is fine).
-pub fn stop_all(key: &str) {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+/// The PIDs of the proxies of the attachment tagged `key`.
+fn pids(key: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
@@ -125,8 +126,21 @@ pub fn stop_all(key: &str) {
             && args.get(3) == Some(&key.as_bytes())
             && args.first().is_some_and(|a| a.ends_with(b"berth-portmap"));
         if ours {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            found.push(pid);
         }
+    }
+    found
+}
+
+/// True if the attachment tagged `key` has its proxy running (CHECK).
+pub fn running(key: &str) -> bool {
+    !pids(key).is_empty()
+}
+
+/// Stops every proxy of the attachment tagged `key` (none is fine).
+pub fn stop_all(key: &str) {
+    for pid in pids(key) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
