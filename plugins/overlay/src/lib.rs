@@ -255,8 +255,9 @@ fn resolve_held(conf: &OverlayConf, claim: bool) -> Result<(OverlayConf, Option<
 }
 
 /// This node's lease among `leases`. Should the node hold more than one
-/// (claims from two hosts under one name raced), it keeps the subnet it
-/// last used (else the first) and gives the others back.
+/// from this underlay address (claims that raced before they were
+/// serialized), it keeps the subnet it last used (else the first) and
+/// gives the others back.
 fn own_lease(conf: &OverlayConf, store: &etcd::Etcd, leases: &[(Peer, i64)]) -> Option<(Peer, i64)> {
     let mine: Vec<&(Peer, i64)> = leases.iter().filter(|(p, _)| p.node == conf.node).collect();
     let last = cached_subnet(conf);
