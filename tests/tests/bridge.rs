@@ -1299,3 +1299,50 @@ fn late_add_failure_is_rolled_back() {
     c.del(&conf).assert_ok();
     net.assert_empty();
 }
+
+/// One counter of an interface's /proc/net/dev_snmp6 file.
+fn snmp6(text: &str, counter: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(counter).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {counter} in {text}"))
+}
+
+/// A new container's router solicitations and MLD reports reach the host
+/// (the bridge device) but are not flooded to the containers already on
+/// the bridge: that flooding made every ADD cost more the more containers
+/// there were. Neighbour discovery between them is untouched (the
+/// dual-stack ping test).
+#[test]
+fn solicitations_and_mld_reports_reach_the_host_not_the_siblings() {
+    let net = Net::new("quiet");
+    let conf = net.conf("1.1.0");
+    let (ns_a, ns_b) = (TestNetns::new("quiet-a"), TestNetns::new("quiet-b"));
+    let (a, b) = (net.cni(&ns_a), net.cni(&ns_b));
+    a.add(&conf).expect_ok();
+    // Frames A's interface received (a flooded solicitation or report is
+    // dropped by A's IPv6 stack without any ICMP counter seeing it).
+    let sibling = || ns_a.ip_json(&["-s", "link", "show", "eth0"])[0]["stats64"]["rx"]["packets"].as_u64().unwrap();
+    let host = || std::fs::read_to_string(format!("/proc/net/dev_snmp6/{}", net.bridge)).unwrap();
+    // Container A's own solicitations go first.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (a_before, host_before) = (sibling(), host());
+    b.add(&conf).expect_ok();
+    // B's first solicitation leaves within rtr_solicit_delay (1 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while snmp6(&host(), "Icmp6InRouterSolicits") == snmp6(&host_before, "Icmp6InRouterSolicits") {
+        assert!(std::time::Instant::now() < deadline, "the host never received B's router solicitation");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The bridge still snoops B's MLD reports (its groups are learnt).
+    let b_port = host_veth(&b);
+    let learnt = || run_ok("bridge", &["mdb", "show", "dev", &net.bridge]).contains(&b_port);
+    while !learnt() {
+        assert!(std::time::Instant::now() < deadline, "the bridge learnt no group of B's port {b_port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(sibling(), a_before, "B's solicitations or reports were flooded to A");
+    for c in [&a, &b] {
+        c.del(&conf).assert_ok();
+    }
+}

@@ -507,6 +507,9 @@ fn docker_engine_runs_berthd_overlay_networks() {
         "network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt,
         "-o", &etcd_opt, "-o", &prefix_opt, "-o", &iface_opt, "-o", "node=docker-host", "-o", "leaseTTL=5", "ovnet",
     ]);
+    let ov_id = d.ok(&["network", "inspect", "-f", "{{.Id}}", "ovnet"]);
+    // Its rules go even if the test fails before `docker network rm`.
+    let _rules_guard = NftNetworkGuard::new(format!("docker-{}", &ov_id[..12]));
     assert!(link_exists(&vxlan) && link_exists(&bridge), "no {vxlan} or {bridge}");
     d.ok(&["run", "-d", "--name", "oa", "--network", "ovnet", "bb:1", "sleep", "300"]);
     let ip_a = net_addr(&d, "oa", "ovnet", "IPAddress");

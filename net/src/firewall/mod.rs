@@ -24,6 +24,7 @@ mod docker;
 mod names;
 mod nft;
 mod portmap;
+mod quiet;
 mod rules;
 mod spoofchk;
 mod state;
@@ -41,6 +42,7 @@ pub use portmap::{
     structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
     PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
 };
+pub use quiet::{quiet_add_in, quiet_remove_in, QUIET_CHAIN};
 pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
 pub use spoofchk::{
     spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_remove_in,
@@ -101,6 +103,11 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
     for u in &rules.uplinks {
         check_ifname(u)?;
     }
+    // The quiet chain first: should the network's batch then fail, all
+    // that stays is that chain, which the last network's removal drops.
+    if rules.forward {
+        quiet::quiet_add_in(ns)?;
+    }
     let op = format!("apply firewall rules of network {}", rules.network);
     run_batch(ns, rules::apply_batch(rules), &op)
 }
@@ -160,6 +167,9 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
     if listing.is_some() {
         remove_table_in(ns)?;
     }
+    // No berth network is left: no quiet bridge either.
+    quiet::quiet_remove_in(ns)?;
+    spoofchk_remove_table_if_unused_in(ns)?;
     Ok(true)
 }
 
