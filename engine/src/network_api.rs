@@ -269,7 +269,9 @@ impl Networks {
             }
         }
         if generic.get("vlan").is_some_and(|v| v != "0") {
-            return Err(fail("option vlan: VLANs are not served yet"));
+            return Err(fail(
+                "option vlan: VLAN networks are not served: berth could not build or verify them on a kernel without bridge VLAN filtering and 802.1Q links",
+            ));
         }
         let mtu = match generic.get("mtu") {
             None => None,

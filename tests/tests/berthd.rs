@@ -402,6 +402,9 @@ fn network_bad_input_changes_nothing() {
     for (generic, gateway, word) in [
         (json!({"mode": "teleport"}), "10.251.0.1/24", "mode"),
         (json!({"colour": "red"}), "10.251.0.1/24", "colour"),
+        (json!({"vlan": "10"}), "10.251.0.1/24", "VLAN networks are not served"),
+        (json!({"vni": "10"}), "10.251.0.1/24", "mode=overlay"),
+        (json!({"mode": "overlay", "vni": "10"}), "10.251.0.1/24", "is not berth's"),
         (json!({"mtu": "9"}), "10.251.0.1/24", "mtu"),
         (json!({"bridge": "lo"}), "10.251.0.1/24", "lo"),
         (json!({"bridge": bridge}), "10.251.0.1/24", "belongs to"),
