@@ -21,8 +21,13 @@
 #   podman runc                  a real CNI client (libcni) for tests/podman.rs;
 #                                runc named explicitly, as --no-install-recommends
 #                                would pick crun, which fails on hybrid cgroups
+#   etcd-server etcd-client      etcd for berth-overlay's cluster store; etcdctl
+#                                (only suggested by etcd-server) for the tests
+#   procps                       pgrep/pkill in the portmap tests (absent from
+#                                minimal images)
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
-    busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server)
+    busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server
+    etcd-client procps)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2
