@@ -1122,6 +1122,21 @@ pub fn shared_run_dir() -> std::sync::Arc<TempDir> {
 /// namespace (its bridges, veths and nftables rules land there, not on the
 /// real host), as a runtime there would: a cleared environment plus PATH,
 /// `CNI_COMMAND=command` and `env`, `stdin` as JSON.
+/// Runs berth plugin `plugin` (from the built binaries) inside `host` for
+/// container `cid` in `ns` with ifname eth0, the binaries' dir as
+/// CNI_PATH and `run_dir` as BERTH_RUN_DIR.
+pub fn run_cni_in(host: &TestNetns, plugin: &str, command: &str, cid: &str, ns: &TestNetns, run_dir: &Path, conf: &Value) -> PluginOutput {
+    let path = bin_dir();
+    let env = [
+        ("CNI_CONTAINERID", cid),
+        ("CNI_NETNS", ns.path_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.to_str().unwrap_or_default()),
+        ("BERTH_RUN_DIR", run_dir.to_str().unwrap_or_default()),
+    ];
+    run_plugin_in(host, &bin(plugin), command, &env, conf)
+}
+
 pub fn run_plugin_in(
     host: &TestNetns,
     bin: &Path,
@@ -1270,20 +1285,11 @@ pub fn tcp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<String, Str
 /// From inside `ns`: sends one UDP datagram to `addr` and returns the
 /// reply and the address it came from, or the error (a 2 s timeout).
 pub fn udp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<(String, std::net::SocketAddr), String> {
-    ns.run(|| {
-        let local: std::net::SocketAddr =
-            if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-        let s = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
-        s.send_to(b"hello", addr).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 512];
-        let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
-        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
-    })
+    udp_ask_from(ns, 0, addr)
 }
 
 /// [`udp_ask`] from a fixed local port (so the kernel sees one flow
-/// across calls).
+/// across calls; 0: any port).
 pub fn udp_ask_from(
     ns: &TestNetns,
     local_port: u16,

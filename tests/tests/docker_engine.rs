@@ -472,15 +472,7 @@ fn docker_engine_runs_berthd_overlay_networks() {
         .expect("start the remote agent");
     let _remote_agent = KillOnDrop(remote_agent);
     let cr = TestNetns::new("dovc");
-    let (netns_path, cni_path, run_dir) = (cr.path_str().to_string(), bin_dir().display().to_string(), remote_run.path().display().to_string());
-    let env = [
-        ("CNI_CONTAINERID", "cr"),
-        ("CNI_NETNS", netns_path.as_str()),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", cni_path.as_str()),
-        ("BERTH_RUN_DIR", run_dir.as_str()),
-    ];
-    let added = run_plugin_in(&remote, &bin("berth-overlay"), "ADD", &env, &remote_conf).expect_ok().clone();
+    let added = run_cni_in(&remote, "berth-overlay", "ADD", "cr", &cr, remote_run.path(), &remote_conf).expect_ok().clone();
     let remote_ip = added["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
 
     // Bad overlay options: refused, nothing made.
@@ -557,7 +549,7 @@ fn docker_engine_runs_berthd_overlay_networks() {
     let agents: Vec<_> = std::fs::read_dir(d.dir.path().join("state/overlay")).map(|r| r.flatten().collect()).unwrap_or_default();
     assert!(agents.is_empty(), "agent configs left: {agents:?}");
 
-    run_plugin_in(&remote, &bin("berth-overlay"), "DEL", &env, &remote_conf).assert_ok();
+    run_cni_in(&remote, "berth-overlay", "DEL", "cr", &cr, remote_run.path(), &remote_conf).assert_ok();
 }
 
 /// A child process killed (by PID) when dropped, even when a test fails.

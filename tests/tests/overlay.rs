@@ -28,15 +28,7 @@ impl Node {
     }
 
     fn exec(&self, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
-        let path = bin_dir();
-        let env = [
-            ("CNI_CONTAINERID", cid),
-            ("CNI_NETNS", ns.path_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", path.to_str().unwrap()),
-            ("BERTH_RUN_DIR", self.run.path().to_str().unwrap()),
-        ];
-        run_plugin_in(&self.host, &bin("berth-overlay"), command, &env, conf)
+        run_cni_in(&self.host, "berth-overlay", command, cid, ns, self.run.path(), conf)
     }
 }
 

@@ -79,15 +79,7 @@ impl Fx {
     }
 
     fn exec(&self, plugin: &str, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
-        let path = bin_dir();
-        let env = [
-            ("CNI_CONTAINERID", cid),
-            ("CNI_NETNS", ns.path_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", path.to_str().unwrap()),
-            ("BERTH_RUN_DIR", self.run.path().to_str().unwrap()),
-        ];
-        run_plugin_in(&self.host, &bin(plugin), command, &env, conf)
+        run_cni_in(&self.host, plugin, command, cid, ns, self.run.path(), conf)
     }
 
     fn bridge_conf(&self) -> Value {

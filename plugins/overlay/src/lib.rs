@@ -180,7 +180,11 @@ fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> 
 /// store is code 11; a node name whose lease is held from another underlay
 /// address, or a requested subnet another node holds, is code 7.
 pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
-    resolve_held(conf, claim).map(|(c, _)| c)
+    let claim_from = match (claim, &conf.etcd) {
+        (true, Some(_)) => Some(underlay(&mut Handle::new().map_err(kernel)?, conf)?.1),
+        _ => None,
+    };
+    resolve_held(conf, claim_from).map(|(c, _)| c)
 }
 
 /// What the agent keeps of the store between rounds.
@@ -193,14 +197,15 @@ struct Held {
 }
 
 /// `resolve`, and (etcd store) the node's lease and the revision read.
-fn resolve_held(conf: &OverlayConf, claim: bool) -> Result<(OverlayConf, Option<Held>), Error> {
+/// `claim_from`: claim a lease if needed, for this node's underlay address.
+fn resolve_held(conf: &OverlayConf, claim_from: Option<IpAddr>) -> Result<(OverlayConf, Option<Held>), Error> {
     let Some(e) = &conf.etcd else { return Ok((conf.clone(), None)) };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
     let Leases { peers: mut leases, mut revision } = read_leases(conf, e, &store)?;
     // Claims on this host are serialized (the agent and an ADD may both
     // find no lease at once and would each take a subnet); the leases are
     // read again under the lock.
-    let _claiming = if claim && !leases.iter().any(|(p, _)| p.node == conf.node) {
+    let _claiming = if claim_from.is_some() && !leases.iter().any(|(p, _)| p.node == conf.node) {
         let dir = cache_path(conf).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
         let lock = store::file::lock_dir(&dir).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
         Leases { peers: leases, revision } = read_leases(conf, e, &store)?;
@@ -209,12 +214,10 @@ fn resolve_held(conf: &OverlayConf, claim: bool) -> Result<(OverlayConf, Option<
         None
     };
     let mine = own_lease(conf, &store, &leases);
-    let (own, lease) = match mine {
-        Some(m) if !claim => m,
-        None if !claim => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
-        m => {
-            let mut h = Handle::new().map_err(kernel)?;
-            let (_, local) = underlay(&mut h, conf)?;
+    let (own, lease) = match (mine, claim_from) {
+        (Some(m), None) => m,
+        (None, None) => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
+        (m, Some(local)) => {
             match m {
                 // Two hosts under one name would steal each other's
                 // subnet; a host whose address changed gets its name back
@@ -424,7 +427,12 @@ fn claim_network(h: &mut Handle, conf: &OverlayConf) -> Result<(), Error> {
 fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
     let mut h = Handle::new().map_err(kernel)?;
     let (up, local) = underlay(&mut h, conf)?;
-    let mtu = overlay_mtu(conf, &up, local);
+    ensure_datapath_on(&mut h, conf, &up, local)
+}
+
+/// `ensure_datapath` over the underlay link `up`, whose address is `local`.
+fn ensure_datapath_on(h: &mut Handle, conf: &OverlayConf, up: &Link, local: IpAddr) -> Result<u32, Error> {
+    let mtu = overlay_mtu(conf, up, local);
     let name = vxlan_name(conf.vni);
     let vx = match h.link_by_name(&name).map_err(kernel)? {
         Some(l) if l.kind.as_deref() == Some("vxlan") => l,
@@ -459,7 +467,7 @@ fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
         net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel)?;
     }
     for p in &conf.peers {
-        program_peer(&mut h, vx.index, p)?;
+        program_peer(h, vx.index, p)?;
     }
     Ok(mtu)
 }
@@ -544,7 +552,8 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
             claim_network(&mut Handle::new().map_err(kernel)?, &c)?;
             // The first round, and each renewal, also claims the lease.
             let due = c.etcd.as_ref().is_some_and(|e| renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0));
-            let (conf, mut h) = resolve_held(&c, due)?;
+            let claim_from = if due { Some(underlay(&mut Handle::new().map_err(kernel)?, &c)?.1) } else { None };
+            let (conf, mut h) = resolve_held(&c, claim_from)?;
             if due {
                 if let Some(h) = h.as_mut() {
                     h.lease = renew_lease(&conf, h.lease)?;
@@ -656,11 +665,14 @@ pub fn parse_conf(plugin: &serde_json::Value) -> Result<OverlayConf, Error> {
 /// entries. The conf with the node's subnet and peers, and the overlay
 /// MTU.
 pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
-    claim_network(&mut Handle::new().map_err(kernel)?, conf)?;
-    let conf = resolve(conf, true)?;
+    let mut h = Handle::new().map_err(kernel)?;
+    claim_network(&mut h, conf)?;
+    // Looked up once for the lease and the datapath (route and address dumps).
+    let (up, local) = underlay(&mut h, conf)?;
+    let (conf, _) = resolve_held(conf, Some(local))?;
     let mtu = {
         let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR)).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
-        ensure_datapath(&conf)?
+        ensure_datapath_on(&mut h, &conf, &up, local)?
     };
     Ok((conf, mtu))
 }

@@ -85,7 +85,7 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
     // session so the runtime's signals to the plugin don't reach it.
     unsafe {
         cmd.pre_exec(|| {
-            libc_setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }
@@ -107,10 +107,6 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
             Err(Error::new(codes::ADDRESS_TAKEN, format!("published ports on ::1: {why}")))
         }
     }
-}
-
-fn libc_setsid() {
-    let _ = nix::unistd::setsid();
 }
 
 /// The PIDs of the proxies of the attachment tagged `key`.
