@@ -78,6 +78,7 @@ fn veth_peer_is_born_in_the_container_netns() {
         mtu: Some(1450),
         peer_mac: Some(peer_mac),
         host_mac: None,
+        host_master: None,
     };
     let t = Instant::now();
     h.add_veth("bvtest0", "eth0", &cont_ns, &opts).unwrap();

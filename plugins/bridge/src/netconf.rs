@@ -92,7 +92,12 @@ impl AddContext<'_> {
         let bridge = self.ensure_bridge(progress)?;
         let mtu = conf.mtu.unwrap_or(bridge.mtu);
         self.host
-            .add_veth(self.host_veth, &req.ifname, self.ns, &VethOptions { mtu: Some(mtu), peer_mac: conf.mac, host_mac: None })
+            .add_veth(
+                self.host_veth,
+                &req.ifname,
+                self.ns,
+                &VethOptions { mtu: Some(mtu), peer_mac: conf.mac, host_mac: None, host_master: Some(bridge.index) },
+            )
             .map_err(kernel)?;
         progress.veth = true;
         let hv = self
@@ -100,7 +105,6 @@ impl AddContext<'_> {
             .link_by_name(self.host_veth)
             .map_err(kernel)?
             .ok_or_else(|| Error::new(codes::KERNEL, format!("{} vanished after creation", self.host_veth)))?;
-        self.host.set_master(hv.index, bridge.index).map_err(kernel)?;
         if conf.hairpin_mode || conf.port_isolation {
             let port = BridgePortOptions { hairpin: Some(conf.hairpin_mode), isolated: Some(conf.port_isolation) };
             self.host.set_bridge_port(hv.index, &port).map_err(kernel)?;
@@ -115,7 +119,7 @@ impl AddContext<'_> {
             .map_err(kernel)?
             .ok_or_else(|| Error::new(codes::KERNEL, format!("{} vanished after creation", req.ifname)))?;
         if !conf.disable_container_interface {
-            self.configure_container(cl.index, &mut result)?;
+            self.configure_container(&cl, &mut result)?;
         }
         if conf.is_gateway {
             self.configure_gateway(&bridge, &result.ips)?;
@@ -176,6 +180,12 @@ impl AddContext<'_> {
                     mac: Some(bridge_mac(&conf.bridge)),
                     vlan_filtering: conf.uses_vlans(),
                     promisc: conf.promisc_mode,
+                    // Nothing on a berth bridge queries for group
+                    // members, and without a querier snooping floods all
+                    // multicast anyway; it only cost work on every port
+                    // that came up (all ports' query timers, under RTNL).
+                    // A bridge that already exists is adopted as it is.
+                    no_multicast_snooping: true,
                 };
                 let created = match self.host.add_bridge(&conf.bridge, &opts) {
                     Ok(()) => true,
@@ -239,10 +249,10 @@ impl AddContext<'_> {
 
     /// Addresses, link up, then routes, with default routes through the
     /// gateways when isDefaultGateway asks for them.
-    fn configure_container(&mut self, index: u32, result: &mut CniResult) -> Result<(), Error> {
+    fn configure_container(&mut self, link: &Link, result: &mut CniResult) -> Result<(), Error> {
         let conf = self.conf;
         if !conf.enabledad {
-            ifconf::disable_dad(self.ns, &self.req.ifname)?;
+            ifconf::disable_dad(self.cont, self.ns, link)?;
         }
         if conf.is_default_gateway {
             for v4 in [true, false] {
@@ -254,7 +264,7 @@ impl AddContext<'_> {
                 }
             }
         }
-        ifconf::apply(self.cont, index, result, !conf.enabledad)
+        ifconf::apply(self.cont, link.index, result, !conf.enabledad)
     }
 
     /// Gateway addresses on the bridge and forwarding on, like the

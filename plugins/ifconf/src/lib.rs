@@ -6,7 +6,7 @@
 pub mod ipam;
 
 use cni::{codes, CniResult, Error, Request};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use net::{AddressOptions, Handle, Link, Netns};
 use std::net::IpAddr;
 
@@ -86,15 +86,47 @@ pub fn mac_string(link: &Link) -> String {
 /// `enabledad: false`, as in the reference plugins: no duplicate address
 /// detection on the container interface, so its link-local address is
 /// usable at once and sends no DAD probe. Must run before the link comes
-/// up; /proc/sys/net resolves in the writer's netns, hence the thread in
-/// the container's.
-pub fn disable_dad(ns: &Netns, ifname: &str) -> Result<(), Error> {
+/// up; the addresses from IPAM are added without DAD by [`apply`].
+///
+/// The reference sets the link's accept_dad to 0 under /proc/sys. Finding
+/// a /proc/sys/net file costs a walk over one cached entry per network
+/// namespace that ever looked up the same name (they share a hash chain),
+/// so doing that in every container made every ADD on the host slower as
+/// containers accumulated. Instead the link gets, through netlink, the
+/// link-local address the kernel would make, flagged for no DAD; the
+/// kernel's own attempt at link-up then finds it already there. Only a
+/// link whose namespace chose stable or random link-local addresses falls
+/// back to the sysctl.
+pub fn disable_dad(cont: &mut Handle, ns: &Netns, link: &Link) -> Result<(), Error> {
+    let Some(v6) = &link.ipv6 else {
+        return Ok(()); // no IPv6 in this kernel
+    };
+    if v6.disabled {
+        return Ok(());
+    }
+    match link.mac {
+        Some(mac) if v6.eui64_link_local => {
+            let ll = Ipv6Net::new(net::eui64_link_local(&mac), 64)
+                .map_err(|e| Error::new(codes::KERNEL, format!("link-local address: {e}")))?;
+            match cont.add_address(link.index, IpNet::V6(ll), &AddressOptions { nodad: true }) {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_exists() => Ok(()),
+                Err(e) => Err(kernel(e)),
+            }
+        }
+        _ => accept_no_dad_sysctl(ns, &link.name),
+    }
+}
+
+/// /proc/sys/net resolves in the writer's netns, hence the thread in the
+/// container's.
+fn accept_no_dad_sysctl(ns: &Netns, ifname: &str) -> Result<(), Error> {
     let ifname = ifname.to_string();
     let written = ns.run(move || {
         for key in ["accept_dad", "enhanced_dad"] {
             match net::sysctl::write(&format!("net/ipv6/conf/{ifname}/{key}"), "0") {
                 Ok(()) => {}
-                // No IPv6 in the kernel, or no enhanced_dad knob.
+                // No enhanced_dad knob in this kernel.
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
