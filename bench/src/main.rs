@@ -1069,7 +1069,8 @@ fn print_tables(report: &Value) {
                         imp,
                         f(a),
                         f(b),
-                        fx(&g)
+                        // two decimals: the target (1.25x) needs them
+                        g.as_f64().map_or("-".into(), |x| format!("{x:.2}x"))
                     );
                 }
             }

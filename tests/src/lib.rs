@@ -935,6 +935,33 @@ pub fn bridge_host_veth(container_id: &str, ifname: &str) -> String {
     format!("bv{}", &hex::encode(h.finalize())[..8])
 }
 
+/// The host veths berth-bridge holds records for in a network's run dir
+/// (`<run dir>/<network>`), sorted: its attachments log replayed (a line
+/// per change, `{"op":"add"|"del","hostVeth":…}`; a last line without a
+/// newline is a write cut short), over the one-file-per-record directory of
+/// older versions.
+pub fn bridge_records(net_dir: &Path) -> Vec<String> {
+    let mut live: std::collections::BTreeSet<String> = std::fs::read_dir(net_dir.join("attachments"))
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect())
+        .unwrap_or_default();
+    let log = std::fs::read_to_string(net_dir.join("attachments.log")).unwrap_or_default();
+    let complete = log.rfind('\n').map_or("", |end| &log[..end]);
+    for line in complete.lines().filter(|l| !l.is_empty()) {
+        let Ok(change) = serde_json::from_str::<Value>(line) else { continue };
+        let veth = change["hostVeth"].as_str().unwrap_or_default().to_string();
+        match change["op"].as_str() {
+            Some("add") => {
+                live.insert(veth);
+            }
+            Some("del") => {
+                live.remove(&veth);
+            }
+            _ => {}
+        }
+    }
+    live.into_iter().collect()
+}
+
 /// `ip netns exec <ns> busybox ping -c1 -W2 <addr>`, up to 3 tries (the
 /// first packet may race neighbour discovery). Err carries the last output.
 pub fn ping_from(ns: &TestNetns, addr: &str) -> Result<(), String> {

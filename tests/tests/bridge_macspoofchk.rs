@@ -186,7 +186,7 @@ fn without_macspoofchk_there_is_no_check() {
     let t = tables(&host);
     assert!(t.contains("inet berth"), "{t}");
     let (keys, chains) = spoof_objects(&host);
-    assert!(keys.is_empty() && chains == ["quiet"], "{keys:?} {chains:?}");
+    assert!(keys.is_empty() && chains == ["quiet_ingress"], "{keys:?} {chains:?}");
     check(&host, &a, &d, &res_a).assert_ok();
 
     // The control for the test above: the same MAC change goes through.

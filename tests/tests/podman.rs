@@ -523,13 +523,8 @@ fn two_containers_then_nothing_left(plugins: Plugins) {
                 !berth_nft_objects(&network).is_empty(),
                 "ipMasq: no nftables objects for {network}"
             );
-            let records = Path::new(BERTH_DEFAULT_RUN_DIR)
-                .join(&network)
-                .join("attachments");
-            assert_eq!(
-                std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0),
-                2
-            );
+            let records = bridge_records(&Path::new(BERTH_DEFAULT_RUN_DIR).join(&network));
+            assert_eq!(records.len(), 2, "{records:?}");
         }
         Plugins::Reference => {
             let files = host_local_files(data.path(), &network);

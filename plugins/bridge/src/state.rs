@@ -4,24 +4,48 @@
 //!
 //! ```text
 //! /run/berth/bridge/                 flock'ed while records or rules change
-//!   <network>/attachments/<hostveth> {"containerID","ifname","bridge"}
+//!   <network>/attachments.log        one JSON line per change:
+//!                                    {"op":"add","hostVeth",
+//!                                     "containerID","ifname","bridge"}
+//!                                    or {"op":"del","hostVeth"}
 //!   <network>/rules.json             what the network's nftables rules cover
 //!                                    (and in which boot)
+//!   <network>/attachments/<hostveth> records of berth before the log, read
+//!                                    until their attachments go
 //! ```
 //! An attachment record is written before anything is created for it, so a
 //! plugin killed at any point leaves a record that DEL or GC acts on. The
 //! network's nftables rules are installed by the first ADD (one nft call)
 //! and removed by the DEL or GC that removes the last record.
+//!
+//! A writer killed mid-line leaves part of a line: readers skip it and the
+//! next writer cuts it off.
+//!
+//! Records are lines appended to one file rather than a file each: an ADD
+//! then writes to a file that exists instead of creating one. Creating a
+//! file costs an inode allocation, which on a disk-backed /run (ext4
+//! without a journal skips every recently freed inode) grew with the files
+//! deleted in the last minutes and made ADDs slower as containers came and
+//! went. The log is rewritten without its dead lines once they outnumber
+//! the live ones.
 
 use cni::{codes, Error};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/bridge";
 /// Locked (as a directory) around every change of records and rules.
 const LOCK_DIR: &str = "/run/berth";
+const LOG: &str = "attachments.log";
+/// Records of berth versions before the log: one file per attachment.
+const LEGACY_DIR: &str = "attachments";
+/// The log is compacted when its dead lines exceed the live ones by this.
+const COMPACT_SLACK: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -29,6 +53,73 @@ pub struct Record {
     pub container_id: String,
     pub ifname: String,
     pub bridge: String,
+}
+
+/// One line of the attachments log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Change {
+    Add {
+        #[serde(rename = "hostVeth")]
+        host_veth: String,
+        #[serde(rename = "containerID")]
+        container_id: String,
+        ifname: String,
+        bridge: String,
+    },
+    Del {
+        #[serde(rename = "hostVeth")]
+        host_veth: String,
+    },
+}
+
+/// A live record: its log line (parsed only when the record is asked
+/// for), or a legacy file's content (None if unreadable).
+enum Entry {
+    Logged(String),
+    Legacy(Option<Record>),
+}
+
+impl Entry {
+    fn record(self) -> Option<Record> {
+        match self {
+            Entry::Logged(line) => match serde_json::from_str(&line) {
+                Ok(Change::Add { container_id, ifname, bridge, .. }) => Some(Record { container_id, ifname, bridge }),
+                _ => None,
+            },
+            Entry::Legacy(rec) => rec,
+        }
+    }
+}
+
+/// A network's records as the log and the legacy files give them.
+struct Records {
+    live: BTreeMap<String, Entry>,
+    /// Complete lines in the log.
+    log_lines: usize,
+}
+
+/// Whether a log line adds or removes, and the host veth it names. The
+/// lines this module writes are read without a JSON parser (serde writes
+/// the tag, then the fields in order; interface names need no escaping),
+/// so a DEL's replay of a log of 1000 containers costs well under a
+/// millisecond; any other line goes through serde.
+fn line_head(line: &str) -> Option<(bool, String)> {
+    // A line of ours ends with its object; a torn one goes to serde and fails.
+    let ours = |prefix: &str| {
+        let rest = line.strip_prefix(prefix).filter(|_| line.ends_with('}'))?;
+        rest.find('"').map(|end| rest[..end].to_string())
+    };
+    if let Some(host_veth) = ours(r#"{"op":"add","hostVeth":""#) {
+        return Some((true, host_veth));
+    }
+    if let Some(host_veth) = ours(r#"{"op":"del","hostVeth":""#) {
+        return Some((false, host_veth));
+    }
+    match serde_json::from_str::<Change>(line).ok()? {
+        Change::Add { host_veth, .. } => Some((true, host_veth)),
+        Change::Del { host_veth } => Some((false, host_veth)),
+    }
 }
 
 /// What the network's installed nftables rules cover.
@@ -95,54 +186,129 @@ impl State {
         self.root.join(network)
     }
 
-    fn records_dir(&self, network: &str) -> PathBuf {
-        self.network_dir(network).join("attachments")
+    fn log_path(&self, network: &str) -> PathBuf {
+        self.network_dir(network).join(LOG)
+    }
+
+    fn legacy_dir(&self, network: &str) -> PathBuf {
+        self.network_dir(network).join(LEGACY_DIR)
+    }
+
+    /// Replays the log over the legacy files. A last line without its
+    /// newline (a writer killed mid-line) is ignored, as are lines that
+    /// don't parse.
+    fn load(&self, network: &str) -> Records {
+        let mut live = BTreeMap::new();
+        if let Ok(rd) = fs::read_dir(self.legacy_dir(network)) {
+            for name in rd.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+                if name.starts_with('.') {
+                    continue;
+                }
+                let rec = fs::read(self.legacy_dir(network).join(&name)).ok().and_then(|d| serde_json::from_slice(&d).ok());
+                live.insert(name, Entry::Legacy(rec));
+            }
+        }
+        let text = fs::read_to_string(self.log_path(network)).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let mut log_lines = 0;
+        for line in complete.split('\n').filter(|l| !l.is_empty()) {
+            log_lines += 1;
+            match line_head(line) {
+                Some((true, host_veth)) => {
+                    live.insert(host_veth, Entry::Logged(line.to_string()));
+                }
+                Some((false, host_veth)) => {
+                    live.remove(&host_veth);
+                }
+                None => {}
+            }
+        }
+        Records { live, log_lines }
+    }
+
+    /// Appends one change to the log (callers hold the lock, so there is
+    /// one writer at a time).
+    fn append(&self, network: &str, change: &Change) -> Result<(), Error> {
+        let dir = self.network_dir(network);
+        fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        let path = self.log_path(network);
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io_err("opening", &path, e))?;
+        let mut line = serde_json::to_vec(change).map_err(|e| Error::new(codes::IO, format!("encoding a record: {e}")))?;
+        line.push(b'\n');
+        // A writer killed mid-line left part of a line: cut it off, or
+        // this change would be glued to it.
+        let len = f.metadata().map_err(|e| io_err("reading", &path, e))?.len();
+        let complete = end_of_last_line(&f, len).map_err(|e| io_err("reading", &path, e))?;
+        if complete < len {
+            f.set_len(complete).map_err(|e| io_err("truncating", &path, e))?;
+        }
+        f.write_all(&line).map_err(|e| io_err("writing", &path, e))
     }
 
     pub fn write_record(&self, _lock: &Lock, network: &str, host_veth: &str, rec: &Record) -> Result<(), Error> {
-        let dir = self.records_dir(network);
-        fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
-        write_atomic(&dir.join(host_veth), &serde_json::to_vec(rec).unwrap_or_default())
+        let change = Change::Add {
+            host_veth: host_veth.to_string(),
+            container_id: rec.container_id.clone(),
+            ifname: rec.ifname.clone(),
+            bridge: rec.bridge.clone(),
+        };
+        self.append(network, &change)
     }
 
     pub fn read_record(&self, network: &str, host_veth: &str) -> Option<Record> {
-        let data = fs::read(self.records_dir(network).join(host_veth)).ok()?;
-        serde_json::from_slice(&data).ok()
+        self.load(network).live.remove(host_veth)?.record()
     }
 
     /// True if `host_veth` has a record (readable or not).
     pub fn has_record(&self, network: &str, host_veth: &str) -> bool {
-        self.records_dir(network).join(host_veth).exists()
+        self.load(network).live.contains_key(host_veth)
     }
 
     pub fn remove_record(&self, _lock: &Lock, network: &str, host_veth: &str) -> Result<(), Error> {
-        let p = self.records_dir(network).join(host_veth);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &p, e)),
+        let legacy = self.legacy_dir(network).join(host_veth);
+        match fs::remove_file(&legacy) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &legacy, e)),
         }
+        if !self.log_path(network).exists() {
+            return Ok(()); // nothing logged, nothing to cancel
+        }
+        self.append(network, &Change::Del { host_veth: host_veth.to_string() })?;
+        let records = self.load(network);
+        if records.log_lines > 2 * records.live.len() + COMPACT_SLACK {
+            self.compact(network, &records)?;
+        }
+        Ok(())
     }
 
-    /// All records of a network: (host veth name, record).
+    /// Rewrites the log with one line per live record (legacy records stay
+    /// in their files).
+    fn compact(&self, network: &str, records: &Records) -> Result<(), Error> {
+        let mut text = String::new();
+        for entry in records.live.values() {
+            if let Entry::Logged(line) = entry {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        write_atomic(&self.log_path(network), text.as_bytes())
+    }
+
+    /// All records of a network: (host veth name, record; None if a legacy
+    /// record file could not be read).
     pub fn records(&self, network: &str) -> Vec<(String, Option<Record>)> {
-        let Ok(rd) = fs::read_dir(self.records_dir(network)) else { return Vec::new() };
-        rd.filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .map(|n| {
-                let r = self.read_record(network, &n);
-                (n, r)
-            })
-            .collect()
+        self.load(network).live.into_iter().map(|(host_veth, entry)| (host_veth, entry.record())).collect()
     }
 
-    /// True if the network still has an attachment. Stops at the first
-    /// entry, so the cost doesn't grow with the number of containers.
+    /// True if the network still has an attachment.
     pub fn has_records(&self, network: &str) -> bool {
-        fs::read_dir(self.records_dir(network))
-            .map(|mut rd| rd.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))))
-            .unwrap_or(false)
+        !self.load(network).live.is_empty()
     }
 
     /// The network's marker, if it was written in this boot.
@@ -176,11 +342,36 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing", &marker, e)),
         }
-        // Fails harmlessly if an attachment appeared meanwhile.
-        let _ = fs::remove_dir(self.records_dir(network));
+        // Callers hold the lock and found no records, so the log holds
+        // only dead lines.
+        let log = self.log_path(network);
+        match fs::remove_file(&log) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &log, e)),
+        }
+        // Fail harmlessly if not empty.
+        let _ = fs::remove_dir(self.legacy_dir(network));
         let _ = fs::remove_dir(&dir);
         Ok(())
     }
+}
+
+/// The length of `f` (of `len` bytes) up to and including its last
+/// newline.
+fn end_of_last_line(f: &fs::File, len: u64) -> std::io::Result<u64> {
+    let mut buf = [0u8; 4096];
+    let mut end = len;
+    while end > 0 {
+        let n = end.min(buf.len() as u64);
+        let chunk = &mut buf[..n as usize];
+        f.read_exact_at(chunk, end - n)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(end - n + i as u64 + 1);
+        }
+        end -= n;
+    }
+    Ok(0)
 }
 
 /// [`store::file::write_atomic`], as a CNI error.
@@ -191,6 +382,95 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(n: u32) -> Record {
+        Record { container_id: format!("c{n}"), ifname: "eth0".into(), bridge: "b0".into() }
+    }
+
+    /// The state of a test, under a fresh root (the lock is the host's
+    /// /run/berth, as in the plugin).
+    fn test_state(tag: &str) -> (State, PathBuf) {
+        let root = std::env::temp_dir().join(format!("berth-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        (State::new(&root), root)
+    }
+
+    #[test]
+    fn records_are_log_lines_and_the_log_is_compacted() {
+        let (state, root) = test_state("log");
+        let lock = state.lock().unwrap();
+        for n in 0..200 {
+            state.write_record(&lock, "n1", &format!("bv{n}"), &rec(n)).unwrap();
+        }
+        assert_eq!(state.read_record("n1", "bv7"), Some(rec(7)));
+        for n in 0..190 {
+            state.remove_record(&lock, "n1", &format!("bv{n}")).unwrap();
+        }
+        let left: Vec<String> = state.records("n1").into_iter().map(|(v, _)| v).collect();
+        assert_eq!(left, (190..200).map(|n| format!("bv{n}")).collect::<Vec<_>>());
+        // 200 adds and 190 dels were written; compaction keeps the log
+        // within the live records plus the slack.
+        let lines = fs::read_to_string(root.join("n1").join(LOG)).unwrap().lines().count();
+        assert!(lines <= 2 * 10 + COMPACT_SLACK + 1, "{lines} lines for 10 records");
+        assert_eq!(state.read_record("n1", "bv195"), Some(rec(195)));
+        for n in 190..200 {
+            state.remove_record(&lock, "n1", &format!("bv{n}")).unwrap();
+        }
+        assert!(!state.has_records("n1"));
+        state.forget_network(&lock, "n1").unwrap();
+        assert!(!root.join("n1").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn written_lines_take_the_fast_path_and_others_still_parse() {
+        let add = Change::Add { host_veth: "bv12ab".into(), container_id: "c1".into(), ifname: "eth0".into(), bridge: "b0".into() };
+        let line = serde_json::to_string(&add).unwrap();
+        assert!(line.starts_with(r#"{"op":"add","hostVeth":"bv12ab","#), "{line}");
+        assert_eq!(line_head(&line), Some((true, "bv12ab".to_string())));
+        let del = serde_json::to_string(&Change::Del { host_veth: "bv12ab".into() }).unwrap();
+        assert_eq!(del, r#"{"op":"del","hostVeth":"bv12ab"}"#);
+        assert_eq!(line_head(&del), Some((false, "bv12ab".to_string())));
+        // Same content, another field order: serde's way.
+        assert_eq!(line_head(r#"{"hostVeth":"bv9","op":"del"}"#), Some((false, "bv9".to_string())));
+        assert_eq!(line_head("garbage"), None);
+    }
+
+    #[test]
+    fn a_line_cut_short_is_ignored_and_not_glued_to_the_next() {
+        let (state, root) = test_state("cut");
+        let lock = state.lock().unwrap();
+        state.write_record(&lock, "n1", "bv1", &rec(1)).unwrap();
+        // A writer killed mid-line.
+        let mut f = fs::OpenOptions::new().append(true).open(root.join("n1").join(LOG)).unwrap();
+        f.write_all(br#"{"op":"add","hostVeth":"bv2","contai"#).unwrap();
+        assert_eq!(state.records("n1"), vec![("bv1".to_string(), Some(rec(1)))]);
+        state.write_record(&lock, "n1", "bv3", &rec(3)).unwrap();
+        assert_eq!(
+            state.records("n1"),
+            vec![("bv1".to_string(), Some(rec(1))), ("bv3".to_string(), Some(rec(3)))]
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn records_of_older_versions_count_until_removed() {
+        let (state, root) = test_state("legacy");
+        let lock = state.lock().unwrap();
+        let legacy = root.join("n1").join(LEGACY_DIR);
+        fs::create_dir_all(&legacy).unwrap();
+        fs::write(legacy.join("bv1"), serde_json::to_vec(&rec(1)).unwrap()).unwrap();
+        fs::write(legacy.join(".bv9.123"), b"temp file of a killed writer").unwrap();
+        state.write_record(&lock, "n1", "bv2", &rec(2)).unwrap();
+        assert_eq!(
+            state.records("n1"),
+            vec![("bv1".to_string(), Some(rec(1))), ("bv2".to_string(), Some(rec(2)))]
+        );
+        state.remove_record(&lock, "n1", "bv1").unwrap();
+        assert!(!legacy.join("bv1").exists());
+        assert!(state.has_record("n1", "bv2") && !state.has_record("n1", "bv1"));
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn a_marker_from_another_boot_vouches_for_nothing() {
