@@ -15,7 +15,7 @@
 //!   that the host still heard them): the copies no longer reached the
 //!   containers, but the flood itself and one chain run per copy remained;
 //!   1.21x-1.25x after the other fixes of that round;
-//! - dropped once, on entry (prerouting): 1.05x-1.13x in the same
+//! - dropped once, on entry (prerouting): 1.05x-1.14x in the same
 //!   conditions.
 //!
 //! What nobody on a berth network misses: containers get their addresses
