@@ -6,7 +6,7 @@
 //! the host against the baseline.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
@@ -310,9 +310,9 @@ fn addr_of(cidr: &str) -> &str {
 fn parse_net(s: &str, v6: bool) -> Option<(IpAddr, u32)> {
     if s == "default" {
         return Some(if v6 {
-            ("::".parse().unwrap(), 0)
+            (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
         } else {
-            ("0.0.0.0".parse().unwrap(), 0)
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
         });
     }
     let (a, p) = match s.split_once('/') {
@@ -1140,7 +1140,9 @@ fn path_without_ipam(s: &Suite) -> Result<std::path::PathBuf> {
 
 fn ipam_missing(s: &Suite) -> Result<Outcome> {
     require!(need_ipam(s));
-    let ipam = s.ipam_type().unwrap();
+    let Some(ipam) = s.ipam_type() else {
+        return na("the network has no IPAM plugin");
+    };
     if s.plugins()
         .iter()
         .any(|p| p["type"].as_str() == Some(ipam.as_str()))

@@ -270,12 +270,7 @@ impl State {
     }
 
     pub fn remove_record(&self, _lock: &Lock, network: &str, host_veth: &str) -> Result<(), Error> {
-        let legacy = self.legacy_dir(network).join(host_veth);
-        match fs::remove_file(&legacy) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &legacy, e)),
-        }
+        remove_if_present(&self.legacy_dir(network).join(host_veth))?;
         if !self.log_path(network).exists() {
             return Ok(()); // nothing logged, nothing to cancel
         }
@@ -336,24 +331,23 @@ impl State {
     /// Removes the marker and the network's directories once they are empty.
     pub fn forget_network(&self, _lock: &Lock, network: &str) -> Result<(), Error> {
         let dir = self.network_dir(network);
-        let marker = dir.join("rules.json");
-        match fs::remove_file(&marker) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &marker, e)),
-        }
+        remove_if_present(&dir.join("rules.json"))?;
         // Callers hold the lock and found no records, so the log holds
         // only dead lines.
-        let log = self.log_path(network);
-        match fs::remove_file(&log) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &log, e)),
-        }
+        remove_if_present(&self.log_path(network))?;
         // Fail harmlessly if not empty.
         let _ = fs::remove_dir(self.legacy_dir(network));
         let _ = fs::remove_dir(&dir);
         Ok(())
+    }
+}
+
+/// Removes a file; one that is already gone is fine.
+fn remove_if_present(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", path, e)),
     }
 }
 
