@@ -3,6 +3,7 @@
 //! each plugin into its own struct.
 
 use crate::error::{codes, Error};
+use crate::gojson::{self, GoObject};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -41,8 +42,8 @@ impl NetConf {
             .as_object()
             .ok_or_else(|| Error::decode("network config on stdin is not a JSON object"))?;
         let str_field = |key: &str| -> Result<String, Error> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(String::new()),
+            match obj.go_get(key) {
+                None => Ok(String::new()),
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(other) => Err(Error::new(
                     codes::DECODE,
@@ -55,11 +56,11 @@ impl NetConf {
         validate_network_name(&name)?;
         let plugin_type = str_field("type")?;
         let valid_attachments = match obj
-            .get("cni.dev/valid-attachments")
-            .or_else(|| obj.get("cni.dev/attachments"))
+            .go_get("cni.dev/valid-attachments")
+            .or_else(|| obj.go_get("cni.dev/attachments"))
         {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(Vec::<Attachment>::deserialize(v).map_err(|e| {
+            None => None,
+            Some(v) => Some(gojson::from_value::<Vec<Attachment>>(v).map_err(|e| {
                 Error::new(codes::DECODE, format!("cni.dev/valid-attachments: {e}"))
             })?),
         };
@@ -67,22 +68,29 @@ impl NetConf {
             cni_version,
             name,
             plugin_type,
-            runtime_config: obj.get("runtimeConfig").cloned().unwrap_or(Value::Null),
-            args: obj.get("args").cloned().unwrap_or(Value::Null),
-            prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
+            runtime_config: obj.go_get("runtimeConfig").cloned().unwrap_or(Value::Null),
+            args: obj.go_get("args").cloned().unwrap_or(Value::Null),
+            prev_result: obj.go_get("prevResult").cloned(),
             valid_attachments,
             raw,
         })
     }
 
-    /// `args.cni.<key>`, if present.
+    /// `args.cni.<key>`, if present and not null (keys matched as Go does).
     pub fn args_cni(&self, key: &str) -> Option<&Value> {
-        self.args.get("cni").and_then(|c| c.get(key))
+        self.args.go_get("cni").and_then(|c| c.go_get(key))
     }
 
-    /// `runtimeConfig.<key>`, if present.
+    /// `runtimeConfig.<key>`, if present and not null (keys matched as Go
+    /// does: containerd sends some capabilities with capitalised keys).
     pub fn runtime(&self, key: &str) -> Option<&Value> {
-        self.runtime_config.get(key).filter(|v| !v.is_null())
+        self.runtime_config.go_get(key)
+    }
+
+    /// A key of the plugin's own config, if present and not null (keys
+    /// matched as Go does).
+    pub fn key(&self, key: &str) -> Option<&Value> {
+        self.raw.go_get(key)
     }
 }
 
@@ -163,5 +171,58 @@ mod tests {
         let t: T = serde_json::from_str(r#"{"a":false}"#).unwrap();
         assert!(!t.a);
         assert!(serde_json::from_str::<T>(r#"{"a":3}"#).is_err());
+    }
+
+    /// What containerd 1.6's CRI sends a chained berth-portmap (go-cni:
+    /// capability structs without JSON tags; pod annotations null when the
+    /// pod has none), and its CNI_ARGS.
+    const CONTAINERD_PORTMAP: &str = r#"{"capabilities":{"io.kubernetes.cri.pod-annotations":true,"portMappings":true},
+        "cniVersion":"1.0.0","name":"k8s-pod-network","type":"berth-portmap",
+        "runtimeConfig":{"io.kubernetes.cri.pod-annotations":null,
+            "portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}]},
+        "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"02:00:00:00:00:01","sandbox":"/var/run/netns/cni-1"}],
+            "ips":[{"interface":0,"address":"10.88.0.5/16","gateway":"10.88.0.1"}],"dns":{}}}"#;
+
+    #[test]
+    fn containerd_shapes_are_read_as_go_reads_them() {
+        let c = NetConf::parse(CONTAINERD_PORTMAP.as_bytes()).unwrap();
+        assert_eq!(c.runtime("io.kubernetes.cri.pod-annotations"), None);
+        let m = &c.runtime("portMappings").unwrap()[0];
+        assert_eq!(m.go_get("hostPort").unwrap(), 8080);
+        assert_eq!(m.go_get("containerPort").unwrap(), 80);
+        assert_eq!(m.go_get("protocol").unwrap(), "tcp");
+        assert_eq!(m.go_get("hostIP").unwrap(), "");
+        assert!(c.prev_result.is_some());
+        let args = crate::CniArgs::parse(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=0123abcd;K8S_POD_UID=5f1c",
+        )
+        .unwrap();
+        assert!(args.check_known(&["IP", "MAC"]).is_ok());
+        assert_eq!(args.get("K8S_POD_NAME"), Some("web-0"));
+    }
+
+    #[test]
+    fn common_keys_match_case_insensitively_exact_first() {
+        let c = NetConf::parse(
+            br#"{"CNIVersion":"1.1.0","Name":"web","name":"exact","TYPE":"berth-bridge",
+                 "RuntimeConfig":{"MAC":"02:00:00:00:00:01"},"Args":{"CNI":{"IPs":["10.0.0.5"]}},
+                 "PrevResult":{"cniVersion":"1.1.0"},
+                 "cni.dev/Valid-Attachments":[{"ContainerID":"c1","IfName":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cni_version, "1.1.0");
+        assert_eq!(c.name, "exact");
+        assert_eq!(c.plugin_type, "berth-bridge");
+        assert_eq!(c.runtime("mac").unwrap(), "02:00:00:00:00:01");
+        assert_eq!(c.args_cni("ips").unwrap()[0], "10.0.0.5");
+        assert!(c.prev_result.is_some());
+        assert_eq!(c.valid_attachments.unwrap(), vec![Attachment { container_id: "c1".into(), ifname: "eth0".into() }]);
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let c = NetConf::parse(br#"{"cniVersion":null,"name":"n","type":null,"runtimeConfig":null,"args":null,"prevResult":null,"cni.dev/valid-attachments":null}"#).unwrap();
+        assert_eq!(c.cni_version, "");
+        assert!(c.runtime_config.is_null() && c.args.is_null() && c.prev_result.is_none() && c.valid_attachments.is_none());
     }
 }

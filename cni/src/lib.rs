@@ -9,6 +9,7 @@
 pub mod args;
 pub mod conf;
 pub mod error;
+pub mod gojson;
 pub mod invoke;
 pub mod result;
 pub mod skel;
@@ -17,6 +18,7 @@ pub mod version;
 pub use args::CniArgs;
 pub use conf::{Attachment, NetConf};
 pub use error::{codes, Error};
+pub use gojson::GoObject;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use skel::{Command, Plugin, Request};
 pub use version::Version;

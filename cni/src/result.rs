@@ -3,6 +3,7 @@
 //! `types/*` packages).
 
 use crate::error::{codes, Error};
+use crate::gojson::GoObject;
 use crate::version::{Family, Version};
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
@@ -77,7 +78,7 @@ impl Dns {
             return Ok(Dns::default());
         }
         let list = |key: &str| -> Result<Vec<String>, Error> {
-            match v.get(key) {
+            match v.go_get(key) {
                 None | Some(Value::Null) => Ok(Vec::new()),
                 Some(Value::Array(a)) => a
                     .iter()
@@ -92,7 +93,7 @@ impl Dns {
         };
         Ok(Dns {
             nameservers: list("nameservers")?,
-            domain: v.get("domain").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from),
+            domain: v.go_get("domain").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from),
             search: list("search")?,
             options: list("options")?,
         })
@@ -135,18 +136,18 @@ fn parse_net(v: &Value, what: &str) -> Result<IpNet, Error> {
 }
 
 fn opt_u32(v: &Value, key: &str) -> Option<u32> {
-    v.get(key).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0)
+    v.go_get(key).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0)
 }
 
 fn parse_route(v: &Value, what: &str) -> Result<Route, Error> {
     Ok(Route {
-        dst: parse_net(v.get("dst").unwrap_or(&Value::Null), &format!("{what}.dst"))?,
-        gw: parse_ip(v.get("gw").unwrap_or(&Value::Null), &format!("{what}.gw"))?,
+        dst: parse_net(v.go_get("dst").unwrap_or(&Value::Null), &format!("{what}.dst"))?,
+        gw: parse_ip(v.go_get("gw").unwrap_or(&Value::Null), &format!("{what}.gw"))?,
         mtu: opt_u32(v, "mtu"),
         advmss: opt_u32(v, "advmss"),
         priority: opt_u32(v, "priority"),
         table: opt_u32(v, "table"),
-        scope: v.get("scope").and_then(Value::as_u64).and_then(|n| u8::try_from(n).ok()),
+        scope: v.go_get("scope").and_then(Value::as_u64).and_then(|n| u8::try_from(n).ok()),
     })
 }
 
@@ -187,26 +188,26 @@ impl CniResult {
         if !v.is_object() {
             return Err(decode_err("result", "expected a JSON object"));
         }
-        let version_str = match v.get("cniVersion").and_then(Value::as_str) {
+        let version_str = match v.go_get("cniVersion").and_then(Value::as_str) {
             Some(s) if !s.is_empty() => s.to_string(),
             _ => default_version.to_string(),
         };
         let version = Version::parse(&version_str)?;
-        let dns = Dns::from_json(v.get("dns").unwrap_or(&Value::Null))?;
+        let dns = Dns::from_json(v.go_get("dns").unwrap_or(&Value::Null))?;
         let mut r = CniResult { cni_version: version_str, dns, ..Default::default() };
         if version.family() == Family::V02 {
             for key in ["ip4", "ip6"] {
-                let Some(ipc) = v.get(key).filter(|x| !x.is_null()) else { continue };
-                let address = parse_net(ipc.get("ip").unwrap_or(&Value::Null), &format!("{key}.ip"))?;
-                let gateway = parse_ip(ipc.get("gateway").unwrap_or(&Value::Null), &format!("{key}.gateway"))?;
+                let Some(ipc) = v.go_get(key).filter(|x| !x.is_null()) else { continue };
+                let address = parse_net(ipc.go_get("ip").unwrap_or(&Value::Null), &format!("{key}.ip"))?;
+                let gateway = parse_ip(ipc.go_get("gateway").unwrap_or(&Value::Null), &format!("{key}.gateway"))?;
                 r.ips.push(IpConfig { address, gateway, interface: None });
-                r.routes.extend(parse_routes(ipc.get("routes").unwrap_or(&Value::Null), &format!("{key}.routes"))?);
+                r.routes.extend(parse_routes(ipc.go_get("routes").unwrap_or(&Value::Null), &format!("{key}.routes"))?);
             }
             return Ok(r);
         }
-        if let Some(ifaces) = v.get("interfaces").and_then(Value::as_array) {
+        if let Some(ifaces) = v.go_get("interfaces").and_then(Value::as_array) {
             for (i, it) in ifaces.iter().enumerate() {
-                let s = |k: &str| it.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                let s = |k: &str| it.go_get(k).and_then(Value::as_str).unwrap_or_default().to_string();
                 let name = s("name");
                 if name.is_empty() {
                     return Err(decode_err(&format!("interfaces[{i}].name"), "missing"));
@@ -222,13 +223,13 @@ impl CniResult {
             }
         }
         // 0.3.0 results were briefly keyed "ip"; accept both spellings.
-        let ips = v.get("ips").or_else(|| v.get("ip")).unwrap_or(&Value::Null);
+        let ips = v.go_get("ips").or_else(|| v.go_get("ip")).unwrap_or(&Value::Null);
         if let Some(list) = ips.as_array() {
             for (i, it) in list.iter().enumerate() {
                 let what = format!("ips[{i}]");
-                let address = parse_net(it.get("address").unwrap_or(&Value::Null), &format!("{what}.address"))?;
-                let gateway = parse_ip(it.get("gateway").unwrap_or(&Value::Null), &format!("{what}.gateway"))?;
-                let interface = match it.get("interface") {
+                let address = parse_net(it.go_get("address").unwrap_or(&Value::Null), &format!("{what}.address"))?;
+                let gateway = parse_ip(it.go_get("gateway").unwrap_or(&Value::Null), &format!("{what}.gateway"))?;
+                let interface = match it.go_get("interface") {
                     None | Some(Value::Null) => None,
                     Some(n) => Some(
                         n.as_u64()
@@ -244,7 +245,7 @@ impl CniResult {
                 r.ips.push(IpConfig { address, gateway, interface });
             }
         }
-        r.routes = parse_routes(v.get("routes").unwrap_or(&Value::Null), "routes")?;
+        r.routes = parse_routes(v.go_get("routes").unwrap_or(&Value::Null), "routes")?;
         Ok(r)
     }
 
@@ -432,5 +433,18 @@ mod tests {
         assert_eq!(CniResult::from_json(&j, "1.0.0").unwrap_err().code, codes::DECODE);
         let j = json!({"ips":[{"address":"10.0.0.2/24"}]});
         assert_eq!(CniResult::from_json(&j, "1.0.0").unwrap().cni_version, "1.0.0");
+    }
+
+    #[test]
+    fn results_are_read_with_go_key_matching() {
+        let v = json!({"CNIVersion":"1.0.0","Interfaces":[{"Name":"eth0","MAC":"02:00:00:00:00:01","Sandbox":"/run/netns/x"}],
+            "IPs":[{"Interface":0,"Address":"10.1.0.2/24","Gateway":"10.1.0.1"}],"Routes":[{"Dst":"0.0.0.0/0","GW":"10.1.0.1"}],
+            "DNS":{"Nameservers":["10.1.0.1"]}});
+        let r = CniResult::from_json(&v, "0.4.0").unwrap();
+        assert_eq!(r.cni_version, "1.0.0");
+        assert_eq!(r.interfaces[0].mac, "02:00:00:00:00:01");
+        assert_eq!(r.ips[0].interface, Some(0));
+        assert_eq!(r.routes[0].gw, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(r.dns.nameservers, vec!["10.1.0.1".to_string()]);
     }
 }

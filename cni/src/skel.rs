@@ -65,6 +65,32 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request from its parts rather than the process environment, for
+    /// code that runs a plugin's logic in-process, and for tests: the config
+    /// parsed as the dispatcher parses it, no namespace, no CNI_PATH.
+    pub fn from_parts(
+        command: Command,
+        container_id: &str,
+        ifname: &str,
+        stdin: &[u8],
+        cni_args: &str,
+    ) -> Result<Request, Error> {
+        let conf = NetConf::parse(stdin)?;
+        let version = Version::parse(if conf.cni_version.is_empty() { "0.1.0" } else { &conf.cni_version })?;
+        Ok(Request {
+            command,
+            container_id: container_id.to_string(),
+            netns: None,
+            ifname: ifname.to_string(),
+            cni_path: Vec::new(),
+            args: CniArgs::parse(cni_args)?,
+            raw_args: cni_args.to_string(),
+            conf,
+            stdin: stdin.to_vec(),
+            version,
+        })
+    }
+
     /// The version results are printed in: the config's, or 0.1.0 when the
     /// config has none (spec).
     pub fn result_version(&self) -> String {

@@ -100,7 +100,7 @@ impl BridgeConf {
     }
 
     pub fn parse(req: &Request) -> Result<BridgeConf, Error> {
-        let raw: Raw = serde_json::from_value(req.conf.raw.clone())
+        let raw: Raw = cni::gojson::from_value(&req.conf.raw)
             .map_err(|e| Error::new(cni::codes::INVALID_CONFIG, format!("berth-bridge config: {e}")))?;
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         check_ifname("bridge", &bridge)?;
@@ -207,4 +207,37 @@ fn uplinks(names: Vec<String>) -> Result<Vec<String>, Error> {
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni::Command;
+
+    fn parse(stdin: &str) -> Result<BridgeConf, Error> {
+        BridgeConf::parse(&Request::from_parts(Command::Add, "c", "eth0", stdin.as_bytes(), "")?)
+    }
+
+    #[test]
+    fn keys_match_as_the_reference_bridge_reads_them() {
+        // Go's encoding/json: any case, exact case first, null a no-op.
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","Bridge":"other","bridge":"br-go",
+                "IsGateway":true,"IPMasq":"true","MTU":1400,"hairpinMode":null,
+                "RuntimeConfig":{"Mac":"02:00:00:00:00:07"},"ipam":null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "br-go");
+        assert!(c.is_gateway && c.ip_masq && !c.hairpin_mode);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 7]));
+        assert_eq!(c.ipam_type, None);
+    }
+
+    #[test]
+    fn a_wrong_type_is_refused() {
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","IsGateway":7}"#).unwrap_err();
+        assert_eq!(e.code, cni::codes::INVALID_CONFIG);
+        assert_eq!(e.msg, "berth-bridge config: isGateway: expected a boolean, got 7");
+    }
 }

@@ -132,9 +132,9 @@ pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
 
 impl HostConf {
     pub fn parse(req: &Request) -> Result<HostConf, Error> {
-        let raw: Raw = serde_json::from_value(req.conf.raw.clone())
+        let raw: Raw = cni::gojson::from_value(&req.conf.raw)
             .map_err(|e| Error::new(cni::codes::INVALID_CONFIG, format!("berth-host config: {e}")))?;
-        let present = |key: &str| req.conf.raw.get(key).is_some_and(|v| !v.is_null());
+        let present = |key: &str| req.conf.key(key).is_some();
         let mode_str = raw
             .mode
             .as_deref()

@@ -5,16 +5,16 @@
 
 pub mod ipam;
 
-use cni::{codes, CniResult, Error, Request};
+use cni::{codes, CniResult, Error, GoObject, Request};
 use ipnet::{IpNet, Ipv6Net};
 use net::{AddressOptions, Handle, Link, Netns};
 use std::net::IpAddr;
 
 /// `ipam.type`, if the config has an `ipam` section (which must name one).
 pub fn ipam_type(conf: &cni::NetConf) -> Result<Option<String>, Error> {
-    match conf.raw.get("ipam").filter(|v| !v.is_null()) {
+    match conf.key("ipam") {
         None => Ok(None),
-        Some(v) => match v.get("type").and_then(serde_json::Value::as_str) {
+        Some(v) => match v.go_get("type").and_then(serde_json::Value::as_str) {
             Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
             _ => Err(Error::config("ipam.type", "missing")),
         },
@@ -23,7 +23,7 @@ pub fn ipam_type(conf: &cni::NetConf) -> Result<Option<String>, Error> {
 
 /// The config's `dns` key, which wins over what IPAM returns.
 pub fn dns(conf: &cni::NetConf) -> Result<cni::Dns, Error> {
-    cni::Dns::from_json(conf.raw.get("dns").unwrap_or(&serde_json::Value::Null)).map_err(|e| Error::config("dns", e.msg))
+    cni::Dns::from_json(conf.key("dns").unwrap_or(&serde_json::Value::Null)).map_err(|e| Error::config("dns", e.msg))
 }
 
 /// A failed kernel operation as a CNI error.

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use cni::{codes, Error, Route};
+use cni::{codes, Error, GoObject, Route};
 use ipnet::IpNet;
 use serde_json::Value;
 use store::{from_key, is_v4_key, to_key};
@@ -238,8 +238,8 @@ fn cfg(field: &str, msg: impl std::fmt::Display) -> Error {
 }
 
 fn opt_str<'a>(obj: &'a Value, key: &str, field: &str) -> Result<Option<&'a str>, Error> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
+    match obj.go_get(key) {
+        None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(cfg(
@@ -380,8 +380,8 @@ fn requested_list(v: Option<&Value>, field: &str) -> Result<Vec<RequestedIp>, Er
 
 /// Parse `dataDir` only (DEL and GC need nothing else).
 pub fn data_dir_of(raw: &Value) -> PathBuf {
-    raw.get("ipam")
-        .and_then(|i| i.get("dataDir"))
+    raw.go_get("ipam")
+        .and_then(|i| i.go_get("dataDir"))
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map_or_else(|| PathBuf::from(store::DEFAULT_DATA_DIR), PathBuf::from)
@@ -421,8 +421,7 @@ impl IpamConfig {
         requested: &[RequestedIp],
     ) -> Result<IpamConfig, Error> {
         let ipam = raw
-            .get("ipam")
-            .filter(|v| !v.is_null())
+            .go_get("ipam")
             .ok_or_else(|| cfg("ipam", "missing"))?;
         if !ipam.is_object() {
             return Err(cfg("ipam", "expected an object"));
@@ -454,7 +453,7 @@ impl IpamConfig {
                         },
                     ));
                 }
-                if let Some(r) = ipam.get("ranges").filter(|v| !v.is_null()) {
+                if let Some(r) = ipam.go_get("ranges") {
                     sets.extend(parse_range_sets(r, "ipam.ranges")?);
                 }
                 sets
@@ -497,8 +496,8 @@ impl IpamConfig {
             }
         }
 
-        let routes = match ipam.get("routes") {
-            None | Some(Value::Null) => Vec::new(),
+        let routes = match ipam.go_get("routes") {
+            None => Vec::new(),
             Some(v) => cni::result::parse_routes(v, "ipam.routes")
                 .map_err(|e| Error::new(codes::INVALID_CONFIG, e.msg))?,
         };

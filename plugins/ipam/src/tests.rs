@@ -771,3 +771,19 @@ fn concurrent_adds_from_64_threads() {
     all.dedup();
     assert_eq!(all.len(), 64);
 }
+
+#[test]
+fn go_runtime_shapes_are_read_with_go_key_matching() {
+    let t = TempDir::new("goshapes");
+    // Keys of the host-local structs in any case, as Go's encoding/json
+    // reads them; runtimeConfig.ipRanges with go-cni's untagged IPRanges.
+    let mut c = json!({"cniVersion": "1.0.0", "name": "net", "type": "berth-ipam",
+        "IPAM": {"Type": "berth-ipam", "DataDir": t.path(), "Routes": [{"Dst": "0.0.0.0/0"}],
+                 "Ranges": [[{"Subnet": "10.5.0.0/24"}]]}});
+    c["runtimeConfig"] = json!({"ipRanges": [[{"Subnet": "10.6.0.0/24", "RangeStart": "10.6.0.10",
+        "RangeEnd": "10.6.0.20", "Gateway": "10.6.0.1"}]], "IPs": null});
+    c["args"] = json!({"CNI": {"IPs": ["10.6.0.15"]}});
+    let out = run("ADD", "go1", "eth0", &c, "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p");
+    assert_eq!(out.ips(), vec!["10.6.0.15/24"]);
+    assert_eq!(del("go1", &c).status, 0);
+}

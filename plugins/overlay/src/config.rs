@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use cni::{Error, Request};
+use cni::{Error, GoObject, Request};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::Value;
@@ -142,7 +142,7 @@ impl OverlayConf {
     }
 
     pub fn parse(req: &Request) -> Result<OverlayConf, Error> {
-        let raw: Raw = serde_json::from_value(req.conf.raw.clone())
+        let raw: Raw = cni::gojson::from_value(&req.conf.raw)
             .map_err(|e| Error::decode(format!("berth-overlay config: {e}")))?;
         let network: Ipv4Net = raw
             .network
@@ -218,8 +218,8 @@ impl OverlayConf {
             peers,
             data_dir: raw.data_dir.clone(),
         };
-        if let Some(e) = store.get("etcd") {
-            let etcd: EtcdConf = serde_json::from_value(e.clone()).map_err(|e| bad("store.etcd", e))?;
+        if let Some(e) = store.go_get("etcd") {
+            let etcd: EtcdConf = cni::gojson::from_value(e).map_err(|e| bad("store.etcd", e))?;
             if !LEASE_TTL_RANGE.contains(&etcd.lease_ttl) {
                 return Err(bad(
                     "store.etcd.leaseTTL",
@@ -241,15 +241,15 @@ impl OverlayConf {
             let first = network.subnets(subnet_len).map_err(|e| bad("subnetLen", e))?.next().unwrap_or(network);
             return Ok(common(first, Vec::new(), Some(etcd)));
         }
-        let st = store.get("static").ok_or_else(|| bad("store", "needs \"static\" (or \"etcd\")"))?;
+        let st = store.go_get("static").ok_or_else(|| bad("store", "needs \"static\" (or \"etcd\")"))?;
         let own = st
-            .get("subnet")
+            .go_get("subnet")
             .and_then(Value::as_str)
             .ok_or_else(|| bad("store.static.subnet", "missing"))?;
         let own = subnet("store.static.subnet", own, &network, subnet_len)?;
-        let raw_peers: Vec<RawPeer> = match st.get("peers") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad("store.static.peers", e))?,
+        let raw_peers: Vec<RawPeer> = match st.go_get("peers") {
+            None => Vec::new(),
+            Some(v) => cni::gojson::from_value(v).map_err(|e| bad("store.static.peers", e))?,
         };
         let mut peers: Vec<Peer> = Vec::new();
         for (i, p) in raw_peers.iter().enumerate() {

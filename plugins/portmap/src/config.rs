@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use cni::conf::{flexible_bool, flexible_opt_bool};
-use cni::{Error, Request};
+use cni::{Error, GoObject, Request};
 use net::firewall::{Conditions, Protocol};
 use serde::Deserialize;
 use serde_json::Value;
@@ -103,7 +103,7 @@ impl PortmapConf {
     /// cleaning up after an ADD refused for a bad mapping sends the same
     /// bad mapping to DEL, which must still succeed.
     pub fn parse_keys(req: &Request) -> Result<PortmapConf, Error> {
-        let keys: Keys = serde_json::from_value(req.conf.raw.clone())
+        let keys: Keys = cni::gojson::from_value(&req.conf.raw)
             .map_err(|e| Error::decode(format!("network configuration: {e}")))?;
         if keys.external_set_mark_chain.is_some() && keys.mark_masq_bit.is_some() {
             return Err(bad("externalSetMarkChain", "cannot specify both externalSetMarkChain and markMasqBit"));
@@ -180,18 +180,18 @@ fn mappings(raw: Option<&Value>) -> Result<Vec<Mapping>, Error> {
     for (i, m) in list.iter().enumerate() {
         let at = |k: &str| format!("runtimeConfig.portMappings[{i}].{k}");
         let obj = m.as_object().ok_or_else(|| bad(&format!("runtimeConfig.portMappings[{i}]"), "not an object"))?;
-        let host_port = port(&at("hostPort"), obj.get("hostPort"))?;
-        let container_port = port(&at("containerPort"), obj.get("containerPort"))?;
-        let protocol = match obj.get("protocol") {
+        let host_port = port(&at("hostPort"), obj.go_get("hostPort"))?;
+        let container_port = port(&at("containerPort"), obj.go_get("containerPort"))?;
+        let protocol = match obj.go_get("protocol") {
             // Unset: TCP, as Kubernetes and Docker default it.
-            None | Some(Value::Null) => Protocol::Tcp,
+            None => Protocol::Tcp,
             Some(Value::String(s)) if s.is_empty() => Protocol::Tcp,
             Some(Value::String(s)) => Protocol::parse(s)
                 .ok_or_else(|| bad(&at("protocol"), format!("{s:?} is not one of tcp, udp, sctp")))?,
             Some(other) => return Err(bad(&at("protocol"), format!("{other} is not one of tcp, udp, sctp"))),
         };
-        let host = match obj.get("hostIP") {
-            None | Some(Value::Null) => HostAddr::Any,
+        let host = match obj.go_get("hostIP") {
+            None => HostAddr::Any,
             Some(Value::String(s)) if s.is_empty() => HostAddr::Any,
             Some(Value::String(s)) => match s.parse::<IpAddr>() {
                 Ok(ip) if ip.is_unspecified() => HostAddr::AnyOf { v4: ip.is_ipv4() },
@@ -277,5 +277,82 @@ mod tests {
             {"hostPort": 80, "containerPort": 80, "protocol": "udp"}
         ]))
         .unwrap();
+    }
+
+    /// One runtime's stdin for a chained berth-portmap, as it sends it.
+    fn runtime_stdin(runtime_config: &str) -> Vec<u8> {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"net","type":"berth-portmap","capabilities":{{"portMappings":true}},
+                "runtimeConfig":{runtime_config},
+                "prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"10.88.0.5/16"}}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn every_runtime_shape_gives_the_same_mappings() {
+        let want = vec![
+            Mapping { protocol: Protocol::Tcp, host_port: 8080, container_port: 80, host: HostAddr::Any },
+            Mapping {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                container_port: 53,
+                host: HostAddr::Ip("127.0.0.1".parse().unwrap()),
+            },
+        ];
+        for (who, rc) in [
+            // containerd (go-cni PortMapping: no JSON tags), with the pod
+            // annotations capability it always fills, null without annotations.
+            (
+                "containerd",
+                r#"{"io.kubernetes.cri.pod-annotations":null,"portMappings":[
+                    {"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""},
+                    {"HostPort":5353,"ContainerPort":53,"Protocol":"udp","HostIP":"127.0.0.1"}]}"#,
+            ),
+            // CRI-O (ocicni: tagged, protocol lower-cased).
+            (
+                "cri-o",
+                r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""},
+                    {"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"127.0.0.1"}]}"#,
+            ),
+            // podman 4 (CNI backend): tagged, no hostIP when unset.
+            (
+                "podman",
+                r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},
+                    {"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"127.0.0.1"}]}"#,
+            ),
+            // libcni's cnitool: CAP_ARGS as the user wrote them.
+            (
+                "cnitool",
+                r#"{"portMappings":[{"hostPort":8080,"containerPort":80},
+                    {"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"127.0.0.1"}]}"#,
+            ),
+        ] {
+            let req = Request::from_parts(cni::Command::Add, "c", "eth0", &runtime_stdin(rc), "IgnoreUnknown=1;K8S_POD_NAME=p").unwrap();
+            assert_eq!(PortmapConf::parse(&req).unwrap().mappings, want, "{who}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_from_a_runtime_name_the_field() {
+        for (rc, field) in [
+            (r#"{"portMappings":"oops"}"#, "runtimeConfig.portMappings"),
+            (r#"{"portMappings":[{"HostPort":"8080","ContainerPort":80}]}"#, "runtimeConfig.portMappings[0].hostPort"),
+            (r#"{"PortMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":7}]}"#, "runtimeConfig.portMappings[0].protocol"),
+        ] {
+            let req = Request::from_parts(cni::Command::Add, "c", "eth0", &runtime_stdin(rc), "").unwrap();
+            let e = PortmapConf::parse(&req).unwrap_err();
+            assert_eq!(e.code, cni::codes::INVALID_CONFIG, "{rc}");
+            assert!(e.msg.contains(field), "{rc}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn own_keys_match_case_insensitively() {
+        let stdin = br#"{"cniVersion":"1.0.0","name":"net","type":"berth-portmap","SNAT":false,"MasqAll":"true","markmasqbit":14}"#;
+        let req = Request::from_parts(cni::Command::Add, "c", "eth0", stdin, "").unwrap();
+        let c = PortmapConf::parse(&req).unwrap();
+        assert!(!c.snat && c.masq_all);
+        assert_eq!(c.mark_masq_bit, 14);
     }
 }
