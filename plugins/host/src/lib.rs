@@ -141,6 +141,52 @@ fn ipam_forward(conf: &HostConf, command: Command, req: &Request) -> Result<(), 
     }
 }
 
+/// The reference `loopback` plugin's name and config (no `mode`): the
+/// plugin containerd and CRI-O run for every pod's `lo`, so a CNI directory
+/// holding only berth serves them. It is berth-host's `none` mode.
+pub struct LoopbackPlugin;
+
+impl LoopbackPlugin {
+    /// A `mode` other than none would be a berth-host config sent to the
+    /// wrong binary.
+    fn check_mode(req: &Request) -> Result<(), Error> {
+        match req.conf.key("mode") {
+            None => Ok(()),
+            Some(m) if m == "none" => Ok(()),
+            Some(m) => Err(Error::config("mode", format!("{m}: the loopback plugin only sets up lo (mode \"none\")"))),
+        }
+    }
+}
+
+impl Plugin for LoopbackPlugin {
+    fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        Self::check_mode(req)?;
+        loopback::add(req, &container_netns(req, &Mode::None)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        Self::check_mode(req)?;
+        loopback::del(existing_container_netns(req.netns.as_deref(), Mode::None.name())?)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        Self::check_mode(req)?;
+        loopback::check(req, &container_netns(req, &Mode::None)?)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), Error> {
+        Self::check_mode(req)
+    }
+
+    fn judges_netns_itself(&self) -> bool {
+        true
+    }
+
+    fn about(&self) -> String {
+        format!("berth loopback {}: lo up in the container (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+    }
+}
+
 impl Plugin for HostPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let conf = HostConf::parse(req)?;
