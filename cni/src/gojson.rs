@@ -49,9 +49,9 @@ impl GoObject for Map<String, Value> {
             return Some(v);
         }
         self.iter()
-            .filter(|(k, v)| !v.is_null() && fold_eq(k, key))
+            .rev()
+            .find(|(k, v)| !v.is_null() && fold_eq(k, key))
             .map(|(_, v)| v)
-            .last()
     }
 }
 
