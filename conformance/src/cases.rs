@@ -61,7 +61,7 @@ cases! {
     "status-gc-old-version" status_gc_old "STATUS and GC with cniVersion 1.0.0: error 1";
     "add-versions" add_versions "ADD at every supported version: result cniVersion and shape of that version";
     "add-result" add_result "ADD result: valid interface indexes, sandbox, addresses and routes really there";
-    "add-duplicate" add_duplicate "second ADD of the same container/ifname fails and changes nothing";
+    "add-duplicate" add_duplicate "second ADD of the same container/ifname fails and changes nothing (lo: succeeds, same result)";
     "add-del-del" add_del_del "ADD, DEL, DEL: both DELs succeed, interface gone, address reusable";
     "del-netns-gone" del_netns_gone "DEL after the netns was deleted: exit 0, address released";
     "del-empty-netns" del_empty_netns "DEL with empty CNI_NETNS: exit 0, address released";
@@ -71,7 +71,7 @@ cases! {
     "check-after-add" check_after_add "CHECK right after ADD (cached result as prevResult): exit 0, no output";
     "check-no-prevresult" check_no_prev "CHECK without prevResult: error";
     "check-after-del" check_after_del "CHECK after DEL: error";
-    "check-iface-removed" check_iface_removed "CHECK after the container interface was deleted by hand: error";
+    "check-iface-removed" check_iface_removed "CHECK after the container interface was deleted by hand (lo: set down): error";
     "check-addr-removed" check_addr_removed "CHECK after the container address was deleted by hand: error";
     "check-route-removed" check_route_removed "CHECK after a result route was deleted by hand: error";
     "prev-result-version" prev_result_version "prevResult of another result family than the config: error; prevResult without cniVersion: accepted";
@@ -841,7 +841,7 @@ fn add_result(s: &Suite) -> Result<Outcome> {
 fn add_duplicate(s: &Suite) -> Result<Outcome> {
     require!(need_own_netns(s));
     if s.is_loopback() {
-        return na("CNI_IFNAME lo: loopback's ADD is idempotent");
+        return add_duplicate_loopback(s);
     }
     let mut a = s.att()?;
     add(s, &mut a)?;
@@ -869,6 +869,40 @@ fn add_duplicate(s: &Suite) -> Result<Outcome> {
     }
     del(s, &mut a)?;
     pass_note(format!("{t}: error {code}"))
+}
+
+/// Loopback: `lo` exists in every namespace, so a second ADD (a runtime's
+/// retry) finds it up and succeeds with the same result, changing nothing.
+fn add_duplicate_loopback(s: &Suite) -> Result<Outcome> {
+    let mut a = s.att()?;
+    let first = add(s, &mut a)?;
+    let before = crate::snapshot::Snapshot::take(&s.host.name, &s.state_dirs)?;
+    let addrs = container_addrs(&a, &a.ifname)?;
+    let second = add(s, &mut a).context("second ADD on lo")?;
+    ensure!(
+        second == first,
+        "the second ADD's result differs from the first:\nfirst  {first}\nsecond {second}"
+    );
+    let after = crate::snapshot::Snapshot::take(&s.host.name, &s.state_dirs)?;
+    let d = after.diff(&before);
+    ensure!(
+        d.is_empty(),
+        "the second ADD changed the host: {}",
+        d.join(", ")
+    );
+    let addrs2 = container_addrs(&a, &a.ifname)?;
+    ensure!(
+        addrs == addrs2,
+        "the container's addresses changed: {addrs:?} -> {addrs2:?}"
+    );
+    if need_check(s).is_none() {
+        s.check(&a, &[], true)
+            .map_err(step)
+            .context("CHECK after the second ADD")?;
+    }
+    del(s, &mut a)?;
+    ensure_released(s, &a)?;
+    pass_note("CNI_IFNAME lo: the second ADD succeeds with the same result")
 }
 
 fn add_del_del(s: &Suite) -> Result<Outcome> {
@@ -997,6 +1031,9 @@ fn prev_result_version(s: &Suite) -> Result<Outcome> {
 
 fn check_no_prev(s: &Suite) -> Result<Outcome> {
     require!(need_check(s));
+    if s.is_loopback() {
+        return na("CNI_IFNAME lo: lo's expected state needs nothing from the ADD result; the reference loopback CHECKs it without prevResult");
+    }
     let mut a = s.att()?;
     add(s, &mut a)?;
     let o = s.exec_main(
@@ -1037,11 +1074,16 @@ fn check_after_del(s: &Suite) -> Result<Outcome> {
 fn check_iface_removed(s: &Suite) -> Result<Outcome> {
     require!(need_own_netns(s));
     require!(need_check(s));
-    if s.is_loopback() {
-        return na("CNI_IFNAME lo: loopback cannot be deleted");
-    }
     let mut a = s.att()?;
     add(s, &mut a)?;
+    if s.is_loopback() {
+        // lo cannot be deleted; set down by hand, it is as good as gone.
+        let o = a.ns.exec(&["ip", "link", "set", "dev", &a.ifname, "down"]);
+        ensure!(o.ok(), "cannot set {} down: {}", a.ifname, o.brief());
+        let n = check_fails(s, &a)?;
+        del(s, &mut a)?;
+        return pass_note(format!("lo set down by hand; {n}"));
+    }
     let o = a.ns.exec(&["ip", "link", "del", "dev", &a.ifname]);
     ensure!(o.ok(), "cannot delete {}: {}", a.ifname, o.brief());
     let n = check_fails(s, &a)?;

@@ -262,6 +262,86 @@ fn berth_host_none_passes_every_applicable_case() {
     assert!(passed >= 30, "only {passed} cases passed:\n{}", r.stdout);
 }
 
+/// The suite on a loopback plugin (`--ifname lo`) from `cni_path`, the
+/// conflist `{"type": "loopback"}` alone at `version`.
+fn loopback_run(cni_path: &str, version: &str, tag: &str) -> Run {
+    require_root();
+    let dir = TempDir::new(&format!("conf-lo-{tag}"));
+    let conf = json!({"cniVersion": version, "name": format!("bclo{tag}"), "plugins": [{"type": "loopback"}]});
+    let r = conformance(cni_path, &conf, &dir, &["--ifname", "lo"]);
+    assert_no_leftovers(r.pid);
+    r
+}
+
+/// berth's `loopback` and the reference's, case by case: the same outcome
+/// everywhere but in the rows listed, where the reference (1.1.1) falls
+/// short and berth passes. At 0.3.1 (what containerd's CRI sends for `lo`)
+/// and 1.0.0 (the reference's newest).
+#[test]
+fn loopback_scores_like_the_reference_loopback() {
+    let berth = bin_dir().to_str().unwrap().to_string();
+    let expected: [(&str, &[(&str, &str)]); 2] = [
+        (
+            "0.3.1",
+            &[
+                // 1.1.1 has no cniVersion 1.1.0, so no STATUS or GC.
+                ("status-gc-old-version", "N/A"),
+                // Its result is 1.0.0-shaped under every version: no
+                // ips[].version at 0.3.1, `ips` instead of ip4/ip6 at 0.1.0.
+                ("add-versions", "FAIL"),
+                ("add-result", "FAIL"),
+                // It configures the host's own namespace when asked.
+                ("add-own-netns", "FAIL"),
+            ],
+        ),
+        (
+            "1.0.0",
+            &[
+                ("status-gc-old-version", "N/A"),
+                ("add-versions", "FAIL"),
+                // Its CHECK looks at lo's state only: not at the addresses
+                // of the result, nor at whether the prevResult parses.
+                ("check-addr-removed", "FAIL"),
+                ("prev-result-version", "FAIL"),
+                ("add-own-netns", "FAIL"),
+            ],
+        ),
+    ];
+    for (version, reference_falls_short) in expected {
+        let ours = loopback_run(&berth, version, &format!("b{}", version.replace('.', "")));
+        let theirs = loopback_run(REFERENCE_CNI_DIR, version, &format!("r{}", version.replace('.', "")));
+        assert_eq!(failed_cases(&ours.stdout), Vec::<String>::new(), "{version}:\n{}", ours.stdout);
+        assert_eq!(ours.status, 0, "{version}");
+        let (o, t) = (outcomes(&ours.stdout), outcomes(&theirs.stdout));
+        let ids = |v: &[(String, String)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&o), ids(&t), "{version}: the two runs have different cases");
+        let mut differ = Vec::new();
+        for ((id, ours), (_, theirs)) in o.iter().zip(&t) {
+            if ours != theirs {
+                assert_eq!(ours, "PASS", "{version}: {id}: berth {ours}, the reference {theirs}");
+                differ.push((id.as_str(), theirs.as_str()));
+            }
+        }
+        assert_eq!(differ, reference_falls_short, "{version}: berth\n{}\nreference\n{}", ours.stdout, theirs.stdout);
+        // Loopback's own readings of the cases: a second ADD succeeds; and
+        // where there is CHECK (0.4.0 on), lo set down by hand fails it and
+        // it needs no prevResult.
+        let readings: &[(&str, &str)] = match version {
+            "0.3.1" => &[("add-duplicate", "PASS"), ("check-iface-removed", "N/A")],
+            _ => &[("add-duplicate", "PASS"), ("check-iface-removed", "PASS"), ("check-no-prevresult", "N/A")],
+        };
+        for (id, want) in readings {
+            assert!(o.contains(&(id.to_string(), want.to_string())), "{version}: {id} not {want}:\n{}", ours.stdout);
+        }
+    }
+    // At 1.1.0 (which the reference lacks) STATUS applies too.
+    let r = loopback_run(&berth, "1.1.0", "b110");
+    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    assert!(outcomes(&r.stdout).contains(&("status".to_string(), "PASS".to_string())), "{}", r.stdout);
+    let (passed, _) = summary(&r.stdout).expect("no summary line");
+    assert!(passed >= 31, "only {passed} cases passed:\n{}", r.stdout);
+}
+
 /// Host mode: every attachment's CNI_NETNS names the suite's host
 /// namespace itself (`--shared-netns`); the container's interface is the
 /// host's `lo`. Cases that need a namespace of the container's own are n/a.

@@ -15,11 +15,13 @@ fn loopback(h: &mut Handle, ns: &Netns) -> Result<Link, Error> {
 }
 
 pub fn add(req: &Request, ns: &Netns) -> Result<CniResult, Error> {
+    // A prevResult that doesn't parse is refused before lo changes.
+    let prev = req.prev_result()?;
     let mut h = Handle::in_netns(ns).map_err(kernel)?;
     let lo = loopback(&mut h, ns)?;
     // Bringing lo up makes the kernel add 127.0.0.1/8 and ::1 to it.
     h.set_up(lo.index).map_err(kernel)?;
-    if let Some(prev) = req.prev_result()? {
+    if let Some(prev) = prev {
         return Ok(CniResult { cni_version: req.result_version(), ..prev });
     }
     let addrs = h.addresses(Some(lo.index)).map_err(kernel)?;
@@ -56,20 +58,25 @@ pub fn del(ns: Option<Netns>) -> Result<(), Error> {
     }
 }
 
-/// CHECK: lo is up and has the addresses the ADD result gave it (all of
-/// them when chained, where the prevResult describes other interfaces).
+/// CHECK: lo is up with a loopback address, and has the addresses the ADD
+/// result gave it (all of them when chained, where the prevResult describes
+/// other interfaces). lo's state needs nothing from the ADD, so, as in the
+/// reference, a CHECK without prevResult (libcni sends none when its cache
+/// lost the result) checks the kernel alone; a prevResult given must still
+/// parse.
 pub fn check(req: &Request, ns: &Netns) -> Result<(), Error> {
-    let prev = req
-        .prev_result()?
-        .ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
+    let prev = req.prev_result()?;
     let mut h = Handle::in_netns(ns).map_err(kernel)?;
     let lo = loopback(&mut h, ns)?;
     if !lo.admin_up {
         return Err(check_failed(format!("{LO} is down in {}", ns.path().display())));
     }
     let addrs = h.addresses(Some(lo.index)).map_err(kernel)?;
-    let lo_index = prev.interfaces.iter().position(|i| i.name == LO);
-    for ip in prev.ips.iter().filter(|ip| lo_index.is_some() && ip.interface == lo_index) {
+    let expected = prev.iter().flat_map(|p| {
+        let lo_index = p.interfaces.iter().position(|i| i.name == LO);
+        p.ips.iter().filter(move |ip| lo_index.is_some() && ip.interface == lo_index)
+    });
+    for ip in expected {
         if !addrs.iter().any(|a| a.addr == ip.address) {
             return Err(check_failed(format!("address {} is missing from {LO}", ip.address)));
         }
