@@ -25,9 +25,14 @@
 #                                (only suggested by etcd-server) for the tests
 #   procps                       pgrep/pkill in the portmap tests (absent from
 #                                minimal images)
+#   containerd                   containerd 1.6 with its CRI plugin for
+#                                tests/cri.rs (started by the test itself,
+#                                privately; also pulled in by docker.io)
+#   protobuf-compiler            protoc, run by the k8s-cri crate's build (the
+#                                CRI gRPC client of tests/cri.rs)
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
     busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server
-    etcd-client procps)
+    etcd-client procps containerd protobuf-compiler)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cri;
+
 /// Plugin binaries the integration tests expect in [`bin_dir`].
 pub const BRIDGE_BIN: &str = "berth-bridge";
 pub const IPAM_BIN: &str = "berth-ipam";
