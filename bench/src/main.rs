@@ -31,13 +31,18 @@
 //!   same hosts, a raw host-to-host VXLAN for reference, and the agent's
 //!   convergence with etcd and N simulated nodes (initial, join, leave)
 //!   (see overlay.rs).
+//! * `cri` — a Kubernetes node's pod lifecycle under containerd's CRI:
+//!   RunPodSandbox + StopPodSandbox + RemovePodSandbox per pod, berth
+//!   against the reference plugins, with the CNI ADD and DEL times
+//!   containerd itself reports (see cri.rs).
 //!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
 //! nftables is left to the plugins.
 
-mod host;
+mod cri;
 mod engine;
+mod host;
 mod overlay;
 mod portmap;
 mod sys;
@@ -65,7 +70,7 @@ usage: berth-bench [options]        (as root)
   --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
   --n LIST              container counts for compare [default: 1,100,1000]
   --only LIST           parts to run: compare,floor,concurrent,host,portmap,engine,
-                        overlay [default: all]
+                        overlay,cri [default: all]
   --no-ref              compare: run berth only
   --concurrency K       concurrent ADDs for `concurrent` [default: 64]
   --floor-reps R        repetitions for `floor` [default: 30]
@@ -77,6 +82,7 @@ usage: berth-bench [options]        (as root)
                         at most 250]
   --iperf-secs S        length of each iperf3 run for `overlay` [default: 5]
   --iperf-reps R        iperf3 runs per path for `overlay` [default: 3]
+  --cri-pods P          pods per implementation for `cri` [default: 20]
   --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
                         the reference plugins 1.1.1 accept]
   --json                print the report as JSON on stdout (progress on stderr)
@@ -105,6 +111,8 @@ struct Args {
     overlay_nodes: usize,
     iperf_secs: u64,
     iperf_reps: usize,
+    cri: bool,
+    cri_pods: usize,
     cni_version: String,
     json: bool,
 }
@@ -153,6 +161,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
         overlay_nodes: 200,
         iperf_secs: 5,
         iperf_reps: 3,
+        cri: true,
+        cri_pods: 20,
         cni_version: "1.0.0".into(),
         json: false,
     };
@@ -185,6 +195,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                 a.portmap = false;
                 a.volumes = false;
                 a.overlay = false;
+                a.cri = false;
                 for p in parts {
                     match p.as_str() {
                         "compare" => a.compare = true,
@@ -194,7 +205,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                         "portmap" => a.portmap = true,
                         "engine" => a.volumes = true,
                         "overlay" => a.overlay = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, engine, overlay)"),
+                        "cri" => a.cri = true,
+                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, engine, overlay, cri)"),
                     }
                 }
             }
@@ -208,6 +220,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
             "--overlay-nodes" => a.overlay_nodes = value()?.parse().context("--overlay-nodes")?,
             "--iperf-secs" => a.iperf_secs = value()?.parse().context("--iperf-secs")?,
             "--iperf-reps" => a.iperf_reps = value()?.parse().context("--iperf-reps")?,
+            "--cri-pods" => a.cri_pods = value()?.parse().context("--cri-pods")?,
             "--cni-version" => a.cni_version = value()?,
             "--json" => a.json = true,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
@@ -216,8 +229,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
     if a.ns.contains(&0) {
         bail!("--n: counts must be at least 1");
     }
-    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 || a.volume_reps == 0 || a.docker_reps == 0 {
-        bail!("--concurrency, --floor-reps and --host-reps must be at least 1");
+    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 || a.volume_reps == 0 || a.docker_reps == 0 || a.cri_pods == 0 {
+        bail!("--concurrency, --floor-reps, --host-reps, --portmap-reps, --volume-reps, --docker-reps and --cri-pods must be at least 1");
     }
     if a.iperf_secs == 0 || a.iperf_reps == 0 {
         bail!("--iperf-secs and --iperf-reps must be at least 1");
@@ -954,6 +967,28 @@ fn print_overlay(o: &Value) {
     }
 }
 
+fn print_cri(c: &Value) {
+    println!(
+        "== cri: pods under containerd {}'s CRI, median ms over {} pods (one hostPort each, beside a resident pod) ==",
+        c["containerd"].as_str().unwrap_or("?"),
+        c["pods"]
+    );
+    println!("{:<44} {:>10} {:>10} {:>9}", "", "berth", "ref", "ref/berth");
+    let rows = [
+        ("RunPodSandbox", "run_ms"),
+        ("  CNI ADD (containerd's log)", "cni_add_ms"),
+        ("StopPodSandbox", "stop_ms"),
+        ("  CNI DEL (containerd's metrics)", "cni_del_stop_ms"),
+        ("RemovePodSandbox", "remove_ms"),
+        ("  CNI DEL again, no netns (metrics)", "cni_del_remove_ms"),
+        ("Run + Stop + Remove", "total_ms"),
+    ];
+    for (name, key) in rows {
+        println!("{:<44} {:>10} {:>10} {:>9}", name, f(&c["berth"][key]), f(&c["ref"][key]), fx(&c["ratio"][key]));
+    }
+    println!();
+}
+
 fn print_tables(report: &Value) {
     if let Some(rows) = report["host"].as_array() {
         println!("== berth-host vs the reference plugin of each mode: ADD / DEL, median ms ==");
@@ -1023,6 +1058,12 @@ fn print_tables(report: &Value) {
     }
     if let Some(e) = report["overlay_error"].as_str() {
         println!("FAILED overlay: {e}\n");
+    }
+    if report["cri"].is_object() {
+        print_cri(&report["cri"]);
+    }
+    if let Some(e) = report["cri_error"].as_str() {
+        println!("FAILED cri: {e}\n");
     }
     if let Some(rows) = report["compare"].as_array() {
         println!("== per-container ADD / DEL, median ms (one exec of the bridge plugin each) ==");
@@ -1269,6 +1310,15 @@ fn real_main() -> Result<bool> {
             }
         }
     }
+    if args.cri {
+        match cri::cri(&args.berth_dir, &args.ref_dir, args.cri_pods) {
+            Ok(v) => report["cri"] = v,
+            Err(e) => {
+                ok = false;
+                report["cri_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
     report["ok"] = json!(ok);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1310,6 +1360,15 @@ mod tests {
         assert!(parse_args(&argv("--n 0")).is_err());
         assert!(parse_args(&argv("--only nope")).is_err());
         assert!(parse_args(&argv("--n")).is_err());
+    }
+
+    #[test]
+    fn cri_flags() {
+        let a = parse_args(&[]).unwrap().unwrap();
+        assert!(a.cri && a.cri_pods == 20);
+        let a = parse_args(&argv("--only cri --cri-pods 3")).unwrap().unwrap();
+        assert!(a.cri && !a.compare && !a.overlay && a.cri_pods == 3);
+        assert!(parse_args(&argv("--cri-pods 0")).is_err());
     }
 
     #[test]

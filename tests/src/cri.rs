@@ -74,15 +74,18 @@ const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.internal.v1.tracing",
 ];
 
-fn need_tool(name: &str) {
+fn need_tool(name: &str) -> Result<(), String> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
-    assert!(
-        found,
-        "{name} not found: run ./scripts/test (as root), which installs the apt \
-         packages the tests need (containerd, runc, busybox-static, ...)"
-    );
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} not found: run ./scripts/test (as root), which installs the apt \
+             packages the tests need (containerd, runc, busybox-static, ...)"
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -99,7 +102,7 @@ pub fn build_sandbox_image(dir: &Path) -> PathBuf {
         busybox.is_file(),
         "/bin/busybox not found: run ./scripts/test, which installs busybox-static"
     );
-    need_tool("tar");
+    need_tool("tar").unwrap_or_else(|e| panic!("{e}"));
     let rootfs = dir.join("image-rootfs");
     let img = dir.join("image");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -202,8 +205,21 @@ impl Containerd {
 
     pub fn start_with(tag: &str, opts: ContainerdOptions) -> Containerd {
         crate::require_root();
-        for tool in ["containerd", "ctr", "containerd-shim-runc-v2", "runc"] {
-            need_tool(tool);
+        Self::try_start_with(tag, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`start_with`](Self::start_with) for callers that report failures
+    /// instead of panicking (berth-bench). What was started is stopped
+    /// again when it fails.
+    pub fn try_start_with(tag: &str, opts: ContainerdOptions) -> Result<Containerd, String> {
+        if !crate::is_root() {
+            return Err("containerd's CRI needs root".into());
+        }
+        for tool in ["containerd", "ctr", "containerd-shim-runc-v2", "runc", "tar"] {
+            need_tool(tool)?;
+        }
+        if !Path::new("/bin/busybox").is_file() {
+            return Err("/bin/busybox not found: install busybox-static".into());
         }
         let dir = TempDir::new(&format!("cri-{tag}"));
         let metrics_addr = opts.metrics.then(free_local_port);
@@ -213,9 +229,10 @@ impl Containerd {
             child: None,
             metrics_addr,
         };
-        std::fs::write(cd.config_path(), cd.config_toml()).unwrap();
+        std::fs::write(cd.config_path(), cd.config_toml())
+            .map_err(|e| format!("write {}: {e}", cd.config_path().display()))?;
         let image = build_sandbox_image(cd.dir.path());
-        cd.spawn();
+        cd.try_spawn()?;
         let sock = cd.socket().to_string_lossy().into_owned();
         let out = run(
             "ctr",
@@ -231,16 +248,17 @@ impl Containerd {
                 image.to_str().unwrap(),
             ],
         );
-        assert!(
-            out.status.success(),
-            "ctr images import failed ({}): {}{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            cd.log_tail(40)
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "ctr images import failed ({}): {}{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                cd.log_tail(40)
+            ));
+        }
         let _ = std::fs::remove_file(&image);
-        cd
+        Ok(cd)
     }
 
     /// The directory holding root, state, socket, config and log.
@@ -350,7 +368,14 @@ impl Containerd {
     /// [`stop`](Self::stop): same config, root and state) and waits until
     /// its CRI answers `Status`.
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "containerd is already running");
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`spawn`](Self::spawn), reporting instead of panicking.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Err("containerd is already running".into());
+        }
         let sock = self.socket();
         // A containerd killed earlier leaves its socket files.
         let _ = std::fs::remove_file(&sock);
@@ -359,7 +384,7 @@ impl Containerd {
             .create(true)
             .append(true)
             .open(self.log_path())
-            .expect("open containerd.log");
+            .map_err(|e| format!("open containerd.log: {e}"))?;
         let child = Command::new("containerd")
             .arg("--config")
             .arg(self.config_path())
@@ -367,10 +392,10 @@ impl Containerd {
             // use its default run dir, shared by all its networks.
             .env_remove("BERTH_RUN_DIR")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
+            .stdout(log.try_clone().map_err(|e| format!("dup log: {e}"))?)
             .stderr(log)
             .spawn()
-            .expect("start containerd (Debian package containerd)");
+            .map_err(|e| format!("start containerd (Debian package containerd): {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last = String::from("socket not there yet");
@@ -381,24 +406,24 @@ impl Containerd {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                panic!(
+                return Err(format!(
                     "containerd exited at start-up ({st}):\n{}",
                     self.log_tail(60)
-                );
+                ));
             }
             if sock.exists() {
                 match CriClient::connect(&sock)
                     .and_then(|mut c| c.status().map_err(|e| e.to_string()))
                 {
-                    Ok(_) => return,
+                    Ok(_) => return Ok(()),
                     Err(e) => last = e,
                 }
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "containerd's CRI did not answer within {START_TIMEOUT:?} ({last}):\n{}",
                     self.log_tail(60)
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1221,4 +1246,84 @@ containerd_cri_sandbox_create_network_seconds_count 1
         );
         assert!(t.contains(SANDBOX_IMAGE));
     }
+}
+
+// ---------------------------------------------------------------------------
+// inside pods
+
+/// `nsenter --net=NETNS cmd...` (busybox is on the host: the pod image's
+/// applets are the host's busybox).
+pub fn in_netns(netns: &Path, cmd: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsenter")
+}
+
+/// `busybox ping -c1 -W1 addr` from `netns`, up to 5 tries (the first
+/// packets may race neighbour discovery or IPv6 DAD).
+pub fn ping_in(netns: &Path, addr: IpAddr) -> Result<(), String> {
+    let addr = addr.to_string();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = in_netns(netns, &["busybox", "ping", "-c1", "-W1", &addr]);
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Err(last)
+}
+
+/// A process the test started, killed by PID on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `busybox nc -ll -p 80 -e echo hi` in `netns`: answers `hi` to every
+/// connection. Returns once it answers on `at`:80 (the pod's address).
+pub fn serve_hi_in(netns: &Path, at: IpAddr) -> KillOnDrop {
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "nc", "-ll", "-p", "80", "-e", "echo", "hi"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start busybox nc in the pod");
+    let server = KillOnDrop(child);
+    let at: SocketAddr = (at, 80).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ask(at) {
+            Ok(a) if a == "hi" => return server,
+            other if Instant::now() > deadline => {
+                panic!("server in {} on {at}: {other:?}", netns.display())
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Connects over TCP from the caller's namespace; the whole answer,
+/// trimmed.
+pub fn ask(addr: SocketAddr) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_string())
 }

@@ -1092,6 +1092,68 @@ impl Drop for NftNetworkGuard {
     }
 }
 
+/// Deletes the nat rules of iptables and ip6tables whose comment names
+/// `network` (the reference bridge's ipMasq and portmap rules), and the
+/// chains they jump to, on drop: what the reference plugins leave when a
+/// test fails, or when their DEL runs without a netns (as containerd's
+/// RemovePodSandbox runs it).
+#[derive(Debug)]
+pub struct IptablesGuard {
+    network: String,
+}
+
+impl IptablesGuard {
+    pub fn new(network: impl Into<String>) -> Self {
+        Self {
+            network: network.into(),
+        }
+    }
+
+    /// nat rules naming the network, as `iptables-save` prints them.
+    fn rules(&self, save: &str) -> Vec<String> {
+        let needle = format!("name: \\\"{}\\\"", self.network);
+        let o = run(save, &["-t", "nat"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A ") && l.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for IptablesGuard {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+impl IptablesGuard {
+    /// Deletes the rules and chains now (drop does it again).
+    pub fn clean(&self) {
+        for (prog, save) in [
+            ("iptables", "iptables-save"),
+            ("ip6tables", "ip6tables-save"),
+        ] {
+            let rules = self.rules(save);
+            let mut chains = Vec::new();
+            for r in &rules {
+                // iptables-save quotes like a shell: let sh split it.
+                let _ = run("sh", &["-c", &format!("{prog} -t nat -D {}", &r[3..])]);
+                if let Some(target) = r.split(" -j ").nth(1).map(str::trim) {
+                    let shared = target.starts_with("CNI-HOSTPORT-") || !target.starts_with("CNI-");
+                    if !shared && !chains.iter().any(|c| c == target) {
+                        chains.push(target.to_string());
+                    }
+                }
+            }
+            for chain in chains {
+                let _ = run(prog, &["-t", "nat", "-F", &chain]);
+                let _ = run(prog, &["-t", "nat", "-X", &chain]);
+            }
+        }
+    }
+}
+
 /// Every entry under `root`, recursively: relative path -> file content
 /// (`None` for directories, `Some(target)` bytes for symlinks). A missing
 /// `root` is an empty map.

@@ -28,13 +28,14 @@
 //! and stop and remove it as kubelet would. RemovePodSandbox runs DEL a
 //! second time, with an empty CNI_NETNS.
 
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_tests::cri::{Containerd, ContainerdOptions, CriClient, PodSpec, PodStatus};
+use berth_tests::cri::{
+    ask, ping_in, serve_hi_in, Containerd, ContainerdOptions, CriClient, KillOnDrop,
+    PodSpec, PodStatus,
+};
 use berth_tests::*;
 use serde_json::{json, Value};
 use store::{AllocationStore, SqliteStore};
@@ -212,9 +213,7 @@ impl Fx {
         );
         Fx {
             cd,
-            _ipt: IptablesGuard {
-                network: network.clone(),
-            },
+            _ipt: IptablesGuard::new(network.clone()),
             plugins,
             conflist,
             _nft: NftNetworkGuard::new(network.clone()),
@@ -590,33 +589,9 @@ fn portmap_proxies(port: u16) -> Vec<i32> {
 // ---------------------------------------------------------------------------
 // inside pods
 
-/// `nsenter --net=NETNS cmd...`.
-fn in_pod(netns: &Path, cmd: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run nsenter")
-}
-
-/// `busybox ping -c1 -W1 addr` from the pod, up to 5 tries (the first
-/// packets may race neighbour discovery or IPv6 DAD).
+/// `busybox ping` from the pod ([`ping_in`]).
 fn ping(pod: &Pod, addr: IpAddr) -> Result<(), String> {
-    let addr = addr.to_string();
-    let mut last = String::new();
-    for _ in 0..5 {
-        let out = in_pod(&pod.netns, &["busybox", "ping", "-c1", "-W1", &addr]);
-        if out.status.success() {
-            return Ok(());
-        }
-        last = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Err(last)
+    ping_in(&pod.netns, addr)
 }
 
 fn assert_ping(pod: &Pod, addr: IpAddr) {
@@ -643,51 +618,9 @@ fn assert_mesh(fx: &Fx, pods: &[&Pod]) {
     }
 }
 
-/// A process the test started, killed by PID on drop.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `busybox nc -ll -p 80 -e echo hi` in the pod's netns: answers `hi` to
-/// every connection.
+/// "hi" on port 80 of the pod ([`serve_hi_in`]).
 fn serve_hi(pod: &Pod) -> KillOnDrop {
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", pod.netns.display()))
-        .args(["busybox", "nc", "-ll", "-p", "80", "-e", "echo", "hi"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start busybox nc in the pod");
-    let server = KillOnDrop(child);
-    // Ready when it answers on the pod's own address.
-    let at: SocketAddr = (pod.v4, 80).into();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match ask(at) {
-            Ok(a) if a == "hi" => return server,
-            other if Instant::now() > deadline => {
-                panic!("server in pod {} on {at}: {other:?}", pod.id)
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-/// Connects over TCP from the test's namespace; the whole answer, trimmed.
-fn ask(addr: SocketAddr) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    Ok(text.trim().to_string())
+    serve_hi_in(&pod.netns, pod.v4)
 }
 
 /// An "outside" namespace joined to the host by a veth the test made:
@@ -1222,61 +1155,4 @@ fn unparsable_conflist_is_reported() {
     assert_eq!(kept.len(), 1, "sandboxes kept: {kept:?}");
     fix_and_clean_up(&fx, &mut c, &kept);
     fx.assert_nothing_left_of(&[], &kept, &[]);
-}
-
-// ---------------------------------------------------------------------------
-// the reference plugins' iptables rules
-
-/// Deletes the nat rules of iptables and ip6tables whose comment names
-/// `network` (the reference bridge's ipMasq and portmap rules), and the
-/// chains they jump to, on drop: what the reference plugins leave when a
-/// test fails, or when their DEL runs without a netns (see
-/// `stop_works_after_the_netns_is_gone`).
-struct IptablesGuard {
-    network: String,
-}
-
-impl IptablesGuard {
-    /// nat rules naming the network, as `iptables-save` prints them.
-    fn rules(&self, save: &str) -> Vec<String> {
-        let needle = format!("name: \\\"{}\\\"", self.network);
-        let o = run(save, &["-t", "nat"]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A ") && l.contains(&needle))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for IptablesGuard {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
-impl IptablesGuard {
-    fn clean(&self) {
-        for (prog, save) in [
-            ("iptables", "iptables-save"),
-            ("ip6tables", "ip6tables-save"),
-        ] {
-            let rules = self.rules(save);
-            let mut chains = Vec::new();
-            for r in &rules {
-                // iptables-save quotes like a shell: let sh split it.
-                let _ = run("sh", &["-c", &format!("{prog} -t nat -D {}", &r[3..])]);
-                if let Some(target) = r.split(" -j ").nth(1).map(str::trim) {
-                    let shared = target.starts_with("CNI-HOSTPORT-") || !target.starts_with("CNI-");
-                    if !shared && !chains.iter().any(|c| c == target) {
-                        chains.push(target.to_string());
-                    }
-                }
-            }
-            for chain in chains {
-                let _ = run(prog, &["-t", "nat", "-F", &chain]);
-                let _ = run(prog, &["-t", "nat", "-X", &chain]);
-            }
-        }
-    }
 }

@@ -11,6 +11,12 @@
 //! the host's `/opt/cni/bin` and `/etc/cni/net.d`, and what lands there is
 //! checked. dockerd is stopped by its PID.
 //!
+//! Then containerd's CRI (a private containerd, `berth_tests::cri`) is
+//! pointed at the installed bin and conf dirs, as kubelet's containerd is
+//! on a node, and runs pods on the conflist the init container put there:
+//! the manifest's own, with only its identity made the test's (network
+//! name, bridge, subnet, IPAM dataDir), so it cannot meet a real node's.
+//!
 //! [`deploy_node`] is the reusable part: it returns the [`Node`] with the
 //! installed bin and conf dirs, for a runtime (containerd's CRI) to be
 //! pointed at next.
@@ -21,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_tests::cri::{ask, ping_in, serve_hi_in, Containerd, PodSpec};
 use berth_tests::*;
 use serde_json::{json, Value};
 
@@ -563,6 +570,8 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
     );
     node.docker.ok(&["rm", &id]);
 
+    pods_run_on_the_installed_node(&node);
+
     eprintln!(
         "deploy test: image build {:.1} s, whole test {:.1} s",
         node.image_build.as_secs_f64(),
@@ -594,4 +603,82 @@ impl Node {
             .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
             .collect()
     }
+}
+
+// ---------------------------------------------------------------------------
+// the installed node under containerd's CRI
+
+/// The manifest's conflist with the test's network name, bridge, subnet
+/// and IPAM dataDir; everything else as shipped.
+fn node_conflist(manifest: &str, network: &str, bridge: &str, v4: &str, data: &Path) -> String {
+    let mut c: Value = serde_json::from_str(manifest).expect("the ConfigMap's conflist is JSON");
+    c["name"] = json!(network);
+    let br = &mut c["plugins"][0];
+    assert_eq!(br["type"], "berth-bridge", "the manifest's first plugin");
+    br["bridge"] = json!(bridge);
+    br["ipam"]["ranges"] = json!([[{"subnet": v4}]]);
+    br["ipam"]["dataDir"] = json!(data);
+    serde_json::to_string_pretty(&c).unwrap()
+}
+
+/// Installs a conflist through the init container, starts containerd on
+/// the node's dirs, and runs two pods (one with a hostPort) that reach
+/// each other and the host; after StopPodSandbox and RemovePodSandbox
+/// nothing of them is left.
+fn pods_run_on_the_installed_node(node: &Node) {
+    let network = unique_name("bdep", 32);
+    let bridge = unique_name("bdep", IFNAMSIZ_MAX);
+    let _link = LinkGuard::new(bridge.clone());
+    let _nft = NftNetworkGuard::new(network.clone());
+    let (v4, _) = unique_subnets();
+    let data = TempDir::new("deploy-ipam");
+    let conflist = node_conflist(&node.manifest.conflist, &network, &bridge, &v4, data.path());
+    let out = node.run_init_container(&conflist);
+    assert!(out.status.success(), "init container: {}", text(&out));
+    assert_eq!(std::fs::read_to_string(node.conflist_path()).unwrap(), conflist);
+
+    let cd = Containerd::start("deploy", &node.bin_dir, &node.conf_dir);
+    let mut c = cd.client();
+    let (ready, why) = c
+        .wait_network_ready(true, Duration::from_secs(10))
+        .expect("Status");
+    assert!(ready, "NetworkReady is false on the installed node: {why}");
+
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut pods = Vec::new();
+    for spec in [PodSpec::new("deploy-a").tcp_port(port, 80), PodSpec::new("deploy-b")] {
+        let st = c
+            .run_pod_and_status(&spec)
+            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {}", spec.name, e.message()));
+        let ip = st.ipv4().unwrap_or_else(|| panic!("pod {}: no IPv4: {st:?}", st.id));
+        let netns = st.netns.clone().expect("the pod's netns");
+        pods.push((st.id, ip, netns));
+    }
+    // The bridge's address: .1 of the test's /24.
+    let gateway: std::net::IpAddr = format!("{}1", v4.strip_suffix("0/24").unwrap())
+        .parse()
+        .unwrap();
+    for (id, _, netns) in &pods {
+        for (other, ip, _) in &pods {
+            if other != id {
+                ping_in(netns, *ip).unwrap_or_else(|e| panic!("pod {id} -> {ip}: {e}"));
+            }
+        }
+        ping_in(netns, gateway).unwrap_or_else(|e| panic!("pod {id} -> the host {gateway}: {e}"));
+    }
+    let server = serve_hi_in(&pods[0].2, pods[0].1);
+    assert_eq!(ask(([127, 0, 0, 1], port).into()), Ok("hi".into()), "hostPort {port}");
+    drop(server);
+
+    for (id, _, _) in &pods {
+        c.stop_and_remove_pod(id)
+            .unwrap_or_else(|e| panic!("stop and remove {id}: {}", e.message()));
+    }
+    assert_eq!(c.list_pods().expect("ListPodSandbox"), Vec::<String>::new());
+    assert_eq!(bridge_ports(&bridge), Vec::<String>::new(), "ports left on {bridge}");
+    for (id, _, _) in &pods {
+        assert!(!link_exists(&bridge_host_veth(id, "eth0")), "host veth of {id} left");
+    }
+    assert!(ask(([127, 0, 0, 1], port).into()).is_err(), "hostPort {port} still answers");
+    drop(cd);
 }
