@@ -72,7 +72,11 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Answe
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| fail(format!("malformed request JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        // 4xx answers are read by the engine's plugin client as {"Err"}.
+        let msg = format!("malformed request JSON: {e}");
+        (400, json!({"Err": msg, "Error": msg}))
+    })
 }
 
 /// The pool's ID: its network in a form usable as a file name.

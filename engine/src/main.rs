@@ -11,23 +11,24 @@
 //! [DIR...], "dockerSocket": PATH}` (the engine's API, asked to reconcile
 //! mount counts; default /var/run/docker.sock), "overlay": {berth-overlay keys}}` (defaults of
 //! every `mode=overlay` network, e.g. `{"iface": "eth1", "store": {"etcd": {"endpoints": [...]}}}`);
-//! flags win over it. Each call is logged on stderr with its duration.
+//! flags win over it. Each call is logged on stderr with its duration;
+//! `BERTH_LOG` sets the level (`error`, `warn`, `info` (the default),
+//! `debug`, `trace`, or a tracing filter such as `berthd=debug`).
 
 mod docker;
-mod http;
 mod ipam_api;
 mod network_api;
 mod overlay_net;
+mod server;
 mod volume_api;
 
-use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use volumes::Volumes;
@@ -37,7 +38,25 @@ const DEFAULT_SOCKET: &str = "/run/docker/plugins/berth.sock";
 const DEFAULT_STATE: &str = "/var/lib/berth/engine";
 /// The engine's API, asked when mount counts need reconciling.
 const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
-const USAGE: &str = "usage: berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]";
+
+/// berthd: the Docker engine's volume, network and IPAM driver.
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version)]
+struct Cli {
+    /// JSON config file (root, state, socket, bindAllow, dockerSocket,
+    /// overlay); flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where volumes live [default: /var/lib/berth/volumes].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Networks, endpoints and pools [default: /var/lib/berth/engine].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// The plugin socket [default: /run/docker/plugins/berth.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -61,23 +80,8 @@ struct Settings {
     overlay: serde_json::Value,
 }
 
-fn settings(args: &[String]) -> Result<Settings> {
-    let mut config: Option<PathBuf> = None;
-    let mut root: Option<PathBuf> = None;
-    let mut socket: Option<PathBuf> = None;
-    let mut state: Option<PathBuf> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
-        match a.as_str() {
-            "--config" => config = Some(value()?.into()),
-            "--root" => root = Some(value()?.into()),
-            "--socket" => socket = Some(value()?.into()),
-            "--state" => state = Some(value()?.into()),
-            "-h" | "--help" => bail!("{USAGE}"),
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
+fn settings(cli: Cli) -> Result<Settings> {
+    let Cli { config, root, state, socket } = cli;
     let file: FileConfig = match &config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -106,7 +110,7 @@ struct Drivers {
 }
 
 /// One call: route, run, log.
-fn dispatch(d: &Drivers, req: &http::Request) -> http::Response {
+fn dispatch(d: &Drivers, req: &server::Call) -> server::Answer {
     let start = Instant::now();
     let method = req.path.trim_start_matches('/');
     let unknown = || (404, json!({"Err": format!("unknown method {method}")}));
@@ -119,7 +123,11 @@ fn dispatch(d: &Drivers, req: &http::Request) -> http::Response {
         Some(("NetworkDriver", m)) => d.networks.handle(m, &req.body).unwrap_or_else(unknown),
         // IPAM's error field is "Error" (the protocol's own).
         Some(("IpamDriver", m)) => {
-            d.ipam.handle(m, &req.body).unwrap_or_else(|| (404, json!({"Error": format!("unknown method {method}")})))
+            d.ipam.handle(m, &req.body).unwrap_or_else(|| {
+                // A 4xx is read by the engine's plugin client as {"Err"}.
+                let msg = format!("unknown method {method}");
+                (404, json!({"Err": msg, "Error": msg}))
+            })
         }
         _ => unknown(),
     };
@@ -137,34 +145,12 @@ fn dispatch(d: &Drivers, req: &http::Request) -> http::Response {
         Some(e) if !e.is_empty() => format!("error: {e}"),
         _ => "ok".to_string(),
     };
-    eprintln!("berthd: {method} {name:?} {status} {:.2?} {outcome}", start.elapsed());
-    http::Response { status, body: serde_json::to_vec(&body).unwrap_or_default() }
+    tracing::info!("{method} {name:?} {status} {:.2?} {outcome}", start.elapsed());
+    server::Answer { status, body: serde_json::to_vec(&body).unwrap_or_default() }
 }
 
-fn serve(drivers: Arc<Drivers>, stream: UnixStream) {
-    let Ok(mut writer) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(stream);
-    loop {
-        match http::read_request(&mut reader) {
-            Ok(Some(req)) => {
-                let resp = dispatch(&drivers, &req);
-                if http::write_response(&mut writer, &resp).is_err() || req.close {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let body = serde_json::to_vec(&json!({"Err": format!("malformed HTTP request: {e}")})).unwrap_or_default();
-                let _ = http::write_response(&mut writer, &http::Response { status: 400, body });
-                return;
-            }
-        }
-    }
-}
-
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let s = settings(&args)?;
+fn run(cli: Cli) -> Result<()> {
+    let s = settings(cli)?;
     let vols = Volumes::open(s.volumes.clone()).with_context(|| format!("volume root {}", s.volumes.root.display()))?;
     let count = vols.list().map(|l| l.len()).unwrap_or(0);
     let ipam = Arc::new(ipam_api::Ipam::new(&s.state));
@@ -181,30 +167,37 @@ fn run() -> Result<()> {
     // A socket left by a previous berthd (we hold the root's lock, so no
     // other berthd serves it).
     let _ = std::fs::remove_file(&s.socket);
-    let listener = UnixListener::bind(&s.socket).with_context(|| format!("binding {}", s.socket.display()))?;
+    // One runtime thread does the I/O; the drivers' calls run on its
+    // blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let listener = rt
+        .block_on(async { tokio::net::UnixListener::bind(&s.socket) })
+        .with_context(|| format!("binding {}", s.socket.display()))?;
     std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", s.socket.display()))?;
-    eprintln!(
-        "berthd: serving VolumeDriver, NetworkDriver and IpamDriver on {} (volumes under {}: {count}; state {})",
+    tracing::info!(
+        "serving VolumeDriver, NetworkDriver and IpamDriver on {} (volumes under {}: {count}; state {})",
         s.socket.display(),
         s.volumes.root.display(),
         s.state.display()
     );
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                let d = drivers.clone();
-                std::thread::spawn(move || serve(d, stream));
-            }
-            Err(e) => eprintln!("berthd: accept: {e}"),
-        }
-    }
+    let handler = Arc::new(move |call: server::Call| dispatch(&drivers, &call));
+    rt.block_on(server::serve(listener, handler));
     Ok(())
 }
 
+/// Leveled logs on stderr, filtered by `BERTH_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("berthd: {e:#}");
+    let cli = Cli::parse();
+    init_logging();
+    if let Err(e) = run(cli) {
+        tracing::error!("{e:#}");
         std::process::exit(1);
     }
 }

@@ -93,7 +93,7 @@ pub struct Networks {
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(|e| fail(format!("malformed request JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
 }
 
 fn kernel(what: &str) -> impl Fn(net::Error) -> Answer + '_ {
@@ -191,7 +191,7 @@ impl Networks {
         for n in self.networks() {
             if let Some(conf) = &n.overlay {
                 if let Err(e) = self.agents.start(&short(&n.id), conf) {
-                    eprintln!("berthd: overlay network {}: agent: {e}", short(&n.id));
+                    tracing::warn!("overlay network {}: agent: {e}", short(&n.id));
                 }
             }
         }

@@ -123,7 +123,7 @@ impl Agents {
             .name(format!("overlay-{id}"))
             .spawn(move || {
                 if let Err(e) = berth_overlay::run_agent(&path, AGENT_INTERVAL, &flag) {
-                    eprintln!("berthd: overlay agent of network {name}: {}", e.msg);
+                    tracing::warn!("overlay agent of network {name}: {}", e.msg);
                 }
             })
             .map_err(|e| e.to_string())?;

@@ -51,7 +51,7 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Answe
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| err(format!("malformed request JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
 }
 
 fn need_name(name: &str) -> Result<(), Answer> {
@@ -113,7 +113,7 @@ fn remove(vols: &Volumes, docker: &Path, name: &str) -> volumes::Result<Value> {
     match vols.remove(name) {
         Err(volumes::Error::InUse { .. }) if crate::docker::containers_using(docker, name) == Some(0) => {
             let n = vols.clear_mounts(name)?;
-            eprintln!("berthd: {name:?}: no container of the engine uses it: dropped {n} stale mount(s)");
+            tracing::info!("{name:?}: no container of the engine uses it: dropped {n} stale mount(s)");
             vols.remove(name)?;
         }
         other => other?,

@@ -1137,6 +1137,86 @@ pub fn netns_of(info: &Value) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------
 // unit tests (no root, no containerd)
 
+// ---------------------------------------------------------------------------
+// inside pods
+
+/// `nsenter --net=NETNS cmd...` (busybox is on the host: the pod image's
+/// applets are the host's busybox).
+pub fn in_netns(netns: &Path, cmd: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsenter")
+}
+
+/// `busybox ping -c1 -W1 addr` from `netns`, up to 5 tries (the first
+/// packets may race neighbour discovery or IPv6 DAD).
+pub fn ping_in(netns: &Path, addr: IpAddr) -> Result<(), String> {
+    let addr = addr.to_string();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = in_netns(netns, &["busybox", "ping", "-c1", "-W1", &addr]);
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Err(last)
+}
+
+/// A process the test started, killed by PID on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `busybox nc -ll -p 80 -e echo hi` in `netns`: answers `hi` to every
+/// connection. Returns once it answers on `at`:80 (the pod's address).
+pub fn serve_hi_in(netns: &Path, at: IpAddr) -> KillOnDrop {
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "nc", "-ll", "-p", "80", "-e", "echo", "hi"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start busybox nc in the pod");
+    let server = KillOnDrop(child);
+    let at: SocketAddr = (at, 80).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ask(at) {
+            Ok(a) if a == "hi" => return server,
+            other if Instant::now() > deadline => {
+                panic!("server in {} on {at}: {other:?}", netns.display())
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Connects over TCP from the caller's namespace; the whole answer,
+/// trimmed.
+pub fn ask(addr: SocketAddr) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1248,82 +1328,3 @@ containerd_cri_sandbox_create_network_seconds_count 1
     }
 }
 
-// ---------------------------------------------------------------------------
-// inside pods
-
-/// `nsenter --net=NETNS cmd...` (busybox is on the host: the pod image's
-/// applets are the host's busybox).
-pub fn in_netns(netns: &Path, cmd: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run nsenter")
-}
-
-/// `busybox ping -c1 -W1 addr` from `netns`, up to 5 tries (the first
-/// packets may race neighbour discovery or IPv6 DAD).
-pub fn ping_in(netns: &Path, addr: IpAddr) -> Result<(), String> {
-    let addr = addr.to_string();
-    let mut last = String::new();
-    for _ in 0..5 {
-        let out = in_netns(netns, &["busybox", "ping", "-c1", "-W1", &addr]);
-        if out.status.success() {
-            return Ok(());
-        }
-        last = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Err(last)
-}
-
-/// A process the test started, killed by PID on drop.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `busybox nc -ll -p 80 -e echo hi` in `netns`: answers `hi` to every
-/// connection. Returns once it answers on `at`:80 (the pod's address).
-pub fn serve_hi_in(netns: &Path, at: IpAddr) -> KillOnDrop {
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "nc", "-ll", "-p", "80", "-e", "echo", "hi"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start busybox nc in the pod");
-    let server = KillOnDrop(child);
-    let at: SocketAddr = (at, 80).into();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match ask(at) {
-            Ok(a) if a == "hi" => return server,
-            other if Instant::now() > deadline => {
-                panic!("server in {} on {at}: {other:?}", netns.display())
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-/// Connects over TCP from the caller's namespace; the whole answer,
-/// trimmed.
-pub fn ask(addr: SocketAddr) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    Ok(text.trim().to_string())
-}

@@ -16,10 +16,16 @@ use serde_json::{json, Value};
 struct Berthd {
     dir: TempDir,
     child: Option<Child>,
+    /// `BERTH_LOG` of the daemon.
+    log_level: &'static str,
 }
 
 impl Berthd {
     fn start() -> Berthd {
+        Self::start_logging("info")
+    }
+
+    fn start_logging(log_level: &'static str) -> Berthd {
         require_root();
         let dir = TempDir::new("berthd");
         std::fs::create_dir_all(dir.path().join("allowed/site")).unwrap();
@@ -30,7 +36,7 @@ impl Berthd {
             serde_json::to_vec(&json!({"bindAllow": [dir.path().join("allowed")]})).unwrap(),
         )
         .unwrap();
-        let mut d = Berthd { dir, child: None };
+        let mut d = Berthd { dir, child: None, log_level };
         d.spawn();
         d
     }
@@ -54,6 +60,7 @@ impl Berthd {
             .arg(self.dir.path().join("state"))
             .arg("--socket")
             .arg(self.socket())
+            .env("BERTH_LOG", self.log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -428,4 +435,298 @@ fn network_bad_input_changes_nothing() {
     d.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": id1}));
     assert!(!link_exists(&bridge));
     assert_eq!(networks(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// malformed HTTP
+
+/// What a generated request must get.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// A 4xx whose body is JSON with a non-empty `Err` (berthd's own
+    /// answer: the head was fine, the body or the call was not).
+    ErrJson,
+    /// A 4xx (hyper's answer to a head it cannot parse: no body), or the
+    /// connection closed without an answer.
+    RejectedOrClosed,
+    /// 200 (a well-formed request among the bad ones).
+    Ok,
+}
+
+/// One generated case: a name for the failure message, the bytes, whether
+/// to half-close after sending (a truncated request), the expectation.
+struct Case {
+    name: String,
+    bytes: Vec<u8>,
+    half_close: bool,
+    expect: Expect,
+}
+
+/// A request-shaped byte string.
+fn request(path: &str, headers: &[String], body: &[u8]) -> Vec<u8> {
+    let mut r = format!("POST {path} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nConnection: close\r\n").into_bytes();
+    for h in headers {
+        r.extend_from_slice(h.as_bytes());
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(body);
+    r
+}
+
+const DRIVER_CALLS: [(&str, &str); 6] = [
+    ("/VolumeDriver.Create", r#"{"Name":"fuzz","Opts":{"size":"8M"}}"#),
+    ("/VolumeDriver.Mount", r#"{"Name":"fuzz","ID":"abc"}"#),
+    ("/NetworkDriver.CreateNetwork", r#"{"NetworkID":"0123456789abcdef","Options":{},"IPv4Data":[{"Pool":"10.99.0.0/24"}]}"#),
+    ("/NetworkDriver.CreateEndpoint", r#"{"NetworkID":"0123456789abcdef","EndpointID":"fedcba9876543210"}"#),
+    ("/IpamDriver.RequestPool", r#"{"AddressSpace":"","Pool":"10.98.0.0/24"}"#),
+    ("/IpamDriver.RequestAddress", r#"{"PoolID":"nope","Address":""}"#),
+];
+
+fn generate(rng: &mut rand::rngs::StdRng) -> Case {
+    use rand::Rng;
+    let activate = request("/Plugin.Activate", &["Content-Length: 0".into()], b"");
+    let (path, json) = DRIVER_CALLS[rng.random_range(0..DRIVER_CALLS.len())];
+    let len = |n: usize| format!("Content-Length: {n}");
+    let chunked = || "Transfer-Encoding: chunked".to_string();
+    match rng.random_range(0..14) {
+        0 => {
+            // A head cut anywhere before its end, then EOF.
+            let cut = rng.random_range(0..activate.len() - 2);
+            Case { name: format!("head truncated at {cut}"), bytes: activate[..cut].to_vec(), half_close: true, expect: Expect::RejectedOrClosed }
+        }
+        1 => {
+            // Well past the head limit (hyper checks it between reads, so
+            // a head may pass it by one read).
+            let n = rng.random_range(256 * 1024..1024 * 1024 + 1);
+            let h = format!("X-Big: {}", "a".repeat(n));
+            Case { name: format!("a header of {n} bytes"), bytes: request("/Plugin.Activate", &[h, len(0)], b""), half_close: false, expect: Expect::RejectedOrClosed }
+        }
+        2 => {
+            let n = rng.random_range(101..400);
+            let hs: Vec<String> = (0..n).map(|i| format!("X-H{i}: v")).chain([len(0)]).collect();
+            Case { name: format!("{n} headers"), bytes: request("/Plugin.Activate", &hs, b""), half_close: false, expect: Expect::RejectedOrClosed }
+        }
+        3 => {
+            let v = ["18446744073709551616", "99999999999999999999999", "-1", "-18446744073709551615", "0x10", "1e3", "abc", ""][rng.random_range(0..8)];
+            Case { name: format!("Content-Length: {v:?}"), bytes: request(path, &[format!("Content-Length: {v}")], json.as_bytes()), half_close: false, expect: Expect::RejectedOrClosed }
+        }
+        4 => Case {
+            name: "two different Content-Lengths".into(),
+            bytes: request(path, &[len(json.len()), len(json.len() + 1)], json.as_bytes()),
+            half_close: false,
+            expect: Expect::RejectedOrClosed,
+        },
+        5 => {
+            // Chunk sizes no body can have: overflowing, negative, not hex.
+            // The second chunk's size is the bad one (a first chunk is
+            // already in).
+            let size = ["ffffffffffffffff", "ffffffffffffffff0", "10000000000000000", "-1", "zz", "0x5", " ", "fffffffffffffffffffffffffffff"]
+                [rng.random_range(0..8)];
+            let body = format!("1\r\n{{\r\n{size}\r\n{}\r\n0\r\n\r\n", &json[1..]);
+            Case { name: format!("chunk size {size:?}"), bytes: request(path, &[chunked()], body.as_bytes()), half_close: false, expect: Expect::RejectedOrClosed }
+        }
+        6 => {
+            // A chunk whose data is longer than its size says (no CRLF where
+            // one must be).
+            let body = format!("{:x}\r\n{json}XX\r\n0\r\n\r\n", json.len());
+            Case { name: "chunk longer than its size".into(), bytes: request(path, &[chunked()], body.as_bytes()), half_close: false, expect: Expect::ErrJson }
+        }
+        7 => {
+            // More than 1 MiB in chunks.
+            let chunk = "x".repeat(64 * 1024);
+            let mut body = String::new();
+            for _ in 0..17 {
+                body.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+            }
+            body.push_str("0\r\n\r\n");
+            Case { name: "chunked body over 1 MiB".into(), bytes: request(path, &[chunked()], body.as_bytes()), half_close: false, expect: Expect::ErrJson }
+        }
+        8 => {
+            // A well-formed chunked request in pieces of every size, with
+            // chunk extensions: answered.
+            let body = "{}";
+            let mut enc = String::new();
+            let mut i = 0;
+            while i < body.len() {
+                let n = rng.random_range(1..=body.len() - i);
+                enc.push_str(&format!("{n:x};ext=1\r\n{}\r\n", &body[i..i + n]));
+                i += n;
+            }
+            enc.push_str("0\r\n\r\n");
+            Case { name: "chunked Plugin.Activate".into(), bytes: request("/Plugin.Activate", &[chunked()], enc.as_bytes()), half_close: false, expect: Expect::Ok }
+        }
+        9 => {
+            // A declared body bigger than the limit.
+            let n = (1 << 20) + rng.random_range(1..1_000_000usize);
+            Case { name: format!("Content-Length {n}"), bytes: request(path, &[len(n)], b"{"), half_close: false, expect: Expect::ErrJson }
+        }
+        10 => {
+            // JSON cut short: never valid.
+            let cut = rng.random_range(1..json.len());
+            let body = &json.as_bytes()[..cut];
+            Case { name: format!("{path} with JSON cut at {cut}"), bytes: request(path, &[len(body.len())], body), half_close: false, expect: Expect::ErrJson }
+        }
+        11 => {
+            // Random bytes after an opening brace: never valid JSON (no
+            // closing brace).
+            let n = rng.random_range(1..200);
+            let mut body = vec![b'{'];
+            body.extend((0..n).map(|_| rng.random::<u8>()).filter(|b| *b != b'}'));
+            Case { name: format!("{path} with {n} random bytes"), bytes: request(path, &[len(body.len())], &body), half_close: false, expect: Expect::ErrJson }
+        }
+        12 => {
+            let p = ["/Nope.Method", "/VolumeDriver.Frobnicate", "/IpamDriver.", "/", "/../../etc/passwd", "/Plugin.Activate/x"][rng.random_range(0..6)];
+            Case { name: format!("unknown path {p}"), bytes: request(p, &[len(2)], b"{}"), half_close: false, expect: Expect::ErrJson }
+        }
+        _ => Case { name: "Plugin.Activate".into(), bytes: activate, half_close: false, expect: Expect::Ok },
+    }
+}
+
+/// Sends `bytes` (write errors are fine: berthd may close first), then
+/// reads until EOF. The status and body of the answer, if any.
+fn exchange(sock: &Path, bytes: &[u8], half_close: bool) -> Option<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(sock).expect("connect to berthd (is it alive?)");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = match got.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => got[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    Some((status, body))
+}
+
+fn check(case: &Case, got: Option<(u16, Vec<u8>)>) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("{}: {why}", case.name));
+    match (case.expect, got) {
+        (Expect::Ok, Some((200, _))) => Ok(()),
+        (Expect::Ok, other) => fail(&format!("want 200, got {other:?}")),
+        (Expect::RejectedOrClosed, None) => Ok(()),
+        (Expect::RejectedOrClosed, Some((code, _))) if (400..500).contains(&code) => Ok(()),
+        (Expect::ErrJson, Some((code, body))) if (400..500).contains(&code) => {
+            let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{}: {code} with a body that is not JSON ({e})", case.name))?;
+            if v["Err"].as_str().is_some_and(|e| !e.is_empty()) {
+                Ok(())
+            } else {
+                fail(&format!("{code} without Err: {v}"))
+            }
+        }
+        (_, other) => fail(&format!("want a 4xx, got {:?}", other.map(|(c, b)| (c, String::from_utf8_lossy(&b).into_owned())))),
+    }
+}
+
+/// A minute of generated malformed requests (truncated heads, headers of a
+/// megabyte, overflowing and negative lengths, chunked bodies of every
+/// shape, invalid JSON, unknown paths) from 3 clients, while 16 more
+/// connect and stall and a well-behaved client calls Plugin.Activate
+/// throughout: berthd never dies, the good client is always answered,
+/// every bad request gets a 4xx (with `Err` wherever berthd itself
+/// answers), the stalled connections are closed, and nothing is created.
+#[test]
+fn malformed_http_never_stops_berthd() {
+    use rand::SeedableRng;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut d = Berthd::start_logging("error");
+    let sock = d.socket();
+    let done = Arc::new(AtomicBool::new(false));
+    let run_for = Duration::from_secs(60);
+
+    // Connections that stall: nothing at all, or half a head.
+    let stalled: Vec<UnixStream> = (0..16)
+        .map(|i| {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\n").unwrap();
+            }
+            s
+        })
+        .collect();
+    let stalled_at = Instant::now();
+
+    let good = {
+        let (sock, done) = (sock.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            let mut calls = 0;
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let got = exchange(&sock, &request("/Plugin.Activate", &["Content-Length: 0".into()], b""), false);
+                let took = t.elapsed();
+                assert!(matches!(got, Some((200, _))), "the good client got {got:?}");
+                worst = worst.max(took);
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (calls, worst)
+        })
+    };
+
+    let workers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let (sock, done) = (sock.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(0xbe47 + w);
+                let mut failures = Vec::new();
+                let mut cases = 0usize;
+                while !done.load(Ordering::Relaxed) {
+                    let case = generate(&mut rng);
+                    let t = Instant::now();
+                    let got = exchange(&sock, &case.bytes, case.half_close);
+                    if t.elapsed() > Duration::from_secs(1) {
+                        eprintln!("slow case: {} took {:?}: {:?}", case.name, t.elapsed(), got.as_ref().map(|g| g.0));
+                    }
+                    if let Err(e) = check(&case, got) {
+                        failures.push(e);
+                    }
+                    cases += 1;
+                }
+                (cases, failures)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(run_for);
+    // The stalled connections were closed by berthd (head timeout).
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        assert!(r.is_ok(), "stalled connection {i} still open {:?} after connecting: {r:?}", stalled_at.elapsed());
+    }
+    done.store(true, Ordering::Relaxed);
+    let (calls, worst) = good.join().expect("the good client");
+    let mut total = 0;
+    let mut failures = Vec::new();
+    for w in workers {
+        let (n, f) = w.join().expect("a fuzzing client");
+        total += n;
+        failures.extend(f);
+    }
+    eprintln!("malformed HTTP: {total} cases in {run_for:?}; good client: {calls} calls, slowest {worst:?}");
+    assert!(failures.is_empty(), "{} of {total} cases failed, e.g.:\n{}", failures.len(), failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(total > 1000, "only {total} cases in a minute");
+    assert!(worst < Duration::from_secs(5), "the good client waited {worst:?}");
+    let status = d.child.as_mut().unwrap().try_wait().unwrap();
+    assert!(status.is_none(), "berthd exited: {status:?}");
+    // Nothing was made: no volume, no network, pool or endpoint recorded
+    // (the calls' IDs and pools appear in no state file).
+    assert_eq!(d.ok("VolumeDriver.List", json!({}))["Volumes"], json!([]));
+    assert!(d.files().iter().all(|f| !f.contains("fuzz")), "{:?}", d.files());
+    for (path, content) in dir_tree(&d.dir.path().join("state")) {
+        let text = String::from_utf8_lossy(content.as_deref().unwrap_or_default()).into_owned();
+        for needle in ["0123456789abcdef", "10.99.0.0", "10.98.0.0"] {
+            assert!(!text.contains(needle) && !path.contains(needle), "state/{path} holds {needle}: {text}");
+        }
+    }
+    d.kill();
 }
