@@ -4,6 +4,7 @@
 #   berth_need_root        fail loudly unless running as uid 0
 #   berth_apt_packages     install the Debian packages berth's tests/demo need
 #   berth_need_cargo       find cargo (rustup toolchain) or fail with a hint
+#   berth_need_lint_tools  rustfmt and clippy (rustup components), added if missing
 #   berth_load_modules     modprobe the kernel modules tests use (best effort)
 #   berth_target_dir       print cargo's target directory for this workspace
 
@@ -120,6 +121,21 @@ then put ~/.cargo/bin on PATH (or run: . ~/.cargo/env) and try again."
         berth_die "cargo is on PATH but does not run (no default toolchain?). Try: rustup default stable"
     fi
     berth_log "toolchain: $(cargo --version), $(rustc --version 2>/dev/null || echo 'rustc ?')"
+}
+
+# The house style is checked by cargo fmt and cargo clippy: both are rustup
+# components a minimal toolchain may lack.
+berth_need_lint_tools() {
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    command -v rustup >/dev/null 2>&1 ||
+        berth_die "cargo ${missing[*]} missing and no rustup to add them: install the ${missing[*]} component(s)"
+    berth_log "adding toolchain components: ${missing[*]}"
+    rustup component add "${missing[@]}" || berth_die "rustup component add ${missing[*]} failed"
 }
 
 # veth, bridge, nf_tables and vxlan may be built into the kernel (or modprobe

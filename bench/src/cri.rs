@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use berth_tests::cri::{cni_setup_durations, Containerd, ContainerdOptions, CriClient, NetworkMetrics, PodSpec};
+use berth_tests::cri::{
+    cni_setup_durations, Containerd, ContainerdOptions, CriClient, NetworkMetrics, PodSpec,
+};
 use berth_tests::{IptablesGuard, LinkGuard, NftNetworkGuard, TempDir};
 use serde_json::{json, Value};
 
@@ -78,7 +80,10 @@ struct Sample {
 /// (bridge, ipam, portmap) types and the binaries the bin dir links.
 fn plugins(reference: bool) -> ([&'static str; 3], [&'static str; 4]) {
     if reference {
-        (["bridge", "host-local", "portmap"], ["bridge", "host-local", "portmap", "loopback"])
+        (
+            ["bridge", "host-local", "portmap"],
+            ["bridge", "host-local", "portmap", "loopback"],
+        )
     } else {
         (
             ["berth-bridge", "berth-ipam", "berth-portmap"],
@@ -113,16 +118,28 @@ impl Node {
         for name in binaries {
             let src: PathBuf = dir.join(name);
             if !src.is_file() {
-                bail!("{}: not found (cri needs {binaries:?} in {})", src.display(), dir.display());
+                bail!(
+                    "{}: not found (cri needs {binaries:?} in {})",
+                    src.display(),
+                    dir.display()
+                );
             }
-            std::os::unix::fs::symlink(&src, bin.path().join(name)).context("link a plugin into the bin dir")?;
+            std::os::unix::fs::symlink(&src, bin.path().join(name))
+                .context("link a plugin into the bin dir")?;
         }
         let conf = TempDir::new(&format!("cri-{label}-conf"));
         let data = TempDir::new(&format!("cri-{label}-ipam"));
         let list = conflist(k, types, &network, &bridge, data.path());
-        std::fs::write(conf.path().join(format!("10-{network}.conflist")), list.to_string())?;
+        std::fs::write(
+            conf.path().join(format!("10-{network}.conflist")),
+            list.to_string(),
+        )?;
         // Guards before containerd: dropped after it.
-        let (ipt, nft, link) = (IptablesGuard::new(&network), NftNetworkGuard::new(&network), LinkGuard::new(&bridge));
+        let (ipt, nft, link) = (
+            IptablesGuard::new(&network),
+            NftNetworkGuard::new(&network),
+            LinkGuard::new(&bridge),
+        );
         let cd = Containerd::try_start_with(
             &format!("bench-{label}"),
             ContainerdOptions::new(bin.path(), conf.path()).metrics(true),
@@ -135,11 +152,23 @@ impl Node {
         if !ready {
             bail!("{label}: containerd's NetworkReady is false: {why}");
         }
-        Ok(Node { label, cd, client, _bin: bin, _conf: conf, _data: data, _ipt: ipt, _nft: nft, _bridge: link })
+        Ok(Node {
+            label,
+            cd,
+            client,
+            _bin: bin,
+            _conf: conf,
+            _data: data,
+            _ipt: ipt,
+            _nft: nft,
+            _bridge: link,
+        })
     }
 
     fn metrics(&self) -> Result<NetworkMetrics> {
-        self.cd.network_metrics().map_err(|e| anyhow!("{}: containerd's metrics: {e}", self.label))
+        self.cd
+            .network_metrics()
+            .map_err(|e| anyhow!("{}: containerd's metrics: {e}", self.label))
     }
 
     /// One pod's Run, Stop and Remove; returns its sandbox id and figures.
@@ -150,17 +179,24 @@ impl Node {
         let mut s = Sample::default();
 
         let t = Instant::now();
-        let id = self.client.run_pod(&spec).map_err(|e| cri("RunPodSandbox", e))?;
+        let id = self
+            .client
+            .run_pod(&spec)
+            .map_err(|e| cri("RunPodSandbox", e))?;
         s.run = ms(t.elapsed());
 
         let before = self.metrics()?;
         let t = Instant::now();
-        self.client.stop_pod(&id).map_err(|e| cri("StopPodSandbox", e))?;
+        self.client
+            .stop_pod(&id)
+            .map_err(|e| cri("StopPodSandbox", e))?;
         s.stop = ms(t.elapsed());
 
         let stopped = self.metrics()?;
         let t = Instant::now();
-        self.client.remove_pod(&id).map_err(|e| cri("RemovePodSandbox", e))?;
+        self.client
+            .remove_pod(&id)
+            .map_err(|e| cri("RemovePodSandbox", e))?;
         s.remove = ms(t.elapsed());
         let removed = self.metrics()?;
 
@@ -188,7 +224,10 @@ fn summary(samples: &[Sample], adds: &[f64]) -> Value {
 
 pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Value> {
     eprintln!("cri: starting a containerd for berth and one for the reference plugins");
-    let mut nodes = [Node::new("berth", 0, berth_dir)?, Node::new("ref", 1, ref_dir)?];
+    let mut nodes = [
+        Node::new("berth", 0, berth_dir)?,
+        Node::new("ref", 1, ref_dir)?,
+    ];
     let mut samples: [Vec<(String, Sample)>; 2] = Default::default();
     for node in nodes.iter_mut() {
         let label = node.label;
@@ -196,7 +235,9 @@ pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Value> {
             .run_pod(&PodSpec::new("bench-resident"))
             .map_err(|e| anyhow!("{label}: RunPodSandbox bench-resident: {}", e.message()))?;
     }
-    eprintln!("cri: {pods} pods each (Run + Stop + Remove) beside a resident pod, after one warm-up pod");
+    eprintln!(
+        "cri: {pods} pods each (Run + Stop + Remove) beside a resident pod, after one warm-up pod"
+    );
     for round in 0..=pods {
         for (k, node) in nodes.iter_mut().enumerate() {
             let port = PORT_BASE + 1000 * k as u16 + round as u16;
@@ -220,7 +261,15 @@ pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Value> {
         let only: Vec<Sample> = samples[k].iter().map(|(_, s)| *s).collect();
         out[node.label] = summary(&only, &adds);
     }
-    for key in ["run_ms", "stop_ms", "remove_ms", "total_ms", "cni_add_ms", "cni_del_stop_ms", "cni_del_remove_ms"] {
+    for key in [
+        "run_ms",
+        "stop_ms",
+        "remove_ms",
+        "total_ms",
+        "cni_add_ms",
+        "cni_del_stop_ms",
+        "cni_del_remove_ms",
+    ] {
         let r = ratio(out["ref"][key].as_f64(), out["berth"][key].as_f64());
         out["ratio"][key] = json!(r);
     }
@@ -234,7 +283,12 @@ fn containerd_version() -> Value {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .map(str::to_string)
+        })
         .map_or(Value::Null, Value::from)
 }
 
@@ -250,8 +304,14 @@ mod tests {
         let cr = conflist(1, r, "n", "br", Path::new("/d"));
         assert_eq!(cb["plugins"][0]["type"], "berth-bridge");
         assert_eq!(cr["plugins"][1]["type"], "portmap");
-        assert_eq!(cb["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.203.0.0/24");
-        assert_eq!(cr["plugins"][0]["ipam"]["ranges"][1][0]["subnet"], "fd00:b203:1::/64");
+        assert_eq!(
+            cb["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.203.0.0/24"
+        );
+        assert_eq!(
+            cr["plugins"][0]["ipam"]["ranges"][1][0]["subnet"],
+            "fd00:b203:1::/64"
+        );
         let strip = |mut c: Value| {
             for p in c["plugins"].as_array_mut().unwrap() {
                 p["type"] = json!("");
@@ -269,7 +329,13 @@ mod tests {
     fn summary_takes_medians() {
         let s: Vec<Sample> = [1.0, 3.0, 2.0]
             .iter()
-            .map(|&v| Sample { run: v, stop: 2.0 * v, remove: 1.0, cni_del_stop: v, cni_del_remove: 0.5 })
+            .map(|&v| Sample {
+                run: v,
+                stop: 2.0 * v,
+                remove: 1.0,
+                cni_del_stop: v,
+                cni_del_remove: 0.5,
+            })
             .collect();
         let v = summary(&s, &[4.0, 6.0]);
         assert_eq!(v["run_ms"], 2.0);

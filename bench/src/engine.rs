@@ -108,7 +108,10 @@ fn round_trips(socket: &Path, volumes: usize, opts: Value) -> Result<[f64; 2]> {
         call(&mut conn, "Remove", &json!({"Name": name}))?;
         samples.push(ms(t.elapsed()));
     }
-    Ok([median(&samples).unwrap_or(f64::NAN), percentile(&samples, 0.99).unwrap_or(f64::NAN)])
+    Ok([
+        median(&samples).unwrap_or(f64::NAN),
+        percentile(&samples, 0.99).unwrap_or(f64::NAN),
+    ])
 }
 
 struct Docker {
@@ -126,7 +129,10 @@ impl Docker {
             .output()
             .context("run docker")?;
         if !out.status.success() {
-            bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(t.elapsed())
     }
@@ -142,21 +148,34 @@ fn start_dockerd(dir: &Path) -> Result<(Proc, Docker)> {
         .arg(dir.join("docker.pid"))
         .arg("-H")
         .arg(format!("unix://{}", dir.join("docker.sock").display()))
-        .args(["--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none"])
+        .args([
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("start /usr/sbin/dockerd (Debian package docker.io)")?;
     let p = Proc(child);
-    let d = Docker { sock: dir.join("docker.sock") };
+    let d = Docker {
+        sock: dir.join("docker.sock"),
+    };
     wait_for(|| d.run(&["info"]).is_ok(), "dockerd")?;
     let rootfs = dir.join("rootfs/bin");
     std::fs::create_dir_all(&rootfs)?;
     std::fs::copy("/bin/busybox", rootfs.join("busybox")).context("busybox-static")?;
     std::os::unix::fs::symlink("busybox", rootfs.join("true"))?;
     let tar = dir.join("bb.tar");
-    let st = Command::new("tar").arg("-C").arg(dir.join("rootfs")).arg("-cf").arg(&tar).arg(".").status()?;
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
     if !st.success() {
         bail!("tar of the busybox rootfs failed");
     }
@@ -181,7 +200,16 @@ pub fn engine(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result
         for (s, driver) in [plugin.as_str(), "local"].into_iter().enumerate() {
             let name = format!("v{s}-{i}");
             let t = docker.run(&["volume", "create", "-d", driver, &name])?
-                + docker.run(&["run", "--rm", "--network", "none", "-v", &format!("{name}:/data"), "bb:1", "true"])?;
+                + docker.run(&[
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "-v",
+                    &format!("{name}:/data"),
+                    "bb:1",
+                    "true",
+                ])?;
             if i > 0 {
                 samples[s].push(ms(t));
             }
@@ -194,7 +222,17 @@ pub fn engine(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result
     let (s2, _) = crate::sys::free_subnets(&mut taken)?;
     let bnet = format!("bb{}", std::process::id());
     let dnet = format!("db{}", std::process::id());
-    docker.run(&["network", "create", "-d", &plugin, "--ipam-driver", &plugin, "--subnet", &s1, &bnet])?;
+    docker.run(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        &s1,
+        &bnet,
+    ])?;
     docker.run(&["network", "create", "-d", "bridge", "--subnet", &s2, &dnet])?;
     let mut net_samples: [Vec<f64>; 2] = Default::default();
     let timed = (|| -> Result<()> {

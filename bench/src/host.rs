@@ -44,7 +44,8 @@ impl Side {
         conf["name"] = json!(network);
         conf["type"] = json!(self.plugin);
         if let Some(ipam) = self.ipam {
-            conf["ipam"] = json!({"type": ipam, "dataDir": data, "ranges": [[{"subnet": "10.254.0.0/16"}]]});
+            conf["ipam"] =
+                json!({"type": ipam, "dataDir": data, "ranges": [[{"subnet": "10.254.0.0/16"}]]});
         }
         conf
     }
@@ -58,11 +59,26 @@ impl Side {
             bail!("{} ADD: {}", self.plugin, add.describe());
         }
         let result = serde_json::from_str(&add.stdout).context("ADD result")?;
-        Ok((Container { ns, cid, conf, result }, ms(add.elapsed)))
+        Ok((
+            Container {
+                ns,
+                cid,
+                conf,
+                result,
+            },
+            ms(add.elapsed),
+        ))
     }
 
     fn del(&self, c: &Container) -> Result<f64> {
-        let del = exec_plugin(&self.dir, self.plugin, "DEL", &c.cid, &c.ns.path, &with_prev_result(&c.conf, &c.result))?;
+        let del = exec_plugin(
+            &self.dir,
+            self.plugin,
+            "DEL",
+            &c.cid,
+            &c.ns.path,
+            &with_prev_result(&c.conf, &c.result),
+        )?;
         if !del.ok {
             bail!("{} DEL: {}", self.plugin, del.describe());
         }
@@ -106,10 +122,13 @@ fn veth_pair(prefix: &str) -> Result<(String, LinkGuard)> {
     let peer = format!("{name}_");
     let mut h = sys::host()?;
     let here = net::Netns::current().context("own netns")?;
-    h.add_veth(&name, &peer, &here, &net::VethOptions::default()).with_context(|| format!("create veth {name}"))?;
+    h.add_veth(&name, &peer, &here, &net::VethOptions::default())
+        .with_context(|| format!("create veth {name}"))?;
     let guard = LinkGuard(name.clone());
     for n in [&name, &peer] {
-        let l = h.link_by_name(n)?.with_context(|| format!("{n} vanished"))?;
+        let l = h
+            .link_by_name(n)?
+            .with_context(|| format!("{n} vanished"))?;
         h.set_up(l.index)?;
     }
     Ok((name, guard))
@@ -127,23 +146,53 @@ pub fn host_modes(berth_dir: &Path, ref_dir: &Path, reps: usize) -> Result<Value
     }
     let (berth_devs, ref_devs) = devices.split_at(reps + 1);
     let (berth_devs, ref_devs) = (berth_devs.to_vec(), ref_devs.to_vec());
-    let side = |plugin, dir: &Path, ipam, conf: Box<dyn Fn(usize) -> Value>| Side { plugin, dir: dir.into(), ipam, conf };
+    let side = |plugin, dir: &Path, ipam, conf: Box<dyn Fn(usize) -> Value>| Side {
+        plugin,
+        dir: dir.into(),
+        ipam,
+        conf,
+    };
     let up = uplink.clone();
     let modes = [
         (
             "none",
-            side("berth-host", berth_dir, None, Box::new(|_| json!({"mode": "none"}))),
+            side(
+                "berth-host",
+                berth_dir,
+                None,
+                Box::new(|_| json!({"mode": "none"})),
+            ),
             side("loopback", ref_dir, None, Box::new(|_| json!({}))),
         ),
         (
             "macvlan",
-            side("berth-host", berth_dir, Some("berth-ipam"), Box::new(move |_| json!({"mode": "macvlan", "master": uplink}))),
-            side("macvlan", ref_dir, Some("host-local"), Box::new(move |_| json!({"master": up}))),
+            side(
+                "berth-host",
+                berth_dir,
+                Some("berth-ipam"),
+                Box::new(move |_| json!({"mode": "macvlan", "master": uplink})),
+            ),
+            side(
+                "macvlan",
+                ref_dir,
+                Some("host-local"),
+                Box::new(move |_| json!({"master": up})),
+            ),
         ),
         (
             "device",
-            side("berth-host", berth_dir, Some("berth-ipam"), Box::new(move |i| json!({"mode": "device", "device": berth_devs[i]}))),
-            side("host-device", ref_dir, Some("host-local"), Box::new(move |i| json!({"device": ref_devs[i]}))),
+            side(
+                "berth-host",
+                berth_dir,
+                Some("berth-ipam"),
+                Box::new(move |i| json!({"mode": "device", "device": berth_devs[i]})),
+            ),
+            side(
+                "host-device",
+                ref_dir,
+                Some("host-local"),
+                Box::new(move |i| json!({"device": ref_devs[i]})),
+            ),
         ),
     ];
     let mut rows = Vec::new();

@@ -229,14 +229,24 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
     if a.ns.contains(&0) {
         bail!("--n: counts must be at least 1");
     }
-    if a.concurrency == 0 || a.floor_reps == 0 || a.host_reps == 0 || a.portmap_reps == 0 || a.volume_reps == 0 || a.docker_reps == 0 || a.cri_pods == 0 {
+    if a.concurrency == 0
+        || a.floor_reps == 0
+        || a.host_reps == 0
+        || a.portmap_reps == 0
+        || a.volume_reps == 0
+        || a.docker_reps == 0
+        || a.cri_pods == 0
+    {
         bail!("--concurrency, --floor-reps, --host-reps, --portmap-reps, --volume-reps, --docker-reps and --cri-pods must be at least 1");
     }
     if a.iperf_secs == 0 || a.iperf_reps == 0 {
         bail!("--iperf-secs and --iperf-reps must be at least 1");
     }
     if !(1..=overlay::MAX_NODES).contains(&a.overlay_nodes) {
-        bail!("--overlay-nodes: 1 to {} (the nodes and 5 joiners take /24s of 10.200.0.0/16)", overlay::MAX_NODES);
+        bail!(
+            "--overlay-nodes: 1 to {} (the nodes and 5 joiners take /24s of 10.200.0.0/16)",
+            overlay::MAX_NODES
+        );
     }
     Ok(Some(a))
 }
@@ -349,7 +359,14 @@ fn exec_cni(imp: &Impl, command: &str, cid: &str, netns: &str, conf: &Value) -> 
 /// One exec of plugin `plugin` from `dir` (also its CNI_PATH), as a runtime
 /// does it: environment cleared but PATH, CNI_* set, config on stdin.
 /// Timed from spawn to exit.
-fn exec_plugin(dir: &Path, plugin: &str, command: &str, cid: &str, netns: &str, conf: &Value) -> Result<Exec> {
+fn exec_plugin(
+    dir: &Path,
+    plugin: &str,
+    command: &str,
+    cid: &str,
+    netns: &str,
+    conf: &Value,
+) -> Result<Exec> {
     exec_plugin_env(dir, plugin, command, cid, netns, conf, &[])
 }
 
@@ -607,7 +624,9 @@ fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<Value> {
 /// i.e. the kernel's cost plus one netlink round trip.
 fn time_del(h: &mut net::Handle, name: &str) -> Result<f64> {
     let start = Instant::now();
-    let existed = h.delete_link_by_name(name).with_context(|| format!("delete {name}"))?;
+    let existed = h
+        .delete_link_by_name(name)
+        .with_context(|| format!("delete {name}"))?;
     let t = ms(start.elapsed());
     if !existed {
         bail!("{name} did not exist");
@@ -897,8 +916,16 @@ fn print_overlay(o: &Value) {
             m["raw_vxlan"]
         );
         let paths = [
-            ("berth", "berth", "container -> container over berth-overlay"),
-            ("hand", "hand_container", "container -> container, built by hand"),
+            (
+                "berth",
+                "berth",
+                "container -> container over berth-overlay",
+            ),
+            (
+                "hand",
+                "hand_container",
+                "container -> container, built by hand",
+            ),
             ("raw", "raw_vxlan", "host -> host over a raw VXLAN"),
         ];
         for (label, key, what) in paths {
@@ -922,7 +949,12 @@ fn print_overlay(o: &Value) {
         );
         let frag: Vec<String> = paths
             .iter()
-            .map(|(label, key, _)| format!("{label} +{} / +{}", t[key]["frag_creates"], t[key]["reasm_reqds"]))
+            .map(|(label, key, _)| {
+                format!(
+                    "{label} +{} / +{}",
+                    t[key]["frag_creates"], t[key]["reasm_reqds"]
+                )
+            })
             .collect();
         println!(
             "  fragmentation, FragCreates / ReasmReqds over each path's namespaces: {}: {}",
@@ -938,13 +970,17 @@ fn print_overlay(o: &Value) {
     if c.is_object() {
         println!(
             "== berth-overlay agent convergence: etcd, {} simulated nodes (target < {:.0} ms) ==",
-            c["nodes"], c["target_ms"].as_f64().unwrap_or(f64::NAN)
+            c["nodes"],
+            c["target_ms"].as_f64().unwrap_or(f64::NAN)
         );
         println!(
             "  initial: agent start -> {} onlink routes   {:>8} ms             {}   (records put beforehand in {} ms; agent VTEP {})",
             c["nodes"], f(&c["initial_ms"]), pass(&c["initial_pass"]), f(&c["records_put_ms"]), c["agent_vtep_address"].as_str().unwrap_or("-")
         );
-        for (label, key) in [("join:  record put -> its route     ", "join"), ("leave: record deleted -> route gone", "leave")] {
+        for (label, key) in [
+            ("join:  record put -> its route     ", "join"),
+            ("leave: record deleted -> route gone", "leave"),
+        ] {
             println!(
                 "  {label}  median {:>8} ms, max {:>8} ms   {}   [{}]",
                 f(&c[format!("{key}_median_ms")]),
@@ -958,7 +994,11 @@ fn print_overlay(o: &Value) {
             c["fdb_entries_with_dst"],
             c["onlink_routes"],
             c["live_nodes"],
-            if c["fdb_matches_live_nodes"] == true { "OK" } else { "MISMATCH" }
+            if c["fdb_matches_live_nodes"] == true {
+                "OK"
+            } else {
+                "MISMATCH"
+            }
         );
         println!();
     }
@@ -973,7 +1013,10 @@ fn print_cri(c: &Value) {
         c["containerd"].as_str().unwrap_or("?"),
         c["pods"]
     );
-    println!("{:<44} {:>10} {:>10} {:>9}", "", "berth", "ref", "ref/berth");
+    println!(
+        "{:<44} {:>10} {:>10} {:>9}",
+        "", "berth", "ref", "ref/berth"
+    );
     let rows = [
         ("RunPodSandbox", "run_ms"),
         ("  CNI ADD (containerd's log)", "cni_add_ms"),
@@ -984,7 +1027,13 @@ fn print_cri(c: &Value) {
         ("Run + Stop + Remove", "total_ms"),
     ];
     for (name, key) in rows {
-        println!("{:<44} {:>10} {:>10} {:>9}", name, f(&c["berth"][key]), f(&c["ref"][key]), fx(&c["ratio"][key]));
+        println!(
+            "{:<44} {:>10} {:>10} {:>9}",
+            name,
+            f(&c["berth"][key]),
+            f(&c["ref"][key]),
+            fx(&c["ratio"][key])
+        );
     }
     println!();
 }
@@ -992,7 +1041,10 @@ fn print_cri(c: &Value) {
 fn print_tables(report: &Value) {
     if let Some(rows) = report["host"].as_array() {
         println!("== berth-host vs the reference plugin of each mode: ADD / DEL, median ms ==");
-        println!("{:<8} {:>10} {:>10} {:<12} {:>10} {:>10} {:>8} {:>8}", "mode", "berth ADD", "berth DEL", "ref", "ref ADD", "ref DEL", "ADD x", "DEL x");
+        println!(
+            "{:<8} {:>10} {:>10} {:<12} {:>10} {:>10} {:>8} {:>8}",
+            "mode", "berth ADD", "berth DEL", "ref", "ref ADD", "ref DEL", "ADD x", "DEL x"
+        );
         for r in rows {
             println!(
                 "{:<8} {:>10} {:>10} {:<12} {:>10} {:>10} {:>8} {:>8}",
@@ -1012,19 +1064,35 @@ fn print_tables(report: &Value) {
         println!("FAILED host: {e}\n");
     }
     if let Some(rows) = report["portmap"].as_array() {
-        println!("== portmap: one more container (2 mappings) with M mappings installed, median ms ==");
+        println!(
+            "== portmap: one more container (2 mappings) with M mappings installed, median ms =="
+        );
         println!("   (growth = cost at M / cost at 0; berth's target at 5000: ADD and DEL growth <= 1.25x)");
         println!(
             "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>10} {:>7}",
-            "M", "berth ADD", "growth", "berth DEL", "growth", "ref ADD", "growth", "ref DEL", "growth"
+            "M",
+            "berth ADD",
+            "growth",
+            "berth DEL",
+            "growth",
+            "ref ADD",
+            "growth",
+            "ref DEL",
+            "growth"
         );
         for r in rows {
             let (b, rf) = (&r["berth"], &r["ref"]);
             println!(
                 "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>10} {:>7}",
                 r["installed_mappings"].as_u64().unwrap_or(0),
-                f(&b["add_ms"]), fx(&b["add_growth"]), f(&b["del_ms"]), fx(&b["del_growth"]),
-                f(&rf["add_ms"]), fx(&rf["add_growth"]), f(&rf["del_ms"]), fx(&rf["del_growth"]),
+                f(&b["add_ms"]),
+                fx(&b["add_growth"]),
+                f(&b["del_ms"]),
+                fx(&b["del_growth"]),
+                f(&rf["add_ms"]),
+                fx(&rf["add_growth"]),
+                f(&rf["del_ms"]),
+                fx(&rf["del_growth"]),
             );
         }
         println!();
@@ -1033,7 +1101,10 @@ fn print_tables(report: &Value) {
         println!("FAILED portmap: {e}\n");
     }
     if report["volumes"].is_object() {
-        let (r, d) = (&report["volumes"]["round_trip"], &report["volumes"]["docker"]);
+        let (r, d) = (
+            &report["volumes"]["round_trip"],
+            &report["volumes"]["docker"],
+        );
         println!("== berthd under the Docker engine ==");
         println!(
             "Create+Mount+Unmount+Remove over the socket, {} volumes: managed median {} ms, p99 {} ms; size-limited (8M) median {} ms, p99 {} ms",
@@ -1131,8 +1202,14 @@ fn print_tables(report: &Value) {
             "== veth deletion floor (median of {} RTM_DELLINKs, netlink round trip included) ==",
             fl["reps"]
         );
-        println!("  veth, both ends in one netns:   {:>8} ms", f(&fl["veth_del_same_netns_ms"]));
-        println!("  veth, peer in another netns:    {:>8} ms", f(&fl["veth_del_peer_in_other_netns_ms"]));
+        println!(
+            "  veth, both ends in one netns:   {:>8} ms",
+            f(&fl["veth_del_same_netns_ms"])
+        );
+        println!(
+            "  veth, peer in another netns:    {:>8} ms",
+            f(&fl["veth_del_peer_in_other_netns_ms"])
+        );
         println!(
             "  bridge port ({} other ports), peer up in another netns: {:>8} ms",
             fl["bridge_ports"],
@@ -1299,7 +1376,12 @@ fn real_main() -> Result<bool> {
         }
     }
     if args.overlay {
-        match overlay::overlay(&args.berth_dir, args.overlay_nodes, args.iperf_secs, args.iperf_reps) {
+        match overlay::overlay(
+            &args.berth_dir,
+            args.overlay_nodes,
+            args.iperf_secs,
+            args.iperf_reps,
+        ) {
             Ok(v) => {
                 ok &= overlay::ok(&v);
                 report["overlay"] = v;
@@ -1366,7 +1448,9 @@ mod tests {
     fn cri_flags() {
         let a = parse_args(&[]).unwrap().unwrap();
         assert!(a.cri && a.cri_pods == 20);
-        let a = parse_args(&argv("--only cri --cri-pods 3")).unwrap().unwrap();
+        let a = parse_args(&argv("--only cri --cri-pods 3"))
+            .unwrap()
+            .unwrap();
         assert!(a.cri && !a.compare && !a.overlay && a.cri_pods == 3);
         assert!(parse_args(&argv("--cri-pods 0")).is_err());
     }
@@ -1376,10 +1460,27 @@ mod tests {
         let a = parse_args(&[]).unwrap().unwrap();
         assert!(a.overlay);
         assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (200, 5, 3));
-        let a = parse_args(&argv("--only overlay --overlay-nodes 50 --iperf-secs=2 --iperf-reps 1")).unwrap().unwrap();
-        assert!(a.overlay && !a.compare && !a.floor && !a.concurrent && !a.host && !a.portmap && !a.volumes);
+        let a = parse_args(&argv(
+            "--only overlay --overlay-nodes 50 --iperf-secs=2 --iperf-reps 1",
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(
+            a.overlay
+                && !a.compare
+                && !a.floor
+                && !a.concurrent
+                && !a.host
+                && !a.portmap
+                && !a.volumes
+        );
         assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (50, 2, 1));
-        assert!(!parse_args(&argv("--only compare")).unwrap().unwrap().overlay);
+        assert!(
+            !parse_args(&argv("--only compare"))
+                .unwrap()
+                .unwrap()
+                .overlay
+        );
         assert!(parse_args(&argv("--overlay-nodes 0")).is_err());
         assert!(parse_args(&argv("--overlay-nodes 251")).is_err());
         assert!(parse_args(&argv("--overlay-nodes 250")).is_ok());

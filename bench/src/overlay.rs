@@ -83,7 +83,12 @@ const IPERF_PORT: &str = "5201";
 const POLL: Duration = Duration::from_millis(10);
 
 /// Both halves; an error in one is reported next to the other's figures.
-pub fn overlay(berth_dir: &Path, nodes: usize, iperf_secs: u64, iperf_reps: usize) -> Result<Value> {
+pub fn overlay(
+    berth_dir: &Path,
+    nodes: usize,
+    iperf_secs: u64,
+    iperf_reps: usize,
+) -> Result<Value> {
     let plugin = berth_dir.join("berth-overlay");
     if !plugin.is_file() {
         bail!(
@@ -127,7 +132,11 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("run {program}"))?;
     if !out.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -177,18 +186,41 @@ impl OvHost {
                 {"node": format!("peer-of-{tag}"), "underlay": peer_underlay, "subnet": peer_subnet}
             ]}}
         });
-        Ok(OvHost { ns, run, _data: data, conf })
+        Ok(OvHost {
+            ns,
+            run,
+            _data: data,
+            conf,
+        })
     }
 
     /// One plugin run inside this host's namespace; its stdout.
-    fn exec(&self, berth_dir: &Path, command: &str, cid: &str, container: &Netns) -> Result<String> {
+    fn exec(
+        &self,
+        berth_dir: &Path,
+        command: &str,
+        cid: &str,
+        container: &Netns,
+    ) -> Result<String> {
         let run_dir = self.run.path().display().to_string();
         let env = [("BERTH_RUN_DIR", run_dir.as_str())];
-        let out = self
-            .ns
-            .run(|| exec_plugin_env(berth_dir, "berth-overlay", command, cid, &container.path, &self.conf, &env))?;
+        let out = self.ns.run(|| {
+            exec_plugin_env(
+                berth_dir,
+                "berth-overlay",
+                command,
+                cid,
+                &container.path,
+                &self.conf,
+                &env,
+            )
+        })?;
         if !out.ok {
-            bail!("berth-overlay {command} {cid} on {}: {}", self.ns.name(), out.describe());
+            bail!(
+                "berth-overlay {command} {cid} on {}: {}",
+                self.ns.name(),
+                out.describe()
+            );
         }
         Ok(out.stdout)
     }
@@ -206,7 +238,12 @@ struct Attached<'a> {
 }
 
 impl<'a> Attached<'a> {
-    fn add(host: &'a OvHost, container: &'a Netns, cid: &'static str, berth_dir: &'a Path) -> Result<Attached<'a>> {
+    fn add(
+        host: &'a OvHost,
+        container: &'a Netns,
+        cid: &'static str,
+        berth_dir: &'a Path,
+    ) -> Result<Attached<'a>> {
         let stdout = match host.exec(berth_dir, "ADD", cid, container) {
             Ok(s) => s,
             Err(e) => {
@@ -216,8 +253,15 @@ impl<'a> Attached<'a> {
             }
         };
         // Attached from here on: the guard DELs even if the result is bad.
-        let mut a = Attached { host, container, cid, berth_dir, ip: String::new() };
-        let result: Value = serde_json::from_str(&stdout).with_context(|| format!("ADD {cid} result {stdout:?}"))?;
+        let mut a = Attached {
+            host,
+            container,
+            cid,
+            berth_dir,
+            ip: String::new(),
+        };
+        let result: Value = serde_json::from_str(&stdout)
+            .with_context(|| format!("ADD {cid} result {stdout:?}"))?;
         a.ip = result["ips"][0]["address"]
             .as_str()
             .and_then(|s| s.split('/').next())
@@ -229,7 +273,10 @@ impl<'a> Attached<'a> {
 
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.host.exec(self.berth_dir, "DEL", self.cid, self.container) {
+        if let Err(e) = self
+            .host
+            .exec(self.berth_dir, "DEL", self.cid, self.container)
+        {
             eprintln!("warning: {e:#}");
         }
     }
@@ -240,7 +287,27 @@ fn underlay(h1: &Netns, h2: &Netns) -> Result<()> {
     for h in [h1, h2] {
         run("ip", &["-n", h.name(), "link", "set", "lo", "up"])?;
     }
-    run("ip", &["-n", h1.name(), "link", "add", "ovu", "mtu", "1500", "type", "veth", "peer", "name", "ovu", "mtu", "1500", "netns", h2.name()])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            h1.name(),
+            "link",
+            "add",
+            "ovu",
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ovu",
+            "mtu",
+            "1500",
+            "netns",
+            h2.name(),
+        ],
+    )?;
     for (h, addr) in [(h1, "192.168.77.1/24"), (h2, "192.168.77.2/24")] {
         run("ip", &["-n", h.name(), "addr", "add", addr, "dev", "ovu"])?;
         run("ip", &["-n", h.name(), "link", "set", "ovu", "up"])?;
@@ -253,10 +320,43 @@ fn underlay(h1: &Netns, h2: &Netns) -> Result<()> {
 /// and everything sent to the peer's VTEP by one all-zeros FDB entry.
 fn raw_vxlan(h: &Netns, local: &str, peer: &str, addr: &str) -> Result<()> {
     let n = h.name();
-    run("ip", &["-n", n, "link", "add", "vxb", "type", "vxlan", "id", "99", "dstport", "4790", "local", local, "dev", "ovu", "nolearning"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            n,
+            "link",
+            "add",
+            "vxb",
+            "type",
+            "vxlan",
+            "id",
+            "99",
+            "dstport",
+            "4790",
+            "local",
+            local,
+            "dev",
+            "ovu",
+            "nolearning",
+        ],
+    )?;
     run("ip", &["-n", n, "link", "set", "vxb", "mtu", "1450", "up"])?;
     run("ip", &["-n", n, "addr", "add", addr, "dev", "vxb"])?;
-    run("bridge", &["-n", n, "fdb", "append", "00:00:00:00:00:00", "dev", "vxb", "dst", peer])?;
+    run(
+        "bridge",
+        &[
+            "-n",
+            n,
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vxb",
+            "dst",
+            peer,
+        ],
+    )?;
     Ok(())
 }
 
@@ -297,32 +397,182 @@ fn hand_subnet(n: u8, host: u8) -> String {
 /// berth's path; IP forwarding on in the host.
 fn hand_container(h: &Netns, d: &Netns, n: u8, p: u8) -> Result<()> {
     let (hn, dn) = (h.name(), d.name());
-    run("ip", &["netns", "exec", hn, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            hn,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
     // Bridge with the gateway address.
-    run("ip", &["-n", hn, "link", "add", HAND_BRIDGE, "mtu", "1450", "type", "bridge"])?;
-    run("ip", &["-n", hn, "addr", "add", &format!("{}/24", hand_subnet(n, 1)), "dev", HAND_BRIDGE])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            hn,
+            "link",
+            "add",
+            HAND_BRIDGE,
+            "mtu",
+            "1450",
+            "type",
+            "bridge",
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            hn,
+            "addr",
+            "add",
+            &format!("{}/24", hand_subnet(n, 1)),
+            "dev",
+            HAND_BRIDGE,
+        ],
+    )?;
     run("ip", &["-n", hn, "link", "set", HAND_BRIDGE, "up"])?;
     // The container's veth, eth0 in d.
-    run("ip", &["-n", hn, "link", "add", HAND_VETH, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450", "netns", dn])?;
-    run("ip", &["-n", hn, "link", "set", HAND_VETH, "master", HAND_BRIDGE, "up"])?;
+    run(
+        "ip",
+        &[
+            "-n", hn, "link", "add", HAND_VETH, "mtu", "1450", "type", "veth", "peer", "name",
+            "eth0", "mtu", "1450", "netns", dn,
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            hn,
+            "link",
+            "set",
+            HAND_VETH,
+            "master",
+            HAND_BRIDGE,
+            "up",
+        ],
+    )?;
     run("ip", &["-n", dn, "link", "set", "lo", "up"])?;
-    run("ip", &["-n", dn, "addr", "add", &format!("{}/24", hand_subnet(n, 2)), "dev", "eth0"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            dn,
+            "addr",
+            "add",
+            &format!("{}/24", hand_subnet(n, 2)),
+            "dev",
+            "eth0",
+        ],
+    )?;
     run("ip", &["-n", dn, "link", "set", "eth0", "up"])?;
-    run("ip", &["-n", dn, "route", "add", "default", "via", &hand_subnet(n, 1)])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            dn,
+            "route",
+            "add",
+            "default",
+            "via",
+            &hand_subnet(n, 1),
+        ],
+    )?;
     // VXLAN with this host's VTEP address.
     let local = underlay_addr(n);
     let mac = hand_vtep_mac(n);
     run(
         "ip",
-        &["-n", hn, "link", "add", HAND_VXLAN, "mtu", "1450", "address", &mac, "type", "vxlan", "id", HAND_VNI, "dstport", HAND_PORT, "local", &local, "dev", "ovu", "nolearning"],
+        &[
+            "-n",
+            hn,
+            "link",
+            "add",
+            HAND_VXLAN,
+            "mtu",
+            "1450",
+            "address",
+            &mac,
+            "type",
+            "vxlan",
+            "id",
+            HAND_VNI,
+            "dstport",
+            HAND_PORT,
+            "local",
+            &local,
+            "dev",
+            "ovu",
+            "nolearning",
+        ],
     )?;
-    run("ip", &["-n", hn, "addr", "add", &format!("{}/32", hand_subnet(n, 0)), "dev", HAND_VXLAN])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            hn,
+            "addr",
+            "add",
+            &format!("{}/32", hand_subnet(n, 0)),
+            "dev",
+            HAND_VXLAN,
+        ],
+    )?;
     run("ip", &["-n", hn, "link", "set", HAND_VXLAN, "up"])?;
     // The peer.
     let (peer_mac, peer_vtep) = (hand_vtep_mac(p), hand_subnet(p, 0));
-    run("bridge", &["-n", hn, "fdb", "replace", &peer_mac, "dev", HAND_VXLAN, "dst", &underlay_addr(p), "self", "permanent"])?;
-    run("ip", &["-n", hn, "neigh", "replace", &peer_vtep, "lladdr", &peer_mac, "dev", HAND_VXLAN, "nud", "permanent"])?;
-    run("ip", &["-n", hn, "route", "replace", &format!("{peer_vtep}/24"), "via", &peer_vtep, "dev", HAND_VXLAN, "onlink"])?;
+    run(
+        "bridge",
+        &[
+            "-n",
+            hn,
+            "fdb",
+            "replace",
+            &peer_mac,
+            "dev",
+            HAND_VXLAN,
+            "dst",
+            &underlay_addr(p),
+            "self",
+            "permanent",
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            hn,
+            "neigh",
+            "replace",
+            &peer_vtep,
+            "lladdr",
+            &peer_mac,
+            "dev",
+            HAND_VXLAN,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            hn,
+            "route",
+            "replace",
+            &format!("{peer_vtep}/24"),
+            "via",
+            &peer_vtep,
+            "dev",
+            HAND_VXLAN,
+            "onlink",
+        ],
+    )?;
     Ok(())
 }
 
@@ -343,7 +593,10 @@ fn iperf_server(ns: &Netns, bind: &str) -> Result<Proc> {
     while !listening(pid, port) {
         still_running(&mut p, &format!("iperf3 -s -B {bind} in {}", ns.name()))?;
         if Instant::now() > deadline {
-            bail!("iperf3 -s -B {bind} in {} not listening after 10 s", ns.name());
+            bail!(
+                "iperf3 -s -B {bind} in {} not listening after 10 s",
+                ns.name()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -354,7 +607,8 @@ fn iperf_server(ns: &Netns, bind: &str) -> Result<Proc> {
 /// on `port`.
 fn listening(pid: u32, port: u16) -> bool {
     ["tcp", "tcp6"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| tcp_table_listens(&t, port))
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+            .is_ok_and(|t| tcp_table_listens(&t, port))
     })
 }
 
@@ -365,7 +619,11 @@ fn tcp_table_listens(table: &str, port: u16) -> bool {
         let f: Vec<&str> = line.split_whitespace().collect();
         f.len() > 3
             && f[3] == "0A"
-            && f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+            && f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
     })
 }
 
@@ -380,14 +638,29 @@ fn iperf_client(ns: &Netns, server: &str, secs: u64) -> Result<Run> {
     let secs = secs.to_string();
     let out = ns.run(|| {
         Command::new("iperf3")
-            .args(["-c", server, "-p", IPERF_PORT, "-t", &secs, "-J", "--connect-timeout", "5000"])
+            .args([
+                "-c",
+                server,
+                "-p",
+                IPERF_PORT,
+                "-t",
+                &secs,
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ])
             .stdin(Stdio::null())
             .output()
             .context("run iperf3 -c")
     })?;
     let what = || format!("iperf3 -c {server} from {}", ns.name());
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{}: {}", what(), String::from_utf8_lossy(&out.stderr).trim()))?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{}: {}",
+            what(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
     parse_iperf(&v).with_context(what)
 }
 
@@ -400,7 +673,10 @@ fn parse_iperf(v: &Value) -> Result<Run> {
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no end.sum_received.bits_per_second in the report")?;
-    Ok(Run { gbps: bps / 1e9, retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0) })
+    Ok(Run {
+        gbps: bps / 1e9,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    })
 }
 
 /// IP FragCreates and ReasmReqds (`Ip:` lines of /proc/net/snmp).
@@ -409,8 +685,15 @@ fn snmp_frag(text: &str) -> Result<[u64; 2]> {
     let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
         bail!("no Ip: lines in /proc/net/snmp");
     };
-    let row: HashMap<&str, &str> = names.split_whitespace().zip(values.split_whitespace()).collect();
-    let get = |k: &str| -> Result<u64> { row.get(k).and_then(|v| v.parse().ok()).with_context(|| format!("no Ip: {k}")) };
+    let row: HashMap<&str, &str> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .collect();
+    let get = |k: &str| -> Result<u64> {
+        row.get(k)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no Ip: {k}"))
+    };
     Ok([get("FragCreates")?, get("ReasmReqds")?])
 }
 
@@ -429,7 +712,9 @@ fn frag_counters(nss: &[&Netns]) -> Result<[u64; 2]> {
 
 fn mtu_of(ns: &Netns, link: &str) -> Result<u32> {
     let mut h = sys::handle_in(ns)?;
-    Ok(h.link_by_name(link)?.with_context(|| format!("no {link} in {}", ns.name()))?.mtu)
+    Ok(h.link_by_name(link)?
+        .with_context(|| format!("no {link} in {}", ns.name()))?
+        .mtu)
 }
 
 /// One path iperf3 measures: its key in the report, client namespace,
@@ -537,7 +822,8 @@ fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Value> {
     for rep in 0..reps {
         for p in paths.iter_mut() {
             let before = frag_counters(&p.crossed)?;
-            let r = iperf_client(p.client, &p.server, secs).with_context(|| format!("{} run {}", p.key, rep + 1))?;
+            let r = iperf_client(p.client, &p.server, secs)
+                .with_context(|| format!("{} run {}", p.key, rep + 1))?;
             let after = frag_counters(&p.crossed)?;
             for k in 0..2 {
                 p.frag[k] += after[k].saturating_sub(before[k]);
@@ -597,7 +883,11 @@ fn node_underlay(k: usize) -> Ipv4Addr {
 /// The lease record's key, as the agent reads it.
 fn node_key(k: usize) -> String {
     let s = node_subnet(k);
-    format!("{CONV_PREFIX}/{CONV_NETWORK}/subnets/{}-{}", s.network(), s.prefix_len())
+    format!(
+        "{CONV_PREFIX}/{CONV_NETWORK}/subnets/{}-{}",
+        s.network(),
+        s.prefix_len()
+    )
 }
 
 fn node_record(k: usize) -> String {
@@ -608,9 +898,16 @@ fn b64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
-            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+            out.push(if i <= chunk.len() {
+                ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
         }
     }
     out
@@ -630,7 +927,9 @@ fn etcd(ns: &Netns, path: &str, body: &Value) -> Result<Value> {
     )?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)?;
-    let (head, payload) = answer.split_once("\r\n\r\n").with_context(|| format!("etcd {path}: not HTTP: {answer:?}"))?;
+    let (head, payload) = answer
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("etcd {path}: not HTTP: {answer:?}"))?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("etcd {path}: {}", head.lines().next().unwrap_or_default());
     }
@@ -638,11 +937,20 @@ fn etcd(ns: &Netns, path: &str, body: &Value) -> Result<Value> {
 }
 
 fn etcd_put(ns: &Netns, key: &str, value: &str) -> Result<()> {
-    etcd(ns, "/v3/kv/put", &json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())})).map(|_| ())
+    etcd(
+        ns,
+        "/v3/kv/put",
+        &json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())}),
+    )
+    .map(|_| ())
 }
 
 fn etcd_del(ns: &Netns, key: &str) -> Result<()> {
-    let v = etcd(ns, "/v3/kv/deleterange", &json!({"key": b64(key.as_bytes())}))?;
+    let v = etcd(
+        ns,
+        "/v3/kv/deleterange",
+        &json!({"key": b64(key.as_bytes())}),
+    )?;
     if v["deleted"] != "1" {
         bail!("etcd: {key} was not there to delete: {v}");
     }
@@ -655,8 +963,7 @@ fn onlink_routes(h: &mut net::Handle) -> Result<BTreeSet<Ipv4Net>> {
     let Some(vx) = h.link_by_name(CONV_VXLAN)? else {
         return Ok(BTreeSet::new());
     };
-    Ok(h
-        .routes()?
+    Ok(h.routes()?
         .into_iter()
         .filter(|r| r.oif == Some(vx.index) && r.onlink)
         .filter_map(|r| match r.dst {
@@ -683,7 +990,12 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// Polls the routes every POLL until `done` holds of them. Fails
     /// after `limit`, or at once if the agent exited.
-    fn until(&mut self, limit: Duration, what: &str, done: impl Fn(&BTreeSet<Ipv4Net>) -> bool) -> Result<()> {
+    fn until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&BTreeSet<Ipv4Net>) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let routes = onlink_routes(&mut self.h)?;
@@ -721,8 +1033,16 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
     run("ip", &["-n", n, "link", "set", "lo", "up"])?;
     // The underlay: any up link with an IPv4 address (a veth; no dummy
     // driver needed). Peers' underlay addresses are never sent to.
-    run("ip", &["-n", n, "link", "add", "ovu", "type", "veth", "peer", "name", "ovp"])?;
-    run("ip", &["-n", n, "addr", "add", "192.168.78.1/24", "dev", "ovu"])?;
+    run(
+        "ip",
+        &[
+            "-n", n, "link", "add", "ovu", "type", "veth", "peer", "name", "ovp",
+        ],
+    )?;
+    run(
+        "ip",
+        &["-n", n, "addr", "add", "192.168.78.1/24", "dev", "ovu"],
+    )?;
     run("ip", &["-n", n, "link", "set", "ovp", "up"])?;
     run("ip", &["-n", n, "link", "set", "ovu", "up"])?;
 
@@ -730,11 +1050,16 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
     cmd.args(["--name", "b", "--data-dir"])
         .arg(dir.path().join("etcd"))
         .args([
-            "--listen-client-urls", "http://127.0.0.1:2379",
-            "--advertise-client-urls", "http://127.0.0.1:2379",
-            "--listen-peer-urls", "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "b=http://127.0.0.1:2380",
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "b=http://127.0.0.1:2380",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -775,8 +1100,16 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
     let start = Instant::now();
     // Declared after etcd: stopped first.
     let mut agent = spawn_in(&hn, cmd, "berth-overlay agent")?;
-    let mut watch = Watch { h, agent: &mut agent, log: &log };
-    watch.until(Duration::from_secs(30), &format!("all {nodes} nodes' routes"), |r| want.is_subset(r))?;
+    let mut watch = Watch {
+        h,
+        agent: &mut agent,
+        log: &log,
+    };
+    watch.until(
+        Duration::from_secs(30),
+        &format!("all {nodes} nodes' routes"),
+        |r| want.is_subset(r),
+    )?;
     let initial_ms = ms(start.elapsed());
     eprintln!("overlay: {nodes} nodes programmed {initial_ms:.0} ms after the agent started");
 
@@ -786,7 +1119,11 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
         std::thread::sleep(pause(j));
         let t = Instant::now();
         etcd_put(&hn, &node_key(k), &node_record(k))?;
-        watch.until(Duration::from_secs(10), &format!("join of {}", node_subnet(k)), |r| r.contains(&node_subnet(k)))?;
+        watch.until(
+            Duration::from_secs(10),
+            &format!("join of {}", node_subnet(k)),
+            |r| r.contains(&node_subnet(k)),
+        )?;
         join_ms.push(ms(t.elapsed()));
     }
     let mut leave_ms = Vec::new();
@@ -795,7 +1132,11 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
         std::thread::sleep(pause(j));
         let t = Instant::now();
         etcd_del(&hn, &node_key(k))?;
-        watch.until(Duration::from_secs(10), &format!("leave of {}", node_subnet(k)), |r| !r.contains(&node_subnet(k)))?;
+        watch.until(
+            Duration::from_secs(10),
+            &format!("leave of {}", node_subnet(k)),
+            |r| !r.contains(&node_subnet(k)),
+        )?;
         leave_ms.push(ms(t.elapsed()));
     }
     eprintln!("overlay: joins {join_ms:.0?} ms, leaves {leave_ms:.0?} ms");
@@ -803,8 +1144,13 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
     // Nodes 1..CHURN left, N+1..N+CHURN joined. The agent has had a
     // period since the last change: the datapath should be settled.
     std::thread::sleep(Duration::from_millis(500));
-    let live: BTreeSet<String> = (1 + CHURN..=nodes + CHURN).map(|k| node_underlay(k).to_string()).collect();
-    let fdb: Value = serde_json::from_str(&run("bridge", &["-n", n, "-j", "fdb", "show", "dev", CONV_VXLAN])?)?;
+    let live: BTreeSet<String> = (1 + CHURN..=nodes + CHURN)
+        .map(|k| node_underlay(k).to_string())
+        .collect();
+    let fdb: Value = serde_json::from_str(&run(
+        "bridge",
+        &["-n", n, "-j", "fdb", "show", "dev", CONV_VXLAN],
+    )?)?;
     let dsts: Vec<String> = fdb
         .as_array()
         .into_iter()
@@ -814,10 +1160,22 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
     let dst_set: BTreeSet<String> = dsts.iter().cloned().collect();
     let routes = onlink_routes(&mut watch.h)?;
     let vtep = {
-        let vx = watch.h.link_by_name(CONV_VXLAN)?.context("berth.77 vanished")?;
-        watch.h.addresses(Some(vx.index))?.iter().find(|a| a.addr.addr().is_ipv4()).map(|a| a.addr.addr().to_string())
+        let vx = watch
+            .h
+            .link_by_name(CONV_VXLAN)?
+            .context("berth.77 vanished")?;
+        watch
+            .h
+            .addresses(Some(vx.index))?
+            .iter()
+            .find(|a| a.addr.addr().is_ipv4())
+            .map(|a| a.addr.addr().to_string())
     };
-    let max = |v: &[f64]| v.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let max = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
     let under = |v: Option<f64>| v.is_some_and(|x| x < TARGET_MS);
     Ok(json!({
         "nodes": nodes,
@@ -849,12 +1207,27 @@ mod tests {
     fn records_have_the_agents_format() {
         assert_eq!(node_key(5), "/bench/bench-conv/subnets/10.200.5.0-24");
         let v: Value = serde_json::from_str(&node_record(5)).unwrap();
-        assert_eq!(v, json!({"node": "n5", "underlay": "192.168.78.6", "subnet": "10.200.5.0/24"}));
+        assert_eq!(
+            v,
+            json!({"node": "n5", "underlay": "192.168.78.6", "subnet": "10.200.5.0/24"})
+        );
         let all: BTreeSet<Ipv4Addr> = (1..=MAX_NODES + CHURN).map(node_underlay).collect();
-        assert_eq!(all.len(), MAX_NODES + CHURN, "underlay addresses are unique");
-        assert!(!all.contains(&Ipv4Addr::new(192, 168, 78, 1)), "the agent's own");
-        assert!(all.iter().all(|a| a.octets()[3] != 0 && a.octets()[3] != 255));
-        assert_eq!(node_subnet(MAX_NODES + CHURN).to_string(), "10.200.255.0/24");
+        assert_eq!(
+            all.len(),
+            MAX_NODES + CHURN,
+            "underlay addresses are unique"
+        );
+        assert!(
+            !all.contains(&Ipv4Addr::new(192, 168, 78, 1)),
+            "the agent's own"
+        );
+        assert!(all
+            .iter()
+            .all(|a| a.octets()[3] != 0 && a.octets()[3] != 255));
+        assert_eq!(
+            node_subnet(MAX_NODES + CHURN).to_string(),
+            "10.200.255.0/24"
+        );
     }
 
     #[test]
@@ -880,7 +1253,13 @@ mod tests {
     #[test]
     fn iperf_report() {
         let v = json!({"end": {"sum_sent": {"retransmits": 7}, "sum_received": {"bits_per_second": 12.5e9}}});
-        assert_eq!(parse_iperf(&v).unwrap(), Run { gbps: 12.5, retransmits: 7 });
+        assert_eq!(
+            parse_iperf(&v).unwrap(),
+            Run {
+                gbps: 12.5,
+                retransmits: 7
+            }
+        );
         assert!(parse_iperf(&json!({"error": "unable to connect"})).is_err());
         assert!(parse_iperf(&json!({})).is_err());
     }

@@ -59,11 +59,21 @@ impl Host {
         let mut h = sys::handle_in(&ns)?;
         let lo = h.link_by_name("lo")?.context("no lo")?;
         h.set_up(lo.index)?;
-        h.add_bridge("pmbench0", &net::BridgeOptions::default()).context("bridge in the bench host")?;
+        h.add_bridge("pmbench0", &net::BridgeOptions::default())
+            .context("bridge in the bench host")?;
         let br = h.link_by_name("pmbench0")?.context("bridge vanished")?;
-        h.add_address(br.index, "10.200.0.1/16".parse()?, &net::AddressOptions::default())?;
+        h.add_address(
+            br.index,
+            "10.200.0.1/16".parse()?,
+            &net::AddressOptions::default(),
+        )?;
         h.set_up(br.index)?;
-        let host = Host { ns, run: TempDir::new("pm-run")?, plugin, dir: dir.to_path_buf() };
+        let host = Host {
+            ns,
+            run: TempDir::new("pm-run")?,
+            plugin,
+            dir: dir.to_path_buf(),
+        };
         // Like any real host, track connections (a ct rule registers
         // conntrack in this namespace) and have one tracked: a plugin
         // with UDP mappings then does the work it does on a real host.
@@ -110,7 +120,17 @@ impl Host {
         let env = [("BERTH_RUN_DIR", run_dir.as_str())];
         let ns = net::Netns::open(std::path::Path::new(&self.ns.path))?;
         let out = ns
-            .run(|| exec_plugin_env(&self.dir, self.plugin, command, cid, container_ns, conf, &env))
+            .run(|| {
+                exec_plugin_env(
+                    &self.dir,
+                    self.plugin,
+                    command,
+                    cid,
+                    container_ns,
+                    conf,
+                    &env,
+                )
+            })
             .context("enter the bench host namespace")??;
         if !out.ok {
             bail!("{} {command} {cid}: {}", self.plugin, out.describe());
@@ -129,11 +149,18 @@ impl Host {
                 .stderr(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("run {program}"))?;
-            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(input.as_bytes())?;
             Ok(child.wait_with_output()?)
         })??;
         if !out.status.success() {
-            bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -167,7 +194,12 @@ fn reference_rules(containers: usize) -> String {
 
 /// Times one implementation at one level: installs the level, then
 /// returns the host for the rounds.
-fn prepare(plugin: &'static str, dir: &std::path::Path, level: usize, container_ns: &str) -> Result<Host> {
+fn prepare(
+    plugin: &'static str,
+    dir: &std::path::Path,
+    level: usize,
+    container_ns: &str,
+) -> Result<Host> {
     let host = Host::new(plugin, dir)?;
     let containers = level / 2;
     if plugin == "portmap" {
@@ -176,7 +208,11 @@ fn prepare(plugin: &'static str, dir: &std::path::Path, level: usize, container_
         host.exec("ADD", "warm", container_ns, &conf)?;
         host.exec("DEL", "warm", container_ns, &conf)?;
         if containers > 0 {
-            host.run_tool("iptables-restore", &["--noflush"], &reference_rules(containers))?;
+            host.run_tool(
+                "iptables-restore",
+                &["--noflush"],
+                &reference_rules(containers),
+            )?;
         }
     } else {
         for i in 0..containers {
@@ -187,14 +223,21 @@ fn prepare(plugin: &'static str, dir: &std::path::Path, level: usize, container_
     Ok(host)
 }
 
-pub fn portmap_levels(berth_dir: &std::path::Path, ref_dir: &std::path::Path, reps: usize) -> Result<Value> {
+pub fn portmap_levels(
+    berth_dir: &std::path::Path,
+    ref_dir: &std::path::Path,
+    reps: usize,
+) -> Result<Value> {
     let container = Netns::new(format!("bpmc-{}-{}", std::process::id(), sys::next_id()))?;
     let cns = container.path.clone();
     let mut rows = Vec::new();
     let mut base: Option<[f64; 4]> = None;
     for level in LEVELS {
         eprintln!("portmap: installing {level} mappings per implementation");
-        let hosts = [prepare("berth-portmap", berth_dir, level, &cns)?, prepare("portmap", ref_dir, level, &cns)?];
+        let hosts = [
+            prepare("berth-portmap", berth_dir, level, &cns)?,
+            prepare("portmap", ref_dir, level, &cns)?,
+        ];
         eprintln!("portmap: {reps} rounds at {level} mappings");
         for h in &hosts {
             h.track_a_flow()?;
@@ -242,7 +285,10 @@ mod tests {
         assert_eq!(r.matches(":CNI-DN-").count(), 2);
         assert_eq!(r.matches("-A CNI-HOSTPORT-DNAT").count(), 4);
         assert_eq!(r.matches("-j CNI-HOSTPORT-SETMARK").count(), 8);
-        assert_eq!(r.matches("-j DNAT --to-destination 10.200.0.3:53").count(), 1);
+        assert_eq!(
+            r.matches("-j DNAT --to-destination 10.200.0.3:53").count(),
+            1
+        );
         assert!(r.starts_with("*nat\n") && r.ends_with("COMMIT\n"));
     }
 }

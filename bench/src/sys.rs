@@ -63,7 +63,9 @@ impl Netns {
             let _ = std::fs::remove_file(&path);
             bail!("create netns {name}: {e}");
         }
-        Ok(Self { path: path.display().to_string() })
+        Ok(Self {
+            path: path.display().to_string(),
+        })
     }
 }
 
@@ -76,7 +78,8 @@ impl Netns {
     /// Runs `f` on a thread inside this namespace: sockets it opens and
     /// processes it spawns live there (and stay there afterwards).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let fd = net::Netns::open(Path::new(&self.path)).with_context(|| format!("open {}", self.path))?;
+        let fd = net::Netns::open(Path::new(&self.path))
+            .with_context(|| format!("open {}", self.path))?;
         fd.run(f).with_context(|| format!("enter {}", self.path))?
     }
 }
@@ -111,7 +114,10 @@ pub struct Proc(pub std::process::Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.0.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));

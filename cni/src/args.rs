@@ -31,7 +31,11 @@ impl CniArgs {
     /// The last value given for `key` (keys are case-sensitive, as in the
     /// reference, which matches them against Go field names).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -36,8 +36,9 @@ pub struct NetConf {
 impl NetConf {
     /// Parses stdin. Not a JSON object → 6; a missing or invalid `name` → 7.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, Error> {
-        let raw: Value = serde_json::from_slice(stdin)
-            .map_err(|e| Error::decode(format!("network config on stdin is not valid JSON: {e}")))?;
+        let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+            Error::decode(format!("network config on stdin is not valid JSON: {e}"))
+        })?;
         let obj = raw
             .as_object()
             .ok_or_else(|| Error::decode("network config on stdin is not a JSON object"))?;
@@ -117,7 +118,9 @@ pub fn flexible_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
         Value::Null => Ok(false),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
         Value::String(s) if s.eq_ignore_ascii_case("false") || s.is_empty() => Ok(false),
-        other => Err(serde::de::Error::custom(format!("expected a boolean, got {other}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a boolean, got {other}"
+        ))),
     }
 }
 
@@ -154,8 +157,16 @@ mod tests {
     fn errors_have_codes() {
         assert_eq!(NetConf::parse(b"{bad").unwrap_err().code, 6);
         assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, 6);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, 7);
-        assert_eq!(NetConf::parse(br#"{"name":"bad name!"}"#).unwrap_err().code, 7);
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0"}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"name":"bad name!"}"#).unwrap_err().code,
+            7
+        );
         assert!(NetConf::parse(br#"{"name":"a.b_c-1"}"#).is_ok());
     }
 
@@ -216,13 +227,24 @@ mod tests {
         assert_eq!(c.runtime("mac").unwrap(), "02:00:00:00:00:01");
         assert_eq!(c.args_cni("ips").unwrap()[0], "10.0.0.5");
         assert!(c.prev_result.is_some());
-        assert_eq!(c.valid_attachments.unwrap(), vec![Attachment { container_id: "c1".into(), ifname: "eth0".into() }]);
+        assert_eq!(
+            c.valid_attachments.unwrap(),
+            vec![Attachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }]
+        );
     }
 
     #[test]
     fn nulls_are_absent() {
         let c = NetConf::parse(br#"{"cniVersion":null,"name":"n","type":null,"runtimeConfig":null,"args":null,"prevResult":null,"cni.dev/valid-attachments":null}"#).unwrap();
         assert_eq!(c.cni_version, "");
-        assert!(c.runtime_config.is_null() && c.args.is_null() && c.prev_result.is_none() && c.valid_attachments.is_none());
+        assert!(
+            c.runtime_config.is_null()
+                && c.args.is_null()
+                && c.prev_result.is_none()
+                && c.valid_attachments.is_none()
+        );
     }
 }

@@ -52,7 +52,15 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -88,12 +96,19 @@ impl Dns {
                         })
                     })
                     .collect(),
-                Some(_) => Err(Error::new(codes::DECODE, format!("dns.{key}: expected a list"))),
+                Some(_) => Err(Error::new(
+                    codes::DECODE,
+                    format!("dns.{key}: expected a list"),
+                )),
             }
         };
         Ok(Dns {
             nameservers: list("nameservers")?,
-            domain: v.go_get("domain").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from),
+            domain: v
+                .go_get("domain")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
             search: list("search")?,
             options: list("options")?,
         })
@@ -125,29 +140,48 @@ fn parse_ip(v: &Value, what: &str) -> Result<Option<IpAddr>, Error> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => IpAddr::from_str(s).map(Some).map_err(|e| decode_err(what, format!("{s:?}: {e}"))),
-        other => Err(decode_err(what, format!("expected an address string, got {other}"))),
+        Value::String(s) => IpAddr::from_str(s)
+            .map(Some)
+            .map_err(|e| decode_err(what, format!("{s:?}: {e}"))),
+        other => Err(decode_err(
+            what,
+            format!("expected an address string, got {other}"),
+        )),
     }
 }
 
 fn parse_net(v: &Value, what: &str) -> Result<IpNet, Error> {
-    let s = v.as_str().ok_or_else(|| decode_err(what, "expected a CIDR string"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| decode_err(what, "expected a CIDR string"))?;
     IpNet::from_str(s).map_err(|e| decode_err(what, format!("{s:?}: {e}")))
 }
 
 fn opt_u32(v: &Value, key: &str) -> Option<u32> {
-    v.go_get(key).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0)
+    v.go_get(key)
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| n != 0)
 }
 
 fn parse_route(v: &Value, what: &str) -> Result<Route, Error> {
     Ok(Route {
-        dst: parse_net(v.go_get("dst").unwrap_or(&Value::Null), &format!("{what}.dst"))?,
-        gw: parse_ip(v.go_get("gw").unwrap_or(&Value::Null), &format!("{what}.gw"))?,
+        dst: parse_net(
+            v.go_get("dst").unwrap_or(&Value::Null),
+            &format!("{what}.dst"),
+        )?,
+        gw: parse_ip(
+            v.go_get("gw").unwrap_or(&Value::Null),
+            &format!("{what}.gw"),
+        )?,
         mtu: opt_u32(v, "mtu"),
         advmss: opt_u32(v, "advmss"),
         priority: opt_u32(v, "priority"),
         table: opt_u32(v, "table"),
-        scope: v.go_get("scope").and_then(Value::as_u64).and_then(|n| u8::try_from(n).ok()),
+        scope: v
+            .go_get("scope")
+            .and_then(Value::as_u64)
+            .and_then(|n| u8::try_from(n).ok()),
     })
 }
 
@@ -156,7 +190,11 @@ fn parse_route(v: &Value, what: &str) -> Result<Route, Error> {
 pub fn parse_routes(v: &Value, what: &str) -> Result<Vec<Route>, Error> {
     match v {
         Value::Null => Ok(Vec::new()),
-        Value::Array(a) => a.iter().enumerate().map(|(i, r)| parse_route(r, &format!("{what}[{i}]"))).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse_route(r, &format!("{what}[{i}]")))
+            .collect(),
         _ => Err(decode_err(what, "expected a list")),
     }
 }
@@ -168,7 +206,12 @@ fn route_json(r: &Route, v11: bool) -> Value {
         m.insert("gw".into(), json!(gw.to_string()));
     }
     if v11 {
-        for (k, val) in [("mtu", r.mtu), ("advmss", r.advmss), ("priority", r.priority), ("table", r.table)] {
+        for (k, val) in [
+            ("mtu", r.mtu),
+            ("advmss", r.advmss),
+            ("priority", r.priority),
+            ("table", r.table),
+        ] {
             if let Some(n) = val {
                 m.insert(k.into(), json!(n));
             }
@@ -194,20 +237,44 @@ impl CniResult {
         };
         let version = Version::parse(&version_str)?;
         let dns = Dns::from_json(v.go_get("dns").unwrap_or(&Value::Null))?;
-        let mut r = CniResult { cni_version: version_str, dns, ..Default::default() };
+        let mut r = CniResult {
+            cni_version: version_str,
+            dns,
+            ..Default::default()
+        };
         if version.family() == Family::V02 {
             for key in ["ip4", "ip6"] {
-                let Some(ipc) = v.go_get(key).filter(|x| !x.is_null()) else { continue };
-                let address = parse_net(ipc.go_get("ip").unwrap_or(&Value::Null), &format!("{key}.ip"))?;
-                let gateway = parse_ip(ipc.go_get("gateway").unwrap_or(&Value::Null), &format!("{key}.gateway"))?;
-                r.ips.push(IpConfig { address, gateway, interface: None });
-                r.routes.extend(parse_routes(ipc.go_get("routes").unwrap_or(&Value::Null), &format!("{key}.routes"))?);
+                let Some(ipc) = v.go_get(key).filter(|x| !x.is_null()) else {
+                    continue;
+                };
+                let address = parse_net(
+                    ipc.go_get("ip").unwrap_or(&Value::Null),
+                    &format!("{key}.ip"),
+                )?;
+                let gateway = parse_ip(
+                    ipc.go_get("gateway").unwrap_or(&Value::Null),
+                    &format!("{key}.gateway"),
+                )?;
+                r.ips.push(IpConfig {
+                    address,
+                    gateway,
+                    interface: None,
+                });
+                r.routes.extend(parse_routes(
+                    ipc.go_get("routes").unwrap_or(&Value::Null),
+                    &format!("{key}.routes"),
+                )?);
             }
             return Ok(r);
         }
         if let Some(ifaces) = v.go_get("interfaces").and_then(Value::as_array) {
             for (i, it) in ifaces.iter().enumerate() {
-                let s = |k: &str| it.go_get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                let s = |k: &str| {
+                    it.go_get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 let name = s("name");
                 if name.is_empty() {
                     return Err(decode_err(&format!("interfaces[{i}].name"), "missing"));
@@ -223,26 +290,40 @@ impl CniResult {
             }
         }
         // 0.3.0 results were briefly keyed "ip"; accept both spellings.
-        let ips = v.go_get("ips").or_else(|| v.go_get("ip")).unwrap_or(&Value::Null);
+        let ips = v
+            .go_get("ips")
+            .or_else(|| v.go_get("ip"))
+            .unwrap_or(&Value::Null);
         if let Some(list) = ips.as_array() {
             for (i, it) in list.iter().enumerate() {
                 let what = format!("ips[{i}]");
-                let address = parse_net(it.go_get("address").unwrap_or(&Value::Null), &format!("{what}.address"))?;
-                let gateway = parse_ip(it.go_get("gateway").unwrap_or(&Value::Null), &format!("{what}.gateway"))?;
+                let address = parse_net(
+                    it.go_get("address").unwrap_or(&Value::Null),
+                    &format!("{what}.address"),
+                )?;
+                let gateway = parse_ip(
+                    it.go_get("gateway").unwrap_or(&Value::Null),
+                    &format!("{what}.gateway"),
+                )?;
                 let interface = match it.go_get("interface") {
                     None | Some(Value::Null) => None,
-                    Some(n) => Some(
-                        n.as_u64()
-                            .map(|n| n as usize)
-                            .ok_or_else(|| decode_err(&format!("{what}.interface"), "expected an index"))?,
-                    ),
+                    Some(n) => Some(n.as_u64().map(|n| n as usize).ok_or_else(|| {
+                        decode_err(&format!("{what}.interface"), "expected an index")
+                    })?),
                 };
                 if let Some(idx) = interface {
                     if idx >= r.interfaces.len() {
-                        return Err(decode_err(&format!("{what}.interface"), format!("index {idx} out of range")));
+                        return Err(decode_err(
+                            &format!("{what}.interface"),
+                            format!("index {idx} out of range"),
+                        ));
                     }
                 }
-                r.ips.push(IpConfig { address, gateway, interface });
+                r.ips.push(IpConfig {
+                    address,
+                    gateway,
+                    interface,
+                });
             }
         }
         r.routes = parse_routes(v.go_get("routes").unwrap_or(&Value::Null), "routes")?;
@@ -261,11 +342,16 @@ impl CniResult {
                 if self.ips.is_empty() {
                     return Err(Error::new(
                         codes::INCOMPATIBLE_VERSION,
-                        format!("cannot convert a result without IP addresses to version {version}"),
+                        format!(
+                            "cannot convert a result without IP addresses to version {version}"
+                        ),
                     ));
                 }
                 for (key, v4) in [("ip4", true), ("ip6", false)] {
-                    let Some(ipc) = self.ips.iter().find(|i| i.address.addr().is_ipv4() == v4) else { continue };
+                    let Some(ipc) = self.ips.iter().find(|i| i.address.addr().is_ipv4() == v4)
+                    else {
+                        continue;
+                    };
                     let mut m = Map::new();
                     m.insert("ip".into(), json!(ipc.address.to_string()));
                     if let Some(gw) = ipc.gateway {
@@ -321,7 +407,11 @@ impl CniResult {
                         .map(|ip| {
                             let mut m = Map::new();
                             if fam == Family::V04 {
-                                let v = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                                let v = if ip.address.addr().is_ipv4() {
+                                    "4"
+                                } else {
+                                    "6"
+                                };
                                 m.insert("version".into(), json!(v));
                             }
                             m.insert("address".into(), json!(ip.address.to_string()));
@@ -359,18 +449,42 @@ mod tests {
         CniResult {
             cni_version: "1.1.0".into(),
             interfaces: vec![
-                Interface { name: "berth0".into(), mac: "02:00:00:00:00:01".into(), ..Default::default() },
-                Interface { name: "eth0".into(), mac: "02:00:00:00:00:02".into(), mtu: Some(1500), sandbox: "/run/netns/x".into(), ..Default::default() },
+                Interface {
+                    name: "berth0".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    ..Default::default()
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    mtu: Some(1500),
+                    sandbox: "/run/netns/x".into(),
+                    ..Default::default()
+                },
             ],
             ips: vec![
-                IpConfig { address: "10.88.0.2/16".parse().unwrap(), gateway: Some("10.88.0.1".parse().unwrap()), interface: Some(1) },
-                IpConfig { address: "fd88::2/64".parse().unwrap(), gateway: Some("fd88::1".parse().unwrap()), interface: Some(1) },
+                IpConfig {
+                    address: "10.88.0.2/16".parse().unwrap(),
+                    gateway: Some("10.88.0.1".parse().unwrap()),
+                    interface: Some(1),
+                },
+                IpConfig {
+                    address: "fd88::2/64".parse().unwrap(),
+                    gateway: Some("fd88::1".parse().unwrap()),
+                    interface: Some(1),
+                },
             ],
             routes: vec![
-                Route { mtu: Some(1400), ..Route::new("0.0.0.0/0".parse().unwrap(), None) },
+                Route {
+                    mtu: Some(1400),
+                    ..Route::new("0.0.0.0/0".parse().unwrap(), None)
+                },
                 Route::new("::/0".parse().unwrap(), Some("fd88::1".parse().unwrap())),
             ],
-            dns: Dns { nameservers: vec!["10.88.0.1".into()], ..Default::default() },
+            dns: Dns {
+                nameservers: vec!["10.88.0.1".into()],
+                ..Default::default()
+            },
         }
     }
 
@@ -423,16 +537,25 @@ mod tests {
 
     #[test]
     fn v02_without_ips_fails() {
-        let r = CniResult { ips: vec![], ..sample() };
+        let r = CniResult {
+            ips: vec![],
+            ..sample()
+        };
         assert!(r.to_json("0.1.0").is_err());
     }
 
     #[test]
     fn missing_version_takes_default_and_bad_index_is_rejected() {
         let j = json!({"ips":[{"address":"10.0.0.2/24","interface":3}]});
-        assert_eq!(CniResult::from_json(&j, "1.0.0").unwrap_err().code, codes::DECODE);
+        assert_eq!(
+            CniResult::from_json(&j, "1.0.0").unwrap_err().code,
+            codes::DECODE
+        );
         let j = json!({"ips":[{"address":"10.0.0.2/24"}]});
-        assert_eq!(CniResult::from_json(&j, "1.0.0").unwrap().cni_version, "1.0.0");
+        assert_eq!(
+            CniResult::from_json(&j, "1.0.0").unwrap().cni_version,
+            "1.0.0"
+        );
     }
 
     #[test]

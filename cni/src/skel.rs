@@ -76,7 +76,11 @@ impl Request {
         cni_args: &str,
     ) -> Result<Request, Error> {
         let conf = NetConf::parse(stdin)?;
-        let version = Version::parse(if conf.cni_version.is_empty() { "0.1.0" } else { &conf.cni_version })?;
+        let version = Version::parse(if conf.cni_version.is_empty() {
+            "0.1.0"
+        } else {
+            &conf.cni_version
+        })?;
         Ok(Request {
             command,
             container_id: container_id.to_string(),
@@ -105,7 +109,9 @@ impl Request {
     /// takes the config's; one from another result family is refused, as
     /// the reference's `ParsePrevResult` does.
     pub fn prev_result(&self) -> Result<Option<CniResult>, Error> {
-        let Some(raw) = &self.conf.prev_result else { return Ok(None) };
+        let Some(raw) = &self.conf.prev_result else {
+            return Ok(None);
+        };
         let r = CniResult::from_json(raw, &self.result_version())
             .map_err(|e| Error::new(e.code, format!("prevResult: {}", e.msg)))?;
         let prev_version = Version::parse(&r.cni_version)?;
@@ -167,8 +173,16 @@ pub fn run(plugin: &dyn Plugin) -> ! {
 }
 
 fn failure(err: &Error, cni_version: &str) -> Outcome {
-    let version = if Version::is_supported_str(cni_version) { cni_version } else { version::CURRENT };
-    Outcome { status: 1, stdout: format!("{}\n", err.to_json(version)), stderr: String::new() }
+    let version = if Version::is_supported_str(cni_version) {
+        cni_version
+    } else {
+        version::CURRENT
+    };
+    Outcome {
+        status: 1,
+        stdout: format!("{}\n", err.to_json(version)),
+        stderr: String::new(),
+    }
 }
 
 /// Container IDs as the reference skel accepts them.
@@ -186,31 +200,52 @@ fn check_ifname(name: &str) -> Result<(), Error> {
         "is longer than 15 bytes"
     } else if name == "." || name == ".." {
         "may not be \".\" or \"..\""
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         "may not contain '/', ':' or whitespace"
     } else {
         return Ok(());
     };
-    Err(Error::env("CNI_IFNAME", format!("interface name {name:?} {why}")))
+    Err(Error::env(
+        "CNI_IFNAME",
+        format!("interface name {name:?} {why}"),
+    ))
 }
 
 /// True when `path` is the network namespace this process runs in; such a
 /// request would reconfigure the host itself.
 fn is_own_netns(path: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(path), std::fs::metadata("/proc/self/ns/net")) {
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
 }
 
 /// The testable core of [`run`].
-pub fn dispatch(plugin: &dyn Plugin, env: &dyn Fn(&str) -> Option<String>, stdin: &mut dyn Read) -> Outcome {
+pub fn dispatch(
+    plugin: &dyn Plugin,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+) -> Outcome {
     match prepare(plugin, env, stdin) {
-        Ok(Prepared::About) => Outcome { status: 0, stdout: String::new(), stderr: format!("{}\n", plugin.about()) },
+        Ok(Prepared::About) => Outcome {
+            status: 0,
+            stdout: String::new(),
+            stderr: format!("{}\n", plugin.about()),
+        },
         Ok(Prepared::Version) => {
             let v = serde_json::json!({"cniVersion": version::CURRENT, "supportedVersions": plugin.supported_versions()});
-            Outcome { status: 0, stdout: format!("{v}\n"), stderr: String::new() }
+            Outcome {
+                status: 0,
+                stdout: format!("{v}\n"),
+                stderr: String::new(),
+            }
         }
         Ok(Prepared::Run(req)) => execute(plugin, &req),
         Err((err, v)) => failure(&err, &v),
@@ -243,7 +278,9 @@ fn prepare(
     let Some(command) = Command::parse(&command_str) else {
         return Err(fail(Error::env(
             "CNI_COMMAND",
-            format!("unknown command {command_str:?}; expected ADD, CHECK, DEL, VERSION, STATUS or GC"),
+            format!(
+                "unknown command {command_str:?}; expected ADD, CHECK, DEL, VERSION, STATUS or GC"
+            ),
         )));
     };
     if command == Command::Version {
@@ -278,7 +315,10 @@ fn prepare(
         if !missing.is_empty() {
             return Err(fail(Error::new(
                 codes::INVALID_ENV,
-                format!("required environment variables missing: {}", missing.join(", ")),
+                format!(
+                    "required environment variables missing: {}",
+                    missing.join(", ")
+                ),
             )));
         }
     } else if command == Command::Gc && path.is_empty() {
@@ -286,9 +326,12 @@ fn prepare(
     }
 
     let mut buf = Vec::new();
-    stdin
-        .read_to_end(&mut buf)
-        .map_err(|e| fail(Error::new(codes::IO, format!("reading network config from stdin: {e}"))))?;
+    stdin.read_to_end(&mut buf).map_err(|e| {
+        fail(Error::new(
+            codes::IO,
+            format!("reading network config from stdin: {e}"),
+        ))
+    })?;
     let conf = NetConf::parse(&buf).map_err(fail)?;
     let cv = conf.cni_version.clone();
     let err_v = |e: Error| (e, cv.clone());
@@ -310,7 +353,10 @@ fn prepare(
             if v < min || !plugin.supported_versions().contains(&cv.as_str()) {
                 let mut e = incompatible(&cv, plugin);
                 if v < min {
-                    e.msg = format!("{} requires cniVersion {min} or later, config has {cv:?}", command.as_str());
+                    e.msg = format!(
+                        "{} requires cniVersion {min} or later, config has {cv:?}",
+                        command.as_str()
+                    );
                 }
                 return Err(err_v(e));
             }
@@ -321,11 +367,17 @@ fn prepare(
     let args = CniArgs::parse(&raw_args).map_err(err_v)?;
     let netns = (!netns.is_empty()).then(|| PathBuf::from(&netns));
     if let Some(ns) = &netns {
-        let overridden = matches!(get("CNI_NETNS_OVERRIDE").as_str(), "1" | "true" | "TRUE" | "True");
+        let overridden = matches!(
+            get("CNI_NETNS_OVERRIDE").as_str(),
+            "1" | "true" | "TRUE" | "True"
+        );
         if needs_attachment && !overridden && !plugin.judges_netns_itself() && is_own_netns(ns) {
             return Err(err_v(Error::new(
                 codes::INVALID_NETNS,
-                format!("CNI_NETNS: {} is the plugin's own network namespace", ns.display()),
+                format!(
+                    "CNI_NETNS: {} is the plugin's own network namespace",
+                    ns.display()
+                ),
             )));
         }
     }
@@ -334,7 +386,9 @@ fn prepare(
         container_id,
         netns,
         ifname,
-        cni_path: std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()).collect(),
+        cni_path: std::env::split_paths(&path)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
         args,
         raw_args,
         conf,
@@ -344,19 +398,33 @@ fn prepare(
 }
 
 fn incompatible(cv: &str, plugin: &dyn Plugin) -> Error {
-    Error::new(codes::INCOMPATIBLE_VERSION, format!("incompatible CNI versions: config is {cv:?}"))
-        .with_details(format!("supported versions: {}", plugin.supported_versions().join(", ")))
+    Error::new(
+        codes::INCOMPATIBLE_VERSION,
+        format!("incompatible CNI versions: config is {cv:?}"),
+    )
+    .with_details(format!(
+        "supported versions: {}",
+        plugin.supported_versions().join(", ")
+    ))
 }
 
 fn execute(plugin: &dyn Plugin, req: &Request) -> Outcome {
     let v = req.result_version();
     let done = |r: Result<(), Error>| match r {
-        Ok(()) => Outcome { status: 0, stdout: String::new(), stderr: String::new() },
+        Ok(()) => Outcome {
+            status: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        },
         Err(e) => failure(&e, &v),
     };
     match req.command {
         Command::Add => match plugin.add(req).and_then(|r| r.to_json(&v)) {
-            Ok(json) => Outcome { status: 0, stdout: format!("{json}\n"), stderr: String::new() },
+            Ok(json) => Outcome {
+                status: 0,
+                stdout: format!("{json}\n"),
+                stderr: String::new(),
+            },
             Err(e) => failure(&e, &v),
         },
         Command::Check => done(plugin.check(req)),
@@ -367,7 +435,6 @@ fn execute(plugin: &dyn Plugin, req: &Request) -> Outcome {
         Command::Version => done(Ok(())),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -383,7 +450,11 @@ mod tests {
             }
             Ok(CniResult {
                 cni_version: req.result_version(),
-                ips: vec![IpConfig { address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: None }],
+                ips: vec![IpConfig {
+                    address: "10.0.0.2/24".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                }],
                 ..Default::default()
             })
         }
@@ -399,7 +470,10 @@ mod tests {
     }
 
     fn run_with(vars: &[(&str, &str)], stdin: &str) -> Outcome {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let env = move |k: &str| map.get(k).cloned();
         dispatch(&Fake, &env, &mut stdin.as_bytes())
     }
@@ -421,7 +495,11 @@ mod tests {
     const CONF: &str = r#"{"cniVersion":"1.1.0","name":"n","type":"fake"}"#;
 
     fn with(over: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-        let mut v: Vec<_> = FULL.iter().copied().filter(|(k, _)| !over.iter().any(|(o, _)| o == k)).collect();
+        let mut v: Vec<_> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| !over.iter().any(|(o, _)| o == k))
+            .collect();
         v.extend(over.iter().copied().filter(|(_, val)| !val.is_empty()));
         v
     }
@@ -449,7 +527,10 @@ mod tests {
             assert_eq!(code(&o), 4);
             assert!(o.stdout.contains(var), "{o:?}");
         }
-        assert_eq!(code(&run_with(&with(&[("CNI_CONTAINERID", "-bad id")]), CONF)), 4);
+        assert_eq!(
+            code(&run_with(&with(&[("CNI_CONTAINERID", "-bad id")]), CONF)),
+            4
+        );
         for bad in ["abcdefghijklmnop", ".", "..", "a/b", "a:b", "a b"] {
             let v = with(&[("CNI_IFNAME", bad)]);
             assert_eq!(code(&run_with(&v, CONF)), 4, "{bad}");
@@ -468,7 +549,13 @@ mod tests {
     fn config_errors() {
         assert_eq!(code(&run_with(&FULL, "{bad")), 6);
         assert_eq!(code(&run_with(&FULL, r#"{"cniVersion":"1.0.0"}"#)), 7);
-        assert_eq!(code(&run_with(&FULL, r#"{"cniVersion":"1.0.0","name":"bad name!"}"#)), 7);
+        assert_eq!(
+            code(&run_with(
+                &FULL,
+                r#"{"cniVersion":"1.0.0","name":"bad name!"}"#
+            )),
+            7
+        );
         let o = run_with(&FULL, r#"{"cniVersion":"9.9.9","name":"n"}"#);
         assert_eq!(code(&o), 1);
         assert!(o.stdout.contains("1.1.0"), "details list versions: {o:?}");
@@ -477,10 +564,19 @@ mod tests {
     #[test]
     fn check_status_gc_version_floors() {
         let chk = with(&[("CNI_COMMAND", "CHECK")]);
-        assert_eq!(code(&run_with(&chk, r#"{"cniVersion":"0.3.1","name":"n"}"#)), 1);
-        assert_eq!(code(&run_with(&chk, r#"{"cniVersion":"abc","name":"n"}"#)), 6);
+        assert_eq!(
+            code(&run_with(&chk, r#"{"cniVersion":"0.3.1","name":"n"}"#)),
+            1
+        );
+        assert_eq!(
+            code(&run_with(&chk, r#"{"cniVersion":"abc","name":"n"}"#)),
+            6
+        );
         for cmd in ["STATUS", "GC"] {
-            let o = run_with(&[("CNI_COMMAND", cmd), ("CNI_PATH", "/x")], r#"{"cniVersion":"1.0.0","name":"n"}"#);
+            let o = run_with(
+                &[("CNI_COMMAND", cmd), ("CNI_PATH", "/x")],
+                r#"{"cniVersion":"1.0.0","name":"n"}"#,
+            );
             assert_eq!(code(&o), 1);
             let o = run_with(&[("CNI_COMMAND", cmd), ("CNI_PATH", "/x")], CONF);
             assert_eq!(o.status, 0, "{o:?}");
@@ -504,7 +600,10 @@ mod tests {
 
     #[test]
     fn plugin_errors_keep_their_code() {
-        assert_eq!(code(&run_with(&with(&[("CNI_IFNAME", "fail0")]), CONF)), 101);
+        assert_eq!(
+            code(&run_with(&with(&[("CNI_IFNAME", "fail0")]), CONF)),
+            101
+        );
     }
 
     #[test]
@@ -512,7 +611,10 @@ mod tests {
         struct Judge;
         impl Plugin for Judge {
             fn add(&self, req: &Request) -> Result<CniResult, Error> {
-                Ok(CniResult { cni_version: req.result_version(), ..Default::default() })
+                Ok(CniResult {
+                    cni_version: req.result_version(),
+                    ..Default::default()
+                })
             }
             fn check(&self, _: &Request) -> Result<(), Error> {
                 Ok(())
@@ -528,7 +630,11 @@ mod tests {
             }
         }
         let own = with(&[("CNI_NETNS", "/proc/self/ns/net")]);
-        let env = |k: &str| own.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let env = |k: &str| {
+            own.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
         let out = dispatch(&Judge, &env, &mut CONF.as_bytes());
         assert_eq!(out.status, 0, "{}", out.stdout);
     }
@@ -556,9 +662,13 @@ mod tests {
             stdin: vec![],
             version: Version::parse(&NetConf::parse(conf.as_bytes()).unwrap().cni_version).unwrap(),
         };
-        let r = req(r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"0.3.1","ips":[]}}"#);
+        let r = req(
+            r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"0.3.1","ips":[]}}"#,
+        );
         assert_eq!(r.prev_result().unwrap_err().code, 1);
-        let r = req(r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"10.0.0.2/24"}]}}"#);
+        let r = req(
+            r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"10.0.0.2/24"}]}}"#,
+        );
         assert_eq!(r.prev_result().unwrap().unwrap().cni_version, "1.0.0");
         let r = req(r#"{"cniVersion":"1.1.0","name":"n","prevResult":{"cniVersion":"1.0.0"}}"#);
         assert!(r.prev_result().unwrap().is_some());

@@ -4,7 +4,9 @@ use crate::error::{codes, Error};
 use std::fmt;
 
 /// Every version this crate reads and writes, oldest first.
-pub const SUPPORTED: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 pub const CURRENT: &str = "1.1.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,7 +24,11 @@ impl Version {
     pub const V1_1_0: Version = Version::new(1, 1, 0);
 
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Version { major, minor, patch }
+        Version {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// Parses "X.Y.Z" (also "X.Y" and "X", as the reference's semver

@@ -114,10 +114,14 @@ fn chained(s: &Suite) -> Vec<(usize, String)> {
 const META_PLUGINS: [&str; 5] = ["portmap", "tuning", "firewall", "bandwidth", "sbr"];
 
 fn chained_no_prev(s: &Suite) -> Result<Outcome> {
-    let plugins: Vec<(usize, String)> =
-        chained(s).into_iter().filter(|(_, t)| META_PLUGINS.iter().any(|m| t.contains(m))).collect();
+    let plugins: Vec<(usize, String)> = chained(s)
+        .into_iter()
+        .filter(|(_, t)| META_PLUGINS.iter().any(|m| t.contains(m)))
+        .collect();
     if plugins.is_empty() {
-        return na("the conflist has no chained meta plugin (portmap, tuning, firewall, bandwidth, sbr)");
+        return na(
+            "the conflist has no chained meta plugin (portmap, tuning, firewall, bandwidth, sbr)",
+        );
     }
     let a = s.att()?;
     let env = s.env_for(&a, &[]);
@@ -125,7 +129,9 @@ fn chained_no_prev(s: &Suite) -> Result<Outcome> {
     for (i, typ) in plugins {
         let c = Suite::plugin_conf(&s.conf, i, &s.version, None, &a.caps, None);
         let o = s.exec(&typ, Some("ADD"), &env, &conf_bytes(&c));
-        let code = o.cni_error().with_context(|| format!("{typ} ADD without prevResult"))?;
+        let code = o
+            .cni_error()
+            .with_context(|| format!("{typ} ADD without prevResult"))?;
         notes.push(format!("{typ}: error {code}"));
     }
     pass_note(notes.join("; "))
@@ -141,14 +147,24 @@ fn chained_nothing_to_do(s: &Suite) -> Result<Outcome> {
     a.live = true;
     let c = Suite::plugin_conf(&s.conf, s.main, &s.version, None, &a.caps, None);
     let o = s.exec(&s.main_type(), Some("ADD"), &env, &conf_bytes(&c));
-    let mut prev = o.json.clone().filter(|_| o.ok()).with_context(|| format!("{} ADD: {}", s.main_type(), o.brief()))?;
+    let mut prev = o
+        .json
+        .clone()
+        .filter(|_| o.ok())
+        .with_context(|| format!("{} ADD: {}", s.main_type(), o.brief()))?;
     a.result = Some(prev.clone());
     for (i, typ) in plugins {
         let c = Suite::plugin_conf(&s.conf, i, &s.version, Some(&prev), &a.caps, None);
         let o = s.exec(&typ, Some("ADD"), &env, &conf_bytes(&c));
-        let out = o.json.clone().filter(|_| o.ok()).with_context(|| format!("{typ} ADD: {}", o.brief()))?;
+        let out = o
+            .json
+            .clone()
+            .filter(|_| o.ok())
+            .with_context(|| format!("{typ} ADD: {}", o.brief()))?;
         if out != prev {
-            bail!("{typ} changed the result with nothing to do:\nprevResult {prev}\nstdout     {out}");
+            bail!(
+                "{typ} changed the result with nothing to do:\nprevResult {prev}\nstdout     {out}"
+            );
         }
         prev = out;
     }
@@ -161,10 +177,16 @@ fn portmap_bad_port(s: &Suite) -> Result<Outcome> {
         return na("the conflist has no portmap plugin");
     };
     let mut a = s.att()?;
-    a.caps.insert("portMappings".into(), json!([{"hostPort": 0, "containerPort": 80, "protocol": "tcp"}]));
+    a.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 0, "containerPort": 80, "protocol": "tcp"}]),
+    );
     let (failed, o, code) = add_must_fail(s, &mut a, &[])?;
     if failed != typ {
-        bail!("expected {typ} to refuse hostPort 0, but {failed} failed: {}", o.brief());
+        bail!(
+            "expected {typ} to refuse hostPort 0, but {failed} failed: {}",
+            o.brief()
+        );
     }
     del(s, &mut a)?;
     pass_note(format!("{typ}: error {code}"))
@@ -245,8 +267,10 @@ macro_rules! require {
 /// address of its own: cases that duplicate, delete or expect to lose them
 /// don't apply.
 fn need_own_netns(s: &Suite) -> Option<String> {
-    s.shared_netns
-        .then(|| "--shared-netns: the container uses the host's namespace and interfaces, not its own".to_string())
+    s.shared_netns.then(|| {
+        "--shared-netns: the container uses the host's namespace and interfaces, not its own"
+            .to_string()
+    })
 }
 
 /// The first IPv4 range of the interface plugin's IPAM.
@@ -815,7 +839,12 @@ fn add_versions(s: &Suite) -> Result<Outcome> {
 fn ensure_released(s: &Suite, a: &Att) -> Result<()> {
     if s.shared_netns {
         let o = a.ns.exec(&["ip", "-j", "link", "show", "dev", &a.ifname]);
-        ensure!(o.ok() && o.stdout.contains("\"UP\""), "DEL took the host's {} away or down: {}", a.ifname, o.brief());
+        ensure!(
+            o.ok() && o.stdout.contains("\"UP\""),
+            "DEL took the host's {} away or down: {}",
+            a.ifname,
+            o.brief()
+        );
         return Ok(());
     }
     if s.is_loopback() {
@@ -1007,16 +1036,23 @@ fn prev_result_version(s: &Suite) -> Result<Outcome> {
     let mut a = s.att()?;
     add(s, &mut a)?;
     let cached = a.result.clone().context("ADD left no cached result")?;
-    let other = if vge(&s.version, "1.0.0") { "0.3.1" } else { "1.0.0" };
+    let other = if vge(&s.version, "1.0.0") {
+        "0.3.1"
+    } else {
+        "1.0.0"
+    };
     let mut conf = s.single_conf(Some(&s.version));
 
     let mut foreign = cached.clone();
     foreign["cniVersion"] = json!(other);
     conf["prevResult"] = foreign;
     let o = s.exec_main(&a, Some("CHECK"), &[], &conf_bytes(&conf));
-    let code = o
-        .cni_error()
-        .with_context(|| format!("CHECK with config {} and a prevResult of cniVersion {other}", s.version))?;
+    let code = o.cni_error().with_context(|| {
+        format!(
+            "CHECK with config {} and a prevResult of cniVersion {other}",
+            s.version
+        )
+    })?;
 
     let mut bare = cached;
     if let Some(m) = bare.as_object_mut() {
@@ -1024,9 +1060,16 @@ fn prev_result_version(s: &Suite) -> Result<Outcome> {
     }
     conf["prevResult"] = bare;
     let o = s.exec_main(&a, Some("CHECK"), &[], &conf_bytes(&conf));
-    ensure!(o.ok(), "CHECK with a prevResult without cniVersion failed: {}", o.brief());
+    ensure!(
+        o.ok(),
+        "CHECK with a prevResult without cniVersion failed: {}",
+        o.brief()
+    );
     del(s, &mut a)?;
-    pass_note(format!("prevResult {other} with config {}: error {code}", s.version))
+    pass_note(format!(
+        "prevResult {other} with config {}: error {code}",
+        s.version
+    ))
 }
 
 fn check_no_prev(s: &Suite) -> Result<Outcome> {
@@ -1450,7 +1493,8 @@ fn parallel_add(s: &Suite) -> Result<Outcome> {
         match r {
             Ok(r) => {
                 // Loopback addresses exist once per namespace.
-                let is_loopback = |ip: &String| addr_of(ip).parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+                let is_loopback =
+                    |ip: &String| addr_of(ip).parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
                 for ip in result_ips(&r).into_iter().filter(|ip| !is_loopback(ip)) {
                     if !seen.insert(addr_of(&ip).to_string()) {
                         errs.push(format!("address {ip} given twice"));

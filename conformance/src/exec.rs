@@ -123,7 +123,12 @@ pub fn run_cmd(mut cmd: Command, stdin: &[u8]) -> Out {
     let pid = child.id();
     let Some(mut sin) = child.stdin.take() else {
         let _ = child.kill();
-        return Out { status: -2, stdout: String::new(), stderr: "no stdin pipe".into(), json: None };
+        return Out {
+            status: -2,
+            stdout: String::new(),
+            stderr: "no stdin pipe".into(),
+            json: None,
+        };
     };
     let input = stdin.to_vec();
     // A plugin may exit without reading stdin (VERSION): ignore EPIPE.
@@ -236,9 +241,19 @@ impl Netns {
     pub fn alias(name: &str, of: &Netns) -> Result<Netns> {
         let path = format!("/run/netns/{name}");
         std::fs::File::create(&path).with_context(|| format!("create {path}"))?;
-        let ns = Netns { name: name.to_string(), path, deleted: false };
-        nix::mount::mount(Some(of.path.as_str()), ns.path.as_str(), None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("bind {} to {}", of.path, ns.path))?;
+        let ns = Netns {
+            name: name.to_string(),
+            path,
+            deleted: false,
+        };
+        nix::mount::mount(
+            Some(of.path.as_str()),
+            ns.path.as_str(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {} to {}", of.path, ns.path))?;
         Ok(ns)
     }
 

@@ -1,8 +1,8 @@
 //! The runtime side: a conflist executed the way libcni executes it, every
 //! plugin run inside the suite's private "host" namespace.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -240,7 +240,11 @@ impl Suite {
     pub fn att(&self) -> Result<Att<'_>> {
         let n = self.next();
         let name = format!("bc-{}-{n}", self.pid);
-        let ns = if self.shared_netns { Netns::alias(&name, &self.host)? } else { Netns::create(&name)? };
+        let ns = if self.shared_netns {
+            Netns::alias(&name, &self.host)?
+        } else {
+            Netns::create(&name)?
+        };
         Ok(Att {
             suite: self,
             cid: format!("bc{}c{n}", self.pid),
@@ -298,12 +302,20 @@ impl Suite {
         let host = match std::fs::File::open(&self.host.path) {
             Ok(f) => f,
             Err(e) => {
-                return Out { status: -2, stdout: String::new(), stderr: format!("open {}: {e}", self.host.path), json: None }
+                return Out {
+                    status: -2,
+                    stdout: String::new(),
+                    stderr: format!("open {}: {e}", self.host.path),
+                    json: None,
+                }
             }
         };
         let mut c = Command::new(bin);
         c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .envs(command.map(|cmd| ("CNI_COMMAND", cmd)))
             .envs(env.iter().map(|(k, v)| (k, v)));
@@ -312,7 +324,8 @@ impl Suite {
         // SAFETY: the closure only calls setns(2) on an fd opened above.
         unsafe {
             c.pre_exec(move || {
-                nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+                nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
             });
         }
         run_cmd(c, stdin)

@@ -12,7 +12,9 @@ use std::time::Duration;
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -25,7 +27,8 @@ pub fn containers_using(socket: &Path, name: &str) -> Option<usize> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let filters = encode(&format!("{{\"volume\":[\"{name}\"]}}"));
     // HTTP/1.0: the answer is not chunked and ends with the connection.
-    let req = format!("GET /containers/json?all=1&filters={filters} HTTP/1.0\r\nHost: docker\r\n\r\n");
+    let req =
+        format!("GET /containers/json?all=1&filters={filters} HTTP/1.0\r\nHost: docker\r\n\r\n");
     s.write_all(req.as_bytes()).ok()?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).ok()?;
@@ -44,6 +47,9 @@ mod tests {
 
     #[test]
     fn query_encoding() {
-        assert_eq!(encode("{\"volume\":[\"a.b\"]}"), "%7B%22volume%22%3A%5B%22a.b%22%5D%7D");
+        assert_eq!(
+            encode("{\"volume\":[\"a.b\"]}"),
+            "%7B%22volume%22%3A%5B%22a.b%22%5D%7D"
+        );
     }
 }

@@ -88,17 +88,30 @@ fn pool_id(net: &IpNet) -> String {
 /// broadcast address).
 fn range_set(net: &IpNet) -> Result<RangeSet, String> {
     let hosts: Vec<IpAddr> = match net {
-        IpNet::V4(n) if n.prefix_len() >= 31 => return Err(format!("pool {net} has no room for hosts")),
+        IpNet::V4(n) if n.prefix_len() >= 31 => {
+            return Err(format!("pool {net} has no room for hosts"))
+        }
         IpNet::V4(n) => vec![IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())],
-        IpNet::V6(n) if n.prefix_len() >= 127 => return Err(format!("pool {net} has no room for hosts")),
+        IpNet::V6(n) if n.prefix_len() >= 127 => {
+            return Err(format!("pool {net} has no room for hosts"))
+        }
         IpNet::V6(n) => vec![IpAddr::V6(n.network())],
     };
-    RangeSet::new(0, net.to_string(), &[IpRange::new(net.network(), net.broadcast())], &hosts).map_err(|e| e.to_string())
+    RangeSet::new(
+        0,
+        net.to_string(),
+        &[IpRange::new(net.network(), net.broadcast())],
+        &hosts,
+    )
+    .map_err(|e| e.to_string())
 }
 
 impl Ipam {
     pub fn new(state: &Path) -> Ipam {
-        Ipam { dir: state.join("ipam"), pools: Mutex::new(()) }
+        Ipam {
+            dir: state.join("ipam"),
+            pools: Mutex::new(()),
+        }
     }
 
     fn pools_path(&self) -> PathBuf {
@@ -107,7 +120,8 @@ impl Ipam {
 
     fn load(&self) -> Result<BTreeMap<String, Pool>, String> {
         match std::fs::read(self.pools_path()) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", self.pools_path().display())),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: {e}", self.pools_path().display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(format!("{}: {e}", self.pools_path().display())),
         }
@@ -123,7 +137,8 @@ impl Ipam {
     /// their pool from this driver).
     pub fn has_pool(&self, net: &IpNet) -> bool {
         let _g = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        self.load().is_ok_and(|pools| pools.contains_key(&pool_id(&net.trunc())))
+        self.load()
+            .is_ok_and(|pools| pools.contains_key(&pool_id(&net.trunc())))
     }
 
     /// From now on pool `net` hands out addresses of `node` only (an
@@ -131,7 +146,9 @@ impl Ipam {
     pub fn narrow(&self, net: &IpNet, node: &IpNet) -> Result<(), String> {
         let _g = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let mut pools = self.load()?;
-        let p = pools.get_mut(&pool_id(&net.trunc())).ok_or_else(|| format!("unknown pool {net}"))?;
+        let p = pools
+            .get_mut(&pool_id(&net.trunc()))
+            .ok_or_else(|| format!("unknown pool {net}"))?;
         if !p.pool.contains(&node.network()) {
             return Err(format!("{node} is not inside the pool {net}"));
         }
@@ -144,7 +161,9 @@ impl Ipam {
     /// prefix length.
     fn open(&self, id: &str) -> Result<(SqliteStore, RangeSet, IpNet), String> {
         let pools = self.load()?;
-        let p = pools.get(id).ok_or_else(|| format!("unknown pool {id:?}"))?;
+        let p = pools
+            .get(id)
+            .ok_or_else(|| format!("unknown pool {id:?}"))?;
         let (set, from) = match p.node {
             Some(node) => (node_range_set(&node)?, node),
             None => (range_set(&p.pool)?, p.pool),
@@ -156,10 +175,14 @@ impl Ipam {
     pub fn handle(&self, method: &str, body: &[u8]) -> Option<Answer> {
         let _g = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let a = match method {
-            "GetCapabilities" => (200, json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})),
-            "GetDefaultAddressSpaces" => {
-                (200, json!({"LocalDefaultAddressSpace": "berth-local", "GlobalDefaultAddressSpace": "berth-global"}))
-            }
+            "GetCapabilities" => (
+                200,
+                json!({"RequiresMACAddress": false, "RequiresRequestReplay": false}),
+            ),
+            "GetDefaultAddressSpaces" => (
+                200,
+                json!({"LocalDefaultAddressSpace": "berth-local", "GlobalDefaultAddressSpace": "berth-global"}),
+            ),
             "RequestPool" => self.request_pool(body).unwrap_or_else(|a| a),
             "ReleasePool" => self.release_pool(body).unwrap_or_else(|a| a),
             "RequestAddress" => self.request_address(body).unwrap_or_else(|a| a),
@@ -175,7 +198,9 @@ impl Ipam {
             return Err(fail("SubPool without Pool"));
         }
         if !req.sub_pool.is_empty() {
-            return Err(fail("SubPool (--ip-range) is not supported by berth's IPAM yet"));
+            return Err(fail(
+                "SubPool (--ip-range) is not supported by berth's IPAM yet",
+            ));
         }
         let mut pools = self.load().map_err(fail)?;
         let net: IpNet = if req.pool.is_empty() {
@@ -183,14 +208,17 @@ impl Ipam {
                 return Err(fail("IPv6 needs an explicit --subnet"));
             }
             let space: ipnet::Ipv4Net = AUTO_POOL_SPACE.parse().map_err(fail)?;
-            let free = space
-                .subnets(24)
-                .map_err(fail)?
-                .map(IpNet::V4)
-                .find(|n| !pools.values().any(|p| p.pool.contains(&n.network()) || n.contains(&p.pool.network())));
+            let free = space.subnets(24).map_err(fail)?.map(IpNet::V4).find(|n| {
+                !pools
+                    .values()
+                    .any(|p| p.pool.contains(&n.network()) || n.contains(&p.pool.network()))
+            });
             free.ok_or_else(|| fail(format!("no free /24 left in {AUTO_POOL_SPACE}")))?
         } else {
-            let n: IpNet = req.pool.parse().map_err(|_| fail(format!("Pool {:?} is not a CIDR", req.pool)))?;
+            let n: IpNet = req
+                .pool
+                .parse()
+                .map_err(|_| fail(format!("Pool {:?} is not a CIDR", req.pool)))?;
             n.trunc()
         };
         range_set(&net).map_err(fail)?;
@@ -198,14 +226,27 @@ impl Ipam {
         match pools.get_mut(&id) {
             Some(p) => p.refs += 1,
             None => {
-                if let Some(o) = pools.values().find(|p| p.pool.contains(&net.network()) || net.contains(&p.pool.network())) {
+                if let Some(o) = pools
+                    .values()
+                    .find(|p| p.pool.contains(&net.network()) || net.contains(&p.pool.network()))
+                {
                     return Err(fail(format!("pool {net} overlaps pool {} in use", o.pool)));
                 }
-                pools.insert(id.clone(), Pool { pool: net, refs: 1, node: None });
+                pools.insert(
+                    id.clone(),
+                    Pool {
+                        pool: net,
+                        refs: 1,
+                        node: None,
+                    },
+                );
             }
         }
         self.save(&pools).map_err(fail)?;
-        Ok((200, json!({"PoolID": id, "Pool": net.to_string(), "Data": {}})))
+        Ok((
+            200,
+            json!({"PoolID": id, "Pool": net.to_string(), "Data": {}}),
+        ))
     }
 
     fn release_pool(&self, body: &[u8]) -> Result<Answer, Answer> {
@@ -216,7 +257,9 @@ impl Ipam {
         }
         let req: Req = parse(body)?;
         let mut pools = self.load().map_err(fail)?;
-        let Some(p) = pools.get_mut(&req.pool_id) else { return Ok((200, json!({}))) };
+        let Some(p) = pools.get_mut(&req.pool_id) else {
+            return Ok((200, json!({})));
+        };
         p.refs = p.refs.saturating_sub(1);
         if p.refs == 0 {
             pools.remove(&req.pool_id);
@@ -229,25 +272,41 @@ impl Ipam {
     fn request_address(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: AddrReq = parse(body)?;
         let (mut st, set, net) = self.open(&req.pool_id).map_err(fail)?;
-        let gateway = req.options.as_ref().and_then(|o| o.get("RequestAddressType")).is_some_and(|t| t == GATEWAY_TYPE);
+        let gateway = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get("RequestAddressType"))
+            .is_some_and(|t| t == GATEWAY_TYPE);
         let ip: IpAddr = if !req.address.is_empty() {
-            req.address.parse().map_err(|_| fail(format!("Address {:?} is not an IP address", req.address)))?
+            req.address
+                .parse()
+                .map_err(|_| fail(format!("Address {:?} is not an IP address", req.address)))?
         } else if gateway {
             // The first host address, as the engine's own IPAM picks it.
             first_host(&net)
         } else {
-            st.next_free(&set).map_err(fail)?.ok_or_else(|| fail(format!("no free address left in {net}")))?
+            st.next_free(&set)
+                .map_err(fail)?
+                .ok_or_else(|| fail(format!("no free address left in {net}")))?
         };
         let owner = Owner::new("docker", ip.to_string());
-        st.allocate(&owner, &[store::Request::exact(&set, ip)]).map_err(fail)?;
-        Ok((200, json!({"Address": format!("{ip}/{}", net.prefix_len()), "Data": {}})))
+        st.allocate(&owner, &[store::Request::exact(&set, ip)])
+            .map_err(fail)?;
+        Ok((
+            200,
+            json!({"Address": format!("{ip}/{}", net.prefix_len()), "Data": {}}),
+        ))
     }
 
     fn release_address(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: AddrReq = parse(body)?;
         let (mut st, _, _) = self.open(&req.pool_id).map_err(fail)?;
-        let ip: IpAddr = req.address.parse().map_err(|_| fail(format!("Address {:?} is not an IP address", req.address)))?;
-        st.release(&Owner::new("docker", ip.to_string())).map_err(fail)?;
+        let ip: IpAddr = req
+            .address
+            .parse()
+            .map_err(|_| fail(format!("Address {:?} is not an IP address", req.address)))?;
+        st.release(&Owner::new("docker", ip.to_string()))
+            .map_err(fail)?;
         Ok((200, json!({})))
     }
 }
@@ -262,7 +321,13 @@ fn node_range_set(net: &IpNet) -> Result<RangeSet, String> {
     if net.prefix_len() >= net.max_prefix_len() - 1 {
         return Err(format!("node subnet {net} has no room for hosts"));
     }
-    RangeSet::new(0, net.to_string(), &[IpRange::new(net.network(), net.broadcast())], &reserved).map_err(|e| e.to_string())
+    RangeSet::new(
+        0,
+        net.to_string(),
+        &[IpRange::new(net.network(), net.broadcast())],
+        &reserved,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn first_host(net: &IpNet) -> IpAddr {
@@ -287,7 +352,10 @@ mod tests {
         assert_eq!(first_host(&n), "10.1.2.1".parse::<IpAddr>().unwrap());
         assert_eq!(pool_id(&"fd00::/64".parse().unwrap()), "fd00___64");
         let node = node_range_set(&n).unwrap();
-        assert!(!node.allows("10.1.2.1".parse().unwrap()), "the node's gateway is handed out");
+        assert!(
+            !node.allows("10.1.2.1".parse().unwrap()),
+            "the node's gateway is handed out"
+        );
         assert!(node.allows("10.1.2.2".parse().unwrap()));
     }
 }

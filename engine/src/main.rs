@@ -81,20 +81,32 @@ struct Settings {
 }
 
 fn settings(cli: Cli) -> Result<Settings> {
-    let Cli { config, root, state, socket } = cli;
+    let Cli {
+        config,
+        root,
+        state,
+        socket,
+    } = cli;
     let file: FileConfig = match &config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             serde_json::from_str(&text).with_context(|| format!("config {}", p.display()))?
         }
         None => FileConfig::default(),
     };
     Ok(Settings {
-        socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
-        docker: file.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
+        socket: socket
+            .or(file.socket)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        docker: file
+            .docker_socket
+            .unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
         state: state.or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
         volumes: volumes::Config {
-            root: root.or(file.root).unwrap_or_else(|| volumes::DEFAULT_ROOT.into()),
+            root: root
+                .or(file.root)
+                .unwrap_or_else(|| volumes::DEFAULT_ROOT.into()),
             bind_allow: file.bind_allow,
         },
         overlay: file.overlay,
@@ -115,11 +127,17 @@ fn dispatch(d: &Drivers, req: &server::Call) -> server::Answer {
     let method = req.path.trim_start_matches('/');
     let unknown = || (404, json!({"Err": format!("unknown method {method}")}));
     let (status, body) = match method.split_once('.') {
-        _ if req.method != "POST" => (404, json!({"Err": format!("{} {}: only POST is served", req.method, req.path)})),
-        Some(("Plugin", "Activate")) => {
-            (200, json!({"Implements": ["VolumeDriver", "NetworkDriver", "IpamDriver"], "Err": ""}))
+        _ if req.method != "POST" => (
+            404,
+            json!({"Err": format!("{} {}: only POST is served", req.method, req.path)}),
+        ),
+        Some(("Plugin", "Activate")) => (
+            200,
+            json!({"Implements": ["VolumeDriver", "NetworkDriver", "IpamDriver"], "Err": ""}),
+        ),
+        Some(("VolumeDriver", m)) => {
+            volume_api::handle(&d.volumes, &d.docker, m, &req.body).unwrap_or_else(unknown)
         }
-        Some(("VolumeDriver", m)) => volume_api::handle(&d.volumes, &d.docker, m, &req.body).unwrap_or_else(unknown),
         Some(("NetworkDriver", m)) => d.networks.handle(m, &req.body).unwrap_or_else(unknown),
         // IPAM's error field is "Error" (the protocol's own).
         Some(("IpamDriver", m)) => {
@@ -138,20 +156,35 @@ fn dispatch(d: &Drivers, req: &server::Call) -> server::Answer {
         .and_then(|v| {
             ["Name", "EndpointID", "NetworkID", "PoolID"]
                 .iter()
-                .find_map(|k| v.get(*k).and_then(|n| n.as_str()).map(|s| s.chars().take(24).collect::<String>()))
+                .find_map(|k| {
+                    v.get(*k)
+                        .and_then(|n| n.as_str())
+                        .map(|s| s.chars().take(24).collect::<String>())
+                })
         })
         .unwrap_or_default();
-    let outcome = match body.get("Err").or_else(|| body.get("Error")).and_then(|e| e.as_str()) {
+    let outcome = match body
+        .get("Err")
+        .or_else(|| body.get("Error"))
+        .and_then(|e| e.as_str())
+    {
         Some(e) if !e.is_empty() => format!("error: {e}"),
         _ => "ok".to_string(),
     };
-    tracing::info!("{method} {name:?} {status} {:.2?} {outcome}", start.elapsed());
-    server::Answer { status, body: serde_json::to_vec(&body).unwrap_or_default() }
+    tracing::info!(
+        "{method} {name:?} {status} {:.2?} {outcome}",
+        start.elapsed()
+    );
+    server::Answer {
+        status,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
     let s = settings(cli)?;
-    let vols = Volumes::open(s.volumes.clone()).with_context(|| format!("volume root {}", s.volumes.root.display()))?;
+    let vols = Volumes::open(s.volumes.clone())
+        .with_context(|| format!("volume root {}", s.volumes.root.display()))?;
     let count = vols.list().map(|l| l.len()).unwrap_or(0);
     let ipam = Arc::new(ipam_api::Ipam::new(&s.state));
     let drivers = Arc::new(Drivers {
@@ -169,7 +202,10 @@ fn run(cli: Cli) -> Result<()> {
     let _ = std::fs::remove_file(&s.socket);
     // One runtime thread does the I/O; the drivers' calls run on its
     // blocking pool.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     let listener = rt
         .block_on(async { tokio::net::UnixListener::bind(&s.socket) })
         .with_context(|| format!("binding {}", s.socket.display()))?;
@@ -190,7 +226,11 @@ fn run(cli: Cli) -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() {

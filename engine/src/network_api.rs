@@ -26,9 +26,9 @@ use crate::overlay_net;
 use ipnet::IpNet;
 use net::firewall::{PortMapping, Protocol, PublishedPorts};
 use net::{AddressOptions, BridgeOptions, Handle, Netns, VethOptions};
-use store::ports::{PortClaim, PortOwner};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use store::ports::{PortClaim, PortOwner};
 
 /// berth's host-wide lock, shared with the CNI plugins (the `inet berth`
 /// table is host-wide).
@@ -78,7 +78,10 @@ struct Endpoint {
 }
 
 fn short(id: &str) -> String {
-    id.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect()
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect()
 }
 
 pub struct Networks {
@@ -92,8 +95,13 @@ pub struct Networks {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
 }
 
 fn kernel(what: &str) -> impl Fn(net::Error) -> Answer + '_ {
@@ -182,7 +190,13 @@ fn flag(opts: &BTreeMap<String, String>, key: &str, default: bool) -> Result<boo
 
 impl Networks {
     pub fn new(state: &Path, ipam: Arc<Ipam>, overlay_defaults: Value) -> Networks {
-        Networks { dir: state.to_path_buf(), ops: Mutex::new(()), ipam, overlay_defaults, agents: overlay_net::Agents::new(state) }
+        Networks {
+            dir: state.to_path_buf(),
+            ops: Mutex::new(()),
+            ipam,
+            overlay_defaults,
+            agents: overlay_net::Agents::new(state),
+        }
     }
 
     /// At start: the node agents of the overlay networks (berthd is their
@@ -198,11 +212,15 @@ impl Networks {
     }
 
     fn net_path(&self, id: &str) -> PathBuf {
-        self.dir.join("networks").join(format!("{}.json", short(id)))
+        self.dir
+            .join("networks")
+            .join(format!("{}.json", short(id)))
     }
 
     fn ep_path(&self, id: &str) -> PathBuf {
-        self.dir.join("endpoints").join(format!("{}.json", short(id)))
+        self.dir
+            .join("endpoints")
+            .join(format!("{}.json", short(id)))
     }
 
     fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -218,7 +236,9 @@ impl Networks {
     }
 
     fn networks(&self) -> Vec<Network> {
-        let Ok(rd) = std::fs::read_dir(self.dir.join("networks")) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(self.dir.join("networks")) else {
+            return Vec::new();
+        };
         rd.flatten().filter_map(|e| Self::read(&e.path())).collect()
     }
 
@@ -245,8 +265,19 @@ impl Networks {
         if req.network_id.is_empty() {
             return Err(fail("request has no NetworkID"));
         }
-        let generic: BTreeMap<String, String> = match req.options.get("com.docker.network.generic") {
-            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))).collect(),
+        let generic: BTreeMap<String, String> = match req.options.get("com.docker.network.generic")
+        {
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect(),
             _ => BTreeMap::new(),
         };
         const COMMON: [&str; 6] = ["mode", "bridge", "mtu", "masquerade", "isolation", "vlan"];
@@ -256,7 +287,8 @@ impl Networks {
             Some(m) => return Err(fail(format!("unknown mode {m:?} (bridge, overlay)"))),
         };
         for k in generic.keys() {
-            let known = COMMON.contains(&k.as_str()) || (overlay && overlay_net::OPTIONS.contains(&k.as_str()));
+            let known = COMMON.contains(&k.as_str())
+                || (overlay && overlay_net::OPTIONS.contains(&k.as_str()));
             if !known && overlay_net::OPTIONS.contains(&k.as_str()) {
                 return Err(fail(format!("option {k:?} is for mode=overlay")));
             }
@@ -282,9 +314,16 @@ impl Networks {
         };
         let overlay_conf = if overlay {
             let cluster = self.overlay_pool(&req)?;
-            let conf = overlay_net::overlay_conf(&generic, &self.overlay_defaults, &cluster.to_string(), mtu).map_err(fail)?;
+            let conf = overlay_net::overlay_conf(
+                &generic,
+                &self.overlay_defaults,
+                &cluster.to_string(),
+                mtu,
+            )
+            .map_err(fail)?;
             // Checked now, so a bad option changes nothing.
-            berth_overlay::parse_conf(&conf).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+            berth_overlay::parse_conf(&conf)
+                .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
             Some(conf)
         } else {
             None
@@ -295,11 +334,20 @@ impl Networks {
         };
         let bridge = generic.get("bridge").cloned().unwrap_or(default_bridge);
         let mut gateways = Vec::new();
-        for d in req.ipv4.iter().flatten().chain(req.ipv6.iter().flatten()).filter(|_| !overlay) {
+        for d in req
+            .ipv4
+            .iter()
+            .flatten()
+            .chain(req.ipv6.iter().flatten())
+            .filter(|_| !overlay)
+        {
             if d.gateway.is_empty() {
                 continue;
             }
-            let g: IpNet = d.gateway.parse().map_err(|_| fail(format!("Gateway {:?} is not ip/len", d.gateway)))?;
+            let g: IpNet = d
+                .gateway
+                .parse()
+                .map_err(|_| fail(format!("Gateway {:?} is not ip/len", d.gateway)))?;
             gateways.push(g);
         }
         let mut h = Handle::new().map_err(kernel("netlink"))?;
@@ -310,18 +358,40 @@ impl Networks {
             let _ = std::fs::remove_file(self.net_path(&old.id));
         }
         let others = self.networks();
-        if let Some(o) = others.iter().find(|n| n.bridge == bridge && n.id != req.network_id) {
-            return Err(fail(format!("bridge {bridge:?} belongs to berth network {}", short(&o.id))));
+        if let Some(o) = others
+            .iter()
+            .find(|n| n.bridge == bridge && n.id != req.network_id)
+        {
+            return Err(fail(format!(
+                "bridge {bridge:?} belongs to berth network {}",
+                short(&o.id)
+            )));
         }
         for g in &gateways {
-            if let Some(o) = others.iter().find(|n| n.id != req.network_id && n.gateways.iter().any(|og| og.contains(&g.network()) || g.contains(&og.network()))) {
-                return Err(fail(format!("subnet {} overlaps berth network {}", g.trunc(), short(&o.id))));
+            if let Some(o) = others.iter().find(|n| {
+                n.id != req.network_id
+                    && n.gateways
+                        .iter()
+                        .any(|og| og.contains(&g.network()) || g.contains(&og.network()))
+            }) {
+                return Err(fail(format!(
+                    "subnet {} overlaps berth network {}",
+                    g.trunc(),
+                    short(&o.id)
+                )));
             }
         }
-        if h.link_by_name(&bridge).map_err(kernel("netlink"))?.is_some() {
+        if h.link_by_name(&bridge)
+            .map_err(kernel("netlink"))?
+            .is_some()
+        {
             return Err(fail(format!("a link named {bridge:?} already exists (owned by another network or not a berth bridge)")));
         }
-        let internal = req.options.get("com.docker.network.internal").and_then(Value::as_bool).unwrap_or(false);
+        let internal = req
+            .options
+            .get("com.docker.network.internal")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let mut network = Network {
             id: req.network_id.clone(),
             bridge,
@@ -336,7 +406,9 @@ impl Networks {
         // Recorded first: a berthd killed from here on leaves a record
         // that DeleteNetwork cleans.
         Self::write(&self.net_path(&network.id), &network)?;
-        let built = self.join_overlay(&mut network).and_then(|()| self.build(&mut h, &network));
+        let built = self
+            .join_overlay(&mut network)
+            .and_then(|()| self.build(&mut h, &network));
         if let Err(e) = built {
             let _ = self.teardown(&mut h, &network);
             let _ = std::fs::remove_file(self.net_path(&network.id));
@@ -346,24 +418,40 @@ impl Networks {
     }
 
     fn build(&self, h: &mut Handle, n: &Network) -> Result<(), Answer> {
-        h.add_bridge(&n.bridge, &BridgeOptions { mtu: n.mtu, ..Default::default() }).map_err(kernel("create bridge"))?;
-        let br = h.link_by_name(&n.bridge).map_err(kernel("netlink"))?.ok_or_else(|| fail("bridge vanished"))?;
+        h.add_bridge(
+            &n.bridge,
+            &BridgeOptions {
+                mtu: n.mtu,
+                ..Default::default()
+            },
+        )
+        .map_err(kernel("create bridge"))?;
+        let br = h
+            .link_by_name(&n.bridge)
+            .map_err(kernel("netlink"))?
+            .ok_or_else(|| fail("bridge vanished"))?;
         for g in &n.gateways {
-            h.add_address(br.index, *g, &AddressOptions { nodad: true }).map_err(kernel("gateway address"))?;
+            h.add_address(br.index, *g, &AddressOptions { nodad: true })
+                .map_err(kernel("gateway address"))?;
         }
         h.set_up(br.index).map_err(kernel("bridge up"))?;
         if n.gateways.iter().any(|g| g.addr().is_ipv4()) {
             net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel("ip_forward"))?;
         }
         if n.gateways.iter().any(|g| g.addr().is_ipv6()) {
-            net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel("IPv6 forwarding"))?;
+            net::sysctl::write("net/ipv6/conf/all/forwarding", "1")
+                .map_err(kernel("IPv6 forwarding"))?;
         }
         let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
         // An overlay's traffic stays unmasqueraded within the cluster
         // CIDR (other nodes see container addresses), as flannel's.
         let masq = match (&n.overlay, n.masquerade) {
             (_, false) => Vec::new(),
-            (Some(o), true) => o["network"].as_str().and_then(|c| c.parse::<IpNet>().ok()).into_iter().collect(),
+            (Some(o), true) => o["network"]
+                .as_str()
+                .and_then(|c| c.parse::<IpNet>().ok())
+                .into_iter()
+                .collect(),
             (None, true) => n.gateways.iter().map(|g| g.trunc()).collect(),
         };
         net::firewall::apply(&net::firewall::NetworkRules {
@@ -373,7 +461,13 @@ impl Networks {
             forward: true,
             isolation: n.isolation,
             internal: n.internal,
-            uplinks: n.overlay.as_ref().and_then(|o| o["vni"].as_u64()).map(|v| berth_overlay::vxlan_name(v as u32)).into_iter().collect(),
+            uplinks: n
+                .overlay
+                .as_ref()
+                .and_then(|o| o["vni"].as_u64())
+                .map(|v| berth_overlay::vxlan_name(v as u32))
+                .into_iter()
+                .collect(),
         })
         .map_err(kernel("firewall"))?;
         net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
@@ -383,10 +477,20 @@ impl Networks {
     /// which must be berth's IPAM's (the node's subnet is carved from it).
     fn overlay_pool(&self, req: &CreateNetworkReq) -> Result<IpNet, Answer> {
         if req.ipv6.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(fail("mode=overlay: IPv6 (--ipv6) is not served on Docker overlay networks yet"));
+            return Err(fail(
+                "mode=overlay: IPv6 (--ipv6) is not served on Docker overlay networks yet",
+            ));
         }
-        let pool = req.ipv4.iter().flatten().map(|d| d.pool.as_str()).find(|p| !p.is_empty()).unwrap_or("");
-        let cluster: IpNet = pool.parse().map_err(|_| fail(format!("mode=overlay: IPv4 pool {pool:?} is not a CIDR")))?;
+        let pool = req
+            .ipv4
+            .iter()
+            .flatten()
+            .map(|d| d.pool.as_str())
+            .find(|p| !p.is_empty())
+            .unwrap_or("");
+        let cluster: IpNet = pool
+            .parse()
+            .map_err(|_| fail(format!("mode=overlay: IPv4 pool {pool:?} is not a CIDR")))?;
         if !self.ipam.has_pool(&cluster) {
             return Err(fail(format!(
                 "mode=overlay: the pool {cluster} is not berth's: create the network with --ipam-driver berth --subnet <cluster CIDR>"
@@ -400,9 +504,13 @@ impl Networks {
     /// berth's IPAM hands out the node subnet, and the agent starts.
     /// Bridge mode: nothing to do.
     fn join_overlay(&self, n: &mut Network) -> Result<(), Answer> {
-        let Some(conf) = n.overlay.clone() else { return Ok(()) };
-        let parsed = berth_overlay::parse_conf(&conf).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
-        let (joined, mtu) = berth_overlay::join_node(&parsed).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+        let Some(conf) = n.overlay.clone() else {
+            return Ok(());
+        };
+        let parsed = berth_overlay::parse_conf(&conf)
+            .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+        let (joined, mtu) = berth_overlay::join_node(&parsed)
+            .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
         let subnet = IpNet::V4(joined.subnet);
         let gateway = match subnet.hosts().next() {
             Some(g) => IpNet::new(g, subnet.prefix_len()).map_err(fail)?,
@@ -411,7 +519,11 @@ impl Networks {
         n.gateways = vec![gateway];
         n.mtu = Some(mtu);
         Self::write(&self.net_path(&n.id), n)?;
-        let cluster: IpNet = conf["network"].as_str().unwrap_or_default().parse().map_err(fail)?;
+        let cluster: IpNet = conf["network"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(fail)?;
         self.ipam.narrow(&cluster, &subnet).map_err(fail)?;
         self.agents.start(&short(&n.id), &conf).map_err(fail)
     }
@@ -420,20 +532,25 @@ impl Networks {
         if let Some(conf) = &n.overlay {
             self.agents.stop(&short(&n.id));
             if let Ok(parsed) = berth_overlay::parse_conf(conf) {
-                berth_overlay::leave_node(&parsed).map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+                berth_overlay::leave_node(&parsed)
+                    .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
             }
         }
         {
             let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
-            net::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge)).map_err(kernel("firewall"))?;
+            net::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge))
+                .map_err(kernel("firewall"))?;
         }
-        h.delete_link_by_name(&n.bridge).map_err(kernel("delete bridge"))?;
+        h.delete_link_by_name(&n.bridge)
+            .map_err(kernel("delete bridge"))?;
         Ok(())
     }
 
     fn delete_network(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
-        let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) else { return Ok((200, json!({}))) };
+        let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) else {
+            return Ok((200, json!({})));
+        };
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         self.teardown(&mut h, &n)?;
         let _ = std::fs::remove_file(self.net_path(&n.id));
@@ -459,7 +576,10 @@ impl Networks {
         }
         let mut ep = self.endpoint_of(&req.network_id, &req.endpoint_id);
         let i = req.interface.unwrap_or_default();
-        ep.addresses = [i.address, i.address_v6].into_iter().filter(|a| !a.is_empty()).collect();
+        ep.addresses = [i.address, i.address_v6]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
         Self::write(&self.ep_path(&req.endpoint_id), &ep)?;
         // The engine's addresses and MAC stand: nothing to fill in.
         Ok((200, json!({"Interface": {}})))
@@ -472,24 +592,49 @@ impl Networks {
         if req.endpoint_id.is_empty() {
             return Err(fail("request has no EndpointID"));
         }
-        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id))
-            .ok_or_else(|| fail(format!("unknown endpoint {} (Join before CreateEndpoint)", short(&req.endpoint_id))))?;
+        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id)).ok_or_else(|| {
+            fail(format!(
+                "unknown endpoint {} (Join before CreateEndpoint)",
+                short(&req.endpoint_id)
+            ))
+        })?;
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         let wired = (|| -> Result<(), Answer> {
             let here = Netns::current().map_err(kernel("own namespace"))?;
             let _ = h.delete_link_by_name(&ep.host_veth);
-            h.add_veth(&ep.host_veth, &ep.peer, &here, &VethOptions { mtu: n.mtu, ..Default::default() })
-                .map_err(kernel("create veth"))?;
-            let br = h.link_by_name(&n.bridge).map_err(kernel("netlink"))?.ok_or_else(|| fail(format!("bridge {} is gone", n.bridge)))?;
-            let hv = h.link_by_name(&ep.host_veth).map_err(kernel("netlink"))?.ok_or_else(|| fail("veth vanished"))?;
-            h.set_master(hv.index, br.index).map_err(kernel("attach veth"))?;
+            h.add_veth(
+                &ep.host_veth,
+                &ep.peer,
+                &here,
+                &VethOptions {
+                    mtu: n.mtu,
+                    ..Default::default()
+                },
+            )
+            .map_err(kernel("create veth"))?;
+            let br = h
+                .link_by_name(&n.bridge)
+                .map_err(kernel("netlink"))?
+                .ok_or_else(|| fail(format!("bridge {} is gone", n.bridge)))?;
+            let hv = h
+                .link_by_name(&ep.host_veth)
+                .map_err(kernel("netlink"))?
+                .ok_or_else(|| fail("veth vanished"))?;
+            h.set_master(hv.index, br.index)
+                .map_err(kernel("attach veth"))?;
             h.set_up(hv.index).map_err(kernel("veth up"))
         })();
         if let Err(e) = wired {
             let _ = h.delete_link_by_name(&ep.host_veth);
             return Err(e);
         }
-        let gw = |v4: bool| n.gateways.iter().find(|g| g.addr().is_ipv4() == v4).map(|g| g.addr().to_string()).unwrap_or_default();
+        let gw = |v4: bool| {
+            n.gateways
+                .iter()
+                .find(|g| g.addr().is_ipv4() == v4)
+                .map(|g| g.addr().to_string())
+                .unwrap_or_default()
+        };
         Ok((
             200,
             json!({
@@ -506,12 +651,17 @@ impl Networks {
         // Tolerant: the link may be gone with its namespace, or never made.
         let host_veth = Self::read::<Endpoint>(&path)
             .map(|e| e.host_veth)
-            .unwrap_or_else(|| self.endpoint_of(&req.network_id, &req.endpoint_id).host_veth);
+            .unwrap_or_else(|| {
+                self.endpoint_of(&req.network_id, &req.endpoint_id)
+                    .host_veth
+            });
         if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
-            berth_portmap::unpublish(&Self::port_owner(&n, &req.endpoint_id)).map_err(|e| fail(e.msg))?;
+            berth_portmap::unpublish(&Self::port_owner(&n, &req.endpoint_id))
+                .map_err(|e| fail(e.msg))?;
         }
         let mut h = Handle::new().map_err(kernel("netlink"))?;
-        h.delete_link_by_name(&host_veth).map_err(kernel("delete veth"))?;
+        h.delete_link_by_name(&host_veth)
+            .map_err(kernel("delete veth"))?;
         let _ = std::fs::remove_file(path);
         Ok((200, json!({})))
     }
@@ -520,7 +670,11 @@ impl Networks {
     /// (shared with the CNI plugin: a host port is published once, by
     /// either).
     fn port_owner(network: &Network, endpoint: &str) -> PortOwner {
-        PortOwner { network: network.rules_name(), container_id: endpoint.to_string(), ifname: "docker".into() }
+        PortOwner {
+            network: network.rules_name(),
+            container_id: endpoint.to_string(),
+            ifname: "docker".into(),
+        }
     }
 
     /// `-p`: the engine's port bindings, published on berth-portmap's
@@ -533,12 +687,18 @@ impl Networks {
             .ok_or_else(|| fail(format!("unknown endpoint {}", short(&req.endpoint_id))))?;
         let bindings: Vec<PortBinding> = match req.options.get("com.docker.network.portmap") {
             None | Some(Value::Null) => Vec::new(),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| fail(format!("com.docker.network.portmap: {e}")))?,
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| fail(format!("com.docker.network.portmap: {e}")))?,
         };
         if bindings.is_empty() {
             return Ok((200, json!({})));
         }
-        let ips: Vec<IpAddr> = ep.addresses.iter().filter_map(|a| a.parse::<IpNet>().ok()).map(|n| n.addr()).collect();
+        let ips: Vec<IpAddr> = ep
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpNet>().ok())
+            .map(|n| n.addr())
+            .collect();
         let mut ports = PublishedPorts::default();
         let mut claims = Vec::new();
         for b in &bindings {
@@ -546,15 +706,25 @@ impl Networks {
                 6 => Protocol::Tcp,
                 17 => Protocol::Udp,
                 132 => Protocol::Sctp,
-                p => return Err(fail(format!("port binding with protocol number {p}: only tcp, udp, sctp"))),
+                p => {
+                    return Err(fail(format!(
+                        "port binding with protocol number {p}: only tcp, udp, sctp"
+                    )))
+                }
             };
             if b.host_port == 0 {
-                return Err(fail(format!("port {}: give the host port (-p HOST:{})", b.port, b.port)));
+                return Err(fail(format!(
+                    "port {}: give the host port (-p HOST:{})",
+                    b.port, b.port
+                )));
             }
             let end = b.host_port_end.max(b.host_port);
             let host_ip: Option<IpAddr> = match b.host_ip.as_str() {
                 "" => None,
-                s => Some(s.parse().map_err(|_| fail(format!("HostIP {s:?} is not an address")))?),
+                s => Some(
+                    s.parse()
+                        .map_err(|_| fail(format!("HostIP {s:?} is not an address")))?,
+                ),
             };
             let families: Vec<&IpAddr> = ips
                 .iter()
@@ -587,21 +757,27 @@ impl Networks {
                 }
             }
         }
-        berth_portmap::publish(&Self::port_owner(&n, &req.endpoint_id), &ports, &claims).map_err(|e| fail(e.msg))?;
+        berth_portmap::publish(&Self::port_owner(&n, &req.endpoint_id), &ports, &claims)
+            .map_err(|e| fail(e.msg))?;
         Ok((200, json!({})))
     }
 
     fn revoke(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
         if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
-            berth_portmap::unpublish(&Self::port_owner(&n, &req.endpoint_id)).map_err(|e| fail(e.msg))?;
+            berth_portmap::unpublish(&Self::port_owner(&n, &req.endpoint_id))
+                .map_err(|e| fail(e.msg))?;
         }
         Ok((200, json!({})))
     }
 
     fn oper_info(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
-        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id)).ok_or_else(|| fail(format!("unknown endpoint {}", short(&req.endpoint_id))))?;
-        Ok((200, json!({"Value": {"hostVeth": ep.host_veth, "network": short(&ep.network), "addresses": ep.addresses}})))
+        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id))
+            .ok_or_else(|| fail(format!("unknown endpoint {}", short(&req.endpoint_id))))?;
+        Ok((
+            200,
+            json!({"Value": {"hostVeth": ep.host_veth, "network": short(&ep.network), "addresses": ep.addresses}}),
+        ))
     }
 }

@@ -21,7 +21,16 @@ use serde_json::{json, Value};
 
 /// The `-o` options of an overlay network (besides mode, mtu, masquerade
 /// and isolation, which every mode has).
-pub const OPTIONS: [&str; 8] = ["vni", "subnetLen", "iface", "etcd", "prefix", "node", "leaseTTL", "name"];
+pub const OPTIONS: [&str; 8] = [
+    "vni",
+    "subnetLen",
+    "iface",
+    "etcd",
+    "prefix",
+    "node",
+    "leaseTTL",
+    "name",
+];
 
 /// How often an agent re-reads its peers when it cannot watch (a static
 /// store, or etcd unreachable); as the berth-overlay agent.
@@ -32,7 +41,12 @@ const AGENT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250
 /// and the engine's pool as the cluster CIDR. The overlay's name in the
 /// store (shared by every host of the network) is `name`, by default
 /// `vni<vni>`.
-pub fn overlay_conf(opts: &BTreeMap<String, String>, defaults: &Value, cluster: &str, mtu: Option<u32>) -> Result<Value, String> {
+pub fn overlay_conf(
+    opts: &BTreeMap<String, String>,
+    defaults: &Value,
+    cluster: &str,
+    mtu: Option<u32>,
+) -> Result<Value, String> {
     let mut c = match defaults {
         Value::Object(_) => defaults.clone(),
         _ => json!({}),
@@ -42,7 +56,10 @@ pub fn overlay_conf(opts: &BTreeMap<String, String>, defaults: &Value, cluster: 
     c["network"] = json!(cluster);
     let number = |key: &str| -> Result<Option<i64>, String> {
         opts.get(key)
-            .map(|v| v.parse::<i64>().map_err(|_| format!("option {key}={v:?}: expected a number")))
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| format!("option {key}={v:?}: expected a number"))
+            })
             .transpose()
     };
     if let Some(v) = number("vni")? {
@@ -65,7 +82,11 @@ pub fn overlay_conf(opts: &BTreeMap<String, String>, defaults: &Value, cluster: 
             etcd = json!({});
         }
         if let Some(eps) = opts.get("etcd") {
-            etcd["endpoints"] = json!(eps.split(',').map(str::trim).filter(|e| !e.is_empty()).collect::<Vec<_>>());
+            etcd["endpoints"] = json!(eps
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>());
         }
         if let Some(p) = opts.get("prefix") {
             etcd["prefix"] = json!(p);
@@ -81,7 +102,11 @@ pub fn overlay_conf(opts: &BTreeMap<String, String>, defaults: &Value, cluster: 
     let vni = c["vni"].as_i64().unwrap_or(1);
     c["name"] = match opts.get("name") {
         Some(n) => json!(n),
-        None => c.get("name").cloned().filter(|n| n.is_string()).unwrap_or_else(|| json!(format!("vni{vni}"))),
+        None => c
+            .get("name")
+            .cloned()
+            .filter(|n| n.is_string())
+            .unwrap_or_else(|| json!(format!("vni{vni}"))),
     };
     Ok(c)
 }
@@ -100,7 +125,10 @@ pub struct Agents {
 
 impl Agents {
     pub fn new(state: &Path) -> Agents {
-        Agents { dir: state.join("overlay"), running: Mutex::new(HashMap::new()) }
+        Agents {
+            dir: state.join("overlay"),
+            running: Mutex::new(HashMap::new()),
+        }
     }
 
     fn conf_path(&self, id: &str) -> PathBuf {
@@ -115,7 +143,8 @@ impl Agents {
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let path = self.conf_path(id);
-        store::file::write_durable(&path, conf.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        store::file::write_durable(&path, conf.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let name = id.to_string();
@@ -134,7 +163,11 @@ impl Agents {
     /// Stops network `id`'s agent (it gives the node's lease back) and
     /// waits for it; forgets its config file.
     pub fn stop(&self, id: &str) {
-        let agent = self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let agent = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         if let Some(a) = agent {
             a.stop.store(true, Ordering::SeqCst);
             let _ = a.thread.join();
@@ -148,24 +181,47 @@ mod tests {
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn options_over_defaults() {
         let defaults = json!({"iface": "eth1", "store": {"etcd": {"endpoints": ["http://192.0.2.1:2379"], "prefix": "/p"}}});
-        let c = overlay_conf(&opts(&[("vni", "42"), ("etcd", "http://a:1, http://b:2"), ("node", "n1")]), &defaults, "10.244.0.0/16", Some(1400)).unwrap();
+        let c = overlay_conf(
+            &opts(&[
+                ("vni", "42"),
+                ("etcd", "http://a:1, http://b:2"),
+                ("node", "n1"),
+            ]),
+            &defaults,
+            "10.244.0.0/16",
+            Some(1400),
+        )
+        .unwrap();
         assert_eq!(c["vni"], 42);
         assert_eq!(c["name"], "vni42");
         assert_eq!(c["iface"], "eth1");
         assert_eq!(c["node"], "n1");
         assert_eq!(c["mtu"], 1400);
         assert_eq!(c["network"], "10.244.0.0/16");
-        assert_eq!(c["store"]["etcd"]["endpoints"], json!(["http://a:1", "http://b:2"]));
+        assert_eq!(
+            c["store"]["etcd"]["endpoints"],
+            json!(["http://a:1", "http://b:2"])
+        );
         assert_eq!(c["store"]["etcd"]["prefix"], "/p");
-        let named = overlay_conf(&opts(&[("name", "ov")]), &defaults, "10.244.0.0/16", None).unwrap();
+        let named =
+            overlay_conf(&opts(&[("name", "ov")]), &defaults, "10.244.0.0/16", None).unwrap();
         assert_eq!(named["name"], "ov");
-        assert!(overlay_conf(&opts(&[]), &json!({}), "10.244.0.0/16", None).unwrap_err().contains("etcd"));
-        assert!(overlay_conf(&opts(&[("vni", "x")]), &defaults, "10.244.0.0/16", None).unwrap_err().contains("vni"));
+        assert!(overlay_conf(&opts(&[]), &json!({}), "10.244.0.0/16", None)
+            .unwrap_err()
+            .contains("etcd"));
+        assert!(
+            overlay_conf(&opts(&[("vni", "x")]), &defaults, "10.244.0.0/16", None)
+                .unwrap_err()
+                .contains("vni")
+        );
     }
 }

@@ -89,7 +89,10 @@ where
     }
 }
 
-async fn answer<F>(req: Request<Incoming>, handler: Arc<F>) -> Result<Response<Full<Bytes>>, Infallible>
+async fn answer<F>(
+    req: Request<Incoming>,
+    handler: Arc<F>,
+) -> Result<Response<Full<Bytes>>, Infallible>
 where
     F: Fn(Call) -> Answer + Send + Sync + 'static,
 {
@@ -98,26 +101,49 @@ where
     // A declared length over the limit is refused before waiting for it
     // (Limited would only notice once that much had arrived).
     if req.body().size_hint().lower() > MAX_BODY as u64 {
-        return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {MAX_BODY} bytes")));
+        return Ok(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body larger than {MAX_BODY} bytes"),
+        ));
     }
-    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await;
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await;
     let body = match collected {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {MAX_BODY} bytes")));
+            return Ok(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body larger than {MAX_BODY} bytes"),
+            ));
         }
-        Ok(Err(e)) => return Ok(error(StatusCode::BAD_REQUEST, &format!("malformed HTTP request body: {e}"))),
+        Ok(Err(e)) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed HTTP request body: {e}"),
+            ))
+        }
         Err(_) => {
             return Ok(error(
                 StatusCode::REQUEST_TIMEOUT,
-                &format!("request body not received within {}s", BODY_TIMEOUT.as_secs()),
+                &format!(
+                    "request body not received within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             ))
         }
     };
     let call = Call { method, path, body };
     let answer = match tokio::task::spawn_blocking(move || handler(call)).await {
         Ok(a) => a,
-        Err(e) => return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the call failed: {e}"))),
+        Err(e) => {
+            return Ok(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the call failed: {e}"),
+            ))
+        }
     };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     Ok(response(status, answer.body))
@@ -126,12 +152,16 @@ where
 fn response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_PLUGIN));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_PLUGIN));
     r
 }
 
 /// A 4xx/5xx with the protocol's `{"Err": ...}`.
 fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     tracing::info!("{} {msg}", status.as_u16());
-    response(status, serde_json::to_vec(&serde_json::json!({ "Err": msg })).unwrap_or_default())
+    response(
+        status,
+        serde_json::to_vec(&serde_json::json!({ "Err": msg })).unwrap_or_default(),
+    )
 }

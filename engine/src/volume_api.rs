@@ -51,7 +51,8 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Answe
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
+    serde_json::from_slice(body)
+        .map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
 }
 
 fn need_name(name: &str) -> Result<(), Answer> {
@@ -68,7 +69,9 @@ pub fn handle(vols: &Volumes, docker: &Path, method: &str, body: &[u8]) -> Optio
         "Remove" => with_name(body, |n| remove(vols, docker, n)),
         "Mount" => mount(vols, body),
         "Unmount" => unmount(vols, body),
-        "Path" => with_name(body, |n| vols.path(n).map(|p| json!({"Mountpoint": p, "Err": ""}))),
+        "Path" => with_name(body, |n| {
+            vols.path(n).map(|p| json!({"Mountpoint": p, "Err": ""}))
+        }),
         "Get" => with_name(body, |n| get(vols, n)),
         "List" => list(vols),
         "Capabilities" => ok(json!({"Capabilities": {"Scope": "local"}, "Err": ""})),
@@ -111,9 +114,13 @@ fn create(vols: &Volumes, body: &[u8]) -> Answer {
 /// with dockerd never sent Unmount) and are dropped.
 fn remove(vols: &Volumes, docker: &Path, name: &str) -> volumes::Result<Value> {
     match vols.remove(name) {
-        Err(volumes::Error::InUse { .. }) if crate::docker::containers_using(docker, name) == Some(0) => {
+        Err(volumes::Error::InUse { .. })
+            if crate::docker::containers_using(docker, name) == Some(0) =>
+        {
             let n = vols.clear_mounts(name)?;
-            tracing::info!("{name:?}: no container of the engine uses it: dropped {n} stale mount(s)");
+            tracing::info!(
+                "{name:?}: no container of the engine uses it: dropped {n} stale mount(s)"
+            );
             vols.remove(name)?;
         }
         other => other?,
@@ -174,8 +181,10 @@ fn get(vols: &Volumes, name: &str) -> volumes::Result<Value> {
 fn list(vols: &Volumes) -> Answer {
     match vols.list() {
         Ok(names) => {
-            let list: Vec<Value> =
-                names.iter().map(|n| json!({"Name": n, "Mountpoint": vols.data_path(n)})).collect();
+            let list: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"Name": n, "Mountpoint": vols.data_path(n)}))
+                .collect();
             ok(json!({"Volumes": list, "Err": ""}))
         }
         Err(e) => err(e),

@@ -74,7 +74,10 @@ fn matching_entry(payload: &[u8], ports: &[u16]) -> Option<Vec<u8>> {
     let proto = attributes(proto);
     let num = find(&proto, CTA_PROTO_NUM)?.1.first().copied()?;
     let dport = find(&proto, CTA_PROTO_DST_PORT)?.1;
-    if num != IPPROTO_UDP || dport.len() < 2 || !ports.contains(&u16::from_be_bytes([dport[0], dport[1]])) {
+    if num != IPPROTO_UDP
+        || dport.len() < 2
+        || !ports.contains(&u16::from_be_bytes([dport[0], dport[1]]))
+    {
         return None;
     }
     let mut key = pad(orig_whole);
@@ -144,8 +147,17 @@ pub fn delete_udp_to_ports(v4: bool, ports: &[u16]) -> Result<usize> {
     let op = format!("delete conntrack entries of udp ports {ports:?}");
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| nl_err(&op, e))?;
     sock.bind_auto().map_err(|e| nl_err(&op, e))?;
-    sock.send(&message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, family, &[]), 0)
-        .map_err(|e| nl_err(&op, e))?;
+    sock.send(
+        &message(
+            IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            1,
+            family,
+            &[],
+        ),
+        0,
+    )
+    .map_err(|e| nl_err(&op, e))?;
     let mut found = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     'dump: loop {
@@ -155,7 +167,11 @@ pub fn delete_udp_to_ports(v4: bool, ports: &[u16]) -> Result<usize> {
             match kind {
                 NLMSG_DONE => break 'dump,
                 NLMSG_ERROR if errno != 0 => {
-                    return Err(Error::Netlink { op, errno, ext: None });
+                    return Err(Error::Netlink {
+                        op,
+                        errno,
+                        ext: None,
+                    });
                 }
                 NLMSG_ERROR => {}
                 _ if body.len() >= NFGENMSG => {
@@ -170,14 +186,29 @@ pub fn delete_udp_to_ports(v4: bool, ports: &[u16]) -> Result<usize> {
     let mut deleted = 0;
     for (i, key) in found.iter().enumerate() {
         let seq = 2 + i as u32;
-        sock.send(&message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, family, key), 0)
-            .map_err(|e| nl_err(&op, e))?;
+        sock.send(
+            &message(
+                IPCTNL_MSG_CT_DELETE,
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq,
+                family,
+                key,
+            ),
+            0,
+        )
+        .map_err(|e| nl_err(&op, e))?;
         buf.clear();
         sock.recv(&mut buf, 0).map_err(|e| nl_err(&op, e))?;
         match messages(&buf).first() {
             Some((NLMSG_ERROR, 0, _)) => deleted += 1,
             Some((NLMSG_ERROR, errno, _)) if *errno == libc::ENOENT => {}
-            Some((NLMSG_ERROR, errno, _)) => return Err(Error::Netlink { op, errno: *errno, ext: None }),
+            Some((NLMSG_ERROR, errno, _)) => {
+                return Err(Error::Netlink {
+                    op,
+                    errno: *errno,
+                    ext: None,
+                })
+            }
             _ => {}
         }
     }
@@ -199,11 +230,20 @@ mod tests {
         let ip = attr(1 | 0x8000, &attr(1, &[10, 0, 0, 1]));
         let p = attr(
             CTA_TUPLE_PROTO | 0x8000,
-            &[attr(CTA_PROTO_NUM, &[proto]), attr(2, &5000u16.to_be_bytes()), attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes())]
-                .concat(),
+            &[
+                attr(CTA_PROTO_NUM, &[proto]),
+                attr(2, &5000u16.to_be_bytes()),
+                attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+            ]
+            .concat(),
         );
         let orig = attr(CTA_TUPLE_ORIG | 0x8000, &[ip, p].concat());
-        [orig, attr(CTA_ZONE, &0u16.to_be_bytes()), attr(3, &[1, 2, 3, 4])].concat()
+        [
+            orig,
+            attr(CTA_ZONE, &0u16.to_be_bytes()),
+            attr(3, &[1, 2, 3, 4]),
+        ]
+        .concat()
     }
 
     #[test]
@@ -211,7 +251,10 @@ mod tests {
         let key = matching_entry(&entry(IPPROTO_UDP, 5353), &[53, 5353]).expect("match");
         // The original tuple and the zone, as dumped.
         let attrs = attributes(&key);
-        assert_eq!(attrs.iter().map(|a| a.0).collect::<Vec<_>>(), vec![CTA_TUPLE_ORIG, CTA_ZONE]);
+        assert_eq!(
+            attrs.iter().map(|a| a.0).collect::<Vec<_>>(),
+            vec![CTA_TUPLE_ORIG, CTA_ZONE]
+        );
         assert!(matching_entry(&entry(IPPROTO_UDP, 53), &[5353]).is_none());
         assert!(matching_entry(&entry(6, 5353), &[5353]).is_none());
         assert!(matching_entry(&[1, 2, 3], &[5353]).is_none());
@@ -219,7 +262,13 @@ mod tests {
 
     #[test]
     fn message_layout() {
-        let m = message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 7, 2, &[9, 9, 9, 9]);
+        let m = message(
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            7,
+            2,
+            &[9, 9, 9, 9],
+        );
         assert_eq!(m.len(), 24);
         assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), 24);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 0x0102);

@@ -25,7 +25,9 @@ pub use addr::{Address, AddressOptions};
 pub use bridge::{BridgePortOptions, BridgeVlan};
 pub use error::Error;
 pub use handle::Handle;
-pub use link::{eui64_link_local, BridgeOptions, Ipv6Settings, Link, MacvlanMode, MacvlanOptions, VethOptions};
+pub use link::{
+    eui64_link_local, BridgeOptions, Ipv6Settings, Link, MacvlanMode, MacvlanOptions, VethOptions,
+};
 pub use netns::Netns;
 pub use route::Route;
 pub use vxlan::{VxlanOptions, VXLAN_PORT};

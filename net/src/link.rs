@@ -69,7 +69,10 @@ impl Ipv6Settings {
                 _ => {}
             }
         }
-        settings.map(|disabled| Ipv6Settings { disabled, eui64_link_local: eui64 })
+        settings.map(|disabled| Ipv6Settings {
+            disabled,
+            eui64_link_local: eui64,
+        })
     }
 }
 
@@ -79,8 +82,22 @@ impl Ipv6Settings {
 pub fn eui64_link_local(mac: &[u8; 6]) -> std::net::Ipv6Addr {
     let m = mac;
     std::net::Ipv6Addr::from([
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0,
-        m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
     ])
 }
 
@@ -365,7 +382,13 @@ impl Handle {
     /// Creates a macvlan child of `parent` (a link of this handle's
     /// namespace) named `name` directly in `ns`, in one request: like a
     /// veth peer, it is born where it will live rather than moved there.
-    pub fn add_macvlan(&mut self, name: &str, parent: u32, ns: &Netns, opts: &MacvlanOptions) -> Result<()> {
+    pub fn add_macvlan(
+        &mut self,
+        name: &str,
+        parent: u32,
+        ns: &Netns,
+        opts: &MacvlanOptions,
+    ) -> Result<()> {
         check_ifname(name)?;
         let mut msg = link_msg(0);
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -396,17 +419,29 @@ impl Handle {
     /// so a name taken in this namespace doesn't matter; a name taken in
     /// `ns` fails with EEXIST after the move (the link is then in `ns`
     /// under its old name).
-    pub fn move_link(&mut self, index: u32, ns: &Netns, new_name: &str, alias: Option<&str>) -> Result<()> {
+    pub fn move_link(
+        &mut self,
+        index: u32,
+        ns: &Netns,
+        new_name: &str,
+        alias: Option<&str>,
+    ) -> Result<()> {
         check_ifname(new_name)?;
         let mut msg = link_msg(index);
         msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
-        msg.attributes.push(LinkAttribute::IfName(new_name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfName(new_name.to_string()));
         if let Some(a) = alias {
             msg.attributes.push(LinkAttribute::IfAlias(a.to_string()));
         }
         self.sock
             .request(RouteNetlinkMessage::SetLink(msg), 0)
-            .map_err(|e| e.context(format!("move link {index} to netns {} as {new_name}", ns.path().display())))
+            .map_err(|e| {
+                e.context(format!(
+                    "move link {index} to netns {} as {new_name}",
+                    ns.path().display()
+                ))
+            })
     }
 
     /// Renames link `index` (which must be down).
@@ -510,7 +545,13 @@ mod tests {
     #[test]
     fn eui64_link_local_flips_the_local_bit_and_inserts_fffe() {
         // Docker's first container MAC and the address the kernel gives it.
-        assert_eq!(eui64_link_local(&[0x02, 0x42, 0xac, 0x11, 0x00, 0x02]).to_string(), "fe80::42:acff:fe11:2");
-        assert_eq!(eui64_link_local(&[0x00, 0x16, 0x3e, 0x01, 0x02, 0x03]).to_string(), "fe80::216:3eff:fe01:203");
+        assert_eq!(
+            eui64_link_local(&[0x02, 0x42, 0xac, 0x11, 0x00, 0x02]).to_string(),
+            "fe80::42:acff:fe11:2"
+        );
+        assert_eq!(
+            eui64_link_local(&[0x00, 0x16, 0x3e, 0x01, 0x02, 0x03]).to_string(),
+            "fe80::216:3eff:fe01:203"
+        );
     }
 }

@@ -259,7 +259,8 @@ impl Handle {
             IpAddr::V6(_) => AddressFamily::Inet6,
         };
         msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
         match self.sock.get(RouteNetlinkMessage::GetRoute(msg)) {
             Ok(RouteNetlinkMessage::NewRoute(m)) => Ok(Route::from_message(&m)),
             Ok(_) => Ok(None),

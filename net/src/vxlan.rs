@@ -6,7 +6,9 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -40,7 +42,15 @@ pub struct VxlanOptions {
 
 impl Default for VxlanOptions {
     fn default() -> Self {
-        VxlanOptions { vni: 1, port: VXLAN_PORT, underlay: None, local: None, mtu: None, mac: None, learning: false }
+        VxlanOptions {
+            vni: 1,
+            port: VXLAN_PORT,
+            underlay: None,
+            local: None,
+            mtu: None,
+            mac: None,
+            learning: false,
+        }
     }
 }
 
@@ -57,7 +67,11 @@ impl Handle {
     pub fn add_vxlan(&mut self, name: &str, opts: &VxlanOptions) -> Result<()> {
         check_ifname(name)?;
         if opts.vni == 0 || opts.vni > 0x00ff_ffff {
-            return Err(Error::invalid("vni", opts.vni.to_string(), "must be 1..16777215"));
+            return Err(Error::invalid(
+                "vni",
+                opts.vni.to_string(),
+                "must be 1..16777215",
+            ));
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -67,7 +81,11 @@ impl Handle {
         if let Some(mac) = opts.mac {
             msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
-        let mut data = vec![InfoVxlan::Id(opts.vni), InfoVxlan::Port(opts.port), InfoVxlan::Learning(opts.learning)];
+        let mut data = vec![
+            InfoVxlan::Id(opts.vni),
+            InfoVxlan::Port(opts.port),
+            InfoVxlan::Learning(opts.learning),
+        ];
         if let Some(l) = opts.underlay {
             data.push(InfoVxlan::Link(l));
         }
@@ -90,8 +108,16 @@ impl Handle {
     pub fn set_fdb(&mut self, index: u32, mac: [u8; 6], remote: IpAddr) -> Result<()> {
         let msg = fdb_msg(index, mac, Some(remote));
         self.sock
-            .request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_REPLACE)
-            .map_err(|e| e.context(format!("set fdb {} -> {remote} on link {index}", mac_text(&mac))))
+            .request(
+                RouteNetlinkMessage::NewNeighbour(msg),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .map_err(|e| {
+                e.context(format!(
+                    "set fdb {} -> {remote} on link {index}",
+                    mac_text(&mac)
+                ))
+            })
     }
 
     /// Removes the FDB entry for `mac` on `index`; missing is fine.
@@ -110,10 +136,15 @@ impl Handle {
         msg.header.ifindex = index;
         msg.header.state = NeighbourState::Permanent;
         msg.header.kind = RouteType::Unicast;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         self.sock
-            .request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_REPLACE)
+            .request(
+                RouteNetlinkMessage::NewNeighbour(msg),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
             .map_err(|e| e.context(format!("set neighbour {ip} on link {index}")))
     }
 
@@ -122,7 +153,8 @@ impl Handle {
         let mut msg = NeighbourMessage::default();
         msg.header.family = fam(&ip);
         msg.header.ifindex = index;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
         match self.sock.request(RouteNetlinkMessage::DelNeighbour(msg), 0) {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             r => r.map_err(|e| e.context(format!("delete neighbour {ip} on link {index}"))),
@@ -131,7 +163,10 @@ impl Handle {
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn fdb_msg(index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> NeighbourMessage {
@@ -140,9 +175,11 @@ fn fdb_msg(index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> NeighbourMessage
     msg.header.ifindex = index;
     msg.header.state = NeighbourState::Permanent;
     msg.header.flags = NeighbourFlags::Own;
-    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     if let Some(r) = remote {
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(r)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(r)));
     }
     msg
 }

@@ -88,13 +88,20 @@ fn apply_check_update_remove() {
     let fwd = l.chain(&names.forward).expect("forward chain");
     assert_eq!(fwd["type"], "filter");
     assert_eq!(fwd["hook"], "forward");
-    assert_eq!(fwd["prio"], -1, "before iptables' filter chains (see FORWARD_MARK)");
+    assert_eq!(
+        fwd["prio"], -1,
+        "before iptables' filter chains (see FORWARD_MARK)"
+    );
     assert_eq!(
         l.rules_of(&names.nat).len(),
         2,
         "one masquerade rule per family"
     );
-    assert_eq!(l.rules_of(&names.forward).len(), 4, "two isolation drops, two accepts");
+    assert_eq!(
+        l.rules_of(&names.forward).len(),
+        4,
+        "two isolation drops, two accepts"
+    );
     let text = serde_json::to_string(&l.rules).unwrap();
     assert!(text.contains("masquerade"));
     assert!(text.contains("berth-test0"));
@@ -153,7 +160,10 @@ fn apply_check_update_remove() {
     firewall::remove_with_bridge_in(Some(&netns), &network, Some("berth-test0")).unwrap();
     let l = list(&ns).expect("the shared table stays");
     assert!(l.chains.is_empty(), "{:?}", l.chains);
-    let (_, text, _) = ns.exec("nft", &["list", "set", "inet", "berth", firewall::BRIDGES_SET]);
+    let (_, text, _) = ns.exec(
+        "nft",
+        &["list", "set", "inet", "berth", firewall::BRIDGES_SET],
+    );
     assert!(!text.contains("berth-test0"), "{text}");
     assert!(!firewall::network_present_in(Some(&netns), &network).unwrap());
 }
@@ -179,13 +189,28 @@ fn networks_are_independent() {
         )
         .unwrap();
     }
-    let (_, text, _) = ns.exec("nft", &["list", "set", "inet", "berth", firewall::BRIDGES_SET]);
-    assert!(text.contains("\"br-a\"") && text.contains("\"br-b\""), "{text}");
-    let (_, text, _) = ns.exec("nft", &["list", "chain", "inet", "berth", &chain_names(&a).forward]);
+    let (_, text, _) = ns.exec(
+        "nft",
+        &["list", "set", "inet", "berth", firewall::BRIDGES_SET],
+    );
+    assert!(
+        text.contains("\"br-a\"") && text.contains("\"br-b\""),
+        "{text}"
+    );
+    let (_, text, _) = ns.exec(
+        "nft",
+        &["list", "chain", "inet", "berth", &chain_names(&a).forward],
+    );
     assert!(text.contains("iifname \"br-a\" oifname != \"br-a\" oifname @berth-bridges ct status & dnat != dnat drop"), "{text}");
     firewall::remove_with_bridge_in(Some(&netns), &a, Some("br-a")).unwrap();
-    let (_, text, _) = ns.exec("nft", &["list", "set", "inet", "berth", firewall::BRIDGES_SET]);
-    assert!(!text.contains("\"br-a\"") && text.contains("\"br-b\""), "{text}");
+    let (_, text, _) = ns.exec(
+        "nft",
+        &["list", "set", "inet", "berth", firewall::BRIDGES_SET],
+    );
+    assert!(
+        !text.contains("\"br-a\"") && text.contains("\"br-b\""),
+        "{text}"
+    );
     assert!(!firewall::network_present_in(Some(&netns), &a).unwrap());
     assert!(firewall::network_present_in(Some(&netns), &b).unwrap());
     let l = list(&ns).unwrap();
@@ -212,9 +237,24 @@ fn host_ruleset_is_not_touched() {
     )
     .unwrap();
     // internal: nothing forwarded between the bridge and any other link
-    let (_, text, _) = ns.exec("nft", &["list", "chain", "inet", "berth", &chain_names(&network).forward]);
-    assert!(text.contains("iifname \"br-c\" oifname != \"br-c\" drop"), "{text}");
-    assert!(text.contains("oifname \"br-c\" iifname != \"br-c\" drop"), "{text}");
+    let (_, text, _) = ns.exec(
+        "nft",
+        &[
+            "list",
+            "chain",
+            "inet",
+            "berth",
+            &chain_names(&network).forward,
+        ],
+    );
+    assert!(
+        text.contains("iifname \"br-c\" oifname != \"br-c\" drop"),
+        "{text}"
+    );
+    assert!(
+        text.contains("oifname \"br-c\" iifname != \"br-c\" drop"),
+        "{text}"
+    );
     // whatever the host has, it has nothing of this (uniquely named) network
     let host = std::process::Command::new("nft")
         .args(["-j", "list", "ruleset"])

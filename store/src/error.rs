@@ -26,7 +26,11 @@ pub enum Error {
     /// A host port another attachment already publishes on an overlapping
     /// address.
     #[error("host port {wanted} is already published ({held}) by {holder}")]
-    PortTaken { wanted: String, held: String, holder: crate::ports::PortOwner },
+    PortTaken {
+        wanted: String,
+        held: String,
+        holder: crate::ports::PortOwner,
+    },
 
     /// A network name that cannot be used as a directory name.
     #[error("invalid network name {0:?}: must be non-empty, not \".\" or \"..\", and contain no '/' or NUL")]

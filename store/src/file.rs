@@ -23,10 +23,14 @@ pub fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
 fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
-    let named = |what: &str, p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()));
+    let named = |what: &str, p: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+    };
     let mut f = fs::File::create(&tmp).map_err(|e| named("creating", &tmp, e))?;
     f.write_all(data).map_err(|e| named("writing", &tmp, e))?;
     if durable {
@@ -35,7 +39,9 @@ fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     fs::rename(&tmp, path).map_err(|e| named("renaming", &tmp, e))?;
     if durable {
         if let Some(dir) = path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| named("syncing", dir, e))?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| named("syncing", dir, e))?;
         }
     }
     Ok(())
@@ -45,10 +51,13 @@ fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
 /// the returned value is dropped. Locking a directory leaves no lock file
 /// behind.
 pub fn lock_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
-    let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
+    let named = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()))
+    };
     fs::create_dir_all(dir).map_err(|e| named("creating", e))?;
     let f = fs::File::open(dir).map_err(|e| named("opening", e))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| named("locking", e.into()))
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| named("locking", e.into()))
 }
 
 #[cfg(test)]

@@ -120,15 +120,26 @@ impl PortStore {
     pub fn open(path: &Path, boot_id: &str) -> Result<PortStore> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql_err(path, "opening"))?;
         configure(&conn, path)?;
-        let mut store = PortStore { conn, path: path.to_path_buf() };
-        let version: i64 =
-            store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql_err(path, "reading schema version"))?;
+        let mut store = PortStore {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql_err(path, "reading schema version"))?;
         if version > 1 {
-            return Err(Error::SchemaTooNew { path: path.to_path_buf(), found: version, supported: 1 });
+            return Err(Error::SchemaTooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: 1,
+            });
         }
         if version == 0 {
             let _mode: String = store
@@ -146,16 +157,22 @@ impl PortStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err(&path, "beginning transaction"))?;
-        tx.execute_batch(SCHEMA).map_err(sql_err(&path, "creating schema"))?;
+        tx.execute_batch(SCHEMA)
+            .map_err(sql_err(&path, "creating schema"))?;
         let seen: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(sql_err(&path, "reading boot id"))?;
         if seen.as_deref() != Some(boot_id) {
             tx.execute_batch("DELETE FROM claims; DELETE FROM attachments; DELETE FROM profiles; DELETE FROM meta;")
                 .map_err(sql_err(&path, "forgetting an earlier boot"))?;
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)", [boot_id])
-                .map_err(sql_err(&path, "recording boot id"))?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)",
+                [boot_id],
+            )
+            .map_err(sql_err(&path, "recording boot id"))?;
         }
         tx.commit().map_err(sql_err(&path, "committing"))
     }
@@ -170,7 +187,11 @@ impl PortStore {
     /// with [`Error::PortTaken`], changing nothing, if another owner holds
     /// one of the ports on an overlapping address (the same address, or
     /// either side meaning every address).
-    pub fn claim(&mut self, published: &Published, claims: &[PortClaim]) -> Result<Option<Published>> {
+    pub fn claim(
+        &mut self,
+        published: &Published,
+        claims: &[PortClaim],
+    ) -> Result<Option<Published>> {
         let path = self.path.clone();
         let o = &published.owner;
         let tx = self
@@ -188,18 +209,40 @@ impl PortStore {
                      LIMIT 1",
                 )
                 .and_then(|mut s| {
-                    s.query_row(params![c.family, c.protocol, c.host_port, ip, o.network, o.container_id, o.ifname], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            PortOwner { network: r.get(1)?, container_id: r.get(2)?, ifname: r.get(3)? },
-                        ))
-                    })
+                    s.query_row(
+                        params![
+                            c.family,
+                            c.protocol,
+                            c.host_port,
+                            ip,
+                            o.network,
+                            o.container_id,
+                            o.ifname
+                        ],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                PortOwner {
+                                    network: r.get(1)?,
+                                    container_id: r.get(2)?,
+                                    ifname: r.get(3)?,
+                                },
+                            ))
+                        },
+                    )
                     .optional()
                 })
                 .map_err(sql_err(&path, "looking for a port's holder"))?;
             if let Some((held_ip, holder)) = holder {
-                let held = PortClaim { host_ip: held_ip.parse().ok(), ..c.clone() };
-                return Err(Error::PortTaken { wanted: c.to_string(), held: held.to_string(), holder });
+                let held = PortClaim {
+                    host_ip: held_ip.parse().ok(),
+                    ..c.clone()
+                };
+                return Err(Error::PortTaken {
+                    wanted: c.to_string(),
+                    held: held.to_string(),
+                    holder,
+                });
             }
         }
         let previous = attachment_in(&tx, &path, o)?;
@@ -256,7 +299,11 @@ impl PortStore {
         let rows = stmt
             .query_map([network], |r| {
                 Ok(Published {
-                    owner: PortOwner { network: network.to_string(), container_id: r.get(0)?, ifname: r.get(1)? },
+                    owner: PortOwner {
+                        network: network.to_string(),
+                        container_id: r.get(0)?,
+                        ifname: r.get(1)?,
+                    },
                     profile: r.get(2)?,
                     installed: r.get(3)?,
                 })
@@ -281,7 +328,10 @@ impl PortStore {
             )
             .map_err(sql_err(&self.path, "listing profiles"))?;
         let rows = stmt
-            .query_map(params![except.network, except.container_id, except.ifname], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map(
+                params![except.network, except.container_id, except.ifname],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(sql_err(&self.path, "listing profiles"))?;
         Ok(rows)
@@ -292,12 +342,18 @@ impl PortStore {
     pub fn all_attachments(&self) -> Result<Vec<Published>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT network, container_id, ifname, profile, installed FROM attachments")
+            .prepare_cached(
+                "SELECT network, container_id, ifname, profile, installed FROM attachments",
+            )
             .map_err(sql_err(&self.path, "listing attachments"))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(Published {
-                    owner: PortOwner { network: r.get(0)?, container_id: r.get(1)?, ifname: r.get(2)? },
+                    owner: PortOwner {
+                        network: r.get(0)?,
+                        container_id: r.get(1)?,
+                        ifname: r.get(2)?,
+                    },
                     profile: r.get(3)?,
                     installed: r.get(4)?,
                 })
@@ -319,10 +375,16 @@ impl PortStore {
     /// Records (Some) or forgets (None) the note [`PortStore::structure`] returns.
     pub fn set_structure(&mut self, note: Option<&str>) -> Result<()> {
         let r = match note {
-            Some(n) => self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![STRUCTURE_KEY, n]),
-            None => self.conn.execute("DELETE FROM meta WHERE key = ?1", [STRUCTURE_KEY]),
+            Some(n) => self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![STRUCTURE_KEY, n],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM meta WHERE key = ?1", [STRUCTURE_KEY]),
         };
-        r.map(|_| ()).map_err(sql_err(&self.path, "recording the structure note"))
+        r.map(|_| ())
+            .map_err(sql_err(&self.path, "recording the structure note"))
     }
 }
 
@@ -379,21 +441,38 @@ mod tests {
     }
 
     fn tmp() -> Tmp {
-        let d = std::env::temp_dir().join(format!("berth-ports-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "berth-ports-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         Tmp(d)
     }
 
     fn owner(id: &str) -> PortOwner {
-        PortOwner { network: "net".into(), container_id: id.into(), ifname: "eth0".into() }
+        PortOwner {
+            network: "net".into(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
     }
 
     fn published(id: &str) -> Published {
-        Published { owner: owner(id), profile: "d".into(), installed: format!("{{\"id\":\"{id}\"}}") }
+        Published {
+            owner: owner(id),
+            profile: "d".into(),
+            installed: format!("{{\"id\":\"{id}\"}}"),
+        }
     }
 
     fn claim(port: u16, ip: Option<&str>) -> PortClaim {
-        PortClaim { family: 4, protocol: "tcp".into(), host_port: port, host_ip: ip.map(|i| i.parse().unwrap()) }
+        PortClaim {
+            family: 4,
+            protocol: "tcp".into(),
+            host_port: port,
+            host_ip: ip.map(|i| i.parse().unwrap()),
+        }
     }
 
     #[test]
@@ -402,9 +481,17 @@ mod tests {
         let mut s = PortStore::open(&t.0.join("p.db"), "boot1").unwrap();
         s.claim(&published("a"), &[claim(8080, None)]).unwrap();
         // any address overlaps a specific one, both ways
-        let e = s.claim(&published("b"), &[claim(9090, None), claim(8080, Some("192.0.2.1"))]).unwrap_err();
+        let e = s
+            .claim(
+                &published("b"),
+                &[claim(9090, None), claim(8080, Some("192.0.2.1"))],
+            )
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("container a") && msg.contains("tcp/192.0.2.1:8080"), "{msg}");
+        assert!(
+            msg.contains("container a") && msg.contains("tcp/192.0.2.1:8080"),
+            "{msg}"
+        );
         assert!(s.attachment(&owner("b")).unwrap().is_none());
         // the rejected request's other claim was not taken either
         s.claim(&published("c"), &[claim(9090, None)]).unwrap();
@@ -415,8 +502,10 @@ mod tests {
         v6.family = 6;
         s.claim(&published("d"), &[udp, v6]).unwrap();
         // two specific addresses do not overlap
-        s.claim(&published("e"), &[claim(7070, Some("192.0.2.1"))]).unwrap();
-        s.claim(&published("f"), &[claim(7070, Some("192.0.2.2"))]).unwrap();
+        s.claim(&published("e"), &[claim(7070, Some("192.0.2.1"))])
+            .unwrap();
+        s.claim(&published("f"), &[claim(7070, Some("192.0.2.2"))])
+            .unwrap();
         assert!(s.claim(&published("g"), &[claim(7070, None)]).is_err());
     }
 
@@ -424,7 +513,10 @@ mod tests {
     fn repeated_claim_replaces_and_release_frees() {
         let t = tmp();
         let mut s = PortStore::open(&t.0.join("p.db"), "boot1").unwrap();
-        assert!(s.claim(&published("a"), &[claim(8080, None)]).unwrap().is_none());
+        assert!(s
+            .claim(&published("a"), &[claim(8080, None)])
+            .unwrap()
+            .is_none());
         let prev = s.claim(&published("a"), &[claim(8081, None)]).unwrap();
         assert_eq!(prev, Some(published("a")));
         s.claim(&published("b"), &[claim(8080, None)]).unwrap();
@@ -448,10 +540,27 @@ mod tests {
     fn another_boot_starts_empty() {
         let t = tmp();
         let p = t.0.join("p.db");
-        PortStore::open(&p, "boot1").unwrap().claim(&published("a"), &[claim(8080, None)]).unwrap();
-        assert!(PortStore::open(&p, "boot1").unwrap().attachment(&owner("a")).unwrap().is_some());
-        PortStore::open(&p, "boot1").unwrap().set_structure(Some("d")).unwrap();
-        assert_eq!(PortStore::open(&p, "boot1").unwrap().structure().unwrap().as_deref(), Some("d"));
+        PortStore::open(&p, "boot1")
+            .unwrap()
+            .claim(&published("a"), &[claim(8080, None)])
+            .unwrap();
+        assert!(PortStore::open(&p, "boot1")
+            .unwrap()
+            .attachment(&owner("a"))
+            .unwrap()
+            .is_some());
+        PortStore::open(&p, "boot1")
+            .unwrap()
+            .set_structure(Some("d"))
+            .unwrap();
+        assert_eq!(
+            PortStore::open(&p, "boot1")
+                .unwrap()
+                .structure()
+                .unwrap()
+                .as_deref(),
+            Some("d")
+        );
         let mut s = PortStore::open(&p, "boot2").unwrap();
         assert!(s.attachment(&owner("a")).unwrap().is_none());
         assert_eq!(s.structure().unwrap(), None);

@@ -48,7 +48,10 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-pub(crate) fn sql_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusqlite::Error) -> Error + 'a {
+pub(crate) fn sql_err<'a>(
+    path: &'a Path,
+    context: &'static str,
+) -> impl Fn(rusqlite::Error) -> Error + 'a {
     move |source| Error::Sqlite {
         context,
         path: path.to_path_buf(),
@@ -56,7 +59,10 @@ pub(crate) fn sql_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusq
     }
 }
 
-pub(crate) fn io_err<'a>(path: &'a Path, context: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
+pub(crate) fn io_err<'a>(
+    path: &'a Path,
+    context: &'static str,
+) -> impl Fn(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         context,
         path: path.to_path_buf(),
@@ -82,8 +88,11 @@ pub(crate) fn configure(conn: &Connection, path: &Path) -> Result<()> {
     // and delete it, so the next process must recreate it. Instead, a
     // closing connection checkpoints only once the WAL has grown (see
     // `Drop`).
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-        .map_err(sql_err(path, "disabling checkpoint on close"))?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(sql_err(path, "disabling checkpoint on close"))?;
     Ok(())
 }
 

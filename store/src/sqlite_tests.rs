@@ -489,4 +489,3 @@ fn measure_allocate_release_is_flat() {
         println!("[measure] {line}");
     }
 }
-

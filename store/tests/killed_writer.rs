@@ -34,17 +34,34 @@ fn killed_mid_transaction_leaves_nothing() {
         }
         ForkResult::Parent { child } => {
             let st = waitpid(child, None).unwrap();
-            assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _)), "{st:?}");
+            assert!(
+                matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+                "{st:?}"
+            );
         }
     }
     let mut s = SqliteStore::open(&data, "n").unwrap();
-    assert!(s.list().unwrap().is_empty(), "the uncommitted insert must not survive");
+    assert!(
+        s.list().unwrap().is_empty(),
+        "the uncommitted insert must not survive"
+    );
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    let set = RangeSet::new(0, "10.0.0.1-10.0.0.254", &[IpRange::new(ip("10.0.0.1"), ip("10.0.0.254"))], &[ip("10.0.0.1")]).unwrap();
+    let set = RangeSet::new(
+        0,
+        "10.0.0.1-10.0.0.254",
+        &[IpRange::new(ip("10.0.0.1"), ip("10.0.0.254"))],
+        &[ip("10.0.0.1")],
+    )
+    .unwrap();
     let start = Instant::now();
-    let got = s.allocate(&Owner::new("c1", "eth0"), &[Request::next(&set)]).unwrap();
+    let got = s
+        .allocate(&Owner::new("c1", "eth0"), &[Request::next(&set)])
+        .unwrap();
     assert_eq!(got, vec![ip("10.0.0.2")]);
-    assert!(start.elapsed().as_secs() < 2, "the killed writer's lock was not released");
+    assert!(
+        start.elapsed().as_secs() < 2,
+        "the killed writer's lock was not released"
+    );
     drop(s);
     std::fs::remove_dir_all(&data).unwrap();
 }

@@ -215,7 +215,13 @@ impl Containerd {
         if !crate::is_root() {
             return Err("containerd's CRI needs root".into());
         }
-        for tool in ["containerd", "ctr", "containerd-shim-runc-v2", "runc", "tar"] {
+        for tool in [
+            "containerd",
+            "ctr",
+            "containerd-shim-runc-v2",
+            "runc",
+            "tar",
+        ] {
             need_tool(tool)?;
         }
         if !Path::new("/bin/busybox").is_file() {
@@ -1327,4 +1333,3 @@ containerd_cri_sandbox_create_network_seconds_count 1
         assert!(t.contains(SANDBOX_IMAGE));
     }
 }
-

@@ -350,14 +350,30 @@ impl TestNetns {
     /// plugin under test left there (e.g. berth-portmap's ::1 proxy of a
     /// container never DELeted) would keep it alive after `ip netns del`.
     fn kill_processes_inside(&self) {
-        let Ok(mine) = std::fs::metadata(&self.path) else { return };
+        let Ok(mine) = std::fs::metadata(&self.path) else {
+            return;
+        };
         use std::os::unix::fs::MetadataExt;
-        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else { continue };
-            if ns.ino() == mine.ino() && ns.dev() == mine.dev() && pid != std::process::id() as i32 {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else {
+                continue;
+            };
+            if ns.ino() == mine.ino() && ns.dev() == mine.dev() && pid != std::process::id() as i32
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -943,13 +959,21 @@ pub fn bridge_host_veth(container_id: &str, ifname: &str) -> String {
 /// newline is a write cut short), over the one-file-per-record directory of
 /// older versions.
 pub fn bridge_records(net_dir: &Path) -> Vec<String> {
-    let mut live: std::collections::BTreeSet<String> = std::fs::read_dir(net_dir.join("attachments"))
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect())
-        .unwrap_or_default();
+    let mut live: std::collections::BTreeSet<String> =
+        std::fs::read_dir(net_dir.join("attachments"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
     let log = std::fs::read_to_string(net_dir.join("attachments.log")).unwrap_or_default();
     let complete = log.rfind('\n').map_or("", |end| &log[..end]);
     for line in complete.lines().filter(|l| !l.is_empty()) {
-        let Ok(change) = serde_json::from_str::<Value>(line) else { continue };
+        let Ok(change) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
         let veth = change["hostVeth"].as_str().unwrap_or_default().to_string();
         match change["op"].as_str() {
             Some("add") => {
@@ -1216,7 +1240,15 @@ pub fn shared_run_dir() -> std::sync::Arc<TempDir> {
 /// Runs berth plugin `plugin` (from the built binaries) inside `host` for
 /// container `cid` in `ns` with ifname eth0, the binaries' dir as
 /// CNI_PATH and `run_dir` as BERTH_RUN_DIR.
-pub fn run_cni_in(host: &TestNetns, plugin: &str, command: &str, cid: &str, ns: &TestNetns, run_dir: &Path, conf: &Value) -> PluginOutput {
+pub fn run_cni_in(
+    host: &TestNetns,
+    plugin: &str,
+    command: &str,
+    cid: &str,
+    ns: &TestNetns,
+    run_dir: &Path,
+    conf: &Value,
+) -> PluginOutput {
     let path = bin_dir();
     let env = [
         ("CNI_CONTAINERID", cid),
@@ -1237,7 +1269,10 @@ pub fn run_plugin_in(
 ) -> PluginOutput {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", host.name(), "env", "-i"])
-        .arg(format!("PATH={}", std::env::var("PATH").unwrap_or_default()))
+        .arg(format!(
+            "PATH={}",
+            std::env::var("PATH").unwrap_or_default()
+        ))
         .arg(format!("CNI_COMMAND={command}"));
     for (k, v) in env {
         cmd.arg(format!("{k}={v}"));
@@ -1282,7 +1317,12 @@ impl TestNetns {
 pub fn bridge_ports(bridge: &str) -> Vec<String> {
     ip_json(&["link", "show", "master", bridge])
         .as_array()
-        .map(|links| links.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+        .map(|links| {
+            links
+                .iter()
+                .filter_map(|l| l["ifname"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -1293,10 +1333,12 @@ impl TestNetns {
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// creates belong to the namespace for their whole life.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(&self.path).unwrap_or_else(|e| panic!("open {}: {e}", self.path.display()));
+        let file = std::fs::File::open(&self.path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.path.display()));
         std::thread::scope(|s| {
             s.spawn(move || {
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into test namespace");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns into test namespace");
                 f()
             })
             .join()
@@ -1326,7 +1368,8 @@ impl PeerEcho {
             (tcp, udp)
         });
         tcp.set_nonblocking(true).expect("nonblocking");
-        udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
         let s1 = stop.clone();
         let t1 = std::thread::spawn(move || {
@@ -1344,11 +1387,17 @@ impl PeerEcho {
             let mut buf = [0u8; 512];
             while !s2.load(Ordering::Relaxed) {
                 if let Ok((_, peer)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(format!("peer={}\n", peer.ip().to_canonical()).as_bytes(), peer);
+                    let _ = udp.send_to(
+                        format!("peer={}\n", peer.ip().to_canonical()).as_bytes(),
+                        peer,
+                    );
                 }
             }
         });
-        PeerEcho { stop, threads: vec![t1, t2] }
+        PeerEcho {
+            stop,
+            threads: vec![t1, t2],
+        }
     }
 }
 
@@ -1365,8 +1414,10 @@ impl Drop for PeerEcho {
 /// line the service sent, or the error.
 pub fn tcp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<String, String> {
     ns.run(|| {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
         let mut text = String::new();
         s.read_to_string(&mut text).map_err(|e| e.to_string())?;
         Ok(text.trim().to_string())
@@ -1375,7 +1426,10 @@ pub fn tcp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<String, Str
 
 /// From inside `ns`: sends one UDP datagram to `addr` and returns the
 /// reply and the address it came from, or the error (a 2 s timeout).
-pub fn udp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<(String, std::net::SocketAddr), String> {
+pub fn udp_ask(
+    ns: &TestNetns,
+    addr: std::net::SocketAddr,
+) -> Result<(String, std::net::SocketAddr), String> {
     udp_ask_from(ns, 0, addr)
 }
 
@@ -1393,7 +1447,8 @@ pub fn udp_ask_from(
             (std::net::Ipv6Addr::UNSPECIFIED, local_port).into()
         };
         let s = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
         s.send_to(b"hello", addr).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 512];
         let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
@@ -1414,7 +1469,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(host: &TestNetns, addr: &str) -> Etcd {
-        let mut e = Etcd { child: None, host: host.name().to_string(), addr: addr.to_string(), data: TempDir::new("etcd") };
+        let mut e = Etcd {
+            child: None,
+            host: host.name().to_string(),
+            addr: addr.to_string(),
+            data: TempDir::new("etcd"),
+        };
         e.spawn();
         e
     }
@@ -1423,14 +1483,27 @@ impl Etcd {
     pub fn spawn(&mut self) {
         let url = format!("http://{}:2379", self.addr);
         let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.host, "etcd", "--name", "t", "--data-dir"])
+            .args([
+                "netns",
+                "exec",
+                &self.host,
+                "etcd",
+                "--name",
+                "t",
+                "--data-dir",
+            ])
             .arg(self.data.path())
             .args([
-                "--listen-client-urls", &url,
-                "--advertise-client-urls", &url,
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", "t=http://127.0.0.1:2380",
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "t=http://127.0.0.1:2380",
             ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -36,7 +36,11 @@ impl Berthd {
             serde_json::to_vec(&json!({"bindAllow": [dir.path().join("allowed")]})).unwrap(),
         )
         .unwrap();
-        let mut d = Berthd { dir, child: None, log_level };
+        let mut d = Berthd {
+            dir,
+            child: None,
+            log_level,
+        };
         d.spawn();
         d
     }
@@ -69,7 +73,11 @@ impl Berthd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(self.socket()).is_err() {
-            assert!(Instant::now() < deadline, "berthd did not listen on {}", self.socket().display());
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not listen on {}",
+                self.socket().display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -94,7 +102,11 @@ impl Berthd {
         let mut r = BufReader::new(s);
         let mut status = String::new();
         r.read_line(&mut status).unwrap();
-        let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status line");
         let mut len = 0;
         loop {
             let mut h = String::new();
@@ -118,7 +130,11 @@ impl Berthd {
     /// A call that must succeed: its answer.
     fn ok(&self, method: &str, body: Value) -> Value {
         let (code, v) = self.call(method, body.clone());
-        assert_eq!((code, v["Err"].as_str().unwrap_or("")), (200, ""), "{method} {body}: {v}");
+        assert_eq!(
+            (code, v["Err"].as_str().unwrap_or("")),
+            (200, ""),
+            "{method} {body}: {v}"
+        );
         v
     }
 
@@ -126,13 +142,20 @@ impl Berthd {
     fn fails(&self, method: &str, body: Value) -> String {
         let (code, v) = self.call(method, body.clone());
         let e = v["Err"].as_str().unwrap_or("").to_string();
-        assert!(code != 200 && !e.is_empty(), "{method} {body} should fail: {code} {v}");
+        assert!(
+            code != 200 && !e.is_empty(),
+            "{method} {body} should fail: {code} {v}"
+        );
         e
     }
 
     fn files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.root())
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -159,22 +182,38 @@ impl Drop for Berthd {
 
 fn is_mounted(p: &Path) -> bool {
     let want = p.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 #[test]
 fn activation_capabilities_and_unknown_methods() {
     let d = Berthd::start();
     let (code, v) = d.raw("Plugin.Activate", b"");
-    assert_eq!((code, v), (200, json!({"Implements": ["VolumeDriver", "NetworkDriver", "IpamDriver"], "Err": ""})));
-    assert_eq!(d.ok("VolumeDriver.Capabilities", json!({}))["Capabilities"]["Scope"], "local");
+    assert_eq!(
+        (code, v),
+        (
+            200,
+            json!({"Implements": ["VolumeDriver", "NetworkDriver", "IpamDriver"], "Err": ""})
+        )
+    );
+    assert_eq!(
+        d.ok("VolumeDriver.Capabilities", json!({}))["Capabilities"]["Scope"],
+        "local"
+    );
     let (code, v) = d.raw("VolumeDriver.List", b"");
     assert_eq!((code, v["Volumes"].clone()), (200, json!([])));
     assert_eq!(d.call("VolumeDriver.Frobnicate", json!({})).0, 404);
     assert_eq!(d.call("NetworkDriver.Frobnicate", json!({})).0, 404);
     // Get of an unknown volume is an error (the engine then calls Create).
-    assert!(d.fails("VolumeDriver.Get", json!({"Name": "nope"})).contains("does not exist"));
-    let mode = std::fs::metadata(d.socket()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    assert!(d
+        .fails("VolumeDriver.Get", json!({"Name": "nope"}))
+        .contains("does not exist"));
+    let mode = std::fs::metadata(d.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
     assert_eq!(mode, 0o600);
 }
 
@@ -184,14 +223,28 @@ fn activation_capabilities_and_unknown_methods() {
 #[test]
 fn managed_volume_counts_mounts_per_id() {
     let d = Berthd::start();
-    d.ok("VolumeDriver.Create", json!({"Name": "data", "Opts": {"uid": "1000", "gid": "1001", "mode": "0750"}}));
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "data", "Opts": {"uid": "1000", "gid": "1001", "mode": "0750"}}),
+    );
     // A repeated Create with the same options is fine; other options are not.
-    d.ok("VolumeDriver.Create", json!({"Name": "data", "Opts": {"uid": "1000", "gid": "1001", "mode": "0750"}}));
-    assert!(d.fails("VolumeDriver.Create", json!({"Name": "data", "Opts": null})).contains("already exists"));
-    let path = d.ok("VolumeDriver.Path", json!({"Name": "data"}))["Mountpoint"].as_str().unwrap().to_string();
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "data", "Opts": {"uid": "1000", "gid": "1001", "mode": "0750"}}),
+    );
+    assert!(d
+        .fails("VolumeDriver.Create", json!({"Name": "data", "Opts": null}))
+        .contains("already exists"));
+    let path = d.ok("VolumeDriver.Path", json!({"Name": "data"}))["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let meta = std::fs::metadata(&path).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1001, 0o750));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1000, 1001, 0o750)
+    );
     let got = d.ok("VolumeDriver.Get", json!({"Name": "data"}));
     assert_eq!(got["Volume"]["Name"], "data");
     assert!(got["Volume"]["CreatedAt"].as_str().unwrap().ends_with('Z'));
@@ -202,15 +255,31 @@ fn managed_volume_counts_mounts_per_id() {
     d.ok("VolumeDriver.Mount", json!({"Name": "data", "ID": "b"}));
     std::fs::write(Path::new(&path).join("f"), "x").unwrap();
     let st = &d.ok("VolumeDriver.Get", json!({"Name": "data"}))["Volume"]["Status"];
-    assert_eq!((st["mountCount"].clone(), st["mountIDs"].clone(), st["usedBytes"].clone()), (json!(3), json!(2), json!(1)));
-    assert!(d.fails("VolumeDriver.Remove", json!({"Name": "data"})).contains("mounted"));
-    assert!(d.fails("VolumeDriver.Unmount", json!({"Name": "data", "ID": "zzz"})).contains("zzz"));
+    assert_eq!(
+        (
+            st["mountCount"].clone(),
+            st["mountIDs"].clone(),
+            st["usedBytes"].clone()
+        ),
+        (json!(3), json!(2), json!(1))
+    );
+    assert!(d
+        .fails("VolumeDriver.Remove", json!({"Name": "data"}))
+        .contains("mounted"));
+    assert!(d
+        .fails("VolumeDriver.Unmount", json!({"Name": "data", "ID": "zzz"}))
+        .contains("zzz"));
     for id in ["a", "b", "a"] {
         d.ok("VolumeDriver.Unmount", json!({"Name": "data", "ID": id}));
     }
-    assert!(d.fails("VolumeDriver.Unmount", json!({"Name": "data", "ID": "a"})).contains("no mount"));
+    assert!(d
+        .fails("VolumeDriver.Unmount", json!({"Name": "data", "ID": "a"}))
+        .contains("no mount"));
     let list = d.ok("VolumeDriver.List", json!({}));
-    assert_eq!(list["Volumes"], json!([{"Name": "data", "Mountpoint": path}]));
+    assert_eq!(
+        list["Volumes"],
+        json!([{"Name": "data", "Mountpoint": path}])
+    );
     d.ok("VolumeDriver.Remove", json!({"Name": "data"}));
     assert!(!Path::new(&path).exists());
     assert_eq!(d.files(), Vec::<String>::new());
@@ -231,21 +300,46 @@ fn bind_volumes_stay_inside_the_allowlist() {
         (d.dir.path().join("allowed/../elsewhere"), "outside"),
         (d.dir.path().join("allowed/missing"), "resolved"),
     ] {
-        let e = d.fails("VolumeDriver.Create", json!({"Name": "b", "Opts": {"type": "bind", "device": device}}));
+        let e = d.fails(
+            "VolumeDriver.Create",
+            json!({"Name": "b", "Opts": {"type": "bind", "device": device}}),
+        );
         assert!(e.contains(why), "{}: {e}", device.display());
     }
-    assert_eq!(d.files(), Vec::<String>::new(), "a refused Create left something");
+    assert_eq!(
+        d.files(),
+        Vec::<String>::new(),
+        "a refused Create left something"
+    );
 
-    d.ok("VolumeDriver.Create", json!({"Name": "site", "Opts": {"type": "bind", "device": allowed, "ro": "true"}}));
-    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "site", "ID": "c1"}))["Mountpoint"].as_str().unwrap());
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "site", "Opts": {"type": "bind", "device": allowed, "ro": "true"}}),
+    );
+    let mp = PathBuf::from(
+        d.ok("VolumeDriver.Mount", json!({"Name": "site", "ID": "c1"}))["Mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
     assert!(is_mounted(&mp));
-    assert_eq!(std::fs::read_to_string(mp.join("index.txt")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(mp.join("index.txt")).unwrap(),
+        "hello\n"
+    );
     let w = std::fs::write(mp.join("new.txt"), "x").unwrap_err();
-    assert_eq!(w.raw_os_error(), Some(libc::EROFS), "ro bind volume accepted a write");
+    assert_eq!(
+        w.raw_os_error(),
+        Some(libc::EROFS),
+        "ro bind volume accepted a write"
+    );
     d.ok("VolumeDriver.Unmount", json!({"Name": "site", "ID": "c1"}));
     assert!(!is_mounted(&mp));
     d.ok("VolumeDriver.Remove", json!({"Name": "site"}));
-    assert_eq!(std::fs::read_to_string(allowed.join("index.txt")).unwrap(), "hello\n", "host directory touched");
+    assert_eq!(
+        std::fs::read_to_string(allowed.join("index.txt")).unwrap(),
+        "hello\n",
+        "host directory touched"
+    );
 }
 
 /// tmpfs volumes are mounted on the first Mount and gone at the last
@@ -253,15 +347,35 @@ fn bind_volumes_stay_inside_the_allowlist() {
 #[test]
 fn tmpfs_and_size_limited_volumes() {
     let d = Berthd::start();
-    d.ok("VolumeDriver.Create", json!({"Name": "scratch", "Opts": {"type": "tmpfs", "o": "size=1m,mode=0700"}}));
-    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "scratch", "ID": "x"}))["Mountpoint"].as_str().unwrap());
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "scratch", "Opts": {"type": "tmpfs", "o": "size=1m,mode=0700"}}),
+    );
+    let mp = PathBuf::from(
+        d.ok("VolumeDriver.Mount", json!({"Name": "scratch", "ID": "x"}))["Mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
     assert!(is_mounted(&mp));
-    assert!(std::fs::write(mp.join("big"), vec![0u8; 2 << 20]).is_err(), "tmpfs size=1m took 2 MiB");
-    d.ok("VolumeDriver.Unmount", json!({"Name": "scratch", "ID": "x"}));
+    assert!(
+        std::fs::write(mp.join("big"), vec![0u8; 2 << 20]).is_err(),
+        "tmpfs size=1m took 2 MiB"
+    );
+    d.ok(
+        "VolumeDriver.Unmount",
+        json!({"Name": "scratch", "ID": "x"}),
+    );
     assert!(!is_mounted(&mp));
 
-    d.ok("VolumeDriver.Create", json!({"Name": "small", "Opts": {"size": "8M"}}));
-    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "small", "ID": "y"}))["Mountpoint"].as_str().unwrap());
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "small", "Opts": {"size": "8M"}}),
+    );
+    let mp = PathBuf::from(
+        d.ok("VolumeDriver.Mount", json!({"Name": "small", "ID": "y"}))["Mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
     assert!(is_mounted(&mp));
     std::fs::write(mp.join("fits"), vec![1u8; 1 << 20]).expect("1 MiB fits in 8 MiB");
     let e = std::fs::write(mp.join("too-big"), vec![1u8; 16 << 20]).unwrap_err();
@@ -287,16 +401,48 @@ fn bad_input_changes_nothing() {
     d.ok("VolumeDriver.Create", json!({"Name": "keep"}));
     let before = d.files();
     let cases = [
-        ("VolumeDriver.Create", json!({"Name": "x", "Opts": {"colour": "red"}}), "colour"),
-        ("VolumeDriver.Create", json!({"Name": "x", "Opts": {"size": "12Q"}}), "size"),
-        ("VolumeDriver.Create", json!({"Name": "a/b"}), "invalid volume name"),
-        ("VolumeDriver.Create", json!({"Name": ".."}), "invalid volume name"),
-        ("VolumeDriver.Create", json!({"Name": "x", "Opts": {"type": "bind", "device": "/etc"}}), "outside"),
+        (
+            "VolumeDriver.Create",
+            json!({"Name": "x", "Opts": {"colour": "red"}}),
+            "colour",
+        ),
+        (
+            "VolumeDriver.Create",
+            json!({"Name": "x", "Opts": {"size": "12Q"}}),
+            "size",
+        ),
+        (
+            "VolumeDriver.Create",
+            json!({"Name": "a/b"}),
+            "invalid volume name",
+        ),
+        (
+            "VolumeDriver.Create",
+            json!({"Name": ".."}),
+            "invalid volume name",
+        ),
+        (
+            "VolumeDriver.Create",
+            json!({"Name": "x", "Opts": {"type": "bind", "device": "/etc"}}),
+            "outside",
+        ),
         ("VolumeDriver.Create", json!({"Opts": {}}), "Name"),
-        ("VolumeDriver.Mount", json!({"Name": "ghost", "ID": "1"}), "does not exist"),
+        (
+            "VolumeDriver.Mount",
+            json!({"Name": "ghost", "ID": "1"}),
+            "does not exist",
+        ),
         ("VolumeDriver.Mount", json!({"Name": "keep"}), "ID"),
-        ("VolumeDriver.Unmount", json!({"Name": "keep", "ID": "never"}), "never"),
-        ("VolumeDriver.Remove", json!({"Name": "ghost"}), "does not exist"),
+        (
+            "VolumeDriver.Unmount",
+            json!({"Name": "keep", "ID": "never"}),
+            "never",
+        ),
+        (
+            "VolumeDriver.Remove",
+            json!({"Name": "ghost"}),
+            "does not exist",
+        ),
     ];
     for (method, body, word) in cases {
         let e = d.fails(method, body.clone());
@@ -304,7 +450,10 @@ fn bad_input_changes_nothing() {
         assert_eq!(d.files(), before, "{method} {body} changed the root");
     }
     let (code, v) = d.raw("VolumeDriver.Create", b"{not json");
-    assert!(code != 200 && v["Err"].as_str().unwrap_or("").contains("malformed"), "{code} {v}");
+    assert!(
+        code != 200 && v["Err"].as_str().unwrap_or("").contains("malformed"),
+        "{code} {v}"
+    );
     assert_eq!(d.files(), before);
 }
 
@@ -314,16 +463,32 @@ fn bad_input_changes_nothing() {
 fn sigkill_and_restart_keep_volumes_and_counts() {
     let mut d = Berthd::start();
     d.ok("VolumeDriver.Create", json!({"Name": "m"}));
-    d.ok("VolumeDriver.Create", json!({"Name": "t", "Opts": {"type": "tmpfs"}}));
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "t", "Opts": {"type": "tmpfs"}}),
+    );
     d.ok("VolumeDriver.Mount", json!({"Name": "m", "ID": "c1"}));
-    let mp = PathBuf::from(d.ok("VolumeDriver.Mount", json!({"Name": "t", "ID": "c2"}))["Mountpoint"].as_str().unwrap());
+    let mp = PathBuf::from(
+        d.ok("VolumeDriver.Mount", json!({"Name": "t", "ID": "c2"}))["Mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
     std::fs::write(mp.join("state"), "kept").unwrap();
     d.kill();
     d.spawn();
-    let names: Vec<Value> = d.ok("VolumeDriver.List", json!({}))["Volumes"].as_array().unwrap().iter().map(|v| v["Name"].clone()).collect();
+    let names: Vec<Value> = d.ok("VolumeDriver.List", json!({}))["Volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Name"].clone())
+        .collect();
     assert_eq!(names, vec![json!("m"), json!("t")]);
     for (n, count) in [("m", 1), ("t", 1)] {
-        assert_eq!(d.ok("VolumeDriver.Get", json!({"Name": n}))["Volume"]["Status"]["mountCount"], json!(count), "{n}");
+        assert_eq!(
+            d.ok("VolumeDriver.Get", json!({"Name": n}))["Volume"]["Status"]["mountCount"],
+            json!(count),
+            "{n}"
+        );
     }
     assert_eq!(std::fs::read_to_string(mp.join("state")).unwrap(), "kept");
     d.ok("VolumeDriver.Unmount", json!({"Name": "t", "ID": "c2"}));
@@ -336,7 +501,11 @@ fn sigkill_and_restart_keep_volumes_and_counts() {
 fn link_names() -> Vec<String> {
     let mut v: Vec<String> = ip_json(&["link", "show"])
         .as_array()
-        .map(|a| a.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["ifname"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -350,25 +519,55 @@ fn ipam_pools_and_addresses() {
     let d = Berthd::start();
     let (subnet, _) = unique_subnets();
     let ipam = |m: &str, b: Value| d.call(&format!("IpamDriver.{m}"), b);
-    let (code, p1) = ipam("RequestPool", json!({"AddressSpace": "berth-local", "Pool": subnet, "V6": false}));
+    let (code, p1) = ipam(
+        "RequestPool",
+        json!({"AddressSpace": "berth-local", "Pool": subnet, "V6": false}),
+    );
     assert_eq!(code, 200, "{p1}");
-    let (_, p2) = ipam("RequestPool", json!({"AddressSpace": "berth-local", "Pool": subnet}));
+    let (_, p2) = ipam(
+        "RequestPool",
+        json!({"AddressSpace": "berth-local", "Pool": subnet}),
+    );
     assert_eq!(p1["PoolID"], p2["PoolID"]);
     let base = subnet.trim_end_matches(".0/24");
-    for bad in [json!({"Pool": format!("{base}.128/25")}), json!({"SubPool": "10.0.0.0/24"}), json!({"Pool": "nonsense"})] {
+    for bad in [
+        json!({"Pool": format!("{base}.128/25")}),
+        json!({"SubPool": "10.0.0.0/24"}),
+        json!({"Pool": "nonsense"}),
+    ] {
         let (code, v) = ipam("RequestPool", bad.clone());
-        assert!(code != 200 && !v["Error"].as_str().unwrap_or("").is_empty(), "{bad}: {v}");
+        assert!(
+            code != 200 && !v["Error"].as_str().unwrap_or("").is_empty(),
+            "{bad}: {v}"
+        );
     }
     let (code, v) = d.raw("IpamDriver.RequestPool", b"{nope");
-    assert!(code != 200 && v["Error"].as_str().unwrap_or("").contains("malformed"), "{v}");
+    assert!(
+        code != 200 && v["Error"].as_str().unwrap_or("").contains("malformed"),
+        "{v}"
+    );
     let id = p1["PoolID"].as_str().unwrap();
-    let gw = ipam("RequestAddress", json!({"PoolID": id, "Options": {"RequestAddressType": "com.docker.network.gateway"}})).1;
+    let gw = ipam(
+        "RequestAddress",
+        json!({"PoolID": id, "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    )
+    .1;
     assert_eq!(gw["Address"], format!("{base}.1/24"));
     let a = ipam("RequestAddress", json!({"PoolID": id, "Address": ""})).1;
     assert_eq!(a["Address"], format!("{base}.2/24"));
-    assert_eq!(ipam("ReleaseAddress", json!({"PoolID": id, "Address": format!("{base}.2")})).0, 200);
+    assert_eq!(
+        ipam(
+            "ReleaseAddress",
+            json!({"PoolID": id, "Address": format!("{base}.2")})
+        )
+        .0,
+        200
+    );
     let again = ipam("RequestAddress", json!({"PoolID": id})).1;
-    assert!(again["Address"].as_str().unwrap().starts_with(base), "{again}");
+    assert!(
+        again["Address"].as_str().unwrap().starts_with(base),
+        "{again}"
+    );
     for _ in 0..2 {
         assert_eq!(ipam("ReleasePool", json!({"PoolID": id})).0, 200);
     }
@@ -403,15 +602,27 @@ fn network_bad_input_changes_nothing() {
     let (code, v) = create(&id1, json!({"bridge": bridge}), &gw);
     assert_eq!(code, 200, "{v}");
     let links = link_names();
-    let networks = || std::fs::read_dir(d.dir.path().join("state/networks")).map(|r| r.count()).unwrap_or(0);
+    let networks = || {
+        std::fs::read_dir(d.dir.path().join("state/networks"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
     assert_eq!(networks(), 1);
     let id2 = format!("{:08x}b{}", std::process::id(), "0".repeat(55));
     for (generic, gateway, word) in [
         (json!({"mode": "teleport"}), "10.251.0.1/24", "mode"),
         (json!({"colour": "red"}), "10.251.0.1/24", "colour"),
-        (json!({"vlan": "10"}), "10.251.0.1/24", "VLAN networks are not served"),
+        (
+            json!({"vlan": "10"}),
+            "10.251.0.1/24",
+            "VLAN networks are not served",
+        ),
         (json!({"vni": "10"}), "10.251.0.1/24", "mode=overlay"),
-        (json!({"mode": "overlay", "vni": "10"}), "10.251.0.1/24", "is not berth's"),
+        (
+            json!({"mode": "overlay", "vni": "10"}),
+            "10.251.0.1/24",
+            "is not berth's",
+        ),
         (json!({"mtu": "9"}), "10.251.0.1/24", "mtu"),
         (json!({"bridge": "lo"}), "10.251.0.1/24", "lo"),
         (json!({"bridge": bridge}), "10.251.0.1/24", "belongs to"),
@@ -419,19 +630,34 @@ fn network_bad_input_changes_nothing() {
     ] {
         let (code, v) = create(&id2, generic.clone(), gateway);
         let e = v["Err"].as_str().unwrap_or("");
-        assert!(code != 200 && e.contains(word), "{generic} {gateway}: {code} {v}");
+        assert!(
+            code != 200 && e.contains(word),
+            "{generic} {gateway}: {code} {v}"
+        );
         assert_eq!(link_names(), links, "{generic}: links changed");
         assert_eq!(networks(), 1, "{generic}: a record was left");
     }
     let (code, v) = d.raw("NetworkDriver.CreateNetwork", b"{nope");
-    assert!(code != 200 && v["Err"].as_str().unwrap_or("").contains("malformed"), "{v}");
-    let e = d.fails("NetworkDriver.Join", json!({"NetworkID": id1, "EndpointID": "e".repeat(64), "SandboxKey": "/x"}));
+    assert!(
+        code != 200 && v["Err"].as_str().unwrap_or("").contains("malformed"),
+        "{v}"
+    );
+    let e = d.fails(
+        "NetworkDriver.Join",
+        json!({"NetworkID": id1, "EndpointID": "e".repeat(64), "SandboxKey": "/x"}),
+    );
     assert!(e.contains("unknown endpoint"), "{e}");
     assert_eq!(link_names(), links);
     // Leave and DeleteEndpoint of what is not there succeed (the engine
     // sends them for stale sandboxes).
-    d.ok("NetworkDriver.Leave", json!({"NetworkID": id1, "EndpointID": "f".repeat(64)}));
-    d.ok("NetworkDriver.DeleteEndpoint", json!({"NetworkID": id1, "EndpointID": "f".repeat(64)}));
+    d.ok(
+        "NetworkDriver.Leave",
+        json!({"NetworkID": id1, "EndpointID": "f".repeat(64)}),
+    );
+    d.ok(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": id1, "EndpointID": "f".repeat(64)}),
+    );
     d.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": id1}));
     assert!(!link_exists(&bridge));
     assert_eq!(networks(), 0);
@@ -464,7 +690,9 @@ struct Case {
 
 /// A request-shaped byte string.
 fn request(path: &str, headers: &[String], body: &[u8]) -> Vec<u8> {
-    let mut r = format!("POST {path} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nConnection: close\r\n").into_bytes();
+    let mut r =
+        format!("POST {path} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nConnection: close\r\n")
+            .into_bytes();
     for h in headers {
         r.extend_from_slice(h.as_bytes());
         r.extend_from_slice(b"\r\n");
@@ -475,12 +703,27 @@ fn request(path: &str, headers: &[String], body: &[u8]) -> Vec<u8> {
 }
 
 const DRIVER_CALLS: [(&str, &str); 6] = [
-    ("/VolumeDriver.Create", r#"{"Name":"fuzz","Opts":{"size":"8M"}}"#),
+    (
+        "/VolumeDriver.Create",
+        r#"{"Name":"fuzz","Opts":{"size":"8M"}}"#,
+    ),
     ("/VolumeDriver.Mount", r#"{"Name":"fuzz","ID":"abc"}"#),
-    ("/NetworkDriver.CreateNetwork", r#"{"NetworkID":"0123456789abcdef","Options":{},"IPv4Data":[{"Pool":"10.99.0.0/24"}]}"#),
-    ("/NetworkDriver.CreateEndpoint", r#"{"NetworkID":"0123456789abcdef","EndpointID":"fedcba9876543210"}"#),
-    ("/IpamDriver.RequestPool", r#"{"AddressSpace":"","Pool":"10.98.0.0/24"}"#),
-    ("/IpamDriver.RequestAddress", r#"{"PoolID":"nope","Address":""}"#),
+    (
+        "/NetworkDriver.CreateNetwork",
+        r#"{"NetworkID":"0123456789abcdef","Options":{},"IPv4Data":[{"Pool":"10.99.0.0/24"}]}"#,
+    ),
+    (
+        "/NetworkDriver.CreateEndpoint",
+        r#"{"NetworkID":"0123456789abcdef","EndpointID":"fedcba9876543210"}"#,
+    ),
+    (
+        "/IpamDriver.RequestPool",
+        r#"{"AddressSpace":"","Pool":"10.98.0.0/24"}"#,
+    ),
+    (
+        "/IpamDriver.RequestAddress",
+        r#"{"PoolID":"nope","Address":""}"#,
+    ),
 ];
 
 fn generate(rng: &mut rand::rngs::StdRng) -> Case {
@@ -493,27 +736,63 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
         0 => {
             // A head cut anywhere before its end, then EOF.
             let cut = rng.random_range(0..activate.len() - 2);
-            Case { name: format!("head truncated at {cut}"), bytes: activate[..cut].to_vec(), half_close: true, expect: Expect::RejectedOrClosed }
+            Case {
+                name: format!("head truncated at {cut}"),
+                bytes: activate[..cut].to_vec(),
+                half_close: true,
+                expect: Expect::RejectedOrClosed,
+            }
         }
         1 => {
             // Well past the head limit (hyper checks it between reads, so
             // a head may pass it by one read).
             let n = rng.random_range(256 * 1024..1024 * 1024 + 1);
             let h = format!("X-Big: {}", "a".repeat(n));
-            Case { name: format!("a header of {n} bytes"), bytes: request("/Plugin.Activate", &[h, len(0)], b""), half_close: false, expect: Expect::RejectedOrClosed }
+            Case {
+                name: format!("a header of {n} bytes"),
+                bytes: request("/Plugin.Activate", &[h, len(0)], b""),
+                half_close: false,
+                expect: Expect::RejectedOrClosed,
+            }
         }
         2 => {
             let n = rng.random_range(101..400);
-            let hs: Vec<String> = (0..n).map(|i| format!("X-H{i}: v")).chain([len(0)]).collect();
-            Case { name: format!("{n} headers"), bytes: request("/Plugin.Activate", &hs, b""), half_close: false, expect: Expect::RejectedOrClosed }
+            let hs: Vec<String> = (0..n)
+                .map(|i| format!("X-H{i}: v"))
+                .chain([len(0)])
+                .collect();
+            Case {
+                name: format!("{n} headers"),
+                bytes: request("/Plugin.Activate", &hs, b""),
+                half_close: false,
+                expect: Expect::RejectedOrClosed,
+            }
         }
         3 => {
-            let v = ["18446744073709551616", "99999999999999999999999", "-1", "-18446744073709551615", "0x10", "1e3", "abc", ""][rng.random_range(0..8)];
-            Case { name: format!("Content-Length: {v:?}"), bytes: request(path, &[format!("Content-Length: {v}")], json.as_bytes()), half_close: false, expect: Expect::RejectedOrClosed }
+            let v = [
+                "18446744073709551616",
+                "99999999999999999999999",
+                "-1",
+                "-18446744073709551615",
+                "0x10",
+                "1e3",
+                "abc",
+                "",
+            ][rng.random_range(0..8)];
+            Case {
+                name: format!("Content-Length: {v:?}"),
+                bytes: request(path, &[format!("Content-Length: {v}")], json.as_bytes()),
+                half_close: false,
+                expect: Expect::RejectedOrClosed,
+            }
         }
         4 => Case {
             name: "two different Content-Lengths".into(),
-            bytes: request(path, &[len(json.len()), len(json.len() + 1)], json.as_bytes()),
+            bytes: request(
+                path,
+                &[len(json.len()), len(json.len() + 1)],
+                json.as_bytes(),
+            ),
             half_close: false,
             expect: Expect::RejectedOrClosed,
         },
@@ -521,16 +800,34 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
             // Chunk sizes no body can have: overflowing, negative, not hex.
             // The second chunk's size is the bad one (a first chunk is
             // already in).
-            let size = ["ffffffffffffffff", "ffffffffffffffff0", "10000000000000000", "-1", "zz", "0x5", " ", "fffffffffffffffffffffffffffff"]
-                [rng.random_range(0..8)];
+            let size = [
+                "ffffffffffffffff",
+                "ffffffffffffffff0",
+                "10000000000000000",
+                "-1",
+                "zz",
+                "0x5",
+                " ",
+                "fffffffffffffffffffffffffffff",
+            ][rng.random_range(0..8)];
             let body = format!("1\r\n{{\r\n{size}\r\n{}\r\n0\r\n\r\n", &json[1..]);
-            Case { name: format!("chunk size {size:?}"), bytes: request(path, &[chunked()], body.as_bytes()), half_close: false, expect: Expect::RejectedOrClosed }
+            Case {
+                name: format!("chunk size {size:?}"),
+                bytes: request(path, &[chunked()], body.as_bytes()),
+                half_close: false,
+                expect: Expect::RejectedOrClosed,
+            }
         }
         6 => {
             // A chunk whose data is longer than its size says (no CRLF where
             // one must be).
             let body = format!("{:x}\r\n{json}XX\r\n0\r\n\r\n", json.len());
-            Case { name: "chunk longer than its size".into(), bytes: request(path, &[chunked()], body.as_bytes()), half_close: false, expect: Expect::ErrJson }
+            Case {
+                name: "chunk longer than its size".into(),
+                bytes: request(path, &[chunked()], body.as_bytes()),
+                half_close: false,
+                expect: Expect::ErrJson,
+            }
         }
         7 => {
             // More than 1 MiB in chunks.
@@ -540,7 +837,12 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 body.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
             }
             body.push_str("0\r\n\r\n");
-            Case { name: "chunked body over 1 MiB".into(), bytes: request(path, &[chunked()], body.as_bytes()), half_close: false, expect: Expect::ErrJson }
+            Case {
+                name: "chunked body over 1 MiB".into(),
+                bytes: request(path, &[chunked()], body.as_bytes()),
+                half_close: false,
+                expect: Expect::ErrJson,
+            }
         }
         8 => {
             // A well-formed chunked request in pieces of every size, with
@@ -554,18 +856,33 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 i += n;
             }
             enc.push_str("0\r\n\r\n");
-            Case { name: "chunked Plugin.Activate".into(), bytes: request("/Plugin.Activate", &[chunked()], enc.as_bytes()), half_close: false, expect: Expect::Ok }
+            Case {
+                name: "chunked Plugin.Activate".into(),
+                bytes: request("/Plugin.Activate", &[chunked()], enc.as_bytes()),
+                half_close: false,
+                expect: Expect::Ok,
+            }
         }
         9 => {
             // A declared body bigger than the limit.
             let n = (1 << 20) + rng.random_range(1..1_000_000usize);
-            Case { name: format!("Content-Length {n}"), bytes: request(path, &[len(n)], b"{"), half_close: false, expect: Expect::ErrJson }
+            Case {
+                name: format!("Content-Length {n}"),
+                bytes: request(path, &[len(n)], b"{"),
+                half_close: false,
+                expect: Expect::ErrJson,
+            }
         }
         10 => {
             // JSON cut short: never valid.
             let cut = rng.random_range(1..json.len());
             let body = &json.as_bytes()[..cut];
-            Case { name: format!("{path} with JSON cut at {cut}"), bytes: request(path, &[len(body.len())], body), half_close: false, expect: Expect::ErrJson }
+            Case {
+                name: format!("{path} with JSON cut at {cut}"),
+                bytes: request(path, &[len(body.len())], body),
+                half_close: false,
+                expect: Expect::ErrJson,
+            }
         }
         11 => {
             // Random bytes after an opening brace: never valid JSON (no
@@ -573,13 +890,35 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
             let n = rng.random_range(1..200);
             let mut body = vec![b'{'];
             body.extend((0..n).map(|_| rng.random::<u8>()).filter(|b| *b != b'}'));
-            Case { name: format!("{path} with {n} random bytes"), bytes: request(path, &[len(body.len())], &body), half_close: false, expect: Expect::ErrJson }
+            Case {
+                name: format!("{path} with {n} random bytes"),
+                bytes: request(path, &[len(body.len())], &body),
+                half_close: false,
+                expect: Expect::ErrJson,
+            }
         }
         12 => {
-            let p = ["/Nope.Method", "/VolumeDriver.Frobnicate", "/IpamDriver.", "/", "/../../etc/passwd", "/Plugin.Activate/x"][rng.random_range(0..6)];
-            Case { name: format!("unknown path {p}"), bytes: request(p, &[len(2)], b"{}"), half_close: false, expect: Expect::ErrJson }
+            let p = [
+                "/Nope.Method",
+                "/VolumeDriver.Frobnicate",
+                "/IpamDriver.",
+                "/",
+                "/../../etc/passwd",
+                "/Plugin.Activate/x",
+            ][rng.random_range(0..6)];
+            Case {
+                name: format!("unknown path {p}"),
+                bytes: request(p, &[len(2)], b"{}"),
+                half_close: false,
+                expect: Expect::ErrJson,
+            }
         }
-        _ => Case { name: "Plugin.Activate".into(), bytes: activate, half_close: false, expect: Expect::Ok },
+        _ => Case {
+            name: "Plugin.Activate".into(),
+            bytes: activate,
+            half_close: false,
+            expect: Expect::Ok,
+        },
     }
 }
 
@@ -612,14 +951,18 @@ fn check(case: &Case, got: Option<(u16, Vec<u8>)>) -> Result<(), String> {
         (Expect::RejectedOrClosed, None) => Ok(()),
         (Expect::RejectedOrClosed, Some((code, _))) if (400..500).contains(&code) => Ok(()),
         (Expect::ErrJson, Some((code, body))) if (400..500).contains(&code) => {
-            let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{}: {code} with a body that is not JSON ({e})", case.name))?;
+            let v: Value = serde_json::from_slice(&body)
+                .map_err(|e| format!("{}: {code} with a body that is not JSON ({e})", case.name))?;
             if v["Err"].as_str().is_some_and(|e| !e.is_empty()) {
                 Ok(())
             } else {
                 fail(&format!("{code} without Err: {v}"))
             }
         }
-        (_, other) => fail(&format!("want a 4xx, got {:?}", other.map(|(c, b)| (c, String::from_utf8_lossy(&b).into_owned())))),
+        (_, other) => fail(&format!(
+            "want a 4xx, got {:?}",
+            other.map(|(c, b)| (c, String::from_utf8_lossy(&b).into_owned()))
+        )),
     }
 }
 
@@ -646,7 +989,8 @@ fn malformed_http_never_stops_berthd() {
         .map(|i| {
             let mut s = UnixStream::connect(&sock).unwrap();
             if i % 2 == 1 {
-                s.write_all(b"POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\n").unwrap();
+                s.write_all(b"POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
             }
             s
         })
@@ -660,7 +1004,11 @@ fn malformed_http_never_stops_berthd() {
             let mut calls = 0;
             while !done.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let got = exchange(&sock, &request("/Plugin.Activate", &["Content-Length: 0".into()], b""), false);
+                let got = exchange(
+                    &sock,
+                    &request("/Plugin.Activate", &["Content-Length: 0".into()], b""),
+                    false,
+                );
                 let took = t.elapsed();
                 assert!(matches!(got, Some((200, _))), "the good client got {got:?}");
                 worst = worst.max(took);
@@ -683,7 +1031,12 @@ fn malformed_http_never_stops_berthd() {
                     let t = Instant::now();
                     let got = exchange(&sock, &case.bytes, case.half_close);
                     if t.elapsed() > Duration::from_secs(1) {
-                        eprintln!("slow case: {} took {:?}: {:?}", case.name, t.elapsed(), got.as_ref().map(|g| g.0));
+                        eprintln!(
+                            "slow case: {} took {:?}: {:?}",
+                            case.name,
+                            t.elapsed(),
+                            got.as_ref().map(|g| g.0)
+                        );
                     }
                     if let Err(e) = check(&case, got) {
                         failures.push(e);
@@ -701,7 +1054,11 @@ fn malformed_http_never_stops_berthd() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = Vec::new();
         let r = s.read_to_end(&mut buf);
-        assert!(r.is_ok(), "stalled connection {i} still open {:?} after connecting: {r:?}", stalled_at.elapsed());
+        assert!(
+            r.is_ok(),
+            "stalled connection {i} still open {:?} after connecting: {r:?}",
+            stalled_at.elapsed()
+        );
     }
     done.store(true, Ordering::Relaxed);
     let (calls, worst) = good.join().expect("the good client");
@@ -713,19 +1070,39 @@ fn malformed_http_never_stops_berthd() {
         failures.extend(f);
     }
     eprintln!("malformed HTTP: {total} cases in {run_for:?}; good client: {calls} calls, slowest {worst:?}");
-    assert!(failures.is_empty(), "{} of {total} cases failed, e.g.:\n{}", failures.len(), failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed, e.g.:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(total > 1000, "only {total} cases in a minute");
-    assert!(worst < Duration::from_secs(5), "the good client waited {worst:?}");
+    assert!(
+        worst < Duration::from_secs(5),
+        "the good client waited {worst:?}"
+    );
     let status = d.child.as_mut().unwrap().try_wait().unwrap();
     assert!(status.is_none(), "berthd exited: {status:?}");
     // Nothing was made: no volume, no network, pool or endpoint recorded
     // (the calls' IDs and pools appear in no state file).
     assert_eq!(d.ok("VolumeDriver.List", json!({}))["Volumes"], json!([]));
-    assert!(d.files().iter().all(|f| !f.contains("fuzz")), "{:?}", d.files());
+    assert!(
+        d.files().iter().all(|f| !f.contains("fuzz")),
+        "{:?}",
+        d.files()
+    );
     for (path, content) in dir_tree(&d.dir.path().join("state")) {
         let text = String::from_utf8_lossy(content.as_deref().unwrap_or_default()).into_owned();
         for needle in ["0123456789abcdef", "10.99.0.0", "10.98.0.0"] {
-            assert!(!text.contains(needle) && !path.contains(needle), "state/{path} holds {needle}: {text}");
+            assert!(
+                !text.contains(needle) && !path.contains(needle),
+                "state/{path} holds {needle}: {text}"
+            );
         }
     }
     d.kill();

@@ -1310,21 +1310,34 @@ fn solicitations_and_mld_reports_stay_off_the_bridge() {
     a.add(&conf).expect_ok();
     // Frames A's interface received (a flooded solicitation or report is
     // dropped by A's IPv6 stack without any ICMP counter seeing it).
-    let sibling = || ns_a.ip_json(&["-s", "link", "show", "eth0"])[0]["stats64"]["rx"]["packets"].as_u64().unwrap();
+    let sibling = || {
+        ns_a.ip_json(&["-s", "link", "show", "eth0"])[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
     let host = || std::fs::read_to_string(format!("/proc/net/dev_snmp6/{}", net.bridge)).unwrap();
     // ICMPv6 messages of a type in a dev_snmp6 text (absent: none yet).
-    let count = |text: &str, counter: &str| text.lines().find_map(|l| l.strip_prefix(counter)).map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    let count = |text: &str, counter: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(counter))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
     // A host multicast router listens on ff02::16, where MLDv2 reports go.
     let bridge_index = host_link(&net.bridge, false)["ifindex"].as_u64().unwrap() as u32;
     let mld_router = std::net::UdpSocket::bind("[::]:0").unwrap();
-    mld_router.join_multicast_v6(&"ff02::16".parse().unwrap(), bridge_index).unwrap();
+    mld_router
+        .join_multicast_v6(&"ff02::16".parse().unwrap(), bridge_index)
+        .unwrap();
     // Container A's own solicitations and the bridge's reports for the
     // gateway address (which do go to every port) are over first: wait
     // until A has received nothing for 1.5 s.
     let settle_deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let (mut last, mut since) = (sibling(), std::time::Instant::now());
     while since.elapsed() < std::time::Duration::from_millis(1500) {
-        assert!(std::time::Instant::now() < settle_deadline, "container A kept receiving frames");
+        assert!(
+            std::time::Instant::now() < settle_deadline,
+            "container A kept receiving frames"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
         let now = sibling();
         if now != last {
@@ -1342,21 +1355,47 @@ fn solicitations_and_mld_reports_stay_off_the_bridge() {
         if count(&text, "Icmp6OutType133") > 0 && count(&text, "Icmp6OutType143") > 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "B sent no solicitation or report: {text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B sent no solicitation or report: {text}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    for (counter, what) in [("Icmp6InType133", "solicitation"), ("Icmp6InType143", "MLD report")] {
-        assert_eq!(count(&host(), counter), count(&host_before, counter), "the host got B's {what}");
+    for (counter, what) in [
+        ("Icmp6InType133", "solicitation"),
+        ("Icmp6InType143", "MLD report"),
+    ] {
+        assert_eq!(
+            count(&host(), counter),
+            count(&host_before, counter),
+            "the host got B's {what}"
+        );
     }
-    assert_eq!(sibling(), a_before, "B's solicitations or reports were flooded to A");
+    assert_eq!(
+        sibling(),
+        a_before,
+        "B's solicitations or reports were flooded to A"
+    );
     // Other multicast from B still reaches A and the host: an echo
     // request to all nodes.
     let host_echo = count(&host_before, "Icmp6InType128");
-    let out = ns_b.exec(&["busybox", "ping", "-6", "-c1", "-W1", "-I", "eth0", "ff02::1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(sibling() > a_before, "B's echo request to ff02::1 did not reach A");
-    assert!(count(&host(), "Icmp6InType128") > host_echo, "B's echo request to ff02::1 did not reach the host");
+    let out = ns_b.exec(&[
+        "busybox", "ping", "-6", "-c1", "-W1", "-I", "eth0", "ff02::1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sibling() > a_before,
+        "B's echo request to ff02::1 did not reach A"
+    );
+    assert!(
+        count(&host(), "Icmp6InType128") > host_echo,
+        "B's echo request to ff02::1 did not reach the host"
+    );
     for c in [&a, &b] {
         c.del(&conf).assert_ok();
     }
@@ -1409,7 +1448,10 @@ fn link_local_is_usable_at_once_unless_enabledad() {
     let r = c.add(&dad).expect_ok().clone();
     let lls = link_locals(&ns);
     assert_eq!(lls.len(), 1, "{lls:?}");
-    assert!(lls[0].1, "with enabledad the link-local address goes through DAD: {lls:?}");
+    assert!(
+        lls[0].1,
+        "with enabledad the link-local address goes through DAD: {lls:?}"
+    );
     c.del(&with_prev_result(&dad, &r)).assert_ok();
     net.assert_empty();
 }
@@ -1422,7 +1464,8 @@ fn link_local_is_usable_at_once_unless_enabledad() {
 /// after creation at the cost of an RCU wait).
 #[test]
 fn created_bridges_do_not_snoop_and_veths_have_one_queue() {
-    let snooping = |bridge: &str| host_link(bridge, true)["linkinfo"]["info_data"]["mcast_snooping"].clone();
+    let snooping =
+        |bridge: &str| host_link(bridge, true)["linkinfo"]["info_data"]["mcast_snooping"].clone();
     let net = Net::new("snoop");
     let conf = net.conf("1.1.0");
     let ns = TestNetns::new("snoop");
@@ -1432,7 +1475,10 @@ fn created_bridges_do_not_snoop_and_veths_have_one_queue() {
     assert_eq!(host_link(&host_veth(&c), true)["num_tx_queues"], 1);
     assert_eq!(host_link(&host_veth(&c), true)["num_rx_queues"], 1);
     let peer = ns.ip_json(&["-d", "link", "show", "eth0"])[0].clone();
-    assert_eq!((peer["num_tx_queues"].clone(), peer["num_rx_queues"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (peer["num_tx_queues"].clone(), peer["num_rx_queues"].clone()),
+        (json!(1), json!(1))
+    );
     c.del(&with_prev_result(&conf, &r)).assert_ok();
     net.assert_empty();
 

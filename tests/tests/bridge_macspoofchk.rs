@@ -13,13 +13,21 @@ use serde_json::{json, Value};
 const SPOOFED: &str = "02:00:00:00:00:99";
 
 fn ping(from: &TestNetns, addr: &str) -> bool {
-    from.exec(&["busybox", "ping", "-c", "1", "-W", "2", addr]).status.success()
+    from.exec(&["busybox", "ping", "-c", "1", "-W", "2", addr])
+        .status
+        .success()
 }
 
 /// Runs berth-bridge inside `host` (so that namespace is its "host") as a
 /// runtime would: cleared environment, CNI_* variables, config on stdin.
 /// (As in docker_host.rs.)
-fn plugin_in(host: &TestNetns, command: &str, container: &TestNetns, d: &Dirs, conf: &Value) -> PluginOutput {
+fn plugin_in(
+    host: &TestNetns,
+    command: &str,
+    container: &TestNetns,
+    d: &Dirs,
+    conf: &Value,
+) -> PluginOutput {
     let env = [
         ("CNI_CONTAINERID", container.name()),
         ("CNI_NETNS", container.path_str()),
@@ -47,7 +55,12 @@ fn dirs(macspoofchk: bool) -> Dirs {
                  "ranges": [[{"subnet": "10.79.0.0/24"}]]}
     });
     let cni_path = bin("berth-bridge").parent().unwrap().display().to_string();
-    Dirs { cni_path, run, _ipam: ipam, conf }
+    Dirs {
+        cni_path,
+        run,
+        _ipam: ipam,
+        conf,
+    }
 }
 
 fn new_host() -> TestNetns {
@@ -58,9 +71,13 @@ fn new_host() -> TestNetns {
 
 /// The container's address (without prefix) and host veth, from an ADD result.
 fn addr_and_port(result: &Value) -> (String, String) {
-    let ip = result["ips"][0]["address"].as_str().expect("ADD result has an IP");
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .expect("ADD result has an IP");
     let ip = ip.split('/').next().unwrap_or_default().to_string();
-    let port = result["interfaces"][1]["name"].as_str().expect("host veth in ADD result");
+    let port = result["interfaces"][1]["name"]
+        .as_str()
+        .expect("host veth in ADD result");
     (ip, port.to_string())
 }
 
@@ -107,7 +124,11 @@ fn check(host: &TestNetns, ns: &TestNetns, d: &Dirs, result: &Value) -> PluginOu
 fn spoofed_source_mac_is_dropped() {
     require_root();
     let host = new_host();
-    let (a, b, c) = (TestNetns::new("sp-a"), TestNetns::new("sp-b"), TestNetns::new("sp-c"));
+    let (a, b, c) = (
+        TestNetns::new("sp-a"),
+        TestNetns::new("sp-b"),
+        TestNetns::new("sp-c"),
+    );
     let d = dirs(true);
 
     let res_a = plugin_in(&host, "ADD", &a, &d, &d.conf).expect_ok().clone();
@@ -117,20 +138,35 @@ fn spoofed_source_mac_is_dropped() {
     let mac_a = res_a["interfaces"][2]["mac"].as_str().unwrap().to_string();
 
     let ruleset = host.sh("nft list table bridge berth");
-    assert!(ruleset.contains("iifname vmap @spoofchk-ports"), "{ruleset}");
-    assert!(ruleset.contains(&format!("ether saddr != {mac_a} drop")), "{ruleset}");
+    assert!(
+        ruleset.contains("iifname vmap @spoofchk-ports"),
+        "{ruleset}"
+    );
+    assert!(
+        ruleset.contains(&format!("ether saddr != {mac_a} drop")),
+        "{ruleset}"
+    );
     let (keys, chains) = spoof_objects(&host);
     for p in [&port_a, &port_b] {
         assert!(keys.contains(p), "map element for {p}: {ruleset}");
-        assert!(chains.contains(&format!("spoof-{p}")), "chain for {p}: {ruleset}");
+        assert!(
+            chains.contains(&format!("spoof-{p}")),
+            "chain for {p}: {ruleset}"
+        );
     }
     check(&host, &a, &d, &res_a).assert_ok();
     check(&host, &b, &d, &res_b).assert_ok();
 
     assert!(ping(&a, &ip_b), "A to B with the real MAC");
     set_mac(&a, &b, SPOOFED);
-    assert!(!ping(&a, &ip_b), "A's frames with a spoofed MAC must be dropped");
-    assert!(!ping(&b, &ip_a), "A's replies with a spoofed MAC must be dropped");
+    assert!(
+        !ping(&a, &ip_b),
+        "A's frames with a spoofed MAC must be dropped"
+    );
+    assert!(
+        !ping(&b, &ip_a),
+        "A's replies with a spoofed MAC must be dropped"
+    );
     set_mac(&a, &b, &mac_a);
     assert!(ping(&a, &ip_b), "A to B with the MAC restored");
 
@@ -145,8 +181,14 @@ fn spoofed_source_mac_is_dropped() {
     ]);
     plugin_in(&host, "GC", &c, &d, &gc).assert_ok();
     let (keys, chains) = spoof_objects(&host);
-    assert!(!keys.contains(&port_c) && !chains.contains(&format!("spoof-{port_c}")), "GC: {keys:?} {chains:?}");
-    assert!(keys.contains(&port_a) && keys.contains(&port_b), "GC kept the valid ones: {keys:?}");
+    assert!(
+        !keys.contains(&port_c) && !chains.contains(&format!("spoof-{port_c}")),
+        "GC: {keys:?} {chains:?}"
+    );
+    assert!(
+        keys.contains(&port_a) && keys.contains(&port_b),
+        "GC kept the valid ones: {keys:?}"
+    );
 
     // CHECK notices a missing per-port chain (the element refers to it, so
     // it goes first).
@@ -155,17 +197,28 @@ fn spoofed_source_mac_is_dropped() {
     ));
     let chk = check(&host, &a, &d, &res_a);
     chk.expect_error(107);
-    assert!(chk.error_msg().unwrap_or_default().contains(&format!("spoof-{port_a}")), "{chk}");
+    assert!(
+        chk.error_msg()
+            .unwrap_or_default()
+            .contains(&format!("spoof-{port_a}")),
+        "{chk}"
+    );
 
     // DEL removes B's element and chain; the table stays for A.
     plugin_in(&host, "DEL", &b, &d, &d.conf).assert_ok();
     let (keys, chains) = spoof_objects(&host);
-    assert!(!keys.contains(&port_b) && !chains.contains(&format!("spoof-{port_b}")), "DEL: {keys:?} {chains:?}");
+    assert!(
+        !keys.contains(&port_b) && !chains.contains(&format!("spoof-{port_b}")),
+        "DEL: {keys:?} {chains:?}"
+    );
     // DEL of A succeeds although its chain is already gone, and being the
     // network's last it takes the table with it.
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
     let t = tables(&host);
-    assert!(!t.contains("bridge berth") && !t.contains("inet berth"), "{t}");
+    assert!(
+        !t.contains("bridge berth") && !t.contains("inet berth"),
+        "{t}"
+    );
     // DEL again is a no-op.
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
     assert!(!tables(&host).contains("bridge berth"));
@@ -186,12 +239,18 @@ fn without_macspoofchk_there_is_no_check() {
     let t = tables(&host);
     assert!(t.contains("inet berth"), "{t}");
     let (keys, chains) = spoof_objects(&host);
-    assert!(keys.is_empty() && chains == ["quiet_ingress"], "{keys:?} {chains:?}");
+    assert!(
+        keys.is_empty() && chains == ["quiet_ingress"],
+        "{keys:?} {chains:?}"
+    );
     check(&host, &a, &d, &res_a).assert_ok();
 
     // The control for the test above: the same MAC change goes through.
     set_mac(&a, &b, SPOOFED);
-    assert!(ping(&a, &ip_b), "without macspoofchk a changed MAC is not dropped");
+    assert!(
+        ping(&a, &ip_b),
+        "without macspoofchk a changed MAC is not dropped"
+    );
 
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
     plugin_in(&host, "DEL", &b, &d, &d.conf).assert_ok();

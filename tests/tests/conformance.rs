@@ -201,7 +201,11 @@ fn outcomes(stdout: &str) -> Vec<(String, String)> {
 }
 
 fn failed_cases(stdout: &str) -> Vec<String> {
-    outcomes(stdout).into_iter().filter(|(_, r)| r == "FAIL").map(|(id, _)| id).collect()
+    outcomes(stdout)
+        .into_iter()
+        .filter(|(_, r)| r == "FAIL")
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// berth-host, one mode per run, the suite's host namespace given the
@@ -228,7 +232,10 @@ fn berth_host_chain_run(tag: &str, plugins: Vec<Value>, extra: &[&str]) -> Run {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ports.db")))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ports.db"))
+        })
         .collect();
     assert!(left.is_empty(), "records left in the run dir: {left:?}");
     r
@@ -256,8 +263,17 @@ fn uplink_setup(name: &str, gw4: &str, gw6: &str) -> String {
 fn berth_host_none_passes_every_applicable_case() {
     // Loopback: CNI_IFNAME is lo; the cases about addresses from IPAM
     // don't apply.
-    let r = berth_host_run("none", json!({"type": "berth-host", "mode": "none"}), &["--ifname", "lo"]);
-    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    let r = berth_host_run(
+        "none",
+        json!({"type": "berth-host", "mode": "none"}),
+        &["--ifname", "lo"],
+    );
+    assert_eq!(
+        failed_cases(&r.stdout),
+        Vec::<String>::new(),
+        "{}",
+        r.stdout
+    );
     let (passed, _) = summary(&r.stdout).expect("no summary line");
     assert!(passed >= 30, "only {passed} cases passed:\n{}", r.stdout);
 }
@@ -309,35 +325,72 @@ fn loopback_scores_like_the_reference_loopback() {
     ];
     for (version, reference_falls_short) in expected {
         let ours = loopback_run(&berth, version, &format!("b{}", version.replace('.', "")));
-        let theirs = loopback_run(REFERENCE_CNI_DIR, version, &format!("r{}", version.replace('.', "")));
-        assert_eq!(failed_cases(&ours.stdout), Vec::<String>::new(), "{version}:\n{}", ours.stdout);
+        let theirs = loopback_run(
+            REFERENCE_CNI_DIR,
+            version,
+            &format!("r{}", version.replace('.', "")),
+        );
+        assert_eq!(
+            failed_cases(&ours.stdout),
+            Vec::<String>::new(),
+            "{version}:\n{}",
+            ours.stdout
+        );
         assert_eq!(ours.status, 0, "{version}");
         let (o, t) = (outcomes(&ours.stdout), outcomes(&theirs.stdout));
         let ids = |v: &[(String, String)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(&o), ids(&t), "{version}: the two runs have different cases");
+        assert_eq!(
+            ids(&o),
+            ids(&t),
+            "{version}: the two runs have different cases"
+        );
         let mut differ = Vec::new();
         for ((id, ours), (_, theirs)) in o.iter().zip(&t) {
             if ours != theirs {
-                assert_eq!(ours, "PASS", "{version}: {id}: berth {ours}, the reference {theirs}");
+                assert_eq!(
+                    ours, "PASS",
+                    "{version}: {id}: berth {ours}, the reference {theirs}"
+                );
                 differ.push((id.as_str(), theirs.as_str()));
             }
         }
-        assert_eq!(differ, reference_falls_short, "{version}: berth\n{}\nreference\n{}", ours.stdout, theirs.stdout);
+        assert_eq!(
+            differ, reference_falls_short,
+            "{version}: berth\n{}\nreference\n{}",
+            ours.stdout, theirs.stdout
+        );
         // Loopback's own readings of the cases: a second ADD succeeds; and
         // where there is CHECK (0.4.0 on), lo set down by hand fails it and
         // it needs no prevResult.
         let readings: &[(&str, &str)] = match version {
             "0.3.1" => &[("add-duplicate", "PASS"), ("check-iface-removed", "N/A")],
-            _ => &[("add-duplicate", "PASS"), ("check-iface-removed", "PASS"), ("check-no-prevresult", "N/A")],
+            _ => &[
+                ("add-duplicate", "PASS"),
+                ("check-iface-removed", "PASS"),
+                ("check-no-prevresult", "N/A"),
+            ],
         };
         for (id, want) in readings {
-            assert!(o.contains(&(id.to_string(), want.to_string())), "{version}: {id} not {want}:\n{}", ours.stdout);
+            assert!(
+                o.contains(&(id.to_string(), want.to_string())),
+                "{version}: {id} not {want}:\n{}",
+                ours.stdout
+            );
         }
     }
     // At 1.1.0 (which the reference lacks) STATUS applies too.
     let r = loopback_run(&berth, "1.1.0", "b110");
-    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
-    assert!(outcomes(&r.stdout).contains(&("status".to_string(), "PASS".to_string())), "{}", r.stdout);
+    assert_eq!(
+        failed_cases(&r.stdout),
+        Vec::<String>::new(),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        outcomes(&r.stdout).contains(&("status".to_string(), "PASS".to_string())),
+        "{}",
+        r.stdout
+    );
     let (passed, _) = summary(&r.stdout).expect("no summary line");
     assert!(passed >= 31, "only {passed} cases passed:\n{}", r.stdout);
 }
@@ -347,8 +400,17 @@ fn loopback_scores_like_the_reference_loopback() {
 /// host's `lo`. Cases that need a namespace of the container's own are n/a.
 #[test]
 fn berth_host_host_mode_passes_every_applicable_case() {
-    let r = berth_host_run("host", json!({"type": "berth-host", "mode": "host"}), &["--shared-netns", "--ifname", "lo"]);
-    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    let r = berth_host_run(
+        "host",
+        json!({"type": "berth-host", "mode": "host"}),
+        &["--shared-netns", "--ifname", "lo"],
+    );
+    assert_eq!(
+        failed_cases(&r.stdout),
+        Vec::<String>::new(),
+        "{}",
+        r.stdout
+    );
     let (passed, _) = summary(&r.stdout).expect("no summary line");
     assert!(passed >= 25, "only {passed} cases passed:\n{}", r.stdout);
 }
@@ -360,11 +422,23 @@ fn berth_host_host_mode_passes_every_applicable_case() {
 fn shared_netns_catches_a_plugin_that_changes_the_host() {
     require_root();
     let dir = TempDir::new("conf-loopback-shared");
-    let conf = json!({"cniVersion": "1.0.0", "name": "bcloshared", "plugins": [{"type": "loopback"}]});
-    let r = conformance(REFERENCE_CNI_DIR, &conf, &dir, &["--shared-netns", "--ifname", "lo"]);
+    let conf =
+        json!({"cniVersion": "1.0.0", "name": "bcloshared", "plugins": [{"type": "loopback"}]});
+    let r = conformance(
+        REFERENCE_CNI_DIR,
+        &conf,
+        &dir,
+        &["--shared-netns", "--ifname", "lo"],
+    );
     assert_no_leftovers(r.pid);
     let failed = failed_cases(&r.stdout);
-    assert!(failed.iter().any(|c| c == "add-del-del" || c == "del-no-prevresult" || c == "add-result"), "{}", r.stdout);
+    assert!(
+        failed
+            .iter()
+            .any(|c| c == "add-del-del" || c == "del-no-prevresult" || c == "add-result"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -377,7 +451,12 @@ fn berth_host_macvlan_passes_every_case() {
     // Published ports work on any attachment with an address: chained.
     let portmap = json!({"type": "berth-portmap", "capabilities": {"portMappings": true}});
     let r = berth_host_chain_run("macvlan", vec![plugin, portmap], &["--host-setup", &setup]);
-    assert_eq!(failed_cases(&r.stdout), Vec::<String>::new(), "{}", r.stdout);
+    assert_eq!(
+        failed_cases(&r.stdout),
+        Vec::<String>::new(),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("\n0 not applicable\n"), "{}", r.stdout);
     assert_eq!(r.status, 0);
 }

@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_tests::cri::{
-    ask, ping_in, serve_hi_in, Containerd, ContainerdOptions, CriClient, KillOnDrop,
-    PodSpec, PodStatus,
+    ask, ping_in, serve_hi_in, Containerd, ContainerdOptions, CriClient, KillOnDrop, PodSpec,
+    PodStatus,
 };
 use berth_tests::*;
 use serde_json::{json, Value};

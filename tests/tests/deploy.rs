@@ -635,7 +635,10 @@ fn pods_run_on_the_installed_node(node: &Node) {
     let conflist = node_conflist(&node.manifest.conflist, &network, &bridge, &v4, data.path());
     let out = node.run_init_container(&conflist);
     assert!(out.status.success(), "init container: {}", text(&out));
-    assert_eq!(std::fs::read_to_string(node.conflist_path()).unwrap(), conflist);
+    assert_eq!(
+        std::fs::read_to_string(node.conflist_path()).unwrap(),
+        conflist
+    );
 
     let cd = Containerd::start("deploy", &node.bin_dir, &node.conf_dir);
     let mut c = cd.client();
@@ -646,11 +649,16 @@ fn pods_run_on_the_installed_node(node: &Node) {
 
     let port = 20000 + (std::process::id() % 20000) as u16;
     let mut pods = Vec::new();
-    for spec in [PodSpec::new("deploy-a").tcp_port(port, 80), PodSpec::new("deploy-b")] {
+    for spec in [
+        PodSpec::new("deploy-a").tcp_port(port, 80),
+        PodSpec::new("deploy-b"),
+    ] {
         let st = c
             .run_pod_and_status(&spec)
             .unwrap_or_else(|e| panic!("RunPodSandbox {}: {}", spec.name, e.message()));
-        let ip = st.ipv4().unwrap_or_else(|| panic!("pod {}: no IPv4: {st:?}", st.id));
+        let ip = st
+            .ipv4()
+            .unwrap_or_else(|| panic!("pod {}: no IPv4: {st:?}", st.id));
         let netns = st.netns.clone().expect("the pod's netns");
         pods.push((st.id, ip, netns));
     }
@@ -667,7 +675,11 @@ fn pods_run_on_the_installed_node(node: &Node) {
         ping_in(netns, gateway).unwrap_or_else(|e| panic!("pod {id} -> the host {gateway}: {e}"));
     }
     let server = serve_hi_in(&pods[0].2, pods[0].1);
-    assert_eq!(ask(([127, 0, 0, 1], port).into()), Ok("hi".into()), "hostPort {port}");
+    assert_eq!(
+        ask(([127, 0, 0, 1], port).into()),
+        Ok("hi".into()),
+        "hostPort {port}"
+    );
     drop(server);
 
     for (id, _, _) in &pods {
@@ -675,10 +687,20 @@ fn pods_run_on_the_installed_node(node: &Node) {
             .unwrap_or_else(|e| panic!("stop and remove {id}: {}", e.message()));
     }
     assert_eq!(c.list_pods().expect("ListPodSandbox"), Vec::<String>::new());
-    assert_eq!(bridge_ports(&bridge), Vec::<String>::new(), "ports left on {bridge}");
+    assert_eq!(
+        bridge_ports(&bridge),
+        Vec::<String>::new(),
+        "ports left on {bridge}"
+    );
     for (id, _, _) in &pods {
-        assert!(!link_exists(&bridge_host_veth(id, "eth0")), "host veth of {id} left");
+        assert!(
+            !link_exists(&bridge_host_veth(id, "eth0")),
+            "host veth of {id} left"
+        );
     }
-    assert!(ask(([127, 0, 0, 1], port).into()).is_err(), "hostPort {port} still answers");
+    assert!(
+        ask(([127, 0, 0, 1], port).into()).is_err(),
+        "hostPort {port} still answers"
+    );
     drop(cd);
 }

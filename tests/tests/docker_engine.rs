@@ -24,7 +24,11 @@ struct Daemons {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 impl Daemons {
@@ -47,7 +51,12 @@ impl Daemons {
             .unwrap(),
         )
         .unwrap();
-        let mut d = Daemons { dir, plugin, dockerd: None, berthd: None };
+        let mut d = Daemons {
+            dir,
+            plugin,
+            dockerd: None,
+            berthd: None,
+        };
         d.start_berthd();
         d.start_dockerd();
         d.import_busybox();
@@ -78,7 +87,10 @@ impl Daemons {
             .spawn()
             .expect("start berthd");
         self.berthd = Some(child);
-        wait_for(|| std::os::unix::net::UnixStream::connect(self.socket()).is_ok(), "berthd's socket");
+        wait_for(
+            || std::os::unix::net::UnixStream::connect(self.socket()).is_ok(),
+            "berthd's socket",
+        );
     }
 
     fn stop_berthd_hard(&mut self) {
@@ -100,7 +112,12 @@ impl Daemons {
             .arg(d.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .args(["--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none"])
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -113,7 +130,10 @@ impl Daemons {
     /// SIGTERM and wait, as a service manager stops it.
     fn stop_dockerd(&mut self) {
         if let Some(mut c) = self.dockerd.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(30);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
@@ -126,7 +146,10 @@ impl Daemons {
     fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker")
             .arg("-H")
-            .arg(format!("unix://{}", self.dir.path().join("docker.sock").display()))
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("docker.sock").display()
+            ))
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -147,7 +170,16 @@ impl Daemons {
             std::os::unix::fs::symlink("busybox", rootfs.join(a)).unwrap();
         }
         let tar = self.dir.path().join("bb.tar");
-        run_ok("tar", &["-C", self.dir.path().join("rootfs").to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+        run_ok(
+            "tar",
+            &[
+                "-C",
+                self.dir.path().join("rootfs").to_str().unwrap(),
+                "-cf",
+                tar.to_str().unwrap(),
+                ".",
+            ],
+        );
         self.ok(&["import", tar.to_str().unwrap(), "bb:1"]);
     }
 
@@ -165,7 +197,18 @@ impl Daemons {
 
     /// `docker run --rm --network none -v VOL:/data bb:1 sh -c SCRIPT`.
     fn run(&self, vol: &str, script: &str) -> Output {
-        self.docker(&["run", "--rm", "--network", "none", "-v", &format!("{vol}:/data"), "bb:1", "sh", "-c", script])
+        self.docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &format!("{vol}:/data"),
+            "bb:1",
+            "sh",
+            "-c",
+            script,
+        ])
     }
 
     fn status(&self, vol: &str) -> Value {
@@ -177,14 +220,19 @@ impl Daemons {
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web", "ia", "ib", "oa", "ob"]);
+        let _ = self.docker(&[
+            "rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web", "ia", "ib", "oa", "ob",
+        ]);
         self.stop_dockerd();
         self.stop_berthd_hard();
         let _ = std::fs::remove_file(self.socket());
         let root = self.dir.path().to_path_buf();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| Path::new(m).starts_with(&root)).collect();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&root))
+            .collect();
         ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in ours {
             let _ = Command::new("umount").arg("-l").arg(m).status();
@@ -210,36 +258,91 @@ fn docker_engine_uses_berthd_volumes() {
     // read by another.
     d.ok(&["volume", "create", "-d", &p, "managed1"]);
     d.ok(&["volume", "create", "-d", &p, "--opt", "size=8M", "small"]);
-    d.ok(&["volume", "create", "-d", &p, "--opt", "type=bind", "--opt", &format!("device={}", site.display()), "site"]);
-    d.ok(&["volume", "create", "-d", &p, "--opt", "type=tmpfs", "--opt", "o=size=4m", "scratch"]);
+    d.ok(&[
+        "volume",
+        "create",
+        "-d",
+        &p,
+        "--opt",
+        "type=bind",
+        "--opt",
+        &format!("device={}", site.display()),
+        "site",
+    ]);
+    d.ok(&[
+        "volume",
+        "create",
+        "-d",
+        &p,
+        "--opt",
+        "type=tmpfs",
+        "--opt",
+        "o=size=4m",
+        "scratch",
+    ]);
     for vol in ["managed1", "small"] {
         let w = d.run(vol, "echo written-by-one > /data/f");
         assert!(w.status.success(), "{vol}: {}", text(&w));
         let r = d.run(vol, "cat /data/f");
-        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{vol}: {}", text(&r));
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout).trim(),
+            "written-by-one",
+            "{vol}: {}",
+            text(&r)
+        );
     }
     let r = d.run("site", "cat /data/index.txt && echo new > /data/new.txt");
     assert!(r.status.success(), "{}", text(&r));
-    assert_eq!(std::fs::read_to_string(site.join("new.txt")).unwrap(), "new\n", "bind volume did not reach the host directory");
+    assert_eq!(
+        std::fs::read_to_string(site.join("new.txt")).unwrap(),
+        "new\n",
+        "bind volume did not reach the host directory"
+    );
     let r = d.run("scratch", "echo t > /data/t && cat /data/t");
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "t", "{}", text(&r));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "t",
+        "{}",
+        text(&r)
+    );
 
     // The size limit holds inside a container.
     let r = d.run("small", "dd if=/dev/zero of=/data/big bs=1M count=16");
-    assert!(!r.status.success(), "16 MiB written to an 8M volume: {}", text(&r));
+    assert!(
+        !r.status.success(),
+        "16 MiB written to an 8M volume: {}",
+        text(&r)
+    );
     assert!(text(&r).contains("No space left"), "{}", text(&r));
     assert_eq!(d.status("small")["sizeLimit"], 8 << 20);
 
     // Two containers on one volume: one stops, the volume stays mounted
     // for the other.
     for c in ["keeper1", "keeper2"] {
-        d.ok(&["run", "-d", "--name", c, "--network", "none", "-v", "small:/data", "bb:1", "sleep", "300"]);
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            "none",
+            "-v",
+            "small:/data",
+            "bb:1",
+            "sleep",
+            "300",
+        ]);
     }
     assert_eq!(d.status("small")["mountCount"], 2);
     d.ok(&["rm", "-f", "keeper1"]);
     assert_eq!(d.status("small")["mountCount"], 1);
     let r = d.docker(&["exec", "keeper2", "cat", "/data/f"]);
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{}", text(&r));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "written-by-one",
+        "{}",
+        text(&r)
+    );
 
     // berthd killed with SIGKILL and restarted: every volume and the mount
     // count are still there, the running container keeps its data.
@@ -250,8 +353,18 @@ fn docker_engine_uses_berthd_volumes() {
     names.sort();
     assert_eq!(names, vec!["managed1", "scratch", "site", "small"]);
     assert_eq!(d.status("small")["mountCount"], 1);
-    let r = d.docker(&["exec", "keeper2", "sh", "-c", "echo more >> /data/f && cat /data/f"]);
-    assert!(String::from_utf8_lossy(&r.stdout).contains("more"), "{}", text(&r));
+    let r = d.docker(&[
+        "exec",
+        "keeper2",
+        "sh",
+        "-c",
+        "echo more >> /data/f && cat /data/f",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("more"),
+        "{}",
+        text(&r)
+    );
     d.ok(&["rm", "-f", "keeper2"]);
     assert_eq!(d.status("small")["mountCount"], 0);
 
@@ -261,13 +374,29 @@ fn docker_engine_uses_berthd_volumes() {
     let listed = d.ok(&["volume", "ls", "-q", "--filter", &format!("driver={p}")]);
     assert_eq!(listed.lines().count(), 4, "{listed}");
     let r = d.run("managed1", "cat /data/f");
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "written-by-one", "{}", text(&r));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "written-by-one",
+        "{}",
+        text(&r)
+    );
 
     // A mount the engine lost track of (a container killed with dockerd
     // never sends Unmount): the engine's Remove reaches berthd, which asks
     // the engine, finds no container using the volume, and drops it.
-    d.ok(&["volume", "create", "-d", &p, "--opt", "type=tmpfs", "orphan"]);
-    let mp = d.plugin_call("VolumeDriver.Mount", r#"{"Name":"orphan","ID":"lost-with-dockerd"}"#);
+    d.ok(&[
+        "volume",
+        "create",
+        "-d",
+        &p,
+        "--opt",
+        "type=tmpfs",
+        "orphan",
+    ]);
+    let mp = d.plugin_call(
+        "VolumeDriver.Mount",
+        r#"{"Name":"orphan","ID":"lost-with-dockerd"}"#,
+    );
     assert_eq!(d.status("orphan")["mountCount"], 1, "{mp}");
     d.ok(&["volume", "rm", "orphan"]);
     let log = std::fs::read_to_string(d.dir.path().join("berthd.log")).unwrap();
@@ -278,14 +407,26 @@ fn docker_engine_uses_berthd_volumes() {
     for v in ["managed1", "small", "site", "scratch"] {
         d.ok(&["volume", "rm", v]);
     }
-    assert!(site.join("index.txt").is_file(), "removing a bind volume deleted the host directory");
-    let left: Vec<_> = std::fs::read_dir(d.dir.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(
+        site.join("index.txt").is_file(),
+        "removing a bind volume deleted the host directory"
+    );
+    let left: Vec<_> = std::fs::read_dir(d.dir.path().join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "left in berthd's root: {left:?}");
 }
 
 /// `docker inspect` of a container's address, gateway on `net`.
 fn net_addr(d: &Daemons, container: &str, net: &str, field: &str) -> String {
-    d.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"), container])
+    d.ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}"),
+        container,
+    ])
 }
 
 /// GET / on 127.0.0.1:`port`, retried for `patience` (the server starts
@@ -296,9 +437,12 @@ fn http_get(port: u16, patience: Duration) -> Result<String, String> {
     let deadline = Instant::now() + patience;
     loop {
         let attempt = (|| -> Result<String, String> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .map_err(|e| e.to_string())?;
             let mut body = String::new();
             s.read_to_string(&mut body).map_err(|e| e.to_string())?;
             Ok(body)
@@ -311,7 +455,9 @@ fn http_get(port: u16, patience: Duration) -> Result<String, String> {
 }
 
 fn pings(d: &Daemons, from: &str, to: &str) -> bool {
-    d.docker(&["exec", from, "ping", "-c", "1", "-W", "2", to]).status.success()
+    d.docker(&["exec", from, "ping", "-c", "1", "-W", "2", to])
+        .status
+        .success()
 }
 
 /// A berth bridge network through the engine: containers reach each other
@@ -326,8 +472,20 @@ fn docker_engine_uses_berthd_networks() {
     let (subnet, subnet6) = unique_subnets();
     let net = format!("bn{}", std::process::id());
     d.ok(&[
-        "network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", &subnet, "--ipv6", "--subnet", &subnet6, "-o",
-        "mode=bridge", &net,
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        &subnet,
+        "--ipv6",
+        "--subnet",
+        &subnet6,
+        "-o",
+        "mode=bridge",
+        &net,
     ]);
     let id = d.ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
     let bridge = format!("bd{}", &id[..12]);
@@ -335,10 +493,23 @@ fn docker_engine_uses_berthd_networks() {
     let rules = format!("docker-{}", &id[..12]);
     let _rules_guard = NftNetworkGuard::new(rules.clone());
     assert!(link_exists(&bridge), "no bridge {bridge}");
-    assert!(!berth_nft_objects(&rules).is_empty(), "no rules for {rules}");
+    assert!(
+        !berth_nft_objects(&rules).is_empty(),
+        "no rules for {rules}"
+    );
 
     for c in ["na", "nb"] {
-        d.ok(&["run", "-d", "--name", c, "--network", &net, "bb:1", "sleep", "300"]);
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            &net,
+            "bb:1",
+            "sleep",
+            "300",
+        ]);
     }
     let ip_b = net_addr(&d, "nb", &net, "IPAddress");
     let gw = net_addr(&d, "na", &net, "Gateway");
@@ -346,7 +517,10 @@ fn docker_engine_uses_berthd_networks() {
     assert!(pings(&d, "nb", &gw), "nb cannot reach its gateway {gw}");
     // Dual stack: IPv6 addresses from berth's IPAM, and traffic over them.
     let ip6_b = net_addr(&d, "nb", &net, "GlobalIPv6Address");
-    assert!(ip6_b.starts_with("fd42:"), "no IPv6 address from {subnet6}: {ip6_b:?}");
+    assert!(
+        ip6_b.starts_with("fd42:"),
+        "no IPv6 address from {subnet6}: {ip6_b:?}"
+    );
     assert!(pings(&d, "na", &ip6_b), "na cannot reach nb at {ip6_b}");
     // The engine's own none and host networks are unaffected.
     d.ok(&["run", "--rm", "--network", "none", "bb:1", "true"]);
@@ -359,14 +533,28 @@ fn docker_engine_uses_berthd_networks() {
         "sh", "-c", "busybox mkdir -p /www && echo from-a-berth-network > /www/index.html && exec busybox httpd -f -p 80 -h /www",
     ]);
     let answer = http_get(port, Duration::from_secs(10));
-    assert!(answer.as_deref().is_ok_and(|a| a.contains("from-a-berth-network")), "127.0.0.1:{port}: {answer:?}");
+    assert!(
+        answer
+            .as_deref()
+            .is_ok_and(|a| a.contains("from-a-berth-network")),
+        "127.0.0.1:{port}: {answer:?}"
+    );
     d.ok(&["rm", "-f", "web"]);
-    assert!(http_get(port, Duration::ZERO).is_err(), "port {port} still answers after the container went");
+    assert!(
+        http_get(port, Duration::ZERO).is_err(),
+        "port {port} still answers after the container went"
+    );
     let table = run("nft", &["list", "table", "inet", "berth"]);
-    assert!(!String::from_utf8_lossy(&table.stdout).contains(&format!("tcp . {port}")), "element of port {port} left");
+    assert!(
+        !String::from_utf8_lossy(&table.stdout).contains(&format!("tcp . {port}")),
+        "element of port {port} left"
+    );
 
     d.ok(&["network", "disconnect", &net, "nb"]);
-    assert!(!pings(&d, "na", &ip_b), "nb still reachable after disconnect");
+    assert!(
+        !pings(&d, "na", &ip_b),
+        "nb still reachable after disconnect"
+    );
     d.ok(&["network", "connect", &net, "nb"]);
     let ip_b = net_addr(&d, "nb", &net, "IPAddress");
     assert!(pings(&d, "na", &ip_b), "nb unreachable after connect");
@@ -375,10 +563,26 @@ fn docker_engine_uses_berthd_networks() {
     // one joins.
     d.stop_berthd_hard();
     d.start_berthd();
-    assert!(pings(&d, "na", &ip_b), "connectivity lost with berthd's restart");
-    d.ok(&["run", "-d", "--name", "nc", "--network", &net, "bb:1", "sleep", "300"]);
+    assert!(
+        pings(&d, "na", &ip_b),
+        "connectivity lost with berthd's restart"
+    );
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "nc",
+        "--network",
+        &net,
+        "bb:1",
+        "sleep",
+        "300",
+    ]);
     let ip_c = net_addr(&d, "nc", &net, "IPAddress");
-    assert!(pings(&d, "na", &ip_c), "a container started after the restart is unreachable");
+    assert!(
+        pings(&d, "na", &ip_c),
+        "a container started after the restart is unreachable"
+    );
 
     // dockerd restarted: the engine never re-sends CreateNetwork; berthd's
     // records keep the network usable.
@@ -389,34 +593,76 @@ fn docker_engine_uses_berthd_networks() {
         let _ = d.docker(&["start", c]);
     }
     let ip_b = net_addr(&d, "nb", &net, "IPAddress");
-    assert!(pings(&d, "na", &ip_b), "containers on the network cannot talk after dockerd's restart");
+    assert!(
+        pings(&d, "na", &ip_b),
+        "containers on the network cannot talk after dockerd's restart"
+    );
 
     // --internal: containers talk among themselves, nothing is forwarded
     // to or from any other link, nothing masqueraded.
     let (isub, _) = unique_subnets();
     let inet = format!("bi{}", std::process::id());
-    d.ok(&["network", "create", "-d", &p, "--ipam-driver", &p, "--internal", "--subnet", &isub, &inet]);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--internal",
+        "--subnet",
+        &isub,
+        &inet,
+    ]);
     let iid = d.ok(&["network", "inspect", "-f", "{{.Id}}", &inet]);
     let ibridge = format!("bd{}", &iid[..12]);
     let _ibridge_guard = LinkGuard::new(ibridge.clone());
     let irules = format!("docker-{}", &iid[..12]);
     let _irules_guard = NftNetworkGuard::new(irules.clone());
     for c in ["ia", "ib"] {
-        d.ok(&["run", "-d", "--name", c, "--network", &inet, "bb:1", "sleep", "300"]);
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            &inet,
+            "bb:1",
+            "sleep",
+            "300",
+        ]);
     }
-    assert!(pings(&d, "ia", &net_addr(&d, "ib", &inet, "IPAddress")), "containers of an internal network cannot talk");
+    assert!(
+        pings(&d, "ia", &net_addr(&d, "ib", &inet, "IPAddress")),
+        "containers of an internal network cannot talk"
+    );
     let chain = run_ok("nft", &["list", "table", "inet", "berth"]);
-    assert!(chain.contains(&format!("iifname \"{ibridge}\" oifname != \"{ibridge}\" drop")), "{chain}");
+    assert!(
+        chain.contains(&format!(
+            "iifname \"{ibridge}\" oifname != \"{ibridge}\" drop"
+        )),
+        "{chain}"
+    );
     d.ok(&["rm", "-f", "ia", "ib"]);
     d.ok(&["network", "rm", &inet]);
 
     d.ok(&["rm", "-f", "na", "nb"]);
     d.ok(&["network", "rm", &net]);
     assert!(!link_exists(&bridge), "bridge {bridge} left");
-    assert_eq!(berth_nft_objects(&rules), Vec::<String>::new(), "rules of {rules} left");
-    let pools = std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
-    assert!(!pools.contains(&subnet), "pool {subnet} still held: {pools}");
-    let eps: Vec<_> = std::fs::read_dir(d.dir.path().join("state/endpoints")).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert_eq!(
+        berth_nft_objects(&rules),
+        Vec::<String>::new(),
+        "rules of {rules} left"
+    );
+    let pools =
+        std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
+    assert!(
+        !pools.contains(&subnet),
+        "pool {subnet} still held: {pools}"
+    );
+    let eps: Vec<_> = std::fs::read_dir(d.dir.path().join("state/endpoints"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
     assert!(eps.is_empty(), "endpoint records left: {eps:?}");
 }
 
@@ -435,21 +681,59 @@ fn docker_engine_runs_berthd_overlay_networks() {
     let pid = std::process::id();
     let vni = 3000 + pid % 4000;
     let (vxlan, bridge) = (format!("berth.{vni}"), format!("bov{vni}"));
-    let _guards = (LinkGuard::new(vxlan.clone()), LinkGuard::new(bridge.clone()));
+    let _guards = (
+        LinkGuard::new(vxlan.clone()),
+        LinkGuard::new(bridge.clone()),
+    );
     // The underlay: a veth from this namespace to the remote host's.
     let remote = TestNetns::new("dovr");
     let uplink = format!("bu{}", pid % 100000);
     let _uplink_guard = LinkGuard::new(uplink.clone());
     let k = 1 + pid % 250;
     let (here, there) = (format!("198.19.{k}.1"), format!("198.19.{k}.2"));
-    run_ok("ip", &["link", "add", &uplink, "type", "veth", "peer", "name", "ovu", "netns", remote.name()]);
-    run_ok("ip", &["addr", "add", &format!("{here}/24"), "dev", &uplink]);
+    run_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            &uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ovu",
+            "netns",
+            remote.name(),
+        ],
+    );
+    run_ok(
+        "ip",
+        &["addr", "add", &format!("{here}/24"), "dev", &uplink],
+    );
     run_ok("ip", &["link", "set", &uplink, "up"]);
-    remote.sh(&format!("ip link set lo up && ip addr add {there}/24 dev ovu && ip link set ovu up"));
+    remote.sh(&format!(
+        "ip link set lo up && ip addr add {there}/24 dev ovu && ip link set ovu up"
+    ));
     let _etcd = Etcd::start(&remote, &there);
     let endpoint = format!("http://{there}:2379");
     let prefix = format!("/berth-test-{pid}");
-    wait_for(|| remote.exec(&["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &endpoint, "endpoint", "health"]).status.success(), "etcd");
+    wait_for(
+        || {
+            remote
+                .exec(&[
+                    "env",
+                    "ETCDCTL_API=3",
+                    "etcdctl",
+                    "--endpoints",
+                    &endpoint,
+                    "endpoint",
+                    "health",
+                ])
+                .status
+                .success()
+        },
+        "etcd",
+    );
 
     // The remote host: berth-overlay's agent and a CNI container.
     let remote_run = TempDir::new("dovr-run");
@@ -459,9 +743,19 @@ fn docker_engine_runs_berthd_overlay_networks() {
         "dataDir": remote_run.path().join("ipam"),
         "store": {"etcd": {"endpoints": [endpoint], "prefix": prefix, "leaseTTL": 5}}
     });
-    std::fs::write(remote_run.path().join("agent.conf"), serde_json::to_vec(&remote_conf).unwrap()).unwrap();
+    std::fs::write(
+        remote_run.path().join("agent.conf"),
+        serde_json::to_vec(&remote_conf).unwrap(),
+    )
+    .unwrap();
     let remote_agent = Command::new("ip")
-        .args(["netns", "exec", remote.name(), "env", &format!("BERTH_RUN_DIR={}", remote_run.path().display())])
+        .args([
+            "netns",
+            "exec",
+            remote.name(),
+            "env",
+            &format!("BERTH_RUN_DIR={}", remote_run.path().display()),
+        ])
         .arg(bin("berth-overlay"))
         .args(["agent", "--conf"])
         .arg(remote_run.path().join("agent.conf"))
@@ -472,45 +766,174 @@ fn docker_engine_runs_berthd_overlay_networks() {
         .expect("start the remote agent");
     let _remote_agent = KillOnDrop(remote_agent);
     let cr = TestNetns::new("dovc");
-    let added = run_cni_in(&remote, "berth-overlay", "ADD", "cr", &cr, remote_run.path(), &remote_conf).expect_ok().clone();
-    let remote_ip = added["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let added = run_cni_in(
+        &remote,
+        "berth-overlay",
+        "ADD",
+        "cr",
+        &cr,
+        remote_run.path(),
+        &remote_conf,
+    )
+    .expect_ok()
+    .clone();
+    let remote_ip = added["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
 
     // Bad overlay options: refused, nothing made.
     let vni_opt = format!("vni={vni}");
     let etcd_opt = format!("etcd={endpoint}");
     for (args, says) in [
-        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt], "etcd"),
-        (vec!["--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt, "-o", &etcd_opt], "--ipam-driver"),
-        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", "vni=0", "-o", &etcd_opt], "vni"),
-        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=bridge", "-o", &vni_opt], "mode=overlay"),
-        (vec!["--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=mesh"], "mode"),
+        (
+            vec![
+                "--ipam-driver",
+                &p,
+                "--subnet",
+                "10.246.0.0/16",
+                "-o",
+                "mode=overlay",
+                "-o",
+                &vni_opt,
+            ],
+            "etcd",
+        ),
+        (
+            vec![
+                "--subnet",
+                "10.246.0.0/16",
+                "-o",
+                "mode=overlay",
+                "-o",
+                &vni_opt,
+                "-o",
+                &etcd_opt,
+            ],
+            "--ipam-driver",
+        ),
+        (
+            vec![
+                "--ipam-driver",
+                &p,
+                "--subnet",
+                "10.246.0.0/16",
+                "-o",
+                "mode=overlay",
+                "-o",
+                "vni=0",
+                "-o",
+                &etcd_opt,
+            ],
+            "vni",
+        ),
+        (
+            vec![
+                "--ipam-driver",
+                &p,
+                "--subnet",
+                "10.246.0.0/16",
+                "-o",
+                "mode=bridge",
+                "-o",
+                &vni_opt,
+            ],
+            "mode=overlay",
+        ),
+        (
+            vec![
+                "--ipam-driver",
+                &p,
+                "--subnet",
+                "10.246.0.0/16",
+                "-o",
+                "mode=mesh",
+            ],
+            "mode",
+        ),
     ] {
         let mut full = vec!["network", "create", "-d", &p];
         full.extend(args.iter().copied());
         full.push("ovbad");
         let out = d.docker(&full);
-        assert!(!out.status.success() && text(&out).contains(says), "{args:?}: {}", text(&out));
-        assert!(!link_exists(&vxlan) && !link_exists(&bridge), "{args:?} left a link");
+        assert!(
+            !out.status.success() && text(&out).contains(says),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert!(
+            !link_exists(&vxlan) && !link_exists(&bridge),
+            "{args:?} left a link"
+        );
     }
 
     let iface_opt = format!("iface={uplink}");
     let prefix_opt = format!("prefix={prefix}");
     d.ok(&[
-        "network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", "10.246.0.0/16", "-o", "mode=overlay", "-o", &vni_opt,
-        "-o", &etcd_opt, "-o", &prefix_opt, "-o", &iface_opt, "-o", "node=docker-host", "-o", "leaseTTL=5", "ovnet",
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        "10.246.0.0/16",
+        "-o",
+        "mode=overlay",
+        "-o",
+        &vni_opt,
+        "-o",
+        &etcd_opt,
+        "-o",
+        &prefix_opt,
+        "-o",
+        &iface_opt,
+        "-o",
+        "node=docker-host",
+        "-o",
+        "leaseTTL=5",
+        "ovnet",
     ]);
     let ov_id = d.ok(&["network", "inspect", "-f", "{{.Id}}", "ovnet"]);
     // Its rules go even if the test fails before `docker network rm`.
     let _rules_guard = NftNetworkGuard::new(format!("docker-{}", &ov_id[..12]));
-    assert!(link_exists(&vxlan) && link_exists(&bridge), "no {vxlan} or {bridge}");
-    d.ok(&["run", "-d", "--name", "oa", "--network", "ovnet", "bb:1", "sleep", "300"]);
+    assert!(
+        link_exists(&vxlan) && link_exists(&bridge),
+        "no {vxlan} or {bridge}"
+    );
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "oa",
+        "--network",
+        "ovnet",
+        "bb:1",
+        "sleep",
+        "300",
+    ]);
     let ip_a = net_addr(&d, "oa", "ovnet", "IPAddress");
     let gw = net_addr(&d, "oa", "ovnet", "Gateway");
     let node_net = ip_a.rsplit_once('.').unwrap().0.to_string();
-    assert!(ip_a.starts_with("10.246.") && remote_ip.starts_with("10.246.") && !remote_ip.starts_with(&format!("{node_net}.")), "{ip_a} {remote_ip}");
-    assert_eq!(net_addr(&d, "oa", "ovnet", "IPPrefixLen"), "24", "the container's prefix is the node subnet's");
+    assert!(
+        ip_a.starts_with("10.246.")
+            && remote_ip.starts_with("10.246.")
+            && !remote_ip.starts_with(&format!("{node_net}.")),
+        "{ip_a} {remote_ip}"
+    );
+    assert_eq!(
+        net_addr(&d, "oa", "ovnet", "IPPrefixLen"),
+        "24",
+        "the container's prefix is the node subnet's"
+    );
     assert!(pings(&d, "oa", &gw), "oa cannot reach its gateway {gw}");
-    assert!(pings(&d, "oa", &remote_ip), "the Docker container cannot reach the remote CNI container {remote_ip}");
+    assert!(
+        pings(&d, "oa", &remote_ip),
+        "the Docker container cannot reach the remote CNI container {remote_ip}"
+    );
     assert_ping(&cr, &ip_a);
     let mtu = d.ok(&["exec", "oa", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(mtu, "1450", "underlay 1500 minus 50");
@@ -522,8 +945,21 @@ fn docker_engine_runs_berthd_overlay_networks() {
     d.stop_berthd_hard();
     d.start_berthd();
     std::thread::sleep(Duration::from_secs(7));
-    assert!(!remote_routes().is_empty(), "the Docker host's lease expired after berthd's restart");
-    d.ok(&["run", "-d", "--name", "ob", "--network", "ovnet", "bb:1", "sleep", "300"]);
+    assert!(
+        !remote_routes().is_empty(),
+        "the Docker host's lease expired after berthd's restart"
+    );
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ob",
+        "--network",
+        "ovnet",
+        "bb:1",
+        "sleep",
+        "300",
+    ]);
     let ip_b = net_addr(&d, "ob", "ovnet", "IPAddress");
     let (b_to_remote, a_to_b) = (pings(&d, "ob", &remote_ip), pings(&d, "oa", &ip_b));
     assert!(
@@ -538,18 +974,36 @@ fn docker_engine_runs_berthd_overlay_networks() {
     // docker network rm: the lease goes back at once, nothing is left.
     d.ok(&["rm", "-f", "oa", "ob"]);
     d.ok(&["network", "rm", "ovnet"]);
-    assert!(!link_exists(&vxlan) && !link_exists(&bridge), "{vxlan} or {bridge} left");
+    assert!(
+        !link_exists(&vxlan) && !link_exists(&bridge),
+        "{vxlan} or {bridge} left"
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
     while !remote_routes().is_empty() {
-        assert!(Instant::now() < deadline, "the remote host still routes to {docker_subnet}: the lease was not given back");
+        assert!(
+            Instant::now() < deadline,
+            "the remote host still routes to {docker_subnet}: the lease was not given back"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pools = std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
+    let pools =
+        std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
     assert!(!pools.contains("10.246.0.0"), "pool still held: {pools}");
-    let agents: Vec<_> = std::fs::read_dir(d.dir.path().join("state/overlay")).map(|r| r.flatten().collect()).unwrap_or_default();
+    let agents: Vec<_> = std::fs::read_dir(d.dir.path().join("state/overlay"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
     assert!(agents.is_empty(), "agent configs left: {agents:?}");
 
-    run_cni_in(&remote, "berth-overlay", "DEL", "cr", &cr, remote_run.path(), &remote_conf).assert_ok();
+    run_cni_in(
+        &remote,
+        "berth-overlay",
+        "DEL",
+        "cr",
+        &cr,
+        remote_run.path(),
+        &remote_conf,
+    )
+    .assert_ok();
 }
 
 /// A child process killed (by PID) when dropped, even when a test fails.

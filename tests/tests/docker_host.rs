@@ -11,19 +11,27 @@
 //! on a second link has no route back to the containers, so a reply from it
 //! proves masquerading.
 
-use berth_tests::{bin, require_root, run_plugin_in, run, PluginOutput, TempDir, TestNetns};
+use berth_tests::{bin, require_root, run, run_plugin_in, PluginOutput, TempDir, TestNetns};
 use serde_json::{json, Value};
 use std::process::Command;
 
 const OUTSIDE: &str = "198.51.100.2";
 
 fn ping(from: &TestNetns, addr: &str) -> bool {
-    from.exec(&["busybox", "ping", "-c", "1", "-W", "2", addr]).status.success()
+    from.exec(&["busybox", "ping", "-c", "1", "-W", "2", addr])
+        .status
+        .success()
 }
 
 /// Runs berth-bridge inside `host` (so that namespace is its "host") as a
 /// runtime would: cleared environment, CNI_* variables, config on stdin.
-fn plugin_in(host: &TestNetns, command: &str, container: &TestNetns, dirs: &Dirs, conf: &Value) -> PluginOutput {
+fn plugin_in(
+    host: &TestNetns,
+    command: &str,
+    container: &TestNetns,
+    dirs: &Dirs,
+    conf: &Value,
+) -> PluginOutput {
     named_plugin_in("berth-bridge", host, command, container, dirs, conf)
 }
 
@@ -63,7 +71,12 @@ fn dirs() -> Dirs {
                  "ranges": [[{"subnet": "10.77.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}
     });
     let cni_path = bin("berth-bridge").parent().unwrap().display().to_string();
-    Dirs { cni_path, run, _ipam: ipam, conf }
+    Dirs {
+        cni_path,
+        run,
+        _ipam: ipam,
+        conf,
+    }
 }
 
 /// Docker's filter state as dockerd 20.10 leaves it with iptables-nft.
@@ -79,8 +92,7 @@ fn make_docker_host() -> TestNetns {
     host.sh("ip link set lo up && \
          sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 && \
          iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && \
-         iptables -P FORWARD DROP && iptables -I FORWARD -j DOCKER-USER",
-    );
+         iptables -P FORWARD DROP && iptables -I FORWARD -j DOCKER-USER");
     host
 }
 
@@ -89,12 +101,31 @@ fn make_docker_host() -> TestNetns {
 fn connect_outside(host: &TestNetns) -> TestNetns {
     let outside = TestNetns::new("outside");
     let out = Command::new("ip")
-        .args(["link", "add", "h2o", "netns", host.name(), "type", "veth", "peer", "name", "o2h", "netns", outside.name()])
+        .args([
+            "link",
+            "add",
+            "h2o",
+            "netns",
+            host.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "o2h",
+            "netns",
+            outside.name(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     host.sh("ip addr add 198.51.100.1/24 dev h2o && ip link set h2o up");
-    outside.sh(&format!("ip addr add {OUTSIDE}/24 dev o2h && ip link set o2h up && ip link set lo up"));
+    outside.sh(&format!(
+        "ip addr add {OUTSIDE}/24 dev o2h && ip link set o2h up && ip link set lo up"
+    ));
     outside
 }
 
@@ -136,16 +167,27 @@ fn containers_talk_and_masquerade_under_dockers_drop_policy() {
     // Control: the same setup without berth's exception is dropped by
     // Docker's policy, so the pings above passed because of it.
     let handle = berth_rule_handle(&host).expect("berth's rule in DOCKER-USER");
-    host.sh(&format!("nft delete rule ip filter DOCKER-USER handle {handle}"));
-    assert!(!ping(&a, ip_b), "without the exception br_netfilter + DROP must drop bridged traffic");
-    assert!(!ping(&a, OUTSIDE), "without the exception DROP must drop routed traffic");
+    host.sh(&format!(
+        "nft delete rule ip filter DOCKER-USER handle {handle}"
+    ));
+    assert!(
+        !ping(&a, ip_b),
+        "without the exception br_netfilter + DROP must drop bridged traffic"
+    );
+    assert!(
+        !ping(&a, OUTSIDE),
+        "without the exception DROP must drop routed traffic"
+    );
 
     // CHECK notices the missing exception (e.g. Docker started later).
     let mut check_conf = d.conf.clone();
     check_conf["prevResult"] = result_a;
     let chk = plugin_in(&host, "CHECK", &a, &d, &check_conf);
     chk.expect_error(107);
-    assert!(chk.error_msg().unwrap_or_default().contains("DOCKER-USER"), "{chk}");
+    assert!(
+        chk.error_msg().unwrap_or_default().contains("DOCKER-USER"),
+        "{chk}"
+    );
 
     // DEL of both containers removes everything of berth's, and only that.
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
@@ -153,7 +195,9 @@ fn containers_talk_and_masquerade_under_dockers_drop_policy() {
     assert!(berth_rule_handle(&host).is_none());
     let tables = host.sh("nft list tables");
     assert!(!tables.contains("inet berth"), "{tables}");
-    assert!(host.sh("iptables -S DOCKER-USER").contains("-A DOCKER-USER -j RETURN"));
+    assert!(host
+        .sh("iptables -S DOCKER-USER")
+        .contains("-A DOCKER-USER -j RETURN"));
     assert!(host.sh("iptables -S FORWARD").contains("-P FORWARD DROP"));
     drop(outside);
 }
@@ -171,11 +215,17 @@ fn exception_is_added_once_and_removed_with_the_last_network() {
 
     plugin_in(&host, "ADD", &a, &d, &d.conf).expect_ok();
     plugin_in(&host, "ADD", &b, &d, &other).expect_ok();
-    let count = host.sh("iptables -S DOCKER-USER").matches("berth: accept").count();
+    let count = host
+        .sh("iptables -S DOCKER-USER")
+        .matches("berth: accept")
+        .count();
     assert_eq!(count, 1, "one exception for all berth networks");
 
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
-    assert!(berth_rule_handle(&host).is_some(), "still needed by the second network");
+    assert!(
+        berth_rule_handle(&host).is_some(),
+        "still needed by the second network"
+    );
     plugin_in(&host, "DEL", &b, &d, &other).assert_ok();
     assert!(berth_rule_handle(&host).is_none());
 }
@@ -189,13 +239,11 @@ fn published_port_works_beside_dockers_rules() {
     use berth_tests::{tcp_ask, PeerEcho};
     require_root();
     let host = make_docker_host();
-    host.sh(
-        "iptables -t nat -N DOCKER && \
+    host.sh("iptables -t nat -N DOCKER && \
          iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER && \
          iptables -t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER && \
          iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE && \
-         iptables -t nat -A DOCKER -p tcp --dport 9999 -j DNAT --to-destination 172.17.0.2:80",
-    );
+         iptables -t nat -A DOCKER -p tcp --dport 9999 -j DNAT --to-destination 172.17.0.2:80");
     let docker_nat = host.sh("iptables -t nat -S");
     let outside = connect_outside(&host);
     let a = TestNetns::new("dk-pm");
@@ -212,11 +260,20 @@ fn published_port_works_beside_dockers_rules() {
     assert_eq!(tcp_ask(&outside, target), Ok(format!("peer={OUTSIDE}")));
 
     let handle = berth_rule_handle(&host).expect("berth's rule in DOCKER-USER");
-    host.sh(&format!("nft delete rule ip filter DOCKER-USER handle {handle}"));
-    assert!(tcp_ask(&outside, target).is_err(), "Docker's drop policy let a published port through without the exception");
+    host.sh(&format!(
+        "nft delete rule ip filter DOCKER-USER handle {handle}"
+    ));
+    assert!(
+        tcp_ask(&outside, target).is_err(),
+        "Docker's drop policy let a published port through without the exception"
+    );
 
     named_plugin_in("berth-portmap", &host, "DEL", &a, &d, &pm).assert_ok();
     plugin_in(&host, "DEL", &a, &d, &d.conf).assert_ok();
-    assert_eq!(host.sh("iptables -t nat -S"), docker_nat, "Docker's NAT rules changed");
+    assert_eq!(
+        host.sh("iptables -t nat -S"),
+        docker_nat,
+        "Docker's NAT rules changed"
+    );
     assert!(!host.sh("nft list tables").contains("inet berth"));
 }

@@ -31,7 +31,14 @@ impl Fx {
         }
     }
 
-    fn exec(&self, command: &str, cid: &str, netns: &str, ifname: &str, conf: &Value) -> PluginOutput {
+    fn exec(
+        &self,
+        command: &str,
+        cid: &str,
+        netns: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> PluginOutput {
         let bin = bin(PLUGIN);
         let path = bin_dir();
         let env = [
@@ -53,7 +60,13 @@ impl Fx {
     }
 
     fn check(&self, cid: &str, ns: &TestNetns, conf: &Value, prev: &Value) -> PluginOutput {
-        self.exec("CHECK", cid, ns.path_str(), "eth0", &with_prev_result(conf, prev))
+        self.exec(
+            "CHECK",
+            cid,
+            ns.path_str(),
+            "eth0",
+            &with_prev_result(conf, prev),
+        )
     }
 
     /// The base config with `extra`'s keys added.
@@ -72,14 +85,20 @@ impl Fx {
     /// Attachment records of the network.
     fn records(&self) -> Vec<String> {
         std::fs::read_dir(self.run.path().join(&self.name))
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Addresses berth-ipam still holds for the network.
     fn allocations(&self) -> usize {
         use store::AllocationStore;
-        match store::SqliteStore::open_existing(self.data.path(), &self.name).expect("open ipam store") {
+        match store::SqliteStore::open_existing(self.data.path(), &self.name)
+            .expect("open ipam store")
+        {
             None => 0,
             Some(mut st) => st.list().expect("list ipam store").len(),
         }
@@ -88,11 +107,17 @@ impl Fx {
 
 /// `ip -d addr show` of one link in `ns`, if it exists.
 fn link(ns: &TestNetns, name: &str) -> Option<Value> {
-    ns.ip_json(&["-d", "addr", "show"]).as_array()?.iter().find(|l| l["ifname"] == name).cloned()
+    ns.ip_json(&["-d", "addr", "show"])
+        .as_array()?
+        .iter()
+        .find(|l| l["ifname"] == name)
+        .cloned()
 }
 
 fn is_up(l: &Value) -> bool {
-    l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"))
+    l["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"))
 }
 
 /// "addr/prefix" of a link's addresses other than IPv6 link-local.
@@ -112,7 +137,13 @@ fn addrs(l: &Value) -> Vec<String> {
 /// of the wire a moment after a link comes up.
 fn config_flags(l: &Value) -> Vec<Value> {
     let carrier = ["NO-CARRIER", "LOWER_UP", "M-DOWN"];
-    l["flags"].as_array().unwrap().iter().filter(|f| !carrier.iter().any(|c| *f == c)).cloned().collect()
+    l["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !carrier.iter().any(|c| *f == c))
+        .cloned()
+        .collect()
 }
 
 /// Waits up to 5 s for `cond` (namespace teardown happens in a kernel
@@ -128,8 +159,13 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
 }
 
 fn link_names(ns: &TestNetns) -> Vec<String> {
-    let mut v: Vec<String> =
-        ns.ip_json(&["link", "show"]).as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect();
+    let mut v: Vec<String> = ns
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
     v.sort();
     v
 }
@@ -142,9 +178,21 @@ fn snapshot(ns: &TestNetns) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| json!([l["ifname"], config_flags(l), l["mtu"], l["ifalias"], addrs(l)]))
+        .map(|l| {
+            json!([
+                l["ifname"],
+                config_flags(l),
+                l["mtu"],
+                l["ifalias"],
+                addrs(l)
+            ])
+        })
         .collect();
-    format!("{links:?} {:?} {:?}", ns.ip_json(&["route", "show"]), ns.ip_json(&["-6", "route", "show"]))
+    format!(
+        "{links:?} {:?} {:?}",
+        ns.ip_json(&["route", "show"]),
+        ns.ip_json(&["-6", "route", "show"])
+    )
 }
 
 /// A veth pair: `name` in `host` (up, with `addr`, MTU 1400) and its peer in
@@ -154,7 +202,9 @@ fn uplink(host: &TestNetns, outside: &TestNetns, name: &str, addr: &str, peer_ad
         "ip link add {name} mtu 1400 type veth peer name {name}p netns {o} && ip addr add {addr} dev {name} && ip link set {name} up",
         o = outside.name()
     ));
-    outside.sh(&format!("ip link set lo up && ip addr add {peer_addr} dev {name}p && ip link set {name}p up"));
+    outside.sh(&format!(
+        "ip link set lo up && ip addr add {peer_addr} dev {name}p && ip link set {name}p up"
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -167,8 +217,14 @@ fn none_brings_up_loopback_and_del_takes_it_down() {
     let conf = fx.conf(json!({"mode": "none"}));
     let out = fx.add("c1", &c, &conf);
     let r = out.expect_ok().clone();
-    assert_eq!(r["interfaces"], json!([{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": c.path_str()}]));
-    assert_eq!(r["ips"], json!([{"address": "127.0.0.1/8", "interface": 0}, {"address": "::1/128", "interface": 0}]));
+    assert_eq!(
+        r["interfaces"],
+        json!([{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": c.path_str()}])
+    );
+    assert_eq!(
+        r["ips"],
+        json!([{"address": "127.0.0.1/8", "interface": 0}, {"address": "::1/128", "interface": 0}])
+    );
     let lo = link(&c, "lo").unwrap();
     assert!(is_up(&lo));
     assert_eq!(addrs(&lo), ["127.0.0.1/8", "::1/128"]);
@@ -211,7 +267,11 @@ fn none_refuses_the_host_namespace_and_changes_nothing() {
     for cmd in ["ADD", "DEL", "CHECK"] {
         let out = fx.exec(cmd, "c1", fx.host.path_str(), "eth0", &conf);
         out.expect_error(4);
-        assert!(out.error_msg().unwrap().contains("CNI_NETNS"), "{cmd}: {:?}", out.error_msg());
+        assert!(
+            out.error_msg().unwrap().contains("CNI_NETNS"),
+            "{cmd}: {:?}",
+            out.error_msg()
+        );
     }
     assert_eq!(snapshot(&fx.host), before);
     assert!(is_up(&link(&fx.host, "lo").unwrap()));
@@ -233,8 +293,14 @@ fn host_mode_reports_the_host_and_refuses_other_namespaces() {
     let names: Vec<&str> = ifaces.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["hhu0", "lo"], "loopback last");
     assert!(ifaces.iter().all(|i| i["sandbox"] == fx.host.path_str()));
-    assert_eq!(r["ips"][0], json!({"address": "10.77.1.1/24", "interface": 0}));
-    assert_eq!(r["ips"][1], json!({"address": "127.0.0.1/8", "interface": 1}));
+    assert_eq!(
+        r["ips"][0],
+        json!({"address": "10.77.1.1/24", "interface": 0})
+    );
+    assert_eq!(
+        r["ips"][1],
+        json!({"address": "127.0.0.1/8", "interface": 1})
+    );
     fx.check("c1", &fx.host, &conf, &r).assert_ok();
     fx.del("c1", &fx.host, &conf).assert_ok();
     assert_eq!(snapshot(&fx.host), host_before);
@@ -244,7 +310,10 @@ fn host_mode_reports_the_host_and_refuses_other_namespaces() {
     let out = fx.add("c2", &c, &conf);
     out.expect_error(4);
     assert!(out.error_msg().unwrap().contains("CNI_NETNS"));
-    assert!(out.error_msg().unwrap().contains("not the host's network namespace"));
+    assert!(out
+        .error_msg()
+        .unwrap()
+        .contains("not the host's network namespace"));
     assert_eq!(snapshot(&c), c_before);
     assert_eq!(snapshot(&fx.host), host_before);
 }
@@ -257,8 +326,10 @@ fn device_moves_in_and_back_twice_with_name_mtu_and_addresses_restored() {
     let fx = Fx::new("hd");
     let outside = TestNetns::new("hdo");
     uplink(&fx.host, &outside, "hdu0", "10.77.2.1/24", "10.77.3.1/24");
-    fx.host.sh("ip route add 10.77.9.0/24 via 10.77.2.200 dev hdu0");
-    let conf = fx.conf(json!({"mode": "device", "device": "hdu0", "ipam": fx.ipam("10.77.3.0/24")}));
+    fx.host
+        .sh("ip route add 10.77.9.0/24 via 10.77.2.200 dev hdu0");
+    let conf =
+        fx.conf(json!({"mode": "device", "device": "hdu0", "ipam": fx.ipam("10.77.3.0/24")}));
     let host_before = snapshot(&fx.host);
     for round in 0..2 {
         let c = TestNetns::new("hdc");
@@ -268,7 +339,10 @@ fn device_moves_in_and_back_twice_with_name_mtu_and_addresses_restored() {
         assert_eq!(r["interfaces"][0]["sandbox"], c.path_str());
         let ip = r["ips"][0]["address"].as_str().unwrap().to_string();
         assert!(ip.starts_with("10.77.3."), "{ip}");
-        assert!(link(&fx.host, "hdu0").is_none(), "round {round}: still on the host");
+        assert!(
+            link(&fx.host, "hdu0").is_none(),
+            "round {round}: still on the host"
+        );
         let eth0 = link(&c, "eth0").expect("eth0 in the container");
         assert_eq!(eth0["ifalias"], "hdu0");
         assert_eq!(eth0["mtu"], 1400);
@@ -281,7 +355,11 @@ fn device_moves_in_and_back_twice_with_name_mtu_and_addresses_restored() {
 
         fx.del("c1", &c, &with_prev_result(&conf, &r)).assert_ok();
         assert!(link(&c, "eth0").is_none());
-        assert_eq!(snapshot(&fx.host), host_before, "round {round}: host not restored");
+        assert_eq!(
+            snapshot(&fx.host),
+            host_before,
+            "round {round}: host not restored"
+        );
         assert!(fx.records().is_empty());
         assert_eq!(fx.allocations(), 0);
         fx.del("c1", &c, &conf).assert_ok();
@@ -304,7 +382,10 @@ fn device_check_fails_once_the_device_left_the_container() {
     fx.del("c1", &c, &conf).assert_ok();
     let l = link(&fx.host, "hku0").expect("hku0 restored");
     assert_eq!(addrs(&l), ["10.77.4.1/24"]);
-    assert!(matches!(l.get("ifalias"), None | Some(Value::Null)) || l["ifalias"] == "", "{l}");
+    assert!(
+        matches!(l.get("ifalias"), None | Some(Value::Null)) || l["ifalias"] == "",
+        "{l}"
+    );
 }
 
 /// The kernel deletes virtual links with their namespace, and returns
@@ -327,7 +408,9 @@ fn device_del_after_the_container_namespace_is_gone() {
     drop(c0);
     fx.exec("DEL", "c0", &path0, "eth0", &conf0).assert_ok();
     assert!(link(&fx.host, "hgu0").is_none());
-    eventually("the veth's peer died with it", || link(&outside, "hgu0p").is_none());
+    eventually("the veth's peer died with it", || {
+        link(&outside, "hgu0p").is_none()
+    });
     assert!(fx.records().is_empty());
 
     // Returned: found by its alias, renamed and readdressed.
@@ -359,18 +442,46 @@ fn device_refusals_change_nothing() {
     let c_before = snapshot(&c);
 
     let cases: Vec<(Value, u64, &str)> = vec![
-        (json!({"mode": "device", "device": "nosuchdev"}), 7, "device"),
-        (json!({"mode": "device", "device": "a-name-of-16byte"}), 7, "longer than 15 bytes"),
-        (json!({"mode": "device", "device": "hxu0", "hwaddr": "02:00:00:00:00:01"}), 7, "only one of"),
+        (
+            json!({"mode": "device", "device": "nosuchdev"}),
+            7,
+            "device",
+        ),
+        (
+            json!({"mode": "device", "device": "a-name-of-16byte"}),
+            7,
+            "longer than 15 bytes",
+        ),
+        (
+            json!({"mode": "device", "device": "hxu0", "hwaddr": "02:00:00:00:00:01"}),
+            7,
+            "only one of",
+        ),
         (json!({"mode": "device"}), 7, "device"),
-        (json!({"mode": "device", "device": "hxu1"}), 7, "allowDefaultRoute"),
+        (
+            json!({"mode": "device", "device": "hxu1"}),
+            7,
+            "allowDefaultRoute",
+        ),
         (json!({"mode": "device", "device": "lo"}), 7, "loopback"),
         (json!({"mode": "teleport"}), 7, "mode"),
         (json!({}), 7, "mode"),
         (json!({"mode": "none", "device": "hxu0"}), 7, "device"),
-        (json!({"mode": "macvlan", "master": "nosuchdev"}), 7, "master"),
-        (json!({"mode": "macvlan", "master": "hxu0", "mtu": 9000}), 7, "mtu"),
-        (json!({"mode": "device", "kernelpath": "/etc/passwd"}), 7, "kernelpath"),
+        (
+            json!({"mode": "macvlan", "master": "nosuchdev"}),
+            7,
+            "master",
+        ),
+        (
+            json!({"mode": "macvlan", "master": "hxu0", "mtu": 9000}),
+            7,
+            "mtu",
+        ),
+        (
+            json!({"mode": "device", "kernelpath": "/etc/passwd"}),
+            7,
+            "kernelpath",
+        ),
     ];
     for (extra, code, needle) in cases {
         let conf = fx.conf(extra.clone());
@@ -404,7 +515,11 @@ fn device_already_in_a_container_names_its_holder() {
     let c2_before = snapshot(&c2);
     let out = fx.add("second", &c2, &conf);
     out.expect_error(7);
-    assert!(out.error_msg().unwrap().contains("holder-1"), "{:?}", out.error_msg());
+    assert!(
+        out.error_msg().unwrap().contains("holder-1"),
+        "{:?}",
+        out.error_msg()
+    );
     assert_eq!(snapshot(&c2), c2_before);
     // The duplicate ADD of the holder fails too, and leaves it in place.
     fx.add("holder-1", &c1, &conf).expect_error(101);
@@ -430,7 +545,11 @@ fn device_gc_returns_the_devices_of_dead_attachments() {
     let back = link(&fx.host, "hcu1").expect("hcu1 returned by GC");
     assert_eq!(addrs(&back), ["10.77.12.1/24"]);
     assert!(link(&cb, "eth0").is_none());
-    assert_eq!(link(&ca, "eth0").unwrap()["ifalias"], "hcu0", "a valid attachment is kept");
+    assert_eq!(
+        link(&ca, "eth0").unwrap()["ifalias"],
+        "hcu0",
+        "a valid attachment is kept"
+    );
     assert_eq!(fx.records().len(), 1);
     fx.del("keep", &ca, &conf_a).assert_ok();
     assert!(fx.records().is_empty());
@@ -458,7 +577,13 @@ fn macvlan_siblings_talk_in_bridge_mode_only() {
             assert_eq!(r["interfaces"][0]["mac"], l["address"]);
             fx.check(cid, c, &conf, r).assert_ok();
         }
-        let ip2 = r2["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+        let ip2 = r2["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
         let reached = ping_from(&c1, &ip2).is_ok();
         assert_eq!(reached, reach, "macvlan mode {mode}");
         assert_eq!(fx.records().len(), 2);
@@ -517,16 +642,27 @@ fn device_selected_by_hwaddr_and_by_kernelpath() {
     uplink(&fx.host, &outside, "hsu0", "10.77.12.1/24", "10.77.12.2/24");
     fx.host.sh("ip link set hsu0 address 02:00:00:77:12:01");
     let host_before = snapshot(&fx.host);
-    for selector in [json!({"hwaddr": "02:00:00:77:12:01"}), json!({"kernelpath": "/sys/devices/virtual"})] {
+    for selector in [
+        json!({"hwaddr": "02:00:00:77:12:01"}),
+        json!({"kernelpath": "/sys/devices/virtual"}),
+    ] {
         let mut extra = json!({"mode": "device"});
-        extra.as_object_mut().unwrap().extend(selector.as_object().unwrap().clone());
+        extra
+            .as_object_mut()
+            .unwrap()
+            .extend(selector.as_object().unwrap().clone());
         let conf = fx.conf(extra);
         let c = TestNetns::new("hsc");
         let r = fx.add("c1", &c, &conf).expect_ok().clone();
-        let eth0 = link(&c, "eth0").unwrap_or_else(|| panic!("{selector}: no eth0 in the container"));
+        let eth0 =
+            link(&c, "eth0").unwrap_or_else(|| panic!("{selector}: no eth0 in the container"));
         assert_eq!(eth0["ifalias"], "hsu0", "{selector}");
         assert_eq!(eth0["address"], "02:00:00:77:12:01", "{selector}");
         fx.del("c1", &c, &with_prev_result(&conf, &r)).assert_ok();
-        assert_eq!(snapshot(&fx.host), host_before, "{selector}: host not restored");
+        assert_eq!(
+            snapshot(&fx.host),
+            host_before,
+            "{selector}: host not restored"
+        );
     }
 }

@@ -28,13 +28,24 @@ impl Node {
     }
 
     fn exec(&self, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
-        run_cni_in(&self.host, "berth-overlay", command, cid, ns, self.run.path(), conf)
+        run_cni_in(
+            &self.host,
+            "berth-overlay",
+            command,
+            cid,
+            ns,
+            self.run.path(),
+            conf,
+        )
     }
 }
 
 fn two_nodes(tag: &str) -> (Node, Node) {
     require_root();
-    let (h1, h2) = (TestNetns::new(&format!("{tag}1")), TestNetns::new(&format!("{tag}2")));
+    let (h1, h2) = (
+        TestNetns::new(&format!("{tag}1")),
+        TestNetns::new(&format!("{tag}2")),
+    );
     h1.sh(&format!("ip link set lo up && ip link add ovu type veth peer name ovu netns {} && ip addr add 192.168.77.1/24 dev ovu && ip link set ovu up", h2.name()));
     h2.sh("ip link set lo up && ip addr add 192.168.77.2/24 dev ovu && ip link set ovu up");
     let n1 = Node {
@@ -57,7 +68,10 @@ fn two_nodes(tag: &str) -> (Node, Node) {
 /// Two hosts whose underlay is IPv6 only (fd77::1 and fd77::2).
 fn two_nodes_v6(tag: &str) -> (Node, Node) {
     require_root();
-    let (h1, h2) = (TestNetns::new(&format!("{tag}1")), TestNetns::new(&format!("{tag}2")));
+    let (h1, h2) = (
+        TestNetns::new(&format!("{tag}1")),
+        TestNetns::new(&format!("{tag}2")),
+    );
     h1.sh(&format!("ip link set lo up && ip link add ovu type veth peer name ovu netns {} && ip addr add fd77::1/64 dev ovu nodad && ip link set ovu up", h2.name()));
     h2.sh("ip link set lo up && ip addr add fd77::2/64 dev ovu nodad && ip link set ovu up");
     let node = |host, n: u8, subnet, peer| Node {
@@ -67,7 +81,10 @@ fn two_nodes_v6(tag: &str) -> (Node, Node) {
         subnet,
         peer,
     };
-    (node(h1, 1, "10.244.1.0/24", ("fd77::2", "10.244.2.0/24")), node(h2, 2, "10.244.2.0/24", ("fd77::1", "10.244.1.0/24")))
+    (
+        node(h1, 1, "10.244.1.0/24", ("fd77::2", "10.244.2.0/24")),
+        node(h2, 2, "10.244.2.0/24", ("fd77::1", "10.244.1.0/24")),
+    )
 }
 
 /// The result's address of the given family, without its prefix length.
@@ -76,13 +93,27 @@ fn ip_of(r: &Value, v6: bool) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .find(|a| a.contains(':') == v6)
         .unwrap_or_else(|| panic!("no {} address in {r}", if v6 { "IPv6" } else { "IPv4" }))
 }
 
 fn first_ip(r: &Value) -> String {
-    r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Containers on two hosts reach each other by address over VXLAN, also
@@ -100,25 +131,51 @@ fn containers_on_two_hosts_talk_over_vxlan() {
         n.host.sh("nft add table inet usr && nft add chain inet usr guard '{ type filter hook forward priority 10; policy drop; }' && nft add rule inet usr guard meta mark and 0x40000000 == 0x40000000 accept");
     }
     let (c1, c2) = (TestNetns::new("ovc1"), TestNetns::new("ovc2"));
-    let r1 = n1.exec("ADD", "c1", &c1, &n1.conf(json!({}))).expect_ok().clone();
-    let r2 = n2.exec("ADD", "c2", &c2, &n2.conf(json!({}))).expect_ok().clone();
+    let r1 = n1
+        .exec("ADD", "c1", &c1, &n1.conf(json!({})))
+        .expect_ok()
+        .clone();
+    let r2 = n2
+        .exec("ADD", "c2", &c2, &n2.conf(json!({})))
+        .expect_ok()
+        .clone();
     let (ip1, ip2) = (first_ip(&r1), first_ip(&r2));
-    assert!(ip1.starts_with("10.244.1.") && ip2.starts_with("10.244.2."), "{ip1} {ip2}");
+    assert!(
+        ip1.starts_with("10.244.1.") && ip2.starts_with("10.244.2."),
+        "{ip1} {ip2}"
+    );
     assert_ping(&c1, &ip2);
     assert_ping(&c2, &ip1);
     let eth0 = c1.ip_json(&["link", "show", "eth0"]);
     assert_eq!(eth0[0]["mtu"], 1450, "underlay 1500 minus 50");
-    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    let fdb = n1
+        .host
+        .exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
     assert!(fdb.contains("02:bf:c0:a8:4d:02 dst 192.168.77.2"), "{fdb}");
     let routes = n1.host.exec_ok(&["ip", "route", "show", "10.244.2.0/24"]);
-    assert!(routes.contains("via 10.244.2.0 dev berth.42") && routes.contains("onlink"), "{routes}");
-    n1.exec("CHECK", "c1", &c1, &with_prev_result(&n1.conf(json!({})), &r1)).assert_ok();
+    assert!(
+        routes.contains("via 10.244.2.0 dev berth.42") && routes.contains("onlink"),
+        "{routes}"
+    );
+    n1.exec(
+        "CHECK",
+        "c1",
+        &c1,
+        &with_prev_result(&n1.conf(json!({})), &r1),
+    )
+    .assert_ok();
 
     for (n, c, cid, r) in [(&n1, &c1, "c1", &r1), (&n2, &c2, "c2", &r2)] {
-        n.exec("DEL", cid, c, &with_prev_result(&n.conf(json!({})), r)).assert_ok();
+        n.exec("DEL", cid, c, &with_prev_result(&n.conf(json!({})), r))
+            .assert_ok();
         n.exec("DEL", cid, c, &n.conf(json!({}))).assert_ok();
     }
-    assert!(c1.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+    assert!(c1
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["ifname"] != "eth0"));
     // Nothing of the containers is left on the hosts; the datapath stays
     // for the next container.
     for n in [&n1, &n2] {
@@ -126,9 +183,18 @@ fn containers_on_two_hosts_talk_over_vxlan() {
         assert!(!links.contains("bv"), "host veth left: {links}");
         assert!(links.contains("berth.42"), "{links}");
     }
-    let again = n1.exec("ADD", "c3", &c1, &n1.conf(json!({}))).expect_ok().clone();
+    let again = n1
+        .exec("ADD", "c3", &c1, &n1.conf(json!({})))
+        .expect_ok()
+        .clone();
     assert_ping(&c1, "10.244.2.1"); // the other node's bridge, across the overlay
-    n1.exec("DEL", "c3", &c1, &with_prev_result(&n1.conf(json!({})), &again)).assert_ok();
+    n1.exec(
+        "DEL",
+        "c3",
+        &c1,
+        &with_prev_result(&n1.conf(json!({})), &again),
+    )
+    .assert_ok();
 }
 
 /// Dual stack over an IPv6 underlay: each node's IPv6 subnet is the one
@@ -139,21 +205,53 @@ fn dual_stack_over_an_ipv6_underlay() {
     let (n1, n2) = two_nodes_v6("ov6");
     let (c1, c2) = (TestNetns::new("ov6c1"), TestNetns::new("ov6c2"));
     let dual = json!({"network6": "fd44::/48"});
-    let r1 = n1.exec("ADD", "c1", &c1, &n1.conf(dual.clone())).expect_ok().clone();
-    let r2 = n2.exec("ADD", "c2", &c2, &n2.conf(dual.clone())).expect_ok().clone();
-    let (a4, b4, a6, b6) = (ip_of(&r1, false), ip_of(&r2, false), ip_of(&r1, true), ip_of(&r2, true));
-    assert!(a6.starts_with("fd44:0:0:1:") && b6.starts_with("fd44:0:0:2:"), "{a6} {b6}");
+    let r1 = n1
+        .exec("ADD", "c1", &c1, &n1.conf(dual.clone()))
+        .expect_ok()
+        .clone();
+    let r2 = n2
+        .exec("ADD", "c2", &c2, &n2.conf(dual.clone()))
+        .expect_ok()
+        .clone();
+    let (a4, b4, a6, b6) = (
+        ip_of(&r1, false),
+        ip_of(&r2, false),
+        ip_of(&r1, true),
+        ip_of(&r2, true),
+    );
+    assert!(
+        a6.starts_with("fd44:0:0:1:") && b6.starts_with("fd44:0:0:2:"),
+        "{a6} {b6}"
+    );
     assert_ping(&c1, &b4);
     assert_ping(&c1, &b6);
     assert_ping(&c2, &a6);
-    assert_eq!(c1.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1430, "underlay 1500 minus 70");
-    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert_eq!(
+        c1.ip_json(&["link", "show", "eth0"])[0]["mtu"],
+        1430,
+        "underlay 1500 minus 70"
+    );
+    let fdb = n1
+        .host
+        .exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
     assert!(fdb.contains("02:bf:00:00:00:02 dst fd77::2"), "{fdb}");
-    let routes = n1.host.exec_ok(&["ip", "-6", "route", "show", "fd44:0:0:2::/64"]);
-    assert!(routes.contains("via fd44:0:0:2:: dev berth.42") && routes.contains("onlink"), "{routes}");
-    n1.exec("CHECK", "c1", &c1, &with_prev_result(&n1.conf(dual.clone()), &r1)).assert_ok();
+    let routes = n1
+        .host
+        .exec_ok(&["ip", "-6", "route", "show", "fd44:0:0:2::/64"]);
+    assert!(
+        routes.contains("via fd44:0:0:2:: dev berth.42") && routes.contains("onlink"),
+        "{routes}"
+    );
+    n1.exec(
+        "CHECK",
+        "c1",
+        &c1,
+        &with_prev_result(&n1.conf(dual.clone()), &r1),
+    )
+    .assert_ok();
     for (n, c, cid, r) in [(&n1, &c1, "c1", &r1), (&n2, &c2, "c2", &r2)] {
-        n.exec("DEL", cid, c, &with_prev_result(&n.conf(dual.clone()), r)).assert_ok();
+        n.exec("DEL", cid, c, &with_prev_result(&n.conf(dual.clone()), r))
+            .assert_ok();
     }
     // Both addresses went back to IPAM: a new container can ask for them.
     let mut wants = n1.conf(dual.clone());
@@ -174,41 +272,98 @@ fn bad_input_makes_nothing() {
         (json!({"subnetLen": 8}), "subnetLen"),
         (json!({"network": "nonsense"}), "network"),
         (json!({"iface": "nosuchlink"}), "iface"),
-        (json!({"store": {"static": {"subnet": "10.99.1.0/24"}}}), "store.static.subnet"),
-        (json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [{"node": "x", "underlay": "192.168.77.2", "subnet": "10.244.1.0/24"}]}}}), "peers[0].subnet"),
-        (json!({"store": {"etcd": {"endpoints": ["https://192.168.77.1:2379"]}}}), "store.etcd.endpoints"),
-        (json!({"store": {"etcd": {"endpoints": []}}}), "store.etcd.endpoints"),
-        (json!({"store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "leaseTTL": 1}}}), "store.etcd.leaseTTL"),
-        (json!({"store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "subnet": "10.245.0.0/24"}}}), "store.etcd.subnet"),
+        (
+            json!({"store": {"static": {"subnet": "10.99.1.0/24"}}}),
+            "store.static.subnet",
+        ),
+        (
+            json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [{"node": "x", "underlay": "192.168.77.2", "subnet": "10.244.1.0/24"}]}}}),
+            "peers[0].subnet",
+        ),
+        (
+            json!({"store": {"etcd": {"endpoints": ["https://192.168.77.1:2379"]}}}),
+            "store.etcd.endpoints",
+        ),
+        (
+            json!({"store": {"etcd": {"endpoints": []}}}),
+            "store.etcd.endpoints",
+        ),
+        (
+            json!({"store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "leaseTTL": 1}}}),
+            "store.etcd.leaseTTL",
+        ),
+        (
+            json!({"store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "subnet": "10.245.0.0/24"}}}),
+            "store.etcd.subnet",
+        ),
         (json!({"network6": "10.0.0.0/8"}), "network6"),
         (json!({"network6": "fd44::/60"}), "subnetLen6"),
         (json!({"subnetLen6": 64}), "subnetLen6"),
-        (json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [
+        (
+            json!({"store": {"static": {"subnet": "10.244.1.0/24", "peers": [
             {"node": "x", "underlay": "fd77::1:c0a8:4d02", "subnet": "10.244.2.0/24"},
-            {"node": "y", "underlay": "fd78::c0a8:4d02", "subnet": "10.244.3.0/24"}]}}}), "peers[1].underlay"),
+            {"node": "y", "underlay": "fd78::c0a8:4d02", "subnet": "10.244.3.0/24"}]}}}),
+            "peers[1].underlay",
+        ),
     ] {
         let out = n1.exec("ADD", "c1", &c, &n1.conf(extra.clone()));
         let err = out.expect_error(7);
-        assert!(err["msg"].as_str().unwrap().contains(field), "{extra}: {err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains(field),
+            "{extra}: {err}"
+        );
         let links = n1.host.exec_ok(&["ip", "-br", "link"]);
-        assert!(!links.contains("berth.42") && !links.contains("bov42"), "{extra}: {links}");
+        assert!(
+            !links.contains("berth.42") && !links.contains("bov42"),
+            "{extra}: {links}"
+        );
     }
 
     // A second overlay network on the host may not overlap the first's
     // cluster CIDR nor reuse its VNI.
-    let first = n1.exec("ADD", "c1", &c, &n1.conf(json!({}))).expect_ok().clone();
+    let first = n1
+        .exec("ADD", "c1", &c, &n1.conf(json!({})))
+        .expect_ok()
+        .clone();
     for (extra, field) in [
-        (json!({"name": "ovt2", "vni": 43, "network": "10.244.128.0/17", "store": {"static": {"subnet": "10.244.129.0/24"}}}), "network"),
-        (json!({"name": "ovt3", "network": "10.250.0.0/16", "store": {"static": {"subnet": "10.250.1.0/24"}}}), "vni"),
+        (
+            json!({"name": "ovt2", "vni": 43, "network": "10.244.128.0/17", "store": {"static": {"subnet": "10.244.129.0/24"}}}),
+            "network",
+        ),
+        (
+            json!({"name": "ovt3", "network": "10.250.0.0/16", "store": {"static": {"subnet": "10.250.1.0/24"}}}),
+            "vni",
+        ),
     ] {
         let c2 = TestNetns::new("ovbd");
-        let err = n1.exec("ADD", "c2", &c2, &n1.conf(extra.clone())).expect_error(7).clone();
-        assert!(err["msg"].as_str().unwrap().contains(field) && err["msg"].as_str().unwrap().contains("ovt"), "{extra}: {err}");
+        let err = n1
+            .exec("ADD", "c2", &c2, &n1.conf(extra.clone()))
+            .expect_error(7)
+            .clone();
+        assert!(
+            err["msg"].as_str().unwrap().contains(field)
+                && err["msg"].as_str().unwrap().contains("ovt"),
+            "{extra}: {err}"
+        );
         let links = n1.host.exec_ok(&["ip", "-br", "link"]);
-        assert!(!links.contains("berth.43") && !links.contains("bov43"), "{extra}: {links}");
-        assert!(c2.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+        assert!(
+            !links.contains("berth.43") && !links.contains("bov43"),
+            "{extra}: {links}"
+        );
+        assert!(c2
+            .ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["ifname"] != "eth0"));
     }
-    n1.exec("DEL", "c1", &c, &with_prev_result(&n1.conf(json!({})), &first)).assert_ok();
+    n1.exec(
+        "DEL",
+        "c1",
+        &c,
+        &with_prev_result(&n1.conf(json!({})), &first),
+    )
+    .assert_ok();
 }
 
 /// Kills the agent (by PID) when dropped.
@@ -219,7 +374,9 @@ impl Agent {
     fn terminate(&mut self) {
         // SAFETY: signals our own child by PID.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let stopped = within(std::time::Duration::from_secs(5), || matches!(self.0.try_wait(), Ok(Some(_))));
+        let stopped = within(std::time::Duration::from_secs(5), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        });
         assert!(stopped, "the agent did not exit on SIGTERM");
     }
 }
@@ -232,7 +389,10 @@ impl Drop for Agent {
 }
 
 fn has_route(host: &TestNetns, subnet: &str) -> bool {
-    !host.exec_ok(&["ip", "route", "show", subnet]).trim().is_empty()
+    !host
+        .exec_ok(&["ip", "route", "show", subnet])
+        .trim()
+        .is_empty()
 }
 
 /// Waits up to `limit` for `cond`; true if it held in time.
@@ -274,16 +434,32 @@ fn agent_follows_peers_joining_and_leaving() {
         .expect("start the agent");
     let _agent = Agent(child);
     let second = std::time::Duration::from_secs(1);
-    assert!(within(std::time::Duration::from_secs(5), || has_route(&n1.host, "10.244.2.0/24")), "peer b never programmed");
+    assert!(
+        within(std::time::Duration::from_secs(5), || has_route(
+            &n1.host,
+            "10.244.2.0/24"
+        )),
+        "peer b never programmed"
+    );
 
     write(json!([b, c]));
-    assert!(within(second, || has_route(&n1.host, "10.244.3.0/24")), "peer c not programmed within a second");
-    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(
+        within(second, || has_route(&n1.host, "10.244.3.0/24")),
+        "peer c not programmed within a second"
+    );
+    let fdb = n1
+        .host
+        .exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
     assert!(fdb.contains("dst 192.168.77.3"), "{fdb}");
 
     write(json!([c]));
-    assert!(within(second, || !has_route(&n1.host, "10.244.2.0/24")), "peer b not forgotten within a second");
-    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(
+        within(second, || !has_route(&n1.host, "10.244.2.0/24")),
+        "peer b not forgotten within a second"
+    );
+    let fdb = n1
+        .host
+        .exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
     assert!(!fdb.contains("dst 192.168.77.2"), "{fdb}");
     let neigh = n1.host.exec_ok(&["ip", "neigh", "show", "dev", "berth.42"]);
     assert!(!neigh.contains("10.244.2.0"), "{neigh}");
@@ -336,13 +512,20 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
         let out = n.host.exec(&["ip", "route", "show", "dev", "berth.42"]);
         out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
     };
-    assert!(within(five, || routes_to_peer(&n1) && routes_to_peer(&n2)), "agents did not program each other");
+    assert!(
+        within(five, || routes_to_peer(&n1) && routes_to_peer(&n2)),
+        "agents did not program each other"
+    );
 
     let (c1, c2) = (TestNetns::new("ovec1"), TestNetns::new("ovec2"));
     let r1 = n1.exec("ADD", "c1", &c1, &conf1).expect_ok().clone();
     let r2 = n2.exec("ADD", "c2", &c2, &conf2).expect_ok().clone();
     let (ip1, ip2) = (first_ip(&r1), first_ip(&r2));
-    assert_ne!(ip1.rsplit_once('.').unwrap().0, ip2.rsplit_once('.').unwrap().0, "both nodes got the same subnet");
+    assert_ne!(
+        ip1.rsplit_once('.').unwrap().0,
+        ip2.rsplit_once('.').unwrap().0,
+        "both nodes got the same subnet"
+    );
     assert_ping(&c1, &ip2);
     assert_ping(&c2, &ip1);
 
@@ -351,14 +534,26 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
     let c3 = TestNetns::new("ovec3");
     let started = std::time::Instant::now();
     n1.exec("ADD", "c3", &c3, &conf1).expect_error(11);
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "ADD hung {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "ADD hung {:?}",
+        started.elapsed()
+    );
     n1.exec("STATUS", "", &c3, &conf1).assert_ok();
-    n1.exec("STATUS", "", &c3, &etcd_conf(&n1, "h1", "ovenolease")).expect_error(50);
+    n1.exec("STATUS", "", &c3, &etcd_conf(&n1, "h1", "ovenolease"))
+        .expect_error(50);
 
     etcd.spawn();
-    assert!(within(five, || n1.exec("ADD", "c3", &c3, &conf1).success()), "ADD does not work again after etcd came back");
+    assert!(
+        within(five, || n1.exec("ADD", "c3", &c3, &conf1).success()),
+        "ADD does not work again after etcd came back"
+    );
     assert_ping(&c3, &ip2);
-    for (n, c, cid, conf) in [(&n1, &c1, "c1", &conf1), (&n2, &c2, "c2", &conf2), (&n1, &c3, "c3", &conf1)] {
+    for (n, c, cid, conf) in [
+        (&n1, &c1, "c1", &conf1),
+        (&n2, &c2, "c2", &conf2),
+        (&n1, &c3, "c3", &conf1),
+    ] {
         n.exec("DEL", cid, c, conf).assert_ok();
     }
 }
@@ -367,8 +562,13 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
 /// 192.168.77.<n> on a port of a switch namespace), run and IPAM dirs.
 fn switched_node(tag: &str, switch: &TestNetns, n: u8) -> Node {
     let host = TestNetns::new(&format!("{tag}{n}"));
-    switch.sh(&format!("ip link add p{n} type veth peer name ovu netns {} && ip link set p{n} master sw0 up", host.name()));
-    host.sh(&format!("ip link set lo up && ip addr add 192.168.77.{n}/24 dev ovu && ip link set ovu up"));
+    switch.sh(&format!(
+        "ip link add p{n} type veth peer name ovu netns {} && ip link set p{n} master sw0 up",
+        host.name()
+    ));
+    host.sh(&format!(
+        "ip link set lo up && ip addr add 192.168.77.{n}/24 dev ovu && ip link set ovu up"
+    ));
     Node {
         host,
         run: TempDir::new(&format!("{tag}-run{n}")),
@@ -390,19 +590,38 @@ fn hosts_join_and_leave_through_etcd() {
     switch.sh("ip link add sw0 type bridge && ip link set sw0 up");
     let nodes: Vec<Node> = (1..=4).map(|n| switched_node("ovx", &switch, n)).collect();
     let mut etcd = Etcd::start(&nodes[0].host, "192.168.77.1");
-    let confs: Vec<Value> = nodes.iter().enumerate().map(|(i, n)| etcd_conf(n, &format!("x{}", i + 1), "ovx")).collect();
-    let mut agents: Vec<Option<Agent>> = nodes[..3].iter().zip(&confs).map(|(n, c)| Some(start_agent(n, c))).collect();
+    let confs: Vec<Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| etcd_conf(n, &format!("x{}", i + 1), "ovx"))
+        .collect();
+    let mut agents: Vec<Option<Agent>> = nodes[..3]
+        .iter()
+        .zip(&confs)
+        .map(|(n, c)| Some(start_agent(n, c)))
+        .collect();
     let ten = std::time::Duration::from_secs(10);
     let routes = |n: &Node| {
         let out = n.host.exec(&["ip", "route", "show", "dev", "berth.42"]);
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("onlink")).count()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("onlink"))
+            .count()
     };
-    assert!(within(ten, || nodes[..3].iter().all(|n| routes(n) == 2)), "the three agents did not program each other");
+    assert!(
+        within(ten, || nodes[..3].iter().all(|n| routes(n) == 2)),
+        "the three agents did not program each other"
+    );
 
-    let cs: Vec<TestNetns> = (1..=4).map(|i| TestNetns::new(&format!("ovxc{i}"))).collect();
+    let cs: Vec<TestNetns> = (1..=4)
+        .map(|i| TestNetns::new(&format!("ovxc{i}")))
+        .collect();
     let mut ips = Vec::new();
     for i in 0..3 {
-        let r = nodes[i].exec("ADD", &format!("x{i}"), &cs[i], &confs[i]).expect_ok().clone();
+        let r = nodes[i]
+            .exec("ADD", &format!("x{i}"), &cs[i], &confs[i])
+            .expect_ok()
+            .clone();
         ips.push(first_ip(&r));
     }
     assert_ping(&cs[0], &ips[1]);
@@ -410,24 +629,50 @@ fn hosts_join_and_leave_through_etcd() {
 
     // A fourth host joins: nothing else restarts.
     agents.push(Some(start_agent(&nodes[3], &confs[3])));
-    assert!(within(ten, || routes(&nodes[3]) == 3), "the new host did not learn the others");
-    let r = nodes[3].exec("ADD", "x3", &cs[3], &confs[3]).expect_ok().clone();
+    assert!(
+        within(ten, || routes(&nodes[3]) == 3),
+        "the new host did not learn the others"
+    );
+    let r = nodes[3]
+        .exec("ADD", "x3", &cs[3], &confs[3])
+        .expect_ok()
+        .clone();
     ips.push(first_ip(&r));
-    assert!(within(std::time::Duration::from_secs(2), || routes(&nodes[0]) == 3), "host A did not learn the new host within 2 s");
+    assert!(
+        within(std::time::Duration::from_secs(2), || routes(&nodes[0]) == 3),
+        "host A did not learn the new host within 2 s"
+    );
     assert_ping(&cs[0], &ips[3]);
 
     // Host C leaves: its agent stops and its lease goes.
     agents[2] = None;
-    let subnet_c = format!("{}-24", ips[2].rsplit_once('.').unwrap().0.to_string() + ".0");
+    let subnet_c = format!(
+        "{}-24",
+        ips[2].rsplit_once('.').unwrap().0.to_string() + ".0"
+    );
     let deleted = nodes[0].host.exec(&[
-        "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "http://192.168.77.1:2379", "del",
+        "env",
+        "ETCDCTL_API=3",
+        "etcdctl",
+        "--endpoints",
+        "http://192.168.77.1:2379",
+        "del",
         &format!("/berth-test/ovx/subnets/{subnet_c}"),
     ]);
-    assert!(deleted.status.success(), "etcdctl del: {}", String::from_utf8_lossy(&deleted.stderr));
+    assert!(
+        deleted.status.success(),
+        "etcdctl del: {}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
     let second = std::time::Duration::from_secs(1);
     for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != 2) {
-        assert!(within(second, || routes(n) == 2), "host {i} still has host C's entries after a second");
-        let fdb = n.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+        assert!(
+            within(second, || routes(n) == 2),
+            "host {i} still has host C's entries after a second"
+        );
+        let fdb = n
+            .host
+            .exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
         assert!(!fdb.contains("dst 192.168.77.3"), "host {i}: {fdb}");
     }
     drop(agents);
@@ -444,53 +689,132 @@ fn leases_are_released_on_stop_and_expire_after_death() {
     let (n1, n2) = two_nodes("ovl");
     let _etcd = Etcd::start(&n1.host, "192.168.77.1");
     let ttl = json!({"leaseTTL": 3});
-    let (conf1, conf2) = (etcd_conf_with(&n1, "l1", "ovl", ttl.clone()), etcd_conf_with(&n2, "l2", "ovl", ttl.clone()));
+    let (conf1, conf2) = (
+        etcd_conf_with(&n1, "l1", "ovl", ttl.clone()),
+        etcd_conf_with(&n2, "l2", "ovl", ttl.clone()),
+    );
     let _a1 = start_agent(&n1, &conf1);
     let mut a2 = start_agent(&n2, &conf2);
     let ten = std::time::Duration::from_secs(10);
-    let cached = |n: &Node| std::fs::read_to_string(n.run.path().join("ovl.subnet")).unwrap_or_default();
-    assert!(within(ten, || !cached(&n1).is_empty() && !cached(&n2).is_empty()), "the agents took no subnets");
+    let cached =
+        |n: &Node| std::fs::read_to_string(n.run.path().join("ovl.subnet")).unwrap_or_default();
+    assert!(
+        within(ten, || !cached(&n1).is_empty() && !cached(&n2).is_empty()),
+        "the agents took no subnets"
+    );
     let (s1, s2) = (cached(&n1), cached(&n2));
-    assert!(within(ten, || has_route(&n1.host, &s2) && has_route(&n2.host, &s1)), "the agents did not program each other");
+    assert!(
+        within(ten, || has_route(&n1.host, &s2) && has_route(&n2.host, &s1)),
+        "the agents did not program each other"
+    );
 
     // Not from another node: the same name from another underlay address,
     // or a subnet another node holds.
     let c = TestNetns::new("ovlc");
-    let err = n2.exec("ADD", "c1", &c, &etcd_conf_with(&n2, "l1", "ovl", ttl.clone())).expect_error(7).clone();
-    assert!(err["msg"].as_str().unwrap().contains("node") && err["msg"].as_str().unwrap().contains("192.168.77.1"), "{err}");
     let err = n2
-        .exec("ADD", "c1", &c, &etcd_conf_with(&n2, "l3", "ovl", json!({"leaseTTL": 3, "subnet": s1})))
+        .exec(
+            "ADD",
+            "c1",
+            &c,
+            &etcd_conf_with(&n2, "l1", "ovl", ttl.clone()),
+        )
         .expect_error(7)
         .clone();
-    assert!(err["msg"].as_str().unwrap().contains("store.etcd.subnet") && err["msg"].as_str().unwrap().contains("l1"), "{err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("node")
+            && err["msg"].as_str().unwrap().contains("192.168.77.1"),
+        "{err}"
+    );
+    let err = n2
+        .exec(
+            "ADD",
+            "c1",
+            &c,
+            &etcd_conf_with(&n2, "l3", "ovl", json!({"leaseTTL": 3, "subnet": s1})),
+        )
+        .expect_error(7)
+        .clone();
+    assert!(
+        err["msg"].as_str().unwrap().contains("store.etcd.subnet")
+            && err["msg"].as_str().unwrap().contains("l1"),
+        "{err}"
+    );
     // A second node name on one host would share its VTEP.
-    let err = n2.exec("ADD", "c1", &c, &etcd_conf_with(&n2, "l3", "ovl", ttl.clone())).expect_error(7).clone();
-    assert!(err["msg"].as_str().unwrap().contains("one node name per host"), "{err}");
-    assert!(c.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
+    let err = n2
+        .exec(
+            "ADD",
+            "c1",
+            &c,
+            &etcd_conf_with(&n2, "l3", "ovl", ttl.clone()),
+        )
+        .expect_error(7)
+        .clone();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("one node name per host"),
+        "{err}"
+    );
+    assert!(c
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["ifname"] != "eth0"));
 
     // Renewals keep each node's one lease alive; they make no new ones.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let leases = n1.host.exec_ok(&["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "http://192.168.77.1:2379", "lease", "list"]);
+    let leases = n1.host.exec_ok(&[
+        "env",
+        "ETCDCTL_API=3",
+        "etcdctl",
+        "--endpoints",
+        "http://192.168.77.1:2379",
+        "lease",
+        "list",
+    ]);
     assert!(leases.starts_with("found 2 leases"), "{leases}");
 
     // A clean stop gives the lease back: host 1 forgets host 2 at once.
     a2.terminate();
     let second = std::time::Duration::from_secs(1);
-    assert!(within(second, || !has_route(&n1.host, &s2)), "host 2's lease outlived its clean stop by a second");
+    assert!(
+        within(second, || !has_route(&n1.host, &s2)),
+        "host 2's lease outlived its clean stop by a second"
+    );
     // Back again: the same subnet as before.
     let mut a2 = start_agent(&n2, &conf2);
-    assert!(within(std::time::Duration::from_secs(3), || has_route(&n1.host, &s2)), "host 2 did not come back with {s2}");
+    assert!(
+        within(std::time::Duration::from_secs(3), || has_route(
+            &n1.host, &s2
+        )),
+        "host 2 did not come back with {s2}"
+    );
 
     // Death (SIGKILL): the entries stay while the lease lives, then go.
     let _ = a2.0.kill();
     let _ = a2.0.wait();
     let killed = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(has_route(&n1.host, &s2), "host 2 forgotten before its lease could expire");
-    assert!(within(std::time::Duration::from_secs(6), || !has_route(&n1.host, &s2)), "host 2's lease did not expire");
+    assert!(
+        has_route(&n1.host, &s2),
+        "host 2 forgotten before its lease could expire"
+    );
+    assert!(
+        within(std::time::Duration::from_secs(6), || !has_route(
+            &n1.host, &s2
+        )),
+        "host 2's lease did not expire"
+    );
     let gone = killed.elapsed();
-    assert!(gone >= std::time::Duration::from_secs(1), "forgotten after {gone:?}, before any lease of 3 s could end");
-    let fdb = n1.host.exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
+    assert!(
+        gone >= std::time::Duration::from_secs(1),
+        "forgotten after {gone:?}, before any lease of 3 s could end"
+    );
+    let fdb = n1
+        .host
+        .exec_ok(&["bridge", "fdb", "show", "dev", "berth.42"]);
     assert!(!fdb.contains("dst 192.168.77.2"), "{fdb}");
 }
 
@@ -501,7 +825,9 @@ fn racing_claims_on_one_node_take_one_subnet() {
     let (n1, _n2) = two_nodes("ovr");
     let _etcd = Etcd::start(&n1.host, "192.168.77.1");
     let conf = etcd_conf(&n1, "r1", "ovr");
-    let cs: Vec<TestNetns> = (0..4).map(|i| TestNetns::new(&format!("ovrc{i}"))).collect();
+    let cs: Vec<TestNetns> = (0..4)
+        .map(|i| TestNetns::new(&format!("ovrc{i}")))
+        .collect();
     let ips: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = cs
             .iter()
@@ -524,12 +850,31 @@ fn racing_claims_on_one_node_take_one_subnet() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let nets: std::collections::BTreeSet<&str> = ips.iter().map(|ip| ip.rsplit_once('.').unwrap().0).collect();
-    assert_eq!(nets.len(), 1, "the node's containers got addresses of {nets:?}");
+    let nets: std::collections::BTreeSet<&str> = ips
+        .iter()
+        .map(|ip| ip.rsplit_once('.').unwrap().0)
+        .collect();
+    assert_eq!(
+        nets.len(),
+        1,
+        "the node's containers got addresses of {nets:?}"
+    );
     let keys = n1.host.exec_ok(&[
-        "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", "http://192.168.77.1:2379", "get", "--prefix", "--keys-only", "/berth-test/ovr/subnets/",
+        "env",
+        "ETCDCTL_API=3",
+        "etcdctl",
+        "--endpoints",
+        "http://192.168.77.1:2379",
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/berth-test/ovr/subnets/",
     ]);
-    assert_eq!(keys.lines().filter(|l| !l.trim().is_empty()).count(), 1, "leases: {keys}");
+    assert_eq!(
+        keys.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "leases: {keys}"
+    );
     for (i, c) in cs.iter().enumerate() {
         n1.exec("DEL", &format!("r{i}"), c, &conf).assert_ok();
     }

@@ -657,7 +657,10 @@ fn podman_publishes_a_port_through_berth_portmap() {
     // A port unlikely to be in use, spread by pid across parallel runs.
     let port = 20000 + (std::process::id() % 20000) as u16;
     let element = format!("127.0.0.1 . tcp . {port}");
-    let mut containers = Containers { podman: &podman, names: Vec::new() };
+    let mut containers = Containers {
+        podman: &podman,
+        names: Vec::new(),
+    };
     let name = unique_name("bppc", 63);
     containers.names.push(name.clone());
     podman.ok(&[
@@ -667,9 +670,12 @@ fn podman_publishes_a_port_through_berth_portmap() {
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let get = || -> Result<String, String> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .map_err(|e| e.to_string())?;
         let mut body = String::new();
         s.read_to_string(&mut body).map_err(|e| e.to_string())?;
         Ok(body)
@@ -683,14 +689,23 @@ fn podman_publishes_a_port_through_berth_portmap() {
             _ => std::thread::sleep(std::time::Duration::from_millis(200)),
         }
     };
-    assert!(answer.is_ok(), "published port 127.0.0.1:{port}: {answer:?}");
+    assert!(
+        answer.is_ok(),
+        "published port 127.0.0.1:{port}: {answer:?}"
+    );
     let table = run_ok("nft", &["list", "table", "inet", "berth"]);
-    assert!(table.contains(&element), "no element {element} in:\n{table}");
+    assert!(
+        table.contains(&element),
+        "no element {element} in:\n{table}"
+    );
 
     podman.ok(&["rm", "--force", "--time", "0", &name]);
     containers.names.clear();
     assert!(get().is_err(), "port {port} still answers after podman rm");
     let table = run("nft", &["list", "table", "inet", "berth"]);
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(!table.contains(&element), "element {element} left:\n{table}");
+    assert!(
+        !table.contains(&element),
+        "element {element} left:\n{table}"
+    );
 }

@@ -53,7 +53,12 @@ impl Fx {
         let outside = TestNetns::new(&format!("{tag}o"));
         let (link_v4, link_v6) = unique_subnets();
         let (subnet_v4, subnet_v6) = unique_subnets();
-        let (host_v4, host_v6, out_v4, out_v6) = (nth(&link_v4, 1), nth(&link_v6, 1), nth(&link_v4, 2), nth(&link_v6, 2));
+        let (host_v4, host_v6, out_v4, out_v6) = (
+            nth(&link_v4, 1),
+            nth(&link_v6, 1),
+            nth(&link_v4, 2),
+            nth(&link_v6, 2),
+        );
         host.sh(&format!(
             "ip link set lo up && ip link add up0 type veth peer name eth0 netns {o} && \
              ip addr add {host_v4}/24 dev up0 && ip addr add {host_v6}/64 dev up0 nodad && ip link set up0 up",
@@ -78,7 +83,14 @@ impl Fx {
         }
     }
 
-    fn exec(&self, plugin: &str, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
+    fn exec(
+        &self,
+        plugin: &str,
+        command: &str,
+        cid: &str,
+        ns: &TestNetns,
+        conf: &Value,
+    ) -> PluginOutput {
         run_cni_in(&self.host, plugin, command, cid, ns, self.run.path(), conf)
     }
 
@@ -127,7 +139,13 @@ impl Fx {
     }
 
     fn publish(&self, cid: &str, ns: &TestNetns, prev: &Value, mappings: Value) -> PluginOutput {
-        self.exec("berth-portmap", "ADD", cid, ns, &self.portmap_conf(mappings, json!({}), Some(prev)))
+        self.exec(
+            "berth-portmap",
+            "ADD",
+            cid,
+            ns,
+            &self.portmap_conf(mappings, json!({}), Some(prev)),
+        )
     }
 
     fn portmap(&self, command: &str, cid: &str, ns: &TestNetns, conf: &Value) -> PluginOutput {
@@ -136,7 +154,8 @@ impl Fx {
 
     /// The host's `inet berth` table as text ("" when there is none).
     fn table(&self) -> String {
-        self.host.sh("nft list table inet berth 2>/dev/null || true")
+        self.host
+            .sh("nft list table inet berth 2>/dev/null || true")
     }
 
     fn gateway_v4(&self) -> IpAddr {
@@ -153,7 +172,11 @@ fn portmap_objects(table: &str) -> Vec<String> {
     table
         .lines()
         .map(str::trim)
-        .filter(|l| ["chain pm", "set pm", "map pm"].iter().any(|p| l.starts_with(p)))
+        .filter(|l| {
+            ["chain pm", "set pm", "map pm"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .map(String::from)
         .collect()
 }
@@ -197,25 +220,37 @@ fn published_ports_answer_from_everywhere_until_del() {
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)), peer(fx.out_v4));
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v6, 8080)), peer(fx.out_v6));
     let (reply, from) = udp_ask(&fx.outside, at(fx.host_v4, 5353)).expect("udp over ipv4");
-    assert_eq!((reply, from), (format!("peer={}", fx.out_v4), at(fx.host_v4, 5353)));
+    assert_eq!(
+        (reply, from),
+        (format!("peer={}", fx.out_v4), at(fx.host_v4, 5353))
+    );
     let (reply, _) = udp_ask(&fx.outside, at(fx.host_v6, 5353)).expect("udp over ipv6");
     assert_eq!(reply, format!("peer={}", fx.out_v6));
 
     // The host: via loopback the source is masqueraded to the bridge's
     // address; via its own address it is that address.
-    assert_eq!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)), peer(fx.gateway_v4()));
+    assert_eq!(
+        tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)),
+        peer(fx.gateway_v4())
+    );
     assert_eq!(tcp_ask(&fx.host, at(fx.host_v4, 8080)), peer(fx.host_v4));
     // Via ::1 a proxy relays (IPv6 has no route_localnet): the service
     // sees the bridge's IPv6 address.
     let lo6: IpAddr = "::1".parse().unwrap();
     assert_eq!(tcp_ask(&fx.host, at(lo6, 8080)), peer(fx.gateway_v6()));
-    assert_eq!(udp_ask(&fx.host, at(lo6, 5353)).map(|r| r.0), Ok(format!("peer={}", fx.gateway_v6())));
+    assert_eq!(
+        udp_ask(&fx.host, at(lo6, 5353)).map(|r| r.0),
+        Ok(format!("peer={}", fx.gateway_v6()))
+    );
 
     // Hairpin: a sibling, and the container itself, via the host address;
     // masqueraded to the bridge's address so replies come back through
     // the NAT.
     assert_eq!(tcp_ask(&c2, at(fx.host_v4, 8080)), peer(fx.gateway_v4()));
-    assert_eq!(udp_ask(&c2, at(fx.host_v4, 5353)).map(|r| r.0), Ok(format!("peer={}", fx.gateway_v4())));
+    assert_eq!(
+        udp_ask(&c2, at(fx.host_v4, 5353)).map(|r| r.0),
+        Ok(format!("peer={}", fx.gateway_v4()))
+    );
     assert_eq!(tcp_ask(&c1, at(fx.host_v4, 8080)), peer(fx.gateway_v4()));
 
     let check = fx.portmap("CHECK", "pmc1", &c1, &conf);
@@ -224,13 +259,29 @@ fn published_ports_answer_from_everywhere_until_del() {
     // DEL needs no netns and no mappings: the record says what to remove.
     let del_conf = fx.portmap_conf(json!([]), json!({}), None);
     fx.portmap("DEL", "pmc1", &c1, &del_conf).assert_ok();
-    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)).is_err(), "still answering after DEL");
-    assert!(udp_ask(&fx.outside, at(fx.host_v4, 5353)).is_err(), "udp still answering after DEL");
+    assert!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8080)).is_err(),
+        "still answering after DEL"
+    );
+    assert!(
+        udp_ask(&fx.outside, at(fx.host_v4, 5353)).is_err(),
+        "udp still answering after DEL"
+    );
     assert!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)).is_err());
-    assert!(tcp_ask(&fx.host, at(lo6, 8080)).is_err(), "the ::1 proxy outlived DEL");
-    assert!(udp_ask(&fx.host, at(lo6, 5353)).is_err(), "the ::1 udp proxy outlived DEL");
+    assert!(
+        tcp_ask(&fx.host, at(lo6, 8080)).is_err(),
+        "the ::1 proxy outlived DEL"
+    );
+    assert!(
+        udp_ask(&fx.host, at(lo6, 5353)).is_err(),
+        "the ::1 udp proxy outlived DEL"
+    );
     let table = fx.table();
-    assert_eq!(portmap_objects(&table), Vec::<String>::new(), "portmap objects left after the last DEL:\n{table}");
+    assert_eq!(
+        portmap_objects(&table),
+        Vec::<String>::new(),
+        "portmap objects left after the last DEL:\n{table}"
+    );
     // Idempotent.
     fx.portmap("DEL", "pmc1", &c1, &del_conf).assert_ok();
     // The bridge's own rules are untouched.
@@ -242,7 +293,13 @@ fn published_ports_answer_from_everywhere_until_del() {
 fn del_without_netns() {
     let fx = Fx::new("pmdelns");
     let (c1, r1) = fx.container("pmd1");
-    fx.publish("pmd1", &c1, &r1, json!([{"hostPort": 8081, "containerPort": 80}])).assert_ok();
+    fx.publish(
+        "pmd1",
+        &c1,
+        &r1,
+        json!([{"hostPort": 8081, "containerPort": 80}]),
+    )
+    .assert_ok();
     assert!(fx.table().contains("tcp . 8081"));
     let path = c1.path_str().to_string();
     let cni_path = bin_dir().to_str().unwrap().to_string();
@@ -269,7 +326,13 @@ fn conflicts_name_the_holder() {
     let fx = Fx::new("pmconf");
     let (c1, r1) = fx.container("pmk1");
     let (c2, r2) = fx.container("pmk2");
-    fx.publish("pmk1", &c1, &r1, json!([{"hostPort": 8080, "containerPort": 80}])).assert_ok();
+    fx.publish(
+        "pmk1",
+        &c1,
+        &r1,
+        json!([{"hostPort": 8080, "containerPort": 80}]),
+    )
+    .assert_ok();
     let before = fx.table();
     for maps in [
         json!([{"hostPort": 9090, "containerPort": 80}, {"hostPort": 8080, "containerPort": 80}]),
@@ -278,12 +341,37 @@ fn conflicts_name_the_holder() {
         let out = fx.publish("pmk2", &c2, &r2, maps.clone());
         let err = out.expect_error(103);
         let msg = err["msg"].as_str().unwrap();
-        assert!(msg.contains("pmk1") && msg.contains("8080"), "{maps}: {msg}");
-        assert_eq!(fx.table(), before, "{maps}: the refused request changed the ruleset");
+        assert!(
+            msg.contains("pmk1") && msg.contains("8080"),
+            "{maps}: {msg}"
+        );
+        assert_eq!(
+            fx.table(),
+            before,
+            "{maps}: the refused request changed the ruleset"
+        );
     }
-    fx.publish("pmk2", &c2, &r2, json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}])).assert_ok();
-    fx.portmap("DEL", "pmk1", &c1, &fx.portmap_conf(json!([]), json!({}), None)).assert_ok();
-    fx.publish("pmk2", &c2, &r2, json!([{"hostPort": 8080, "containerPort": 80}])).assert_ok();
+    fx.publish(
+        "pmk2",
+        &c2,
+        &r2,
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}]),
+    )
+    .assert_ok();
+    fx.portmap(
+        "DEL",
+        "pmk1",
+        &c1,
+        &fx.portmap_conf(json!([]), json!({}), None),
+    )
+    .assert_ok();
+    fx.publish(
+        "pmk2",
+        &c2,
+        &r2,
+        json!([{"hostPort": 8080, "containerPort": 80}]),
+    )
+    .assert_ok();
     let _svc = PeerEcho::start(&c2, 80, 53);
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)), peer(fx.out_v4));
 }
@@ -299,12 +387,23 @@ fn host_ip_restricts_the_mapping() {
     fx.host.sh(&format!("ip addr add {second}/24 dev up0"));
     let (c1, r1) = fx.container("pmh1");
     let _svc = PeerEcho::start(&c1, 80, 53);
-    fx.publish("pmh1", &c1, &r1, json!([{"hostPort": 8082, "containerPort": 80, "hostIP": second.to_string()}]))
-        .assert_ok();
+    fx.publish(
+        "pmh1",
+        &c1,
+        &r1,
+        json!([{"hostPort": 8082, "containerPort": 80, "hostIP": second.to_string()}]),
+    )
+    .assert_ok();
     assert_eq!(tcp_ask(&fx.outside, at(second, 8082)), peer(fx.out_v4));
-    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8082)).is_err(), "answered on another host address");
+    assert!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8082)).is_err(),
+        "answered on another host address"
+    );
     // An IPv4 hostIP does not publish over IPv6.
-    assert!(tcp_ask(&fx.outside, at(fx.host_v6, 8082)).is_err(), "answered over IPv6");
+    assert!(
+        tcp_ask(&fx.outside, at(fx.host_v6, 8082)).is_err(),
+        "answered over IPv6"
+    );
 }
 
 /// Bad input: a clear error with code 7 naming the field, and nothing
@@ -316,13 +415,48 @@ fn bad_input_changes_nothing() {
     let before = fx.table();
     let m = |v: Value| json!([v]);
     let cases: Vec<(Value, Value, Option<&Value>, &str)> = vec![
-        (m(json!({"hostPort": 0, "containerPort": 80})), json!({}), Some(&r1), "hostPort"),
-        (m(json!({"hostPort": 65536, "containerPort": 80})), json!({}), Some(&r1), "hostPort"),
-        (m(json!({"hostPort": 8080})), json!({}), Some(&r1), "containerPort"),
-        (m(json!({"hostPort": 8080, "containerPort": 80, "protocol": "icmp"})), json!({}), Some(&r1), "protocol"),
-        (m(json!({"hostPort": 8080, "containerPort": 80, "hostIP": "192.0.2.77"})), json!({}), Some(&r1), "hostIP"),
-        (m(json!({"hostPort": 8080, "containerPort": 80})), json!({}), None, "prevResult"),
-        (m(json!({"hostPort": 8080, "containerPort": 80})), json!({"markMasqBit": 32}), Some(&r1), "markMasqBit"),
+        (
+            m(json!({"hostPort": 0, "containerPort": 80})),
+            json!({}),
+            Some(&r1),
+            "hostPort",
+        ),
+        (
+            m(json!({"hostPort": 65536, "containerPort": 80})),
+            json!({}),
+            Some(&r1),
+            "hostPort",
+        ),
+        (
+            m(json!({"hostPort": 8080})),
+            json!({}),
+            Some(&r1),
+            "containerPort",
+        ),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80, "protocol": "icmp"})),
+            json!({}),
+            Some(&r1),
+            "protocol",
+        ),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80, "hostIP": "192.0.2.77"})),
+            json!({}),
+            Some(&r1),
+            "hostIP",
+        ),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80})),
+            json!({}),
+            None,
+            "prevResult",
+        ),
+        (
+            m(json!({"hostPort": 8080, "containerPort": 80})),
+            json!({"markMasqBit": 32}),
+            Some(&r1),
+            "markMasqBit",
+        ),
         (
             m(json!({"hostPort": 8080, "containerPort": 80})),
             json!({"externalSetMarkChain": "KUBE-MARK-MASQ"}),
@@ -346,10 +480,22 @@ fn bad_input_changes_nothing() {
         let conf = fx.portmap_conf(maps.clone(), extra.clone(), prev);
         let out = fx.portmap("ADD", "pmb1", &c1, &conf);
         let err = out.expect_error(7);
-        assert!(err["msg"].as_str().unwrap().contains(field), "{maps} {extra}: {err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains(field),
+            "{maps} {extra}: {err}"
+        );
         assert_eq!(fx.table(), before, "{maps} {extra}: changed the ruleset");
         // No record either: CHECK finds nothing published.
-        let check = fx.portmap("CHECK", "pmb1", &c1, &fx.portmap_conf(json!([{"hostPort": 8080, "containerPort": 80}]), json!({}), Some(&r1)));
+        let check = fx.portmap(
+            "CHECK",
+            "pmb1",
+            &c1,
+            &fx.portmap_conf(
+                json!([{"hostPort": 8080, "containerPort": 80}]),
+                json!({}),
+                Some(&r1),
+            ),
+        );
         check.expect_error(107);
     }
 }
@@ -363,31 +509,63 @@ fn check_and_gc() {
     let (c2, r2) = fx.container("pmg2");
     let maps1 = json!([{"hostPort": 8083, "containerPort": 80}]);
     fx.publish("pmg1", &c1, &r1, maps1.clone()).assert_ok();
-    fx.publish("pmg2", &c2, &r2, json!([{"hostPort": 8084, "containerPort": 80}])).assert_ok();
+    fx.publish(
+        "pmg2",
+        &c2,
+        &r2,
+        json!([{"hostPort": 8084, "containerPort": 80}]),
+    )
+    .assert_ok();
     let conf1 = fx.portmap_conf(maps1.clone(), json!({}), Some(&r1));
     fx.portmap("CHECK", "pmg1", &c1, &conf1).assert_ok();
     // Other mappings than the recorded ones: CHECK says so.
-    let other = fx.portmap_conf(json!([{"hostPort": 8085, "containerPort": 80}]), json!({}), Some(&r1));
+    let other = fx.portmap_conf(
+        json!([{"hostPort": 8085, "containerPort": 80}]),
+        json!({}),
+        Some(&r1),
+    );
     fx.portmap("CHECK", "pmg1", &c1, &other).expect_error(107);
 
-    fx.host.sh("nft delete element inet berth pm4-d '{ tcp . 8083 }'");
-    let err = fx.portmap("CHECK", "pmg1", &c1, &conf1).expect_error(107).clone();
+    fx.host
+        .sh("nft delete element inet berth pm4-d '{ tcp . 8083 }'");
+    let err = fx
+        .portmap("CHECK", "pmg1", &c1, &conf1)
+        .expect_error(107)
+        .clone();
     assert!(err["msg"].as_str().unwrap().contains("tcp . 8083"), "{err}");
 
     let mut gc = fx.portmap_conf(json!([]), json!({}), None);
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "pmg2", "ifname": "eth0"}]);
     fx.portmap("GC", "pmg1", &c1, &gc).assert_ok();
     let table = fx.table();
-    assert!(!table.contains("8083") && table.contains("tcp . 8084"), "{table}");
+    assert!(
+        !table.contains("8083") && table.contains("tcp . 8084"),
+        "{table}"
+    );
     let c1_v6 = address(&r1, false).to_string();
     assert!(!table.contains(&c1_v6), "{table}");
     // The ::1 relays: GC stopped pmg1's; CHECK notices pmg2's is gone.
     let relay = |port: u16| format!("berth-portmap proxy --owner .* tcp:\\[::1\\]:{port}=");
-    assert!(!run("pgrep", &["-f", &relay(8083)]).status.success(), "pmg1's ::1 relay outlived GC");
-    let conf2 = fx.portmap_conf(json!([{"hostPort": 8084, "containerPort": 80}]), json!({}), Some(&r2));
+    assert!(
+        !run("pgrep", &["-f", &relay(8083)]).status.success(),
+        "pmg1's ::1 relay outlived GC"
+    );
+    let conf2 = fx.portmap_conf(
+        json!([{"hostPort": 8084, "containerPort": 80}]),
+        json!({}),
+        Some(&r2),
+    );
     fx.portmap("CHECK", "pmg2", &c2, &conf2).assert_ok();
-    assert!(run("pkill", &["-KILL", "-f", &relay(8084)]).status.success(), "no ::1 relay for pmg2");
-    let err = fx.portmap("CHECK", "pmg2", &c2, &conf2).expect_error(107).clone();
+    assert!(
+        run("pkill", &["-KILL", "-f", &relay(8084)])
+            .status
+            .success(),
+        "no ::1 relay for pmg2"
+    );
+    let err = fx
+        .portmap("CHECK", "pmg2", &c2, &conf2)
+        .expect_error(107)
+        .clone();
     assert!(err["msg"].as_str().unwrap().contains("::1 relay"), "{err}");
     gc["cni.dev/valid-attachments"] = json!([]);
     fx.portmap("GC", "pmg1", &c1, &gc).assert_ok();
@@ -404,11 +582,27 @@ fn conditions_apply_to_their_own_mappings() {
     let _s1 = PeerEcho::start(&c1, 80, 53);
     let _s2 = PeerEcho::start(&c2, 80, 53);
     let cond = json!({"conditionsV4": [format!("ip saddr != {}", fx.out_v4)]});
-    let conf = fx.portmap_conf(json!([{"hostPort": 8086, "containerPort": 80}]), cond, Some(&r1));
+    let conf = fx.portmap_conf(
+        json!([{"hostPort": 8086, "containerPort": 80}]),
+        cond,
+        Some(&r1),
+    );
     fx.portmap("ADD", "pmq1", &c1, &conf).assert_ok();
-    fx.publish("pmq2", &c2, &r2, json!([{"hostPort": 8087, "containerPort": 80}])).assert_ok();
-    assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8086)).is_err(), "condition ignored");
-    assert_eq!(tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8086)), peer(fx.gateway_v4()));
+    fx.publish(
+        "pmq2",
+        &c2,
+        &r2,
+        json!([{"hostPort": 8087, "containerPort": 80}]),
+    )
+    .assert_ok();
+    assert!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8086)).is_err(),
+        "condition ignored"
+    );
+    assert_eq!(
+        tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8086)),
+        peer(fx.gateway_v4())
+    );
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8087)), peer(fx.out_v4));
     // No conditionsV6: IPv6 still answers.
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v6, 8086)), peer(fx.out_v6));
@@ -431,9 +625,15 @@ fn coexists_with_a_policy_drop_forward_chain() {
     fx.publish("pmp1", &c1, &r1, json!([{"hostPort": 8088, "containerPort": 80}, {"hostPort": 5354, "containerPort": 53, "protocol": "udp"}]))
         .assert_ok();
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8088)), peer(fx.out_v4));
-    assert_eq!(udp_ask(&fx.outside, at(fx.host_v4, 5354)).map(|r| r.0), Ok(format!("peer={}", fx.out_v4)));
+    assert_eq!(
+        udp_ask(&fx.outside, at(fx.host_v4, 5354)).map(|r| r.0),
+        Ok(format!("peer={}", fx.out_v4))
+    );
     // The user's table is left as it was.
-    assert!(fx.host.sh("nft list table inet usr").contains("policy drop"));
+    assert!(fx
+        .host
+        .sh("nft list table inet usr")
+        .contains("policy drop"));
 }
 
 /// The `inet berth` table removed behind berth's back (a firewall reload
@@ -445,14 +645,30 @@ fn next_add_restores_a_flushed_ruleset() {
     let (c1, r1) = fx.container("pmf1");
     let (c2, r2) = fx.container("pmf2");
     let _svc = PeerEcho::start(&c1, 80, 53);
-    fx.publish("pmf1", &c1, &r1, json!([{"hostPort": 8089, "containerPort": 80}])).assert_ok();
+    fx.publish(
+        "pmf1",
+        &c1,
+        &r1,
+        json!([{"hostPort": 8089, "containerPort": 80}]),
+    )
+    .assert_ok();
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)), peer(fx.out_v4));
     fx.host.sh("nft delete table inet berth");
     assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)).is_err());
-    let conf1 = fx.portmap_conf(json!([{"hostPort": 8089, "containerPort": 80}]), json!({}), Some(&r1));
+    let conf1 = fx.portmap_conf(
+        json!([{"hostPort": 8089, "containerPort": 80}]),
+        json!({}),
+        Some(&r1),
+    );
     fx.portmap("CHECK", "pmf1", &c1, &conf1).expect_error(107);
 
-    fx.publish("pmf2", &c2, &r2, json!([{"hostPort": 8090, "containerPort": 80}])).assert_ok();
+    fx.publish(
+        "pmf2",
+        &c2,
+        &r2,
+        json!([{"hostPort": 8090, "containerPort": 80}]),
+    )
+    .assert_ok();
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)), peer(fx.out_v4));
     fx.portmap("CHECK", "pmf1", &c1, &conf1).assert_ok();
 
@@ -472,7 +688,12 @@ fn bridge_networks_are_isolated_unless_configured_otherwise() {
     let fx = Fx::new("pmiso");
     for (isolated, suffix) in [(true, "i"), (false, "o")] {
         let (v4b, v6b) = unique_subnets();
-        let mut other = fx.network_conf(&format!("{}{suffix}", fx.name), &format!("pmbr{suffix}"), &v4b, &v6b);
+        let mut other = fx.network_conf(
+            &format!("{}{suffix}", fx.name),
+            &format!("pmbr{suffix}"),
+            &v4b,
+            &v6b,
+        );
         let mut own = fx.bridge_conf();
         if !isolated {
             let (v4a, v6a) = unique_subnets();
@@ -487,17 +708,34 @@ fn bridge_networks_are_isolated_unless_configured_otherwise() {
         let _sb = PeerEcho::start(&b1, 80, 53);
         let (a1_ip, b1_ip) = (address(&ra1, true), address(&rb1, true));
         // The same network: unaffected.
-        assert!(tcp_ask(&a2, at(a1_ip, 80)).is_ok(), "isolation {isolated}: same network blocked");
+        assert!(
+            tcp_ask(&a2, at(a1_ip, 80)).is_ok(),
+            "isolation {isolated}: same network blocked"
+        );
         let across = [tcp_ask(&b1, at(a1_ip, 80)), tcp_ask(&a1, at(b1_ip, 80))];
         for r in &across {
-            assert_eq!(r.is_err(), isolated, "isolation {isolated}: across networks {r:?}");
+            assert_eq!(
+                r.is_err(),
+                isolated,
+                "isolation {isolated}: across networks {r:?}"
+            );
         }
         if isolated {
             let cid = format!("pmia1{suffix}");
-            fx.publish(&cid, &a1, &ra1, json!([{"hostPort": 8091, "containerPort": 80}])).assert_ok();
+            fx.publish(
+                &cid,
+                &a1,
+                &ra1,
+                json!([{"hostPort": 8091, "containerPort": 80}]),
+            )
+            .assert_ok();
             // The client's network masquerades what leaves its subnet
             // (ipMasq), so the service sees the gateway of its own side.
-            assert_eq!(tcp_ask(&b1, at(fx.host_v4, 8091)), peer(fx.gateway_v4()), "published port across networks");
+            assert_eq!(
+                tcp_ask(&b1, at(fx.host_v4, 8091)),
+                peer(fx.gateway_v4()),
+                "published port across networks"
+            );
         }
     }
 }
@@ -512,18 +750,38 @@ fn port_ranges_are_elements_and_masq_all_masquerades() {
     let (c2, r2) = fx.container("pmr2");
     let _s1 = PeerEcho::start(&c1, 80, 53);
     let _s2 = PeerEcho::start(&c2, 80, 53);
-    fx.publish("pmr1", &c1, &r1, json!([{"hostPort": 8093, "containerPort": 80}])).assert_ok();
-    let rules = |t: &str| t.lines().filter(|l| l.contains("dnat") || l.contains("masquerade") || l.contains("accept")).count();
+    fx.publish(
+        "pmr1",
+        &c1,
+        &r1,
+        json!([{"hostPort": 8093, "containerPort": 80}]),
+    )
+    .assert_ok();
+    let rules = |t: &str| {
+        t.lines()
+            .filter(|l| l.contains("dnat") || l.contains("masquerade") || l.contains("accept"))
+            .count()
+    };
     let before = fx.table();
-    let range: Vec<Value> = (0..100).map(|i| json!({"hostPort": 30000 + i, "containerPort": 80})).collect();
+    let range: Vec<Value> = (0..100)
+        .map(|i| json!({"hostPort": 30000 + i, "containerPort": 80}))
+        .collect();
     let conf = fx.portmap_conf(Value::Array(range), json!({"masqAll": true}), Some(&r2));
     fx.portmap("ADD", "pmr2", &c2, &conf).assert_ok();
     let after = fx.table();
-    assert_eq!(rules(&after), rules(&before), "mappings added rules:\n{after}");
+    assert_eq!(
+        rules(&after),
+        rules(&before),
+        "mappings added rules:\n{after}"
+    );
     assert!(after.contains("tcp . 30099"), "{after}");
     // Both families: 200 elements.
     assert_eq!(after.matches("tcp . 300").count(), 200, "{after}");
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 30042)), peer(fx.gateway_v4()), "masqAll");
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 30042)),
+        peer(fx.gateway_v4()),
+        "masqAll"
+    );
     // Without masqAll, the client's own address.
     assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8093)), peer(fx.out_v4));
     fx.portmap("CHECK", "pmr2", &c2, &conf).assert_ok();
@@ -540,8 +798,15 @@ fn udp_flow_started_before_publishing_reaches_the_container() {
     let target = at(fx.host_v4, 5355);
     // Nothing listens on the host: no answer, but a conntrack entry.
     assert!(udp_ask_from(&fx.outside, 40404, target).is_err());
-    fx.publish("pmu1", &c1, &r1, json!([{"hostPort": 5355, "containerPort": 53, "protocol": "udp"}])).assert_ok();
-    let (reply, from) = udp_ask_from(&fx.outside, 40404, target).expect("the same flow after publishing");
+    fx.publish(
+        "pmu1",
+        &c1,
+        &r1,
+        json!([{"hostPort": 5355, "containerPort": 53, "protocol": "udp"}]),
+    )
+    .assert_ok();
+    let (reply, from) =
+        udp_ask_from(&fx.outside, 40404, target).expect("the same flow after publishing");
     assert_eq!((reply, from), (format!("peer={}", fx.out_v4), target));
 }
 
@@ -552,15 +817,33 @@ fn udp_flow_started_before_publishing_reaches_the_container() {
 fn a_taken_loopback6_port_is_refused() {
     let fx = Fx::new("pmlo6");
     let (c1, r1) = fx.container("pmlc1");
-    let holder = fx.host.run(|| std::net::TcpListener::bind("[::1]:8095")).expect("listen on [::1]:8095");
+    let holder = fx
+        .host
+        .run(|| std::net::TcpListener::bind("[::1]:8095"))
+        .expect("listen on [::1]:8095");
     let maps = json!([{"hostPort": 8095, "containerPort": 80, "protocol": "tcp"}]);
-    let err = fx.publish("pmlc1", &c1, &r1, maps.clone()).expect_error(103).clone();
+    let err = fx
+        .publish("pmlc1", &c1, &r1, maps.clone())
+        .expect_error(103)
+        .clone();
     assert!(err["msg"].as_str().unwrap().contains("::1"), "{err}");
     let table = fx.table();
-    assert!(!table.contains("8095"), "an element of the refused ADD stayed:\n{table}");
+    assert!(
+        !table.contains("8095"),
+        "an element of the refused ADD stayed:\n{table}"
+    );
     drop(holder);
     let _svc = PeerEcho::start(&c1, 80, 53);
     fx.publish("pmlc1", &c1, &r1, maps).assert_ok();
-    assert_eq!(tcp_ask(&fx.host, at("::1".parse().unwrap(), 8095)), peer(fx.gateway_v6()));
-    fx.portmap("DEL", "pmlc1", &c1, &fx.portmap_conf(json!([]), json!({}), None)).assert_ok();
+    assert_eq!(
+        tcp_ask(&fx.host, at("::1".parse().unwrap(), 8095)),
+        peer(fx.gateway_v6())
+    );
+    fx.portmap(
+        "DEL",
+        "pmlc1",
+        &c1,
+        &fx.portmap_conf(json!([]), json!({}), None),
+    )
+    .assert_ok();
 }

@@ -17,14 +17,25 @@ use crate::kind::Owner;
 /// listed in /proc/self/mountinfo — a bind mount of a directory of the same
 /// filesystem keeps the device.)
 pub fn is_mounted(dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let Ok(canon) = dir.canonicalize() else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
     let want = canon.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 pub fn bind(source: &Path, target: &Path, ro: bool) -> io::Result<()> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
     if ro {
         // A bind mount takes the read-only flag only on a remount.
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -53,7 +64,13 @@ fn owner_data(size: Option<u64>, owner: &Owner) -> String {
 
 pub fn tmpfs(target: &Path, size: Option<u64>, owner: &Owner) -> io::Result<()> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    Ok(mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(owner_data(size, owner).as_str()))?)
+    Ok(mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        flags,
+        Some(owner_data(size, owner).as_str()),
+    )?)
 }
 
 pub fn unmount(target: &Path) -> io::Result<()> {
@@ -71,11 +88,21 @@ pub fn unmount(target: &Path) -> io::Result<()> {
 /// blocks: the whole size is the volume's). The file is the volume's only
 /// storage; it grows as data is written, up to `bytes`.
 pub fn make_image(image: &Path, bytes: u64) -> io::Result<()> {
-    let f = OpenOptions::new().write(true).create_new(true).open(image)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(image)?;
     f.set_len(bytes)?;
     f.sync_all()?;
     let out = Command::new(mkfs())
-        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
         .arg(image)
         .output()?;
     if !out.status.success() {
@@ -132,7 +159,10 @@ struct LoopConfig {
 
 /// Attaches `image` to a free loop device (autoclear) and returns it open.
 fn attach_loop(image: &File) -> io::Result<File> {
-    let ctl = OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
     // Another process may take the free device between the two calls;
     // then ask again.
     for _ in 0..16 {
@@ -141,7 +171,10 @@ fn attach_loop(image: &File) -> io::Result<File> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let dev = OpenOptions::new().read(true).write(true).open(format!("/dev/loop{n}"))?;
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/dev/loop{n}"))?;
         // SAFETY: all-zero is a valid loop_config; the fields set below are
         // plain integers.
         let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
@@ -168,7 +201,13 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
     let dev_path = format!("/proc/self/fd/{}", dev.as_raw_fd());
     let real = std::fs::read_link(&dev_path)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(Some(real.as_path()), target, Some("ext4"), flags, None::<&str>)?;
+    mount(
+        Some(real.as_path()),
+        target,
+        Some("ext4"),
+        flags,
+        None::<&str>,
+    )?;
     // Our fds go now; the mount keeps the loop device, autoclear frees it
     // with the unmount.
     drop(dev);
@@ -199,7 +238,11 @@ mod tests {
 
     #[test]
     fn tmpfs_options() {
-        let o = Owner { uid: Some(1000), gid: None, mode: Some(0o700) };
+        let o = Owner {
+            uid: Some(1000),
+            gid: None,
+            mode: Some(0o700),
+        };
         assert_eq!(owner_data(Some(1024), &o), "size=1024,mode=700,uid=1000");
         assert_eq!(owner_data(None, &Owner::default()), "mode=755");
     }

@@ -53,8 +53,12 @@ pub fn parse_size(opt: &str, v: &str) -> Result<u64> {
     let t = v.trim();
     let lower = t.to_ascii_lowercase();
     let digits: String = lower.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let unit = lower[digits.len()..].trim_end_matches("ib").trim_end_matches('b');
-    let n: u64 = digits.parse().map_err(|_| Error::option(opt, v, "not a size (e.g. 512M, 1G)"))?;
+    let unit = lower[digits.len()..]
+        .trim_end_matches("ib")
+        .trim_end_matches('b');
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| Error::option(opt, v, "not a size (e.g. 512M, 1G)"))?;
     let mult: u64 = match unit {
         "" => 1,
         "k" => 1 << 10,
@@ -63,7 +67,9 @@ pub fn parse_size(opt: &str, v: &str) -> Result<u64> {
         "t" => 1 << 40,
         _ => return Err(Error::option(opt, v, "not a size (e.g. 512M, 1G)")),
     };
-    let bytes = n.checked_mul(mult).ok_or_else(|| Error::option(opt, v, "too large"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| Error::option(opt, v, "too large"))?;
     if bytes == 0 {
         return Err(Error::option(opt, v, "must be more than 0"));
     }
@@ -71,7 +77,8 @@ pub fn parse_size(opt: &str, v: &str) -> Result<u64> {
 }
 
 fn parse_id(opt: &str, v: &str) -> Result<u32> {
-    v.parse().map_err(|_| Error::option(opt, v, "not a numeric id"))
+    v.parse()
+        .map_err(|_| Error::option(opt, v, "not a numeric id"))
 }
 
 fn parse_mode(opt: &str, v: &str) -> Result<u32> {
@@ -108,7 +115,11 @@ pub fn parse(opts: &BTreeMap<String, String>) -> Result<Kind> {
             "mode" => owner.mode = Some(parse_mode("mode", v)?),
             "ro" => ro = matches!(v.to_ascii_lowercase().as_str(), "" | "true" | "1" | "yes"),
             other => {
-                return Err(Error::option(other, v, "unknown option (known: type, device, o, size, uid, gid, mode, ro)"))
+                return Err(Error::option(
+                    other,
+                    v,
+                    "unknown option (known: type, device, o, size, uid, gid, mode, ro)",
+                ))
             }
         }
     }
@@ -123,7 +134,13 @@ pub fn parse(opts: &BTreeMap<String, String>) -> Result<Kind> {
             "uid" => owner.uid = Some(parse_id("o=uid", val)?),
             "gid" => owner.gid = Some(parse_id("o=gid", val)?),
             "mode" => owner.mode = Some(parse_mode("o=mode", val)?),
-            other => return Err(Error::option("o", other, "unsupported mount option (bind, rbind, ro, rw, size, uid, gid, mode)")),
+            other => {
+                return Err(Error::option(
+                    "o",
+                    other,
+                    "unsupported mount option (bind, rbind, ro, rw, size, uid, gid, mode)",
+                ))
+            }
         }
     }
     let t = match kind_type.as_deref() {
@@ -135,23 +152,34 @@ pub fn parse(opts: &BTreeMap<String, String>) -> Result<Kind> {
     match t {
         "" => {
             if device.is_some() {
-                return Err(Error::option("device", device.as_deref().unwrap_or(""), "needs type (bind or tmpfs)"));
+                return Err(Error::option(
+                    "device",
+                    device.as_deref().unwrap_or(""),
+                    "needs type (bind or tmpfs)",
+                ));
             }
             if ro {
                 return Err(Error::option("ro", "true", "only for bind volumes"));
             }
             match size {
-                Some(bytes) if bytes < MIN_SIZED_BYTES => {
-                    Err(Error::option("size", &bytes.to_string(), "at least 4M (ext4 needs room for its metadata)"))
-                }
+                Some(bytes) if bytes < MIN_SIZED_BYTES => Err(Error::option(
+                    "size",
+                    &bytes.to_string(),
+                    "at least 4M (ext4 needs room for its metadata)",
+                )),
                 Some(bytes) => Ok(Kind::Sized { bytes, owner }),
                 None => Ok(Kind::Managed { owner }),
             }
         }
         "bind" => {
-            let device = device.ok_or_else(|| Error::option("device", "", "required for type=bind"))?;
+            let device =
+                device.ok_or_else(|| Error::option("device", "", "required for type=bind"))?;
             if size.is_some() || owner != Owner::default() {
-                return Err(Error::option("type", "bind", "takes no size, uid, gid or mode (the host directory keeps its own)"));
+                return Err(Error::option(
+                    "type",
+                    "bind",
+                    "takes no size, uid, gid or mode (the host directory keeps its own)",
+                ));
             }
             let path = PathBuf::from(&device);
             if !path.is_absolute() {
@@ -161,14 +189,22 @@ pub fn parse(opts: &BTreeMap<String, String>) -> Result<Kind> {
         }
         "tmpfs" => {
             if device.as_deref().is_some_and(|d| d != "tmpfs") {
-                return Err(Error::option("device", device.as_deref().unwrap_or(""), "must be tmpfs (or unset) for type=tmpfs"));
+                return Err(Error::option(
+                    "device",
+                    device.as_deref().unwrap_or(""),
+                    "must be tmpfs (or unset) for type=tmpfs",
+                ));
             }
             if ro {
                 return Err(Error::option("ro", "true", "only for bind volumes"));
             }
             Ok(Kind::Tmpfs { size, owner })
         }
-        other => Err(Error::option("type", other, "unsupported (managed when unset, bind, tmpfs)")),
+        other => Err(Error::option(
+            "type",
+            other,
+            "unsupported (managed when unset, bind, tmpfs)",
+        )),
     }
 }
 
@@ -177,28 +213,71 @@ mod tests {
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn kinds() {
-        assert_eq!(parse(&opts(&[])).unwrap(), Kind::Managed { owner: Owner::default() });
         assert_eq!(
-            parse(&opts(&[("size", "1G"), ("uid", "1000"), ("mode", "0750")])).unwrap(),
-            Kind::Sized { bytes: 1 << 30, owner: Owner { uid: Some(1000), gid: None, mode: Some(0o750) } }
+            parse(&opts(&[])).unwrap(),
+            Kind::Managed {
+                owner: Owner::default()
+            }
         );
         assert_eq!(
-            parse(&opts(&[("type", "bind"), ("device", "/srv/data"), ("ro", "true")])).unwrap(),
-            Kind::Bind { device: "/srv/data".into(), ro: true }
+            parse(&opts(&[("size", "1G"), ("uid", "1000"), ("mode", "0750")])).unwrap(),
+            Kind::Sized {
+                bytes: 1 << 30,
+                owner: Owner {
+                    uid: Some(1000),
+                    gid: None,
+                    mode: Some(0o750)
+                }
+            }
+        );
+        assert_eq!(
+            parse(&opts(&[
+                ("type", "bind"),
+                ("device", "/srv/data"),
+                ("ro", "true")
+            ]))
+            .unwrap(),
+            Kind::Bind {
+                device: "/srv/data".into(),
+                ro: true
+            }
         );
         // the local driver's spelling
         assert_eq!(
-            parse(&opts(&[("type", "none"), ("o", "bind,ro"), ("device", "/srv/data")])).unwrap(),
-            Kind::Bind { device: "/srv/data".into(), ro: true }
+            parse(&opts(&[
+                ("type", "none"),
+                ("o", "bind,ro"),
+                ("device", "/srv/data")
+            ]))
+            .unwrap(),
+            Kind::Bind {
+                device: "/srv/data".into(),
+                ro: true
+            }
         );
         assert_eq!(
-            parse(&opts(&[("type", "tmpfs"), ("device", "tmpfs"), ("o", "size=100m,uid=1000")])).unwrap(),
-            Kind::Tmpfs { size: Some(100 << 20), owner: Owner { uid: Some(1000), gid: None, mode: None } }
+            parse(&opts(&[
+                ("type", "tmpfs"),
+                ("device", "tmpfs"),
+                ("o", "size=100m,uid=1000")
+            ]))
+            .unwrap(),
+            Kind::Tmpfs {
+                size: Some(100 << 20),
+                owner: Owner {
+                    uid: Some(1000),
+                    gid: None,
+                    mode: None
+                }
+            }
         );
     }
 
@@ -211,7 +290,10 @@ mod tests {
             (opts(&[("size", "0")]), "size"),
             (opts(&[("type", "nfs")]), "type"),
             (opts(&[("type", "bind")]), "device"),
-            (opts(&[("type", "bind"), ("device", "relative/dir")]), "device"),
+            (
+                opts(&[("type", "bind"), ("device", "relative/dir")]),
+                "device",
+            ),
             (opts(&[("type", "tmpfs"), ("o", "noexec")]), "noexec"),
             (opts(&[("mode", "999")]), "mode"),
             (opts(&[("uid", "root")]), "uid"),

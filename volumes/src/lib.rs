@@ -102,12 +102,17 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// RFC 3339 UTC time of `t` (no dependency for one format).
 fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Days to civil date (H. Hinnant's algorithm).
@@ -120,7 +125,12 @@ fn rfc3339(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The volumes under one root. Every operation is serialized (one mutex):
@@ -144,11 +154,24 @@ impl Volumes {
             .create(&cfg.root)
             .map_err(Error::io("creating", &cfg.root))?;
         let lock = fs::File::open(&cfg.root).map_err(Error::io("opening", &cfg.root))?;
-        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            Error::Io { op: "locking (is another berthd serving it?)", path: cfg.root.clone(), source: e.into() }
-        })?;
-        let allow = cfg.bind_allow.iter().filter_map(|d| d.canonicalize().ok()).collect();
-        let v = Volumes { cfg, allow, boot: boot_id(), ops: Mutex::new(()), _root_lock: lock };
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| Error::Io {
+                op: "locking (is another berthd serving it?)",
+                path: cfg.root.clone(),
+                source: e.into(),
+            })?;
+        let allow = cfg
+            .bind_allow
+            .iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .collect();
+        let v = Volumes {
+            cfg,
+            allow,
+            boot: boot_id(),
+            ops: Mutex::new(()),
+            _root_lock: lock,
+        };
         v.recover()?;
         Ok(v)
     }
@@ -174,15 +197,23 @@ impl Volumes {
         let path = self.dir(name).join(RECORD);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound(name.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(name.to_string()))
+            }
             Err(e) => return Err(Error::io("reading", &path)(e)),
         };
-        serde_json::from_str(&text).map_err(|e| Error::Corrupt { path, why: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+            path,
+            why: e.to_string(),
+        })
     }
 
     fn write(&self, dir: &Path, rec: &Record) -> Result<()> {
         let path = dir.join(RECORD);
-        let text = serde_json::to_vec_pretty(rec).map_err(|e| Error::Corrupt { path: path.clone(), why: e.to_string() })?;
+        let text = serde_json::to_vec_pretty(rec).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
         store::file::write_durable(&path, &text).map_err(Error::io("writing", &path))
     }
 
@@ -200,12 +231,15 @@ impl Volumes {
                 }
                 continue;
             }
-            let Ok(mut rec) = self.read(&name) else { continue };
+            let Ok(mut rec) = self.read(&name) else {
+                continue;
+            };
             if rec.mounts.is_empty() {
                 continue;
             }
             let backed = !matches!(rec.kind, Kind::Managed { .. });
-            let stale = rec.boot_id != self.boot || (backed && !backing::is_mounted(&self.data_path(&name)));
+            let stale = rec.boot_id != self.boot
+                || (backed && !backing::is_mounted(&self.data_path(&name)));
             if stale {
                 if backed && backing::is_mounted(&self.data_path(&name)) {
                     let _ = backing::unmount(&self.data_path(&name));
@@ -220,11 +254,18 @@ impl Volumes {
     /// A bind device must be an existing directory inside the allowlist,
     /// after resolving every symlink.
     fn check_bind(&self, device: &Path) -> Result<PathBuf> {
-        let refuse = |why: &str| Error::BindRefused { path: device.to_path_buf(), why: why.to_string() };
+        let refuse = |why: &str| Error::BindRefused {
+            path: device.to_path_buf(),
+            why: why.to_string(),
+        };
         if self.allow.is_empty() {
-            return Err(refuse("bind volumes are not allowed: berthd's config lists no bindAllow directories"));
+            return Err(refuse(
+                "bind volumes are not allowed: berthd's config lists no bindAllow directories",
+            ));
         }
-        let real = device.canonicalize().map_err(|e| refuse(&format!("cannot be resolved: {e}")))?;
+        let real = device
+            .canonicalize()
+            .map_err(|e| refuse(&format!("cannot be resolved: {e}")))?;
         if !real.is_dir() {
             return Err(refuse("is not a directory"));
         }
@@ -253,7 +294,10 @@ impl Volumes {
         if let Kind::Bind { device, .. } = &mut kind {
             *device = self.check_bind(device)?;
         }
-        let tmp = self.cfg.root.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
+        let tmp = self
+            .cfg
+            .root
+            .join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let built = self.build(&tmp, name, kind, opts);
         if built.is_err() {
@@ -262,18 +306,35 @@ impl Volumes {
         }
         let dir = self.dir(name);
         fs::rename(&tmp, &dir).map_err(Error::io("renaming into place", &dir))?;
-        fs::File::open(&self.cfg.root).and_then(|d| d.sync_all()).map_err(Error::io("syncing", &self.cfg.root))
+        fs::File::open(&self.cfg.root)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io("syncing", &self.cfg.root))
     }
 
-    fn build(&self, tmp: &Path, name: &str, kind: Kind, opts: &BTreeMap<String, String>) -> Result<()> {
-        fs::DirBuilder::new().mode(0o700).create(tmp).map_err(Error::io("creating", tmp))?;
+    fn build(
+        &self,
+        tmp: &Path,
+        name: &str,
+        kind: Kind,
+        opts: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(tmp)
+            .map_err(Error::io("creating", tmp))?;
         let data = tmp.join(DATA);
-        fs::DirBuilder::new().mode(0o755).create(&data).map_err(Error::io("creating", &data))?;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&data)
+            .map_err(Error::io("creating", &data))?;
         match &kind {
-            Kind::Managed { owner } => backing::apply_owner(&data, owner).map_err(Error::io("setting owner of", &data))?,
+            Kind::Managed { owner } => {
+                backing::apply_owner(&data, owner).map_err(Error::io("setting owner of", &data))?
+            }
             Kind::Sized { bytes, .. } => {
                 let image = tmp.join(IMAGE);
-                backing::make_image(&image, *bytes).map_err(Error::io("making the image", &image))?;
+                backing::make_image(&image, *bytes)
+                    .map_err(Error::io("making the image", &image))?;
             }
             Kind::Bind { .. } | Kind::Tmpfs { .. } => {}
         }
@@ -294,20 +355,31 @@ impl Volumes {
         let _g = self.guard();
         let rec = self.read(name)?;
         if rec.mount_count() > 0 {
-            return Err(Error::InUse { name: name.to_string(), mounts: rec.mount_count(), ids: rec.mounts.len() });
+            return Err(Error::InUse {
+                name: name.to_string(),
+                mounts: rec.mount_count(),
+                ids: rec.mounts.len(),
+            });
         }
         let data = self.data_path(name);
         // Never delete through a mount (a bind volume's host directory).
         if backing::is_mounted(&data) {
             backing::unmount(&data).map_err(Error::io("unmounting", &data))?;
             if backing::is_mounted(&data) {
-                return Err(Error::Kernel { name: name.to_string(), what: "remove".into(), why: "still mounted".into() });
+                return Err(Error::Kernel {
+                    name: name.to_string(),
+                    what: "remove".into(),
+                    why: "still mounted".into(),
+                });
             }
         }
         // Renamed away first, so a crash leaves a .tmp-* that is cleaned up
         // at the next start, never half a volume.
         let dir = self.dir(name);
-        let doomed = self.cfg.root.join(format!("{TMP_PREFIX}rm-{name}-{}", std::process::id()));
+        let doomed = self
+            .cfg
+            .root
+            .join(format!("{TMP_PREFIX}rm-{name}-{}", std::process::id()));
         fs::rename(&dir, &doomed).map_err(Error::io("removing", &dir))?;
         fs::remove_dir_all(&doomed).map_err(Error::io("deleting", &doomed))
     }
@@ -339,7 +411,10 @@ impl Volumes {
         let _g = self.guard();
         let mut rec = self.read(name)?;
         let Some(n) = rec.mounts.get_mut(id) else {
-            return Err(Error::UnknownMountId { name: name.to_string(), id: id.to_string() });
+            return Err(Error::UnknownMountId {
+                name: name.to_string(),
+                id: id.to_string(),
+            });
         };
         *n -= 1;
         if *n == 0 {
@@ -372,7 +447,11 @@ impl Volumes {
         let kernel = |what: &str| {
             let name = rec.name.clone();
             let what = what.to_string();
-            move |e: std::io::Error| Error::Kernel { name, what, why: e.to_string() }
+            move |e: std::io::Error| Error::Kernel {
+                name,
+                what,
+                why: e.to_string(),
+            }
         };
         match &rec.kind {
             Kind::Managed { .. } => Ok(()),
@@ -382,7 +461,9 @@ impl Volumes {
                 let real = self.check_bind(device)?;
                 backing::bind(&real, data, *ro).map_err(kernel("bind mount"))
             }
-            Kind::Tmpfs { size, owner } => backing::tmpfs(data, *size, owner).map_err(kernel("tmpfs mount")),
+            Kind::Tmpfs { size, owner } => {
+                backing::tmpfs(data, *size, owner).map_err(kernel("tmpfs mount"))
+            }
             Kind::Sized { owner, .. } => {
                 let image = self.dir(&rec.name).join(IMAGE);
                 backing::mount_image(&image, data).map_err(kernel("loop mount of disk.img"))?;
@@ -399,7 +480,11 @@ impl Volumes {
         if matches!(rec.kind, Kind::Managed { .. }) || !backing::is_mounted(data) {
             return Ok(());
         }
-        backing::unmount(data).map_err(|e| Error::Kernel { name: rec.name.clone(), what: "unmount".into(), why: e.to_string() })
+        backing::unmount(data).map_err(|e| Error::Kernel {
+            name: rec.name.clone(),
+            what: "unmount".into(),
+            why: e.to_string(),
+        })
     }
 
     /// The mount point (whether or not mounted: the engine asks before
@@ -460,7 +545,9 @@ fn fs_used(data: &Path, rec: &Record) -> Option<u64> {
 /// crossing into other filesystems), at most 100000 entries.
 fn tree_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(top) = fs::symlink_metadata(dir) else { return 0 };
+    let Ok(top) = fs::symlink_metadata(dir) else {
+        return 0;
+    };
     let mut total = 0;
     let mut seen = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -494,7 +581,19 @@ mod tests {
         for ok in ["a", "data", "web_1.cache-2", &"x".repeat(255)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "-a", "_a", ".hidden", "a b", "a:b", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "-a",
+            "_a",
+            ".hidden",
+            "a b",
+            "a:b",
+            &"x".repeat(256),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }

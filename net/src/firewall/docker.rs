@@ -56,7 +56,12 @@ pub fn docker_user_in(ns: Option<&Netns>) -> Result<[DockerUser; 2]> {
 
 fn state(ns: Option<&Netns>, family: &str) -> Result<DockerUser> {
     let op = format!("list {family} filter {DOCKER_USER}");
-    let out = match nft::run(ns, &["-j", "list", "chain", family, "filter", DOCKER_USER], None, &op) {
+    let out = match nft::run(
+        ns,
+        &["-j", "list", "chain", family, "filter", DOCKER_USER],
+        None,
+        &op,
+    ) {
         Ok(out) => out,
         // nft says "No such file or directory" for a missing table or chain.
         Err(crate::Error::Nft { msg, .. }) if msg.contains("No such file or directory") => {
@@ -161,13 +166,19 @@ mod tests {
             {{"rule":{{"handle":2,"expr":[{{"return":null}}]}}}}]}}"#
         );
         assert_eq!(parse_state(&listing), DockerUser::Present(vec![7]));
-        assert_eq!(parse_state(r#"{"nftables":[{"rule":{"handle":2}}]}"#), DockerUser::Missing);
+        assert_eq!(
+            parse_state(r#"{"nftables":[{"rule":{"handle":2}}]}"#),
+            DockerUser::Missing
+        );
     }
 
     #[test]
     fn rule_matches_the_mark_and_accepts() {
         let mut b = Batch::new();
-        b.add_cmd(NfCmd::Insert(NfListObject::Rule(accept_rule(NfFamily::IP, None))));
+        b.add_cmd(NfCmd::Insert(NfListObject::Rule(accept_rule(
+            NfFamily::IP,
+            None,
+        ))));
         let j = serde_json::to_value(b.to_nftables()).unwrap();
         let rule = &j["nftables"][0]["insert"]["rule"];
         assert_eq!(rule["family"], "ip");

@@ -38,15 +38,16 @@ pub use docker::{
 pub use names::{chain_names, ChainNames};
 pub use nft::{nft_available, run_batch, NFT_ENV};
 pub use portmap::{
-    add_elements_in, is_missing_object, missing_in as portmap_missing_in, rebuild_in, remove_elements_in,
-    structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
-    PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
+    add_elements_in, is_missing_object, missing_in as portmap_missing_in, rebuild_in,
+    remove_elements_in, structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol,
+    PublishedPorts, HAIRPIN_MARK, PM_FORWARD, PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
 };
 pub use quiet::{quiet_add_in, quiet_remove_in, QUIET_CHAIN};
 pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
 pub use spoofchk::{
     spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_remove_in,
-    spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in, SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
+    spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in, SPOOFCHK_CHAIN, SPOOFCHK_MAP,
+    SPOOFCHK_TABLE,
 };
 pub use state::NetworkState;
 
@@ -125,7 +126,11 @@ pub fn remove_in(ns: Option<&Netns>, network: &str) -> Result<()> {
 
 /// [`remove_in`], also taking `bridge` out of the `berth-bridges` set
 /// (pass None while another network still uses that bridge).
-pub fn remove_with_bridge_in(ns: Option<&Netns>, network: &str, bridge: Option<&str>) -> Result<()> {
+pub fn remove_with_bridge_in(
+    ns: Option<&Netns>,
+    network: &str,
+    bridge: Option<&str>,
+) -> Result<()> {
     check_network(network)?;
     if let Some(b) = bridge {
         check_ifname(b)?;
@@ -156,7 +161,8 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
     let op = format!("list nft table inet {TABLE}");
     let listing = list_table(ns, &op)?;
     let others = match &listing {
-        Some(out) => state::foreign_objects(out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })?,
+        Some(out) => state::foreign_objects(out, &chain_names(network))
+            .map_err(|msg| Error::Nft { op, msg })?,
         None => 0,
     };
     if others > 0 {
@@ -179,8 +185,15 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
 /// caller holds berth's host-wide lock, as for [`release_network_in`].
 pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
     let op = format!("list nft table inet {TABLE}");
-    let Some(listing) = list_table(ns, &op)? else { return Ok(false) };
-    let nothing = ChainNames { nat: String::new(), forward: String::new(), set_v4: String::new(), set_v6: String::new() };
+    let Some(listing) = list_table(ns, &op)? else {
+        return Ok(false);
+    };
+    let nothing = ChainNames {
+        nat: String::new(),
+        forward: String::new(),
+        set_v4: String::new(),
+        set_v6: String::new(),
+    };
     if state::foreign_objects(&listing, &nothing).map_err(|msg| Error::Nft { op, msg })? > 0 {
         return Ok(false);
     }
@@ -221,6 +234,8 @@ pub fn network_state(network: &str) -> Result<NetworkState> {
 pub fn network_state_in(ns: Option<&Netns>, network: &str) -> Result<NetworkState> {
     check_network(network)?;
     let op = format!("list nft table inet {TABLE}");
-    let Some(out) = list_table(ns, &op)? else { return Ok(NetworkState::default()) };
+    let Some(out) = list_table(ns, &op)? else {
+        return Ok(NetworkState::default());
+    };
     state::parse(&out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })
 }

@@ -152,7 +152,9 @@ impl Conditions {
                 if c.trim().is_empty() {
                     return Err(Error::invalid(key, c, "empty condition"));
                 }
-                if c.chars().any(|ch| matches!(ch, ';' | '#' | '\n' | '\r' | '\0')) {
+                if c.chars()
+                    .any(|ch| matches!(ch, ';' | '#' | '\n' | '\r' | '\0'))
+                {
                     return Err(Error::invalid(key, c, "contains ';', '#' or a line break"));
                 }
                 let opens = c.matches('{').count();
@@ -200,7 +202,11 @@ impl PublishedPorts {
         for (_, link) in &self.hairpin {
             check_ifname(link)?;
             if link.contains('"') || link.contains('\\') {
-                return Err(Error::invalid("interface name", link, "contains a quote or backslash"));
+                return Err(Error::invalid(
+                    "interface name",
+                    link,
+                    "contains a quote or backslash",
+                ));
             }
         }
         for m in &self.mappings {
@@ -224,8 +230,14 @@ impl PublishedPorts {
             let f = fam(&m.container_ip);
             let data = format!("{} . {}", m.container_ip, m.container_port);
             let (map, key) = match m.host_ip {
-                Some(h) => (format!("pm{f}a-{p}"), format!("{h} . {} . {}", m.protocol.name(), m.host_port)),
-                None => (format!("pm{f}-{p}"), format!("{} . {}", m.protocol.name(), m.host_port)),
+                Some(h) => (
+                    format!("pm{f}a-{p}"),
+                    format!("{h} . {} . {}", m.protocol.name(), m.host_port),
+                ),
+                None => (
+                    format!("pm{f}-{p}"),
+                    format!("{} . {}", m.protocol.name(), m.host_port),
+                ),
             };
             out.push((map, key, Some(data)));
         }
@@ -233,7 +245,11 @@ impl PublishedPorts {
             out.push((format!("pm-ip{}", fam(ip)), ip.to_string(), None));
         }
         for (ip, link) in &self.hairpin {
-            out.push((format!("pm-hairpin{}", fam(ip)), format!("{ip} . \"{link}\""), None));
+            out.push((
+                format!("pm-hairpin{}", fam(ip)),
+                format!("{ip} . \"{link}\""),
+                None,
+            ));
         }
         for ip in &self.localhost {
             out.push((format!("pm-local{}", fam(ip)), ip.to_string(), None));
@@ -273,12 +289,16 @@ impl Script {
                 ("hairpin", format!("{addr} . ifname")),
                 ("all", addr.to_string()),
             ] {
-                self.line(format_args!("add set inet {TABLE} pm-{name}{f} {{ type {kind}; }}"));
+                self.line(format_args!(
+                    "add set inet {TABLE} pm-{name}{f} {{ type {kind}; }}"
+                ));
             }
         }
         // IPv4 only: the kernel never routes ::1 off the loopback (IPv6 has
         // no route_localnet), so a DNAT of it could not leave the host.
-        self.line(format_args!("add set inet {TABLE} pm-local4 {{ type ipv4_addr; }}"));
+        self.line(format_args!(
+            "add set inet {TABLE} pm-local4 {{ type ipv4_addr; }}"
+        ));
     }
 
     fn profile_maps(&mut self, id: &str) {
@@ -315,7 +335,9 @@ impl Script {
         self.base_chains();
         // ::1 is never DNATed: such a connection could not leave the host
         // (no route_localnet for IPv6); berth-portmap's proxy answers it.
-        self.line(format_args!("add rule inet {TABLE} {PM_OUTPUT} ip6 daddr ::1 return"));
+        self.line(format_args!(
+            "add rule inet {TABLE} {PM_OUTPUT} ip6 daddr ::1 return"
+        ));
         for c in profiles {
             let id = c.id();
             self.profile_maps(&id);
@@ -333,17 +355,23 @@ impl Script {
                 ));
             }
             for base in [PM_PREROUTING, PM_OUTPUT] {
-                self.line(format_args!("add rule inet {TABLE} {base} fib daddr type local jump {chain}"));
+                self.line(format_args!(
+                    "add rule inet {TABLE} {base} fib daddr type local jump {chain}"
+                ));
             }
         }
         let (post, fwd) = (PM_POSTROUTING, PM_FORWARD);
         let hp = HAIRPIN_MARK;
-        self.line(format_args!("add rule inet {TABLE} {post} ct status dnat meta mark & {hp:#x} == {hp:#x} masquerade"));
+        self.line(format_args!(
+            "add rule inet {TABLE} {post} ct status dnat meta mark & {hp:#x} == {hp:#x} masquerade"
+        ));
         self.line(format_args!(
             "add rule inet {TABLE} {post} ct status dnat ip saddr 127.0.0.0/8 ip daddr @pm-local4 masquerade"
         ));
         for (f, ip) in [('4', "ip"), ('6', "ip6")] {
-            self.line(format_args!("add rule inet {TABLE} {post} ct status dnat {ip} daddr @pm-all{f} masquerade"));
+            self.line(format_args!(
+                "add rule inet {TABLE} {post} ct status dnat {ip} daddr @pm-all{f} masquerade"
+            ));
             // The input link is known in forward, not in postrouting.
             self.line(format_args!(
                 "add rule inet {TABLE} {fwd} ct status dnat {ip} daddr . iifname @pm-hairpin{f} meta mark set meta mark | {hp:#x}"
@@ -357,7 +385,9 @@ impl Script {
     fn add_elements(&mut self, elems: &[Elem]) {
         for (obj, key, data) in elems {
             match data {
-                Some(d) => self.line(format_args!("add element inet {TABLE} {obj} {{ {key} : {d} }}")),
+                Some(d) => self.line(format_args!(
+                    "add element inet {TABLE} {obj} {{ {key} : {d} }}"
+                )),
                 None => self.line(format_args!("add element inet {TABLE} {obj} {{ {key} }}")),
             }
         }
@@ -367,7 +397,9 @@ impl Script {
     fn remove_elements(&mut self, elems: &[Elem]) {
         self.add_elements(elems);
         for (obj, key, _) in elems {
-            self.line(format_args!("delete element inet {TABLE} {obj} {{ {key} }}"));
+            self.line(format_args!(
+                "delete element inet {TABLE} {obj} {{ {key} }}"
+            ));
         }
     }
 
@@ -426,12 +458,20 @@ pub fn is_missing_object(e: &Error) -> bool {
 /// definition, or deletes), whatever the number of elements installed.
 /// Fails with an error [`is_missing_object`] recognises if the structure
 /// (see [`rebuild_in`]) is not there.
-pub fn add_elements_in(ns: Option<&Netns>, replaced: Option<&PublishedPorts>, ports: &PublishedPorts) -> Result<()> {
+pub fn add_elements_in(
+    ns: Option<&Netns>,
+    replaced: Option<&PublishedPorts>,
+    ports: &PublishedPorts,
+) -> Result<()> {
     ports.validate()?;
     let mut s = Script::new();
     if let Some(old) = replaced {
         let new = ports.elements();
-        let gone: Vec<Elem> = old.elements().into_iter().filter(|e| !new.contains(e)).collect();
+        let gone: Vec<Elem> = old
+            .elements()
+            .into_iter()
+            .filter(|e| !new.contains(e))
+            .collect();
         s.remove_elements(&gone);
     }
     s.add_elements(&ports.elements());
@@ -453,7 +493,12 @@ pub fn rebuild_in(
     for a in attachments {
         a.validate()?;
     }
-    let profiles = distinct(profiles.iter().copied().chain(attachments.iter().map(|a| &a.conditions)));
+    let profiles = distinct(
+        profiles
+            .iter()
+            .copied()
+            .chain(attachments.iter().map(|a| &a.conditions)),
+    );
     let mut s = Script::new();
     s.table();
     s.rules(&profiles);
@@ -482,7 +527,11 @@ pub fn remove_elements_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<
 /// are the profiles still in use by other attachments: the rules are
 /// rebuilt for them, the profile of `ports` is dropped if none uses it any
 /// more, and with no other attachment left every portmap object goes.
-pub fn unpublish_in(ns: Option<&Netns>, others: &[&Conditions], ports: &PublishedPorts) -> Result<()> {
+pub fn unpublish_in(
+    ns: Option<&Netns>,
+    others: &[&Conditions],
+    ports: &PublishedPorts,
+) -> Result<()> {
     let profiles = distinct(others.iter().copied());
     let id = ports.conditions.id();
     let mut s = Script::new();
@@ -523,13 +572,20 @@ fn expected_rules(profiles: &[&Conditions]) -> Vec<(String, usize)> {
 
 /// For CHECK: what is missing of the structure `profiles` need (a chain,
 /// or rules in it), or None.
-pub fn structure_missing_in(ns: Option<&Netns>, profiles: &[&Conditions]) -> Result<Option<String>> {
+pub fn structure_missing_in(
+    ns: Option<&Netns>,
+    profiles: &[&Conditions],
+) -> Result<Option<String>> {
     let profiles = distinct(profiles.iter().copied());
     for (chain, want) in expected_rules(&profiles) {
         let cmd = format!("list chain inet {TABLE} {chain}");
         let listing = match nft::run(ns, &["-f", "-"], Some(&cmd), "check published ports") {
             Ok(out) => out,
-            Err(e) if is_missing_object(&e) => return Ok(Some(format!("chain {chain} is missing from table inet {TABLE}"))),
+            Err(e) if is_missing_object(&e) => {
+                return Ok(Some(format!(
+                    "chain {chain} is missing from table inet {TABLE}"
+                )))
+            }
             Err(e) => return Err(e),
         };
         // A rule is a line inside the chain's braces other than its
@@ -537,10 +593,18 @@ pub fn structure_missing_in(ns: Option<&Netns>, profiles: &[&Conditions]) -> Res
         let rules = listing
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("table ") && !l.starts_with("chain ") && !l.starts_with("type ") && *l != "}")
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with("table ")
+                    && !l.starts_with("chain ")
+                    && !l.starts_with("type ")
+                    && *l != "}"
+            })
             .count();
         if rules < want {
-            return Ok(Some(format!("chain {chain} in table inet {TABLE} has {rules} rules, {want} expected")));
+            return Ok(Some(format!(
+                "chain {chain} in table inet {TABLE} has {rules} rules, {want} expected"
+            )));
         }
     }
     Ok(None)
@@ -559,7 +623,10 @@ pub fn missing_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<Option<S
         let listing = match nft::run(ns, &["-f", "-"], Some(&cmd), "check published ports") {
             Ok(out) => out,
             Err(e) if is_missing_object(&e) => {
-                return Ok(Some(format!("{obj} in table inet {TABLE} lacks some of {{ {} }}", keys.join(", "))))
+                return Ok(Some(format!(
+                    "{obj} in table inet {TABLE} lacks some of {{ {} }}",
+                    keys.join(", ")
+                )))
             }
             Err(e) => return Err(e),
         };
@@ -570,7 +637,9 @@ pub fn missing_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<Option<S
                 None => key.clone(),
             };
             if !flat.contains(&want) {
-                return Ok(Some(format!("{obj} in table inet {TABLE} lacks element {want}")));
+                return Ok(Some(format!(
+                    "{obj} in table inet {TABLE} lacks element {want}"
+                )));
             }
         }
     }
@@ -586,7 +655,13 @@ mod tests {
         PublishedPorts {
             conditions: Conditions::default(),
             mappings: vec![
-                PortMapping { protocol: Protocol::Tcp, host_ip: None, host_port: 8080, container_ip: c, container_port: 80 },
+                PortMapping {
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    container_ip: c,
+                    container_port: 80,
+                },
                 PortMapping {
                     protocol: Protocol::Udp,
                     host_ip: Some("192.0.2.1".parse().unwrap()),
@@ -605,8 +680,16 @@ mod tests {
     #[test]
     fn elements_name_their_maps() {
         let e = ports().elements();
-        assert!(e.contains(&("pm4-d".into(), "tcp . 8080".into(), Some("10.88.0.5 . 80".into()))));
-        assert!(e.contains(&("pm4a-d".into(), "192.0.2.1 . udp . 53".into(), Some("10.88.0.5 . 5353".into()))));
+        assert!(e.contains(&(
+            "pm4-d".into(),
+            "tcp . 8080".into(),
+            Some("10.88.0.5 . 80".into())
+        )));
+        assert!(e.contains(&(
+            "pm4a-d".into(),
+            "192.0.2.1 . udp . 53".into(),
+            Some("10.88.0.5 . 5353".into())
+        )));
         assert!(e.contains(&("pm-hairpin4".into(), "10.88.0.5 . \"berth0\"".into(), None)));
         assert!(e.contains(&("pm-local4".into(), "10.88.0.5".into(), None)));
         assert_eq!(e.len(), 5);
@@ -615,19 +698,37 @@ mod tests {
     #[test]
     fn profile_ids() {
         assert_eq!(Conditions::default().id(), "d");
-        let a = Conditions { v4: vec!["ip saddr 10.0.0.0/8".into()], v6: vec![] };
-        let b = Conditions { v4: vec![], v6: vec!["ip saddr 10.0.0.0/8".into()] };
+        let a = Conditions {
+            v4: vec!["ip saddr 10.0.0.0/8".into()],
+            v6: vec![],
+        };
+        let b = Conditions {
+            v4: vec![],
+            v6: vec!["ip saddr 10.0.0.0/8".into()],
+        };
         assert_ne!(a.id(), b.id());
         assert_eq!(a.id().len(), 8);
     }
 
     #[test]
     fn conditions_cannot_escape_the_rule() {
-        for bad in ["ip saddr 1.2.3.4; flush ruleset", "x\nflush ruleset", "ip saddr { 1.2.3.4", "# c", ""] {
-            let c = Conditions { v4: vec![bad.into()], v6: vec![] };
+        for bad in [
+            "ip saddr 1.2.3.4; flush ruleset",
+            "x\nflush ruleset",
+            "ip saddr { 1.2.3.4",
+            "# c",
+            "",
+        ] {
+            let c = Conditions {
+                v4: vec![bad.into()],
+                v6: vec![],
+            };
             assert!(c.validate().is_err(), "{bad:?}");
         }
-        let ok = Conditions { v4: vec!["ip saddr { 10.0.0.0/8, 192.168.0.0/16 }".into()], v6: vec![] };
+        let ok = Conditions {
+            v4: vec!["ip saddr { 10.0.0.0/8, 192.168.0.0/16 }".into()],
+            v6: vec![],
+        };
         assert!(ok.validate().is_ok());
     }
 

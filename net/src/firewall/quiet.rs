@@ -82,6 +82,10 @@ pub fn quiet_add_in(ns: Option<&Netns>) -> Result<()> {
 
 /// Drops the chain (no berth network is left; gone already is fine).
 pub fn quiet_remove_in(ns: Option<&Netns>) -> Result<()> {
-    let script = format!("{}delete chain bridge {} {QUIET_CHAIN}\n", chain(), SPOOFCHK_TABLE);
+    let script = format!(
+        "{}delete chain bridge {} {QUIET_CHAIN}\n",
+        chain(),
+        SPOOFCHK_TABLE
+    );
     nft::run(ns, &["-f", "-"], Some(&script), "drop the quiet chain").map(|_| ())
 }

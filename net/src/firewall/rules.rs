@@ -238,8 +238,16 @@ fn uplink_rule(chain: &str, bridge: &str, uplink: &str, comment: &str) -> Rule<'
         chain,
         comment,
         vec![
-            matches(meta(MetaKey::Iifname), Operator::EQ, Expression::String(uplink.to_string().into())),
-            matches(meta(MetaKey::Oifname), Operator::EQ, Expression::String(bridge.to_string().into())),
+            matches(
+                meta(MetaKey::Iifname),
+                Operator::EQ,
+                Expression::String(uplink.to_string().into()),
+            ),
+            matches(
+                meta(MetaKey::Oifname),
+                Operator::EQ,
+                Expression::String(bridge.to_string().into()),
+            ),
             set_forward_mark(),
             Statement::Accept(Some(Accept {})),
         ],
@@ -268,9 +276,16 @@ fn bridge_element(bridge: &str) -> NfListObject<'static> {
 /// `ct status & dnat != dnat`: not a published-port connection (those may
 /// cross networks, as they may come from anywhere).
 fn not_dnat() -> Statement<'static> {
-    let status = Expression::Named(NamedExpression::CT(CT { key: "status".into(), family: None, dir: None }));
+    let status = Expression::Named(NamedExpression::CT(CT {
+        key: "status".into(),
+        family: None,
+        dir: None,
+    }));
     matches(
-        Expression::BinaryOperation(Box::new(BinaryOperation::AND(status, Expression::String("dnat".into())))),
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+            status,
+            Expression::String("dnat".into()),
+        ))),
         Operator::NEQ,
         Expression::String("dnat".into()),
     )
@@ -295,7 +310,10 @@ fn isolation_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 
             ],
         )
     };
-    [one_way(MetaKey::Iifname, MetaKey::Oifname), one_way(MetaKey::Oifname, MetaKey::Iifname)]
+    [
+        one_way(MetaKey::Iifname, MetaKey::Oifname),
+        one_way(MetaKey::Oifname, MetaKey::Iifname),
+    ]
 }
 
 /// Internal network: drop everything the bridge would forward to or from
@@ -305,9 +323,20 @@ fn internal_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2
     let dev = || Expression::String(bridge.to_string().into());
     let drop = || Statement::Drop(Some(nftables::stmt::Drop {}));
     let one_way = |here: MetaKey, there: MetaKey| {
-        rule(chain, comment, vec![matches(meta(here), Operator::EQ, dev()), matches(meta(there), Operator::NEQ, dev()), drop()])
+        rule(
+            chain,
+            comment,
+            vec![
+                matches(meta(here), Operator::EQ, dev()),
+                matches(meta(there), Operator::NEQ, dev()),
+                drop(),
+            ],
+        )
     };
-    [one_way(MetaKey::Iifname, MetaKey::Oifname), one_way(MetaKey::Oifname, MetaKey::Iifname)]
+    [
+        one_way(MetaKey::Iifname, MetaKey::Oifname),
+        one_way(MetaKey::Oifname, MetaKey::Iifname),
+    ]
 }
 
 /// Rule comment: lets an operator reading `nft list` find the network.
@@ -428,7 +457,12 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch<'static> {
             b.add(NfListObject::Rule(r));
         }
         for uplink in &rules.uplinks {
-            b.add(NfListObject::Rule(uplink_rule(&n.forward, &rules.bridge, uplink, &comment)));
+            b.add(NfListObject::Rule(uplink_rule(
+                &n.forward,
+                &rules.bridge,
+                uplink,
+                &comment,
+            )));
         }
     } else {
         drop_chain(&mut b, fwd_chain(&n));

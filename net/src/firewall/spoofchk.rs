@@ -241,12 +241,20 @@ pub fn spoofchk_remove_table_in(ns: Option<&Netns>) -> Result<()> {
 /// listing; a missing table is fine). Caller holds berth's host-wide lock.
 pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
     let op = format!("list table bridge {SPOOFCHK_TABLE}");
-    let out = match nft::run(ns, &["-j", "list", "table", "bridge", SPOOFCHK_TABLE], None, &op) {
+    let out = match nft::run(
+        ns,
+        &["-j", "list", "table", "bridge", SPOOFCHK_TABLE],
+        None,
+        &op,
+    ) {
         Ok(out) => out,
         Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => return Ok(()),
         Err(e) => return Err(e),
     };
-    let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Nft { op: op.clone(), msg: format!("bad nft JSON: {e}") })?;
+    let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Nft {
+        op: op.clone(),
+        msg: format!("bad nft JSON: {e}"),
+    })?;
     let ports = doc["nftables"]
         .as_array()
         .into_iter()

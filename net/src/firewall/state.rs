@@ -66,7 +66,11 @@ pub(crate) fn foreign_objects(json: &str, names: &ChainNames) -> Result<usize, S
     let own = [&names.nat, &names.forward, &names.set_v4, &names.set_v6];
     Ok(items
         .iter()
-        .filter_map(|i| i.get("chain").or_else(|| i.get("set")).or_else(|| i.get("map")))
+        .filter_map(|i| {
+            i.get("chain")
+                .or_else(|| i.get("set"))
+                .or_else(|| i.get("map"))
+        })
         .filter_map(|o| o.get("name").and_then(Value::as_str))
         // The shared set of bridges belongs to whichever network is left.
         .filter(|n| *n != super::rules::BRIDGES_SET && !own.iter().any(|o| o.as_str() == *n))

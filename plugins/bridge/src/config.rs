@@ -100,13 +100,20 @@ impl BridgeConf {
     }
 
     pub fn parse(req: &Request) -> Result<BridgeConf, Error> {
-        let raw: Raw = cni::gojson::from_value(&req.conf.raw)
-            .map_err(|e| Error::new(cni::codes::INVALID_CONFIG, format!("berth-bridge config: {e}")))?;
+        let raw: Raw = cni::gojson::from_value(&req.conf.raw).map_err(|e| {
+            Error::new(
+                cni::codes::INVALID_CONFIG,
+                format!("berth-bridge config: {e}"),
+            )
+        })?;
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         check_ifname("bridge", &bridge)?;
         if let Some(b) = &raw.ip_masq_backend {
             if b != "iptables" && b != "nftables" {
-                return Err(Error::config("ipMasqBackend", format!("{b:?}: expected \"iptables\" or \"nftables\"")));
+                return Err(Error::config(
+                    "ipMasqBackend",
+                    format!("{b:?}: expected \"iptables\" or \"nftables\""),
+                ));
             }
         }
         let mtu = match raw.mtu {
@@ -115,7 +122,10 @@ impl BridgeConf {
             Some(m) => return Err(Error::config("mtu", format!("{m} is outside 68..65535"))),
         };
         if raw.hairpin_mode && raw.promisc_mode {
-            return Err(Error::config("hairpinMode", "cannot be combined with promiscMode"));
+            return Err(Error::config(
+                "hairpinMode",
+                "cannot be combined with promiscMode",
+            ));
         }
         let vlan = match raw.vlan {
             None => 0,
@@ -125,7 +135,10 @@ impl BridgeConf {
         let vlan_trunk = parse_trunk(raw.vlan_trunk.as_deref().unwrap_or_default())?;
         let ipam_type = ifconf::ipam_type(&req.conf)?;
         if raw.disable_container_interface && ipam_type.is_some() {
-            return Err(Error::config("disableContainerInterface", "cannot be used together with ipam"));
+            return Err(Error::config(
+                "disableContainerInterface",
+                "cannot be used together with ipam",
+            ));
         }
         let dns = ifconf::dns(&req.conf)?;
         req.args.check_known(&["MAC", "IP"])?;
@@ -156,10 +169,18 @@ impl BridgeConf {
 
 /// Interface names the kernel accepts.
 pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > 15 || name == "." || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        return Err(Error::config(field, format!("{name:?} is not a valid interface name")));
+        return Err(Error::config(
+            field,
+            format!("{name:?} is not a valid interface name"),
+        ));
     }
     Ok(())
 }
@@ -183,7 +204,10 @@ fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {
                 let lo = valid(&format!("vlanTrunk[{i}].minID"), lo)?;
                 let hi = valid(&format!("vlanTrunk[{i}].maxID"), hi)?;
                 if lo > hi {
-                    return Err(Error::config(&format!("vlanTrunk[{i}]"), "minID is greater than maxID"));
+                    return Err(Error::config(
+                        &format!("vlanTrunk[{i}]"),
+                        "minID is greater than maxID",
+                    ));
                 }
                 out.push((lo, hi));
             }
@@ -198,12 +222,14 @@ fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {
     Ok(out)
 }
 
-
 /// `uplinks`: interface names (checked as the kernel would).
 fn uplinks(names: Vec<String>) -> Result<Vec<String>, Error> {
     for (i, n) in names.iter().enumerate() {
         if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) || n == "." || n == ".." {
-            return Err(Error::config(&format!("uplinks[{i}]"), format!("{n:?} is not an interface name")));
+            return Err(Error::config(
+                &format!("uplinks[{i}]"),
+                format!("{n:?} is not an interface name"),
+            ));
         }
     }
     Ok(names)
@@ -215,7 +241,13 @@ mod tests {
     use cni::Command;
 
     fn parse(stdin: &str) -> Result<BridgeConf, Error> {
-        BridgeConf::parse(&Request::from_parts(Command::Add, "c", "eth0", stdin.as_bytes(), "")?)
+        BridgeConf::parse(&Request::from_parts(
+            Command::Add,
+            "c",
+            "eth0",
+            stdin.as_bytes(),
+            "",
+        )?)
     }
 
     #[test]
@@ -236,8 +268,12 @@ mod tests {
 
     #[test]
     fn a_wrong_type_is_refused() {
-        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","IsGateway":7}"#).unwrap_err();
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","IsGateway":7}"#)
+            .unwrap_err();
         assert_eq!(e.code, cni::codes::INVALID_CONFIG);
-        assert_eq!(e.msg, "berth-bridge config: isGateway: expected a boolean, got 7");
+        assert_eq!(
+            e.msg,
+            "berth-bridge config: isGateway: expected a boolean, got 7"
+        );
     }
 }

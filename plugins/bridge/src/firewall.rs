@@ -34,12 +34,19 @@ pub fn ensure(
 ) -> Result<(), Error> {
     let marker = state.rules_marker(network);
     if let Some(m) = &marker {
-        if m.bridge == bridge && m.isolation == isolation && m.uplinks == uplinks && subnets.iter().all(|s| m.subnets.contains(s)) {
+        if m.bridge == bridge
+            && m.isolation == isolation
+            && m.uplinks == uplinks
+            && subnets.iter().all(|s| m.subnets.contains(s))
+        {
             return Ok(());
         }
     }
     // Keep subnets already covered (another range of the same network).
-    let mut all: Vec<IpNet> = marker.filter(|m| m.bridge == bridge).map(|m| m.subnets).unwrap_or_default();
+    let mut all: Vec<IpNet> = marker
+        .filter(|m| m.bridge == bridge)
+        .map(|m| m.subnets)
+        .unwrap_or_default();
     for s in subnets {
         if !all.contains(s) {
             all.push(*s);
@@ -58,8 +65,13 @@ pub fn ensure(
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
     net::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
-    let marker =
-        RulesMarker { bridge: bridge.to_string(), subnets: all, boot_id: crate::state::boot_id(), isolation, uplinks: uplinks.to_vec() };
+    let marker = RulesMarker {
+        bridge: bridge.to_string(),
+        subnets: all,
+        boot_id: crate::state::boot_id(),
+        isolation,
+        uplinks: uplinks.to_vec(),
+    };
     state.write_rules_marker(lock, network, &marker)
 }
 
@@ -74,8 +86,10 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
         // its run dir, count), so a host without berth containers has no
         // berth ruleset at all. The bridge leaves the set of berth bridges
         // unless another network still uses it.
-        let bridge = (!state.bridge_used_by_others(network, &marker.bridge)).then_some(marker.bridge.as_str());
-        let table_dropped = net::firewall::release_network_in(None, network, bridge).map_err(nft_err)?;
+        let bridge = (!state.bridge_used_by_others(network, &marker.bridge))
+            .then_some(marker.bridge.as_str());
+        let table_dropped =
+            net::firewall::release_network_in(None, network, bridge).map_err(nft_err)?;
         if table_dropped {
             net::firewall::spoofchk_remove_table_if_unused_in(None).map_err(nft_err)?;
         }
@@ -89,10 +103,14 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
 pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error> {
     let st = net::firewall::network_state(network).map_err(nft_err)?;
     if !st.forward_chain || st.forward_rules == 0 {
-        return Ok(Some(format!("forward rules of network {network:?} are missing from table inet berth")));
+        return Ok(Some(format!(
+            "forward rules of network {network:?} are missing from table inet berth"
+        )));
     }
     if masquerade && st.nat_rules == 0 {
-        return Ok(Some(format!("masquerade rules of network {network:?} are missing from table inet berth")));
+        return Ok(Some(format!(
+            "masquerade rules of network {network:?} are missing from table inet berth"
+        )));
     }
     let docker = net::firewall::docker_user_in(None).map_err(nft_err)?;
     if docker.contains(&net::firewall::DockerUser::Missing) {

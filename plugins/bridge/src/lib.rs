@@ -36,7 +36,12 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 /// there is nothing to remove, and a repeated DEL must not run the batch
 /// (after the last network took the table with it, its "add, then delete"
 /// would leave an empty `bridge berth` table behind).
-fn spoofchk_remove(conf: &BridgeConf, state: &State, network: &str, host_veth: &str) -> Result<(), Error> {
+fn spoofchk_remove(
+    conf: &BridgeConf,
+    state: &State,
+    network: &str,
+    host_veth: &str,
+) -> Result<(), Error> {
     if conf.macspoofchk && state.has_record(network, host_veth) {
         firewall::spoofchk_remove(host_veth)
     } else {
@@ -47,14 +52,21 @@ fn spoofchk_remove(conf: &BridgeConf, state: &State, network: &str, host_veth: &
 impl Plugin for BridgePlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let conf = BridgeConf::parse(req)?;
-        let ns_path = req.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
+        let ns_path = req
+            .netns
+            .as_deref()
+            .ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
         let ns = Netns::open(ns_path).map_err(|e| Error::env("CNI_NETNS", e))?;
         let mut host = Handle::new().map_err(kernel)?;
         let mut cont = Handle::in_netns(&ns).map_err(kernel)?;
         if cont.link_by_name(&req.ifname).map_err(kernel)?.is_some() {
             return Err(Error::new(
                 codes::ALREADY_EXISTS,
-                format!("CNI_IFNAME: interface {:?} already exists in {}", req.ifname, ns_path.display()),
+                format!(
+                    "CNI_IFNAME: interface {:?} already exists in {}",
+                    req.ifname,
+                    ns_path.display()
+                ),
             ));
         }
         let host_veth = host_veth_name(&req.container_id, &req.ifname);
@@ -70,11 +82,24 @@ impl Plugin for BridgePlugin {
         let state = State::from_env();
         {
             let lock = state.lock()?;
-            let rec = Record { container_id: req.container_id.clone(), ifname: req.ifname.clone(), bridge: conf.bridge.clone() };
+            let rec = Record {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+                bridge: conf.bridge.clone(),
+            };
             state.write_record(&lock, &req.conf.name, &host_veth, &rec)?;
         }
         let mut progress = netconf::Progress::default();
-        let mut ctx = netconf::AddContext { req, conf: &conf, ns: &ns, ns_path, host: &mut host, cont: &mut cont, host_veth: &host_veth, state: &state };
+        let mut ctx = netconf::AddContext {
+            req,
+            conf: &conf,
+            ns: &ns,
+            ns_path,
+            host: &mut host,
+            cont: &mut cont,
+            host_veth: &host_veth,
+            state: &state,
+        };
         match ctx.run(&mut progress) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -119,9 +144,9 @@ impl Plugin for BridgePlugin {
 
     fn check(&self, req: &Request) -> Result<(), Error> {
         let conf = BridgeConf::parse(req)?;
-        let prev = req
-            .prev_result()?
-            .ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
+        let prev = req.prev_result()?.ok_or_else(|| {
+            Error::config("prevResult", "CHECK needs the ADD result as prevResult")
+        })?;
         if let Some(ipam) = &conf.ipam_type {
             ipam::call(ipam, Command::Check, req)?;
         }
@@ -150,7 +175,9 @@ impl Plugin for BridgePlugin {
         let mut host = Handle::new().map_err(kernel)?;
         for (host_veth, rec) in state.records(&req.conf.name) {
             let keep = rec.as_ref().is_some_and(|r| {
-                valid.iter().any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
+                valid
+                    .iter()
+                    .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
             });
             if keep {
                 continue;
@@ -174,7 +201,10 @@ impl Plugin for BridgePlugin {
     }
 
     fn about(&self) -> String {
-        format!("berth-bridge {}: containers on a Linux bridge (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+        format!(
+            "berth-bridge {}: containers on a Linux bridge (CNI 0.1.0 - 1.1.0)",
+            env!("CARGO_PKG_VERSION")
+        )
     }
 }
 

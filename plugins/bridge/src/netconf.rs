@@ -7,7 +7,9 @@ use crate::{firewall, host_veth_name};
 use cni::{codes, CniResult, Command, Error, Interface, IpConfig, Request, Route};
 use ifconf::{check_failed as missing, ipam, kernel, mac_string};
 use ipnet::IpNet;
-use net::{AddressOptions, BridgeOptions, BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions};
+use net::{
+    AddressOptions, BridgeOptions, BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions,
+};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -72,7 +74,10 @@ fn is_default_route(dst: &IpNet) -> bool {
 impl AddContext<'_> {
     pub fn run(&mut self, progress: &mut Progress) -> Result<CniResult, Error> {
         let (req, conf) = (self.req, self.conf);
-        let mut result = CniResult { cni_version: req.result_version(), ..Default::default() };
+        let mut result = CniResult {
+            cni_version: req.result_version(),
+            ..Default::default()
+        };
         if let Some(ipam) = &conf.ipam_type {
             let r = ipam::add(ipam, req)?;
             progress.ipam = true;
@@ -82,7 +87,8 @@ impl AddContext<'_> {
         }
         if conf.is_gateway {
             for ip in &mut result.ips {
-                ip.gateway.get_or_insert_with(|| default_gateway(&ip.address));
+                ip.gateway
+                    .get_or_insert_with(|| default_gateway(&ip.address));
             }
         }
         if !conf.dns.is_empty() {
@@ -96,7 +102,12 @@ impl AddContext<'_> {
                 self.host_veth,
                 &req.ifname,
                 self.ns,
-                &VethOptions { mtu: Some(mtu), peer_mac: conf.mac, host_mac: None, host_master: Some(bridge.index) },
+                &VethOptions {
+                    mtu: Some(mtu),
+                    peer_mac: conf.mac,
+                    host_mac: None,
+                    host_master: Some(bridge.index),
+                },
             )
             .map_err(kernel)?;
         progress.veth = true;
@@ -104,9 +115,17 @@ impl AddContext<'_> {
             .host
             .link_by_name(self.host_veth)
             .map_err(kernel)?
-            .ok_or_else(|| Error::new(codes::KERNEL, format!("{} vanished after creation", self.host_veth)))?;
+            .ok_or_else(|| {
+                Error::new(
+                    codes::KERNEL,
+                    format!("{} vanished after creation", self.host_veth),
+                )
+            })?;
         if conf.hairpin_mode || conf.port_isolation {
-            let port = BridgePortOptions { hairpin: Some(conf.hairpin_mode), isolated: Some(conf.port_isolation) };
+            let port = BridgePortOptions {
+                hairpin: Some(conf.hairpin_mode),
+                isolated: Some(conf.port_isolation),
+            };
             self.host.set_bridge_port(hv.index, &port).map_err(kernel)?;
         }
         self.configure_vlans(hv.index, bridge.index)?;
@@ -117,7 +136,12 @@ impl AddContext<'_> {
             .cont
             .link_by_name(&req.ifname)
             .map_err(kernel)?
-            .ok_or_else(|| Error::new(codes::KERNEL, format!("{} vanished after creation", req.ifname)))?;
+            .ok_or_else(|| {
+                Error::new(
+                    codes::KERNEL,
+                    format!("{} vanished after creation", req.ifname),
+                )
+            })?;
         if !conf.disable_container_interface {
             self.configure_container(&cl, &mut result)?;
         }
@@ -131,20 +155,36 @@ impl AddContext<'_> {
         };
         {
             let lock = self.state.lock()?;
-            firewall::ensure(self.state, &lock, &req.conf.name, &conf.bridge, &masquerade, conf.isolation, &conf.uplinks)?;
+            firewall::ensure(
+                self.state,
+                &lock,
+                &req.conf.name,
+                &conf.bridge,
+                &masquerade,
+                conf.isolation,
+                &conf.uplinks,
+            )?;
             if conf.macspoofchk {
                 // The MAC the container really has (given or kernel-chosen).
-                let mac = cl
-                    .mac
-                    .ok_or_else(|| Error::new(codes::KERNEL, format!("{} has no MAC address", req.ifname)))?;
+                let mac = cl.mac.ok_or_else(|| {
+                    Error::new(codes::KERNEL, format!("{} has no MAC address", req.ifname))
+                })?;
                 progress.spoofchk = true;
                 firewall::spoofchk_add(self.host_veth, &mac, &req.container_id)?;
             }
         }
 
         result.interfaces = vec![
-            Interface { name: bridge.name.clone(), mac: mac_string(&bridge), ..Default::default() },
-            Interface { name: hv.name.clone(), mac: mac_string(&hv), ..Default::default() },
+            Interface {
+                name: bridge.name.clone(),
+                mac: mac_string(&bridge),
+                ..Default::default()
+            },
+            Interface {
+                name: hv.name.clone(),
+                mac: mac_string(&hv),
+                ..Default::default()
+            },
             Interface {
                 name: req.ifname.clone(),
                 mac: mac_string(&cl),
@@ -169,7 +209,11 @@ impl AddContext<'_> {
                 if l.kind.as_deref() != Some("bridge") {
                     return Err(Error::config(
                         "bridge",
-                        format!("{:?} exists and is not a bridge (kind {})", conf.bridge, l.kind.as_deref().unwrap_or("unknown")),
+                        format!(
+                            "{:?} exists and is not a bridge (kind {})",
+                            conf.bridge,
+                            l.kind.as_deref().unwrap_or("unknown")
+                        ),
                     ));
                 }
                 l
@@ -197,9 +241,17 @@ impl AddContext<'_> {
                     .host
                     .link_by_name(&conf.bridge)
                     .map_err(kernel)?
-                    .ok_or_else(|| Error::new(codes::KERNEL, format!("bridge {} vanished after creation", conf.bridge)))?;
+                    .ok_or_else(|| {
+                        Error::new(
+                            codes::KERNEL,
+                            format!("bridge {} vanished after creation", conf.bridge),
+                        )
+                    })?;
                 if l.kind.as_deref() != Some("bridge") {
-                    return Err(Error::config("bridge", format!("{:?} exists and is not a bridge", conf.bridge)));
+                    return Err(Error::config(
+                        "bridge",
+                        format!("{:?} exists and is not a bridge", conf.bridge),
+                    ));
                 }
                 if created {
                     progress.bridge_created = Some(l.index);
@@ -214,7 +266,9 @@ impl AddContext<'_> {
             self.host.set_promisc(link.index, true).map_err(kernel)?;
         }
         if conf.uses_vlans() && progress.bridge_created.is_none() {
-            self.host.set_bridge_vlan_filtering(link.index, true).map_err(kernel)?;
+            self.host
+                .set_bridge_vlan_filtering(link.index, true)
+                .map_err(kernel)?;
         }
         Ok(link)
     }
@@ -225,7 +279,13 @@ impl AddContext<'_> {
             return Ok(());
         }
         if !conf.preserve_default_vlan {
-            let v1 = BridgeVlan { vid: 1, pvid: false, untagged: false, self_: false, range_end: None };
+            let v1 = BridgeVlan {
+                vid: 1,
+                pvid: false,
+                untagged: false,
+                self_: false,
+                range_end: None,
+            };
             match self.host.bridge_vlan_del(port, &v1) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
@@ -233,15 +293,33 @@ impl AddContext<'_> {
             }
         }
         if conf.vlan != 0 {
-            let v = BridgeVlan { vid: conf.vlan, pvid: true, untagged: true, self_: false, range_end: None };
+            let v = BridgeVlan {
+                vid: conf.vlan,
+                pvid: true,
+                untagged: true,
+                self_: false,
+                range_end: None,
+            };
             self.host.bridge_vlan_add(port, &v).map_err(kernel)?;
             // The bridge device joins the VLAN too, so the gateway address
             // on it is reachable from the container.
-            let v = BridgeVlan { vid: conf.vlan, pvid: false, untagged: false, self_: true, range_end: None };
+            let v = BridgeVlan {
+                vid: conf.vlan,
+                pvid: false,
+                untagged: false,
+                self_: true,
+                range_end: None,
+            };
             self.host.bridge_vlan_add(bridge, &v).map_err(kernel)?;
         }
         for &(lo, hi) in &conf.vlan_trunk {
-            let v = BridgeVlan { vid: lo, pvid: false, untagged: false, self_: false, range_end: (hi > lo).then_some(hi) };
+            let v = BridgeVlan {
+                vid: lo,
+                pvid: false,
+                untagged: false,
+                self_: false,
+                range_end: (hi > lo).then_some(hi),
+            };
             self.host.bridge_vlan_add(port, &v).map_err(kernel)?;
         }
         Ok(())
@@ -256,10 +334,22 @@ impl AddContext<'_> {
         }
         if conf.is_default_gateway {
             for v4 in [true, false] {
-                let has_default = result.routes.iter().any(|r| is_default_route(&r.dst) && r.dst.addr().is_ipv4() == v4);
-                let gw = result.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway);
+                let has_default = result
+                    .routes
+                    .iter()
+                    .any(|r| is_default_route(&r.dst) && r.dst.addr().is_ipv4() == v4);
+                let gw = result
+                    .ips
+                    .iter()
+                    .find(|i| i.address.addr().is_ipv4() == v4)
+                    .and_then(|i| i.gateway);
                 if let (false, Some(gw)) = (has_default, gw) {
-                    let dst: IpNet = if v4 { "0.0.0.0/0".parse() } else { "::/0".parse() }.map_err(|_| Error::new(codes::KERNEL, "default route"))?;
+                    let dst: IpNet = if v4 {
+                        "0.0.0.0/0".parse()
+                    } else {
+                        "::/0".parse()
+                    }
+                    .map_err(|_| Error::new(codes::KERNEL, "default route"))?;
                     result.routes.push(Route::new(dst, Some(gw)));
                 }
             }
@@ -277,10 +367,14 @@ impl AddContext<'_> {
         let mut existing = self.host.addresses(Some(bridge.index)).map_err(kernel)?;
         for ip in ips {
             let Some(gw) = ip.gateway else { continue };
-            let want = IpNet::new(gw, ip.address.prefix_len()).map_err(|e| Error::config("gateway", e))?;
+            let want =
+                IpNet::new(gw, ip.address.prefix_len()).map_err(|e| Error::config("gateway", e))?;
             let mut present = false;
             let mut replaced = Vec::new();
-            for a in existing.iter().filter(|a| a.addr.addr().is_ipv4() == gw.is_ipv4()) {
+            for a in existing
+                .iter()
+                .filter(|a| a.addr.addr().is_ipv4() == gw.is_ipv4())
+            {
                 if a.addr == want {
                     present = true;
                     continue;
@@ -288,7 +382,8 @@ impl AddContext<'_> {
                 if a.addr.addr().is_ipv6() && a.scope == 253 {
                     continue; // link-local
                 }
-                let conflicts = gw.is_ipv4() || a.addr.contains(&want.addr()) || want.contains(&a.addr.addr());
+                let conflicts =
+                    gw.is_ipv4() || a.addr.contains(&want.addr()) || want.contains(&a.addr.addr());
                 if !conflicts {
                     continue;
                 }
@@ -298,17 +393,26 @@ impl AddContext<'_> {
                         format!("{:?} already has address {} which differs from gateway {want} (set forceAddress to replace it)", bridge.name, a.addr),
                     ));
                 }
-                self.host.del_address(bridge.index, a.addr).map_err(kernel)?;
+                self.host
+                    .del_address(bridge.index, a.addr)
+                    .map_err(kernel)?;
                 replaced.push(a.addr);
             }
             existing.retain(|a| !replaced.contains(&a.addr));
             if !present {
-                match self.host.add_address(bridge.index, want, &AddressOptions { nodad: true }) {
+                match self
+                    .host
+                    .add_address(bridge.index, want, &AddressOptions { nodad: true })
+                {
                     Ok(()) => {}
                     Err(e) if e.is_exists() => {} // a concurrent ADD added it
                     Err(e) => return Err(kernel(e)),
                 }
-                existing.push(net::Address { index: bridge.index, addr: want, scope: 0 });
+                existing.push(net::Address {
+                    index: bridge.index,
+                    addr: want,
+                    scope: 0,
+                });
             }
             if gw.is_ipv4() {
                 v4 = true;
@@ -337,7 +441,11 @@ impl AddContext<'_> {
         }
         if let Some(index) = progress.bridge_created {
             // Only if nothing else joined it meanwhile.
-            let in_use = self.host.links().map(|ls| ls.iter().any(|l| l.master == Some(index))).unwrap_or(true);
+            let in_use = self
+                .host
+                .links()
+                .map(|ls| ls.iter().any(|l| l.master == Some(index)))
+                .unwrap_or(true);
             if !in_use {
                 let _ = self.host.delete_link(index);
             }
@@ -346,7 +454,9 @@ impl AddContext<'_> {
             if progress.spoofchk {
                 let _ = firewall::spoofchk_remove(self.host_veth);
             }
-            let _ = self.state.remove_record(&lock, &self.req.conf.name, self.host_veth);
+            let _ = self
+                .state
+                .remove_record(&lock, &self.req.conf.name, self.host_veth);
             let _ = firewall::release_if_unused(self.state, &lock, &self.req.conf.name);
         }
     }
@@ -354,12 +464,18 @@ impl AddContext<'_> {
 
 /// CHECK: everything the ADD result promises is still there.
 pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), Error> {
-    let ns_path = req.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
+    let ns_path = req
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
     let ns = Netns::open(ns_path).map_err(|e| Error::env("CNI_NETNS", e))?;
     let mut host = Handle::new().map_err(kernel)?;
     let mut cont = Handle::in_netns(&ns).map_err(kernel)?;
 
-    let ifconf::Checked { index_in_result: idx, link } = ifconf::check_interface(&mut cont, req, prev)?;
+    let ifconf::Checked {
+        index_in_result: idx,
+        link,
+    } = ifconf::check_interface(&mut cont, req, prev)?;
     let want = &prev.interfaces[idx];
 
     let bridge = host
@@ -373,14 +489,20 @@ pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), E
         .map_err(kernel)?
         .ok_or_else(|| missing(format!("host interface {host_veth} is missing")))?;
     if hv.master != Some(bridge.index) {
-        return Err(missing(format!("host interface {host_veth} is not attached to bridge {:?}", conf.bridge)));
+        return Err(missing(format!(
+            "host interface {host_veth} is not attached to bridge {:?}",
+            conf.bridge
+        )));
     }
     if conf.is_gateway {
         let br_addrs = host.addresses(Some(bridge.index)).map_err(kernel)?;
         for ip in prev.ips.iter().filter(|ip| ip.interface == Some(idx)) {
             if let Some(gw) = ip.gateway {
                 if !br_addrs.iter().any(|a| a.addr.addr() == gw) {
-                    return Err(missing(format!("gateway address {gw} is missing from bridge {:?}", conf.bridge)));
+                    return Err(missing(format!(
+                        "gateway address {gw} is missing from bridge {:?}",
+                        conf.bridge
+                    )));
                 }
             }
         }
@@ -390,7 +512,11 @@ pub fn check(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), E
     }
     if conf.macspoofchk {
         // The ADD result's MAC (already checked to be the link's above).
-        let mac = if want.mac.is_empty() { mac_string(&link) } else { want.mac.clone() };
+        let mac = if want.mac.is_empty() {
+            mac_string(&link)
+        } else {
+            want.mac.clone()
+        };
         if let Some(what) = firewall::spoofchk_missing(&host_veth, &mac)? {
             return Err(missing(what));
         }

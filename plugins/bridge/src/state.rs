@@ -84,7 +84,16 @@ impl Entry {
     fn record(self) -> Option<Record> {
         match self {
             Entry::Logged(line) => match serde_json::from_str(&line) {
-                Ok(Change::Add { container_id, ifname, bridge, .. }) => Some(Record { container_id, ifname, bridge }),
+                Ok(Change::Add {
+                    container_id,
+                    ifname,
+                    bridge,
+                    ..
+                }) => Some(Record {
+                    container_id,
+                    ifname,
+                    bridge,
+                }),
                 _ => None,
             },
             Entry::Legacy(rec) => rec,
@@ -144,7 +153,9 @@ pub struct RulesMarker {
 
 /// This boot's ID (random per boot, from the kernel).
 pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -167,7 +178,11 @@ impl State {
 
     /// The run dir, overridable with BERTH_RUN_DIR (tests use private ones).
     pub fn from_env() -> State {
-        State::new(std::env::var_os("BERTH_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into()))
+        State::new(
+            std::env::var_os("BERTH_RUN_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+        )
     }
 
     /// One lock for all networks and all berth processes on the host: the
@@ -200,11 +215,16 @@ impl State {
     fn load(&self, network: &str) -> Records {
         let mut live = BTreeMap::new();
         if let Ok(rd) = fs::read_dir(self.legacy_dir(network)) {
-            for name in rd.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+            for name in rd
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+            {
                 if name.starts_with('.') {
                     continue;
                 }
-                let rec = fs::read(self.legacy_dir(network).join(&name)).ok().and_then(|d| serde_json::from_slice(&d).ok());
+                let rec = fs::read(self.legacy_dir(network).join(&name))
+                    .ok()
+                    .and_then(|d| serde_json::from_slice(&d).ok());
                 live.insert(name, Entry::Legacy(rec));
             }
         }
@@ -238,19 +258,27 @@ impl State {
             .create(true)
             .open(&path)
             .map_err(|e| io_err("opening", &path, e))?;
-        let mut line = serde_json::to_vec(change).map_err(|e| Error::new(codes::IO, format!("encoding a record: {e}")))?;
+        let mut line = serde_json::to_vec(change)
+            .map_err(|e| Error::new(codes::IO, format!("encoding a record: {e}")))?;
         line.push(b'\n');
         // A writer killed mid-line left part of a line: cut it off, or
         // this change would be glued to it.
         let len = f.metadata().map_err(|e| io_err("reading", &path, e))?.len();
         let complete = end_of_last_line(&f, len).map_err(|e| io_err("reading", &path, e))?;
         if complete < len {
-            f.set_len(complete).map_err(|e| io_err("truncating", &path, e))?;
+            f.set_len(complete)
+                .map_err(|e| io_err("truncating", &path, e))?;
         }
         f.write_all(&line).map_err(|e| io_err("writing", &path, e))
     }
 
-    pub fn write_record(&self, _lock: &Lock, network: &str, host_veth: &str, rec: &Record) -> Result<(), Error> {
+    pub fn write_record(
+        &self,
+        _lock: &Lock,
+        network: &str,
+        host_veth: &str,
+        rec: &Record,
+    ) -> Result<(), Error> {
         let change = Change::Add {
             host_veth: host_veth.to_string(),
             container_id: rec.container_id.clone(),
@@ -274,7 +302,12 @@ impl State {
         if !self.log_path(network).exists() {
             return Ok(()); // nothing logged, nothing to cancel
         }
-        self.append(network, &Change::Del { host_veth: host_veth.to_string() })?;
+        self.append(
+            network,
+            &Change::Del {
+                host_veth: host_veth.to_string(),
+            },
+        )?;
         let records = self.load(network);
         if records.log_lines > 2 * records.live.len() + COMPACT_SLACK {
             self.compact(network, &records)?;
@@ -298,7 +331,11 @@ impl State {
     /// All records of a network: (host veth name, record; None if a legacy
     /// record file could not be read).
     pub fn records(&self, network: &str) -> Vec<(String, Option<Record>)> {
-        self.load(network).live.into_iter().map(|(host_veth, entry)| (host_veth, entry.record())).collect()
+        self.load(network)
+            .live
+            .into_iter()
+            .map(|(host_veth, entry)| (host_veth, entry.record()))
+            .collect()
     }
 
     /// True if the network still has an attachment.
@@ -309,7 +346,9 @@ impl State {
     /// The network's marker, if it was written in this boot.
     /// True if a network other than `network` has rules on `bridge`.
     pub fn bridge_used_by_others(&self, network: &str, bridge: &str) -> bool {
-        let Ok(rd) = fs::read_dir(&self.root) else { return false };
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return false;
+        };
         rd.flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n != network)
@@ -322,10 +361,18 @@ impl State {
         (m.boot_id == boot_id()).then_some(m)
     }
 
-    pub fn write_rules_marker(&self, _lock: &Lock, network: &str, m: &RulesMarker) -> Result<(), Error> {
+    pub fn write_rules_marker(
+        &self,
+        _lock: &Lock,
+        network: &str,
+        m: &RulesMarker,
+    ) -> Result<(), Error> {
         let dir = self.network_dir(network);
         fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
-        write_atomic(&dir.join("rules.json"), &serde_json::to_vec(m).unwrap_or_default())
+        write_atomic(
+            &dir.join("rules.json"),
+            &serde_json::to_vec(m).unwrap_or_default(),
+        )
     }
 
     /// Removes the marker and the network's directories once they are empty.
@@ -378,7 +425,11 @@ mod tests {
     use super::*;
 
     fn rec(n: u32) -> Record {
-        Record { container_id: format!("c{n}"), ifname: "eth0".into(), bridge: "b0".into() }
+        Record {
+            container_id: format!("c{n}"),
+            ifname: "eth0".into(),
+            bridge: "b0".into(),
+        }
     }
 
     /// The state of a test, under a fresh root (the lock is the host's
@@ -394,18 +445,29 @@ mod tests {
         let (state, root) = test_state("log");
         let lock = state.lock().unwrap();
         for n in 0..200 {
-            state.write_record(&lock, "n1", &format!("bv{n}"), &rec(n)).unwrap();
+            state
+                .write_record(&lock, "n1", &format!("bv{n}"), &rec(n))
+                .unwrap();
         }
         assert_eq!(state.read_record("n1", "bv7"), Some(rec(7)));
         for n in 0..190 {
             state.remove_record(&lock, "n1", &format!("bv{n}")).unwrap();
         }
         let left: Vec<String> = state.records("n1").into_iter().map(|(v, _)| v).collect();
-        assert_eq!(left, (190..200).map(|n| format!("bv{n}")).collect::<Vec<_>>());
+        assert_eq!(
+            left,
+            (190..200).map(|n| format!("bv{n}")).collect::<Vec<_>>()
+        );
         // 200 adds and 190 dels were written; compaction keeps the log
         // within the live records plus the slack.
-        let lines = fs::read_to_string(root.join("n1").join(LOG)).unwrap().lines().count();
-        assert!(lines <= 2 * 10 + COMPACT_SLACK + 1, "{lines} lines for 10 records");
+        let lines = fs::read_to_string(root.join("n1").join(LOG))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(
+            lines <= 2 * 10 + COMPACT_SLACK + 1,
+            "{lines} lines for 10 records"
+        );
         assert_eq!(state.read_record("n1", "bv195"), Some(rec(195)));
         for n in 190..200 {
             state.remove_record(&lock, "n1", &format!("bv{n}")).unwrap();
@@ -418,15 +480,29 @@ mod tests {
 
     #[test]
     fn written_lines_take_the_fast_path_and_others_still_parse() {
-        let add = Change::Add { host_veth: "bv12ab".into(), container_id: "c1".into(), ifname: "eth0".into(), bridge: "b0".into() };
+        let add = Change::Add {
+            host_veth: "bv12ab".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            bridge: "b0".into(),
+        };
         let line = serde_json::to_string(&add).unwrap();
-        assert!(line.starts_with(r#"{"op":"add","hostVeth":"bv12ab","#), "{line}");
+        assert!(
+            line.starts_with(r#"{"op":"add","hostVeth":"bv12ab","#),
+            "{line}"
+        );
         assert_eq!(line_head(&line), Some((true, "bv12ab".to_string())));
-        let del = serde_json::to_string(&Change::Del { host_veth: "bv12ab".into() }).unwrap();
+        let del = serde_json::to_string(&Change::Del {
+            host_veth: "bv12ab".into(),
+        })
+        .unwrap();
         assert_eq!(del, r#"{"op":"del","hostVeth":"bv12ab"}"#);
         assert_eq!(line_head(&del), Some((false, "bv12ab".to_string())));
         // Same content, another field order: serde's way.
-        assert_eq!(line_head(r#"{"hostVeth":"bv9","op":"del"}"#), Some((false, "bv9".to_string())));
+        assert_eq!(
+            line_head(r#"{"hostVeth":"bv9","op":"del"}"#),
+            Some((false, "bv9".to_string()))
+        );
         assert_eq!(line_head("garbage"), None);
     }
 
@@ -436,13 +512,20 @@ mod tests {
         let lock = state.lock().unwrap();
         state.write_record(&lock, "n1", "bv1", &rec(1)).unwrap();
         // A writer killed mid-line.
-        let mut f = fs::OpenOptions::new().append(true).open(root.join("n1").join(LOG)).unwrap();
-        f.write_all(br#"{"op":"add","hostVeth":"bv2","contai"#).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("n1").join(LOG))
+            .unwrap();
+        f.write_all(br#"{"op":"add","hostVeth":"bv2","contai"#)
+            .unwrap();
         assert_eq!(state.records("n1"), vec![("bv1".to_string(), Some(rec(1)))]);
         state.write_record(&lock, "n1", "bv3", &rec(3)).unwrap();
         assert_eq!(
             state.records("n1"),
-            vec![("bv1".to_string(), Some(rec(1))), ("bv3".to_string(), Some(rec(3)))]
+            vec![
+                ("bv1".to_string(), Some(rec(1))),
+                ("bv3".to_string(), Some(rec(3)))
+            ]
         );
         fs::remove_dir_all(&root).unwrap();
     }
@@ -458,7 +541,10 @@ mod tests {
         state.write_record(&lock, "n1", "bv2", &rec(2)).unwrap();
         assert_eq!(
             state.records("n1"),
-            vec![("bv1".to_string(), Some(rec(1))), ("bv2".to_string(), Some(rec(2)))]
+            vec![
+                ("bv1".to_string(), Some(rec(1))),
+                ("bv2".to_string(), Some(rec(2)))
+            ]
         );
         state.remove_record(&lock, "n1", "bv1").unwrap();
         assert!(!legacy.join("bv1").exists());
@@ -471,12 +557,20 @@ mod tests {
         let root = std::env::temp_dir().join(format!("berth-state-test-{}", std::process::id()));
         let state = State::new(&root);
         let net: IpNet = "10.9.0.0/24".parse().unwrap();
-        let marker = |boot: String| RulesMarker { bridge: "b0".into(), subnets: vec![net], boot_id: boot, isolation: true, uplinks: Vec::new() };
+        let marker = |boot: String| RulesMarker {
+            bridge: "b0".into(),
+            subnets: vec![net],
+            boot_id: boot,
+            isolation: true,
+            uplinks: Vec::new(),
+        };
         // Written directly: the lock only serialises writers, it doesn't
         // change what is read back.
         let dir = root.join("n1");
         fs::create_dir_all(&dir).unwrap();
-        let write = |m: &RulesMarker| fs::write(dir.join("rules.json"), serde_json::to_vec(m).unwrap()).unwrap();
+        let write = |m: &RulesMarker| {
+            fs::write(dir.join("rules.json"), serde_json::to_vec(m).unwrap()).unwrap()
+        };
 
         write(&marker(boot_id()));
         assert_eq!(state.rules_marker("n1"), Some(marker(boot_id())));

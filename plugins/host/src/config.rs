@@ -10,7 +10,8 @@ use net::MacvlanMode;
 use serde::Deserialize;
 use std::path::PathBuf;
 
-const MODES: &str = "none, host, device, macvlan (or a macvlan mode: bridge, private, vepa, passthru)";
+const MODES: &str =
+    "none, host, device, macvlan (or a macvlan mode: bridge, private, vepa, passthru)";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
@@ -97,8 +98,21 @@ struct Raw {
     bcqueuelen: Option<i64>,
 }
 
-const DEVICE_KEYS: &[&str] = &["device", "hwaddr", "kernelpath", "pciBusID", "allowDefaultRoute"];
-const MACVLAN_KEYS: &[&str] = &["master", "macvlanMode", "mtu", "mac", "linkInContainer", "bcqueuelen"];
+const DEVICE_KEYS: &[&str] = &[
+    "device",
+    "hwaddr",
+    "kernelpath",
+    "pciBusID",
+    "allowDefaultRoute",
+];
+const MACVLAN_KEYS: &[&str] = &[
+    "master",
+    "macvlanMode",
+    "mtu",
+    "mac",
+    "linkInContainer",
+    "bcqueuelen",
+];
 
 fn macvlan_mode(field: &str, s: &str) -> Option<Result<MacvlanMode, Error>> {
     let m = match s {
@@ -108,7 +122,10 @@ fn macvlan_mode(field: &str, s: &str) -> Option<Result<MacvlanMode, Error>> {
         "passthru" => MacvlanMode::Passthru,
         "" if field == "macvlanMode" => MacvlanMode::Bridge,
         _ if field == "macvlanMode" => {
-            return Some(Err(Error::config(field, format!("{s:?}: expected bridge, private, vepa or passthru"))))
+            return Some(Err(Error::config(
+                field,
+                format!("{s:?}: expected bridge, private, vepa or passthru"),
+            )))
         }
         _ => return None,
     };
@@ -124,7 +141,12 @@ pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
     if name.len() > 15 {
         return bad("is longer than 15 bytes");
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return bad("is not a valid interface name");
     }
     Ok(())
@@ -132,8 +154,12 @@ pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
 
 impl HostConf {
     pub fn parse(req: &Request) -> Result<HostConf, Error> {
-        let raw: Raw = cni::gojson::from_value(&req.conf.raw)
-            .map_err(|e| Error::new(cni::codes::INVALID_CONFIG, format!("berth-host config: {e}")))?;
+        let raw: Raw = cni::gojson::from_value(&req.conf.raw).map_err(|e| {
+            Error::new(
+                cni::codes::INVALID_CONFIG,
+                format!("berth-host config: {e}"),
+            )
+        })?;
         let present = |key: &str| req.conf.key(key).is_some();
         let mode_str = raw
             .mode
@@ -146,7 +172,12 @@ impl HostConf {
             "macvlan" => Mode::Macvlan(macvlan_conf(req, &raw, None)?),
             other => match macvlan_mode("mode", other) {
                 Some(m) => Mode::Macvlan(macvlan_conf(req, &raw, Some(m?))?),
-                None => return Err(Error::config("mode", format!("unknown mode {other:?}; expected one of {MODES}"))),
+                None => {
+                    return Err(Error::config(
+                        "mode",
+                        format!("unknown mode {other:?}; expected one of {MODES}"),
+                    ))
+                }
             },
         };
         let own_keys: &[&str] = match mode {
@@ -156,15 +187,25 @@ impl HostConf {
         };
         for key in DEVICE_KEYS.iter().chain(MACVLAN_KEYS) {
             if present(key) && !own_keys.contains(key) {
-                return Err(Error::config(key, format!("not used in mode {}", mode.name())));
+                return Err(Error::config(
+                    key,
+                    format!("not used in mode {}", mode.name()),
+                ));
             }
         }
         let ipam_type = ifconf::ipam_type(&req.conf)?;
         if ipam_type.is_some() && matches!(mode, Mode::None | Mode::Host) {
-            return Err(Error::config("ipam", format!("not used in mode {}", mode.name())));
+            return Err(Error::config(
+                "ipam",
+                format!("not used in mode {}", mode.name()),
+            ));
         }
         req.args.check_known(&["MAC"])?;
-        Ok(HostConf { mode, ipam_type, dns: ifconf::dns(&req.conf)? })
+        Ok(HostConf {
+            mode,
+            ipam_type,
+            dns: ifconf::dns(&req.conf)?,
+        })
     }
 }
 
@@ -179,7 +220,10 @@ fn device_conf(req: &Request, raw: &Raw) -> Result<DeviceConf, Error> {
     .filter_map(|(k, set)| set.then_some(k))
     .collect();
     if given.len() > 1 {
-        return Err(Error::config(given[1], format!("give only one of {}", given.join(", "))));
+        return Err(Error::config(
+            given[1],
+            format!("give only one of {}", given.join(", ")),
+        ));
     }
     let selector = if let Some(name) = &raw.device {
         check_ifname("device", name)?;
@@ -188,7 +232,10 @@ fn device_conf(req: &Request, raw: &Raw) -> Result<DeviceConf, Error> {
         DeviceSelector::Mac(ifconf::parse_mac("hwaddr", mac)?)
     } else if let Some(path) = &raw.kernelpath {
         if !path.starts_with("/sys/devices/") || path.contains("/../") || path.ends_with("/..") {
-            return Err(Error::config("kernelpath", format!("{path:?} must be an absolute path under /sys/devices/")));
+            return Err(Error::config(
+                "kernelpath",
+                format!("{path:?} must be an absolute path under /sys/devices/"),
+            ));
         }
         DeviceSelector::KernelPath(PathBuf::from(path))
     } else if let Some(id) = runtime_device_id(req)? {
@@ -203,13 +250,19 @@ fn device_conf(req: &Request, raw: &Raw) -> Result<DeviceConf, Error> {
             "missing; device mode needs one of device, hwaddr, kernelpath, pciBusID or runtimeConfig.deviceID",
         ));
     };
-    Ok(DeviceConf { selector, allow_default_route: raw.allow_default_route })
+    Ok(DeviceConf {
+        selector,
+        allow_default_route: raw.allow_default_route,
+    })
 }
 
 /// A bus address is one path component under /sys/bus/*/devices.
 fn check_bus_id(field: &str, id: &str) -> Result<(), Error> {
     if id.is_empty() || id.contains('/') || id == "." || id == ".." {
-        return Err(Error::config(field, format!("{id:?} is not a device address")));
+        return Err(Error::config(
+            field,
+            format!("{id:?} is not a device address"),
+        ));
     }
     Ok(())
 }
@@ -217,27 +270,47 @@ fn check_bus_id(field: &str, id: &str) -> Result<(), Error> {
 /// `runtimeConfig.deviceID` (the `deviceID` capability): a PCI address, or
 /// an auxiliary-bus device, whichever exists.
 fn runtime_device_id(req: &Request) -> Result<Option<DeviceSelector>, Error> {
-    let Some(v) = req.conf.runtime("deviceID") else { return Ok(None) };
+    let Some(v) = req.conf.runtime("deviceID") else {
+        return Ok(None);
+    };
     let field = "runtimeConfig.deviceID";
-    let id = v.as_str().ok_or_else(|| Error::config(field, "expected a string"))?;
+    let id = v
+        .as_str()
+        .ok_or_else(|| Error::config(field, "expected a string"))?;
     check_bus_id(field, id)?;
-    if std::path::Path::new("/sys/bus/pci/devices").join(id).exists() {
+    if std::path::Path::new("/sys/bus/pci/devices")
+        .join(id)
+        .exists()
+    {
         Ok(Some(DeviceSelector::Pci(id.to_string())))
-    } else if std::path::Path::new("/sys/bus/auxiliary/devices").join(id).exists() {
+    } else if std::path::Path::new("/sys/bus/auxiliary/devices")
+        .join(id)
+        .exists()
+    {
         Ok(Some(DeviceSelector::Auxiliary(id.to_string())))
     } else {
-        Err(Error::config(field, format!("no PCI or auxiliary device {id:?}")))
+        Err(Error::config(
+            field,
+            format!("no PCI or auxiliary device {id:?}"),
+        ))
     }
 }
 
-fn macvlan_conf(req: &Request, raw: &Raw, from_mode: Option<MacvlanMode>) -> Result<MacvlanConf, Error> {
+fn macvlan_conf(
+    req: &Request,
+    raw: &Raw,
+    from_mode: Option<MacvlanMode>,
+) -> Result<MacvlanConf, Error> {
     let given = match raw.macvlan_mode.as_deref() {
         None => None,
         Some(s) => macvlan_mode("macvlanMode", s).transpose()?,
     };
     let mode = match (from_mode, given) {
         (Some(a), Some(b)) if a != b => {
-            return Err(Error::config("macvlanMode", "contradicts the macvlan mode given in \"mode\""))
+            return Err(Error::config(
+                "macvlanMode",
+                "contradicts the macvlan mode given in \"mode\"",
+            ))
         }
         (a, b) => a.or(b).unwrap_or(MacvlanMode::Bridge),
     };
@@ -258,9 +331,20 @@ fn macvlan_conf(req: &Request, raw: &Raw, from_mode: Option<MacvlanMode>) -> Res
     // args.cni.mac and runtimeConfig.mac, each overriding the one before.
     let mac = match ifconf::container_mac(req)? {
         Some(m) => Some(m),
-        None => raw.mac.as_deref().map(|m| ifconf::parse_mac("mac", m)).transpose()?,
+        None => raw
+            .mac
+            .as_deref()
+            .map(|m| ifconf::parse_mac("mac", m))
+            .transpose()?,
     };
-    Ok(MacvlanConf { master: raw.master.clone(), mode, mtu, mac, link_in_container: raw.link_in_container, bc_queue_len })
+    Ok(MacvlanConf {
+        master: raw.master.clone(),
+        mode,
+        mtu,
+        mac,
+        link_in_container: raw.link_in_container,
+        bc_queue_len,
+    })
 }
 
 #[cfg(test)]
@@ -298,20 +382,38 @@ mod tests {
     fn modes_and_their_keys() {
         assert_eq!(parse(json!({"mode": "none"}), "").unwrap().mode, Mode::None);
         assert_eq!(parse(json!({"mode": "host"}), "").unwrap().mode, Mode::Host);
-        let d = parse(json!({"mode": "device", "hwaddr": "02:00:00:00:00:0a", "allowDefaultRoute": true}), "").unwrap();
+        let d = parse(
+            json!({"mode": "device", "hwaddr": "02:00:00:00:00:0a", "allowDefaultRoute": true}),
+            "",
+        )
+        .unwrap();
         assert_eq!(
             d.mode,
-            Mode::Device(DeviceConf { selector: DeviceSelector::Mac([2, 0, 0, 0, 0, 10]), allow_default_route: true })
+            Mode::Device(DeviceConf {
+                selector: DeviceSelector::Mac([2, 0, 0, 0, 0, 10]),
+                allow_default_route: true
+            })
         );
-        let Mode::Macvlan(m) = parse(json!({"mode": "macvlan", "master": "eth1", "mtu": 1400}), "").unwrap().mode else {
+        let Mode::Macvlan(m) = parse(
+            json!({"mode": "macvlan", "master": "eth1", "mtu": 1400}),
+            "",
+        )
+        .unwrap()
+        .mode
+        else {
             panic!("not macvlan")
         };
-        assert_eq!((m.master.as_deref(), m.mode, m.mtu), (Some("eth1"), MacvlanMode::Bridge, Some(1400)));
+        assert_eq!(
+            (m.master.as_deref(), m.mode, m.mtu),
+            (Some("eth1"), MacvlanMode::Bridge, Some(1400))
+        );
     }
 
     #[test]
     fn a_macvlan_mode_in_mode_means_macvlan() {
-        let Mode::Macvlan(m) = parse(json!({"mode": "private"}), "").unwrap().mode else { panic!("not macvlan") };
+        let Mode::Macvlan(m) = parse(json!({"mode": "private"}), "").unwrap().mode else {
+            panic!("not macvlan")
+        };
         assert_eq!(m.mode, MacvlanMode::Private);
         let e = err(json!({"mode": "private", "macvlanMode": "vepa"}));
         assert!(e.msg.starts_with("macvlanMode:"), "{}", e.msg);
@@ -325,9 +427,15 @@ mod tests {
         };
         let conf_mac = json!({"mode": "macvlan", "mac": "02:00:00:00:00:01"});
         assert_eq!(mac(conf_mac.clone(), ""), Some([2, 0, 0, 0, 0, 1]));
-        assert_eq!(mac(conf_mac, "MAC=02:00:00:00:00:02"), Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(
+            mac(conf_mac, "MAC=02:00:00:00:00:02"),
+            Some([2, 0, 0, 0, 0, 2])
+        );
         let with_runtime = json!({"mode": "macvlan", "mac": "02:00:00:00:00:01", "runtimeConfig": {"mac": "02:00:00:00:00:03"}});
-        assert_eq!(mac(with_runtime, "MAC=02:00:00:00:00:02"), Some([2, 0, 0, 0, 0, 3]));
+        assert_eq!(
+            mac(with_runtime, "MAC=02:00:00:00:00:02"),
+            Some([2, 0, 0, 0, 0, 3])
+        );
     }
 
     #[test]
@@ -336,17 +444,35 @@ mod tests {
             (json!({}), "mode:"),
             (json!({"mode": "bridge0"}), "mode:"),
             (json!({"mode": "device"}), "device:"),
-            (json!({"mode": "device", "device": "eth0", "kernelpath": "/sys/devices/x"}), "kernelpath:"),
-            (json!({"mode": "device", "device": "sixteen-bytes-xx"}), "device:"),
+            (
+                json!({"mode": "device", "device": "eth0", "kernelpath": "/sys/devices/x"}),
+                "kernelpath:",
+            ),
+            (
+                json!({"mode": "device", "device": "sixteen-bytes-xx"}),
+                "device:",
+            ),
             (json!({"mode": "device", "device": "a/b"}), "device:"),
-            (json!({"mode": "device", "kernelpath": "/sys/devices/../../etc"}), "kernelpath:"),
+            (
+                json!({"mode": "device", "kernelpath": "/sys/devices/../../etc"}),
+                "kernelpath:",
+            ),
             (json!({"mode": "device", "pciBusID": "../x"}), "pciBusID:"),
-            (json!({"mode": "device", "hwaddr": "01:00:00:00:00:01"}), "hwaddr:"),
+            (
+                json!({"mode": "device", "hwaddr": "01:00:00:00:00:01"}),
+                "hwaddr:",
+            ),
             (json!({"mode": "macvlan", "mtu": 10}), "mtu:"),
-            (json!({"mode": "macvlan", "macvlanMode": "loud"}), "macvlanMode:"),
+            (
+                json!({"mode": "macvlan", "macvlanMode": "loud"}),
+                "macvlanMode:",
+            ),
             (json!({"mode": "macvlan", "device": "eth1"}), "device:"),
             (json!({"mode": "host", "master": "eth1"}), "master:"),
-            (json!({"mode": "none", "ipam": {"type": "berth-ipam"}}), "ipam:"),
+            (
+                json!({"mode": "none", "ipam": {"type": "berth-ipam"}}),
+                "ipam:",
+            ),
             (json!({"mode": "macvlan", "ipam": {}}), "ipam.type:"),
         ];
         for (extra, field) in cases {

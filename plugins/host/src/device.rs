@@ -20,8 +20,8 @@
 //! nothing to restore, and its record is dropped.
 
 use crate::config::{DeviceConf, DeviceSelector, HostConf};
-use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
 use crate::state::{boot_id, Record, SavedDevice, SavedRoute, State};
+use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
 use cni::{codes, CniResult, Command, Error, Request};
 use ifconf::{check_failed, ipam, kernel};
 use net::{AddressOptions, Handle, Link, Netns};
@@ -31,7 +31,12 @@ use std::time::{Duration, Instant};
 /// RT_SCOPE_LINK: IPv6 link-local addresses come back by themselves.
 const SCOPE_LINK: u8 = 253;
 
-pub fn add(req: &Request, conf: &HostConf, dev: &DeviceConf, ns: &Netns) -> Result<CniResult, Error> {
+pub fn add(
+    req: &Request,
+    conf: &HostConf,
+    dev: &DeviceConf,
+    ns: &Netns,
+) -> Result<CniResult, Error> {
     let network = &req.conf.name;
     let mut host = Handle::new().map_err(kernel)?;
     let mut cont = Handle::in_netns(ns).map_err(kernel)?;
@@ -42,12 +47,18 @@ pub fn add(req: &Request, conf: &HostConf, dev: &DeviceConf, ns: &Netns) -> Resu
     let lock = state.lock()?;
     let link = find_link(&mut host, &dev.selector, &state)?;
     if link.name == "lo" {
-        return Err(Error::config(selector_field(&dev.selector), "the loopback device cannot be moved"));
+        return Err(Error::config(
+            selector_field(&dev.selector),
+            "the loopback device cannot be moved",
+        ));
     }
     if !dev.allow_default_route && carries_default_route(&mut host, link.index)? {
         return Err(Error::config(
             selector_field(&dev.selector),
-            format!("{:?} carries the host's default route; set allowDefaultRoute to move it anyway", link.name),
+            format!(
+                "{:?} carries the host's default route; set allowDefaultRoute to move it anyway",
+                link.name
+            ),
         ));
     }
     let addresses = host
@@ -62,7 +73,11 @@ pub fn add(req: &Request, conf: &HostConf, dev: &DeviceConf, ns: &Netns) -> Resu
         .map_err(kernel)?
         .into_iter()
         .filter(|r| r.oif == Some(link.index) && r.table.is_none() && !r.kernel_made)
-        .map(|r| SavedRoute { dst: r.dst, gateway: r.gateway, metric: r.priority })
+        .map(|r| SavedRoute {
+            dst: r.dst,
+            gateway: r.gateway,
+            metric: r.priority,
+        })
         .collect();
     let saved = SavedDevice {
         name: link.name.clone(),
@@ -84,7 +99,9 @@ pub fn add(req: &Request, conf: &HostConf, dev: &DeviceConf, ns: &Netns) -> Resu
         device: Some(saved),
     };
     state.write(&lock, network, &rec)?;
-    let moved = host.move_link(link.index, ns, &req.ifname, Some(&link.name)).map_err(kernel);
+    let moved = host
+        .move_link(link.index, ns, &req.ifname, Some(&link.name))
+        .map_err(kernel);
     drop(lock);
     let configured = moved.and_then(|()| configure_interface(req, conf, ns, &mut cont));
     finish_or_undo(req, conf, configured, || release(&state, network, &rec))
@@ -101,7 +118,11 @@ fn selector_field(s: &DeviceSelector) -> &'static str {
 
 /// The name of the first link under a sysfs device's `net/` directory.
 fn sysfs_net_name(dir: &Path) -> Option<String> {
-    std::fs::read_dir(dir.join("net")).ok()?.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).min()
+    std::fs::read_dir(dir.join("net"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .min()
 }
 
 /// A PCI device's link; virtio devices keep it one level down.
@@ -120,19 +141,40 @@ fn find_link(host: &mut Handle, selector: &DeviceSelector, state: &State) -> Res
     let field = selector_field(selector);
     let found = match selector {
         DeviceSelector::Name(n) => host.link_by_name(n).map_err(kernel)?,
-        DeviceSelector::Mac(m) => host.links().map_err(kernel)?.into_iter().find(|l| l.mac.as_ref() == Some(m)),
+        DeviceSelector::Mac(m) => host
+            .links()
+            .map_err(kernel)?
+            .into_iter()
+            .find(|l| l.mac.as_ref() == Some(m)),
         DeviceSelector::KernelPath(p) => match sysfs_net_name(p) {
             Some(n) => host.link_by_name(&n).map_err(kernel)?,
-            None => return Err(Error::config(field, format!("no network interface under {}", p.display()))),
+            None => {
+                return Err(Error::config(
+                    field,
+                    format!("no network interface under {}", p.display()),
+                ))
+            }
         },
         DeviceSelector::Pci(id) => match pci_net_name(id) {
             Some(n) => host.link_by_name(&n).map_err(kernel)?,
-            None => return Err(Error::config(field, format!("no network interface under PCI device {id}"))),
+            None => {
+                return Err(Error::config(
+                    field,
+                    format!("no network interface under PCI device {id}"),
+                ))
+            }
         },
-        DeviceSelector::Auxiliary(id) => match sysfs_net_name(&Path::new("/sys/bus/auxiliary/devices").join(id)) {
-            Some(n) => host.link_by_name(&n).map_err(kernel)?,
-            None => return Err(Error::config(field, format!("no network interface under auxiliary device {id}"))),
-        },
+        DeviceSelector::Auxiliary(id) => {
+            match sysfs_net_name(&Path::new("/sys/bus/auxiliary/devices").join(id)) {
+                Some(n) => host.link_by_name(&n).map_err(kernel)?,
+                None => {
+                    return Err(Error::config(
+                        field,
+                        format!("no network interface under auxiliary device {id}"),
+                    ))
+                }
+            }
+        }
     };
     if let Some(l) = found {
         return Ok(l);
@@ -153,12 +195,17 @@ fn find_link(host: &mut Handle, selector: &DeviceSelector, state: &State) -> Res
             ));
         }
     }
-    Err(Error::config(field, format!("no link {what} in the host's network namespace")))
+    Err(Error::config(
+        field,
+        format!("no link {what} in the host's network namespace"),
+    ))
 }
 
 fn carries_default_route(host: &mut Handle, index: u32) -> Result<bool, Error> {
     let routes = host.routes().map_err(kernel)?;
-    Ok(routes.iter().any(|r| r.dst.prefix_len() == 0 && r.oif == Some(index) && r.table.is_none()))
+    Ok(routes
+        .iter()
+        .any(|r| r.dst.prefix_len() == 0 && r.oif == Some(index) && r.table.is_none()))
 }
 
 pub fn del(req: &Request, conf: &HostConf) -> Result<(), Error> {
@@ -196,7 +243,12 @@ pub fn release(state: &State, network: &str, rec: &Record) -> Result<(), Error> 
 
 /// Puts the device back as it was and drops the record; the record stays
 /// if that fails, so a retried DEL or a GC tries again.
-fn restore_and_forget(state: &State, network: &str, rec: &Record, ns: Option<&Netns>) -> Result<(), Error> {
+fn restore_and_forget(
+    state: &State,
+    network: &str,
+    rec: &Record,
+    ns: Option<&Netns>,
+) -> Result<(), Error> {
     // A record from another boot describes a link the reboot returned.
     if rec.is_current() {
         if let Some(saved) = &rec.device {
@@ -221,9 +273,13 @@ fn restore(saved: &SavedDevice, ifname: &str, ns: Option<&Netns>) -> Result<(), 
         if let Some(link) = link {
             let host_ns = Netns::current().map_err(kernel)?;
             let alias = saved.alias.as_deref().unwrap_or("");
-            cont.move_link(link.index, &host_ns, &saved.name, Some(alias)).map_err(|e| {
-                Error::new(codes::KERNEL, format!("moving {ifname} back to the host as {:?}: {e}", saved.name))
-            })?;
+            cont.move_link(link.index, &host_ns, &saved.name, Some(alias))
+                .map_err(|e| {
+                    Error::new(
+                        codes::KERNEL,
+                        format!("moving {ifname} back to the host as {:?}: {e}", saved.name),
+                    )
+                })?;
             moved_back = true;
         }
     }
@@ -239,11 +295,15 @@ fn restore(saved: &SavedDevice, ifname: &str, ns: Option<&Netns>) -> Result<(), 
     if link.name != saved.name {
         host.set_down(link.index).map_err(kernel)?;
         host.set_name(link.index, &saved.name).map_err(|e| {
-            Error::new(codes::KERNEL, format!("renaming {} back to {:?}: {e}", link.name, saved.name))
+            Error::new(
+                codes::KERNEL,
+                format!("renaming {} back to {:?}: {e}", link.name, saved.name),
+            )
         })?;
     }
     if link.alias.as_deref() == Some(saved.name.as_str()) {
-        host.set_alias(link.index, saved.alias.as_deref().unwrap_or("")).map_err(kernel)?;
+        host.set_alias(link.index, saved.alias.as_deref().unwrap_or(""))
+            .map_err(kernel)?;
     }
     if link.mtu != saved.mtu {
         host.set_mtu(link.index, saved.mtu).map_err(kernel)?;
@@ -285,7 +345,8 @@ fn find_returned(host: &mut Handle, saved: &SavedDevice) -> Result<Option<Link>,
     let deadline = Instant::now() + RETURN_WAIT;
     loop {
         let found = host.links().map_err(kernel)?.into_iter().find(|l| {
-            l.alias.as_deref() == Some(saved.name.as_str()) || (l.name == saved.name && l.index == saved.index)
+            l.alias.as_deref() == Some(saved.name.as_str())
+                || (l.name == saved.name && l.index == saved.index)
         });
         if found.is_some() || saved.virtual_link {
             return Ok(found);
@@ -293,7 +354,10 @@ fn find_returned(host: &mut Handle, saved: &SavedDevice) -> Result<Option<Link>,
         if Instant::now() >= deadline {
             return Err(Error::new(
                 codes::TRY_AGAIN,
-                format!("physical device {:?} is neither in the container nor back on the host yet", saved.name),
+                format!(
+                    "physical device {:?} is neither in the container nor back on the host yet",
+                    saved.name
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -307,10 +371,18 @@ pub fn check(req: &Request, ns: &Netns, prev: &CniResult) -> Result<(), Error> {
     let rec = state
         .read(&req.conf.name, &req.container_id, &req.ifname)
         .filter(Record::is_current)
-        .ok_or_else(|| check_failed(format!("no record of container {} ifname {:?}", req.container_id, req.ifname)))?;
+        .ok_or_else(|| {
+            check_failed(format!(
+                "no record of container {} ifname {:?}",
+                req.container_id, req.ifname
+            ))
+        })?;
     let name = rec.device.map(|d| d.name).unwrap_or_default();
     if checked.link.alias.as_deref() != Some(name.as_str()) {
-        return Err(check_failed(format!("{:?} is not host device {name:?} (its alias is {:?})", req.ifname, checked.link.alias)));
+        return Err(check_failed(format!(
+            "{:?} is not host device {name:?} (its alias is {:?})",
+            req.ifname, checked.link.alias
+        )));
     }
     Ok(())
 }

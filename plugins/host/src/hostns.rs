@@ -13,12 +13,18 @@ use net::{Handle, Netns};
 const SCOPE_LINK: u8 = 253;
 
 fn host_netns(req: &Request) -> Result<Netns, Error> {
-    let path = req.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
+    let path = req
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
     let ns = Netns::open(path).map_err(|e| Error::env("CNI_NETNS", e))?;
     if !is_host_netns(&ns)? {
         return Err(Error::env(
             "CNI_NETNS",
-            format!("{} is not the host's network namespace, which mode host requires", path.display()),
+            format!(
+                "{} is not the host's network namespace, which mode host requires",
+                path.display()
+            ),
         ));
     }
     Ok(ns)
@@ -32,9 +38,15 @@ pub fn add(req: &Request) -> Result<CniResult, Error> {
     let addrs = h.addresses(None).map_err(kernel)?;
     // Loopback last: runtimes take the first address as the container's.
     links.sort_by_key(|l| (l.name == "lo", l.index));
-    let mut result = CniResult { cni_version: req.result_version(), ..Default::default() };
+    let mut result = CniResult {
+        cni_version: req.result_version(),
+        ..Default::default()
+    };
     for link in links {
-        let mut own: Vec<_> = addrs.iter().filter(|a| a.index == link.index && a.scope != SCOPE_LINK).collect();
+        let mut own: Vec<_> = addrs
+            .iter()
+            .filter(|a| a.index == link.index && a.scope != SCOPE_LINK)
+            .collect();
         if own.is_empty() {
             continue;
         }
@@ -48,7 +60,11 @@ pub fn add(req: &Request) -> Result<CniResult, Error> {
             sandbox: sandbox.clone(),
             ..Default::default()
         });
-        result.ips.extend(own.into_iter().map(|a| IpConfig { address: a.addr, gateway: None, interface: Some(idx) }));
+        result.ips.extend(own.into_iter().map(|a| IpConfig {
+            address: a.addr,
+            gateway: None,
+            interface: Some(idx),
+        }));
     }
     Ok(result)
 }
@@ -57,6 +73,7 @@ pub fn add(req: &Request) -> Result<CniResult, Error> {
 /// CHECK needs the ADD's result, as in every other mode (the runtime
 /// always passes it); the namespace must still be the host's.
 pub fn check(req: &Request) -> Result<(), Error> {
-    req.prev_result()?.ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
+    req.prev_result()?
+        .ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
     host_netns(req).map(|_| ())
 }

@@ -32,13 +32,18 @@ fn ns_identity(path: &str) -> Option<(u64, u64)> {
 /// a runtime is itself containerised).
 pub fn is_host_netns(ns: &Netns) -> Result<bool, Error> {
     let id = ns.identity().map_err(kernel)?;
-    Ok(["/proc/self/ns/net", "/proc/1/ns/net"].iter().any(|p| ns_identity(p) == Some(id)))
+    Ok(["/proc/self/ns/net", "/proc/1/ns/net"]
+        .iter()
+        .any(|p| ns_identity(p) == Some(id)))
 }
 
 /// CNI_NETNS for the modes that configure a container's own namespace:
 /// present, a network namespace, and not the host's.
 fn container_netns(req: &Request, mode: &Mode) -> Result<Netns, Error> {
-    let path = req.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
+    let path = req
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::env("CNI_NETNS", "missing"))?;
     let ns = Netns::open(path).map_err(|e| Error::env("CNI_NETNS", e))?;
     if is_host_netns(&ns)? {
         return Err(Error::env(
@@ -56,12 +61,20 @@ fn container_netns(req: &Request, mode: &Mode) -> Result<Netns, Error> {
 /// CNI_NETNS for DEL and GC, which must work when the namespace is gone:
 /// None if it is unset or no longer exists; an error if it is the host's,
 /// so a DEL can never reconfigure the host.
-fn existing_container_netns(path: Option<&std::path::Path>, mode: &str) -> Result<Option<Netns>, Error> {
-    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else { return Ok(None) };
+fn existing_container_netns(
+    path: Option<&std::path::Path>,
+    mode: &str,
+) -> Result<Option<Netns>, Error> {
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
     match Netns::open(path) {
         Ok(ns) if is_host_netns(&ns)? => Err(Error::env(
             "CNI_NETNS",
-            format!("{} is the host's network namespace, not a container's (mode {mode})", path.display()),
+            format!(
+                "{} is the host's network namespace, not a container's (mode {mode})",
+                path.display()
+            ),
         )),
         Ok(ns) => Ok(Some(ns)),
         // Gone already (ENOENT), or its mount point left without a namespace.
@@ -75,7 +88,11 @@ fn ensure_ifname_free(cont: &mut Handle, req: &Request, ns: &Netns) -> Result<()
     if cont.link_by_name(&req.ifname).map_err(kernel)?.is_some() {
         return Err(Error::new(
             codes::ALREADY_EXISTS,
-            format!("CNI_IFNAME: interface {:?} already exists in {}", req.ifname, ns.path().display()),
+            format!(
+                "CNI_IFNAME: interface {:?} already exists in {}",
+                req.ifname,
+                ns.path().display()
+            ),
         ));
     }
     Ok(())
@@ -85,12 +102,25 @@ fn ensure_ifname_free(cont: &mut Handle, req: &Request, ns: &Netns) -> Result<()
 /// addresses and routes from IPAM on it, or just up without IPAM, and the
 /// result naming it. Duplicate address detection stays on: device and
 /// macvlan links sit on real segments shared with other hosts.
-fn configure_interface(req: &Request, conf: &HostConf, ns: &Netns, cont: &mut Handle) -> Result<CniResult, Error> {
+fn configure_interface(
+    req: &Request,
+    conf: &HostConf,
+    ns: &Netns,
+    cont: &mut Handle,
+) -> Result<CniResult, Error> {
     let link = cont
         .link_by_name(&req.ifname)
         .map_err(kernel)?
-        .ok_or_else(|| Error::new(codes::KERNEL, format!("{} vanished from {}", req.ifname, ns.path().display())))?;
-    let mut result = CniResult { cni_version: req.result_version(), ..Default::default() };
+        .ok_or_else(|| {
+            Error::new(
+                codes::KERNEL,
+                format!("{} vanished from {}", req.ifname, ns.path().display()),
+            )
+        })?;
+    let mut result = CniResult {
+        cni_version: req.result_version(),
+        ..Default::default()
+    };
     match &conf.ipam_type {
         Some(t) => {
             let r = ipam::add(t, req)?;
@@ -153,7 +183,10 @@ impl LoopbackPlugin {
         match req.conf.key("mode") {
             None => Ok(()),
             Some(m) if m == "none" => Ok(()),
-            Some(m) => Err(Error::config("mode", format!("{m}: the loopback plugin only sets up lo (mode \"none\")"))),
+            Some(m) => Err(Error::config(
+                "mode",
+                format!("{m}: the loopback plugin only sets up lo (mode \"none\")"),
+            )),
         }
     }
 }
@@ -166,7 +199,10 @@ impl Plugin for LoopbackPlugin {
 
     fn del(&self, req: &Request) -> Result<(), Error> {
         Self::check_mode(req)?;
-        loopback::del(existing_container_netns(req.netns.as_deref(), Mode::None.name())?)
+        loopback::del(existing_container_netns(
+            req.netns.as_deref(),
+            Mode::None.name(),
+        )?)
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
@@ -189,7 +225,10 @@ impl Plugin for LoopbackPlugin {
     }
 
     fn about(&self) -> String {
-        format!("berth loopback {}: lo up in the container (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+        format!(
+            "berth loopback {}: lo up in the container (CNI 0.1.0 - 1.1.0)",
+            env!("CARGO_PKG_VERSION")
+        )
     }
 }
 
@@ -207,7 +246,10 @@ impl Plugin for HostPlugin {
     fn del(&self, req: &Request) -> Result<(), Error> {
         let conf = HostConf::parse(req)?;
         match &conf.mode {
-            Mode::None => loopback::del(existing_container_netns(req.netns.as_deref(), conf.mode.name())?),
+            Mode::None => loopback::del(existing_container_netns(
+                req.netns.as_deref(),
+                conf.mode.name(),
+            )?),
             // The container used the host's namespace; nothing was made.
             Mode::Host => Ok(()),
             Mode::Device(_) => device::del(req, &conf),
@@ -222,9 +264,9 @@ impl Plugin for HostPlugin {
             Mode::Host => hostns::check(req),
             Mode::Device(_) | Mode::Macvlan(_) => {
                 let ns = container_netns(req, &conf.mode)?;
-                let prev = req
-                    .prev_result()?
-                    .ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
+                let prev = req.prev_result()?.ok_or_else(|| {
+                    Error::config("prevResult", "CHECK needs the ADD result as prevResult")
+                })?;
                 ipam_forward(&conf, Command::Check, req)?;
                 match &conf.mode {
                     Mode::Device(_) => device::check(req, &ns, &prev),
@@ -250,13 +292,19 @@ impl Plugin for HostPlugin {
         let valid = req.conf.valid_attachments.clone().unwrap_or_default();
         let state = state::State::from_env();
         for rec in state.records(&req.conf.name) {
-            if valid.iter().any(|a| a.container_id == rec.container_id && a.ifname == rec.ifname) {
+            if valid
+                .iter()
+                .any(|a| a.container_id == rec.container_id && a.ifname == rec.ifname)
+            {
                 continue;
             }
             let undone = match rec.mode.as_str() {
                 "device" => device::release(&state, &req.conf.name, &rec),
                 "macvlan" => macvlan::release(&state, &req.conf.name, &rec),
-                other => Err(Error::new(codes::STORE, format!("record of {} has unknown mode {other:?}", rec.container_id))),
+                other => Err(Error::new(
+                    codes::STORE,
+                    format!("record of {} has unknown mode {other:?}", rec.container_id),
+                )),
             };
             if let Err(e) = undone {
                 errors.push(e);

@@ -22,18 +22,28 @@ pub fn add(req: &Request, ns: &Netns) -> Result<CniResult, Error> {
     // Bringing lo up makes the kernel add 127.0.0.1/8 and ::1 to it.
     h.set_up(lo.index).map_err(kernel)?;
     if let Some(prev) = prev {
-        return Ok(CniResult { cni_version: req.result_version(), ..prev });
+        return Ok(CniResult {
+            cni_version: req.result_version(),
+            ..prev
+        });
     }
     let addrs = h.addresses(Some(lo.index)).map_err(kernel)?;
     if let Some(a) = addrs.iter().find(|a| !a.addr.addr().is_loopback()) {
-        return Err(Error::new(cni::codes::KERNEL, format!("{LO} carries a non-loopback address {}", a.addr)));
+        return Err(Error::new(
+            cni::codes::KERNEL,
+            format!("{LO} carries a non-loopback address {}", a.addr),
+        ));
     }
     // One address per family, as the reference reports them.
     let first = |v4: bool| addrs.iter().find(|a| a.addr.addr().is_ipv4() == v4);
     let ips = [first(true), first(false)]
         .into_iter()
         .flatten()
-        .map(|a| IpConfig { address: a.addr, gateway: None, interface: Some(0) })
+        .map(|a| IpConfig {
+            address: a.addr,
+            gateway: None,
+            interface: Some(0),
+        })
         .collect();
     Ok(CniResult {
         cni_version: req.result_version(),
@@ -69,20 +79,31 @@ pub fn check(req: &Request, ns: &Netns) -> Result<(), Error> {
     let mut h = Handle::in_netns(ns).map_err(kernel)?;
     let lo = loopback(&mut h, ns)?;
     if !lo.admin_up {
-        return Err(check_failed(format!("{LO} is down in {}", ns.path().display())));
+        return Err(check_failed(format!(
+            "{LO} is down in {}",
+            ns.path().display()
+        )));
     }
     let addrs = h.addresses(Some(lo.index)).map_err(kernel)?;
     let expected = prev.iter().flat_map(|p| {
         let lo_index = p.interfaces.iter().position(|i| i.name == LO);
-        p.ips.iter().filter(move |ip| lo_index.is_some() && ip.interface == lo_index)
+        p.ips
+            .iter()
+            .filter(move |ip| lo_index.is_some() && ip.interface == lo_index)
     });
     for ip in expected {
         if !addrs.iter().any(|a| a.addr == ip.address) {
-            return Err(check_failed(format!("address {} is missing from {LO}", ip.address)));
+            return Err(check_failed(format!(
+                "address {} is missing from {LO}",
+                ip.address
+            )));
         }
     }
     if !addrs.iter().any(|a| a.addr.addr().is_loopback()) {
-        return Err(check_failed(format!("{LO} has no loopback address in {}", ns.path().display())));
+        return Err(check_failed(format!(
+            "{LO} has no loopback address in {}",
+            ns.path().display()
+        )));
     }
     Ok(())
 }

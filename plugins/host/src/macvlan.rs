@@ -8,8 +8,8 @@
 //! only lets GC delete children whose namespace outlived their attachment.
 
 use crate::config::{HostConf, MacvlanConf};
-use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
 use crate::state::{boot_id, Record, State};
+use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
 use cni::{codes, CniResult, Command, Error, Request};
 use ifconf::{check_failed, ipam, kernel};
 use net::{Handle, Link, MacvlanOptions, Netns};
@@ -20,7 +20,11 @@ const KIND: &str = "macvlan";
 /// The link of the namespace's first default route.
 fn default_route_link(h: &mut Handle) -> Result<Option<Link>, Error> {
     let routes = h.routes().map_err(kernel)?;
-    let Some(oif) = routes.iter().find(|r| r.dst.prefix_len() == 0 && r.table.is_none()).and_then(|r| r.oif) else {
+    let Some(oif) = routes
+        .iter()
+        .find(|r| r.dst.prefix_len() == 0 && r.table.is_none())
+        .and_then(|r| r.oif)
+    else {
         return Ok(None);
     };
     h.link_by_index(oif).map_err(kernel)
@@ -29,7 +33,11 @@ fn default_route_link(h: &mut Handle) -> Result<Option<Link>, Error> {
 /// The parent link, in the host's namespace or (linkInContainer) the
 /// container's.
 fn master(parent_ns: &mut Handle, m: &MacvlanConf) -> Result<Link, Error> {
-    let where_ = if m.link_in_container { "the container's" } else { "the host's" };
+    let where_ = if m.link_in_container {
+        "the container's"
+    } else {
+        "the host's"
+    };
     match &m.master {
         Some(name) => parent_ns
             .link_by_name(name)
@@ -41,16 +49,31 @@ fn master(parent_ns: &mut Handle, m: &MacvlanConf) -> Result<Link, Error> {
     }
 }
 
-pub fn add(req: &Request, conf: &HostConf, m: &MacvlanConf, ns: &Netns) -> Result<CniResult, Error> {
+pub fn add(
+    req: &Request,
+    conf: &HostConf,
+    m: &MacvlanConf,
+    ns: &Netns,
+) -> Result<CniResult, Error> {
     let network = &req.conf.name;
     let mut cont = Handle::in_netns(ns).map_err(kernel)?;
     ensure_ifname_free(&mut cont, req, ns)?;
     let mut host = Handle::new().map_err(kernel)?;
-    let parent_ns = if m.link_in_container { &mut cont } else { &mut host };
+    let parent_ns = if m.link_in_container {
+        &mut cont
+    } else {
+        &mut host
+    };
     let parent = master(parent_ns, m)?;
     if let Some(mtu) = m.mtu {
         if mtu > parent.mtu {
-            return Err(Error::config("mtu", format!("{mtu} is above the MTU of master {:?} ({})", parent.name, parent.mtu)));
+            return Err(Error::config(
+                "mtu",
+                format!(
+                    "{mtu} is above the MTU of master {:?} ({})",
+                    parent.name, parent.mtu
+                ),
+            ));
         }
     }
     let state = State::from_env();
@@ -66,15 +89,29 @@ pub fn add(req: &Request, conf: &HostConf, m: &MacvlanConf, ns: &Netns) -> Resul
         let lock = state.lock()?;
         state.write(&lock, network, &rec)?;
     }
-    let opts = MacvlanOptions { mode: m.mode, mtu: m.mtu, mac: m.mac, bc_queue_len: m.bc_queue_len };
-    let parent_ns = if m.link_in_container { &mut cont } else { &mut host };
-    let created = parent_ns.add_macvlan(&req.ifname, parent.index, ns, &opts).map_err(|e| {
-        if e.is_exists() {
-            Error::new(codes::ALREADY_EXISTS, format!("CNI_IFNAME: interface {:?} already exists: {e}", req.ifname))
-        } else {
-            kernel(e)
-        }
-    });
+    let opts = MacvlanOptions {
+        mode: m.mode,
+        mtu: m.mtu,
+        mac: m.mac,
+        bc_queue_len: m.bc_queue_len,
+    };
+    let parent_ns = if m.link_in_container {
+        &mut cont
+    } else {
+        &mut host
+    };
+    let created = parent_ns
+        .add_macvlan(&req.ifname, parent.index, ns, &opts)
+        .map_err(|e| {
+            if e.is_exists() {
+                Error::new(
+                    codes::ALREADY_EXISTS,
+                    format!("CNI_IFNAME: interface {:?} already exists: {e}", req.ifname),
+                )
+            } else {
+                kernel(e)
+            }
+        });
     let configured = created.and_then(|()| {
         if conf.ipam_type.is_some() {
             announce_on_up(ns, &req.ifname)?;
@@ -90,7 +127,10 @@ pub fn add(req: &Request, conf: &HostConf, m: &MacvlanConf, ns: &Netns) -> Resul
 fn announce_on_up(ns: &Netns, ifname: &str) -> Result<(), Error> {
     let ifname = ifname.to_string();
     let written = ns.run(move || {
-        for key in [format!("net/ipv4/conf/{ifname}/arp_notify"), format!("net/ipv6/conf/{ifname}/ndisc_notify")] {
+        for key in [
+            format!("net/ipv4/conf/{ifname}/arp_notify"),
+            format!("net/ipv6/conf/{ifname}/ndisc_notify"),
+        ] {
             match net::sysctl::write(&key, "1") {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {} // no IPv6 in this kernel
@@ -131,7 +171,9 @@ pub fn del(req: &Request, conf: &HostConf) -> Result<(), Error> {
     match deleted {
         Ok(()) => {
             let state = State::from_env();
-            let removed = state.lock().and_then(|lock| state.remove(&lock, &req.conf.name, &req.container_id, &req.ifname));
+            let removed = state.lock().and_then(|lock| {
+                state.remove(&lock, &req.conf.name, &req.container_id, &req.ifname)
+            });
             if let Err(e) = removed {
                 errors.push(e);
             }
@@ -158,13 +200,23 @@ pub fn check(req: &Request, m: &MacvlanConf, ns: &Netns, prev: &CniResult) -> Re
     let checked = ifconf::check_interface(&mut cont, req, prev)?;
     let link = &checked.link;
     if link.kind.as_deref() != Some(KIND) {
-        return Err(check_failed(format!("{:?} is not a macvlan (kind {:?})", req.ifname, link.kind)));
+        return Err(check_failed(format!(
+            "{:?} is not a macvlan (kind {:?})",
+            req.ifname, link.kind
+        )));
     }
     if link.macvlan_mode != Some(m.mode) {
-        return Err(check_failed(format!("{:?} is in macvlan mode {:?}, the config says {:?}", req.ifname, link.macvlan_mode, m.mode)));
+        return Err(check_failed(format!(
+            "{:?} is in macvlan mode {:?}, the config says {:?}",
+            req.ifname, link.macvlan_mode, m.mode
+        )));
     }
     let mut host = Handle::new().map_err(kernel)?;
-    let parent_ns = if m.link_in_container { &mut cont } else { &mut host };
+    let parent_ns = if m.link_in_container {
+        &mut cont
+    } else {
+        &mut host
+    };
     master(parent_ns, m).map_err(|e| check_failed(e.msg))?;
     Ok(())
 }

@@ -71,7 +71,9 @@ impl Record {
 }
 
 pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The record's file name: fixed length whatever the IDs, and distinct for
@@ -100,7 +102,11 @@ pub struct Lock {
 impl State {
     /// The run dir, overridable with BERTH_RUN_DIR (tests use private ones).
     pub fn from_env() -> State {
-        State { root: std::env::var_os("BERTH_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into()) }
+        State {
+            root: std::env::var_os("BERTH_RUN_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+        }
     }
 
     /// Serialises changes of records across processes: two ADDs that claim
@@ -119,7 +125,8 @@ impl State {
         let path = self.path(network, &attachment_key(&rec.container_id, &rec.ifname));
         let dir = self.root.join(network);
         fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
-        let data = serde_json::to_vec(rec).map_err(|e| Error::new(codes::IO, format!("encoding record: {e}")))?;
+        let data = serde_json::to_vec(rec)
+            .map_err(|e| Error::new(codes::IO, format!("encoding record: {e}")))?;
         write_atomic(&path, &data)
     }
 
@@ -129,7 +136,13 @@ impl State {
     }
 
     /// Removes the record, and the network's directory once it is empty.
-    pub fn remove(&self, _lock: &Lock, network: &str, container_id: &str, ifname: &str) -> Result<(), Error> {
+    pub fn remove(
+        &self,
+        _lock: &Lock,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), Error> {
         let p = self.path(network, &attachment_key(container_id, ifname));
         match fs::remove_file(&p) {
             Ok(()) => {}
@@ -161,7 +174,9 @@ impl State {
 }
 
 fn read_dir_records(dir: &Path) -> Vec<Record> {
-    let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     rd.filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
@@ -191,7 +206,16 @@ mod tests {
         let root = std::env::temp_dir().join(format!("berth-host-state-{}", std::process::id()));
         let state = State { root: root.clone() };
         let lock = state.lock().unwrap();
-        let dev = SavedDevice { name: "uplink1".into(), index: 7, mtu: 1400, up: true, alias: None, addresses: vec!["10.1.0.1/24".parse().unwrap()], routes: vec![], virtual_link: true };
+        let dev = SavedDevice {
+            name: "uplink1".into(),
+            index: 7,
+            mtu: 1400,
+            up: true,
+            alias: None,
+            addresses: vec!["10.1.0.1/24".parse().unwrap()],
+            routes: vec![],
+            virtual_link: true,
+        };
         let rec = Record {
             container_id: "c1".into(),
             ifname: "eth0".into(),
@@ -203,10 +227,16 @@ mod tests {
         state.write(&lock, "n1", &rec).unwrap();
         assert_eq!(state.read("n1", "c1", "eth0"), Some(rec.clone()));
         assert_eq!(state.records("n1"), vec![rec.clone()]);
-        assert_eq!(state.device_holder("uplink1"), Some(("n1".to_string(), rec.clone())));
+        assert_eq!(
+            state.device_holder("uplink1"),
+            Some(("n1".to_string(), rec.clone()))
+        );
         assert_eq!(state.device_holder("uplink2"), None);
         // A record from another boot holds nothing.
-        let stale = Record { boot_id: "another-boot".into(), ..rec.clone() };
+        let stale = Record {
+            boot_id: "another-boot".into(),
+            ..rec.clone()
+        };
         state.write(&lock, "n1", &stale).unwrap();
         assert_eq!(state.device_holder("uplink1"), None);
         state.remove(&lock, "n1", "c1", "eth0").unwrap();

@@ -28,12 +28,19 @@ pub fn call(ipam_type: &str, command: Command, req: &Request) -> Result<Option<C
 
 /// ADD: the IPAM result, which must hold at least one address.
 pub fn add(ipam_type: &str, req: &Request) -> Result<CniResult, Error> {
-    let r = call(ipam_type, Command::Add, req)?
-        .ok_or_else(|| Error::new(codes::DELEGATE, format!("{FIELD}: {ipam_type} printed no result")))?;
+    let r = call(ipam_type, Command::Add, req)?.ok_or_else(|| {
+        Error::new(
+            codes::DELEGATE,
+            format!("{FIELD}: {ipam_type} printed no result"),
+        )
+    })?;
     if r.ips.is_empty() {
         // Give back whatever it did reserve.
         let _ = call(ipam_type, Command::Del, req);
-        return Err(Error::new(codes::DELEGATE, format!("{FIELD}: {ipam_type} returned no IP addresses")));
+        return Err(Error::new(
+            codes::DELEGATE,
+            format!("{FIELD}: {ipam_type} returned no IP addresses"),
+        ));
     }
     Ok(r)
 }

@@ -23,7 +23,8 @@ pub fn ipam_type(conf: &cni::NetConf) -> Result<Option<String>, Error> {
 
 /// The config's `dns` key, which wins over what IPAM returns.
 pub fn dns(conf: &cni::NetConf) -> Result<cni::Dns, Error> {
-    cni::Dns::from_json(conf.key("dns").unwrap_or(&serde_json::Value::Null)).map_err(|e| Error::config("dns", e.msg))
+    cni::Dns::from_json(conf.key("dns").unwrap_or(&serde_json::Value::Null))
+        .map_err(|e| Error::config("dns", e.msg))
 }
 
 /// A failed kernel operation as a CNI error.
@@ -38,7 +39,10 @@ pub fn check_failed(what: impl Into<String>) -> Error {
 
 /// "aa:bb:cc:dd:ee:ff", the way CNI results spell MACs.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// "aa:bb:cc:dd:ee:ff" (also with '-'), unicast; errors name `field`.
@@ -56,7 +60,10 @@ pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Error> {
         *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     if mac[0] & 1 == 1 {
-        return Err(Error::config(field, format!("{s:?} is a multicast address")));
+        return Err(Error::config(
+            field,
+            format!("{s:?} is a multicast address"),
+        ));
     }
     Ok(mac)
 }
@@ -65,11 +72,15 @@ pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Error> {
 /// reference plugins): CNI_ARGS MAC, args.cni.mac, runtimeConfig.mac.
 pub fn container_mac(req: &Request) -> Result<Option<[u8; 6]>, Error> {
     if let Some(m) = req.conf.runtime("mac") {
-        let s = m.as_str().ok_or_else(|| Error::config("runtimeConfig.mac", "expected a string"))?;
+        let s = m
+            .as_str()
+            .ok_or_else(|| Error::config("runtimeConfig.mac", "expected a string"))?;
         return parse_mac("runtimeConfig.mac", s).map(Some);
     }
     if let Some(m) = req.conf.args_cni("mac") {
-        let s = m.as_str().ok_or_else(|| Error::config("args.cni.mac", "expected a string"))?;
+        let s = m
+            .as_str()
+            .ok_or_else(|| Error::config("args.cni.mac", "expected a string"))?;
         return parse_mac("args.cni.mac", s).map(Some);
     }
     match req.args.get("MAC") {
@@ -140,7 +151,11 @@ fn accept_no_dad_sysctl(ns: &Netns, ifname: &str) -> Result<(), Error> {
 /// of the first address of the route's family.
 fn family_gateway(result: &CniResult, dst: &IpNet) -> Option<IpAddr> {
     let v4 = dst.addr().is_ipv4();
-    result.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway)
+    result
+        .ips
+        .iter()
+        .find(|i| i.address.addr().is_ipv4() == v4)
+        .and_then(|i| i.gateway)
 }
 
 /// Puts `result`'s addresses on link `index` of `cont`, sets it up, then
@@ -150,7 +165,8 @@ fn family_gateway(result: &CniResult, dst: &IpNet) -> Option<IpAddr> {
 /// address) is fine.
 pub fn apply(cont: &mut Handle, index: u32, result: &CniResult, nodad: bool) -> Result<(), Error> {
     for ip in &result.ips {
-        cont.add_address(index, ip.address, &AddressOptions { nodad }).map_err(kernel)?;
+        cont.add_address(index, ip.address, &AddressOptions { nodad })
+            .map_err(kernel)?;
     }
     cont.set_up(index).map_err(kernel)?;
     for r in &result.routes {
@@ -181,18 +197,36 @@ pub struct Checked {
 /// CHECK of the container side: `prev` names CNI_IFNAME with a sandbox, the
 /// link exists in `cont` with the MAC `prev` gives, and carries every
 /// address and route `prev` lists for it.
-pub fn check_interface(cont: &mut Handle, req: &Request, prev: &CniResult) -> Result<Checked, Error> {
-    let ns_path = req.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+pub fn check_interface(
+    cont: &mut Handle,
+    req: &Request,
+    prev: &CniResult,
+) -> Result<Checked, Error> {
+    let ns_path = req
+        .netns
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let idx = prev
         .interfaces
         .iter()
         .position(|i| i.name == req.ifname && !i.sandbox.is_empty())
-        .ok_or_else(|| Error::config("prevResult", format!("no interface {:?} with a sandbox", req.ifname)))?;
+        .ok_or_else(|| {
+            Error::config(
+                "prevResult",
+                format!("no interface {:?} with a sandbox", req.ifname),
+            )
+        })?;
     let want = &prev.interfaces[idx];
     let link = cont
         .link_by_name(&req.ifname)
         .map_err(kernel)?
-        .ok_or_else(|| check_failed(format!("interface {:?} is missing from {ns_path}", req.ifname)))?;
+        .ok_or_else(|| {
+            check_failed(format!(
+                "interface {:?} is missing from {ns_path}",
+                req.ifname
+            ))
+        })?;
     if !want.mac.is_empty() && !mac_string(&link).eq_ignore_ascii_case(&want.mac) {
         return Err(check_failed(format!(
             "interface {:?} has MAC {} but the ADD result says {}",
@@ -204,18 +238,29 @@ pub fn check_interface(cont: &mut Handle, req: &Request, prev: &CniResult) -> Re
     let addrs = cont.addresses(Some(link.index)).map_err(kernel)?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(idx)) {
         if !addrs.iter().any(|a| a.addr == ip.address) {
-            return Err(check_failed(format!("address {} is missing from {:?}", ip.address, req.ifname)));
+            return Err(check_failed(format!(
+                "address {} is missing from {:?}",
+                ip.address, req.ifname
+            )));
         }
     }
     let routes = cont.routes().map_err(kernel)?;
     for r in &prev.routes {
-        let found = routes.iter().any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw));
+        let found = routes
+            .iter()
+            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw));
         if !found {
             let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return Err(check_failed(format!("route {}{via} is missing from {ns_path}", r.dst)));
+            return Err(check_failed(format!(
+                "route {}{via} is missing from {ns_path}",
+                r.dst
+            )));
         }
     }
-    Ok(Checked { index_in_result: idx, link })
+    Ok(Checked {
+        index_in_result: idx,
+        link,
+    })
 }
 
 #[cfg(test)]
@@ -224,7 +269,10 @@ mod tests {
 
     #[test]
     fn macs_are_lower_case_and_colon_separated() {
-        assert_eq!(format_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]), "02:ab:00:01:10:ff");
+        assert_eq!(
+            format_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]),
+            "02:ab:00:01:10:ff"
+        );
     }
 
     #[test]
@@ -234,7 +282,13 @@ mod tests {
             "ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}, {"address": "fd00::5/64", "gateway": "fd00::1"}]
         }), "1.1.0")
         .unwrap();
-        assert_eq!(family_gateway(&r, &"0.0.0.0/0".parse().unwrap()), Some("10.1.0.1".parse().unwrap()));
-        assert_eq!(family_gateway(&r, &"::/0".parse().unwrap()), Some("fd00::1".parse().unwrap()));
+        assert_eq!(
+            family_gateway(&r, &"0.0.0.0/0".parse().unwrap()),
+            Some("10.1.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            family_gateway(&r, &"::/0".parse().unwrap()),
+            Some("fd00::1".parse().unwrap())
+        );
     }
 }

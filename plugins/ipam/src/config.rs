@@ -420,9 +420,7 @@ impl IpamConfig {
         ip_ranges: Option<&Value>,
         requested: &[RequestedIp],
     ) -> Result<IpamConfig, Error> {
-        let ipam = raw
-            .go_get("ipam")
-            .ok_or_else(|| cfg("ipam", "missing"))?;
+        let ipam = raw.go_get("ipam").ok_or_else(|| cfg("ipam", "missing"))?;
         if !ipam.is_object() {
             return Err(cfg("ipam", "expected an object"));
         }

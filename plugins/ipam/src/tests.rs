@@ -783,7 +783,13 @@ fn go_runtime_shapes_are_read_with_go_key_matching() {
     c["runtimeConfig"] = json!({"ipRanges": [[{"Subnet": "10.6.0.0/24", "RangeStart": "10.6.0.10",
         "RangeEnd": "10.6.0.20", "Gateway": "10.6.0.1"}]], "IPs": null});
     c["args"] = json!({"CNI": {"IPs": ["10.6.0.15"]}});
-    let out = run("ADD", "go1", "eth0", &c, "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p");
+    let out = run(
+        "ADD",
+        "go1",
+        "eth0",
+        &c,
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+    );
     assert_eq!(out.ips(), vec!["10.6.0.15/24"]);
     assert_eq!(del("go1", &c).status, 0);
 }

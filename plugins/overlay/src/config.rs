@@ -107,16 +107,26 @@ fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn subnet(field: &str, s: &str, network: &Ipv4Net, len: u8) -> Result<Ipv4Net, Error> {
-    let n: Ipv4Net = s.parse().map_err(|_| bad(field, format!("{s:?} is not an IPv4 CIDR")))?;
+    let n: Ipv4Net = s
+        .parse()
+        .map_err(|_| bad(field, format!("{s:?} is not an IPv4 CIDR")))?;
     if n.prefix_len() != len || n.trunc() != n {
-        return Err(bad(field, format!("{s} is not a /{len} subnet (subnetLen)")));
+        return Err(bad(
+            field,
+            format!("{s} is not a /{len} subnet (subnetLen)"),
+        ));
     }
     if !network.contains(&n) {
-        return Err(bad(field, format!("{s} is outside the cluster network {network}")));
+        return Err(bad(
+            field,
+            format!("{s} is outside the cluster network {network}"),
+        ));
     }
     Ok(n)
 }
@@ -131,14 +141,21 @@ impl OverlayConf {
     /// with the same index in `network6`.
     pub fn subnet6_of(&self, subnet: &Ipv4Net) -> Option<Ipv6Net> {
         let (net6, len6) = self.network6?;
-        let index = (u32::from(subnet.network()) - u32::from(self.network.network())) >> (32 - self.subnet_len);
+        let index = (u32::from(subnet.network()) - u32::from(self.network.network()))
+            >> (32 - self.subnet_len);
         let base = u128::from(net6.network()) + (u128::from(index) << (128 - len6));
         Ipv6Net::new(base.into(), len6).ok()
     }
 
     /// The peer record for node `node` at `underlay` holding `subnet`.
     pub fn peer(&self, node: &str, underlay: IpAddr, subnet: Ipv4Net) -> Peer {
-        Peer { node: node.to_string(), underlay, subnet, subnet6: self.subnet6_of(&subnet), mac: crate::vtep_mac(underlay) }
+        Peer {
+            node: node.to_string(),
+            underlay,
+            subnet,
+            subnet6: self.subnet6_of(&subnet),
+            mac: crate::vtep_mac(underlay),
+        }
     }
 
     pub fn parse(req: &Request) -> Result<OverlayConf, Error> {
@@ -155,7 +172,10 @@ impl OverlayConf {
         if subnet_len <= network.prefix_len() || subnet_len > 30 {
             return Err(bad(
                 "subnetLen",
-                format!("{subnet_len} must be longer than the network's /{} and at most 30", network.prefix_len()),
+                format!(
+                    "{subnet_len} must be longer than the network's /{} and at most 30",
+                    network.prefix_len()
+                ),
             ));
         }
         let vni = match raw.vni.unwrap_or(1) {
@@ -179,13 +199,18 @@ impl OverlayConf {
                 None
             }
             Some(n) => {
-                let n6: Ipv6Net = n.parse().map_err(|_| bad("network6", format!("{n:?} is not an IPv6 CIDR")))?;
+                let n6: Ipv6Net = n
+                    .parse()
+                    .map_err(|_| bad("network6", format!("{n:?} is not an IPv6 CIDR")))?;
                 let n6 = n6.trunc();
                 let len6 = raw.subnet_len6.unwrap_or(64);
                 if len6 <= n6.prefix_len() || len6 > 120 {
                     return Err(bad(
                         "subnetLen6",
-                        format!("{len6} must be longer than network6's /{} and at most 120", n6.prefix_len()),
+                        format!(
+                            "{len6} must be longer than network6's /{} and at most 120",
+                            n6.prefix_len()
+                        ),
                     ));
                 }
                 // Every IPv4 node subnet needs its IPv6 twin.
@@ -202,7 +227,9 @@ impl OverlayConf {
                 Some((n6, len6))
             }
         };
-        let store = raw.store.ok_or_else(|| bad("store", "missing ({\"static\": ...} or {\"etcd\": ...})"))?;
+        let store = raw
+            .store
+            .ok_or_else(|| bad("store", "missing ({\"static\": ...} or {\"etcd\": ...})"))?;
         let common = |subnet: Ipv4Net, peers: Vec<Peer>, etcd: Option<EtcdConf>| OverlayConf {
             name: req.conf.name.clone(),
             etcd,
@@ -212,7 +239,11 @@ impl OverlayConf {
             vni,
             port,
             iface: raw.iface.clone().filter(|i| !i.is_empty()),
-            node: raw.node.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname),
+            node: raw
+                .node
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(hostname),
             mtu,
             subnet,
             peers,
@@ -223,7 +254,12 @@ impl OverlayConf {
             if !LEASE_TTL_RANGE.contains(&etcd.lease_ttl) {
                 return Err(bad(
                     "store.etcd.leaseTTL",
-                    format!("{} is outside {}..{} seconds", etcd.lease_ttl, LEASE_TTL_RANGE.start(), LEASE_TTL_RANGE.end()),
+                    format!(
+                        "{} is outside {}..{} seconds",
+                        etcd.lease_ttl,
+                        LEASE_TTL_RANGE.start(),
+                        LEASE_TTL_RANGE.end()
+                    ),
                 ));
             }
             if let Some(s) = &etcd.subnet {
@@ -234,14 +270,23 @@ impl OverlayConf {
             }
             for ep in &etcd.endpoints {
                 if !ep.starts_with("http://") {
-                    return Err(bad("store.etcd.endpoints", format!("{ep:?}: only http:// endpoints are served")));
+                    return Err(bad(
+                        "store.etcd.endpoints",
+                        format!("{ep:?}: only http:// endpoints are served"),
+                    ));
                 }
             }
             // The node's subnet comes from the store; a placeholder until then.
-            let first = network.subnets(subnet_len).map_err(|e| bad("subnetLen", e))?.next().unwrap_or(network);
+            let first = network
+                .subnets(subnet_len)
+                .map_err(|e| bad("subnetLen", e))?
+                .next()
+                .unwrap_or(network);
             return Ok(common(first, Vec::new(), Some(etcd)));
         }
-        let st = store.go_get("static").ok_or_else(|| bad("store", "needs \"static\" (or \"etcd\")"))?;
+        let st = store
+            .go_get("static")
+            .ok_or_else(|| bad("store", "needs \"static\" (or \"etcd\")"))?;
         let own = st
             .go_get("subnet")
             .and_then(Value::as_str)
@@ -254,11 +299,18 @@ impl OverlayConf {
         let mut peers: Vec<Peer> = Vec::new();
         for (i, p) in raw_peers.iter().enumerate() {
             let field = format!("store.static.peers[{i}]");
-            let underlay: IpAddr =
-                p.underlay.parse().map_err(|_| bad(&format!("{field}.underlay"), format!("{:?} is not an address", p.underlay)))?;
+            let underlay: IpAddr = p.underlay.parse().map_err(|_| {
+                bad(
+                    &format!("{field}.underlay"),
+                    format!("{:?} is not an address", p.underlay),
+                )
+            })?;
             let s = subnet(&format!("{field}.subnet"), &p.subnet, &network, subnet_len)?;
             if s == own || peers.iter().any(|q| q.subnet == s) {
-                return Err(bad(&format!("{field}.subnet"), format!("{s} is already another node's")));
+                return Err(bad(
+                    &format!("{field}.subnet"),
+                    format!("{s} is already another node's"),
+                ));
             }
             let mac = crate::vtep_mac(underlay);
             if let Some(q) = peers.iter().find(|q| q.mac == mac) {
@@ -267,10 +319,19 @@ impl OverlayConf {
                     format!("{underlay} gives the VTEP MAC of node {:?} ({}): underlay addresses must differ in their last four bytes", q.node, q.underlay),
                 ));
             }
-            peers.push(Peer { node: p.node.clone(), underlay, subnet: s, subnet6: None, mac });
+            peers.push(Peer {
+                node: p.node.clone(),
+                underlay,
+                subnet: s,
+                subnet6: None,
+                mac,
+            });
         }
         let conf = common(own, Vec::new(), None);
-        let peers = peers.iter().map(|p| conf.peer(&p.node, p.underlay, p.subnet)).collect();
+        let peers = peers
+            .iter()
+            .map(|p| conf.peer(&p.node, p.underlay, p.subnet))
+            .collect();
         Ok(OverlayConf { peers, ..conf })
     }
 }
@@ -301,11 +362,31 @@ mod tests {
     fn ipv6_subnet_has_the_ipv4_subnets_index() {
         let c = conf(Some(("fd44::/48", 64)));
         assert_eq!(c.subnet6().unwrap().to_string(), "fd44:0:0:5::/64");
-        assert_eq!(c.subnet6_of(&"10.244.0.0/24".parse().unwrap()).unwrap().to_string(), "fd44::/64");
-        assert_eq!(c.subnet6_of(&"10.244.255.0/24".parse().unwrap()).unwrap().to_string(), "fd44:0:0:ff::/64");
-        let p = c.peer("b", "192.0.2.2".parse().unwrap(), "10.244.7.0/24".parse().unwrap());
+        assert_eq!(
+            c.subnet6_of(&"10.244.0.0/24".parse().unwrap())
+                .unwrap()
+                .to_string(),
+            "fd44::/64"
+        );
+        assert_eq!(
+            c.subnet6_of(&"10.244.255.0/24".parse().unwrap())
+                .unwrap()
+                .to_string(),
+            "fd44:0:0:ff::/64"
+        );
+        let p = c.peer(
+            "b",
+            "192.0.2.2".parse().unwrap(),
+            "10.244.7.0/24".parse().unwrap(),
+        );
         assert_eq!(p.subnet6.unwrap().to_string(), "fd44:0:0:7::/64");
         assert_eq!(conf(None).subnet6(), None);
-        assert_eq!(conf(Some(("fd44:1::/32", 80))).subnet6().unwrap().to_string(), "fd44:1:0:0:5::/80");
+        assert_eq!(
+            conf(Some(("fd44:1::/32", 80)))
+                .subnet6()
+                .unwrap()
+                .to_string(),
+            "fd44:1:0:0:5::/80"
+        );
     }
 }

@@ -27,7 +27,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn b64(data: &[u8]) -> String {
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -81,7 +85,9 @@ pub struct Range {
 
 /// An int64 of the gateway's JSON: a string, or a number.
 fn int64(v: &Value) -> Option<i64> {
-    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64())
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_i64())
 }
 
 /// A connection to `host:port`, with the short timeouts.
@@ -91,9 +97,12 @@ fn connect(endpoint: &str) -> Result<TcpStream> {
         .map_err(|e| StoreError(format!("{endpoint}: {e}")))?
         .next()
         .ok_or_else(|| StoreError(format!("{endpoint}: no address")))?;
-    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| StoreError(e.to_string()))?;
-    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| StoreError(e.to_string()))?;
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| StoreError(e.to_string()))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| StoreError(e.to_string()))?;
     Ok(s)
 }
 
@@ -106,9 +115,9 @@ impl Etcd {
     pub fn new(urls: &[String]) -> Result<Etcd> {
         let mut endpoints = Vec::new();
         for u in urls {
-            let hostport = u
-                .strip_prefix("http://")
-                .ok_or_else(|| StoreError(format!("endpoint {u:?}: only http:// endpoints are served")))?;
+            let hostport = u.strip_prefix("http://").ok_or_else(|| {
+                StoreError(format!("endpoint {u:?}: only http:// endpoints are served"))
+            })?;
             endpoints.push(hostport.trim_end_matches('/').to_string());
         }
         if endpoints.is_empty() {
@@ -124,11 +133,15 @@ impl Etcd {
             "POST {path} HTTP/1.0\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
             text.len()
         );
-        s.write_all(req.as_bytes()).map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
+        s.write_all(req.as_bytes())
+            .map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
         let mut resp = Vec::new();
-        s.read_to_end(&mut resp).map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
+        s.read_to_end(&mut resp)
+            .map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
         let resp = String::from_utf8_lossy(&resp);
-        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| StoreError(format!("{endpoint}: malformed answer")))?;
+        let (head, body) = resp
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| StoreError(format!("{endpoint}: malformed answer")))?;
         if head.split_whitespace().nth(1) != Some("200") {
             return Err(StoreError(format!("{endpoint}{path}: {}", body.trim())));
         }
@@ -144,12 +157,18 @@ impl Etcd {
                 Err(err) => errors.push(err.0),
             }
         }
-        Err(StoreError(format!("etcd unreachable: {}", errors.join("; "))))
+        Err(StoreError(format!(
+            "etcd unreachable: {}",
+            errors.join("; ")
+        )))
     }
 
     /// Every key under `prefix`, and the store's revision they are from.
     pub fn get_prefix(&self, prefix: &str) -> Result<Range> {
-        let v = self.post("/v3/kv/range", json!({"key": b64(prefix.as_bytes()), "range_end": b64(&range_end(prefix))}))?;
+        let v = self.post(
+            "/v3/kv/range",
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&range_end(prefix))}),
+        )?;
         let mut kvs = Vec::new();
         for kv in v["kvs"].as_array().into_iter().flatten() {
             let k = kv["key"].as_str().and_then(unb64).unwrap_or_default();
@@ -160,7 +179,10 @@ impl Etcd {
                 lease: int64(&kv["lease"]).unwrap_or(0),
             });
         }
-        Ok(Range { kvs, revision: int64(&v["header"]["revision"]).unwrap_or(0) })
+        Ok(Range {
+            kvs,
+            revision: int64(&v["header"]["revision"]).unwrap_or(0),
+        })
     }
 
     /// Renews lease `id`; its remaining TTL, 0 if it no longer exists.
@@ -193,7 +215,8 @@ impl Etcd {
                 "POST /v3/watch HTTP/1.0\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
-            s.write_all(req.as_bytes()).map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
+            s.write_all(req.as_bytes())
+                .map_err(|e| StoreError(format!("{endpoint}: {e}")))?;
             // HTTP/1.0: no chunking; the answers are JSON lines until the
             // server closes.
             let mut buf: Vec<u8> = Vec::new();
@@ -203,27 +226,42 @@ impl Etcd {
                 if left.is_zero() {
                     return Ok(false);
                 }
-                s.set_read_timeout(Some(left)).map_err(|e| StoreError(e.to_string()))?;
+                s.set_read_timeout(Some(left))
+                    .map_err(|e| StoreError(e.to_string()))?;
                 let mut chunk = [0u8; 4096];
                 let n = match s.read(&mut chunk) {
                     Ok(0) => return Err(StoreError(format!("{endpoint}: watch closed"))),
                     Ok(n) => n,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(false),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Ok(false)
+                    }
                     Err(e) => return Err(StoreError(format!("{endpoint}: {e}"))),
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 if body_at.is_none() {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
                     let head = String::from_utf8_lossy(&buf[..end]);
                     if head.split_whitespace().nth(1) != Some("200") {
-                        return Err(StoreError(format!("{endpoint}/v3/watch: {}", head.lines().next().unwrap_or(""))));
+                        return Err(StoreError(format!(
+                            "{endpoint}/v3/watch: {}",
+                            head.lines().next().unwrap_or("")
+                        )));
                     }
                     body_at = Some(end + 4);
                 }
                 let start = body_at.unwrap_or(0);
                 let text = String::from_utf8_lossy(&buf[start..]).into_owned();
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    let Ok(v) = serde_json::from_str::<Value>(line) else { continue }; // incomplete yet
+                    let Ok(v) = serde_json::from_str::<Value>(line) else {
+                        continue;
+                    }; // incomplete yet
                     let r = &v["result"];
                     let changed = r["events"].as_array().is_some_and(|e| !e.is_empty())
                         || r["canceled"].as_bool() == Some(true)
@@ -234,7 +272,10 @@ impl Etcd {
                 }
             }
         }
-        Err(StoreError(format!("etcd unreachable: {}", errors.join("; "))))
+        Err(StoreError(format!(
+            "etcd unreachable: {}",
+            errors.join("; ")
+        )))
     }
 
     /// A new lease of `ttl` seconds.
@@ -266,7 +307,8 @@ impl Etcd {
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
-        self.post("/v3/kv/deleterange", json!({"key": b64(key.as_bytes())})).map(|_| ())
+        self.post("/v3/kv/deleterange", json!({"key": b64(key.as_bytes())}))
+            .map(|_| ())
     }
 }
 
@@ -276,7 +318,16 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar", "/berth/ov/subnets/10.244.1.0-24"] {
+        for s in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "/berth/ov/subnets/10.244.1.0-24",
+        ] {
             assert_eq!(unb64(&b64(s.as_bytes())).unwrap(), s.as_bytes(), "{s}");
         }
         assert_eq!(b64(b"foobar"), "Zm9vYmFy");

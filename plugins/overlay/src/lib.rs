@@ -59,11 +59,17 @@ pub fn vtep_mac(underlay: IpAddr) -> [u8; 6] {
 
 /// `02:bf:…` as text.
 pub fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
     parts.try_into().ok()
 }
 
@@ -89,22 +95,42 @@ fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error>
             let default = |v4: bool| {
                 routes
                     .iter()
-                    .find(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4 && r.table.is_none())
+                    .find(|r| {
+                        r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4 && r.table.is_none()
+                    })
                     .and_then(|r| r.oif)
             };
-            let oif = default(true)
-                .or_else(|| default(false))
-                .ok_or_else(|| Error::config("iface", "not given, and there is no default route to take it from"))?;
-            h.link_by_index(oif).map_err(kernel)?.ok_or_else(|| Error::config("iface", "the default route's link vanished"))?
+            let oif = default(true).or_else(|| default(false)).ok_or_else(|| {
+                Error::config(
+                    "iface",
+                    "not given, and there is no default route to take it from",
+                )
+            })?;
+            h.link_by_index(oif)
+                .map_err(kernel)?
+                .ok_or_else(|| Error::config("iface", "the default route's link vanished"))?
         }
     };
-    let addrs: Vec<IpAddr> = h.addresses(Some(link.index)).map_err(kernel)?.iter().map(|a| a.addr.addr()).collect();
+    let addrs: Vec<IpAddr> = h
+        .addresses(Some(link.index))
+        .map_err(kernel)?
+        .iter()
+        .map(|a| a.addr.addr())
+        .collect();
     let addr = addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.iter().find(|a| usable_underlay(a)))
         .copied()
-        .ok_or_else(|| Error::config("iface", format!("{} has no IPv4 or global IPv6 address to use as the VTEP address", link.name)))?;
+        .ok_or_else(|| {
+            Error::config(
+                "iface",
+                format!(
+                    "{} has no IPv4 or global IPv6 address to use as the VTEP address",
+                    link.name
+                ),
+            )
+        })?;
     Ok((link, addr))
 }
 
@@ -115,16 +141,28 @@ fn try_again(e: etcd::StoreError) -> Error {
 /// Where the node's subnet from the store is remembered, for DEL and
 /// STATUS while the store is unreachable.
 fn cache_path(conf: &OverlayConf) -> std::path::PathBuf {
-    let dir = std::env::var_os("BERTH_RUN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/berth/overlay".into());
+    let dir = std::env::var_os("BERTH_RUN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/berth/overlay".into());
     dir.join(format!("{}.subnet", conf.name))
 }
 
 fn cached_subnet(conf: &OverlayConf) -> Option<ipnet::Ipv4Net> {
-    std::fs::read_to_string(cache_path(conf)).ok()?.trim().parse().ok()
+    std::fs::read_to_string(cache_path(conf))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn subnet_key(conf: &OverlayConf, e: &config::EtcdConf, subnet: &ipnet::Ipv4Net) -> String {
-    format!("{}/{}/subnets/{}-{}", e.prefix.trim_end_matches('/'), conf.name, subnet.network(), subnet.prefix_len())
+    format!(
+        "{}/{}/subnets/{}-{}",
+        e.prefix.trim_end_matches('/'),
+        conf.name,
+        subnet.network(),
+        subnet.prefix_len()
+    )
 }
 
 /// A lease's value: who holds the subnet and where its VTEP is.
@@ -151,15 +189,27 @@ fn leases_prefix(conf: &OverlayConf, e: &config::EtcdConf) -> String {
 
 /// Every node's lease of the network (records that don't parse are
 /// somebody else's business and skipped).
-fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> Result<Leases, Error> {
-    let range = store.get_prefix(&leases_prefix(conf, e)).map_err(try_again)?;
+fn read_leases(
+    conf: &OverlayConf,
+    e: &config::EtcdConf,
+    store: &etcd::Etcd,
+) -> Result<Leases, Error> {
+    let range = store
+        .get_prefix(&leases_prefix(conf, e))
+        .map_err(try_again)?;
     let mut peers = Vec::new();
     for kv in range.kvs {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&kv.value) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&kv.value) else {
+            continue;
+        };
         let (Some(node), Some(underlay), Some(subnet)) = (
             v["node"].as_str(),
-            v["underlay"].as_str().and_then(|u| u.parse::<IpAddr>().ok()),
-            v["subnet"].as_str().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()),
+            v["underlay"]
+                .as_str()
+                .and_then(|u| u.parse::<IpAddr>().ok()),
+            v["subnet"]
+                .as_str()
+                .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()),
         ) else {
             continue;
         };
@@ -171,7 +221,10 @@ fn read_leases(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd) -> 
             peers.push((peer, kv.lease));
         }
     }
-    Ok(Leases { peers, revision: range.revision })
+    Ok(Leases {
+        peers,
+        revision: range.revision,
+    })
 }
 
 /// The conf with this node's subnet and its peers filled in from the
@@ -198,17 +251,32 @@ struct Held {
 
 /// `resolve`, and (etcd store) the node's lease and the revision read.
 /// `claim_from`: claim a lease if needed, for this node's underlay address.
-fn resolve_held(conf: &OverlayConf, claim_from: Option<IpAddr>) -> Result<(OverlayConf, Option<Held>), Error> {
-    let Some(e) = &conf.etcd else { return Ok((conf.clone(), None)) };
+fn resolve_held(
+    conf: &OverlayConf,
+    claim_from: Option<IpAddr>,
+) -> Result<(OverlayConf, Option<Held>), Error> {
+    let Some(e) = &conf.etcd else {
+        return Ok((conf.clone(), None));
+    };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
-    let Leases { peers: mut leases, mut revision } = read_leases(conf, e, &store)?;
+    let Leases {
+        peers: mut leases,
+        mut revision,
+    } = read_leases(conf, e, &store)?;
     // Claims on this host are serialized (the agent and an ADD may both
     // find no lease at once and would each take a subnet); the leases are
     // read again under the lock.
     let _claiming = if claim_from.is_some() && !leases.iter().any(|(p, _)| p.node == conf.node) {
-        let dir = cache_path(conf).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-        let lock = store::file::lock_dir(&dir).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
-        Leases { peers: leases, revision } = read_leases(conf, e, &store)?;
+        let dir = cache_path(conf)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let lock =
+            store::file::lock_dir(&dir).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        Leases {
+            peers: leases,
+            revision,
+        } = read_leases(conf, e, &store)?;
         Some(lock)
     } else {
         None
@@ -216,7 +284,12 @@ fn resolve_held(conf: &OverlayConf, claim_from: Option<IpAddr>) -> Result<(Overl
     let mine = own_lease(conf, &store, &leases);
     let (own, lease) = match (mine, claim_from) {
         (Some(m), None) => m,
-        (None, None) => return Err(Error::new(cni::codes::TRY_AGAIN, format!("node {} holds no subnet lease", conf.node))),
+        (None, None) => {
+            return Err(Error::new(
+                cni::codes::TRY_AGAIN,
+                format!("node {} holds no subnet lease", conf.node),
+            ))
+        }
         (m, Some(local)) => {
             match m {
                 // Two hosts under one name would steal each other's
@@ -253,20 +326,42 @@ fn resolve_held(conf: &OverlayConf, claim_from: Option<IpAddr>) -> Result<(Overl
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = store::file::write_atomic(&cache_path(conf), own.subnet.to_string().as_bytes());
-    let peers = leases.into_iter().map(|(p, _)| p).filter(|p| p.node != conf.node).collect();
-    Ok((OverlayConf { subnet: own.subnet, peers, ..conf.clone() }, Some(Held { lease, revision })))
+    let peers = leases
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.node != conf.node)
+        .collect();
+    Ok((
+        OverlayConf {
+            subnet: own.subnet,
+            peers,
+            ..conf.clone()
+        },
+        Some(Held { lease, revision }),
+    ))
 }
 
 /// This node's lease among `leases`. Should the node hold more than one
 /// from this underlay address (claims that raced before they were
 /// serialized), it keeps the subnet it last used (else the first) and
 /// gives the others back.
-fn own_lease(conf: &OverlayConf, store: &etcd::Etcd, leases: &[(Peer, i64)]) -> Option<(Peer, i64)> {
+fn own_lease(
+    conf: &OverlayConf,
+    store: &etcd::Etcd,
+    leases: &[(Peer, i64)],
+) -> Option<(Peer, i64)> {
     let mine: Vec<&(Peer, i64)> = leases.iter().filter(|(p, _)| p.node == conf.node).collect();
     let last = cached_subnet(conf);
-    let keep = mine.iter().find(|(p, _)| Some(p.subnet) == last).or(mine.first()).map(|k| (*k).clone())?;
+    let keep = mine
+        .iter()
+        .find(|(p, _)| Some(p.subnet) == last)
+        .or(mine.first())
+        .map(|k| (*k).clone())?;
     if let Some(e) = &conf.etcd {
-        for (p, _) in mine.iter().filter(|(p, _)| p.subnet != keep.0.subnet && p.underlay == keep.0.underlay) {
+        for (p, _) in mine
+            .iter()
+            .filter(|(p, _)| p.subnet != keep.0.subnet && p.underlay == keep.0.underlay)
+        {
             let _ = store.delete(&subnet_key(conf, e, &p.subnet));
         }
     }
@@ -277,18 +372,33 @@ fn own_lease(conf: &OverlayConf, store: &etcd::Etcd, leases: &[(Peer, i64)]) -> 
 /// (two nodes never get the same one): `store.etcd.subnet` if given (code 7
 /// naming the holder if another node has it), else the subnet this node
 /// last held (its containers may still use it), else the first free one.
-fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, leases: &[Peer], local: IpAddr) -> Result<(Peer, i64), Error> {
+fn claim_subnet(
+    conf: &OverlayConf,
+    e: &config::EtcdConf,
+    store: &etcd::Etcd,
+    leases: &[Peer],
+    local: IpAddr,
+) -> Result<(Peer, i64), Error> {
     let holder = |s: &ipnet::Ipv4Net| leases.iter().find(|l| l.subnet == *s);
-    let wanted = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok());
+    let wanted = e
+        .subnet
+        .as_deref()
+        .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok());
     if let Some(h) = wanted.and_then(|w| holder(&w)) {
-        return Err(Error::config("store.etcd.subnet", format!("{} is held by node {:?} ({})", h.subnet, h.node, h.underlay)));
+        return Err(Error::config(
+            "store.etcd.subnet",
+            format!("{} is held by node {:?} ({})", h.subnet, h.node, h.underlay),
+        ));
     }
     // Derived MACs of IPv6 underlays can collide (last four bytes); two
     // VTEPs with one MAC would share FDB entries.
     let mac = vtep_mac(local);
     if let Some(other) = leases.iter().find(|p| p.mac == mac) {
         let why = if other.underlay == local {
-            format!("underlay {local} is already node {:?}'s VTEP (one node name per host)", other.node)
+            format!(
+                "underlay {local} is already node {:?}'s VTEP (one node name per host)",
+                other.node
+            )
         } else {
             format!(
                 "this host's VTEP MAC {} (from underlay {local}) is node {:?}'s (underlay {}): underlay addresses must differ in their last four bytes",
@@ -301,26 +411,39 @@ fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, le
     }
     let lease = store.grant(e.lease_ttl).map_err(try_again)?;
     let try_one = |s: &ipnet::Ipv4Net| -> Result<bool, Error> {
-        store.create(&subnet_key(conf, e, s), &lease_value(conf, local, s), lease).map_err(try_again)
+        store
+            .create(&subnet_key(conf, e, s), &lease_value(conf, local, s), lease)
+            .map_err(try_again)
     };
     if let Some(wanted) = wanted {
         if try_one(&wanted)? {
             return Ok((conf.peer(&conf.node, local, wanted), lease));
         }
-        return Err(Error::config("store.etcd.subnet", format!("{wanted} was just taken by another node")));
+        return Err(Error::config(
+            "store.etcd.subnet",
+            format!("{wanted} was just taken by another node"),
+        ));
     }
-    if let Some(last) = cached_subnet(conf).filter(|s| conf.network.contains(s) && s.prefix_len() == conf.subnet_len) {
+    if let Some(last) = cached_subnet(conf)
+        .filter(|s| conf.network.contains(s) && s.prefix_len() == conf.subnet_len)
+    {
         if holder(&last).is_none() && try_one(&last)? {
             return Ok((conf.peer(&conf.node, local, last), lease));
         }
     }
-    let subnets = conf.network.subnets(conf.subnet_len).map_err(|err| Error::config("subnetLen", err))?;
+    let subnets = conf
+        .network
+        .subnets(conf.subnet_len)
+        .map_err(|err| Error::config("subnetLen", err))?;
     for s in subnets.filter(|s| holder(s).is_none()) {
         if try_one(&s)? {
             return Ok((conf.peer(&conf.node, local, s), lease));
         }
     }
-    Err(Error::new(cni::codes::TRY_AGAIN, format!("no free /{} left in {}", conf.subnet_len, conf.network)))
+    Err(Error::new(
+        cni::codes::TRY_AGAIN,
+        format!("no free /{} left in {}", conf.subnet_len, conf.network),
+    ))
 }
 
 /// Renews this node's lease `lease` (a keepalive: no write, so no watch
@@ -328,7 +451,9 @@ fn claim_subnet(conf: &OverlayConf, e: &config::EtcdConf, store: &etcd::Etcd, le
 /// away) is replaced: a new one, the same entry put under it. The lease
 /// held afterwards.
 fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
-    let Some(e) = &conf.etcd else { return Ok(lease) };
+    let Some(e) = &conf.etcd else {
+        return Ok(lease);
+    };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
     if lease != 0 && store.keepalive(lease).map_err(try_again)? > 0 {
         return Ok(lease);
@@ -336,7 +461,13 @@ fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
     let mut h = Handle::new().map_err(kernel)?;
     let (_, local) = underlay(&mut h, conf)?;
     let fresh = store.grant(e.lease_ttl).map_err(try_again)?;
-    store.put(&subnet_key(conf, e, &conf.subnet), &lease_value(conf, local, &conf.subnet), fresh).map_err(try_again)?;
+    store
+        .put(
+            &subnet_key(conf, e, &conf.subnet),
+            &lease_value(conf, local, &conf.subnet),
+            fresh,
+        )
+        .map_err(try_again)?;
     Ok(fresh)
 }
 
@@ -348,7 +479,9 @@ fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
     let key = subnet_key(conf, e, &conf.subnet);
     for kv in store.get_prefix(&key).map_err(try_again)?.kvs {
-        let holder = serde_json::from_str::<serde_json::Value>(&kv.value).ok().and_then(|v| v["node"].as_str().map(str::to_string));
+        let holder = serde_json::from_str::<serde_json::Value>(&kv.value)
+            .ok()
+            .and_then(|v| v["node"].as_str().map(str::to_string));
         if kv.key == key && holder.as_deref() == Some(conf.node.as_str()) {
             store.delete(&key).map_err(try_again)?;
         }
@@ -362,7 +495,11 @@ fn resolve_or_cached(conf: &OverlayConf) -> Result<OverlayConf, Error> {
     match resolve(conf, false) {
         Ok(c) => Ok(c),
         Err(err) => match cached_subnet(conf) {
-            Some(subnet) if conf.etcd.is_some() => Ok(OverlayConf { subnet, peers: Vec::new(), ..conf.clone() }),
+            Some(subnet) if conf.etcd.is_some() => Ok(OverlayConf {
+                subnet,
+                peers: Vec::new(),
+                ..conf.clone()
+            }),
             _ => Err(err),
         },
     }
@@ -370,7 +507,11 @@ fn resolve_or_cached(conf: &OverlayConf) -> Result<OverlayConf, Error> {
 
 /// MTU of the overlay's links (VXLAN device, bridge, veths).
 fn overlay_mtu(conf: &OverlayConf, underlay: &Link, local: IpAddr) -> u32 {
-    let overhead = if local.is_ipv4() { VXLAN_OVERHEAD_V4 } else { VXLAN_OVERHEAD_V6 };
+    let overhead = if local.is_ipv4() {
+        VXLAN_OVERHEAD_V4
+    } else {
+        VXLAN_OVERHEAD_V6
+    };
     conf.mtu.unwrap_or(underlay.mtu.saturating_sub(overhead))
 }
 
@@ -387,39 +528,66 @@ fn network_note_path(conf: &OverlayConf) -> std::path::PathBuf {
 fn claim_network(h: &mut Handle, conf: &OverlayConf) -> Result<(), Error> {
     let note = json!({"network": conf.network.to_string(), "network6": conf.network6.map(|(n, _)| n.to_string()), "vni": conf.vni});
     let mine = network_note_path(conf);
-    let dir = mine.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let dir = mine
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = entry.path();
         if path == mine || path.extension().is_none_or(|x| x != "network") {
             continue;
         }
-        let Some(other) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) else { continue };
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(other) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            continue;
+        };
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let vni = other["vni"].as_u64().unwrap_or(0) as u32;
         if h.link_by_name(&vxlan_name(vni)).map_err(kernel)?.is_none() {
             continue; // that network is gone from this host
         }
         if vni == conf.vni {
-            return Err(Error::config("vni", format!("VNI {vni} is overlay network {name:?}'s on this host")));
+            return Err(Error::config(
+                "vni",
+                format!("VNI {vni} is overlay network {name:?}'s on this host"),
+            ));
         }
-        let overlaps4 = other["network"].as_str().and_then(|n| n.parse::<ipnet::Ipv4Net>().ok()).filter(|n| {
-            n.contains(&conf.network.network()) || conf.network.contains(&n.network())
-        });
+        let overlaps4 = other["network"]
+            .as_str()
+            .and_then(|n| n.parse::<ipnet::Ipv4Net>().ok())
+            .filter(|n| n.contains(&conf.network.network()) || conf.network.contains(&n.network()));
         if let Some(n) = overlaps4 {
             return Err(Error::config(
                 "network",
-                format!("{} overlaps {n} of overlay network {name:?} (VXLAN {}) on this host", conf.network, vxlan_name(vni)),
+                format!(
+                    "{} overlaps {n} of overlay network {name:?} (VXLAN {}) on this host",
+                    conf.network,
+                    vxlan_name(vni)
+                ),
             ));
         }
-        let overlaps6 = other["network6"].as_str().and_then(|n| n.parse::<ipnet::Ipv6Net>().ok()).filter(|n| {
-            conf.network6.is_some_and(|(m, _)| n.contains(&m.network()) || m.contains(&n.network()))
-        });
+        let overlaps6 = other["network6"]
+            .as_str()
+            .and_then(|n| n.parse::<ipnet::Ipv6Net>().ok())
+            .filter(|n| {
+                conf.network6
+                    .is_some_and(|(m, _)| n.contains(&m.network()) || m.contains(&n.network()))
+            });
         if let Some(n) = overlaps6 {
-            return Err(Error::config("network6", format!("overlaps {n} of overlay network {name:?} on this host")));
+            return Err(Error::config(
+                "network6",
+                format!("overlaps {n} of overlay network {name:?} on this host"),
+            ));
         }
     }
     let _ = std::fs::create_dir_all(&dir);
-    store::file::write_atomic(&mine, note.to_string().as_bytes()).map_err(|e| Error::new(cni::codes::IO, e.to_string()))
+    store::file::write_atomic(&mine, note.to_string().as_bytes())
+        .map_err(|e| Error::new(cni::codes::IO, e.to_string()))
 }
 
 /// Makes the VXLAN device exist (with the node's VTEP addresses) and every
@@ -431,12 +599,22 @@ fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
 }
 
 /// `ensure_datapath` over the underlay link `up`, whose address is `local`.
-fn ensure_datapath_on(h: &mut Handle, conf: &OverlayConf, up: &Link, local: IpAddr) -> Result<u32, Error> {
+fn ensure_datapath_on(
+    h: &mut Handle,
+    conf: &OverlayConf,
+    up: &Link,
+    local: IpAddr,
+) -> Result<u32, Error> {
     let mtu = overlay_mtu(conf, up, local);
     let name = vxlan_name(conf.vni);
     let vx = match h.link_by_name(&name).map_err(kernel)? {
         Some(l) if l.kind.as_deref() == Some("vxlan") => l,
-        Some(_) => return Err(Error::config("vni", format!("link {name} exists and is not a VXLAN device"))),
+        Some(_) => {
+            return Err(Error::config(
+                "vni",
+                format!("link {name} exists and is not a VXLAN device"),
+            ))
+        }
         None => {
             let opts = VxlanOptions {
                 vni: conf.vni,
@@ -448,16 +626,21 @@ fn ensure_datapath_on(h: &mut Handle, conf: &OverlayConf, up: &Link, local: IpAd
                 learning: false,
             };
             h.add_vxlan(&name, &opts).map_err(kernel)?;
-            h.link_by_name(&name).map_err(kernel)?.ok_or_else(|| Error::new(cni::codes::KERNEL, format!("{name} vanished")))?
+            h.link_by_name(&name)
+                .map_err(kernel)?
+                .ok_or_else(|| Error::new(cni::codes::KERNEL, format!("{name} vanished")))?
         }
     };
     let have = h.addresses(Some(vx.index)).map_err(kernel)?;
     for vtep in vteps(conf.subnet, conf.subnet6()) {
-        let addr = IpNet::new(vtep, if vtep.is_ipv4() { 32 } else { 128 }).map_err(|e| Error::config("network", e))?;
+        let addr = IpNet::new(vtep, if vtep.is_ipv4() { 32 } else { 128 })
+            .map_err(|e| Error::config("network", e))?;
         if !have.iter().any(|a| a.addr == addr) {
             // No DAD: the address is ours by lease, and waiting would
             // leave it tentative (unusable) for the first second.
-            let opts = AddressOptions { nodad: vtep.is_ipv6() };
+            let opts = AddressOptions {
+                nodad: vtep.is_ipv6(),
+            };
             h.add_address(vx.index, addr, &opts).map_err(kernel)?;
         }
     }
@@ -535,7 +718,11 @@ fn forget_peer(h: &mut Handle, vx: u32, p: &Peer, remaining: &[Peer]) -> Result<
 /// leaseTTL. When `stop` turns true it gives the lease back and returns;
 /// the datapath stays as it is, so containers keep talking to the peers
 /// they know.
-pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, stop: &std::sync::atomic::AtomicBool) -> Result<(), Error> {
+pub fn run_agent(
+    conf_path: &std::path::Path,
+    interval: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
     use std::time::{Duration, Instant};
     /// Everything is reprogrammed this often even without a change, so
     /// entries removed behind the agent's back come back.
@@ -551,8 +738,14 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
         let round = read_agent_conf(conf_path).and_then(|c| {
             claim_network(&mut Handle::new().map_err(kernel)?, &c)?;
             // The first round, and each renewal, also claims the lease.
-            let due = c.etcd.as_ref().is_some_and(|e| renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0));
-            let claim_from = if due { Some(underlay(&mut Handle::new().map_err(kernel)?, &c)?.1) } else { None };
+            let due = c.etcd.as_ref().is_some_and(|e| {
+                renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0)
+            });
+            let claim_from = if due {
+                Some(underlay(&mut Handle::new().map_err(kernel)?, &c)?.1)
+            } else {
+                None
+            };
             let (conf, mut h) = resolve_held(&c, claim_from)?;
             if due {
                 if let Some(h) = h.as_mut() {
@@ -571,21 +764,31 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
                 continue;
             }
         };
-        if last.as_ref().is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC) {
+        if last
+            .as_ref()
+            .is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC)
+        {
             let synced = (|| -> Result<(), Error> {
-                let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR)).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+                let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
+                    .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
                 let mut h = Handle::new().map_err(kernel)?;
                 // The gone first: then programming the current peers
                 // restores anything they shared with them.
                 if let Some(vx) = h.link_by_name(&vxlan_name(conf.vni)).map_err(kernel)? {
                     for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
                         forget_peer(&mut h, vx.index, gone, &conf.peers)?;
-                        eprintln!("berth-overlay agent: peer {} ({}) left", gone.node, gone.subnet);
+                        eprintln!(
+                            "berth-overlay agent: peer {} ({}) left",
+                            gone.node, gone.subnet
+                        );
                     }
                 }
                 ensure_datapath(&conf)?;
                 for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
-                    eprintln!("berth-overlay agent: peer {} ({}) at {}", new.node, new.subnet, new.underlay);
+                    eprintln!(
+                        "berth-overlay agent: peer {} ({}) at {}",
+                        new.node, new.subnet, new.underlay
+                    );
                 }
                 programmed = conf.peers.clone();
                 Ok(())
@@ -602,9 +805,16 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
         // interval (the static store's file; etcd while unreachable).
         let watched = match (&conf.etcd, held) {
             (Some(e), Some(h)) => {
-                let renew_in = Duration::from_secs_f64(e.lease_ttl as f64 / 3.0).saturating_sub(renewed.map(|at| at.elapsed()).unwrap_or_default());
+                let renew_in = Duration::from_secs_f64(e.lease_ttl as f64 / 3.0)
+                    .saturating_sub(renewed.map(|at| at.elapsed()).unwrap_or_default());
                 etcd::Etcd::new(&e.endpoints)
-                    .and_then(|store| store.wait_for_change(&leases_prefix(&conf, e), h.revision, WATCH_SLICE.min(renew_in)))
+                    .and_then(|store| {
+                        store.wait_for_change(
+                            &leases_prefix(&conf, e),
+                            h.revision,
+                            WATCH_SLICE.min(renew_in),
+                        )
+                    })
                     .is_ok()
             }
             _ => false,
@@ -616,7 +826,10 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
     if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
         match release_lease(&conf) {
             Ok(()) => eprintln!("berth-overlay agent: stopping; released {}", conf.subnet),
-            Err(e) => eprintln!("berth-overlay agent: stopping; lease not released ({}), it expires by itself", e.msg),
+            Err(e) => eprintln!(
+                "berth-overlay agent: stopping; lease not released ({}), it expires by itself",
+                e.msg
+            ),
         }
     }
     Ok(())
@@ -625,7 +838,8 @@ pub fn run_agent(conf_path: &std::path::Path, interval: std::time::Duration, sto
 /// The agent's config: the plugin's own object, or a conflist holding one.
 fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
     let text = std::fs::read(path).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::decode(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| Error::decode(e.to_string()))?;
     let mut plugin = match v.get("plugins").and_then(|p| p.as_array()) {
         Some(list) => list
             .iter()
@@ -643,7 +857,9 @@ fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
 /// A berth-overlay config object (the plugin's keys, with `name`) outside
 /// any CNI call: the agent's file, berthd's overlay networks.
 pub fn parse_conf(plugin: &serde_json::Value) -> Result<OverlayConf, Error> {
-    let conf = cni::NetConf::parse(&serde_json::to_vec(plugin).map_err(|e| Error::decode(e.to_string()))?)?;
+    let conf = cni::NetConf::parse(
+        &serde_json::to_vec(plugin).map_err(|e| Error::decode(e.to_string()))?,
+    )?;
     let req = Request {
         command: Command::Status,
         container_id: String::new(),
@@ -671,7 +887,8 @@ pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
     let (up, local) = underlay(&mut h, conf)?;
     let (conf, _) = resolve_held(conf, Some(local))?;
     let mtu = {
-        let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR)).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
+            .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
         ensure_datapath_on(&mut h, &conf, &up, local)?
     };
     Ok((conf, mtu))
@@ -688,14 +905,22 @@ pub fn leave_node(conf: &OverlayConf) -> Result<(), Error> {
     }
     if conf.etcd.is_some() {
         let held = resolve(conf, false).or_else(|_| {
-            cached_subnet(conf).map(|subnet| OverlayConf { subnet, ..conf.clone() }).ok_or_else(|| Error::new(cni::codes::TRY_AGAIN, "no lease"))
+            cached_subnet(conf)
+                .map(|subnet| OverlayConf {
+                    subnet,
+                    ..conf.clone()
+                })
+                .ok_or_else(|| Error::new(cni::codes::TRY_AGAIN, "no lease"))
         });
         if let Ok(held) = held {
             // Unreachable store: the lease expires by itself.
             let _ = release_lease(&held);
         }
     }
-    Handle::new().map_err(kernel)?.delete_link_by_name(&vxlan_name(conf.vni)).map_err(kernel)?;
+    Handle::new()
+        .map_err(kernel)?
+        .delete_link_by_name(&vxlan_name(conf.vni))
+        .map_err(kernel)?;
     let _ = std::fs::remove_file(network_note_path(conf));
     let _ = std::fs::remove_file(cache_path(conf));
     Ok(())
@@ -710,8 +935,14 @@ fn bridge_request(req: &Request, conf: &OverlayConf, mtu: u32) -> Result<Request
         "routes": [{"dst": conf.network.to_string()}],
     });
     if let (Some((net6, _)), Some(sub6)) = (conf.network6, conf.subnet6()) {
-        ipam["ranges"].as_array_mut().into_iter().for_each(|r| r.push(json!([{"subnet": sub6.to_string()}])));
-        ipam["routes"].as_array_mut().into_iter().for_each(|r| r.push(json!({"dst": net6.to_string()})));
+        ipam["ranges"]
+            .as_array_mut()
+            .into_iter()
+            .for_each(|r| r.push(json!([{"subnet": sub6.to_string()}])));
+        ipam["routes"]
+            .as_array_mut()
+            .into_iter()
+            .for_each(|r| r.push(json!({"dst": net6.to_string()})));
     }
     if let Some(d) = &conf.data_dir {
         ipam["dataDir"] = json!(d);
@@ -728,14 +959,24 @@ fn bridge_request(req: &Request, conf: &OverlayConf, mtu: u32) -> Result<Request
         "uplinks": [vxlan_name(conf.vni)],
         "ipam": ipam,
     });
-    for key in ["runtimeConfig", "args", "prevResult", "cni.dev/valid-attachments", "cni.dev/attachments"] {
+    for key in [
+        "runtimeConfig",
+        "args",
+        "prevResult",
+        "cni.dev/valid-attachments",
+        "cni.dev/attachments",
+    ] {
         if let Some(v) = req.conf.raw.get(key) {
             c[key] = v.clone();
         }
     }
     let stdin = serde_json::to_vec(&c).map_err(|e| Error::decode(e.to_string()))?;
     let conf = cni::NetConf::parse(&stdin)?;
-    Ok(Request { conf, stdin, ..req.clone() })
+    Ok(Request {
+        conf,
+        stdin,
+        ..req.clone()
+    })
 }
 
 /// The overlay MTU without touching anything (DEL, CHECK, GC, STATUS).
@@ -747,7 +988,11 @@ fn current_mtu(conf: &OverlayConf) -> u32 {
         .unwrap_or(1450)
 }
 
-fn delegate(req: &Request, conf: &OverlayConf, command: Command) -> Result<Option<CniResult>, Error> {
+fn delegate(
+    req: &Request,
+    conf: &OverlayConf,
+    command: Command,
+) -> Result<Option<CniResult>, Error> {
     let breq = bridge_request(req, conf, current_mtu(conf))?;
     let bridge = berth_bridge::BridgePlugin;
     match command {
@@ -774,13 +1019,18 @@ impl Plugin for OverlayPlugin {
         let mut h = Handle::new().map_err(kernel)?;
         let name = vxlan_name(conf.vni);
         if h.link_by_name(&name).map_err(kernel)?.is_none() {
-            return Err(ifconf::check_failed(format!("VXLAN device {name} is missing")));
+            return Err(ifconf::check_failed(format!(
+                "VXLAN device {name} is missing"
+            )));
         }
         let routes = h.routes().map_err(kernel)?;
         for p in &conf.peers {
             for want in peer_routes(0, p) {
                 if !routes.iter().any(|r| r.dst == want.dst) {
-                    return Err(ifconf::check_failed(format!("no route to node {}'s subnet {}", p.node, want.dst)));
+                    return Err(ifconf::check_failed(format!(
+                        "no route to node {}'s subnet {}",
+                        p.node, want.dst
+                    )));
                 }
             }
         }
@@ -794,8 +1044,17 @@ impl Plugin for OverlayPlugin {
         let conf = match resolve(&parsed, false) {
             Ok(c) => c,
             Err(e) if e.code == cni::codes::TRY_AGAIN => match cached_subnet(&parsed) {
-                Some(subnet) => OverlayConf { subnet, peers: Vec::new(), ..parsed.clone() },
-                None => return Err(Error::new(cni::codes::NOT_AVAILABLE, format!("{}; this node holds no subnet lease", e.msg))),
+                Some(subnet) => OverlayConf {
+                    subnet,
+                    peers: Vec::new(),
+                    ..parsed.clone()
+                },
+                None => {
+                    return Err(Error::new(
+                        cni::codes::NOT_AVAILABLE,
+                        format!("{}; this node holds no subnet lease", e.msg),
+                    ))
+                }
             },
             Err(e) => return Err(e),
         };
@@ -808,7 +1067,10 @@ impl Plugin for OverlayPlugin {
     }
 
     fn about(&self) -> String {
-        format!("berth-overlay {}: multi-host VXLAN networks (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+        format!(
+            "berth-overlay {}: multi-host VXLAN networks (CNI 0.1.0 - 1.1.0)",
+            env!("CARGO_PKG_VERSION")
+        )
     }
 }
 
@@ -821,10 +1083,19 @@ mod tests {
         assert_eq!(vxlan_name(16_777_215), "berth.16777215");
         assert!(vxlan_name(16_777_215).len() <= 15);
         assert_eq!(bridge_name(42), "bov42");
-        assert_eq!(vtep_mac("192.0.2.7".parse().unwrap()), [0x02, 0xbf, 192, 0, 2, 7]);
-        assert_eq!(vtep_mac("2001:db8::a:b0c:d".parse().unwrap()), [0x02, 0xbf, 0x0b, 0x0c, 0x00, 0x0d]);
+        assert_eq!(
+            vtep_mac("192.0.2.7".parse().unwrap()),
+            [0x02, 0xbf, 192, 0, 2, 7]
+        );
+        assert_eq!(
+            vtep_mac("2001:db8::a:b0c:d".parse().unwrap()),
+            [0x02, 0xbf, 0x0b, 0x0c, 0x00, 0x0d]
+        );
         assert_eq!(mac_text(&[0x02, 0xbf, 192, 0, 2, 7]), "02:bf:c0:00:02:07");
-        assert_eq!(parse_mac("02:bf:c0:00:02:07"), Some([0x02, 0xbf, 192, 0, 2, 7]));
+        assert_eq!(
+            parse_mac("02:bf:c0:00:02:07"),
+            Some([0x02, 0xbf, 192, 0, 2, 7])
+        );
         assert_eq!(parse_mac("02:bf:c0"), None);
     }
 }

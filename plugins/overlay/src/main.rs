@@ -27,7 +27,9 @@ fn main() {
             libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
             libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         }
-        if let Err(e) = berth_overlay::run_agent(&conf, std::time::Duration::from_millis(250), &STOP) {
+        if let Err(e) =
+            berth_overlay::run_agent(&conf, std::time::Duration::from_millis(250), &STOP)
+        {
             eprintln!("berth-overlay agent: {}", e.msg);
             std::process::exit(1);
         }

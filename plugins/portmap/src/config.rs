@@ -106,7 +106,10 @@ impl PortmapConf {
         let keys: Keys = cni::gojson::from_value(&req.conf.raw)
             .map_err(|e| Error::decode(format!("network configuration: {e}")))?;
         if keys.external_set_mark_chain.is_some() && keys.mark_masq_bit.is_some() {
-            return Err(bad("externalSetMarkChain", "cannot specify both externalSetMarkChain and markMasqBit"));
+            return Err(bad(
+                "externalSetMarkChain",
+                "cannot specify both externalSetMarkChain and markMasqBit",
+            ));
         }
         if let Some(chain) = &keys.external_set_mark_chain {
             return Err(bad(
@@ -125,14 +128,19 @@ impl PortmapConf {
         match keys.backend.as_deref() {
             None | Some("") | Some("nftables") => {}
             Some(other) => {
-                return Err(bad("backend", format!("{other:?}: berth-portmap has only the \"nftables\" backend")))
+                return Err(bad(
+                    "backend",
+                    format!("{other:?}: berth-portmap has only the \"nftables\" backend"),
+                ))
             }
         }
         let conditions = Conditions {
             v4: conditions("conditionsV4", keys.conditions_v4)?,
             v6: conditions("conditionsV6", keys.conditions_v6)?,
         };
-        conditions.validate().map_err(|e| bad("conditionsV4/conditionsV6", e))?;
+        conditions
+            .validate()
+            .map_err(|e| bad("conditionsV4/conditionsV6", e))?;
         Ok(PortmapConf {
             snat: keys.snat.unwrap_or(true),
             masq_all: keys.masq_all,
@@ -162,7 +170,9 @@ fn conditions(key: &str, list: Option<Vec<String>>) -> Result<Vec<String>, Error
 }
 
 fn port(field: &str, v: Option<&Value>) -> Result<u16, Error> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Err(bad(field, "missing")) };
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Err(bad(field, "missing"));
+    };
     match v.as_i64() {
         Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Some(p) => Err(bad(field, format!("{p} is not a port number (1-65535)"))),
@@ -174,21 +184,37 @@ fn mappings(raw: Option<&Value>) -> Result<Vec<Mapping>, Error> {
     let list = match raw {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
-        Some(other) => return Err(bad("runtimeConfig.portMappings", format!("expected a list, got {other}"))),
+        Some(other) => {
+            return Err(bad(
+                "runtimeConfig.portMappings",
+                format!("expected a list, got {other}"),
+            ))
+        }
     };
     let mut out: Vec<Mapping> = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let at = |k: &str| format!("runtimeConfig.portMappings[{i}].{k}");
-        let obj = m.as_object().ok_or_else(|| bad(&format!("runtimeConfig.portMappings[{i}]"), "not an object"))?;
+        let obj = m
+            .as_object()
+            .ok_or_else(|| bad(&format!("runtimeConfig.portMappings[{i}]"), "not an object"))?;
         let host_port = port(&at("hostPort"), obj.go_get("hostPort"))?;
         let container_port = port(&at("containerPort"), obj.go_get("containerPort"))?;
         let protocol = match obj.go_get("protocol") {
             // Unset: TCP, as Kubernetes and Docker default it.
             None => Protocol::Tcp,
             Some(Value::String(s)) if s.is_empty() => Protocol::Tcp,
-            Some(Value::String(s)) => Protocol::parse(s)
-                .ok_or_else(|| bad(&at("protocol"), format!("{s:?} is not one of tcp, udp, sctp")))?,
-            Some(other) => return Err(bad(&at("protocol"), format!("{other} is not one of tcp, udp, sctp"))),
+            Some(Value::String(s)) => Protocol::parse(s).ok_or_else(|| {
+                bad(
+                    &at("protocol"),
+                    format!("{s:?} is not one of tcp, udp, sctp"),
+                )
+            })?,
+            Some(other) => {
+                return Err(bad(
+                    &at("protocol"),
+                    format!("{other} is not one of tcp, udp, sctp"),
+                ))
+            }
         };
         let host = match obj.go_get("hostIP") {
             None => HostAddr::Any,
@@ -200,11 +226,20 @@ fn mappings(raw: Option<&Value>) -> Result<Vec<Mapping>, Error> {
             },
             Some(other) => return Err(bad(&at("hostIP"), format!("{other} is not an IP address"))),
         };
-        let mapping = Mapping { protocol, host_port, container_port, host };
+        let mapping = Mapping {
+            protocol,
+            host_port,
+            container_port,
+            host,
+        };
         if let Some(j) = out.iter().position(|o| overlaps(o, &mapping)) {
             return Err(bad(
                 &format!("runtimeConfig.portMappings[{i}]"),
-                format!("publishes {}/{} again (already in portMappings[{j}])", protocol.name(), host_port),
+                format!(
+                    "publishes {}/{} again (already in portMappings[{j}])",
+                    protocol.name(),
+                    host_port
+                ),
             ));
         }
         out.push(mapping);
@@ -218,7 +253,9 @@ fn overlaps(a: &Mapping, b: &Mapping) -> bool {
         return false;
     }
     [true, false].iter().any(|&v4| {
-        a.host.serves(v4) && b.host.serves(v4) && (a.host.ip().is_none() || b.host.ip().is_none() || a.host == b.host)
+        a.host.serves(v4)
+            && b.host.serves(v4)
+            && (a.host.ip().is_none() || b.host.ip().is_none() || a.host == b.host)
     })
 }
 
@@ -250,12 +287,27 @@ mod tests {
     #[test]
     fn bad_mappings_name_the_field() {
         for (v, field) in [
-            (json!([{"hostPort": 0, "containerPort": 80}]), "portMappings[0].hostPort"),
-            (json!([{"hostPort": 65536, "containerPort": 80}]), "portMappings[0].hostPort"),
+            (
+                json!([{"hostPort": 0, "containerPort": 80}]),
+                "portMappings[0].hostPort",
+            ),
+            (
+                json!([{"hostPort": 65536, "containerPort": 80}]),
+                "portMappings[0].hostPort",
+            ),
             (json!([{"hostPort": 80}]), "portMappings[0].containerPort"),
-            (json!([{"hostPort": 80, "containerPort": "80"}]), "portMappings[0].containerPort"),
-            (json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]), "portMappings[0].protocol"),
-            (json!([{"hostPort": 80, "containerPort": 80, "hostIP": "nope"}]), "portMappings[0].hostIP"),
+            (
+                json!([{"hostPort": 80, "containerPort": "80"}]),
+                "portMappings[0].containerPort",
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]),
+                "portMappings[0].protocol",
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 80, "hostIP": "nope"}]),
+                "portMappings[0].hostIP",
+            ),
             (
                 json!([{"hostPort": 80, "containerPort": 80}, {"hostPort": 80, "containerPort": 81, "hostIP": "192.0.2.1"}]),
                 "portMappings[1]",
@@ -292,7 +344,12 @@ mod tests {
     #[test]
     fn every_runtime_shape_gives_the_same_mappings() {
         let want = vec![
-            Mapping { protocol: Protocol::Tcp, host_port: 8080, container_port: 80, host: HostAddr::Any },
+            Mapping {
+                protocol: Protocol::Tcp,
+                host_port: 8080,
+                container_port: 80,
+                host: HostAddr::Any,
+            },
             Mapping {
                 protocol: Protocol::Udp,
                 host_port: 5353,
@@ -328,7 +385,14 @@ mod tests {
                     {"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"127.0.0.1"}]}"#,
             ),
         ] {
-            let req = Request::from_parts(cni::Command::Add, "c", "eth0", &runtime_stdin(rc), "IgnoreUnknown=1;K8S_POD_NAME=p").unwrap();
+            let req = Request::from_parts(
+                cni::Command::Add,
+                "c",
+                "eth0",
+                &runtime_stdin(rc),
+                "IgnoreUnknown=1;K8S_POD_NAME=p",
+            )
+            .unwrap();
             assert_eq!(PortmapConf::parse(&req).unwrap().mappings, want, "{who}");
         }
     }
@@ -337,10 +401,17 @@ mod tests {
     fn wrong_types_from_a_runtime_name_the_field() {
         for (rc, field) in [
             (r#"{"portMappings":"oops"}"#, "runtimeConfig.portMappings"),
-            (r#"{"portMappings":[{"HostPort":"8080","ContainerPort":80}]}"#, "runtimeConfig.portMappings[0].hostPort"),
-            (r#"{"PortMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":7}]}"#, "runtimeConfig.portMappings[0].protocol"),
+            (
+                r#"{"portMappings":[{"HostPort":"8080","ContainerPort":80}]}"#,
+                "runtimeConfig.portMappings[0].hostPort",
+            ),
+            (
+                r#"{"PortMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":7}]}"#,
+                "runtimeConfig.portMappings[0].protocol",
+            ),
         ] {
-            let req = Request::from_parts(cni::Command::Add, "c", "eth0", &runtime_stdin(rc), "").unwrap();
+            let req = Request::from_parts(cni::Command::Add, "c", "eth0", &runtime_stdin(rc), "")
+                .unwrap();
             let e = PortmapConf::parse(&req).unwrap_err();
             assert_eq!(e.code, cni::codes::INVALID_CONFIG, "{rc}");
             assert!(e.msg.contains(field), "{rc}: {}", e.msg);

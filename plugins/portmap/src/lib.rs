@@ -60,16 +60,21 @@ fn check_failed(msg: impl Into<String>) -> Error {
 
 /// The run dir (BERTH_RUN_DIR overrides it; tests use private ones).
 fn run_dir() -> PathBuf {
-    std::env::var_os("BERTH_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into())
+    std::env::var_os("BERTH_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_RUN_DIR.into())
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn open_store() -> Result<PortStore, Error> {
     let dir = run_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::new(codes::IO, format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::new(codes::IO, format!("creating {}: {e}", dir.display())))?;
     PortStore::open(&dir.join(DB_FILE), &boot_id()).map_err(store_err)
 }
 
@@ -79,7 +84,11 @@ fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
 }
 
 fn owner(req: &Request) -> PortOwner {
-    PortOwner { network: req.conf.name.clone(), container_id: req.container_id.clone(), ifname: req.ifname.clone() }
+    PortOwner {
+        network: req.conf.name.clone(),
+        container_id: req.container_id.clone(),
+        ifname: req.ifname.clone(),
+    }
 }
 
 /// What an attachment installed, as recorded in the store.
@@ -140,8 +149,12 @@ impl Installed {
     fn ports(&self) -> Result<PublishedPorts, Error> {
         let mut mappings = Vec::with_capacity(self.mappings.len());
         for m in &self.mappings {
-            let protocol = Protocol::parse(&m.protocol)
-                .ok_or_else(|| Error::new(codes::STORE, format!("recorded mapping has protocol {:?}", m.protocol)))?;
+            let protocol = Protocol::parse(&m.protocol).ok_or_else(|| {
+                Error::new(
+                    codes::STORE,
+                    format!("recorded mapping has protocol {:?}", m.protocol),
+                )
+            })?;
             mappings.push(PortMapping {
                 protocol,
                 host_ip: m.host_ip,
@@ -161,7 +174,10 @@ impl Installed {
     }
 
     fn conditions(&self) -> Conditions {
-        Conditions { v4: self.conditions_v4.clone(), v6: self.conditions_v6.clone() }
+        Conditions {
+            v4: self.conditions_v4.clone(),
+            v6: self.conditions_v6.clone(),
+        }
     }
 
     fn parse(p: &Published) -> Result<Installed, Error> {
@@ -169,7 +185,12 @@ impl Installed {
     }
 
     fn from_text(text: &str, whose: &str) -> Result<Installed, Error> {
-        serde_json::from_str(text).map_err(|e| Error::new(codes::STORE, format!("record of {whose} is unreadable: {e}")))
+        serde_json::from_str(text).map_err(|e| {
+            Error::new(
+                codes::STORE,
+                format!("record of {whose} is unreadable: {e}"),
+            )
+        })
     }
 }
 
@@ -207,22 +228,37 @@ struct Plan {
     loopback6: Vec<proxy::Proxy>,
 }
 
-fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) -> Result<Plan, Error> {
+fn plan(
+    conf: &PortmapConf,
+    req: &Request,
+    prev: &CniResult,
+    host: &mut Handle,
+) -> Result<Plan, Error> {
     let (v4, v6) = container_addresses(prev, &req.ifname);
     if v4.is_none() && v6.is_none() {
         return Err(Error::config(
             "prevResult",
-            format!("has no IP address on the container's interface {:?} to forward ports to", req.ifname),
+            format!(
+                "has no IP address on the container's interface {:?} to forward ports to",
+                req.ifname
+            ),
         ));
     }
     // The host's addresses, only when a mapping names one (a dump of every
     // address is not free on a host with many links).
     let local: Vec<IpAddr> = if conf.mappings.iter().any(|m| m.host.ip().is_some()) {
-        host.addresses(None).map_err(kernel)?.iter().map(|a| a.addr.addr()).collect()
+        host.addresses(None)
+            .map_err(kernel)?
+            .iter()
+            .map(|a| a.addr.addr())
+            .collect()
     } else {
         Vec::new()
     };
-    let mut ports = PublishedPorts { conditions: conf.conditions.clone(), ..Default::default() };
+    let mut ports = PublishedPorts {
+        conditions: conf.conditions.clone(),
+        ..Default::default()
+    };
     let mut claims = Vec::new();
     let mut loopback6 = Vec::new();
     for (i, m) in conf.mappings.iter().enumerate() {
@@ -233,7 +269,9 @@ fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) 
             HostAddr::Ip(ip) => ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
             HostAddr::AnyOf { v4: true } => false,
         };
-        if let (true, true, Some(c6), Protocol::Tcp | Protocol::Udp) = (on_loopback6, conf.snat, v6, m.protocol) {
+        if let (true, true, Some(c6), Protocol::Tcp | Protocol::Udp) =
+            (on_loopback6, conf.snat, v6, m.protocol)
+        {
             loopback6.push(proxy::Proxy {
                 protocol: m.protocol.name().to_string(),
                 host_port: m.host_port,
@@ -249,13 +287,20 @@ fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) 
                 ));
             }
         }
-        let targets: Vec<IpAddr> = [v4, v6].into_iter().flatten().filter(|c| m.host.serves(c.is_ipv4())).collect();
+        let targets: Vec<IpAddr> = [v4, v6]
+            .into_iter()
+            .flatten()
+            .filter(|c| m.host.serves(c.is_ipv4()))
+            .collect();
         if targets.is_empty() {
             return Err(Error::config(
                 &format!("runtimeConfig.portMappings[{i}].hostIP"),
                 format!(
                     "{} is {} but the container has no address of that family",
-                    m.host.ip().map(|i| i.to_string()).unwrap_or_else(|| "the unspecified address".into()),
+                    m.host
+                        .ip()
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "the unspecified address".into()),
                     if v4.is_none() { "IPv4" } else { "IPv6" }
                 ),
             ));
@@ -296,13 +341,21 @@ fn plan(conf: &PortmapConf, req: &Request, prev: &CniResult, host: &mut Handle) 
             ports.masq_all.push(c);
         }
     }
-    Ok(Plan { ports, claims, loopback6 })
+    Ok(Plan {
+        ports,
+        claims,
+        loopback6,
+    })
 }
 
 /// The name of the host link the route to `ip` leaves through, if any.
 fn host_link(host: &mut Handle, ip: IpAddr) -> Result<Option<String>, Error> {
-    let Some(route) = host.route_get(ip).map_err(kernel)? else { return Ok(None) };
-    let Some(oif) = route.oif else { return Ok(None) };
+    let Some(route) = host.route_get(ip).map_err(kernel)? else {
+        return Ok(None);
+    };
+    let Some(oif) = route.oif else {
+        return Ok(None);
+    };
     Ok(host.link_by_index(oif).map_err(kernel)?.map(|l| l.name))
 }
 
@@ -314,7 +367,8 @@ fn host_link(host: &mut Handle, ip: IpAddr) -> Result<Option<String>, Error> {
 fn allow_localnet(ports: &PublishedPorts) -> Result<(), Error> {
     for (ip, link) in &ports.hairpin {
         if ip.is_ipv4() && ports.localhost.contains(ip) {
-            net::sysctl::write(&format!("net/ipv4/conf/{link}/route_localnet"), "1").map_err(kernel)?;
+            net::sysctl::write(&format!("net/ipv4/conf/{link}/route_localnet"), "1")
+                .map_err(kernel)?;
         }
     }
     Ok(())
@@ -348,7 +402,9 @@ fn other_profiles(store: &PortStore, owner: &PortOwner) -> Result<Vec<Conditions
         .profiles_except(owner)
         .map_err(store_err)?
         .iter()
-        .map(|(id, installed)| Installed::from_text(installed, &format!("profile {id}")).map(|i| i.conditions()))
+        .map(|(id, installed)| {
+            Installed::from_text(installed, &format!("profile {id}")).map(|i| i.conditions())
+        })
         .collect()
 }
 
@@ -375,7 +431,12 @@ fn noted(store: &PortStore, note: &str) -> Result<bool, Error> {
 /// or the fast path finds it gone (a flushed ruleset), the structure is
 /// rebuilt with every recorded attachment's elements, so state lost
 /// behind berth's back comes back too. Called under the lock.
-fn install(store: &mut PortStore, owner: &PortOwner, replaced: Option<&PublishedPorts>, ports: &PublishedPorts) -> Result<(), Error> {
+fn install(
+    store: &mut PortStore,
+    owner: &PortOwner,
+    replaced: Option<&PublishedPorts>,
+    ports: &PublishedPorts,
+) -> Result<(), Error> {
     let others = other_profiles(store, owner)?;
     let mut profiles: Vec<&Conditions> = others.iter().collect();
     profiles.push(&ports.conditions);
@@ -437,21 +498,39 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
 /// ProgramExternalConnectivity for Docker's `-p`: both share the host's
 /// claims, so a port is never published twice): one store transaction,
 /// then one nft transaction; replaces what `owner` published before.
-pub fn publish(owner: &PortOwner, ports: &PublishedPorts, claims: &[PortClaim]) -> Result<(), Error> {
+pub fn publish(
+    owner: &PortOwner,
+    ports: &PublishedPorts,
+    claims: &[PortClaim],
+) -> Result<(), Error> {
     publish_with_proxies(owner, ports, claims, &[])
 }
 
 /// `publish`, and the `::1` ports relayed by proxies (recorded before
 /// they start: DEL and GC find them by the record).
-fn publish_with_proxies(owner: &PortOwner, ports: &PublishedPorts, claims: &[PortClaim], loopback6: &[proxy::Proxy]) -> Result<(), Error> {
-    let installed = Installed { loopback6: loopback6.to_vec(), ..Installed::of(ports) };
-    let installed =
-        serde_json::to_string(&installed).map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
-    let published = Published { owner: owner.clone(), profile: ports.conditions.id(), installed };
+fn publish_with_proxies(
+    owner: &PortOwner,
+    ports: &PublishedPorts,
+    claims: &[PortClaim],
+    loopback6: &[proxy::Proxy],
+) -> Result<(), Error> {
+    let installed = Installed {
+        loopback6: loopback6.to_vec(),
+        ..Installed::of(ports)
+    };
+    let installed = serde_json::to_string(&installed)
+        .map_err(|e| Error::new(codes::STORE, format!("encoding the record: {e}")))?;
+    let published = Published {
+        owner: owner.clone(),
+        profile: ports.conditions.id(),
+        installed,
+    };
     let _lock = lock()?;
     let mut store = open_store()?;
     let replaced = store.claim(&published, claims).map_err(store_err)?;
-    let replaced = replaced.map(|r| Installed::parse(&r).and_then(|i| i.ports())).transpose()?;
+    let replaced = replaced
+        .map(|r| Installed::parse(&r).and_then(|i| i.ports()))
+        .transpose()?;
     if let Err(e) = install(&mut store, owner, replaced.as_ref(), ports) {
         // Nothing of the failed batch was applied; what a replaced record
         // had installed goes too, so the store and kernel agree.
@@ -496,9 +575,15 @@ impl Plugin for PortmapPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let conf = PortmapConf::parse(req)?;
         let prev = req.prev_result()?.ok_or_else(|| {
-            Error::config("prevResult", "missing: berth-portmap is a chained plugin and needs the previous plugin's result")
+            Error::config(
+                "prevResult",
+                "missing: berth-portmap is a chained plugin and needs the previous plugin's result",
+            )
         })?;
-        let result = CniResult { cni_version: req.result_version(), ..prev.clone() };
+        let result = CniResult {
+            cni_version: req.result_version(),
+            ..prev.clone()
+        };
         if conf.mappings.is_empty() {
             return Ok(result);
         }
@@ -517,7 +602,9 @@ impl Plugin for PortmapPlugin {
 
     fn check(&self, req: &Request) -> Result<(), Error> {
         let conf = PortmapConf::parse(req)?;
-        let prev = req.prev_result()?.ok_or_else(|| Error::config("prevResult", "CHECK needs the ADD result as prevResult"))?;
+        let prev = req.prev_result()?.ok_or_else(|| {
+            Error::config("prevResult", "CHECK needs the ADD result as prevResult")
+        })?;
         if conf.mappings.is_empty() {
             return Ok(());
         }
@@ -541,13 +628,18 @@ impl Plugin for PortmapPlugin {
                 serde_json::to_string(&want).unwrap_or_default()
             )));
         }
-        if !installed.loopback6.is_empty() && !proxy::running(&proxy::owner_key(&owner.to_string())) {
-            return Err(check_failed(format!("the ::1 relay of {owner} is not running")));
+        if !installed.loopback6.is_empty() && !proxy::running(&proxy::owner_key(&owner.to_string()))
+        {
+            return Err(check_failed(format!(
+                "the ::1 relay of {owner} is not running"
+            )));
         }
         let others = other_profiles(&store, &owner)?;
         let mut profiles: Vec<&Conditions> = others.iter().collect();
         profiles.push(&conf.conditions);
-        if let Some(missing) = net::firewall::structure_missing_in(None, &profiles).map_err(firewall)? {
+        if let Some(missing) =
+            net::firewall::structure_missing_in(None, &profiles).map_err(firewall)?
+        {
             return Err(check_failed(missing));
         }
         match net::firewall::portmap_missing_in(None, &installed.ports()?).map_err(firewall)? {
@@ -565,7 +657,10 @@ impl Plugin for PortmapPlugin {
         let mut first_error = None;
         for published in store.attachments(&req.conf.name).map_err(store_err)? {
             let o = &published.owner;
-            if valid.iter().any(|a| a.container_id == o.container_id && a.ifname == o.ifname) {
+            if valid
+                .iter()
+                .any(|a| a.container_id == o.container_id && a.ifname == o.ifname)
+            {
                 continue;
             }
             if let Err(e) = release(&mut store, &published) {
@@ -578,12 +673,18 @@ impl Plugin for PortmapPlugin {
     fn status(&self, req: &Request) -> Result<(), Error> {
         PortmapConf::parse_keys(req)?;
         if !net::firewall::nft_available() {
-            return Err(Error::new(codes::NOT_AVAILABLE, "nft (nftables) is not installed; berth-portmap needs it"));
+            return Err(Error::new(
+                codes::NOT_AVAILABLE,
+                "nft (nftables) is not installed; berth-portmap needs it",
+            ));
         }
         Ok(())
     }
 
     fn about(&self) -> String {
-        format!("berth-portmap {}: published ports on nftables maps (CNI 0.1.0 - 1.1.0)", env!("CARGO_PKG_VERSION"))
+        format!(
+            "berth-portmap {}: published ports on nftables maps (CNI 0.1.0 - 1.1.0)",
+            env!("CARGO_PKG_VERSION")
+        )
     }
 }

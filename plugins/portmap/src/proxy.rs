@@ -64,7 +64,11 @@ fn spec(p: &Proxy) -> String {
 fn parse_spec(s: &str) -> Option<(String, SocketAddr, SocketAddr)> {
     let (proto, rest) = s.split_once(':')?;
     let (listen, target) = rest.split_once('=')?;
-    Some((proto.to_string(), listen.parse().ok()?, target.parse().ok()?))
+    Some((
+        proto.to_string(),
+        listen.parse().ok()?,
+        target.parse().ok()?,
+    ))
 }
 
 /// Starts the proxy of the attachment tagged `key` for `ports` and waits
@@ -74,7 +78,8 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
     if ports.is_empty() {
         return Ok(());
     }
-    let exe = std::env::current_exe().map_err(|e| Error::new(codes::IO, format!("own executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(codes::IO, format!("own executable: {e}")))?;
     let mut cmd = Command::new(exe);
     cmd.args(["proxy", "--owner", key])
         .args(ports.iter().map(spec))
@@ -89,8 +94,13 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| Error::new(codes::IO, format!("starting the ::1 proxy: {e}")))?;
-    let stdout = child.stdout.take().ok_or_else(|| Error::new(codes::IO, "the ::1 proxy has no stdout"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::new(codes::IO, format!("starting the ::1 proxy: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::new(codes::IO, "the ::1 proxy has no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -103,19 +113,36 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
         other => {
             let _ = child.kill();
             let _ = child.wait();
-            let why = if other.is_empty() { "the ::1 proxy did not start".to_string() } else { other.to_string() };
-            Err(Error::new(codes::ADDRESS_TAKEN, format!("published ports on ::1: {why}")))
+            let why = if other.is_empty() {
+                "the ::1 proxy did not start".to_string()
+            } else {
+                other.to_string()
+            };
+            Err(Error::new(
+                codes::ADDRESS_TAKEN,
+                format!("published ports on ::1: {why}"),
+            ))
         }
     }
 }
 
 /// The PIDs of the proxies of the attachment tagged `key`.
 fn pids(key: &str) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let ours = args.get(1) == Some(&&b"proxy"[..])
             && args.get(2) == Some(&&b"--owner"[..])
@@ -136,7 +163,10 @@ pub fn running(key: &str) -> bool {
 /// Stops every proxy of the attachment tagged `key` (none is fine).
 pub fn stop_all(key: &str) {
     for pid in pids(key) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -145,11 +175,15 @@ pub fn stop_all(key: &str) {
 /// until killed.
 pub fn run(args: &[String]) -> ! {
     let specs: Option<Vec<_>> = match args {
-        [flag, _key, specs @ ..] if flag == "--owner" && !specs.is_empty() => specs.iter().map(|s| parse_spec(s)).collect(),
+        [flag, _key, specs @ ..] if flag == "--owner" && !specs.is_empty() => {
+            specs.iter().map(|s| parse_spec(s)).collect()
+        }
         _ => None,
     };
     let Some(specs) = specs else {
-        std::process::exit(announce("error: usage: berth-portmap proxy --owner KEY tcp|udp:LISTEN=TARGET..."))
+        std::process::exit(announce(
+            "error: usage: berth-portmap proxy --owner KEY tcp|udp:LISTEN=TARGET...",
+        ))
     };
     let mut relays: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     for (proto, listen, target) in specs {
@@ -182,7 +216,11 @@ fn announce(line: &str) -> i32 {
 }
 
 /// Listens on `listen`; the relay to run (forever) once every port is bound.
-fn bind(proto: &str, listen: SocketAddr, target: SocketAddr) -> std::io::Result<Box<dyn FnOnce() + Send>> {
+fn bind(
+    proto: &str,
+    listen: SocketAddr,
+    target: SocketAddr,
+) -> std::io::Result<Box<dyn FnOnce() + Send>> {
     match proto {
         "tcp" => {
             let l = TcpListener::bind(listen)?;
@@ -192,15 +230,22 @@ fn bind(proto: &str, listen: SocketAddr, target: SocketAddr) -> std::io::Result<
             let s = UdpSocket::bind(listen)?;
             Ok(Box::new(move || serve_udp(s, target)))
         }
-        other => Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("protocol {other:?} is not relayed"))),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("protocol {other:?} is not relayed"),
+        )),
     }
 }
 
 fn serve_tcp(listener: TcpListener, target: SocketAddr) {
     for client in listener.incoming().flatten() {
         std::thread::spawn(move || {
-            let Ok(upstream) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else { return };
-            let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else { return };
+            let Ok(upstream) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else {
+                return;
+            };
+            let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+                return;
+            };
             let one_way = |mut from: TcpStream, mut to: TcpStream| {
                 let _ = std::io::copy(&mut from, &mut to);
                 let _ = to.shutdown(Shutdown::Write);
@@ -219,7 +264,9 @@ fn serve_udp(socket: UdpSocket, target: SocketAddr) {
     let flows: Flows = Arc::new(Mutex::new(Vec::new()));
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok((n, client)) = socket.recv_from(&mut buf) else { continue };
+        let Ok((n, client)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
         let mut all = flows.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|(_, _, seen)| seen.elapsed() < UDP_IDLE);
         let known = all.iter_mut().find(|(c, _, _)| *c == client);
@@ -229,10 +276,18 @@ fn serve_udp(socket: UdpSocket, target: SocketAddr) {
                 up.try_clone().ok()
             }
             None => {
-                let bind: SocketAddr = if target.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.unwrap_or(target);
-                let up = UdpSocket::bind(bind).and_then(|u| u.connect(target).map(|_| u)).ok();
+                let bind: SocketAddr = if target.is_ipv6() {
+                    "[::]:0".parse()
+                } else {
+                    "0.0.0.0:0".parse()
+                }
+                .unwrap_or(target);
+                let up = UdpSocket::bind(bind)
+                    .and_then(|u| u.connect(target).map(|_| u))
+                    .ok();
                 if let Some(up) = &up {
-                    let (reply, back, flows_ref) = (up.try_clone(), socket.try_clone(), flows.clone());
+                    let (reply, back, flows_ref) =
+                        (up.try_clone(), socket.try_clone(), flows.clone());
                     if let (Ok(reply), Ok(back)) = (reply, back) {
                         let _ = reply.set_read_timeout(Some(UDP_IDLE));
                         std::thread::spawn(move || {
@@ -241,7 +296,10 @@ fn serve_udp(socket: UdpSocket, target: SocketAddr) {
                                 let _ = back.send_to(&b[..n], client);
                             }
                             // Idle: forget the flow.
-                            flows_ref.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _, _)| *c != client);
+                            flows_ref
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .retain(|(c, _, _)| *c != client);
                         });
                     }
                     if let Ok(kept) = up.try_clone() {
@@ -271,9 +329,26 @@ mod tests {
 
     #[test]
     fn specs_round_trip_and_sctp_is_not_relayed() {
-        let p = Proxy { protocol: "udp".into(), host_port: 5353, container_ip: "fd00::2".parse().unwrap(), container_port: 53 };
+        let p = Proxy {
+            protocol: "udp".into(),
+            host_port: 5353,
+            container_ip: "fd00::2".parse().unwrap(),
+            container_port: 53,
+        };
         assert_eq!(spec(&p), "udp:[::1]:5353=[fd00::2]:53");
-        assert_eq!(parse_spec(&spec(&p)), Some(("udp".to_string(), "[::1]:5353".parse().unwrap(), "[fd00::2]:53".parse().unwrap())));
-        assert!(bind("sctp", "[::1]:1".parse().unwrap(), "[::1]:2".parse().unwrap()).is_err());
+        assert_eq!(
+            parse_spec(&spec(&p)),
+            Some((
+                "udp".to_string(),
+                "[::1]:5353".parse().unwrap(),
+                "[fd00::2]:53".parse().unwrap()
+            ))
+        );
+        assert!(bind(
+            "sctp",
+            "[::1]:1".parse().unwrap(),
+            "[::1]:2".parse().unwrap()
+        )
+        .is_err());
     }
 }
