@@ -23,9 +23,12 @@ use std::net::IpAddr;
 use crate::ipam_api::Ipam;
 use crate::overlay_net;
 
+use berth_network::bridge::BridgeSpec;
+use berth_network::gateway::GatewaySpec;
+use berth_network::port::PortSpec;
 use ipnet::IpNet;
 use net::firewall::{PortMapping, Protocol, PublishedPorts};
-use net::{AddressOptions, BridgeOptions, Handle, Netns, VethOptions};
+use net::{Handle, Netns};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use store::ports::{PortClaim, PortOwner};
@@ -57,6 +60,10 @@ struct Network {
     /// mode=overlay: the berth-overlay config object.
     #[serde(default)]
     overlay: Option<Value>,
+    /// `-o multicast_snooping=true`: the kernel's (and Docker's bridge
+    /// driver's) default; berth's bridges have it off.
+    #[serde(default)]
+    multicast_snooping: bool,
 }
 
 impl Network {
@@ -106,6 +113,11 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
 
 fn kernel(what: &str) -> impl Fn(net::Error) -> Answer + '_ {
     move |e| fail(format!("{what}: {e}"))
+}
+
+/// The core's errors as the protocol's.
+fn core(e: berth_network::Error) -> Answer {
+    fail(e)
 }
 
 #[derive(Deserialize)]
@@ -280,7 +292,15 @@ impl Networks {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        const COMMON: [&str; 6] = ["mode", "bridge", "mtu", "masquerade", "isolation", "vlan"];
+        const COMMON: [&str; 7] = [
+            "mode",
+            "bridge",
+            "mtu",
+            "masquerade",
+            "isolation",
+            "vlan",
+            "multicast_snooping",
+        ];
         let overlay = match generic.get("mode").map(String::as_str) {
             None | Some("bridge") => false,
             Some("overlay") => true,
@@ -350,6 +370,15 @@ impl Networks {
                 .map_err(|_| fail(format!("Gateway {:?} is not ip/len", d.gateway)))?;
             gateways.push(g);
         }
+        // As Docker's own bridge driver: one IPv4 subnet per bridge (a
+        // second gateway on it would replace the first).
+        if gateways.iter().filter(|g| g.addr().is_ipv4()).count() > 1 {
+            return Err(fail(
+                "IPv4Data: a bridge network takes one IPv4 subnet (as Docker's bridge driver)",
+            ));
+        }
+        let spec = BridgeSpec::new(&bridge);
+        spec.validate("bridge").map_err(core)?;
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         // A CreateNetwork retried after berthd died halfway through it:
         // what the first attempt made goes, then it is made again.
@@ -402,6 +431,7 @@ impl Networks {
             internal,
             gateways,
             overlay: overlay_conf,
+            multicast_snooping: flag(&generic, "multicast_snooping", false)?,
         };
         // Recorded first: a berthd killed from here on leaves a record
         // that DeleteNetwork cleans.
@@ -418,30 +448,21 @@ impl Networks {
     }
 
     fn build(&self, h: &mut Handle, n: &Network) -> Result<(), Answer> {
-        h.add_bridge(
-            &n.bridge,
-            &BridgeOptions {
-                mtu: n.mtu,
-                ..Default::default()
-            },
-        )
-        .map_err(kernel("create bridge"))?;
-        let br = h
-            .link_by_name(&n.bridge)
-            .map_err(kernel("netlink"))?
-            .ok_or_else(|| fail("bridge vanished"))?;
-        for g in &n.gateways {
-            h.add_address(br.index, *g, &AddressOptions { nodad: true })
-                .map_err(kernel("gateway address"))?;
+        // The same bridge berth-bridge makes for a CNI network with these
+        // options (berth_network).
+        let bridge = BridgeSpec {
+            mtu: n.mtu,
+            multicast_snooping: n.multicast_snooping,
+            ..BridgeSpec::new(&n.bridge)
         }
-        h.set_up(br.index).map_err(kernel("bridge up"))?;
-        if n.gateways.iter().any(|g| g.addr().is_ipv4()) {
-            net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel("ip_forward"))?;
+        .apply(h, "bridge")
+        .map_err(core)?;
+        GatewaySpec {
+            addresses: n.gateways.clone(),
+            force: false,
         }
-        if n.gateways.iter().any(|g| g.addr().is_ipv6()) {
-            net::sysctl::write("net/ipv6/conf/all/forwarding", "1")
-                .map_err(kernel("IPv6 forwarding"))?;
-        }
+        .apply(h, &bridge.link)
+        .map_err(core)?;
         let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
         // An overlay's traffic stays unmasqueraded within the cluster
         // CIDR (other nodes see container addresses), as flannel's.
@@ -599,33 +620,23 @@ impl Networks {
             ))
         })?;
         let mut h = Handle::new().map_err(kernel("netlink"))?;
+        let port = PortSpec {
+            mtu: n.mtu,
+            ..PortSpec::new(&ep.host_veth, &ep.peer)
+        };
         let wired = (|| -> Result<(), Answer> {
             let here = Netns::current().map_err(kernel("own namespace"))?;
-            let _ = h.delete_link_by_name(&ep.host_veth);
-            h.add_veth(
-                &ep.host_veth,
-                &ep.peer,
-                &here,
-                &VethOptions {
-                    mtu: n.mtu,
-                    ..Default::default()
-                },
-            )
-            .map_err(kernel("create veth"))?;
+            // A Join retried after berthd died halfway through it.
+            port.teardown(&mut h).map_err(core)?;
             let br = h
                 .link_by_name(&n.bridge)
                 .map_err(kernel("netlink"))?
                 .ok_or_else(|| fail(format!("bridge {} is gone", n.bridge)))?;
-            let hv = h
-                .link_by_name(&ep.host_veth)
-                .map_err(kernel("netlink"))?
-                .ok_or_else(|| fail("veth vanished"))?;
-            h.set_master(hv.index, br.index)
-                .map_err(kernel("attach veth"))?;
-            h.set_up(hv.index).map_err(kernel("veth up"))
+            port.apply(&mut h, &br, &here).map_err(core)?;
+            Ok(())
         })();
         if let Err(e) = wired {
-            let _ = h.delete_link_by_name(&ep.host_veth);
+            let _ = port.teardown(&mut h);
             return Err(e);
         }
         let gw = |v4: bool| {

@@ -38,7 +38,7 @@ impl Handle {
 
 /// Interface names: the kernel's dev_valid_name() rules, checked here so
 /// the error names the offending value instead of a bare EINVAL.
-pub(crate) fn check_ifname(name: &str) -> Result<()> {
+pub fn check_ifname(name: &str) -> Result<()> {
     let bad = |reason: &str| Err(Error::invalid("interface name", name, reason));
     if name.is_empty() {
         return bad("empty");

@@ -24,7 +24,7 @@ mod vxlan;
 pub use addr::{Address, AddressOptions};
 pub use bridge::{BridgePortOptions, BridgeVlan};
 pub use error::Error;
-pub use handle::Handle;
+pub use handle::{check_ifname, Handle};
 pub use link::{
     eui64_link_local, BridgeOptions, Ipv6Settings, Link, MacvlanMode, MacvlanOptions, VethOptions,
 };

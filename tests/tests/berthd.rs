@@ -1107,3 +1107,268 @@ fn malformed_http_never_stops_berthd() {
     }
     d.kill();
 }
+
+// ---------------------------------------------------------------------------
+// one core: the same network from berthd and from berth-bridge
+
+/// `/sys/class/net/<link>/<dir>/*` settings, minus what is a running
+/// timer, a counter or an identity (ids carry the link's MAC or index).
+fn sysfs_settings(link: &str, dir: &str) -> std::collections::BTreeMap<String, String> {
+    let volatile = |n: &str| {
+        n.contains("timer")
+            || n.ends_with("_id")
+            || n.starts_with("topology_change")
+            || n.starts_with("designated_")
+            || n.starts_with("root_")
+            || ["port_no", "port_id", "backup_port", "backup_nhid"].contains(&n)
+    };
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/sys/class/net/{link}/{dir}")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if volatile(&name) {
+            continue;
+        }
+        if let Ok(v) = std::fs::read_to_string(e.path()) {
+            out.insert(name, v.trim().to_string());
+        }
+    }
+    out
+}
+
+/// `/proc/sys/net/ipv6/conf/<link>/*` (unreadable ones skipped).
+fn ipv6_settings(link: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/sys/net/ipv6/conf/{link}")) {
+        for e in rd.flatten() {
+            if let Ok(v) = std::fs::read_to_string(e.path()) {
+                out.insert(
+                    e.file_name().to_string_lossy().into_owned(),
+                    v.trim().to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// What `ip -j -d` says of a link that both front ends must agree on:
+/// flags, MTU, kind, queueing, and the addresses' families, prefixes and
+/// scopes (not their values).
+fn link_shape(link: &str) -> Value {
+    let l = &ip_json(&["-d", "link", "show", "dev", link])[0];
+    let a = &ip_json(&["addr", "show", "dev", link])[0];
+    let mut addrs: Vec<String> = a["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} /{} {}", i["family"], i["prefixlen"], i["scope"]))
+        .collect();
+    addrs.sort();
+    json!({
+        "flags": l["flags"], "mtu": l["mtu"], "kind": l["linkinfo"]["info_kind"],
+        "slave_kind": l["linkinfo"]["info_slave_kind"], "qdisc": l["qdisc"],
+        "txqlen": l["txqlen"], "addr_assign_type": l["addr_assign_type"], "addresses": addrs,
+    })
+}
+
+/// `inet berth`'s objects of one network, with its names, bridge and
+/// subnets replaced by placeholders and handles dropped.
+fn nft_shape(network: &str, bridge: &str, subnets: &[&str]) -> Vec<String> {
+    let names = net::firewall::chain_names(network);
+    let ours = [&names.nat, &names.forward, &names.set_v4, &names.set_v6];
+    let mut out: Vec<String> = berth_nft_table()
+        .into_iter()
+        .filter_map(|mut obj| {
+            let (kind, o) = obj.as_object_mut()?.iter_mut().next()?;
+            let key = if kind == "rule" { "chain" } else { "name" };
+            let name = o.get(key)?.as_str()?.to_string();
+            if !ours.iter().any(|n| **n == name) {
+                return None;
+            }
+            o.as_object_mut()?.remove("handle");
+            let mut text = obj.to_string();
+            for (from, to) in [
+                (names.nat.as_str(), "NAT"),
+                (names.forward.as_str(), "FWD"),
+                (names.set_v4.as_str(), "SET4"),
+                (names.set_v6.as_str(), "SET6"),
+                (bridge, "BRIDGE"),
+                (network, "NETWORK"),
+            ] {
+                text = text.replace(from, to);
+            }
+            for (i, s) in subnets.iter().enumerate() {
+                let (addr, _) = s.split_once('/').unwrap();
+                text = text.replace(addr, &format!("SUBNET{i}"));
+            }
+            Some(text)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 16's promise: a network made by berthd and one made by
+/// berth-bridge with the same options are the same in the kernel: the
+/// bridge (flags, MTU, sysfs bridge settings, its MAC derived from its
+/// name, IPv6 settings), the host end of an endpoint's veth (flags, bridge
+/// port settings, no IPv6 of its own) and the network's nftables objects.
+/// The one documented difference, multicast snooping, is an option.
+#[test]
+fn berthd_and_berth_bridge_make_the_same_network() {
+    let d = Berthd::start();
+    // berthd's network.
+    let (d4, d6) = unique_subnets();
+    let d_bridge = unique_name("bdsame", IFNAMSIZ_MAX);
+    let _g1 = LinkGuard::new(d_bridge.clone());
+    let id = format!("{:08x}e{}", std::process::id(), "0".repeat(55));
+    let ep = format!("{:08x}f{}", std::process::id(), "0".repeat(55));
+    let rules = format!("docker-{}", &id[..12]);
+    let _r1 = NftNetworkGuard::new(rules.clone());
+    let gw = |s: &str, last: &str| {
+        format!(
+            "{}{last}/{}",
+            s.split_once("0/").unwrap().0,
+            s.split_once('/').unwrap().1
+        )
+    };
+    let (d4_gw, d6_gw) = (gw(&d4, "1"), d6.replace("::/", "::1/"));
+    d.ok(
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID": id, "Options": {"com.docker.network.generic": {"bridge": d_bridge}},
+               "IPv4Data": [{"Pool": d4, "Gateway": d4_gw}], "IPv6Data": [{"Pool": d6, "Gateway": d6_gw}]}),
+    );
+    d.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": id, "EndpointID": ep,
+               "Interface": {"Address": gw(&d4, "2"), "AddressIPv6": d6.replace("::/", "::2/")}}),
+    );
+    let joined = d.ok(
+        "NetworkDriver.Join",
+        json!({"NetworkID": id, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x"}),
+    );
+    let d_veth = format!("bh{}", &ep[..12]);
+    let d_peer = joined["InterfaceName"]["SrcName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _g2 = LinkGuard::new(d_veth.clone());
+    let _g3 = LinkGuard::new(d_peer.clone());
+
+    // berth-bridge's, with the same options, for a container in a netns.
+    let (c4, c6) = unique_subnets();
+    let c_bridge = unique_name("bcsame", IFNAMSIZ_MAX);
+    let _g4 = LinkGuard::new(c_bridge.clone());
+    let network = unique_name("same", 32);
+    let _r2 = NftNetworkGuard::new(network.clone());
+    let data = TempDir::new("same-ipam");
+    let run_dir = TempDir::new("same-run");
+    let ns = TestNetns::new("same");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": network, "type": BRIDGE_BIN, "bridge": c_bridge,
+        "isGateway": true, "ipMasq": true,
+        "ipam": {"type": IPAM_BIN, "dataDir": data.path(), "ranges": [[{"subnet": c4}], [{"subnet": c6}]]}
+    });
+    let cni = Cni::new(BRIDGE_BIN)
+        .containerid("same-1")
+        .netns(&ns)
+        .env("BERTH_RUN_DIR", run_dir.path().to_str().unwrap());
+    let added = cni.add(&conf);
+    let c_veth = added.expect_ok()["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The engine brings the peer up once it is in the container, as
+    // berth-bridge does the container's end: then both bridges have a
+    // carrier (and an IPv6 link-local address, which may take a moment).
+    run_ok("ip", &["link", "set", "dev", &d_peer, "up"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link_shape(&d_bridge) != link_shape(&c_bridge) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The bridges.
+    assert_eq!(link_shape(&d_bridge), link_shape(&c_bridge), "bridge links");
+    assert_eq!(
+        sysfs_settings(&d_bridge, "bridge"),
+        sysfs_settings(&c_bridge, "bridge"),
+        "sysfs bridge settings"
+    );
+    assert_eq!(
+        sysfs_settings(&d_bridge, "bridge")["multicast_snooping"],
+        "0"
+    );
+    assert_eq!(
+        ipv6_settings(&d_bridge),
+        ipv6_settings(&c_bridge),
+        "the bridges' IPv6 settings"
+    );
+    for b in [&d_bridge, &c_bridge] {
+        let mac = ip_json(&["link", "show", "dev", b])[0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let want = berth_network::bridge::bridge_mac(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(mac, want, "{b}'s MAC is derived from its name");
+    }
+    // The host ends of the veths.
+    assert_eq!(link_shape(&d_veth), link_shape(&c_veth), "host veths");
+    assert_eq!(
+        sysfs_settings(&d_veth, "brport"),
+        sysfs_settings(&c_veth, "brport"),
+        "bridge port settings"
+    );
+    assert_eq!(
+        ipv6_settings(&d_veth),
+        ipv6_settings(&c_veth),
+        "the host veths' IPv6 settings"
+    );
+    assert_eq!(ipv6_settings(&d_veth)["disable_ipv6"], "1");
+    // The firewall.
+    let dn = nft_shape(&rules, &d_bridge, &[&d4, &d6]);
+    assert!(!dn.is_empty(), "berthd's network has no nftables objects");
+    assert_eq!(
+        dn,
+        nft_shape(&network, &c_bridge, &[&c4, &c6]),
+        "nftables objects"
+    );
+
+    // Docker's default, by name: snooping on.
+    let s_bridge = unique_name("bssame", IFNAMSIZ_MAX);
+    let _g5 = LinkGuard::new(s_bridge.clone());
+    let sid = format!("{:08x}d{}", std::process::id(), "0".repeat(55));
+    let _r3 = NftNetworkGuard::new(format!("docker-{}", &sid[..12]));
+    let (s4, _) = unique_subnets();
+    d.ok(
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID": sid, "Options": {"com.docker.network.generic": {"bridge": s_bridge, "multicast_snooping": "true"}},
+               "IPv4Data": [{"Pool": s4, "Gateway": gw(&s4, "1")}]}),
+    );
+    assert_eq!(
+        sysfs_settings(&s_bridge, "bridge")["multicast_snooping"],
+        "1"
+    );
+
+    // Gone again, each way.
+    cni.del(&conf).assert_ok();
+    for (n, e) in [(&id, Some(&ep)), (&sid, None)] {
+        if let Some(e) = e {
+            d.ok(
+                "NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": n, "EndpointID": e}),
+            );
+        }
+        d.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": n}));
+    }
+    for l in [&d_bridge, &d_veth, &s_bridge] {
+        assert!(!link_exists(l), "{l} left");
+    }
+}

@@ -4,12 +4,13 @@
 use crate::config::BridgeConf;
 use crate::state::State;
 use crate::{firewall, host_veth_name};
+use berth_network::bridge::BridgeSpec;
+use berth_network::gateway::GatewaySpec;
+use berth_network::port::{PortSpec, PortVlans};
 use cni::{codes, CniResult, Command, Error, Interface, IpConfig, Request, Route};
 use ifconf::{check_failed as missing, ipam, kernel, mac_string};
 use ipnet::IpNet;
-use net::{
-    AddressOptions, BridgeOptions, BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions,
-};
+use net::{Handle, Link, Netns};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -44,26 +45,12 @@ fn default_gateway(addr: &IpNet) -> IpAddr {
     }
 }
 
-/// A locally administered unicast MAC derived from the bridge name, so a
-/// re-created bridge keeps its gateway MAC.
-fn bridge_mac(name: &str) -> [u8; 6] {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(name.as_bytes());
-    [0x02, h[0], h[1], h[2], h[3], h[4]]
-}
-
-/// The host end of the veth is a bridge port: it forwards IPv6 frames at
-/// layer 2 and needs no IPv6 of its own. Left on (before the link comes up),
-/// every port would get a link-local address and an fe80::/64 route, all in
-/// one node of the host's IPv6 routing table, where inserting and looking
-/// up routes is linear in the number of containers — and it would send DAD
-/// and router solicitations into its container.
-fn disable_ipv6(host_veth: &str) -> Result<(), Error> {
-    match net::sysctl::write(&format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "1") {
-        Ok(()) => Ok(()),
-        // IPv6 disabled in the whole kernel: nothing to turn off.
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(kernel(e)),
+/// The core's errors as CNI errors: a spec it refuses names the config key,
+/// the kernel's refusals are code 11.
+pub fn core_err(e: berth_network::Error) -> Error {
+    match e {
+        berth_network::Error::Config { field, msg } => Error::config(field, msg),
+        e @ berth_network::Error::Kernel { .. } => Error::new(codes::KERNEL, e.to_string()),
     }
 }
 
@@ -97,40 +84,20 @@ impl AddContext<'_> {
 
         let bridge = self.ensure_bridge(progress)?;
         let mtu = conf.mtu.unwrap_or(bridge.mtu);
-        self.host
-            .add_veth(
-                self.host_veth,
-                &req.ifname,
-                self.ns,
-                &VethOptions {
-                    mtu: Some(mtu),
-                    peer_mac: conf.mac,
-                    host_mac: None,
-                    host_master: Some(bridge.index),
-                },
-            )
-            .map_err(kernel)?;
+        let port = PortSpec {
+            mtu: Some(mtu),
+            peer_mac: conf.mac,
+            hairpin: conf.hairpin_mode,
+            isolated: conf.port_isolation,
+            vlans: conf.uses_vlans().then(|| PortVlans {
+                access: conf.vlan,
+                trunk: conf.vlan_trunk.clone(),
+                keep_default: conf.preserve_default_vlan,
+            }),
+            ..PortSpec::new(self.host_veth, &req.ifname)
+        };
         progress.veth = true;
-        let hv = self
-            .host
-            .link_by_name(self.host_veth)
-            .map_err(kernel)?
-            .ok_or_else(|| {
-                Error::new(
-                    codes::KERNEL,
-                    format!("{} vanished after creation", self.host_veth),
-                )
-            })?;
-        if conf.hairpin_mode || conf.port_isolation {
-            let port = BridgePortOptions {
-                hairpin: Some(conf.hairpin_mode),
-                isolated: Some(conf.port_isolation),
-            };
-            self.host.set_bridge_port(hv.index, &port).map_err(kernel)?;
-        }
-        self.configure_vlans(hv.index, bridge.index)?;
-        disable_ipv6(self.host_veth)?;
-        self.host.set_up(hv.index).map_err(kernel)?;
+        let hv = port.apply(self.host, &bridge, self.ns).map_err(core_err)?;
 
         let cl = self
             .cont
@@ -203,126 +170,17 @@ impl AddContext<'_> {
     /// name is an error.
     fn ensure_bridge(&mut self, progress: &mut Progress) -> Result<Link, Error> {
         let conf = self.conf;
-        let existing = self.host.link_by_name(&conf.bridge).map_err(kernel)?;
-        let link = match existing {
-            Some(l) => {
-                if l.kind.as_deref() != Some("bridge") {
-                    return Err(Error::config(
-                        "bridge",
-                        format!(
-                            "{:?} exists and is not a bridge (kind {})",
-                            conf.bridge,
-                            l.kind.as_deref().unwrap_or("unknown")
-                        ),
-                    ));
-                }
-                l
-            }
-            None => {
-                let opts = BridgeOptions {
-                    mtu: conf.mtu,
-                    mac: Some(bridge_mac(&conf.bridge)),
-                    vlan_filtering: conf.uses_vlans(),
-                    promisc: conf.promisc_mode,
-                    // Nothing on a berth bridge queries for group
-                    // members, and without a querier snooping floods all
-                    // multicast anyway; it only cost work on every port
-                    // that came up (all ports' query timers, under RTNL).
-                    // A bridge that already exists is adopted as it is.
-                    no_multicast_snooping: true,
-                };
-                let created = match self.host.add_bridge(&conf.bridge, &opts) {
-                    Ok(()) => true,
-                    // Another ADD created it a moment ago: adopt it.
-                    Err(e) if e.is_exists() => false,
-                    Err(e) => return Err(kernel(e)),
-                };
-                let l = self
-                    .host
-                    .link_by_name(&conf.bridge)
-                    .map_err(kernel)?
-                    .ok_or_else(|| {
-                        Error::new(
-                            codes::KERNEL,
-                            format!("bridge {} vanished after creation", conf.bridge),
-                        )
-                    })?;
-                if l.kind.as_deref() != Some("bridge") {
-                    return Err(Error::config(
-                        "bridge",
-                        format!("{:?} exists and is not a bridge", conf.bridge),
-                    ));
-                }
-                if created {
-                    progress.bridge_created = Some(l.index);
-                }
-                l
-            }
+        let spec = BridgeSpec {
+            mtu: conf.mtu,
+            vlan_filtering: conf.uses_vlans(),
+            promisc: conf.promisc_mode,
+            ..BridgeSpec::new(&conf.bridge)
         };
-        if !link.admin_up {
-            self.host.set_up(link.index).map_err(kernel)?;
+        let bridge = spec.apply(self.host, "bridge").map_err(core_err)?;
+        if bridge.created {
+            progress.bridge_created = Some(bridge.link.index);
         }
-        if conf.promisc_mode && !link.promisc {
-            self.host.set_promisc(link.index, true).map_err(kernel)?;
-        }
-        if conf.uses_vlans() && progress.bridge_created.is_none() {
-            self.host
-                .set_bridge_vlan_filtering(link.index, true)
-                .map_err(kernel)?;
-        }
-        Ok(link)
-    }
-
-    fn configure_vlans(&mut self, port: u32, bridge: u32) -> Result<(), Error> {
-        let conf = self.conf;
-        if !conf.uses_vlans() {
-            return Ok(());
-        }
-        if !conf.preserve_default_vlan {
-            let v1 = BridgeVlan {
-                vid: 1,
-                pvid: false,
-                untagged: false,
-                self_: false,
-                range_end: None,
-            };
-            match self.host.bridge_vlan_del(port, &v1) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(kernel(e)),
-            }
-        }
-        if conf.vlan != 0 {
-            let v = BridgeVlan {
-                vid: conf.vlan,
-                pvid: true,
-                untagged: true,
-                self_: false,
-                range_end: None,
-            };
-            self.host.bridge_vlan_add(port, &v).map_err(kernel)?;
-            // The bridge device joins the VLAN too, so the gateway address
-            // on it is reachable from the container.
-            let v = BridgeVlan {
-                vid: conf.vlan,
-                pvid: false,
-                untagged: false,
-                self_: true,
-                range_end: None,
-            };
-            self.host.bridge_vlan_add(bridge, &v).map_err(kernel)?;
-        }
-        for &(lo, hi) in &conf.vlan_trunk {
-            let v = BridgeVlan {
-                vid: lo,
-                pvid: false,
-                untagged: false,
-                self_: false,
-                range_end: (hi > lo).then_some(hi),
-            };
-            self.host.bridge_vlan_add(port, &v).map_err(kernel)?;
-        }
-        Ok(())
+        Ok(bridge.link)
     }
 
     /// Addresses, link up, then routes, with default routes through the
@@ -361,72 +219,19 @@ impl AddContext<'_> {
     /// reference: another IPv4 address (or an overlapping IPv6 one) on the
     /// bridge is an error unless forceAddress replaces it.
     fn configure_gateway(&mut self, bridge: &Link, ips: &[IpConfig]) -> Result<(), Error> {
-        let mut v4 = false;
-        let mut v6 = false;
-        // One dump, kept current below as addresses are added and removed.
-        let mut existing = self.host.addresses(Some(bridge.index)).map_err(kernel)?;
+        let mut addresses = Vec::new();
         for ip in ips {
             let Some(gw) = ip.gateway else { continue };
-            let want =
-                IpNet::new(gw, ip.address.prefix_len()).map_err(|e| Error::config("gateway", e))?;
-            let mut present = false;
-            let mut replaced = Vec::new();
-            for a in existing
-                .iter()
-                .filter(|a| a.addr.addr().is_ipv4() == gw.is_ipv4())
-            {
-                if a.addr == want {
-                    present = true;
-                    continue;
-                }
-                if a.addr.addr().is_ipv6() && a.scope == 253 {
-                    continue; // link-local
-                }
-                let conflicts =
-                    gw.is_ipv4() || a.addr.contains(&want.addr()) || want.contains(&a.addr.addr());
-                if !conflicts {
-                    continue;
-                }
-                if !self.conf.force_address {
-                    return Err(Error::config(
-                        "bridge",
-                        format!("{:?} already has address {} which differs from gateway {want} (set forceAddress to replace it)", bridge.name, a.addr),
-                    ));
-                }
-                self.host
-                    .del_address(bridge.index, a.addr)
-                    .map_err(kernel)?;
-                replaced.push(a.addr);
-            }
-            existing.retain(|a| !replaced.contains(&a.addr));
-            if !present {
-                match self
-                    .host
-                    .add_address(bridge.index, want, &AddressOptions { nodad: true })
-                {
-                    Ok(()) => {}
-                    Err(e) if e.is_exists() => {} // a concurrent ADD added it
-                    Err(e) => return Err(kernel(e)),
-                }
-                existing.push(net::Address {
-                    index: bridge.index,
-                    addr: want,
-                    scope: 0,
-                });
-            }
-            if gw.is_ipv4() {
-                v4 = true;
-            } else {
-                v6 = true;
-            }
+            addresses.push(
+                IpNet::new(gw, ip.address.prefix_len()).map_err(|e| Error::config("gateway", e))?,
+            );
         }
-        if v4 {
-            net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel)?;
+        GatewaySpec {
+            addresses,
+            force: self.conf.force_address,
         }
-        if v6 {
-            net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel)?;
-        }
-        Ok(())
+        .apply(self.host, bridge)
+        .map_err(core_err)
     }
 
     /// Undoes whatever ADD did, best effort, newest first.
