@@ -192,26 +192,9 @@ fn valid_container_id(id: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
 }
 
-/// Interface names the kernel (and the reference skel) accept.
+/// CNI_IFNAME by the kernel's rule (net's, berth's only one).
 fn check_ifname(name: &str) -> Result<(), Error> {
-    let why = if name.is_empty() {
-        "is empty"
-    } else if name.len() > 15 {
-        "is longer than 15 bytes"
-    } else if name == "." || name == ".." {
-        "may not be \".\" or \"..\""
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        "may not contain '/', ':' or whitespace"
-    } else {
-        return Ok(());
-    };
-    Err(Error::env(
-        "CNI_IFNAME",
-        format!("interface name {name:?} {why}"),
-    ))
+    net::check_ifname(name).map_err(|e| Error::env("CNI_IFNAME", e.to_string()))
 }
 
 /// True when `path` is the network namespace this process runs in; such a

@@ -33,10 +33,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use store::ports::{PortClaim, PortOwner};
 
-/// berth's host-wide lock, shared with the CNI plugins (the `inet berth`
-/// table is host-wide).
-const LOCK_DIR: &str = "/run/berth";
-
 pub type Answer = (u16, Value);
 
 fn fail(msg: impl std::fmt::Display) -> Answer {
@@ -85,10 +81,7 @@ struct Endpoint {
 }
 
 fn short(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect()
+    berth_network::names::docker_short_id(id)
 }
 
 pub struct Networks {
@@ -463,7 +456,7 @@ impl Networks {
         }
         .apply(h, &bridge.link)
         .map_err(core)?;
-        let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
+        let _lock = store::host::lock().map_err(fail)?;
         // An overlay's traffic stays unmasqueraded within the cluster
         // CIDR (other nodes see container addresses), as flannel's.
         let masq = match (&n.overlay, n.masquerade) {
@@ -489,6 +482,7 @@ impl Networks {
                 .map(|v| berth_overlay::vxlan_name(v as u32))
                 .into_iter()
                 .collect(),
+            quiet_ports: berth_network::names::port_prefixes(),
         })
         .map_err(kernel("firewall"))?;
         net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
@@ -558,7 +552,7 @@ impl Networks {
             }
         }
         {
-            let _lock = store::file::lock_dir(Path::new(LOCK_DIR)).map_err(fail)?;
+            let _lock = store::host::lock().map_err(fail)?;
             net::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge))
                 .map_err(kernel("firewall"))?;
         }
@@ -579,10 +573,11 @@ impl Networks {
     }
 
     fn endpoint_of(&self, network: &str, endpoint: &str) -> Endpoint {
+        let (host_veth, peer) = berth_network::names::docker_endpoint_veths(endpoint);
         Endpoint {
             network: network.to_string(),
-            host_veth: format!("bh{}", short(endpoint)),
-            peer: format!("bp{}", short(endpoint)),
+            host_veth,
+            peer,
             addresses: Vec::new(),
         }
     }

@@ -36,8 +36,12 @@ impl Handle {
     }
 }
 
-/// Interface names: the kernel's dev_valid_name() rules, checked here so
-/// the error names the offending value instead of a bare EINVAL.
+/// Interface names: the kernel's dev_valid_name() rule, berth's only one
+/// (every front end checks names with it, so an error names the
+/// offending value instead of a bare EINVAL): not empty, at most 15
+/// bytes, not "." or "..", and no byte the kernel refuses: '/', ':', NUL
+/// or one its isspace() matches (space, \t, \n, \v, \f, \r and 0xA0,
+/// which a UTF-8 U+00A0 contains).
 pub fn check_ifname(name: &str) -> Result<()> {
     let bad = |reason: &str| Err(Error::invalid("interface name", name, reason));
     if name.is_empty() {
@@ -49,10 +53,12 @@ pub fn check_ifname(name: &str) -> Result<()> {
     if name == "." || name == ".." {
         return bad("reserved");
     }
-    if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-    {
+    if name.bytes().any(|b| {
+        matches!(
+            b,
+            b'/' | b':' | 0 | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0
+        )
+    }) {
         return bad("contains '/', ':', NUL or whitespace");
     }
     Ok(())
@@ -83,5 +89,10 @@ mod tests {
         assert!(check_ifname("a b").is_err());
         assert!(check_ifname("a:b").is_err());
         assert!(check_ifname("..").is_err());
+        // The kernel's isspace(): \v and NBSP too; other Unicode spaces
+        // are bytes it accepts.
+        assert!(check_ifname("a\x0bb").is_err());
+        assert!(check_ifname("a\u{a0}b").is_err());
+        assert!(check_ifname("a\u{2003}b").is_ok());
     }
 }

@@ -75,6 +75,7 @@ fn apply_check_update_remove() {
         isolation: true,
         internal: false,
         uplinks: Vec::new(),
+        quiet_ports: Vec::new(),
     };
     firewall::apply_in(Some(&netns), &rules).unwrap();
 
@@ -185,6 +186,7 @@ fn networks_are_independent() {
                 isolation: true,
                 internal: false,
                 uplinks: Vec::new(),
+                quiet_ports: Vec::new(),
             },
         )
         .unwrap();
@@ -233,6 +235,7 @@ fn host_ruleset_is_not_touched() {
             isolation: false,
             internal: true,
             uplinks: Vec::new(),
+            quiet_ports: Vec::new(),
         },
     )
     .unwrap();

@@ -6,7 +6,8 @@
 //! - [`port::PortSpec`]: an endpoint's veth, its host end a port of that
 //!   bridge;
 //! - [`gateway::GatewaySpec`]: the gateway addresses on the bridge and the
-//!   forwarding they need.
+//!   forwarding they need;
+//! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
 //! Each is a typed spec with a pure `validate` and `plan` (unit-tested
 //! without privileges) and an `apply` that is the only step touching the
@@ -15,6 +16,7 @@
 
 pub mod bridge;
 pub mod gateway;
+pub mod names;
 pub mod port;
 
 /// What can go wrong building a network object.

@@ -24,6 +24,7 @@
 mod addr;
 mod error;
 pub mod file;
+pub mod host;
 pub mod ports;
 mod sqlite;
 #[cfg(test)]

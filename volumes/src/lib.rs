@@ -27,6 +27,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
+use store::host::boot_id;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,12 +100,6 @@ pub fn validate_name(name: &str) -> Result<()> {
     } else {
         Err(Error::BadName(name.to_string()))
     }
-}
-
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// RFC 3339 UTC time of `t` (no dependency for one format).

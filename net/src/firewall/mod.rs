@@ -80,6 +80,11 @@ pub struct NetworkRules {
     /// nodes' containers connecting to this node's), so a drop policy that
     /// lets berth's mark through (Docker's) does not drop them.
     pub uplinks: Vec<String>,
+    /// Name prefixes of the bridge ports whose router solicitations and
+    /// MLD reports are dropped on entry (the `bridge berth` quiet chain,
+    /// shared by all networks: every caller passes every prefix its
+    /// front ends name ports with). Empty: the chain is left as it is.
+    pub quiet_ports: Vec<String>,
 }
 
 fn check_network(network: &str) -> Result<()> {
@@ -106,8 +111,8 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
     }
     // The quiet chain first: should the network's batch then fail, all
     // that stays is that chain, which the last network's removal drops.
-    if rules.forward {
-        quiet::quiet_add_in(ns)?;
+    if rules.forward && !rules.quiet_ports.is_empty() {
+        quiet::quiet_add_in(ns, &rules.quiet_ports)?;
     }
     let op = format!("apply firewall rules of network {}", rules.network);
     run_batch(ns, rules::apply_batch(rules), &op)

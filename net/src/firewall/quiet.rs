@@ -29,13 +29,14 @@
 //! ```text
 //! table bridge berth {
 //!   chain quiet_ingress { type filter hook prerouting priority -200;
-//!     iifname "bv*" icmpv6 type { nd-router-solicit, mld-listener-report,
-//!       mld2-listener-report } drop          (berth-bridge's host veths)
-//!     iifname "bh*" ...                      (berthd's) }
+//!     iifname "<prefix>*" icmpv6 type { nd-router-solicit,
+//!       mld-listener-report, mld2-listener-report } drop
+//!     ... one rule per prefix the front ends name their ports with }
 //! }
 //! ```
 //!
-//! Matched by the ports' names, which berth chooses: this kernel has no
+//! Matched by the ports' names, which the front ends choose (the caller
+//! passes their prefixes: names are not this crate's): this kernel has no
 //! `meta ibrname` in the bridge family. Made with the first berth network
 //! and dropped with the last one (one nft call each, never per container;
 //! nft's text syntax, as the portmap module's). The forward chain `quiet`
@@ -49,9 +50,6 @@ use crate::{Netns, Result};
 pub const QUIET_CHAIN: &str = "quiet_ingress";
 /// The forward chain that held them in earlier versions.
 const OLD_QUIET_CHAIN: &str = "quiet";
-/// Name prefixes of the host ends of berth's veths (berth-bridge's `bv`,
-/// berthd's `bh`).
-const PORT_PREFIXES: [&str; 2] = ["bv", "bh"];
 /// Before the bridge family's default filter priority.
 const PRIO: i32 = -200;
 
@@ -68,11 +66,13 @@ fn chain() -> String {
     )
 }
 
-/// Makes berth's bridges quiet (idempotent: the chain is refilled).
-pub fn quiet_add_in(ns: Option<&Netns>) -> Result<()> {
+/// Makes berth's bridges quiet for ports named `port_prefixes*`
+/// (idempotent: the chain is refilled).
+pub fn quiet_add_in(ns: Option<&Netns>, port_prefixes: &[String]) -> Result<()> {
     let t = SPOOFCHK_TABLE;
     let mut script = format!("{}flush chain bridge {t} {QUIET_CHAIN}\n", chain());
-    for p in PORT_PREFIXES {
+    for p in port_prefixes {
+        crate::check_ifname(p)?;
         script.push_str(&format!(
             "add rule bridge {t} {QUIET_CHAIN} iifname \"{p}*\" icmpv6 type {{ nd-router-solicit, mld-listener-report, mld2-listener-report }} drop\n"
         ));

@@ -536,6 +536,7 @@ mod tests {
             isolation: forward,
             internal: false,
             uplinks: Vec::new(),
+            quiet_ports: Vec::new(),
         }
     }
 

@@ -167,22 +167,9 @@ impl BridgeConf {
     }
 }
 
-/// Interface names the kernel accepts.
+/// Interface names the kernel accepts (net's rule, the only one).
 pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(Error::config(
-            field,
-            format!("{name:?} is not a valid interface name"),
-        ));
-    }
-    Ok(())
+    net::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))
 }
 
 fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {

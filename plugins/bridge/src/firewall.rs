@@ -60,6 +60,7 @@ pub fn ensure(
         isolation,
         internal: false,
         uplinks: uplinks.to_vec(),
+        quiet_ports: berth_network::names::port_prefixes(),
     })
     .map_err(nft_err)?;
     // Docker may have started since the last network was set up: this is

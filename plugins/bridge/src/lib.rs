@@ -15,20 +15,13 @@ use cni::{codes, CniResult, Command, Error, Plugin, Request};
 use config::BridgeConf;
 use ifconf::{ipam, kernel};
 use net::{Handle, Netns};
-use sha2::{Digest, Sha256};
 use state::{Record, State};
 
 pub struct BridgePlugin;
 
-/// The host end of the veth: "bv" + 8 hex digits of a hash of (container
-/// ID, ifname). Deterministic, so DEL and GC find it without the netns.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(container_id.as_bytes());
-    h.update([0u8]);
-    h.update(ifname.as_bytes());
-    format!("bv{}", &hex::encode(h.finalize())[..8])
-}
+/// The host end of the veth (the core's naming: deterministic, so DEL
+/// and GC find it without the netns).
+pub use berth_network::names::cni_host_veth as host_veth_name;
 
 /// DEL and GC (under the state lock): removes the port's MAC spoof check
 /// when the network has macspoofchk on; one nft batch, no MAC needed.

@@ -40,7 +40,6 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/bridge";
 /// Locked (as a directory) around every change of records and rules.
-const LOCK_DIR: &str = "/run/berth";
 const LOG: &str = "attachments.log";
 /// Records of berth versions before the log: one file per attachment.
 const LEGACY_DIR: &str = "attachments";
@@ -151,12 +150,7 @@ pub struct RulesMarker {
     pub uplinks: Vec<String>,
 }
 
-/// This boot's ID (random per boot, from the kernel).
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub use store::host::boot_id;
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(codes::IO, format!("{what} {}: {e}", path.display()))
@@ -192,7 +186,7 @@ impl State {
     /// leaves no lock file behind.
     pub fn lock(&self) -> Result<Lock, Error> {
         fs::create_dir_all(&self.root).map_err(|e| io_err("creating", &self.root, e))?;
-        store::file::lock_dir(Path::new(LOCK_DIR))
+        store::host::lock()
             .map(|held| Lock { _held: held })
             .map_err(|e| Error::new(codes::IO, e.to_string()))
     }

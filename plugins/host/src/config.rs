@@ -132,24 +132,9 @@ fn macvlan_mode(field: &str, s: &str) -> Option<Result<MacvlanMode, Error>> {
     Some(Ok(m))
 }
 
-/// Interface names the kernel accepts (dev_valid_name).
+/// Interface names the kernel accepts (net's rule, the only one).
 pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
-    let bad = |why: &str| Err(Error::config(field, format!("{name:?} {why}")));
-    if name.is_empty() {
-        return bad("is empty");
-    }
-    if name.len() > 15 {
-        return bad("is longer than 15 bytes");
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return bad("is not a valid interface name");
-    }
-    Ok(())
+    net::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))
 }
 
 impl HostConf {

@@ -70,11 +70,7 @@ impl Record {
     }
 }
 
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub use store::host::boot_id;
 
 /// The record's file name: fixed length whatever the IDs, and distinct for
 /// distinct (container ID, ifname) pairs.

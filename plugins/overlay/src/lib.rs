@@ -32,9 +32,6 @@ pub struct OverlayPlugin;
 /// VXLAN + 14 inner Ethernet), 70 over IPv6 (40-byte IP header).
 const VXLAN_OVERHEAD_V4: u32 = 50;
 const VXLAN_OVERHEAD_V6: u32 = 70;
-/// berth's host-wide lock: the VXLAN device and peer entries are shared by
-/// every ADD on the node.
-const LOCK_DIR: &str = "/run/berth";
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("berth.{vni}")
@@ -769,8 +766,8 @@ pub fn run_agent(
             .is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC)
         {
             let synced = (|| -> Result<(), Error> {
-                let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
-                    .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+                let _lock =
+                    store::host::lock().map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
                 let mut h = Handle::new().map_err(kernel)?;
                 // The gone first: then programming the current peers
                 // restores anything they shared with them.
@@ -887,8 +884,9 @@ pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
     let (up, local) = underlay(&mut h, conf)?;
     let (conf, _) = resolve_held(conf, Some(local))?;
     let mtu = {
-        let _lock = store::file::lock_dir(std::path::Path::new(LOCK_DIR))
-            .map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        // The VXLAN device and peer entries are shared by every ADD on
+        // the node (and berthd's overlay networks).
+        let _lock = store::host::lock().map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
         ensure_datapath_on(&mut h, &conf, &up, local)?
     };
     Ok((conf, mtu))

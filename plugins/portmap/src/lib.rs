@@ -21,7 +21,8 @@ pub mod config;
 pub mod proxy;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use store::host::boot_id;
 
 use cni::{codes, CniResult, Error, Plugin, Request};
 use config::{HostAddr, PortmapConf};
@@ -33,7 +34,6 @@ use store::ports::{PortClaim, PortOwner, PortStore, Published};
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/portmap";
 /// berth's host-wide lock (shared with berth-bridge: both change the
 /// `inet berth` table).
-const LOCK_DIR: &str = "/run/berth";
 const DB_FILE: &str = "ports.db";
 
 pub struct PortmapPlugin;
@@ -65,12 +65,6 @@ fn run_dir() -> PathBuf {
         .unwrap_or_else(|| DEFAULT_RUN_DIR.into())
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 fn open_store() -> Result<PortStore, Error> {
     let dir = run_dir();
     std::fs::create_dir_all(&dir)
@@ -80,7 +74,7 @@ fn open_store() -> Result<PortStore, Error> {
 
 /// berth's host-wide lock, held until the value is dropped.
 fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
-    store::file::lock_dir(Path::new(LOCK_DIR)).map_err(|e| Error::new(codes::IO, e.to_string()))
+    store::host::lock().map_err(|e| Error::new(codes::IO, e.to_string()))
 }
 
 fn owner(req: &Request) -> PortOwner {
