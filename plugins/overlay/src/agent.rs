@@ -1,0 +1,158 @@
+//! The node agent: keeps the datapath equal to the peers the store
+//! reports, and the node's lease renewed, until told to stop.
+
+use cni::Error;
+use ifconf::kernel;
+use net::Handle;
+use serde_json::json;
+
+use crate::config::{OverlayConf, Peer};
+use crate::datapath::{claim_network, ensure_datapath, forget_peer, underlay, vxlan_name};
+use crate::etcd;
+use crate::lease::{leases_prefix, release_lease, renew_lease, resolve_held, Held};
+use crate::node::parse_conf;
+
+/// The agent: keeps the node's datapath equal to the peers of its config:
+/// the static store's list in the file (re-read every `interval`), or the
+/// etcd store's leases (read again as soon as a watch on them fires). A
+/// peer that appears is programmed, one that goes is forgotten (the kernel
+/// is only touched when something changed, and every 10 s to repair).
+/// With etcd it holds this node's lease, kept alive every third of
+/// leaseTTL. When `stop` turns true it gives the lease back and returns;
+/// the datapath stays as it is, so containers keep talking to the peers
+/// they know.
+pub fn run_agent(
+    conf_path: &std::path::Path,
+    interval: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
+    use std::time::{Duration, Instant};
+    /// Everything is reprogrammed this often even without a change, so
+    /// entries removed behind the agent's back come back.
+    const RESYNC: Duration = Duration::from_secs(10);
+    /// The longest one watch waits: how soon a stop, or a change of the
+    /// config file, is noticed with the etcd store.
+    const WATCH_SLICE: Duration = Duration::from_secs(1);
+    let mut programmed: Vec<Peer> = Vec::new();
+    let mut last: Option<(OverlayConf, Instant)> = None;
+    let mut renewed: Option<Instant> = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut held: Option<Held> = None;
+        let round = read_agent_conf(conf_path).and_then(|c| {
+            claim_network(&mut Handle::new().map_err(kernel)?, &c)?;
+            // The first round, and each renewal, also claims the lease.
+            let due = c.etcd.as_ref().is_some_and(|e| {
+                renewed.is_none_or(|at| at.elapsed().as_secs_f64() >= e.lease_ttl as f64 / 3.0)
+            });
+            let claim_from = if due {
+                Some(underlay(&mut Handle::new().map_err(kernel)?, &c)?.1)
+            } else {
+                None
+            };
+            let (conf, mut h) = resolve_held(&c, claim_from)?;
+            if due {
+                if let Some(h) = h.as_mut() {
+                    h.lease = renew_lease(&conf, h.lease)?;
+                }
+                renewed = Some(Instant::now());
+            }
+            held = h;
+            Ok(conf)
+        });
+        let conf = match round {
+            Ok(conf) => conf,
+            Err(e) => {
+                eprintln!("berth-overlay agent: {}: {}", conf_path.display(), e.msg);
+                std::thread::sleep(interval);
+                continue;
+            }
+        };
+        if last
+            .as_ref()
+            .is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC)
+        {
+            let synced = (|| -> Result<(), Error> {
+                let _lock =
+                    store::host::lock().map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+                let mut h = Handle::new().map_err(kernel)?;
+                // The gone first: then programming the current peers
+                // restores anything they shared with them.
+                if let Some(vx) = h.link_by_name(&vxlan_name(conf.vni)).map_err(kernel)? {
+                    for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
+                        forget_peer(&mut h, vx.index, gone, &conf.peers)?;
+                        eprintln!(
+                            "berth-overlay agent: peer {} ({}) left",
+                            gone.node, gone.subnet
+                        );
+                    }
+                }
+                ensure_datapath(&conf)?;
+                for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
+                    eprintln!(
+                        "berth-overlay agent: peer {} ({}) at {}",
+                        new.node, new.subnet, new.underlay
+                    );
+                }
+                programmed = conf.peers.clone();
+                Ok(())
+            })();
+            match synced {
+                Ok(()) => last = Some((conf.clone(), Instant::now())),
+                Err(e) => {
+                    eprintln!("berth-overlay agent: {}", e.msg);
+                    last = None;
+                }
+            }
+        }
+        // Wait for the next round: a change of the leases (etcd), or the
+        // interval (the static store's file; etcd while unreachable).
+        let watched = match (&conf.etcd, held) {
+            (Some(e), Some(h)) => {
+                let renew_in = Duration::from_secs_f64(e.lease_ttl as f64 / 3.0)
+                    .saturating_sub(renewed.map(|at| at.elapsed()).unwrap_or_default());
+                etcd::Etcd::new(&e.endpoints)
+                    .and_then(|store| {
+                        store.wait_for_change(
+                            &leases_prefix(&conf, e),
+                            h.revision,
+                            WATCH_SLICE.min(renew_in),
+                        )
+                    })
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if !watched {
+            std::thread::sleep(interval);
+        }
+    }
+    if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
+        match release_lease(&conf) {
+            Ok(()) => eprintln!("berth-overlay agent: stopping; released {}", conf.subnet),
+            Err(e) => eprintln!(
+                "berth-overlay agent: stopping; lease not released ({}), it expires by itself",
+                e.msg
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The agent's config: the plugin's own object, or a conflist holding one.
+pub(crate) fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
+    let text = std::fs::read(path).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| Error::decode(e.to_string()))?;
+    let mut plugin = match v.get("plugins").and_then(|p| p.as_array()) {
+        Some(list) => list
+            .iter()
+            .find(|p| p["type"] == "berth-overlay")
+            .cloned()
+            .ok_or_else(|| Error::config("plugins", "no berth-overlay plugin in the conflist"))?,
+        None => v.clone(),
+    };
+    if plugin.get("name").is_none() {
+        plugin["name"] = v.get("name").cloned().unwrap_or_else(|| json!("overlay"));
+    }
+    parse_conf(&plugin)
+}

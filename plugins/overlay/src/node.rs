@@ -1,0 +1,83 @@
+//! Joining and leaving a node as a whole, for berthd's overlay networks
+//! (the CNI plugin joins on its first ADD).
+
+use cni::{Command, Error, Request};
+use ifconf::kernel;
+use net::Handle;
+
+use crate::config::OverlayConf;
+use crate::datapath::{claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name};
+use crate::lease::{cache_path, cached_subnet, release_lease, resolve, resolve_held};
+
+/// A berth-overlay config object (the plugin's keys, with `name`) outside
+/// any CNI call: the agent's file, berthd's overlay networks.
+pub fn parse_conf(plugin: &serde_json::Value) -> Result<OverlayConf, Error> {
+    let conf = cni::NetConf::parse(
+        &serde_json::to_vec(plugin).map_err(|e| Error::decode(e.to_string()))?,
+    )?;
+    let req = Request {
+        command: Command::Status,
+        container_id: String::new(),
+        netns: None,
+        ifname: String::new(),
+        cni_path: Vec::new(),
+        args: Default::default(),
+        raw_args: String::new(),
+        stdin: Vec::new(),
+        version: cni::version::Version::parse("1.1.0")?,
+        conf,
+    };
+    OverlayConf::parse(&req)
+}
+
+/// Makes this node part of the overlay: refuses a network that conflicts
+/// with another on this host (before leasing anything), takes or finds the
+/// node's subnet lease, and makes the VXLAN device and every peer's
+/// entries. The conf with the node's subnet and peers, and the overlay
+/// MTU.
+pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
+    let mut h = Handle::new().map_err(kernel)?;
+    claim_network(&mut h, conf)?;
+    // Looked up once for the lease and the datapath (route and address dumps).
+    let (up, local) = underlay(&mut h, conf)?;
+    let (conf, _) = resolve_held(conf, Some(local))?;
+    let mtu = {
+        // The VXLAN device and peer entries are shared by every ADD on
+        // the node (and berthd's overlay networks).
+        let _lock = store::host::lock().map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        ensure_datapath_on(&mut h, &conf, &up, local)?
+    };
+    Ok((conf, mtu))
+}
+
+/// Takes this node out of the overlay (berthd's DeleteNetwork): gives the
+/// lease back, deletes the VXLAN device (its FDB, neighbour entries and
+/// routes go with it) and this host's notes of the network. Each step
+/// already done is fine. A network that never joined (no note of it on
+/// this host, e.g. refused for another's VNI) touches nothing.
+pub fn leave_node(conf: &OverlayConf) -> Result<(), Error> {
+    if !network_note_path(conf).exists() {
+        return Ok(());
+    }
+    if conf.etcd.is_some() {
+        let held = resolve(conf, false).or_else(|_| {
+            cached_subnet(conf)
+                .map(|subnet| OverlayConf {
+                    subnet,
+                    ..conf.clone()
+                })
+                .ok_or_else(|| Error::new(cni::codes::TRY_AGAIN, "no lease"))
+        });
+        if let Ok(held) = held {
+            // Unreachable store: the lease expires by itself.
+            let _ = release_lease(&held);
+        }
+    }
+    Handle::new()
+        .map_err(kernel)?
+        .delete_link_by_name(&vxlan_name(conf.vni))
+        .map_err(kernel)?;
+    let _ = std::fs::remove_file(network_note_path(conf));
+    let _ = std::fs::remove_file(cache_path(conf));
+    Ok(())
+}
