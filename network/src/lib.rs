@@ -7,6 +7,8 @@
 //!   bridge;
 //! - [`gateway::GatewaySpec`]: the gateway addresses on the bridge and the
 //!   forwarding they need;
+//! - [`ports`]: published ports (host ports DNATed to a container), for
+//!   CNI's portMappings and Docker's `-p` alike;
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
 //! Each is a typed spec with a pure `validate` and `plan` (unit-tested
@@ -18,34 +20,81 @@ pub mod bridge;
 pub mod gateway;
 pub mod names;
 pub mod port;
+pub mod ports;
+
+/// What kind of failure an [`Error`] is: what front ends translate into
+/// their protocol's codes (a CNI error code, a Docker `Err`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The spec asks for something that cannot be; `field` names the key.
+    Config,
+    /// The kernel refused (netlink, sysctl).
+    Kernel,
+    /// nftables refused.
+    Firewall,
+    /// A host port is published by someone else already.
+    PortTaken,
+    /// A store is busy: the call may succeed if tried again.
+    TryAgain,
+    /// A record is unreadable or could not be written.
+    Store,
+    /// A file or directory could not be used.
+    Io,
+    /// CHECK found something missing or different.
+    CheckFailed,
+}
 
 /// What can go wrong building a network object.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The spec asks for something that cannot be: `field` names the
-    /// front end's key at fault.
-    #[error("{field}: {msg}")]
-    Config { field: &'static str, msg: String },
-    /// The kernel refused.
-    #[error("{what}: {source}")]
-    Kernel {
-        what: String,
-        #[source]
-        source: net::Error,
-    },
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{msg}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct Error {
+    pub kind: Kind,
+    /// The front end's key at fault ([`Kind::Config`]).
+    pub field: Option<String>,
+    pub msg: String,
 }
 
 impl Error {
-    fn config(field: &'static str, msg: impl Into<String>) -> Error {
-        Error::Config {
-            field,
+    pub fn new(kind: Kind, msg: impl Into<String>) -> Error {
+        Error {
+            kind,
+            field: None,
             msg: msg.into(),
         }
     }
 
-    fn kernel(what: impl Into<String>) -> impl FnOnce(net::Error) -> Error {
+    pub fn config(field: &str, msg: impl std::fmt::Display) -> Error {
+        Error {
+            kind: Kind::Config,
+            field: Some(field.to_string()),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// The kernel's refusal of `what`.
+    pub fn kernel(what: impl Into<String>) -> impl FnOnce(net::Error) -> Error {
         let what = what.into();
-        move |source| Error::Kernel { what, source }
+        move |e| Error::new(Kind::Kernel, format!("{what}: {e}"))
+    }
+
+    /// nftables' refusal.
+    pub fn firewall(e: net::Error) -> Error {
+        Error::new(Kind::Firewall, format!("nftables: {e}"))
+    }
+
+    /// A store's error: a taken port, a busy store (try again), or the
+    /// store failing.
+    pub fn store(e: store::Error) -> Error {
+        let kind = match &e {
+            store::Error::PortTaken { .. } => Kind::PortTaken,
+            _ if e.is_busy() => Kind::TryAgain,
+            _ => Kind::Store,
+        };
+        Error::new(kind, e.to_string())
+    }
+
+    pub fn check_failed(msg: impl Into<String>) -> Error {
+        Error::new(Kind::CheckFailed, msg)
     }
 }
 

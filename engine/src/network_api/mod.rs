@@ -4,7 +4,8 @@
 //! forward marks and isolation, one veth per endpoint), through the same
 //! core (berth-network). The engine moves the veth's peer into the container and
 //! configures it (shared/reference/docker-plugins.md §4). Published ports
-//! (`-p`) go through berth-portmap's library onto its nftables maps.
+//! (`-p`) are the core's (berth_network::ports), on the nftables maps and
+//! host-port claims berth-portmap uses too.
 //! Overlay mode: the node's share of a berth-overlay network (see
 //! `overlay_net`): the same bridge and endpoints, on the node's leased
 //! subnet, behind the overlay's VXLAN device.
@@ -110,7 +111,7 @@ fn kernel(what: &str) -> impl Fn(net::Error) -> Answer + '_ {
 }
 
 /// The core's errors as the protocol's.
-fn core(e: berth_network::Error) -> Answer {
+fn core_err(e: berth_network::Error) -> Answer {
     fail(e)
 }
 

@@ -1,5 +1,5 @@
-//! ProgramExternalConnectivity and RevokeExternalConnectivity: `-p` on
-//! berth-portmap's nftables maps.
+//! ProgramExternalConnectivity and RevokeExternalConnectivity: `-p`
+//! through the core's published ports (shared with berth-portmap).
 
 use std::net::IpAddr;
 
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use store::ports::{PortClaim, PortOwner};
 
 use super::requests::{IdReq, PortBinding, ProgramReq};
-use super::{fail, parse, short, Answer, Endpoint, Network, Networks};
+use super::{core_err, fail, parse, short, Answer, Endpoint, Network, Networks};
 
 impl Networks {
     /// Who owns an endpoint's published ports in berth-portmap's store
@@ -103,16 +103,16 @@ impl Networks {
                 }
             }
         }
-        berth_portmap::publish(&Self::port_owner(&n, &req.endpoint_id), &ports, &claims)
-            .map_err(|e| fail(e.msg))?;
+        berth_network::ports::publish(&Self::port_owner(&n, &req.endpoint_id), &ports, &claims)
+            .map_err(core_err)?;
         Ok((200, json!({})))
     }
 
     pub(super) fn revoke(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
         if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
-            berth_portmap::unpublish(&Self::port_owner(&n, &req.endpoint_id))
-                .map_err(|e| fail(e.msg))?;
+            berth_network::ports::unpublish(&Self::port_owner(&n, &req.endpoint_id))
+                .map_err(core_err)?;
         }
         Ok((200, json!({})))
     }

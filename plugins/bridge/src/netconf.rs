@@ -45,13 +45,9 @@ fn default_gateway(addr: &IpNet) -> IpAddr {
     }
 }
 
-/// The core's errors as CNI errors: a spec it refuses names the config key,
-/// the kernel's refusals are code 11.
+/// The core's errors as CNI errors.
 pub fn core_err(e: berth_network::Error) -> Error {
-    match e {
-        berth_network::Error::Config { field, msg } => Error::config(field, msg),
-        e @ berth_network::Error::Kernel { .. } => Error::new(codes::KERNEL, e.to_string()),
-    }
+    ifconf::core_error(e)
 }
 
 fn is_default_route(dst: &IpNet) -> bool {

@@ -27,6 +27,25 @@ pub fn dns(conf: &cni::NetConf) -> Result<cni::Dns, Error> {
         .map_err(|e| Error::config("dns", e.msg))
 }
 
+/// The network core's error as a CNI error: a config key at fault is code
+/// 7 naming it; the rest by kind.
+pub fn core_error(e: berth_network::Error) -> Error {
+    use berth_network::Kind;
+    let code = match e.kind {
+        Kind::Config => {
+            return Error::config(e.field.as_deref().unwrap_or("config"), e.msg);
+        }
+        Kind::Kernel => codes::KERNEL,
+        Kind::Firewall => codes::FIREWALL,
+        Kind::PortTaken => codes::ADDRESS_TAKEN,
+        Kind::TryAgain => codes::TRY_AGAIN,
+        Kind::Store => codes::STORE,
+        Kind::Io => codes::IO,
+        Kind::CheckFailed => codes::CHECK_FAILED,
+    };
+    Error::new(code, e.msg)
+}
+
 /// A failed kernel operation as a CNI error.
 pub fn kernel(e: net::Error) -> Error {
     Error::new(codes::KERNEL, e.to_string())

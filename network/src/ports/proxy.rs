@@ -6,6 +6,7 @@
 //! DNAT leaves `::1` alone so the connection reaches it.
 //!
 //! One process serves all of an attachment's `::1` ports (a thread each):
+//! the publishing binary itself (berth-portmap) run as
 //! `berth-portmap proxy --owner KEY PROTO:LISTEN=TARGET...`, in its own
 //! session with no stdio, so it outlives the plugin. Nothing but its
 //! command line ties it to the attachment: DEL and GC find and stop the
@@ -22,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cni::{codes, Error};
+use crate::{Error, Kind};
 use serde::{Deserialize, Serialize};
 
 /// One `::1` port of an attachment.
@@ -79,7 +80,7 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
         return Ok(());
     }
     let exe = std::env::current_exe()
-        .map_err(|e| Error::new(codes::IO, format!("own executable: {e}")))?;
+        .map_err(|e| Error::new(Kind::Io, format!("own executable: {e}")))?;
     let mut cmd = Command::new(exe);
     cmd.args(["proxy", "--owner", key])
         .args(ports.iter().map(spec))
@@ -96,11 +97,11 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| Error::new(codes::IO, format!("starting the ::1 proxy: {e}")))?;
+        .map_err(|e| Error::new(Kind::Io, format!("starting the ::1 proxy: {e}")))?;
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| Error::new(codes::IO, "the ::1 proxy has no stdout"))?;
+        .ok_or_else(|| Error::new(Kind::Io, "the ::1 proxy has no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -119,7 +120,7 @@ pub fn spawn(key: &str, ports: &[Proxy]) -> Result<(), Error> {
                 other.to_string()
             };
             Err(Error::new(
-                codes::ADDRESS_TAKEN,
+                Kind::PortTaken,
                 format!("published ports on ::1: {why}"),
             ))
         }
