@@ -7,7 +7,7 @@
 //! The engine's `--subnet` (berth's IPAM driver) is the cluster CIDR; the
 //! node's subnet comes from its lease, and berth's IPAM hands out the
 //! containers' addresses from it (see `Ipam::narrow`). berthd runs the
-//! node agent itself (a thread per network, `berth_overlay::run_agent` on
+//! node agent itself (a thread per network, `berth_network::overlay::run_agent` on
 //! the network's config written under `<state>/overlay/`), so no separate
 //! agent is needed on a Docker host.
 
@@ -151,8 +151,8 @@ impl Agents {
         let thread = std::thread::Builder::new()
             .name(format!("overlay-{id}"))
             .spawn(move || {
-                if let Err(e) = berth_overlay::run_agent(&path, AGENT_INTERVAL, &flag) {
-                    tracing::warn!("overlay agent of network {name}: {}", e.msg);
+                if let Err(e) = berth_network::overlay::run_agent(&path, AGENT_INTERVAL, &flag) {
+                    tracing::warn!("overlay agent of network {name}: {e}");
                 }
             })
             .map_err(|e| e.to_string())?;

@@ -9,6 +9,9 @@
 //!   forwarding they need;
 //! - [`ports`]: published ports (host ports DNATed to a container), for
 //!   CNI's portMappings and Docker's `-p` alike;
+//! - [`overlay`]: a node of a multi-host VXLAN network (its subnet
+//!   lease, datapath and agent), for berth-overlay and berthd's overlay
+//!   networks alike;
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
 //! Each is a typed spec with a pure `validate` and `plan` (unit-tested
@@ -19,6 +22,7 @@
 pub mod bridge;
 pub mod gateway;
 pub mod names;
+pub mod overlay;
 pub mod port;
 pub mod ports;
 
@@ -42,6 +46,8 @@ pub enum Kind {
     Io,
     /// CHECK found something missing or different.
     CheckFailed,
+    /// A config or record is not the JSON it must be.
+    Decode,
 }
 
 /// What can go wrong building a network object.

@@ -85,14 +85,14 @@ impl Networks {
             )
             .map_err(fail)?;
             // Checked now, so a bad option changes nothing.
-            berth_overlay::parse_conf(&conf)
-                .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+            berth_network::overlay::parse_conf(&conf)
+                .map_err(|e| fail(format!("mode=overlay: {e}")))?;
             Some(conf)
         } else {
             None
         };
         let default_bridge = match &overlay_conf {
-            Some(c) => berth_overlay::bridge_name(c["vni"].as_u64().unwrap_or(1) as u32),
+            Some(c) => berth_network::overlay::bridge_name(c["vni"].as_u64().unwrap_or(1) as u32),
             None => format!("bd{}", short(&req.network_id)),
         };
         let bridge = generic.get("bridge").cloned().unwrap_or(default_bridge);
@@ -229,7 +229,7 @@ impl Networks {
                 .overlay
                 .as_ref()
                 .and_then(|o| o["vni"].as_u64())
-                .map(|v| berth_overlay::vxlan_name(v as u32))
+                .map(|v| berth_network::overlay::vxlan_name(v as u32))
                 .into_iter()
                 .collect(),
             quiet_ports: berth_network::names::port_prefixes(),
@@ -272,10 +272,10 @@ impl Networks {
         let Some(conf) = n.overlay.clone() else {
             return Ok(());
         };
-        let parsed = berth_overlay::parse_conf(&conf)
-            .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
-        let (joined, mtu) = berth_overlay::join_node(&parsed)
-            .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+        let parsed = berth_network::overlay::parse_conf(&conf)
+            .map_err(|e| fail(format!("mode=overlay: {e}")))?;
+        let (joined, mtu) = berth_network::overlay::join_node(&parsed)
+            .map_err(|e| fail(format!("mode=overlay: {e}")))?;
         let subnet = IpNet::V4(joined.subnet);
         let gateway = match subnet.hosts().next() {
             Some(g) => IpNet::new(g, subnet.prefix_len()).map_err(fail)?,
@@ -296,9 +296,9 @@ impl Networks {
     pub(super) fn teardown(&self, h: &mut Handle, n: &Network) -> Result<(), Answer> {
         if let Some(conf) = &n.overlay {
             self.agents.stop(&short(&n.id));
-            if let Ok(parsed) = berth_overlay::parse_conf(conf) {
-                berth_overlay::leave_node(&parsed)
-                    .map_err(|e| fail(format!("mode=overlay: {}", e.msg)))?;
+            if let Ok(parsed) = berth_network::overlay::parse_conf(conf) {
+                berth_network::overlay::leave_node(&parsed)
+                    .map_err(|e| fail(format!("mode=overlay: {e}")))?;
             }
         }
         {

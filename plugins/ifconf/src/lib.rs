@@ -42,6 +42,7 @@ pub fn core_error(e: berth_network::Error) -> Error {
         Kind::Store => codes::STORE,
         Kind::Io => codes::IO,
         Kind::CheckFailed => codes::CHECK_FAILED,
+        Kind::Decode => codes::DECODE,
     };
     Error::new(code, e.msg)
 }

@@ -1,30 +1,10 @@
-//! berth-overlay: containers on different hosts reach each other by
-//! address over VXLAN, flannel's L3 model. Each node owns one subnet of the
-//! cluster network; its containers sit on a local bridge (berth-bridge's
-//! code, run in process with a config derived from this one); one VXLAN
-//! device `berth.<vni>` carries traffic to the other nodes, with exactly
-//! one FDB entry, one neighbour entry and one onlink route per remote node.
-//! Learning is off: nothing is flooded or learnt.
-//!
-//! Peers come from the static store (`store.static`: this node's subnet
-//! and the others', the same list on every node) or from subnet leases in
-//! etcd (`store.etcd`, see `resolve`); the agent (`run_agent`) keeps the
-//! datapath equal to them. A node's VTEP MAC is derived from its underlay
-//! address (02:bf and its last four bytes), so peers know it without
-//! exchanging it, and its VTEP addresses are its subnets' network
-//! addresses (as flannel's).
+//! berth-overlay: the CNI plugin of berth's multi-host VXLAN networks. The
+//! node side (lease, datapath, agent) is the network core's
+//! (`berth_network::overlay`, shared with berthd's overlay networks); this
+//! crate is the CNI front end: each container goes on the node's bridge,
+//! through berth-bridge's code with a config derived from the overlay's.
 
-pub mod config;
-pub mod etcd;
-
-mod agent;
-mod datapath;
-mod lease;
-mod node;
 mod plugin;
 
-pub use agent::run_agent;
-pub use datapath::{bridge_name, mac_text, vtep_mac, vxlan_name};
-pub use lease::resolve;
-pub use node::{join_node, leave_node, parse_conf};
+pub use berth_network::overlay::run_agent;
 pub use plugin::OverlayPlugin;

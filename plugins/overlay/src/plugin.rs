@@ -7,12 +7,20 @@ use ifconf::kernel;
 use net::Handle;
 use serde_json::json;
 
-use crate::config::OverlayConf;
-use crate::datapath::{bridge_name, overlay_mtu, peer_routes, underlay, vxlan_name};
-use crate::lease::{cached_subnet, resolve, resolve_or_cached};
-use crate::node::join_node;
+use berth_network::overlay::datapath::{
+    bridge_name, overlay_mtu, peer_routes, underlay, vxlan_name,
+};
+use berth_network::overlay::lease::{cached_subnet, resolve, resolve_or_cached};
+use berth_network::overlay::{join_node, OverlayConf};
+use berth_network::Kind;
+use ifconf::core_error;
 
 pub struct OverlayPlugin;
+
+/// The request's config as the core's overlay spec.
+fn overlay_conf(req: &Request) -> Result<OverlayConf, Error> {
+    OverlayConf::parse(&req.conf.name, &req.conf.raw).map_err(core_error)
+}
 
 /// The request berth-bridge gets: this config turned into a bridge
 /// network on the node's subnet, routes to the cluster network.
@@ -97,17 +105,17 @@ pub(crate) fn delegate(
 
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
-        let (conf, mtu) = join_node(&OverlayConf::parse(req)?)?;
+        let (conf, mtu) = join_node(&overlay_conf(req)?).map_err(core_error)?;
         berth_bridge::BridgePlugin.add(&bridge_request(req, &conf, mtu)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
-        let conf = resolve_or_cached(&OverlayConf::parse(req)?)?;
+        let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
         delegate(req, &conf, Command::Del).map(|_| ())
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
-        let conf = resolve_or_cached(&OverlayConf::parse(req)?)?;
+        let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
         let mut h = Handle::new().map_err(kernel)?;
         let name = vxlan_name(conf.vni);
         if h.link_by_name(&name).map_err(kernel)?.is_none() {
@@ -130,12 +138,12 @@ impl Plugin for OverlayPlugin {
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
-        let parsed = OverlayConf::parse(req)?;
+        let parsed = overlay_conf(req)?;
         // Unreachable store: fine while this node holds a lease (its
         // containers keep working), 50 when it holds none.
         let conf = match resolve(&parsed, false) {
             Ok(c) => c,
-            Err(e) if e.code == cni::codes::TRY_AGAIN => match cached_subnet(&parsed) {
+            Err(e) if e.kind == Kind::TryAgain => match cached_subnet(&parsed) {
                 Some(subnet) => OverlayConf {
                     subnet,
                     peers: Vec::new(),
@@ -144,17 +152,17 @@ impl Plugin for OverlayPlugin {
                 None => {
                     return Err(Error::new(
                         cni::codes::NOT_AVAILABLE,
-                        format!("{}; this node holds no subnet lease", e.msg),
+                        format!("{e}; this node holds no subnet lease"),
                     ))
                 }
             },
-            Err(e) => return Err(e),
+            Err(e) => return Err(core_error(e)),
         };
         delegate(req, &conf, Command::Status).map(|_| ())
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
-        let conf = resolve_or_cached(&OverlayConf::parse(req)?)?;
+        let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
         delegate(req, &conf, Command::Gc).map(|_| ())
     }
 

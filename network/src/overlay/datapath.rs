@@ -4,20 +4,20 @@
 
 use std::net::IpAddr;
 
-use cni::Error;
-use ifconf::kernel;
+use super::kernel;
+use crate::{Error, Kind};
 use ipnet::IpNet;
 use net::{AddressOptions, Handle, Link, Route, VxlanOptions};
 use serde_json::json;
 
-use crate::config::{OverlayConf, Peer};
-use crate::lease::cache_path;
+use super::config::{OverlayConf, Peer};
+use super::lease::cache_path;
 
 /// VXLAN costs 50 bytes of the underlay MTU over IPv4 (20 IP + 8 UDP + 8
 /// VXLAN + 14 inner Ethernet), 70 over IPv6 (40-byte IP header).
-pub(crate) const VXLAN_OVERHEAD_V4: u32 = 50;
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
 
-pub(crate) const VXLAN_OVERHEAD_V6: u32 = 70;
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("berth.{vni}")
@@ -48,7 +48,7 @@ pub fn mac_text(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<u8> = s
         .split(':')
         .map(|p| u8::from_str_radix(p, 16).ok())
@@ -57,7 +57,7 @@ pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// An address a VXLAN tunnel can start from: IPv4, or global IPv6.
-pub(crate) fn usable_underlay(a: &IpAddr) -> bool {
+pub fn usable_underlay(a: &IpAddr) -> bool {
     match a {
         IpAddr::V4(_) => true,
         IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
@@ -67,7 +67,7 @@ pub(crate) fn usable_underlay(a: &IpAddr) -> bool {
 /// The underlay link and this node's address on it: `iface`, or the link
 /// of the IPv4 default route (else the IPv6 one). The link's IPv4 address
 /// is preferred; a link with only IPv6 gives an IPv6 underlay.
-pub(crate) fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error> {
+pub fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAddr), Error> {
     let link = match &conf.iface {
         Some(name) => h
             .link_by_name(name)
@@ -118,7 +118,7 @@ pub(crate) fn underlay(h: &mut Handle, conf: &OverlayConf) -> Result<(Link, IpAd
 }
 
 /// MTU of the overlay's links (VXLAN device, bridge, veths).
-pub(crate) fn overlay_mtu(conf: &OverlayConf, underlay: &Link, local: IpAddr) -> u32 {
+pub fn overlay_mtu(conf: &OverlayConf, underlay: &Link, local: IpAddr) -> u32 {
     let overhead = if local.is_ipv4() {
         VXLAN_OVERHEAD_V4
     } else {
@@ -130,14 +130,14 @@ pub(crate) fn overlay_mtu(conf: &OverlayConf, underlay: &Link, local: IpAddr) ->
 /// Where each network's cluster CIDRs and VNI are noted on this host, so
 /// a second overlay network cannot take an overlapping CIDR or the same
 /// VNI (their routes would shadow each other).
-pub(crate) fn network_note_path(conf: &OverlayConf) -> std::path::PathBuf {
+pub fn network_note_path(conf: &OverlayConf) -> std::path::PathBuf {
     cache_path(conf).with_extension("network")
 }
 
 /// Refuses a network whose CIDRs overlap, or whose VNI is, another overlay
 /// network's on this host (one whose VXLAN device still exists), then
 /// notes this one's.
-pub(crate) fn claim_network(h: &mut Handle, conf: &OverlayConf) -> Result<(), Error> {
+pub fn claim_network(h: &mut Handle, conf: &OverlayConf) -> Result<(), Error> {
     let note = json!({"network": conf.network.to_string(), "network6": conf.network6.map(|(n, _)| n.to_string()), "vni": conf.vni});
     let mine = network_note_path(conf);
     let dir = mine
@@ -199,19 +199,19 @@ pub(crate) fn claim_network(h: &mut Handle, conf: &OverlayConf) -> Result<(), Er
     }
     let _ = std::fs::create_dir_all(&dir);
     store::file::write_atomic(&mine, note.to_string().as_bytes())
-        .map_err(|e| Error::new(cni::codes::IO, e.to_string()))
+        .map_err(|e| Error::new(Kind::Io, e.to_string()))
 }
 
 /// Makes the VXLAN device exist (with the node's VTEP addresses) and every
 /// peer's entries current. Idempotent; entries are replaced.
-pub(crate) fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
+pub fn ensure_datapath(conf: &OverlayConf) -> Result<u32, Error> {
     let mut h = Handle::new().map_err(kernel)?;
     let (up, local) = underlay(&mut h, conf)?;
     ensure_datapath_on(&mut h, conf, &up, local)
 }
 
 /// `ensure_datapath` over the underlay link `up`, whose address is `local`.
-pub(crate) fn ensure_datapath_on(
+pub fn ensure_datapath_on(
     h: &mut Handle,
     conf: &OverlayConf,
     up: &Link,
@@ -240,7 +240,7 @@ pub(crate) fn ensure_datapath_on(
             h.add_vxlan(&name, &opts).map_err(kernel)?;
             h.link_by_name(&name)
                 .map_err(kernel)?
-                .ok_or_else(|| Error::new(cni::codes::KERNEL, format!("{name} vanished")))?
+                .ok_or_else(|| Error::new(Kind::Kernel, format!("{name} vanished")))?
         }
     };
     let have = h.addresses(Some(vx.index)).map_err(kernel)?;
@@ -268,14 +268,14 @@ pub(crate) fn ensure_datapath_on(
 }
 
 /// A node's VTEP addresses: the network address of each of its subnets.
-pub(crate) fn vteps(subnet: ipnet::Ipv4Net, subnet6: Option<ipnet::Ipv6Net>) -> Vec<IpAddr> {
+pub fn vteps(subnet: ipnet::Ipv4Net, subnet6: Option<ipnet::Ipv6Net>) -> Vec<IpAddr> {
     let mut v = vec![IpAddr::V4(subnet.network())];
     v.extend(subnet6.map(|s| IpAddr::V6(s.network())));
     v
 }
 
 /// A peer's routes: each of its subnets via its VTEP address, onlink.
-pub(crate) fn peer_routes(vx: u32, p: &Peer) -> Vec<Route> {
+pub fn peer_routes(vx: u32, p: &Peer) -> Vec<Route> {
     let mut nets = vec![IpNet::V4(p.subnet)];
     nets.extend(p.subnet6.map(IpNet::V6));
     nets.into_iter()
@@ -289,7 +289,7 @@ pub(crate) fn peer_routes(vx: u32, p: &Peer) -> Vec<Route> {
 
 /// One remote node: FDB (its VTEP MAC at its underlay address), a
 /// neighbour per VTEP address at that MAC, an onlink route per subnet.
-pub(crate) fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
+pub fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Error> {
     let mac = p.mac;
     h.set_fdb(vx, mac, p.underlay).map_err(kernel)?;
     for vtep in vteps(p.subnet, p.subnet6) {
@@ -304,12 +304,7 @@ pub(crate) fn program_peer(h: &mut Handle, vx: u32, p: &Peer) -> Result<(), Erro
 /// Removes a remote node's entries (each already gone is fine); its FDB
 /// entry only if no peer in `remaining` shares its VTEP MAC (FDB entries
 /// are keyed by MAC alone).
-pub(crate) fn forget_peer(
-    h: &mut Handle,
-    vx: u32,
-    p: &Peer,
-    remaining: &[Peer],
-) -> Result<(), Error> {
+pub fn forget_peer(h: &mut Handle, vx: u32, p: &Peer, remaining: &[Peer]) -> Result<(), Error> {
     for r in peer_routes(vx, p) {
         match h.del_route(&r) {
             // Already gone (no such route).

@@ -1,16 +1,16 @@
 //! The node agent: keeps the datapath equal to the peers the store
 //! reports, and the node's lease renewed, until told to stop.
 
-use cni::Error;
-use ifconf::kernel;
+use super::kernel;
+use crate::{Error, Kind};
 use net::Handle;
 use serde_json::json;
 
-use crate::config::{OverlayConf, Peer};
-use crate::datapath::{claim_network, ensure_datapath, forget_peer, underlay, vxlan_name};
-use crate::etcd;
-use crate::lease::{leases_prefix, release_lease, renew_lease, resolve_held, Held};
-use crate::node::parse_conf;
+use super::config::{OverlayConf, Peer};
+use super::datapath::{claim_network, ensure_datapath, forget_peer, underlay, vxlan_name};
+use super::etcd;
+use super::lease::{leases_prefix, release_lease, renew_lease, resolve_held, Held};
+use super::node::parse_conf;
 
 /// The agent: keeps the node's datapath equal to the peers of its config:
 /// the static store's list in the file (re-read every `interval`), or the
@@ -62,7 +62,7 @@ pub fn run_agent(
         let conf = match round {
             Ok(conf) => conf,
             Err(e) => {
-                eprintln!("berth-overlay agent: {}: {}", conf_path.display(), e.msg);
+                eprintln!("berth-overlay agent: {}: {e}", conf_path.display());
                 std::thread::sleep(interval);
                 continue;
             }
@@ -72,8 +72,7 @@ pub fn run_agent(
             .is_none_or(|(c, at)| *c != conf || at.elapsed() >= RESYNC)
         {
             let synced = (|| -> Result<(), Error> {
-                let _lock =
-                    store::host::lock().map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+                let _lock = store::host::lock().map_err(|e| Error::new(Kind::Io, e.to_string()))?;
                 let mut h = Handle::new().map_err(kernel)?;
                 // The gone first: then programming the current peers
                 // restores anything they shared with them.
@@ -99,7 +98,7 @@ pub fn run_agent(
             match synced {
                 Ok(()) => last = Some((conf.clone(), Instant::now())),
                 Err(e) => {
-                    eprintln!("berth-overlay agent: {}", e.msg);
+                    eprintln!("berth-overlay agent: {e}");
                     last = None;
                 }
             }
@@ -139,10 +138,10 @@ pub fn run_agent(
 }
 
 /// The agent's config: the plugin's own object, or a conflist holding one.
-pub(crate) fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
-    let text = std::fs::read(path).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+pub fn read_agent_conf(path: &std::path::Path) -> Result<OverlayConf, Error> {
+    let text = std::fs::read(path).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
     let v: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| Error::decode(e.to_string()))?;
+        serde_json::from_slice(&text).map_err(|e| Error::new(Kind::Decode, e.to_string()))?;
     let mut plugin = match v.get("plugins").and_then(|p| p.as_array()) {
         Some(list) => list
             .iter()

@@ -4,29 +4,29 @@
 
 use std::net::IpAddr;
 
-use cni::Error;
-use ifconf::kernel;
+use super::kernel;
+use crate::{Error, Kind};
 use net::Handle;
 use serde_json::json;
 
-use crate::config::{self, OverlayConf, Peer};
-use crate::datapath::{mac_text, parse_mac, underlay, vtep_mac};
-use crate::etcd;
+use super::config::{self, OverlayConf, Peer};
+use super::datapath::{mac_text, parse_mac, underlay, vtep_mac};
+use super::etcd;
 
-pub(crate) fn try_again(e: etcd::StoreError) -> Error {
-    Error::new(cni::codes::TRY_AGAIN, format!("cluster store: {}", e.0))
+pub fn try_again(e: etcd::StoreError) -> Error {
+    Error::new(Kind::TryAgain, format!("cluster store: {}", e.0))
 }
 
 /// Where the node's subnet from the store is remembered, for DEL and
 /// STATUS while the store is unreachable.
-pub(crate) fn cache_path(conf: &OverlayConf) -> std::path::PathBuf {
+pub fn cache_path(conf: &OverlayConf) -> std::path::PathBuf {
     let dir = std::env::var_os("BERTH_RUN_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/run/berth/overlay".into());
     dir.join(format!("{}.subnet", conf.name))
 }
 
-pub(crate) fn cached_subnet(conf: &OverlayConf) -> Option<ipnet::Ipv4Net> {
+pub fn cached_subnet(conf: &OverlayConf) -> Option<ipnet::Ipv4Net> {
     std::fs::read_to_string(cache_path(conf))
         .ok()?
         .trim()
@@ -34,11 +34,7 @@ pub(crate) fn cached_subnet(conf: &OverlayConf) -> Option<ipnet::Ipv4Net> {
         .ok()
 }
 
-pub(crate) fn subnet_key(
-    conf: &OverlayConf,
-    e: &config::EtcdConf,
-    subnet: &ipnet::Ipv4Net,
-) -> String {
+pub fn subnet_key(conf: &OverlayConf, e: &config::EtcdConf, subnet: &ipnet::Ipv4Net) -> String {
     format!(
         "{}/{}/subnets/{}-{}",
         e.prefix.trim_end_matches('/'),
@@ -49,7 +45,7 @@ pub(crate) fn subnet_key(
 }
 
 /// A lease's value: who holds the subnet and where its VTEP is.
-pub(crate) fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::Ipv4Net) -> String {
+pub fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::Ipv4Net) -> String {
     let mut v = json!({
         "node": conf.node, "underlay": underlay.to_string(), "subnet": subnet.to_string(), "vtepMac": mac_text(&vtep_mac(underlay)),
     });
@@ -61,18 +57,18 @@ pub(crate) fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::
 
 /// The store's view of the network: every node's lease, which etcd lease
 /// holds each, and the revision it is from.
-pub(crate) struct Leases {
-    pub(crate) peers: Vec<(Peer, i64)>,
-    pub(crate) revision: i64,
+pub struct Leases {
+    pub peers: Vec<(Peer, i64)>,
+    pub revision: i64,
 }
 
-pub(crate) fn leases_prefix(conf: &OverlayConf, e: &config::EtcdConf) -> String {
+pub fn leases_prefix(conf: &OverlayConf, e: &config::EtcdConf) -> String {
     format!("{}/{}/subnets/", e.prefix.trim_end_matches('/'), conf.name)
 }
 
 /// Every node's lease of the network (records that don't parse are
 /// somebody else's business and skipped).
-pub(crate) fn read_leases(
+pub fn read_leases(
     conf: &OverlayConf,
     e: &config::EtcdConf,
     store: &etcd::Etcd,
@@ -125,16 +121,16 @@ pub fn resolve(conf: &OverlayConf, claim: bool) -> Result<OverlayConf, Error> {
 
 /// What the agent keeps of the store between rounds.
 #[derive(Clone, Copy)]
-pub(crate) struct Held {
+pub struct Held {
     /// The etcd lease this node's subnet is held under.
-    pub(crate) lease: i64,
+    pub lease: i64,
     /// The store revision the peers were read at (watched from there).
-    pub(crate) revision: i64,
+    pub revision: i64,
 }
 
 /// `resolve`, and (etcd store) the node's lease and the revision read.
 /// `claim_from`: claim a lease if needed, for this node's underlay address.
-pub(crate) fn resolve_held(
+pub fn resolve_held(
     conf: &OverlayConf,
     claim_from: Option<IpAddr>,
 ) -> Result<(OverlayConf, Option<Held>), Error> {
@@ -154,8 +150,7 @@ pub(crate) fn resolve_held(
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
-        let lock =
-            store::file::lock_dir(&dir).map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        let lock = store::file::lock_dir(&dir).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
         Leases {
             peers: leases,
             revision,
@@ -169,7 +164,7 @@ pub(crate) fn resolve_held(
         (Some(m), None) => m,
         (None, None) => {
             return Err(Error::new(
-                cni::codes::TRY_AGAIN,
+                Kind::TryAgain,
                 format!("node {} holds no subnet lease", conf.node),
             ))
         }
@@ -228,7 +223,7 @@ pub(crate) fn resolve_held(
 /// from this underlay address (claims that raced before they were
 /// serialized), it keeps the subnet it last used (else the first) and
 /// gives the others back.
-pub(crate) fn own_lease(
+pub fn own_lease(
     conf: &OverlayConf,
     store: &etcd::Etcd,
     leases: &[(Peer, i64)],
@@ -255,7 +250,7 @@ pub(crate) fn own_lease(
 /// (two nodes never get the same one): `store.etcd.subnet` if given (code 7
 /// naming the holder if another node has it), else the subnet this node
 /// last held (its containers may still use it), else the first free one.
-pub(crate) fn claim_subnet(
+pub fn claim_subnet(
     conf: &OverlayConf,
     e: &config::EtcdConf,
     store: &etcd::Etcd,
@@ -324,7 +319,7 @@ pub(crate) fn claim_subnet(
         }
     }
     Err(Error::new(
-        cni::codes::TRY_AGAIN,
+        Kind::TryAgain,
         format!("no free /{} left in {}", conf.subnet_len, conf.network),
     ))
 }
@@ -333,7 +328,7 @@ pub(crate) fn claim_subnet(
 /// wakes). A lease that no longer exists (expired while the store was
 /// away) is replaced: a new one, the same entry put under it. The lease
 /// held afterwards.
-pub(crate) fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
+pub fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
     let Some(e) = &conf.etcd else {
         return Ok(lease);
     };
@@ -357,7 +352,7 @@ pub(crate) fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> 
 /// Gives this node's subnet back (the agent's clean shutdown): the other
 /// nodes forget it at once instead of after leaseTTL. Only a lease that
 /// still names this node is deleted.
-pub(crate) fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
+pub fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
     let Some(e) = &conf.etcd else { return Ok(()) };
     let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
     let key = subnet_key(conf, e, &conf.subnet);
@@ -374,7 +369,7 @@ pub(crate) fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
 
 /// For DEL, CHECK, GC: the store's view, or the cached subnet (no peers)
 /// while the store is unreachable.
-pub(crate) fn resolve_or_cached(conf: &OverlayConf) -> Result<OverlayConf, Error> {
+pub fn resolve_or_cached(conf: &OverlayConf) -> Result<OverlayConf, Error> {
     match resolve(conf, false) {
         Ok(c) => Ok(c),
         Err(err) => match cached_subnet(conf) {

@@ -12,7 +12,9 @@
 
 use std::net::IpAddr;
 
-use cni::{Error, GoObject, Request};
+use cni::GoObject;
+
+use crate::{Error, Kind};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use serde_json::Value;
@@ -154,13 +156,15 @@ impl OverlayConf {
             underlay,
             subnet,
             subnet6: self.subnet6_of(&subnet),
-            mac: crate::vtep_mac(underlay),
+            mac: super::datapath::vtep_mac(underlay),
         }
     }
 
-    pub fn parse(req: &Request) -> Result<OverlayConf, Error> {
-        let raw: Raw = cni::gojson::from_value(&req.conf.raw)
-            .map_err(|e| Error::decode(format!("berth-overlay config: {e}")))?;
+    /// The config object `raw` of the network `name` (a CNI config's
+    /// keys, read the way Go's encoding/json reads them).
+    pub fn parse(name: &str, raw: &Value) -> Result<OverlayConf, Error> {
+        let raw: Raw = cni::gojson::from_value(raw)
+            .map_err(|e| Error::new(Kind::Decode, format!("berth-overlay config: {e}")))?;
         let network: Ipv4Net = raw
             .network
             .as_deref()
@@ -231,7 +235,7 @@ impl OverlayConf {
             .store
             .ok_or_else(|| bad("store", "missing ({\"static\": ...} or {\"etcd\": ...})"))?;
         let common = |subnet: Ipv4Net, peers: Vec<Peer>, etcd: Option<EtcdConf>| OverlayConf {
-            name: req.conf.name.clone(),
+            name: name.to_string(),
             etcd,
             network,
             subnet_len,
@@ -312,7 +316,7 @@ impl OverlayConf {
                     format!("{s} is already another node's"),
                 ));
             }
-            let mac = crate::vtep_mac(underlay);
+            let mac = super::datapath::vtep_mac(underlay);
             if let Some(q) = peers.iter().find(|q| q.mac == mac) {
                 return Err(bad(
                     &format!("{field}.underlay"),

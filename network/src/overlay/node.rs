@@ -1,33 +1,24 @@
 //! Joining and leaving a node as a whole, for berthd's overlay networks
 //! (the CNI plugin joins on its first ADD).
 
-use cni::{Command, Error, Request};
-use ifconf::kernel;
+use super::kernel;
+use crate::{Error, Kind};
 use net::Handle;
 
-use crate::config::OverlayConf;
-use crate::datapath::{claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name};
-use crate::lease::{cache_path, cached_subnet, release_lease, resolve, resolve_held};
+use super::config::OverlayConf;
+use super::datapath::{claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name};
+use super::lease::{cache_path, cached_subnet, release_lease, resolve, resolve_held};
 
 /// A berth-overlay config object (the plugin's keys, with `name`) outside
 /// any CNI call: the agent's file, berthd's overlay networks.
 pub fn parse_conf(plugin: &serde_json::Value) -> Result<OverlayConf, Error> {
-    let conf = cni::NetConf::parse(
-        &serde_json::to_vec(plugin).map_err(|e| Error::decode(e.to_string()))?,
-    )?;
-    let req = Request {
-        command: Command::Status,
-        container_id: String::new(),
-        netns: None,
-        ifname: String::new(),
-        cni_path: Vec::new(),
-        args: Default::default(),
-        raw_args: String::new(),
-        stdin: Vec::new(),
-        version: cni::version::Version::parse("1.1.0")?,
-        conf,
-    };
-    OverlayConf::parse(&req)
+    use cni::GoObject;
+    let name = plugin
+        .go_get("name")
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::config("name", "missing"))?;
+    OverlayConf::parse(name, plugin)
 }
 
 /// Makes this node part of the overlay: refuses a network that conflicts
@@ -44,7 +35,7 @@ pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
     let mtu = {
         // The VXLAN device and peer entries are shared by every ADD on
         // the node (and berthd's overlay networks).
-        let _lock = store::host::lock().map_err(|e| Error::new(cni::codes::IO, e.to_string()))?;
+        let _lock = store::host::lock().map_err(|e| Error::new(Kind::Io, e.to_string()))?;
         ensure_datapath_on(&mut h, &conf, &up, local)?
     };
     Ok((conf, mtu))
@@ -66,7 +57,7 @@ pub fn leave_node(conf: &OverlayConf) -> Result<(), Error> {
                     subnet,
                     ..conf.clone()
                 })
-                .ok_or_else(|| Error::new(cni::codes::TRY_AGAIN, "no lease"))
+                .ok_or_else(|| Error::new(Kind::TryAgain, "no lease"))
         });
         if let Ok(held) = held {
             // Unreachable store: the lease expires by itself.
