@@ -201,7 +201,7 @@ fn peer(ip: IpAddr) -> Result<String, String> {
 /// from another machine (both families), from the host via 127.0.0.1, ::1
 /// and its own address, and from a sibling on the bridge and the container
 /// itself via the host's address. The source address the service sees is
-/// the one the README documents. After DEL nothing answers and no portmap
+/// the one plugins/portmap/README.md documents. After DEL nothing answers and no portmap
 /// object is left.
 #[test]
 fn published_ports_answer_from_everywhere_until_del() {
@@ -610,7 +610,7 @@ fn conditions_apply_to_their_own_mappings() {
 }
 
 /// With a user's own forward chain dropping by default, the one exception
-/// the README documents (accept berth's mark) is enough.
+/// plugins/portmap/README.md documents (accept berth's mark) is enough.
 #[test]
 fn coexists_with_a_policy_drop_forward_chain() {
     let fx = Fx::new("pmdrop");

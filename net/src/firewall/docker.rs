@@ -17,7 +17,7 @@
 //!
 //! With iptables-legacy, Docker's chains live in the legacy xtables and are
 //! invisible to nftables: berth cannot add the exception there, and the
-//! operator must (see the README).
+//! operator must (see plugins/bridge/README.md).
 
 use nftables::batch::Batch;
 use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression};
