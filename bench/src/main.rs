@@ -55,39 +55,95 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use serde_json::{json, Value};
 
 use sys::{Netns, TempDir};
 
-const USAGE: &str = "\
-berth-bench: berth's CNI plugins vs the reference plugins, as a runtime runs them
+/// The parts `--only` chooses from.
+const PARTS: [&str; 8] = [
+    "compare",
+    "floor",
+    "concurrent",
+    "host",
+    "portmap",
+    "engine",
+    "overlay",
+    "cri",
+];
 
-usage: berth-bench [options]        (as root)
-
-  --cni-path-berth DIR  berth-bridge + berth-ipam
-                        [default: this binary's dir if it has berth-bridge,
-                         else <workspace>/target/release]
-  --cni-path-ref DIR    reference bridge + host-local [default: /usr/lib/cni]
-  --n LIST              container counts for compare [default: 1,100,1000]
-  --only LIST           parts to run: compare,floor,concurrent,host,portmap,engine,
-                        overlay,cri [default: all]
-  --no-ref              compare: run berth only
-  --concurrency K       concurrent ADDs for `concurrent` [default: 64]
-  --floor-reps R        repetitions for `floor` [default: 30]
-  --host-reps R         containers per mode for `host` [default: 30]
-  --portmap-reps R      containers per level for `portmap` [default: 20]
-  --volume-reps V       volume round trips for `engine` [default: 1000]
-  --docker-reps D       docker runs per driver for `engine` [default: 20]
-  --overlay-nodes N     simulated nodes for `overlay` convergence [default: 200,
-                        at most 250]
-  --iperf-secs S        length of each iperf3 run for `overlay` [default: 5]
-  --iperf-reps R        iperf3 runs per path for `overlay` [default: 3]
-  --cri-pods P          pods per implementation for `cri` [default: 20]
-  --cni-version V       cniVersion of the configs [default: 1.0.0, the newest
-                        the reference plugins 1.1.1 accept]
-  --json                print the report as JSON on stdout (progress on stderr)
-  -h, --help
-";
+/// berth-bench's command line, as clap reads it; [`Args`] is what the
+/// parts use.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-bench",
+    bin_name = "berth-bench",
+    about = "berth-bench: berth's CNI plugins vs the reference plugins, as a runtime runs them",
+    override_usage = "berth-bench [options]        (as root)",
+    // As before clap: the last of a repeated flag wins.
+    args_override_self = true
+)]
+struct Cli {
+    /// berth-bridge + berth-ipam [default: this binary's dir if it has
+    /// berth-bridge, else <workspace>/target/release]
+    #[arg(long = "cni-path-berth", value_name = "DIR")]
+    berth_dir: Option<PathBuf>,
+    /// reference bridge + host-local
+    #[arg(
+        long = "cni-path-ref",
+        value_name = "DIR",
+        default_value = "/usr/lib/cni"
+    )]
+    ref_dir: PathBuf,
+    /// container counts for compare
+    // `std::vec::Vec`: one value (a comma-separated list), not a repeated flag.
+    #[arg(long = "n", value_name = "LIST", default_value = "1,100,1000", value_parser = counts)]
+    ns: std::vec::Vec<usize>,
+    /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri
+    /// [default: all]
+    #[arg(long, value_name = "LIST", value_parser = parts)]
+    only: Option<std::vec::Vec<String>>,
+    /// compare: run berth only
+    #[arg(long)]
+    no_ref: bool,
+    /// concurrent ADDs for `concurrent`
+    #[arg(long, value_name = "K", default_value_t = 64, value_parser = at_least_one::<usize>)]
+    concurrency: usize,
+    /// repetitions for `floor`
+    #[arg(long, value_name = "R", default_value_t = 30, value_parser = at_least_one::<usize>)]
+    floor_reps: usize,
+    /// containers per mode for `host`
+    #[arg(long, value_name = "R", default_value_t = 30, value_parser = at_least_one::<usize>)]
+    host_reps: usize,
+    /// containers per level for `portmap`
+    #[arg(long, value_name = "R", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    portmap_reps: usize,
+    /// volume round trips for `engine`
+    #[arg(long, value_name = "V", default_value_t = 1000, value_parser = at_least_one::<usize>)]
+    volume_reps: usize,
+    /// docker runs per driver for `engine`
+    #[arg(long, value_name = "D", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    docker_reps: usize,
+    /// simulated nodes for `overlay` convergence (at most 250)
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = overlay_nodes)]
+    overlay_nodes: usize,
+    /// length of each iperf3 run for `overlay`, in seconds
+    #[arg(long, value_name = "S", default_value_t = 5, value_parser = at_least_one::<u64>)]
+    iperf_secs: u64,
+    /// iperf3 runs per path for `overlay`
+    #[arg(long, value_name = "R", default_value_t = 3, value_parser = at_least_one::<usize>)]
+    iperf_reps: usize,
+    /// pods per implementation for `cri`
+    #[arg(long, value_name = "P", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    cri_pods: usize,
+    /// cniVersion of the configs (1.0.0 is the newest the reference plugins
+    /// 1.1.1 accept)
+    #[arg(long, value_name = "V", default_value = "1.0.0")]
+    cni_version: String,
+    /// print the report as JSON on stdout (progress on stderr)
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -128,127 +184,93 @@ fn default_berth_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
 }
 
-fn parse_list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>> {
+/// A comma-separated list; blank items are skipped.
+fn parse_list<T: std::str::FromStr>(v: &str) -> std::result::Result<Vec<T>, String> {
     v.split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("{flag}: bad value {s:?}"))
-        })
+        .map(|s| s.trim().parse().map_err(|_| format!("bad value {s:?}")))
         .collect()
 }
 
-fn parse_args(argv: &[String]) -> Result<Option<Args>> {
-    let mut a = Args {
-        berth_dir: default_berth_dir(),
-        ref_dir: PathBuf::from("/usr/lib/cni"),
-        ns: vec![1, 100, 1000],
-        compare: true,
-        floor: true,
-        concurrent: true,
-        host: true,
-        no_ref: false,
-        concurrency: 64,
-        floor_reps: 30,
-        host_reps: 30,
-        portmap: true,
-        portmap_reps: 20,
-        volumes: true,
-        volume_reps: 1000,
-        docker_reps: 20,
-        overlay: true,
-        overlay_nodes: 200,
-        iperf_secs: 5,
-        iperf_reps: 3,
-        cri: true,
-        cri_pods: 20,
-        cni_version: "1.0.0".into(),
-        json: false,
-    };
-    let mut it = argv.iter();
-    while let Some(flag) = it.next() {
-        let (flag, inline) = match flag.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (flag.as_str(), None),
-        };
-        let mut value = || -> Result<String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{flag} needs a value")),
-            }
-        };
-        match flag {
-            "-h" | "--help" => return Ok(None),
-            "--cni-path-berth" => a.berth_dir = value()?.into(),
-            "--cni-path-ref" => a.ref_dir = value()?.into(),
-            "--n" => a.ns = parse_list("--n", &value()?)?,
-            "--only" => {
-                let parts: Vec<String> = parse_list("--only", &value()?)?;
-                a.compare = false;
-                a.floor = false;
-                a.concurrent = false;
-                a.host = false;
-                a.portmap = false;
-                a.volumes = false;
-                a.overlay = false;
-                a.cri = false;
-                for p in parts {
-                    match p.as_str() {
-                        "compare" => a.compare = true,
-                        "floor" => a.floor = true,
-                        "concurrent" => a.concurrent = true,
-                        "host" => a.host = true,
-                        "portmap" => a.portmap = true,
-                        "engine" => a.volumes = true,
-                        "overlay" => a.overlay = true,
-                        "cri" => a.cri = true,
-                        _ => bail!("--only: unknown part {p:?} (compare, floor, concurrent, host, portmap, engine, overlay, cri)"),
-                    }
-                }
-            }
-            "--no-ref" => a.no_ref = true,
-            "--concurrency" => a.concurrency = value()?.parse().context("--concurrency")?,
-            "--floor-reps" => a.floor_reps = value()?.parse().context("--floor-reps")?,
-            "--host-reps" => a.host_reps = value()?.parse().context("--host-reps")?,
-            "--portmap-reps" => a.portmap_reps = value()?.parse().context("--portmap-reps")?,
-            "--volume-reps" => a.volume_reps = value()?.parse().context("--volume-reps")?,
-            "--docker-reps" => a.docker_reps = value()?.parse().context("--docker-reps")?,
-            "--overlay-nodes" => a.overlay_nodes = value()?.parse().context("--overlay-nodes")?,
-            "--iperf-secs" => a.iperf_secs = value()?.parse().context("--iperf-secs")?,
-            "--iperf-reps" => a.iperf_reps = value()?.parse().context("--iperf-reps")?,
-            "--cri-pods" => a.cri_pods = value()?.parse().context("--cri-pods")?,
-            "--cni-version" => a.cni_version = value()?,
-            "--json" => a.json = true,
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
+/// `--n`: container counts, each at least 1.
+fn counts(v: &str) -> std::result::Result<Vec<usize>, String> {
+    let ns: Vec<usize> = parse_list(v)?;
+    if ns.contains(&0) {
+        return Err("counts must be at least 1".into());
     }
-    if a.ns.contains(&0) {
-        bail!("--n: counts must be at least 1");
+    Ok(ns)
+}
+
+/// `--only`: parts of [`PARTS`].
+fn parts(v: &str) -> std::result::Result<Vec<String>, String> {
+    let parts: Vec<String> = parse_list(v)?;
+    if let Some(p) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return Err(format!("unknown part {p:?} ({})", PARTS.join(", ")));
     }
-    if a.concurrency == 0
-        || a.floor_reps == 0
-        || a.host_reps == 0
-        || a.portmap_reps == 0
-        || a.volume_reps == 0
-        || a.docker_reps == 0
-        || a.cri_pods == 0
-    {
-        bail!("--concurrency, --floor-reps, --host-reps, --portmap-reps, --volume-reps, --docker-reps and --cri-pods must be at least 1");
+    Ok(parts)
+}
+
+/// A count or repetition that must be at least 1.
+fn at_least_one<T>(v: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = v.parse().map_err(|e| format!("{e}"))?;
+    if n == T::from(0) {
+        return Err("must be at least 1".into());
     }
-    if a.iperf_secs == 0 || a.iperf_reps == 0 {
-        bail!("--iperf-secs and --iperf-reps must be at least 1");
-    }
-    if !(1..=overlay::MAX_NODES).contains(&a.overlay_nodes) {
-        bail!(
-            "--overlay-nodes: 1 to {} (the nodes and 5 joiners take /24s of 10.200.0.0/16)",
+    Ok(n)
+}
+
+fn overlay_nodes(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=overlay::MAX_NODES).contains(&n) {
+        return Err(format!(
+            "1 to {} (the nodes and 5 joiners take /24s of 10.200.0.0/16)",
             overlay::MAX_NODES
-        );
+        ));
     }
-    Ok(Some(a))
+    Ok(n)
+}
+
+/// Parses the arguments after the program name. `--help` is an error of
+/// kind `DisplayHelp` (`exit()` prints the help and exits 0); a usage
+/// error names the flag at fault (`exit()`: status 2).
+fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Error> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("berth-bench").chain(argv.iter().map(String::as_str)))?;
+    // Without --only every part runs.
+    let only = |part: &str| match &cli.only {
+        None => true,
+        Some(parts) => parts.iter().any(|p| p == part),
+    };
+    Ok(Args {
+        berth_dir: cli.berth_dir.unwrap_or_else(default_berth_dir),
+        compare: only("compare"),
+        floor: only("floor"),
+        concurrent: only("concurrent"),
+        host: only("host"),
+        portmap: only("portmap"),
+        volumes: only("engine"),
+        overlay: only("overlay"),
+        cri: only("cri"),
+        ref_dir: cli.ref_dir,
+        ns: cli.ns,
+        no_ref: cli.no_ref,
+        concurrency: cli.concurrency,
+        floor_reps: cli.floor_reps,
+        host_reps: cli.host_reps,
+        portmap_reps: cli.portmap_reps,
+        volume_reps: cli.volume_reps,
+        docker_reps: cli.docker_reps,
+        overlay_nodes: cli.overlay_nodes,
+        iperf_secs: cli.iperf_secs,
+        iperf_reps: cli.iperf_reps,
+        cri_pods: cli.cri_pods,
+        cni_version: cli.cni_version,
+        json: cli.json,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1283,10 +1305,8 @@ fn main() {
 /// Ok(false) when a part failed (the report says which).
 fn real_main() -> Result<bool> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some(args) = parse_args(&argv)? else {
-        print!("{USAGE}");
-        return Ok(true);
-    };
+    // --help: the help on stdout, status 0; a usage error: status 2.
+    let args = parse_args(&argv).unwrap_or_else(|e| e.exit());
     if !sys::is_root() {
         bail!("must run as root (creates namespaces, bridges and firewall rules)");
     }
@@ -1413,6 +1433,7 @@ fn real_main() -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
@@ -1420,7 +1441,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let a = parse_args(&[]).unwrap().unwrap();
+        let a = parse_args(&[]).unwrap();
         assert_eq!(a.ns, vec![1, 100, 1000]);
         assert_eq!(a.ref_dir, PathBuf::from("/usr/lib/cni"));
         assert!(a.compare && a.floor && a.concurrent && !a.json);
@@ -1429,15 +1450,19 @@ mod tests {
 
     #[test]
     fn flags() {
-        let a = parse_args(&argv("--n 5,200 --only compare,concurrent --json --cni-path-berth /x --cni-path-ref=/y --no-ref"))
-            .unwrap()
-            .unwrap();
+        let a = parse_args(&argv(
+            "--n 5,200 --only compare,concurrent --json --cni-path-berth /x --cni-path-ref=/y --no-ref",
+        ))
+        .unwrap();
         assert_eq!(a.ns, vec![5, 200]);
         assert!(a.compare && a.concurrent && !a.floor);
         assert!(a.json && a.no_ref);
         assert_eq!(a.berth_dir, PathBuf::from("/x"));
         assert_eq!(a.ref_dir, PathBuf::from("/y"));
-        assert!(parse_args(&argv("--help")).unwrap().is_none());
+        assert_eq!(
+            parse_args(&argv("--help")).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
         assert!(parse_args(&argv("--bogus")).is_err());
         assert!(parse_args(&argv("--n 0")).is_err());
         assert!(parse_args(&argv("--only nope")).is_err());
@@ -1446,24 +1471,21 @@ mod tests {
 
     #[test]
     fn cri_flags() {
-        let a = parse_args(&[]).unwrap().unwrap();
+        let a = parse_args(&[]).unwrap();
         assert!(a.cri && a.cri_pods == 20);
-        let a = parse_args(&argv("--only cri --cri-pods 3"))
-            .unwrap()
-            .unwrap();
+        let a = parse_args(&argv("--only cri --cri-pods 3")).unwrap();
         assert!(a.cri && !a.compare && !a.overlay && a.cri_pods == 3);
         assert!(parse_args(&argv("--cri-pods 0")).is_err());
     }
 
     #[test]
     fn overlay_flags() {
-        let a = parse_args(&[]).unwrap().unwrap();
+        let a = parse_args(&[]).unwrap();
         assert!(a.overlay);
         assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (200, 5, 3));
         let a = parse_args(&argv(
             "--only overlay --overlay-nodes 50 --iperf-secs=2 --iperf-reps 1",
         ))
-        .unwrap()
         .unwrap();
         assert!(
             a.overlay
@@ -1475,17 +1497,58 @@ mod tests {
                 && !a.volumes
         );
         assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (50, 2, 1));
-        assert!(
-            !parse_args(&argv("--only compare"))
-                .unwrap()
-                .unwrap()
-                .overlay
-        );
+        assert!(!parse_args(&argv("--only compare")).unwrap().overlay);
         assert!(parse_args(&argv("--overlay-nodes 0")).is_err());
         assert!(parse_args(&argv("--overlay-nodes 251")).is_err());
         assert!(parse_args(&argv("--overlay-nodes 250")).is_ok());
         assert!(parse_args(&argv("--iperf-secs 0")).is_err());
         assert!(parse_args(&argv("--iperf-reps 0")).is_err());
+    }
+
+    /// Every check names the flag at fault; the last of a repeated flag
+    /// wins, as before clap.
+    #[test]
+    fn errors_name_the_flag() {
+        Cli::command().debug_assert();
+        for (args, flag) in [
+            ("--n 0", "--n"),
+            ("--n 1,x", "--n"),
+            ("--only nope", "--only"),
+            ("--concurrency 0", "--concurrency"),
+            ("--floor-reps 0", "--floor-reps"),
+            ("--host-reps 0", "--host-reps"),
+            ("--portmap-reps 0", "--portmap-reps"),
+            ("--volume-reps 0", "--volume-reps"),
+            ("--docker-reps 0", "--docker-reps"),
+            ("--cri-pods 0", "--cri-pods"),
+            ("--iperf-secs 0", "--iperf-secs"),
+            ("--iperf-reps 0", "--iperf-reps"),
+            ("--overlay-nodes 251", "--overlay-nodes"),
+            ("--concurrency x", "--concurrency"),
+            ("--cni-version", "--cni-version"),
+        ] {
+            let e = parse_args(&argv(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args}");
+            let msg = e.to_string();
+            assert!(msg.contains(flag), "{args}: {msg}");
+            for other in ["--concurrency", "--floor-reps", "--cri-pods"] {
+                assert!(other == flag || !msg.contains(other), "{args}: {msg}");
+            }
+        }
+        let a = parse_args(&argv(
+            "--n 1,,2 --n 3 --only host --only floor --json --json",
+        ))
+        .unwrap();
+        assert_eq!(a.ns, vec![3]);
+        assert!(a.floor && !a.host && a.json);
+        let a = parse_args(&argv("--n=4, 5")).unwrap_err();
+        assert_eq!(a.exit_code(), 2);
+        let a = parse_args(&["--n=4, 5".to_string()]).unwrap();
+        assert_eq!(a.ns, vec![4, 5]);
+        let a = parse_args(&argv("--volume-reps 7 --docker-reps 8 --cni-version 1.1.0")).unwrap();
+        assert_eq!((a.volume_reps, a.docker_reps), (7, 8));
+        assert_eq!(a.cni_version, "1.1.0");
+        assert!(a.volumes && a.portmap && a.host);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! berth-conformance --cni-path DIR --conf FILE.conflist [--format text|markdown]
 //!                   [--state-dir DIR]... [--env K=V]... [--case ID]...
 //!                   [--host-setup SCRIPT] [--ifname NAME] [--shared-netns]
+//! berth-conformance --list
 //! ```
 //!
 //! `--shared-netns`: every attachment's CNI_NETNS names the suite's host
@@ -28,7 +29,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::Parser;
 use serde_json::{json, Value};
 
 use cases::Outcome;
@@ -36,10 +38,86 @@ use exec::Netns;
 use runtime::Suite;
 use snapshot::Snapshot;
 
-const USAGE: &str = "usage: berth-conformance --cni-path DIR --conf FILE.conflist \
-[--format text|markdown] [--state-dir DIR]... [--env K=V]... [--case ID]... \
-[--host-setup SCRIPT] [--ifname NAME] [--shared-netns] [--list]";
+/// berth-conformance's command line, as clap reads it; [`Args`] is what
+/// the suite uses.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-conformance",
+    bin_name = "berth-conformance",
+    about = "berth-conformance: black-box CNI conformance checks against any plugin directory",
+    long_about = "berth-conformance: black-box CNI conformance checks against any plugin \
+                  directory.\n\n\
+                  Every plugin runs inside a private \"host\" network namespace the suite \
+                  creates, containers are further namespaces; the real host is never touched. \
+                  After every case the host namespace and the file names under the state dirs \
+                  are compared with a baseline taken after one warm-up ADD+DEL; anything left \
+                  behind fails the case. Exit status: 0 when no case failed, 1 when one did, \
+                  2 on a usage or setup error.",
+    override_usage = "berth-conformance --cni-path DIR --conf FILE.conflist [OPTIONS]\n       \
+                      berth-conformance --list",
+    // As before clap: the last of a repeated single-valued flag wins.
+    args_override_self = true
+)]
+struct Cli {
+    /// CNI_PATH: the directory (or `:`-separated directories) of the plugins
+    #[arg(long, value_name = "DIR", required_unless_present = "list")]
+    cni_path: Option<String>,
+    /// The network configuration list to judge
+    #[arg(long, value_name = "FILE.conflist", required_unless_present = "list")]
+    conf: Option<PathBuf>,
+    /// Report format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    format: Format,
+    /// A directory where the plugins keep state, compared after every case
+    /// (repeatable)
+    #[arg(long = "state-dir", value_name = "DIR")]
+    state_dirs: Vec<PathBuf>,
+    /// An extra environment variable for every plugin run (repeatable)
+    #[arg(long, value_name = "K=V", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Runs only this case (repeatable; see --list)
+    #[arg(long = "case", value_name = "ID", value_parser = case_id)]
+    only: Vec<String>,
+    /// `sh -c` script run in the private host namespace before the baseline
+    /// and again before every case, for plugins that need host links (a
+    /// macvlan master, a device to move); it must be idempotent
+    #[arg(long, value_name = "SCRIPT", allow_hyphen_values = true)]
+    host_setup: Option<String>,
+    /// CNI_IFNAME (`lo` for a loopback plugin)
+    #[arg(long, value_name = "NAME", default_value = "eth0")]
+    ifname: String,
+    /// Every attachment's CNI_NETNS names the suite's host namespace itself,
+    /// for plugins that give a container the host's network (cases that
+    /// need a namespace of the container's own are n/a)
+    #[arg(long)]
+    shared_netns: bool,
+    /// Lists the cases (ID and description) and exits
+    #[arg(long)]
+    list: bool,
+}
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Markdown,
+}
+
+/// `--env K=V`.
+fn key_value(kv: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = kv.split_once('=').ok_or("expected K=V")?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `--case ID`: one of [`cases::all`].
+fn case_id(id: &str) -> std::result::Result<String, String> {
+    if cases::all().iter().any(|c| c.id == id) {
+        Ok(id.to_string())
+    } else {
+        Err(format!("unknown case {id:?} (see --list)"))
+    }
+}
+
+#[derive(Debug)]
 struct Args {
     cni_path: String,
     conf: PathBuf,
@@ -57,67 +135,31 @@ struct Args {
     shared_netns: bool,
 }
 
-fn parse_args() -> Result<Option<Args>> {
-    let mut it = std::env::args().skip(1);
-    let (mut cni_path, mut conf, mut markdown) = (None, None, false);
-    let (mut state_dirs, mut env, mut only) = (Vec::new(), Vec::new(), Vec::new());
-    let mut host_setup = None;
-    let mut ifname = "eth0".to_string();
-    let mut shared_netns = false;
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--cni-path" => cni_path = Some(val("--cni-path")?),
-            "--conf" => conf = Some(PathBuf::from(val("--conf")?)),
-            "--format" => match val("--format")?.as_str() {
-                "text" => markdown = false,
-                "markdown" => markdown = true,
-                f => bail!("unknown format {f:?} (text or markdown)"),
-            },
-            "--state-dir" => state_dirs.push(PathBuf::from(val("--state-dir")?)),
-            "--env" => {
-                let kv = val("--env")?;
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--env {kv:?}: expected K=V"))?;
-                env.push((k.to_string(), v.to_string()));
-            }
-            "--case" => only.push(val("--case")?),
-            "--host-setup" => host_setup = Some(val("--host-setup")?),
-            "--ifname" => ifname = val("--ifname")?,
-            "--shared-netns" => shared_netns = true,
-            "--list" => {
-                for c in cases::all() {
-                    println!("{}  {}", c.id, c.desc);
-                }
-                return Ok(None);
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            _ => bail!("unknown argument {a:?}\n{USAGE}"),
-        }
+/// Parses `argv` (the program name first). `Ok(None)`: `--list` was
+/// given (the caller prints the cases). `--help` is an error of kind
+/// `DisplayHelp` (`exit()` prints it and exits 0); usage errors exit 2.
+fn parse_args<I, T>(argv: I) -> std::result::Result<Option<Args>, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(argv)?;
+    if cli.list {
+        return Ok(None);
     }
-    let known: Vec<&str> = cases::all().iter().map(|c| c.id).collect();
-    for o in &only {
-        if !known.contains(&o.as_str()) {
-            bail!("unknown case {o:?} (see --list)");
-        }
-    }
+    let (Some(cni_path), Some(conf)) = (cli.cni_path, cli.conf) else {
+        unreachable!("clap requires --cni-path and --conf without --list")
+    };
     Ok(Some(Args {
-        cni_path: cni_path.with_context(|| format!("--cni-path is required\n{USAGE}"))?,
-        conf: conf.with_context(|| format!("--conf is required\n{USAGE}"))?,
-        markdown,
-        state_dirs,
-        env,
-        only,
-        host_setup,
-        ifname,
-        shared_netns,
+        cni_path,
+        conf,
+        markdown: cli.format == Format::Markdown,
+        state_dirs: cli.state_dirs,
+        env: cli.env,
+        only: cli.only,
+        host_setup: cli.host_setup,
+        ifname: cli.ifname,
+        shared_netns: cli.shared_netns,
     }))
 }
 
@@ -262,13 +304,16 @@ fn md_escape(s: &str) -> String {
 }
 
 fn main() {
-    let args = match parse_args() {
+    // --help: the help on stdout, status 0; a usage error: status 2.
+    let args = match parse_args(std::env::args_os()) {
         Ok(Some(a)) => a,
-        Ok(None) => return,
-        Err(e) => {
-            eprintln!("berth-conformance: {e:#}");
-            std::process::exit(2);
+        Ok(None) => {
+            for c in cases::all() {
+                println!("{}  {}", c.id, c.desc);
+            }
+            return;
         }
+        Err(e) => e.exit(),
     };
     let pid = std::process::id();
     let res = catch_unwind(AssertUnwindSafe(|| run_suite(&args, pid)));
@@ -319,5 +364,92 @@ fn main() {
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    fn parse(args: &[&str]) -> std::result::Result<Option<Args>, clap::Error> {
+        parse_args(std::iter::once("berth-conformance").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags() {
+        Cli::command().debug_assert();
+        let a = parse(&["--cni-path", "/b", "--conf", "/n.conflist"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.cni_path.as_str(), a.conf.as_path()),
+            ("/b", Path::new("/n.conflist"))
+        );
+        assert!(!a.markdown && !a.shared_netns && a.host_setup.is_none());
+        assert_eq!(a.ifname, "eth0");
+        assert!(a.state_dirs.is_empty() && a.env.is_empty() && a.only.is_empty());
+        let id = cases::all()[0].id;
+        let a = parse(&[
+            "--cni-path",
+            "/b",
+            "--conf",
+            "/n.conflist",
+            "--format",
+            "markdown",
+            "--state-dir",
+            "/s1",
+            "--state-dir",
+            "/s2",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--case",
+            id,
+            "--host-setup",
+            "ip link add up0 type veth",
+            "--ifname",
+            "lo",
+            "--shared-netns",
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(a.markdown && a.shared_netns);
+        assert_eq!(a.state_dirs, [PathBuf::from("/s1"), PathBuf::from("/s2")]);
+        assert_eq!(
+            a.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(a.only, [id]);
+        assert_eq!(a.host_setup.as_deref(), Some("ip link add up0 type veth"));
+        assert_eq!(a.ifname, "lo");
+        // --list needs nothing else.
+        assert!(parse(&["--list"]).unwrap().is_none());
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(help.exit_code(), 0);
+        for (args, flag) in [
+            (&["--conf", "/n"][..], "--cni-path"),
+            (&["--cni-path", "/b"], "--conf"),
+            (
+                &["--cni-path", "/b", "--conf", "/n", "--format", "html"],
+                "--format",
+            ),
+            (&["--cni-path", "/b", "--conf", "/n", "--env", "A"], "--env"),
+            (
+                &["--cni-path", "/b", "--conf", "/n", "--case", "no-such-case"],
+                "--case",
+            ),
+            (&["--cni-path", "/b", "--conf"], "--conf"),
+            (&["--cni-path", "/b", "--conf", "/n", "--bogus"], "--bogus"),
+        ] {
+            let e = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
     }
 }

@@ -62,7 +62,7 @@ pub fn run_agent(
         let conf = match round {
             Ok(conf) => conf,
             Err(e) => {
-                eprintln!("berth-overlay agent: {}: {e}", conf_path.display());
+                tracing::warn!("{}: {e}", conf_path.display());
                 std::thread::sleep(interval);
                 continue;
             }
@@ -79,18 +79,12 @@ pub fn run_agent(
                 if let Some(vx) = h.link_by_name(&vxlan_name(conf.vni)).map_err(kernel)? {
                     for gone in programmed.iter().filter(|p| !conf.peers.contains(p)) {
                         forget_peer(&mut h, vx.index, gone, &conf.peers)?;
-                        eprintln!(
-                            "berth-overlay agent: peer {} ({}) left",
-                            gone.node, gone.subnet
-                        );
+                        tracing::info!("peer {} ({}) left", gone.node, gone.subnet);
                     }
                 }
                 ensure_datapath(&conf)?;
                 for new in conf.peers.iter().filter(|p| !programmed.contains(p)) {
-                    eprintln!(
-                        "berth-overlay agent: peer {} ({}) at {}",
-                        new.node, new.subnet, new.underlay
-                    );
+                    tracing::info!("peer {} ({}) at {}", new.node, new.subnet, new.underlay);
                 }
                 programmed = conf.peers.clone();
                 Ok(())
@@ -98,7 +92,7 @@ pub fn run_agent(
             match synced {
                 Ok(()) => last = Some((conf.clone(), Instant::now())),
                 Err(e) => {
-                    eprintln!("berth-overlay agent: {e}");
+                    tracing::warn!("{e}");
                     last = None;
                 }
             }
@@ -127,9 +121,9 @@ pub fn run_agent(
     }
     if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
         match release_lease(&conf) {
-            Ok(()) => eprintln!("berth-overlay agent: stopping; released {}", conf.subnet),
-            Err(e) => eprintln!(
-                "berth-overlay agent: stopping; lease not released ({}), it expires by itself",
+            Ok(()) => tracing::info!("stopping; released {}", conf.subnet),
+            Err(e) => tracing::warn!(
+                "stopping; lease not released ({}), it expires by itself",
                 e.msg
             ),
         }

@@ -34,7 +34,7 @@ use crate::{Error, Kind};
 
 /// Reported, not returned: the mapping works for every new flow anyway.
 fn warn_stale_flows(e: &net::Error) {
-    eprintln!("berth: warning: forgetting stale UDP flows: {e}");
+    tracing::warn!("forgetting stale UDP flows: {e}");
 }
 
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/portmap";
