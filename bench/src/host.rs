@@ -121,8 +121,8 @@ fn veth_pair(prefix: &str) -> Result<(String, LinkGuard)> {
     // '_' is not a base-36 digit: no other unique name can be this peer's.
     let peer = format!("{name}_");
     let mut h = sys::host()?;
-    let here = net::Netns::current().context("own netns")?;
-    h.add_veth(&name, &peer, &here, &net::VethOptions::default())
+    let here = berth_kernel::Netns::current().context("own netns")?;
+    h.add_veth(&name, &peer, &here, &berth_kernel::VethOptions::default())
         .with_context(|| format!("create veth {name}"))?;
     let guard = LinkGuard(name.clone());
     for n in [&name, &peer] {

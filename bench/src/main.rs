@@ -594,7 +594,7 @@ fn run_series(imp: &Impl, n: usize, args: &Args, taken: &mut Vec<u8>) -> Series 
     if n >= 100 {
         eprintln!();
     }
-    drop(nss); // namespaces first, then the bridge and dataDir with `net`
+    drop(nss); // namespaces first, then the bridge and dataDir with berth-kernel
     drop(net);
     s
 }
@@ -644,7 +644,7 @@ fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<Value> {
 
 /// Wall time of deleting `name` through `h`: one RTM_DELLINK and its ack,
 /// i.e. the kernel's cost plus one netlink round trip.
-fn time_del(h: &mut net::Handle, name: &str) -> Result<f64> {
+fn time_del(h: &mut berth_kernel::Handle, name: &str) -> Result<f64> {
     let start = Instant::now();
     let existed = h
         .delete_link_by_name(name)
@@ -665,23 +665,24 @@ fn floor(reps: usize) -> Result<Value> {
     let h = Netns::new(format!("bb-{pid}-floor-h"))?;
     let c = Netns::new(format!("bb-{pid}-floor-c"))?;
     let (hn, cn) = (
-        net::Netns::open(std::path::Path::new(&h.path))?,
-        net::Netns::open(std::path::Path::new(&c.path))?,
+        berth_kernel::Netns::open(std::path::Path::new(&h.path))?,
+        berth_kernel::Netns::open(std::path::Path::new(&c.path))?,
     );
     let mut hh = sys::handle_in(&h)?;
     let mut ch = sys::handle_in(&c)?;
-    let veth = |hh: &mut net::Handle, peer: &str, peer_ns: &net::Netns| -> Result<u32> {
-        hh.add_veth("vfa", peer, peer_ns, &net::VethOptions::default())?;
-        Ok(hh.link_by_name("vfa")?.context("vfa vanished")?.index)
-    };
+    let veth =
+        |hh: &mut berth_kernel::Handle, peer: &str, peer_ns: &berth_kernel::Netns| -> Result<u32> {
+            hh.add_veth("vfa", peer, peer_ns, &berth_kernel::VethOptions::default())?;
+            Ok(hh.link_by_name("vfa")?.context("vfa vanished")?.index)
+        };
     // What a bridge plugin's DEL really deletes: a veth that is a port of a
     // bridge with other ports, its peer up in another netns.
-    hh.add_bridge("bfl0", &net::BridgeOptions::default())?;
+    hh.add_bridge("bfl0", &berth_kernel::BridgeOptions::default())?;
     let br = hh.link_by_name("bfl0")?.context("bfl0 vanished")?.index;
     hh.set_up(br)?;
     for i in 0..FLOOR_BRIDGE_PORTS {
         let (a, b) = (format!("vp{i}a"), format!("vp{i}b"));
-        hh.add_veth(&a, &b, &hn, &net::VethOptions::default())?;
+        hh.add_veth(&a, &b, &hn, &berth_kernel::VethOptions::default())?;
         for (name, master) in [(&a, Some(br)), (&b, None)] {
             let idx = hh.link_by_name(name)?.context("port vanished")?.index;
             if let Some(m) = master {

@@ -959,7 +959,7 @@ fn etcd_del(ns: &Netns, key: &str) -> Result<()> {
 
 /// The agent's peer routes: IPv4 onlink routes on berth.77 (none before
 /// the device exists).
-fn onlink_routes(h: &mut net::Handle) -> Result<BTreeSet<Ipv4Net>> {
+fn onlink_routes(h: &mut berth_kernel::Handle) -> Result<BTreeSet<Ipv4Net>> {
     let Some(vx) = h.link_by_name(CONV_VXLAN)? else {
         return Ok(BTreeSet::new());
     };
@@ -982,7 +982,7 @@ fn log_tail(path: &Path) -> String {
 
 /// The agent with its HN-side plumbing, for the polls.
 struct Watch<'a> {
-    h: net::Handle,
+    h: berth_kernel::Handle,
     agent: &'a mut Proc,
     log: &'a Path,
 }

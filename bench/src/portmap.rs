@@ -59,13 +59,13 @@ impl Host {
         let mut h = sys::handle_in(&ns)?;
         let lo = h.link_by_name("lo")?.context("no lo")?;
         h.set_up(lo.index)?;
-        h.add_bridge("pmbench0", &net::BridgeOptions::default())
+        h.add_bridge("pmbench0", &berth_kernel::BridgeOptions::default())
             .context("bridge in the bench host")?;
         let br = h.link_by_name("pmbench0")?.context("bridge vanished")?;
         h.add_address(
             br.index,
             "10.200.0.1/16".parse()?,
-            &net::AddressOptions::default(),
+            &berth_kernel::AddressOptions::default(),
         )?;
         h.set_up(br.index)?;
         let host = Host {
@@ -89,7 +89,7 @@ impl Host {
     /// Sends one UDP datagram to 127.0.0.1 inside the namespace, so
     /// conntrack holds an entry (for 30 s).
     fn track_a_flow(&self) -> Result<()> {
-        let ns = net::Netns::open(std::path::Path::new(&self.ns.path))?;
+        let ns = berth_kernel::Netns::open(std::path::Path::new(&self.ns.path))?;
         ns.run(|| -> std::io::Result<()> {
             let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
             s.send_to(b"x", "127.0.0.1:9")?;
@@ -118,7 +118,7 @@ impl Host {
     fn exec(&self, command: &str, cid: &str, container_ns: &str, conf: &Value) -> Result<f64> {
         let run_dir = self.run.path().display().to_string();
         let env = [("BERTH_RUN_DIR", run_dir.as_str())];
-        let ns = net::Netns::open(std::path::Path::new(&self.ns.path))?;
+        let ns = berth_kernel::Netns::open(std::path::Path::new(&self.ns.path))?;
         let out = ns
             .run(|| {
                 exec_plugin_env(
@@ -140,7 +140,7 @@ impl Host {
 
     /// Runs `program args` inside this host namespace, feeding `input`.
     fn run_tool(&self, program: &str, args: &[&str], input: &str) -> Result<()> {
-        let ns = net::Netns::open(std::path::Path::new(&self.ns.path))?;
+        let ns = berth_kernel::Netns::open(std::path::Path::new(&self.ns.path))?;
         let out = ns.run(|| -> Result<std::process::Output> {
             let mut child = Command::new(program)
                 .args(args)

@@ -1,5 +1,5 @@
 //! Host plumbing for the bench: namespaces, links, temp dirs, free subnets,
-//! through berth's own `net` crate (netlink) and plain system calls.
+//! through berth-kernel (netlink) and plain system calls.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -20,14 +20,15 @@ pub fn is_root() -> bool {
 }
 
 /// A netlink handle in the bench's own netns.
-pub fn host() -> Result<net::Handle> {
-    net::Handle::new().context("open a netlink socket")
+pub fn host() -> Result<berth_kernel::Handle> {
+    berth_kernel::Handle::new().context("open a netlink socket")
 }
 
 /// A netlink handle inside a named netns.
-pub fn handle_in(ns: &Netns) -> Result<net::Handle> {
-    let fd = net::Netns::open(Path::new(&ns.path)).with_context(|| format!("open {}", ns.path))?;
-    net::Handle::in_netns(&fd).with_context(|| format!("netlink socket in {}", ns.path))
+pub fn handle_in(ns: &Netns) -> Result<berth_kernel::Handle> {
+    let fd = berth_kernel::Netns::open(Path::new(&ns.path))
+        .with_context(|| format!("open {}", ns.path))?;
+    berth_kernel::Handle::in_netns(&fd).with_context(|| format!("netlink socket in {}", ns.path))
 }
 
 /// A named network namespace (`/run/netns/<name>`, as `ip netns add` makes
@@ -78,7 +79,7 @@ impl Netns {
     /// Runs `f` on a thread inside this namespace: sockets it opens and
     /// processes it spawns live there (and stay there afterwards).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let fd = net::Netns::open(Path::new(&self.path))
+        let fd = berth_kernel::Netns::open(Path::new(&self.path))
             .with_context(|| format!("open {}", self.path))?;
         fd.run(f).with_context(|| format!("enter {}", self.path))?
     }

@@ -192,9 +192,9 @@ fn valid_container_id(id: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
 }
 
-/// CNI_IFNAME by the kernel's rule (net's, berth's only one).
+/// CNI_IFNAME by the kernel's rule (berth-kernel's, berth's only one).
 fn check_ifname(name: &str) -> Result<(), Error> {
-    net::check_ifname(name).map_err(|e| Error::env("CNI_IFNAME", e.to_string()))
+    berth_kernel::check_ifname(name).map_err(|e| Error::env("CNI_IFNAME", e.to_string()))
 }
 
 /// True when `path` is the network namespace this process runs in; such a

@@ -1,6 +1,6 @@
 //! A network's Linux bridge.
 
-use net::{BridgeOptions, Handle, Link};
+use berth_kernel::{BridgeOptions, Handle, Link};
 
 use crate::{Error, Result};
 
@@ -37,7 +37,7 @@ impl BridgeSpec {
 
     /// `field` is the front end's key for the bridge name.
     pub fn validate(&self, field: &'static str) -> Result<()> {
-        net::check_ifname(&self.name).map_err(|e| Error::config(field, e.to_string()))?;
+        berth_kernel::check_ifname(&self.name).map_err(|e| Error::config(field, e.to_string()))?;
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(Error::config("mtu", format!("{mtu}: expected 68..65535")));

@@ -1,8 +1,8 @@
 //! A network's gateway addresses on its bridge, and the forwarding they
 //! need.
 
+use berth_kernel::{AddressOptions, Handle, Link};
 use ipnet::IpNet;
-use net::{AddressOptions, Handle, Link};
 
 use crate::{Error, Result};
 
@@ -99,10 +99,11 @@ impl GatewaySpec {
             }
         }
         if plan.ipv4_forwarding {
-            net::sysctl::write("net/ipv4/ip_forward", "1").map_err(Error::kernel("ip_forward"))?;
+            berth_kernel::sysctl::write("net/ipv4/ip_forward", "1")
+                .map_err(Error::kernel("ip_forward"))?;
         }
         if plan.ipv6_forwarding {
-            net::sysctl::write("net/ipv6/conf/all/forwarding", "1")
+            berth_kernel::sysctl::write("net/ipv6/conf/all/forwarding", "1")
                 .map_err(Error::kernel("IPv6 forwarding"))?;
         }
         Ok(())

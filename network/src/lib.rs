@@ -16,7 +16,7 @@
 //!
 //! Each is a typed spec with a pure `validate` and `plan` (unit-tested
 //! without privileges) and an `apply` that is the only step touching the
-//! kernel (through `net`). Front ends translate their own input (a CNI
+//! kernel (through berth-kernel). Front ends translate their own input (a CNI
 //! config, Docker's JSON) into specs and the errors back into their own.
 
 pub mod bridge;
@@ -78,13 +78,13 @@ impl Error {
     }
 
     /// The kernel's refusal of `what`.
-    pub fn kernel(what: impl Into<String>) -> impl FnOnce(net::Error) -> Error {
+    pub fn kernel(what: impl Into<String>) -> impl FnOnce(berth_kernel::Error) -> Error {
         let what = what.into();
         move |e| Error::new(Kind::Kernel, format!("{what}: {e}"))
     }
 
     /// nftables' refusal.
-    pub fn firewall(e: net::Error) -> Error {
+    pub fn firewall(e: berth_kernel::Error) -> Error {
         Error::new(Kind::Firewall, format!("nftables: {e}"))
     }
 

@@ -1,5 +1,5 @@
 //! The names berth gives kernel objects: policy of the front ends, kept
-//! here so the kernel layer (`net`) knows none of them and every front end
+//! here so the kernel layer (berth-kernel) knows none of them and every front end
 //! agrees on them (the quiet chain matches ports by these prefixes).
 
 use sha2::{Digest, Sha256};
@@ -61,7 +61,7 @@ mod tests {
         assert_eq!(n, cni_host_veth("c1", "eth0"));
         assert_ne!(n, cni_host_veth("c1", "eth1"));
         assert_ne!(cni_host_veth("ab", "c"), cni_host_veth("a", "bc"));
-        assert!(net::check_ifname(&n).is_ok());
+        assert!(berth_kernel::check_ifname(&n).is_ok());
     }
 
     #[test]
@@ -71,7 +71,7 @@ mod tests {
             (h.as_str(), p.as_str()),
             ("bhffffffffffff", "bpffffffffffff")
         );
-        assert!(net::check_ifname(&h).is_ok());
+        assert!(berth_kernel::check_ifname(&h).is_ok());
         assert!(port_prefixes().iter().any(|p| h.starts_with(p.as_str())));
         assert!(port_prefixes()
             .iter()

@@ -1,7 +1,7 @@
 //! An endpoint's veth: the host end a port of the network's bridge, the
 //! peer in the namespace the endpoint's container gets.
 
-use net::{BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions};
+use berth_kernel::{BridgePortOptions, BridgeVlan, Handle, Link, Netns, VethOptions};
 
 use crate::{Error, Result};
 
@@ -76,7 +76,7 @@ impl PortSpec {
 
     pub fn validate(&self) -> Result<()> {
         for (field, name) in [("host veth", &self.host_name), ("ifname", &self.peer_name)] {
-            net::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))?;
+            berth_kernel::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))?;
         }
         Ok(())
     }
@@ -161,7 +161,7 @@ impl PortSpec {
 /// looking up routes is linear in the number of containers, and it would
 /// send DAD and router solicitations into its container.
 fn disable_ipv6(host_veth: &str) -> Result<()> {
-    match net::sysctl::write(&format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "1") {
+    match berth_kernel::sysctl::write(&format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "1") {
         Ok(()) => Ok(()),
         // IPv6 disabled in the whole kernel: nothing to turn off.
         Err(e) if e.is_not_found() => Ok(()),

@@ -1177,7 +1177,7 @@ fn link_shape(link: &str) -> Value {
 /// `inet berth`'s objects of one network, with its names, bridge and
 /// subnets replaced by placeholders and handles dropped.
 fn nft_shape(network: &str, bridge: &str, subnets: &[&str]) -> Vec<String> {
-    let names = net::firewall::chain_names(network);
+    let names = berth_kernel::firewall::chain_names(network);
     let ours = [&names.nat, &names.forward, &names.set_v4, &names.set_v6];
     let mut out: Vec<String> = berth_nft_table()
         .into_iter()

@@ -1,8 +1,8 @@
 //! CreateEndpoint, Join, DeleteEndpoint and EndpointOperInfo: each
 //! endpoint a veth whose host end is a port of the network's bridge.
 
+use berth_kernel::{Handle, Netns};
 use berth_network::port::PortSpec;
-use net::{Handle, Netns};
 use serde_json::json;
 
 use super::requests::{CreateEndpointReq, IdReq};

@@ -106,7 +106,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
         .map_err(|e| (400, json!({"Err": format!("malformed request JSON: {e}")})))
 }
 
-fn kernel(what: &str) -> impl Fn(net::Error) -> Answer + '_ {
+fn kernel(what: &str) -> impl Fn(berth_kernel::Error) -> Answer + '_ {
     move |e| fail(format!("{what}: {e}"))
 }
 

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use berth_kernel::Handle;
 use berth_network::bridge::BridgeSpec;
 use berth_network::gateway::GatewaySpec;
 use ipnet::IpNet;
-use net::Handle;
 use serde_json::{json, Value};
 
 use super::requests::{CreateNetworkReq, IdReq};
@@ -218,7 +218,7 @@ impl Networks {
                 .collect(),
             (None, true) => n.gateways.iter().map(|g| g.trunc()).collect(),
         };
-        net::firewall::apply(&net::firewall::NetworkRules {
+        berth_kernel::firewall::apply(&berth_kernel::firewall::NetworkRules {
             network: n.rules_name(),
             bridge: n.bridge.clone(),
             masquerade: masq,
@@ -235,7 +235,7 @@ impl Networks {
             quiet_ports: berth_network::names::port_prefixes(),
         })
         .map_err(kernel("firewall"))?;
-        net::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
+        berth_kernel::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
     }
 
     /// The cluster CIDR of an overlay network: the engine's IPv4 pool,
@@ -303,7 +303,7 @@ impl Networks {
         }
         {
             let _lock = store::host::lock().map_err(fail)?;
-            net::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge))
+            berth_kernel::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge))
                 .map_err(kernel("firewall"))?;
         }
         h.delete_link_by_name(&n.bridge)

@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
+use berth_kernel::firewall::{PortMapping, Protocol, PublishedPorts};
 use ipnet::IpNet;
-use net::firewall::{PortMapping, Protocol, PublishedPorts};
 use serde_json::{json, Value};
 use store::ports::{PortClaim, PortOwner};
 

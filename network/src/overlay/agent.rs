@@ -3,7 +3,7 @@
 
 use super::kernel;
 use crate::{Error, Kind};
-use net::Handle;
+use berth_kernel::Handle;
 use serde_json::json;
 
 use super::config::{OverlayConf, Peer};

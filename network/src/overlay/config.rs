@@ -186,7 +186,7 @@ impl OverlayConf {
             v @ 1..=0xff_ffff => v as u32,
             v => return Err(bad("vni", format!("{v} is outside 1..16777215"))),
         };
-        let port = match raw.port.unwrap_or(i64::from(net::VXLAN_PORT)) {
+        let port = match raw.port.unwrap_or(i64::from(berth_kernel::VXLAN_PORT)) {
             p @ 1..=65535 => p as u16,
             p => return Err(bad("port", format!("{p} is not a port"))),
         };

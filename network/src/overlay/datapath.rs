@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use super::kernel;
 use crate::{Error, Kind};
+use berth_kernel::{AddressOptions, Handle, Link, Route, VxlanOptions};
 use ipnet::IpNet;
-use net::{AddressOptions, Handle, Link, Route, VxlanOptions};
 use serde_json::json;
 
 use super::config::{OverlayConf, Peer};
@@ -257,9 +257,9 @@ pub fn ensure_datapath_on(
         }
     }
     h.set_up(vx.index).map_err(kernel)?;
-    net::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel)?;
+    berth_kernel::sysctl::write("net/ipv4/ip_forward", "1").map_err(kernel)?;
     if conf.network6.is_some() {
-        net::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel)?;
+        berth_kernel::sysctl::write("net/ipv6/conf/all/forwarding", "1").map_err(kernel)?;
     }
     for p in &conf.peers {
         program_peer(h, vx.index, p)?;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::kernel;
 use crate::{Error, Kind};
-use net::Handle;
+use berth_kernel::Handle;
 use serde_json::json;
 
 use super::config::{self, OverlayConf, Peer};

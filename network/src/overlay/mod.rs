@@ -33,6 +33,6 @@ pub use node::{join_node, leave_node, parse_conf};
 use crate::{Error, Kind};
 
 /// The kernel's refusal, as the overlay reports it.
-fn kernel(e: net::Error) -> Error {
+fn kernel(e: berth_kernel::Error) -> Error {
     Error::new(Kind::Kernel, e.to_string())
 }

@@ -3,7 +3,7 @@
 
 use super::kernel;
 use crate::{Error, Kind};
-use net::Handle;
+use berth_kernel::Handle;
 
 use super::config::OverlayConf;
 use super::datapath::{claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name};

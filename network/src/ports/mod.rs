@@ -1,5 +1,5 @@
 //! Published ports: host ports DNATed to a container's address, on
-//! nftables maps in `inet berth` (net::firewall's portmap module), for
+//! nftables maps in `inet berth` (berth_kernel::firewall's portmap module), for
 //! berth-portmap (`runtimeConfig.portMappings`) and berthd (Docker's
 //! `-p`) alike: both claim host ports in one store, so a port is never
 //! published twice.
@@ -25,7 +25,7 @@ pub mod proxy;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use net::firewall::{Conditions, PortMapping, Protocol, PublishedPorts};
+use berth_kernel::firewall::{Conditions, PortMapping, Protocol, PublishedPorts};
 use serde::{Deserialize, Serialize};
 use store::host::boot_id;
 use store::ports::{PortClaim, PortOwner, PortStore, Published};
@@ -33,7 +33,7 @@ use store::ports::{PortClaim, PortOwner, PortStore, Published};
 use crate::{Error, Kind};
 
 /// Reported, not returned: the mapping works for every new flow anyway.
-fn warn_stale_flows(e: &net::Error) {
+fn warn_stale_flows(e: &berth_kernel::Error) {
     tracing::warn!("forgetting stale UDP flows: {e}");
 }
 
@@ -43,7 +43,7 @@ pub const DEFAULT_RUN_DIR: &str = "/run/berth/portmap";
 /// `inet berth` table).
 const DB_FILE: &str = "ports.db";
 
-fn kernel(e: net::Error) -> Error {
+fn kernel(e: berth_kernel::Error) -> Error {
     Error::new(Kind::Kernel, e.to_string())
 }
 
@@ -173,7 +173,7 @@ impl Installed {
 fn allow_localnet(ports: &PublishedPorts) -> Result<(), Error> {
     for (ip, link) in &ports.hairpin {
         if ip.is_ipv4() && ports.localhost.contains(ip) {
-            net::sysctl::write(&format!("net/ipv4/conf/{link}/route_localnet"), "1")
+            berth_kernel::sysctl::write(&format!("net/ipv4/conf/{link}/route_localnet"), "1")
                 .map_err(kernel)?;
         }
     }
@@ -196,7 +196,7 @@ fn forget_stale_udp_flows(ports: &PublishedPorts) {
             .collect();
         udp.sort_unstable();
         udp.dedup();
-        if let Err(e) = net::conntrack::delete_udp_to_ports(v4, &udp) {
+        if let Err(e) = berth_kernel::conntrack::delete_udp_to_ports(v4, &udp) {
             warn_stale_flows(&e);
         }
     }
@@ -248,9 +248,9 @@ fn install(
     profiles.push(&ports.conditions);
     let note = structure_note(&profiles);
     if noted(store, &note)? {
-        match net::firewall::add_elements_in(None, replaced, ports) {
+        match berth_kernel::firewall::add_elements_in(None, replaced, ports) {
             Ok(()) => return Ok(()),
-            Err(e) if net::firewall::is_missing_object(&e) => {}
+            Err(e) if berth_kernel::firewall::is_missing_object(&e) => {}
             Err(e) => return Err(Error::firewall(e)),
         }
     }
@@ -262,7 +262,8 @@ fn install(
         .map(|p| Installed::parse(p).and_then(|i| i.ports()))
         .collect::<Result<_, _>>()?;
     let refs: Vec<&PublishedPorts> = all.iter().collect();
-    net::firewall::rebuild_in(None, &profiles, replaced, &refs).map_err(Error::firewall)?;
+    berth_kernel::firewall::rebuild_in(None, &profiles, replaced, &refs)
+        .map_err(Error::firewall)?;
     store.set_structure(Some(&note)).map_err(Error::store)
 }
 
@@ -283,15 +284,15 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
     let shared = refs.iter().any(|c| c.id() == ports.conditions.id());
     let mut structure_lost = false;
     if shared && noted(store, &note)? {
-        match net::firewall::remove_elements_in(None, &ports) {
+        match berth_kernel::firewall::remove_elements_in(None, &ports) {
             Ok(()) => return store.release(&published.owner).map_err(Error::store),
-            Err(e) if net::firewall::is_missing_object(&e) => structure_lost = true,
+            Err(e) if berth_kernel::firewall::is_missing_object(&e) => structure_lost = true,
             Err(e) => return Err(Error::firewall(e)),
         }
     }
-    net::firewall::unpublish_in(None, &refs, &ports).map_err(Error::firewall)?;
+    berth_kernel::firewall::unpublish_in(None, &refs, &ports).map_err(Error::firewall)?;
     if others.is_empty() {
-        net::firewall::remove_table_if_empty_in(None).map_err(Error::firewall)?;
+        berth_kernel::firewall::remove_table_if_empty_in(None).map_err(Error::firewall)?;
     }
     // After a lost structure the others' elements are gone too: no note,
     // so the next ADD rebuilds everything from the records.
@@ -343,7 +344,7 @@ pub fn publish_with_proxies(
         if let Some(old) = &replaced {
             let others = other_profiles(&store, owner).unwrap_or_default();
             let refs: Vec<&Conditions> = others.iter().collect();
-            let _ = net::firewall::unpublish_in(None, &refs, old);
+            let _ = berth_kernel::firewall::unpublish_in(None, &refs, old);
         }
         let _ = store.release(owner);
         return Err(e);
@@ -413,11 +414,13 @@ pub fn check(
     let mut profiles: Vec<&Conditions> = others.iter().collect();
     profiles.push(conditions);
     if let Some(missing) =
-        net::firewall::structure_missing_in(None, &profiles).map_err(Error::firewall)?
+        berth_kernel::firewall::structure_missing_in(None, &profiles).map_err(Error::firewall)?
     {
         return Err(Error::check_failed(missing));
     }
-    match net::firewall::portmap_missing_in(None, &installed.ports()?).map_err(Error::firewall)? {
+    match berth_kernel::firewall::portmap_missing_in(None, &installed.ports()?)
+        .map_err(Error::firewall)?
+    {
         Some(missing) => Err(Error::check_failed(missing)),
         None => Ok(()),
     }

@@ -167,9 +167,9 @@ impl BridgeConf {
     }
 }
 
-/// Interface names the kernel accepts (net's rule, the only one).
+/// Interface names the kernel accepts (berth-kernel's rule, the only one).
 pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
-    net::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))
+    berth_kernel::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))
 }
 
 fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {

@@ -7,7 +7,7 @@
 //! where Docker set iptables' FORWARD policy to DROP and loaded
 //! br_netfilter, even traffic between two containers on one bridge passes
 //! that chain. The rules mark berth's traffic and one rule in Docker's
-//! DOCKER-USER chain accepts the mark (net::firewall's docker module).
+//! DOCKER-USER chain accepts the mark (berth_kernel::firewall's docker module).
 //!
 //! With `isolation` (the default) the forward chain first drops traffic
 //! between the bridge and any other berth bridge, except published-port
@@ -17,7 +17,7 @@ use crate::state::{Lock, RulesMarker, State};
 use cni::{codes, Error};
 use ipnet::IpNet;
 
-fn nft_err(e: net::Error) -> Error {
+fn nft_err(e: berth_kernel::Error) -> Error {
     Error::new(codes::FIREWALL, format!("nftables: {e}"))
 }
 
@@ -52,7 +52,7 @@ pub fn ensure(
             all.push(*s);
         }
     }
-    net::firewall::apply(&net::firewall::NetworkRules {
+    berth_kernel::firewall::apply(&berth_kernel::firewall::NetworkRules {
         network: network.to_string(),
         bridge: bridge.to_string(),
         masquerade: all.clone(),
@@ -65,7 +65,7 @@ pub fn ensure(
     .map_err(nft_err)?;
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
-    net::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
+    berth_kernel::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
     let marker = RulesMarker {
         bridge: bridge.to_string(),
         subnets: all,
@@ -90,9 +90,9 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
         let bridge = (!state.bridge_used_by_others(network, &marker.bridge))
             .then_some(marker.bridge.as_str());
         let table_dropped =
-            net::firewall::release_network_in(None, network, bridge).map_err(nft_err)?;
+            berth_kernel::firewall::release_network_in(None, network, bridge).map_err(nft_err)?;
         if table_dropped {
-            net::firewall::spoofchk_remove_table_if_unused_in(None).map_err(nft_err)?;
+            berth_kernel::firewall::spoofchk_remove_table_if_unused_in(None).map_err(nft_err)?;
         }
     }
     state.forget_network(lock, network)
@@ -102,7 +102,7 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
 /// `masquerade`), and Docker's DOCKER-USER, if there is one, lets them
 /// through. Returns what is missing.
 pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error> {
-    let st = net::firewall::network_state(network).map_err(nft_err)?;
+    let st = berth_kernel::firewall::network_state(network).map_err(nft_err)?;
     if !st.forward_chain || st.forward_rules == 0 {
         return Ok(Some(format!(
             "forward rules of network {network:?} are missing from table inet berth"
@@ -113,12 +113,12 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error>
             "masquerade rules of network {network:?} are missing from table inet berth"
         )));
     }
-    let docker = net::firewall::docker_user_in(None).map_err(nft_err)?;
-    if docker.contains(&net::firewall::DockerUser::Missing) {
+    let docker = berth_kernel::firewall::docker_user_in(None).map_err(nft_err)?;
+    if docker.contains(&berth_kernel::firewall::DockerUser::Missing) {
         return Ok(Some(format!(
             "chain {} exists but lacks berth's rule {:?} (Docker started after the network was set up?)",
-            net::firewall::DOCKER_USER,
-            net::firewall::DOCKER_USER_COMMENT
+            berth_kernel::firewall::DOCKER_USER,
+            berth_kernel::firewall::DOCKER_USER_COMMENT
         )));
     }
     Ok(None)
@@ -129,7 +129,7 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error>
 /// then exists, so a concurrent last DEL of another network cannot drop
 /// the `bridge berth` table under us.
 pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Result<(), Error> {
-    net::firewall::spoofchk_add_in(None, host_veth, mac, container_id).map_err(nft_err)
+    berth_kernel::firewall::spoofchk_add_in(None, host_veth, mac, container_id).map_err(nft_err)
 }
 
 /// Removes `host_veth`'s spoof check (no MAC needed; nothing there is
@@ -137,15 +137,15 @@ pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Resul
 /// [`spoofchk_add`]: run after the table was dropped, the batch would
 /// re-create it empty.
 pub fn spoofchk_remove(host_veth: &str) -> Result<(), Error> {
-    net::firewall::spoofchk_remove_in(None, host_veth).map_err(nft_err)
+    berth_kernel::firewall::spoofchk_remove_in(None, host_veth).map_err(nft_err)
 }
 
 /// CHECK with macspoofchk: `host_veth`'s chain exists and lets `mac`
 /// through. Returns what is missing.
 pub fn spoofchk_missing(host_veth: &str, mac: &str) -> Result<Option<String>, Error> {
-    let chain = net::firewall::spoofchk_chain_name(host_veth);
-    let table = net::firewall::SPOOFCHK_TABLE;
-    match net::firewall::spoofchk_macs_in(None, host_veth).map_err(nft_err)? {
+    let chain = berth_kernel::firewall::spoofchk_chain_name(host_veth);
+    let table = berth_kernel::firewall::SPOOFCHK_TABLE;
+    match berth_kernel::firewall::spoofchk_macs_in(None, host_veth).map_err(nft_err)? {
         None => Ok(Some(format!("MAC spoof check chain {chain} is missing from table bridge {table}"))),
         Some(macs) if !macs.iter().any(|m| m.eq_ignore_ascii_case(mac)) => Ok(Some(format!(
             "MAC spoof check chain {chain} in table bridge {table} has no rule for MAC {mac} (has {macs:?})"

@@ -11,10 +11,10 @@ mod firewall;
 mod netconf;
 pub mod state;
 
+use berth_kernel::{Handle, Netns};
 use cni::{codes, CniResult, Command, Error, Plugin, Request};
 use config::BridgeConf;
 use ifconf::{ipam, kernel};
-use net::{Handle, Netns};
 use state::{Record, State};
 
 pub struct BridgePlugin;

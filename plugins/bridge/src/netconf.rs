@@ -4,13 +4,13 @@
 use crate::config::BridgeConf;
 use crate::state::State;
 use crate::{firewall, host_veth_name};
+use berth_kernel::{Handle, Link, Netns};
 use berth_network::bridge::BridgeSpec;
 use berth_network::gateway::GatewaySpec;
 use berth_network::port::{PortSpec, PortVlans};
 use cni::{codes, CniResult, Command, Error, Interface, IpConfig, Request, Route};
 use ifconf::{check_failed as missing, ipam, kernel, mac_string};
 use ipnet::IpNet;
-use net::{Handle, Link, Netns};
 use std::net::IpAddr;
 use std::path::Path;
 

@@ -4,9 +4,9 @@
 //! belongs to another mode is refused rather than ignored, so a config
 //! that says something berth would not do fails at once.
 
+use berth_kernel::MacvlanMode;
 use cni::conf::flexible_bool;
 use cni::{Error, Request};
-use net::MacvlanMode;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -132,9 +132,9 @@ fn macvlan_mode(field: &str, s: &str) -> Option<Result<MacvlanMode, Error>> {
     Some(Ok(m))
 }
 
-/// Interface names the kernel accepts (net's rule, the only one).
+/// Interface names the kernel accepts (berth-kernel's rule, the only one).
 pub fn check_ifname(field: &str, name: &str) -> Result<(), Error> {
-    net::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))
+    berth_kernel::check_ifname(name).map_err(|e| Error::config(field, e.to_string()))
 }
 
 impl HostConf {

@@ -22,9 +22,9 @@
 use crate::config::{DeviceConf, DeviceSelector, HostConf};
 use crate::state::{boot_id, Record, SavedDevice, SavedRoute, State};
 use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
+use berth_kernel::{AddressOptions, Handle, Link, Netns};
 use cni::{codes, CniResult, Command, Error, Request};
 use ifconf::{check_failed, ipam, kernel};
-use net::{AddressOptions, Handle, Link, Netns};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -322,7 +322,7 @@ fn restore(saved: &SavedDevice, ifname: &str, ns: Option<&Netns>) -> Result<(), 
     // whose gateway is unreachable now must not make every DEL fail), and
     // routes the kernel derives from the addresses already exist.
     for r in &saved.routes {
-        let mut route = net::Route::new(r.dst);
+        let mut route = berth_kernel::Route::new(r.dst);
         route.gateway = r.gateway;
         route.priority = r.metric;
         route.oif = Some(link.index);

@@ -4,9 +4,9 @@
 //! carry addresses, and those addresses.
 
 use crate::is_host_netns;
+use berth_kernel::{Handle, Netns};
 use cni::{CniResult, Error, Interface, IpConfig, Request};
 use ifconf::{kernel, mac_string};
-use net::{Handle, Netns};
 
 /// RT_SCOPE_LINK: IPv6 link-local addresses, which say nothing about how
 /// the container is reached.

@@ -14,10 +14,10 @@ mod loopback;
 mod macvlan;
 pub mod state;
 
+use berth_kernel::{Handle, Netns};
 use cni::{codes, CniResult, Command, Error, Interface, Plugin, Request};
 use config::{HostConf, Mode};
 use ifconf::{ipam, kernel, mac_string};
-use net::{Handle, Netns};
 use std::os::unix::fs::MetadataExt;
 
 pub struct HostPlugin;

@@ -2,9 +2,9 @@
 //! CNI_IFNAME is ignored (the interface is always `lo`); chained after
 //! another plugin, the prevResult passes through unchanged.
 
+use berth_kernel::{Handle, Link, Netns};
 use cni::{CniResult, Error, Interface, IpConfig, Request};
 use ifconf::{check_failed, kernel};
-use net::{Handle, Link, Netns};
 
 const LO: &str = "lo";
 

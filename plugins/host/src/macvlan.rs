@@ -10,9 +10,9 @@
 use crate::config::{HostConf, MacvlanConf};
 use crate::state::{boot_id, Record, State};
 use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
+use berth_kernel::{Handle, Link, MacvlanOptions, Netns};
 use cni::{codes, CniResult, Command, Error, Request};
 use ifconf::{check_failed, ipam, kernel};
-use net::{Handle, Link, MacvlanOptions, Netns};
 use std::path::Path;
 
 const KIND: &str = "macvlan";
@@ -131,7 +131,7 @@ fn announce_on_up(ns: &Netns, ifname: &str) -> Result<(), Error> {
             format!("net/ipv4/conf/{ifname}/arp_notify"),
             format!("net/ipv6/conf/{ifname}/ndisc_notify"),
         ] {
-            match net::sysctl::write(&key, "1") {
+            match berth_kernel::sysctl::write(&key, "1") {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {} // no IPv6 in this kernel
                 Err(e) => return Err(e),

@@ -5,9 +5,9 @@
 
 pub mod ipam;
 
+use berth_kernel::{AddressOptions, Handle, Link, Netns};
 use cni::{codes, CniResult, Error, GoObject, Request};
 use ipnet::{IpNet, Ipv6Net};
-use net::{AddressOptions, Handle, Link, Netns};
 use std::net::IpAddr;
 
 /// `ipam.type`, if the config has an `ipam` section (which must name one).
@@ -48,7 +48,7 @@ pub fn core_error(e: berth_network::Error) -> Error {
 }
 
 /// A failed kernel operation as a CNI error.
-pub fn kernel(e: net::Error) -> Error {
+pub fn kernel(e: berth_kernel::Error) -> Error {
     Error::new(codes::KERNEL, e.to_string())
 }
 
@@ -137,7 +137,7 @@ pub fn disable_dad(cont: &mut Handle, ns: &Netns, link: &Link) -> Result<(), Err
     }
     match link.mac {
         Some(mac) if v6.eui64_link_local => {
-            let ll = Ipv6Net::new(net::eui64_link_local(&mac), 64)
+            let ll = Ipv6Net::new(berth_kernel::eui64_link_local(&mac), 64)
                 .map_err(|e| Error::new(codes::KERNEL, format!("link-local address: {e}")))?;
             match cont.add_address(link.index, IpNet::V6(ll), &AddressOptions { nodad: true }) {
                 Ok(()) => Ok(()),
@@ -155,7 +155,7 @@ fn accept_no_dad_sysctl(ns: &Netns, ifname: &str) -> Result<(), Error> {
     let ifname = ifname.to_string();
     let written = ns.run(move || {
         for key in ["accept_dad", "enhanced_dad"] {
-            match net::sysctl::write(&format!("net/ipv6/conf/{ifname}/{key}"), "0") {
+            match berth_kernel::sysctl::write(&format!("net/ipv6/conf/{ifname}/{key}"), "0") {
                 Ok(()) => {}
                 // No enhanced_dad knob in this kernel.
                 Err(e) if e.is_not_found() => {}
@@ -190,7 +190,7 @@ pub fn apply(cont: &mut Handle, index: u32, result: &CniResult, nodad: bool) -> 
     }
     cont.set_up(index).map_err(kernel)?;
     for r in &result.routes {
-        let mut route = net::Route::new(r.dst);
+        let mut route = berth_kernel::Route::new(r.dst);
         route.gateway = r.gw.or_else(|| family_gateway(result, &r.dst));
         route.oif = Some(index);
         route.mtu = r.mtu;

@@ -2,9 +2,9 @@
 //! bridge, delegated to berth-bridge's code with a config derived from
 //! the overlay's.
 
+use berth_kernel::Handle;
 use cni::{CniResult, Command, Error, Plugin, Request};
 use ifconf::kernel;
-use net::Handle;
 use serde_json::json;
 
 use berth_network::overlay::datapath::{

@@ -4,9 +4,9 @@
 
 use std::net::IpAddr;
 
+use berth_kernel::firewall::{Conditions, Protocol};
 use cni::conf::{flexible_bool, flexible_opt_bool};
 use cni::{Error, GoObject, Request};
-use net::firewall::{Conditions, Protocol};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -5,7 +5,7 @@
 //! entered, so DEL and GC work without it. Per ADD: one SQLite transaction
 //! that checks and claims the host ports (a port another attachment holds
 //! is refused, naming the holder) and records what will be installed, then
-//! one nft transaction adding exactly those elements (net::firewall's
+//! one nft transaction adding exactly those elements (berth_kernel::firewall's
 //! portmap module; the shared chains and sets are built only when the
 //! store's note says they are missing, see `install`). DEL removes what the
 //! record says, so it needs neither the mappings again nor a listing of the
@@ -28,15 +28,15 @@ pub use berth_network::ports::proxy;
 
 use std::net::IpAddr;
 
+use berth_kernel::firewall::{PortMapping, Protocol, PublishedPorts};
+use berth_kernel::Handle;
 use berth_network::ports;
 use cni::{codes, CniResult, Error, Plugin, Request};
 use config::{HostAddr, PortmapConf};
 use ifconf::core_error;
-use net::firewall::{PortMapping, Protocol, PublishedPorts};
-use net::Handle;
 use store::ports::{PortClaim, PortOwner};
 
-fn kernel(e: net::Error) -> Error {
+fn kernel(e: berth_kernel::Error) -> Error {
     Error::new(codes::KERNEL, e.to_string())
 }
 
@@ -272,7 +272,7 @@ impl Plugin for PortmapPlugin {
 
     fn status(&self, req: &Request) -> Result<(), Error> {
         PortmapConf::parse_keys(req)?;
-        if !net::firewall::nft_available() {
+        if !berth_kernel::firewall::nft_available() {
             return Err(Error::new(
                 codes::NOT_AVAILABLE,
                 "nft (nftables) is not installed; berth-portmap needs it",

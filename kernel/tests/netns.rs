@@ -4,8 +4,8 @@ mod common;
 
 use std::path::Path;
 
+use berth_kernel::{sysctl, Error, Handle, Netns};
 use common::TestNs;
-use net::{sysctl, Error, Handle, Netns};
 
 #[test]
 fn open_rejects_missing_and_non_netns_paths() {

@@ -6,9 +6,9 @@ mod common;
 
 use std::net::IpAddr;
 
+use berth_kernel::{AddressOptions, Handle, Route, VethOptions};
 use common::TestNs;
 use ipnet::IpNet;
-use net::{AddressOptions, Handle, Route, VethOptions};
 use serde_json::Value;
 
 fn net(s: &str) -> IpNet {

@@ -3,9 +3,9 @@
 
 mod common;
 
+use berth_kernel::firewall::{self, chain_names, NetworkRules};
 use common::TestNs;
 use ipnet::IpNet;
-use net::firewall::{self, chain_names, NetworkRules};
 use serde_json::Value;
 
 fn net(s: &str) -> IpNet {

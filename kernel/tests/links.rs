@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use berth_kernel::{BridgeOptions, BridgePortOptions, BridgeVlan, Handle, VethOptions};
 use common::TestNs;
-use net::{BridgeOptions, BridgePortOptions, BridgeVlan, Handle, VethOptions};
 use serde_json::Value;
 
 #[test]

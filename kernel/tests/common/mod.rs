@@ -28,8 +28,8 @@ impl TestNs {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    pub fn open(&self) -> net::Netns {
-        net::Netns::open(&self.path()).expect("open test netns")
+    pub fn open(&self) -> berth_kernel::Netns {
+        berth_kernel::Netns::open(&self.path()).expect("open test netns")
     }
 
     /// `ip -n NS -j ARGS`, parsed.

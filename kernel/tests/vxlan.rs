@@ -6,9 +6,9 @@ mod common;
 
 use std::net::IpAddr;
 
+use berth_kernel::{AddressOptions, Handle, Route, VethOptions, VxlanOptions};
 use common::TestNs;
 use ipnet::IpNet;
-use net::{AddressOptions, Handle, Route, VethOptions, VxlanOptions};
 
 struct Host {
     ns: TestNs,
