@@ -46,7 +46,7 @@ use berth_tests::cri::{
 use berth_tests::{IptablesGuard, LinkGuard, NftNetworkGuard, TempDir};
 use serde_json::{json, Value};
 
-use crate::{median, ms, ratio};
+use crate::stats::{median, ms, ratio};
 
 /// hostPorts of the measured pods: berth's from here, the reference's
 /// from here + 1000.

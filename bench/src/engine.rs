@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::stats::{median, ms, ratio};
 use crate::sys::{Proc, TempDir};
-use crate::{median, ms, ratio};
 
 fn wait_for(mut ready: impl FnMut() -> bool, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -17,8 +17,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::exec::{exec_plugin, with_prev_result};
+use crate::stats::{median, ms, ratio};
 use crate::sys::{self, LinkGuard, Netns, TempDir};
-use crate::{exec_plugin, median, ms, ratio, with_prev_result};
 
 /// One implementation of a mode: its plugin and how its config looks for
 /// container `i`.

@@ -66,8 +66,9 @@ use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::{json, Value};
 
+use crate::exec::exec_plugin_env;
+use crate::stats::{median, ms, ratio};
 use crate::sys::{self, Netns, Proc, TempDir};
-use crate::{exec_plugin_env, median, ms, ratio};
 
 /// berth's throughput over the hand-built container path's, at least.
 pub const TARGET_RATIO: f64 = 0.90;

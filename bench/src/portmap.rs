@@ -31,8 +31,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::exec::exec_plugin_env;
+use crate::stats::{median, ms, ratio};
 use crate::sys::{self, Netns, TempDir};
-use crate::{exec_plugin_env, median, ms, ratio};
 
 pub const LEVELS: [usize; 3] = [0, 1000, 5000];
 /// Host ports of the measured containers (above the installed ones).

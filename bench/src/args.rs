@@ -1,0 +1,344 @@
+//! berth-bench's command line (clap) and the settings it turns into.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::overlay;
+
+/// The parts `--only` chooses from.
+pub(crate) const PARTS: [&str; 8] = [
+    "compare",
+    "floor",
+    "concurrent",
+    "host",
+    "portmap",
+    "engine",
+    "overlay",
+    "cri",
+];
+
+/// berth-bench's command line, as clap reads it; [`Args`] is what the
+/// parts use.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-bench",
+    bin_name = "berth-bench",
+    about = "berth-bench: berth's CNI plugins vs the reference plugins, as a runtime runs them",
+    override_usage = "berth-bench [options]        (as root)",
+    // As before clap: the last of a repeated flag wins.
+    args_override_self = true
+)]
+pub(crate) struct Cli {
+    /// berth-bridge + berth-ipam [default: this binary's dir if it has
+    /// berth-bridge, else <workspace>/target/release]
+    #[arg(long = "cni-path-berth", value_name = "DIR")]
+    pub(crate) berth_dir: Option<PathBuf>,
+    /// reference bridge + host-local
+    #[arg(
+        long = "cni-path-ref",
+        value_name = "DIR",
+        default_value = "/usr/lib/cni"
+    )]
+    pub(crate) ref_dir: PathBuf,
+    /// container counts for compare
+    // `std::vec::Vec`: one value (a comma-separated list), not a repeated flag.
+    #[arg(long = "n", value_name = "LIST", default_value = "1,100,1000", value_parser = counts)]
+    pub(crate) ns: std::vec::Vec<usize>,
+    /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri
+    /// [default: all]
+    #[arg(long, value_name = "LIST", value_parser = parts)]
+    pub(crate) only: Option<std::vec::Vec<String>>,
+    /// compare: run berth only
+    #[arg(long)]
+    pub(crate) no_ref: bool,
+    /// concurrent ADDs for `concurrent`
+    #[arg(long, value_name = "K", default_value_t = 64, value_parser = at_least_one::<usize>)]
+    pub(crate) concurrency: usize,
+    /// repetitions for `floor`
+    #[arg(long, value_name = "R", default_value_t = 30, value_parser = at_least_one::<usize>)]
+    pub(crate) floor_reps: usize,
+    /// containers per mode for `host`
+    #[arg(long, value_name = "R", default_value_t = 30, value_parser = at_least_one::<usize>)]
+    pub(crate) host_reps: usize,
+    /// containers per level for `portmap`
+    #[arg(long, value_name = "R", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    pub(crate) portmap_reps: usize,
+    /// volume round trips for `engine`
+    #[arg(long, value_name = "V", default_value_t = 1000, value_parser = at_least_one::<usize>)]
+    pub(crate) volume_reps: usize,
+    /// docker runs per driver for `engine`
+    #[arg(long, value_name = "D", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    pub(crate) docker_reps: usize,
+    /// simulated nodes for `overlay` convergence (at most 250)
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = overlay_nodes)]
+    pub(crate) overlay_nodes: usize,
+    /// length of each iperf3 run for `overlay`, in seconds
+    #[arg(long, value_name = "S", default_value_t = 5, value_parser = at_least_one::<u64>)]
+    pub(crate) iperf_secs: u64,
+    /// iperf3 runs per path for `overlay`
+    #[arg(long, value_name = "R", default_value_t = 3, value_parser = at_least_one::<usize>)]
+    pub(crate) iperf_reps: usize,
+    /// pods per implementation for `cri`
+    #[arg(long, value_name = "P", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    pub(crate) cri_pods: usize,
+    /// cniVersion of the configs (1.0.0 is the newest the reference plugins
+    /// 1.1.1 accept)
+    #[arg(long, value_name = "V", default_value = "1.0.0")]
+    pub(crate) cni_version: String,
+    /// print the report as JSON on stdout (progress on stderr)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) berth_dir: PathBuf,
+    pub(crate) ref_dir: PathBuf,
+    pub(crate) ns: Vec<usize>,
+    pub(crate) compare: bool,
+    pub(crate) floor: bool,
+    pub(crate) concurrent: bool,
+    pub(crate) host: bool,
+    pub(crate) no_ref: bool,
+    pub(crate) concurrency: usize,
+    pub(crate) floor_reps: usize,
+    pub(crate) host_reps: usize,
+    pub(crate) portmap: bool,
+    pub(crate) portmap_reps: usize,
+    pub(crate) volumes: bool,
+    pub(crate) volume_reps: usize,
+    pub(crate) docker_reps: usize,
+    pub(crate) overlay: bool,
+    pub(crate) overlay_nodes: usize,
+    pub(crate) iperf_secs: u64,
+    pub(crate) iperf_reps: usize,
+    pub(crate) cri: bool,
+    pub(crate) cri_pods: usize,
+    pub(crate) cni_version: String,
+    pub(crate) json: bool,
+}
+
+pub(crate) fn default_berth_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            if dir.join("berth-bridge").is_file() {
+                return dir.to_path_buf();
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}
+
+/// A comma-separated list; blank items are skipped.
+pub(crate) fn parse_list<T: std::str::FromStr>(v: &str) -> std::result::Result<Vec<T>, String> {
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().map_err(|_| format!("bad value {s:?}")))
+        .collect()
+}
+
+/// `--n`: container counts, each at least 1.
+pub(crate) fn counts(v: &str) -> std::result::Result<Vec<usize>, String> {
+    let ns: Vec<usize> = parse_list(v)?;
+    if ns.contains(&0) {
+        return Err("counts must be at least 1".into());
+    }
+    Ok(ns)
+}
+
+/// `--only`: parts of [`PARTS`].
+pub(crate) fn parts(v: &str) -> std::result::Result<Vec<String>, String> {
+    let parts: Vec<String> = parse_list(v)?;
+    if let Some(p) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return Err(format!("unknown part {p:?} ({})", PARTS.join(", ")));
+    }
+    Ok(parts)
+}
+
+/// A count or repetition that must be at least 1.
+pub(crate) fn at_least_one<T>(v: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = v.parse().map_err(|e| format!("{e}"))?;
+    if n == T::from(0) {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+pub(crate) fn overlay_nodes(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=overlay::MAX_NODES).contains(&n) {
+        return Err(format!(
+            "1 to {} (the nodes and 5 joiners take /24s of 10.200.0.0/16)",
+            overlay::MAX_NODES
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses the arguments after the program name. `--help` is an error of
+/// kind `DisplayHelp` (`exit()` prints the help and exits 0); a usage
+/// error names the flag at fault (`exit()`: status 2).
+pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Error> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("berth-bench").chain(argv.iter().map(String::as_str)))?;
+    // Without --only every part runs.
+    let only = |part: &str| match &cli.only {
+        None => true,
+        Some(parts) => parts.iter().any(|p| p == part),
+    };
+    Ok(Args {
+        berth_dir: cli.berth_dir.unwrap_or_else(default_berth_dir),
+        compare: only("compare"),
+        floor: only("floor"),
+        concurrent: only("concurrent"),
+        host: only("host"),
+        portmap: only("portmap"),
+        volumes: only("engine"),
+        overlay: only("overlay"),
+        cri: only("cri"),
+        ref_dir: cli.ref_dir,
+        ns: cli.ns,
+        no_ref: cli.no_ref,
+        concurrency: cli.concurrency,
+        floor_reps: cli.floor_reps,
+        host_reps: cli.host_reps,
+        portmap_reps: cli.portmap_reps,
+        volume_reps: cli.volume_reps,
+        docker_reps: cli.docker_reps,
+        overlay_nodes: cli.overlay_nodes,
+        iperf_secs: cli.iperf_secs,
+        iperf_reps: cli.iperf_reps,
+        cri_pods: cli.cri_pods,
+        cni_version: cli.cni_version,
+        json: cli.json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::PathBuf;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse_args(&[]).unwrap();
+        assert_eq!(a.ns, vec![1, 100, 1000]);
+        assert_eq!(a.ref_dir, PathBuf::from("/usr/lib/cni"));
+        assert!(a.compare && a.floor && a.concurrent && !a.json);
+        assert_eq!(a.concurrency, 64);
+    }
+
+    #[test]
+    fn flags() {
+        let a = parse_args(&argv(
+            "--n 5,200 --only compare,concurrent --json --cni-path-berth /x --cni-path-ref=/y --no-ref",
+        ))
+        .unwrap();
+        assert_eq!(a.ns, vec![5, 200]);
+        assert!(a.compare && a.concurrent && !a.floor);
+        assert!(a.json && a.no_ref);
+        assert_eq!(a.berth_dir, PathBuf::from("/x"));
+        assert_eq!(a.ref_dir, PathBuf::from("/y"));
+        assert_eq!(
+            parse_args(&argv("--help")).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert!(parse_args(&argv("--bogus")).is_err());
+        assert!(parse_args(&argv("--n 0")).is_err());
+        assert!(parse_args(&argv("--only nope")).is_err());
+        assert!(parse_args(&argv("--n")).is_err());
+    }
+
+    #[test]
+    fn cri_flags() {
+        let a = parse_args(&[]).unwrap();
+        assert!(a.cri && a.cri_pods == 20);
+        let a = parse_args(&argv("--only cri --cri-pods 3")).unwrap();
+        assert!(a.cri && !a.compare && !a.overlay && a.cri_pods == 3);
+        assert!(parse_args(&argv("--cri-pods 0")).is_err());
+    }
+
+    #[test]
+    fn overlay_flags() {
+        let a = parse_args(&[]).unwrap();
+        assert!(a.overlay);
+        assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (200, 5, 3));
+        let a = parse_args(&argv(
+            "--only overlay --overlay-nodes 50 --iperf-secs=2 --iperf-reps 1",
+        ))
+        .unwrap();
+        assert!(
+            a.overlay
+                && !a.compare
+                && !a.floor
+                && !a.concurrent
+                && !a.host
+                && !a.portmap
+                && !a.volumes
+        );
+        assert_eq!((a.overlay_nodes, a.iperf_secs, a.iperf_reps), (50, 2, 1));
+        assert!(!parse_args(&argv("--only compare")).unwrap().overlay);
+        assert!(parse_args(&argv("--overlay-nodes 0")).is_err());
+        assert!(parse_args(&argv("--overlay-nodes 251")).is_err());
+        assert!(parse_args(&argv("--overlay-nodes 250")).is_ok());
+        assert!(parse_args(&argv("--iperf-secs 0")).is_err());
+        assert!(parse_args(&argv("--iperf-reps 0")).is_err());
+    }
+
+    /// Every check names the flag at fault; the last of a repeated flag
+    /// wins, as before clap.
+
+    #[test]
+    fn errors_name_the_flag() {
+        Cli::command().debug_assert();
+        for (args, flag) in [
+            ("--n 0", "--n"),
+            ("--n 1,x", "--n"),
+            ("--only nope", "--only"),
+            ("--concurrency 0", "--concurrency"),
+            ("--floor-reps 0", "--floor-reps"),
+            ("--host-reps 0", "--host-reps"),
+            ("--portmap-reps 0", "--portmap-reps"),
+            ("--volume-reps 0", "--volume-reps"),
+            ("--docker-reps 0", "--docker-reps"),
+            ("--cri-pods 0", "--cri-pods"),
+            ("--iperf-secs 0", "--iperf-secs"),
+            ("--iperf-reps 0", "--iperf-reps"),
+            ("--overlay-nodes 251", "--overlay-nodes"),
+            ("--concurrency x", "--concurrency"),
+            ("--cni-version", "--cni-version"),
+        ] {
+            let e = parse_args(&argv(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args}");
+            let msg = e.to_string();
+            assert!(msg.contains(flag), "{args}: {msg}");
+            for other in ["--concurrency", "--floor-reps", "--cri-pods"] {
+                assert!(other == flag || !msg.contains(other), "{args}: {msg}");
+            }
+        }
+        let a = parse_args(&argv(
+            "--n 1,,2 --n 3 --only host --only floor --json --json",
+        ))
+        .unwrap();
+        assert_eq!(a.ns, vec![3]);
+        assert!(a.floor && !a.host && a.json);
+        let a = parse_args(&argv("--n=4, 5")).unwrap_err();
+        assert_eq!(a.exit_code(), 2);
+        let a = parse_args(&["--n=4, 5".to_string()]).unwrap();
+        assert_eq!(a.ns, vec![4, 5]);
+        let a = parse_args(&argv("--volume-reps 7 --docker-reps 8 --cni-version 1.1.0")).unwrap();
+        assert_eq!((a.volume_reps, a.docker_reps), (7, 8));
+        assert_eq!(a.cni_version, "1.1.0");
+        assert!(a.volumes && a.portmap && a.host);
+    }
+}
