@@ -162,6 +162,7 @@ pub struct Outcome {
 
 /// Runs the plugin against the process environment and stdin, then exits.
 pub fn run(plugin: &dyn Plugin) -> ! {
+    init_logging();
     let env = |k: &str| std::env::var(k).ok();
     let mut stdin = std::io::stdin().lock();
     let out = dispatch(plugin, &env, &mut stdin);
@@ -170,6 +171,22 @@ pub fn run(plugin: &dyn Plugin) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(out.status)
+}
+
+/// Leveled logs on stderr: warnings by default (what a plugin has to say
+/// besides its result), or what `BERTH_LOG` asks for (`debug`, `off`, a
+/// tracing filter).
+fn init_logging() {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time();
+    let _ = match std::env::var("BERTH_LOG") {
+        Ok(filter) => builder
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .try_init(),
+        Err(_) => builder.with_max_level(tracing::Level::WARN).try_init(),
+    };
 }
 
 fn failure(err: &Error, cni_version: &str) -> Outcome {
