@@ -14,10 +14,12 @@
 //!   networks alike;
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
-//! Each is a typed spec with a pure `validate` and `plan` (unit-tested
-//! without privileges) and an `apply` that is the only step touching the
-//! kernel (through berth-kernel). Front ends translate their own input (a CNI
-//! config, Docker's JSON) into specs and the errors back into their own.
+//! The bridge, port and gateway are typed specs with a pure `validate` and
+//! `plan` (unit-tested without privileges) and an `apply` that is the
+//! only step touching the kernel (through berth-kernel); published ports
+//! and the overlay node came here from their plugins as they were and are
+//! next to take that shape. Front ends translate their own input (a CNI
+//! config, Docker's JSON) into these and the errors back into their own.
 
 pub mod bridge;
 pub mod gateway;
