@@ -669,11 +669,10 @@ fn network_bad_input_changes_nothing() {
 /// What a generated request must get.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
-    /// A 4xx whose body is JSON with a non-empty `Err` (berthd's own
-    /// answer: the head was fine, the body or the call was not).
+    /// A 4xx whose body is JSON with a non-empty `Err`.
     ErrJson,
-    /// A 4xx (hyper's answer to a head it cannot parse: no body), or the
-    /// connection closed without an answer.
+    /// A 4xx or the connection closed without an answer (nothing was
+    /// sent).
     RejectedOrClosed,
     /// 200 (a well-formed request among the bad ones).
     Ok,
@@ -740,19 +739,24 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 name: format!("head truncated at {cut}"),
                 bytes: activate[..cut].to_vec(),
                 half_close: true,
-                expect: Expect::RejectedOrClosed,
+                // Nothing sent: nothing to answer.
+                expect: if cut == 0 {
+                    Expect::RejectedOrClosed
+                } else {
+                    Expect::ErrJson
+                },
             }
         }
         1 => {
-            // Well past the head limit (hyper checks it between reads, so
-            // a head may pass it by one read).
+            // Well past the head limit (checked between reads, so a head
+            // may pass it by one read).
             let n = rng.random_range(256 * 1024..1024 * 1024 + 1);
             let h = format!("X-Big: {}", "a".repeat(n));
             Case {
                 name: format!("a header of {n} bytes"),
                 bytes: request("/Plugin.Activate", &[h, len(0)], b""),
                 half_close: false,
-                expect: Expect::RejectedOrClosed,
+                expect: Expect::ErrJson,
             }
         }
         2 => {
@@ -765,7 +769,7 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 name: format!("{n} headers"),
                 bytes: request("/Plugin.Activate", &hs, b""),
                 half_close: false,
-                expect: Expect::RejectedOrClosed,
+                expect: Expect::ErrJson,
             }
         }
         3 => {
@@ -783,7 +787,7 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 name: format!("Content-Length: {v:?}"),
                 bytes: request(path, &[format!("Content-Length: {v}")], json.as_bytes()),
                 half_close: false,
-                expect: Expect::RejectedOrClosed,
+                expect: Expect::ErrJson,
             }
         }
         4 => Case {
@@ -794,14 +798,13 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 json.as_bytes(),
             ),
             half_close: false,
-            expect: Expect::RejectedOrClosed,
+            expect: Expect::ErrJson,
         },
         5 => {
             // Chunk sizes no body can have: overflowing, negative, not hex.
             // The second chunk's size is the bad one (a first chunk is
             // already in).
             let size = [
-                "ffffffffffffffff",
                 "ffffffffffffffff0",
                 "10000000000000000",
                 "-1",
@@ -809,13 +812,13 @@ fn generate(rng: &mut rand::rngs::StdRng) -> Case {
                 "0x5",
                 " ",
                 "fffffffffffffffffffffffffffff",
-            ][rng.random_range(0..8)];
+            ][rng.random_range(0..7)];
             let body = format!("1\r\n{{\r\n{size}\r\n{}\r\n0\r\n\r\n", &json[1..]);
             Case {
                 name: format!("chunk size {size:?}"),
                 bytes: request(path, &[chunked()], body.as_bytes()),
                 half_close: false,
-                expect: Expect::RejectedOrClosed,
+                expect: Expect::ErrJson,
             }
         }
         6 => {
@@ -971,8 +974,8 @@ fn check(case: &Case, got: Option<(u16, Vec<u8>)>) -> Result<(), String> {
 /// shape, invalid JSON, unknown paths) from 3 clients, while 16 more
 /// connect and stall and a well-behaved client calls Plugin.Activate
 /// throughout: berthd never dies, the good client is always answered,
-/// every bad request gets a 4xx (with `Err` wherever berthd itself
-/// answers), the stalled connections are closed, and nothing is created.
+/// every bad request gets a 4xx with `Err`, the stalled connections are
+/// closed, and nothing is created.
 #[test]
 fn malformed_http_never_stops_berthd() {
     use rand::SeedableRng;
@@ -1019,6 +1022,23 @@ fn malformed_http_never_stops_berthd() {
         })
     };
 
+    // The request that once killed berthd: a chunked body whose second
+    // chunk size is 2^64-1 (the reported 60 bytes). Its chunk never comes,
+    // so this one waits out the body timeout, beside the others.
+    let reported = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            let bytes = b"POST /Plugin.Activate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\nffffffffffffffff\r\n";
+            let case = Case {
+                name: "the reported request".into(),
+                bytes: bytes.to_vec(),
+                half_close: false,
+                expect: Expect::ErrJson,
+            };
+            check(&case, exchange(&sock, &case.bytes, false))
+        })
+    };
+
     let workers: Vec<_> = (0..3u64)
         .map(|w| {
             let (sock, done) = (sock.clone(), done.clone());
@@ -1062,6 +1082,7 @@ fn malformed_http_never_stops_berthd() {
     }
     done.store(true, Ordering::Relaxed);
     let (calls, worst) = good.join().expect("the good client");
+    reported.join().expect("the reported request").unwrap();
     let mut total = 0;
     let mut failures = Vec::new();
     for w in workers {
