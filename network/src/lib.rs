@@ -107,3 +107,8 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The kernel's refusal, with nothing to add to what it says.
+pub(crate) fn kernel(e: berth_kernel::Error) -> Error {
+    Error::new(Kind::Kernel, e.to_string())
+}

@@ -6,7 +6,7 @@ use berth_network::port::PortSpec;
 use serde_json::json;
 
 use super::requests::{CreateEndpointReq, IdReq};
-use super::{core_err, fail, kernel, parse, short, Answer, Endpoint, Network, Networks};
+use super::{fail, kernel, parse, short, Answer, Endpoint, Network, Networks};
 
 impl Networks {
     pub(super) fn endpoint_of(&self, network: &str, endpoint: &str) -> Endpoint {
@@ -59,12 +59,12 @@ impl Networks {
         let wired = (|| -> Result<(), Answer> {
             let here = Netns::current().map_err(kernel("own namespace"))?;
             // A Join retried after berthd died halfway through it.
-            port.teardown(&mut h).map_err(core_err)?;
+            port.teardown(&mut h).map_err(fail)?;
             let br = h
                 .link_by_name(&n.bridge)
                 .map_err(kernel("netlink"))?
                 .ok_or_else(|| fail(format!("bridge {} is gone", n.bridge)))?;
-            port.apply(&mut h, &br, &here).map_err(core_err)?;
+            port.apply(&mut h, &br, &here).map_err(fail)?;
             Ok(())
         })();
         if let Err(e) = wired {
@@ -100,7 +100,7 @@ impl Networks {
             });
         if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
             berth_network::ports::unpublish(&Self::port_owner(&n, &req.endpoint_id))
-                .map_err(core_err)?;
+                .map_err(fail)?;
         }
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         h.delete_link_by_name(&host_veth)

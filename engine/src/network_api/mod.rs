@@ -110,11 +110,6 @@ fn kernel(what: &str) -> impl Fn(berth_kernel::Error) -> Answer + '_ {
     move |e| fail(format!("{what}: {e}"))
 }
 
-/// The core's errors as the protocol's.
-fn core_err(e: berth_network::Error) -> Answer {
-    fail(e)
-}
-
 fn flag(opts: &BTreeMap<String, String>, key: &str, default: bool) -> Result<bool, Answer> {
     match opts.get(key).map(|v| v.to_ascii_lowercase()) {
         None => Ok(default),

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use super::requests::{CreateNetworkReq, IdReq};
-use super::{core_err, fail, flag, kernel, parse, short, Answer, Network, Networks};
+use super::{fail, flag, kernel, parse, short, Answer, Network, Networks};
 use crate::overlay_net;
 
 impl Networks {
@@ -121,7 +121,7 @@ impl Networks {
             ));
         }
         let spec = BridgeSpec::new(&bridge);
-        spec.validate("bridge").map_err(core_err)?;
+        spec.validate("bridge").map_err(fail)?;
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         // A CreateNetwork retried after berthd died halfway through it:
         // what the first attempt made goes, then it is made again.
@@ -199,13 +199,13 @@ impl Networks {
             ..BridgeSpec::new(&n.bridge)
         }
         .apply(h, "bridge")
-        .map_err(core_err)?;
+        .map_err(fail)?;
         GatewaySpec {
             addresses: n.gateways.clone(),
             force: false,
         }
         .apply(h, &bridge.link)
-        .map_err(core_err)?;
+        .map_err(fail)?;
         let _lock = store::host::lock().map_err(fail)?;
         // An overlay's traffic stays unmasqueraded within the cluster
         // CIDR (other nodes see container addresses), as flannel's.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use store::ports::{PortClaim, PortOwner};
 
 use super::requests::{IdReq, PortBinding, ProgramReq};
-use super::{core_err, fail, parse, short, Answer, Endpoint, Network, Networks};
+use super::{fail, parse, short, Answer, Endpoint, Network, Networks};
 
 impl Networks {
     /// Who owns an endpoint's published ports in berth-portmap's store
@@ -104,7 +104,7 @@ impl Networks {
             }
         }
         berth_network::ports::publish(&Self::port_owner(&n, &req.endpoint_id), &ports, &claims)
-            .map_err(core_err)?;
+            .map_err(fail)?;
         Ok((200, json!({})))
     }
 
@@ -112,7 +112,7 @@ impl Networks {
         let req: IdReq = parse(body)?;
         if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
             berth_network::ports::unpublish(&Self::port_owner(&n, &req.endpoint_id))
-                .map_err(core_err)?;
+                .map_err(fail)?;
         }
         Ok((200, json!({})))
     }

@@ -1,7 +1,7 @@
 //! The node agent: keeps the datapath equal to the peers the store
 //! reports, and the node's lease renewed, until told to stop.
 
-use super::kernel;
+use crate::kernel;
 use crate::{Error, Kind};
 use berth_kernel::Handle;
 use serde_json::json;

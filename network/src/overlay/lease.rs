@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::kernel;
+use crate::kernel;
 use crate::{Error, Kind};
 use berth_kernel::Handle;
 use serde_json::json;

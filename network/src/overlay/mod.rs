@@ -29,10 +29,3 @@ pub use config::{OverlayConf, Peer};
 pub use datapath::{bridge_name, mac_text, vtep_mac, vxlan_name};
 pub use lease::resolve;
 pub use node::{join_node, leave_node, parse_conf};
-
-use crate::{Error, Kind};
-
-/// The kernel's refusal, as the overlay reports it.
-fn kernel(e: berth_kernel::Error) -> Error {
-    Error::new(Kind::Kernel, e.to_string())
-}

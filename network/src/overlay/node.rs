@@ -1,7 +1,7 @@
 //! Joining and leaving a node as a whole, for berthd's overlay networks
 //! (the CNI plugin joins on its first ADD).
 
-use super::kernel;
+use crate::kernel;
 use crate::{Error, Kind};
 use berth_kernel::Handle;
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use store::host::boot_id;
 use store::ports::{PortClaim, PortOwner, PortStore, Published};
 
-use crate::{Error, Kind};
+use crate::{kernel, Error, Kind};
 
 /// Reported, not returned: the mapping works for every new flow anyway.
 fn warn_stale_flows(e: &berth_kernel::Error) {
@@ -42,10 +42,6 @@ pub const DEFAULT_RUN_DIR: &str = "/run/berth/portmap";
 /// berth's host-wide lock (shared with berth-bridge: both change the
 /// `inet berth` table).
 const DB_FILE: &str = "ports.db";
-
-fn kernel(e: berth_kernel::Error) -> Error {
-    Error::new(Kind::Kernel, e.to_string())
-}
 
 /// The run dir (BERTH_RUN_DIR overrides it; tests use private ones).
 fn run_dir() -> PathBuf {

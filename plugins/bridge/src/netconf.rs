@@ -9,7 +9,7 @@ use berth_network::bridge::BridgeSpec;
 use berth_network::gateway::GatewaySpec;
 use berth_network::port::{PortSpec, PortVlans};
 use cni::{codes, CniResult, Command, Error, Interface, IpConfig, Request, Route};
-use ifconf::{check_failed as missing, ipam, kernel, mac_string};
+use ifconf::{check_failed as missing, core_error, ipam, kernel, mac_string};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::path::Path;
@@ -43,11 +43,6 @@ fn default_gateway(addr: &IpNet) -> IpAddr {
         IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + 1).into()),
         IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
     }
-}
-
-/// The core's errors as CNI errors.
-pub fn core_err(e: berth_network::Error) -> Error {
-    ifconf::core_error(e)
 }
 
 fn is_default_route(dst: &IpNet) -> bool {
@@ -93,7 +88,9 @@ impl AddContext<'_> {
             ..PortSpec::new(self.host_veth, &req.ifname)
         };
         progress.veth = true;
-        let hv = port.apply(self.host, &bridge, self.ns).map_err(core_err)?;
+        let hv = port
+            .apply(self.host, &bridge, self.ns)
+            .map_err(core_error)?;
 
         let cl = self
             .cont
@@ -172,7 +169,7 @@ impl AddContext<'_> {
             promisc: conf.promisc_mode,
             ..BridgeSpec::new(&conf.bridge)
         };
-        let bridge = spec.apply(self.host, "bridge").map_err(core_err)?;
+        let bridge = spec.apply(self.host, "bridge").map_err(core_error)?;
         if bridge.created {
             progress.bridge_created = Some(bridge.link.index);
         }
@@ -227,7 +224,7 @@ impl AddContext<'_> {
             force: self.conf.force_address,
         }
         .apply(self.host, bridge)
-        .map_err(core_err)
+        .map_err(core_error)
     }
 
     /// Undoes whatever ADD did, best effort, newest first.

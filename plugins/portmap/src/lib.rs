@@ -33,12 +33,8 @@ use berth_kernel::Handle;
 use berth_network::ports;
 use cni::{codes, CniResult, Error, Plugin, Request};
 use config::{HostAddr, PortmapConf};
-use ifconf::core_error;
+use ifconf::{core_error, kernel};
 use store::ports::{PortClaim, PortOwner};
-
-fn kernel(e: berth_kernel::Error) -> Error {
-    Error::new(codes::KERNEL, e.to_string())
-}
 
 pub struct PortmapPlugin;
 
