@@ -7,6 +7,11 @@
 //!   bridge;
 //! - [`gateway::GatewaySpec`]: the gateway addresses on the bridge and the
 //!   forwarding they need;
+//! - [`attachment::BridgeNetwork`]: a container's attachment to a bridge
+//!   network (port, container side, gateway, firewall, and the records
+//!   DEL and GC work from), for berth-bridge and berth-overlay alike;
+//! - [`container`]: the container side of an interface (addresses,
+//!   routes, DAD);
 //! - [`ports`]: published ports (host ports DNATed to a container), for
 //!   CNI's portMappings and Docker's `-p` alike;
 //! - [`overlay`]: a node of a multi-host VXLAN network (its subnet
@@ -21,7 +26,9 @@
 //! next to take that shape. Front ends translate their own input (a CNI
 //! config, Docker's JSON) into these and the errors back into their own.
 
+pub mod attachment;
 pub mod bridge;
+pub mod container;
 pub mod gateway;
 pub mod names;
 pub mod overlay;
@@ -48,6 +55,8 @@ pub enum Kind {
     Io,
     /// CHECK found something missing or different.
     CheckFailed,
+    /// What ADD would make is there already.
+    Exists,
     /// A config or record is not the JSON it must be.
     Decode,
 }

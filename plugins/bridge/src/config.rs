@@ -1,6 +1,8 @@
 //! berth-bridge's configuration: the reference bridge plugin's keys with the
 //! same meaning, validated completely before anything on the host changes.
 
+use berth_network::attachment::BridgeNetwork;
+use berth_network::port::PortVlans;
 use cni::conf::{flexible_bool, flexible_opt_bool};
 use cni::{Error, Request};
 use serde::Deserialize;
@@ -59,33 +61,11 @@ struct Raw {
     uplinks: Option<Vec<String>>,
 }
 
+/// A request's config: the network as the core takes it, and what stays
+/// with the CNI front end.
 #[derive(Debug, Clone)]
 pub struct BridgeConf {
-    pub bridge: String,
-    pub is_gateway: bool,
-    pub is_default_gateway: bool,
-    pub force_address: bool,
-    pub ip_masq: bool,
-    pub mtu: Option<u32>,
-    pub hairpin_mode: bool,
-    pub promisc_mode: bool,
-    /// Untagged VLAN of the container's port (0 = none).
-    pub vlan: u16,
-    /// Tagged VLAN ranges on the container's port, inclusive.
-    pub vlan_trunk: Vec<(u16, u16)>,
-    pub preserve_default_vlan: bool,
-    pub macspoofchk: bool,
-    pub enabledad: bool,
-    pub disable_container_interface: bool,
-    pub port_isolation: bool,
-    /// No traffic to or from other berth bridge networks (published ports
-    /// excepted), as the reference firewall plugin's `ingressPolicy:
-    /// same-bridge`. Default true.
-    pub isolation: bool,
-    /// berth's own key: links whose connections into the bridge the
-    /// firewall accepts like the bridge's own traffic (berth-overlay passes
-    /// its VXLAN device). Default none.
-    pub uplinks: Vec<String>,
+    pub network: BridgeNetwork,
     /// `ipam.type`, if an `ipam` section is present.
     pub ipam_type: Option<String>,
     /// The `dns` key; wins over the IPAM plugin's DNS.
@@ -95,10 +75,6 @@ pub struct BridgeConf {
 }
 
 impl BridgeConf {
-    pub fn uses_vlans(&self) -> bool {
-        self.vlan != 0 || !self.vlan_trunk.is_empty()
-    }
-
     pub fn parse(req: &Request) -> Result<BridgeConf, Error> {
         let raw: Raw = cni::gojson::from_value(&req.conf.raw).map_err(|e| {
             Error::new(
@@ -142,24 +118,34 @@ impl BridgeConf {
         }
         let dns = ifconf::dns(&req.conf)?;
         req.args.check_known(&["MAC", "IP"])?;
+        let vlans = (vlan != 0 || !vlan_trunk.is_empty()).then(|| PortVlans {
+            access: vlan,
+            trunk: vlan_trunk,
+            keep_default: raw.preserve_default_vlan.unwrap_or(true),
+        });
         Ok(BridgeConf {
-            bridge,
-            is_gateway: raw.is_gateway || raw.is_default_gateway,
-            is_default_gateway: raw.is_default_gateway,
-            force_address: raw.force_address,
-            ip_masq: raw.ip_masq,
-            mtu,
-            hairpin_mode: raw.hairpin_mode,
-            promisc_mode: raw.promisc_mode,
-            vlan,
-            vlan_trunk,
-            preserve_default_vlan: raw.preserve_default_vlan.unwrap_or(true),
-            macspoofchk: raw.macspoofchk,
-            enabledad: raw.enabledad,
-            disable_container_interface: raw.disable_container_interface,
-            port_isolation: raw.port_isolation,
-            isolation: raw.isolation.unwrap_or(true),
-            uplinks: uplinks(raw.uplinks.unwrap_or_default())?,
+            network: BridgeNetwork {
+                name: req.conf.name.clone(),
+                bridge,
+                mtu,
+                promisc: raw.promisc_mode,
+                gateway: raw.is_gateway || raw.is_default_gateway,
+                default_gateway: raw.is_default_gateway,
+                force_address: raw.force_address,
+                masquerade: raw.ip_masq,
+                // No traffic to or from other berth bridge networks
+                // (published ports excepted), as the reference firewall
+                // plugin's `ingressPolicy: same-bridge`.
+                isolation: raw.isolation.unwrap_or(true),
+                // berth's own key: berth-overlay's VXLAN device, say.
+                uplinks: uplinks(raw.uplinks.unwrap_or_default())?,
+                macspoofchk: raw.macspoofchk,
+                hairpin: raw.hairpin_mode,
+                port_isolation: raw.port_isolation,
+                vlans,
+                dad: raw.enabledad,
+                container_interface: !raw.disable_container_interface,
+            },
             ipam_type,
             dns,
             mac: ifconf::container_mac(req)?,
@@ -212,12 +198,7 @@ fn parse_trunk(entries: &[TrunkEntry]) -> Result<Vec<(u16, u16)>, Error> {
 /// `uplinks`: interface names (checked as the kernel would).
 fn uplinks(names: Vec<String>) -> Result<Vec<String>, Error> {
     for (i, n) in names.iter().enumerate() {
-        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) || n == "." || n == ".." {
-            return Err(Error::config(
-                &format!("uplinks[{i}]"),
-                format!("{n:?} is not an interface name"),
-            ));
-        }
+        check_ifname(&format!("uplinks[{i}]"), n)?;
     }
     Ok(names)
 }
@@ -246,9 +227,9 @@ mod tests {
                 "RuntimeConfig":{"Mac":"02:00:00:00:00:07"},"ipam":null}"#,
         )
         .unwrap();
-        assert_eq!(c.bridge, "br-go");
-        assert!(c.is_gateway && c.ip_masq && !c.hairpin_mode);
-        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.network.bridge, "br-go");
+        assert!(c.network.gateway && c.network.masquerade && !c.network.hairpin);
+        assert_eq!(c.network.mtu, Some(1400));
         assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 7]));
         assert_eq!(c.ipam_type, None);
     }

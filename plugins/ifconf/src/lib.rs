@@ -1,14 +1,16 @@
-//! The container side of an attachment, shared by every plugin that gives a
-//! container an interface (berth-bridge, berth-host): the IPAM call, the
-//! addresses and routes of a CNI result put on the interface, and CHECK of
-//! them against a prevResult.
+//! What the CNI plugins that give a container an interface (berth-bridge,
+//! berth-overlay, berth-host) share between CNI and the network core: the
+//! IPAM call, CNI results' addresses as the core's and back, the core's
+//! errors as CNI's, CHECK of the container side against a prevResult, and
+//! ([`attach`]) the CNI verbs of an attachment to a bridge network.
 
+pub mod attach;
 pub mod ipam;
 
-use berth_kernel::{AddressOptions, Handle, Link, Netns};
-use cni::{codes, CniResult, Error, GoObject, Request};
-use ipnet::{IpNet, Ipv6Net};
-use std::net::IpAddr;
+use berth_kernel::{Handle, Link};
+use berth_network::attachment::Addresses;
+use berth_network::container::Address;
+use cni::{codes, CniResult, Error, GoObject, IpConfig, Request, Route};
 
 /// `ipam.type`, if the config has an `ipam` section (which must name one).
 pub fn ipam_type(conf: &cni::NetConf) -> Result<Option<String>, Error> {
@@ -42,6 +44,7 @@ pub fn core_error(e: berth_network::Error) -> Error {
         Kind::Store => codes::STORE,
         Kind::Io => codes::IO,
         Kind::CheckFailed => codes::CHECK_FAILED,
+        Kind::Exists => codes::ALREADY_EXISTS,
         Kind::Decode => codes::DECODE,
     };
     Error::new(code, e.msg)
@@ -114,97 +117,68 @@ pub fn mac_string(link: &Link) -> String {
     link.mac.as_ref().map(format_mac).unwrap_or_default()
 }
 
-/// `enabledad: false`, as in the reference plugins: no duplicate address
-/// detection on the container interface, so its link-local address is
-/// usable at once and sends no DAD probe. Must run before the link comes
-/// up; the addresses from IPAM are added without DAD by [`apply`].
-///
-/// The reference sets the link's accept_dad to 0 under /proc/sys. Finding
-/// a /proc/sys/net file costs a walk over one cached entry per network
-/// namespace that ever looked up the same name (they share a hash chain),
-/// so doing that in every container made every ADD on the host slower as
-/// containers accumulated. Instead the link gets, through netlink, the
-/// link-local address the kernel would make, flagged for no DAD; the
-/// kernel's own attempt at link-up then finds it already there. Only a
-/// link whose namespace chose stable or random link-local addresses falls
-/// back to the sysctl.
-pub fn disable_dad(cont: &mut Handle, ns: &Netns, link: &Link) -> Result<(), Error> {
-    let Some(v6) = &link.ipv6 else {
-        return Ok(()); // no IPv6 in this kernel
-    };
-    if v6.disabled {
-        return Ok(());
-    }
-    match link.mac {
-        Some(mac) if v6.eui64_link_local => {
-            let ll = Ipv6Net::new(berth_kernel::eui64_link_local(&mac), 64)
-                .map_err(|e| Error::new(codes::KERNEL, format!("link-local address: {e}")))?;
-            match cont.add_address(link.index, IpNet::V6(ll), &AddressOptions { nodad: true }) {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_exists() => Ok(()),
-                Err(e) => Err(kernel(e)),
-            }
-        }
-        _ => accept_no_dad_sysctl(ns, &link.name),
+/// A CNI result's addresses and routes as the core's.
+pub fn core_addresses(result: &CniResult) -> Addresses {
+    Addresses {
+        addresses: result
+            .ips
+            .iter()
+            .map(|ip| Address {
+                address: ip.address,
+                gateway: ip.gateway,
+            })
+            .collect(),
+        routes: result
+            .routes
+            .iter()
+            .map(|r| {
+                let mut route = berth_kernel::Route::new(r.dst);
+                route.gateway = r.gw;
+                route.mtu = r.mtu;
+                route.advmss = r.advmss;
+                route.priority = r.priority;
+                route.table = r.table;
+                route.scope = r.scope;
+                route
+            })
+            .collect(),
     }
 }
 
-/// /proc/sys/net resolves in the writer's netns, hence the thread in the
-/// container's.
-fn accept_no_dad_sysctl(ns: &Netns, ifname: &str) -> Result<(), Error> {
-    let ifname = ifname.to_string();
-    let written = ns.run(move || {
-        for key in ["accept_dad", "enhanced_dad"] {
-            match berth_kernel::sysctl::write(&format!("net/ipv6/conf/{ifname}/{key}"), "0") {
-                Ok(()) => {}
-                // No enhanced_dad knob in this kernel.
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    });
-    written.map_err(kernel)?.map_err(kernel)
-}
-
-/// The gateway a route of `result` without its own `gw` goes through: that
-/// of the first address of the route's family.
-fn family_gateway(result: &CniResult, dst: &IpNet) -> Option<IpAddr> {
-    let v4 = dst.addr().is_ipv4();
-    result
-        .ips
+/// The core's addresses and routes into `result`, the addresses on
+/// `result.interfaces[interface]`.
+pub fn set_addresses(result: &mut CniResult, a: &Addresses, interface: usize) {
+    result.ips = a
+        .addresses
         .iter()
-        .find(|i| i.address.addr().is_ipv4() == v4)
-        .and_then(|i| i.gateway)
+        .map(|a| IpConfig {
+            address: a.address,
+            gateway: a.gateway,
+            interface: Some(interface),
+        })
+        .collect();
+    result.routes = a
+        .routes
+        .iter()
+        .map(|r| Route {
+            dst: r.dst,
+            gw: r.gateway,
+            mtu: r.mtu,
+            advmss: r.advmss,
+            priority: r.priority,
+            table: r.table,
+            scope: r.scope,
+        })
+        .collect();
 }
 
 /// Puts `result`'s addresses on link `index` of `cont`, sets it up, then
-/// adds `result`'s routes through it (IPv6 prefix routes need the link
-/// up). `nodad` marks the addresses as needing no duplicate address
-/// detection. A route that already exists (listed twice, or implied by an
-/// address) is fine.
+/// adds `result`'s routes through it (the core's
+/// [`berth_network::container::configure`]).
 pub fn apply(cont: &mut Handle, index: u32, result: &CniResult, nodad: bool) -> Result<(), Error> {
-    for ip in &result.ips {
-        cont.add_address(index, ip.address, &AddressOptions { nodad })
-            .map_err(kernel)?;
-    }
-    cont.set_up(index).map_err(kernel)?;
-    for r in &result.routes {
-        let mut route = berth_kernel::Route::new(r.dst);
-        route.gateway = r.gw.or_else(|| family_gateway(result, &r.dst));
-        route.oif = Some(index);
-        route.mtu = r.mtu;
-        route.advmss = r.advmss;
-        route.priority = r.priority;
-        route.table = r.table;
-        route.scope = r.scope;
-        match cont.add_route(&route) {
-            Ok(()) => {}
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(Error::new(codes::KERNEL, format!("route {}: {e}", r.dst))),
-        }
-    }
-    Ok(())
+    let a = core_addresses(result);
+    berth_network::container::configure(cont, index, &a.addresses, &a.routes, nodad)
+        .map_err(core_error)
 }
 
 /// The container interface CHECK found: its position in the prevResult's
@@ -296,19 +270,20 @@ mod tests {
     }
 
     #[test]
-    fn routes_without_gw_use_their_familys_gateway() {
+    fn results_and_core_addresses_convert_both_ways() {
         let r = CniResult::from_json(&serde_json::json!({
             "cniVersion": "1.1.0",
-            "ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}, {"address": "fd00::5/64", "gateway": "fd00::1"}]
+            "ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}, {"address": "fd00::5/64"}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1", "mtu": 1400, "advmss": 1360, "priority": 5, "table": 7, "scope": 0}]
         }), "1.1.0")
         .unwrap();
-        assert_eq!(
-            family_gateway(&r, &"0.0.0.0/0".parse().unwrap()),
-            Some("10.1.0.1".parse().unwrap())
-        );
-        assert_eq!(
-            family_gateway(&r, &"::/0".parse().unwrap()),
-            Some("fd00::1".parse().unwrap())
-        );
+        let mut back = CniResult::default();
+        set_addresses(&mut back, &core_addresses(&r), 2);
+        assert_eq!(back.routes, r.routes);
+        assert_eq!(back.ips.len(), 2);
+        assert!(back.ips.iter().all(|ip| ip.interface == Some(2)));
+        assert_eq!(back.ips[0].address, r.ips[0].address);
+        assert_eq!(back.ips[0].gateway, r.ips[0].gateway);
+        assert_eq!(back.ips[1].gateway, None);
     }
 }

@@ -360,6 +360,24 @@ impl RequestedIp {
     }
 }
 
+/// The addresses a request asks for: CNI_ARGS IP, args.cni.ips,
+/// runtimeConfig.ips.
+fn requested_ips(req: &cni::Request) -> Result<Vec<RequestedIp>, Error> {
+    let mut requested = Vec::new();
+    if let Some(ip) = req.args.get("IP").filter(|s| !s.is_empty()) {
+        requested.push(RequestedIp::new(
+            parse_requested(ip, "CNI_ARGS IP")?,
+            "CNI_ARGS IP",
+        ));
+    }
+    requested.extend(requested_list(req.conf.args_cni("ips"), "args.cni.ips")?);
+    requested.extend(requested_list(
+        req.conf.runtime("ips"),
+        "runtimeConfig.ips",
+    )?);
+    Ok(requested)
+}
+
 fn requested_list(v: Option<&Value>, field: &str) -> Result<Vec<RequestedIp>, Error> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -391,18 +409,7 @@ impl IpamConfig {
     /// Parse and validate everything an ADD, CHECK or STATUS needs.
     pub fn from_request(req: &cni::Request) -> Result<IpamConfig, Error> {
         req.args.check_known(&["IP"])?;
-        let mut requested = Vec::new();
-        if let Some(ip) = req.args.get("IP").filter(|s| !s.is_empty()) {
-            requested.push(RequestedIp::new(
-                parse_requested(ip, "CNI_ARGS IP")?,
-                "CNI_ARGS IP",
-            ));
-        }
-        requested.extend(requested_list(req.conf.args_cni("ips"), "args.cni.ips")?);
-        requested.extend(requested_list(
-            req.conf.runtime("ips"),
-            "runtimeConfig.ips",
-        )?);
+        let requested = requested_ips(req)?;
         Self::parse(
             &req.conf.raw,
             &req.conf.name,
@@ -410,6 +417,26 @@ impl IpamConfig {
             req.conf.runtime("ipRanges"),
             &requested,
         )
+    }
+
+    /// For a network whose range sets the caller decides (berth-overlay:
+    /// the node's subnets, a range each), with the routes it gives and
+    /// the addresses the request asks for; no resolvConf.
+    pub fn for_range_sets(
+        req: &cni::Request,
+        range_sets: Vec<RangeSet>,
+        routes: Vec<Route>,
+        data_dir: PathBuf,
+    ) -> Result<IpamConfig, Error> {
+        let requested = assign_requested(&range_sets, &requested_ips(req)?)?;
+        Ok(IpamConfig {
+            name: req.conf.name.clone(),
+            range_sets,
+            routes,
+            data_dir,
+            resolv_conf: None,
+            requested,
+        })
     }
 
     /// The testable core: `raw` is the whole network config.

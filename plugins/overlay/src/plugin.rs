@@ -1,117 +1,147 @@
 //! The CNI plugin: ADD, DEL, CHECK and GC of a container on the node's
-//! bridge, delegated to berth-bridge's code with a config derived from
-//! the overlay's.
+//! bridge network (the core's bridge attachment, its uplink the VXLAN
+//! device), addresses from berth-ipam on the node's subnets.
 
+use std::path::PathBuf;
+
+use berth_ipam::{IpamConfig, Range, RangeSet};
 use berth_kernel::Handle;
-use cni::{CniResult, Command, Error, Plugin, Request};
-use ifconf::kernel;
-use serde_json::json;
-
-use berth_network::overlay::datapath::{
-    bridge_name, overlay_mtu, peer_routes, underlay, vxlan_name,
-};
+use berth_network::attachment::{Addresses, BridgeNetwork, Ipam};
+use berth_network::overlay::datapath::{bridge_name, peer_routes, vxlan_name};
 use berth_network::overlay::lease::{cached_subnet, resolve, resolve_or_cached};
 use berth_network::overlay::{join_node, OverlayConf};
 use berth_network::Kind;
-use ifconf::core_error;
+use cni::{CniResult, Error, Plugin, Request, Route};
+use ifconf::attach;
+use ifconf::{core_addresses, core_error, kernel};
+use ipnet::IpNet;
+use store::Owner;
 
 pub struct OverlayPlugin;
 
 /// The request's config as the core's overlay spec.
 fn overlay_conf(req: &Request) -> Result<OverlayConf, Error> {
+    req.args.check_known(&["MAC", "IP"])?;
     OverlayConf::parse(&req.conf.name, &req.conf.raw).map_err(core_error)
 }
 
-/// The request berth-bridge gets: this config turned into a bridge
-/// network on the node's subnet, routes to the cluster network.
-pub(crate) fn bridge_request(
-    req: &Request,
-    conf: &OverlayConf,
-    mtu: u32,
-) -> Result<Request, Error> {
-    let mut ipam = json!({
-        "type": "berth-ipam",
-        "ranges": [[{"subnet": conf.subnet.to_string()}]],
-        "routes": [{"dst": conf.network.to_string()}],
-    });
-    if let (Some((net6, _)), Some(sub6)) = (conf.network6, conf.subnet6()) {
-        ipam["ranges"]
-            .as_array_mut()
-            .into_iter()
-            .for_each(|r| r.push(json!([{"subnet": sub6.to_string()}])));
-        ipam["routes"]
-            .as_array_mut()
-            .into_iter()
-            .for_each(|r| r.push(json!({"dst": net6.to_string()})));
+/// The node's bridge network: a gateway on the node's subnets, routes to
+/// the cluster network, the VXLAN device its uplink (other nodes'
+/// containers connect in through it). `mtu`: the overlay's (ADD; the
+/// other verbs don't look at it).
+fn node_network(req: &Request, conf: &OverlayConf, mtu: Option<u32>) -> BridgeNetwork {
+    BridgeNetwork {
+        name: req.conf.name.clone(),
+        bridge: bridge_name(conf.vni),
+        mtu,
+        promisc: false,
+        gateway: true,
+        default_gateway: false,
+        force_address: false,
+        // Traffic between nodes' containers keeps its addresses.
+        masquerade: false,
+        isolation: true,
+        uplinks: vec![vxlan_name(conf.vni)],
+        macspoofchk: false,
+        hairpin: false,
+        port_isolation: false,
+        vlans: None,
+        dad: false,
+        container_interface: true,
     }
-    if let Some(d) = &conf.data_dir {
-        ipam["dataDir"] = json!(d);
+}
+
+/// berth-ipam on the node's subnets, in process.
+struct NodeIpam<'a> {
+    req: &'a Request,
+    conf: &'a OverlayConf,
+}
+
+impl NodeIpam<'_> {
+    fn data_dir(&self) -> PathBuf {
+        self.conf
+            .data_dir
+            .as_deref()
+            .map_or_else(|| PathBuf::from(store::DEFAULT_DATA_DIR), PathBuf::from)
     }
-    let mut c = json!({
-        "cniVersion": req.conf.cni_version,
-        "name": req.conf.name,
-        "type": "berth-bridge",
-        "bridge": bridge_name(conf.vni),
-        "isGateway": true,
-        "ipMasq": false,
-        "mtu": mtu,
-        // Other nodes' containers connect in through the VXLAN device.
-        "uplinks": [vxlan_name(conf.vni)],
-        "ipam": ipam,
-    });
-    for key in [
-        "runtimeConfig",
-        "args",
-        "prevResult",
-        "cni.dev/valid-attachments",
-        "cni.dev/attachments",
-    ] {
-        if let Some(v) = req.conf.raw.get(key) {
-            c[key] = v.clone();
+
+    /// One range set per node subnet, a route per cluster network.
+    fn config(&self) -> Result<IpamConfig, Error> {
+        let conf = self.conf;
+        let mut sets = vec![IpNet::V4(conf.subnet)];
+        let mut routes = vec![Route::new(IpNet::V4(conf.network), None)];
+        if let (Some((net6, _)), Some(sub6)) = (conf.network6, conf.subnet6()) {
+            sets.push(IpNet::V6(sub6));
+            routes.push(Route::new(IpNet::V6(net6), None));
         }
+        let range_sets = sets
+            .into_iter()
+            .enumerate()
+            .map(|(i, subnet)| {
+                Range::new(subnet, None, None, None, &format!("subnet[{i}]"))
+                    .map(|r| RangeSet { ranges: vec![r] })
+            })
+            .collect::<Result<_, _>>()?;
+        IpamConfig::for_range_sets(self.req, range_sets, routes, self.data_dir())
     }
-    let stdin = serde_json::to_vec(&c).map_err(|e| Error::decode(e.to_string()))?;
-    let conf = cni::NetConf::parse(&stdin)?;
-    Ok(Request {
-        conf,
-        stdin,
-        ..req.clone()
-    })
 }
 
-/// The overlay MTU without touching anything (DEL, CHECK, GC, STATUS).
-pub(crate) fn current_mtu(conf: &OverlayConf) -> u32 {
-    Handle::new()
-        .ok()
-        .and_then(|mut h| underlay(&mut h, conf).ok())
-        .map(|(l, local)| overlay_mtu(conf, &l, local))
-        .unwrap_or(1450)
-}
+impl Ipam for NodeIpam<'_> {
+    type Error = Error;
 
-pub(crate) fn delegate(
-    req: &Request,
-    conf: &OverlayConf,
-    command: Command,
-) -> Result<Option<CniResult>, Error> {
-    let breq = bridge_request(req, conf, current_mtu(conf))?;
-    let bridge = berth_bridge::BridgePlugin;
-    match command {
-        Command::Del => bridge.del(&breq).map(|_| None),
-        Command::Check => bridge.check(&breq).map(|_| None),
-        Command::Gc => bridge.gc(&breq).map(|_| None),
-        _ => bridge.status(&breq).map(|_| None),
+    fn core_error(e: berth_network::Error) -> Error {
+        core_error(e)
+    }
+
+    fn add(&mut self) -> Result<Addresses, Error> {
+        let req = self.req;
+        let r = berth_ipam::add(
+            &self.config()?,
+            &req.container_id,
+            &req.ifname,
+            &req.result_version(),
+        )?;
+        Ok(core_addresses(&r))
+    }
+
+    fn del(&mut self) -> Result<(), Error> {
+        let req = self.req;
+        berth_ipam::del(
+            &self.data_dir(),
+            &req.conf.name,
+            &req.container_id,
+            &req.ifname,
+        )
+        .map(|_| ())
+    }
+
+    fn gc(&mut self, valid: &[(String, String)]) -> Result<(), Error> {
+        // berth-ipam's GC without a list releases nothing (the node's
+        // records read no list as "none is valid").
+        if self.req.conf.valid_attachments.is_none() {
+            return Ok(());
+        }
+        let owners: Vec<Owner> = valid
+            .iter()
+            .map(|(id, ifname)| Owner::new(id.clone(), ifname.clone()))
+            .collect();
+        berth_ipam::gc(&self.data_dir(), &self.req.conf.name, &owners).map(|_| ())
     }
 }
 
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let (conf, mtu) = join_node(&overlay_conf(req)?).map_err(core_error)?;
-        berth_bridge::BridgePlugin.add(&bridge_request(req, &conf, mtu)?)
+        let net = node_network(req, &conf, Some(mtu));
+        let mac = ifconf::container_mac(req)?;
+        let mut ipam = NodeIpam { req, conf: &conf };
+        attach::add(req, &net, mac, Some(&mut ipam))
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
         let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
-        delegate(req, &conf, Command::Del).map(|_| ())
+        let mut ipam = NodeIpam { req, conf: &conf };
+        attach::del(req, &node_network(req, &conf, None), Some(&mut ipam))
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
@@ -134,7 +164,10 @@ impl Plugin for OverlayPlugin {
                 }
             }
         }
-        delegate(req, &conf, Command::Check).map(|_| ())
+        let prev = attach::prev_result(req)?;
+        let ipam = NodeIpam { req, conf: &conf };
+        berth_ipam::check(&ipam.config()?, &req.container_id, &req.ifname)?;
+        attach::check(req, &node_network(req, &conf, None), &prev)
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
@@ -158,12 +191,13 @@ impl Plugin for OverlayPlugin {
             },
             Err(e) => return Err(core_error(e)),
         };
-        delegate(req, &conf, Command::Status).map(|_| ())
+        berth_ipam::status(&NodeIpam { req, conf: &conf }.config()?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
         let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
-        delegate(req, &conf, Command::Gc).map(|_| ())
+        let mut ipam = NodeIpam { req, conf: &conf };
+        attach::gc(req, &node_network(req, &conf, None), Some(&mut ipam))
     }
 
     fn about(&self) -> String {

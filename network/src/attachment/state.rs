@@ -1,4 +1,5 @@
-//! berth-bridge's runtime state under /run/berth/bridge. /run is usually a
+//! The runtime state of bridge attachments (berth-bridge's and
+//! berth-overlay's) under /run/berth/bridge. /run is usually a
 //! tmpfs that vanishes at reboot together with the veths and nftables rules
 //! described here; where it is not, the rules marker carries the boot ID.
 //!
@@ -29,7 +30,6 @@
 //! went. The log is rewritten without its dead lines once they outnumber
 //! the live ones.
 
-use cni::{codes, Error};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +37,8 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use crate::{Error, Kind, Result};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/berth/bridge";
 /// Locked (as a directory) around every change of records and rules.
@@ -153,7 +155,7 @@ pub struct RulesMarker {
 pub use store::host::boot_id;
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::new(codes::IO, format!("{what} {}: {e}", path.display()))
+    Error::new(Kind::Io, format!("{what} {}: {e}", path.display()))
 }
 
 pub struct State {
@@ -184,11 +186,11 @@ impl State {
     /// uses. The sections it guards are a few file operations, plus nft
     /// calls on a network's first ADD and last DEL. Locking a directory
     /// leaves no lock file behind.
-    pub fn lock(&self) -> Result<Lock, Error> {
+    pub fn lock(&self) -> Result<Lock> {
         fs::create_dir_all(&self.root).map_err(|e| io_err("creating", &self.root, e))?;
         store::host::lock()
             .map(|held| Lock { _held: held })
-            .map_err(|e| Error::new(codes::IO, e.to_string()))
+            .map_err(|e| Error::new(Kind::Io, e.to_string()))
     }
 
     fn network_dir(&self, network: &str) -> PathBuf {
@@ -242,7 +244,7 @@ impl State {
 
     /// Appends one change to the log (callers hold the lock, so there is
     /// one writer at a time).
-    fn append(&self, network: &str, change: &Change) -> Result<(), Error> {
+    fn append(&self, network: &str, change: &Change) -> Result<()> {
         let dir = self.network_dir(network);
         fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
         let path = self.log_path(network);
@@ -253,7 +255,7 @@ impl State {
             .open(&path)
             .map_err(|e| io_err("opening", &path, e))?;
         let mut line = serde_json::to_vec(change)
-            .map_err(|e| Error::new(codes::IO, format!("encoding a record: {e}")))?;
+            .map_err(|e| Error::new(Kind::Io, format!("encoding a record: {e}")))?;
         line.push(b'\n');
         // A writer killed mid-line left part of a line: cut it off, or
         // this change would be glued to it.
@@ -272,7 +274,7 @@ impl State {
         network: &str,
         host_veth: &str,
         rec: &Record,
-    ) -> Result<(), Error> {
+    ) -> Result<()> {
         let change = Change::Add {
             host_veth: host_veth.to_string(),
             container_id: rec.container_id.clone(),
@@ -291,7 +293,7 @@ impl State {
         self.load(network).live.contains_key(host_veth)
     }
 
-    pub fn remove_record(&self, _lock: &Lock, network: &str, host_veth: &str) -> Result<(), Error> {
+    pub fn remove_record(&self, _lock: &Lock, network: &str, host_veth: &str) -> Result<()> {
         remove_if_present(&self.legacy_dir(network).join(host_veth))?;
         if !self.log_path(network).exists() {
             return Ok(()); // nothing logged, nothing to cancel
@@ -311,7 +313,7 @@ impl State {
 
     /// Rewrites the log with one line per live record (legacy records stay
     /// in their files).
-    fn compact(&self, network: &str, records: &Records) -> Result<(), Error> {
+    fn compact(&self, network: &str, records: &Records) -> Result<()> {
         let mut text = String::new();
         for entry in records.live.values() {
             if let Entry::Logged(line) = entry {
@@ -337,7 +339,6 @@ impl State {
         !self.load(network).live.is_empty()
     }
 
-    /// The network's marker, if it was written in this boot.
     /// True if a network other than `network` has rules on `bridge`.
     pub fn bridge_used_by_others(&self, network: &str, bridge: &str) -> bool {
         let Ok(rd) = fs::read_dir(&self.root) else {
@@ -349,18 +350,14 @@ impl State {
             .any(|n| self.rules_marker(&n).is_some_and(|m| m.bridge == bridge))
     }
 
+    /// The network's marker, if it was written in this boot.
     pub fn rules_marker(&self, network: &str) -> Option<RulesMarker> {
         let data = fs::read(self.network_dir(network).join("rules.json")).ok()?;
         let m: RulesMarker = serde_json::from_slice(&data).ok()?;
         (m.boot_id == boot_id()).then_some(m)
     }
 
-    pub fn write_rules_marker(
-        &self,
-        _lock: &Lock,
-        network: &str,
-        m: &RulesMarker,
-    ) -> Result<(), Error> {
+    pub fn write_rules_marker(&self, _lock: &Lock, network: &str, m: &RulesMarker) -> Result<()> {
         let dir = self.network_dir(network);
         fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
         write_atomic(
@@ -370,7 +367,7 @@ impl State {
     }
 
     /// Removes the marker and the network's directories once they are empty.
-    pub fn forget_network(&self, _lock: &Lock, network: &str) -> Result<(), Error> {
+    pub fn forget_network(&self, _lock: &Lock, network: &str) -> Result<()> {
         let dir = self.network_dir(network);
         remove_if_present(&dir.join("rules.json"))?;
         // Callers hold the lock and found no records, so the log holds
@@ -384,7 +381,7 @@ impl State {
 }
 
 /// Removes a file; one that is already gone is fine.
-fn remove_if_present(path: &Path) -> Result<(), Error> {
+fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -410,8 +407,8 @@ fn end_of_last_line(f: &fs::File, len: u64) -> std::io::Result<u64> {
 }
 
 /// [`store::file::write_atomic`], as a CNI error.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    store::file::write_atomic(path, data).map_err(|e| Error::new(codes::IO, e.to_string()))
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    store::file::write_atomic(path, data).map_err(|e| Error::new(Kind::Io, e.to_string()))
 }
 
 #[cfg(test)]

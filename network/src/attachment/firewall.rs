@@ -13,13 +13,9 @@
 //! between the bridge and any other berth bridge, except published-port
 //! (DNATed) connections.
 
-use crate::state::{Lock, RulesMarker, State};
-use cni::{codes, Error};
+use super::state::{boot_id, Lock, RulesMarker, State};
+use crate::{Error, Result};
 use ipnet::IpNet;
-
-fn nft_err(e: berth_kernel::Error) -> Error {
-    Error::new(codes::FIREWALL, format!("nftables: {e}"))
-}
 
 /// Makes sure the network's rules exist and masquerade `subnets` (empty:
 /// no masquerading) from `bridge`.
@@ -31,7 +27,7 @@ pub fn ensure(
     subnets: &[IpNet],
     isolation: bool,
     uplinks: &[String],
-) -> Result<(), Error> {
+) -> Result<()> {
     let marker = state.rules_marker(network);
     if let Some(m) = &marker {
         if m.bridge == bridge
@@ -60,16 +56,16 @@ pub fn ensure(
         isolation,
         internal: false,
         uplinks: uplinks.to_vec(),
-        quiet_ports: berth_network::names::port_prefixes(),
+        quiet_ports: crate::names::port_prefixes(),
     })
-    .map_err(nft_err)?;
+    .map_err(Error::firewall)?;
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
-    berth_kernel::firewall::ensure_docker_user_in(None).map_err(nft_err)?;
+    berth_kernel::firewall::ensure_docker_user_in(None).map_err(Error::firewall)?;
     let marker = RulesMarker {
         bridge: bridge.to_string(),
         subnets: all,
-        boot_id: crate::state::boot_id(),
+        boot_id: boot_id(),
         isolation,
         uplinks: uplinks.to_vec(),
     };
@@ -77,7 +73,7 @@ pub fn ensure(
 }
 
 /// Removes the network's rules and state once no attachment is left.
-pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<(), Error> {
+pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()> {
     if state.has_records(network) {
         return Ok(());
     }
@@ -89,10 +85,11 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
         // unless another network still uses it.
         let bridge = (!state.bridge_used_by_others(network, &marker.bridge))
             .then_some(marker.bridge.as_str());
-        let table_dropped =
-            berth_kernel::firewall::release_network_in(None, network, bridge).map_err(nft_err)?;
+        let table_dropped = berth_kernel::firewall::release_network_in(None, network, bridge)
+            .map_err(Error::firewall)?;
         if table_dropped {
-            berth_kernel::firewall::spoofchk_remove_table_if_unused_in(None).map_err(nft_err)?;
+            berth_kernel::firewall::spoofchk_remove_table_if_unused_in(None)
+                .map_err(Error::firewall)?;
         }
     }
     state.forget_network(lock, network)
@@ -101,8 +98,8 @@ pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()
 /// CHECK: the network's rules are in the ruleset (masquerade too when
 /// `masquerade`), and Docker's DOCKER-USER, if there is one, lets them
 /// through. Returns what is missing.
-pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error> {
-    let st = berth_kernel::firewall::network_state(network).map_err(nft_err)?;
+pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>> {
+    let st = berth_kernel::firewall::network_state(network).map_err(Error::firewall)?;
     if !st.forward_chain || st.forward_rules == 0 {
         return Ok(Some(format!(
             "forward rules of network {network:?} are missing from table inet berth"
@@ -113,7 +110,7 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error>
             "masquerade rules of network {network:?} are missing from table inet berth"
         )));
     }
-    let docker = berth_kernel::firewall::docker_user_in(None).map_err(nft_err)?;
+    let docker = berth_kernel::firewall::docker_user_in(None).map_err(Error::firewall)?;
     if docker.contains(&berth_kernel::firewall::DockerUser::Missing) {
         return Ok(Some(format!(
             "chain {} exists but lacks berth's rule {:?} (Docker started after the network was set up?)",
@@ -128,24 +125,25 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>, Error>
 /// Called under the state lock, after [`ensure`]: the network's marker
 /// then exists, so a concurrent last DEL of another network cannot drop
 /// the `bridge berth` table under us.
-pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Result<(), Error> {
-    berth_kernel::firewall::spoofchk_add_in(None, host_veth, mac, container_id).map_err(nft_err)
+pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Result<()> {
+    berth_kernel::firewall::spoofchk_add_in(None, host_veth, mac, container_id)
+        .map_err(Error::firewall)
 }
 
 /// Removes `host_veth`'s spoof check (no MAC needed; nothing there is
 /// fine). Called under the state lock for the same reason as
 /// [`spoofchk_add`]: run after the table was dropped, the batch would
 /// re-create it empty.
-pub fn spoofchk_remove(host_veth: &str) -> Result<(), Error> {
-    berth_kernel::firewall::spoofchk_remove_in(None, host_veth).map_err(nft_err)
+pub fn spoofchk_remove(host_veth: &str) -> Result<()> {
+    berth_kernel::firewall::spoofchk_remove_in(None, host_veth).map_err(Error::firewall)
 }
 
 /// CHECK with macspoofchk: `host_veth`'s chain exists and lets `mac`
 /// through. Returns what is missing.
-pub fn spoofchk_missing(host_veth: &str, mac: &str) -> Result<Option<String>, Error> {
+pub fn spoofchk_missing(host_veth: &str, mac: &str) -> Result<Option<String>> {
     let chain = berth_kernel::firewall::spoofchk_chain_name(host_veth);
     let table = berth_kernel::firewall::SPOOFCHK_TABLE;
-    match berth_kernel::firewall::spoofchk_macs_in(None, host_veth).map_err(nft_err)? {
+    match berth_kernel::firewall::spoofchk_macs_in(None, host_veth).map_err(Error::firewall)? {
         None => Ok(Some(format!("MAC spoof check chain {chain} is missing from table bridge {table}"))),
         Some(macs) if !macs.iter().any(|m| m.eq_ignore_ascii_case(mac)) => Ok(Some(format!(
             "MAC spoof check chain {chain} in table bridge {table} has no rule for MAC {mac} (has {macs:?})"
