@@ -89,6 +89,11 @@ pub(crate) struct Cli {
     /// print the report as JSON on stdout (progress on stderr)
     #[arg(long)]
     pub(crate) json: bool,
+    /// print one Markdown table per part that ran, each under a line
+    /// naming the part, the date and the command (for docs/results/, see
+    /// scripts/bench-table)
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) markdown: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +122,7 @@ pub(crate) struct Args {
     pub(crate) cri_pods: usize,
     pub(crate) cni_version: String,
     pub(crate) json: bool,
+    pub(crate) markdown: bool,
 }
 
 pub(crate) fn default_berth_dir() -> PathBuf {
@@ -216,6 +222,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         cri_pods: cli.cri_pods,
         cni_version: cli.cni_version,
         json: cli.json,
+        markdown: cli.markdown,
     })
 }
 
@@ -234,7 +241,7 @@ mod tests {
         let a = parse_args(&[]).unwrap();
         assert_eq!(a.ns, vec![1, 100, 1000]);
         assert_eq!(a.ref_dir, PathBuf::from("/usr/lib/cni"));
-        assert!(a.compare && a.floor && a.concurrent && !a.json);
+        assert!(a.compare && a.floor && a.concurrent && !a.json && !a.markdown);
         assert_eq!(a.concurrency, 64);
     }
 
@@ -246,7 +253,13 @@ mod tests {
         .unwrap();
         assert_eq!(a.ns, vec![5, 200]);
         assert!(a.compare && a.concurrent && !a.floor);
-        assert!(a.json && a.no_ref);
+        assert!(a.json && a.no_ref && !a.markdown);
+        assert!(
+            parse_args(&argv("--markdown --only host"))
+                .unwrap()
+                .markdown
+        );
+        assert!(parse_args(&argv("--markdown --json")).is_err());
         assert_eq!(a.berth_dir, PathBuf::from("/x"));
         assert_eq!(a.ref_dir, PathBuf::from("/y"));
         assert_eq!(

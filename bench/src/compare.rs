@@ -3,10 +3,11 @@
 //! implementation on a network of its own (see main.rs).
 
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::args::Args;
 use crate::exec::{exec_cni, plugin_conf, with_prev_result, Impl};
+use crate::report::{CompareRow, SeriesReport};
 use crate::stats::{median, ms, ratio};
 use crate::sys::{self, Netns, TempDir};
 
@@ -62,7 +63,7 @@ pub(crate) struct Series {
 }
 
 impl Series {
-    pub(crate) fn to_json(&self, n: usize) -> Value {
+    pub(crate) fn report(&self, n: usize) -> SeriesReport {
         let (first, last) = if n >= 200 && self.add_ms.len() >= 200 {
             (
                 median(&self.add_ms[..100]),
@@ -71,15 +72,15 @@ impl Series {
         } else {
             (None, None)
         };
-        json!({
-            "adds": self.add_ms.len(),
-            "dels": self.del_ms.len(),
-            "add_median_ms": median(&self.add_ms),
-            "del_median_ms": median(&self.del_ms),
-            "add_first100_median_ms": first,
-            "add_last100_median_ms": last,
-            "error": self.error,
-        })
+        SeriesReport {
+            adds: self.add_ms.len(),
+            dels: self.del_ms.len(),
+            add_median_ms: median(&self.add_ms),
+            del_median_ms: median(&self.del_ms),
+            add_first100_median_ms: first,
+            add_last100_median_ms: last,
+            error: self.error.clone(),
+        }
     }
 }
 
@@ -143,7 +144,7 @@ pub(crate) fn run_series(imp: &Impl, n: usize, args: &Args, taken: &mut Vec<u8>)
     s
 }
 
-pub(crate) fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<Value> {
+pub(crate) fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<CompareRow> {
     let berth = Impl::berth(&args.berth_dir);
     let reference = Impl::reference(&args.ref_dir);
     // Warm-up, not counted: the first network a process sets up pays
@@ -164,21 +165,19 @@ pub(crate) fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<Value> {
             eprintln!("compare: N={n} ref");
             Some(run_series(&reference, n, args, taken))
         };
-        let bj = b.to_json(n);
-        let rj = r.as_ref().map(|r| r.to_json(n));
         let add_ratio = r
             .as_ref()
             .and_then(|r| ratio(median(&r.add_ms), median(&b.add_ms)));
         let del_ratio = r
             .as_ref()
             .and_then(|r| ratio(median(&r.del_ms), median(&b.del_ms)));
-        rows.push(json!({
-            "n": n,
-            "berth": bj,
-            "ref": rj,
-            "add_ratio_ref_over_berth": add_ratio,
-            "del_ratio_ref_over_berth": del_ratio,
-        }));
+        rows.push(CompareRow {
+            n,
+            berth: b.report(n),
+            reference: r.as_ref().map(|r| r.report(n)),
+            add_ratio_ref_over_berth: add_ratio,
+            del_ratio_ref_over_berth: del_ratio,
+        });
     }
     rows
 }
@@ -194,14 +193,16 @@ mod tests {
             del_ms: vec![1.0],
             error: None,
         };
-        let j = s.to_json(300);
-        assert_eq!(j["add_first100_median_ms"], json!(49.5));
-        assert_eq!(j["add_last100_median_ms"], json!(249.5));
+        let j = s.report(300);
+        assert_eq!(j.add_first100_median_ms, Some(49.5));
+        assert_eq!(j.add_last100_median_ms, Some(249.5));
+        assert_eq!(j.add_growth(), Some(249.5 / 49.5));
         let j = Series {
             add_ms: vec![1.0; 100],
             ..Default::default()
         }
-        .to_json(100);
-        assert!(j["add_first100_median_ms"].is_null());
+        .report(100);
+        assert_eq!(j.add_first100_median_ms, None);
+        assert_eq!(j.add_growth(), None);
     }
 }

@@ -6,14 +6,15 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::args::Args;
 use crate::compare::Network;
 use crate::exec::{exec_cni, with_prev_result, Exec, Impl};
+use crate::report::Concurrent;
 use crate::stats::{median, ms};
 
-pub(crate) fn concurrent(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
+pub(crate) fn concurrent(args: &Args, taken: &mut Vec<u8>) -> Result<Concurrent> {
     let k = args.concurrency;
     let imp = Impl::berth(&args.berth_dir);
     let net = Network::new(&imp, &args.cni_version, taken)?;
@@ -110,20 +111,20 @@ pub(crate) fn concurrent(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
     };
     let ok = failures.is_empty() && duplicates.is_empty() && del_failures.is_empty();
-    Ok(json!({
-        "containers": k,
-        "ok": ok,
-        "add_succeeded": add_ms.len(),
-        "add_failures": failures,
-        "distinct_addresses": addresses,
-        "duplicate_addresses": duplicates,
-        "add_wall_ms": ms(add_wall),
-        "add_median_ms": median(&add_ms),
-        "add_max_ms": max(&add_ms),
-        "del_succeeded": del_ms.len(),
-        "del_failures": del_failures,
-        "del_wall_ms": ms(del_wall),
-        "del_median_ms": median(&del_ms),
-        "del_max_ms": max(&del_ms),
-    }))
+    Ok(Concurrent {
+        containers: k,
+        ok,
+        add_succeeded: add_ms.len(),
+        add_failures: failures,
+        distinct_addresses: addresses,
+        duplicate_addresses: duplicates,
+        add_wall_ms: ms(add_wall),
+        add_median_ms: median(&add_ms),
+        add_max_ms: max(&add_ms),
+        del_succeeded: del_ms.len(),
+        del_failures,
+        del_wall_ms: ms(del_wall),
+        del_median_ms: median(&del_ms),
+        del_max_ms: max(&del_ms),
+    })
 }

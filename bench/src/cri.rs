@@ -46,7 +46,8 @@ use berth_tests::cri::{
 use berth_tests::{IptablesGuard, LinkGuard, NftNetworkGuard, TempDir};
 use serde_json::{json, Value};
 
-use crate::stats::{median, ms, ratio};
+use crate::report::{Cri, CriSummary, CriTimes};
+use crate::stats::{median, ms};
 
 /// hostPorts of the measured pods: berth's from here, the reference's
 /// from here + 1000.
@@ -208,21 +209,23 @@ impl Node {
 
 /// Medians of one implementation's samples; `adds` are the pods' CNI ADD
 /// times from containerd's log.
-fn summary(samples: &[Sample], adds: &[f64]) -> Value {
+fn summary(samples: &[Sample], adds: &[f64]) -> CriSummary {
     let m = |f: fn(&Sample) -> f64| median(&samples.iter().map(f).collect::<Vec<_>>());
-    json!({
-        "run_ms": m(|s| s.run),
-        "stop_ms": m(|s| s.stop),
-        "remove_ms": m(|s| s.remove),
-        "total_ms": m(|s| s.run + s.stop + s.remove),
-        "cni_add_ms": median(adds),
-        "cni_del_stop_ms": m(|s| s.cni_del_stop),
-        "cni_del_remove_ms": m(|s| s.cni_del_remove),
-        "pods_with_logged_add": adds.len(),
-    })
+    CriSummary {
+        times: CriTimes {
+            run_ms: m(|s| s.run),
+            stop_ms: m(|s| s.stop),
+            remove_ms: m(|s| s.remove),
+            total_ms: m(|s| s.run + s.stop + s.remove),
+            cni_add_ms: median(adds),
+            cni_del_stop_ms: m(|s| s.cni_del_stop),
+            cni_del_remove_ms: m(|s| s.cni_del_remove),
+        },
+        pods_with_logged_add: adds.len(),
+    }
 }
 
-pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Value> {
+pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Cri> {
     eprintln!("cri: starting a containerd for berth and one for the reference plugins");
     let mut nodes = [
         Node::new("berth", 0, berth_dir)?,
@@ -247,38 +250,30 @@ pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Value> {
             }
         }
     }
-    let mut out = json!({
-        "pods": pods,
-        "containerd": containerd_version(),
-        "network": "bridge + IPAM (IPv4 /24 + IPv6 /64, isGateway, ipMasq, default routes) + portmap, one hostPort per pod, one resident pod",
-    });
-    for (k, node) in nodes.iter().enumerate() {
-        let logged = cni_setup_durations(&node.cd.log());
+    let containerd = containerd_version();
+    let [berth, reference] = [0, 1].map(|k| {
+        let logged = cni_setup_durations(&nodes[k].cd.log());
         let adds: Vec<f64> = samples[k]
             .iter()
             .filter_map(|(id, _)| logged.iter().find(|(l, _)| l == id).map(|(_, d)| ms(*d)))
             .collect();
         let only: Vec<Sample> = samples[k].iter().map(|(_, s)| *s).collect();
-        out[node.label] = summary(&only, &adds);
-    }
-    for key in [
-        "run_ms",
-        "stop_ms",
-        "remove_ms",
-        "total_ms",
-        "cni_add_ms",
-        "cni_del_stop_ms",
-        "cni_del_remove_ms",
-    ] {
-        let r = ratio(out["ref"][key].as_f64(), out["berth"][key].as_f64());
-        out["ratio"][key] = json!(r);
-    }
-    Ok(out)
+        summary(&only, &adds)
+    });
+    let ratio = CriTimes::ratio(&reference.times, &berth.times);
+    Ok(Cri {
+        pods,
+        containerd,
+        network: "bridge + IPAM (IPv4 /24 + IPv6 /64, isGateway, ipMasq, default routes) + portmap, one hostPort per pod, one resident pod",
+        berth,
+        reference,
+        ratio,
+    })
 }
 
 /// containerd's version (`containerd --version` prints "containerd
 /// <module> <version> <revision>").
-fn containerd_version() -> Value {
+fn containerd_version() -> Option<String> {
     std::process::Command::new("containerd")
         .arg("--version")
         .output()
@@ -289,7 +284,6 @@ fn containerd_version() -> Value {
                 .nth(2)
                 .map(str::to_string)
         })
-        .map_or(Value::Null, Value::from)
 }
 
 #[cfg(test)]
@@ -338,10 +332,16 @@ mod tests {
             })
             .collect();
         let v = summary(&s, &[4.0, 6.0]);
-        assert_eq!(v["run_ms"], 2.0);
-        assert_eq!(v["stop_ms"], 4.0);
-        assert_eq!(v["total_ms"], 7.0);
-        assert_eq!(v["cni_add_ms"], 5.0);
-        assert_eq!(v["pods_with_logged_add"], 2);
+        assert_eq!(v.times.run_ms, Some(2.0));
+        assert_eq!(v.times.stop_ms, Some(4.0));
+        assert_eq!(v.times.total_ms, Some(7.0));
+        assert_eq!(v.times.cni_add_ms, Some(5.0));
+        assert_eq!(v.pods_with_logged_add, 2);
+        let r = CriTimes::ratio(&summary(&s[..1], &[8.0]).times, &v.times);
+        assert_eq!((r.run_ms, r.cni_add_ms), (Some(0.5), Some(1.6)));
+        // In the JSON as before: the times beside pods_with_logged_add.
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j["run_ms"], 2.0);
+        assert_eq!(j["pods_with_logged_add"], 2);
     }
 }

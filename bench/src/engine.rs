@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::report::{DockerNetwork, DockerVolumes, Engine, RoundTrip};
 use crate::stats::{median, ms, ratio};
 use crate::sys::{Proc, TempDir};
 
@@ -96,7 +97,7 @@ fn start_berthd(berth_dir: &Path, dir: &Path, socket: &Path) -> Result<Proc> {
 }
 
 /// Round trips over the socket: [median, p99] in ms for `opts`.
-fn round_trips(socket: &Path, volumes: usize, opts: Value) -> Result<[f64; 2]> {
+fn round_trips(socket: &Path, volumes: usize, opts: Value) -> Result<[Option<f64>; 2]> {
     let mut conn = BufReader::new(UnixStream::connect(socket)?);
     let mut samples = Vec::with_capacity(volumes);
     for i in 0..volumes {
@@ -108,10 +109,7 @@ fn round_trips(socket: &Path, volumes: usize, opts: Value) -> Result<[f64; 2]> {
         call(&mut conn, "Remove", &json!({"Name": name}))?;
         samples.push(ms(t.elapsed()));
     }
-    Ok([
-        median(&samples).unwrap_or(f64::NAN),
-        percentile(&samples, 0.99).unwrap_or(f64::NAN),
-    ])
+    Ok([median(&samples), percentile(&samples, 0.99)])
 }
 
 struct Docker {
@@ -183,7 +181,7 @@ fn start_dockerd(dir: &Path) -> Result<(Proc, Docker)> {
     Ok((p, d))
 }
 
-pub fn engine(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result<Value> {
+pub fn engine(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result<Engine> {
     let dir = TempDir::new("volumes")?;
     let plugin = format!("berth-bench{}", std::process::id());
     let socket = PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"));
@@ -250,14 +248,29 @@ pub fn engine(berth_dir: &Path, volumes: usize, docker_volumes: usize) -> Result
     timed?;
     drop(dockerd);
     let _ = std::fs::remove_file(&socket);
-    let [nb, nd] = net_samples.map(|v| median(&v).unwrap_or(f64::NAN));
-    let [b, l] = samples.map(|v| median(&v).unwrap_or(f64::NAN));
-    Ok(json!({
-        "round_trip": {"volumes": volumes, "managed_median_ms": managed[0], "managed_p99_ms": managed[1],
-                       "sized_median_ms": sized[0], "sized_p99_ms": sized[1]},
-        "docker": {"volumes": docker_volumes, "berth_ms": b, "local_ms": l, "berth_over_local": ratio(Some(b), Some(l))},
-        "network": {"runs": docker_volumes, "berth_ms": nb, "bridge_driver_ms": nd, "berth_over_bridge": ratio(Some(nb), Some(nd))},
-    }))
+    let [nb, nd] = net_samples.map(|v| median(&v));
+    let [b, l] = samples.map(|v| median(&v));
+    Ok(Engine {
+        round_trip: RoundTrip {
+            volumes,
+            managed_median_ms: managed[0],
+            managed_p99_ms: managed[1],
+            sized_median_ms: sized[0],
+            sized_p99_ms: sized[1],
+        },
+        docker: DockerVolumes {
+            volumes: docker_volumes,
+            berth_ms: b,
+            local_ms: l,
+            berth_over_local: ratio(b, l),
+        },
+        network: DockerNetwork {
+            runs: docker_volumes,
+            berth_ms: nb,
+            bridge_driver_ms: nd,
+            berth_over_bridge: ratio(nb, nd),
+        },
+    })
 }
 
 #[cfg(test)]

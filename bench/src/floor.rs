@@ -4,11 +4,12 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::args::Args;
 use crate::compare::Network;
 use crate::exec::{exec_cni, with_prev_result, Impl};
+use crate::report::{DelInPlace, Floor};
 use crate::stats::{median, ms, ratio};
 use crate::sys::{self, Netns};
 
@@ -30,7 +31,7 @@ pub(crate) fn time_del(h: &mut berth_kernel::Handle, name: &str) -> Result<f64> 
 /// which the DEL target is judged (N=100).
 pub(crate) const FLOOR_BRIDGE_PORTS: usize = 100;
 
-pub(crate) fn floor(reps: usize) -> Result<Value> {
+pub(crate) fn floor(reps: usize) -> Result<Floor> {
     let pid = std::process::id();
     let h = Netns::new(format!("bb-{pid}-floor-h"))?;
     let c = Netns::new(format!("bb-{pid}-floor-c"))?;
@@ -76,14 +77,14 @@ pub(crate) fn floor(reps: usize) -> Result<Value> {
         ch.set_up(peer)?;
         port.push(time_del(&mut hh, "vfa")?);
     }
-    Ok(json!({
-        "reps": reps,
-        "what": "median time of one RTM_DELLINK of a veth (netlink round trip included)",
-        "bridge_ports": FLOOR_BRIDGE_PORTS,
-        "veth_del_same_netns_ms": median(&same),
-        "veth_del_peer_in_other_netns_ms": median(&cross),
-        "veth_del_bridge_port_ms": median(&port),
-    }))
+    Ok(Floor {
+        reps,
+        what: "median time of one RTM_DELLINK of a veth (netlink round trip included)",
+        bridge_ports: FLOOR_BRIDGE_PORTS,
+        veth_del_same_netns_ms: median(&same),
+        veth_del_peer_in_other_netns_ms: median(&cross),
+        veth_del_bridge_port_ms: median(&port),
+    })
 }
 
 /// berth's DEL against the kernel's cost of deleting the very veth it
@@ -92,7 +93,7 @@ pub(crate) fn floor(reps: usize) -> Result<Value> {
 /// timed and an untimed DEL then releases its address;
 /// for the rest berth's whole DEL (process start included) is timed. Both
 /// halves see the bridge shrink alike.
-pub(crate) fn del_in_place(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
+pub(crate) fn del_in_place(args: &Args, taken: &mut Vec<u8>) -> Result<DelInPlace> {
     let imp = Impl::berth(&args.berth_dir);
     let net = Network::new(&imp, &args.cni_version, taken)?;
     let n = FLOOR_BRIDGE_PORTS;
@@ -127,10 +128,10 @@ pub(crate) fn del_in_place(args: &Args, taken: &mut Vec<u8>) -> Result<Value> {
         }
     }
     let (k, b) = (median(&kernel), median(&berth));
-    Ok(json!({
-        "containers": n,
-        "kernel_veth_del_ms": k,
-        "berth_del_ms": b,
-        "berth_over_kernel": ratio(b, k),
-    }))
+    Ok(DelInPlace {
+        containers: n,
+        kernel_veth_del_ms: k,
+        berth_del_ms: b,
+        berth_over_kernel: ratio(b, k),
+    })
 }

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::exec::{exec_plugin, with_prev_result};
+use crate::report::{AddDel, HostRow, RefAddDel};
 use crate::stats::{median, ms, ratio};
 use crate::sys::{self, LinkGuard, Netns, TempDir};
 
@@ -89,7 +90,7 @@ impl Side {
 
 /// Medians [berth ADD, berth DEL, ref ADD, ref DEL] over `reps`
 /// containers per side, after one warm-up container each.
-fn time_sides(berth: &Side, reference: &Side, reps: usize) -> Result<[f64; 4]> {
+fn time_sides(berth: &Side, reference: &Side, reps: usize) -> Result<[Option<f64>; 4]> {
     let sides = [berth, reference];
     let data = [TempDir::new("host-berth")?, TempDir::new("host-ref")?];
     let networks = [0, 1].map(|_| format!("bbh-{}-{}", std::process::id(), sys::next_id()));
@@ -113,7 +114,7 @@ fn time_sides(berth: &Side, reference: &Side, reps: usize) -> Result<[f64; 4]> {
             }
         }
     }
-    Ok(samples.map(|v| median(&v).unwrap_or(f64::NAN)))
+    Ok(samples.map(|v| median(&v)))
 }
 
 /// A veth pair with both ends in the bench's namespace, up, deleted on drop.
@@ -135,7 +136,7 @@ fn veth_pair(prefix: &str) -> Result<(String, LinkGuard)> {
     Ok((name, guard))
 }
 
-pub fn host_modes(berth_dir: &Path, ref_dir: &Path, reps: usize) -> Result<Value> {
+pub fn host_modes(berth_dir: &Path, ref_dir: &Path, reps: usize) -> Result<Vec<HostRow>> {
     let (uplink, _uplink_guard) = veth_pair("bbu")?;
     // One device per container and side (the warm-up's included).
     let mut devices = Vec::new();
@@ -200,14 +201,21 @@ pub fn host_modes(berth_dir: &Path, ref_dir: &Path, reps: usize) -> Result<Value
     for (mode, berth, reference) in modes {
         eprintln!("host: {mode}, {reps} containers each");
         let [b_add, b_del, r_add, r_del] = time_sides(&berth, &reference, reps)?;
-        rows.push(json!({
-            "mode": mode,
-            "berth": {"add_ms": b_add, "del_ms": b_del},
-            "ref": {"plugin": reference.plugin, "add_ms": r_add, "del_ms": r_del},
-            "add_ratio": ratio(Some(r_add), Some(b_add)),
-            "del_ratio": ratio(Some(r_del), Some(b_del)),
-        }));
+        rows.push(HostRow {
+            mode,
+            berth: AddDel {
+                add_ms: b_add,
+                del_ms: b_del,
+            },
+            reference: RefAddDel {
+                plugin: reference.plugin,
+                add_ms: r_add,
+                del_ms: r_del,
+            },
+            add_ratio: ratio(r_add, b_add),
+            del_ratio: ratio(r_del, b_del),
+        });
     }
     drop(guards);
-    Ok(Value::Array(rows))
+    Ok(rows)
 }

@@ -36,6 +36,10 @@
 //!   against the reference plugins, with the CNI ADD and DEL times
 //!   containerd itself reports (see cri.rs).
 //!
+//! The report (report.rs) is printed as tables for people (print.rs), as
+//! JSON (`--json`) or as Markdown tables for docs/results/ (`--markdown`,
+//! markdown.rs; `scripts/bench-table` writes them there).
+//!
 //! Everything is cleaned up at the end: DELs (which remove the plugins'
 //! firewall rules), namespaces, the bridges (`ip link del`), temp dirs.
 //! nftables is left to the plugins.
@@ -48,14 +52,15 @@ mod engine;
 mod exec;
 mod floor;
 mod host;
+mod markdown;
 mod overlay;
 mod portmap;
 mod print;
+mod report;
 mod stats;
 mod sys;
 
 use anyhow::{bail, Result};
-use serde_json::{json, Value};
 
 use crate::args::parse_args;
 use crate::compare::compare;
@@ -63,6 +68,7 @@ use crate::concurrent::concurrent;
 use crate::exec::Impl;
 use crate::floor::{del_in_place, floor, FLOOR_BRIDGE_PORTS};
 use crate::print::print_tables;
+use crate::report::{split, Config, Outcome, Report};
 
 fn main() {
     match real_main() {
@@ -73,6 +79,11 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// A part's result with its error as the report gives it.
+fn outcome<T>(r: Result<T>) -> Outcome<T> {
+    r.map_err(|e| format!("{e:#}"))
 }
 
 /// Ok(false) when a part failed (the report says which).
@@ -89,114 +100,86 @@ fn real_main() -> Result<bool> {
     if args.compare && !args.no_ref {
         Impl::reference(&args.ref_dir).check()?;
     }
+    // For the Markdown's heading lines: the day the run started.
+    let started = markdown::Run::now(&argv);
 
     let mut taken = Vec::new();
-    let mut report = json!({
-        "config": {
-            "cni_path_berth": args.berth_dir,
-            "cni_path_ref": if args.no_ref { Value::Null } else { json!(args.ref_dir) },
-            "n": args.ns,
-            "cni_version": args.cni_version,
-            "network": "bridge + IPAM, isGateway, ipMasq, IPv4 /16 + IPv6 /64, default routes",
-            "warmup": "compare: 1 container per implementation on its own network first, not counted",
-        }
+    let mut report = Report::new(Config {
+        cni_path_berth: args.berth_dir.clone(),
+        cni_path_ref: (!args.no_ref).then(|| args.ref_dir.clone()),
+        n: args.ns.clone(),
+        cni_version: args.cni_version.clone(),
+        network: "bridge + IPAM, isGateway, ipMasq, IPv4 /16 + IPv6 /64, default routes",
+        warmup: "compare: 1 container per implementation on its own network first, not counted",
     });
     let mut ok = true;
     if args.compare {
         let rows = compare(&args, &mut taken);
-        ok &= rows
-            .iter()
-            .all(|r| r["berth"]["error"].is_null() && r["ref"]["error"].is_null());
-        report["compare"] = Value::Array(rows);
+        ok &= rows.iter().all(|r| r.ok());
+        report.compare = Some(rows);
     }
     if args.floor {
         eprintln!("floor: {} veth deletions", args.floor_reps);
-        match floor(args.floor_reps) {
-            Ok(v) => report["floor"] = v,
-            Err(e) => {
-                ok = false;
-                report["floor_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.floor, report.floor_error) = split(outcome(floor(args.floor_reps)));
+        ok &= report.floor_error.is_none();
     }
     if args.floor {
         eprintln!("floor: berth DEL vs deleting the same veth, {FLOOR_BRIDGE_PORTS} containers");
-        match del_in_place(&args, &mut taken) {
-            Ok(v) => report["del_in_place"] = v,
-            Err(e) => {
-                ok = false;
-                report["del_in_place_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.del_in_place, report.del_in_place_error) =
+            split(outcome(del_in_place(&args, &mut taken)));
+        ok &= report.del_in_place_error.is_none();
     }
     if args.concurrent {
-        match concurrent(&args, &mut taken) {
-            Ok(v) => {
-                ok &= v["ok"] == true;
-                report["concurrent"] = v;
-            }
-            Err(e) => {
-                ok = false;
-                report["concurrent_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.concurrent, report.concurrent_error) =
+            split(outcome(concurrent(&args, &mut taken)));
+        ok &= report.concurrent.as_ref().is_some_and(|c| c.ok);
     }
     if args.host {
-        match host::host_modes(&args.berth_dir, &args.ref_dir, args.host_reps) {
-            Ok(v) => report["host"] = v,
-            Err(e) => {
-                ok = false;
-                report["host_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.host, report.host_error) = split(outcome(host::host_modes(
+            &args.berth_dir,
+            &args.ref_dir,
+            args.host_reps,
+        )));
+        ok &= report.host_error.is_none();
     }
     if args.portmap {
-        match portmap::portmap_levels(&args.berth_dir, &args.ref_dir, args.portmap_reps) {
-            Ok(v) => report["portmap"] = v,
-            Err(e) => {
-                ok = false;
-                report["portmap_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.portmap, report.portmap_error) = split(outcome(portmap::portmap_levels(
+            &args.berth_dir,
+            &args.ref_dir,
+            args.portmap_reps,
+        )));
+        ok &= report.portmap_error.is_none();
     }
     if args.volumes {
-        match engine::engine(&args.berth_dir, args.volume_reps, args.docker_reps) {
-            Ok(v) => report["volumes"] = v,
-            Err(e) => {
-                ok = false;
-                report["volumes_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.volumes, report.volumes_error) = split(outcome(engine::engine(
+            &args.berth_dir,
+            args.volume_reps,
+            args.docker_reps,
+        )));
+        ok &= report.volumes_error.is_none();
     }
     if args.overlay {
-        match overlay::overlay(
+        (report.overlay, report.overlay_error) = split(outcome(overlay::overlay(
             &args.berth_dir,
             args.overlay_nodes,
             args.iperf_secs,
             args.iperf_reps,
-        ) {
-            Ok(v) => {
-                ok &= overlay::ok(&v);
-                report["overlay"] = v;
-            }
-            Err(e) => {
-                ok = false;
-                report["overlay_error"] = json!(format!("{e:#}"));
-            }
-        }
+        )));
+        ok &= report.overlay.as_ref().is_some_and(|o| o.ok());
     }
     if args.cri {
-        match cri::cri(&args.berth_dir, &args.ref_dir, args.cri_pods) {
-            Ok(v) => report["cri"] = v,
-            Err(e) => {
-                ok = false;
-                report["cri_error"] = json!(format!("{e:#}"));
-            }
-        }
+        (report.cri, report.cri_error) = split(outcome(cri::cri(
+            &args.berth_dir,
+            &args.ref_dir,
+            args.cri_pods,
+        )));
+        ok &= report.cri_error.is_none();
     }
-    report["ok"] = json!(ok);
+    report.ok = ok;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", report.to_json()?);
+    } else if args.markdown {
+        print!("{}", markdown::tables(&report, &args, &started));
     } else {
         print_tables(&report);
     }

@@ -67,6 +67,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde_json::{json, Value};
 
 use crate::exec::exec_plugin_env;
+use crate::report::{self, Convergence, FlowReport, Mtu, Overlay, Throughput};
 use crate::stats::{median, ms, ratio};
 use crate::sys::{self, Netns, Proc, TempDir};
 
@@ -89,7 +90,7 @@ pub fn overlay(
     nodes: usize,
     iperf_secs: u64,
     iperf_reps: usize,
-) -> Result<Value> {
+) -> Result<Overlay> {
     let plugin = berth_dir.join("berth-overlay");
     if !plugin.is_file() {
         bail!(
@@ -97,28 +98,20 @@ pub fn overlay(
             plugin.display()
         );
     }
-    let mut out = json!({});
     eprintln!(
         "overlay: throughput, berth, hand-built container path and raw VXLAN alternating, {iperf_reps} x {iperf_secs} s each"
     );
-    match throughput(berth_dir, iperf_secs, iperf_reps) {
-        Ok(v) => out["throughput"] = v,
-        Err(e) => out["throughput_error"] = json!(format!("{e:#}")),
-    }
+    let (throughput, throughput_error) =
+        report::split(throughput(berth_dir, iperf_secs, iperf_reps).map_err(|e| format!("{e:#}")));
     eprintln!("overlay: convergence, the agent with etcd and {nodes} nodes");
-    match convergence(berth_dir, nodes) {
-        Ok(v) => out["convergence"] = v,
-        Err(e) => out["convergence_error"] = json!(format!("{e:#}")),
-    }
-    Ok(out)
-}
-
-/// Whether the part ran without errors and the agent's FDB was right
-/// (the targets are reported, not enforced, like the other parts').
-pub fn ok(report: &Value) -> bool {
-    report["throughput_error"].is_null()
-        && report["convergence_error"].is_null()
-        && report["convergence"]["fdb_matches_live_nodes"] == true
+    let (convergence, convergence_error) =
+        report::split(convergence(berth_dir, nodes).map_err(|e| format!("{e:#}")));
+    Ok(Overlay {
+        throughput,
+        throughput_error,
+        convergence,
+        convergence_error,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -737,19 +730,19 @@ impl Flow<'_> {
         self.runs.iter().map(|r| r.gbps).collect()
     }
 
-    fn report(&self) -> Value {
-        json!({
-            "path": self.what,
-            "gbps": self.gbps(),
-            "median_gbps": median(&self.gbps()),
-            "retransmits": self.runs.iter().map(|r| r.retransmits).collect::<Vec<u64>>(),
-            "frag_creates": self.frag[0],
-            "reasm_reqds": self.frag[1],
-        })
+    fn report(&self) -> FlowReport {
+        FlowReport {
+            path: self.what.clone(),
+            gbps: self.gbps(),
+            median_gbps: median(&self.gbps()),
+            retransmits: self.runs.iter().map(|r| r.retransmits).collect(),
+            frag_creates: self.frag[0],
+            reasm_reqds: self.frag[1],
+        }
     }
 }
 
-fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Value> {
+fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Throughput> {
     let h1 = OvHost::new("h1", "10.244.1.0/24", "192.168.77.2", "10.244.2.0/24")?;
     let h2 = OvHost::new("h2", "10.244.2.0/24", "192.168.77.1", "10.244.1.0/24")?;
     // berth's containers, and the hand-built path's.
@@ -764,16 +757,16 @@ fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Value> {
     hand_container(&h2.ns, &d2, 2, 1)?;
     let a1 = Attached::add(&h1, &c1, "bench-ov-c1", berth_dir)?;
     let a2 = Attached::add(&h2, &c2, "bench-ov-c2", berth_dir)?;
-    let mtu = json!({
-        "underlay": mtu_of(&h1.ns, "ovu")?,
-        "berth_eth0": mtu_of(&c1, "eth0")?,
-        "berth_bridge": mtu_of(&h1.ns, "bov42")?,
-        "berth_vxlan": mtu_of(&h1.ns, "berth.42")?,
-        "hand_eth0": mtu_of(&d1, "eth0")?,
-        "hand_bridge": mtu_of(&h1.ns, HAND_BRIDGE)?,
-        "hand_vxlan": mtu_of(&h1.ns, HAND_VXLAN)?,
-        "raw_vxlan": mtu_of(&h1.ns, "vxb")?,
-    });
+    let mtu = Mtu {
+        underlay: mtu_of(&h1.ns, "ovu")?,
+        berth_eth0: mtu_of(&c1, "eth0")?,
+        berth_bridge: mtu_of(&h1.ns, "bov42")?,
+        berth_vxlan: mtu_of(&h1.ns, "berth.42")?,
+        hand_eth0: mtu_of(&d1, "eth0")?,
+        hand_bridge: mtu_of(&h1.ns, HAND_BRIDGE)?,
+        hand_vxlan: mtu_of(&h1.ns, HAND_VXLAN)?,
+        raw_vxlan: mtu_of(&h1.ns, "vxb")?,
+    };
     let hand_server = hand_subnet(2, 2);
     // Dropped (stopped) before the containers are DELeted.
     let _servers = [
@@ -842,20 +835,19 @@ fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Value> {
     let [berth, hand, raw] = &paths;
     let over = |other: &Flow| ratio(median(&berth.gbps()), median(&other.gbps()));
     let r = over(hand);
-    let mut out = json!({
-        "iperf_secs": secs,
-        "runs_per_path": reps,
-        "mtu": mtu,
-        "target_ratio": TARGET_RATIO,
-        "berth_over_hand_container": r,
-        "ratio_pass": r.is_some_and(|r| r >= TARGET_RATIO),
-        "berth_over_raw_vxlan": over(raw),
-        "no_fragmentation": paths.iter().all(|p| p.frag == [0, 0]),
-    });
-    for p in &paths {
-        out[p.key] = p.report();
-    }
-    Ok(out)
+    Ok(Throughput {
+        iperf_secs: secs,
+        runs_per_path: reps,
+        mtu,
+        target_ratio: TARGET_RATIO,
+        berth_over_hand_container: r,
+        ratio_pass: r.is_some_and(|r| r >= TARGET_RATIO),
+        berth_over_raw_vxlan: over(raw),
+        no_fragmentation: paths.iter().all(|p| p.frag == [0, 0]),
+        berth: berth.report(),
+        hand_container: hand.report(),
+        raw_vxlan: raw.report(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1027,7 +1019,7 @@ fn pause(j: usize) -> Duration {
     Duration::from_millis(300 + 50 * j as u64)
 }
 
-fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
+fn convergence(berth_dir: &Path, nodes: usize) -> Result<Convergence> {
     let hn = Netns::new(ns_name("hn"))?;
     let dir = TempDir::new("ov-conv")?;
     let n = hn.name();
@@ -1178,26 +1170,26 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Value> {
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
     };
     let under = |v: Option<f64>| v.is_some_and(|x| x < TARGET_MS);
-    Ok(json!({
-        "nodes": nodes,
-        "records_put_ms": put_ms,
-        "agent_vtep_address": vtep,
-        "initial_ms": initial_ms,
-        "join_ms": join_ms,
-        "join_median_ms": median(&join_ms),
-        "join_max_ms": max(&join_ms),
-        "leave_ms": leave_ms,
-        "leave_median_ms": median(&leave_ms),
-        "leave_max_ms": max(&leave_ms),
-        "target_ms": TARGET_MS,
-        "initial_pass": initial_ms < TARGET_MS,
-        "join_pass": under(max(&join_ms)),
-        "leave_pass": under(max(&leave_ms)),
-        "live_nodes": live.len(),
-        "fdb_entries_with_dst": dsts.len(),
-        "onlink_routes": routes.len(),
-        "fdb_matches_live_nodes": dsts.len() == live.len() && dst_set == live,
-    }))
+    Ok(Convergence {
+        nodes,
+        records_put_ms: put_ms,
+        agent_vtep_address: vtep,
+        initial_ms,
+        join_median_ms: median(&join_ms),
+        join_max_ms: max(&join_ms),
+        join_pass: under(max(&join_ms)),
+        join_ms,
+        leave_median_ms: median(&leave_ms),
+        leave_max_ms: max(&leave_ms),
+        leave_pass: under(max(&leave_ms)),
+        leave_ms,
+        target_ms: TARGET_MS,
+        initial_pass: initial_ms < TARGET_MS,
+        live_nodes: live.len(),
+        fdb_entries_with_dst: dsts.len(),
+        onlink_routes: routes.len(),
+        fdb_matches_live_nodes: dsts.len() == live.len() && dst_set == live,
+    })
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::exec::exec_plugin_env;
+use crate::report::{PortmapRefSide, PortmapRow, PortmapSide};
 use crate::stats::{median, ms, ratio};
 use crate::sys::{self, Netns, TempDir};
 
@@ -228,11 +229,11 @@ pub fn portmap_levels(
     berth_dir: &std::path::Path,
     ref_dir: &std::path::Path,
     reps: usize,
-) -> Result<Value> {
+) -> Result<Vec<PortmapRow>> {
     let container = Netns::new(format!("bpmc-{}-{}", std::process::id(), sys::next_id()))?;
     let cns = container.path.clone();
     let mut rows = Vec::new();
-    let mut base: Option<[f64; 4]> = None;
+    let mut base: Option<[Option<f64>; 4]> = None;
     for level in LEVELS {
         eprintln!("portmap: installing {level} mappings per implementation");
         let hosts = [
@@ -263,17 +264,28 @@ pub fn portmap_levels(
                 }
             }
         }
-        let m = samples.map(|v| median(&v).unwrap_or(f64::NAN));
+        let m = samples.map(|v| median(&v));
         let base = *base.get_or_insert(m);
-        rows.push(json!({
-            "installed_mappings": level,
-            "berth": {"add_ms": m[0], "del_ms": m[1], "add_growth": ratio(Some(m[0]), Some(base[0])), "del_growth": ratio(Some(m[1]), Some(base[1]))},
-            "ref": {"plugin": "portmap (iptables)", "add_ms": m[2], "del_ms": m[3], "add_growth": ratio(Some(m[2]), Some(base[2])), "del_growth": ratio(Some(m[3]), Some(base[3]))},
-            "add_ratio": ratio(Some(m[2]), Some(m[0])),
-            "del_ratio": ratio(Some(m[3]), Some(m[1])),
-        }));
+        rows.push(PortmapRow {
+            installed_mappings: level,
+            berth: PortmapSide {
+                add_ms: m[0],
+                del_ms: m[1],
+                add_growth: ratio(m[0], base[0]),
+                del_growth: ratio(m[1], base[1]),
+            },
+            reference: PortmapRefSide {
+                plugin: "portmap (iptables)",
+                add_ms: m[2],
+                del_ms: m[3],
+                add_growth: ratio(m[2], base[2]),
+                del_growth: ratio(m[3], base[3]),
+            },
+            add_ratio: ratio(m[2], m[0]),
+            del_ratio: ratio(m[3], m[1]),
+        });
     }
-    Ok(Value::Array(rows))
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -1,0 +1,691 @@
+//! `--markdown`: the report as Markdown, one block per part that ran, in
+//! the order of `--only`'s list, for docs/results/ (scripts/bench-table
+//! writes each block between its part's markers there).
+//!
+//! A block starts with its heading line, which names the part, the date,
+//! the machine and the command:
+//!
+//! ```text
+//! `host`, measured 2026-12-02 (2 cores, Linux 6.18.0) by `berth-bench --markdown --only host`; 30 containers per side, medians:
+//! ```
+//!
+//! and runs to the next heading line: its table (overlay and compare with
+//! N ≥ 200: two), a line or two of what the table does not hold, and any
+//! failure as a `- FAILED ...` item. scripts/bench-table finds the blocks by
+//! [`HEADING`]: a line that starts with a part's name in backticks
+//! followed by it.
+
+use std::fmt::Write as _;
+
+use crate::args::Args;
+use crate::print::{fx, fx2};
+use crate::report::{
+    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Floor, FlowRow, HostRow, Overlay,
+    PortmapRow, Report,
+};
+
+/// What follows the part's name on a heading line.
+pub(crate) const HEADING: &str = ", measured ";
+
+/// When, where and how the bench ran.
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    /// YYYY-MM-DD, UTC.
+    pub(crate) date: String,
+    pub(crate) cores: usize,
+    /// The running kernel's release.
+    pub(crate) kernel: String,
+    /// `berth-bench` and the arguments, as a shell would take them.
+    pub(crate) command: String,
+}
+
+impl Run {
+    /// Now, on this machine, with the arguments after the program name.
+    pub(crate) fn now(argv: &[String]) -> Run {
+        Run {
+            date: date(std::time::SystemTime::now()),
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "?".into(), |s| s.trim().to_string()),
+            command: command(argv),
+        }
+    }
+
+    /// The heading line of `part`'s block, ending in `what` and a colon.
+    fn heading(&self, part: &str, what: &str) -> String {
+        format!(
+            "`{part}`{HEADING}{} ({} core{}, Linux {}) by `{}`; {what}:",
+            self.date,
+            self.cores,
+            if self.cores == 1 { "" } else { "s" },
+            self.kernel,
+            self.command
+        )
+    }
+}
+
+/// The UTC date of `t`, as YYYY-MM-DD.
+pub(crate) fn date(t: std::time::SystemTime) -> String {
+    let mut s = humantime::format_rfc3339_seconds(t).to_string();
+    s.truncate("YYYY-MM-DD".len());
+    s
+}
+
+/// `berth-bench ARGS`, each argument quoted for a POSIX shell if it needs
+/// it.
+pub(crate) fn command(argv: &[String]) -> String {
+    let args = shell_words::join(argv);
+    if args.is_empty() {
+        "berth-bench".into()
+    } else {
+        format!("berth-bench {args}")
+    }
+}
+
+/// A time in ms, `-` if there is none.
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.2} ms"))
+}
+
+/// Table rows from cells.
+fn row(out: &mut String, cells: &[String]) {
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+}
+
+/// A failure as a list item, after a blank line unless it follows one.
+fn failed(out: &mut String, what: &str, e: &Option<String>) {
+    if let Some(e) = e {
+        let last = out.trim_end_matches('\n').rsplit('\n').next().unwrap_or("");
+        if !out.ends_with("\n\n") && !last.starts_with("- FAILED") {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "- FAILED {what}: {}", e.replace('\n', " "));
+    }
+}
+
+/// `n` and `thing`, plural unless n is 1.
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The Markdown of every part that ran, in the order of [`crate::args::PARTS`].
+pub(crate) fn tables(report: &Report, args: &Args, run: &Run) -> String {
+    let mut blocks = Vec::new();
+    if let Some(rows) = &report.compare {
+        blocks.push(compare(run, rows));
+    }
+    if args.floor {
+        blocks.push(floor(run, report, args));
+    }
+    if args.concurrent {
+        let mut b = run.heading(
+            "concurrent",
+            &format!(
+                "{} at once on one berth network, then as many DELs at once",
+                count(args.concurrency, "ADD")
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(c) = &report.concurrent {
+            concurrent(&mut b, c);
+        }
+        failed(&mut b, "concurrent", &report.concurrent_error);
+        blocks.push(b);
+    }
+    if args.host {
+        let mut b = run.heading(
+            "host",
+            &format!("{} per side, medians", count(args.host_reps, "container")),
+        );
+        b.push_str("\n\n");
+        if let Some(rows) = &report.host {
+            host(&mut b, rows);
+        }
+        failed(&mut b, "host", &report.host_error);
+        blocks.push(b);
+    }
+    if args.portmap {
+        let mut b = run.heading(
+            "portmap",
+            &format!(
+                "{} per level (2 mappings each), medians",
+                count(args.portmap_reps, "container")
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(rows) = &report.portmap {
+            portmap(&mut b, rows);
+        }
+        failed(&mut b, "portmap", &report.portmap_error);
+        blocks.push(b);
+    }
+    if args.volumes {
+        let mut b = run.heading("engine", "berthd under a private Docker engine, medians");
+        b.push_str("\n\n");
+        if let Some(e) = &report.volumes {
+            engine(&mut b, e);
+        }
+        failed(&mut b, "engine", &report.volumes_error);
+        blocks.push(b);
+    }
+    if args.overlay {
+        let mut b = run.heading(
+            "overlay",
+            &format!(
+                "iperf3 TCP, {} x {} s per path, alternating, and the agent's convergence with etcd and {}",
+                count(args.iperf_reps, "run"),
+                args.iperf_secs,
+                count(args.overlay_nodes, "node")
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(o) = &report.overlay {
+            overlay(&mut b, o);
+        }
+        failed(&mut b, "overlay", &report.overlay_error);
+        blocks.push(b);
+    }
+    if args.cri {
+        let mut b = run.heading(
+            "cri",
+            &format!(
+                "{} per implementation under containerd {}'s CRI (one hostPort each, beside a resident pod), medians",
+                count(args.cri_pods, "pod"),
+                report
+                    .cri
+                    .as_ref()
+                    .and_then(|c| c.containerd.as_deref())
+                    .unwrap_or("?")
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(c) = &report.cri {
+            cri(&mut b, c);
+        }
+        failed(&mut b, "cri", &report.cri_error);
+        blocks.push(b);
+    }
+    let mut out = String::new();
+    for b in blocks {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(b.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn compare(run: &Run, rows: &[CompareRow]) -> String {
+    let mut b = run.heading(
+        "compare",
+        "per container (one exec of the bridge plugin each), medians",
+    );
+    b.push_str("\n\n");
+    b.push_str(
+        "| containers | berth ADD | reference ADD | ratio | berth DEL | reference DEL | ratio |\n",
+    );
+    b.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let reference = r.reference.as_ref();
+        row(
+            &mut b,
+            &[
+                r.n.to_string(),
+                ms(r.berth.add_median_ms),
+                ms(reference.and_then(|s| s.add_median_ms)),
+                fx(r.add_ratio_ref_over_berth),
+                ms(r.berth.del_median_ms),
+                ms(reference.and_then(|s| s.del_median_ms)),
+                fx(r.del_ratio_ref_over_berth),
+            ],
+        );
+    }
+    let growth: Vec<&CompareRow> = rows.iter().filter(|r| r.n >= 200).collect();
+    if !growth.is_empty() {
+        b.push_str("\nADD, the first 100 containers against the last 100, medians:\n\n");
+        b.push_str("| containers | plugins | first 100 | last 100 | last/first |\n");
+        b.push_str("|---:|---|---:|---:|---:|\n");
+        for r in growth {
+            for (imp, s) in r.series() {
+                row(
+                    &mut b,
+                    &[
+                        r.n.to_string(),
+                        if imp == "ref" { "reference" } else { imp }.into(),
+                        ms(s.add_first100_median_ms),
+                        ms(s.add_last100_median_ms),
+                        fx2(s.add_growth()),
+                    ],
+                );
+            }
+        }
+    }
+    for r in rows {
+        for (imp, s) in r.series() {
+            failed(&mut b, &format!("{imp} N={}", r.n), &s.error);
+        }
+    }
+    b
+}
+
+fn floor(run: &Run, report: &Report, args: &Args) -> String {
+    let mut b = run.heading(
+        "floor",
+        "the kernel's veth deletion (one RTM_DELLINK and its ack), the floor under any DEL, medians",
+    );
+    b.push_str("\n\n| deletion | median |\n|---|---:|\n");
+    if let Some(fl) = &report.floor {
+        floor_rows(&mut b, fl, args.floor_reps);
+    }
+    if let Some(d) = &report.del_in_place {
+        del_in_place_rows(&mut b, d);
+    }
+    failed(&mut b, "floor", &report.floor_error);
+    failed(&mut b, "del_in_place", &report.del_in_place_error);
+    b
+}
+
+fn floor_rows(b: &mut String, fl: &Floor, reps: usize) {
+    for (what, v) in [
+        (
+            format!(
+                "a veth, both ends in one netns ({})",
+                count(reps, "deletion")
+            ),
+            fl.veth_del_same_netns_ms,
+        ),
+        (
+            "a veth, its peer in another netns".into(),
+            fl.veth_del_peer_in_other_netns_ms,
+        ),
+        (
+            format!(
+                "a bridge port ({} other ports), its peer up in another netns",
+                fl.bridge_ports
+            ),
+            fl.veth_del_bridge_port_ms,
+        ),
+    ] {
+        row(b, &[what, ms(v)]);
+    }
+}
+
+fn del_in_place_rows(b: &mut String, d: &DelInPlace) {
+    row(
+        b,
+        &[
+            format!(
+                "a container's host veth, {} on one network (every other one)",
+                count(d.containers, "berth container")
+            ),
+            ms(d.kernel_veth_del_ms),
+        ],
+    );
+    row(
+        b,
+        &[
+            format!(
+                "berth's whole DEL of the others (process start included): {} the kernel's",
+                fx(d.berth_over_kernel)
+            ),
+            ms(d.berth_del_ms),
+        ],
+    );
+}
+
+fn concurrent(b: &mut String, c: &Concurrent) {
+    b.push_str("| | ADD | DEL |\n|---|---:|---:|\n");
+    let k = c.containers;
+    row(
+        b,
+        &[
+            "succeeded".into(),
+            format!("{} of {k}", c.add_succeeded),
+            format!("{} of {k}", c.del_succeeded),
+        ],
+    );
+    row(
+        b,
+        &[
+            "wall time, all of them".into(),
+            ms(Some(c.add_wall_ms)),
+            ms(Some(c.del_wall_ms)),
+        ],
+    );
+    row(
+        b,
+        &["median".into(), ms(c.add_median_ms), ms(c.del_median_ms)],
+    );
+    row(b, &["max".into(), ms(c.add_max_ms), ms(c.del_max_ms)]);
+    let _ = writeln!(
+        b,
+        "\n{} distinct addresses, {} given twice: {}.",
+        c.distinct_addresses,
+        match c.duplicate_addresses.len() {
+            0 => "none".to_string(),
+            n => n.to_string(),
+        },
+        if c.ok { "OK" } else { "FAILED" }
+    );
+    for (what, list) in [
+        ("ADD", &c.add_failures),
+        ("duplicate", &c.duplicate_addresses),
+        ("DEL", &c.del_failures),
+    ] {
+        for e in list.iter().take(10) {
+            failed(b, what, &Some(e.clone()));
+        }
+    }
+}
+
+fn host(b: &mut String, rows: &[HostRow]) {
+    b.push_str(
+        "| mode | berth ADD | reference ADD | ratio | berth DEL | reference DEL | ratio |\n",
+    );
+    b.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        row(
+            b,
+            &[
+                format!("`{}` / `{}`", r.mode, r.reference.plugin),
+                ms(r.berth.add_ms),
+                ms(r.reference.add_ms),
+                fx(r.add_ratio),
+                ms(r.berth.del_ms),
+                ms(r.reference.del_ms),
+                fx(r.del_ratio),
+            ],
+        );
+    }
+}
+
+fn portmap(b: &mut String, rows: &[PortmapRow]) {
+    b.push_str("| installed | berth ADD | growth | berth DEL | growth | reference ADD | growth | reference DEL | growth |\n");
+    b.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let (s, rf) = (&r.berth, &r.reference);
+        row(
+            b,
+            &[
+                r.installed_mappings.to_string(),
+                ms(s.add_ms),
+                fx2(s.add_growth),
+                ms(s.del_ms),
+                fx2(s.del_growth),
+                ms(rf.add_ms),
+                fx2(rf.add_growth),
+                ms(rf.del_ms),
+                fx2(rf.del_growth),
+            ],
+        );
+    }
+    b.push_str("\n(growth: the cost at that level over the cost with none installed.)\n");
+}
+
+fn engine(b: &mut String, e: &Engine) {
+    let (r, d, n) = (&e.round_trip, &e.docker, &e.network);
+    let with_p99 = |m: Option<f64>, p: Option<f64>| format!("{} (p99 {})", ms(m), ms(p));
+    b.push_str("| | berth | against | ratio |\n|---|---:|---:|---:|\n");
+    row(
+        b,
+        &[
+            format!(
+                "Create + Mount + Unmount + Remove over the socket, {} managed volumes",
+                r.volumes
+            ),
+            with_p99(r.managed_median_ms, r.managed_p99_ms),
+            String::new(),
+            String::new(),
+        ],
+    );
+    row(
+        b,
+        &[
+            format!(
+                "the same, {} size-limited (8M) volumes, mkfs.ext4 included",
+                r.volumes
+            ),
+            with_p99(r.sized_median_ms, r.sized_p99_ms),
+            String::new(),
+            String::new(),
+        ],
+    );
+    row(
+        b,
+        &[
+            format!(
+                "`docker volume create` + `docker run --rm -v`, {} each: `-d berth` against `-d local`",
+                d.volumes
+            ),
+            ms(d.berth_ms),
+            ms(d.local_ms),
+            fx2(d.berth_over_local),
+        ],
+    );
+    row(
+        b,
+        &[
+            format!(
+                "`docker run --rm` on a network, {} each: berth against the engine's `bridge` driver",
+                n.runs
+            ),
+            ms(n.berth_ms),
+            ms(n.bridge_driver_ms),
+            fx2(n.berth_over_bridge),
+        ],
+    );
+}
+
+fn overlay(b: &mut String, o: &Overlay) {
+    if let Some(t) = &o.throughput {
+        b.push_str("| path | median | runs | retransmits | FragCreates / ReasmReqds |\n");
+        b.push_str("|---|---:|---|---|---|\n");
+        for FlowRow { what, flow: p, .. } in t.paths() {
+            let gbps: Vec<String> = p.gbps.iter().map(|g| format!("{g:.2}")).collect();
+            let retr: Vec<String> = p.retransmits.iter().map(u64::to_string).collect();
+            row(
+                b,
+                &[
+                    what.replace("->", "→"),
+                    p.median_gbps
+                        .map_or("-".into(), |g| format!("{g:.2} Gbit/s")),
+                    gbps.join(" "),
+                    retr.join(" "),
+                    format!("+{} / +{}", p.frag_creates, p.reasm_reqds),
+                ],
+            );
+        }
+        let m = &t.mtu;
+        let _ = writeln!(
+            b,
+            "\nberth over the hand-built path {} (target ≥ {:.2}): {}; over the raw VXLAN {} (a ceiling, not judged); no fragmentation: {}. MTU: underlay {}; berth eth0 {}, bridge {}, VXLAN {}; hand-built eth0 {}, bridge {}, VXLAN {}; raw VXLAN {}.",
+            fx2(t.berth_over_hand_container),
+            t.target_ratio,
+            crate::print::pass(t.ratio_pass),
+            fx2(t.berth_over_raw_vxlan),
+            crate::print::pass(t.no_fragmentation),
+            m.underlay,
+            m.berth_eth0,
+            m.berth_bridge,
+            m.berth_vxlan,
+            m.hand_eth0,
+            m.hand_bridge,
+            m.hand_vxlan,
+            m.raw_vxlan
+        );
+    }
+    failed(b, "overlay throughput", &o.throughput_error);
+    if let Some(c) = &o.convergence {
+        if o.throughput.is_some() || o.throughput_error.is_some() {
+            b.push('\n');
+        }
+        let _ = writeln!(
+            b,
+            "The agent with etcd and {} simulated nodes (target < {:.0} ms each):\n",
+            c.nodes, c.target_ms
+        );
+        b.push_str("| convergence | median | max | each | |\n|---|---:|---:|---|---|\n");
+        row(
+            b,
+            &[
+                format!("initial: agent start → {} onlink routes", c.nodes),
+                ms(Some(c.initial_ms)),
+                String::new(),
+                String::new(),
+                crate::print::pass(c.initial_pass).into(),
+            ],
+        );
+        for j in c.churn() {
+            let each: Vec<String> = j.samples.iter().map(|x| format!("{x:.1}")).collect();
+            row(
+                b,
+                &[
+                    j.label.trim().replace("->", "→"),
+                    ms(j.median),
+                    ms(j.max),
+                    each.join(" "),
+                    crate::print::pass(j.pass).into(),
+                ],
+            );
+        }
+        let _ = writeln!(
+            b,
+            "\nFDB entries with a dst on berth.77: {}, onlink routes: {}, live nodes: {}: {}. Records put beforehand in {}; agent VTEP {}.",
+            c.fdb_entries_with_dst,
+            c.onlink_routes,
+            c.live_nodes,
+            if c.fdb_matches_live_nodes { "OK" } else { "MISMATCH" },
+            ms(Some(c.records_put_ms)),
+            c.agent_vtep_address.as_deref().unwrap_or("-")
+        );
+    }
+    failed(b, "overlay convergence", &o.convergence_error);
+}
+
+fn cri(b: &mut String, c: &Cri) {
+    b.push_str("| | berth | reference | ref/berth |\n|---|---:|---:|---:|\n");
+    for (name, figure) in CriTimes::ROWS {
+        let name = match name.strip_prefix("  ") {
+            Some(sub) => format!("&nbsp;&nbsp;{sub}"),
+            None => name.to_string(),
+        };
+        row(
+            b,
+            &[
+                name,
+                ms(figure(&c.berth.times)),
+                ms(figure(&c.reference.times)),
+                fx(figure(&c.ratio)),
+            ],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::parse_args;
+    use crate::report::{Config, SeriesReport};
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn dates() {
+        let at = |secs| date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01");
+        assert_eq!(at(951_782_400), "2000-02-29");
+        assert_eq!(at(1_709_251_199), "2024-02-29");
+        assert_eq!(at(1_709_251_200), "2024-03-01");
+    }
+
+    #[test]
+    fn commands_quote_what_a_shell_would_split() {
+        assert_eq!(
+            command(&argv("--only compare --n 1,20")),
+            "berth-bench --only compare --n 1,20"
+        );
+        assert_eq!(
+            command(&["--cni-path-berth=/a b".into(), "it's".into(), String::new()]),
+            r"berth-bench '--cni-path-berth=/a b' 'it'\''s' ''"
+        );
+    }
+
+    fn series(add: f64, first_last: Option<(f64, f64)>) -> SeriesReport {
+        SeriesReport {
+            adds: 1,
+            dels: 1,
+            add_median_ms: Some(add),
+            del_median_ms: Some(2.0 * add),
+            add_first100_median_ms: first_last.map(|p| p.0),
+            add_last100_median_ms: first_last.map(|p| p.1),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn blocks_of_the_parts_that_ran() {
+        let args = parse_args(&argv("--only compare,concurrent,host --n 1,300")).unwrap();
+        let run = Run {
+            date: "2026-12-02".into(),
+            cores: 2,
+            kernel: "6.18.0".into(),
+            command: command(&argv("--markdown --only compare,concurrent --n 1,300")),
+        };
+        let mut report = Report::new(Config {
+            cni_path_berth: "/b".into(),
+            cni_path_ref: None,
+            n: vec![1, 300],
+            cni_version: "1.0.0".into(),
+            network: "",
+            warmup: "",
+        });
+        report.compare = Some(vec![
+            CompareRow {
+                n: 1,
+                berth: series(3.0, None),
+                reference: Some(series(30.0, None)),
+                add_ratio_ref_over_berth: Some(10.0),
+                del_ratio_ref_over_berth: Some(10.0),
+            },
+            CompareRow {
+                n: 300,
+                berth: series(2.5, Some((2.0, 2.5))),
+                reference: None,
+                add_ratio_ref_over_berth: None,
+                del_ratio_ref_over_berth: None,
+            },
+        ]);
+        report.concurrent_error = Some("no luck".into());
+        report.host_error = Some("none\nat all".into());
+        let md = tables(&report, &args, &run);
+        let headings: Vec<&str> = md.lines().filter(|l| l.contains(HEADING)).collect();
+        assert_eq!(
+            headings[0],
+            "`compare`, measured 2026-12-02 (2 cores, Linux 6.18.0) by `berth-bench --markdown --only compare,concurrent --n 1,300`; per container (one exec of the bridge plugin each), medians:"
+        );
+        let parts: Vec<&str> = headings
+            .iter()
+            .map(|h| h.split('`').nth(1).unwrap())
+            .collect();
+        assert_eq!(parts, ["compare", "concurrent", "host"]);
+        assert!(md.contains("| 1 | 3.00 ms | 30.00 ms | 10.0x | 6.00 ms | 60.00 ms | 10.0x |\n"));
+        assert!(md.contains("| 300 | 2.50 ms | - | - | 5.00 ms | - | - |\n"));
+        assert!(md.contains("| 300 | berth | 2.00 ms | 2.50 ms | 1.25x |\n"));
+        assert!(md.contains("then as many DELs at once:\n\n- FAILED concurrent: no luck\n\n`host`"));
+        // One blank line between blocks, none at the end.
+        assert!(md.contains("| 1.25x |\n\n`concurrent`"));
+        assert!(md.ends_with("30 containers per side, medians:\n\n- FAILED host: none at all\n"));
+        let mut b = String::from("| a |\n");
+        failed(&mut b, "x", &Some("1".into()));
+        failed(&mut b, "y", &Some("2".into()));
+        failed(&mut b, "z", &None);
+        assert_eq!(b, "| a |\n\n- FAILED x: 1\n- FAILED y: 2\n");
+        assert_eq!(
+            (count(1, "pod"), count(2, "pod")),
+            ("1 pod".into(), "2 pods".into())
+        );
+    }
+}

@@ -1,0 +1,533 @@
+//! The report: one typed struct per part, as `--json` prints it, the
+//! tables for people (print.rs) and the Markdown tables (markdown.rs) read
+//! it.
+//!
+//! The JSON keeps the shape the report had as a `serde_json::Value`: a part
+//! that ran has its key (`compare`, `floor`, ...), a part that failed has
+//! `<key>_error` instead, and a part that did not run has neither. Figures
+//! that could not be measured (no sample, a zero divisor) are `null`.
+//! Objects print with their keys sorted, as before (see [`Report::to_json`]).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::stats::ratio;
+
+/// A part's result, or why it failed (the `<key>_error` of the JSON).
+pub(crate) type Outcome<T> = std::result::Result<T, String>;
+
+/// Splits an outcome into the report's two fields.
+pub(crate) fn split<T>(o: Outcome<T>) -> (Option<T>, Option<String>) {
+    match o {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e)),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) config: Config,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) compare: Option<Vec<CompareRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) floor: Option<Floor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) floor_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) del_in_place: Option<DelInPlace>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) del_in_place_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrent: Option<Concurrent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrent_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) host: Option<Vec<HostRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) host_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) portmap: Option<Vec<PortmapRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) portmap_error: Option<String>,
+    /// The `engine` part (its key is older than the part's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) volumes: Option<Engine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) volumes_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) overlay: Option<Overlay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) overlay_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cri: Option<Cri>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cri_error: Option<String>,
+    /// Every part that ran succeeded (see main.rs).
+    pub(crate) ok: bool,
+}
+
+impl Report {
+    /// No part run yet.
+    pub(crate) fn new(config: Config) -> Report {
+        Report {
+            config,
+            compare: None,
+            floor: None,
+            floor_error: None,
+            del_in_place: None,
+            del_in_place_error: None,
+            concurrent: None,
+            concurrent_error: None,
+            host: None,
+            host_error: None,
+            portmap: None,
+            portmap_error: None,
+            volumes: None,
+            volumes_error: None,
+            overlay: None,
+            overlay_error: None,
+            cri: None,
+            cri_error: None,
+            ok: true,
+        }
+    }
+
+    /// The report as pretty JSON. Through a `serde_json::Value`, whose
+    /// objects are sorted maps: the keys come out sorted, as they did when
+    /// the report was built as a `Value` (and NaN is `null` either way).
+    pub(crate) fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(&serde_json::to_value(self)?)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Config {
+    pub(crate) cni_path_berth: PathBuf,
+    /// `null` with `--no-ref`.
+    pub(crate) cni_path_ref: Option<PathBuf>,
+    pub(crate) n: Vec<usize>,
+    pub(crate) cni_version: String,
+    pub(crate) network: &'static str,
+    pub(crate) warmup: &'static str,
+}
+
+// ---------------------------------------------------------------------------
+// compare
+
+/// One N of `compare`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CompareRow {
+    pub(crate) n: usize,
+    pub(crate) berth: SeriesReport,
+    /// `null` with `--no-ref`.
+    #[serde(rename = "ref")]
+    pub(crate) reference: Option<SeriesReport>,
+    pub(crate) add_ratio_ref_over_berth: Option<f64>,
+    pub(crate) del_ratio_ref_over_berth: Option<f64>,
+}
+
+impl CompareRow {
+    /// Both series without an error.
+    pub(crate) fn ok(&self) -> bool {
+        self.berth.error.is_none()
+            && self
+                .reference
+                .as_ref()
+                .and_then(|r| r.error.as_ref())
+                .is_none()
+    }
+
+    /// The series, labelled as the report labels them.
+    pub(crate) fn series(&self) -> impl Iterator<Item = (&'static str, &SeriesReport)> {
+        std::iter::once(("berth", &self.berth)).chain(self.reference.iter().map(|r| ("ref", r)))
+    }
+}
+
+/// One implementation's N containers.
+#[derive(Debug, PartialEq, Serialize)]
+pub(crate) struct SeriesReport {
+    pub(crate) adds: usize,
+    pub(crate) dels: usize,
+    pub(crate) add_median_ms: Option<f64>,
+    pub(crate) del_median_ms: Option<f64>,
+    /// Only for N ≥ 200.
+    pub(crate) add_first100_median_ms: Option<f64>,
+    pub(crate) add_last100_median_ms: Option<f64>,
+    pub(crate) error: Option<String>,
+}
+
+impl SeriesReport {
+    /// The last 100 ADDs' median over the first 100's.
+    pub(crate) fn add_growth(&self) -> Option<f64> {
+        ratio(self.add_last100_median_ms, self.add_first100_median_ms)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// floor
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Floor {
+    pub(crate) reps: usize,
+    pub(crate) what: &'static str,
+    pub(crate) bridge_ports: usize,
+    pub(crate) veth_del_same_netns_ms: Option<f64>,
+    pub(crate) veth_del_peer_in_other_netns_ms: Option<f64>,
+    pub(crate) veth_del_bridge_port_ms: Option<f64>,
+}
+
+/// berth's DEL against the kernel deleting the same veth (run with
+/// `floor`).
+#[derive(Debug, Serialize)]
+pub(crate) struct DelInPlace {
+    pub(crate) containers: usize,
+    pub(crate) kernel_veth_del_ms: Option<f64>,
+    pub(crate) berth_del_ms: Option<f64>,
+    pub(crate) berth_over_kernel: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// concurrent
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Concurrent {
+    pub(crate) containers: usize,
+    /// Every ADD and DEL succeeded and no address was given twice.
+    pub(crate) ok: bool,
+    pub(crate) add_succeeded: usize,
+    pub(crate) add_failures: Vec<String>,
+    pub(crate) distinct_addresses: usize,
+    pub(crate) duplicate_addresses: Vec<String>,
+    pub(crate) add_wall_ms: f64,
+    pub(crate) add_median_ms: Option<f64>,
+    pub(crate) add_max_ms: Option<f64>,
+    pub(crate) del_succeeded: usize,
+    pub(crate) del_failures: Vec<String>,
+    pub(crate) del_wall_ms: f64,
+    pub(crate) del_median_ms: Option<f64>,
+    pub(crate) del_max_ms: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// host
+
+/// One mode of berth-host against its reference plugin.
+#[derive(Debug, Serialize)]
+pub(crate) struct HostRow {
+    pub(crate) mode: &'static str,
+    pub(crate) berth: AddDel,
+    #[serde(rename = "ref")]
+    pub(crate) reference: RefAddDel,
+    pub(crate) add_ratio: Option<f64>,
+    pub(crate) del_ratio: Option<f64>,
+}
+
+/// Median ADD and DEL, in ms.
+#[derive(Debug, Serialize)]
+pub(crate) struct AddDel {
+    pub(crate) add_ms: Option<f64>,
+    pub(crate) del_ms: Option<f64>,
+}
+
+/// The same for a reference plugin, named.
+#[derive(Debug, Serialize)]
+pub(crate) struct RefAddDel {
+    pub(crate) plugin: &'static str,
+    pub(crate) add_ms: Option<f64>,
+    pub(crate) del_ms: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// portmap
+
+/// One level of installed mappings.
+#[derive(Debug, Serialize)]
+pub(crate) struct PortmapRow {
+    pub(crate) installed_mappings: usize,
+    pub(crate) berth: PortmapSide,
+    #[serde(rename = "ref")]
+    pub(crate) reference: PortmapRefSide,
+    pub(crate) add_ratio: Option<f64>,
+    pub(crate) del_ratio: Option<f64>,
+}
+
+/// Medians in ms, and their growth: the cost at this level over the cost
+/// with nothing installed.
+#[derive(Debug, Serialize)]
+pub(crate) struct PortmapSide {
+    pub(crate) add_ms: Option<f64>,
+    pub(crate) del_ms: Option<f64>,
+    pub(crate) add_growth: Option<f64>,
+    pub(crate) del_growth: Option<f64>,
+}
+
+/// The same for the reference, named.
+#[derive(Debug, Serialize)]
+pub(crate) struct PortmapRefSide {
+    pub(crate) plugin: &'static str,
+    pub(crate) add_ms: Option<f64>,
+    pub(crate) del_ms: Option<f64>,
+    pub(crate) add_growth: Option<f64>,
+    pub(crate) del_growth: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// engine (the report's `volumes`)
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Engine {
+    pub(crate) round_trip: RoundTrip,
+    pub(crate) docker: DockerVolumes,
+    pub(crate) network: DockerNetwork,
+}
+
+/// Create + Mount + Unmount + Remove over berthd's socket.
+#[derive(Debug, Serialize)]
+pub(crate) struct RoundTrip {
+    pub(crate) volumes: usize,
+    pub(crate) managed_median_ms: Option<f64>,
+    pub(crate) managed_p99_ms: Option<f64>,
+    pub(crate) sized_median_ms: Option<f64>,
+    pub(crate) sized_p99_ms: Option<f64>,
+}
+
+/// `docker volume create` + `docker run --rm -v`, medians.
+#[derive(Debug, Serialize)]
+pub(crate) struct DockerVolumes {
+    pub(crate) volumes: usize,
+    pub(crate) berth_ms: Option<f64>,
+    pub(crate) local_ms: Option<f64>,
+    pub(crate) berth_over_local: Option<f64>,
+}
+
+/// `docker run --rm` on a network, medians.
+#[derive(Debug, Serialize)]
+pub(crate) struct DockerNetwork {
+    pub(crate) runs: usize,
+    pub(crate) berth_ms: Option<f64>,
+    pub(crate) bridge_driver_ms: Option<f64>,
+    pub(crate) berth_over_bridge: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// overlay
+
+/// Both halves; an error in one is reported next to the other's figures.
+#[derive(Debug, Serialize)]
+pub(crate) struct Overlay {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throughput: Option<Throughput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throughput_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) convergence: Option<Convergence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) convergence_error: Option<String>,
+}
+
+impl Overlay {
+    /// Whether the part ran without errors and the agent's FDB was right
+    /// (the targets are reported, not enforced, like the other parts').
+    pub(crate) fn ok(&self) -> bool {
+        self.throughput_error.is_none()
+            && self.convergence_error.is_none()
+            && self
+                .convergence
+                .as_ref()
+                .is_some_and(|c| c.fdb_matches_live_nodes)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Throughput {
+    pub(crate) iperf_secs: u64,
+    pub(crate) runs_per_path: usize,
+    pub(crate) mtu: Mtu,
+    pub(crate) target_ratio: f64,
+    pub(crate) berth_over_hand_container: Option<f64>,
+    pub(crate) ratio_pass: bool,
+    pub(crate) berth_over_raw_vxlan: Option<f64>,
+    pub(crate) no_fragmentation: bool,
+    pub(crate) berth: FlowReport,
+    pub(crate) hand_container: FlowReport,
+    pub(crate) raw_vxlan: FlowReport,
+}
+
+impl Throughput {
+    /// The three paths, in the order they ran.
+    pub(crate) fn paths(&self) -> [FlowRow<'_>; 3] {
+        [
+            FlowRow {
+                label: "berth",
+                what: "container -> container over berth-overlay",
+                flow: &self.berth,
+            },
+            FlowRow {
+                label: "hand",
+                what: "container -> container, built by hand",
+                flow: &self.hand_container,
+            },
+            FlowRow {
+                label: "raw",
+                what: "host -> host over a raw VXLAN",
+                flow: &self.raw_vxlan,
+            },
+        ]
+    }
+}
+
+/// A path of [`Throughput`] for the tables: short label, what it is, its
+/// figures.
+pub(crate) struct FlowRow<'a> {
+    pub(crate) label: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) flow: &'a FlowReport,
+}
+
+/// The MTUs on the paths (on host 1 and its containers).
+#[derive(Debug, Serialize)]
+pub(crate) struct Mtu {
+    pub(crate) underlay: u32,
+    pub(crate) berth_eth0: u32,
+    pub(crate) berth_bridge: u32,
+    pub(crate) berth_vxlan: u32,
+    pub(crate) hand_eth0: u32,
+    pub(crate) hand_bridge: u32,
+    pub(crate) hand_vxlan: u32,
+    pub(crate) raw_vxlan: u32,
+}
+
+/// One path's iperf3 runs.
+#[derive(Debug, Serialize)]
+pub(crate) struct FlowReport {
+    pub(crate) path: String,
+    pub(crate) gbps: Vec<f64>,
+    pub(crate) median_gbps: Option<f64>,
+    pub(crate) retransmits: Vec<u64>,
+    /// FragCreates and ReasmReqds added during its runs.
+    pub(crate) frag_creates: u64,
+    pub(crate) reasm_reqds: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Convergence {
+    pub(crate) nodes: usize,
+    pub(crate) records_put_ms: f64,
+    pub(crate) agent_vtep_address: Option<String>,
+    pub(crate) initial_ms: f64,
+    pub(crate) join_ms: Vec<f64>,
+    pub(crate) join_median_ms: Option<f64>,
+    pub(crate) join_max_ms: Option<f64>,
+    pub(crate) leave_ms: Vec<f64>,
+    pub(crate) leave_median_ms: Option<f64>,
+    pub(crate) leave_max_ms: Option<f64>,
+    pub(crate) target_ms: f64,
+    pub(crate) initial_pass: bool,
+    pub(crate) join_pass: bool,
+    pub(crate) leave_pass: bool,
+    pub(crate) live_nodes: usize,
+    pub(crate) fdb_entries_with_dst: usize,
+    pub(crate) onlink_routes: usize,
+    pub(crate) fdb_matches_live_nodes: bool,
+}
+
+impl Convergence {
+    /// Join and leave, for the tables.
+    pub(crate) fn churn(&self) -> [Churn<'_>; 2] {
+        [
+            Churn {
+                label: "join:  record put -> its route     ",
+                samples: &self.join_ms,
+                median: self.join_median_ms,
+                max: self.join_max_ms,
+                pass: self.join_pass,
+            },
+            Churn {
+                label: "leave: record deleted -> route gone",
+                samples: &self.leave_ms,
+                median: self.leave_median_ms,
+                max: self.leave_max_ms,
+                pass: self.leave_pass,
+            },
+        ]
+    }
+}
+
+/// Joins or leaves of [`Convergence`]: label (padded for the tables for
+/// people), the samples, their median and max, whether all were under the
+/// target.
+pub(crate) struct Churn<'a> {
+    pub(crate) label: &'static str,
+    pub(crate) samples: &'a [f64],
+    pub(crate) median: Option<f64>,
+    pub(crate) max: Option<f64>,
+    pub(crate) pass: bool,
+}
+
+// ---------------------------------------------------------------------------
+// cri
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Cri {
+    pub(crate) pods: usize,
+    /// containerd's version, `null` if `containerd --version` said none.
+    pub(crate) containerd: Option<String>,
+    pub(crate) network: &'static str,
+    pub(crate) berth: CriSummary,
+    #[serde(rename = "ref")]
+    pub(crate) reference: CriSummary,
+    /// ref / berth of each figure.
+    pub(crate) ratio: CriTimes,
+}
+
+/// One implementation's medians.
+#[derive(Debug, PartialEq, Serialize)]
+pub(crate) struct CriSummary {
+    #[serde(flatten)]
+    pub(crate) times: CriTimes,
+    pub(crate) pods_with_logged_add: usize,
+}
+
+/// Per pod, in ms (or, as [`Cri::ratio`], ref / berth).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct CriTimes {
+    pub(crate) run_ms: Option<f64>,
+    pub(crate) stop_ms: Option<f64>,
+    pub(crate) remove_ms: Option<f64>,
+    pub(crate) total_ms: Option<f64>,
+    pub(crate) cni_add_ms: Option<f64>,
+    pub(crate) cni_del_stop_ms: Option<f64>,
+    pub(crate) cni_del_remove_ms: Option<f64>,
+}
+
+/// One figure of [`CriTimes`].
+pub(crate) type CriFigure = fn(&CriTimes) -> Option<f64>;
+
+impl CriTimes {
+    /// The rows of the tables: name for people, figure.
+    pub(crate) const ROWS: [(&'static str, CriFigure); 7] = [
+        ("RunPodSandbox", |t| t.run_ms),
+        ("  CNI ADD (containerd's log)", |t| t.cni_add_ms),
+        ("StopPodSandbox", |t| t.stop_ms),
+        ("  CNI DEL (containerd's metrics)", |t| t.cni_del_stop_ms),
+        ("RemovePodSandbox", |t| t.remove_ms),
+        ("  CNI DEL again, no netns (metrics)", |t| {
+            t.cni_del_remove_ms
+        }),
+        ("Run + Stop + Remove", |t| t.total_ms),
+    ];
+
+    /// Figure by figure, `num / den`.
+    pub(crate) fn ratio(num: &CriTimes, den: &CriTimes) -> CriTimes {
+        CriTimes {
+            run_ms: ratio(num.run_ms, den.run_ms),
+            stop_ms: ratio(num.stop_ms, den.stop_ms),
+            remove_ms: ratio(num.remove_ms, den.remove_ms),
+            total_ms: ratio(num.total_ms, den.total_ms),
+            cni_add_ms: ratio(num.cni_add_ms, den.cni_add_ms),
+            cni_del_stop_ms: ratio(num.cni_del_stop_ms, den.cni_del_stop_ms),
+            cni_del_remove_ms: ratio(num.cni_del_remove_ms, den.cni_del_remove_ms),
+        }
+    }
+}
