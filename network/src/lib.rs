@@ -10,6 +10,8 @@
 //! - [`attachment::BridgeNetwork`]: a container's attachment to a bridge
 //!   network (port, container side, gateway, firewall, and the records
 //!   DEL and GC work from), for berth-bridge and berth-overlay alike;
+//! - [`firewall::NetworkFirewall`]: a bridge network's nftables rules
+//!   and the record of them, whichever front end made the network;
 //! - [`container`]: the container side of an interface (addresses,
 //!   routes, DAD);
 //! - [`ports`]: published ports (host ports DNATed to a container), for
@@ -29,6 +31,7 @@
 pub mod attachment;
 pub mod bridge;
 pub mod container;
+pub mod firewall;
 pub mod gateway;
 pub mod names;
 pub mod overlay;

@@ -1267,6 +1267,59 @@ pub fn run_plugin_in(
     env: &[(&str, &str)],
     stdin: &Value,
 ) -> PluginOutput {
+    let child = spawn_plugin_in(host, bin, command, env, stdin);
+    plugin_output(child.wait_with_output().expect("wait for plugin"))
+}
+
+/// [`run_plugin_in`], but the plugin is SIGKILLed if it still runs
+/// `kill_after` after it was started, as a runtime's timeout kills it
+/// (only the plugin: its children are left to what they do then). Returns
+/// whether it was killed, and what it printed.
+pub fn run_plugin_in_killed(
+    host: &TestNetns,
+    bin: &Path,
+    command: &str,
+    env: &[(&str, &str)],
+    stdin: &Value,
+    kill_after: Duration,
+) -> (bool, PluginOutput) {
+    let mut child = spawn_plugin_in(host, bin, command, env, stdin);
+    // `ip netns exec` and `env` exec in place, so the child's PID is the
+    // plugin's from the moment it runs.
+    let deadline = Instant::now() + kill_after;
+    let mut killed = false;
+    while child.try_wait().expect("wait for plugin").is_none() {
+        if Instant::now() >= deadline {
+            killed = child.kill().is_ok();
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    (
+        killed,
+        plugin_output(child.wait_with_output().expect("wait for plugin")),
+    )
+}
+
+fn plugin_output(out: Output) -> PluginOutput {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    PluginOutput {
+        status: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(&stdout).ok(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts `bin` in `host` as a runtime would ([`run_plugin_in`]), its
+/// config already written to its stdin.
+fn spawn_plugin_in(
+    host: &TestNetns,
+    bin: &Path,
+    command: &str,
+    env: &[(&str, &str)],
+    stdin: &Value,
+) -> std::process::Child {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", host.name(), "env", "-i"])
         .arg(format!(
@@ -1287,14 +1340,7 @@ pub fn run_plugin_in(
     let input = serde_json::to_vec(stdin).expect("serialize stdin");
     // Configs are far below a pipe's capacity: writing first cannot block.
     let _ = child.stdin.take().expect("stdin").write_all(&input);
-    let out = child.wait_with_output().expect("wait for plugin");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    PluginOutput {
-        status: out.status.code().unwrap_or(-1),
-        json: serde_json::from_str(&stdout).ok(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child
 }
 
 impl TestNetns {

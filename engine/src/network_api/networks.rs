@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use berth_kernel::Handle;
+use berth_network::attachment::state::State;
 use berth_network::bridge::BridgeSpec;
+use berth_network::firewall::{self, NetworkFirewall};
 use berth_network::gateway::GatewaySpec;
 use ipnet::IpNet;
 use serde_json::{json, Value};
@@ -206,10 +208,17 @@ impl Networks {
         }
         .apply(h, &bridge.link)
         .map_err(fail)?;
-        let _lock = store::host::lock().map_err(fail)?;
+        let state = State::from_env();
+        let lock = state.lock().map_err(fail)?;
+        firewall::install(&state, &lock, &Self::firewall(n)).map_err(fail)
+    }
+
+    /// The network's firewall, as berth-bridge would make it for the same
+    /// options.
+    fn firewall(n: &Network) -> NetworkFirewall {
         // An overlay's traffic stays unmasqueraded within the cluster
         // CIDR (other nodes see container addresses), as flannel's.
-        let masq = match (&n.overlay, n.masquerade) {
+        let masquerade = match (&n.overlay, n.masquerade) {
             (_, false) => Vec::new(),
             (Some(o), true) => o["network"]
                 .as_str()
@@ -218,11 +227,10 @@ impl Networks {
                 .collect(),
             (None, true) => n.gateways.iter().map(|g| g.trunc()).collect(),
         };
-        berth_kernel::firewall::apply(&berth_kernel::firewall::NetworkRules {
+        NetworkFirewall {
             network: n.rules_name(),
             bridge: n.bridge.clone(),
-            masquerade: masq,
-            forward: true,
+            masquerade,
             isolation: n.isolation,
             internal: n.internal,
             uplinks: n
@@ -232,10 +240,7 @@ impl Networks {
                 .map(|v| berth_network::overlay::vxlan_name(v as u32))
                 .into_iter()
                 .collect(),
-            quiet_ports: berth_network::names::port_prefixes(),
-        })
-        .map_err(kernel("firewall"))?;
-        berth_kernel::firewall::ensure_docker_user_in(None).map_err(kernel("firewall"))
+        }
     }
 
     /// The cluster CIDR of an overlay network: the engine's IPv4 pool,
@@ -302,9 +307,9 @@ impl Networks {
             }
         }
         {
-            let _lock = store::host::lock().map_err(fail)?;
-            berth_kernel::firewall::release_network_in(None, &n.rules_name(), Some(&n.bridge))
-                .map_err(kernel("firewall"))?;
+            let state = State::from_env();
+            let lock = state.lock().map_err(fail)?;
+            firewall::uninstall(&state, &lock, &Self::firewall(n)).map_err(fail)?;
         }
         h.delete_link_by_name(&n.bridge)
             .map_err(kernel("delete bridge"))?;

@@ -186,8 +186,11 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
 
 /// Drops the `inet berth` table, and berth's DOCKER-USER rule with it, if
 /// no chain, set or map is left in it (after the last published port went:
-/// one listing, at most one batch). Returns true if it was dropped. The
-/// caller holds berth's host-wide lock, as for [`release_network_in`].
+/// one listing, at most one batch). Returns true if it was dropped; then
+/// no berth network is left either (each has chains there), so the quiet
+/// chain and an unused `bridge berth` go too: the last network's removal
+/// left them while the ports were still there. The caller holds berth's
+/// host-wide lock, as for [`release_network_in`].
 pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
     let op = format!("list nft table inet {TABLE}");
     let Some(listing) = list_table(ns, &op)? else {
@@ -204,6 +207,7 @@ pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
     }
     remove_docker_user_in(ns)?;
     remove_table_in(ns)?;
+    spoofchk_remove_table_if_unused_in(ns)?;
     Ok(true)
 }
 

@@ -7,6 +7,7 @@
 //! with a minimal environment.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -56,7 +57,26 @@ pub(crate) fn run(
 
 fn run_here(args: &[&str], input: Option<&str>, op: &str) -> Result<String> {
     let nft = nft_binary();
-    let mut child = Command::new(nft)
+    let mut cmd = Command::new(nft);
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl and getppid are async-signal-safe. nft dies with the
+    // process that runs it: a plugin killed mid-ADD (a runtime's timeout)
+    // must not leave an nft behind that commits its batch after the
+    // runtime's DEL has looked at the ruleset and released berth's lock,
+    // which would put back rules no record describes. (The kernel
+    // serialises nftables commits, so a batch already sent is committed
+    // before any later listing sees the ruleset.)
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The parent may have died before the line above.
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()

@@ -53,6 +53,11 @@ const OLD_QUIET_CHAIN: &str = "quiet";
 /// Before the bridge family's default filter priority.
 const PRIO: i32 = -200;
 
+/// True for the quiet chain's name, or the one it had before.
+pub(crate) fn is_quiet_chain(name: &str) -> bool {
+    name == QUIET_CHAIN || name == OLD_QUIET_CHAIN
+}
+
 /// Makes the table and the chain if missing, and removes the old forward
 /// chain (made first, so deleting it never fails for its absence).
 fn chain() -> String {

@@ -238,7 +238,9 @@ pub fn spoofchk_remove_table_in(ns: Option<&Netns>) -> Result<()> {
 }
 
 /// Drops `bridge berth` when it holds no port's check any more (one
-/// listing; a missing table is fine). Caller holds berth's host-wide lock.
+/// listing; a missing table is fine), the quiet chain with it: callers
+/// call this once no berth network is left. Caller holds berth's
+/// host-wide lock.
 pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
     let op = format!("list table bridge {SPOOFCHK_TABLE}");
     let out = match nft::run(
@@ -260,7 +262,7 @@ pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
         .into_iter()
         .flatten()
         .filter_map(|i| i.get("chain")?.get("name")?.as_str())
-        .filter(|n| *n != SPOOFCHK_CHAIN)
+        .filter(|n| *n != SPOOFCHK_CHAIN && !super::quiet::is_quiet_chain(n))
         .count();
     if ports == 0 {
         spoofchk_remove_table_in(ns)?;

@@ -11,7 +11,6 @@
 //! bridge, veth (peer born in the container netns), container addresses
 //! and routes, gateway address, firewall.
 
-mod firewall;
 pub mod state;
 
 use berth_kernel::{Handle, Link, Netns};
@@ -20,6 +19,7 @@ use std::net::IpAddr;
 
 use crate::bridge::BridgeSpec;
 use crate::container::{self, Address, ContainerRoute};
+use crate::firewall::{self, NetworkFirewall};
 use crate::gateway::GatewaySpec;
 use crate::names::cni_host_veth;
 use crate::port::{PortSpec, PortVlans};
@@ -345,13 +345,17 @@ impl BridgeNetwork {
 
     /// DEL and GC (under the state lock): removes the port's MAC spoof
     /// check when the network has macspoofchk on; one nft batch, no MAC
-    /// needed. Skipped without an attachment record: the record outlives
-    /// the check, so there is nothing to remove, and a repeated DEL must
-    /// not run the batch (after the last network took the table with it,
-    /// its "add, then delete" would leave an empty `bridge berth` table
-    /// behind).
+    /// needed. Skipped where there can be no check: without an attachment
+    /// record (the record outlives the check), and without the network's
+    /// rules marker (ADD adds the check after the marker, so an ADD killed
+    /// before it added none). Running the batch then would be worse than
+    /// useless: its "add, then delete" would leave an empty `bridge berth`
+    /// table behind that no network's removal drops.
     fn spoofchk_remove(&self, state: &State, host_veth: &str) -> Result<()> {
-        if self.macspoofchk && state.has_record(&self.name, host_veth) {
+        if self.macspoofchk
+            && state.has_record(&self.name, host_veth)
+            && state.rules_marker(&self.name).is_some()
+        {
             firewall::spoofchk_remove(host_veth)
         } else {
             Ok(())
@@ -493,15 +497,15 @@ impl Add<'_> {
             Vec::new()
         };
         let lock = self.state.lock()?;
-        firewall::ensure(
-            self.state,
-            &lock,
-            &net.name,
-            &net.bridge,
-            &masquerade,
-            net.isolation,
-            &net.uplinks,
-        )?;
+        let fw = NetworkFirewall {
+            network: net.name.clone(),
+            bridge: net.bridge.clone(),
+            masquerade,
+            isolation: net.isolation,
+            internal: false,
+            uplinks: net.uplinks.clone(),
+        };
+        firewall::ensure(self.state, &lock, &fw)?;
         if net.macspoofchk {
             // The MAC the container really has (given or kernel-chosen).
             let mac = cl.mac.ok_or_else(|| {

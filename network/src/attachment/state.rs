@@ -150,6 +150,15 @@ pub struct RulesMarker {
     /// The links whose connections into the bridge are accepted.
     #[serde(default)]
     pub uplinks: Vec<String>,
+    /// No forwarding off the bridge (berthd's `--internal` networks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    /// Written before the rules are applied, cleared once they are: a
+    /// process killed in between leaves a marker the last DEL or GC acts
+    /// on (removing what may have been installed), and that no ADD takes
+    /// as a promise that the rules are there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 pub use store::host::boot_id;
@@ -553,7 +562,7 @@ mod tests {
             subnets: vec![net],
             boot_id: boot,
             isolation: true,
-            uplinks: Vec::new(),
+            ..RulesMarker::default()
         };
         // Written directly: the lock only serialises writers, it doesn't
         // change what is read back.
