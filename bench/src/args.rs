@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::overlay;
+use crate::{overlay, reconcile};
 
 /// The parts `--only` chooses from.
-pub(crate) const PARTS: [&str; 8] = [
+pub(crate) const PARTS: [&str; 9] = [
     "compare",
     "floor",
     "concurrent",
@@ -16,6 +16,7 @@ pub(crate) const PARTS: [&str; 8] = [
     "engine",
     "overlay",
     "cri",
+    "reconcile",
 ];
 
 /// berth-bench's command line, as clap reads it; [`Args`] is what the
@@ -45,8 +46,8 @@ pub(crate) struct Cli {
     // `std::vec::Vec`: one value (a comma-separated list), not a repeated flag.
     #[arg(long = "n", value_name = "LIST", default_value = "1,100,1000", value_parser = counts)]
     pub(crate) ns: std::vec::Vec<usize>,
-    /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri
-    /// [default: all]
+    /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri,
+    /// reconcile [default: all]
     #[arg(long, value_name = "LIST", value_parser = parts)]
     pub(crate) only: Option<std::vec::Vec<String>>,
     /// compare: run berth only
@@ -82,6 +83,12 @@ pub(crate) struct Cli {
     /// pods per implementation for `cri`
     #[arg(long, value_name = "P", default_value_t = 20, value_parser = at_least_one::<usize>)]
     pub(crate) cri_pods: usize,
+    /// containers for `reconcile`, 2 published ports each
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = reconcile_containers)]
+    pub(crate) reconcile_containers: usize,
+    /// `nft flush ruleset`s timed by `reconcile`
+    #[arg(long, value_name = "F", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    pub(crate) reconcile_flushes: usize,
     /// cniVersion of the configs (1.0.0 is the newest the reference plugins
     /// 1.1.1 accept)
     #[arg(long, value_name = "V", default_value = "1.0.0")]
@@ -120,6 +127,9 @@ pub(crate) struct Args {
     pub(crate) iperf_reps: usize,
     pub(crate) cri: bool,
     pub(crate) cri_pods: usize,
+    pub(crate) reconcile: bool,
+    pub(crate) reconcile_containers: usize,
+    pub(crate) reconcile_flushes: usize,
     pub(crate) cni_version: String,
     pub(crate) json: bool,
     pub(crate) markdown: bool,
@@ -186,6 +196,18 @@ pub(crate) fn overlay_nodes(v: &str) -> std::result::Result<usize, String> {
     Ok(n)
 }
 
+/// `--reconcile-containers`: each takes two host ports above 10000.
+pub(crate) fn reconcile_containers(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=reconcile::MAX_CONTAINERS).contains(&n) {
+        return Err(format!(
+            "1 to {} (2 host ports each, from 10000 up)",
+            reconcile::MAX_CONTAINERS
+        ));
+    }
+    Ok(n)
+}
+
 /// Parses the arguments after the program name. `--help` is an error of
 /// kind `DisplayHelp` (`exit()` prints the help and exits 0); a usage
 /// error names the flag at fault (`exit()`: status 2).
@@ -207,6 +229,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         volumes: only("engine"),
         overlay: only("overlay"),
         cri: only("cri"),
+        reconcile: only("reconcile"),
         ref_dir: cli.ref_dir,
         ns: cli.ns,
         no_ref: cli.no_ref,
@@ -220,6 +243,8 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         iperf_secs: cli.iperf_secs,
         iperf_reps: cli.iperf_reps,
         cri_pods: cli.cri_pods,
+        reconcile_containers: cli.reconcile_containers,
+        reconcile_flushes: cli.reconcile_flushes,
         cni_version: cli.cni_version,
         json: cli.json,
         markdown: cli.markdown,
@@ -308,6 +333,22 @@ mod tests {
         assert!(parse_args(&argv("--iperf-reps 0")).is_err());
     }
 
+    #[test]
+    fn reconcile_flags() {
+        let a = parse_args(&[]).unwrap();
+        assert!(a.reconcile);
+        assert_eq!((a.reconcile_containers, a.reconcile_flushes), (1000, 20));
+        let a = parse_args(&argv(
+            "--only reconcile --reconcile-containers 200 --reconcile-flushes=5",
+        ))
+        .unwrap();
+        assert!(a.reconcile && !a.compare && !a.portmap && !a.cri);
+        assert_eq!((a.reconcile_containers, a.reconcile_flushes), (200, 5));
+        assert!(!parse_args(&argv("--only portmap")).unwrap().reconcile);
+        assert!(parse_args(&argv("--reconcile-containers 25000")).is_ok());
+        assert!(parse_args(&argv("--reconcile-containers 25001")).is_err());
+    }
+
     /// Every check names the flag at fault; the last of a repeated flag
     /// wins, as before clap.
 
@@ -328,6 +369,8 @@ mod tests {
             ("--iperf-secs 0", "--iperf-secs"),
             ("--iperf-reps 0", "--iperf-reps"),
             ("--overlay-nodes 251", "--overlay-nodes"),
+            ("--reconcile-containers 0", "--reconcile-containers"),
+            ("--reconcile-flushes 0", "--reconcile-flushes"),
             ("--concurrency x", "--concurrency"),
             ("--cni-version", "--cni-version"),
         ] {

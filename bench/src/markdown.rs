@@ -18,10 +18,10 @@
 use std::fmt::Write as _;
 
 use crate::args::Args;
-use crate::print::{fx, fx2};
+use crate::print::{fx, fx2, pct};
 use crate::report::{
     CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Floor, FlowRow, HostRow, Overlay,
-    PortmapRow, Report,
+    PortmapRow, Reconcile, Report,
 };
 
 /// What follows the part's name on a heading line.
@@ -203,6 +203,22 @@ pub(crate) fn tables(report: &Report, args: &Args, run: &Run) -> String {
             cri(&mut b, c);
         }
         failed(&mut b, "cri", &report.cri_error);
+        blocks.push(b);
+    }
+    if args.reconcile {
+        let mut b = run.heading(
+            "reconcile",
+            &format!(
+                "`berth watch` with {} of 2 published ports each (TCP and UDP), `nft flush ruleset` {} 1 s apart, then the watcher's CPU",
+                count(args.reconcile_containers, "container"),
+                count(args.reconcile_flushes, "time"),
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(r) = &report.reconcile {
+            reconcile(&mut b, r);
+        }
+        failed(&mut b, "reconcile", &report.reconcile_error);
         blocks.push(b);
     }
     let mut out = String::new();
@@ -582,6 +598,72 @@ fn cri(b: &mut String, c: &Cri) {
     }
 }
 
+fn reconcile(b: &mut String, r: &Reconcile) {
+    // `count` adds an "s"; these take "es".
+    let es = |n: usize, thing: &str| format!("{n} {thing}{}", if n == 1 { "" } else { "es" });
+    let each = |v: &[f64]| {
+        let items: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        items.join(" ")
+    };
+    b.push_str("| | median | max | each |\n|---|---:|---:|---|\n");
+    row(
+        b,
+        &[
+            format!(
+                "`nft flush ruleset` returned → the published port answered again from outside ({} of {})",
+                r.answer_ms.len(),
+                es(r.flushes, "flush")
+            ),
+            ms(r.answer_median_ms),
+            ms(r.answer_max_ms),
+            each(&r.answer_ms),
+        ],
+    );
+    row(
+        b,
+        &[
+            "the watcher's own figure (its log): change seen → end of the pass that put the rules back".into(),
+            ms(r.logged_median_ms),
+            ms(r.logged_max_ms),
+            each(&r.logged_ms),
+        ],
+    );
+    b.push_str("\n| the watcher's CPU | share of one core |\n|---|---:|\n");
+    row(
+        b,
+        &[
+            format!("idle, {:.0} s", r.idle_secs),
+            pct(r.idle_cpu_percent),
+        ],
+    );
+    row(
+        b,
+        &[
+            format!(
+                "flush storm: {} in {:.1} s, until the port answered again ({} put the ports back)",
+                es(r.storm_flushes, "flush"),
+                r.storm_secs,
+                es(r.storm_port_repairs, "pass")
+            ),
+            pct(r.storm_cpu_percent),
+        ],
+    );
+    let _ = writeln!(
+        b,
+        "\nAfter the storm the port answered again in {} (limit {:.0} ms): {}. {} and {} installed in {:.1} s; the watcher's first pass (nothing to repair) took {}.",
+        ms(r.after_storm_answer_ms),
+        r.after_storm_limit_ms,
+        crate::print::pass(r.after_storm_pass),
+        count(r.containers, "container"),
+        count(r.mappings, "published port"),
+        r.setup_secs,
+        ms(Some(r.first_pass_ms))
+    );
+    for e in &r.errors {
+        failed(b, "reconcile", &Some(e.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,5 +769,70 @@ mod tests {
             (count(1, "pod"), count(2, "pod")),
             ("1 pod".into(), "2 pods".into())
         );
+    }
+
+    #[test]
+    fn reconcile_block() {
+        let args = parse_args(&argv(
+            "--only reconcile --reconcile-containers 200 --reconcile-flushes 3",
+        ))
+        .unwrap();
+        let run = Run {
+            date: "2026-12-03".into(),
+            cores: 2,
+            kernel: "6.18.0".into(),
+            command: command(&argv(
+                "--markdown --only reconcile --reconcile-containers 200 --reconcile-flushes 3",
+            )),
+        };
+        let mut report = Report::new(Config {
+            cni_path_berth: "/b".into(),
+            cni_path_ref: None,
+            n: vec![],
+            cni_version: "1.0.0".into(),
+            network: "",
+            warmup: "",
+        });
+        report.reconcile = Some(Reconcile {
+            containers: 200,
+            mappings: 400,
+            setup_secs: 6.24,
+            first_pass_ms: 80.0,
+            flushes: 3,
+            answer_ms: vec![40.0, 50.5],
+            answer_median_ms: Some(45.25),
+            answer_max_ms: Some(50.5),
+            logged_ms: vec![30.0, 31.0],
+            logged_median_ms: Some(30.5),
+            logged_max_ms: Some(31.0),
+            idle_secs: 10.0,
+            idle_cpu_percent: 0.0,
+            storm_flushes: 100,
+            storm_secs: 9.93,
+            storm_cpu_percent: 12.34,
+            storm_port_repairs: 1,
+            after_storm_answer_ms: Some(44.0),
+            after_storm_limit_ms: 1000.0,
+            after_storm_pass: true,
+            errors: vec!["flush 2: the port still answered".into()],
+        });
+        let md = tables(&report, &args, &run);
+        assert!(md.starts_with(
+            "`reconcile`, measured 2026-12-03 (2 cores, Linux 6.18.0) by `berth-bench --markdown --only reconcile --reconcile-containers 200 --reconcile-flushes 3`; \
+             `berth watch` with 200 containers of 2 published ports each (TCP and UDP), `nft flush ruleset` 3 times 1 s apart, then the watcher's CPU:\n\n| | median | max | each |\n"
+        ), "{md}");
+        assert!(md.contains(
+            "| `nft flush ruleset` returned → the published port answered again from outside (2 of 3 flushes) | 45.25 ms | 50.50 ms | 40.0 50.5 |\n"
+        ));
+        assert!(md.contains("| the watcher's own figure (its log): change seen → end of the pass that put the rules back | 30.50 ms | 31.00 ms | 30.0 31.0 |\n"));
+        assert!(md.contains("| idle, 10 s | 0.0% |\n"));
+        assert!(md.contains("| flush storm: 100 flushes in 9.9 s, until the port answered again (1 pass put the ports back) | 12.3% |\n"));
+        assert!(md.contains("again in 44.00 ms (limit 1000 ms): PASS. 200 containers and 400 published ports installed in 6.2 s; the watcher's first pass (nothing to repair) took 80.00 ms.\n\n- FAILED reconcile: flush 2: the port still answered\n"));
+        assert_eq!(md.lines().filter(|l| l.contains(HEADING)).count(), 1);
+
+        report.reconcile = None;
+        report.reconcile_error = Some("berth watch exited".into());
+        assert!(tables(&report, &args, &run)
+            .ends_with("then the watcher's CPU:\n\n- FAILED reconcile: berth watch exited\n"));
     }
 }

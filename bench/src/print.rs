@@ -3,7 +3,7 @@
 
 use crate::report::{
     CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Floor, FlowRow, HostRow, Overlay,
-    PortmapRow, Report,
+    PortmapRow, Reconcile, Report,
 };
 
 /// A figure with two decimals, `-` if there is none.
@@ -169,6 +169,56 @@ pub(crate) fn print_cri(c: &Cri) {
             f(figure(&c.reference.times)),
             fx(figure(&c.ratio))
         );
+    }
+    println!();
+}
+
+/// A CPU share of one core, one decimal.
+pub(crate) fn pct(v: f64) -> String {
+    format!("{v:.1}%")
+}
+
+fn print_reconcile(r: &Reconcile) {
+    println!(
+        "== reconcile: berth watch after `nft flush ruleset`, {} containers, {} published ports ==",
+        r.containers, r.mappings
+    );
+    println!(
+        "  flush returned -> port answers from outside ({} of {} flushes):  median {:>8} ms, max {:>8} ms   [{}]",
+        r.answer_ms.len(),
+        r.flushes,
+        f(r.answer_median_ms),
+        f(r.answer_max_ms),
+        list(&r.answer_ms, 1)
+    );
+    println!(
+        "  the watcher's log: change seen -> end of its repairing pass: median {:>8} ms, max {:>8} ms   [{}]",
+        f(r.logged_median_ms),
+        f(r.logged_max_ms),
+        list(&r.logged_ms, 1)
+    );
+    println!(
+        "  watcher CPU: idle {} over {:.0} s; flush storm ({} flushes in {:.1} s) {}, {} passes put the ports back",
+        pct(r.idle_cpu_percent),
+        r.idle_secs,
+        r.storm_flushes,
+        r.storm_secs,
+        pct(r.storm_cpu_percent),
+        r.storm_port_repairs
+    );
+    println!(
+        "  after the storm the port answered in {} ms (limit {:.0} ms): {}",
+        f(r.after_storm_answer_ms),
+        r.after_storm_limit_ms,
+        pass(r.after_storm_pass)
+    );
+    println!(
+        "  (setup {:.1} s; the watcher's first pass, nothing to repair, {} ms)",
+        r.setup_secs,
+        f(Some(r.first_pass_ms))
+    );
+    for e in &r.errors {
+        println!("  FAILED {e}");
     }
     println!();
 }
@@ -387,6 +437,10 @@ pub(crate) fn print_tables(report: &Report) {
         print_cri(c);
     }
     print_error("cri", &report.cri_error);
+    if let Some(r) = &report.reconcile {
+        print_reconcile(r);
+    }
+    print_error("reconcile", &report.reconcile_error);
     if let Some(rows) = &report.compare {
         print_compare(rows);
     }

@@ -63,6 +63,10 @@ pub(crate) struct Report {
     pub(crate) cri: Option<Cri>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cri_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reconcile: Option<Reconcile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reconcile_error: Option<String>,
     /// Every part that ran succeeded (see main.rs).
     pub(crate) ok: bool,
 }
@@ -89,6 +93,8 @@ impl Report {
             overlay_error: None,
             cri: None,
             cri_error: None,
+            reconcile: None,
+            reconcile_error: None,
             ok: true,
         }
     }
@@ -529,5 +535,57 @@ impl CriTimes {
             cni_del_stop_ms: ratio(num.cni_del_stop_ms, den.cni_del_stop_ms),
             cni_del_remove_ms: ratio(num.cni_del_remove_ms, den.cni_del_remove_ms),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// reconcile
+
+/// `berth watch` putting berth's rules back after `nft flush ruleset`
+/// (see reconcile.rs). Times in ms, CPU as a percentage of one core.
+#[derive(Debug, Serialize)]
+pub(crate) struct Reconcile {
+    pub(crate) containers: usize,
+    /// Published ports installed: a TCP and a UDP one per container.
+    pub(crate) mappings: usize,
+    /// Installing them (namespaces, berth-bridge and berth-portmap ADDs).
+    pub(crate) setup_secs: f64,
+    /// `berth watch` started -> its `watching` line: its first pass, with
+    /// nothing to repair.
+    pub(crate) first_pass_ms: f64,
+    pub(crate) flushes: usize,
+    /// Per measured flush: `nft flush ruleset` returned -> the published
+    /// port answered again from outside.
+    pub(crate) answer_ms: Vec<f64>,
+    pub(crate) answer_median_ms: Option<f64>,
+    pub(crate) answer_max_ms: Option<f64>,
+    /// Per flush, the watcher's own figure from its log: the change seen
+    /// -> the end of the pass that put the rules back (which goes on a
+    /// little after they are in, so it can exceed `answer_ms`).
+    pub(crate) logged_ms: Vec<f64>,
+    pub(crate) logged_median_ms: Option<f64>,
+    pub(crate) logged_max_ms: Option<f64>,
+    pub(crate) idle_secs: f64,
+    pub(crate) idle_cpu_percent: f64,
+    pub(crate) storm_flushes: usize,
+    /// The first flush of the storm to the last one's return.
+    pub(crate) storm_secs: f64,
+    /// From the storm's first flush until the port answered after its last.
+    pub(crate) storm_cpu_percent: f64,
+    /// Passes that put the published ports back during the storm.
+    pub(crate) storm_port_repairs: usize,
+    /// The storm's last flush returned -> the port answered again.
+    pub(crate) after_storm_answer_ms: Option<f64>,
+    pub(crate) after_storm_limit_ms: f64,
+    pub(crate) after_storm_pass: bool,
+    /// Flushes that could not be measured, a storm the port did not
+    /// come back from.
+    pub(crate) errors: Vec<String>,
+}
+
+impl Reconcile {
+    /// Every flush measured and the port back in time after the storm.
+    pub(crate) fn ok(&self) -> bool {
+        self.errors.is_empty() && self.after_storm_pass
     }
 }

@@ -15,11 +15,18 @@ use nix::sys::signal::{SigSet, Signal};
 pub struct Args {}
 
 pub fn run(_args: &Args) -> anyhow::Result<()> {
+    let stop = block_stop_signals()?;
+    let sig = stop.wait().context("waiting for a signal")?;
+    eprintln!("berth idle: {sig}, exiting");
+    Ok(())
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and so in every
+/// thread it starts afterwards); wait on the set returned to take them.
+pub fn block_stop_signals() -> anyhow::Result<SigSet> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.thread_block().context("blocking SIGTERM and SIGINT")?;
-    let sig = set.wait().context("waiting for a signal")?;
-    eprintln!("berth idle: {sig}, exiting");
-    Ok(())
+    Ok(set)
 }

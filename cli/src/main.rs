@@ -1,7 +1,7 @@
 //! `berth`: the operator's command line.
 //!
 //! One binary, one module per subcommand; this file only parses arguments
-//! and dispatches. Later subcommands (status, inspect, gc, watch, metrics...)
+//! and dispatches. Later subcommands (status, inspect, gc, metrics...)
 //! add a variant to [`Command`] and a module beside `install`.
 
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod atomic;
 mod idle;
 mod install;
+mod watch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +32,11 @@ enum Command {
     /// Block until SIGTERM or SIGINT, then exit 0 (a DaemonSet's main
     /// container, once the init container has installed everything).
     Idle(idle::Args),
+    /// Put back berth's firewall rules whenever something removes them
+    /// (a firewall reload, `nft flush ruleset`), from berth's records;
+    /// for hosts that run the CNI plugins without berthd. Runs until
+    /// killed.
+    Watch(watch::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Install(args) => install::run(&args),
         Command::Idle(args) => idle::run(&args),
+        Command::Watch(args) => watch::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

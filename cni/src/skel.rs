@@ -189,6 +189,20 @@ fn init_logging() {
     };
 }
 
+/// Leveled logs on stderr for berth's long-running processes (berthd,
+/// the overlay agent, `berth watch`): info by default, or what
+/// `BERTH_LOG` asks for. Unlike a plugin's, each line has a time: a
+/// daemon's log is read later.
+pub fn init_daemon_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 fn failure(err: &Error, cni_version: &str) -> Outcome {
     let version = if Version::is_supported_str(cni_version) {
         cni_version

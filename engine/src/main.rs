@@ -38,6 +38,8 @@ const DEFAULT_SOCKET: &str = "/run/docker/plugins/berth.sock";
 const DEFAULT_STATE: &str = "/var/lib/berth/engine";
 /// The engine's API, asked when mount counts need reconciling.
 const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// How often the reconciler looks without being told of a change.
+const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// berthd: the Docker engine's volume, network and IPAM driver.
 #[derive(Parser, Debug)]
@@ -194,6 +196,13 @@ fn run(cli: Cli) -> Result<()> {
         docker: s.docker.clone(),
     });
     drivers.networks.resume();
+    // What changed in the ruleset while berthd was down, and whatever
+    // changes later, is put back from the records (every berth network on
+    // the host, berthd's and the CNI plugins').
+    std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(|| berth_network::reconcile::watch(RECONCILE_INTERVAL))
+        .context("starting the reconciler")?;
     if let Some(dir) = s.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -222,20 +231,9 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Leveled logs on stderr, filtered by `BERTH_LOG` (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    cni::skel::init_daemon_logging();
     if let Err(e) = run(cli) {
         tracing::error!("{e:#}");
         std::process::exit(1);

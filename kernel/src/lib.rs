@@ -15,6 +15,7 @@ mod error;
 pub mod firewall;
 mod handle;
 mod link;
+mod mac;
 mod netns;
 mod nl;
 mod route;
@@ -28,6 +29,7 @@ pub use handle::{check_ifname, Handle};
 pub use link::{
     eui64_link_local, BridgeOptions, Ipv6Settings, Link, MacvlanMode, MacvlanOptions, VethOptions,
 };
+pub use mac::{mac_text, parse_mac};
 pub use netns::Netns;
 pub use route::Route;
 pub use vxlan::{VxlanOptions, VXLAN_PORT};

@@ -115,7 +115,7 @@ impl Handle {
             .map_err(|e| {
                 e.context(format!(
                     "set fdb {} -> {remote} on link {index}",
-                    mac_text(&mac)
+                    crate::mac_text(&mac)
                 ))
             })
     }
@@ -125,7 +125,12 @@ impl Handle {
         let msg = fdb_msg(index, mac, None);
         match self.sock.request(RouteNetlinkMessage::DelNeighbour(msg), 0) {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
-            r => r.map_err(|e| e.context(format!("delete fdb {} on link {index}", mac_text(&mac)))),
+            r => r.map_err(|e| {
+                e.context(format!(
+                    "delete fdb {} on link {index}",
+                    crate::mac_text(&mac)
+                ))
+            }),
         }
     }
 
@@ -160,13 +165,6 @@ impl Handle {
             r => r.map_err(|e| e.context(format!("delete neighbour {ip} on link {index}"))),
         }
     }
-}
-
-fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn fdb_msg(index: u32, mac: [u8; 6], remote: Option<IpAddr>) -> NeighbourMessage {

@@ -126,6 +126,15 @@ pub fn install(state: &State, lock: &Lock, fw: &NetworkFirewall) -> Result<()> {
     state.write_rules_marker(lock, &fw.network, &fw.marker(false))
 }
 
+/// The reconciler's repair: puts `fw`'s rules back as its marker already
+/// records them. Nothing is written (a read-only /run does not stop the
+/// repair); killed midway, the marker still describes what the next pass
+/// puts back.
+pub fn restore(fw: &NetworkFirewall) -> Result<()> {
+    berth_kernel::firewall::apply(&fw.rules()).map_err(Error::firewall)?;
+    berth_kernel::firewall::ensure_docker_user_in(None).map_err(Error::firewall)
+}
+
 /// Removes the network's rules and state once no attachment is left.
 pub fn release_if_unused(state: &State, lock: &Lock, network: &str) -> Result<()> {
     if state.has_records(network) {

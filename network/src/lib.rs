@@ -19,6 +19,8 @@
 //! - [`overlay`]: a node of a multi-host VXLAN network (its subnet
 //!   lease, datapath and agent), for berth-overlay and berthd's overlay
 //!   networks alike;
+//! - [`reconcile`]: puts back what berth owns in the ruleset from the
+//!   records above, whenever someone else removes it;
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
 //! The bridge, port and gateway are typed specs with a pure `validate` and
@@ -37,6 +39,7 @@ pub mod names;
 pub mod overlay;
 pub mod port;
 pub mod ports;
+pub mod reconcile;
 
 /// What kind of failure an [`Error`] is: what front ends translate into
 /// their protocol's codes (a CNI error code, a Docker `Err`).

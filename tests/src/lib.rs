@@ -1572,3 +1572,44 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// The `n`th address of a "10.a.b.0/24" or "fd42:...::/64" subnet (as
+/// [`unique_subnets`] gives them).
+pub fn subnet_host(subnet: &str, n: u8) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    let base = subnet.split('/').next().unwrap();
+    match base.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            IpAddr::from([o[0], o[1], o[2], n])
+        }
+        IpAddr::V6(a) => {
+            let mut s = a.segments();
+            s[7] = u16::from(n);
+            IpAddr::from(s)
+        }
+    }
+}
+
+/// The container's address of one family from a bridge plugin's result.
+pub fn result_address(result: &Value, v4: bool) -> std::net::IpAddr {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .map(|a| {
+            a.split('/')
+                .next()
+                .unwrap()
+                .parse::<std::net::IpAddr>()
+                .unwrap()
+        })
+        .find(|a| a.is_ipv4() == v4)
+        .expect("address of the family")
+}
+
+/// What [`PeerEcho`] answers a client it sees as `ip`.
+pub fn echo_peer(ip: std::net::IpAddr) -> Result<String, String> {
+    Ok(format!("peer={ip}"))
+}

@@ -65,6 +65,9 @@ impl Berthd {
             .arg("--socket")
             .arg(self.socket())
             .env("BERTH_LOG", self.log_level)
+            // The test's own records: its reconciler then watches only
+            // this berthd's networks, and none outlives the test.
+            .env("BERTH_RUN_DIR", self.dir.path().join("run"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -1392,4 +1395,54 @@ fn berthd_and_berth_bridge_make_the_same_network() {
     for l in [&d_bridge, &d_veth, &s_bridge] {
         assert!(!link_exists(l), "{l} left");
     }
+}
+
+/// berthd's reconciler repairs at start what changed while berthd was
+/// down: one network's objects in `inet berth` (removed while berthd is
+/// killed; only this network's, as the table is the host's) are back
+/// right after the restart, as they were; DeleteNetwork then removes them
+/// and nothing puts them back.
+#[test]
+fn a_restarted_berthd_repairs_what_changed_while_it_was_down() {
+    let mut d = Berthd::start();
+    let (v4, _) = unique_subnets();
+    let bridge = unique_name("bdrep", IFNAMSIZ_MAX);
+    let _g = LinkGuard::new(bridge.clone());
+    let id = format!("{:08x}c{}", std::process::id(), "0".repeat(55));
+    let rules = format!("docker-{}", &id[..12]);
+    let _r = NftNetworkGuard::new(rules.clone());
+    let gateway = format!(
+        "{}1/{}",
+        v4.split_once("0/").unwrap().0,
+        v4.split_once('/').unwrap().1
+    );
+    d.ok(
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID": id, "Options": {"com.docker.network.generic": {"bridge": bridge}},
+               "IPv4Data": [{"Pool": v4, "Gateway": gateway}]}),
+    );
+    let made = nft_shape(&rules, &bridge, &[&v4]);
+    assert!(!made.is_empty(), "the network has no nftables objects");
+
+    d.kill();
+    berth_kernel::firewall::remove(&rules).expect("remove the network's objects");
+    assert_eq!(nft_shape(&rules, &bridge, &[&v4]), Vec::<String>::new());
+    d.spawn();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while nft_shape(&rules, &bridge, &[&v4]) != made {
+        assert!(
+            Instant::now() < deadline,
+            "not repaired 1 s after berthd listened again: {:?}",
+            nft_shape(&rules, &bridge, &[&v4])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    d.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": id}));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        nft_shape(&rules, &bridge, &[&v4]),
+        Vec::<String>::new(),
+        "objects of a deleted network came back"
+    );
 }

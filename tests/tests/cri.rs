@@ -100,21 +100,6 @@ fn unique_port() -> u16 {
     20000 + (n % 12000) as u16
 }
 
-/// The `n`th address of a "10.a.b.0/24" or "fd42:...::/64" subnet.
-fn nth(subnet: &str, n: u8) -> IpAddr {
-    match subnet.split('/').next().unwrap().parse::<IpAddr>().unwrap() {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            IpAddr::from([o[0], o[1], o[2], n])
-        }
-        IpAddr::V6(a) => {
-            let mut s = a.segments();
-            s[7] = u16::from(n);
-            IpAddr::from(s)
-        }
-    }
-}
-
 fn in_subnet(ip: IpAddr, subnet: &str) -> bool {
     let (net, len) = subnet.split_once('/').unwrap();
     let len: u32 = len.parse().unwrap();
@@ -302,11 +287,11 @@ impl Fx {
     }
 
     fn gateway_v4(&self) -> IpAddr {
-        nth(&self.v4, 1)
+        subnet_host(&self.v4, 1)
     }
 
     fn gateway_v6(&self) -> IpAddr {
-        nth(&self.v6, 1)
+        subnet_host(&self.v6, 1)
     }
 
     /// What the plugins hold for these pods while they run.

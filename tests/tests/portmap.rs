@@ -26,22 +26,6 @@ struct Fx {
     subnet_v6: String,
 }
 
-/// The `n`th address of a "10.a.b.0/24" or "fd42:...::/64" subnet.
-fn nth(subnet: &str, n: u8) -> IpAddr {
-    let base = subnet.split('/').next().unwrap();
-    match base.parse::<IpAddr>().unwrap() {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            IpAddr::from([o[0], o[1], o[2], n])
-        }
-        IpAddr::V6(a) => {
-            let mut s = a.segments();
-            s[7] = u16::from(n);
-            IpAddr::from(s)
-        }
-    }
-}
-
 fn at(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
@@ -54,10 +38,10 @@ impl Fx {
         let (link_v4, link_v6) = unique_subnets();
         let (subnet_v4, subnet_v6) = unique_subnets();
         let (host_v4, host_v6, out_v4, out_v6) = (
-            nth(&link_v4, 1),
-            nth(&link_v6, 1),
-            nth(&link_v4, 2),
-            nth(&link_v6, 2),
+            subnet_host(&link_v4, 1),
+            subnet_host(&link_v6, 1),
+            subnet_host(&link_v4, 2),
+            subnet_host(&link_v6, 2),
         );
         host.sh(&format!(
             "ip link set lo up && ip link add up0 type veth peer name eth0 netns {o} && \
@@ -159,11 +143,11 @@ impl Fx {
     }
 
     fn gateway_v4(&self) -> IpAddr {
-        nth(&self.subnet_v4, 1)
+        subnet_host(&self.subnet_v4, 1)
     }
 
     fn gateway_v6(&self) -> IpAddr {
-        nth(&self.subnet_v6, 1)
+        subnet_host(&self.subnet_v6, 1)
     }
 }
 
@@ -179,22 +163,6 @@ fn portmap_objects(table: &str) -> Vec<String> {
         })
         .map(String::from)
         .collect()
-}
-
-/// The container's address of one family from a bridge result.
-fn address(result: &Value, v4: bool) -> IpAddr {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|ip| ip["address"].as_str())
-        .map(|a| a.split('/').next().unwrap().parse::<IpAddr>().unwrap())
-        .find(|a| a.is_ipv4() == v4)
-        .expect("address of the family")
-}
-
-fn peer(ip: IpAddr) -> Result<String, String> {
-    Ok(format!("peer={ip}"))
 }
 
 /// A TCP and a UDP service in a container answer on the published ports
@@ -217,8 +185,14 @@ fn published_ports_answer_from_everywhere_until_del() {
     assert_eq!(out.expect_ok()["ips"], r1["ips"]);
 
     // Another machine: no source NAT, over IPv4 and IPv6, TCP and UDP.
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)), peer(fx.out_v4));
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v6, 8080)), peer(fx.out_v6));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8080)),
+        echo_peer(fx.out_v4)
+    );
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v6, 8080)),
+        echo_peer(fx.out_v6)
+    );
     let (reply, from) = udp_ask(&fx.outside, at(fx.host_v4, 5353)).expect("udp over ipv4");
     assert_eq!(
         (reply, from),
@@ -231,13 +205,16 @@ fn published_ports_answer_from_everywhere_until_del() {
     // address; via its own address it is that address.
     assert_eq!(
         tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8080)),
-        peer(fx.gateway_v4())
+        echo_peer(fx.gateway_v4())
     );
-    assert_eq!(tcp_ask(&fx.host, at(fx.host_v4, 8080)), peer(fx.host_v4));
+    assert_eq!(
+        tcp_ask(&fx.host, at(fx.host_v4, 8080)),
+        echo_peer(fx.host_v4)
+    );
     // Via ::1 a proxy relays (IPv6 has no route_localnet): the service
     // sees the bridge's IPv6 address.
     let lo6: IpAddr = "::1".parse().unwrap();
-    assert_eq!(tcp_ask(&fx.host, at(lo6, 8080)), peer(fx.gateway_v6()));
+    assert_eq!(tcp_ask(&fx.host, at(lo6, 8080)), echo_peer(fx.gateway_v6()));
     assert_eq!(
         udp_ask(&fx.host, at(lo6, 5353)).map(|r| r.0),
         Ok(format!("peer={}", fx.gateway_v6()))
@@ -246,12 +223,18 @@ fn published_ports_answer_from_everywhere_until_del() {
     // Hairpin: a sibling, and the container itself, via the host address;
     // masqueraded to the bridge's address so replies come back through
     // the NAT.
-    assert_eq!(tcp_ask(&c2, at(fx.host_v4, 8080)), peer(fx.gateway_v4()));
+    assert_eq!(
+        tcp_ask(&c2, at(fx.host_v4, 8080)),
+        echo_peer(fx.gateway_v4())
+    );
     assert_eq!(
         udp_ask(&c2, at(fx.host_v4, 5353)).map(|r| r.0),
         Ok(format!("peer={}", fx.gateway_v4()))
     );
-    assert_eq!(tcp_ask(&c1, at(fx.host_v4, 8080)), peer(fx.gateway_v4()));
+    assert_eq!(
+        tcp_ask(&c1, at(fx.host_v4, 8080)),
+        echo_peer(fx.gateway_v4())
+    );
 
     let check = fx.portmap("CHECK", "pmc1", &c1, &conf);
     check.assert_ok();
@@ -373,7 +356,10 @@ fn conflicts_name_the_holder() {
     )
     .assert_ok();
     let _svc = PeerEcho::start(&c2, 80, 53);
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8080)), peer(fx.out_v4));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8080)),
+        echo_peer(fx.out_v4)
+    );
 }
 
 /// hostIP restricts a mapping to one of the host's addresses.
@@ -394,7 +380,7 @@ fn host_ip_restricts_the_mapping() {
         json!([{"hostPort": 8082, "containerPort": 80, "hostIP": second.to_string()}]),
     )
     .assert_ok();
-    assert_eq!(tcp_ask(&fx.outside, at(second, 8082)), peer(fx.out_v4));
+    assert_eq!(tcp_ask(&fx.outside, at(second, 8082)), echo_peer(fx.out_v4));
     assert!(
         tcp_ask(&fx.outside, at(fx.host_v4, 8082)).is_err(),
         "answered on another host address"
@@ -542,7 +528,7 @@ fn check_and_gc() {
         !table.contains("8083") && table.contains("tcp . 8084"),
         "{table}"
     );
-    let c1_v6 = address(&r1, false).to_string();
+    let c1_v6 = result_address(&r1, false).to_string();
     assert!(!table.contains(&c1_v6), "{table}");
     // The ::1 relays: GC stopped pmg1's; CHECK notices pmg2's is gone.
     let relay = |port: u16| format!("berth-portmap proxy --owner .* tcp:\\[::1\\]:{port}=");
@@ -601,11 +587,17 @@ fn conditions_apply_to_their_own_mappings() {
     );
     assert_eq!(
         tcp_ask(&fx.host, at("127.0.0.1".parse().unwrap(), 8086)),
-        peer(fx.gateway_v4())
+        echo_peer(fx.gateway_v4())
     );
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8087)), peer(fx.out_v4));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8087)),
+        echo_peer(fx.out_v4)
+    );
     // No conditionsV6: IPv6 still answers.
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v6, 8086)), peer(fx.out_v6));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v6, 8086)),
+        echo_peer(fx.out_v6)
+    );
     fx.portmap("CHECK", "pmq1", &c1, &conf).assert_ok();
 }
 
@@ -624,7 +616,10 @@ fn coexists_with_a_policy_drop_forward_chain() {
     let _svc = PeerEcho::start(&c1, 80, 53);
     fx.publish("pmp1", &c1, &r1, json!([{"hostPort": 8088, "containerPort": 80}, {"hostPort": 5354, "containerPort": 53, "protocol": "udp"}]))
         .assert_ok();
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8088)), peer(fx.out_v4));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8088)),
+        echo_peer(fx.out_v4)
+    );
     assert_eq!(
         udp_ask(&fx.outside, at(fx.host_v4, 5354)).map(|r| r.0),
         Ok(format!("peer={}", fx.out_v4))
@@ -652,7 +647,10 @@ fn next_add_restores_a_flushed_ruleset() {
         json!([{"hostPort": 8089, "containerPort": 80}]),
     )
     .assert_ok();
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)), peer(fx.out_v4));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8089)),
+        echo_peer(fx.out_v4)
+    );
     fx.host.sh("nft delete table inet berth");
     assert!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)).is_err());
     let conf1 = fx.portmap_conf(
@@ -669,7 +667,10 @@ fn next_add_restores_a_flushed_ruleset() {
         json!([{"hostPort": 8090, "containerPort": 80}]),
     )
     .assert_ok();
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8089)), peer(fx.out_v4));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8089)),
+        echo_peer(fx.out_v4)
+    );
     fx.portmap("CHECK", "pmf1", &c1, &conf1).assert_ok();
 
     let del = fx.portmap_conf(json!([]), json!({}), None);
@@ -706,7 +707,7 @@ fn bridge_networks_are_isolated_unless_configured_otherwise() {
         let (b1, rb1) = fx.container_on(&format!("pmib1{suffix}"), &other);
         let _sa = PeerEcho::start(&a1, 80, 53);
         let _sb = PeerEcho::start(&b1, 80, 53);
-        let (a1_ip, b1_ip) = (address(&ra1, true), address(&rb1, true));
+        let (a1_ip, b1_ip) = (result_address(&ra1, true), result_address(&rb1, true));
         // The same network: unaffected.
         assert!(
             tcp_ask(&a2, at(a1_ip, 80)).is_ok(),
@@ -733,7 +734,7 @@ fn bridge_networks_are_isolated_unless_configured_otherwise() {
             // (ipMasq), so the service sees the gateway of its own side.
             assert_eq!(
                 tcp_ask(&b1, at(fx.host_v4, 8091)),
-                peer(fx.gateway_v4()),
+                echo_peer(fx.gateway_v4()),
                 "published port across networks"
             );
         }
@@ -779,11 +780,14 @@ fn port_ranges_are_elements_and_masq_all_masquerades() {
     assert_eq!(after.matches("tcp . 300").count(), 200, "{after}");
     assert_eq!(
         tcp_ask(&fx.outside, at(fx.host_v4, 30042)),
-        peer(fx.gateway_v4()),
+        echo_peer(fx.gateway_v4()),
         "masqAll"
     );
     // Without masqAll, the client's own address.
-    assert_eq!(tcp_ask(&fx.outside, at(fx.host_v4, 8093)), peer(fx.out_v4));
+    assert_eq!(
+        tcp_ask(&fx.outside, at(fx.host_v4, 8093)),
+        echo_peer(fx.out_v4)
+    );
     fx.portmap("CHECK", "pmr2", &c2, &conf).assert_ok();
 }
 
@@ -837,7 +841,7 @@ fn a_taken_loopback6_port_is_refused() {
     fx.publish("pmlc1", &c1, &r1, maps).assert_ok();
     assert_eq!(
         tcp_ask(&fx.host, at("::1".parse().unwrap(), 8095)),
-        peer(fx.gateway_v6())
+        echo_peer(fx.gateway_v6())
     );
     fx.portmap(
         "DEL",

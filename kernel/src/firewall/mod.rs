@@ -21,6 +21,8 @@
 //! (`None` = the caller's), which tests use to stay off the host's ruleset.
 
 mod docker;
+mod events;
+mod listing;
 mod names;
 mod nft;
 mod portmap;
@@ -35,19 +37,22 @@ pub use docker::{
     docker_user_in, ensure_docker_user_in, remove_docker_user_in, DockerUser, DOCKER_USER,
     DOCKER_USER_COMMENT,
 };
+pub use events::RulesetEvents;
+pub use listing::{list_table_in, TableListing};
 pub use names::{chain_names, ChainNames};
 pub use nft::{nft_available, run_batch, NFT_ENV};
 pub use portmap::{
-    add_elements_in, is_missing_object, missing_in as portmap_missing_in, rebuild_in,
-    remove_elements_in, structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol,
-    PublishedPorts, HAIRPIN_MARK, PM_FORWARD, PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
+    add_elements_in, is_missing_object, missing_from_listing as portmap_missing_from_listing,
+    missing_in as portmap_missing_in, rebuild_in, remove_elements_in, structure_missing_in,
+    unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
+    PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
 };
 pub use quiet::{quiet_add_in, quiet_remove_in, QUIET_CHAIN};
 pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
 pub use spoofchk::{
-    spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_remove_in,
-    spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in, SPOOFCHK_CHAIN, SPOOFCHK_MAP,
-    SPOOFCHK_TABLE,
+    spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_missing_from_listing,
+    spoofchk_remove_in, spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in,
+    SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
 };
 pub use state::NetworkState;
 
@@ -219,6 +224,40 @@ fn list_table(ns: Option<&Netns>, op: &str) -> Result<Option<String>> {
         Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// For the reconciler: the first thing `listing` (of `inet berth`) lacks
+/// of `rules`, as text, or None.
+pub fn network_missing_from_listing(
+    listing: &TableListing,
+    rules: &NetworkRules,
+) -> Option<String> {
+    let n = chain_names(&rules.network);
+    let filled = |chain: &str| listing.chain_rules(chain).is_some_and(|r| !r.is_empty());
+    if rules.forward {
+        if !filled(&n.forward) {
+            return Some(format!("forward chain {}", n.forward));
+        }
+        if !listing.has_element(BRIDGES_SET, &format!("\"{}\"", rules.bridge)) {
+            return Some(format!("{} in set {BRIDGES_SET}", rules.bridge));
+        }
+    }
+    if !rules.masquerade.is_empty() {
+        if !filled(&n.nat) {
+            return Some(format!("masquerade chain {}", n.nat));
+        }
+        for net in &rules.masquerade {
+            let set = if net.addr().is_ipv4() {
+                &n.set_v4
+            } else {
+                &n.set_v6
+            };
+            if !listing.has_element(set, &net.to_string()) {
+                return Some(format!("{net} in set {set}"));
+            }
+        }
+    }
+    None
 }
 
 /// For CHECK: true if the network's masquerade chain exists and holds

@@ -55,6 +55,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use super::listing::TableListing;
 use super::names::fnv1a32;
 use super::nft;
 use super::rules::{FORWARD_MARK, TABLE};
@@ -608,6 +609,47 @@ pub fn structure_missing_in(
         }
     }
     Ok(None)
+}
+
+/// For the reconciler: the first thing `listing` (of `inet berth`) lacks
+/// of the structure `profiles` need and of `attachments`' elements, as
+/// text, or None. Works from one listing, where [`structure_missing_in`]
+/// and [`missing_in`] ask nft per object.
+pub fn missing_from_listing(
+    listing: &TableListing,
+    profiles: &[&Conditions],
+    attachments: &[&PublishedPorts],
+) -> Option<String> {
+    let profiles = distinct(
+        profiles
+            .iter()
+            .copied()
+            .chain(attachments.iter().map(|a| &a.conditions)),
+    );
+    for (chain, want) in expected_rules(&profiles) {
+        match listing.chain_rules(&chain) {
+            None => return Some(format!("chain {chain}")),
+            Some(rules) if rules.len() < want => {
+                return Some(format!(
+                    "rules of chain {chain} ({} of {want})",
+                    rules.len()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for a in attachments {
+        for (object, key, data) in a.elements() {
+            let element = match data {
+                Some(d) => format!("{key} : {d}"),
+                None => key,
+            };
+            if !listing.has_element(&object, &element) {
+                return Some(format!("element {{ {element} }} of {object}"));
+            }
+        }
+    }
+    None
 }
 
 /// For CHECK: the first of `ports`' elements missing from the kernel, as

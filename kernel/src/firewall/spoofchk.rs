@@ -29,6 +29,7 @@ use nftables::stmt::{JumpTarget, Match, Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
+use super::listing::TableListing;
 use super::nft;
 use super::rules::clean_comment;
 use crate::handle::check_ifname;
@@ -112,13 +113,6 @@ fn rule(chain: String, expr: Vec<Statement<'static>>, comment: Option<String>) -
     }
 }
 
-fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The batch installing the check for one port (and the shared table,
 /// map and base chain, which every ADD re-asserts so none is ever missing).
 pub(crate) fn add_batch(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Batch<'static> {
@@ -158,7 +152,7 @@ pub(crate) fn add_batch(host_veth: &str, mac: &[u8; 6], container_id: &str) -> B
                         field: "saddr".into(),
                     },
                 ))),
-                right: Expression::String(mac_text(mac).into()),
+                right: Expression::String(crate::mac_text(mac).into()),
                 op: Operator::NEQ,
             }),
             Statement::Drop(None),
@@ -268,6 +262,24 @@ pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
         spoofchk_remove_table_in(ns)?;
     }
     Ok(())
+}
+
+/// For the reconciler: what `listing` (of `bridge berth`) lacks of
+/// `host_veth`'s check (the base chain's rule, the port's element in the
+/// map, its chain's rule), as text, or None.
+pub fn spoofchk_missing_from_listing(listing: &TableListing, host_veth: &str) -> Option<String> {
+    let chain = spoofchk_chain_name(host_veth);
+    let filled = |c: &str| listing.chain_rules(c).is_some_and(|r| !r.is_empty());
+    if !filled(SPOOFCHK_CHAIN) {
+        return Some(format!("chain {SPOOFCHK_CHAIN}"));
+    }
+    if !listing.has_element(SPOOFCHK_MAP, &format!("\"{host_veth}\" : jump {chain}")) {
+        return Some(format!("{host_veth} in map {SPOOFCHK_MAP}"));
+    }
+    if !filled(&chain) {
+        return Some(format!("chain {chain}"));
+    }
+    None
 }
 
 /// For CHECK: the MACs the per-port chain of `host_veth` lets through

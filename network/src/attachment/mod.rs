@@ -516,6 +516,13 @@ impl Add<'_> {
             })?;
             self.progress.spoofchk = true;
             firewall::spoofchk_add(self.host_veth, &mac, self.c.id)?;
+            // What the reconciler puts the check back from.
+            self.state.write_spoof_mac(
+                &lock,
+                &net.name,
+                self.host_veth,
+                &berth_kernel::mac_text(&mac),
+            )?;
         }
         Ok(Attached {
             bridge,

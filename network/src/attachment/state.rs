@@ -72,6 +72,14 @@ enum Change {
         #[serde(rename = "hostVeth")]
         host_veth: String,
     },
+    /// The MAC a port's spoof check lets through (macspoofchk), written
+    /// once the check is in: what the reconciler puts the check back
+    /// from. Versions without it skip the line.
+    Mac {
+        #[serde(rename = "hostVeth")]
+        host_veth: String,
+        mac: String,
+    },
 }
 
 /// A live record: its log line (parsed only when the record is asked
@@ -105,6 +113,8 @@ impl Entry {
 /// A network's records as the log and the legacy files give them.
 struct Records {
     live: BTreeMap<String, Entry>,
+    /// The spoof-check MACs of live records: their `mac` lines.
+    macs: BTreeMap<String, String>,
     /// Complete lines in the log.
     log_lines: usize,
 }
@@ -129,6 +139,7 @@ fn line_head(line: &str) -> Option<(bool, String)> {
     match serde_json::from_str::<Change>(line).ok()? {
         Change::Add { host_veth, .. } => Some((true, host_veth)),
         Change::Del { host_veth } => Some((false, host_veth)),
+        Change::Mac { .. } => None,
     }
 }
 
@@ -236,19 +247,34 @@ impl State {
         let text = fs::read_to_string(self.log_path(network)).unwrap_or_default();
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         let mut log_lines = 0;
+        let mut macs = BTreeMap::new();
         for line in complete.split('\n').filter(|l| !l.is_empty()) {
             log_lines += 1;
             match line_head(line) {
                 Some((true, host_veth)) => {
+                    // A new attachment: its check, if any, is logged anew.
+                    macs.remove(&host_veth);
                     live.insert(host_veth, Entry::Logged(line.to_string()));
                 }
                 Some((false, host_veth)) => {
+                    macs.remove(&host_veth);
                     live.remove(&host_veth);
+                }
+                None if line.starts_with(r#"{"op":"mac""#) => {
+                    if let Ok(Change::Mac { host_veth, mac }) = serde_json::from_str(line) {
+                        if live.contains_key(&host_veth) {
+                            macs.insert(host_veth, mac);
+                        }
+                    }
                 }
                 None => {}
             }
         }
-        Records { live, log_lines }
+        Records {
+            live,
+            macs,
+            log_lines,
+        }
     }
 
     /// Appends one change to the log (callers hold the lock, so there is
@@ -293,6 +319,29 @@ impl State {
         self.append(network, &change)
     }
 
+    /// Records the MAC `host_veth`'s spoof check lets through.
+    pub fn write_spoof_mac(
+        &self,
+        _lock: &Lock,
+        network: &str,
+        host_veth: &str,
+        mac: &str,
+    ) -> Result<()> {
+        self.append(
+            network,
+            &Change::Mac {
+                host_veth: host_veth.to_string(),
+                mac: mac.to_string(),
+            },
+        )
+    }
+
+    /// The spoof-check MACs of the network's attachments: (host veth,
+    /// MAC), those written with [`State::write_spoof_mac`].
+    pub fn spoof_macs(&self, network: &str) -> Vec<(String, String)> {
+        self.load(network).macs.into_iter().collect()
+    }
+
     pub fn read_record(&self, network: &str, host_veth: &str) -> Option<Record> {
         self.load(network).live.remove(host_veth)?.record()
     }
@@ -330,6 +379,15 @@ impl State {
                 text.push('\n');
             }
         }
+        for (host_veth, mac) in &records.macs {
+            let line = serde_json::to_string(&Change::Mac {
+                host_veth: host_veth.clone(),
+                mac: mac.clone(),
+            })
+            .map_err(|e| Error::new(Kind::Io, format!("encoding a record: {e}")))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
         write_atomic(&self.log_path(network), text.as_bytes())
     }
 
@@ -357,6 +415,21 @@ impl State {
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n != network)
             .any(|n| self.rules_marker(&n).is_some_and(|m| m.bridge == bridge))
+    }
+
+    /// Every network with a rules marker of this boot (pending ones
+    /// included), by name.
+    pub fn networks(&self) -> Vec<(String, RulesMarker)> {
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, RulesMarker)> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| self.rules_marker(&n).map(|m| (n, m)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// The network's marker, if it was written in this boot.
@@ -549,6 +622,30 @@ mod tests {
         state.remove_record(&lock, "n1", "bv1").unwrap();
         assert!(!legacy.join("bv1").exists());
         assert!(state.has_record("n1", "bv2") && !state.has_record("n1", "bv1"));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn spoof_macs_follow_their_records() {
+        let (state, root) = test_state("macs");
+        let lock = state.lock().unwrap();
+        for n in 0..3 {
+            let veth = format!("bv{n}");
+            state.write_record(&lock, "n1", &veth, &rec(n)).unwrap();
+            state
+                .write_spoof_mac(&lock, "n1", &veth, &format!("02:00:00:00:00:0{n}"))
+                .unwrap();
+        }
+        state.remove_record(&lock, "n1", "bv1").unwrap();
+        // A re-ADD of bv2 has no check until it logs one again.
+        state.write_record(&lock, "n1", "bv2", &rec(2)).unwrap();
+        let want = vec![("bv0".to_string(), "02:00:00:00:00:00".to_string())];
+        assert_eq!(state.spoof_macs("n1"), want);
+        // Compaction keeps the MAC lines of live records.
+        let records = state.load("n1");
+        state.compact("n1", &records).unwrap();
+        assert_eq!(state.spoof_macs("n1"), want);
+        assert_eq!(state.records("n1").len(), 2);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -40,21 +40,7 @@ pub fn vtep_mac(underlay: IpAddr) -> [u8; 6] {
     [0x02, 0xbf, o[0], o[1], o[2], o[3]]
 }
 
-/// `02:bf:…` as text.
-pub fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok())
-        .collect::<Option<_>>()?;
-    parts.try_into().ok()
-}
+pub use berth_kernel::{mac_text, parse_mac};
 
 /// An address a VXLAN tunnel can start from: IPv4, or global IPv6.
 pub fn usable_underlay(a: &IpAddr) -> bool {

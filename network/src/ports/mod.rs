@@ -251,16 +251,21 @@ fn install(
         }
     }
     store.set_structure(None).map_err(Error::store)?;
-    let all: Vec<PublishedPorts> = store
-        .all_attachments()
-        .map_err(Error::store)?
-        .iter()
-        .map(|p| Installed::parse(p).and_then(|i| i.ports()))
-        .collect::<Result<_, _>>()?;
+    let all = recorded_ports(store)?;
     let refs: Vec<&PublishedPorts> = all.iter().collect();
     berth_kernel::firewall::rebuild_in(None, &profiles, replaced, &refs)
         .map_err(Error::firewall)?;
     store.set_structure(Some(&note)).map_err(Error::store)
+}
+
+/// Every recorded attachment's ports.
+fn recorded_ports(store: &PortStore) -> Result<Vec<PublishedPorts>, Error> {
+    store
+        .all_attachments()
+        .map_err(Error::store)?
+        .iter()
+        .map(|p| Installed::parse(p).and_then(|i| i.ports()))
+        .collect()
 }
 
 /// Removes what `published` installed and forgets it (DEL and GC). The
@@ -295,6 +300,48 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
     let now = (!others.is_empty() && !structure_lost).then_some(note);
     store.set_structure(now.as_deref()).map_err(Error::store)?;
     store.release(&published.owner).map_err(Error::store)
+}
+
+/// True if the host's store records published ports (read without
+/// creating anything; an unreadable store counts as recording some, so
+/// that the reconciler's pass reports it).
+pub fn recorded() -> bool {
+    run_dir().join(DB_FILE).exists()
+        && open_store().map_or(true, |s| {
+            s.all_attachments().map_or(true, |a| !a.is_empty())
+        })
+}
+
+/// The reconciler's part: if `listing` (of `inet berth`; None when the
+/// table is gone) lacks anything of the recorded attachments' ports,
+/// rebuilds them all from the records, as an ADD does when it finds the
+/// structure gone. Returns what was missing. Called under berth's lock.
+pub fn repair(
+    listing: Option<&berth_kernel::firewall::TableListing>,
+) -> Result<Option<String>, Error> {
+    if !run_dir().join(DB_FILE).exists() {
+        return Ok(None);
+    }
+    let mut store = open_store()?;
+    let all = recorded_ports(&store)?;
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let refs: Vec<&PublishedPorts> = all.iter().collect();
+    let profiles: Vec<&Conditions> = all.iter().map(|p| &p.conditions).collect();
+    let missing = match listing {
+        None => Some(format!("table inet {}", berth_kernel::firewall::TABLE)),
+        Some(l) => berth_kernel::firewall::portmap_missing_from_listing(l, &profiles, &refs),
+    };
+    let Some(what) = missing else {
+        return Ok(None);
+    };
+    store.set_structure(None).map_err(Error::store)?;
+    berth_kernel::firewall::rebuild_in(None, &profiles, None, &refs).map_err(Error::firewall)?;
+    store
+        .set_structure(Some(&structure_note(&profiles)))
+        .map_err(Error::store)?;
+    Ok(Some(what))
 }
 
 /// Publishes `ports` for `owner`, claiming `claims` (ADD, and berthd's

@@ -62,26 +62,13 @@ pub fn check_failed(what: impl Into<String>) -> Error {
 
 /// "aa:bb:cc:dd:ee:ff", the way CNI results spell MACs.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    berth_kernel::mac_text(mac)
 }
 
 /// "aa:bb:cc:dd:ee:ff" (also with '-'), unicast; errors name `field`.
 pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], Error> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    let bad = || Error::config(field, format!("{s:?} is not a MAC address"));
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (b, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
+    let mac = berth_kernel::parse_mac(s)
+        .ok_or_else(|| Error::config(field, format!("{s:?} is not a MAC address")))?;
     if mac[0] & 1 == 1 {
         return Err(Error::config(
             field,

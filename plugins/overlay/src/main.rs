@@ -49,13 +49,7 @@ fn main() {
         let Command::Agent { conf } = Cli::parse().command;
         // The agent is a daemon: leveled logs on stderr, `BERTH_LOG`
         // (default info; e.g. `debug`, `warn`) sets what is shown.
-        let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .init();
+        cni::skel::init_daemon_logging();
         let handler = request_stop as extern "C" fn(libc::c_int);
         // SAFETY: the handler only stores to an atomic.
         unsafe {

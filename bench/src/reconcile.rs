@@ -1,0 +1,620 @@
+//! `reconcile` part: `berth watch`, the reconciler, putting berth's rules
+//! back after `nft flush ruleset`, with N containers (1000) and 2N
+//! published ports (2000) installed: the time from the flush to the
+//! published port answering again, over F flushes (20), and the
+//! reconciler's CPU while idle and during a flush storm (10 flushes a
+//! second for 10 s).
+//!
+//! Everything happens in namespaces of the bench's own, so the real
+//! host's ruleset and links are never touched:
+//! * a private "host" namespace, which the plugins and the watcher run in
+//!   (with a private run dir, `BERTH_RUN_DIR`, and IPAM dataDir), as
+//!   portmap.rs runs the plugins; every `nft flush ruleset` runs there;
+//! * an "outside" namespace, another machine on a veth to the host
+//!   (192.168.79.0/24: overlay.rs's links are .77 and .78), which the
+//!   probe connects from, to the host's address on that link: the path a
+//!   client of a published port takes (prerouting DNAT, forward, the
+//!   bridge), not a shortcut through the host's own output chain;
+//! * N container namespaces on one berth-bridge network (isGateway,
+//!   ipMasq, 10.200.0.0/16, IPv4 only: the flushes remove both families'
+//!   rules alike), each published by berth-portmap with a TCP and a UDP
+//!   mapping. Container 0 runs the service the probe reaches (a thread of
+//!   the bench listening on port 80 there, answering one byte).
+//!
+//! The probe is a TCP connect (50 ms timeout) and a one-byte read, every
+//! 5 ms. Right after a flush it must fail (no DNAT: the host itself
+//! refuses the connection), or the flush was not measured: that flush is
+//! recorded as an error instead. A flush is timed from the moment
+//! `nft flush ruleset` returns (the rules are gone then) to the first
+//! probe that answers; the watcher's own figure for each repair ("... N ms
+//! after the change was seen", from its log) is reported beside it.
+//! Flushes are 1 s apart, so each one starts from a quiet reconciler.
+//!
+//! CPU is the watcher's utime + stime from /proc/PID/stat (all its
+//! threads) over the interval, as a share of one core.
+//!
+//! Nothing is DELeted at the end: deleting the host namespace takes its
+//! bridge, veths and ruleset with it, and the run and IPAM dirs are the
+//! bench's temp dirs (1000 DELs would double the part's time for
+//! nothing it measures).
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::exec::exec_plugin_env;
+use crate::report::Reconcile;
+use crate::stats::{median, ms};
+use crate::sys::{self, Netns, Proc, TempDir};
+
+/// Most containers: their host ports ([`host_port`]) must stay below
+/// 65536 (and their addresses fit the /16 many times over).
+pub(crate) const MAX_CONTAINERS: usize = 25_000;
+const NETWORK: &str = "bench-rc";
+const BRIDGE: &str = "brc0";
+const SUBNET: &str = "10.200.0.0/16";
+/// The host's end of the link to the outside namespace, and the outside's.
+const UPLINK: &str = "brcup0";
+const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 79, 1);
+const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 79, 2);
+/// The service's port in container 0 (its TCP mapping's containerPort).
+const SERVICE_PORT: u16 = 80;
+const PROBE_CONNECT: Duration = Duration::from_millis(50);
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// Past this the reconciler did not repair at all: the part fails.
+const REPAIR_LIMIT: Duration = Duration::from_secs(10);
+/// How long `berth watch` may take to its `watching` line (its first
+/// pass lists and compares all 2000 mappings).
+const STARTUP: Duration = Duration::from_secs(30);
+/// The watcher's periodic re-check (its default): during the
+/// measurements every pass is one a ruleset change caused, or the
+/// periodic one a real host would run too.
+const INTERVAL_SECS: &str = "30";
+/// Between flushes, and after the last repair before the CPU figures.
+const GAP: Duration = Duration::from_secs(1);
+const IDLE: Duration = Duration::from_secs(10);
+const STORM: Duration = Duration::from_secs(10);
+const STORM_PER_SEC: u32 = 10;
+/// After the storm, the port must answer again within this.
+const AFTER_STORM_LIMIT: Duration = Duration::from_secs(1);
+
+/// Container `i`'s host ports: TCP `10000 + 2i`, UDP the next one (as
+/// portmap.rs numbers its installed mappings).
+fn host_port(i: usize, udp: bool) -> u16 {
+    u16::try_from(10_000 + 2 * i + usize::from(udp)).expect("at most MAX_CONTAINERS containers")
+}
+
+/// The plugins' configs, chained as a runtime chains them.
+struct Confs {
+    bridge: Value,
+    cni_version: String,
+}
+
+impl Confs {
+    fn new(cni_version: &str, data_dir: &Path) -> Confs {
+        Confs {
+            bridge: json!({
+                "cniVersion": cni_version, "name": NETWORK, "type": "berth-bridge",
+                "bridge": BRIDGE, "isGateway": true, "ipMasq": true,
+                "ipam": {"type": "berth-ipam", "dataDir": data_dir.to_string_lossy(),
+                         "ranges": [[{"subnet": SUBNET}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]}
+            }),
+            cni_version: cni_version.to_string(),
+        }
+    }
+
+    /// berth-portmap's config for container `i`, after the bridge's ADD
+    /// returned `prev`.
+    fn portmap(&self, i: usize, prev: Value) -> Value {
+        json!({
+            "cniVersion": self.cni_version, "name": NETWORK, "type": "berth-portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": host_port(i, false), "containerPort": SERVICE_PORT, "protocol": "tcp"},
+                {"hostPort": host_port(i, true), "containerPort": 53, "protocol": "udp"}
+            ]},
+            "prevResult": prev
+        })
+    }
+}
+
+/// Runs a plugin of `dir` inside the host namespace, with the private run
+/// dir; returns its stdout.
+fn exec(
+    host: &Netns,
+    run_dir: &Path,
+    dir: &Path,
+    plugin: &str,
+    cid: &str,
+    container_ns: &str,
+    conf: &Value,
+) -> Result<String> {
+    let run_dir = run_dir.display().to_string();
+    let env = [("BERTH_RUN_DIR", run_dir.as_str())];
+    let out = host.run(|| exec_plugin_env(dir, plugin, "ADD", cid, container_ns, conf, &env))?;
+    if !out.ok {
+        bail!("{plugin} ADD {cid}: {}", out.describe());
+    }
+    Ok(out.stdout)
+}
+
+/// `nft flush ruleset` in the host namespace (never the real host's).
+fn flush(host: &Netns) -> Result<()> {
+    let out = host.run(|| {
+        Command::new("nft")
+            .args(["flush", "ruleset"])
+            .stdin(Stdio::null())
+            .output()
+            .context("run nft")
+    })?;
+    if !out.status.success() {
+        bail!(
+            "nft flush ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The host and outside namespaces, joined by a veth.
+fn link(host: &Netns, outside: &Netns) -> Result<()> {
+    let mut h = sys::handle_in(host)?;
+    let mut o = sys::handle_in(outside)?;
+    for handle in [&mut h, &mut o] {
+        let lo = handle.link_by_name("lo")?.context("no lo")?;
+        handle.set_up(lo.index)?;
+    }
+    let outside_fd = berth_kernel::Netns::open(Path::new(&outside.path))?;
+    h.add_veth(
+        UPLINK,
+        UPLINK,
+        &outside_fd,
+        &berth_kernel::VethOptions::default(),
+    )
+    .context("veth between the bench's host and outside namespaces")?;
+    for (handle, addr) in [(&mut h, HOST_ADDR), (&mut o, OUTSIDE_ADDR)] {
+        let l = handle.link_by_name(UPLINK)?.context("veth vanished")?;
+        handle.add_address(
+            l.index,
+            format!("{addr}/24").parse()?,
+            &berth_kernel::AddressOptions::default(),
+        )?;
+        handle.set_up(l.index)?;
+    }
+    Ok(())
+}
+
+/// The service in container 0: accepts on port 80 and answers one byte.
+/// Stopped on drop (flag, then one connection to wake the accept).
+struct Service {
+    ns: berth_kernel::Netns,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    fn start(container: &Netns) -> Result<Service> {
+        let mut h = sys::handle_in(container)?;
+        // For the wake-up connection on drop.
+        let lo = h.link_by_name("lo")?.context("no lo")?;
+        h.set_up(lo.index)?;
+        // The socket lives in the namespace it was made in; the thread
+        // that accepts on it need not.
+        let listener = container.run(|| {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, SERVICE_PORT)).context("listen on :80")
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(mut s) = conn {
+                    let _ = s.write_all(b"x");
+                }
+            }
+        });
+        Ok(Service {
+            ns: berth_kernel::Netns::open(Path::new(&container.path))?,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, SERVICE_PORT));
+        let woke = self
+            .ns
+            .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
+        // A thread that could not be woken is left to the process's exit
+        // rather than waited for forever.
+        if matches!(woke, Ok(true)) {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// One probe: a TCP connection to the published port that answers.
+fn answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, PROBE_CONNECT) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(PROBE_CONNECT));
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(1))
+}
+
+/// Probes from `outside` every [`PROBE_EVERY`] until the port answers:
+/// how long after `since` that was, or None past `limit` after it.
+fn answered_after(
+    outside: &Netns,
+    addr: SocketAddr,
+    since: Instant,
+    limit: Duration,
+) -> Result<Option<Duration>> {
+    outside.run(|| {
+        Ok(loop {
+            if answers(addr) {
+                break Some(since.elapsed());
+            }
+            if since.elapsed() >= limit {
+                break None;
+            }
+            std::thread::sleep(PROBE_EVERY);
+        })
+    })
+}
+
+/// `berth watch` in the host namespace, its stderr in a file; stopped
+/// (SIGTERM by its PID) on drop.
+struct Watcher {
+    proc: Proc,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Watcher {
+    fn start(berth_dir: &Path, host: &Netns, run_dir: &Path) -> Result<Watcher> {
+        let dir = TempDir::new("rc-log")?;
+        let log = dir.path().join("watch.log");
+        let file = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        let mut cmd = Command::new(berth_dir.join("berth"));
+        cmd.args(["watch", "--interval", INTERVAL_SECS])
+            .env("BERTH_RUN_DIR", run_dir)
+            .env("BERTH_LOG", "info")
+            // Plain lines in the file, whatever tracing's default.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        // Spawned from a thread inside the host namespace: the process is
+        // born there (its PID is berth's own, no `ip netns exec` between).
+        let child = host.run(move || cmd.spawn().context("start berth watch"))?;
+        Ok(Watcher {
+            proc: Proc(child),
+            log,
+            _dir: dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    /// The log's length now, to read what comes after it.
+    fn mark(&self) -> usize {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The log from `mark` on.
+    fn since(&self, mark: usize) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default()).into_owned()
+    }
+
+    /// The last lines of the log, for an error message.
+    fn tail(&self) -> String {
+        let log = self.since(0);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" / ");
+        format!("berth watch's log ends: {tail:?}")
+    }
+
+    /// Waits for the `watching` line (the end of the first pass).
+    fn wait_watching(&mut self) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.since(0).contains("watching") {
+                return Ok(start.elapsed());
+            }
+            if let Some(status) = self.proc.0.try_wait()? {
+                bail!(
+                    "berth watch exited ({status}) before watching; {}",
+                    self.tail()
+                );
+            }
+            if start.elapsed() > STARTUP {
+                bail!(
+                    "berth watch did not log `watching` within {STARTUP:?}; {}",
+                    self.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The watcher's CPU time so far, in clock ticks.
+    fn cpu_ticks(&self) -> Result<u64> {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("read /proc/{pid}/stat (has berth watch exited?)"))?;
+        stat_cpu_ticks(&stat).with_context(|| format!("/proc/{pid}/stat: {stat:?}"))
+    }
+}
+
+/// utime + stime of a /proc/PID/stat line (all the process's threads).
+/// comm, field 2, is in parentheses and may hold spaces and parentheses
+/// itself: the fields after the last `)` are 3 (state) on, which puts
+/// utime and stime (14 and 15) at 11 and 12.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks over `over` as a percentage of one core.
+fn percent_of_a_core(ticks: u64, over: Duration) -> f64 {
+    // SAFETY: sysconf has no preconditions; _SC_CLK_TCK is always known.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_sec / over.as_secs_f64() * 100.0
+}
+
+/// What the watcher logs after a repair: "repaired WHAT, N ms after the
+/// change was seen".
+const REPAIRED: &str = " ms after the change was seen";
+
+/// The N of every repair line of `log`.
+fn logged_repairs(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("repaired "))
+        .filter_map(|l| l.split(REPAIRED).next()?.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Passes that put the published ports back ("repaired published ports:
+/// ...", one per pass that found them missing).
+fn port_repairs(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("repaired published ports"))
+        .count()
+}
+
+fn check_binaries(berth_dir: &Path) -> Result<()> {
+    for b in ["berth-bridge", "berth-ipam", "berth-portmap", "berth"] {
+        if !berth_dir.join(b).is_file() {
+            bail!(
+                "{} not found (build with `cargo build --release -p berth-bridge -p berth-ipam \
+                 -p berth-portmap -p berth-cli`, or pass --cni-path-berth)",
+                berth_dir.join(b).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn reconcile(
+    berth_dir: &Path,
+    containers: usize,
+    flushes: usize,
+    cni_version: &str,
+) -> Result<Reconcile> {
+    check_binaries(berth_dir)?;
+    // Declared in the order they are needed; dropped the other way round:
+    // the watcher first, then the service, the namespaces, the dirs.
+    let run = TempDir::new("rc-run")?;
+    let data = TempDir::new("rc-ipam")?;
+    let tag = format!("brc-{}-{}", std::process::id(), sys::next_id());
+    let host = Netns::new(format!("{tag}-h"))?;
+    let outside = Netns::new(format!("{tag}-o"))?;
+    link(&host, &outside)?;
+    let confs = Confs::new(cni_version, data.path());
+
+    eprintln!(
+        "reconcile: {containers} containers with 2 published ports each, in a private host namespace"
+    );
+    let setup = Instant::now();
+    let mut nss = Vec::with_capacity(containers);
+    for i in 0..containers {
+        let ns = Netns::new(format!("{tag}-{i}"))?;
+        let cid = format!("rc{i}");
+        let result = exec(
+            &host,
+            run.path(),
+            berth_dir,
+            "berth-bridge",
+            &cid,
+            &ns.path,
+            &confs.bridge,
+        )?;
+        let prev: Value = serde_json::from_str(&result)
+            .with_context(|| format!("berth-bridge ADD {cid} printed {result:?}"))?;
+        exec(
+            &host,
+            run.path(),
+            berth_dir,
+            "berth-portmap",
+            &cid,
+            &ns.path,
+            &confs.portmap(i, prev),
+        )?;
+        nss.push(ns);
+        if (i + 1) % 100 == 0 || i + 1 == containers {
+            eprint!("\r  reconcile: {} of {containers} containers", i + 1);
+        }
+    }
+    eprintln!();
+    let setup_secs = setup.elapsed().as_secs_f64();
+    let _service = Service::start(&nss[0])?;
+    let probe = SocketAddr::from((HOST_ADDR, host_port(0, false)));
+    // The path works before anything is flushed, or nothing below means
+    // anything.
+    if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
+        bail!("{probe} does not answer from outside even before any flush");
+    }
+
+    eprintln!("reconcile: starting berth watch");
+    let mut watcher = Watcher::start(berth_dir, &host, run.path())?;
+    let first_pass = watcher.wait_watching()?;
+    if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
+        bail!(
+            "{probe} does not answer once berth watch runs; {}",
+            watcher.tail()
+        );
+    }
+
+    eprintln!("reconcile: {flushes} flushes, {GAP:?} apart");
+    let (mut answer_ms, mut logged_ms, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 1..=flushes {
+        let mark = watcher.mark();
+        flush(&host)?;
+        let flushed = Instant::now();
+        if outside.run(|| Ok(answers(probe)))? {
+            errors.push(format!(
+                "flush {k}: the port still answered right after `nft flush ruleset` returned (not measured)"
+            ));
+        } else {
+            match answered_after(&outside, probe, flushed, REPAIR_LIMIT)? {
+                Some(t) => answer_ms.push(ms(t)),
+                None => bail!(
+                    "flush {k}: the port did not answer again within {REPAIR_LIMIT:?}; {}",
+                    watcher.tail()
+                ),
+            }
+        }
+        std::thread::sleep(GAP);
+        // One figure per flush: a pass logs each thing it put back with
+        // the same figure; should a second pass have been needed, the
+        // flush took until the later one.
+        if let Some(m) = logged_repairs(&watcher.since(mark))
+            .into_iter()
+            .reduce(f64::max)
+        {
+            logged_ms.push(m);
+        }
+        eprint!("\r  reconcile: {k} of {flushes} flushes");
+    }
+    eprintln!();
+
+    eprintln!("reconcile: the watcher's CPU, idle for {IDLE:?}");
+    let (ticks, start) = (watcher.cpu_ticks()?, Instant::now());
+    std::thread::sleep(IDLE);
+    let idle = start.elapsed();
+    let idle_cpu_percent = percent_of_a_core(watcher.cpu_ticks()? - ticks, idle);
+
+    let storm_flushes = STORM_PER_SEC * STORM.as_secs() as u32;
+    eprintln!("reconcile: a flush storm, {storm_flushes} flushes in {STORM:?}");
+    let mark = watcher.mark();
+    let (ticks, start) = (watcher.cpu_ticks()?, Instant::now());
+    for k in 0..storm_flushes {
+        let at = start + STORM / storm_flushes * k;
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        flush(&host)?;
+    }
+    let last = Instant::now();
+    let storm = last - start;
+    let back = answered_after(&outside, probe, last, REPAIR_LIMIT)?;
+    // The storm's CPU runs until the port is back: the last flush's repair
+    // is part of the storm's work.
+    let storm_cpu_percent = percent_of_a_core(watcher.cpu_ticks()? - ticks, start.elapsed());
+    std::thread::sleep(GAP);
+    let storm_port_repairs = port_repairs(&watcher.since(mark));
+    if back.is_none() {
+        errors.push(format!(
+            "after the storm the port did not answer again within {REPAIR_LIMIT:?}; {}",
+            watcher.tail()
+        ));
+    }
+    let after_storm_answer_ms = back.map(ms);
+    Ok(Reconcile {
+        containers,
+        mappings: 2 * containers,
+        setup_secs,
+        first_pass_ms: ms(first_pass),
+        flushes,
+        answer_median_ms: median(&answer_ms),
+        answer_max_ms: answer_ms.iter().copied().reduce(f64::max),
+        answer_ms,
+        logged_median_ms: median(&logged_ms),
+        logged_max_ms: logged_ms.iter().copied().reduce(f64::max),
+        logged_ms,
+        idle_secs: idle.as_secs_f64(),
+        idle_cpu_percent,
+        storm_flushes: storm_flushes as usize,
+        storm_secs: storm.as_secs_f64(),
+        storm_cpu_percent,
+        storm_port_repairs,
+        after_storm_answer_ms,
+        after_storm_limit_ms: ms(AFTER_STORM_LIMIT),
+        after_storm_pass: back.is_some_and(|t| t <= AFTER_STORM_LIMIT),
+        errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_of_a_stat_line() {
+        // comm with a space and a parenthesis of its own.
+        let stat =
+            "4242 (berth (x) y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 37 5 0 0 20 0 2 0 123 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(42));
+        assert_eq!(stat_cpu_ticks("4242 (berth) S 1"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn repairs_from_the_log() {
+        let log = "2026-12-03T06:00:00.000000Z  INFO watching berth's rules (on each ruleset change; every 30 s regardless)\n\
+            2026-12-03T06:00:01.000000Z  INFO repaired network \"bench-rc\": table inet berth, 41.3 ms after the change was seen\n\
+            2026-12-03T06:00:01.000000Z  INFO repaired published ports: 2000 mappings, 41.3 ms after the change was seen\n\
+            2026-12-03T06:00:02.000000Z  WARN reconciling: something\n\
+            2026-12-03T06:00:03.000000Z  INFO repaired published ports: 2 mappings, 7.0 ms after the change was seen\n";
+        assert_eq!(logged_repairs(log), [41.3, 41.3, 7.0]);
+        assert_eq!(port_repairs(log), 2);
+        assert!(logged_repairs("").is_empty());
+    }
+
+    #[test]
+    fn ports_fit() {
+        assert_eq!(host_port(0, false), 10_000);
+        assert_eq!(host_port(0, true), 10_001);
+        assert_eq!(host_port(MAX_CONTAINERS - 1, true), 59_999);
+    }
+
+    #[test]
+    fn cpu_share() {
+        // SAFETY: as in percent_of_a_core.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let p = percent_of_a_core(hz, Duration::from_secs(4));
+        assert!((p - 25.0).abs() < 1e-9, "{p}");
+    }
+}

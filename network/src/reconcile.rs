@@ -1,0 +1,217 @@
+//! The reconciler: puts back what berth owns in the ruleset whenever
+//! someone else removes it (`nft flush ruleset` from nftables.service, a
+//! firewalld reload, configuration management), from berth's records
+//! alone, and touches nothing it does not own.
+//!
+//! What it owns and where the record is:
+//! - each bridge network's rules (masquerade, forward marks, isolation,
+//!   its bridge in `berth-bridges`): the network's rules marker, written
+//!   by berth-bridge and berth-overlay with the first attachment and by
+//!   berthd at CreateNetwork ([`crate::firewall`]);
+//! - the quiet chain of `bridge berth`, while any network is recorded,
+//!   and each port's MAC spoof check (macspoofchk): the MAC is recorded
+//!   in the attachments log;
+//! - berth's rule in Docker's DOCKER-USER chain, when that chain exists;
+//! - published ports (structure and every attachment's elements): the
+//!   ports store ([`crate::ports`]).
+//!
+//! A pass lists `inet berth` and `bridge berth` once each, compares them
+//! with the records, and repairs only what is missing, so two reconcilers
+//! on one host (berthd's and `berth watch`) agree instead of fighting:
+//! the second finds nothing to do. A pass runs under berth's host-wide
+//! lock, as every ADD and DEL changes records and rules under it, so a
+//! DEL in progress finishes first and what it removed has no record left
+//! to be put back from. Markers still pending belong to an ADD that was
+//! killed (an ADD in progress holds the lock): they promise nothing and
+//! are left to that container's DEL.
+//!
+//! [`watch`] runs passes when the kernel announces a ruleset change
+//! (berth_kernel::firewall::RulesetEvents) and at a slow interval for
+//! what no event reports (iptables-legacy, a lost event).
+
+use std::time::{Duration, Instant};
+
+use berth_kernel::firewall::{
+    docker_user_in, ensure_docker_user_in, list_table_in, network_missing_from_listing,
+    quiet_add_in, spoofchk_add_in, spoofchk_missing_from_listing, DockerUser, RulesetEvents,
+    QUIET_CHAIN, SPOOFCHK_TABLE, TABLE,
+};
+use berth_kernel::parse_mac;
+
+use crate::attachment::state::State;
+use crate::firewall::{self, NetworkFirewall};
+use crate::{kernel, ports, Error, Result};
+
+/// After the first event of a burst (a flush is many), how long to let
+/// the rest arrive before looking.
+const SETTLE: Duration = Duration::from_millis(10);
+/// Passes are at least this far apart: berth's own repairs and every
+/// ADD and DEL are ruleset changes too, and must not keep a core busy.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// One comparison of the ruleset with the records, repairing what is
+/// missing. Returns what was put back, one line each. What one network's
+/// or one port's repair fails on is logged and the pass goes on; failing
+/// to list the ruleset or to repair what all share (the quiet chain,
+/// DOCKER-USER, published ports) ends it with the error, for the next
+/// pass to try again.
+pub fn pass() -> Result<Vec<String>> {
+    let state = State::from_env();
+    // Nothing recorded, nothing owned: no lock, no nft.
+    if state.networks().is_empty() && !ports::recorded() {
+        return Ok(Vec::new());
+    }
+    // Held to the end of the pass.
+    let _lock = state.lock()?;
+    let networks: Vec<NetworkFirewall> = state
+        .networks()
+        .iter()
+        .filter(|(_, m)| !m.pending)
+        .map(|(name, m)| NetworkFirewall::of_marker(name, m))
+        .collect();
+    let mut repaired = Vec::new();
+    let inet = list_table_in(None, "inet", TABLE).map_err(Error::firewall)?;
+    for fw in &networks {
+        let missing = match &inet {
+            None => Some(format!("table inet {TABLE}")),
+            Some(l) => network_missing_from_listing(l, &fw.rules()),
+        };
+        let Some(what) = missing else { continue };
+        match firewall::restore(fw) {
+            Ok(()) => repaired.push(format!("network {:?}: {what}", fw.network)),
+            Err(e) => tracing::warn!(
+                "network {:?} (bridge {}): {what} is missing and could not be put back: {e}",
+                fw.network,
+                fw.bridge
+            ),
+        }
+    }
+    if !networks.is_empty() {
+        let prefixes = crate::names::port_prefixes();
+        // (Adding a check leaves the quiet chain as it is: this listing
+        // still tells whether that is there.)
+        let bridge = list_table_in(None, "bridge", SPOOFCHK_TABLE).map_err(Error::firewall)?;
+        for fw in &networks {
+            let records = state.records(&fw.network);
+            for (host_veth, mac) in state.spoof_macs(&fw.network) {
+                let missing = match &bridge {
+                    None => Some(format!("table bridge {SPOOFCHK_TABLE}")),
+                    Some(l) => spoofchk_missing_from_listing(l, &host_veth),
+                };
+                let Some(what) = missing else { continue };
+                let container = records
+                    .iter()
+                    .find(|(v, _)| *v == host_veth)
+                    .and_then(|(_, r)| r.as_ref())
+                    .map_or("", |r| r.container_id.as_str());
+                let put = parse_mac(&mac)
+                    .ok_or_else(|| format!("recorded MAC {mac:?} is not a MAC"))
+                    .and_then(|m| {
+                        spoofchk_add_in(None, &host_veth, &m, container).map_err(|e| e.to_string())
+                    });
+                match put {
+                    Ok(()) => repaired.push(format!(
+                        "MAC spoof check of {host_veth} (network {:?}): {what}",
+                        fw.network
+                    )),
+                    Err(e) => tracing::warn!(
+                        "MAC spoof check of {host_veth} (network {:?}): {what} is missing and could not be put back: {e}",
+                        fw.network
+                    ),
+                }
+            }
+        }
+        let quiet = bridge
+            .as_ref()
+            .and_then(|l| l.chain_rules(QUIET_CHAIN))
+            .is_some_and(|r| r.len() >= prefixes.len());
+        if !quiet {
+            quiet_add_in(None, &prefixes).map_err(Error::firewall)?;
+            repaired.push(format!("the quiet chain of table bridge {SPOOFCHK_TABLE}"));
+        }
+    }
+    let published = ports::recorded();
+    if !networks.is_empty() || published {
+        let docker = docker_user_in(None).map_err(Error::firewall)?;
+        if docker.contains(&DockerUser::Missing) {
+            ensure_docker_user_in(None).map_err(Error::firewall)?;
+            repaired.push("berth's rule in DOCKER-USER".into());
+        }
+    }
+    if published {
+        // The networks' repair may have made the table anew.
+        let inet = if repaired.is_empty() {
+            inet
+        } else {
+            list_table_in(None, "inet", TABLE).map_err(Error::firewall)?
+        };
+        if let Some(what) = ports::repair(inet.as_ref())? {
+            repaired.push(format!("published ports: {what}"));
+        }
+    }
+    Ok(repaired)
+}
+
+/// Runs a pass, logging each repair with how long it took from `seen`
+/// (when the change was noticed) until it was back.
+fn pass_logged(seen: Instant) {
+    match pass() {
+        Ok(repaired) => {
+            let ms = seen.elapsed().as_secs_f64() * 1e3;
+            for what in repaired {
+                tracing::info!("repaired {what}, {ms:.1} ms after the change was seen");
+            }
+        }
+        Err(e) => tracing::warn!("reconciling: {e}"),
+    }
+}
+
+/// Reconciles forever in the caller's namespace: a pass at start, one
+/// after each burst of ruleset changes, and one every `interval`. Never
+/// returns; a failing pass is logged and the next one tries again.
+pub fn watch(interval: Duration) -> ! {
+    let mut events = match RulesetEvents::subscribe() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            // Without events, look often enough to repair within a second.
+            tracing::warn!("no ruleset events ({e}): checking every 500 ms instead");
+            None
+        }
+    };
+    pass_logged(Instant::now());
+    tracing::info!(
+        "watching berth's rules ({}; every {} s regardless)",
+        if events.is_some() {
+            "on each ruleset change"
+        } else {
+            "every 500 ms"
+        },
+        interval.as_secs_f64()
+    );
+    let mut last = Instant::now();
+    loop {
+        let changed = match &mut events {
+            Some(ev) => ev.wait(interval).unwrap_or_else(|e| {
+                tracing::warn!("{}", kernel(e));
+                std::thread::sleep(MIN_GAP);
+                true
+            }),
+            None => {
+                std::thread::sleep(Duration::from_millis(500));
+                true
+            }
+        };
+        let seen = Instant::now();
+        if changed {
+            std::thread::sleep(SETTLE);
+            if let Some(ev) = &mut events {
+                let _ = ev.drain();
+            }
+        }
+        if let Some(wait) = MIN_GAP.checked_sub(last.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        pass_logged(seen);
+        last = Instant::now();
+    }
+}
