@@ -465,6 +465,24 @@ fn pings(d: &Daemons, from: &str, to: &str) -> bool {
 /// keeps existing connectivity and lets new containers join, and
 /// `docker network rm` leaves no bridge, rule or address pool. Containers
 /// on `none` and `host` run beside it unaffected.
+/// The map of `inet berth` holding `element` (as nft prints it), if any.
+fn map_holding(element: &str) -> Option<String> {
+    let listing = run_ok("nft", &["list", "table", "inet", "berth"]);
+    let mut map = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("map ").and_then(|r| r.strip_suffix(" {")) {
+            map = Some(name.to_string());
+        } else if line.starts_with("chain ") || line.starts_with("set ") {
+            map = None;
+        } else if line.contains(&format!("{element} :")) {
+            if let Some(m) = &map {
+                return Some(m.clone());
+            }
+        }
+    }
+    None
+}
+
 #[test]
 fn docker_engine_uses_berthd_networks() {
     let mut d = Daemons::start();
@@ -538,6 +556,52 @@ fn docker_engine_uses_berthd_networks() {
             .as_deref()
             .is_ok_and(|a| a.contains("from-a-berth-network")),
         "127.0.0.1:{port}: {answer:?}"
+    );
+    // Taken away behind berth's back (only this test's objects: the host's
+    // ruleset is shared), the port's map element and the network's rules
+    // are put back by berthd's reconciler within a second.
+    let key = format!("127.0.0.1 . tcp . {port}");
+    let map = map_holding(&key).expect("the port's map element");
+    run_ok(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "inet",
+            "berth",
+            &map,
+            &format!("{{ {key} }}"),
+        ],
+    );
+    berth_kernel::firewall::remove(&rules).expect("remove the network's rules");
+    // (Both removals succeeded, so whatever is there again was put back.)
+    let taken = Instant::now();
+    wait_for(
+        || map_holding(&key).is_some() && !berth_nft_objects(&rules).is_empty(),
+        "the port's element and the network's rules back",
+    );
+    assert!(
+        taken.elapsed() < Duration::from_secs(1),
+        "put back only after {:?}",
+        taken.elapsed()
+    );
+    // berthd's reconciler did it, and said so (its log is written as the
+    // pass ends, just after the rules are in).
+    let log_path = d.dir.path().join("berthd.log");
+    wait_for(
+        || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            log.contains(&format!("repaired network {rules:?}"))
+                && log.contains("repaired published ports")
+        },
+        "berthd's log of the repairs",
+    );
+    let answer = http_get(port, Duration::from_secs(1));
+    assert!(
+        answer
+            .as_deref()
+            .is_ok_and(|a| a.contains("from-a-berth-network")),
+        "127.0.0.1:{port} after the repair: {answer:?}"
     );
     d.ok(&["rm", "-f", "web"]);
     assert!(
