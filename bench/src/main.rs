@@ -76,7 +76,7 @@ use crate::concurrent::concurrent;
 use crate::exec::Impl;
 use crate::floor::{del_in_place, floor, FLOOR_BRIDGE_PORTS};
 use crate::print::print_tables;
-use crate::report::{split, Config, Outcome, Report};
+use crate::report::{split, Config, Report};
 
 fn main() {
     match real_main() {
@@ -87,11 +87,6 @@ fn main() {
             std::process::exit(2);
         }
     }
-}
-
-/// A part's result with its error as the report gives it.
-fn outcome<T>(r: Result<T>) -> Outcome<T> {
-    r.map_err(|e| format!("{e:#}"))
 }
 
 /// Ok(false) when a part failed (the report says which).
@@ -128,68 +123,63 @@ fn real_main() -> Result<bool> {
     }
     if args.floor {
         eprintln!("floor: {} veth deletions", args.floor_reps);
-        (report.floor, report.floor_error) = split(outcome(floor(args.floor_reps)));
+        (report.floor, report.floor_error) = split(floor(args.floor_reps));
         ok &= report.floor_error.is_none();
     }
     if args.floor {
         eprintln!("floor: berth DEL vs deleting the same veth, {FLOOR_BRIDGE_PORTS} containers");
-        (report.del_in_place, report.del_in_place_error) =
-            split(outcome(del_in_place(&args, &mut taken)));
+        (report.del_in_place, report.del_in_place_error) = split(del_in_place(&args, &mut taken));
         ok &= report.del_in_place_error.is_none();
     }
     if args.concurrent {
-        (report.concurrent, report.concurrent_error) =
-            split(outcome(concurrent(&args, &mut taken)));
+        (report.concurrent, report.concurrent_error) = split(concurrent(&args, &mut taken));
         ok &= report.concurrent.as_ref().is_some_and(|c| c.ok);
     }
     if args.host {
-        (report.host, report.host_error) = split(outcome(host::host_modes(
+        (report.host, report.host_error) = split(host::host_modes(
             &args.berth_dir,
             &args.ref_dir,
             args.host_reps,
-        )));
+        ));
         ok &= report.host_error.is_none();
     }
     if args.portmap {
-        (report.portmap, report.portmap_error) = split(outcome(portmap::portmap_levels(
+        (report.portmap, report.portmap_error) = split(portmap::portmap_levels(
             &args.berth_dir,
             &args.ref_dir,
             args.portmap_reps,
-        )));
+        ));
         ok &= report.portmap_error.is_none();
     }
     if args.volumes {
-        (report.volumes, report.volumes_error) = split(outcome(engine::engine(
+        (report.volumes, report.volumes_error) = split(engine::engine(
             &args.berth_dir,
             args.volume_reps,
             args.docker_reps,
-        )));
+        ));
         ok &= report.volumes_error.is_none();
     }
     if args.overlay {
-        (report.overlay, report.overlay_error) = split(outcome(overlay::overlay(
+        (report.overlay, report.overlay_error) = split(overlay::overlay(
             &args.berth_dir,
             args.overlay_nodes,
             args.iperf_secs,
             args.iperf_reps,
-        )));
+        ));
         ok &= report.overlay.as_ref().is_some_and(|o| o.ok());
     }
     if args.cri {
-        (report.cri, report.cri_error) = split(outcome(cri::cri(
-            &args.berth_dir,
-            &args.ref_dir,
-            args.cri_pods,
-        )));
+        (report.cri, report.cri_error) =
+            split(cri::cri(&args.berth_dir, &args.ref_dir, args.cri_pods));
         ok &= report.cri_error.is_none();
     }
     if args.reconcile {
-        (report.reconcile, report.reconcile_error) = split(outcome(reconcile::reconcile(
+        (report.reconcile, report.reconcile_error) = split(reconcile::reconcile(
             &args.berth_dir,
             args.reconcile_containers,
             args.reconcile_flushes,
             &args.cni_version,
-        )));
+        ));
         ok &= report.reconcile.as_ref().is_some_and(|r| r.ok());
     }
     report.ok = ok;

@@ -102,10 +102,9 @@ pub fn overlay(
         "overlay: throughput, berth, hand-built container path and raw VXLAN alternating, {iperf_reps} x {iperf_secs} s each"
     );
     let (throughput, throughput_error) =
-        report::split(throughput(berth_dir, iperf_secs, iperf_reps).map_err(|e| format!("{e:#}")));
+        report::split(throughput(berth_dir, iperf_secs, iperf_reps));
     eprintln!("overlay: convergence, the agent with etcd and {nodes} nodes");
-    let (convergence, convergence_error) =
-        report::split(convergence(berth_dir, nodes).map_err(|e| format!("{e:#}")));
+    let (convergence, convergence_error) = report::split(convergence(berth_dir, nodes));
     Ok(Overlay {
         throughput,
         throughput_error,

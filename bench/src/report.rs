@@ -14,14 +14,12 @@ use serde::Serialize;
 
 use crate::stats::ratio;
 
-/// A part's result, or why it failed (the `<key>_error` of the JSON).
-pub(crate) type Outcome<T> = std::result::Result<T, String>;
-
-/// Splits an outcome into the report's two fields.
-pub(crate) fn split<T>(o: Outcome<T>) -> (Option<T>, Option<String>) {
-    match o {
+/// A part's result as the report's two fields: the figures, or why it
+/// failed (the `<key>_error` of the JSON, the whole error chain).
+pub(crate) fn split<T>(r: anyhow::Result<T>) -> (Option<T>, Option<String>) {
+    match r {
         Ok(v) => (Some(v), None),
-        Err(e) => (None, Some(e)),
+        Err(e) => (None, Some(format!("{e:#}"))),
     }
 }
 

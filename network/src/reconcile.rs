@@ -57,11 +57,7 @@ const MIN_GAP: Duration = Duration::from_millis(100);
 /// pass to try again.
 pub fn pass() -> Result<Vec<String>> {
     let state = State::from_env();
-    // Nothing recorded, nothing owned: no lock, no nft.
-    if state.networks().is_empty() && !ports::recorded() {
-        return Ok(Vec::new());
-    }
-    // Held to the end of the pass.
+    // Held to the end of the pass; the records are read once, under it.
     let _lock = state.lock()?;
     let networks: Vec<NetworkFirewall> = state
         .networks()
@@ -69,6 +65,11 @@ pub fn pass() -> Result<Vec<String>> {
         .filter(|(_, m)| !m.pending)
         .map(|(name, m)| NetworkFirewall::of_marker(name, m))
         .collect();
+    let published = ports::recorded()?;
+    // Nothing recorded, nothing owned: no nft.
+    if networks.is_empty() && published.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut repaired = Vec::new();
     let inet = list_table_in(None, "inet", TABLE).map_err(Error::firewall)?;
     for fw in &networks {
@@ -130,22 +131,22 @@ pub fn pass() -> Result<Vec<String>> {
             repaired.push(format!("the quiet chain of table bridge {SPOOFCHK_TABLE}"));
         }
     }
-    let published = ports::recorded();
-    if !networks.is_empty() || published {
-        let docker = docker_user_in(None).map_err(Error::firewall)?;
-        if docker.contains(&DockerUser::Missing) {
-            ensure_docker_user_in(None).map_err(Error::firewall)?;
-            repaired.push("berth's rule in DOCKER-USER".into());
-        }
+    // Something is recorded (above): its traffic needs the exception.
+    if docker_user_in(None)
+        .map_err(Error::firewall)?
+        .contains(&DockerUser::Missing)
+    {
+        ensure_docker_user_in(None).map_err(Error::firewall)?;
+        repaired.push("berth's rule in DOCKER-USER".into());
     }
-    if published {
+    if !published.is_empty() {
         // The networks' repair may have made the table anew.
         let inet = if repaired.is_empty() {
             inet
         } else {
             list_table_in(None, "inet", TABLE).map_err(Error::firewall)?
         };
-        if let Some(what) = ports::repair(inet.as_ref())? {
+        if let Some(what) = ports::repair(inet.as_ref(), &published)? {
             repaired.push(format!("published ports: {what}"));
         }
     }

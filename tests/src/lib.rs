@@ -1613,3 +1613,71 @@ pub fn result_address(result: &Value, v4: bool) -> std::net::IpAddr {
 pub fn echo_peer(ip: std::net::IpAddr) -> Result<String, String> {
     Ok(format!("peer={ip}"))
 }
+
+/// The two ends' addresses of a link from a test's "host" namespace to an
+/// "outside" one standing for another machine ([`link_outside`]).
+pub struct OutsideLink {
+    pub host_v4: std::net::IpAddr,
+    pub host_v6: std::net::IpAddr,
+    pub out_v4: std::net::IpAddr,
+    pub out_v6: std::net::IpAddr,
+}
+
+/// Joins `host` (link `up0`) and `outside` (link `eth0`) by a veth with a
+/// unique dual-stack subnet, .1 on the host's end and .2 outside, both up
+/// with `lo`.
+pub fn link_outside(host: &TestNetns, outside: &TestNetns) -> OutsideLink {
+    let (v4, v6) = unique_subnets();
+    let l = OutsideLink {
+        host_v4: subnet_host(&v4, 1),
+        host_v6: subnet_host(&v6, 1),
+        out_v4: subnet_host(&v4, 2),
+        out_v6: subnet_host(&v6, 2),
+    };
+    host.sh(&format!(
+        "ip link set lo up && ip link add up0 type veth peer name eth0 netns {o} && \
+         ip addr add {h4}/24 dev up0 && ip addr add {h6}/64 dev up0 nodad && ip link set up0 up",
+        o = outside.name(),
+        h4 = l.host_v4,
+        h6 = l.host_v6
+    ));
+    outside.sh(&format!(
+        "ip link set lo up && ip addr add {o4}/24 dev eth0 && ip addr add {o6}/64 dev eth0 nodad && \
+         ip link set eth0 up",
+        o4 = l.out_v4,
+        o6 = l.out_v6
+    ));
+    l
+}
+
+/// The maps of `inet berth` (in `ns`; None: the caller's namespace) with
+/// an element whose key is `key` as nft prints it (`tcp . 8080`,
+/// `127.0.0.1 . tcp . 8080`), in listing order.
+pub fn berth_maps_holding(ns: Option<&TestNetns>, key: &str) -> Vec<String> {
+    let args = ["nft", "list", "table", "inet", "berth"];
+    let listing = match ns {
+        Some(ns) => ns.exec_ok(&args),
+        None => run_ok(args[0], &args[1..]),
+    };
+    let mut maps: Vec<String> = Vec::new();
+    let mut map = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("map ").and_then(|r| r.strip_suffix(" {")) {
+            map = Some(name.to_string());
+        } else if line.starts_with("chain ") || line.starts_with("set ") {
+            map = None;
+        } else if let Some(m) = &map {
+            // Elements are comma-separated, wrapped over lines.
+            let list = line
+                .trim_start_matches("elements = {")
+                .trim_end_matches('}');
+            let holds = list
+                .split(',')
+                .any(|e| e.trim().starts_with(&format!("{key} :")));
+            if holds && !maps.contains(m) {
+                maps.push(m.clone());
+            }
+        }
+    }
+    maps
+}

@@ -465,24 +465,6 @@ fn pings(d: &Daemons, from: &str, to: &str) -> bool {
 /// keeps existing connectivity and lets new containers join, and
 /// `docker network rm` leaves no bridge, rule or address pool. Containers
 /// on `none` and `host` run beside it unaffected.
-/// The map of `inet berth` holding `element` (as nft prints it), if any.
-fn map_holding(element: &str) -> Option<String> {
-    let listing = run_ok("nft", &["list", "table", "inet", "berth"]);
-    let mut map = None;
-    for line in listing.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix("map ").and_then(|r| r.strip_suffix(" {")) {
-            map = Some(name.to_string());
-        } else if line.starts_with("chain ") || line.starts_with("set ") {
-            map = None;
-        } else if line.contains(&format!("{element} :")) {
-            if let Some(m) = &map {
-                return Some(m.clone());
-            }
-        }
-    }
-    None
-}
-
 #[test]
 fn docker_engine_uses_berthd_networks() {
     let mut d = Daemons::start();
@@ -561,7 +543,10 @@ fn docker_engine_uses_berthd_networks() {
     // ruleset is shared), the port's map element and the network's rules
     // are put back by berthd's reconciler within a second.
     let key = format!("127.0.0.1 . tcp . {port}");
-    let map = map_holding(&key).expect("the port's map element");
+    let map = berth_maps_holding(None, &key)
+        .into_iter()
+        .next()
+        .expect("the port's map element");
     run_ok(
         "nft",
         &[
@@ -577,7 +562,7 @@ fn docker_engine_uses_berthd_networks() {
     // (Both removals succeeded, so whatever is there again was put back.)
     let taken = Instant::now();
     wait_for(
-        || map_holding(&key).is_some() && !berth_nft_objects(&rules).is_empty(),
+        || !berth_maps_holding(None, &key).is_empty() && !berth_nft_objects(&rules).is_empty(),
         "the port's element and the network's rules back",
     );
     assert!(

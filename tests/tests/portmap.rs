@@ -35,23 +35,13 @@ impl Fx {
         require_root();
         let host = TestNetns::new(&format!("{tag}h"));
         let outside = TestNetns::new(&format!("{tag}o"));
-        let (link_v4, link_v6) = unique_subnets();
+        let OutsideLink {
+            host_v4,
+            host_v6,
+            out_v4,
+            out_v6,
+        } = link_outside(&host, &outside);
         let (subnet_v4, subnet_v6) = unique_subnets();
-        let (host_v4, host_v6, out_v4, out_v6) = (
-            subnet_host(&link_v4, 1),
-            subnet_host(&link_v6, 1),
-            subnet_host(&link_v4, 2),
-            subnet_host(&link_v6, 2),
-        );
-        host.sh(&format!(
-            "ip link set lo up && ip link add up0 type veth peer name eth0 netns {o} && \
-             ip addr add {host_v4}/24 dev up0 && ip addr add {host_v6}/64 dev up0 nodad && ip link set up0 up",
-            o = outside.name()
-        ));
-        outside.sh(&format!(
-            "ip link set lo up && ip addr add {out_v4}/24 dev eth0 && ip addr add {out_v6}/64 dev eth0 nodad && \
-             ip link set eth0 up"
-        ));
         Fx {
             host,
             outside,

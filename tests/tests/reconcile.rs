@@ -109,23 +109,12 @@ impl Fx {
         require_root();
         let host = TestNetns::new(&format!("{tag}h"));
         let outside = TestNetns::new(&format!("{tag}o"));
-        let (link_v4, link_v6) = unique_subnets();
-        let (host_v4, host_v6, out_v4, out_v6) = (
-            subnet_host(&link_v4, 1),
-            subnet_host(&link_v6, 1),
-            subnet_host(&link_v4, 2),
-            subnet_host(&link_v6, 2),
-        );
-        host.sh(&format!(
-            "ip link set lo up && ip link add up0 type veth peer name eth0 netns {o} && \
-             ip addr add {host_v4}/24 dev up0 && ip addr add {host_v6}/64 dev up0 nodad && \
-             ip link set up0 up",
-            o = outside.name()
-        ));
-        outside.sh(&format!(
-            "ip link set lo up && ip addr add {out_v4}/24 dev eth0 && \
-             ip addr add {out_v6}/64 dev eth0 nodad && ip link set eth0 up"
-        ));
+        let OutsideLink {
+            host_v4,
+            host_v6,
+            out_v4,
+            out_v6,
+        } = link_outside(&host, &outside);
         Fx {
             host,
             outside,
@@ -399,48 +388,6 @@ fn berth_objects(ns: &TestNetns) -> Vec<String> {
     lines
 }
 
-/// A map element's key or value in nft's syntax: `tcp . 8080`.
-fn nft_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Object(o) if o.contains_key("concat") => o["concat"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(nft_text)
-            .collect::<Vec<_>>()
-            .join(" . "),
-        other => other.to_string(),
-    }
-}
-
-/// The IPv4 published-port map (`pm4-<profile>`, see
-/// kernel/src/firewall/portmap.rs) holding host port `port` of `proto`,
-/// and that element's key: (map, "tcp . 8080").
-fn port_map_element(ns: &TestNetns, proto: &str, port: u16) -> (String, String) {
-    let want = format!("{proto} . {port}");
-    let out = ns.exec_ok(&["nft", "-j", "list", "table", "inet", "berth"]);
-    let v: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("nft -j printed invalid JSON ({e}): {out}"));
-    for obj in v["nftables"].as_array().into_iter().flatten() {
-        let Some(map) = obj.get("map") else { continue };
-        let name = map["name"].as_str().unwrap_or_default();
-        if !name.starts_with("pm4-") {
-            continue;
-        }
-        for e in map["elem"].as_array().into_iter().flatten() {
-            // A map element is [key, value]; a key with attributes is
-            // {"elem": {"val": key, ...}}.
-            let key = e.as_array().and_then(|pair| pair.first()).unwrap_or(e);
-            let key = key.get("elem").and_then(|x| x.get("val")).unwrap_or(key);
-            if nft_text(key) == want {
-                return (name.to_string(), want);
-            }
-        }
-    }
-    panic!("no pm4- map holds {want}:\n{out}");
-}
-
 // ---------------------------------------------------------------------------
 // the watcher
 
@@ -599,7 +546,12 @@ fn disrupt(fx: &Fx, d: Disruption, user_file: &Path, verify: bool) {
                 .exec_ok(&["nft", "-f", user_file.to_str().expect("UTF-8 path")]);
         }
         Disruption::DeleteElement => {
-            let (map, key) = port_map_element(&fx.host, "tcp", 8080);
+            let key = "tcp . 8080";
+            // The IPv4 one (`pm4-<profile>`, see kernel/src/firewall/portmap.rs).
+            let map = berth_maps_holding(Some(&fx.host), key)
+                .into_iter()
+                .find(|m| m.starts_with("pm4-"))
+                .expect("the IPv4 map of port 8080");
             fx.host.exec_ok(&[
                 "nft",
                 "delete",
@@ -614,7 +566,7 @@ fn disrupt(fx: &Fx, d: Disruption, user_file: &Path, verify: bool) {
                     .host
                     .exec_ok(&["nft", "list", "map", "inet", "berth", &map]);
                 assert!(
-                    !listing.contains(&key),
+                    !listing.contains(key),
                     "{key} is still in {map}:\n{listing}"
                 );
             }

@@ -302,28 +302,23 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
     store.release(&published.owner).map_err(Error::store)
 }
 
-/// True if the host's store records published ports (read without
-/// creating anything; an unreadable store counts as recording some, so
-/// that the reconciler's pass reports it).
-pub fn recorded() -> bool {
-    run_dir().join(DB_FILE).exists()
-        && open_store().map_or(true, |s| {
-            s.all_attachments().map_or(true, |a| !a.is_empty())
-        })
+/// Every attachment's published ports the host's store records (none, and
+/// nothing created, when there is no store yet).
+pub fn recorded() -> Result<Vec<PublishedPorts>, Error> {
+    if !run_dir().join(DB_FILE).exists() {
+        return Ok(Vec::new());
+    }
+    recorded_ports(&open_store()?)
 }
 
 /// The reconciler's part: if `listing` (of `inet berth`; None when the
-/// table is gone) lacks anything of the recorded attachments' ports,
-/// rebuilds them all from the records, as an ADD does when it finds the
-/// structure gone. Returns what was missing. Called under berth's lock.
+/// table is gone) lacks anything of `all` ([`recorded`]), rebuilds them
+/// all, as an ADD does when it finds the structure gone. Returns what was
+/// missing. Called under berth's lock.
 pub fn repair(
     listing: Option<&berth_kernel::firewall::TableListing>,
+    all: &[PublishedPorts],
 ) -> Result<Option<String>, Error> {
-    if !run_dir().join(DB_FILE).exists() {
-        return Ok(None);
-    }
-    let mut store = open_store()?;
-    let all = recorded_ports(&store)?;
     if all.is_empty() {
         return Ok(None);
     }
@@ -336,6 +331,7 @@ pub fn repair(
     let Some(what) = missing else {
         return Ok(None);
     };
+    let mut store = open_store()?;
     store.set_structure(None).map_err(Error::store)?;
     berth_kernel::firewall::rebuild_in(None, &profiles, None, &refs).map_err(Error::firewall)?;
     store
