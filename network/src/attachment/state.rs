@@ -250,6 +250,15 @@ impl State {
         let mut macs = BTreeMap::new();
         for line in complete.split('\n').filter(|l| !l.is_empty()) {
             log_lines += 1;
+            // MAC lines first: parsed once here, not again by line_head.
+            if line.starts_with(r#"{"op":"mac""#) {
+                if let Ok(Change::Mac { host_veth, mac }) = serde_json::from_str(line) {
+                    if live.contains_key(&host_veth) {
+                        macs.insert(host_veth, mac);
+                    }
+                }
+                continue;
+            }
             match line_head(line) {
                 Some((true, host_veth)) => {
                     // A new attachment: its check, if any, is logged anew.
@@ -259,13 +268,6 @@ impl State {
                 Some((false, host_veth)) => {
                     macs.remove(&host_veth);
                     live.remove(&host_veth);
-                }
-                None if line.starts_with(r#"{"op":"mac""#) => {
-                    if let Ok(Change::Mac { host_veth, mac }) = serde_json::from_str(line) {
-                        if live.contains_key(&host_veth) {
-                            macs.insert(host_veth, mac);
-                        }
-                    }
                 }
                 None => {}
             }
@@ -408,13 +410,9 @@ impl State {
 
     /// True if a network other than `network` has rules on `bridge`.
     pub fn bridge_used_by_others(&self, network: &str, bridge: &str) -> bool {
-        let Ok(rd) = fs::read_dir(&self.root) else {
-            return false;
-        };
-        rd.flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n != network)
-            .any(|n| self.rules_marker(&n).is_some_and(|m| m.bridge == bridge))
+        self.networks()
+            .iter()
+            .any(|(n, m)| n != network && m.bridge == bridge)
     }
 
     /// Every network with a rules marker of this boot (pending ones
