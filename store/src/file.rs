@@ -13,6 +13,31 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     write_replacing(path, data, false)
 }
 
+/// Removes the temporary files [`write_atomic`] and [`write_durable`]
+/// leave beside `path` when their process is killed before the rename
+/// (`.<name>.<pid>`). Only for a caller that holds the lock serialising
+/// every writer of `path`: a live writer's file would go too.
+pub fn remove_stale_temps(path: &Path) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match fs::remove_file(e.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`write_atomic`] that also survives a power loss: the new content is
 /// fsynced before the rename and the directory after it. For records of
 /// durable state (volumes), not of kernel state.
@@ -63,6 +88,30 @@ pub fn lock_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temporaries_of_one_file_are_removed() {
+        let dir = std::env::temp_dir().join(format!("berth-store-stale-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "rec.json",
+            ".rec.json.123",
+            ".rec.json.9",
+            ".other.json.1",
+            ".rec.jsonx",
+        ] {
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        remove_stale_temps(&dir.join("rec.json")).unwrap();
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.json.1", ".rec.jsonx", "rec.json"]);
+        remove_stale_temps(&dir.join("gone/rec.json")).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temporary() {

@@ -449,6 +449,11 @@ impl State {
     /// Removes the marker and the network's directories once they are empty.
     pub fn forget_network(&self, _lock: &Lock, network: &str) -> Result<()> {
         let dir = self.network_dir(network);
+        // What writers killed mid-write left (callers hold the lock, so
+        // no writer is live).
+        for path in [dir.join("rules.json"), self.log_path(network)] {
+            store::file::remove_stale_temps(&path).map_err(|e| io_err("cleaning", &path, e))?;
+        }
         remove_if_present(&dir.join("rules.json"))?;
         // Callers hold the lock and found no records, so the log holds
         // only dead lines.
