@@ -98,16 +98,59 @@ impl GatewaySpec {
                 Err(e) => return Err(Error::kernel(format!("gateway address {a}"))(e)),
             }
         }
-        if plan.ipv4_forwarding {
-            berth_kernel::sysctl::write("net/ipv4/ip_forward", "1")
-                .map_err(Error::kernel("ip_forward"))?;
-        }
-        if plan.ipv6_forwarding {
-            berth_kernel::sysctl::write("net/ipv6/conf/all/forwarding", "1")
-                .map_err(Error::kernel("IPv6 forwarding"))?;
+        for (needed, v4) in [(plan.ipv4_forwarding, true), (plan.ipv6_forwarding, false)] {
+            if needed {
+                let key = forwarding_key(v4);
+                berth_kernel::sysctl::write(key, "1").map_err(Error::kernel(key))?;
+            }
         }
         Ok(())
     }
+}
+
+/// The sysctl that forwards one family, which a gateway address of that
+/// family turned on.
+fn forwarding_key(v4: bool) -> &'static str {
+    if v4 {
+        "net/ipv4/ip_forward"
+    } else {
+        "net/ipv6/conf/all/forwarding"
+    }
+}
+
+/// The reconciler's part: turns forwarding back on for each family that
+/// a gateway address (global scope) on one of `bridges` needs, where
+/// someone turned it off. Returns the sysctls set. Bridges that are gone
+/// need nothing (their network's repair says so).
+pub fn repair_forwarding<'a>(bridges: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>> {
+    let mut h = Handle::new().map_err(Error::kernel("netlink"))?;
+    let (mut v4, mut v6) = (false, false);
+    for name in bridges {
+        let Some(bridge) = h
+            .link_by_name(name)
+            .map_err(Error::kernel(format!("look up bridge {name}")))?
+        else {
+            continue;
+        };
+        for a in h
+            .addresses(Some(bridge.index))
+            .map_err(Error::kernel(format!("list {name}'s addresses")))?
+        {
+            if a.scope == 0 {
+                v4 |= a.addr.addr().is_ipv4();
+                v6 |= a.addr.addr().is_ipv6();
+            }
+        }
+    }
+    let mut set = Vec::new();
+    for (needed, is_v4) in [(v4, true), (v6, false)] {
+        let key = forwarding_key(is_v4);
+        if needed && berth_kernel::sysctl::read(key).map_or(true, |v| v != "1") {
+            berth_kernel::sysctl::write(key, "1").map_err(Error::kernel(key))?;
+            set.push(key.replace('/', "."));
+        }
+    }
+    Ok(set)
 }
 
 #[cfg(test)]

@@ -13,7 +13,11 @@
 //!   in the attachments log;
 //! - berth's rule in Docker's DOCKER-USER chain, when that chain exists;
 //! - published ports (structure and every attachment's elements): the
-//!   ports store ([`crate::ports`]).
+//!   ports store ([`crate::ports`]);
+//! - the sysctls berth turned on: forwarding for each family a network's
+//!   bridge has a gateway address of, and route_localnet on the links of
+//!   ports published on 127.0.0.1. These change without a ruleset event;
+//!   every pass (so at the latest the slow interval's) checks them.
 //!
 //! A pass lists `inet berth` and `bridge berth` once each, compares them
 //! with the records, and repairs only what is missing, so two reconcilers
@@ -40,7 +44,7 @@ use berth_kernel::parse_mac;
 
 use crate::attachment::state::State;
 use crate::firewall::{self, NetworkFirewall};
-use crate::{kernel, ports, Error, Result};
+use crate::{gateway, kernel, ports, Error, Result};
 
 /// After the first event of a burst (a flush is many), how long to let
 /// the rest arrive before looking.
@@ -48,14 +52,28 @@ const SETTLE: Duration = Duration::from_millis(10);
 /// Passes are at least this far apart: berth's own repairs and every
 /// ADD and DEL are ruleset changes too, and must not keep a core busy.
 const MIN_GAP: Duration = Duration::from_millis(100);
+/// After a pass that could not repair something, the next is at least
+/// this far away: each attempt changes the ruleset too (the quiet chain
+/// is rewritten before a network's rules are refused), which would
+/// otherwise start the next attempt at once, forever.
+const RETRY_GAP: Duration = Duration::from_secs(1);
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// What was missing and is back, one line each.
+    pub repaired: Vec<String>,
+    /// What is missing and could not be put back, with why.
+    pub failed: Vec<String>,
+}
 
 /// One comparison of the ruleset with the records, repairing what is
-/// missing. Returns what was put back, one line each. What one network's
-/// or one port's repair fails on is logged and the pass goes on; failing
-/// to list the ruleset or to repair what all share (the quiet chain,
-/// DOCKER-USER, published ports) ends it with the error, for the next
-/// pass to try again.
-pub fn pass() -> Result<Vec<String>> {
+/// missing. What one network's or one port's repair fails on is noted in
+/// [`Pass::failed`] and the pass goes on; failing to list the ruleset or
+/// to repair what all share (the quiet chain, DOCKER-USER, published
+/// ports, sysctls) ends it with the error, for the next pass to try
+/// again.
+pub fn pass() -> Result<Pass> {
     let state = State::from_env();
     // Held to the end of the pass; the records are read once, under it.
     let _lock = state.lock()?;
@@ -65,12 +83,17 @@ pub fn pass() -> Result<Vec<String>> {
         .filter(|(_, m)| !m.pending)
         .map(|(name, m)| NetworkFirewall::of_marker(name, m))
         .collect();
-    let published = ports::recorded()?;
+    // Unreadable, the ports' records stop only their repair.
+    let published = ports::recorded().unwrap_or_else(|e| {
+        tracing::warn!("published ports cannot be checked: {e}");
+        Vec::new()
+    });
     // Nothing recorded, nothing owned: no nft.
     if networks.is_empty() && published.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Pass::default());
     }
     let mut repaired = Vec::new();
+    let mut failed = Vec::new();
     let inet = list_table_in(None, "inet", TABLE).map_err(Error::firewall)?;
     for fw in &networks {
         let missing = match &inet {
@@ -80,11 +103,17 @@ pub fn pass() -> Result<Vec<String>> {
         let Some(what) = missing else { continue };
         match firewall::restore(fw) {
             Ok(()) => repaired.push(format!("network {:?}: {what}", fw.network)),
-            Err(e) => tracing::warn!(
+            // The table is there but refuses berth's rules: another
+            // program may have made objects of berth's names in it.
+            Err(e) if inet.is_some() => failed.push(format!(
+                "network {:?} (bridge {}): {what} is missing and could not be put back into \
+                 table inet {TABLE}, which may hold another program's objects of berth's names: {e}",
+                fw.network, fw.bridge
+            )),
+            Err(e) => failed.push(format!(
                 "network {:?} (bridge {}): {what} is missing and could not be put back: {e}",
-                fw.network,
-                fw.bridge
-            ),
+                fw.network, fw.bridge
+            )),
         }
     }
     if !networks.is_empty() {
@@ -115,10 +144,11 @@ pub fn pass() -> Result<Vec<String>> {
                         "MAC spoof check of {host_veth} (network {:?}): {what}",
                         fw.network
                     )),
-                    Err(e) => tracing::warn!(
-                        "MAC spoof check of {host_veth} (network {:?}): {what} is missing and could not be put back: {e}",
+                    Err(e) => failed.push(format!(
+                        "MAC spoof check of {host_veth} (network {:?}): {what} is missing and \
+                         could not be put back: {e}",
                         fw.network
-                    ),
+                    )),
                 }
             }
         }
@@ -150,20 +180,37 @@ pub fn pass() -> Result<Vec<String>> {
             repaired.push(format!("published ports: {what}"));
         }
     }
-    Ok(repaired)
+    // The sysctls berth set: forwarding for the networks' gateways,
+    // route_localnet for ports published on 127.0.0.1.
+    let bridges = networks.iter().map(|fw| fw.bridge.as_str());
+    for key in gateway::repair_forwarding(bridges)?
+        .into_iter()
+        .chain(ports::repair_localnet(&published)?)
+    {
+        repaired.push(format!("sysctl {key}, which was turned off"));
+    }
+    Ok(Pass { repaired, failed })
 }
 
 /// Runs a pass, logging each repair with how long it took from `seen`
-/// (when the change was noticed) until it was back.
-fn pass_logged(seen: Instant) {
+/// (when the change was noticed) until it was back, and each failure.
+/// True if everything missing is back.
+fn pass_logged(seen: Instant) -> bool {
     match pass() {
-        Ok(repaired) => {
+        Ok(done) => {
             let ms = seen.elapsed().as_secs_f64() * 1e3;
-            for what in repaired {
+            for what in done.repaired {
                 tracing::info!("repaired {what}, {ms:.1} ms after the change was seen");
             }
+            for what in &done.failed {
+                tracing::warn!("{what}");
+            }
+            done.failed.is_empty()
         }
-        Err(e) => tracing::warn!("reconciling: {e}"),
+        Err(e) => {
+            tracing::warn!("reconciling: {e}");
+            false
+        }
     }
 }
 
@@ -179,7 +226,7 @@ pub fn watch(interval: Duration) -> ! {
             None
         }
     };
-    pass_logged(Instant::now());
+    let mut whole = pass_logged(Instant::now());
     tracing::info!(
         "watching berth's rules ({}; every {} s regardless)",
         if events.is_some() {
@@ -209,10 +256,11 @@ pub fn watch(interval: Duration) -> ! {
                 let _ = ev.drain();
             }
         }
-        if let Some(wait) = MIN_GAP.checked_sub(last.elapsed()) {
+        let gap = if whole { MIN_GAP } else { RETRY_GAP };
+        if let Some(wait) = gap.checked_sub(last.elapsed()) {
             std::thread::sleep(wait);
         }
-        pass_logged(seen);
+        whole = pass_logged(seen);
         last = Instant::now();
     }
 }

@@ -388,6 +388,47 @@ impl PortStore {
     }
 }
 
+/// Every attachment the store at `path` records for boot `boot_id`,
+/// read without writing anything: the reconciler's view, which must work
+/// on a read-only /run. A store of another boot records nothing of this
+/// one; a store without the schema yet, nothing at all.
+pub fn read_attachments(path: &Path, boot_id: &str) -> Result<Vec<Published>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err(path, "opening read-only"))?;
+    conn.busy_timeout(crate::sqlite::BUSY_TIMEOUT)
+        .map_err(sql_err(path, "setting busy timeout"))?;
+    let store = PortStore {
+        conn,
+        path: path.to_path_buf(),
+    };
+    let has_schema: bool = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(sql_err(path, "reading the schema"))?;
+    if !has_schema {
+        return Ok(Vec::new());
+    }
+    let seen: Option<String> = store
+        .conn
+        .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql_err(path, "reading boot id"))?;
+    if seen.as_deref() != Some(boot_id) {
+        return Ok(Vec::new());
+    }
+    store.all_attachments()
+}
+
 impl Drop for PortStore {
     fn drop(&mut self) {
         checkpoint_if_big(&self.conn, &self.path);
@@ -507,6 +548,30 @@ mod tests {
         s.claim(&published("f"), &[claim(7070, Some("192.0.2.2"))])
             .unwrap();
         assert!(s.claim(&published("g"), &[claim(7070, None)]).is_err());
+    }
+
+    #[test]
+    fn read_only_reading_sees_this_boots_records_and_writes_nothing() {
+        let t = tmp();
+        let db = t.0.join("p.db");
+        std::fs::write(t.0.join("empty.db"), b"").unwrap();
+        assert!(read_attachments(&t.0.join("empty.db"), "boot1")
+            .unwrap()
+            .is_empty());
+        {
+            let mut s = PortStore::open(&db, "boot1").unwrap();
+            s.claim(&published("a"), &[claim(8080, None)]).unwrap();
+        }
+        let before = std::fs::read(&db).unwrap();
+        let got = read_attachments(&db, "boot1").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].owner, owner("a"));
+        // Another boot's store holds nothing of this one, and is not
+        // emptied by the reading.
+        assert!(read_attachments(&db, "boot2").unwrap().is_empty());
+        assert_eq!(std::fs::read(&db).unwrap(), before);
+        assert_eq!(read_attachments(&db, "boot1").unwrap().len(), 1);
+        assert!(read_attachments(&t.0.join("missing.db"), "boot1").is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ const INIT_LOCK_FILE: &str = "ipam.lock";
 const SCHEMA_VERSION: i64 = 1;
 /// How long a writer waits for another process's transaction. Transactions take
 /// about a millisecond, so this only matters under heavy contention.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS allocations (

@@ -999,3 +999,263 @@ fn bad_state_is_logged_and_the_watcher_keeps_going() {
     fx.assert_port_back(8080, Instant::now(), "flushed again");
     assert!(w.running(), "berth watch exited");
 }
+
+/// The sysctls berth turned on, as (key, value) in the host namespace.
+fn sysctls(fx: &Fx, keys: &[String]) -> Vec<(String, String)> {
+    keys.iter()
+        .map(|k| {
+            let v = fx.host.exec_ok(&["sysctl", "-n", k]);
+            (k.clone(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// The sysctls berth turned on for a network (forwarding of both families
+/// for its gateways; route_localnet on the link of a port published on
+/// 127.0.0.1) are turned on again when someone turns them off: they raise
+/// no ruleset event, so the watcher's periodic check finds them, and the
+/// published port answers again from outside and from 127.0.0.1.
+#[test]
+fn sysctls_berth_set_come_back() {
+    let fx = Fx::new("rcsys");
+    let a = fx.network("rcbra");
+    let c1 = fx.attach(&a, "rcs1");
+    fx.publish(
+        &a,
+        &c1,
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let _svc = PeerEcho::start(&c1.ns, 80, 53);
+    let keys = [
+        "net.ipv4.ip_forward".to_string(),
+        "net.ipv6.conf.all.forwarding".to_string(),
+        // (A connection DNATed from 127.0.0.1 is routed out of the bridge.)
+        format!("net.ipv4.conf.{}.route_localnet", a.bridge),
+    ];
+    let on: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), "1".into())).collect();
+    assert_eq!(sysctls(&fx, &keys), on, "the ADDs turned them on");
+    let loopback = at("127.0.0.1".parse().unwrap(), 8080);
+    let turn_off = || {
+        for k in &keys {
+            fx.host.exec_ok(&["sysctl", "-q", "-w", &format!("{k}=0")]);
+        }
+    };
+
+    // Without a watcher, the port is dead from outside and from loopback.
+    turn_off();
+    let dead = fx.published_v4(8080);
+    assert!(dead.is_err(), "forwarding off, yet: {dead:?}");
+    let dead = tcp_probe(&fx.host, loopback, PROBE_CONNECT);
+    assert!(dead.is_err(), "route_localnet off, yet: {dead:?}");
+
+    // A watcher's first check turns them on.
+    let w = fx.watch();
+    assert_eq!(sysctls(&fx, &keys), on, "after the watcher's first check");
+    fx.assert_port_back(8080, Instant::now(), "sysctls off before the watcher");
+
+    // With the watcher running: back by its next periodic check.
+    let before = w.repairs();
+    turn_off();
+    let since = Instant::now();
+    let limit = Duration::from_secs(INTERVAL_SECS) + REPAIR_WITHIN;
+    let back = poll_until(since, limit, || sysctls(&fx, &keys) == on);
+    eprintln!("sysctls turned off: on again after {back:?}");
+    assert!(
+        back.is_some(),
+        "not on again within {limit:?}: {:?}",
+        sysctls(&fx, &keys)
+    );
+    w.assert_logs_a_repair(before, since, "sysctls turned off");
+    assert!(
+        w.log().contains("sysctl net.ipv4.ip_forward"),
+        "the log does not name the sysctl:\n{}",
+        w.log()
+    );
+    assert_eq!(
+        fx.published_v4(8080),
+        echo_peer(fx.out_v4),
+        "published port from outside"
+    );
+    assert_eq!(
+        tcp_ask(&fx.host, loopback),
+        echo_peer(a.gateway_v4()),
+        "published port from 127.0.0.1"
+    );
+}
+
+/// Someone else's table named `inet berth` (loaded after a flush, with a
+/// set of berth's name but of another type) stops berth's network rules
+/// from going back in: the watcher says so, naming the table, repairs what
+/// does not conflict (`bridge berth`: the MAC spoof check and the quiet
+/// chain) and keeps running; once that table is gone, everything is back
+/// within a second.
+#[test]
+fn a_foreign_table_named_like_berths_is_reported() {
+    let fx = Fx::new("rcfor");
+    let a = fx.network("rcbra");
+    let c1 = fx.attach(&a, "rcf1");
+    fx.publish(
+        &a,
+        &c1,
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let _svc = PeerEcho::start(&c1.ns, 80, 53);
+    let baseline = berth_objects(&fx.host);
+    let mut w = fx.watch();
+
+    let files = TempDir::new("rcforeign");
+    let file = files.path().join("theirs.nft");
+    std::fs::write(
+        &file,
+        "flush ruleset\n\
+         table inet berth {\n\
+         \tset berth-bridges {\n\
+         \t\ttype ipv4_addr\n\
+         \t}\n\
+         \tchain theirs {\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t}\n\
+         }\n",
+    )
+    .expect("write the foreign ruleset");
+    let mark = w.log().len();
+    fx.host
+        .exec_ok(&["nft", "-f", file.to_str().expect("UTF-8 path")]);
+    let since = Instant::now();
+    // What does not conflict is put back.
+    let bridge_back = poll_until(since, REPAIR_WITHIN, || {
+        fx.berth_tables()
+            .contains(&"table bridge berth".to_string())
+    });
+    assert!(
+        bridge_back.is_some(),
+        "table bridge berth is not back:\n{}",
+        fx.ruleset()
+    );
+    let named = poll_until(since, 2 * REPAIR_WITHIN, || {
+        let said = w.log()[mark..].to_string();
+        said.contains("inet berth") && said.contains(&a.name)
+    });
+    assert!(
+        named.is_some(),
+        "the log does not say that table inet berth stops network {}:\n{}",
+        a.name,
+        &w.log()[mark..]
+    );
+    // A repair that keeps failing is tried again about once a second,
+    // not in a loop of its own attempts' ruleset events.
+    let tries = |w: &Watcher| w.log().matches("could not be put back").count();
+    let before = tries(&w);
+    std::thread::sleep(Duration::from_secs(INTERVAL_SECS) + Duration::from_millis(500));
+    let retried = tries(&w) - before;
+    assert!(
+        (1..=INTERVAL_SECS as usize + 2).contains(&retried),
+        "{retried} attempts in {INTERVAL_SECS}.5 s"
+    );
+    assert!(w.running(), "berth watch exited on the foreign table");
+    let theirs = fx
+        .host
+        .exec_ok(&["nft", "list", "set", "inet", "berth", "berth-bridges"]);
+    assert!(
+        theirs.contains("type ipv4_addr"),
+        "their set was changed:\n{theirs}"
+    );
+
+    // Their table gone, berth's comes back whole.
+    fx.host
+        .exec_ok(&["nft", "delete", "table", "inet", "berth"]);
+    let since = Instant::now();
+    fx.assert_port_back(8080, since, "the foreign table deleted");
+    fx.assert_objects_back(&baseline, since, "the foreign table deleted");
+    assert!(w.running(), "berth watch exited");
+}
+
+/// A bind mount making a path read-only, undone on drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(path: &Path) -> ReadOnly {
+        let p = path.to_str().expect("UTF-8 path");
+        run_ok("mount", &["--bind", p, p]);
+        let guard = ReadOnly(path.to_path_buf());
+        run_ok("mount", &["-o", "remount,bind,ro", p]);
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = run("umount", &[self.0.to_str().unwrap_or_default()]);
+    }
+}
+
+/// With the plugins' run directory read-only (as /run can be), the
+/// watcher still repairs everything from the records, which it only
+/// reads: a flush before it starts and one while it runs are undone
+/// within a second, it says that it could not note the rebuild, and the
+/// directory is exactly as the ADDs left it.
+#[test]
+fn a_read_only_run_dir_is_still_repaired() {
+    let fx = Fx::new("rcro");
+    let a = fx.network("rcbra");
+    let c1 = fx.attach(&a, "rcr1");
+    fx.publish(
+        &a,
+        &c1,
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+               {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]),
+    );
+    let _svc = PeerEcho::start(&c1.ns, 80, 53);
+    let baseline = berth_objects(&fx.host);
+    let tree = dir_tree(fx.run.path());
+    let ro = ReadOnly::mount(fx.run.path());
+    let probe = fx.run.path().join("probe");
+    assert!(
+        std::fs::write(&probe, b"").is_err(),
+        "the run dir is still writable"
+    );
+
+    fx.host.exec_ok(&["nft", "flush", "ruleset"]);
+    assert!(fx.published_v4(8080).is_err(), "flushed, yet answering");
+    let mut w = fx.watch();
+    let started = Instant::now();
+    fx.assert_port_back(8080, started, "flushed before the watcher, /run read-only");
+    fx.assert_objects_back(
+        &baseline,
+        started,
+        "flushed before the watcher, /run read-only",
+    );
+
+    let before = w.repairs();
+    fx.host.exec_ok(&["nft", "flush", "ruleset"]);
+    let since = Instant::now();
+    fx.assert_port_back(
+        8080,
+        since,
+        "flushed with the watcher running, /run read-only",
+    );
+    fx.assert_objects_back(
+        &baseline,
+        since,
+        "flushed with the watcher running, /run read-only",
+    );
+    w.assert_logs_a_repair(before, since, "flushed, /run read-only");
+    assert_eq!(
+        udp_ask(&fx.outside, at(fx.host_v4, 5353)).map(|r| r.0),
+        echo_peer(fx.out_v4),
+        "udp to the published port"
+    );
+    let log = w.log().to_lowercase();
+    assert!(
+        log.contains("without noting it") && log.contains("readonly"),
+        "the log does not say the store could not be written:\n{}",
+        w.log()
+    );
+    assert!(w.running(), "berth watch exited");
+    drop(ro);
+    assert_eq!(
+        dir_tree(fx.run.path()),
+        tree,
+        "the run dir changed under the watcher"
+    );
+}

@@ -167,13 +167,35 @@ impl Installed {
 /// container's link only, never reverted (other containers share it), as
 /// the reference portmap does.
 fn allow_localnet(ports: &PublishedPorts) -> Result<(), Error> {
-    for (ip, link) in &ports.hairpin {
-        if ip.is_ipv4() && ports.localhost.contains(ip) {
-            berth_kernel::sysctl::write(&format!("net/ipv4/conf/{link}/route_localnet"), "1")
-                .map_err(kernel)?;
-        }
+    for key in localnet_keys(ports) {
+        berth_kernel::sysctl::write(&key, "1").map_err(kernel)?;
     }
     Ok(())
+}
+
+/// The route_localnet sysctls `ports` needs set.
+fn localnet_keys(ports: &PublishedPorts) -> impl Iterator<Item = String> + '_ {
+    ports
+        .hairpin
+        .iter()
+        .filter(|(ip, _)| ip.is_ipv4() && ports.localhost.contains(ip))
+        .map(|(_, link)| format!("net/ipv4/conf/{link}/route_localnet"))
+}
+
+/// The reconciler's part for route_localnet: sets it again where someone
+/// turned it off on a link that `all`'s 127.0.0.1 ports need it on
+/// (sysctl changes raise no ruleset event: the slow interval's pass finds
+/// them). Returns the sysctls set. A link that is gone (its container
+/// too) needs nothing.
+pub fn repair_localnet(all: &[PublishedPorts]) -> Result<Vec<String>, Error> {
+    let mut set = Vec::new();
+    for key in all.iter().flat_map(localnet_keys) {
+        if matches!(berth_kernel::sysctl::read(&key), Ok(v) if v != "1") {
+            berth_kernel::sysctl::write(&key, "1").map_err(kernel)?;
+            set.push(key.replace('/', "."));
+        }
+    }
+    Ok(set)
 }
 
 /// A UDP client that sent to a host port before it was published has a
@@ -251,18 +273,16 @@ fn install(
         }
     }
     store.set_structure(None).map_err(Error::store)?;
-    let all = recorded_ports(store)?;
+    let all = ports_of(&store.all_attachments().map_err(Error::store)?)?;
     let refs: Vec<&PublishedPorts> = all.iter().collect();
     berth_kernel::firewall::rebuild_in(None, &profiles, replaced, &refs)
         .map_err(Error::firewall)?;
     store.set_structure(Some(&note)).map_err(Error::store)
 }
 
-/// Every recorded attachment's ports.
-fn recorded_ports(store: &PortStore) -> Result<Vec<PublishedPorts>, Error> {
-    store
-        .all_attachments()
-        .map_err(Error::store)?
+/// The ports each of `records` installed.
+fn ports_of(records: &[Published]) -> Result<Vec<PublishedPorts>, Error> {
+    records
         .iter()
         .map(|p| Installed::parse(p).and_then(|i| i.ports()))
         .collect()
@@ -305,10 +325,13 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
 /// Every attachment's published ports the host's store records (none, and
 /// nothing created, when there is no store yet).
 pub fn recorded() -> Result<Vec<PublishedPorts>, Error> {
-    if !run_dir().join(DB_FILE).exists() {
+    let db = run_dir().join(DB_FILE);
+    if !db.exists() {
         return Ok(Vec::new());
     }
-    recorded_ports(&open_store()?)
+    // Read-only: the reconciler reads this on every pass, and must on a
+    // read-only /run too.
+    ports_of(&store::ports::read_attachments(&db, &boot_id()).map_err(Error::store)?)
 }
 
 /// The reconciler's part: if `listing` (of `inet berth`; None when the
@@ -331,12 +354,20 @@ pub fn repair(
     let Some(what) = missing else {
         return Ok(None);
     };
-    let mut store = open_store()?;
-    store.set_structure(None).map_err(Error::store)?;
+    // The note is forgotten while the structure is rebuilt, so an ADD
+    // after a rebuild killed midway rebuilds it again. Where the store
+    // cannot be written (a read-only /run), the rebuild goes ahead
+    // without it: no ADD can run there either, and the next pass
+    // finishes what a killed one left.
+    let mut store = open_store()
+        .and_then(|mut st| st.set_structure(None).map_err(Error::store).map(|()| st))
+        .map_err(|e| tracing::warn!("rebuilding published ports without noting it: {e}"))
+        .ok();
     berth_kernel::firewall::rebuild_in(None, &profiles, None, &refs).map_err(Error::firewall)?;
-    store
-        .set_structure(Some(&structure_note(&profiles)))
-        .map_err(Error::store)?;
+    if let Some(st) = &mut store {
+        st.set_structure(Some(&structure_note(&profiles)))
+            .map_err(Error::store)?;
+    }
     Ok(Some(what))
 }
 
