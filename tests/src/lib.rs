@@ -1375,12 +1375,19 @@ pub fn bridge_ports(bridge: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // sockets inside test namespaces
 
-impl TestNetns {
+/// A network namespace the socket helpers below can work in: a
+/// [`TestNetns`], or any namespace file ([`NetnsPath`], e.g. a Docker
+/// container's `SandboxKey`).
+pub trait Netns {
+    /// The namespace's file (`/run/netns/NAME`, `/proc/PID/ns/net`, ...).
+    fn netns_path(&self) -> &Path;
+
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// creates belong to the namespace for their whole life.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(&self.path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.path.display()));
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.netns_path();
+        let file =
+            std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         std::thread::scope(|s| {
             s.spawn(move || {
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -1393,6 +1400,38 @@ impl TestNetns {
     }
 }
 
+impl Netns for TestNetns {
+    fn netns_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl<N: Netns + ?Sized> Netns for &N {
+    fn netns_path(&self) -> &Path {
+        (**self).netns_path()
+    }
+}
+
+/// A network namespace known by its file only, which is not the test's:
+/// dropping it deletes nothing (e.g. a Docker container's namespace,
+/// `docker inspect -f '{{.NetworkSettings.SandboxKey}}'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsPath(pub PathBuf);
+
+impl Netns for NetnsPath {
+    fn netns_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl TestNetns {
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates belong to the namespace for their whole life.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        Netns::run(self, f)
+    }
+}
+
 /// A TCP and a UDP service in a namespace, answering every connection or
 /// datagram with `peer=<the client address it sees>` (IPv4 and IPv6,
 /// v4-mapped addresses shown as IPv4). Stops when dropped.
@@ -1402,7 +1441,7 @@ pub struct PeerEcho {
 }
 
 impl PeerEcho {
-    pub fn start(ns: &TestNetns, tcp_port: u16, udp_port: u16) -> PeerEcho {
+    pub fn start(ns: &impl Netns, tcp_port: u16, udp_port: u16) -> PeerEcho {
         use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
@@ -1458,7 +1497,7 @@ impl Drop for PeerEcho {
 
 /// From inside `ns`: connects over TCP to `addr` and returns the first
 /// line the service sent, or the error.
-pub fn tcp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<String, String> {
+pub fn tcp_ask(ns: &impl Netns, addr: std::net::SocketAddr) -> Result<String, String> {
     ns.run(|| {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
             .map_err(|e| e.to_string())?;
@@ -1473,7 +1512,7 @@ pub fn tcp_ask(ns: &TestNetns, addr: std::net::SocketAddr) -> Result<String, Str
 /// From inside `ns`: sends one UDP datagram to `addr` and returns the
 /// reply and the address it came from, or the error (a 2 s timeout).
 pub fn udp_ask(
-    ns: &TestNetns,
+    ns: &impl Netns,
     addr: std::net::SocketAddr,
 ) -> Result<(String, std::net::SocketAddr), String> {
     udp_ask_from(ns, 0, addr)
@@ -1482,7 +1521,7 @@ pub fn udp_ask(
 /// [`udp_ask`] from a fixed local port (so the kernel sees one flow
 /// across calls; 0: any port).
 pub fn udp_ask_from(
-    ns: &TestNetns,
+    ns: &impl Netns,
     local_port: u16,
     addr: std::net::SocketAddr,
 ) -> Result<(String, std::net::SocketAddr), String> {
@@ -1680,4 +1719,62 @@ pub fn berth_maps_holding(ns: Option<&TestNetns>, key: &str) -> Vec<String> {
         }
     }
     maps
+}
+
+// ---------------------------------------------------------------------------
+// firewall reloads (tests/tests/reconcile.rs, docker_engine.rs)
+
+/// How often a test polls whether something is back.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// A user's ruleset file as /etc/nftables.conf usually is: a flush, then
+/// a table of theirs.
+pub const USER_RULESET: &str = "flush ruleset\n\
+table inet user {\n\
+\tchain input {\n\
+\t\ttype filter hook input priority 0; policy accept;\n\
+\t\ttcp dport 9999 counter\n\
+\t}\n\
+}\n";
+
+pub fn at(ip: std::net::IpAddr, port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(ip, port)
+}
+
+/// Calls `ok` every [`POLL`] until it is true: how long after `since` that
+/// was (measured after the successful call), or None once `limit` after
+/// `since` has passed.
+pub fn poll_until(
+    since: std::time::Instant,
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> Option<Duration> {
+    loop {
+        if ok() {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// From inside `ns`: connects over TCP to `addr` (giving up after
+/// `connect`: a dropped SYN is not waited for) and returns the first line
+/// the service sent, or the error.
+pub fn tcp_probe(
+    ns: &impl Netns,
+    addr: std::net::SocketAddr,
+    connect: Duration,
+) -> Result<String, String> {
+    ns.run(|| {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr, connect).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Ok(text.trim().to_string())
+    })
 }

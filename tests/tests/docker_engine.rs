@@ -8,6 +8,11 @@
 //! firewall and other tests are untouched, and its own berthd under a
 //! plugin name unique to the test (`/run/docker/plugins/berth-t<pid>-<n>.sock`).
 //! Both are stopped by PID at the end; busybox-static is the image.
+//!
+//! The firewall-reload test flushes and replaces rulesets, so it runs
+//! both daemons inside a network namespace of its own (still in the root
+//! mount namespace), where every `nft` and `iptables` command it makes
+//! goes; all its traffic is between namespaces it made.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -21,6 +26,9 @@ struct Daemons {
     plugin: String,
     dockerd: Option<Child>,
     berthd: Option<Child>,
+    /// The network namespace both daemons run in (its file), in the root
+    /// mount namespace still; None: the test's own network namespace.
+    netns: Option<PathBuf>,
 }
 
 fn text(o: &Output) -> String {
@@ -33,6 +41,15 @@ fn text(o: &Output) -> String {
 
 impl Daemons {
     fn start() -> Daemons {
+        Self::start_in(None)
+    }
+
+    /// Both daemons inside `netns` (None: in the test's own network
+    /// namespace, as [`start`](Self::start)). They keep the root mount
+    /// namespace: dockerd bind-mounts its containers' namespace files
+    /// under its exec root, where berthd must see them, and finds
+    /// berthd's socket under /run/docker/plugins.
+    fn start_in(netns: Option<&TestNetns>) -> Daemons {
         require_root();
         assert!(
             Path::new("/usr/sbin/dockerd").is_file(),
@@ -56,11 +73,26 @@ impl Daemons {
             plugin,
             dockerd: None,
             berthd: None,
+            netns: netns.map(|n| n.path().to_path_buf()),
         };
         d.start_berthd();
         d.start_dockerd();
         d.import_busybox();
         d
+    }
+
+    /// A command starting `program` in the daemons' network namespace.
+    /// `nsenter` execs it in place (only the network namespace is
+    /// entered), so the child's PID is the daemon's.
+    fn daemon_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(program);
+                c
+            }
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -70,7 +102,8 @@ impl Daemons {
     fn start_berthd(&mut self) {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::File::create(self.dir.path().join("berthd.log")).unwrap();
-        let child = Command::new(bin("berthd"))
+        let child = self
+            .daemon_command(bin("berthd"))
             // Overlay networks' notes and lease caches: the test's own.
             .env("BERTH_RUN_DIR", self.dir.path().join("run"))
             .arg("--config")
@@ -103,7 +136,8 @@ impl Daemons {
     fn start_dockerd(&mut self) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
-        let child = Command::new("/usr/sbin/dockerd")
+        let child = self
+            .daemon_command("/usr/sbin/dockerd")
             .arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
@@ -222,6 +256,7 @@ impl Drop for Daemons {
     fn drop(&mut self) {
         let _ = self.docker(&[
             "rm", "-f", "keeper1", "keeper2", "na", "nb", "nc", "web", "ia", "ib", "oa", "ob",
+            "fw1", "fw2", "fw3",
         ]);
         self.stop_dockerd();
         self.stop_berthd_hard();
@@ -1063,4 +1098,424 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// ---------------------------------------------------------------------------
+// firewall reloads on a Docker host (tests/tests/reconcile.rs does the same
+// for the CNI plugins and `berth watch`)
+
+/// What berthd must repair within.
+const REPAIR_WITHIN: Duration = Duration::from_secs(1);
+/// What a restarted berthd's first pass must repair within (its start
+/// included).
+const REPAIR_AT_START: Duration = Duration::from_secs(5);
+/// A probe's connect timeout: a dropped SYN is not waited for (the next
+/// probe, 20 ms later, is a new connection).
+const PROBE_CONNECT: Duration = Duration::from_millis(200);
+/// How long a connection that must fail (isolation) is given.
+const BLOCKED_CONNECT: Duration = Duration::from_secs(1);
+/// The published host port (`-p 8080:80`; the host namespace is the
+/// test's, so any port is free there).
+const HOST_PORT: u16 = 8080;
+/// The TCP port of the service in the outside namespace, which containers
+/// reach through the host's masquerade.
+const FAR_PORT: u16 = 7070;
+
+/// The ways the test takes berth's rules away behind berthd's back.
+#[derive(Clone, Copy, Debug)]
+enum Disruption {
+    /// `iptables -F DOCKER-USER` (Docker's FORWARD policy DROP stays).
+    DockerUserFlushed,
+    /// `nft delete table inet berth`.
+    DeleteTable,
+    /// The published port's element deleted from its map.
+    DeleteElement,
+    /// `nft flush ruleset`, as nftables.service's reload does.
+    Flush,
+    /// `nft -f` of the user's own ruleset file, which starts with `flush
+    /// ruleset`, as most /etc/nftables.conf do.
+    LoadUserFile,
+}
+
+/// The Docker host (a namespace of the test's, where dockerd and berthd
+/// run), the machine outside it, and the test's containers' namespaces
+/// and addresses. The namespaces are borrowed: they must outlive the
+/// daemons (dropped first, so that `docker rm -f` still reaches dockerd
+/// before the namespace's processes are killed).
+struct FwFx<'a> {
+    host: &'a TestNetns,
+    outside: &'a TestNetns,
+    link: OutsideLink,
+    /// c1 (publishes HOST_PORT, serves PeerEcho on 80) and c2 on network
+    /// A, c3 on network B.
+    c1: NetnsPath,
+    c2: NetnsPath,
+    c3: NetnsPath,
+    c1_ip: std::net::IpAddr,
+    c2_ip: std::net::IpAddr,
+    /// Network A's gateway (the bridge's address).
+    gw: std::net::IpAddr,
+    log: PathBuf,
+    user_file: PathBuf,
+}
+
+impl FwFx<'_> {
+    /// The published port from outside, to the host's IPv4 address on
+    /// the link.
+    fn published(&self) -> Result<String, String> {
+        tcp_probe(
+            self.outside,
+            at(self.link.host_v4, HOST_PORT),
+            PROBE_CONNECT,
+        )
+    }
+
+    fn berthd_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many repairs berthd has logged since it (last) started.
+    fn repairs(&self) -> usize {
+        self.berthd_log()
+            .lines()
+            .filter(|l| l.contains("repaired"))
+            .count()
+    }
+
+    /// berth's rules in the host's DOCKER-USER chain (`iptables -S`).
+    fn docker_user_rules(&self) -> Vec<String> {
+        let out = self.host.exec(&["iptables", "-S", "DOCKER-USER"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(berth_kernel::firewall::DOCKER_USER_COMMENT))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The host's ruleset and berthd's log, for failure messages.
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- host ruleset ---\n{}--- berthd log ---\n{}--- end ---",
+            String::from_utf8_lossy(&self.host.exec(&["nft", "list", "ruleset"]).stdout),
+            self.berthd_log()
+        )
+    }
+
+    /// Polls the published port from outside until it answers as it
+    /// should; panics unless it does within `limit` of `since`. Returns
+    /// the time it took.
+    fn assert_port_back(&self, since: Instant, limit: Duration, what: &str) -> Duration {
+        let want = echo_peer(self.link.out_v4);
+        let took = poll_until(since, limit, || self.published() == want);
+        eprintln!(
+            "{what}: {}:{HOST_PORT} answered after {took:?}",
+            self.link.host_v4
+        );
+        match took {
+            Some(t) if t < limit => t,
+            _ => panic!(
+                "{what}: {}:{HOST_PORT} did not answer within {limit:?} (answered after \
+                 {took:?}; now: {:?})\n{}",
+                self.link.host_v4,
+                self.published(),
+                self.diagnostics()
+            ),
+        }
+    }
+
+    /// Polls berthd's log until it has more than `before` `repaired`
+    /// lines (it writes them as the pass ends, just after the repair),
+    /// and prints the new ones.
+    fn assert_logs_a_repair(&self, before: usize, since: Instant, what: &str) {
+        let took = poll_until(since, REPAIR_AT_START, || self.repairs() > before);
+        assert!(
+            took.is_some(),
+            "{what}: berthd logged no `repaired` line\n{}",
+            self.diagnostics()
+        );
+        for line in self
+            .berthd_log()
+            .lines()
+            .filter(|l| l.contains("repaired"))
+            .skip(before)
+        {
+            eprintln!("  berthd: {line}");
+        }
+    }
+
+    /// Makes `d` happen in the host namespace. With `verify` (berthd
+    /// stopped, so nothing races the listing) it also checks that what
+    /// was taken away is gone.
+    fn disrupt(&self, d: Disruption, verify: bool) {
+        match d {
+            Disruption::DockerUserFlushed => {
+                self.host.exec_ok(&["iptables", "-F", "DOCKER-USER"]);
+                if verify {
+                    assert_eq!(self.docker_user_rules(), Vec::<String>::new());
+                }
+            }
+            Disruption::DeleteTable => {
+                self.host
+                    .exec_ok(&["nft", "delete", "table", "inet", "berth"]);
+            }
+            Disruption::DeleteElement => {
+                // `-p 8080:80` is on every address: the key has no
+                // address, and the IPv4 map (`pm4-<profile>`, see
+                // kernel/src/firewall/portmap.rs) holds it.
+                let key = format!("tcp . {HOST_PORT}");
+                let map = berth_maps_holding(Some(self.host), &key)
+                    .into_iter()
+                    .find(|m| m.starts_with("pm4-"))
+                    .unwrap_or_else(|| panic!("no IPv4 map holds {key}\n{}", self.diagnostics()));
+                self.host.exec_ok(&[
+                    "nft",
+                    "delete",
+                    "element",
+                    "inet",
+                    "berth",
+                    &map,
+                    &format!("{{ {key} }}"),
+                ]);
+                if verify {
+                    assert!(
+                        berth_maps_holding(Some(self.host), &key).is_empty(),
+                        "{key} is still in a map\n{}",
+                        self.diagnostics()
+                    );
+                }
+            }
+            Disruption::Flush => {
+                self.host.exec_ok(&["nft", "flush", "ruleset"]);
+            }
+            Disruption::LoadUserFile => {
+                self.host
+                    .exec_ok(&["nft", "-f", self.user_file.to_str().expect("UTF-8 path")]);
+            }
+        }
+    }
+
+    /// Everything that must work: c2 reaches c1 on their bridge; c1's
+    /// connections out are masqueraded to the host's address; the
+    /// published port answers from outside and from 127.0.0.1 on the
+    /// host; c3 (network B) cannot reach c1.
+    fn assert_everything_works(&self, what: &str) {
+        let d = || self.diagnostics();
+        assert_eq!(
+            tcp_ask(&self.c2, at(self.c1_ip, 80)),
+            echo_peer(self.c2_ip),
+            "{what}: c2 to c1 on their bridge\n{}",
+            d()
+        );
+        // The outside has no route to the containers' subnet: only the
+        // masquerade lets a connection out and its replies back.
+        assert_eq!(
+            tcp_ask(&self.c1, at(self.link.out_v4, FAR_PORT)),
+            echo_peer(self.link.host_v4),
+            "{what}: c1 to {}:{FAR_PORT} outside, masqueraded\n{}",
+            self.link.out_v4,
+            d()
+        );
+        assert_eq!(
+            tcp_ask(self.outside, at(self.link.host_v4, HOST_PORT)),
+            echo_peer(self.link.out_v4),
+            "{what}: {}:{HOST_PORT} from outside\n{}",
+            self.link.host_v4,
+            d()
+        );
+        // Via loopback the source is masqueraded to the bridge's address.
+        assert_eq!(
+            tcp_ask(self.host, at([127, 0, 0, 1].into(), HOST_PORT)),
+            echo_peer(self.gw),
+            "{what}: 127.0.0.1:{HOST_PORT} on the host\n{}",
+            d()
+        );
+        let across = tcp_probe(&self.c3, at(self.c1_ip, 80), BLOCKED_CONNECT);
+        assert!(
+            across.is_err(),
+            "{what}: c3 on another network reached c1 directly (isolation): {across:?}\n{}",
+            d()
+        );
+    }
+}
+
+/// A Docker host whose firewall is reloaded under berthd: dockerd and
+/// berthd run in a namespace of the test's (its ruleset and iptables are
+/// the test's own) joined to an "outside" one, with Docker's DOCKER-USER
+/// setup (FORWARD policy DROP), two berth networks, c1 publishing a port
+/// (`-p 8080:80`) and c2 beside it on network A, c3 on network B. Each
+/// disruption (DOCKER-USER flushed, `inet berth` deleted, the port's map
+/// element deleted, `nft flush ruleset`, the user's `nft -f` file
+/// starting with `flush ruleset`) breaks the published port while berthd
+/// is stopped; the restarted berthd repairs it, and with berthd running
+/// the port answers again within a second of the disruption. Each time
+/// berthd logs the repair, and the bridge, masquerade, the published port
+/// (outside and 127.0.0.1) and isolation all work; the user's table is
+/// exactly what the file makes without berth.
+///
+/// DOCKER-USER goes first and the flushes last: a flush removes Docker's
+/// iptables setup too (as it does on a real host until Docker restarts),
+/// so the disruptions before them run under FORWARD policy DROP.
+#[test]
+fn a_berthd_network_survives_firewall_reloads() {
+    require_root();
+    let test_started = Instant::now();
+    let host = TestNetns::new("dfwh");
+    let outside = TestNetns::new("dfwo");
+    let link = link_outside(&host, &outside);
+    // Docker's setup, before berth's network (iptables is the nft backend
+    // on Debian, so these are nftables changes too).
+    host.sh("iptables -N DOCKER-USER && iptables -P FORWARD DROP && \
+         iptables -A FORWARD -j DOCKER-USER");
+    let mut d = Daemons::start_in(Some(&host));
+    let p = d.plugin.clone();
+    let pid = std::process::id();
+    let (net_a, net_b) = (format!("fwa{pid}"), format!("fwb{pid}"));
+    for net in [&net_a, &net_b] {
+        let (subnet, _) = unique_subnets();
+        d.ok(&[
+            "network",
+            "create",
+            "-d",
+            &p,
+            "--ipam-driver",
+            &p,
+            "--subnet",
+            &subnet,
+            "-o",
+            "mode=bridge",
+            net,
+        ]);
+    }
+    let publish = format!("{HOST_PORT}:80");
+    for (c, net, extra) in [
+        ("fw1", &net_a, vec!["-p", publish.as_str()]),
+        ("fw2", &net_a, vec![]),
+        ("fw3", &net_b, vec![]),
+    ] {
+        let mut args = vec!["run", "-d", "--name", c, "--network", net.as_str()];
+        args.extend(extra);
+        args.extend(["bb:1", "sleep", "300"]);
+        d.ok(&args);
+    }
+    let sandbox = |c: &str| {
+        NetnsPath(PathBuf::from(d.ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.SandboxKey}}",
+            c,
+        ])))
+    };
+    let ip = |c: &str, net: &str, field: &str| -> std::net::IpAddr {
+        let a = net_addr(&d, c, net, field);
+        a.parse()
+            .unwrap_or_else(|_| panic!("{c}'s {field} on {net}: {a:?}"))
+    };
+    let files = TempDir::new("dfwuser");
+    let user_file = files.path().join("user.nft");
+    std::fs::write(&user_file, USER_RULESET).expect("write the user's ruleset file");
+    let fx = FwFx {
+        c1: sandbox("fw1"),
+        c2: sandbox("fw2"),
+        c3: sandbox("fw3"),
+        c1_ip: ip("fw1", &net_a, "IPAddress"),
+        c2_ip: ip("fw2", &net_a, "IPAddress"),
+        gw: ip("fw1", &net_a, "Gateway"),
+        host: &host,
+        outside: &outside,
+        link,
+        log: d.dir.path().join("berthd.log"),
+        user_file,
+    };
+    let _svc = PeerEcho::start(&fx.c1, 80, 53);
+    let _far = PeerEcho::start(fx.outside, FAR_PORT, FAR_PORT);
+    let rules = fx.docker_user_rules();
+    assert_eq!(
+        rules.len(),
+        1,
+        "berthd's network did not add berth's exception to DOCKER-USER: {rules:?}"
+    );
+    // The port answers once the container runs (it does: PeerEcho is
+    // already listening in its namespace).
+    fx.assert_port_back(Instant::now(), REPAIR_AT_START, "after docker run");
+    fx.assert_everything_works("after docker run");
+
+    // What the file makes where berth is not: the user's table as it must
+    // stay in the host namespace.
+    let scratch = TestNetns::new("dfwscratch");
+    scratch.exec_ok(&["nft", "-f", fx.user_file.to_str().unwrap()]);
+    let user_table = scratch.exec_ok(&["nft", "list", "table", "inet", "user"]);
+
+    let mut times = Vec::new();
+    for dis in [
+        Disruption::DockerUserFlushed,
+        Disruption::DeleteTable,
+        Disruption::DeleteElement,
+        Disruption::Flush,
+        Disruption::LoadUserFile,
+    ] {
+        // With berthd stopped the disruption breaks the port, and nothing
+        // else puts it back.
+        d.stop_berthd_hard();
+        fx.disrupt(dis, true);
+        let dead = fx.published();
+        assert!(
+            dead.is_err(),
+            "{dis:?} with berthd stopped: the published port still answers: {dead:?}\n{}",
+            fx.diagnostics()
+        );
+
+        // berthd's first pass, as it starts, repairs it.
+        let started = Instant::now();
+        d.start_berthd();
+        let at_start = fx.assert_port_back(
+            started,
+            REPAIR_AT_START,
+            &format!("{dis:?} while berthd was stopped"),
+        );
+        fx.assert_logs_a_repair(0, started, &format!("{dis:?} while berthd was stopped"));
+        fx.assert_everything_works(&format!("{dis:?} repaired by berthd's start"));
+
+        // With berthd running: back within a second.
+        let before = fx.repairs();
+        fx.disrupt(dis, false);
+        let since = Instant::now();
+        let took = fx.assert_port_back(
+            since,
+            REPAIR_WITHIN,
+            &format!("{dis:?} with berthd running"),
+        );
+        fx.assert_logs_a_repair(before, since, &format!("{dis:?} with berthd running"));
+        fx.assert_everything_works(&format!("after {dis:?} with berthd running"));
+        match dis {
+            Disruption::DockerUserFlushed => assert_eq!(
+                fx.docker_user_rules().len(),
+                1,
+                "berth's rule in DOCKER-USER not put back exactly once: {:?}",
+                fx.docker_user_rules()
+            ),
+            Disruption::LoadUserFile => assert_eq!(
+                fx.host.exec_ok(&["nft", "list", "table", "inet", "user"]),
+                user_table,
+                "berthd changed the user's own table"
+            ),
+            _ => {}
+        }
+        times.push((dis, at_start, took));
+    }
+    let running = d
+        .berthd
+        .as_mut()
+        .expect("berthd started")
+        .try_wait()
+        .expect("wait for berthd")
+        .is_none();
+    assert!(running, "berthd exited\n{}", fx.diagnostics());
+    eprintln!("repair times (published port answering again from outside):");
+    for (dis, at_start, took) in &times {
+        eprintln!(
+            "  {dis:?}: with berthd running {took:?}; by a restarted berthd {at_start:?} \
+             (its start included)"
+        );
+    }
+    eprintln!("test took {:?}", test_started.elapsed());
 }

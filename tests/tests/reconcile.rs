@@ -28,7 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,8 +41,6 @@ use store::{AllocationStore, SqliteStore};
 
 /// What `berth watch` must repair within.
 const REPAIR_WITHIN: Duration = Duration::from_secs(1);
-/// How often the tests look whether something is back.
-const POLL: Duration = Duration::from_millis(20);
 /// The watcher's periodic re-check (`--interval`), short so that a
 /// resurrection by the periodic check would show within a test.
 const INTERVAL_SECS: u64 = 2;
@@ -98,10 +96,6 @@ impl Container {
     fn v4(&self) -> IpAddr {
         result_address(&self.result, true)
     }
-}
-
-fn at(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
 }
 
 impl Fx {
@@ -292,34 +286,6 @@ impl Fx {
                 .join("\n"),
         );
     }
-}
-
-/// Calls `ok` every [`POLL`] until it is true: how long after `since` that
-/// was (measured after the successful call), or None once `limit` after
-/// `since` has passed.
-fn poll_until(since: Instant, limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
-    loop {
-        if ok() {
-            return Some(since.elapsed());
-        }
-        if since.elapsed() >= limit {
-            return None;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// From inside `ns`: connects over TCP to `addr` (giving up after
-/// `connect`) and returns the first line the service sent, or the error.
-fn tcp_probe(ns: &TestNetns, addr: SocketAddr, connect: Duration) -> Result<String, String> {
-    ns.run(|| {
-        let mut s = TcpStream::connect_timeout(&addr, connect).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-        Ok(text.trim().to_string())
-    })
 }
 
 /// Removes the numbers nft counts with (a counter's packets and bytes),
@@ -519,15 +485,6 @@ enum Disruption {
     /// One published port's element deleted from its map.
     DeleteElement,
 }
-
-/// The user's ruleset file: a flush, then a table of theirs.
-const USER_RULESET: &str = "flush ruleset\n\
-table inet user {\n\
-\tchain input {\n\
-\t\ttype filter hook input priority 0; policy accept;\n\
-\t\ttcp dport 9999 counter\n\
-\t}\n\
-}\n";
 
 /// Makes `d` happen in the host namespace. With `verify` (no watcher
 /// running, so nothing can race the listing) it also checks a deleted
