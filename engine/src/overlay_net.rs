@@ -7,9 +7,10 @@
 //! The engine's `--subnet` (berth's IPAM driver) is the cluster CIDR; the
 //! node's subnet comes from its lease, and berth's IPAM hands out the
 //! containers' addresses from it (see `Ipam::narrow`). berthd runs the
-//! node agent itself (a thread per network, `berth_network::overlay::run_agent` on
-//! the network's config written under `<state>/overlay/`), so no separate
-//! agent is needed on a Docker host.
+//! node agent itself (a thread per network, `berth_network::overlay::run_agent_on`
+//! the network's config in memory), so no separate agent is needed on a
+//! Docker host. The password of an etcd user is never written to berthd's
+//! state: it comes from berthd's config (or a password file).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use serde_json::{json, Value};
 
 /// The `-o` options of an overlay network (besides mode, mtu, masquerade
 /// and isolation, which every mode has).
-pub const OPTIONS: [&str; 8] = [
+pub const OPTIONS: [&str; 14] = [
     "vni",
     "subnetLen",
     "iface",
@@ -30,6 +31,32 @@ pub const OPTIONS: [&str; 8] = [
     "node",
     "leaseTTL",
     "name",
+    "etcd-ca",
+    "etcd-cert",
+    "etcd-key",
+    "etcd-user",
+    "etcd-password-file",
+    "etcd-dial-timeout",
+];
+
+/// The `-o etcd-*` options and the `store.etcd` key each sets. There is
+/// no option for the password itself: Docker would show it in `docker
+/// network inspect`; it goes in a file (or in berthd's config).
+const ETCD_OPTIONS: [(&str, &str); 6] = [
+    ("etcd-ca", "caFile"),
+    ("etcd-cert", "certFile"),
+    ("etcd-key", "keyFile"),
+    ("etcd-user", "username"),
+    ("etcd-password-file", "passwordFile"),
+    ("etcd-dial-timeout", "dialTimeout"),
+];
+
+/// Settings that go together: one given by `-o` replaces all of its group
+/// that berthd's config gave (a user of the config with the password
+/// file of an option would be neither's).
+const ETCD_GROUPS: [&[&str]; 2] = [
+    &["certFile", "keyFile"],
+    &["username", "password", "passwordFile"],
 ];
 
 /// How often an agent re-reads its peers when it cannot watch (a static
@@ -76,10 +103,25 @@ pub fn overlay_conf(
     if let Some(m) = mtu {
         c["mtu"] = json!(m);
     }
-    if opts.contains_key("etcd") || opts.contains_key("prefix") || opts.contains_key("leaseTTL") {
+    let etcd_option = |k: &String| k.starts_with("etcd") || k == "prefix" || k == "leaseTTL";
+    if opts.keys().any(etcd_option) {
         let mut etcd = c["store"]["etcd"].clone();
         if !etcd.is_object() {
             etcd = json!({});
+        }
+        let given: Vec<(&str, &String)> = ETCD_OPTIONS
+            .iter()
+            .filter_map(|(option, key)| opts.get(*option).map(|v| (*key, v)))
+            .collect();
+        for group in ETCD_GROUPS {
+            if given.iter().any(|(k, _)| group.contains(k)) {
+                for k in group {
+                    etcd.as_object_mut().map(|o| o.remove(*k));
+                }
+            }
+        }
+        for (key, v) in given {
+            etcd[key] = json!(v);
         }
         if let Some(eps) = opts.get("etcd") {
             etcd["endpoints"] = json!(eps
@@ -111,13 +153,60 @@ pub fn overlay_conf(
     Ok(c)
 }
 
+/// `conf` as berthd may write it to its state: without a password (the
+/// agent gets it from berthd's config again, see [`with_secrets`]).
+pub fn without_secrets(conf: &Value) -> Value {
+    let mut c = conf.clone();
+    if let Some(etcd) = c
+        .get_mut("store")
+        .and_then(|s| s.get_mut("etcd"))
+        .and_then(Value::as_object_mut)
+    {
+        etcd.remove("password");
+    }
+    c
+}
+
+/// A network's config read back from berthd's state, with the password of
+/// berthd's config (`defaults`) for the user it names, as it was made.
+pub fn with_secrets(conf: &Value, defaults: &Value) -> Value {
+    let mut c = conf.clone();
+    let given = &defaults["store"]["etcd"];
+    let Some(etcd) = c
+        .get_mut("store")
+        .and_then(|s| s.get_mut("etcd"))
+        .and_then(Value::as_object_mut)
+    else {
+        return c;
+    };
+    let same_user =
+        given.get("username").is_some() && etcd.get("username") == given.get("username");
+    if same_user && !etcd.contains_key("password") && !etcd.contains_key("passwordFile") {
+        if let Some(p) = given.get("password") {
+            etcd.insert("password".into(), p.clone());
+        }
+    }
+    c
+}
+
+/// serde's `serialize_with` for a network's overlay config in berthd's
+/// state: [`without_secrets`].
+pub fn serialize_without_secrets<S: serde::Serializer>(
+    conf: &Option<Value>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    conf.as_ref().map(without_secrets).serialize(s)
+}
+
 /// A running agent: its stop flag and its thread.
 struct Running {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
-/// The node agents berthd runs, one thread per overlay network.
+/// The node agents berthd runs, one thread per overlay network, each on
+/// its network's config held in memory.
 pub struct Agents {
     dir: PathBuf,
     running: Mutex<HashMap<String, Running>>,
@@ -131,28 +220,27 @@ impl Agents {
         }
     }
 
-    fn conf_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
     /// Starts network `id`'s agent on `conf` (a running one is kept).
     pub fn start(&self, id: &str, conf: &Value) -> Result<(), String> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if running.contains_key(id) {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let path = self.conf_path(id);
-        store::file::write_durable(&path, conf.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
+        // Where berthd wrote each agent's config before it held them in
+        // memory.
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+        let parsed = berth_network::overlay::parse_conf(conf).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let name = id.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("overlay-{id}"))
             .spawn(move || {
-                if let Err(e) = berth_network::overlay::run_agent(&path, AGENT_INTERVAL, &flag) {
-                    tracing::warn!("overlay agent of network {name}: {e}");
+                let what = format!("overlay network {name}");
+                if let Err(e) =
+                    berth_network::overlay::run_agent_on(&parsed, &what, AGENT_INTERVAL, &flag)
+                {
+                    tracing::warn!("{what}: agent: {e}");
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -161,7 +249,7 @@ impl Agents {
     }
 
     /// Stops network `id`'s agent (it gives the node's lease back) and
-    /// waits for it; forgets its config file.
+    /// waits for it.
     pub fn stop(&self, id: &str) {
         let agent = self
             .running
@@ -172,7 +260,6 @@ impl Agents {
             a.stop.store(true, Ordering::SeqCst);
             let _ = a.thread.join();
         }
-        let _ = std::fs::remove_file(self.conf_path(id));
     }
 }
 
@@ -223,5 +310,62 @@ mod tests {
                 .unwrap_err()
                 .contains("vni")
         );
+    }
+
+    #[test]
+    fn etcd_options_set_their_keys_and_replace_their_group() {
+        let defaults = json!({"store": {"etcd": {
+            "endpoints": ["https://a:1"], "username": "cfg", "password": "pw",
+            "certFile": "/c.pem", "keyFile": "/k.pem", "caFile": "/ca.pem"}}});
+        let c = overlay_conf(
+            &opts(&[
+                ("etcd-user", "berth"),
+                ("etcd-password-file", "/pw"),
+                ("etcd-dial-timeout", "5s"),
+            ]),
+            &defaults,
+            "10.244.0.0/16",
+            None,
+        )
+        .unwrap();
+        let e = &c["store"]["etcd"];
+        assert_eq!(e["username"], "berth");
+        assert_eq!(e["passwordFile"], "/pw");
+        assert_eq!(e["dialTimeout"], "5s");
+        assert!(e.get("password").is_none(), "{e}");
+        // The other group is the config's.
+        assert_eq!(e["certFile"], "/c.pem");
+        assert_eq!(e["caFile"], "/ca.pem");
+        let c = overlay_conf(
+            &opts(&[
+                ("etcd-cert", "/c2.pem"),
+                ("etcd-key", "/k2.pem"),
+                ("etcd-ca", "/ca2.pem"),
+            ]),
+            &defaults,
+            "10.244.0.0/16",
+            None,
+        )
+        .unwrap();
+        let e = &c["store"]["etcd"];
+        assert_eq!(
+            (&e["certFile"], &e["keyFile"], &e["caFile"]),
+            (&json!("/c2.pem"), &json!("/k2.pem"), &json!("/ca2.pem"))
+        );
+        assert_eq!(e["password"], "pw");
+    }
+
+    #[test]
+    fn the_password_stays_out_of_the_state_and_comes_back() {
+        let defaults = json!({"store": {"etcd": {"username": "cfg", "password": "pw"}}});
+        let conf = json!({"store": {"etcd": {"endpoints": ["https://a:1"], "username": "cfg", "password": "pw"}}});
+        let kept = without_secrets(&conf);
+        assert!(!kept.to_string().contains("pw\""), "{kept}");
+        assert_eq!(with_secrets(&kept, &defaults), conf);
+        // Another user's config gets none of it.
+        let other = json!({"store": {"etcd": {"username": "x"}}});
+        assert_eq!(with_secrets(&other, &defaults), other);
+        let static_store = json!({"store": {"static": {}}});
+        assert_eq!(with_secrets(&static_store, &defaults), static_store);
     }
 }

@@ -281,7 +281,7 @@ fn bad_input_makes_nothing() {
             "peers[0].subnet",
         ),
         (
-            json!({"store": {"etcd": {"endpoints": ["https://192.168.77.1:2379"]}}}),
+            json!({"store": {"etcd": {"endpoints": ["https://192.168.77.1:2379", "http://192.168.77.2:2379"]}}}),
             "store.etcd.endpoints",
         ),
         (

@@ -55,8 +55,9 @@ struct Network {
     /// "ip/len" gateways, from the engine's IPv4Data/IPv6Data (overlay:
     /// the node subnet's first address).
     gateways: Vec<IpNet>,
-    /// mode=overlay: the berth-overlay config object.
-    #[serde(default)]
+    /// mode=overlay: the berth-overlay config object (written without
+    /// its password).
+    #[serde(default, serialize_with = "overlay_net::serialize_without_secrets")]
     overlay: Option<Value>,
     /// `-o multicast_snooping=true`: the kernel's (and Docker's bridge
     /// driver's) default; berth's bridges have it off.
@@ -134,12 +135,19 @@ impl Networks {
     /// agent; the engine sends nothing for networks it already has).
     pub fn resume(&self) {
         for n in self.networks() {
-            if let Some(conf) = &n.overlay {
-                if let Err(e) = self.agents.start(&short(&n.id), conf) {
+            if let Some(conf) = self.overlay_of(&n) {
+                if let Err(e) = self.agents.start(&short(&n.id), &conf) {
                     tracing::warn!("overlay network {}: agent: {e}", short(&n.id));
                 }
             }
         }
+    }
+
+    /// A network's overlay config, with berthd's secrets back in it.
+    fn overlay_of(&self, n: &Network) -> Option<Value> {
+        n.overlay
+            .as_ref()
+            .map(|c| overlay_net::with_secrets(c, &self.overlay_defaults))
     }
 
     fn net_path(&self, id: &str) -> PathBuf {

@@ -274,7 +274,7 @@ impl Networks {
     /// berth's IPAM hands out the node subnet, and the agent starts.
     /// Bridge mode: nothing to do.
     pub(super) fn join_overlay(&self, n: &mut Network) -> Result<(), Answer> {
-        let Some(conf) = n.overlay.clone() else {
+        let Some(conf) = self.overlay_of(n) else {
             return Ok(());
         };
         let parsed = berth_network::overlay::parse_conf(&conf)

@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::config::{OverlayConf, Peer};
 use super::datapath::{claim_network, ensure_datapath, forget_peer, underlay, vxlan_name};
-use super::etcd;
 use super::lease::{leases_prefix, release_lease, renew_lease, resolve_held, Held};
 use super::node::parse_conf;
 
@@ -26,6 +25,32 @@ pub fn run_agent(
     interval: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Error> {
+    agent_loop(
+        &|| read_agent_conf(conf_path),
+        &conf_path.display().to_string(),
+        interval,
+        stop,
+    )
+}
+
+/// [`run_agent`] on a config held in memory (berthd's: it may hold a
+/// password, which berth writes to no file). `what` names it in the log.
+pub fn run_agent_on(
+    conf: &OverlayConf,
+    what: &str,
+    interval: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
+    agent_loop(&|| Ok(conf.clone()), what, interval, stop)
+}
+
+/// The agent's rounds, on the config `read` gives each round.
+fn agent_loop(
+    read: &dyn Fn() -> Result<OverlayConf, Error>,
+    what: &str,
+    interval: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
     use std::time::{Duration, Instant};
     /// Everything is reprogrammed this often even without a change, so
     /// entries removed behind the agent's back come back.
@@ -36,9 +61,10 @@ pub fn run_agent(
     let mut programmed: Vec<Peer> = Vec::new();
     let mut last: Option<(OverlayConf, Instant)> = None;
     let mut renewed: Option<Instant> = None;
+    let mut failing: Option<String> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let mut held: Option<Held> = None;
-        let round = read_agent_conf(conf_path).and_then(|c| {
+        let round = read().and_then(|c| {
             claim_network(&mut Handle::new().map_err(kernel)?, &c)?;
             // The first round, and each renewal, also claims the lease.
             let due = c.etcd.as_ref().is_some_and(|e| {
@@ -60,9 +86,20 @@ pub fn run_agent(
             Ok(conf)
         });
         let conf = match round {
-            Ok(conf) => conf,
+            Ok(conf) => {
+                if failing.take().is_some() {
+                    tracing::info!("{what}: working again");
+                }
+                conf
+            }
             Err(e) => {
-                tracing::warn!("{}: {e}", conf_path.display());
+                // Said once, not every round, while it stays the same (an
+                // expired certificate fails every round until renewed).
+                let said = e.to_string();
+                if failing.as_deref() != Some(said.as_str()) {
+                    tracing::warn!("{what}: {said} (the datapath stays as it is; trying again)");
+                    failing = Some(said);
+                }
                 std::thread::sleep(interval);
                 continue;
             }
@@ -103,15 +140,16 @@ pub fn run_agent(
             (Some(e), Some(h)) => {
                 let renew_in = Duration::from_secs_f64(e.lease_ttl as f64 / 3.0)
                     .saturating_sub(renewed.map(|at| at.elapsed()).unwrap_or_default());
-                etcd::Etcd::new(&e.endpoints)
-                    .and_then(|store| {
-                        store.wait_for_change(
+                match e.store() {
+                    Ok(store) => store
+                        .wait_for_change(
                             &leases_prefix(&conf, e),
                             h.revision,
                             WATCH_SLICE.min(renew_in),
                         )
-                    })
-                    .is_ok()
+                        .is_ok(),
+                    Err(_) => false,
+                }
             }
             _ => false,
         };

@@ -11,6 +11,9 @@
 //! fd44::/48), so one lease, static or in etcd, covers both families.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use cni::GoObject;
 
@@ -31,19 +34,39 @@ pub struct Peer {
 }
 
 /// `store.etcd`: the cluster store.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConf {
-    pub endpoints: Vec<String>,
-    #[serde(default = "default_prefix")]
+    /// How to reach it: endpoints, TLS files, credentials, dial timeout.
+    pub client: berth_etcd::Options,
     pub prefix: String,
     /// Seconds a node's lease outlives its last renewal (the agent renews
     /// it every third of this): how long a node that died without a clean
     /// shutdown stays a peer.
-    #[serde(default = "default_lease_ttl", rename = "leaseTTL")]
     pub lease_ttl: i64,
     /// The subnet this node asks for; None: the first free one.
-    #[serde(default)]
     pub subnet: Option<String>,
+}
+
+/// `store.etcd` as written (Go's field matching, see cni::gojson).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEtcd {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    prefix: String,
+    #[serde(default = "default_lease_ttl", rename = "leaseTTL")]
+    lease_ttl: i64,
+    #[serde(default)]
+    subnet: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    /// A Go duration ("5s", "1500ms") or a number of seconds.
+    dial_timeout: Option<Value>,
 }
 
 fn default_prefix() -> String {
@@ -52,6 +75,84 @@ fn default_prefix() -> String {
 
 fn default_lease_ttl() -> i64 {
     60
+}
+
+/// `dialTimeout`: a Go duration string or a number of seconds.
+fn dial_timeout(v: &Value) -> Result<Duration, Error> {
+    let field = "store.etcd.dialTimeout";
+    let d = match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+            .map(Duration::from_secs_f64),
+        Value::String(s) => humantime::parse_duration(s).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        bad(
+            field,
+            format!("{v} is not a duration (\"5s\", \"1500ms\", or seconds)"),
+        )
+    })?;
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err(bad(field, format!("{v} is outside 0..1h")));
+    }
+    Ok(d)
+}
+
+impl EtcdConf {
+    /// `store.etcd` of network `network`, every setting checked and every
+    /// file it names read (code 7 naming the key), before anything is
+    /// leased or made. The auth token is kept in `token_dir`.
+    fn parse(v: &Value, network: &str, token_dir: &Path) -> Result<EtcdConf, Error> {
+        let raw: RawEtcd = cni::gojson::from_value(v).map_err(|e| bad("store.etcd", e))?;
+        let mut client = berth_etcd::Options::new(raw.endpoints);
+        client.ca_file = raw.ca_file;
+        client.cert_file = raw.cert_file;
+        client.key_file = raw.key_file;
+        client.username = raw.username;
+        client.password = raw.password.map(berth_etcd::Secret::new);
+        client.password_file = raw.password_file;
+        if let Some(t) = &raw.dial_timeout {
+            client.dial_timeout = dial_timeout(t)?;
+        }
+        if client.username.is_some() {
+            client.token_file = Some(token_dir.join(format!("{network}.etcd-token")));
+        }
+        let conf = EtcdConf {
+            client,
+            prefix: raw.prefix,
+            lease_ttl: raw.lease_ttl,
+            subnet: raw.subnet,
+        };
+        conf.store()?;
+        Ok(conf)
+    }
+
+    /// The client for this store, made once per process (it follows its
+    /// TLS files as they change).
+    pub fn store(&self) -> Result<Arc<berth_etcd::Client>, Error> {
+        static CLIENTS: Mutex<Vec<(berth_etcd::Options, Arc<berth_etcd::Client>)>> =
+            Mutex::new(Vec::new());
+        let mut clients = CLIENTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, c)) = clients.iter().find(|(o, _)| *o == self.client) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(berth_etcd::Client::new(&self.client).map_err(store_error)?);
+        clients.push((self.client.clone(), c.clone()));
+        Ok(c)
+    }
+}
+
+/// berth-etcd's error as the plugin's: a setting at fault is code 7 naming
+/// its `store.etcd` key, an unreachable store code 11 (try again).
+pub fn store_error(e: berth_etcd::Error) -> Error {
+    match e {
+        berth_etcd::Error::Config { key, msg } => bad(&format!("store.etcd.{key}"), msg),
+        e @ berth_etcd::Error::Unavailable(_) => {
+            Error::new(Kind::TryAgain, format!("cluster store: {e}"))
+        }
+    }
 }
 
 /// etcd refuses TTLs below its election timeout; an hour is plenty.
@@ -254,7 +355,7 @@ impl OverlayConf {
             data_dir: raw.data_dir.clone(),
         };
         if let Some(e) = store.go_get("etcd") {
-            let etcd: EtcdConf = cni::gojson::from_value(e).map_err(|e| bad("store.etcd", e))?;
+            let etcd = EtcdConf::parse(e, name, &super::lease::run_dir())?;
             if !LEASE_TTL_RANGE.contains(&etcd.lease_ttl) {
                 return Err(bad(
                     "store.etcd.leaseTTL",
@@ -268,17 +369,6 @@ impl OverlayConf {
             }
             if let Some(s) = &etcd.subnet {
                 subnet("store.etcd.subnet", s, &network, subnet_len)?;
-            }
-            if etcd.endpoints.is_empty() {
-                return Err(bad("store.etcd.endpoints", "empty"));
-            }
-            for ep in &etcd.endpoints {
-                if !ep.starts_with("http://") {
-                    return Err(bad(
-                        "store.etcd.endpoints",
-                        format!("{ep:?}: only http:// endpoints are served"),
-                    ));
-                }
             }
             // The node's subnet comes from the store; a placeholder until then.
             let first = network

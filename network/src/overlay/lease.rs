@@ -9,21 +9,22 @@ use crate::{Error, Kind};
 use berth_kernel::Handle;
 use serde_json::json;
 
-use super::config::{self, OverlayConf, Peer};
+use super::config::{self, store_error as try_again, OverlayConf, Peer};
 use super::datapath::{mac_text, parse_mac, underlay, vtep_mac};
-use super::etcd;
+use berth_etcd::Client as Store;
 
-pub fn try_again(e: etcd::StoreError) -> Error {
-    Error::new(Kind::TryAgain, format!("cluster store: {}", e.0))
+/// Where the overlay keeps what it knows between processes: each
+/// network's last subnet and its etcd auth token.
+pub fn run_dir() -> std::path::PathBuf {
+    std::env::var_os("BERTH_RUN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/berth/overlay".into())
 }
 
 /// Where the node's subnet from the store is remembered, for DEL and
 /// STATUS while the store is unreachable.
 pub fn cache_path(conf: &OverlayConf) -> std::path::PathBuf {
-    let dir = std::env::var_os("BERTH_RUN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/run/berth/overlay".into());
-    dir.join(format!("{}.subnet", conf.name))
+    run_dir().join(format!("{}.subnet", conf.name))
 }
 
 pub fn cached_subnet(conf: &OverlayConf) -> Option<ipnet::Ipv4Net> {
@@ -71,7 +72,7 @@ pub fn leases_prefix(conf: &OverlayConf, e: &config::EtcdConf) -> String {
 pub fn read_leases(
     conf: &OverlayConf,
     e: &config::EtcdConf,
-    store: &etcd::Etcd,
+    store: &Store,
 ) -> Result<Leases, Error> {
     let range = store
         .get_prefix(&leases_prefix(conf, e))
@@ -137,7 +138,7 @@ pub fn resolve_held(
     let Some(e) = &conf.etcd else {
         return Ok((conf.clone(), None));
     };
-    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let store = e.store()?;
     let Leases {
         peers: mut leases,
         mut revision,
@@ -223,11 +224,7 @@ pub fn resolve_held(
 /// from this underlay address (claims that raced before they were
 /// serialized), it keeps the subnet it last used (else the first) and
 /// gives the others back.
-pub fn own_lease(
-    conf: &OverlayConf,
-    store: &etcd::Etcd,
-    leases: &[(Peer, i64)],
-) -> Option<(Peer, i64)> {
+pub fn own_lease(conf: &OverlayConf, store: &Store, leases: &[(Peer, i64)]) -> Option<(Peer, i64)> {
     let mine: Vec<&(Peer, i64)> = leases.iter().filter(|(p, _)| p.node == conf.node).collect();
     let last = cached_subnet(conf);
     let keep = mine
@@ -253,7 +250,7 @@ pub fn own_lease(
 pub fn claim_subnet(
     conf: &OverlayConf,
     e: &config::EtcdConf,
-    store: &etcd::Etcd,
+    store: &Store,
     leases: &[Peer],
     local: IpAddr,
 ) -> Result<(Peer, i64), Error> {
@@ -332,7 +329,7 @@ pub fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
     let Some(e) = &conf.etcd else {
         return Ok(lease);
     };
-    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let store = e.store()?;
     if lease != 0 && store.keepalive(lease).map_err(try_again)? > 0 {
         return Ok(lease);
     }
@@ -354,7 +351,7 @@ pub fn renew_lease(conf: &OverlayConf, lease: i64) -> Result<i64, Error> {
 /// still names this node is deleted.
 pub fn release_lease(conf: &OverlayConf) -> Result<(), Error> {
     let Some(e) = &conf.etcd else { return Ok(()) };
-    let store = etcd::Etcd::new(&e.endpoints).map_err(try_again)?;
+    let store = e.store()?;
     let key = subnet_key(conf, e, &conf.subnet);
     for kv in store.get_prefix(&key).map_err(try_again)?.kvs {
         let holder = serde_json::from_str::<serde_json::Value>(&kv.value)

@@ -20,11 +20,10 @@
 pub mod agent;
 pub mod config;
 pub mod datapath;
-pub mod etcd;
 pub mod lease;
 pub mod node;
 
-pub use agent::run_agent;
+pub use agent::{run_agent, run_agent_on};
 pub use config::{OverlayConf, Peer};
 pub use datapath::{bridge_name, mac_text, vtep_mac, vxlan_name};
 pub use lease::resolve;
