@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cri;
+pub mod etcd_tls;
 
 /// Plugin binaries the integration tests expect in [`bin_dir`].
 pub const BRIDGE_BIN: &str = "berth-bridge";
