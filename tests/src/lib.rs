@@ -23,6 +23,7 @@ use serde_json::Value;
 
 pub mod cri;
 pub mod etcd_tls;
+pub mod overlay_hosts;
 
 /// Plugin binaries the integration tests expect in [`bin_dir`].
 pub const BRIDGE_BIN: &str = "berth-bridge";
