@@ -182,7 +182,8 @@ fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
 /// etcd's auth on, berth's user limited by role to its prefix: hosts with
 /// a certificate without a CommonName (etcd's gateway refuses others once
 /// auth is on) and `username` with `passwordFile` lease and program each
-/// other. The token is kept in a 0600 file; a wrong password is code 7
+/// other. The token is kept in a 0600 file, and taken again once etcd no
+/// longer knows it; a wrong password is code 7
 /// naming `store.etcd.password` even with that token kept; a prefix
 /// outside the role is code 7 naming `store.etcd.prefix`; a certificate
 /// with a CommonName is code 7 naming `store.etcd.certFile`; nothing is
@@ -238,6 +239,31 @@ fn etcd_auth_keeps_berth_to_its_prefix_and_its_password_secret() {
         .permissions();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.mode() & 0o777, 0o600, "token file mode");
+
+    // A token etcd no longer knows (as one expired after etcd's
+    // --auth-token-ttl) is replaced: the next ADD authenticates again and
+    // keeps the new one. (berth keeps each token with a seal of the
+    // credentials it was given for; this one is sealed like berth's.)
+    let stale = "staletoken.1";
+    let seal = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in ["berth", PASSWORD, stale] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    };
+    std::fs::write(&token, format!("berth\n{stale}\n{seal}\n")).expect("write the stale token");
+    let c3 = TestNetns::new("otac3");
+    let r3 = hosts[0].exec("ADD", "c3", &c3, &confs[0]);
+    r3.assert_ok();
+    outputs.push(r3.to_string());
+    let kept = std::fs::read_to_string(&token).expect("token file");
+    assert!(
+        !kept.contains(stale) && kept.lines().count() == 3,
+        "the stale token was not replaced: {kept}"
+    );
 
     let bad = |label: &str, conf: Value, key: &str, outputs: &mut Vec<String>| {
         let c = TestNetns::new("otabad");
