@@ -41,6 +41,8 @@ pub struct Range {
 struct Live {
     agent: ureq::Agent,
     stamps: Stamps,
+    /// The client certificate's end of validity (see `transport`).
+    not_after: Option<(i64, String)>,
     preferred: usize,
     token: Option<String>,
 }
@@ -170,6 +172,7 @@ impl Client {
             live: Mutex::new(Live {
                 agent: agent(opts, config),
                 stamps: Stamps::of(opts),
+                not_after: tls::client_not_after(opts),
                 preferred: 0,
                 token,
             }),
@@ -193,6 +196,7 @@ impl Client {
                     Ok(config) => {
                         live.agent = agent(&self.opts, Some(config));
                         live.stamps = now;
+                        live.not_after = tls::client_not_after(&self.opts);
                         tracing::info!("etcd: TLS files changed on disk, read again");
                     }
                     Err(e) => {
@@ -209,9 +213,11 @@ impl Client {
     }
 
     /// A transport error's text. A TLS server that refuses the client's
-    /// certificate closes the connection once the handshake is done, so
-    /// the request's write meets a closed pipe and its alert is never
-    /// read: the likely cause is added.
+    /// certificate closes the connection once the handshake is done, and
+    /// whether the request's write meets the closed pipe or the alert is
+    /// read first is a race: that case gets one text, saying the likely
+    /// cause (an expired certificate is known from the certificate
+    /// itself), so that the same fault reads the same every time.
     fn transport(&self, e: ureq::Error) -> String {
         let text = e.to_string();
         let closed = ["Broken pipe", "Connection reset", "fatal alert"]
@@ -220,14 +226,25 @@ impl Client {
         if !(self.tls && closed) {
             return text;
         }
-        let why = if self.opts.cert_file.is_some() {
-            "etcd refused the connection after the TLS handshake: it does not accept this \
-             client certificate (expired, or not signed by a CA it trusts?)"
-        } else {
-            "etcd refused the connection after the TLS handshake: it wants a client \
-             certificate (certFile, keyFile)"
+        let Some(cert) = &self.opts.cert_file else {
+            return "etcd refused the connection after the TLS handshake: it wants a client \
+                    certificate (certFile, keyFile)"
+                .into();
         };
-        format!("{text}: {why}")
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match &self.live().not_after {
+            Some((at, text)) if *at < now => format!(
+                "etcd refused the client certificate {}: it expired on {text}",
+                cert.display()
+            ),
+            _ => format!(
+                "etcd refused the client certificate {} after the TLS handshake (not signed by \
+                 a CA it trusts?)",
+                cert.display()
+            ),
+        }
     }
 
     /// POSTs `body` to one endpoint. A transport error (connection, TLS,

@@ -137,6 +137,16 @@ fn client_cert(cert: &Path, key: &Path) -> Result<ClientCert> {
     Ok(ClientCert::new_with_certs(&chain, key_pem))
 }
 
+/// When the client certificate of `opts` (the first of its chain) stops
+/// being valid: (Unix seconds, as text). None without one, or if it does
+/// not parse (that is for the TLS config to refuse).
+pub(crate) fn client_not_after(opts: &Options) -> Option<(i64, String)> {
+    let cert = certificates("certFile", opts.cert_file.as_deref()?).ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.first()?.as_ref()).ok()?;
+    let t = parsed.validity().not_after;
+    Some((t.timestamp(), t.to_string()))
+}
+
 /// ureq's TLS config for `opts` (https endpoints), reading its files.
 pub(crate) fn config(opts: &Options) -> Result<TlsConfig> {
     let roots = match &opts.ca_file {
