@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{bin, run_cni_in, PluginOutput, TempDir, TestNetns};
+use crate::{bin, bin_dir, run_plugin_in, PluginOutput, TempDir, TestNetns};
 
 /// An underlay: a namespace holding bridge `sw0`, which hosts and etcd
 /// members join by veths, on 192.168.77.0/24.
@@ -73,15 +73,31 @@ impl OverlayHost {
         container: &TestNetns,
         conf: &Value,
     ) -> PluginOutput {
-        run_cni_in(
-            &self.ns,
-            "berth-overlay",
-            command,
-            cid,
-            container,
-            self.run.path(),
-            conf,
-        )
+        self.exec_env(command, cid, container, conf, &[])
+    }
+
+    /// [`exec`](Self::exec) with `extra` environment variables.
+    pub fn exec_env(
+        &self,
+        command: &str,
+        cid: &str,
+        container: &TestNetns,
+        conf: &Value,
+        extra: &[(&str, &str)],
+    ) -> PluginOutput {
+        let dir = bin_dir();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("CNI_CONTAINERID", cid),
+            ("CNI_NETNS", container.path_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", dir.to_str().unwrap_or_default()),
+            (
+                "BERTH_RUN_DIR",
+                self.run.path().to_str().unwrap_or_default(),
+            ),
+        ];
+        env.extend_from_slice(extra);
+        run_plugin_in(&self.ns, &bin("berth-overlay"), command, &env, conf)
     }
 
     /// Starts the node agent on `conf` (written to the run dir).
@@ -161,6 +177,11 @@ impl Agent {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// What it logged after byte `mark` (a length [`log`](Self::log) had).
+    pub fn log_since(&self, mark: usize) -> String {
+        self.log().get(mark..).unwrap_or_default().to_string()
     }
 
     pub fn running(&mut self) -> bool {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_tests::etcd_tls::*;
+use berth_tests::overlay_hosts::within;
 use berth_tests::*;
 use serde_json::{json, Value};
 
@@ -52,20 +53,6 @@ fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Polls `f` every 50 ms until it holds or `timeout` passes.
-fn within(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// From inside `ns`: a plain-HTTP `GET /version` to `addr`; what came back

@@ -9,13 +9,13 @@
 //! (.11 .12 .13) and hosts on it (.1 .2 .3). The root namespace is not
 //! touched.
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_tests::etcd_tls::*;
+use berth_tests::overlay_hosts::{first_ip, within, OverlayHost, Switch};
 use berth_tests::*;
 use serde_json::{json, Value};
 
@@ -32,57 +32,21 @@ type Words<'a> = &'a [&'a str];
 /// fails, so a connection to it times out (nothing refuses it).
 const NOBODY: &str = "192.168.77.250";
 
-/// A host on the underlay switch: its namespace (192.168.77.<n> on `ovu`),
-/// its BERTH_RUN_DIR, its IPAM data dir and a dir for agent files.
-struct Host {
-    ns: TestNetns,
-    run: TempDir,
-    data: TempDir,
-    etc: TempDir,
-}
-
-fn switched_host(tag: &str, switch: &TestNetns, n: u8) -> Host {
-    let ns = TestNetns::new(&format!("{tag}{n}"));
-    switch.sh(&format!(
-        "ip link add p{n} type veth peer name ovu netns {} && ip link set p{n} master sw0 up",
-        ns.name()
-    ));
-    ns.sh(&format!(
-        "ip link set lo up && ip addr add 192.168.77.{n}/24 dev ovu && ip link set ovu up"
-    ));
-    Host {
-        ns,
-        run: TempDir::new(&format!("{tag}-run{n}")),
-        data: TempDir::new(&format!("{tag}-data{n}")),
-        etc: TempDir::new(&format!("{tag}-etc{n}")),
-    }
-}
-
 /// The underlay switch, a namespace on it holding the three etcd members'
 /// addresses (192.168.77.11-13 on one link), and hosts 1..=`hosts`.
 struct Underlay {
-    switch: TestNetns,
+    switch: Switch,
     etcd_ns: TestNetns,
-    hosts: Vec<Host>,
+    hosts: Vec<OverlayHost>,
 }
 
 fn underlay(tag: &str, hosts: u8) -> Underlay {
     require_root();
-    let switch = TestNetns::new(&format!("{tag}s"));
-    switch.sh("ip link add sw0 type bridge && ip link set sw0 up");
+    let switch = Switch::new(&format!("{tag}s"));
     let etcd_ns = TestNetns::new(&format!("{tag}e"));
-    switch.sh(&format!(
-        "ip link add p11 type veth peer name eth0 netns {} && ip link set p11 master sw0 up",
-        etcd_ns.name()
-    ));
-    etcd_ns.sh(
-        "ip link set lo up && ip addr add 192.168.77.11/24 dev eth0 && \
-         ip addr add 192.168.77.12/24 dev eth0 && ip addr add 192.168.77.13/24 dev eth0 && \
-         ip link set eth0 up",
-    );
-    let hosts = (1..=hosts)
-        .map(|n| switched_host(tag, &switch, n))
-        .collect();
+    let ips: Vec<IpAddr> = (11..=13).map(|n| IpAddr::from([192, 168, 77, n])).collect();
+    switch.join(&etcd_ns, "p11", &ips);
+    let hosts = (1..=hosts).map(|n| switch.host(tag, n)).collect();
     Underlay {
         switch,
         etcd_ns,
@@ -104,7 +68,7 @@ impl Underlay {
         eprintln!(
             "etcd cluster of 3 (TLS, client-cert-auth) healthy in {:?} (switch {})",
             cluster.started_in(),
-            self.switch.name()
+            self.switch.ns.name()
         );
         cluster
     }
@@ -112,7 +76,7 @@ impl Underlay {
 
 /// The plugin's config for host `h`, node `node`, network `name`, with
 /// `store.etcd` = `etcd`.
-fn overlay_conf(h: &Host, name: &str, node: &str, etcd: Value) -> Value {
+fn overlay_conf(h: &OverlayHost, name: &str, node: &str, etcd: Value) -> Value {
     json!({
         "cniVersion": "1.1.0", "name": name, "type": "berth-overlay",
         "network": "10.244.0.0/16", "subnetLen": 24, "vni": VNI, "iface": "ovu",
@@ -142,150 +106,7 @@ fn with(base: &Value, changes: Value) -> Value {
     v
 }
 
-/// Runs the plugin in host `h` for container `cid` in `c`, as a runtime
-/// there would, with `extra` environment variables.
-fn cni_in(
-    h: &Host,
-    command: &str,
-    cid: &str,
-    c: &TestNetns,
-    conf: &Value,
-    extra: &[(&str, &str)],
-) -> PluginOutput {
-    let dir = bin_dir();
-    let mut env: Vec<(&str, &str)> = vec![
-        ("CNI_CONTAINERID", cid),
-        ("CNI_NETNS", c.path_str()),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", dir.to_str().unwrap()),
-        ("BERTH_RUN_DIR", h.run.path().to_str().unwrap()),
-    ];
-    env.extend_from_slice(extra);
-    run_plugin_in(&h.ns, &bin("berth-overlay"), command, &env, conf)
-}
-
-/// Removes ANSI colour sequences (`ESC [ ... m`) from a log.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A node agent (`berth-overlay agent --conf FILE`) in a host namespace,
-/// its stderr in a file; killed by PID on drop, its log printed then if
-/// the test is failing.
-struct Agent {
-    child: Child,
-    node: String,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(h: &Host, node: &str, conf: &Value) -> Agent {
-        let file = h.etc.path().join(format!("{node}-agent.conf"));
-        fs::write(&file, serde_json::to_vec_pretty(conf).unwrap()).unwrap();
-        let log = h.etc.path().join(format!("{node}-agent.log"));
-        let out = File::create(&log).expect("create agent log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", h.ns.name(), "env"])
-            .arg(format!("BERTH_RUN_DIR={}", h.run.path().display()))
-            .args(["BERTH_LOG=info", "NO_COLOR=1"])
-            .arg(bin("berth-overlay"))
-            .args(["agent", "--conf"])
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup log"))
-            .stderr(out)
-            .spawn()
-            .expect("start the agent");
-        Agent {
-            child,
-            node: node.to_string(),
-            log,
-        }
-    }
-
-    /// Its whole log so far.
-    fn log(&self) -> String {
-        strip_ansi(&String::from_utf8_lossy(
-            &fs::read(&self.log).unwrap_or_default(),
-        ))
-    }
-
-    /// Its log after byte `mark` (a length [`log`](Self::log) had).
-    fn log_since(&self, mark: usize) -> String {
-        self.log().get(mark..).unwrap_or_default().to_string()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// A clean stop: SIGTERM to its PID, then waits up to 5 s.
-    fn terminate(&mut self) {
-        // SAFETY: signals our own child by its PID (`ip netns exec` and
-        // `env` exec in place: it is the agent's).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let stopped = within(Duration::from_secs(5), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        assert!(
-            stopped,
-            "agent {} did not exit on SIGTERM:\n{}",
-            self.node,
-            self.log()
-        );
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- agent {} log ({}):\n{}",
-                self.node,
-                self.log.display(),
-                self.log()
-            );
-        }
-    }
-}
-
-/// Polls `f` every 50 ms until it holds or `limit` passes.
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn has_route(h: &Host, subnet: &str) -> bool {
-    !h.ns
-        .exec_ok(&["ip", "route", "show", subnet])
-        .trim()
-        .is_empty()
-}
-
-fn routes(h: &Host) -> String {
+fn routes(h: &OverlayHost) -> String {
     String::from_utf8_lossy(
         &h.ns
             .exec(&["ip", "route", "show", "dev", &format!("berth.{VNI}")])
@@ -296,20 +117,10 @@ fn routes(h: &Host) -> String {
 
 /// The subnet the node of network `name` on `h` holds (its cache file),
 /// "" until it holds one.
-fn held_subnet(h: &Host, name: &str) -> String {
+fn held_subnet(h: &OverlayHost, name: &str) -> String {
     fs::read_to_string(h.run.path().join(format!("{name}.subnet")))
         .unwrap_or_default()
         .trim()
-        .to_string()
-}
-
-fn first_ip(r: &Value) -> String {
-    r["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {r}"))
-        .split('/')
-        .next()
-        .unwrap()
         .to_string()
 }
 
@@ -334,7 +145,13 @@ fn failing_lines(log: &str) -> Vec<String> {
 /// Nothing of the overlay was made by a refused ADD: no VXLAN device nor
 /// bridge on the host, nothing but `lo` in the container, no key under
 /// the prefix in etcd, no address allocated.
-fn assert_nothing_made(what: &str, h: &Host, c: &TestNetns, cluster: &EtcdCluster, prefix: &str) {
+fn assert_nothing_made(
+    what: &str,
+    h: &OverlayHost,
+    c: &TestNetns,
+    cluster: &EtcdCluster,
+    prefix: &str,
+) {
     let links = h.ns.exec_ok(&["ip", "-br", "link"]);
     assert!(
         !links.contains(&format!("berth.{VNI}")) && !links.contains(&format!("bov{VNI}")),
@@ -389,8 +206,8 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
         })
         .collect();
     let (h1, h2, h3) = (&u.hosts[0], &u.hosts[1], &u.hosts[2]);
-    let mut a1 = Agent::start(h1, "h1", &confs[0]);
-    let _a2 = Agent::start(h2, "h2", &confs[1]);
+    let mut a1 = h1.agent(&confs[0]);
+    let _a2 = h2.agent(&confs[1]);
 
     let ten = Duration::from_secs(10);
     assert!(
@@ -401,7 +218,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
     let (s1, s2) = (held_subnet(h1, name), held_subnet(h2, name));
     assert_ne!(s1, s2);
     assert!(
-        within(ten, || has_route(h1, &s2) && has_route(h2, &s1)),
+        within(ten, || h1.routes(&s2) && h2.routes(&s1)),
         "the agents did not program each other: h1 {s1}: {} / h2 {s2}: {}",
         routes(h1),
         routes(h2)
@@ -414,10 +231,12 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
     );
 
     let (c1, c2) = (TestNetns::new("otfac1"), TestNetns::new("otfac2"));
-    let r1 = cni_in(h1, "ADD", "c1", &c1, &confs[0], &[])
+    let r1 = h1
+        .exec_env("ADD", "c1", &c1, &confs[0], &[])
         .expect_ok()
         .clone();
-    let r2 = cni_in(h2, "ADD", "c2", &c2, &confs[1], &[])
+    let r2 = h2
+        .exec_env("ADD", "c2", &c2, &confs[1], &[])
         .expect_ok()
         .clone();
     let (ip1, ip2) = (first_ip(&r1), first_ip(&r2));
@@ -440,7 +259,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
         a1.log_since(mark)
     );
     // h3 joins: h1 (on its renewed certificate) learns it within 2 s.
-    let mut a3 = Agent::start(h3, "h3", &confs[2]);
+    let mut a3 = h3.agent(&confs[2]);
     assert!(
         within(ten, || !held_subnet(h3, name).is_empty()),
         "h3 took no subnet:\n{}",
@@ -449,7 +268,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
     let s3 = held_subnet(h3, name);
     let leased = Instant::now();
     assert!(
-        within(Duration::from_secs(2), || has_route(h1, &s3)),
+        within(Duration::from_secs(2), || h1.routes(&s3)),
         "h1 did not program h3 ({s3}) within 2 s of its lease, after the renewal: {}",
         routes(h1)
     );
@@ -506,7 +325,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
         "h3's lease outlived its clean stop: {keys:?}"
     );
     assert!(
-        within(Duration::from_secs(3), || !has_route(h2, &s3)),
+        within(Duration::from_secs(3), || !h2.routes(&s3)),
         "h2 did not forget h3 after its clean stop: {}",
         routes(h2)
     );
@@ -516,7 +335,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
     let mut pings = 0;
     while watch_from.elapsed() < Duration::from_secs(3) {
         assert!(
-            has_route(h1, &s2) && has_route(h1, &s3),
+            h1.routes(&s2) && h1.routes(&s3),
             "{:?} into the expired certificate, h1's datapath changed: {}",
             expired_at.elapsed(),
             routes(h1)
@@ -563,7 +382,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
     assert!(
         within(
             Duration::from_secs(3).saturating_sub(restored.elapsed()),
-            || !has_route(h1, &s3)
+            || !h1.routes(&s3)
         ),
         "h1 still has h3's route 3 s after its certificate was valid again: {}",
         routes(h1)
@@ -572,7 +391,7 @@ fn a_renewed_client_certificate_is_used_without_a_restart_and_an_expired_one_is_
         "valid again: h1 works again and forgot h3 {:?} later",
         restored.elapsed()
     );
-    assert!(has_route(h1, &s2), "h1 lost h2: {}", routes(h1));
+    assert!(h1.routes(&s2), "h1 lost h2: {}", routes(h1));
     assert_ping(&c1, &ip2);
     assert_ping(&c2, &ip1);
     assert!(a1.running(), "h1's agent exited:\n{}", a1.log());
@@ -693,7 +512,7 @@ fn bad_tls_settings_are_refused_before_anything_is_made() {
         let c = TestNetns::new("otfbc");
         let conf = overlay_conf(h, name, "h1", etcd.clone());
         let started = Instant::now();
-        let out = cni_in(h, "ADD", "c1", &c, &conf, env);
+        let out = h.exec_env("ADD", "c1", &c, &conf, env);
         let took = started.elapsed();
         assert_eq!(
             out.error_code(),
@@ -720,12 +539,13 @@ fn bad_tls_settings_are_refused_before_anything_is_made() {
     // changed), without system roots too.
     let c = TestNetns::new("otfbok");
     let conf = overlay_conf(h, name, "h1", base.clone());
-    let r = cni_in(h, "ADD", "c1", &c, &conf, &no_roots)
+    let r = h
+        .exec_env("ADD", "c1", &c, &conf, &no_roots)
         .expect_ok()
         .clone();
     assert!(first_ip(&r).starts_with("10.244."), "{r}");
     assert_eq!(keys_under(&cluster, prefix).len(), 1);
-    cni_in(h, "DEL", "c1", &c, &conf, &no_roots).assert_ok();
+    h.exec_env("DEL", "c1", &c, &conf, &no_roots).assert_ok();
     eprintln!("test took {:?}", t0.elapsed());
 }
 
@@ -782,7 +602,7 @@ fn an_untrusted_or_unreachable_etcd_is_code_11_within_the_dial_timeout() {
         let c = TestNetns::new("otfcc");
         let conf = overlay_conf(h, name, "h1", etcd.clone());
         let started = Instant::now();
-        let out = cni_in(h, "ADD", "c1", &c, &conf, &[]);
+        let out = h.exec_env("ADD", "c1", &c, &conf, &[]);
         let took = started.elapsed();
         let msg = out.error_msg().unwrap_or_default().to_string();
         eprintln!("{what}: code {:?} in {took:?}: {msg}", out.error_code());
@@ -813,8 +633,8 @@ fn an_untrusted_or_unreachable_etcd_is_code_11_within_the_dial_timeout() {
     // The same host with the right settings works.
     let c = TestNetns::new("otfcok");
     let conf = overlay_conf(h, name, "h1", base);
-    cni_in(h, "ADD", "c1", &c, &conf, &[]).expect_ok();
+    h.exec_env("ADD", "c1", &c, &conf, &[]).expect_ok();
     assert_eq!(keys_under(&cluster, prefix).len(), 1);
-    cni_in(h, "DEL", "c1", &c, &conf, &[]).assert_ok();
+    h.exec_env("DEL", "c1", &c, &conf, &[]).assert_ok();
     eprintln!("test took {:?}", t0.elapsed());
 }
