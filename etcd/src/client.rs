@@ -97,6 +97,14 @@ fn range_end(prefix: &str) -> Vec<u8> {
     end
 }
 
+/// A transport error of a connection the server closed under the
+/// request (or its TLS alert).
+fn closed(text: &str) -> bool {
+    ["Broken pipe", "Connection reset", "fatal alert"]
+        .iter()
+        .any(|m| text.contains(m))
+}
+
 /// What etcd answers on its JSON gateway, with client-cert-auth and auth
 /// both on, to a client certificate with a CommonName: the gateway cannot
 /// pass the name on as the user, so it refuses rather than act as another
@@ -200,6 +208,9 @@ impl Client {
                         tracing::info!("etcd: TLS files changed on disk, read again");
                     }
                     Err(e) => {
+                        // Said once per change: the next change (the
+                        // certificate's half of a renewal) is tried again.
+                        live.stamps = now;
                         tracing::warn!("etcd: TLS files changed, but {e}; keeping the old ones")
                     }
                 }
@@ -220,10 +231,7 @@ impl Client {
     /// itself), so that the same fault reads the same every time.
     fn transport(&self, e: ureq::Error) -> String {
         let text = e.to_string();
-        let closed = ["Broken pipe", "Connection reset", "fatal alert"]
-            .iter()
-            .any(|m| text.contains(m));
-        if !(self.tls && closed) {
+        if !(self.tls && closed(&text)) {
             return text;
         }
         let Some(cert) = &self.opts.cert_file else {
@@ -247,6 +255,38 @@ impl Client {
         }
     }
 
+    /// The HTTP exchange of a call (`recv_body`: how long its answer may
+    /// take to arrive, for a watch). A connection closed under the
+    /// request is tried once more on a new one: a kept connection the
+    /// member dropped meanwhile (it restarted) is not its refusal, which
+    /// the second try shows again.
+    fn post(
+        &self,
+        agent: &ureq::Agent,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+        recv_body: Option<Duration>,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, String> {
+        let attempt = || {
+            let mut req = agent.post(self.url(endpoint, path));
+            if let Some(t) = recv_body {
+                req = req.config().timeout_recv_body(Some(t)).build();
+            }
+            let mut req = req.content_type("application/json");
+            if let Some(t) = token {
+                req = req.header("Authorization", t);
+            }
+            req.send(body.to_string())
+        };
+        match attempt() {
+            Err(e) if self.tls && closed(&e.to_string()) => attempt(),
+            other => other,
+        }
+        .map_err(|e| self.transport(e))
+    }
+
     /// POSTs `body` to one endpoint. A transport error (connection, TLS,
     /// timeout) is Err with its reason.
     fn send(
@@ -257,13 +297,7 @@ impl Client {
         body: &Value,
         token: Option<&str>,
     ) -> std::result::Result<Answer, String> {
-        let mut req = agent
-            .post(self.url(endpoint, path))
-            .content_type("application/json");
-        if let Some(t) = token {
-            req = req.header("Authorization", t);
-        }
-        let resp = req.send(body.to_string()).map_err(|e| self.transport(e))?;
+        let resp = self.post(agent, endpoint, path, body, token, None)?;
         let status = resp.status();
         let text = resp
             .into_body()
@@ -495,18 +529,16 @@ impl Client {
             *token = Some(self.authenticate(agent, endpoint)?);
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut req = agent
-            .post(self.url(endpoint, "/v3/watch"))
-            .config()
-            .timeout_recv_body(Some(left))
-            .build()
-            .content_type("application/json");
-        if let Some(t) = token.as_deref() {
-            req = req.header("Authorization", t);
-        }
-        let resp = req
-            .send(body.to_string())
-            .map_err(|e| CallError::Endpoint(self.transport(e)))?;
+        let resp = self
+            .post(
+                agent,
+                endpoint,
+                "/v3/watch",
+                body,
+                token.as_deref(),
+                Some(left),
+            )
+            .map_err(CallError::Endpoint)?;
         if !resp.status().is_success() {
             let text = resp.into_body().read_to_string().unwrap_or_default();
             return Err(CallError::Endpoint(message_of(&text)));
