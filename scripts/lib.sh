@@ -31,9 +31,11 @@
 #                                privately; also pulled in by docker.io)
 #   protobuf-compiler            protoc, run by the k8s-cri crate's build (the
 #                                CRI gRPC client of tests/cri.rs)
+#   openssl ca-certificates      the certificates of the TLS etcd tests and the
+#                                bench's etcd part; the system's trusted roots
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
     busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server
-    etcd-client procps containerd protobuf-compiler)
+    etcd-client procps containerd protobuf-compiler openssl ca-certificates)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2

@@ -7,7 +7,7 @@ use clap::Parser;
 use crate::{overlay, reconcile};
 
 /// The parts `--only` chooses from.
-pub(crate) const PARTS: [&str; 9] = [
+pub(crate) const PARTS: [&str; 10] = [
     "compare",
     "floor",
     "concurrent",
@@ -17,6 +17,7 @@ pub(crate) const PARTS: [&str; 9] = [
     "overlay",
     "cri",
     "reconcile",
+    "etcd",
 ];
 
 /// berth-bench's command line, as clap reads it; [`Args`] is what the
@@ -47,7 +48,7 @@ pub(crate) struct Cli {
     #[arg(long = "n", value_name = "LIST", default_value = "1,100,1000", value_parser = counts)]
     pub(crate) ns: std::vec::Vec<usize>,
     /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri,
-    /// reconcile [default: all]
+    /// reconcile,etcd [default: all]
     #[arg(long, value_name = "LIST", value_parser = parts)]
     pub(crate) only: Option<std::vec::Vec<String>>,
     /// compare: run berth only
@@ -89,6 +90,9 @@ pub(crate) struct Cli {
     /// `nft flush ruleset`s timed by `reconcile`
     #[arg(long, value_name = "F", default_value_t = 20, value_parser = at_least_one::<usize>)]
     pub(crate) reconcile_flushes: usize,
+    /// containers per store for `etcd` (berth-overlay ADD and DEL)
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least_one::<usize>)]
+    pub(crate) etcd_containers: usize,
     /// cniVersion of the configs (1.0.0 is the newest the reference plugins
     /// 1.1.1 accept)
     #[arg(long, value_name = "V", default_value = "1.0.0")]
@@ -130,6 +134,8 @@ pub(crate) struct Args {
     pub(crate) reconcile: bool,
     pub(crate) reconcile_containers: usize,
     pub(crate) reconcile_flushes: usize,
+    pub(crate) etcd: bool,
+    pub(crate) etcd_containers: usize,
     pub(crate) cni_version: String,
     pub(crate) json: bool,
     pub(crate) markdown: bool,
@@ -230,6 +236,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         overlay: only("overlay"),
         cri: only("cri"),
         reconcile: only("reconcile"),
+        etcd: only("etcd"),
         ref_dir: cli.ref_dir,
         ns: cli.ns,
         no_ref: cli.no_ref,
@@ -245,6 +252,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         cri_pods: cli.cri_pods,
         reconcile_containers: cli.reconcile_containers,
         reconcile_flushes: cli.reconcile_flushes,
+        etcd_containers: cli.etcd_containers,
         cni_version: cli.cni_version,
         json: cli.json,
         markdown: cli.markdown,
@@ -349,6 +357,17 @@ mod tests {
         assert!(parse_args(&argv("--reconcile-containers 25001")).is_err());
     }
 
+    #[test]
+    fn etcd_flags() {
+        let a = parse_args(&[]).unwrap();
+        assert!(a.etcd && a.etcd_containers == 50);
+        let a = parse_args(&argv("--only etcd --etcd-containers=7")).unwrap();
+        assert!(a.etcd && !a.overlay && !a.compare && !a.reconcile);
+        assert_eq!(a.etcd_containers, 7);
+        assert!(!parse_args(&argv("--only overlay")).unwrap().etcd);
+        assert!(parse_args(&argv("--etcd-containers 0")).is_err());
+    }
+
     /// Every check names the flag at fault; the last of a repeated flag
     /// wins, as before clap.
 
@@ -371,6 +390,7 @@ mod tests {
             ("--overlay-nodes 251", "--overlay-nodes"),
             ("--reconcile-containers 0", "--reconcile-containers"),
             ("--reconcile-flushes 0", "--reconcile-flushes"),
+            ("--etcd-containers 0", "--etcd-containers"),
             ("--concurrency x", "--concurrency"),
             ("--cni-version", "--cni-version"),
         ] {

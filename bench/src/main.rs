@@ -41,6 +41,14 @@
 //!   answering again from outside (median and max of 20 flushes), and the
 //!   watcher's CPU idle and during a flush storm (10 a second for 10 s)
 //!   (see reconcile.rs).
+//! * `etcd` — what berth-overlay's etcd store adds to an ADD and a DEL:
+//!   N containers per store on a namespace "host", alternating round by
+//!   round, with the static store (no etcd), etcd over http, over https
+//!   with a client certificate, and with auth on top (token cached, and
+//!   without one), against private etcd members in a namespace of their
+//!   own; and, in process, a fresh berth-etcd client's first call against
+//!   the next one on the same connection (see etcd.rs). Target: ADD median
+//!   < 10 ms with each etcd store.
 //!
 //! The report (report.rs) is printed as tables for people (print.rs), as
 //! JSON (`--json`) or as Markdown tables for docs/results/ (`--markdown`,
@@ -56,6 +64,7 @@ mod compare;
 mod concurrent;
 mod cri;
 mod engine;
+mod etcd;
 mod exec;
 mod floor;
 mod host;
@@ -181,6 +190,10 @@ fn real_main() -> Result<bool> {
             &args.cni_version,
         ));
         ok &= report.reconcile.as_ref().is_some_and(|r| r.ok());
+    }
+    if args.etcd {
+        (report.etcd, report.etcd_error) = split(etcd::etcd(&args.berth_dir, args.etcd_containers));
+        ok &= report.etcd_error.is_none();
     }
     report.ok = ok;
     if args.json {

@@ -20,8 +20,8 @@ use std::fmt::Write as _;
 use crate::args::Args;
 use crate::print::{fx, fx2, pct};
 use crate::report::{
-    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Floor, FlowRow, HostRow, Overlay,
-    PortmapRow, Reconcile, Report,
+    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow, HostRow,
+    Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// What follows the part's name on a heading line.
@@ -85,6 +85,11 @@ pub(crate) fn command(argv: &[String]) -> String {
 /// A time in ms, `-` if there is none.
 fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.2} ms"))
+}
+
+/// A difference in ms with its sign, `-` if there is none.
+fn plus_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:+.2} ms"))
 }
 
 /// Table rows from cells.
@@ -219,6 +224,26 @@ pub(crate) fn tables(report: &Report, args: &Args, run: &Run) -> String {
             reconcile(&mut b, r);
         }
         failed(&mut b, "reconcile", &report.reconcile_error);
+        blocks.push(b);
+    }
+    if args.etcd {
+        let mut b = run.heading(
+            "etcd",
+            &format!(
+                "berth-overlay ADD, DEL and STATUS by store, {} each (one exec each, alternating round by round), against private etcd {} members, medians and p90",
+                count(args.etcd_containers, "container"),
+                report
+                    .etcd
+                    .as_ref()
+                    .and_then(|e| e.etcd_version.as_deref())
+                    .unwrap_or("?")
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(e) = &report.etcd {
+            etcd(&mut b, e);
+        }
+        failed(&mut b, "etcd", &report.etcd_error);
         blocks.push(b);
     }
     let mut out = String::new();
@@ -664,6 +689,84 @@ fn reconcile(b: &mut String, r: &Reconcile) {
     }
 }
 
+fn etcd(b: &mut String, e: &Etcd) {
+    let _ = writeln!(
+        b,
+        "| store | first ADD | ADD median | ADD p90 | ADD over static | DEL median | DEL p90 | DEL over static | STATUS median | STATUS over static | ADD < {:.0} ms |",
+        e.target_ms
+    );
+    b.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for s in &e.stores {
+        row(
+            b,
+            &[
+                format!("`{}`: {}", s.store, s.what),
+                ms(Some(s.first_add_ms)),
+                ms(s.add_median_ms),
+                ms(s.add_p90_ms),
+                plus_ms(s.add_over_static_ms),
+                ms(s.del_median_ms),
+                ms(s.del_p90_ms),
+                plus_ms(s.del_over_static_ms),
+                ms(s.status_median_ms),
+                plus_ms(s.status_over_static_ms),
+                s.add_pass
+                    .map_or("baseline", crate::print::pass)
+                    .to_string(),
+            ],
+        );
+    }
+    let c = &e.cold_auth;
+    let each: Vec<String> = c.adds_ms.iter().map(|x| format!("{x:.1}")).collect();
+    let _ = writeln!(
+        b,
+        "\nWithout a cached token (the token file deleted before each of {} on the `https+cert+auth` network): median {}, {} over the cached token, etcd's bcrypt password check (each: {}). The first ADD of a network claims the node's lease and makes the datapath (with auth it also takes the first token); not counted in the medians.",
+        count(c.adds_ms.len(), "ADD"),
+        ms(c.median_ms),
+        plus_ms(c.over_cached_ms),
+        each.join(" ")
+    );
+    let _ = writeln!(
+        b,
+        "\nWhere an ADD's time goes (medians): the process start alone (berth-overlay's CNI `VERSION`) {} (p90 {}); etcd adds {} (`http` − `static`), TLS {} (`https+cert` − `http`), auth with the token cached {} (`https+cert+auth` − `https+cert`). ADD median under {:.0} ms with every etcd store: {}.",
+        ms(e.process_start_ms),
+        ms(e.process_start_p90_ms),
+        plus_ms(e.etcd_adds_ms),
+        plus_ms(e.tls_adds_ms),
+        plus_ms(e.auth_adds_ms),
+        e.target_ms,
+        crate::print::pass(e.pass())
+    );
+    if let Some(first) = e.client.first() {
+        let _ = writeln!(
+            b,
+            "\nIn process (the bench in the host namespace), {} per store, alternating, each after a {pause:.0} ms pause (etcd idle, as between two ADDs): `berth_etcd::Client::new`, one `get_prefix` of the network's leases on that fresh client (what an ADD process pays), the same call again on it at once (its connection reused, etcd busy), and once more after another {pause:.0} ms pause (the connection reused, etcd idle), medians:\n",
+            first.calls,
+            pause = first.pause_ms
+        );
+        b.push_str("| store | `Client::new` | first `get_prefix` | p90 | again at once | p90 | again after the pause | p90 | connection setup (first − after the pause) | the pause's cost (after the pause − at once) |\n");
+        b.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in &e.client {
+            row(
+                b,
+                &[
+                    format!("`{}`", r.store),
+                    ms(r.new_median_ms),
+                    ms(r.first_call_median_ms),
+                    ms(r.first_call_p90_ms),
+                    ms(r.reused_call_median_ms),
+                    ms(r.reused_call_p90_ms),
+                    ms(r.paused_call_median_ms),
+                    ms(r.paused_call_p90_ms),
+                    plus_ms(r.setup_ms),
+                    plus_ms(r.wake_ms),
+                ],
+            );
+        }
+    }
+    let _ = writeln!(b, "\nThe part took {:.1} s.", e.secs);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,6 +872,96 @@ mod tests {
             (count(1, "pod"), count(2, "pod")),
             ("1 pod".into(), "2 pods".into())
         );
+    }
+
+    #[test]
+    fn etcd_block() {
+        use crate::report::{ClientCalls, ColdAuth, EtcdStore};
+        let args = parse_args(&argv("--only etcd --etcd-containers 3")).unwrap();
+        let run = Run {
+            date: "2026-12-04".into(),
+            cores: 2,
+            kernel: "6.18.0".into(),
+            command: command(&argv("--markdown --only etcd --etcd-containers 3")),
+        };
+        let mut report = Report::new(Config {
+            cni_path_berth: "/b".into(),
+            cni_path_ref: None,
+            n: vec![],
+            cni_version: "1.0.0".into(),
+            network: "",
+            warmup: "",
+        });
+        let store = |name: &'static str, add: f64, pass: Option<bool>| EtcdStore {
+            store: name,
+            what: "what",
+            first_add_ms: 40.0,
+            adds: 3,
+            dels: 3,
+            add_median_ms: Some(add),
+            add_p90_ms: Some(add + 1.0),
+            del_median_ms: Some(20.0),
+            del_p90_ms: Some(25.0),
+            status_median_ms: Some(2.0),
+            status_p90_ms: Some(2.5),
+            add_over_static_ms: pass.map(|_| add - 3.0),
+            del_over_static_ms: pass.map(|_| 0.5),
+            status_over_static_ms: pass.map(|_| 1.0),
+            add_pass: pass,
+        };
+        report.etcd = Some(Etcd {
+            containers: 3,
+            etcd_version: Some("3.4.23".into()),
+            target_ms: 10.0,
+            process_start_ms: Some(1.4),
+            process_start_p90_ms: Some(1.6),
+            stores: vec![
+                store("static", 3.0, None),
+                store("http", 4.5, Some(true)),
+                store("https+cert", 11.0, Some(false)),
+            ],
+            etcd_adds_ms: Some(1.5),
+            tls_adds_ms: Some(6.5),
+            auth_adds_ms: None,
+            cold_auth: ColdAuth {
+                adds_ms: vec![70.0, 71.5],
+                median_ms: Some(70.75),
+                over_cached_ms: Some(64.0),
+            },
+            client: vec![ClientCalls {
+                store: "http",
+                calls: 3,
+                pause_ms: 5.0,
+                new_median_ms: Some(0.01),
+                first_call_median_ms: Some(0.9),
+                first_call_p90_ms: Some(1.1),
+                reused_call_median_ms: Some(0.5),
+                reused_call_p90_ms: Some(0.7),
+                paused_call_median_ms: Some(0.6),
+                paused_call_p90_ms: Some(0.8),
+                setup_ms: Some(0.3),
+                wake_ms: Some(0.1),
+            }],
+            secs: 10.94,
+        });
+        let md = tables(&report, &args, &run);
+        assert!(md.starts_with(
+            "`etcd`, measured 2026-12-04 (2 cores, Linux 6.18.0) by `berth-bench --markdown --only etcd --etcd-containers 3`; \
+             berth-overlay ADD, DEL and STATUS by store, 3 containers each (one exec each, alternating round by round), against private etcd 3.4.23 members, medians and p90:\n\n| store | first ADD |"
+        ), "{md}");
+        assert!(md.contains("| `static`: what | 40.00 ms | 3.00 ms | 4.00 ms | - | 20.00 ms | 25.00 ms | - | 2.00 ms | - | baseline |\n"), "{md}");
+        assert!(md.contains("| `https+cert`: what | 40.00 ms | 11.00 ms | 12.00 ms | +8.00 ms | 20.00 ms | 25.00 ms | +0.50 ms | 2.00 ms | +1.00 ms | FAIL |\n"), "{md}");
+        assert!(md.contains("each of 2 ADDs on the `https+cert+auth` network): median 70.75 ms, +64.00 ms over the cached token"));
+        assert!(md.contains("etcd adds +1.50 ms (`http` − `static`), TLS +6.50 ms"));
+        assert!(md.contains("every etcd store: FAIL."));
+        assert!(md.contains("| `http` | 0.01 ms | 0.90 ms | 1.10 ms | 0.50 ms | 0.70 ms | 0.60 ms | 0.80 ms | +0.30 ms | +0.10 ms |\n"), "{md}");
+        assert!(md.ends_with("\n\nThe part took 10.9 s.\n"), "{md}");
+        assert_eq!(md.lines().filter(|l| l.contains(HEADING)).count(), 1);
+
+        report.etcd = None;
+        report.etcd_error = Some("etcd member plain exited".into());
+        assert!(tables(&report, &args, &run)
+            .ends_with("medians and p90:\n\n- FAILED etcd: etcd member plain exited\n"));
     }
 
     #[test]

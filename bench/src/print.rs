@@ -2,8 +2,8 @@
 //! `--markdown` as Markdown tables: markdown.rs).
 
 use crate::report::{
-    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Floor, FlowRow, HostRow, Overlay,
-    PortmapRow, Reconcile, Report,
+    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow, HostRow,
+    Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// A figure with two decimals, `-` if there is none.
@@ -33,6 +33,11 @@ pub(crate) fn pass(v: bool) -> &'static str {
     } else {
         "FAIL"
     }
+}
+
+/// A difference in ms with its sign, two decimals, `-` if there is none.
+pub(crate) fn plus(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:+.2}"))
 }
 
 /// Numbers, each formatted with `digits` decimals.
@@ -220,6 +225,110 @@ fn print_reconcile(r: &Reconcile) {
     for e in &r.errors {
         println!("  FAILED {e}");
     }
+    println!();
+}
+
+fn print_etcd(e: &Etcd) {
+    println!(
+        "== etcd: berth-overlay ADD / DEL / STATUS by store, {} containers each, alternating, ms (etcd {}; target: ADD median < {:.0} ms) ==",
+        e.containers,
+        e.etcd_version.as_deref().unwrap_or("?"),
+        e.target_ms
+    );
+    println!(
+        "{:<16} {:>10} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>8} {:>8}  {:<10}",
+        "store",
+        "first ADD",
+        "ADD med",
+        "ADD p90",
+        "+static",
+        "DEL med",
+        "DEL p90",
+        "+static",
+        "STATUS",
+        "+static",
+        "ADD target"
+    );
+    for s in &e.stores {
+        println!(
+            "{:<16} {:>10} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>8} {:>8}  {}",
+            s.store,
+            f(Some(s.first_add_ms)),
+            f(s.add_median_ms),
+            f(s.add_p90_ms),
+            plus(s.add_over_static_ms),
+            f(s.del_median_ms),
+            f(s.del_p90_ms),
+            plus(s.del_over_static_ms),
+            f(s.status_median_ms),
+            plus(s.status_over_static_ms),
+            s.add_pass.map_or("(baseline)", pass)
+        );
+    }
+    let c = &e.cold_auth;
+    println!(
+        "  https+cert+auth without a cached token ({} ADDs, the token file deleted before each): median {} ms, {} ms over the cached token (etcd's bcrypt password check)   [{}]",
+        c.adds_ms.len(),
+        f(c.median_ms),
+        plus(c.over_cached_ms),
+        list(&c.adds_ms, 1)
+    );
+    println!(
+        "  where an ADD's time goes (medians): process start (CNI VERSION) {} ms (p90 {}); etcd adds {} ms (http - static), TLS {} ms (https+cert - http), auth {} ms (https+cert+auth - https+cert, token cached)",
+        f(e.process_start_ms),
+        f(e.process_start_p90_ms),
+        plus(e.etcd_adds_ms),
+        plus(e.tls_adds_ms),
+        plus(e.auth_adds_ms)
+    );
+    println!(
+        "  first ADD of each network: the node's lease claimed and the datapath made (and with auth the first token taken)"
+    );
+    println!(
+        "  ADD median < {:.0} ms with every etcd store: {}",
+        e.target_ms,
+        pass(e.pass())
+    );
+    println!();
+    if let Some(first) = e.client.first() {
+        println!(
+            "== berth_etcd in process, from the host namespace: a fresh client's first call and the next ones, {} each, ms ==",
+            first.calls
+        );
+        println!(
+            "   (each fresh client after a {pause:.0} ms pause; \"again\": on the same connection at once, then after another {pause:.0} ms pause)",
+            pause = first.pause_ms
+        );
+        println!(
+            "{:<16} {:>11}  {:>10} {:>6}  {:>13} {:>6}  {:>14} {:>6}  {:>16} {:>11}",
+            "store",
+            "Client::new",
+            "first call",
+            "p90",
+            "again at once",
+            "p90",
+            "again, paused",
+            "p90",
+            "connection setup",
+            "pause costs"
+        );
+        for r in &e.client {
+            println!(
+                "{:<16} {:>11}  {:>10} {:>6}  {:>13} {:>6}  {:>14} {:>6}  {:>16} {:>11}",
+                r.store,
+                f(r.new_median_ms),
+                f(r.first_call_median_ms),
+                f(r.first_call_p90_ms),
+                f(r.reused_call_median_ms),
+                f(r.reused_call_p90_ms),
+                f(r.paused_call_median_ms),
+                f(r.paused_call_p90_ms),
+                plus(r.setup_ms),
+                plus(r.wake_ms)
+            );
+        }
+    }
+    println!("  (the part took {:.1} s)", e.secs);
     println!();
 }
 
@@ -441,6 +550,10 @@ pub(crate) fn print_tables(report: &Report) {
         print_reconcile(r);
     }
     print_error("reconcile", &report.reconcile_error);
+    if let Some(e) = &report.etcd {
+        print_etcd(e);
+    }
+    print_error("etcd", &report.etcd_error);
     if let Some(rows) = &report.compare {
         print_compare(rows);
     }

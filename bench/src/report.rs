@@ -65,6 +65,10 @@ pub(crate) struct Report {
     pub(crate) reconcile: Option<Reconcile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reconcile_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd: Option<Etcd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd_error: Option<String>,
     /// Every part that ran succeeded (see main.rs).
     pub(crate) ok: bool,
 }
@@ -93,6 +97,8 @@ impl Report {
             cri_error: None,
             reconcile: None,
             reconcile_error: None,
+            etcd: None,
+            etcd_error: None,
             ok: true,
         }
     }
@@ -586,4 +592,100 @@ impl Reconcile {
     pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty() && self.after_storm_pass
     }
+}
+
+// ---------------------------------------------------------------------------
+// etcd
+
+/// What berth-etcd adds to a berth-overlay ADD and DEL (see etcd.rs).
+/// Times in ms.
+#[derive(Debug, Serialize)]
+pub(crate) struct Etcd {
+    /// Containers per store.
+    pub(crate) containers: usize,
+    /// `etcd --version`'s, `null` if it said none.
+    pub(crate) etcd_version: Option<String>,
+    /// The ADD median each etcd store must stay under.
+    pub(crate) target_ms: f64,
+    /// berth-overlay's CNI VERSION: the process start alone.
+    pub(crate) process_start_ms: Option<f64>,
+    pub(crate) process_start_p90_ms: Option<f64>,
+    /// static, http, https+cert, https+cert+auth.
+    pub(crate) stores: Vec<EtcdStore>,
+    /// ADD medians: http - static.
+    pub(crate) etcd_adds_ms: Option<f64>,
+    /// https+cert - http.
+    pub(crate) tls_adds_ms: Option<f64>,
+    /// https+cert+auth (token cached) - https+cert.
+    pub(crate) auth_adds_ms: Option<f64>,
+    pub(crate) cold_auth: ColdAuth,
+    /// In process: a fresh berth_etcd client's first call, and the next.
+    pub(crate) client: Vec<ClientCalls>,
+    /// The part's run time, setup and cleanup but the last DELs included.
+    pub(crate) secs: f64,
+}
+
+impl Etcd {
+    /// Every etcd store's ADD median under the target.
+    pub(crate) fn pass(&self) -> bool {
+        self.stores.iter().all(|s| s.add_pass != Some(false))
+    }
+}
+
+/// One store's network: N containers, medians and p90s.
+#[derive(Debug, Serialize)]
+pub(crate) struct EtcdStore {
+    pub(crate) store: &'static str,
+    pub(crate) what: &'static str,
+    /// The network's first ADD (not counted): the lease claimed, the
+    /// datapath made (and with auth the first token taken).
+    pub(crate) first_add_ms: f64,
+    pub(crate) adds: usize,
+    pub(crate) dels: usize,
+    pub(crate) add_median_ms: Option<f64>,
+    pub(crate) add_p90_ms: Option<f64>,
+    pub(crate) del_median_ms: Option<f64>,
+    pub(crate) del_p90_ms: Option<f64>,
+    /// CNI STATUS: no kernel work.
+    pub(crate) status_median_ms: Option<f64>,
+    pub(crate) status_p90_ms: Option<f64>,
+    /// This median - static's (`null` for static).
+    pub(crate) add_over_static_ms: Option<f64>,
+    pub(crate) del_over_static_ms: Option<f64>,
+    pub(crate) status_over_static_ms: Option<f64>,
+    /// ADD median under the target; `null` for static (the baseline).
+    pub(crate) add_pass: Option<bool>,
+}
+
+/// ADDs on the auth network with no cached token: authenticate first.
+#[derive(Debug, Serialize)]
+pub(crate) struct ColdAuth {
+    pub(crate) adds_ms: Vec<f64>,
+    pub(crate) median_ms: Option<f64>,
+    /// This median - the cached-token ADD median: the password check.
+    pub(crate) over_cached_ms: Option<f64>,
+}
+
+/// One store, in process, each after a pause: `Client::new`, a first
+/// `get_prefix` on it (connection, TLS handshake, request), the same call
+/// again at once (the connection reused, etcd busy), and once more after
+/// another pause (the connection reused, etcd idle).
+#[derive(Debug, Serialize)]
+pub(crate) struct ClientCalls {
+    pub(crate) store: &'static str,
+    pub(crate) calls: usize,
+    /// The pause before the first call and before the last.
+    pub(crate) pause_ms: f64,
+    pub(crate) new_median_ms: Option<f64>,
+    pub(crate) first_call_median_ms: Option<f64>,
+    pub(crate) first_call_p90_ms: Option<f64>,
+    pub(crate) reused_call_median_ms: Option<f64>,
+    pub(crate) reused_call_p90_ms: Option<f64>,
+    pub(crate) paused_call_median_ms: Option<f64>,
+    pub(crate) paused_call_p90_ms: Option<f64>,
+    /// First - paused medians (both after a pause): setting up the
+    /// connection (TCP, and TLS's handshake).
+    pub(crate) setup_ms: Option<f64>,
+    /// Paused - reused medians: what the pause costs the request.
+    pub(crate) wake_ms: Option<f64>,
 }

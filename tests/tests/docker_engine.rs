@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_tests::etcd_tls::{unb64, EtcdCluster, Pki};
 use berth_tests::*;
 use serde_json::Value;
 
@@ -750,16 +751,79 @@ fn docker_engine_uses_berthd_networks() {
     assert!(eps.is_empty(), "endpoint records left: {eps:?}");
 }
 
+/// The nodes holding a lease under `prefix` in the cluster (the `node` of
+/// each lease record, sorted), read with the cluster's own etcdctl.
+fn lease_nodes(cluster: &EtcdCluster, prefix: &str) -> Vec<String> {
+    let out = cluster.etcdctl_ok(&[
+        "--command-timeout=5s",
+        "get",
+        "--prefix",
+        &format!("{prefix}/"),
+        "-w",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl get: {e}: {out}"));
+    let mut nodes: Vec<String> = v["kvs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|kv| {
+            let key = unb64(kv["key"].as_str().unwrap_or_default()).unwrap_or_default();
+            String::from_utf8_lossy(&key).contains("/subnets/")
+        })
+        .map(|kv| {
+            let value = unb64(kv["value"].as_str().unwrap_or_default()).unwrap_or_default();
+            let lease: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
+            lease["node"].as_str().unwrap_or("?").to_string()
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// Every regular file under `dir` (recursively, symlinks not followed)
+/// holding one of `needles`.
+fn files_holding(dir: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_holding(&path, needles));
+        } else if meta.is_file() {
+            let data = std::fs::read(&path).unwrap_or_default();
+            if needles
+                .iter()
+                .any(|n| !n.is_empty() && data.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// A berth overlay network through the engine, shared with a host running
 /// the berth-overlay CNI plugin: the Docker host (this namespace, berthd
 /// as its agent) and a "remote host" namespace on a veth underlay lease
-/// subnets of one cluster CIDR in etcd (run in the remote namespace); a
-/// Docker container and the remote CNI container reach each other across
-/// VXLAN; berthd killed and restarted keeps the node's lease alive;
-/// `docker network rm` gives the lease back and leaves no VXLAN device,
-/// bridge or pool. Bad overlay options are refused with nothing made.
+/// subnets of one cluster CIDR in a production-like etcd (a 3-member
+/// cluster in the remote namespace, TLS with client-certificate auth, each
+/// host with its own client certificate); a Docker container and the
+/// remote CNI container reach each other across VXLAN; berthd killed and
+/// restarted keeps the node's lease alive; `docker network rm` gives the
+/// lease back and leaves no VXLAN device, bridge or pool. Bad overlay
+/// options (a CA file that is not PEM, an option that does not exist) are
+/// refused with nothing made, and berthd copies no key material into its
+/// state or run directories.
 #[test]
 fn docker_engine_runs_berthd_overlay_networks() {
+    let t0 = Instant::now();
     let mut d = Daemons::start();
     let p = d.plugin.clone();
     let pid = std::process::id();
@@ -769,12 +833,17 @@ fn docker_engine_runs_berthd_overlay_networks() {
         LinkGuard::new(vxlan.clone()),
         LinkGuard::new(bridge.clone()),
     );
-    // The underlay: a veth from this namespace to the remote host's.
+    // The underlay: a veth from this namespace to the remote host's. The
+    // remote end's first address is its VTEP address; the etcd members
+    // listen on it and on two more of the same /24 there.
     let remote = TestNetns::new("dovr");
     let uplink = format!("bu{}", pid % 100000);
     let _uplink_guard = LinkGuard::new(uplink.clone());
     let k = 1 + pid % 250;
     let (here, there) = (format!("198.19.{k}.1"), format!("198.19.{k}.2"));
+    let etcd_ips: Vec<std::net::IpAddr> = (2..=4)
+        .map(|n| format!("198.19.{k}.{n}").parse().unwrap())
+        .collect();
     run_ok(
         "ip",
         &[
@@ -796,28 +865,25 @@ fn docker_engine_runs_berthd_overlay_networks() {
     );
     run_ok("ip", &["link", "set", &uplink, "up"]);
     remote.sh(&format!(
-        "ip link set lo up && ip addr add {there}/24 dev ovu && ip link set ovu up"
+        "ip link set lo up && ip addr add {there}/24 dev ovu && \
+         ip addr add {}/24 dev ovu && ip addr add {}/24 dev ovu && ip link set ovu up",
+        etcd_ips[1], etcd_ips[2]
     ));
-    let _etcd = Etcd::start(&remote, &there);
-    let endpoint = format!("http://{there}:2379");
-    let prefix = format!("/berth-test-{pid}");
-    wait_for(
-        || {
-            remote
-                .exec(&[
-                    "env",
-                    "ETCDCTL_API=3",
-                    "etcdctl",
-                    "--endpoints",
-                    &endpoint,
-                    "endpoint",
-                    "health",
-                ])
-                .status
-                .success()
-        },
-        "etcd",
+    let pki = Pki::new("dovr");
+    let members: Vec<(&TestNetns, std::net::IpAddr)> =
+        etcd_ips.iter().map(|ip| (&remote, *ip)).collect();
+    let cluster = EtcdCluster::start(&members, &pki);
+    eprintln!(
+        "etcd cluster of {} (TLS, client certificates) healthy in {:?}: {:?}",
+        cluster.len(),
+        cluster.started_in(),
+        cluster.endpoints()
     );
+    let endpoints = cluster.endpoints();
+    let ca = pki.ca_file().to_str().unwrap().to_string();
+    let host_cert = pki.client("docker-host");
+    let remote_cert = pki.client("remote-host");
+    let prefix = format!("/berth-test-{pid}");
 
     // The remote host: berth-overlay's agent and a CNI container.
     let remote_run = TempDir::new("dovr-run");
@@ -825,7 +891,10 @@ fn docker_engine_runs_berthd_overlay_networks() {
         "cniVersion": "1.1.0", "name": format!("vni{vni}"), "type": "berth-overlay",
         "network": "10.246.0.0/16", "subnetLen": 24, "vni": vni, "iface": "ovu", "node": "remote",
         "dataDir": remote_run.path().join("ipam"),
-        "store": {"etcd": {"endpoints": [endpoint], "prefix": prefix, "leaseTTL": 5}}
+        "store": {"etcd": {
+            "endpoints": endpoints, "prefix": prefix, "leaseTTL": 5,
+            "caFile": ca, "certFile": remote_cert.cert, "keyFile": remote_cert.key,
+        }}
     });
     std::fs::write(
         remote_run.path().join("agent.conf"),
@@ -868,10 +937,46 @@ fn docker_engine_runs_berthd_overlay_networks() {
         .next()
         .unwrap()
         .to_string();
+    assert_eq!(
+        lease_nodes(&cluster, &prefix),
+        vec!["remote"],
+        "the remote host's lease in etcd"
+    );
 
-    // Bad overlay options: refused, nothing made.
+    // Bad overlay options: refused, nothing made (no link, no lease).
     let vni_opt = format!("vni={vni}");
-    let etcd_opt = format!("etcd={endpoint}");
+    let etcd_opt = format!("etcd={}", endpoints.join(","));
+    let ca_opt = format!("etcd-ca={ca}");
+    let cert_opt = format!("etcd-cert={}", host_cert.cert_str());
+    let key_opt = format!("etcd-key={}", host_cert.key_str());
+    let iface_opt = format!("iface={uplink}");
+    let prefix_opt = format!("prefix={prefix}");
+    let bad_files = TempDir::new("dovbad");
+    let not_pem = bad_files.path().join("ca.txt");
+    std::fs::write(&not_pem, "this is not a PEM certificate\n").unwrap();
+    let not_pem_opt = format!("etcd-ca={}", not_pem.display());
+    let tls: Vec<&str> = vec!["-o", &ca_opt, "-o", &cert_opt, "-o", &key_opt];
+    // Everything a good network needs but the TLS files.
+    let rest: Vec<&str> = vec![
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        "10.246.0.0/16",
+        "-o",
+        "mode=overlay",
+        "-o",
+        &vni_opt,
+        "-o",
+        &etcd_opt,
+        "-o",
+        &prefix_opt,
+        "-o",
+        &iface_opt,
+        "-o",
+        "node=docker-host",
+        "-o",
+        "leaseTTL=5",
+    ];
     for (args, says) in [
         (
             vec![
@@ -887,31 +992,39 @@ fn docker_engine_runs_berthd_overlay_networks() {
             "etcd",
         ),
         (
-            vec![
-                "--subnet",
-                "10.246.0.0/16",
-                "-o",
-                "mode=overlay",
-                "-o",
-                &vni_opt,
-                "-o",
-                &etcd_opt,
-            ],
+            [
+                vec![
+                    "--subnet",
+                    "10.246.0.0/16",
+                    "-o",
+                    "mode=overlay",
+                    "-o",
+                    &vni_opt,
+                    "-o",
+                    &etcd_opt,
+                ],
+                tls.clone(),
+            ]
+            .concat(),
             "--ipam-driver",
         ),
         (
-            vec![
-                "--ipam-driver",
-                &p,
-                "--subnet",
-                "10.246.0.0/16",
-                "-o",
-                "mode=overlay",
-                "-o",
-                "vni=0",
-                "-o",
-                &etcd_opt,
-            ],
+            [
+                vec![
+                    "--ipam-driver",
+                    &p,
+                    "--subnet",
+                    "10.246.0.0/16",
+                    "-o",
+                    "mode=overlay",
+                    "-o",
+                    "vni=0",
+                    "-o",
+                    &etcd_opt,
+                ],
+                tls.clone(),
+            ]
+            .concat(),
             "vni",
         ),
         (
@@ -938,6 +1051,20 @@ fn docker_engine_runs_berthd_overlay_networks() {
             ],
             "mode",
         ),
+        // A CA file that is not PEM: berth-overlay's store key named.
+        (
+            [
+                rest.clone(),
+                vec!["-o", &not_pem_opt, "-o", &cert_opt, "-o", &key_opt],
+            ]
+            .concat(),
+            "caFile",
+        ),
+        // No such option (a password goes in a file or berthd's config).
+        (
+            [rest.clone(), tls.clone(), vec!["-o", "etcd-password=x"]].concat(),
+            "\"etcd-password\"",
+        ),
     ] {
         let mut full = vec!["network", "create", "-d", &p];
         full.extend(args.iter().copied());
@@ -948,45 +1075,38 @@ fn docker_engine_runs_berthd_overlay_networks() {
             "{args:?}: {}",
             text(&out)
         );
+        eprintln!("refused as it should be: {}", text(&out).trim());
         assert!(
             !link_exists(&vxlan) && !link_exists(&bridge),
             "{args:?} left a link"
         );
+        assert_eq!(
+            lease_nodes(&cluster, &prefix),
+            vec!["remote"],
+            "{args:?} left a lease in etcd"
+        );
     }
+    assert!(
+        !d.docker(&["network", "inspect", "ovbad"]).status.success(),
+        "a refused network exists"
+    );
 
-    let iface_opt = format!("iface={uplink}");
-    let prefix_opt = format!("prefix={prefix}");
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        "10.246.0.0/16",
-        "-o",
-        "mode=overlay",
-        "-o",
-        &vni_opt,
-        "-o",
-        &etcd_opt,
-        "-o",
-        &prefix_opt,
-        "-o",
-        &iface_opt,
-        "-o",
-        "node=docker-host",
-        "-o",
-        "leaseTTL=5",
-        "ovnet",
-    ]);
+    let mut good = vec!["network", "create", "-d", &p];
+    good.extend(rest.iter().copied());
+    good.extend(tls.iter().copied());
+    good.push("ovnet");
+    d.ok(&good);
     let ov_id = d.ok(&["network", "inspect", "-f", "{{.Id}}", "ovnet"]);
     // Its rules go even if the test fails before `docker network rm`.
     let _rules_guard = NftNetworkGuard::new(format!("docker-{}", &ov_id[..12]));
     assert!(
         link_exists(&vxlan) && link_exists(&bridge),
         "no {vxlan} or {bridge}"
+    );
+    assert_eq!(
+        lease_nodes(&cluster, &prefix),
+        vec!["docker-host", "remote"],
+        "the Docker host's lease in etcd"
     );
     d.ok(&[
         "run",
@@ -1033,6 +1153,11 @@ fn docker_engine_runs_berthd_overlay_networks() {
         !remote_routes().is_empty(),
         "the Docker host's lease expired after berthd's restart"
     );
+    assert_eq!(
+        lease_nodes(&cluster, &prefix),
+        vec!["docker-host", "remote"],
+        "the Docker host's lease in etcd after berthd's restart"
+    );
     d.ok(&[
         "run",
         "-d",
@@ -1055,6 +1180,37 @@ fn docker_engine_runs_berthd_overlay_networks() {
         std::fs::read_to_string(d.dir.path().join("berthd.log")).unwrap_or_default()
     );
 
+    // No key material in berthd's files: the network's record names the
+    // key file, and nothing holds the key itself (its base64 lines, the
+    // whole body, or its DER bytes).
+    let key_pem = std::fs::read_to_string(&host_cert.key).unwrap();
+    let body: Vec<&str> = key_pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----") && !l.is_empty())
+        .collect();
+    let joined = body.concat();
+    let mut needles: Vec<Vec<u8>> = body
+        .iter()
+        .filter(|l| l.len() >= 16)
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    needles.push(joined.clone().into_bytes());
+    needles.push(unb64(&joined).expect("the key's body is base64"));
+    let (state_dir, run_dir) = (d.dir.path().join("state"), d.dir.path().join("run"));
+    assert!(
+        !files_holding(&state_dir, &[host_cert.key_str().as_bytes().to_vec()]).is_empty(),
+        "no file under {} records the network's keyFile (is this berthd's state dir?)",
+        state_dir.display()
+    );
+    for dir in [&state_dir, &run_dir] {
+        let holding = files_holding(dir, &needles);
+        assert!(
+            holding.is_empty(),
+            "berthd copied the client key's material into {holding:?}"
+        );
+    }
+
     // docker network rm: the lease goes back at once, nothing is left.
     d.ok(&["rm", "-f", "oa", "ob"]);
     d.ok(&["network", "rm", "ovnet"]);
@@ -1070,6 +1226,11 @@ fn docker_engine_runs_berthd_overlay_networks() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        lease_nodes(&cluster, &prefix),
+        vec!["remote"],
+        "the Docker host's lease is still in etcd after docker network rm"
+    );
     let pools =
         std::fs::read_to_string(d.dir.path().join("state/ipam/pools.json")).unwrap_or_default();
     assert!(!pools.contains("10.246.0.0"), "pool still held: {pools}");
@@ -1088,6 +1249,7 @@ fn docker_engine_runs_berthd_overlay_networks() {
         &remote_conf,
     )
     .assert_ok();
+    eprintln!("test took {:?}", t0.elapsed());
 }
 
 /// A child process killed (by PID) when dropped, even when a test fails.
