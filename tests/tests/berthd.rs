@@ -397,6 +397,59 @@ fn tmpfs_and_size_limited_volumes() {
     assert_eq!(d.files(), Vec::<String>::new());
 }
 
+/// A size-limited volume mounted again while a container's copy of its
+/// last mount is still alive (Docker's container mount namespace outlives
+/// the Unmount for a moment; a bind mount stands for it here) is the same
+/// filesystem, not a second ext4 on the same image: what one writes, the
+/// other reads.
+#[test]
+fn a_size_limited_volume_still_held_elsewhere_is_mounted_as_the_same_filesystem() {
+    let d = Berthd::start();
+    d.ok(
+        "VolumeDriver.Create",
+        json!({"Name": "held", "Opts": {"size": "8M"}}),
+    );
+    let mp = PathBuf::from(
+        d.ok("VolumeDriver.Mount", json!({"Name": "held", "ID": "a"}))["Mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
+    let copy = TempDir::new("held-copy");
+    let held = copy.path().to_path_buf();
+    nix::mount::mount(
+        Some(&mp),
+        &held,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind the volume elsewhere");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _held = Unmount(held.clone());
+    std::fs::write(held.join("first"), b"one").unwrap();
+    d.ok("VolumeDriver.Unmount", json!({"Name": "held", "ID": "a"}));
+    assert!(!is_mounted(&mp));
+    d.ok("VolumeDriver.Mount", json!({"Name": "held", "ID": "b"}));
+    assert_eq!(std::fs::read(mp.join("first")).unwrap(), b"one");
+    std::fs::write(mp.join("second"), b"two").unwrap();
+    assert_eq!(
+        std::fs::read(held.join("second")).expect("the held copy sees the new mount's file"),
+        b"two"
+    );
+    let st_mp = nix::sys::stat::stat(&mp).unwrap();
+    let st_held = nix::sys::stat::stat(&held).unwrap();
+    assert_eq!(st_mp.st_dev, st_held.st_dev, "two filesystems on one image");
+    drop(_held);
+    d.ok("VolumeDriver.Unmount", json!({"Name": "held", "ID": "b"}));
+    d.ok("VolumeDriver.Remove", json!({"Name": "held"}));
+    assert_eq!(d.files(), Vec::<String>::new());
+}
+
 /// Bad input: an Err that says why, and nothing created or changed.
 #[test]
 fn bad_input_changes_nothing() {

@@ -127,6 +127,7 @@ fn mkfs() -> std::path::PathBuf {
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 /// Detach the loop device by itself when its last user (the mount) goes.
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
@@ -193,21 +194,72 @@ fn attach_loop(image: &File) -> io::Result<File> {
     Err(io::Error::other("no free loop device after 16 tries"))
 }
 
+/// The loop device already backed by `image`, open, if there is one.
+///
+/// An unmount on the host does not always end the filesystem: a
+/// container's mount namespace that is not gone yet still holds a bind of
+/// it, and with it the loop device. A second loop device on the same image
+/// would be a second ext4 mounted on the same blocks, each overwriting
+/// what the other wrote (the reader sees checksum errors, EBADMSG).
+/// Mounting the same device again gives the kernel's existing superblock
+/// instead: one filesystem, however many mounts.
+fn loop_of(image: &File) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = image.metadata().ok()?;
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("loop") || !entry.path().join("loop").exists() {
+            continue;
+        }
+        let Ok(dev) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/dev/{name}"))
+        else {
+            continue;
+        };
+        // SAFETY: all-zero is a valid loop_info64 for the kernel to fill.
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        // SAFETY: LOOP_GET_STATUS64 writes a struct loop_info64 we own.
+        let r = unsafe {
+            libc::ioctl(
+                dev.as_raw_fd(),
+                LOOP_GET_STATUS64,
+                &mut info as *mut LoopInfo64,
+            )
+        };
+        if r == 0 && info.inode == meta.ino() && info.device == meta.dev() {
+            return Some(dev);
+        }
+    }
+    None
+}
+
 /// Loop-mounts the ext4 `image` on `target`. The loop device detaches
 /// itself at unmount (autoclear), so unmount is all a teardown needs.
 pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
     let img = OpenOptions::new().read(true).write(true).open(image)?;
-    let dev = attach_loop(&img)?;
-    let dev_path = format!("/proc/self/fd/{}", dev.as_raw_fd());
-    let real = std::fs::read_link(&dev_path)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(
-        Some(real.as_path()),
-        target,
-        Some("ext4"),
-        flags,
-        None::<&str>,
-    )?;
+    let mount_dev = |dev: &File| -> io::Result<()> {
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", dev.as_raw_fd()))?;
+        Ok(mount(
+            Some(real.as_path()),
+            target,
+            Some("ext4"),
+            flags,
+            None::<&str>,
+        )?)
+    };
+    if let Some(dev) = loop_of(&img) {
+        // The device may be detaching itself as its last mount goes
+        // (autoclear); then a new one is made below.
+        if mount_dev(&dev).is_ok() {
+            return Ok(());
+        }
+    }
+    let dev = attach_loop(&img)?;
+    mount_dev(&dev)?;
     // Our fds go now; the mount keeps the loop device, autoclear frees it
     // with the unmount.
     drop(dev);
