@@ -1,5 +1,6 @@
 //! berth's kernel layer: network namespaces, rtnetlink (links, bridges,
-//! veths, addresses, routes), sysctls and the nftables firewall.
+//! veths, addresses, routes, traffic control), sysctls and the nftables
+//! firewall.
 //!
 //! Everything here is synchronous on purpose: a CNI plugin does a handful
 //! of kernel round trips per invocation, and a blocking netlink socket is
@@ -20,6 +21,7 @@ mod netns;
 mod nl;
 mod route;
 pub mod sysctl;
+pub mod tc;
 mod vxlan;
 
 pub use addr::{Address, AddressOptions};

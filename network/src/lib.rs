@@ -21,6 +21,8 @@
 //!   networks alike;
 //! - [`reconcile`]: puts back what berth owns in the ruleset from the
 //!   records above, whenever someone else removes it;
+//! - [`bandwidth`]: rate limits on a container's link (tbf, htb and an
+//!   ifb on the host side);
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
 //! The bridge, port and gateway are typed specs with a pure `validate` and
@@ -31,6 +33,7 @@
 //! config, Docker's JSON) into these and the errors back into their own.
 
 pub mod attachment;
+pub mod bandwidth;
 pub mod bridge;
 pub mod container;
 pub mod firewall;

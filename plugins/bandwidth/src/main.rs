@@ -1,0 +1,3 @@
+fn main() {
+    cni::skel::run(&berth_bandwidth::BandwidthPlugin)
+}
