@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::{overlay, reconcile};
+use crate::{bandwidth, overlay, reconcile};
 
 /// The parts `--only` chooses from.
-pub(crate) const PARTS: [&str; 10] = [
+pub(crate) const PARTS: [&str; 11] = [
     "compare",
     "floor",
     "concurrent",
@@ -18,6 +18,7 @@ pub(crate) const PARTS: [&str; 10] = [
     "cri",
     "reconcile",
     "etcd",
+    "bandwidth",
 ];
 
 /// berth-bench's command line, as clap reads it; [`Args`] is what the
@@ -48,7 +49,7 @@ pub(crate) struct Cli {
     #[arg(long = "n", value_name = "LIST", default_value = "1,100,1000", value_parser = counts)]
     pub(crate) ns: std::vec::Vec<usize>,
     /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri,
-    /// reconcile,etcd [default: all]
+    /// reconcile,etcd,bandwidth [default: all]
     #[arg(long, value_name = "LIST", value_parser = parts)]
     pub(crate) only: Option<std::vec::Vec<String>>,
     /// compare: run berth only
@@ -93,6 +94,17 @@ pub(crate) struct Cli {
     /// containers per store for `etcd` (berth-overlay ADD and DEL)
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least_one::<usize>)]
     pub(crate) etcd_containers: usize,
+    /// shaped containers already on the host for `bandwidth`'s ADD and DEL
+    /// timings (the rates are measured at the first)
+    #[arg(long, value_name = "LIST", default_value = bandwidth::DEFAULT_LEVELS, value_parser = bandwidth_levels)]
+    pub(crate) bandwidth_levels: std::vec::Vec<usize>,
+    /// rounds (one more container per implementation) per level for
+    /// `bandwidth`
+    #[arg(long, value_name = "R", default_value_t = 20, value_parser = at_least_one::<usize>)]
+    pub(crate) bandwidth_reps: usize,
+    /// seconds each iperf3 run of `bandwidth` measures (after 1 s left out)
+    #[arg(long, value_name = "S", default_value_t = 2, value_parser = at_least_one::<u64>)]
+    pub(crate) bandwidth_secs: u64,
     /// cniVersion of the configs (1.0.0 is the newest the reference plugins
     /// 1.1.1 accept)
     #[arg(long, value_name = "V", default_value = "1.0.0")]
@@ -136,6 +148,10 @@ pub(crate) struct Args {
     pub(crate) reconcile_flushes: usize,
     pub(crate) etcd: bool,
     pub(crate) etcd_containers: usize,
+    pub(crate) bandwidth: bool,
+    pub(crate) bandwidth_levels: Vec<usize>,
+    pub(crate) bandwidth_reps: usize,
+    pub(crate) bandwidth_secs: u64,
     pub(crate) cni_version: String,
     pub(crate) json: bool,
     pub(crate) markdown: bool,
@@ -214,6 +230,25 @@ pub(crate) fn reconcile_containers(v: &str) -> std::result::Result<usize, String
     Ok(n)
 }
 
+/// `--bandwidth-levels`: counts of shaped containers, at most
+/// [`bandwidth::MAX_LEVEL`], in increasing order (each level is installed
+/// on top of the one before); at least one.
+pub(crate) fn bandwidth_levels(v: &str) -> std::result::Result<Vec<usize>, String> {
+    let mut levels: Vec<usize> = parse_list(v)?;
+    if levels.is_empty() {
+        return Err("at least one level".into());
+    }
+    if let Some(l) = levels.iter().find(|&&l| l > bandwidth::MAX_LEVEL) {
+        return Err(format!(
+            "{l}: at most {} shaped containers",
+            bandwidth::MAX_LEVEL
+        ));
+    }
+    levels.sort_unstable();
+    levels.dedup();
+    Ok(levels)
+}
+
 /// Parses the arguments after the program name. `--help` is an error of
 /// kind `DisplayHelp` (`exit()` prints the help and exits 0); a usage
 /// error names the flag at fault (`exit()`: status 2).
@@ -237,6 +272,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         cri: only("cri"),
         reconcile: only("reconcile"),
         etcd: only("etcd"),
+        bandwidth: only("bandwidth"),
         ref_dir: cli.ref_dir,
         ns: cli.ns,
         no_ref: cli.no_ref,
@@ -253,6 +289,9 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         reconcile_containers: cli.reconcile_containers,
         reconcile_flushes: cli.reconcile_flushes,
         etcd_containers: cli.etcd_containers,
+        bandwidth_levels: cli.bandwidth_levels,
+        bandwidth_reps: cli.bandwidth_reps,
+        bandwidth_secs: cli.bandwidth_secs,
         cni_version: cli.cni_version,
         json: cli.json,
         markdown: cli.markdown,
@@ -368,6 +407,33 @@ mod tests {
         assert!(parse_args(&argv("--etcd-containers 0")).is_err());
     }
 
+    #[test]
+    fn bandwidth_flags() {
+        let a = parse_args(&[]).unwrap();
+        assert!(a.bandwidth);
+        assert_eq!(a.bandwidth_levels, vec![0, 1000]);
+        assert_eq!((a.bandwidth_reps, a.bandwidth_secs), (20, 2));
+        let a = parse_args(&argv(
+            "--only bandwidth --bandwidth-levels 500,0,500 --bandwidth-reps=3 --bandwidth-secs 5",
+        ))
+        .unwrap();
+        assert!(a.bandwidth && !a.compare && !a.portmap && !a.etcd && !a.overlay);
+        assert_eq!(a.bandwidth_levels, vec![0, 500]);
+        assert_eq!((a.bandwidth_reps, a.bandwidth_secs), (3, 5));
+        assert!(!parse_args(&argv("--only etcd")).unwrap().bandwidth);
+        assert_eq!(
+            parse_args(&argv("--bandwidth-levels 5000"))
+                .unwrap()
+                .bandwidth_levels,
+            vec![5000]
+        );
+        assert!(parse_args(&argv("--bandwidth-levels 5001")).is_err());
+        assert!(parse_args(&argv("--bandwidth-levels ,")).is_err());
+        assert!(parse_args(&argv("--bandwidth-levels x")).is_err());
+        assert!(parse_args(&argv("--bandwidth-reps 0")).is_err());
+        assert!(parse_args(&argv("--bandwidth-secs 0")).is_err());
+    }
+
     /// Every check names the flag at fault; the last of a repeated flag
     /// wins, as before clap.
 
@@ -391,6 +457,9 @@ mod tests {
             ("--reconcile-containers 0", "--reconcile-containers"),
             ("--reconcile-flushes 0", "--reconcile-flushes"),
             ("--etcd-containers 0", "--etcd-containers"),
+            ("--bandwidth-levels 9999", "--bandwidth-levels"),
+            ("--bandwidth-reps 0", "--bandwidth-reps"),
+            ("--bandwidth-secs 0", "--bandwidth-secs"),
             ("--concurrency x", "--concurrency"),
             ("--cni-version", "--cni-version"),
         ] {

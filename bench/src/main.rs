@@ -49,6 +49,13 @@
 //!   own; and, in process, a fresh berth-etcd client's first call against
 //!   the next one on the same connection (see etcd.rs). Target: ADD median
 //!   < 10 ms with each etcd store.
+//! * `bandwidth` — berth-bridge + berth-bandwidth against `bridge` +
+//!   `bandwidth`, chained as a runtime chains them, each in a private host
+//!   namespace: the bridge's ADD, the shaper's and the chain's, and the
+//!   same for DEL, with 0 and 1000 shaped containers already there; and
+//!   the rates both hold (iperf3 to an "outside" namespace, TCP and UDP,
+//!   each direction, 10 and 50 Mbit/s) as the receiver counts them (see
+//!   bandwidth.rs).
 //!
 //! The report (report.rs) is printed as tables for people (print.rs), as
 //! JSON (`--json`) or as Markdown tables for docs/results/ (`--markdown`,
@@ -60,6 +67,7 @@
 //! namespace instead, which takes its bridge, veths and ruleset along.)
 
 mod args;
+mod bandwidth;
 mod compare;
 mod concurrent;
 mod cri;
@@ -194,6 +202,17 @@ fn real_main() -> Result<bool> {
     if args.etcd {
         (report.etcd, report.etcd_error) = split(etcd::etcd(&args.berth_dir, args.etcd_containers));
         ok &= report.etcd_error.is_none();
+    }
+    if args.bandwidth {
+        (report.bandwidth, report.bandwidth_error) = split(bandwidth::bandwidth(
+            &args.berth_dir,
+            &args.ref_dir,
+            &args.cni_version,
+            &args.bandwidth_levels,
+            args.bandwidth_reps,
+            args.bandwidth_secs,
+        ));
+        ok &= report.bandwidth.as_ref().is_some_and(|b| b.ok());
     }
     report.ok = ok;
     if args.json {

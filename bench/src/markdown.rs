@@ -20,8 +20,8 @@ use std::fmt::Write as _;
 use crate::args::Args;
 use crate::print::{fx, fx2, pct};
 use crate::report::{
-    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow, HostRow,
-    Overlay, PortmapRow, Reconcile, Report,
+    Bandwidth, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow,
+    HostRow, Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// What follows the part's name on a heading line.
@@ -244,6 +244,21 @@ pub(crate) fn tables(report: &Report, args: &Args, run: &Run) -> String {
             etcd(&mut b, e);
         }
         failed(&mut b, "etcd", &report.etcd_error);
+        blocks.push(b);
+    }
+    if args.bandwidth {
+        let mut b = run.heading(
+            "bandwidth",
+            &format!(
+                "berth-bridge + berth-bandwidth against `bridge` + `bandwidth`, chained (one exec per plugin), {} per level, medians and p90; then the rates both hold",
+                count(args.bandwidth_reps, "container")
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(bw) = &report.bandwidth {
+            bandwidth(&mut b, bw);
+        }
+        failed(&mut b, "bandwidth", &report.bandwidth_error);
         blocks.push(b);
     }
     let mut out = String::new();
@@ -767,6 +782,104 @@ fn etcd(b: &mut String, e: &Etcd) {
     let _ = writeln!(b, "\nThe part took {:.1} s.", e.secs);
 }
 
+/// A rate in Mbit/s, `-` if there is none.
+fn mbit(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{:.2} Mbit/s", x / 1e6))
+}
+
+fn bandwidth(b: &mut String, bw: &Bandwidth) {
+    b.push_str(
+        "| shaped already | step | berth | p90 | growth | reference | p90 | growth | ref/berth |\n",
+    );
+    b.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for l in &bw.levels {
+        for s in &l.steps {
+            let (be, rf) = (&s.berth, &s.reference);
+            // The chain's sums in bold: what a runtime waits for.
+            let step = if s.step.starts_with("chain") {
+                format!("**{}**", s.step)
+            } else {
+                s.step.to_string()
+            };
+            row(
+                b,
+                &[
+                    l.shaped.to_string(),
+                    step,
+                    ms(be.median_ms),
+                    ms(be.p90_ms),
+                    fx2(be.growth),
+                    ms(rf.median_ms),
+                    ms(rf.p90_ms),
+                    fx2(rf.growth),
+                    fx(s.ratio),
+                ],
+            );
+        }
+    }
+    b.push_str("\n(bridge: the bridge plugin with its IPAM; shaper: the bandwidth plugin, its `prevResult` the bridge's result; chain: the two, per container; DEL in reverse order, each with the chain's result. growth: the median at that level over the median at the first.)\n");
+    let filled: Vec<String> = bw
+        .levels
+        .iter()
+        .filter(|l| l.shaped > 0)
+        .map(|l| {
+            format!(
+                "up to {}: berth {:.1} s, reference {:.1} s",
+                l.shaped, l.berth_fill_secs, l.ref_fill_secs
+            )
+        })
+        .collect();
+    if !filled.is_empty() {
+        let _ = writeln!(
+            b,
+            "\nThe shaped containers were installed through the chain itself, each in a netns of its own, at 10 Mbit/s both ways ({}).",
+            filled.join("; ")
+        );
+    }
+    let _ = writeln!(
+        b,
+        "\nRates as the receiver counted them (iperf3 `-J`, `end.sum_received`), with {} beside, `-t {} -O {}`, bursts of {} bits; the client always in the container (`-R` for ingress); TCP as fast as it goes, UDP sent at twice the limit:\n",
+        count(bw.rates_at_shaped, "shaped container"),
+        bw.iperf_secs,
+        bw.omit_secs,
+        bw.burst_bits
+    );
+    b.push_str(
+        "| limit | protocol | direction | berth | of the limit | reference | of the limit |\n",
+    );
+    b.push_str("|---:|---|---|---:|---:|---:|---:|\n");
+    for r in &bw.rates {
+        row(
+            b,
+            &[
+                format!("{} Mbit/s", r.limit_bps / 1_000_000),
+                r.proto.to_uppercase(),
+                match r.direction {
+                    "ingress" => "ingress (outside → container)".into(),
+                    "egress" => "egress (container → outside)".into(),
+                    d => d.to_string(),
+                },
+                mbit(r.berth.received_bps),
+                r.berth.percent_of_limit.map_or("-".into(), pct),
+                mbit(r.reference.received_bps),
+                r.reference.percent_of_limit.map_or("-".into(), pct),
+            ],
+        );
+    }
+    for r in &bw.rates {
+        for (who, side) in [("berth", &r.berth), ("reference", &r.reference)] {
+            let what = format!(
+                "bandwidth: {who} {} {} at {} Mbit/s",
+                r.proto,
+                r.direction,
+                r.limit_bps / 1_000_000
+            );
+            failed(b, &what, &side.error);
+        }
+    }
+    let _ = writeln!(b, "\nThe part took {:.1} s.", bw.secs);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -962,6 +1075,102 @@ mod tests {
         report.etcd_error = Some("etcd member plain exited".into());
         assert!(tables(&report, &args, &run)
             .ends_with("medians and p90:\n\n- FAILED etcd: etcd member plain exited\n"));
+    }
+
+    #[test]
+    fn bandwidth_block() {
+        use crate::report::{BandwidthLevel, ChainStep, Rate, RateRow, Spread};
+        let args = parse_args(&argv("--only bandwidth --bandwidth-reps 3")).unwrap();
+        let run = Run {
+            date: "2026-12-05".into(),
+            cores: 2,
+            kernel: "6.18.0".into(),
+            command: command(&argv("--markdown --only bandwidth --bandwidth-reps 3")),
+        };
+        let mut report = Report::new(Config {
+            cni_path_berth: "/b".into(),
+            cni_path_ref: None,
+            n: vec![],
+            cni_version: "1.0.0".into(),
+            network: "",
+            warmup: "",
+        });
+        let spread = |m: f64, g: Option<f64>| Spread {
+            median_ms: Some(m),
+            p90_ms: Some(m + 1.0),
+            growth: g,
+        };
+        let level = |shaped: usize, g: Option<f64>| BandwidthLevel {
+            shaped,
+            berth_fill_secs: 12.34,
+            ref_fill_secs: 56.78,
+            steps: ChainStep::NAMES
+                .iter()
+                .map(|&step| ChainStep {
+                    step,
+                    berth: spread(2.0, g),
+                    reference: spread(20.0, g),
+                    ratio: Some(10.0),
+                })
+                .collect(),
+        };
+        let rate = |bps: Option<f64>, error: Option<&str>| Rate {
+            received_bps: bps,
+            percent_of_limit: bps.map(|b| b / 1e5),
+            error: error.map(String::from),
+        };
+        report.bandwidth = Some(Bandwidth {
+            reps: 3,
+            cni_version: "1.0.0".into(),
+            burst_bits: 524288,
+            iperf_secs: 2,
+            omit_secs: 1,
+            rates_at_shaped: 0,
+            levels: vec![level(0, Some(1.0)), level(1000, None)],
+            rates: vec![
+                RateRow {
+                    limit_bps: 10_000_000,
+                    proto: "tcp",
+                    direction: "ingress",
+                    send_bps: None,
+                    berth: rate(Some(9.55e6), None),
+                    reference: rate(Some(9.6e6), None),
+                },
+                RateRow {
+                    limit_bps: 10_000_000,
+                    proto: "udp",
+                    direction: "egress",
+                    send_bps: Some(20_000_000),
+                    berth: rate(Some(9.7e6), None),
+                    reference: rate(None, Some("iperf3 hung")),
+                },
+            ],
+            secs: 150.04,
+        });
+        let md = tables(&report, &args, &run);
+        assert!(md.starts_with(
+            "`bandwidth`, measured 2026-12-05 (2 cores, Linux 6.18.0) by `berth-bench --markdown --only bandwidth --bandwidth-reps 3`; \
+             berth-bridge + berth-bandwidth against `bridge` + `bandwidth`, chained (one exec per plugin), 3 containers per level, medians and p90; then the rates both hold:\n\n| shaped already | step |"
+        ), "{md}");
+        assert!(md.contains("| 0 | bridge ADD | 2.00 ms | 3.00 ms | 1.00x | 20.00 ms | 21.00 ms | 1.00x | 10.0x |\n"), "{md}");
+        assert!(md.contains("| 1000 | **chain DEL** | 2.00 ms | 3.00 ms | - | 20.00 ms | 21.00 ms | - | 10.0x |\n"), "{md}");
+        assert!(
+            md.contains("(up to 1000: berth 12.3 s, reference 56.8 s)."),
+            "{md}"
+        );
+        assert!(
+            md.contains("with 0 shaped containers beside, `-t 2 -O 1`, bursts of 524288 bits;"),
+            "{md}"
+        );
+        assert!(md.contains("| 10 Mbit/s | TCP | ingress (outside → container) | 9.55 Mbit/s | 95.5% | 9.60 Mbit/s | 96.0% |\n"), "{md}");
+        assert!(md.contains("| 10 Mbit/s | UDP | egress (container → outside) | 9.70 Mbit/s | 97.0% | - | - |\n\n- FAILED bandwidth: reference udp egress at 10 Mbit/s: iperf3 hung\n"), "{md}");
+        assert!(md.ends_with("\n\nThe part took 150.0 s.\n"), "{md}");
+        assert_eq!(md.lines().filter(|l| l.contains(HEADING)).count(), 1);
+
+        report.bandwidth = None;
+        report.bandwidth_error = Some("no iperf3".into());
+        assert!(tables(&report, &args, &run)
+            .ends_with("then the rates both hold:\n\n- FAILED bandwidth: no iperf3\n"));
     }
 
     #[test]

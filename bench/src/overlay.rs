@@ -597,8 +597,8 @@ fn iperf_server(ns: &Netns, bind: &str) -> Result<Proc> {
 }
 
 /// Whether process `pid`'s network namespace has a TCP socket listening
-/// on `port`.
-fn listening(pid: u32, port: u16) -> bool {
+/// on `port` (also bandwidth.rs's iperf3 servers).
+pub(crate) fn listening(pid: u32, port: u16) -> bool {
     ["tcp", "tcp6"].iter().any(|f| {
         std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
             .is_ok_and(|t| tcp_table_listens(&t, port))

@@ -2,8 +2,8 @@
 //! `--markdown` as Markdown tables: markdown.rs).
 
 use crate::report::{
-    CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow, HostRow,
-    Overlay, PortmapRow, Reconcile, Report,
+    Bandwidth, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow,
+    HostRow, Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// A figure with two decimals, `-` if there is none.
@@ -332,6 +332,56 @@ fn print_etcd(e: &Etcd) {
     println!();
 }
 
+fn print_bandwidth(bw: &Bandwidth) {
+    println!(
+        "== bandwidth: berth-bridge + berth-bandwidth vs bridge + bandwidth, chained, {} rounds per level, median / p90 ms ==",
+        bw.reps
+    );
+    println!(
+        "{:>6} {:<11} {:>8} {:>8} {:>7}  {:>8} {:>8} {:>7}  {:>8}",
+        "shaped", "step", "berth", "p90", "growth", "ref", "p90", "growth", "ref/berth"
+    );
+    for l in &bw.levels {
+        for s in &l.steps {
+            let (b, r) = (&s.berth, &s.reference);
+            println!(
+                "{:>6} {:<11} {:>8} {:>8} {:>7}  {:>8} {:>8} {:>7}  {:>8}",
+                l.shaped,
+                s.step,
+                f(b.median_ms),
+                f(b.p90_ms),
+                fx2(b.growth),
+                f(r.median_ms),
+                f(r.p90_ms),
+                fx2(r.growth),
+                fx(s.ratio)
+            );
+        }
+        if l.shaped > 0 {
+            println!(
+                "       (installed: berth {:.1} s, ref {:.1} s)",
+                l.berth_fill_secs, l.ref_fill_secs
+            );
+        }
+    }
+    println!(
+        "-- rates at the receiver, {} shaped beside, iperf3 -t {} -O {}, UDP sent at 2x the limit --",
+        bw.rates_at_shaped, bw.iperf_secs, bw.omit_secs
+    );
+    for r in &bw.rates {
+        println!(
+            "{:>3} Mbit/s {} {:<8} berth {:<28} ref {}",
+            r.limit_bps / 1_000_000,
+            r.proto,
+            r.direction,
+            r.berth.describe(),
+            r.reference.describe()
+        );
+    }
+    println!("  (the part took {:.1} s)", bw.secs);
+    println!();
+}
+
 fn print_host(rows: &[HostRow]) {
     println!("== berth-host vs the reference plugin of each mode: ADD / DEL, median ms ==");
     println!(
@@ -554,6 +604,10 @@ pub(crate) fn print_tables(report: &Report) {
         print_etcd(e);
     }
     print_error("etcd", &report.etcd_error);
+    if let Some(bw) = &report.bandwidth {
+        print_bandwidth(bw);
+    }
+    print_error("bandwidth", &report.bandwidth_error);
     if let Some(rows) = &report.compare {
         print_compare(rows);
     }

@@ -69,6 +69,10 @@ pub(crate) struct Report {
     pub(crate) etcd: Option<Etcd>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) etcd_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bandwidth: Option<Bandwidth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bandwidth_error: Option<String>,
     /// Every part that ran succeeded (see main.rs).
     pub(crate) ok: bool,
 }
@@ -99,6 +103,8 @@ impl Report {
             reconcile_error: None,
             etcd: None,
             etcd_error: None,
+            bandwidth: None,
+            bandwidth_error: None,
             ok: true,
         }
     }
@@ -688,4 +694,112 @@ pub(crate) struct ClientCalls {
     pub(crate) setup_ms: Option<f64>,
     /// Paused - reused medians: what the pause costs the request.
     pub(crate) wake_ms: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// bandwidth
+
+/// berth-bridge + berth-bandwidth against bridge + bandwidth (see
+/// bandwidth.rs). Times in ms, rates in bit/s.
+#[derive(Debug, Serialize)]
+pub(crate) struct Bandwidth {
+    /// Measured rounds per level (after one warm-up round).
+    pub(crate) reps: usize,
+    pub(crate) cni_version: String,
+    /// Every limit's burst, in bits.
+    pub(crate) burst_bits: u64,
+    /// iperf3's `-t` and `-O`.
+    pub(crate) iperf_secs: u64,
+    pub(crate) omit_secs: u64,
+    /// The level the rates were measured at (shaped containers beside).
+    pub(crate) rates_at_shaped: usize,
+    pub(crate) levels: Vec<BandwidthLevel>,
+    pub(crate) rates: Vec<RateRow>,
+    /// The part's run time, installing the levels and cleanup included.
+    pub(crate) secs: f64,
+}
+
+impl Bandwidth {
+    /// Every rate measured (the rates are reported, not judged).
+    pub(crate) fn ok(&self) -> bool {
+        self.rates
+            .iter()
+            .all(|r| r.berth.error.is_none() && r.reference.error.is_none())
+    }
+}
+
+/// One level: `shaped` containers already shaped on each host namespace.
+#[derive(Debug, Serialize)]
+pub(crate) struct BandwidthLevel {
+    pub(crate) shaped: usize,
+    /// Installing this level's containers on top of the previous level's
+    /// (netns, chain ADD each), in seconds.
+    pub(crate) berth_fill_secs: f64,
+    pub(crate) ref_fill_secs: f64,
+    /// In the order of [`ChainStep::NAMES`].
+    pub(crate) steps: Vec<ChainStep>,
+}
+
+/// One step of the chain (or the chain's sum) at one level.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChainStep {
+    pub(crate) step: &'static str,
+    pub(crate) berth: Spread,
+    #[serde(rename = "ref")]
+    pub(crate) reference: Spread,
+    /// ref / berth, medians.
+    pub(crate) ratio: Option<f64>,
+}
+
+impl ChainStep {
+    pub(crate) const NAMES: [&'static str; 6] = [
+        "bridge ADD",
+        "shaper ADD",
+        "chain ADD",
+        "shaper DEL",
+        "bridge DEL",
+        "chain DEL",
+    ];
+}
+
+/// A step's median and p90, and its median over the first level's.
+#[derive(Debug, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) median_ms: Option<f64>,
+    pub(crate) p90_ms: Option<f64>,
+    pub(crate) growth: Option<f64>,
+}
+
+/// One limit, protocol and direction, both implementations.
+#[derive(Debug, Serialize)]
+pub(crate) struct RateRow {
+    pub(crate) limit_bps: u64,
+    pub(crate) proto: &'static str,
+    /// `ingress` (outside → container) or `egress`.
+    pub(crate) direction: &'static str,
+    /// UDP's sending rate (twice the limit); `null` for TCP, as fast as
+    /// it goes.
+    pub(crate) send_bps: Option<u64>,
+    pub(crate) berth: Rate,
+    #[serde(rename = "ref")]
+    pub(crate) reference: Rate,
+}
+
+/// What the receiver counted, or why there is nothing.
+#[derive(Debug, Serialize)]
+pub(crate) struct Rate {
+    pub(crate) received_bps: Option<f64>,
+    pub(crate) percent_of_limit: Option<f64>,
+    pub(crate) error: Option<String>,
+}
+
+impl Rate {
+    /// For progress lines and the tables: `9.56 Mbit/s (95.6%)`.
+    pub(crate) fn describe(&self) -> String {
+        match (self.received_bps, self.percent_of_limit, &self.error) {
+            (Some(b), Some(p), _) => format!("{:.2} Mbit/s ({p:.1}%)", b / 1e6),
+            (_, _, Some(e)) => format!("failed: {e}"),
+            _ => "-".into(),
+        }
+    }
 }

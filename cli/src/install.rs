@@ -27,11 +27,12 @@ use serde_json::Value;
 use crate::atomic;
 
 /// The plugin binaries `berth install` copies, all from one source dir.
-pub const PLUGINS: [&str; 6] = [
+pub const PLUGINS: [&str; 7] = [
     "berth-bridge",
     "berth-host",
     "berth-ipam",
     "berth-portmap",
+    "berth-bandwidth",
     "berth-overlay",
     "loopback",
 ];

@@ -22,8 +22,8 @@ cd "$here/../.."
 
 # The binaries the image carries; the plugins must match what `berth install`
 # copies (cli/src/install.rs PLUGINS).
-BINS=(berth berth-bridge berth-host berth-ipam berth-portmap berth-overlay loopback)
-PACKAGES=(berth-cli berth-bridge berth-host berth-ipam berth-portmap berth-overlay)
+BINS=(berth berth-bridge berth-host berth-ipam berth-portmap berth-bandwidth berth-overlay loopback)
+PACKAGES=(berth-cli berth-bridge berth-host berth-ipam berth-portmap berth-bandwidth berth-overlay)
 IMAGE_BIN_DIR=/opt/berth/bin
 
 build=1 context="" tag=""

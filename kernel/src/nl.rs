@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK,
-    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket as NlSocket, SocketAddr};
@@ -112,6 +112,32 @@ impl Socket {
                         return match e.code {
                             Some(code) => Err(kernel_error(code.get(), m.header.flags, &e.header)),
                             None => Err(NlError::Decode("ACK instead of a reply".into())),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a GET request the kernel answers as a notification (tc's
+    /// qdisc and class GETs): that goes to the asker only with NLM_F_ECHO,
+    /// so it is asked for, and the ACK marks the end (None if no message
+    /// came before it).
+    pub(crate) fn get_echo(
+        &mut self,
+        msg: RouteNetlinkMessage,
+    ) -> NlResult<Option<RouteNetlinkMessage>> {
+        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO)?;
+        let mut reply = None;
+        loop {
+            for m in self.recv(seq)? {
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => reply = reply.or(Some(inner)),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(kernel_error(code.get(), m.header.flags, &e.header)),
+                            None => Ok(reply),
                         }
                     }
                     _ => {}

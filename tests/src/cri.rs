@@ -905,6 +905,10 @@ pub struct PodSpec {
     pub namespace: String,
     pub uid: String,
     pub port_mappings: Vec<PortMapping>,
+    /// The pod's annotations (kubelet copies them into the sandbox config;
+    /// containerd reads `kubernetes.io/ingress-bandwidth` and
+    /// `kubernetes.io/egress-bandwidth` from them).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -916,7 +920,14 @@ impl PodSpec {
             name,
             namespace: "default".into(),
             port_mappings: Vec::new(),
+            annotations: Vec::new(),
         }
+    }
+
+    /// Adds the annotation `key: value`.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.into(), value.into()));
+        self
     }
 
     /// Publishes `container_port` on `host_port` (TCP, every host address).
@@ -941,6 +952,7 @@ impl PodSpec {
             hostname: self.name.clone(),
             port_mappings: self.port_mappings.clone(),
             labels: [("io.kubernetes.pod.name".to_string(), self.name.clone())].into(),
+            annotations: self.annotations.iter().cloned().collect(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bandwidth;
 pub mod cri;
 pub mod etcd_tls;
 pub mod overlay_hosts;

@@ -139,6 +139,47 @@ fn berth_passes_every_applicable_case() {
     assert_eq!(summary(&r.stdout), Some((2, 0)), "{}", r.stdout);
 }
 
+/// berth-bridge, berth-portmap and berth-bandwidth chained, with limits in
+/// both directions: every case passes with the rate-limit plugin in the
+/// chain (its result passes the bridge's through, its DEL and GC leave no
+/// ifb, CHECK verifies its qdiscs).
+#[test]
+fn berth_passes_every_applicable_case_with_berth_bandwidth_chained() {
+    require_root();
+    let dir = TempDir::new("conf-bw");
+    let run_dir = TempDir::new("conf-bw-run");
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "bcbw",
+        "plugins": [{
+            "type": "berth-bridge",
+            "bridge": "bcbw0",
+            "isGateway": true,
+            "ipMasq": true,
+            "capabilities": {"ips": true},
+            "ipam": {
+                "type": "berth-ipam",
+                "ranges": [[{"subnet": "10.125.0.0/24"}], [{"subnet": "fd12:5::/64"}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+            }
+        },
+        {"type": "berth-portmap", "capabilities": {"portMappings": true}},
+        {"type": "berth-bandwidth", "capabilities": {"bandwidth": true},
+         "ingressRate": 10_000_000, "ingressBurst": 524_288,
+         "egressRate": 50_000_000, "egressBurst": 524_288}]
+    });
+    let rd = run_dir.path().to_str().unwrap().to_string();
+    let env = format!("BERTH_RUN_DIR={rd}");
+    let cni_path = bin_dir().to_str().unwrap().to_string();
+    let r = conformance(&cni_path, &conf, &dir, &["--env", &env, "--state-dir", &rd]);
+    assert_no_leftovers(r.pid);
+    let (passed, failed) = summary(&r.stdout).expect("no summary line");
+    assert_eq!(failed, 0, "failed cases:\n{}", r.stdout);
+    assert_eq!(r.status, 0, "exit status with 0 failed cases");
+    assert!(passed >= 40, "only {passed} cases passed:\n{}", r.stdout);
+    assert!(r.stdout.contains("\n0 not applicable\n"), "{}", r.stdout);
+}
+
 #[test]
 fn reference_plugins_run_to_completion() {
     require_root();

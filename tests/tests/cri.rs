@@ -71,14 +71,28 @@ impl Plugins {
         }
     }
 
+    /// The rate-limit plugin's type.
+    fn shaper(self) -> &'static str {
+        match self {
+            Plugins::Berth => "berth-bandwidth",
+            Plugins::Reference => "bandwidth",
+        }
+    }
+
     /// The binaries of the CNI bin dir: (name there, source).
     fn binaries(self) -> Vec<(&'static str, PathBuf)> {
         match self {
-            Plugins::Berth => [BRIDGE_BIN, IPAM_BIN, "berth-portmap", "loopback"]
-                .into_iter()
-                .map(|n| (n, bin(n)))
-                .collect(),
-            Plugins::Reference => ["bridge", "host-local", "portmap", "loopback"]
+            Plugins::Berth => [
+                BRIDGE_BIN,
+                IPAM_BIN,
+                "berth-portmap",
+                "berth-bandwidth",
+                "loopback",
+            ]
+            .into_iter()
+            .map(|n| (n, bin(n)))
+            .collect(),
+            Plugins::Reference => ["bridge", "host-local", "portmap", "bandwidth", "loopback"]
                 .into_iter()
                 .map(|n| {
                     let p = Path::new(REFERENCE_CNI_DIR).join(n);
@@ -152,7 +166,12 @@ struct Pod {
 impl Fx {
     /// The default dual-stack conflist, containerd started, NetworkReady.
     fn new(plugins: Plugins, tag: &str) -> Fx {
-        let fx = Fx::with_conf(plugins, tag, |c| c.to_string());
+        Fx::with_conf(plugins, tag, |c| c.to_string()).ready()
+    }
+
+    /// Waits for NetworkReady.
+    fn ready(self) -> Fx {
+        let fx = self;
         let (ready, why) = fx
             .client()
             .wait_network_ready(true, Duration::from_secs(10))
@@ -846,6 +865,97 @@ fn pods_keep_their_network_across_a_containerd_restart_berth() {
 #[test]
 fn pods_keep_their_network_across_a_containerd_restart_reference() {
     pods_keep_their_network_across_a_containerd_restart(Plugins::Reference);
+}
+
+// ---------------------------------------------------------------------------
+// the bandwidth annotations
+
+/// A pod with `kubernetes.io/ingress-bandwidth: 10M` and
+/// `kubernetes.io/egress-bandwidth: 50M`, its network's conflist chaining
+/// the rate-limit plugin with the `bandwidth` capability (as k3s's default
+/// conflist does): TCP both ways between the pod and an outside namespace
+/// is within 10% of its limit, and a pod without the annotations on the
+/// same network is not held. After RemovePodSandbox the pod's ifb is gone.
+///
+/// containerd sends the rates in bit/s with a burst of math.MaxUint32 bits
+/// (512 MiB) each, which TCP at veth speed uses up within its first
+/// second: the measurements leave out their first 2 s.
+fn bandwidth_annotations_limit_the_pod(plugins: Plugins) {
+    use berth_tests::bandwidth::{
+        assert_above, assert_near, measure, redirect_targets, require_tools, tbf_rate, Flow,
+        NetnsPath, Proto, Root,
+    };
+    const MBIT: u64 = 1_000_000;
+    require_tools();
+    let shaper = plugins.shaper();
+    let fx = Fx::with_conf(plugins, "bw", |mut c| {
+        c["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": shaper, "capabilities": {"bandwidth": true}}));
+        c.to_string()
+    })
+    .ready();
+    let (outside, host_addr, _link) = outside_link();
+    let out_addr = IpAddr::V4(Ipv4Addr::from(u32::from(host_addr) + 1));
+    let mut c = fx.client();
+    let limited = fx.run_pod(
+        &mut c,
+        &PodSpec::new("bwlimited")
+            .annotation("kubernetes.io/ingress-bandwidth", "10M")
+            .annotation("kubernetes.io/egress-bandwidth", "50M"),
+    );
+    let free = fx.run_pod(&mut c, &PodSpec::new("bwfree"));
+    fx.assert_attached(&[&limited, &free]);
+
+    // The limited pod's host veth is the one bridge port with a redirect.
+    let shaped: Vec<(String, Vec<String>)> = bridge_ports(&fx.bridge)
+        .into_iter()
+        .map(|p| {
+            let to = redirect_targets(&Root, &p);
+            (p, to)
+        })
+        .filter(|(_, to)| !to.is_empty())
+        .collect();
+    assert_eq!(shaped.len(), 1, "one shaped port: {shaped:?}");
+    let (veth, to) = &shaped[0];
+    assert_eq!(to.len(), 1, "{veth} redirects to one ifb: {to:?}");
+    let ifb = to[0].clone();
+    assert_eq!(tbf_rate(&Root, veth), Some(10 * MBIT), "{veth}'s tbf");
+    assert_eq!(tbf_rate(&Root, &ifb), Some(50 * MBIT), "{ifb}'s tbf");
+
+    let pod = NetnsPath(&limited.netns);
+    let what = format!("{plugins:?} pod with annotations");
+    let flow = |limit| Flow::limited(Proto::Tcp, limit).omitting(2);
+    let r = measure(&pod, &outside, out_addr, &flow(10 * MBIT).reversed());
+    assert_near(r, 10 * MBIT, &format!("{what}: tcp ingress"));
+    let r = measure(&pod, &outside, out_addr, &flow(50 * MBIT));
+    assert_near(r, 50 * MBIT, &format!("{what}: tcp egress"));
+    let pod = NetnsPath(&free.netns);
+    let what = format!("{plugins:?} pod without annotations");
+    let flow = Flow::unlimited(Proto::Tcp);
+    let r = measure(&pod, &outside, out_addr, &flow.clone().reversed());
+    assert_above(r, 200 * MBIT, &format!("{what}: tcp ingress"));
+    let r = measure(&pod, &outside, out_addr, &flow);
+    assert_above(r, 200 * MBIT, &format!("{what}: tcp egress"));
+
+    fx.remove(&mut c, &[&limited, &free]);
+    fx.assert_nothing_left(&[&limited, &free], &[]);
+    let gone = run("ip", &["link", "show", "dev", &ifb]);
+    assert!(
+        !gone.status.success(),
+        "{ifb} is left after RemovePodSandbox"
+    );
+}
+
+#[test]
+fn bandwidth_annotations_limit_the_pod_berth() {
+    bandwidth_annotations_limit_the_pod(Plugins::Berth);
+}
+
+#[test]
+fn bandwidth_annotations_limit_the_pod_reference() {
+    bandwidth_annotations_limit_the_pod(Plugins::Reference);
 }
 
 // ---------------------------------------------------------------------------

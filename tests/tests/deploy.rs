@@ -32,11 +32,12 @@ use berth_tests::*;
 use serde_json::{json, Value};
 
 /// What `berth install` puts in the bin dir (cli/src/install.rs PLUGINS).
-const PLUGINS: [&str; 6] = [
+const PLUGINS: [&str; 7] = [
     "berth-bridge",
     "berth-host",
     "berth-ipam",
     "berth-portmap",
+    "berth-bandwidth",
     "berth-overlay",
     "loopback",
 ];
@@ -623,8 +624,9 @@ fn node_conflist(manifest: &str, network: &str, bridge: &str, v4: &str, data: &P
 
 /// Installs a conflist through the init container, starts containerd on
 /// the node's dirs, and runs two pods (one with a hostPort) that reach
-/// each other and the host; after StopPodSandbox and RemovePodSandbox
-/// nothing of them is left.
+/// each other and the host, and one with an egress-bandwidth annotation is
+/// shaped; after StopPodSandbox and RemovePodSandbox nothing of them is
+/// left.
 fn pods_run_on_the_installed_node(node: &Node) {
     let network = unique_name("bdep", 32);
     let bridge = unique_name("bdep", IFNAMSIZ_MAX);
@@ -651,7 +653,7 @@ fn pods_run_on_the_installed_node(node: &Node) {
     let mut pods = Vec::new();
     for spec in [
         PodSpec::new("deploy-a").tcp_port(port, 80),
-        PodSpec::new("deploy-b"),
+        PodSpec::new("deploy-b").annotation("kubernetes.io/egress-bandwidth", "20M"),
     ] {
         let st = c
             .run_pod_and_status(&spec)
@@ -674,6 +676,26 @@ fn pods_run_on_the_installed_node(node: &Node) {
         }
         ping_in(netns, gateway).unwrap_or_else(|e| panic!("pod {id} -> the host {gateway}: {e}"));
     }
+    // deploy-b's egress goes through an ifb at 20 Mbit/s (the shipped
+    // conflist chains berth-bandwidth); deploy-a is not shaped.
+    use berth_tests::bandwidth::{redirect_targets, tbf_rate, Root};
+    let shaped_veth = bridge_host_veth(&pods[1].0, "eth0");
+    let ifbs = redirect_targets(&Root, &shaped_veth);
+    assert_eq!(
+        ifbs.len(),
+        1,
+        "{shaped_veth} redirects to one ifb: {ifbs:?}"
+    );
+    assert_eq!(
+        tbf_rate(&Root, &ifbs[0]),
+        Some(20_000_000),
+        "{}'s tbf",
+        ifbs[0]
+    );
+    assert_eq!(
+        redirect_targets(&Root, &bridge_host_veth(&pods[0].0, "eth0")),
+        Vec::<String>::new()
+    );
     let server = serve_hi_in(&pods[0].2, pods[0].1);
     assert_eq!(
         ask(([127, 0, 0, 1], port).into()),
@@ -692,6 +714,7 @@ fn pods_run_on_the_installed_node(node: &Node) {
         Vec::<String>::new(),
         "ports left on {bridge}"
     );
+    assert!(!link_exists(&ifbs[0]), "{} left", ifbs[0]);
     for (id, _, _) in &pods {
         assert!(
             !link_exists(&bridge_host_veth(id, "eth0")),

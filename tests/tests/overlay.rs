@@ -197,6 +197,86 @@ fn containers_on_two_hosts_talk_over_vxlan() {
     .assert_ok();
 }
 
+/// berth-bandwidth chained after berth-overlay: the overlay's result names
+/// the container's host veth, which gets the limits; TCP between containers
+/// on the two hosts, over VXLAN, is within 10% of them both ways (10 Mbit/s
+/// towards the container, 50 from it); CHECK passes; DEL of the chain in
+/// reverse order leaves no ifb, qdisc or veth.
+#[test]
+fn berth_bandwidth_shapes_an_overlay_container() {
+    use berth_tests::bandwidth::{
+        assert_near, ifbs, measure, redirect_targets, require_tools, tbf_rate, Flow, Proto,
+    };
+    const MBIT: u64 = 1_000_000;
+    require_tools();
+    let (n1, n2) = two_nodes("ovbw");
+    let (c1, c2) = (TestNetns::new("ovbwc1"), TestNetns::new("ovbwc2"));
+    let r1 = n1
+        .exec("ADD", "c1", &c1, &n1.conf(json!({})))
+        .expect_ok()
+        .clone();
+    let r2 = n2
+        .exec("ADD", "c2", &c2, &n2.conf(json!({})))
+        .expect_ok()
+        .clone();
+    // Bursts of 2 Mbit: the tbf's queue (25 ms at the rate plus the burst)
+    // then holds what a TCP window over VXLAN puts in flight, so the
+    // measurement shows the rate, not TCP backing off from tail drops.
+    let limits = json!({"cniVersion": "1.1.0", "name": "ovt", "type": "berth-bandwidth",
+                        "ingressRate": 10 * MBIT, "ingressBurst": 2 * MBIT,
+                        "egressRate": 50 * MBIT, "egressBurst": 2 * MBIT});
+    let bw = |command: &str, conf: &Value| {
+        run_cni_in(
+            &n1.host,
+            "berth-bandwidth",
+            command,
+            "c1",
+            &c1,
+            n1.run.path(),
+            conf,
+        )
+    };
+    let shaped = bw("ADD", &with_prev_result(&limits, &r1))
+        .expect_ok()
+        .clone();
+    let veth = r1["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("sandbox").is_none_or(|s| s == ""))
+        .filter_map(|i| i["name"].as_str())
+        .find(|n| n.starts_with("bv"))
+        .unwrap_or_else(|| panic!("no host veth in {r1}"))
+        .to_string();
+    let ifb = redirect_targets(&n1.host, &veth);
+    assert_eq!(ifb.len(), 1, "{veth} redirects to one ifb: {ifb:?}");
+    let ifb = ifb[0].clone();
+    assert_eq!(ifbs(&n1.host), vec![ifb.clone()]);
+    assert_eq!(tbf_rate(&n1.host, &veth), Some(10 * MBIT));
+    assert_eq!(tbf_rate(&n1.host, &ifb), Some(50 * MBIT));
+    bw("CHECK", &with_prev_result(&limits, &shaped)).assert_ok();
+
+    let to = first_ip(&r2).parse().unwrap();
+    let r = measure(
+        &c1,
+        &c2,
+        to,
+        &Flow::limited(Proto::Tcp, 10 * MBIT).reversed(),
+    );
+    assert_near(r, 10 * MBIT, "overlay: tcp ingress");
+    let r = measure(&c1, &c2, to, &Flow::limited(Proto::Tcp, 50 * MBIT));
+    assert_near(r, 50 * MBIT, "overlay: tcp egress");
+
+    bw("DEL", &with_prev_result(&limits, &shaped)).assert_ok();
+    assert!(ifbs(&n1.host).is_empty(), "DEL left {ifb}");
+    for (n, c, cid, r) in [(&n1, &c1, "c1", &r1), (&n2, &c2, "c2", &r2)] {
+        n.exec("DEL", cid, c, &with_prev_result(&n.conf(json!({})), r))
+            .assert_ok();
+    }
+    let links = n1.host.exec_ok(&["ip", "-br", "link"]);
+    assert!(!links.contains("bv") && !links.contains(&ifb), "{links}");
+}
+
 /// Dual stack over an IPv6 underlay: each node's IPv6 subnet is the one
 /// with its IPv4 subnet's index; containers reach each other over both
 /// families; the MTU leaves room for IPv6 encapsulation (70 bytes).

@@ -137,7 +137,7 @@ cases! {
     "status-ipam-missing" status_ipam_missing "STATUS with the IPAM binary missing: error (STATUS is forwarded)";
     "ping" ping "traffic: container to container and to the gateway (busybox ping)";
     "chained-no-prevresult" chained_no_prev "chained meta plugin (portmap, tuning, ...) ADD without prevResult: error";
-    "chained-nothing-to-do" chained_nothing_to_do "chained plugin ADD with nothing to do: stdout is the prevResult, same cniVersion";
+    "chained-nothing-to-do" chained_nothing_to_do "chained plugin ADD with nothing to do (its conf only names capabilities, none given): stdout is the prevResult, same cniVersion";
     "portmap-bad-port" portmap_bad_port "portmap with hostPort 0: ADD error, nothing left after DEL";
 }
 
