@@ -668,6 +668,19 @@ fn reconcile(b: &mut String, r: &Reconcile) {
             each(&r.logged_ms),
         ],
     );
+    row(
+        b,
+        &[
+            format!(
+                "`berth status -o json` over the {} and {} (process start included)",
+                count(r.containers, "container"),
+                count(r.mappings, "published port")
+            ),
+            ms(r.status_median_ms),
+            ms(r.status_max_ms),
+            each(&r.status_ms),
+        ],
+    );
     b.push_str("\n| the watcher's CPU | share of one core |\n|---|---:|\n");
     row(
         b,
@@ -1199,6 +1212,9 @@ mod tests {
             containers: 200,
             mappings: 400,
             setup_secs: 6.24,
+            status_ms: vec![20.0, 22.0],
+            status_median_ms: Some(21.0),
+            status_max_ms: Some(22.0),
             first_pass_ms: 80.0,
             flushes: 3,
             answer_ms: vec![40.0, 50.5],
@@ -1227,6 +1243,7 @@ mod tests {
             "| `nft flush ruleset` returned → the published port answered again from outside (2 of 3 flushes) | 45.25 ms | 50.50 ms | 40.0 50.5 |\n"
         ));
         assert!(md.contains("| the watcher's own figure (its log): change seen → end of the pass that put the rules back | 30.50 ms | 31.00 ms | 30.0 31.0 |\n"));
+        assert!(md.contains("| `berth status -o json` over the 200 containers and 400 published ports (process start included) | 21.00 ms | 22.00 ms | 20.0 22.0 |\n"), "{md}");
         assert!(md.contains("| idle, 10 s | 0.0% |\n"));
         assert!(md.contains("| flush storm: 100 flushes in 9.9 s, until the port answered again (1 pass put the ports back) | 12.3% |\n"));
         assert!(md.contains("again in 44.00 ms (limit 1000 ms): PASS. 200 containers and 400 published ports installed in 6.2 s; the watcher's first pass (nothing to repair) took 80.00 ms.\n\n- FAILED reconcile: flush 2: the port still answered\n"));

@@ -146,6 +146,62 @@ fn exec(
     Ok(out.stdout)
 }
 
+/// How many times `berth status` is timed.
+const STATUS_RUNS: usize = 10;
+
+/// Times `berth status -o json` in the host namespace over the records the
+/// setup made (STATUS_RUNS times, ms each), after checking that it counts
+/// exactly `containers` attachments and `mappings` published ports.
+fn time_status(
+    host: &Netns,
+    run_dir: &Path,
+    data_dir: &Path,
+    berth_dir: &Path,
+    containers: usize,
+    mappings: usize,
+) -> Result<Vec<f64>> {
+    let run = || -> Result<(Duration, String)> {
+        let mut cmd = Command::new(berth_dir.join("berth"));
+        cmd.args(["status", "-o", "json", "--data-dir"])
+            .arg(data_dir)
+            .env("BERTH_RUN_DIR", run_dir)
+            .stdin(Stdio::null());
+        // Run from a thread inside the host namespace, as the watcher is:
+        // berth's own process start is timed, with nothing between.
+        let start = Instant::now();
+        let out = host.run(move || cmd.output().context("running berth status"))?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "berth status failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
+    let (_, text) = run()?;
+    let v: Value = serde_json::from_str(&text).context("berth status -o json")?;
+    let nets = v["networks"].as_array().cloned().unwrap_or_default();
+    let attached: usize = nets
+        .iter()
+        .map(|n| n["attachments"].as_array().map_or(0, Vec::len))
+        .sum();
+    let published: u64 = nets
+        .iter()
+        .filter_map(|n| n["publishedPorts"].as_u64())
+        .sum();
+    if attached != containers || published != mappings as u64 {
+        bail!(
+            "berth status counts {attached} attachments and {published} published ports, \
+             not {containers} and {mappings}"
+        );
+    }
+    (0..STATUS_RUNS)
+        .map(|_| run().map(|(t, _)| ms(t)))
+        .collect()
+}
+
 /// `nft flush ruleset` in the host namespace (never the real host's).
 fn flush(host: &Netns) -> Result<()> {
     let out = host.run(|| {
@@ -469,6 +525,15 @@ pub(crate) fn reconcile(
     }
     eprintln!();
     let setup_secs = setup.elapsed().as_secs_f64();
+    eprintln!("reconcile: berth status over {containers} attachments, {STATUS_RUNS} times");
+    let status_ms = time_status(
+        &host,
+        run.path(),
+        data.path(),
+        berth_dir,
+        containers,
+        2 * containers,
+    )?;
     let _service = Service::start(&nss[0])?;
     let probe = SocketAddr::from((HOST_ADDR, host_port(0, false)));
     // The path works before anything is flushed, or nothing below means
@@ -556,6 +621,9 @@ pub(crate) fn reconcile(
         containers,
         mappings: 2 * containers,
         setup_secs,
+        status_median_ms: median(&status_ms),
+        status_max_ms: status_ms.iter().copied().reduce(f64::max),
+        status_ms,
         first_pass_ms: ms(first_pass),
         flushes,
         answer_median_ms: median(&answer_ms),

@@ -560,6 +560,11 @@ pub(crate) struct Reconcile {
     pub(crate) mappings: usize,
     /// Installing them (namespaces, berth-bridge and berth-portmap ADDs).
     pub(crate) setup_secs: f64,
+    /// `berth status -o json` over them, each run (the operator's view,
+    /// one process start included).
+    pub(crate) status_ms: Vec<f64>,
+    pub(crate) status_median_ms: Option<f64>,
+    pub(crate) status_max_ms: Option<f64>,
     /// `berth watch` started -> its `watching` line: its first pass, with
     /// nothing to repair.
     pub(crate) first_pass_ms: f64,

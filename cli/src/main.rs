@@ -1,16 +1,18 @@
 //! `berth`: the operator's command line.
 //!
-//! One binary, one module per subcommand; this file only parses arguments
-//! and dispatches. Later subcommands (status, inspect, gc, metrics...)
-//! add a variant to [`Command`] and a module beside `install`.
+//! One binary, one module per subcommand (`status` serves the four that
+//! read berth's records, `gc` releases from them); this file only parses arguments and dispatches.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod atomic;
+mod gc;
 mod idle;
 mod install;
+mod status;
+mod volumes;
 mod watch;
 
 #[derive(Parser, Debug)]
@@ -37,6 +39,22 @@ enum Command {
     /// for hosts that run the CNI plugins without berthd. Runs until
     /// killed.
     Watch(watch::Args),
+    /// Every berth network on this node: its bridge, subnets, how full
+    /// each address range is, attachments, published ports, and whether
+    /// the kernel still has what the records describe.
+    Status(status::StatusArgs),
+    /// List what berth holds: `berth ls containers`.
+    Ls(status::LsArgs),
+    /// One container's attachments: addresses, host veth, ports.
+    Inspect(status::InspectArgs),
+    /// Every published host port and who holds it.
+    Ports(status::PortsArgs),
+    /// Release what belongs to containers whose netns no longer exists,
+    /// or whose addresses were allocated before the last reboot (for
+    /// runtimes that never send CNI GC). Asks first, unless --yes.
+    Gc(gc::GcArgs),
+    /// berthd's volumes: kind, size limit, bytes used, mount count.
+    Volumes(volumes::VolumesArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +63,12 @@ fn main() -> ExitCode {
         Command::Install(args) => install::run(&args),
         Command::Idle(args) => idle::run(&args),
         Command::Watch(args) => watch::run(&args),
+        Command::Status(args) => status::status(&args),
+        Command::Ls(args) => status::ls(&args),
+        Command::Inspect(args) => status::inspect(&args),
+        Command::Ports(args) => status::ports(&args),
+        Command::Gc(args) => gc::run(&args),
+        Command::Volumes(args) => volumes::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,9 @@
 //!   networks alike;
 //! - [`reconcile`]: puts back what berth owns in the ruleset from the
 //!   records above, whenever someone else removes it;
+//! - [`inventory`] and [`stale`]: the operator's view of all of it
+//!   (`berth status`), and releasing what belongs to containers that are
+//!   gone (`berth gc`);
 //! - [`bandwidth`]: rate limits on a container's link (tbf, htb and an
 //!   ifb on the host side);
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
@@ -38,11 +41,13 @@ pub mod bridge;
 pub mod container;
 pub mod firewall;
 pub mod gateway;
+pub mod inventory;
 pub mod names;
 pub mod overlay;
 pub mod port;
 pub mod ports;
 pub mod reconcile;
+pub mod stale;
 
 /// What kind of failure an [`Error`] is: what front ends translate into
 /// their protocol's codes (a CNI error code, a Docker `Err`).

@@ -35,7 +35,7 @@ use std::net::IpAddr;
 
 pub use addr::{from_key, is_v4_key, to_key};
 pub use error::{Error, Result};
-pub use sqlite::{validate_network_name, SqliteStore, DB_FILE};
+pub use sqlite::{validate_network_name, RangeSetUse, Sandbox, SqliteStore, StoreReader, DB_FILE};
 
 /// Default parent directory of per-network databases.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth/networks";
@@ -157,6 +157,22 @@ impl RangeSet {
 
     pub fn is_ipv4(&self) -> bool {
         self.ranges.first().is_some_and(|(s, _)| is_v4_key(*s))
+    }
+
+    /// How many addresses the set may hand out: its ranges' addresses
+    /// less the excluded ones inside them.
+    pub fn size(&self) -> u128 {
+        let all: u128 = self
+            .ranges
+            .iter()
+            .map(|(s, e)| (e - s).saturating_add(1))
+            .fold(0, u128::saturating_add);
+        let excluded = self
+            .excluded
+            .iter()
+            .filter(|k| self.range_index(**k).is_some())
+            .count() as u128;
+        all.saturating_sub(excluded)
     }
 
     pub fn ranges(&self) -> Vec<IpRange> {

@@ -39,6 +39,59 @@ CREATE TABLE IF NOT EXISTS cursors (
 PRAGMA user_version = 1;
 ";
 
+/// What each range set may hand out, for the operator's view of free
+/// addresses (`berth status`): written by every allocation, since only the
+/// plugin's config knows the ranges. The size is decimal text: an IPv6
+/// set's exceeds SQLite's 64-bit integers. Added to schema 1 without a
+/// new version, so an older berth-ipam still opens the database (it never
+/// reads the table); a database from before it gets the table with its
+/// next allocation.
+const RANGE_SETS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS range_sets (
+    range_set INTEGER NOT NULL PRIMARY KEY,
+    label     TEXT    NOT NULL,
+    size      TEXT    NOT NULL
+);";
+
+/// Which network namespace each owner's addresses were allocated for, and
+/// in which boot: what lets `berth gc` tell an allocation whose container
+/// is gone (its netns no longer exists, or it was made before a reboot)
+/// from a live one, for runtimes that never send CNI GC. Additive to
+/// schema 1 like [`RANGE_SETS_TABLE`]; a row goes with its owner's last
+/// allocation.
+const SANDBOXES_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS sandboxes (
+    container_id TEXT NOT NULL,
+    ifname       TEXT NOT NULL,
+    netns        TEXT NOT NULL,
+    boot_id      TEXT NOT NULL,
+    PRIMARY KEY (container_id, ifname)
+) WITHOUT ROWID;";
+
+/// Where an owner's container lived when its addresses were allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// The network namespace's path (CNI_NETNS); empty when not given.
+    pub netns: String,
+    /// The kernel's boot ID at allocation ([`crate::host::boot_id`]).
+    pub boot_id: String,
+}
+
+/// How one range set of a network is used, as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeSetUse {
+    /// None: allocations recorded without a range set (imported ones).
+    pub range_set: Option<u32>,
+    /// The set's label (its ranges, as the config gives them); None for
+    /// allocations of a set no allocation has described yet (made before
+    /// berth recorded range sets, or imported).
+    pub label: Option<String>,
+    /// Addresses the set may hand out; None as for `label`.
+    pub size: Option<u128>,
+    /// Addresses allocated from it.
+    pub used: u64,
+}
+
 /// [`AllocationStore`] on SQLite (WAL, `synchronous=NORMAL`, `BEGIN IMMEDIATE`
 /// write transactions, 10 s busy timeout). Safe to use from many processes at
 /// once; each process opens its own `SqliteStore`.
@@ -171,6 +224,83 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// [`AllocationStore::allocate`], recording also where the owner's
+    /// container lives ([`SANDBOXES_TABLE`]) in the same transaction.
+    pub fn allocate_in(
+        &mut self,
+        owner: &Owner,
+        requests: &[Request<'_>],
+        sandbox: Option<&Sandbox>,
+    ) -> Result<Vec<IpAddr>> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(path, "beginning allocation"))?;
+        let mut held = select_owner(&tx, path, &owner.container_id, &owner.ifname)?;
+        if !owner.ifname.is_empty() {
+            held.extend(select_owner(&tx, path, &owner.container_id, "")?);
+        }
+        if !held.is_empty() {
+            return Err(Error::Duplicate {
+                owner: owner.clone(),
+                ips: held.into_iter().map(|a| a.ip).collect(),
+            });
+        }
+
+        let mut out = Vec::with_capacity(requests.len());
+        for req in requests {
+            let set = req.set;
+            let key = match req.want {
+                Want::Exact(ip) => {
+                    let k = to_key(ip);
+                    if set.range_index(k).is_none() {
+                        return Err(Error::InvalidRequest(format!(
+                            "requested IP address {ip} is not in range set {}",
+                            set.label()
+                        )));
+                    }
+                    if set.is_excluded(k) {
+                        return Err(Error::InvalidRequest(format!(
+                            "requested IP address {ip} is reserved (gateway, network or broadcast address) in range set {}",
+                            set.label()
+                        )));
+                    }
+                    if let Some(holder) = holder_of(&tx, path, k)? {
+                        return Err(Error::AddressTaken { ip, holder });
+                    }
+                    k
+                }
+                Want::Next => find_free(&tx, path, set)?.ok_or_else(|| Error::Exhausted {
+                    range_set: set.id(),
+                    label: set.label().to_string(),
+                })?,
+            };
+            insert(&tx, path, key, Some(set.id()), owner)?;
+            set_cursor(&tx, path, set.id(), key)?;
+            out.push(from_key(key));
+        }
+        describe_range_sets(&tx, path, requests)?;
+        if let Some(sb) = sandbox {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO sandboxes (container_id, ifname, netns, boot_id)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    owner.container_id,
+                    owner.ifname,
+                    sb.netns,
+                    sb.boot_id
+                ])
+            })
+            .map_err(sql_err(path, "recording the sandbox"))?;
+        }
+        tx.commit()
+            .map_err(sql_err(path, "committing allocation"))?;
+        Ok(out)
     }
 
     #[cfg(test)]
@@ -324,6 +454,205 @@ fn insert(
     Ok(())
 }
 
+/// Creates the tables added to schema 1 where they are missing, in a write
+/// transaction.
+fn additive_tables(conn: &Connection, path: &Path) -> Result<()> {
+    conn.prepare_cached(RANGE_SETS_TABLE)
+        .and_then(|mut s| s.execute([]))
+        .and_then(|_| conn.prepare_cached(SANDBOXES_TABLE))
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(sql_err(path, "creating the tables of schema 1's additions"))
+}
+
+/// Forgets where `(container_id, ifname)` lived, with its last address.
+fn forget_sandbox(conn: &Connection, path: &Path, container_id: &str, ifname: &str) -> Result<()> {
+    additive_tables(conn, path)?;
+    conn.prepare_cached("DELETE FROM sandboxes WHERE container_id = ?1 AND ifname = ?2")
+        .and_then(|mut s| s.execute(params![container_id, ifname]))
+        .map(|_| ())
+        .map_err(sql_err(path, "forgetting the sandbox"))
+}
+
+/// Records each requested range set's label and size (see
+/// [`RANGE_SETS_TABLE`]), in the allocation's transaction. The row
+/// changes only when the config's ranges did.
+fn describe_range_sets(conn: &Connection, path: &Path, requests: &[Request<'_>]) -> Result<()> {
+    additive_tables(conn, path)?;
+    for req in requests {
+        let set = req.set;
+        conn.prepare_cached(
+            "INSERT INTO range_sets (range_set, label, size) VALUES (?1, ?2, ?3)
+             ON CONFLICT (range_set) DO UPDATE SET label = excluded.label, size = excluded.size
+             WHERE label != excluded.label OR size != excluded.size",
+        )
+        .and_then(|mut s| s.execute(params![set.id(), set.label(), set.size().to_string()]))
+        .map_err(sql_err(path, "describing the range set"))?;
+    }
+    Ok(())
+}
+
+/// A network's store opened read-only, for the operator's view: it takes
+/// no lock a plugin waits on (WAL readers never block the writer), writes
+/// nothing, and reads each answer in one snapshot.
+#[derive(Debug)]
+pub struct StoreReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StoreReader {
+    /// Opens `path` read-only; None if there is no database there.
+    pub fn open(path: &Path) -> Result<Option<StoreReader>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_err(path, "opening read-only"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(sql_err(path, "setting busy timeout"))?;
+        let r = StoreReader {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version: i64 = r
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sql_err(path, "reading the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            // Created but never initialised (a plugin killed at its first
+            // open): nothing allocated.
+            return Ok(None);
+        }
+        Ok(Some(r))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every allocation, in address order.
+    pub fn allocations(&self) -> Result<Vec<Allocation>> {
+        let path = &self.path;
+        let raws = self
+            .conn
+            .prepare("SELECT ip, range_set, container_id, ifname FROM allocations ORDER BY ip")
+            .and_then(|mut s| {
+                s.query_map([], raw_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(sql_err(path, "listing allocations"))?;
+        raws.into_iter().map(|r| to_allocation(path, r)).collect()
+    }
+
+    /// Whether the database has `table` (the additions to schema 1 come
+    /// with the first write of a berth that knows them).
+    fn has_table(&self, table: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(sql_err(&self.path, "reading the schema"))
+    }
+
+    /// Where each owner's container lived when its addresses were
+    /// allocated (owners allocated by a berth-ipam before it recorded
+    /// this have none).
+    pub fn sandboxes(&self) -> Result<Vec<(Owner, Sandbox)>> {
+        if !self.has_table("sandboxes")? {
+            return Ok(Vec::new());
+        }
+        self.conn
+            .prepare("SELECT container_id, ifname, netns, boot_id FROM sandboxes")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((
+                        Owner::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                        Sandbox {
+                            netns: r.get(2)?,
+                            boot_id: r.get(3)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(sql_err(&self.path, "reading sandboxes"))
+    }
+
+    /// How each range set is used: every described set (used or not) and
+    /// every set allocations name, by id.
+    pub fn range_sets(&self) -> Result<Vec<RangeSetUse>> {
+        let path = &self.path;
+        let described = self.has_table("range_sets")?;
+        let mut out: std::collections::BTreeMap<Option<u32>, RangeSetUse> = Default::default();
+        if described {
+            let rows = self
+                .conn
+                .prepare("SELECT range_set, label, size FROM range_sets")
+                .and_then(|mut s| {
+                    s.query_map([], |r| {
+                        Ok((
+                            r.get::<_, u32>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(sql_err(path, "reading range sets"))?;
+            for (id, label, size) in rows {
+                let size = size.parse::<u128>().map_err(|_| Error::Corrupt {
+                    path: path.to_path_buf(),
+                    msg: format!("range set {id} has size {size:?}, not a number"),
+                })?;
+                out.insert(
+                    Some(id),
+                    RangeSetUse {
+                        range_set: Some(id),
+                        label: Some(label),
+                        size: Some(size),
+                        used: 0,
+                    },
+                );
+            }
+        }
+        let counts = self
+            .conn
+            .prepare("SELECT range_set, count(*) FROM allocations GROUP BY range_set")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((r.get::<_, Option<u32>>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(sql_err(path, "counting allocations"))?;
+        for (id, used) in counts {
+            out.entry(id)
+                .or_insert(RangeSetUse {
+                    range_set: id,
+                    label: None,
+                    size: None,
+                    used: 0,
+                })
+                .used = used.unsigned_abs();
+        }
+        Ok(out.into_values().collect())
+    }
+}
+
 type RawAllocation = (Vec<u8>, Option<u32>, String, String);
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAllocation> {
@@ -453,58 +782,7 @@ fn find_free(conn: &Connection, path: &Path, set: &RangeSet) -> Result<Option<u1
 
 impl AllocationStore for SqliteStore {
     fn allocate(&mut self, owner: &Owner, requests: &[Request<'_>]) -> Result<Vec<IpAddr>> {
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err(path, "beginning allocation"))?;
-
-        let mut held = select_owner(&tx, path, &owner.container_id, &owner.ifname)?;
-        if !owner.ifname.is_empty() {
-            held.extend(select_owner(&tx, path, &owner.container_id, "")?);
-        }
-        if !held.is_empty() {
-            return Err(Error::Duplicate {
-                owner: owner.clone(),
-                ips: held.into_iter().map(|a| a.ip).collect(),
-            });
-        }
-
-        let mut out = Vec::with_capacity(requests.len());
-        for req in requests {
-            let set = req.set;
-            let key = match req.want {
-                Want::Exact(ip) => {
-                    let k = to_key(ip);
-                    if set.range_index(k).is_none() {
-                        return Err(Error::InvalidRequest(format!(
-                            "requested IP address {ip} is not in range set {}",
-                            set.label()
-                        )));
-                    }
-                    if set.is_excluded(k) {
-                        return Err(Error::InvalidRequest(format!(
-                            "requested IP address {ip} is reserved (gateway, network or broadcast address) in range set {}",
-                            set.label()
-                        )));
-                    }
-                    if let Some(holder) = holder_of(&tx, path, k)? {
-                        return Err(Error::AddressTaken { ip, holder });
-                    }
-                    k
-                }
-                Want::Next => find_free(&tx, path, set)?.ok_or_else(|| Error::Exhausted {
-                    range_set: set.id(),
-                    label: set.label().to_string(),
-                })?,
-            };
-            insert(&tx, path, key, Some(set.id()), owner)?;
-            set_cursor(&tx, path, set.id(), key)?;
-            out.push(from_key(key));
-        }
-        tx.commit()
-            .map_err(sql_err(path, "committing allocation"))?;
-        Ok(out)
+        self.allocate_in(owner, requests, None)
     }
 
     fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>> {
@@ -516,6 +794,9 @@ impl AllocationStore for SqliteStore {
         let mut released = delete_owner(&tx, path, &owner.container_id, &owner.ifname)?;
         if released.is_empty() && !owner.ifname.is_empty() {
             released = delete_owner(&tx, path, &owner.container_id, "")?;
+        }
+        if !released.is_empty() {
+            forget_sandbox(&tx, path, &owner.container_id, &owner.ifname)?;
         }
         tx.commit().map_err(sql_err(path, "committing release"))?;
         Ok(released)
@@ -580,6 +861,14 @@ impl AllocationStore for SqliteStore {
                 removed.push(to_allocation(path, raw)?);
             }
         }
+        // Every sandbox whose owner holds nothing now (also those an older
+        // berth-ipam's release left behind).
+        additive_tables(&tx, path)?;
+        tx.execute_batch(
+            "DELETE FROM sandboxes WHERE NOT EXISTS (SELECT 1 FROM allocations a
+             WHERE a.container_id = sandboxes.container_id AND a.ifname = sandboxes.ifname)",
+        )
+        .map_err(sql_err(path, "forgetting sandboxes"))?;
         tx.commit()
             .map_err(sql_err(path, "committing garbage collection"))?;
         Ok(removed)

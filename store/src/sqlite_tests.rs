@@ -489,3 +489,148 @@ fn measure_allocate_release_is_flat() {
         println!("[measure] {line}");
     }
 }
+
+#[test]
+fn range_set_size_counts_ranges_less_their_excluded_addresses() {
+    let set = v4_set(0, "10.0.0.1", "10.0.0.254", &["10.0.0.1", "10.0.0.255"]);
+    // .255 is outside the range: only the gateway counts against it.
+    assert_eq!(set.size(), 253);
+    let two = RangeSet::new(
+        1,
+        "two",
+        &[
+            IpRange::new(ip("10.1.0.10"), ip("10.1.0.19")),
+            IpRange::new(ip("10.2.0.0"), ip("10.2.0.4")),
+        ],
+        &[ip("10.2.0.0")],
+    )
+    .unwrap();
+    assert_eq!(two.size(), 14);
+    let v6 = RangeSet::new(
+        2,
+        "fd00::/64",
+        &[IpRange::new(ip("fd00::1"), ip("fd00::ffff:ffff:ffff:ffff"))],
+        &[ip("fd00::1")],
+    )
+    .unwrap();
+    assert_eq!(v6.size(), (1u128 << 64) - 2);
+}
+
+#[test]
+fn reader_reports_allocations_and_range_set_use_without_writing() {
+    let dir = TempDir::new("reader");
+    assert!(
+        StoreReader::open(&dir.path().join("n/ipam.db"))
+            .unwrap()
+            .is_none(),
+        "no database, no reader"
+    );
+    let mut st = SqliteStore::open(dir.path(), "n").unwrap();
+    let a = v4_set(0, "10.0.0.1", "10.0.0.254", &["10.0.0.1"]);
+    let b = v4_set(1, "10.9.0.1", "10.9.0.10", &[]);
+    st.allocate(&owner(1), &[Request::next(&a), Request::next(&b)])
+        .unwrap();
+    st.allocate(&owner(2), &[Request::next(&a)]).unwrap();
+    // An imported allocation carries no range set.
+    st.import(
+        &[Allocation {
+            ip: ip("10.0.0.77"),
+            range_set: None,
+            owner: owner(3),
+        }],
+        &[],
+    )
+    .unwrap();
+    let db = st.path().to_path_buf();
+    let r = StoreReader::open(&db).unwrap().expect("a reader");
+    let all = r.allocations().unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].owner, owner(1));
+    let sets = r.range_sets().unwrap();
+    assert_eq!(
+        sets,
+        vec![
+            RangeSetUse {
+                range_set: None,
+                label: None,
+                size: None,
+                used: 1
+            },
+            RangeSetUse {
+                range_set: Some(0),
+                label: Some("10.0.0.1-10.0.0.254".into()),
+                size: Some(253),
+                used: 2
+            },
+            RangeSetUse {
+                range_set: Some(1),
+                label: Some("10.9.0.1-10.9.0.10".into()),
+                size: Some(10),
+                used: 1
+            },
+        ]
+    );
+    // Released addresses leave the set described, with nothing used.
+    st.release(&owner(1)).unwrap();
+    let sets = r.range_sets().unwrap();
+    assert_eq!(sets[2].used, 0);
+    assert_eq!(sets[2].size, Some(10));
+    drop(r);
+    drop(st);
+    // The reader wrote nothing of its own (the writer's checkpoint may
+    // have changed the file: compare a reader-only open instead).
+    let before_reader = std::fs::read(&db).unwrap();
+    let r = StoreReader::open(&db).unwrap().unwrap();
+    r.range_sets().unwrap();
+    drop(r);
+    assert_eq!(std::fs::read(&db).unwrap(), before_reader);
+}
+
+#[test]
+fn sandboxes_are_recorded_with_the_allocation_and_go_with_it() {
+    let dir = TempDir::new("sandboxes");
+    let mut st = SqliteStore::open(dir.path(), "n").unwrap();
+    let a = v4_set(0, "10.0.0.1", "10.0.0.254", &[]);
+    let sb = |n: &str| Sandbox {
+        netns: format!("/run/netns/{n}"),
+        boot_id: "b00t".into(),
+    };
+    st.allocate_in(&owner(1), &[Request::next(&a)], Some(&sb("one")))
+        .unwrap();
+    st.allocate_in(&owner(2), &[Request::next(&a)], Some(&sb("two")))
+        .unwrap();
+    // Without a sandbox (the trait's allocate): no row.
+    st.allocate(&owner(3), &[Request::next(&a)]).unwrap();
+    // A refused allocation records nothing.
+    assert!(st
+        .allocate_in(&owner(1), &[Request::next(&a)], Some(&sb("again")))
+        .is_err());
+    let db = st.path().to_path_buf();
+    let read = || {
+        let mut v = StoreReader::open(&db)
+            .unwrap()
+            .unwrap()
+            .sandboxes()
+            .unwrap();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    assert_eq!(read(), vec![(owner(1), sb("one")), (owner(2), sb("two"))]);
+    st.release(&owner(1)).unwrap();
+    assert_eq!(read(), vec![(owner(2), sb("two"))]);
+    st.retain(&[owner(3)]).unwrap();
+    assert_eq!(read(), vec![]);
+}
+
+#[test]
+fn a_database_without_the_additions_reads_as_having_none() {
+    let dir = TempDir::new("noadditions");
+    let mut st = SqliteStore::open(dir.path(), "n").unwrap();
+    let db = st.path().to_path_buf();
+    let r = StoreReader::open(&db).unwrap().unwrap();
+    assert_eq!(r.sandboxes().unwrap(), vec![]);
+    assert_eq!(r.range_sets().unwrap(), vec![]);
+    // Releasing nothing from it writes no table either.
+    st.release(&owner(9)).unwrap();
+    assert_eq!(r.sandboxes().unwrap(), vec![]);
+}

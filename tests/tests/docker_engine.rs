@@ -389,6 +389,37 @@ fn docker_engine_uses_berthd_volumes() {
     names.sort();
     assert_eq!(names, vec!["managed1", "scratch", "site", "small"]);
     assert_eq!(d.status("small")["mountCount"], 1);
+
+    // `berth volumes` reads the records while berthd holds the root, and
+    // says what berthd says through the engine.
+    let out = Command::new(bin("berth"))
+        .args(["volumes", "-o", "json", "--root"])
+        .arg(d.dir.path().join("volumes"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "berth volumes: {}", text(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["problems"], serde_json::json!([]), "{listed:#}");
+    let vols = listed["volumes"].as_array().unwrap();
+    let names: Vec<&str> = vols.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["managed1", "scratch", "site", "small"]);
+    for v in vols {
+        let s = d.status(v["name"].as_str().unwrap());
+        for (ours, theirs) in [
+            ("kind", "kind"),
+            ("sizeLimit", "sizeLimit"),
+            ("usedBytes", "usedBytes"),
+            ("mountCount", "mountCount"),
+        ] {
+            assert_eq!(v[ours], s[theirs], "{ours} of {v:#} against berthd's {s:#}");
+        }
+    }
+    let small = vols.iter().find(|v| v["name"] == "small").unwrap();
+    assert_eq!(small["kind"], "size-limited");
+    assert_eq!(small["mountCount"], 1);
+    assert!(small["usedBytes"].as_u64().unwrap() > 0, "{small:#}");
+    let managed = vols.iter().find(|v| v["name"] == "managed1").unwrap();
+    assert_eq!(managed["usedBytes"], "written-by-one\n".len());
     let r = d.docker(&[
         "exec",
         "keeper2",

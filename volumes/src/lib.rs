@@ -80,8 +80,9 @@ pub struct Info {
     pub mountpoint: PathBuf,
     pub created_at: String,
     pub kind: String,
-    /// Bytes in use (the filesystem's for size-limited and tmpfs volumes,
-    /// the files' otherwise).
+    /// Bytes in use: the filesystem's for size-limited and tmpfs volumes
+    /// while mounted (an unmounted size-limited volume's image's blocks on
+    /// disk, an unmounted tmpfs's none), the files' otherwise.
     pub used_bytes: u64,
     pub size_limit: Option<u64>,
     pub mount_count: u32,
@@ -188,19 +189,7 @@ impl Volumes {
     }
 
     fn read(&self, name: &str) -> Result<Record> {
-        validate_name(name)?;
-        let path = self.dir(name).join(RECORD);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(name.to_string()))
-            }
-            Err(e) => return Err(Error::io("reading", &path)(e)),
-        };
-        serde_json::from_str(&text).map_err(|e| Error::Corrupt {
-            path,
-            why: e.to_string(),
-        })
+        read_record(&self.cfg.root, name)
     }
 
     fn write(&self, dir: &Path, rec: &Record) -> Result<()> {
@@ -495,43 +484,111 @@ impl Volumes {
 
     pub fn get(&self, name: &str) -> Result<Info> {
         let rec = self.read(name)?;
-        let data = self.data_path(name);
-        let (used, limit) = match &rec.kind {
-            Kind::Sized { bytes, .. } => (fs_used(&data, &rec).unwrap_or(0), Some(*bytes)),
-            Kind::Tmpfs { size, .. } => (fs_used(&data, &rec).unwrap_or(0), *size),
-            _ => (tree_bytes(&data), None),
-        };
-        Ok(Info {
-            name: rec.name.clone(),
-            mountpoint: data,
-            created_at: rec.created_at.clone(),
-            kind: rec.kind.name().to_string(),
-            used_bytes: used,
-            size_limit: limit,
-            mount_count: rec.mount_count(),
-            mount_ids: rec.mounts.len(),
-        })
+        Ok(info(&self.cfg.root, &rec, &self.boot))
     }
 
     /// Every volume's name, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
-        let rd = fs::read_dir(&self.cfg.root).map_err(Error::io("listing", &self.cfg.root))?;
-        let mut names: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| validate_name(n).is_ok() && self.dir(n).join(RECORD).is_file())
-            .collect();
-        names.sort();
-        Ok(names)
+        names(&self.cfg.root)
     }
 }
 
-/// Bytes used on the filesystem mounted at `data` (only while mounted:
-/// otherwise it would be the root's filesystem).
-fn fs_used(data: &Path, rec: &Record) -> Option<u64> {
-    if rec.mount_count() == 0 {
-        return Some(0);
+/// Every volume's name under `root`, sorted.
+fn names(root: &Path) -> Result<Vec<String>> {
+    let rd = fs::read_dir(root).map_err(Error::io("listing", root))?;
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| validate_name(n).is_ok() && root.join(n).join(RECORD).is_file())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn read_record(root: &Path, name: &str) -> Result<Record> {
+    validate_name(name)?;
+    let path = root.join(name).join(RECORD);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(name.to_string()))
+        }
+        Err(e) => return Err(Error::io("reading", &path)(e)),
+    };
+    serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+        path,
+        why: e.to_string(),
+    })
+}
+
+/// What `Get` reports of `rec`. Mount counts of another boot count as none
+/// (what [`Volumes::open`] makes of them).
+fn info(root: &Path, rec: &Record, boot: &str) -> Info {
+    let data = root.join(&rec.name).join(DATA);
+    let mount_count = if rec.boot_id == boot {
+        rec.mount_count()
+    } else {
+        0
+    };
+    // Its own filesystem's figures only while that is mounted there
+    // (otherwise statvfs would answer for the root's).
+    let backed = matches!(rec.kind, Kind::Sized { .. } | Kind::Tmpfs { .. });
+    let mounted = backed && mount_count > 0 && backing::is_mounted(&data);
+    let (used, limit) = match &rec.kind {
+        Kind::Sized { bytes, .. } => (
+            match mounted.then(|| fs_used(&data)).flatten() {
+                Some(used) => used,
+                None => image_bytes(&root.join(&rec.name).join(IMAGE)),
+            },
+            Some(*bytes),
+        ),
+        Kind::Tmpfs { size, .. } => (
+            mounted.then(|| fs_used(&data)).flatten().unwrap_or(0),
+            *size,
+        ),
+        _ => (tree_bytes(&data), None),
+    };
+    Info {
+        name: rec.name.clone(),
+        mountpoint: data,
+        created_at: rec.created_at.clone(),
+        kind: rec.kind.name().to_string(),
+        used_bytes: used,
+        size_limit: limit,
+        mount_count,
+        mount_ids: if mount_count > 0 { rec.mounts.len() } else { 0 },
     }
+}
+
+/// The volumes under `root` as their records say, read without the
+/// root's lock, so while berthd serves it (`berth volumes`): each volume's
+/// [`Info`], or why its record cannot be read. None at all when there is
+/// no root.
+pub fn survey(root: &Path) -> Result<Vec<(String, Result<Info>)>> {
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let boot = boot_id();
+    Ok(names(root)?
+        .into_iter()
+        .map(|name| {
+            let i = read_record(root, &name).map(|rec| info(root, &rec, &boot));
+            (name, i)
+        })
+        .collect())
+}
+
+/// What an unmounted size-limited volume holds: its image's allocated
+/// blocks on the disk under it (a sparse file: the data and the
+/// filesystem's own metadata), since reading its filesystem would mean
+/// mounting it.
+fn image_bytes(image: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(image).map_or(0, |m| m.blocks() * 512)
+}
+
+/// Bytes used on the filesystem mounted at `data`.
+fn fs_used(data: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(data).ok()?;
     Some((st.blocks() - st.blocks_free()) * st.fragment_size())
 }
@@ -591,6 +648,46 @@ mod tests {
         ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_survey_reads_records_and_names_the_unreadable() {
+        let root = std::env::temp_dir().join(format!("berth-vol-survey-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        assert!(survey(&root).unwrap().is_empty(), "no root, no volumes");
+        let rec = Record {
+            name: "good".into(),
+            kind: Kind::Managed {
+                owner: Owner::default(),
+            },
+            created_at: "2026-12-03T00:00:00Z".into(),
+            opts: BTreeMap::new(),
+            mounts: BTreeMap::from([("m1".to_string(), 2)]),
+            boot_id: "another-boot".into(),
+        };
+        fs::create_dir_all(root.join("good").join(DATA)).unwrap();
+        fs::write(root.join("good/_data/f"), b"12345").unwrap();
+        fs::write(
+            root.join("good").join(RECORD),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("bad")).unwrap();
+        fs::write(root.join("bad").join(RECORD), b"{not json").unwrap();
+        let all = survey(&root).unwrap();
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(all.len(), 2);
+        let (name, bad) = &all[0];
+        assert_eq!(name, "bad");
+        assert!(
+            matches!(bad, Err(Error::Corrupt { path, .. }) if path.ends_with("bad/volume.json")),
+            "{bad:?}"
+        );
+        let good = all[1].1.as_ref().unwrap();
+        assert_eq!(good.used_bytes, 5);
+        assert_eq!(good.kind, "managed");
+        // Counted in another boot: nothing can still be using it.
+        assert_eq!(good.mount_count, 0);
     }
 
     #[test]

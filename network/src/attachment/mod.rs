@@ -123,6 +123,65 @@ struct Progress {
     spoofchk: bool,
 }
 
+/// Removes the attachments of `network` that `remove` picks by host veth
+/// and record (None: unreadable): its host veth, its port's spoof
+/// check (`spoofchk`), its record; then the network's firewall if no
+/// attachment is left. Returns the first error, after trying them all.
+fn remove_attachments(
+    network: &str,
+    remove: impl Fn(&str, Option<&Record>) -> bool,
+    spoofchk: impl Fn(&State, &str) -> Result<()>,
+) -> Result<()> {
+    let state = State::from_env();
+    let mut host = Handle::new().map_err(kernel)?;
+    let mut first_error = None;
+    for (host_veth, rec) in state.records(network) {
+        if !remove(&host_veth, rec.as_ref()) {
+            continue;
+        }
+        if let Err(e) = host.delete_link_by_name(&host_veth) {
+            first_error.get_or_insert(kernel(e));
+            continue;
+        }
+        let lock = state.lock()?;
+        let removed = spoofchk(&state, &host_veth)
+            .and_then(|()| state.remove_record(&lock, network, &host_veth));
+        if let Err(e) = removed {
+            first_error.get_or_insert(e);
+        }
+    }
+    let lock = state.lock()?;
+    if let Err(e) = firewall::release_if_unused(&state, &lock, network) {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// `berth gc`: removes the attachments of `network` with these host veths
+/// as a GC would, without the network's config. Whether a port has a spoof
+/// check is read from its record's MAC line rather than the config's
+/// `macspoofchk` (an ADD killed between adding the check and recording
+/// its MAC leaves a check matching an interface name that no longer
+/// exists: inert).
+pub fn remove_by_host_veth(network: &str, host_veths: &[&str]) -> Result<()> {
+    let checked: std::collections::HashSet<String> = State::from_env()
+        .spoof_macs(network)
+        .into_iter()
+        .map(|(veth, _)| veth)
+        .collect();
+    remove_attachments(
+        network,
+        |host_veth, _| host_veths.contains(&host_veth),
+        |_, host_veth| {
+            if checked.contains(host_veth) {
+                firewall::spoofchk_remove(host_veth)
+            } else {
+                Ok(())
+            }
+        },
+    )
+}
+
 /// The first host address of the subnet: the reference's default gateway.
 fn default_gateway(addr: &IpNet) -> IpAddr {
     match addr.trunc() {
@@ -312,35 +371,17 @@ impl BridgeNetwork {
     }
 
     fn gc_records(&self, valid: &[(String, String)]) -> Result<()> {
-        let state = State::from_env();
-        let mut host = Handle::new().map_err(kernel)?;
-        let mut first_error = None;
-        for (host_veth, rec) in state.records(&self.name) {
-            let keep = rec.as_ref().is_some_and(|r| {
-                valid
-                    .iter()
-                    .any(|(id, ifname)| *id == r.container_id && *ifname == r.ifname)
-            });
-            if keep {
-                continue;
-            }
-            if let Err(e) = host.delete_link_by_name(&host_veth) {
-                first_error.get_or_insert(kernel(e));
-                continue;
-            }
-            let lock = state.lock()?;
-            let removed = self
-                .spoofchk_remove(&state, &host_veth)
-                .and_then(|()| state.remove_record(&lock, &self.name, &host_veth));
-            if let Err(e) = removed {
-                first_error.get_or_insert(e);
-            }
-        }
-        let lock = state.lock()?;
-        if let Err(e) = firewall::release_if_unused(&state, &lock, &self.name) {
-            first_error.get_or_insert(e);
-        }
-        first_error.map_or(Ok(()), Err)
+        remove_attachments(
+            &self.name,
+            |_, rec| {
+                !rec.is_some_and(|r| {
+                    valid
+                        .iter()
+                        .any(|(id, ifname)| *id == r.container_id && *ifname == r.ifname)
+                })
+            },
+            |state, host_veth| self.spoofchk_remove(state, host_veth),
+        )
     }
 
     /// DEL and GC (under the state lock): removes the port's MAC spoof

@@ -334,6 +334,33 @@ pub fn recorded() -> Result<Vec<PublishedPorts>, Error> {
     ports_of(&store::ports::read_attachments(&db, &boot_id()).map_err(Error::store)?)
 }
 
+/// One attachment's published ports, as the host's store records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortsOf {
+    pub owner: PortOwner,
+    pub mappings: Vec<PortMapping>,
+}
+
+/// Every attachment's published ports with who publishes them, read-only
+/// (the operator's view; none when there is no store yet).
+pub fn published() -> Result<Vec<PortsOf>, Error> {
+    let db = run_dir().join(DB_FILE);
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    store::ports::read_attachments(&db, &boot_id())
+        .map_err(Error::store)?
+        .iter()
+        .map(|p| {
+            let ports = Installed::parse(p).and_then(|i| i.ports())?;
+            Ok(PortsOf {
+                owner: p.owner.clone(),
+                mappings: ports.mappings,
+            })
+        })
+        .collect()
+}
+
 /// The reconciler's part: if `listing` (of `inet berth`; None when the
 /// table is gone) lacks anything of `all` ([`recorded`]), rebuilds them
 /// all, as an ADD does when it finds the structure gone. Returns what was

@@ -48,10 +48,13 @@ fn open_existing(data_dir: &Path, network: &str) -> Result<Option<SqliteStore>, 
 /// Allocate one address from each range set for `(container_id, ifname)` in a
 /// single transaction and build the IPAM result (`ips` with gateways, config
 /// `routes`, `dns` from `resolvConf`). On any error nothing is allocated.
+/// The store records `netns` (CNI_NETNS) and this boot with the addresses,
+/// so that `berth gc` can tell when the container is gone.
 pub fn add(
     conf: &IpamConfig,
     container_id: &str,
     ifname: &str,
+    netns: Option<&Path>,
     cni_version: &str,
 ) -> Result<CniResult, Error> {
     // Everything that can fail without the store is done first.
@@ -76,7 +79,13 @@ pub fn add(
 
     let mut st = open_store(&conf.data_dir, &conf.name)?;
     let owner = Owner::new(container_id, ifname);
-    let ips = st.allocate(&owner, &requests).map_err(store_error)?;
+    let sandbox = store::Sandbox {
+        netns: netns.map(|p| p.display().to_string()).unwrap_or_default(),
+        boot_id: store::host::boot_id(),
+    };
+    let ips = st
+        .allocate_in(&owner, &requests, Some(&sandbox))
+        .map_err(store_error)?;
 
     let mut out = Vec::with_capacity(ips.len());
     for (set, ip) in conf.range_sets.iter().zip(&ips) {
@@ -185,7 +194,13 @@ pub struct IpamPlugin;
 impl cni::Plugin for IpamPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let conf = IpamConfig::from_request(req)?;
-        add(&conf, &req.container_id, &req.ifname, &req.result_version())
+        add(
+            &conf,
+            &req.container_id,
+            &req.ifname,
+            req.netns.as_deref(),
+            &req.result_version(),
+        )
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {

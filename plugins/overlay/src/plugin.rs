@@ -99,6 +99,7 @@ impl Ipam for NodeIpam<'_> {
             &self.config()?,
             &req.container_id,
             &req.ifname,
+            req.netns.as_deref(),
             &req.result_version(),
         )?;
         Ok(core_addresses(&r))

@@ -1,0 +1,619 @@
+//! The operator's view of what berth holds on this host (`berth status`,
+//! `berth ls containers`, `berth inspect`, `berth ports`): its networks,
+//! their address ranges and how full they are, their attachments with
+//! addresses and published ports, and whether the kernel still has what
+//! the records describe.
+//!
+//! Everything here only reads. No lock is taken, so a plugin in the middle
+//! of an ADD is never held up: the attachments log is read as one file (a
+//! half-written line is skipped), each SQLite store in one read
+//! transaction (WAL readers never block its writer). What cannot be read
+//! is named in [`Inventory::problems`] with its path, and the rest is
+//! still shown.
+//!
+//! Sources: the bridge attachments' records and the port store follow
+//! BERTH_RUN_DIR as the plugins do; berth-ipam's stores are found under
+//! the data dirs given (a config's `dataDir`, by default
+//! /var/lib/berth/networks), one `<network>/ipam.db` each.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use store::{Allocation, Owner, RangeSetUse, Sandbox, StoreReader, DB_FILE};
+
+/// berth-ipam's data dir when a config gives none.
+pub use store::DEFAULT_DATA_DIR;
+
+use crate::attachment::state::{boot_id, State};
+use crate::ports::{self, PortsOf};
+
+/// Where to look for records besides the run dirs.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// berth-ipam data dirs, each holding `<network>/ipam.db`.
+    pub data_dirs: Vec<PathBuf>,
+}
+
+/// Everything berth holds on this host. Field names are the JSON schema
+/// of `berth status -o json` (docs: cli/README.md).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// This boot's ID (records of other boots are stale).
+    #[serde(rename = "bootID")]
+    pub boot_id: String,
+    pub networks: Vec<Network>,
+    /// Records that could not be read, each naming its path and why.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// A bridge with its rules (berth-bridge's, berth-overlay's).
+    Bridge,
+    /// Addresses and ports only: berth-ipam or berth-portmap under a
+    /// plugin that keeps no records of its own (berth-host's modes).
+    Addresses,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    pub name: String,
+    pub kind: NetworkKind,
+    /// The bridge, for a bridge network.
+    pub bridge: Option<String>,
+    /// The subnets its rules cover (masquerade, isolation).
+    pub subnets: Vec<IpNet>,
+    /// The data dir of its address store, if it has one.
+    pub data_dir: Option<PathBuf>,
+    /// How full each of its range sets is.
+    pub ranges: Vec<RangeUse>,
+    pub attachments: Vec<Attachment>,
+    /// How many host ports its attachments publish.
+    pub published_ports: usize,
+    /// Whether the kernel has what the records describe.
+    pub kernel: KernelMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeUse {
+    /// The set's index in the config (None: imported allocations).
+    pub range_set: Option<u32>,
+    /// The set's ranges (None: not yet described by an allocation).
+    pub label: Option<String>,
+    pub used: u64,
+    /// Addresses it may hand out, and of those, how many are free (None
+    /// when not described yet).
+    pub size: Option<u128>,
+    pub free: Option<u128>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub network: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    /// The host end of its veth (bridge networks).
+    pub host_veth: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<Port>,
+    /// False when its host veth is gone from the kernel (what CHECK would
+    /// report).
+    pub in_kernel: bool,
+    /// The network namespace its addresses were allocated for, and the
+    /// boot they were allocated in (None: not recorded).
+    pub netns: Option<String>,
+    #[serde(rename = "bootID")]
+    pub boot_id: Option<String>,
+    /// Whether its container is still there (`berth gc` releases the
+    /// stale ones), and what says so.
+    pub state: Liveness,
+    pub reason: String,
+}
+
+/// Whether an attachment's container is still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Its host veth is there, or its netns is.
+    Live,
+    /// Made in another boot, or its host veth or netns is gone.
+    Stale,
+    /// No record says where it lives (addresses allocated before berth
+    /// recorded netns paths, ports of another IPAM's addresses): never
+    /// released by `berth gc`.
+    Unknown,
+}
+
+impl Liveness {
+    /// Its name in the JSON and the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Liveness::Live => "live",
+            Liveness::Stale => "stale",
+            Liveness::Unknown => "unknown",
+        }
+    }
+}
+
+impl NetworkKind {
+    /// Its name in the JSON and the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkKind::Bridge => "bridge",
+            NetworkKind::Addresses => "addresses",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Port {
+    pub protocol: String,
+    /// None: every address of the container address's family.
+    #[serde(rename = "hostIP")]
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    #[serde(rename = "containerIP")]
+    pub container_ip: IpAddr,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelMatch {
+    pub matches: bool,
+    /// What the records name and the kernel lacks, one line each.
+    pub missing: Vec<String>,
+}
+
+impl Inventory {
+    /// The attachments of every network, in network then container order.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.networks.iter().flat_map(|n| n.attachments.iter())
+    }
+}
+
+/// One network's address store, read.
+struct AddressStore {
+    data_dir: PathBuf,
+    allocations: Vec<Allocation>,
+    ranges: Vec<RangeSetUse>,
+    sandboxes: Vec<(Owner, Sandbox)>,
+}
+
+/// Reads everything berth holds, and checks the kernel of the calling
+/// process's network namespace for it.
+pub fn gather(sources: &Sources) -> Inventory {
+    let mut problems = Vec::new();
+    let state = State::from_env();
+    let stores = address_stores(&sources.data_dirs, &mut problems);
+    let published = ports::published().unwrap_or_else(|e| {
+        problems.push(format!("published ports: {e}"));
+        Vec::new()
+    });
+    let mut by_network: BTreeMap<String, Vec<PortsOf>> = BTreeMap::new();
+    for p in published {
+        by_network
+            .entry(p.owner.network.clone())
+            .or_default()
+            .push(p);
+    }
+
+    let mut networks: BTreeMap<String, Network> = BTreeMap::new();
+    for (name, marker) in state.networks() {
+        let mut n = empty(&name, NetworkKind::Bridge);
+        n.bridge = Some(marker.bridge.clone());
+        n.subnets = marker.subnets.clone();
+        for (host_veth, record) in state.records(&name) {
+            match record {
+                Some(r) => n.attachments.push(Attachment {
+                    network: name.clone(),
+                    container_id: r.container_id,
+                    ifname: r.ifname,
+                    host_veth: Some(host_veth),
+                    addresses: Vec::new(),
+                    ports: Vec::new(),
+                    ..unjudged(&name, "", "")
+                }),
+                None => problems.push(format!(
+                    "network {name:?}: the record of {host_veth} cannot be read"
+                )),
+            }
+        }
+        sort_attachments(&mut n);
+        networks.insert(name, n);
+    }
+    for (name, s) in &stores {
+        let n = networks
+            .entry(name.clone())
+            .or_insert_with(|| empty(name, NetworkKind::Addresses));
+        n.data_dir = Some(s.data_dir.clone());
+        n.ranges = s
+            .ranges
+            .iter()
+            .map(|r| RangeUse {
+                range_set: r.range_set,
+                label: r.label.clone(),
+                used: r.used,
+                size: r.size,
+                free: r.size.map(|s| s.saturating_sub(u128::from(r.used))),
+            })
+            .collect();
+        for a in &s.allocations {
+            attachment(n, &a.owner.container_id, &a.owner.ifname)
+                .addresses
+                .push(a.ip);
+        }
+        for (owner, sb) in &s.sandboxes {
+            // Only owners that still hold addresses (a sandbox row goes
+            // with them, but an older berth-ipam's release left its row).
+            if let Some(a) = find(n, &owner.container_id, &owner.ifname) {
+                a.netns = (!sb.netns.is_empty()).then(|| sb.netns.clone());
+                a.boot_id = (!sb.boot_id.is_empty()).then(|| sb.boot_id.clone());
+            }
+        }
+    }
+    for (name, owners) in by_network {
+        let n = networks
+            .entry(name.clone())
+            .or_insert_with(|| empty(&name, NetworkKind::Addresses));
+        for p in owners {
+            n.published_ports += p.mappings.len();
+            attachment(n, &p.owner.container_id, &p.owner.ifname)
+                .ports
+                .extend(p.mappings.iter().map(|m| Port {
+                    protocol: m.protocol.name().to_string(),
+                    host_ip: m.host_ip,
+                    host_port: m.host_port,
+                    container_ip: m.container_ip,
+                    container_port: m.container_port,
+                }));
+        }
+    }
+    let mut networks: Vec<Network> = networks.into_values().collect();
+    let kernel_checked = check_kernel(&mut networks, &mut problems);
+    let boot = boot_id();
+    for n in &mut networks {
+        for a in &mut n.attachments {
+            a.addresses.sort();
+            a.ports.sort_by_key(|p| (p.host_port, p.protocol.clone()));
+            (a.state, a.reason) = judge(a, &boot, kernel_checked, netns_exists);
+        }
+    }
+    Inventory {
+        boot_id: boot,
+        networks,
+        problems,
+    }
+}
+
+fn sort_attachments(n: &mut Network) {
+    n.attachments
+        .sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+}
+
+fn empty(name: &str, kind: NetworkKind) -> Network {
+    Network {
+        name: name.to_string(),
+        kind,
+        bridge: None,
+        subnets: Vec::new(),
+        data_dir: None,
+        ranges: Vec::new(),
+        attachments: Vec::new(),
+        published_ports: 0,
+        kernel: KernelMatch {
+            matches: true,
+            missing: Vec::new(),
+        },
+    }
+}
+
+/// An attachment with nothing known of it yet.
+fn unjudged(network: &str, container_id: &str, ifname: &str) -> Attachment {
+    Attachment {
+        network: network.to_string(),
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        host_veth: None,
+        addresses: Vec::new(),
+        ports: Vec::new(),
+        in_kernel: true,
+        netns: None,
+        boot_id: None,
+        state: Liveness::Unknown,
+        reason: String::new(),
+    }
+}
+
+/// The network's attachment of (container, ifname), if it has one.
+fn find<'a>(n: &'a mut Network, container_id: &str, ifname: &str) -> Option<&'a mut Attachment> {
+    let at = n.attachments.binary_search_by(|a| {
+        (a.container_id.as_str(), a.ifname.as_str()).cmp(&(container_id, ifname))
+    });
+    at.ok().map(|i| &mut n.attachments[i])
+}
+
+/// Whether the attachment's container is still there, and why berth
+/// thinks so. In order: a boot ID recorded in another boot (after a reboot
+/// everything is stale); the netns path recorded with its addresses; its
+/// host veth, when the kernel was asked (a veth pair goes with the netns
+/// its container end is in). The netns comes before the veth: a veth
+/// deleted by hand while its container lives does not make the container
+/// gone, and an ADD in progress has its netns before its veth.
+fn judge(
+    a: &Attachment,
+    boot: &str,
+    kernel_checked: bool,
+    netns_exists: impl Fn(&str) -> bool,
+) -> (Liveness, String) {
+    if let Some(b) = &a.boot_id {
+        if !boot.is_empty() && b != boot {
+            return (
+                Liveness::Stale,
+                format!("its addresses were allocated in boot {b}, before this one ({boot})"),
+            );
+        }
+    }
+    if let Some(ns) = &a.netns {
+        return if netns_exists(ns) {
+            (Liveness::Live, format!("its netns {ns} is there"))
+        } else {
+            (Liveness::Stale, format!("its netns {ns} no longer exists"))
+        };
+    }
+    match (&a.host_veth, kernel_checked) {
+        (Some(veth), true) if a.in_kernel => {
+            (Liveness::Live, format!("its host veth {veth} is there"))
+        }
+        (Some(veth), true) => (
+            Liveness::Stale,
+            format!("its host veth {veth} is gone, with its netns"),
+        ),
+        _ => (
+            Liveness::Unknown,
+            "no record says which netns it is in".to_string(),
+        ),
+    }
+}
+
+/// Whether `path` is a network namespace (a runtime's bind mount of one,
+/// or a process's /proc/PID/ns/net): nsfs. A path left behind after its
+/// namespace was unmounted is an ordinary file and does not count.
+fn netns_exists(path: &str) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// The network's attachment of (container, ifname), added if new. The
+/// attachments are kept sorted by (container, ifname) so that this is a
+/// binary search (1000 attachments with addresses and ports to merge).
+fn attachment<'a>(n: &'a mut Network, container_id: &str, ifname: &str) -> &'a mut Attachment {
+    let at = n.attachments.binary_search_by(|a| {
+        (a.container_id.as_str(), a.ifname.as_str()).cmp(&(container_id, ifname))
+    });
+    let i = match at {
+        Ok(i) => i,
+        Err(i) => {
+            n.attachments
+                .insert(i, unjudged(&n.name, container_id, ifname));
+            i
+        }
+    };
+    &mut n.attachments[i]
+}
+
+/// Every `<dir>/<network>/ipam.db` under the data dirs, by network. A
+/// network found in two data dirs is shown from the first, and the second
+/// named as a problem.
+fn address_stores(dirs: &[PathBuf], problems: &mut Vec<String>) -> BTreeMap<String, AddressStore> {
+    let mut out: BTreeMap<String, AddressStore> = BTreeMap::new();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                problems.push(format!("data dir {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join(DB_FILE).is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            let db = dir.join(&name).join(DB_FILE);
+            if let Some(first) = out.get(&name) {
+                problems.push(format!(
+                    "network {name:?} has address stores in {} and {}: showing the first",
+                    first.data_dir.display(),
+                    dir.display()
+                ));
+                continue;
+            }
+            match read_store(&db) {
+                Ok(Some((allocations, ranges, sandboxes))) => {
+                    out.insert(
+                        name,
+                        AddressStore {
+                            data_dir: dir.clone(),
+                            allocations,
+                            ranges,
+                            sandboxes,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(format!("{}: {e}", db.display())),
+            }
+        }
+    }
+    out
+}
+
+type StoreContents = (Vec<Allocation>, Vec<RangeSetUse>, Vec<(Owner, Sandbox)>);
+
+/// The store's contents (None: no store there yet); the error as text
+/// for [`Inventory::problems`].
+fn read_store(db: &Path) -> Result<Option<StoreContents>, String> {
+    let text = |e: store::Error| e.to_string();
+    let Some(r) = StoreReader::open(db).map_err(text)? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        r.allocations().map_err(text)?,
+        r.range_sets().map_err(text)?,
+        r.sandboxes().map_err(text)?,
+    )))
+}
+
+/// Marks what the kernel lacks: a bridge network's bridge, an
+/// attachment's host veth. False if the kernel could not be asked.
+fn check_kernel(networks: &mut [Network], problems: &mut Vec<String>) -> bool {
+    // One dump of the links rather than a request per name: with 1000
+    // attachments that is the difference between a few and some tens of
+    // milliseconds.
+    let links = berth_kernel::Handle::new().and_then(|mut h| h.links());
+    let present: std::collections::HashSet<String> = match links {
+        Ok(links) => links.into_iter().map(|l| l.name).collect(),
+        Err(e) => {
+            problems.push(format!("the kernel cannot be asked (netlink): {e}"));
+            for n in networks.iter_mut() {
+                n.kernel.matches = false;
+                n.kernel.missing.push("not checked: no netlink".into());
+            }
+            return false;
+        }
+    };
+    for n in networks.iter_mut() {
+        if let Some(br) = &n.bridge {
+            if !present.contains(br) {
+                n.kernel.missing.push(format!("bridge {br}"));
+            }
+        }
+        for a in &mut n.attachments {
+            let Some(veth) = &a.host_veth else { continue };
+            if !present.contains(veth) {
+                a.in_kernel = false;
+                n.kernel.missing.push(format!(
+                    "host veth {veth} of container {} ({})",
+                    a.container_id, a.ifname
+                ));
+            }
+        }
+        n.kernel.matches = n.kernel.missing.is_empty();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_merge_by_container_and_ifname() {
+        let mut n = empty("n", NetworkKind::Addresses);
+        attachment(&mut n, "c1", "eth0")
+            .addresses
+            .push("10.0.0.2".parse().unwrap());
+        attachment(&mut n, "c1", "eth1");
+        attachment(&mut n, "c1", "eth0")
+            .addresses
+            .push("fd00::2".parse().unwrap());
+        attachment(&mut n, "a0", "eth0");
+        assert_eq!(n.attachments.len(), 3);
+        assert_eq!(n.attachments[0].container_id, "a0");
+        assert_eq!(n.attachments[1].addresses.len(), 2);
+        assert_eq!(n.attachments[1].network, "n");
+        assert_eq!(n.attachments[2].ifname, "eth1");
+    }
+
+    #[test]
+    fn the_json_schema_uses_cni_names() {
+        let a = Attachment {
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            host_veth: Some("bv1".into()),
+            addresses: vec!["10.0.0.2".parse().unwrap()],
+            ports: vec![Port {
+                protocol: "tcp".into(),
+                host_ip: None,
+                host_port: 8080,
+                container_ip: "10.0.0.2".parse().unwrap(),
+                container_port: 80,
+            }],
+            in_kernel: true,
+            ..unjudged("n", "c", "eth0")
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["containerID"], "c");
+        assert_eq!(v["hostVeth"], "bv1");
+        assert_eq!(v["ports"][0]["hostPort"], 8080);
+        assert_eq!(v["ports"][0]["containerIP"], "10.0.0.2");
+        assert!(v["ports"][0]["hostIP"].is_null());
+        assert_eq!(v["inKernel"], true);
+        assert_eq!(v["state"], "unknown");
+        assert!(v["bootID"].is_null());
+    }
+
+    #[test]
+    fn staleness_goes_by_boot_then_netns_then_host_veth() {
+        let alive = |p: &str| p == "/run/netns/alive";
+        let judged = |a: &Attachment, checked| judge(a, "this-boot", checked, alive).0;
+        let mut a = unjudged("n", "c", "eth0");
+        assert_eq!(judged(&a, true), Liveness::Unknown);
+        // Without a netns recorded, the host veth decides, when the
+        // kernel said.
+        a.host_veth = Some("bv1".into());
+        a.in_kernel = false;
+        assert_eq!(judged(&a, true), Liveness::Stale);
+        assert_eq!(judged(&a, false), Liveness::Unknown);
+        a.in_kernel = true;
+        assert_eq!(judged(&a, true), Liveness::Live);
+        // A recorded netns decides over the veth.
+        a.netns = Some("/run/netns/gone".into());
+        assert_eq!(judged(&a, true), Liveness::Stale);
+        a.in_kernel = false;
+        a.netns = Some("/run/netns/alive".into());
+        assert_eq!(judged(&a, true), Liveness::Live);
+        // Another boot's allocation is stale whatever else says.
+        a.boot_id = Some("other-boot".into());
+        let (l, why) = judge(&a, "this-boot", true, alive);
+        assert_eq!(l, Liveness::Stale);
+        assert!(
+            why.contains("other-boot") && why.contains("this-boot"),
+            "{why}"
+        );
+        a.boot_id = Some("this-boot".into());
+        assert_eq!(judged(&a, true), Liveness::Live);
+    }
+
+    #[test]
+    fn names_are_the_json_names() {
+        for l in [Liveness::Live, Liveness::Stale, Liveness::Unknown] {
+            assert_eq!(serde_json::to_value(l).unwrap(), l.name());
+        }
+        for k in [NetworkKind::Bridge, NetworkKind::Addresses] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
+
+    #[test]
+    fn a_netns_is_nsfs_not_a_path() {
+        assert!(netns_exists("/proc/self/ns/net"));
+        assert!(!netns_exists("/proc/self/status"));
+        assert!(!netns_exists("/nonexistent/netns"));
+    }
+}
