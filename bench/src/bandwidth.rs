@@ -127,23 +127,6 @@ impl Chain {
     }
 }
 
-/// `ip ARGS` in the bench's own namespace (`-n NS` reaches the others).
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("run ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 fn ns_name(tag: &str) -> String {
     format!("bbw-{}-{}-{tag}", std::process::id(), sys::next_id())
 }
@@ -185,33 +168,17 @@ impl Host {
             fillers: Vec::new(),
             resident: None,
         };
-        let (h, o) = (host.ns.name(), host.outside.name());
-        ip(&["-n", h, "link", "set", "lo", "up"])?;
-        ip(&["-n", o, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", h, "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", o,
-        ])?;
-        ip(&[
-            "-n",
-            h,
-            "addr",
-            "add",
-            &format!("{LINK_HOST}/24"),
-            "dev",
+        sys::join(
+            &host.ns,
             UPLINK,
-        ])?;
-        ip(&["-n", h, "link", "set", UPLINK, "up"])?;
-        ip(&[
-            "-n",
-            o,
-            "addr",
-            "add",
-            &format!("{LINK_OUTSIDE}/24"),
-            "dev",
+            &format!("{LINK_HOST}/24"),
+            &host.outside,
             "eth0",
-        ])?;
-        ip(&["-n", o, "link", "set", "eth0", "up"])?;
-        ip(&["-n", o, "route", "add", SUBNET, "via", LINK_HOST])?;
+            &format!("{LINK_OUTSIDE}/24"),
+        )?;
+        // The outside reaches the containers through the host.
+        sys::handle_in(&host.outside)?
+            .add_route(&berth_kernel::Route::new(SUBNET.parse()?).via(LINK_HOST.parse()?))?;
         // Forwarding in the host namespace is the bridge plugins' to turn
         // on (isGateway), as on a real host.
         Ok(host)
@@ -637,7 +604,7 @@ fn rates(hosts: &[Host; 2], secs: u64) -> Result<Vec<RateRow>> {
         let mut pair = Vec::new();
         for (i, (ingress, egress)) in PROBE_LIMITS.into_iter().enumerate() {
             let ns = Netns::new(ns_name("r"))?;
-            ip(&["-n", ns.name(), "link", "set", "lo", "up"])?;
+            sys::lo_up(&ns)?;
             let (attachment, _) = h.add(&format!("rate{i}"), &ns, ingress, egress)?;
             pair.push(Probe { ns, attachment });
         }

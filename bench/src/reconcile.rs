@@ -222,30 +222,15 @@ fn flush(host: &Netns) -> Result<()> {
 
 /// The host and outside namespaces, joined by a veth.
 fn link(host: &Netns, outside: &Netns) -> Result<()> {
-    let mut h = sys::handle_in(host)?;
-    let mut o = sys::handle_in(outside)?;
-    for handle in [&mut h, &mut o] {
-        let lo = handle.link_by_name("lo")?.context("no lo")?;
-        handle.set_up(lo.index)?;
-    }
-    let outside_fd = berth_kernel::Netns::open(Path::new(&outside.path))?;
-    h.add_veth(
+    sys::join(
+        host,
         UPLINK,
+        &format!("{HOST_ADDR}/24"),
+        outside,
         UPLINK,
-        &outside_fd,
-        &berth_kernel::VethOptions::default(),
+        &format!("{OUTSIDE_ADDR}/24"),
     )
-    .context("veth between the bench's host and outside namespaces")?;
-    for (handle, addr) in [(&mut h, HOST_ADDR), (&mut o, OUTSIDE_ADDR)] {
-        let l = handle.link_by_name(UPLINK)?.context("veth vanished")?;
-        handle.add_address(
-            l.index,
-            format!("{addr}/24").parse()?,
-            &berth_kernel::AddressOptions::default(),
-        )?;
-        handle.set_up(l.index)?;
-    }
-    Ok(())
+    .context("veth between the bench's host and outside namespaces")
 }
 
 /// The service in container 0: accepts on port 80 and answers one byte.

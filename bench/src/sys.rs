@@ -96,6 +96,45 @@ impl Drop for Netns {
     }
 }
 
+/// Brings up `lo` inside `ns` (a fresh netns has it down).
+pub fn lo_up(ns: &Netns) -> Result<()> {
+    let mut h = handle_in(ns)?;
+    let lo = h.link_by_name("lo")?.context("no lo")?;
+    h.set_up(lo.index)?;
+    Ok(())
+}
+
+/// Joins two namespaces by a veth (`a_if` in `a`, `b_if` in `b`) with an
+/// address on each end, both ends and both `lo`s up: the bench's
+/// underlays and "outside" links.
+pub fn join(
+    a: &Netns,
+    a_if: &str,
+    a_addr: &str,
+    b: &Netns,
+    b_if: &str,
+    b_addr: &str,
+) -> Result<()> {
+    lo_up(a)?;
+    lo_up(b)?;
+    let mut ha = handle_in(a)?;
+    let mut hb = handle_in(b)?;
+    let b_fd = berth_kernel::Netns::open(Path::new(&b.path))
+        .with_context(|| format!("open {}", b.path))?;
+    ha.add_veth(a_if, b_if, &b_fd, &berth_kernel::VethOptions::default())
+        .with_context(|| format!("veth {a_if} in {} to {b_if} in {}", a.name(), b.name()))?;
+    for (h, name, addr) in [(&mut ha, a_if, a_addr), (&mut hb, b_if, b_addr)] {
+        let l = h.link_by_name(name)?.context("veth vanished")?;
+        h.add_address(
+            l.index,
+            addr.parse().with_context(|| format!("address {addr}"))?,
+            &berth_kernel::AddressOptions::default(),
+        )?;
+        h.set_up(l.index)?;
+    }
+    Ok(())
+}
+
 /// Deletes a host link by name on drop (bridges the plugins created).
 #[derive(Debug)]
 pub struct LinkGuard(pub String);

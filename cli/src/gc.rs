@@ -64,10 +64,7 @@ fn look(args: &GcArgs) -> anyhow::Result<Inventory> {
 pub fn run(args: &GcArgs) -> anyhow::Result<()> {
     let first_look = Instant::now();
     let inv = look(args)?;
-    let stale: Vec<&Attachment> = inv
-        .attachments()
-        .filter(|a| a.state == Liveness::Stale)
-        .collect();
+    let stale: Vec<&Attachment> = inv.releasable().collect();
     let unknown = inv
         .attachments()
         .filter(|a| a.state == Liveness::Unknown)

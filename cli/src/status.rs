@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use berth_network::docker_records;
 use berth_network::inventory::{self, Attachment, Inventory, Network, Sources};
 use serde::Serialize;
 use tabwriter::TabWriter;
@@ -34,6 +35,10 @@ pub struct Common {
     /// do.
     #[arg(long = "data-dir", value_name = "dir", default_value = inventory::DEFAULT_DATA_DIR)]
     pub data_dirs: Vec<PathBuf>,
+    /// berthd's state dir (its config's `state`), for the engine's
+    /// networks and endpoints.
+    #[arg(long = "engine-state", value_name = "dir", default_value = docker_records::DEFAULT_STATE_DIR)]
+    pub engine_state: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +80,7 @@ pub struct PortsArgs {
 pub(crate) fn gather(c: &Common) -> Inventory {
     inventory::gather(&Sources {
         data_dirs: c.data_dirs.clone(),
+        engine_state: Some(c.engine_state.clone()),
     })
 }
 
@@ -169,9 +175,13 @@ fn status_table(networks: &[Network]) -> anyhow::Result<()> {
         } else {
             format!("missing: {}", n.kernel.missing.join("; "))
         };
+        let kind = match n.docker_network_id {
+            Some(_) => format!("{} (berthd)", n.kind.name()),
+            None => n.kind.name().to_string(),
+        };
         rows.push(vec![
             n.name.clone(),
-            n.kind.name().to_string(),
+            kind,
             n.bridge.clone().unwrap_or_else(|| "-".into()),
             list(&n.subnets),
             list(&ranges),

@@ -153,21 +153,8 @@ pub fn overlay_conf(
     Ok(c)
 }
 
-/// `conf` as berthd may write it to its state: without a password (the
-/// agent gets it from berthd's config again, see [`with_secrets`]).
-pub fn without_secrets(conf: &Value) -> Value {
-    let mut c = conf.clone();
-    if let Some(etcd) = c
-        .get_mut("store")
-        .and_then(|s| s.get_mut("etcd"))
-        .and_then(Value::as_object_mut)
-    {
-        etcd.remove("password");
-    }
-    c
-}
-
-/// A network's config read back from berthd's state, with the password of
+/// A network's config read back from berthd's state (written
+/// without its password), with the password of
 /// berthd's config (`defaults`) for the user it names, as it was made.
 pub fn with_secrets(conf: &Value, defaults: &Value) -> Value {
     let mut c = conf.clone();
@@ -187,16 +174,6 @@ pub fn with_secrets(conf: &Value, defaults: &Value) -> Value {
         }
     }
     c
-}
-
-/// serde's `serialize_with` for a network's overlay config in berthd's
-/// state: [`without_secrets`].
-pub fn serialize_without_secrets<S: serde::Serializer>(
-    conf: &Option<Value>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::Serialize;
-    conf.as_ref().map(without_secrets).serialize(s)
 }
 
 /// A running agent: its stop flag and its thread.
@@ -359,7 +336,7 @@ mod tests {
     fn the_password_stays_out_of_the_state_and_comes_back() {
         let defaults = json!({"store": {"etcd": {"username": "cfg", "password": "pw"}}});
         let conf = json!({"store": {"etcd": {"endpoints": ["https://a:1"], "username": "cfg", "password": "pw"}}});
-        let kept = without_secrets(&conf);
+        let kept = berth_network::docker_records::without_secrets(&conf);
         assert!(!kept.to_string().contains("pw\""), "{kept}");
         assert_eq!(with_secrets(&kept, &defaults), conf);
         // Another user's config gets none of it.

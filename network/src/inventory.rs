@@ -28,6 +28,7 @@ use store::{Allocation, Owner, RangeSetUse, Sandbox, StoreReader, DB_FILE};
 pub use store::DEFAULT_DATA_DIR;
 
 use crate::attachment::state::{boot_id, State};
+use crate::docker_records::{Records, DOCKER_IFNAME};
 use crate::ports::{self, PortsOf};
 
 /// Where to look for records besides the run dirs.
@@ -35,6 +36,9 @@ use crate::ports::{self, PortsOf};
 pub struct Sources {
     /// berth-ipam data dirs, each holding `<network>/ipam.db`.
     pub data_dirs: Vec<PathBuf>,
+    /// berthd's state dir, holding its records of the engine's networks
+    /// and endpoints and its IPAM's pools.
+    pub engine_state: Option<PathBuf>,
 }
 
 /// Everything berth holds on this host. Field names are the JSON schema
@@ -65,6 +69,10 @@ pub enum NetworkKind {
 pub struct Network {
     pub name: String,
     pub kind: NetworkKind,
+    /// The engine's network ID, for a network of berthd's (whose
+    /// endpoints the engine deletes, not `berth gc`).
+    #[serde(rename = "dockerNetworkID")]
+    pub docker_network_id: Option<String>,
     /// The bridge, for a bridge network.
     pub bridge: Option<String>,
     /// The subnets its rules cover (masquerade, isolation).
@@ -180,6 +188,17 @@ impl Inventory {
     pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
         self.networks.iter().flat_map(|n| n.attachments.iter())
     }
+
+    /// The stale attachments `berth gc` may release: those of the CNI
+    /// plugins' networks. berthd's endpoints are the engine's to delete
+    /// (it sends DeleteEndpoint for each when it cleans up a sandbox).
+    pub fn releasable(&self) -> impl Iterator<Item = &Attachment> {
+        self.networks
+            .iter()
+            .filter(|n| n.docker_network_id.is_none())
+            .flat_map(|n| n.attachments.iter())
+            .filter(|a| a.state == Liveness::Stale)
+    }
 }
 
 /// One network's address store, read.
@@ -232,22 +251,15 @@ pub fn gather(sources: &Sources) -> Inventory {
         sort_attachments(&mut n);
         networks.insert(name, n);
     }
+    if let Some(dir) = &sources.engine_state {
+        engine_networks(&Records::new(dir), &mut networks, &mut problems);
+    }
     for (name, s) in &stores {
         let n = networks
             .entry(name.clone())
             .or_insert_with(|| empty(name, NetworkKind::Addresses));
         n.data_dir = Some(s.data_dir.clone());
-        n.ranges = s
-            .ranges
-            .iter()
-            .map(|r| RangeUse {
-                range_set: r.range_set,
-                label: r.label.clone(),
-                used: r.used,
-                size: r.size,
-                free: r.size.map(|s| s.saturating_sub(u128::from(r.used))),
-            })
-            .collect();
+        n.ranges = range_uses(&s.ranges);
         for a in &s.allocations {
             attachment(n, &a.owner.container_id, &a.owner.ifname)
                 .addresses
@@ -296,6 +308,95 @@ pub fn gather(sources: &Sources) -> Inventory {
     }
 }
 
+fn range_uses(ranges: &[RangeSetUse]) -> Vec<RangeUse> {
+    ranges
+        .iter()
+        .map(|r| RangeUse {
+            range_set: r.range_set,
+            label: r.label.clone(),
+            used: r.used,
+            size: r.size,
+            free: r.size.map(|s| s.saturating_sub(u128::from(r.used))),
+        })
+        .collect()
+}
+
+/// berthd's networks (named as their rules are, `docker-<short id>`, so
+/// that their published ports join them) with their endpoints as
+/// attachments: container ID the engine's endpoint ID, ifname `docker`,
+/// netns the SandboxKey Join gave. Each network's ranges are those of the
+/// pools of berthd's IPAM its gateways are in.
+fn engine_networks(
+    records: &Records,
+    networks: &mut BTreeMap<String, Network>,
+    problems: &mut Vec<String>,
+) {
+    let pools = address_stores(&[records.ipam_dir()], problems);
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for r in records.networks() {
+        let d = match r {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("berthd's network record {e}"));
+                continue;
+            }
+        };
+        let name = d.rules_name();
+        let n = networks
+            .entry(name.clone())
+            .or_insert_with(|| empty(&name, NetworkKind::Bridge));
+        n.kind = NetworkKind::Bridge;
+        n.bridge = Some(d.bridge.clone());
+        if n.subnets.is_empty() {
+            n.subnets = d.gateways.iter().map(IpNet::trunc).collect();
+        }
+        n.docker_network_id = Some(d.id.clone());
+        // One pool per address family, each a store of its own.
+        let in_network = |p: &&AddressStore| {
+            p.ranges.iter().any(|r| {
+                r.label
+                    .as_deref()
+                    .and_then(|l| l.parse::<IpNet>().ok())
+                    .is_some_and(|net| d.gateways.iter().any(|g| net.contains(&g.addr())))
+            })
+        };
+        for p in pools.values().filter(in_network) {
+            n.data_dir.get_or_insert_with(|| p.data_dir.clone());
+            n.ranges.extend(range_uses(&p.ranges));
+        }
+        names.insert(d.id, name);
+    }
+    for r in records.endpoints() {
+        let ep = match r {
+            Ok(ep) => ep,
+            Err(e) => {
+                problems.push(format!("berthd's endpoint record {e}"));
+                continue;
+            }
+        };
+        let Some(n) = names
+            .get(&ep.network)
+            .and_then(|name| networks.get_mut(name))
+        else {
+            problems.push(format!(
+                "berthd's endpoint {} names network {}, which berthd has no record of",
+                ep.id, ep.network
+            ));
+            continue;
+        };
+        let a = attachment(n, &ep.id, DOCKER_IFNAME);
+        a.addresses = ep
+            .addresses
+            .iter()
+            .filter_map(|s| s.parse::<IpNet>().ok())
+            .map(|net| net.addr())
+            .collect();
+        // The veth is made at Join: before it, nothing is in the kernel.
+        a.host_veth = ep.sandbox_key.is_some().then(|| ep.host_veth.clone());
+        a.netns = ep.sandbox_key;
+    }
+}
+
 fn sort_attachments(n: &mut Network) {
     n.attachments
         .sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
@@ -305,6 +406,7 @@ fn empty(name: &str, kind: NetworkKind) -> Network {
     Network {
         name: name.to_string(),
         kind,
+        docker_network_id: None,
         bridge: None,
         subnets: Vec::new(),
         data_dir: None,

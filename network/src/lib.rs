@@ -26,6 +26,8 @@
 //!   gone (`berth gc`);
 //! - [`bandwidth`]: rate limits on a container's link (tbf, htb and an
 //!   ifb on the host side);
+//! - [`docker_records`]: berthd's records of the engine's networks and
+//!   endpoints, which berthd writes and `berth status` reads;
 //! - [`names`]: the names berth gives them (the kernel layer knows none).
 //!
 //! The bridge, port and gateway are typed specs with a pure `validate` and
@@ -39,6 +41,7 @@ pub mod attachment;
 pub mod bandwidth;
 pub mod bridge;
 pub mod container;
+pub mod docker_records;
 pub mod firewall;
 pub mod gateway;
 pub mod inventory;

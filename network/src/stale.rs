@@ -24,11 +24,16 @@ pub struct Released {
 }
 
 /// Releases every stale attachment of `inv` that `pick` picks (the
-/// caller's `--network`). Each network's part is tried whatever an earlier
-/// one gave.
+/// caller's `--network`), of the CNI plugins' networks (berthd's endpoints
+/// are the engine's to delete). Each network's part is tried whatever an
+/// earlier one gave.
 pub fn release(inv: &Inventory, pick: impl Fn(&Attachment) -> bool) -> Released {
     let mut out = Released::default();
-    for n in &inv.networks {
+    for n in inv
+        .networks
+        .iter()
+        .filter(|n| n.docker_network_id.is_none())
+    {
         let stale: Vec<&Attachment> = n
             .attachments
             .iter()

@@ -246,6 +246,23 @@ impl Daemons {
         ])
     }
 
+    /// `berth status -o json` on the test's run dir and berthd's state
+    /// (no berth-ipam data dir: only berthd's networks and this test's).
+    fn berth_status(&self) -> Value {
+        let out = Command::new(bin("berth"))
+            .env("BERTH_RUN_DIR", self.dir.path().join("run"))
+            .args(["status", "-o", "json", "--engine-state"])
+            .arg(self.dir.path().join("state"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("no-data-dir"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "berth status: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["problems"], serde_json::json!([]), "{v:#}");
+        v
+    }
+
     fn status(&self, vol: &str) -> Value {
         let out = self.ok(&["volume", "inspect", vol]);
         let v: Value = serde_json::from_str(&out).unwrap();
@@ -606,6 +623,77 @@ fn docker_engine_uses_berthd_networks() {
             .is_ok_and(|a| a.contains("from-a-berth-network")),
         "127.0.0.1:{port}: {answer:?}"
     );
+    // `berth status` shows the network, its three endpoints with the
+    // engine's addresses, their netns, and the published port.
+    let shown = d.berth_status();
+    let n = shown["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == rules.as_str())
+        .unwrap_or_else(|| panic!("no network {rules} in {shown:#}"))
+        .clone();
+    assert_eq!(n["dockerNetworkID"], id.as_str(), "{n:#}");
+    assert_eq!(n["kind"], "bridge");
+    assert_eq!(n["bridge"], bridge.as_str());
+    assert_eq!(n["kernel"]["matches"], true, "{n:#}");
+    assert_eq!(n["publishedPorts"], 1, "{n:#}");
+    let attachments = n["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 3, "{n:#}");
+    for c in ["na", "nb", "web"] {
+        let ep = net_addr(&d, c, &net, "EndpointID");
+        let a = attachments
+            .iter()
+            .find(|a| a["containerID"] == ep.as_str())
+            .unwrap_or_else(|| panic!("no endpoint {ep} of {c} in {n:#}"));
+        assert_eq!(a["state"], "live", "{a:#}");
+        assert_eq!(a["inKernel"], true, "{a:#}");
+        let sandbox = d.ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", c]);
+        assert_eq!(a["netns"], sandbox.as_str(), "{a:#}");
+        let mut want = vec![
+            net_addr(&d, c, &net, "IPAddress"),
+            net_addr(&d, c, &net, "GlobalIPv6Address"),
+        ];
+        want.sort();
+        let mut got: Vec<String> = a["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{a:#}");
+        let ports = a["ports"].as_array().unwrap();
+        if c == "web" {
+            assert_eq!(ports.len(), 1, "{a:#}");
+            assert_eq!(ports[0]["hostPort"], port);
+            assert_eq!(ports[0]["containerPort"], 80);
+            assert_eq!(ports[0]["hostIP"], "127.0.0.1");
+        } else {
+            assert!(ports.is_empty(), "{a:#}");
+        }
+    }
+    // berthd's IPAM: one pool per family, each holding the gateway and
+    // the three endpoints' addresses.
+    let ranges = n["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 2, "{n:#}");
+    for r in ranges {
+        assert_eq!(r["used"], 4, "{r:#}");
+        assert!(r["size"].as_u64().is_some_and(|s| s > 4), "{r:#}");
+    }
+    // `berth gc` leaves berthd's endpoints to the engine.
+    let gc = Command::new(bin("berth"))
+        .env("BERTH_RUN_DIR", d.dir.path().join("run"))
+        .args(["gc", "--dry-run", "-o", "json", "--engine-state"])
+        .arg(d.dir.path().join("state"))
+        .arg("--data-dir")
+        .arg(d.dir.path().join("no-data-dir"))
+        .output()
+        .unwrap();
+    assert!(gc.status.success(), "berth gc: {}", text(&gc));
+    let gc: Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(gc["stale"], serde_json::json!([]), "{gc:#}");
+
     // Taken away behind berth's back (only this test's objects: the host's
     // ruleset is shared), the port's map element and the network's rules
     // are put back by berthd's reconciler within a second.
@@ -656,6 +744,16 @@ fn docker_engine_uses_berthd_networks() {
         "127.0.0.1:{port} after the repair: {answer:?}"
     );
     d.ok(&["rm", "-f", "web"]);
+    let shown = d.berth_status();
+    let n = shown["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == rules.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(n["attachments"].as_array().unwrap().len(), 2, "{n:#}");
+    assert_eq!(n["publishedPorts"], 0, "{n:#}");
     assert!(
         http_get(port, Duration::ZERO).is_err(),
         "port {port} still answers after the container went"

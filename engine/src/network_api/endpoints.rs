@@ -5,17 +5,19 @@ use berth_kernel::{Handle, Netns};
 use berth_network::port::PortSpec;
 use serde_json::json;
 
-use super::requests::{CreateEndpointReq, IdReq};
+use super::requests::{CreateEndpointReq, IdReq, JoinReq};
 use super::{fail, kernel, parse, short, Answer, Endpoint, Network, Networks};
 
 impl Networks {
     pub(super) fn endpoint_of(&self, network: &str, endpoint: &str) -> Endpoint {
         let (host_veth, peer) = berth_network::names::docker_endpoint_veths(endpoint);
         Endpoint {
+            id: endpoint.to_string(),
             network: network.to_string(),
             host_veth,
             peer,
             addresses: Vec::new(),
+            sandbox_key: None,
         }
     }
 
@@ -39,18 +41,24 @@ impl Networks {
     }
 
     pub(super) fn join(&self, body: &[u8]) -> Result<Answer, Answer> {
-        let req: IdReq = parse(body)?;
+        let req: JoinReq = parse(body)?;
         let n: Network = Self::read(&self.net_path(&req.network_id))
             .ok_or_else(|| fail(format!("unknown network {}", short(&req.network_id))))?;
         if req.endpoint_id.is_empty() {
             return Err(fail("request has no EndpointID"));
         }
-        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id)).ok_or_else(|| {
+        let mut ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id)).ok_or_else(|| {
             fail(format!(
                 "unknown endpoint {} (Join before CreateEndpoint)",
                 short(&req.endpoint_id)
             ))
         })?;
+        // Which netns the endpoint lives in, for `berth status` to tell a
+        // live endpoint from one whose container is gone.
+        if !req.sandbox_key.is_empty() && ep.sandbox_key.as_deref() != Some(&req.sandbox_key) {
+            ep.sandbox_key = Some(req.sandbox_key.clone());
+            Self::write(&self.ep_path(&req.endpoint_id), &ep)?;
+        }
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         let port = PortSpec {
             mtu: n.mtu,

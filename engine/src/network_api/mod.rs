@@ -13,7 +13,9 @@
 //! The engine never re-sends CreateNetwork after a restart, so every
 //! network and endpoint is recorded (`<state>/networks/<id>.json`,
 //! `<state>/endpoints/<id>.json`, written durably) before its kernel
-//! objects exist and forgotten after they are gone.
+//! objects exist and forgotten after they are gone. The records' types
+//! are the core's (`berth_network::docker_records`): `berth status`
+//! reads the same files.
 //!
 //! The protocol's JSON types are in `requests`; networks (bridge and
 //! overlay), endpoints and published ports each have a module of
@@ -28,12 +30,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ipam_api::Ipam;
 use crate::overlay_net;
+use berth_network::docker_records::{
+    DockerEndpoint as Endpoint, DockerNetwork as Network, Records,
+};
 
 pub type Answer = (u16, Value);
 
@@ -41,54 +45,12 @@ fn fail(msg: impl std::fmt::Display) -> Answer {
     (500, json!({"Err": msg.to_string()}))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Network {
-    id: String,
-    bridge: String,
-    mtu: Option<u32>,
-    masquerade: bool,
-    isolation: bool,
-    /// `docker network create --internal`: no traffic to or from outside.
-    #[serde(default)]
-    internal: bool,
-    /// "ip/len" gateways, from the engine's IPv4Data/IPv6Data (overlay:
-    /// the node subnet's first address).
-    gateways: Vec<IpNet>,
-    /// mode=overlay: the berth-overlay config object (written without
-    /// its password).
-    #[serde(default, serialize_with = "overlay_net::serialize_without_secrets")]
-    overlay: Option<Value>,
-    /// `-o multicast_snooping=true`: the kernel's (and Docker's bridge
-    /// driver's) default; berth's bridges have it off.
-    #[serde(default)]
-    multicast_snooping: bool,
-}
-
-impl Network {
-    /// The name the network's rules carry in `inet berth`.
-    fn rules_name(&self) -> String {
-        format!("docker-{}", short(&self.id))
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Endpoint {
-    network: String,
-    host_veth: String,
-    peer: String,
-    /// The engine's addresses for it (CreateEndpoint's Interface).
-    #[serde(default)]
-    addresses: Vec<String>,
-}
-
 fn short(id: &str) -> String {
     berth_network::names::docker_short_id(id)
 }
 
 pub struct Networks {
-    dir: PathBuf,
+    records: Records,
     ops: Mutex<()>,
     /// Overlay networks' addresses come from the node's subnet of their pool.
     ipam: Arc<Ipam>,
@@ -123,7 +85,7 @@ fn flag(opts: &BTreeMap<String, String>, key: &str, default: bool) -> Result<boo
 impl Networks {
     pub fn new(state: &Path, ipam: Arc<Ipam>, overlay_defaults: Value) -> Networks {
         Networks {
-            dir: state.to_path_buf(),
+            records: Records::new(state),
             ops: Mutex::new(()),
             ipam,
             overlay_defaults,
@@ -151,15 +113,11 @@ impl Networks {
     }
 
     fn net_path(&self, id: &str) -> PathBuf {
-        self.dir
-            .join("networks")
-            .join(format!("{}.json", short(id)))
+        self.records.network_path(id)
     }
 
     fn ep_path(&self, id: &str) -> PathBuf {
-        self.dir
-            .join("endpoints")
-            .join(format!("{}.json", short(id)))
+        self.records.endpoint_path(id)
     }
 
     fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -175,10 +133,7 @@ impl Networks {
     }
 
     fn networks(&self) -> Vec<Network> {
-        let Ok(rd) = std::fs::read_dir(self.dir.join("networks")) else {
-            return Vec::new();
-        };
-        rd.flatten().filter_map(|e| Self::read(&e.path())).collect()
+        self.records.networks().into_iter().flatten().collect()
     }
 
     pub fn handle(&self, method: &str, body: &[u8]) -> Option<Answer> {

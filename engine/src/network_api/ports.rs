@@ -19,7 +19,7 @@ impl Networks {
         PortOwner {
             network: network.rules_name(),
             container_id: endpoint.to_string(),
-            ifname: "docker".into(),
+            ifname: berth_network::docker_records::DOCKER_IFNAME.into(),
         }
     }
 

@@ -13,6 +13,17 @@ pub(super) struct IdReq {
     pub(super) endpoint_id: String,
 }
 
+#[derive(Deserialize)]
+pub(super) struct JoinReq {
+    #[serde(rename = "NetworkID", default)]
+    pub(super) network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub(super) endpoint_id: String,
+    /// The container's netns (/var/run/docker/netns/<id>).
+    #[serde(rename = "SandboxKey", default)]
+    pub(super) sandbox_key: String,
+}
+
 #[derive(Deserialize, Default)]
 pub(super) struct Interface {
     #[serde(rename = "Address", default)]
