@@ -33,9 +33,12 @@
 #                                CRI gRPC client of tests/cri.rs)
 #   openssl ca-certificates      the certificates of the TLS etcd tests and the
 #                                bench's etcd part; the system's trusted roots
+#   prometheus                   promtool check metrics, on berth's metrics
+#                                (its server is never started)
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
     busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server
-    etcd-client procps containerd protobuf-compiler openssl ca-certificates)
+    etcd-client procps containerd protobuf-compiler openssl ca-certificates
+    prometheus)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2

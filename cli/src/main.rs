@@ -11,6 +11,7 @@ mod atomic;
 mod gc;
 mod idle;
 mod install;
+mod metrics;
 mod status;
 mod volumes;
 mod watch;
@@ -55,6 +56,9 @@ enum Command {
     Gc(gc::GcArgs),
     /// berthd's volumes: kind, size limit, bytes used, mount count.
     Volumes(volumes::VolumesArgs),
+    /// The node's Prometheus metrics, once (node_exporter's textfile
+    /// collector): address ranges, attachments, ports, volumes.
+    Metrics(metrics::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Ports(args) => status::ports(&args),
         Command::Gc(args) => gc::run(&args),
         Command::Volumes(args) => volumes::run(&args),
+        Command::Metrics(args) => metrics::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,12 +24,9 @@ pub enum Output {
     Json,
 }
 
-/// Where the records are and how to show them: every read command's.
-#[derive(clap::Args, Debug)]
-pub struct Common {
-    /// The output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-    pub output: Output,
+/// Where the records are: every command's that reads them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Records {
     /// A berth-ipam data dir (a config's `dataDir`) to read address stores
     /// from; repeatable. The run dirs follow BERTH_RUN_DIR, as the plugins
     /// do.
@@ -39,6 +36,25 @@ pub struct Common {
     /// networks and endpoints.
     #[arg(long = "engine-state", value_name = "dir", default_value = docker_records::DEFAULT_STATE_DIR)]
     pub engine_state: PathBuf,
+}
+
+impl Records {
+    pub(crate) fn sources(&self) -> Sources {
+        Sources {
+            data_dirs: self.data_dirs.clone(),
+            engine_state: Some(self.engine_state.clone()),
+        }
+    }
+}
+
+/// Where the records are and how to show them: every read command's.
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// The output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub records: Records,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,10 +94,7 @@ pub struct PortsArgs {
 }
 
 pub(crate) fn gather(c: &Common) -> Inventory {
-    inventory::gather(&Sources {
-        data_dirs: c.data_dirs.clone(),
-        engine_state: Some(c.engine_state.clone()),
-    })
+    inventory::gather(&c.records.sources())
 }
 
 /// Prints the inventory's problems; an error if there are any (after the

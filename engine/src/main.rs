@@ -10,8 +10,9 @@
 //! The config file is JSON: `{"root": DIR, "state": DIR, "socket": PATH, "bindAllow":
 //! [DIR...], "dockerSocket": PATH}` (the engine's API, asked to reconcile
 //! mount counts; default /var/run/docker.sock), "overlay": {berth-overlay keys}}` (defaults of
-//! every `mode=overlay` network, e.g. `{"iface": "eth1", "store": {"etcd": {"endpoints": [...]}}}`);
-//! flags win over it. Each call is logged on stderr with its duration;
+//! every `mode=overlay` network, e.g. `{"iface": "eth1", "store": {"etcd": {"endpoints": [...]}}}`),
+//! "metricsAddress": "HOST:PORT"` (Prometheus metrics at /metrics there;
+//! off by default); flags win over it. Each call is logged on stderr with its duration;
 //! `BERTH_LOG` sets the level (`error`, `warn`, `info` (the default),
 //! `debug`, `trace`, or a tracing filter such as `berthd=debug`).
 
@@ -35,7 +36,7 @@ use volumes::Volumes;
 
 const DEFAULT_SOCKET: &str = "/run/docker/plugins/berth.sock";
 /// Networks, endpoints and address pools of the network and IPAM drivers.
-const DEFAULT_STATE: &str = "/var/lib/berth/engine";
+const DEFAULT_STATE: &str = berth_network::docker_records::DEFAULT_STATE_DIR;
 /// The engine's API, asked when mount counts need reconciling.
 const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// How often the reconciler looks without being told of a change.
@@ -72,6 +73,8 @@ struct FileConfig {
     /// Defaults of overlay networks (berth-overlay's config keys).
     #[serde(default)]
     overlay: serde_json::Value,
+    /// Where to serve Prometheus metrics ("host:port"); none by default.
+    metrics_address: Option<String>,
 }
 
 struct Settings {
@@ -80,6 +83,7 @@ struct Settings {
     docker: PathBuf,
     volumes: volumes::Config,
     overlay: serde_json::Value,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn settings(cli: Cli) -> Result<Settings> {
@@ -97,7 +101,16 @@ fn settings(cli: Cli) -> Result<Settings> {
         }
         None => FileConfig::default(),
     };
+    let metrics = match &file.metrics_address {
+        None => None,
+        Some(a) => Some(a.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "config metricsAddress {a:?}: {e} (expected host:port, such as 127.0.0.1:9473)"
+            )
+        })?),
+    };
     Ok(Settings {
+        metrics,
         socket: socket
             .or(file.socket)
             .unwrap_or_else(|| DEFAULT_SOCKET.into()),
@@ -121,6 +134,7 @@ struct Drivers {
     networks: network_api::Networks,
     ipam: Arc<ipam_api::Ipam>,
     docker: PathBuf,
+    activity: berth_metrics::Activity,
 }
 
 /// One call: route, run, log.
@@ -173,6 +187,12 @@ fn dispatch(d: &Drivers, req: &server::Call) -> server::Answer {
         Some(e) if !e.is_empty() => format!("error: {e}"),
         _ => "ok".to_string(),
     };
+    // Methods not served count as one, so no request grows the metrics.
+    d.activity.called(
+        if status == 404 { "unknown" } else { method },
+        outcome == "ok",
+        start.elapsed(),
+    );
     tracing::info!(
         "{method} {name:?} {status} {:.2?} {outcome}",
         start.elapsed()
@@ -194,15 +214,37 @@ fn run(cli: Cli) -> Result<()> {
         networks: network_api::Networks::new(&s.state, ipam.clone(), s.overlay.clone()),
         ipam,
         docker: s.docker.clone(),
+        activity: berth_metrics::Activity::daemon(),
     });
     drivers.networks.resume();
     // What changed in the ruleset while berthd was down, and whatever
     // changes later, is put back from the records (every berth network on
     // the host, berthd's and the CNI plugins').
+    let activity = drivers.activity.clone();
     std::thread::Builder::new()
         .name("reconcile".into())
-        .spawn(|| berth_network::reconcile::watch(RECONCILE_INTERVAL))
+        .spawn(move || {
+            berth_network::reconcile::watch(RECONCILE_INTERVAL, |repaired, failed| {
+                activity.reconciled(repaired, failed)
+            })
+        })
         .context("starting the reconciler")?;
+    if let Some(addr) = s.metrics {
+        // The node's view, as `berth status` has it by default, with
+        // berthd's own state and volumes.
+        let sources = berth_metrics::NodeSources {
+            inventory: berth_network::inventory::Sources {
+                data_dirs: vec![berth_network::inventory::DEFAULT_DATA_DIR.into()],
+                engine_state: Some(s.state.clone()),
+            },
+            volumes_root: Some(s.volumes.root.clone()),
+        };
+        let activity = drivers.activity.clone();
+        let at = berth_metrics::serve(addr, move || {
+            berth_metrics::render(&sources, Some(&activity))
+        })?;
+        tracing::info!("serving Prometheus metrics on http://{at}/metrics");
+    }
     if let Some(dir) = s.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

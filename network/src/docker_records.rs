@@ -211,7 +211,10 @@ mod tests {
         let text = serde_json::to_string(&n).unwrap();
         assert!(!text.contains("\"password\""), "{text}");
         let back: DockerNetwork = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.overlay.as_ref().unwrap()["store"]["etcd"]["username"], "u");
+        assert_eq!(
+            back.overlay.as_ref().unwrap()["store"]["etcd"]["username"],
+            "u"
+        );
         assert_eq!(back.rules_name(), format!("docker-{}", "a".repeat(12)));
     }
 

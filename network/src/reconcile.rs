@@ -193,12 +193,14 @@ pub fn pass() -> Result<Pass> {
 }
 
 /// Runs a pass, logging each repair with how long it took from `seen`
-/// (when the change was noticed) until it was back, and each failure.
-/// True if everything missing is back.
-fn pass_logged(seen: Instant) -> bool {
+/// (when the change was noticed) until it was back, and each failure, and
+/// telling `counted` how many of each (a pass that ends in an error
+/// counts as one failure). True if everything missing is back.
+fn pass_logged(seen: Instant, counted: &mut impl FnMut(usize, usize)) -> bool {
     match pass() {
         Ok(done) => {
             let ms = seen.elapsed().as_secs_f64() * 1e3;
+            counted(done.repaired.len(), done.failed.len());
             for what in done.repaired {
                 tracing::info!("repaired {what}, {ms:.1} ms after the change was seen");
             }
@@ -208,6 +210,7 @@ fn pass_logged(seen: Instant) -> bool {
             done.failed.is_empty()
         }
         Err(e) => {
+            counted(0, 1);
             tracing::warn!("reconciling: {e}");
             false
         }
@@ -216,8 +219,10 @@ fn pass_logged(seen: Instant) -> bool {
 
 /// Reconciles forever in the caller's namespace: a pass at start, one
 /// after each burst of ruleset changes, and one every `interval`. Never
-/// returns; a failing pass is logged and the next one tries again.
-pub fn watch(interval: Duration) -> ! {
+/// returns; a failing pass is logged and the next one tries again. After
+/// each pass, `counted` is told how many objects it repaired and how many
+/// it could not (the metrics' counters).
+pub fn watch(interval: Duration, mut counted: impl FnMut(usize, usize)) -> ! {
     let mut events = match RulesetEvents::subscribe() {
         Ok(e) => Some(e),
         Err(e) => {
@@ -226,7 +231,7 @@ pub fn watch(interval: Duration) -> ! {
             None
         }
     };
-    let mut whole = pass_logged(Instant::now());
+    let mut whole = pass_logged(Instant::now(), &mut counted);
     tracing::info!(
         "watching berth's rules ({}; every {} s regardless)",
         if events.is_some() {
@@ -260,7 +265,7 @@ pub fn watch(interval: Duration) -> ! {
         if let Some(wait) = gap.checked_sub(last.elapsed()) {
             std::thread::sleep(wait);
         }
-        whole = pass_logged(seen);
+        whole = pass_logged(seen, &mut counted);
         last = Instant::now();
     }
 }

@@ -14,6 +14,7 @@
 //! mount namespace), where every `nft` and `iptables` command it makes
 //! goes; all its traffic is between namespaces it made.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ struct Daemons {
     /// The network namespace both daemons run in (its file), in the root
     /// mount namespace still; None: the test's own network namespace.
     netns: Option<PathBuf>,
+    /// berthd's metrics port, on 127.0.0.1 of that namespace.
+    metrics_port: u16,
 }
 
 fn text(o: &Output) -> String {
@@ -60,11 +63,17 @@ impl Daemons {
         let plugin = format!("berth-t{}-{}", std::process::id(), next_id());
         std::fs::create_dir_all(dir.path().join("allowed/site")).unwrap();
         std::fs::write(dir.path().join("allowed/site/index.txt"), "from the host\n").unwrap();
+        // A port free now (the kernel's pick), for berthd's metrics.
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
         std::fs::write(
             dir.path().join("berthd.json"),
             serde_json::to_vec(&serde_json::json!({
                 "bindAllow": [dir.path().join("allowed")],
                 "dockerSocket": dir.path().join("docker.sock"),
+                "metricsAddress": format!("127.0.0.1:{metrics_port}"),
             }))
             .unwrap(),
         )
@@ -75,6 +84,7 @@ impl Daemons {
             dockerd: None,
             berthd: None,
             netns: netns.map(|n| n.path().to_path_buf()),
+            metrics_port,
         };
         d.start_berthd();
         d.start_dockerd();
@@ -513,9 +523,67 @@ fn net_addr(d: &Daemons, container: &str, net: &str, field: &str) -> String {
     ])
 }
 
-/// GET / on 127.0.0.1:`port`, retried for `patience` (the server starts
-/// after `docker run -d` returns).
+/// GET /index.html on 127.0.0.1:`port`, retried for `patience` (the
+/// server starts after `docker run -d` returns).
 fn http_get(port: u16, patience: Duration) -> Result<String, String> {
+    http_get_path(port, "/index.html", patience)
+}
+
+/// berthd's metrics, as Prometheus scrapes them: the samples by name and
+/// labels, after promtool found nothing to say about the exposition.
+fn berthd_metrics(d: &Daemons) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let answer = http_get_path(d.metrics_port, "/metrics", Duration::from_secs(5))
+        .expect("berthd's metrics");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && text(&checked).trim().is_empty(),
+        "promtool check metrics: {}\n{body}",
+        text(&checked)
+    );
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap()
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
+                // A histogram by its count (its +Inf bucket's).
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                _ => return None,
+            };
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some(((s.metric, labels), v))
+        })
+        .collect()
+}
+
+/// GET `path` on 127.0.0.1:`port`, retried for `patience`.
+fn http_get_path(port: u16, path: &str, patience: Duration) -> Result<String, String> {
     use std::io::{Read, Write};
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = Instant::now() + patience;
@@ -525,7 +593,7 @@ fn http_get(port: u16, patience: Duration) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             s.set_read_timeout(Some(Duration::from_secs(5)))
                 .map_err(|e| e.to_string())?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
                 .map_err(|e| e.to_string())?;
             let mut body = String::new();
             s.read_to_string(&mut body).map_err(|e| e.to_string())?;
@@ -681,6 +749,69 @@ fn docker_engine_uses_berthd_networks() {
         assert_eq!(r["used"], 4, "{r:#}");
         assert!(r["size"].as_u64().is_some_and(|s| s > 4), "{r:#}");
     }
+    // berthd's metrics say the same, and count the engine's calls.
+    let m = berthd_metrics(&d);
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let get =
+        |name: &str, pairs: &[(&str, &str)]| m.get(&(name.to_string(), labels(pairs))).copied();
+    assert_eq!(
+        get(
+            "berth_attachments",
+            &[("network", &rules), ("state", "live")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        get(
+            "berth_attachments",
+            &[("network", &rules), ("state", "stale")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        get("berth_published_ports", &[("network", &rules)]),
+        Some(1.0)
+    );
+    for r in ranges {
+        let set = r["rangeSet"].as_u64().unwrap().to_string();
+        let l = [
+            ("network", rules.as_str()),
+            ("range_set", set.as_str()),
+            ("range", r["label"].as_str().unwrap()),
+        ];
+        assert_eq!(get("berth_range_addresses_used", &l), Some(4.0), "{m:?}");
+        assert_eq!(
+            get("berth_range_addresses_capacity", &l),
+            r["size"].as_f64(),
+            "{m:?}"
+        );
+    }
+    assert!(
+        get(
+            "berthd_calls_total",
+            &[
+                ("method", "NetworkDriver.CreateEndpoint"),
+                ("outcome", "ok")
+            ]
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{m:?}"
+    );
+    assert!(
+        get(
+            "berthd_call_duration_seconds",
+            &[("method", "NetworkDriver.Join")]
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{m:?}"
+    );
+    assert_eq!(get("berth_records_unreadable", &[]), Some(0.0));
+
     // `berth gc` leaves berthd's endpoints to the engine.
     let gc = Command::new(bin("berth"))
         .env("BERTH_RUN_DIR", d.dir.path().join("run"))

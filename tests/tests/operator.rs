@@ -87,6 +87,9 @@ impl Fx {
             .args(args)
             .arg("--data-dir")
             .arg(self.data.path())
+            // No berthd's records but this test's (none).
+            .arg("--engine-state")
+            .arg(self.run.path().join("engine"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -160,6 +163,118 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
     out
+}
+
+/// `promtool check metrics` on an exposition: it must find nothing to
+/// say (no format error, no lint).
+fn promtool_finds_nothing(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package: run ./scripts/test, which installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{text}"
+    );
+}
+
+type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
+
+/// An exposition's samples (gauges and counters), by name and labels.
+fn samples(text: &str) -> Samples {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some(((s.metric, labels), v))
+        })
+        .collect()
+}
+
+/// The node metrics `berth status -o json`'s `st` says there must be.
+fn metrics_of_status(st: &Value) -> Samples {
+    let mut want = Samples::new();
+    let mut put = |name: &str, labels: &[(&str, &str)], v: f64| {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.insert((name.to_string(), labels), v);
+    };
+    for n in st["networks"].as_array().unwrap() {
+        let net = n["name"].as_str().unwrap();
+        for r in n["ranges"].as_array().unwrap() {
+            let set = r["rangeSet"].as_u64().map(|i| i.to_string());
+            let set = set.as_deref().unwrap_or("imported");
+            let range = r["label"].as_str().unwrap_or("");
+            let labels = [("network", net), ("range_set", set), ("range", range)];
+            put(
+                "berth_range_addresses_used",
+                &labels,
+                r["used"].as_f64().unwrap(),
+            );
+            if let Some(size) = r["size"].as_f64() {
+                put("berth_range_addresses_capacity", &labels, size);
+            }
+        }
+        for state in ["live", "stale", "unknown"] {
+            let count = n["attachments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["state"] == state)
+                .count();
+            put(
+                "berth_attachments",
+                &[("network", net), ("state", state)],
+                count as f64,
+            );
+        }
+        put(
+            "berth_published_ports",
+            &[("network", net)],
+            n["publishedPorts"].as_f64().unwrap(),
+        );
+        put(
+            "berth_kernel_objects_missing",
+            &[("network", net)],
+            n["kernel"]["missing"].as_array().unwrap().len() as f64,
+        );
+    }
+    put(
+        "berth_records_unreadable",
+        &[],
+        st["problems"].as_array().unwrap().len() as f64,
+    );
+    want
 }
 
 #[test]
@@ -516,6 +631,13 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     assert_eq!(states(&all), want, "{st:#}");
+    // The metrics say the same: per range, per state, ports, in
+    // Prometheus' format as promtool reads it.
+    let vols = fx.run.path().join("no-volumes");
+    let m = fx.berth(&["metrics", "--volumes-root", vols.to_str().unwrap()]);
+    assert_eq!(m.status, 0, "{}", m.stderr);
+    promtool_finds_nothing(&m.stdout);
+    assert_eq!(samples(&m.stdout), metrics_of_status(&st), "{}", m.stdout);
     let reason = |cid: &str| {
         all.as_array()
             .unwrap()
@@ -615,4 +737,129 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
     let st = fx.berth(&["status", "-o", "json"]).ok();
     assert_eq!(all_attachments(&st), json!([]), "{st:#}");
     drop(ns_rebooted);
+}
+
+/// A `berth watch` started for a test, stopped by its PID on drop.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_serves_the_metrics_and_counts_its_repairs() {
+    let fx = Fx::new("opmw");
+    let (a4, a6) = unique_subnets();
+    let net = format!("opmw{}-{}", std::process::id(), next_id());
+    let conf = fx.bridge_conf(&net, "opmwbr", &a4, &a6);
+    let ns = TestNetns::new("opmw1");
+    let cid = format!("mw{}x{}", std::process::id(), next_id());
+    fx.exec("berth-bridge", "ADD", &cid, &ns, &conf);
+    let vols = fx.run.path().join("no-volumes");
+    let log = fx.run.path().join("watch.log");
+    // The address is the test's host namespace's own loopback.
+    let url = "http://127.0.0.1:9473/metrics";
+    // `ip netns exec` and `env` exec in place: the child's PID is berth's.
+    let _watch = Watch(
+        Command::new("ip")
+            .args(["netns", "exec", fx.host.name(), "env"])
+            .arg(format!("BERTH_RUN_DIR={}", fx.run.path().display()))
+            .arg(bin("berth"))
+            .args(["watch", "--metrics-address", "127.0.0.1:9473"])
+            .arg("--data-dir")
+            .arg(fx.data.path())
+            .arg("--engine-state")
+            .arg(fx.run.path().join("engine"))
+            .arg("--volumes-root")
+            .arg(&vols)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start berth watch"),
+    );
+    let scrape = |url: &str| {
+        let out = fx.host.exec(&["busybox", "wget", "-qO-", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let wait_for = |what: &str, ok: &dyn Fn(&Samples) -> bool| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(text) = scrape(url) {
+                if ok(&samples(&text)) {
+                    return text;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within 15 s; berth watch's log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let counter = |s: &Samples, name: &str| {
+        s.get(&(name.to_string(), BTreeMap::new()))
+            .copied()
+            .unwrap_or(-1.0)
+    };
+    let text = wait_for("a first pass", &|s| {
+        counter(s, "berth_reconciler_passes_total") >= 1.0
+    });
+    promtool_finds_nothing(&text);
+    let served = samples(&text);
+    assert_eq!(counter(&served, "berth_reconciler_repairs_total"), 0.0);
+    assert_eq!(counter(&served, "berth_reconciler_failures_total"), 0.0);
+    // The node's part is what `berth metrics` prints, and what `berth
+    // status` says.
+    let once = fx.berth(&["metrics", "--volumes-root", vols.to_str().unwrap()]);
+    assert_eq!(once.status, 0, "{}", once.stderr);
+    let node = samples(&once.stdout);
+    let st = fx.berth(&["status", "-o", "json"]).ok();
+    assert_eq!(node, metrics_of_status(&st), "{}", once.stdout);
+    for (k, v) in &node {
+        assert_eq!(served.get(k), Some(v), "{k:?} in {text}");
+    }
+    let at = |name: &str, state: &str| {
+        node[&(
+            name.to_string(),
+            [("network", net.as_str()), ("state", state)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )]
+    };
+    assert_eq!(at("berth_attachments", "live"), 1.0, "{}", once.stdout);
+
+    // A firewall reload (here: the host namespace's ruleset flushed) is
+    // repaired, and counted.
+    fx.host.sh("nft flush ruleset");
+    wait_for("the repair counted", &|s| {
+        counter(s, "berth_reconciler_repairs_total") >= 1.0
+    });
+    assert!(
+        scrape("http://127.0.0.1:9473/other").is_none(),
+        "a path other than /metrics is served"
+    );
+
+    // --textfile: the same exposition, in a file replaced whole.
+    let prom = fx.run.path().join("berth.prom");
+    let out = fx.berth(&[
+        "metrics",
+        "--volumes-root",
+        vols.to_str().unwrap(),
+        "--textfile",
+        prom.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    let written = std::fs::read_to_string(&prom).unwrap();
+    promtool_finds_nothing(&written);
+    assert_eq!(samples(&written), node);
+    fx.del("berth-bridge", &cid, &ns, &conf);
 }
