@@ -167,11 +167,23 @@ fn status_table(networks: &[Network]) -> anyhow::Result<()> {
         "RANGES (USED/SIZE)",
         "ATTACHMENTS",
         "PORTS",
+        "OVERLAY",
         "KERNEL",
     ]
     .map(String::from)
     .to_vec()];
     for n in networks {
+        let overlay = match &n.overlay {
+            None => "-".to_string(),
+            Some(o) => {
+                let lease = match (o.ttl_left, o.agent_running) {
+                    (_, false) => ", agent gone".to_string(),
+                    (Some(left), true) => format!(", lease {left}s left"),
+                    (None, true) => String::new(),
+                };
+                format!("{} {}, {} peer(s){lease}", o.node, o.subnet, o.peers.len())
+            }
+        };
         let ranges: Vec<String> = n
             .ranges
             .iter()
@@ -200,6 +212,7 @@ fn status_table(networks: &[Network]) -> anyhow::Result<()> {
             list(&ranges),
             n.attachments.len().to_string(),
             n.published_ports.to_string(),
+            overlay,
             kernel,
         ]);
     }

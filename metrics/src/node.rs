@@ -93,6 +93,10 @@ fn register_networks(reg: &mut Registry, inv: &Inventory) {
     let attachments = Family::<StateLabels, Gauge>::default();
     let ports = Family::<NetworkLabels, Gauge>::default();
     let missing = Family::<NetworkLabels, Gauge>::default();
+    let peers = Family::<NetworkLabels, Gauge>::default();
+    let lease_age = Family::<NetworkLabels, Gauge>::default();
+    let ttl_left = Family::<NetworkLabels, Gauge>::default();
+    let seconds = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
     for n in &inv.networks {
         for r in &n.ranges {
             let labels = RangeLabels {
@@ -123,6 +127,13 @@ fn register_networks(reg: &mut Registry, inv: &Inventory) {
         missing
             .get_or_create(&labels)
             .set(n.kernel.missing.len() as i64);
+        if let Some(o) = &n.overlay {
+            peers.get_or_create(&labels).set(o.peers.len() as i64);
+            if let (Some(age), Some(left)) = (o.lease_age, o.ttl_left) {
+                lease_age.get_or_create(&labels).set(seconds(age));
+                ttl_left.get_or_create(&labels).set(seconds(left));
+            }
+        }
     }
     reg.register(
         "berth_range_addresses_used",
@@ -148,6 +159,21 @@ fn register_networks(reg: &mut Registry, inv: &Inventory) {
         "berth_kernel_objects_missing",
         "Objects a network's records name that the kernel lacks (its bridge, host veths)",
         missing,
+    );
+    reg.register(
+        "berth_overlay_peers",
+        "Other nodes of an overlay network, as this node's agent last read them from the store",
+        peers,
+    );
+    reg.register(
+        "berth_overlay_lease_age_seconds",
+        "Seconds since this node's agent last renewed its subnet lease (etcd store)",
+        lease_age,
+    );
+    reg.register(
+        "berth_overlay_lease_ttl_left_seconds",
+        "Seconds this node's subnet lease has left as of its last renewal (etcd store)",
+        ttl_left,
     );
 }
 
@@ -284,6 +310,7 @@ mod tests {
                     matches: false,
                     missing: vec!["host veth x".into()],
                 },
+                overlay: None,
             }],
             problems: Vec::new(),
         };

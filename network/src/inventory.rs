@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use store::{Allocation, Owner, RangeSetUse, Sandbox, StoreReader, DB_FILE};
 
@@ -29,6 +29,7 @@ pub use store::DEFAULT_DATA_DIR;
 
 use crate::attachment::state::{boot_id, State};
 use crate::docker_records::{Records, DOCKER_IFNAME};
+use crate::overlay::record::{self, NodeRecord, RecordedPeer};
 use crate::ports::{self, PortsOf};
 
 /// Where to look for records besides the run dirs.
@@ -86,6 +87,32 @@ pub struct Network {
     pub published_ports: usize,
     /// Whether the kernel has what the records describe.
     pub kernel: KernelMatch,
+    /// For an overlay network whose node agent runs here: the node's
+    /// lease and its peers, as the agent last recorded them.
+    pub overlay: Option<OverlayNode>,
+}
+
+/// An overlay network's node, from its agent's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayNode {
+    pub node: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub subnet6: Option<Ipv6Net>,
+    /// `etcd` or `static`.
+    pub store: String,
+    /// The lease's TTL, seconds since it was last renewed, and seconds it
+    /// has left (etcd only; 0 left: expired, unless renewed since the
+    /// record was written).
+    #[serde(rename = "leaseTTL")]
+    pub lease_ttl: Option<u64>,
+    pub lease_age: Option<u64>,
+    #[serde(rename = "ttlLeft")]
+    pub ttl_left: Option<u64>,
+    /// Whether the agent that wrote the record still runs.
+    pub agent_running: bool,
+    pub peers: Vec<RecordedPeer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -251,9 +278,13 @@ pub fn gather(sources: &Sources) -> Inventory {
         sort_attachments(&mut n);
         networks.insert(name, n);
     }
+    // berthd's overlay networks are named for the engine; their agents'
+    // records by the overlay's own name.
+    let mut overlay_names = BTreeMap::new();
     if let Some(dir) = &sources.engine_state {
-        engine_networks(&Records::new(dir), &mut networks, &mut problems);
+        overlay_names = engine_networks(&Records::new(dir), &mut networks, &mut problems);
     }
+    overlay_nodes(&overlay_names, &mut networks, &mut problems);
     for (name, s) in &stores {
         let n = networks
             .entry(name.clone())
@@ -326,11 +357,13 @@ fn range_uses(ranges: &[RangeSetUse]) -> Vec<RangeUse> {
 /// attachments: container ID the engine's endpoint ID, ifname `docker`,
 /// netns the SandboxKey Join gave. Each network's ranges are those of the
 /// pools of berthd's IPAM its gateways are in.
+/// The engine's overlay networks by their overlay names.
 fn engine_networks(
     records: &Records,
     networks: &mut BTreeMap<String, Network>,
     problems: &mut Vec<String>,
-) {
+) -> BTreeMap<String, String> {
+    let mut overlay_names = BTreeMap::new();
     let pools = address_stores(&[records.ipam_dir()], problems);
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for r in records.networks() {
@@ -351,6 +384,9 @@ fn engine_networks(
             n.subnets = d.gateways.iter().map(IpNet::trunc).collect();
         }
         n.docker_network_id = Some(d.id.clone());
+        if let Some(o) = d.overlay.as_ref().and_then(|o| o["name"].as_str()) {
+            overlay_names.insert(o.to_string(), name.clone());
+        }
         // One pool per address family, each a store of its own.
         let in_network = |p: &&AddressStore| {
             p.ranges.iter().any(|r| {
@@ -395,6 +431,44 @@ fn engine_networks(
         a.host_veth = ep.sandbox_key.is_some().then(|| ep.host_veth.clone());
         a.netns = ep.sandbox_key;
     }
+    overlay_names
+}
+
+/// The node agents' records, each on its network (added, with the
+/// overlay's bridge, when no container is attached yet).
+fn overlay_nodes(
+    aliases: &BTreeMap<String, String>,
+    networks: &mut BTreeMap<String, Network>,
+    problems: &mut Vec<String>,
+) {
+    let now = record::now();
+    for r in NodeRecord::all() {
+        let rec = match r {
+            Ok(rec) => rec,
+            Err(e) => {
+                problems.push(format!("overlay node record {e}"));
+                continue;
+            }
+        };
+        let name = aliases.get(&rec.network).unwrap_or(&rec.network).clone();
+        let n = networks.entry(name.clone()).or_insert_with(|| {
+            let mut n = empty(&name, NetworkKind::Bridge);
+            n.bridge = Some(crate::overlay::bridge_name(rec.vni));
+            n
+        });
+        n.overlay = Some(OverlayNode {
+            lease_age: rec.lease_age(now),
+            ttl_left: rec.ttl_left(now),
+            agent_running: rec.agent_running(),
+            node: rec.node,
+            vni: rec.vni,
+            subnet: rec.subnet,
+            subnet6: rec.subnet6,
+            store: rec.store,
+            lease_ttl: rec.lease_ttl,
+            peers: rec.peers,
+        });
+    }
 }
 
 fn sort_attachments(n: &mut Network) {
@@ -417,6 +491,7 @@ fn empty(name: &str, kind: NetworkKind) -> Network {
             matches: true,
             missing: Vec::new(),
         },
+        overlay: None,
     }
 }
 

@@ -445,6 +445,64 @@ fn status_reports_exactly_what_the_plugins_made() {
         "a read command changed berth's records"
     );
 
+    // A plugin in the middle of an allocation (a write transaction open
+    // on A's store) holds nothing up: status reads what is committed.
+    let db = fx.data.path().join(&net_a).join("ipam.db");
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    writer
+        .execute_batch("BEGIN IMMEDIATE; DELETE FROM allocations;")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let st = fx
+        .berth(&["status", "-o", "json", "--network", &net_a])
+        .ok();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "status waited for the writer"
+    );
+    assert_eq!(st["networks"][0]["ranges"][0]["used"], 2, "{st:#}");
+    writer.execute_batch("ROLLBACK").unwrap();
+    // A corrupt row: named with its store's path, the rest still shown,
+    // exit 1; the metrics count it.
+    writer
+        .execute(
+            "UPDATE range_sets SET size = 'lots' WHERE range_set = 0",
+            [],
+        )
+        .unwrap();
+    let bad = fx.berth(&["status", "-o", "json"]);
+    assert_eq!(bad.status, 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains(&db.display().to_string()) && bad.stderr.contains("range set 0"),
+        "{}",
+        bad.stderr
+    );
+    let shown = bad.json();
+    assert!(
+        shown["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == net_b),
+        "{shown:#}"
+    );
+    let m = fx.berth(&["metrics", "--volumes-root", "/nonexistent"]);
+    assert!(
+        m.stdout.lines().any(|l| l == "berth_records_unreadable 1"),
+        "{}",
+        m.stdout
+    );
+    let size: String = writer
+        .query_row("SELECT size FROM range_sets WHERE range_set = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(size, "lots", "a read command repaired or rewrote the row");
+    writer
+        .execute("UPDATE range_sets SET size = '253' WHERE range_set = 0", [])
+        .unwrap();
+    drop(writer);
+
     // c2's namespace deleted behind berth's back: its veth goes with it,
     // and status says so.
     let veth2 = host_veth(&r2, "opbra");

@@ -546,6 +546,35 @@ fn agent_follows_peers_joining_and_leaving() {
     assert!(has_route(&n1.host, "10.244.3.0/24"));
 }
 
+/// `berth ARGS` in node `n`'s namespace, on its run and data dirs (no
+/// berthd's); its stdout, after it succeeded.
+fn berth_on(n: &Node, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", n.host.name(), "env"])
+        .arg(format!("BERTH_RUN_DIR={}", n.run.path().display()))
+        .arg(bin("berth"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(n.data.path())
+        .arg("--engine-state")
+        .arg(n.run.path().join("engine"))
+        .output()
+        .expect("run berth");
+    assert!(
+        out.status.success(),
+        "berth {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn berth_status(n: &Node) -> Value {
+    let st: Value = serde_json::from_str(&berth_on(n, &["status", "-o", "json"])).unwrap();
+    assert_eq!(st["problems"], json!([]), "{st:#}");
+    st
+}
+
 fn etcd_conf(n: &Node, node: &str, name: &str) -> Value {
     etcd_conf_with(n, node, name, json!({}))
 }
@@ -608,6 +637,45 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
     );
     assert_ping(&c1, &ip2);
     assert_ping(&c2, &ip1);
+
+    // `berth status` on host 1: its lease (subnet, TTL left) and its peer,
+    // as its agent recorded them; the metrics say the same.
+    let slash24 = |ip: &str| format!("{}.0/24", ip.rsplit_once('.').unwrap().0);
+    let st = berth_status(&n1);
+    let net = st["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "ovet")
+        .unwrap_or_else(|| panic!("no network ovet in {st:#}"));
+    let o = &net["overlay"];
+    assert_eq!(o["node"], "h1", "{o:#}");
+    assert_eq!(o["subnet"], slash24(&ip1), "{o:#}");
+    assert_eq!(o["store"], "etcd", "{o:#}");
+    assert_eq!(o["agentRunning"], true, "{o:#}");
+    let ttl = o["leaseTTL"].as_u64().unwrap();
+    let left = o["ttlLeft"].as_u64().unwrap();
+    assert!(left > 0 && left <= ttl, "{o:#}");
+    let peers = o["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{o:#}");
+    assert_eq!(peers[0]["node"], "h2");
+    assert_eq!(peers[0]["subnet"], slash24(&ip2));
+    let c1_attachment = &net["attachments"][0];
+    assert_eq!(c1_attachment["containerID"], "c1", "{net:#}");
+    assert_eq!(c1_attachment["state"], "live", "{net:#}");
+    let metrics = berth_on(&n1, &["metrics", "--volumes-root", "/nonexistent"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"berth_overlay_peers{network="ovet"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"berth_overlay_lease_ttl_left_seconds{network="ovet"} "#)),
+        "{metrics}"
+    );
 
     etcd.stop();
     assert_ping(&c1, &ip2);

@@ -10,6 +10,7 @@ use super::config::{OverlayConf, Peer};
 use super::datapath::{claim_network, ensure_datapath, forget_peer, underlay, vxlan_name};
 use super::lease::{leases_prefix, release_lease, renew_lease, resolve_held, Held};
 use super::node::parse_conf;
+use super::record::{self, NodeRecord};
 
 /// The agent: keeps the node's datapath equal to the peers of its config:
 /// the static store's list in the file (re-read every `interval`), or the
@@ -61,6 +62,9 @@ fn agent_loop(
     let mut programmed: Vec<Peer> = Vec::new();
     let mut last: Option<(OverlayConf, Instant)> = None;
     let mut renewed: Option<Instant> = None;
+    // The same instant by the wall clock, for the node's record.
+    let mut renewed_at: Option<u64> = None;
+    let mut recorded: Option<NodeRecord> = None;
     let mut failing: Option<String> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let mut held: Option<Held> = None;
@@ -81,6 +85,7 @@ fn agent_loop(
                     h.lease = renew_lease(&conf, h.lease)?;
                 }
                 renewed = Some(Instant::now());
+                renewed_at = Some(record::now());
             }
             held = h;
             Ok(conf)
@@ -134,6 +139,15 @@ fn agent_loop(
                 }
             }
         }
+        // What `berth status` shows of the node: written when it changes
+        // (a peer, the subnet, a renewal).
+        let now = NodeRecord::of(&conf, renewed_at);
+        if recorded.as_ref() != Some(&now) {
+            match now.write() {
+                Ok(()) => recorded = Some(now),
+                Err(e) => tracing::warn!("{what}: the node's record: {e}"),
+            }
+        }
         // Wait for the next round: a change of the leases (etcd), or the
         // interval (the static store's file; etcd while unreachable).
         let watched = match (&conf.etcd, held) {
@@ -156,6 +170,9 @@ fn agent_loop(
         if !watched {
             std::thread::sleep(interval);
         }
+    }
+    if let Some(r) = &recorded {
+        NodeRecord::remove(&r.network);
     }
     if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
         match release_lease(&conf) {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod datapath;
 pub mod lease;
 pub mod node;
+pub mod record;
 
 pub use agent::{run_agent, run_agent_on};
 pub use config::{OverlayConf, Peer};
