@@ -162,9 +162,8 @@ pub enum Liveness {
     Live,
     /// Made in another boot, or its host veth or netns is gone.
     Stale,
-    /// No record says where it lives (addresses allocated before berth
-    /// recorded netns paths, ports of another IPAM's addresses): never
-    /// released by `berth gc`.
+    /// No record says where it lives (addresses and ports recorded before
+    /// berth recorded netns paths): never released by `berth gc`.
     Unknown,
 }
 
@@ -311,15 +310,18 @@ pub fn gather(sources: &Sources) -> Inventory {
             .or_insert_with(|| empty(&name, NetworkKind::Addresses));
         for p in owners {
             n.published_ports += p.mappings.len();
-            attachment(n, &p.owner.container_id, &p.owner.ifname)
-                .ports
-                .extend(p.mappings.iter().map(|m| Port {
-                    protocol: m.protocol.name().to_string(),
-                    host_ip: m.host_ip,
-                    host_port: m.host_port,
-                    container_ip: m.container_ip,
-                    container_port: m.container_port,
-                }));
+            let a = attachment(n, &p.owner.container_id, &p.owner.ifname);
+            // The address store's record, where there is one, says first.
+            if a.netns.is_none() {
+                a.netns = p.netns;
+            }
+            a.ports.extend(p.mappings.iter().map(|m| Port {
+                protocol: m.protocol.name().to_string(),
+                host_ip: m.host_ip,
+                host_port: m.host_port,
+                container_ip: m.container_ip,
+                container_port: m.container_port,
+            }));
         }
     }
     let mut networks: Vec<Network> = networks.into_values().collect();

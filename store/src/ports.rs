@@ -46,6 +46,16 @@ CREATE TABLE IF NOT EXISTS attachments (
 ) WITHOUT ROWID;
 -- One row per profile in use: how many attachments use it, and one
 -- attachment's record (the plugin reads the profile's definition there).
+-- Where each attachment's container lives (its CNI_NETNS, the engine's
+-- SandboxKey), for the operator's view: added later, so older stores
+-- lack it until a plugin opens them.
+CREATE TABLE IF NOT EXISTS sandboxes (
+    network      TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    ifname       TEXT NOT NULL,
+    netns        TEXT NOT NULL,
+    PRIMARY KEY (network, container_id, ifname)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS profiles (
     profile   TEXT    NOT NULL PRIMARY KEY,
     users     INTEGER NOT NULL,
@@ -166,7 +176,7 @@ impl PortStore {
             .optional()
             .map_err(sql_err(&path, "reading boot id"))?;
         if seen.as_deref() != Some(boot_id) {
-            tx.execute_batch("DELETE FROM claims; DELETE FROM attachments; DELETE FROM profiles; DELETE FROM meta;")
+            tx.execute_batch("DELETE FROM claims; DELETE FROM attachments; DELETE FROM sandboxes; DELETE FROM profiles; DELETE FROM meta;")
                 .map_err(sql_err(&path, "forgetting an earlier boot"))?;
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)",
@@ -191,6 +201,17 @@ impl PortStore {
         &mut self,
         published: &Published,
         claims: &[PortClaim],
+    ) -> Result<Option<Published>> {
+        self.claim_in(published, claims, None)
+    }
+
+    /// [`PortStore::claim`], recording too the netns its container lives
+    /// in (None: not known).
+    pub fn claim_in(
+        &mut self,
+        published: &Published,
+        claims: &[PortClaim],
+        netns: Option<&str>,
     ) -> Result<Option<Published>> {
         let path = self.path.clone();
         let o = &published.owner;
@@ -261,6 +282,13 @@ impl PortStore {
         )
         .and_then(|mut s| s.execute(params![o.network, o.container_id, o.ifname, published.profile, published.installed]))
         .map_err(sql_err(&path, "recording an attachment"))?;
+        if let Some(ns) = netns {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO sandboxes (network, container_id, ifname, netns) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![o.network, o.container_id, o.ifname, ns]))
+            .map_err(sql_err(&path, "recording a netns"))?;
+        }
         tx.prepare_cached(
             "INSERT INTO profiles (profile, users, installed) VALUES (?1, 1, ?2)
              ON CONFLICT (profile) DO UPDATE SET users = users + 1",
@@ -388,11 +416,10 @@ impl PortStore {
     }
 }
 
-/// Every attachment the store at `path` records for boot `boot_id`,
-/// read without writing anything: the reconciler's view, which must work
-/// on a read-only /run. A store of another boot records nothing of this
-/// one; a store without the schema yet, nothing at all.
-pub fn read_attachments(path: &Path, boot_id: &str) -> Result<Vec<Published>> {
+/// The store at `path` opened read-only, if it records boot `boot_id`:
+/// a store of another boot records nothing of this one; a store without
+/// the schema yet, nothing at all (None in both cases).
+fn open_read_only(path: &Path, boot_id: &str) -> Result<Option<PortStore>> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -404,17 +431,8 @@ pub fn read_attachments(path: &Path, boot_id: &str) -> Result<Vec<Published>> {
         conn,
         path: path.to_path_buf(),
     };
-    let has_schema: bool = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'meta'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n > 0)
-        .map_err(sql_err(path, "reading the schema"))?;
-    if !has_schema {
-        return Ok(Vec::new());
+    if !store.has_table("meta")? {
+        return Ok(None);
     }
     let seen: Option<String> = store
         .conn
@@ -423,10 +441,78 @@ pub fn read_attachments(path: &Path, boot_id: &str) -> Result<Vec<Published>> {
         })
         .optional()
         .map_err(sql_err(path, "reading boot id"))?;
-    if seen.as_deref() != Some(boot_id) {
-        return Ok(Vec::new());
+    Ok((seen.as_deref() == Some(boot_id)).then_some(store))
+}
+
+impl PortStore {
+    fn has_table(&self, name: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+                [name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(sql_err(&self.path, "reading the schema"))
     }
-    store.all_attachments()
+
+    /// Every attachment's recorded netns.
+    fn sandboxes(&self) -> Result<Sandboxes> {
+        if !self.has_table("sandboxes")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT network, container_id, ifname, netns FROM sandboxes")
+            .map_err(sql_err(&self.path, "listing netns"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    PortOwner {
+                        network: r.get(0)?,
+                        container_id: r.get(1)?,
+                        ifname: r.get(2)?,
+                    },
+                    r.get(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(sql_err(&self.path, "listing netns"))?;
+        Ok(rows)
+    }
+}
+
+/// Every attachment the store at `path` records for boot `boot_id`,
+/// read without writing anything: the reconciler's view, which must work
+/// on a read-only /run.
+pub fn read_attachments(path: &Path, boot_id: &str) -> Result<Vec<Published>> {
+    match open_read_only(path, boot_id)? {
+        Some(store) => store.all_attachments(),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Each attachment's recorded netns.
+pub type Sandboxes = Vec<(PortOwner, String)>;
+
+/// [`read_attachments`] and the netns recorded for each (the operator's
+/// view), read in one transaction.
+pub fn read_attachments_and_netns(
+    path: &Path,
+    boot_id: &str,
+) -> Result<(Vec<Published>, Sandboxes)> {
+    let Some(store) = open_read_only(path, boot_id)? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    store
+        .conn
+        .execute_batch("BEGIN")
+        .map_err(sql_err(path, "beginning a read"))?;
+    let read = store
+        .all_attachments()
+        .and_then(|a| Ok((a, store.sandboxes()?)));
+    let _ = store.conn.execute_batch("COMMIT");
+    read
 }
 
 impl Drop for PortStore {
@@ -462,6 +548,7 @@ fn forget_in(conn: &Connection, path: &Path, o: &PortOwner) -> Result<()> {
     for sql in [
         "DELETE FROM claims WHERE network = ?1 AND container_id = ?2 AND ifname = ?3",
         "DELETE FROM attachments WHERE network = ?1 AND container_id = ?2 AND ifname = ?3",
+        "DELETE FROM sandboxes WHERE network = ?1 AND container_id = ?2 AND ifname = ?3",
     ] {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute(params![o.network, o.container_id, o.ifname]))
@@ -514,6 +601,33 @@ mod tests {
             host_port: port,
             host_ip: ip.map(|i| i.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn the_netns_is_recorded_with_the_claims_and_goes_with_them() {
+        let t = tmp();
+        let db = t.0.join("p.db");
+        let mut s = PortStore::open(&db, "boot1").unwrap();
+        s.claim_in(&published("a"), &[claim(8080, None)], Some("/run/netns/a"))
+            .unwrap();
+        s.claim(&published("b"), &[claim(8081, None)]).unwrap();
+        let (all, netns) = read_attachments_and_netns(&db, "boot1").unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(netns, vec![(owner("a"), "/run/netns/a".to_string())]);
+        // Another boot's store records nothing of this one.
+        assert_eq!(
+            read_attachments_and_netns(&db, "boot2").unwrap(),
+            (Vec::new(), Vec::new())
+        );
+        s.release(&owner("a")).unwrap();
+        assert_eq!(read_attachments_and_netns(&db, "boot1").unwrap().1, vec![]);
+        // A store made before the table existed reads as none recorded.
+        drop(s);
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch("DROP TABLE sandboxes").unwrap();
+        drop(c);
+        let (all, netns) = read_attachments_and_netns(&db, "boot1").unwrap();
+        assert_eq!((all.len(), netns.len()), (1, 0));
     }
 
     #[test]

@@ -797,6 +797,48 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
     drop(ns_rebooted);
 }
 
+/// Ports published for addresses no berth store knows (another IPAM's):
+/// berth-portmap records the netns, so the attachment is judged by it,
+/// and released by `berth gc` once the netns is gone.
+#[test]
+fn ports_alone_say_where_their_container_lives() {
+    let fx = Fx::new("oppn");
+    let net = format!("oppn{}-{}", std::process::id(), next_id());
+    let cid = format!("pn{}x{}", std::process::id(), next_id());
+    let ns = TestNetns::new("oppn1");
+    let (v4, _) = unique_subnets();
+    let ip = v4.replace(".0/24", ".5");
+    let pm = json!({
+        "cniVersion": "1.1.0", "name": net, "type": "berth-portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 18282, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": {"cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "sandbox": ns.path_str()}],
+            "ips": [{"address": format!("{ip}/24"), "interface": 0}]}
+    });
+    fx.exec("berth-portmap", "ADD", &cid, &ns, &pm);
+    let st = fx.berth(&["status", "-o", "json"]).ok();
+    let a = &all_attachments(&st)[0];
+    assert_eq!(a["containerID"], cid, "{st:#}");
+    assert_eq!(a["netns"], ns.path_str(), "{a:#}");
+    assert_eq!(a["state"], "live", "{a:#}");
+    assert_eq!(a["ports"][0]["hostPort"], 18282);
+
+    let path = ns.path_str().to_string();
+    drop(ns);
+    let st = fx.berth(&["status", "-o", "json"]).ok();
+    let a = &all_attachments(&st)[0];
+    assert_eq!(a["state"], "stale", "{a:#}");
+    assert!(a["reason"].as_str().unwrap().contains(&path), "{a:#}");
+    let gc = fx.berth(&["gc", "--yes", "-o", "json"]).ok();
+    assert_eq!(gc["released"].as_array().unwrap().len(), 1, "{gc:#}");
+    let st = fx.berth(&["status", "-o", "json"]).ok();
+    assert_eq!(all_attachments(&st), json!([]), "{st:#}");
+    let ruleset = fx.host.sh("nft list ruleset");
+    assert!(!ruleset.contains("18282"), "{ruleset}");
+}
+
 /// A `berth watch` started for a test, stopped by its PID on drop.
 struct Watch(std::process::Child);
 

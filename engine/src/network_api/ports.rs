@@ -103,8 +103,13 @@ impl Networks {
                 }
             }
         }
-        berth_network::ports::publish(&Self::port_owner(&n, &req.endpoint_id), &ports, &claims)
-            .map_err(fail)?;
+        berth_network::ports::publish(
+            &Self::port_owner(&n, &req.endpoint_id),
+            &ports,
+            &claims,
+            ep.sandbox_key.as_deref(),
+        )
+        .map_err(fail)?;
         Ok((200, json!({})))
     }
 

@@ -339,6 +339,8 @@ pub fn recorded() -> Result<Vec<PublishedPorts>, Error> {
 pub struct PortsOf {
     pub owner: PortOwner,
     pub mappings: Vec<PortMapping>,
+    /// The netns its container lives in, when the publisher said.
+    pub netns: Option<String>,
 }
 
 /// Every attachment's published ports with who publishes them, read-only
@@ -348,14 +350,16 @@ pub fn published() -> Result<Vec<PortsOf>, Error> {
     if !db.exists() {
         return Ok(Vec::new());
     }
-    store::ports::read_attachments(&db, &boot_id())
-        .map_err(Error::store)?
-        .iter()
+    let (all, netns) =
+        store::ports::read_attachments_and_netns(&db, &boot_id()).map_err(Error::store)?;
+    let netns: std::collections::HashMap<PortOwner, String> = netns.into_iter().collect();
+    all.iter()
         .map(|p| {
             let ports = Installed::parse(p).and_then(|i| i.ports())?;
             Ok(PortsOf {
                 owner: p.owner.clone(),
                 mappings: ports.mappings,
+                netns: netns.get(&p.owner).cloned(),
             })
         })
         .collect()
@@ -402,12 +406,15 @@ pub fn repair(
 /// ProgramExternalConnectivity for Docker's `-p`: both share the host's
 /// claims, so a port is never published twice): one store transaction,
 /// then one nft transaction; replaces what `owner` published before.
+/// `netns`: where the container lives (CNI_NETNS, Docker's SandboxKey),
+/// recorded for the operator's view.
 pub fn publish(
     owner: &PortOwner,
     ports: &PublishedPorts,
     claims: &[PortClaim],
+    netns: Option<&str>,
 ) -> Result<(), Error> {
-    publish_with_proxies(owner, ports, claims, &[])
+    publish_with_proxies(owner, ports, claims, &[], netns)
 }
 
 /// [`publish`], and the `::1` ports relayed by proxies (recorded before
@@ -417,6 +424,7 @@ pub fn publish_with_proxies(
     ports: &PublishedPorts,
     claims: &[PortClaim],
     loopback6: &[proxy::Proxy],
+    netns: Option<&str>,
 ) -> Result<(), Error> {
     let installed = Installed {
         loopback6: loopback6.to_vec(),
@@ -431,7 +439,9 @@ pub fn publish_with_proxies(
     };
     let _lock = lock()?;
     let mut store = open_store()?;
-    let replaced = store.claim(&published, claims).map_err(Error::store)?;
+    let replaced = store
+        .claim_in(&published, claims, netns)
+        .map_err(Error::store)?;
     let replaced = replaced
         .map(|r| Installed::parse(&r).and_then(|i| i.ports()))
         .transpose()?;

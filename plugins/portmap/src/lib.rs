@@ -229,8 +229,15 @@ impl Plugin for PortmapPlugin {
         }
         let mut host = Handle::new().map_err(kernel)?;
         let plan = plan(&conf, req, &prev, &mut host)?;
-        ports::publish_with_proxies(&owner(req), &plan.ports, &plan.claims, &plan.loopback6)
-            .map_err(core_error)?;
+        let netns = req.netns.as_deref().and_then(|p| p.to_str());
+        ports::publish_with_proxies(
+            &owner(req),
+            &plan.ports,
+            &plan.claims,
+            &plan.loopback6,
+            netns,
+        )
+        .map_err(core_error)?;
         Ok(result)
     }
 
