@@ -248,6 +248,25 @@ fn attachment_rows<'a>(attachments: impl Iterator<Item = &'a Attachment>) -> Vec
     rows
 }
 
+fn limits_text(l: &berth_network::bandwidth::Limits) -> String {
+    let one = |what: &str, a: &Option<berth_network::bandwidth::Applied>| match a {
+        None => format!("{what} none"),
+        Some(a) => format!(
+            "{what} {} bit/s{}{}",
+            a.rate,
+            a.burst
+                .map(|b| format!(" burst {b} bits"))
+                .unwrap_or_default(),
+            if a.by_subnet { " (by subnet)" } else { "" }
+        ),
+    };
+    format!(
+        "{}, {}",
+        one("ingress", &l.ingress),
+        one("egress", &l.egress)
+    )
+}
+
 pub(crate) fn port_text(p: &inventory::Port) -> String {
     let host = match p.host_ip {
         Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", p.host_port),
@@ -310,14 +329,26 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             many.join(", ")
         ),
     };
-    let attachments: Vec<&Attachment> =
-        inv.attachments().filter(|a| a.container_id == id).collect();
+    let mut attachments: Vec<Attachment> = inv
+        .attachments()
+        .filter(|a| a.container_id == id)
+        .cloned()
+        .collect();
+    inventory::read_limits(&mut attachments)
+        .with_context(|| format!("reading the rate limits of {id}"))?;
     match args.common.output {
         Output::Json => json(&Inspected {
             container_id: id,
-            attachments,
+            attachments: attachments.iter().collect(),
         })?,
-        Output::Table => table(&attachment_rows(attachments.into_iter()))?,
+        Output::Table => {
+            table(&attachment_rows(attachments.iter()))?;
+            for a in &attachments {
+                if let Some(l) = a.limits.as_ref().filter(|l| !l.is_empty()) {
+                    println!("{} {}: limits {}", a.network, a.ifname, limits_text(l));
+                }
+            }
+        }
     }
     problems(&inv)
 }

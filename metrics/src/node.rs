@@ -268,6 +268,7 @@ mod tests {
             boot_id: None,
             state,
             reason: String::new(),
+            limits: None,
         };
         let inv = Inventory {
             boot_id: "b".into(),

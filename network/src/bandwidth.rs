@@ -252,6 +252,68 @@ pub struct Ifb {
     pub mac: Option<[u8; 6]>,
 }
 
+/// One direction's limit as the kernel holds it, in CNI's units.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// Bits per second.
+    pub rate: u64,
+    /// Bits (a tbf's; None for an htb's shaped class).
+    pub burst: Option<u64>,
+    /// True when only some traffic is shaped (`shapedSubnets` or
+    /// `unshapedSubnets`: an htb).
+    pub by_subnet: bool,
+}
+
+/// An attachment's limits as the kernel holds them (the operator's view).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Towards the container: the host end's root qdisc.
+    pub ingress: Option<Applied>,
+    /// From the container: the root qdisc of the attachment's ifb.
+    pub egress: Option<Applied>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.ingress.is_none() && self.egress.is_none()
+    }
+}
+
+fn applied_of(q: &RootQdisc) -> Option<Applied> {
+    match q {
+        RootQdisc::Tbf { rate, burst, .. } => Some(Applied {
+            rate: rate * 8,
+            burst: Some(u64::from(*burst) * 8),
+            by_subnet: false,
+        }),
+        RootQdisc::Htb { classes, .. } => classes
+            .iter()
+            .find(|c| c.minor == berth_kernel::tc::SHAPED_CLASS)
+            .map(|c| Applied {
+                rate: c.rate * 8,
+                burst: None,
+                by_subnet: true,
+            }),
+        RootQdisc::None | RootQdisc::Other(_) => None,
+    }
+}
+
+/// What shapes `owner`'s traffic now: the tbf or htb on its host end
+/// `link` (if known), and on its ifb. Only reads.
+pub fn applied(host: &mut Handle, owner: &Owner, link: Option<&str>) -> Result<Limits> {
+    let mut out = Limits::default();
+    if let Some(link) = link {
+        if let Some(l) = host.link_by_name(link).map_err(kernel)? {
+            out.ingress = applied_of(&host.root_qdisc(l.index).map_err(kernel)?);
+        }
+    }
+    if let Some(ifb) = host.link_by_name(&owner.ifb_name()).map_err(kernel)? {
+        out.egress = applied_of(&host.root_qdisc(ifb.index).map_err(kernel)?);
+    }
+    Ok(out)
+}
+
 fn host_link(host: &mut Handle, name: &str) -> Result<Link> {
     host.link_by_name(name)
         .map_err(kernel)?

@@ -28,6 +28,7 @@ use store::{Allocation, Owner, RangeSetUse, Sandbox, StoreReader, DB_FILE};
 pub use store::DEFAULT_DATA_DIR;
 
 use crate::attachment::state::{boot_id, State};
+use crate::bandwidth;
 use crate::docker_records::{Records, DOCKER_IFNAME};
 use crate::overlay::record::{self, NodeRecord, RecordedPeer};
 use crate::ports::{self, PortsOf};
@@ -152,6 +153,10 @@ pub struct Attachment {
     /// stale ones), and what says so.
     pub state: Liveness,
     pub reason: String,
+    /// Its rate limits as the kernel holds them; only read for `berth
+    /// inspect` (see [`read_limits`]), and left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<bandwidth::Limits>,
 }
 
 /// Whether an attachment's container is still there.
@@ -511,6 +516,7 @@ fn unjudged(network: &str, container_id: &str, ifname: &str) -> Attachment {
         boot_id: None,
         state: Liveness::Unknown,
         reason: String::new(),
+        limits: None,
     }
 }
 
@@ -520,6 +526,22 @@ fn find<'a>(n: &'a mut Network, container_id: &str, ifname: &str) -> Option<&'a 
         (a.container_id.as_str(), a.ifname.as_str()).cmp(&(container_id, ifname))
     });
     at.ok().map(|i| &mut n.attachments[i])
+}
+
+/// Fills in each attachment's rate limits from the kernel (berth-bandwidth's
+/// qdiscs on its host end and its ifb): a few requests per attachment, so
+/// only for the few `berth inspect` shows.
+pub fn read_limits(attachments: &mut [Attachment]) -> Result<(), crate::Error> {
+    let mut h = berth_kernel::Handle::new().map_err(crate::kernel)?;
+    for a in attachments {
+        let owner = bandwidth::Owner {
+            network: a.network.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        };
+        a.limits = Some(bandwidth::applied(&mut h, &owner, a.host_veth.as_deref())?);
+    }
+    Ok(())
 }
 
 /// Whether the attachment's container is still there, and why berth

@@ -614,6 +614,9 @@ fn runtime_config_with_go_field_names() {
         .clone();
     assert_eq!(r["interfaces"], c.prev["interfaces"], "no ifb: {r}");
     assert_eq!(tbf_rate(&fx.host, &c.veth), Some(20 * MBIT));
+    let shown = inspected_limits(&fx, &c);
+    assert_eq!(shown["ingress"]["rate"], 20 * MBIT, "{shown:#}");
+    assert!(shown["egress"].is_null(), "{shown:#}");
     assert!(redirect_targets(&fx.host, &c.veth).is_empty());
     assert!(ifbs(&fx.host).is_empty());
     fx.detach(Shaper::Berth, &c, extra, &r);
@@ -638,6 +641,27 @@ fn runtime_config_with_go_field_names() {
 
 /// A repeated ADD replaces the limits (the same ifb, new rates); one with
 /// fewer limits removes the others, one with none removes everything.
+/// `berth inspect`'s limits of `c`'s attachment: what the kernel holds.
+fn inspected_limits(fx: &Fx, c: &Container) -> Value {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", fx.host.name(), "env"])
+        .arg(format!("BERTH_RUN_DIR={}", fx.run.path().display()))
+        .arg(bin("berth"))
+        .args(["inspect", &c.cid, "-o", "json", "--data-dir"])
+        .arg(fx.data.path())
+        .arg("--engine-state")
+        .arg(fx.run.path().join("engine"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "berth inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["attachments"][0]["limits"].clone()
+}
+
 #[test]
 fn a_repeated_add_replaces_the_limits() {
     let fx = Fx::new("bwre", "1.1.0", Link::Berth);
@@ -649,6 +673,14 @@ fn a_repeated_add_replaces_the_limits() {
         .clone();
     let ifb = added_ifb(&c.prev, &r1);
     assert_tbf_shaping(&fx, &c, &ifb, 10 * MBIT, 10 * MBIT);
+    let shown = inspected_limits(&fx, &c);
+    for dir in ["ingress", "egress"] {
+        assert_eq!(shown[dir]["rate"], 10 * MBIT, "{shown:#}");
+        assert_eq!(shown[dir]["bySubnet"], false, "{shown:#}");
+        // tbf keeps the burst in bytes: what it gives back is close.
+        let burst = shown[dir]["burst"].as_u64().unwrap();
+        assert!(burst.abs_diff(BURST) <= BURST / 50, "{shown:#}");
+    }
 
     let extra = limits(Some(50 * MBIT), Some(50 * MBIT));
     let r2 = fx
@@ -680,6 +712,9 @@ fn a_repeated_add_replaces_the_limits() {
         .clone();
     assert_eq!(r3["interfaces"], c.prev["interfaces"], "no ifb: {r3}");
     assert_eq!(tbf_rate(&fx.host, &c.veth), Some(20 * MBIT));
+    let shown = inspected_limits(&fx, &c);
+    assert_eq!(shown["ingress"]["rate"], 20 * MBIT, "{shown:#}");
+    assert!(shown["egress"].is_null(), "{shown:#}");
     assert!(redirect_targets(&fx.host, &c.veth).is_empty());
     assert!(!has_ingress_qdisc(&fx.host, &c.veth));
     assert!(ifbs(&fx.host).is_empty());
@@ -700,6 +735,10 @@ fn a_repeated_add_replaces_the_limits() {
     assert_eq!(root_qdisc(&fx.host, &c.veth), None);
     assert!(!has_ingress_qdisc(&fx.host, &c.veth));
     assert!(ifbs(&fx.host).is_empty());
+    assert_eq!(
+        inspected_limits(&fx, &c),
+        json!({"ingress": null, "egress": null})
+    );
     fx.assert_unlimited("after an ADD without limits", &c, fx.out_a, &[Proto::Tcp]);
     fx.detach(Shaper::Berth, &c, json!({}), &r5);
 }

@@ -447,6 +447,42 @@ fn docker_engine_uses_berthd_volumes() {
     assert!(small["usedBytes"].as_u64().unwrap() > 0, "{small:#}");
     let managed = vols.iter().find(|v| v["name"] == "managed1").unwrap();
     assert_eq!(managed["usedBytes"], "written-by-one\n".len());
+    // berthd's metrics: the same volumes, bytes, limits and mounts.
+    let m = berthd_metrics(&d);
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    for v in vols {
+        let l = labels(&[
+            ("volume", v["name"].as_str().unwrap()),
+            ("kind", v["kind"].as_str().unwrap()),
+        ]);
+        let get = |name: &str| m.get(&(name.to_string(), l.clone())).copied();
+        assert_eq!(
+            get("berth_volume_used_bytes"),
+            v["usedBytes"].as_f64(),
+            "{v:#} {m:?}"
+        );
+        assert_eq!(
+            get("berth_volume_mounts"),
+            v["mountCount"].as_f64(),
+            "{v:#}"
+        );
+        assert_eq!(
+            get("berth_volume_size_limit_bytes"),
+            v["sizeLimit"].as_f64(),
+            "{v:#}"
+        );
+    }
+    let total: f64 = m
+        .iter()
+        .filter(|((name, _), _)| name == "berth_volumes")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(total, vols.len() as f64, "{m:?}");
     let r = d.docker(&[
         "exec",
         "keeper2",
