@@ -162,7 +162,7 @@ fn status_table(networks: &[Network]) -> anyhow::Result<()> {
     let mut rows = vec![[
         "NETWORK",
         "KIND",
-        "BRIDGE",
+        "BRIDGE/MASTER",
         "SUBNETS",
         "RANGES (USED/SIZE)",
         "ATTACHMENTS",
@@ -207,7 +207,10 @@ fn status_table(networks: &[Network]) -> anyhow::Result<()> {
         rows.push(vec![
             n.name.clone(),
             kind,
-            n.bridge.clone().unwrap_or_else(|| "-".into()),
+            n.bridge
+                .clone()
+                .or_else(|| n.master.clone())
+                .unwrap_or_else(|| "-".into()),
             list(&n.subnets),
             list(&ranges),
             n.attachments.len().to_string(),

@@ -261,6 +261,7 @@ mod tests {
             container_id: cid.into(),
             ifname: "eth0".into(),
             host_veth: None,
+            host_device: None,
             addresses: Vec::new(),
             ports: Vec::new(),
             in_kernel: true,
@@ -277,6 +278,7 @@ mod tests {
                 kind: NetworkKind::Bridge,
                 docker_network_id: None,
                 bridge: Some("berth0".into()),
+                master: None,
                 subnets: Vec::new(),
                 data_dir: None,
                 ranges: vec![

@@ -30,6 +30,7 @@ pub use store::DEFAULT_DATA_DIR;
 use crate::attachment::state::{boot_id, State};
 use crate::bandwidth;
 use crate::docker_records::{Records, DOCKER_IFNAME};
+use crate::host_attachment;
 use crate::overlay::record::{self, NodeRecord, RecordedPeer};
 use crate::ports::{self, PortsOf};
 
@@ -62,8 +63,12 @@ pub enum NetworkKind {
     /// A bridge with its rules (berth-bridge's, berth-overlay's).
     Bridge,
     /// Addresses and ports only: berth-ipam or berth-portmap under a
-    /// plugin that keeps no records of its own (berth-host's modes).
+    /// plugin that keeps no records of its own.
     Addresses,
+    /// berth-host's `device` mode: host links moved into containers.
+    Device,
+    /// berth-host's `macvlan` mode: macvlan children of a host link.
+    Macvlan,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +82,8 @@ pub struct Network {
     pub docker_network_id: Option<String>,
     /// The bridge, for a bridge network.
     pub bridge: Option<String>,
+    /// A macvlan network's master (the host link its children hang off).
+    pub master: Option<String>,
     /// The subnets its rules cover (masquerade, isolation).
     pub subnets: Vec<IpNet>,
     /// The data dir of its address store, if it has one.
@@ -139,6 +146,8 @@ pub struct Attachment {
     pub ifname: String,
     /// The host end of its veth (bridge networks).
     pub host_veth: Option<String>,
+    /// A `device` attachment's host link (its name on the host).
+    pub host_device: Option<String>,
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<Port>,
     /// False when its host veth is gone from the kernel (what CHECK would
@@ -189,6 +198,8 @@ impl NetworkKind {
         match self {
             NetworkKind::Bridge => "bridge",
             NetworkKind::Addresses => "addresses",
+            NetworkKind::Device => "device",
+            NetworkKind::Macvlan => "macvlan",
         }
     }
 }
@@ -289,6 +300,7 @@ pub fn gather(sources: &Sources) -> Inventory {
         overlay_names = engine_networks(&Records::new(dir), &mut networks, &mut problems);
     }
     overlay_nodes(&overlay_names, &mut networks, &mut problems);
+    host_mode_networks(&mut networks, &mut problems);
     for (name, s) in &stores {
         let n = networks
             .entry(name.clone())
@@ -441,6 +453,44 @@ fn engine_networks(
     overlay_names
 }
 
+/// berth-host's `device` and `macvlan` attachments, from its records.
+fn host_mode_networks(networks: &mut BTreeMap<String, Network>, problems: &mut Vec<String>) {
+    for (name, records) in host_attachment::State::from_env().all() {
+        let n = networks
+            .entry(name.clone())
+            .or_insert_with(|| empty(&name, NetworkKind::Addresses));
+        for r in records {
+            let rec = match r {
+                Ok(rec) => rec,
+                Err(e) => {
+                    problems.push(format!("network {name:?}: berth-host's record {e}"));
+                    continue;
+                }
+            };
+            match rec.mode.as_str() {
+                "device" => n.kind = NetworkKind::Device,
+                "macvlan" => {
+                    n.kind = NetworkKind::Macvlan;
+                    if rec.master.is_some() {
+                        n.master = rec.master.clone();
+                    }
+                }
+                other => problems.push(format!(
+                    "network {name:?}: berth-host's record of {} has mode {other:?}",
+                    rec.container_id
+                )),
+            }
+            let a = attachment(n, &rec.container_id, &rec.ifname);
+            a.host_device = rec.device.as_ref().map(|d| d.name.clone());
+            // The address store's record, where there is one, says first.
+            if a.netns.is_none() {
+                a.netns = Some(rec.netns.clone());
+                a.boot_id = Some(rec.boot_id.clone());
+            }
+        }
+    }
+}
+
 /// The node agents' records, each on its network (added, with the
 /// overlay's bridge, when no container is attached yet).
 fn overlay_nodes(
@@ -489,6 +539,7 @@ fn empty(name: &str, kind: NetworkKind) -> Network {
         kind,
         docker_network_id: None,
         bridge: None,
+        master: None,
         subnets: Vec::new(),
         data_dir: None,
         ranges: Vec::new(),
@@ -509,6 +560,7 @@ fn unjudged(network: &str, container_id: &str, ifname: &str) -> Attachment {
         container_id: container_id.to_string(),
         ifname: ifname.to_string(),
         host_veth: None,
+        host_device: None,
         addresses: Vec::new(),
         ports: Vec::new(),
         in_kernel: true,
@@ -703,6 +755,11 @@ fn check_kernel(networks: &mut [Network], problems: &mut Vec<String>) -> bool {
                 n.kernel.missing.push(format!("bridge {br}"));
             }
         }
+        if let Some(m) = &n.master {
+            if !present.contains(m) {
+                n.kernel.missing.push(format!("macvlan master {m}"));
+            }
+        }
         for a in &mut n.attachments {
             let Some(veth) = &a.host_veth else { continue };
             if !present.contains(veth) {
@@ -806,7 +863,12 @@ mod tests {
         for l in [Liveness::Live, Liveness::Stale, Liveness::Unknown] {
             assert_eq!(serde_json::to_value(l).unwrap(), l.name());
         }
-        for k in [NetworkKind::Bridge, NetworkKind::Addresses] {
+        for k in [
+            NetworkKind::Bridge,
+            NetworkKind::Addresses,
+            NetworkKind::Device,
+            NetworkKind::Macvlan,
+        ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
     }

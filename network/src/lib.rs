@@ -12,6 +12,8 @@
 //!   DEL and GC work from), for berth-bridge and berth-overlay alike;
 //! - [`firewall::NetworkFirewall`]: a bridge network's nftables rules
 //!   and the record of them, whichever front end made the network;
+//! - [`host_attachment`]: berth-host's `device` and `macvlan` attachments'
+//!   records, and putting a moved device back on the host;
 //! - [`container`]: the container side of an interface (addresses,
 //!   routes, DAD);
 //! - [`ports`]: published ports (host ports DNATed to a container), for
@@ -44,6 +46,7 @@ pub mod container;
 pub mod docker_records;
 pub mod firewall;
 pub mod gateway;
+pub mod host_attachment;
 pub mod inventory;
 pub mod names;
 pub mod overlay;

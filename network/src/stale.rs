@@ -3,15 +3,16 @@
 //! [`inventory`](crate::inventory) judged stale, released the way the
 //! plugins' own DEL and GC release it: the host veth, its spoof check and
 //! record, the network's rules once no attachment is left, the published
-//! ports, the bandwidth ifb, and last the addresses (so an address is
+//! ports, the bandwidth ifb, berth-host's record (a moved device put back
+//! on the host as it was), and last the addresses (so an address is
 //! handed out again only once nothing else refers to it).
 
 use std::collections::HashSet;
 
 use store::{AllocationStore, Owner, SqliteStore};
 
-use crate::inventory::{Attachment, Inventory, Liveness};
-use crate::{attachment, bandwidth, kernel, ports};
+use crate::inventory::{Attachment, Inventory, Liveness, NetworkKind};
+use crate::{attachment, bandwidth, host_attachment, kernel, ports};
 
 /// What one [`release`] did.
 #[derive(Debug, Default)]
@@ -87,6 +88,21 @@ pub fn release(inv: &Inventory, pick: impl Fn(&Attachment) -> bool) -> Released 
             });
         if let Err(e) = ifbs {
             fail(format!("removing bandwidth ifbs: {e}"), None, &mut out);
+        }
+        if matches!(n.kind, NetworkKind::Device | NetworkKind::Macvlan) {
+            let host = host_attachment::State::from_env();
+            for a in &stale {
+                let Some(rec) = host.read(&n.name, &a.container_id, &a.ifname) else {
+                    continue;
+                };
+                if let Err(e) = host_attachment::release_gone(&host, &n.name, &rec) {
+                    fail(
+                        format!("releasing the {} of {}: {e}", rec.mode, a.container_id),
+                        Some(a),
+                        &mut out,
+                    );
+                }
+            }
         }
         if let Some(dir) = &n.data_dir {
             match SqliteStore::open_existing(dir, &n.name) {

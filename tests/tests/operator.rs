@@ -658,6 +658,23 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
         .find(|a| a["containerID"] == mgone)
         .unwrap();
     assert_eq!(x["netns"], ns_mgone.path_str(), "{x:#}");
+    // The macvlan network is shown as one, with its master, from
+    // berth-host's records.
+    let m = st["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == net_m)
+        .unwrap();
+    assert_eq!(m["kind"], "macvlan", "{m:#}");
+    assert_eq!(m["master"], "opgcm0", "{m:#}");
+    assert_eq!(m["kernel"]["matches"], true, "{m:#}");
+    let host_records = |net: &str| -> usize {
+        std::fs::read_dir(fx.run.path().join(net))
+            .map(|d| d.flatten().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(host_records(&net_m), 2);
     assert_eq!(x["bootID"], st["bootID"]);
 
     // Behind berth's back: two netns deleted, and one attachment's
@@ -773,6 +790,9 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
         .find(|n| n["name"] == net_m)
         .unwrap();
     assert_eq!(m["ranges"][0]["used"], 1, "{m:#}");
+    // The gone macvlan's berth-host record went with it; the live one's
+    // stays.
+    assert_eq!(host_records(&net_m), 1);
     let veth = host_veth(&r_rebooted, "opgcbr");
     let links = fx.host.sh("ip -j link show");
     assert!(!links.contains(&format!("\"{veth}\"")), "{links}");

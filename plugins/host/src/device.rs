@@ -20,13 +20,12 @@
 //! nothing to restore, and its record is dropped.
 
 use crate::config::{DeviceConf, DeviceSelector, HostConf};
-use crate::state::{boot_id, Record, SavedDevice, SavedRoute, State};
+use crate::state::{self, boot_id, Record, SavedDevice, SavedRoute, State};
 use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
-use berth_kernel::{AddressOptions, Handle, Link, Netns};
-use cni::{codes, CniResult, Command, Error, Request};
-use ifconf::{check_failed, ipam, kernel};
+use berth_kernel::{Handle, Link, Netns};
+use cni::{CniResult, Command, Error, Request};
+use ifconf::{check_failed, core_error, ipam, kernel};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// RT_SCOPE_LINK: IPv6 link-local addresses come back by themselves.
 const SCOPE_LINK: u8 = 253;
@@ -44,7 +43,7 @@ pub fn add(
     let state = State::from_env();
     // Held until the link has moved, so two ADDs claiming the same device
     // are told apart by the record of the first.
-    let lock = state.lock()?;
+    let lock = state.lock().map_err(core_error)?;
     let link = find_link(&mut host, &dev.selector, &state)?;
     if link.name == "lo" {
         return Err(Error::config(
@@ -95,10 +94,11 @@ pub fn add(
         ifname: req.ifname.clone(),
         netns: ns.path().display().to_string(),
         mode: "device".into(),
+        master: None,
         boot_id: boot_id(),
         device: Some(saved),
     };
-    state.write(&lock, network, &rec)?;
+    state.write(&lock, network, &rec).map_err(core_error)?;
     let moved = host
         .move_link(link.index, ns, &req.ifname, Some(&link.name))
         .map_err(kernel);
@@ -252,116 +252,13 @@ fn restore_and_forget(
     // A record from another boot describes a link the reboot returned.
     if rec.is_current() {
         if let Some(saved) = &rec.device {
-            restore(saved, &rec.ifname, ns)?;
+            state::restore_device(saved, &rec.ifname, ns).map_err(core_error)?;
         }
     }
-    let lock = state.lock()?;
-    state.remove(&lock, network, &rec.container_id, &rec.ifname)
-}
-
-fn restore(saved: &SavedDevice, ifname: &str, ns: Option<&Netns>) -> Result<(), Error> {
-    let mut host = Handle::new().map_err(kernel)?;
-    let mut moved_back = false;
-    if let Some(ns) = ns {
-        let mut cont = Handle::in_netns(ns).map_err(kernel)?;
-        let ours = |l: &Link| l.alias.as_deref() == Some(saved.name.as_str());
-        // By CNI_IFNAME, or by alias if the rename after the move failed.
-        let link = match cont.link_by_name(ifname).map_err(kernel)?.filter(ours) {
-            Some(l) => Some(l),
-            None => cont.links().map_err(kernel)?.into_iter().find(ours),
-        };
-        if let Some(link) = link {
-            let host_ns = Netns::current().map_err(kernel)?;
-            let alias = saved.alias.as_deref().unwrap_or("");
-            cont.move_link(link.index, &host_ns, &saved.name, Some(alias))
-                .map_err(|e| {
-                    Error::new(
-                        codes::KERNEL,
-                        format!("moving {ifname} back to the host as {:?}: {e}", saved.name),
-                    )
-                })?;
-            moved_back = true;
-        }
-    }
-    let on_host = if moved_back {
-        host.link_by_name(&saved.name).map_err(kernel)?
-    } else {
-        find_returned(&mut host, saved)?
-    };
-    let Some(link) = on_host else {
-        // A virtual link that died with its namespace: nothing to restore.
-        return Ok(());
-    };
-    if link.name != saved.name {
-        host.set_down(link.index).map_err(kernel)?;
-        host.set_name(link.index, &saved.name).map_err(|e| {
-            Error::new(
-                codes::KERNEL,
-                format!("renaming {} back to {:?}: {e}", link.name, saved.name),
-            )
-        })?;
-    }
-    if link.alias.as_deref() == Some(saved.name.as_str()) {
-        host.set_alias(link.index, saved.alias.as_deref().unwrap_or(""))
-            .map_err(kernel)?;
-    }
-    if link.mtu != saved.mtu {
-        host.set_mtu(link.index, saved.mtu).map_err(kernel)?;
-    }
-    for addr in &saved.addresses {
-        match host.add_address(link.index, *addr, &AddressOptions::default()) {
-            Ok(()) => {}
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(kernel(e)),
-        }
-    }
-    if saved.up && !link.admin_up {
-        host.set_up(link.index).map_err(kernel)?;
-    }
-    // Best effort: the device is back whatever happens to a route (one
-    // whose gateway is unreachable now must not make every DEL fail), and
-    // routes the kernel derives from the addresses already exist.
-    for r in &saved.routes {
-        let mut route = berth_kernel::Route::new(r.dst);
-        route.gateway = r.gateway;
-        route.priority = r.metric;
-        route.oif = Some(link.index);
-        let _ = host.add_route(&route);
-    }
-    Ok(())
-}
-
-/// How long DEL waits for the kernel to return a physical link from a
-/// deleted namespace: the namespace is torn down by a kernel worker after
-/// its last reference goes, usually within milliseconds.
-const RETURN_WAIT: Duration = Duration::from_secs(5);
-
-/// The device on the host when DEL did not move it back itself: returned
-/// by the kernel under its container name or dev<N> with the alias intact,
-/// or moved back by a DEL that stopped before the end. None for a virtual
-/// link that is nowhere: it died with its namespace. A physical one is
-/// waited for, and is an error (the record stays) if it does not come back.
-fn find_returned(host: &mut Handle, saved: &SavedDevice) -> Result<Option<Link>, Error> {
-    let deadline = Instant::now() + RETURN_WAIT;
-    loop {
-        let found = host.links().map_err(kernel)?.into_iter().find(|l| {
-            l.alias.as_deref() == Some(saved.name.as_str())
-                || (l.name == saved.name && l.index == saved.index)
-        });
-        if found.is_some() || saved.virtual_link {
-            return Ok(found);
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::new(
-                codes::TRY_AGAIN,
-                format!(
-                    "physical device {:?} is neither in the container nor back on the host yet",
-                    saved.name
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lock = state.lock().map_err(core_error)?;
+    state
+        .remove(&lock, network, &rec.container_id, &rec.ifname)
+        .map_err(core_error)
 }
 
 pub fn check(req: &Request, ns: &Netns, prev: &CniResult) -> Result<(), Error> {

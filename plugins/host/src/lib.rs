@@ -12,7 +12,8 @@ mod device;
 mod hostns;
 mod loopback;
 mod macvlan;
-pub mod state;
+/// The attachments' records are the core's (`berth status` reads them).
+pub use berth_network::host_attachment as state;
 
 use berth_kernel::{Handle, Netns};
 use cni::{codes, CniResult, Command, Error, Interface, Plugin, Request};

@@ -12,7 +12,7 @@ use crate::state::{boot_id, Record, State};
 use crate::{configure_interface, ensure_ifname_free, existing_container_netns, finish_or_undo};
 use berth_kernel::{Handle, Link, MacvlanOptions, Netns};
 use cni::{codes, CniResult, Command, Error, Request};
-use ifconf::{check_failed, ipam, kernel};
+use ifconf::{check_failed, core_error, ipam, kernel};
 use std::path::Path;
 
 const KIND: &str = "macvlan";
@@ -82,12 +82,13 @@ pub fn add(
         ifname: req.ifname.clone(),
         netns: ns.path().display().to_string(),
         mode: KIND.into(),
+        master: Some(parent.name.clone()),
         boot_id: boot_id(),
         device: None,
     };
     {
-        let lock = state.lock()?;
-        state.write(&lock, network, &rec)?;
+        let lock = state.lock().map_err(core_error)?;
+        state.write(&lock, network, &rec).map_err(core_error)?;
     }
     let opts = MacvlanOptions {
         mode: m.mode,
@@ -171,9 +172,12 @@ pub fn del(req: &Request, conf: &HostConf) -> Result<(), Error> {
     match deleted {
         Ok(()) => {
             let state = State::from_env();
-            let removed = state.lock().and_then(|lock| {
-                state.remove(&lock, &req.conf.name, &req.container_id, &req.ifname)
-            });
+            let removed = state
+                .lock()
+                .and_then(|lock| {
+                    state.remove(&lock, &req.conf.name, &req.container_id, &req.ifname)
+                })
+                .map_err(core_error);
             if let Err(e) = removed {
                 errors.push(e);
             }
@@ -191,8 +195,10 @@ pub fn release(state: &State, network: &str, rec: &Record) -> Result<(), Error> 
             delete_child(&ns, &rec.ifname)?;
         }
     }
-    let lock = state.lock()?;
-    state.remove(&lock, network, &rec.container_id, &rec.ifname)
+    let lock = state.lock().map_err(core_error)?;
+    state
+        .remove(&lock, network, &rec.container_id, &rec.ifname)
+        .map_err(core_error)
 }
 
 pub fn check(req: &Request, m: &MacvlanConf, ns: &Netns, prev: &CniResult) -> Result<(), Error> {
