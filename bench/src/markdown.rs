@@ -681,6 +681,15 @@ fn reconcile(b: &mut String, r: &Reconcile) {
             each(&r.status_ms),
         ],
     );
+    row(
+        b,
+        &[
+            "`berth metrics` over the same (process start included)".into(),
+            ms(r.metrics_median_ms),
+            ms(r.metrics_max_ms),
+            each(&r.metrics_ms),
+        ],
+    );
     b.push_str("\n| the watcher's CPU | share of one core |\n|---|---:|\n");
     row(
         b,
@@ -1215,6 +1224,9 @@ mod tests {
             status_ms: vec![20.0, 22.0],
             status_median_ms: Some(21.0),
             status_max_ms: Some(22.0),
+            metrics_ms: vec![30.0, 32.0],
+            metrics_median_ms: Some(31.0),
+            metrics_max_ms: Some(32.0),
             first_pass_ms: 80.0,
             flushes: 3,
             answer_ms: vec![40.0, 50.5],

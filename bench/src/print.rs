@@ -218,6 +218,13 @@ fn print_reconcile(r: &Reconcile) {
         pass(r.after_storm_pass)
     );
     println!(
+        "  berth status -o json: median {:>8} ms, max {:>8} ms; berth metrics: median {:>8} ms, max {:>8} ms",
+        f(r.status_median_ms),
+        f(r.status_max_ms),
+        f(r.metrics_median_ms),
+        f(r.metrics_max_ms)
+    );
+    println!(
         "  (setup {:.1} s; the watcher's first pass, nothing to repair, {} ms)",
         r.setup_secs,
         f(Some(r.first_pass_ms))

@@ -149,9 +149,41 @@ fn exec(
 /// How many times `berth status` is timed.
 const STATUS_RUNS: usize = 10;
 
-/// Times `berth status -o json` in the host namespace over the records the
-/// setup made (STATUS_RUNS times, ms each), after checking that it counts
-/// exactly `containers` attachments and `mappings` published ports.
+/// One `berth ARGS --data-dir DATA` in the host namespace, timed; its
+/// stdout.
+fn time_berth(
+    host: &Netns,
+    run_dir: &Path,
+    data_dir: &Path,
+    berth_dir: &Path,
+    args: &[&str],
+) -> Result<(Duration, String)> {
+    let mut cmd = Command::new(berth_dir.join("berth"));
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("BERTH_RUN_DIR", run_dir)
+        .stdin(Stdio::null());
+    // Run from a thread inside the host namespace, as the watcher is:
+    // berth's own process start is timed, with nothing between.
+    let start = Instant::now();
+    let out = host.run(move || cmd.output().context("running berth"))?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "berth {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// Times `berth status -o json` and `berth metrics` in the host namespace
+/// over the records the setup made (STATUS_RUNS times each, ms each),
+/// after checking that both count exactly `containers` attachments and
+/// `mappings` published ports.
 fn time_status(
     host: &Netns,
     run_dir: &Path,
@@ -159,28 +191,9 @@ fn time_status(
     berth_dir: &Path,
     containers: usize,
     mappings: usize,
-) -> Result<Vec<f64>> {
-    let run = || -> Result<(Duration, String)> {
-        let mut cmd = Command::new(berth_dir.join("berth"));
-        cmd.args(["status", "-o", "json", "--data-dir"])
-            .arg(data_dir)
-            .env("BERTH_RUN_DIR", run_dir)
-            .stdin(Stdio::null());
-        // Run from a thread inside the host namespace, as the watcher is:
-        // berth's own process start is timed, with nothing between.
-        let start = Instant::now();
-        let out = host.run(move || cmd.output().context("running berth status"))?;
-        let took = start.elapsed();
-        if !out.status.success() {
-            bail!(
-                "berth status failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
-    };
-    let (_, text) = run()?;
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let status = ["status", "-o", "json"];
+    let (_, text) = time_berth(host, run_dir, data_dir, berth_dir, &status)?;
     let v: Value = serde_json::from_str(&text).context("berth status -o json")?;
     let nets = v["networks"].as_array().cloned().unwrap_or_default();
     let attached: usize = nets
@@ -197,9 +210,21 @@ fn time_status(
              not {containers} and {mappings}"
         );
     }
-    (0..STATUS_RUNS)
-        .map(|_| run().map(|(t, _)| ms(t)))
-        .collect()
+    let metrics = ["metrics", "--volumes-root", "/nonexistent"];
+    let (_, text) = time_berth(host, run_dir, data_dir, berth_dir, &metrics)?;
+    let want = [
+        format!("berth_attachments{{network=\"{NETWORK}\",state=\"live\"}} {containers}"),
+        format!("berth_published_ports{{network=\"{NETWORK}\"}} {mappings}"),
+    ];
+    if let Some(w) = want.iter().find(|w| !text.lines().any(|l| l == w.as_str())) {
+        bail!("berth metrics has no line {w:?}");
+    }
+    let times = |args: &[&str]| -> Result<Vec<f64>> {
+        (0..STATUS_RUNS)
+            .map(|_| time_berth(host, run_dir, data_dir, berth_dir, args).map(|(t, _)| ms(t)))
+            .collect()
+    };
+    Ok((times(&status)?, times(&metrics)?))
 }
 
 /// `nft flush ruleset` in the host namespace (never the real host's).
@@ -510,8 +535,10 @@ pub(crate) fn reconcile(
     }
     eprintln!();
     let setup_secs = setup.elapsed().as_secs_f64();
-    eprintln!("reconcile: berth status over {containers} attachments, {STATUS_RUNS} times");
-    let status_ms = time_status(
+    eprintln!(
+        "reconcile: berth status and berth metrics over {containers} attachments, {STATUS_RUNS} times each"
+    );
+    let (status_ms, metrics_ms) = time_status(
         &host,
         run.path(),
         data.path(),
@@ -609,6 +636,9 @@ pub(crate) fn reconcile(
         status_median_ms: median(&status_ms),
         status_max_ms: status_ms.iter().copied().reduce(f64::max),
         status_ms,
+        metrics_median_ms: median(&metrics_ms),
+        metrics_max_ms: metrics_ms.iter().copied().reduce(f64::max),
+        metrics_ms,
         first_pass_ms: ms(first_pass),
         flushes,
         answer_median_ms: median(&answer_ms),

@@ -565,6 +565,10 @@ pub(crate) struct Reconcile {
     pub(crate) status_ms: Vec<f64>,
     pub(crate) status_median_ms: Option<f64>,
     pub(crate) status_max_ms: Option<f64>,
+    /// `berth metrics` over them (the node's Prometheus text), each run.
+    pub(crate) metrics_ms: Vec<f64>,
+    pub(crate) metrics_median_ms: Option<f64>,
+    pub(crate) metrics_max_ms: Option<f64>,
     /// `berth watch` started -> its `watching` line: its first pass, with
     /// nothing to repair.
     pub(crate) first_pass_ms: f64,

@@ -375,8 +375,9 @@ fn range_uses(ranges: &[RangeSetUse]) -> Vec<RangeUse> {
 /// that their published ports join them) with their endpoints as
 /// attachments: container ID the engine's endpoint ID, ifname `docker`,
 /// netns the SandboxKey Join gave. Each network's ranges are those of the
-/// pools of berthd's IPAM its gateways are in.
-/// The engine's overlay networks by their overlay names.
+/// pools of berthd's IPAM its gateways are in. Returns the engine's
+/// overlay networks' names by their overlay names (their agents' records
+/// go by those).
 fn engine_networks(
     records: &Records,
     networks: &mut BTreeMap<String, Network>,

@@ -24,6 +24,7 @@ use serde_json::Value;
 pub mod bandwidth;
 pub mod cri;
 pub mod etcd_tls;
+pub mod metrics;
 pub mod overlay_hosts;
 
 /// Plugin binaries the integration tests expect in [`bin_dir`].

@@ -14,12 +14,12 @@
 //! mount namespace), where every `nft` and `iptables` command it makes
 //! goes; all its traffic is between namespaces it made.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_tests::etcd_tls::{unb64, EtcdCluster, Pki};
+use berth_tests::metrics;
 use berth_tests::*;
 use serde_json::Value;
 
@@ -256,19 +256,24 @@ impl Daemons {
         ])
     }
 
-    /// `berth status -o json` on the test's run dir and berthd's state
-    /// (no berth-ipam data dir: only berthd's networks and this test's).
-    fn berth_status(&self) -> Value {
+    /// `berth ARGS -o json` on the test's run dir and berthd's state (no
+    /// berth-ipam data dir: only berthd's networks and this test's).
+    fn berth_json(&self, args: &[&str]) -> Value {
         let out = Command::new(bin("berth"))
             .env("BERTH_RUN_DIR", self.dir.path().join("run"))
-            .args(["status", "-o", "json", "--engine-state"])
+            .args(args)
+            .args(["-o", "json", "--engine-state"])
             .arg(self.dir.path().join("state"))
             .arg("--data-dir")
             .arg(self.dir.path().join("no-data-dir"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "berth status: {}", text(&out));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "berth {args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn berth_status(&self) -> Value {
+        let v = self.berth_json(&["status"]);
         assert_eq!(v["problems"], serde_json::json!([]), "{v:#}");
         v
     }
@@ -449,18 +454,12 @@ fn docker_engine_uses_berthd_volumes() {
     assert_eq!(managed["usedBytes"], "written-by-one\n".len());
     // berthd's metrics: the same volumes, bytes, limits and mounts.
     let m = berthd_metrics(&d);
-    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
     for v in vols {
-        let l = labels(&[
+        let l = [
             ("volume", v["name"].as_str().unwrap()),
             ("kind", v["kind"].as_str().unwrap()),
-        ]);
-        let get = |name: &str| m.get(&(name.to_string(), l.clone())).copied();
+        ];
+        let get = |name: &str| m.get(&metrics::key(name, &l)).copied();
         assert_eq!(
             get("berth_volume_used_bytes"),
             v["usedBytes"].as_f64(),
@@ -567,7 +566,7 @@ fn http_get(port: u16, patience: Duration) -> Result<String, String> {
 
 /// berthd's metrics, as Prometheus scrapes them: the samples by name and
 /// labels, after promtool found nothing to say about the exposition.
-fn berthd_metrics(d: &Daemons) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+fn berthd_metrics(d: &Daemons) -> metrics::Samples {
     let answer = http_get_path(d.metrics_port, "/metrics", Duration::from_secs(5))
         .expect("berthd's metrics");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
@@ -575,47 +574,8 @@ fn berthd_metrics(d: &Daemons) -> BTreeMap<(String, BTreeMap<String, String>), f
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success() && text(&checked).trim().is_empty(),
-        "promtool check metrics: {}\n{body}",
-        text(&checked)
-    );
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .unwrap()
-        .samples
-        .into_iter()
-        .filter_map(|s| {
-            let v = match s.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
-                // A histogram by its count (its +Inf bucket's).
-                prometheus_parse::Value::Histogram(h) => {
-                    h.iter().map(|b| b.count).fold(0.0, f64::max)
-                }
-                _ => return None,
-            };
-            let labels = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            Some(((s.metric, labels), v))
-        })
-        .collect()
+    metrics::promtool_finds_nothing(body);
+    metrics::samples(body)
 }
 
 /// GET `path` on 127.0.0.1:`port`, retried for `patience`.
@@ -787,14 +747,7 @@ fn docker_engine_uses_berthd_networks() {
     }
     // berthd's metrics say the same, and count the engine's calls.
     let m = berthd_metrics(&d);
-    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let get =
-        |name: &str, pairs: &[(&str, &str)]| m.get(&(name.to_string(), labels(pairs))).copied();
+    let get = |name: &str, pairs: &[(&str, &str)]| m.get(&metrics::key(name, pairs)).copied();
     assert_eq!(
         get(
             "berth_attachments",
@@ -849,16 +802,7 @@ fn docker_engine_uses_berthd_networks() {
     assert_eq!(get("berth_records_unreadable", &[]), Some(0.0));
 
     // `berth gc` leaves berthd's endpoints to the engine.
-    let gc = Command::new(bin("berth"))
-        .env("BERTH_RUN_DIR", d.dir.path().join("run"))
-        .args(["gc", "--dry-run", "-o", "json", "--engine-state"])
-        .arg(d.dir.path().join("state"))
-        .arg("--data-dir")
-        .arg(d.dir.path().join("no-data-dir"))
-        .output()
-        .unwrap();
-    assert!(gc.status.success(), "berth gc: {}", text(&gc));
-    let gc: Value = serde_json::from_slice(&gc.stdout).unwrap();
+    let gc = d.berth_json(&["gc", "--dry-run"]);
     assert_eq!(gc["stale"], serde_json::json!([]), "{gc:#}");
 
     // Taken away behind berth's back (only this test's objects: the host's

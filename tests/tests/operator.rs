@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use berth_tests::metrics::{key, promtool_finds_nothing, samples, Samples};
 use berth_tests::*;
 use serde_json::{json, Value};
 
@@ -77,11 +78,12 @@ impl Fx {
         self.berth_answering(args, "")
     }
 
-    /// [`Fx::berth`] with `input` on its stdin.
-    fn berth_answering(&self, args: &[&str], input: &str) -> Out {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.host.name(), "env"])
+    /// `berth args...` in the host namespace on the test's records
+    /// (`ip netns exec` and `env` exec in place: the child's PID is
+    /// berth's).
+    fn berth_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.host.name(), "env"])
             .arg(format!("BERTH_RUN_DIR={}", self.run.path().display()))
             .arg(bin("berth"))
             .args(args)
@@ -89,7 +91,15 @@ impl Fx {
             .arg(self.data.path())
             // No berthd's records but this test's (none).
             .arg("--engine-state")
-            .arg(self.run.path().join("engine"))
+            .arg(self.run.path().join("engine"));
+        c
+    }
+
+    /// [`Fx::berth`] with `input` on its stdin.
+    fn berth_answering(&self, args: &[&str], input: &str) -> Out {
+        use std::io::Write;
+        let mut child = self
+            .berth_command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -165,69 +175,11 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// `promtool check metrics` on an exposition: it must find nothing to
-/// say (no format error, no lint).
-fn promtool_finds_nothing(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package: run ./scripts/test, which installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{text}"
-    );
-}
-
-type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
-
-/// An exposition's samples (gauges and counters), by name and labels.
-fn samples(text: &str) -> Samples {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    scrape
-        .samples
-        .into_iter()
-        .filter_map(|s| {
-            let v = match s.value {
-                prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => return None,
-            };
-            let labels = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            Some(((s.metric, labels), v))
-        })
-        .collect()
-}
-
 /// The node metrics `berth status -o json`'s `st` says there must be.
 fn metrics_of_status(st: &Value) -> Samples {
     let mut want = Samples::new();
     let mut put = |name: &str, labels: &[(&str, &str)], v: f64| {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        want.insert((name.to_string(), labels), v);
+        want.insert(key(name, labels), v);
     };
     for n in st["networks"].as_array().unwrap() {
         let net = n["name"].as_str().unwrap();
@@ -882,17 +834,8 @@ fn watch_serves_the_metrics_and_counts_its_repairs() {
     let log = fx.run.path().join("watch.log");
     // The address is the test's host namespace's own loopback.
     let url = "http://127.0.0.1:9473/metrics";
-    // `ip netns exec` and `env` exec in place: the child's PID is berth's.
     let _watch = Watch(
-        Command::new("ip")
-            .args(["netns", "exec", fx.host.name(), "env"])
-            .arg(format!("BERTH_RUN_DIR={}", fx.run.path().display()))
-            .arg(bin("berth"))
-            .args(["watch", "--metrics-address", "127.0.0.1:9473"])
-            .arg("--data-dir")
-            .arg(fx.data.path())
-            .arg("--engine-state")
-            .arg(fx.run.path().join("engine"))
+        fx.berth_command(&["watch", "--metrics-address", "127.0.0.1:9473"])
             .arg("--volumes-root")
             .arg(&vols)
             .stdin(std::process::Stdio::null())
@@ -923,11 +866,7 @@ fn watch_serves_the_metrics_and_counts_its_repairs() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     };
-    let counter = |s: &Samples, name: &str| {
-        s.get(&(name.to_string(), BTreeMap::new()))
-            .copied()
-            .unwrap_or(-1.0)
-    };
+    let counter = |s: &Samples, name: &str| s.get(&key(name, &[])).copied().unwrap_or(-1.0);
     let text = wait_for("a first pass", &|s| {
         counter(s, "berth_reconciler_passes_total") >= 1.0
     });
@@ -945,15 +884,7 @@ fn watch_serves_the_metrics_and_counts_its_repairs() {
     for (k, v) in &node {
         assert_eq!(served.get(k), Some(v), "{k:?} in {text}");
     }
-    let at = |name: &str, state: &str| {
-        node[&(
-            name.to_string(),
-            [("network", net.as_str()), ("state", state)]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )]
-    };
+    let at = |name: &str, state: &str| node[&key(name, &[("network", &net), ("state", state)])];
     assert_eq!(at("berth_attachments", "live"), 1.0, "{}", once.stdout);
 
     // A firewall reload (here: the host namespace's ruleset flushed) is
