@@ -543,16 +543,7 @@ impl StoreReader {
 
     /// Every allocation, in address order.
     pub fn allocations(&self) -> Result<Vec<Allocation>> {
-        let path = &self.path;
-        let raws = self
-            .conn
-            .prepare("SELECT ip, range_set, container_id, ifname FROM allocations ORDER BY ip")
-            .and_then(|mut s| {
-                s.query_map([], raw_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(sql_err(path, "listing allocations"))?;
-        raws.into_iter().map(|r| to_allocation(path, r)).collect()
+        all_allocations(&self.conn, &self.path)
     }
 
     /// Whether the database has `table` (the additions to schema 1 come
@@ -654,6 +645,19 @@ impl StoreReader {
 }
 
 type RawAllocation = (Vec<u8>, Option<u32>, String, String);
+
+/// Every allocation of the store on `conn` (at `path`), in address
+/// order: the writer's and the operator's reader's.
+fn all_allocations(conn: &Connection, path: &Path) -> Result<Vec<Allocation>> {
+    let raws = conn
+        .prepare("SELECT ip, range_set, container_id, ifname FROM allocations ORDER BY ip")
+        .and_then(|mut s| {
+            s.query_map([], raw_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql_err(path, "listing allocations"))?;
+    raws.into_iter().map(|r| to_allocation(path, r)).collect()
+}
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAllocation> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -875,16 +879,7 @@ impl AllocationStore for SqliteStore {
     }
 
     fn list(&mut self) -> Result<Vec<Allocation>> {
-        let path = &self.path;
-        let raws = self
-            .conn
-            .prepare("SELECT ip, range_set, container_id, ifname FROM allocations ORDER BY ip")
-            .and_then(|mut s| {
-                s.query_map([], raw_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(sql_err(path, "listing allocations"))?;
-        raws.into_iter().map(|r| to_allocation(path, r)).collect()
+        all_allocations(&self.conn, &self.path)
     }
 
     fn import(

@@ -217,6 +217,17 @@ pub fn unique_subnets_with(pid: u32, counter: u64) -> (String, String) {
     (v4, v6)
 }
 
+/// The network named `name` in `berth status -o json`'s output `st`;
+/// panics, showing `st`, if it has none.
+pub fn status_network<'a>(st: &'a Value, name: &str) -> &'a Value {
+    st["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no network {name} in {st:#}"))
+}
+
 // ---------------------------------------------------------------------------
 // commands
 
@@ -1634,8 +1645,9 @@ pub fn subnet_host(subnet: &str, n: u8) -> std::net::IpAddr {
     }
 }
 
-/// The container's address of one family from a bridge plugin's result.
-pub fn result_address(result: &Value, v4: bool) -> std::net::IpAddr {
+/// Every address of a plugin's result, without its prefix length, in
+/// the result's order.
+pub fn result_addresses(result: &Value) -> Vec<std::net::IpAddr> {
     result["ips"]
         .as_array()
         .unwrap()
@@ -1648,6 +1660,13 @@ pub fn result_address(result: &Value, v4: bool) -> std::net::IpAddr {
                 .parse::<std::net::IpAddr>()
                 .unwrap()
         })
+        .collect()
+}
+
+/// The container's address of one family from a bridge plugin's result.
+pub fn result_address(result: &Value, v4: bool) -> std::net::IpAddr {
+    result_addresses(result)
+        .into_iter()
         .find(|a| a.is_ipv4() == v4)
         .expect("address of the family")
 }

@@ -690,13 +690,7 @@ fn docker_engine_uses_berthd_networks() {
     // `berth status` shows the network, its three endpoints with the
     // engine's addresses, their netns, and the published port.
     let shown = d.berth_status();
-    let n = shown["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == rules.as_str())
-        .unwrap_or_else(|| panic!("no network {rules} in {shown:#}"))
-        .clone();
+    let n = status_network(&shown, &rules).clone();
     assert_eq!(n["dockerNetworkID"], id.as_str(), "{n:#}");
     assert_eq!(n["kind"], "bridge");
     assert_eq!(n["bridge"], bridge.as_str());
@@ -856,13 +850,7 @@ fn docker_engine_uses_berthd_networks() {
     );
     d.ok(&["rm", "-f", "web"]);
     let shown = d.berth_status();
-    let n = shown["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == rules.as_str())
-        .unwrap()
-        .clone();
+    let n = status_network(&shown, &rules).clone();
     assert_eq!(n["attachments"].as_array().unwrap().len(), 2, "{n:#}");
     assert_eq!(n["publishedPorts"], 0, "{n:#}");
     assert!(

@@ -137,21 +137,7 @@ fn host_veth(result: &Value, bridge: &str) -> String {
 /// The result's addresses without their prefix lengths, sorted as `berth`
 /// sorts them.
 fn addresses(result: &Value) -> Vec<String> {
-    let mut v: Vec<std::net::IpAddr> = result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            i["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let mut v = result_addresses(result);
     v.sort();
     v.iter().map(ToString::to_string).collect()
 }
@@ -612,12 +598,7 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
     assert_eq!(x["netns"], ns_mgone.path_str(), "{x:#}");
     // The macvlan network is shown as one, with its master, from
     // berth-host's records.
-    let m = st["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == net_m)
-        .unwrap();
+    let m = status_network(&st, &net_m);
     assert_eq!(m["kind"], "macvlan", "{m:#}");
     assert_eq!(m["master"], "opgcm0", "{m:#}");
     assert_eq!(m["kernel"]["matches"], true, "{m:#}");
@@ -726,21 +707,11 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
     let mut want_left = vec![live.clone(), mlive.clone()];
     want_left.sort();
     assert_eq!(left, want_left, "{st:#}");
-    let a = st["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == net_a)
-        .unwrap();
+    let a = status_network(&st, &net_a);
     assert_eq!(a["publishedPorts"], 0);
     assert_eq!(a["ranges"][0]["used"], 1, "{a:#}");
     assert_eq!(a["kernel"]["matches"], true, "{a:#}");
-    let m = st["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == net_m)
-        .unwrap();
+    let m = status_network(&st, &net_m);
     assert_eq!(m["ranges"][0]["used"], 1, "{m:#}");
     // The gone macvlan's berth-host record went with it; the live one's
     // stays.

@@ -642,12 +642,7 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
     // as its agent recorded them; the metrics say the same.
     let slash24 = |ip: &str| format!("{}.0/24", ip.rsplit_once('.').unwrap().0);
     let st = berth_status(&n1);
-    let net = st["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "ovet")
-        .unwrap_or_else(|| panic!("no network ovet in {st:#}"));
+    let net = status_network(&st, "ovet");
     let o = &net["overlay"];
     assert_eq!(o["node"], "h1", "{o:#}");
     assert_eq!(o["subnet"], slash24(&ip1), "{o:#}");

@@ -23,7 +23,7 @@ impl Networks {
 
     pub(super) fn create_endpoint(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: CreateEndpointReq = parse(body)?;
-        if Self::read::<Network>(&self.net_path(&req.network_id)).is_none() {
+        if self.records.network(&req.network_id).is_none() {
             return Err(fail(format!("unknown network {}", short(&req.network_id))));
         }
         if req.endpoint_id.is_empty() {
@@ -42,12 +42,14 @@ impl Networks {
 
     pub(super) fn join(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: JoinReq = parse(body)?;
-        let n: Network = Self::read(&self.net_path(&req.network_id))
+        let n: Network = self
+            .records
+            .network(&req.network_id)
             .ok_or_else(|| fail(format!("unknown network {}", short(&req.network_id))))?;
         if req.endpoint_id.is_empty() {
             return Err(fail("request has no EndpointID"));
         }
-        let mut ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id)).ok_or_else(|| {
+        let mut ep: Endpoint = self.records.endpoint(&req.endpoint_id).ok_or_else(|| {
             fail(format!(
                 "unknown endpoint {} (Join before CreateEndpoint)",
                 short(&req.endpoint_id)
@@ -100,13 +102,15 @@ impl Networks {
         let req: IdReq = parse(body)?;
         let path = self.ep_path(&req.endpoint_id);
         // Tolerant: the link may be gone with its namespace, or never made.
-        let host_veth = Self::read::<Endpoint>(&path)
+        let host_veth = self
+            .records
+            .endpoint(&req.endpoint_id)
             .map(|e| e.host_veth)
             .unwrap_or_else(|| {
                 self.endpoint_of(&req.network_id, &req.endpoint_id)
                     .host_veth
             });
-        if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
+        if let Some(n) = self.records.network(&req.network_id) {
             berth_network::ports::unpublish(&Self::port_owner(&n, &req.endpoint_id))
                 .map_err(fail)?;
         }
@@ -119,7 +123,9 @@ impl Networks {
 
     pub(super) fn oper_info(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
-        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id))
+        let ep: Endpoint = self
+            .records
+            .endpoint(&req.endpoint_id)
             .ok_or_else(|| fail(format!("unknown endpoint {}", short(&req.endpoint_id))))?;
         Ok((
             200,

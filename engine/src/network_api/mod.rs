@@ -120,10 +120,6 @@ impl Networks {
         self.records.endpoint_path(id)
     }
 
-    fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-    }
-
     fn write<T: Serialize>(path: &Path, v: &T) -> Result<(), Answer> {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;

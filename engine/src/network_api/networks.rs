@@ -127,7 +127,7 @@ impl Networks {
         let mut h = Handle::new().map_err(kernel("netlink"))?;
         // A CreateNetwork retried after berthd died halfway through it:
         // what the first attempt made goes, then it is made again.
-        if let Some(old) = Self::read::<Network>(&self.net_path(&req.network_id)) {
+        if let Some(old) = self.records.network(&req.network_id) {
             self.teardown(&mut h, &old)?;
             let _ = std::fs::remove_file(self.net_path(&old.id));
         }
@@ -318,7 +318,7 @@ impl Networks {
 
     pub(super) fn delete_network(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
-        let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) else {
+        let Some(n) = self.records.network(&req.network_id) else {
             return Ok((200, json!({})));
         };
         let mut h = Handle::new().map_err(kernel("netlink"))?;

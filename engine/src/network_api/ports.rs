@@ -27,9 +27,13 @@ impl Networks {
     /// nftables maps.
     pub(super) fn program(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: ProgramReq = parse(body)?;
-        let n: Network = Self::read(&self.net_path(&req.network_id))
+        let n: Network = self
+            .records
+            .network(&req.network_id)
             .ok_or_else(|| fail(format!("unknown network {}", short(&req.network_id))))?;
-        let ep: Endpoint = Self::read(&self.ep_path(&req.endpoint_id))
+        let ep: Endpoint = self
+            .records
+            .endpoint(&req.endpoint_id)
             .ok_or_else(|| fail(format!("unknown endpoint {}", short(&req.endpoint_id))))?;
         let bindings: Vec<PortBinding> = match req.options.get("com.docker.network.portmap") {
             None | Some(Value::Null) => Vec::new(),
@@ -115,7 +119,7 @@ impl Networks {
 
     pub(super) fn revoke(&self, body: &[u8]) -> Result<Answer, Answer> {
         let req: IdReq = parse(body)?;
-        if let Some(n) = Self::read::<Network>(&self.net_path(&req.network_id)) {
+        if let Some(n) = self.records.network(&req.network_id) {
             berth_network::ports::unpublish(&Self::port_owner(&n, &req.endpoint_id))
                 .map_err(fail)?;
         }
