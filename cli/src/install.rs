@@ -41,6 +41,11 @@ pub const PLUGINS: [&str; 7] = [
 const PLUGIN_MODE: u32 = 0o755;
 /// Mode of an installed conflist.
 const CONFLIST_MODE: u32 = 0o644;
+/// Mode of the etcd client files: only root reads a key.
+const ETCD_FILE_MODE: u32 = 0o600;
+/// The directory of the conf dir the etcd client files go to (the
+/// conflist names them there: `/etc/cni/net.d/berth-etcd/ca.crt`...).
+pub const ETCD_TLS_SUBDIR: &str = "berth-etcd";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -59,6 +64,12 @@ pub struct Args {
     /// this `berth` binary is in].
     #[arg(long, value_name = "DIR")]
     pub source_dir: Option<PathBuf>,
+    /// A directory of etcd client files (a mounted Secret: ca.crt,
+    /// tls.crt, tls.key) to copy into the conf dir's `berth-etcd/`
+    /// (mode 0600), where the plugins on the host read them, before the
+    /// conflist that names them.
+    #[arg(long, value_name = "DIR")]
+    pub etcd_tls_dir: Option<PathBuf>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -76,6 +87,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bin_dir: args.cni_bin_dir.clone(),
         conf_dir: args.cni_conf_dir.clone(),
         conflist: args.conflist.clone(),
+        etcd_tls_dir: args.etcd_tls_dir.clone(),
     };
     let report = install(&opts)?;
     for (path, outcome) in &report.files {
@@ -98,6 +110,7 @@ pub struct Options {
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
     pub conflist: Option<PathBuf>,
+    pub etcd_tls_dir: Option<PathBuf>,
 }
 
 /// What happened to one target file.
@@ -160,6 +173,10 @@ pub fn install(opts: &Options) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    let etcd_files = match &opts.etcd_tls_dir {
+        Some(dir) => secret_files(dir)?,
+        None => Vec::new(),
+    };
 
     // 2. The plugins, each atomically; then make the renames durable.
     let mut report = Report::default();
@@ -176,7 +193,23 @@ pub fn install(opts: &Options) -> anyhow::Result<Report> {
     atomic::sync_dir(&opts.bin_dir)
         .with_context(|| format!("syncing {}", opts.bin_dir.display()))?;
 
-    // 3. The conflist last: its appearance means "network ready".
+    // 3. The etcd client files the conflist names, then the conflist
+    // last: its appearance means "network ready".
+    if !etcd_files.is_empty() {
+        let dir = opts.conf_dir.join(ETCD_TLS_SUBDIR);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} root's only", dir.display()))?;
+        report.stale_removed.extend(
+            atomic::remove_stale_temps(&dir)
+                .with_context(|| format!("cleaning temporary files in {}", dir.display()))?,
+        );
+        for (name, src) in &etcd_files {
+            let outcome = install_file(src, &dir, name, ETCD_FILE_MODE)?;
+            report.files.push((dir.join(name), outcome));
+        }
+        atomic::sync_dir(&dir).with_context(|| format!("syncing {}", dir.display()))?;
+    }
     if let Some((src, name)) = conflist {
         fs::create_dir_all(&opts.conf_dir)
             .with_context(|| format!("creating {}", opts.conf_dir.display()))?;
@@ -191,6 +224,41 @@ pub fn install(opts: &Options) -> anyhow::Result<Report> {
         report.files.push((opts.conf_dir.join(name), outcome));
     }
     Ok(report)
+}
+
+/// The files of a mounted Secret or ConfigMap: every entry whose name does
+/// not start with a dot (the kubelet's `..data` and its timestamped
+/// directory), followed through the symlinks the kubelet makes. An empty
+/// or unreadable directory is an error naming it.
+fn secret_files(dir: &Path) -> anyhow::Result<Vec<(std::ffi::OsString, PathBuf)>> {
+    let entries =
+        fs::read_dir(dir).with_context(|| format!("--etcd-tls-dir {}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("--etcd-tls-dir {}", dir.display()))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => files.push((name, path)),
+            Ok(_) => bail!(
+                "--etcd-tls-dir {}: {} is not a file",
+                dir.display(),
+                path.display()
+            ),
+            Err(e) => bail!("--etcd-tls-dir {}: {}: {e}", dir.display(), path.display()),
+        }
+    }
+    if files.is_empty() {
+        bail!(
+            "--etcd-tls-dir {}: no files (the Secret's ca.crt, tls.crt, tls.key)",
+            dir.display()
+        );
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Copies `src` to `dir/name` with `mode` unless it is already there,
@@ -392,6 +460,7 @@ mod tests {
                 bin_dir: root.0.join("host/opt/cni/bin"),
                 conf_dir: root.0.join("host/etc/cni/net.d"),
                 conflist: Some(root.0.join("10-berth.conflist")),
+                etcd_tls_dir: None,
             };
             Fixture { root, opts }
         }
@@ -697,6 +766,78 @@ mod tests {
             "{msg}"
         );
         assert!(f.host_files().is_empty(), "{:?}", f.host_files());
+    }
+
+    /// A Secret's volume as the kubelet lays it out: the files in a
+    /// timestamped directory, `..data` pointing at it, and a symlink per key.
+    fn secret_volume(root: &Path, files: &[(&str, &str)]) -> PathBuf {
+        let vol = root.join("secret");
+        let data = vol.join("..2026_12_07_18_00_00.1");
+        fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink("..2026_12_07_18_00_00.1", vol.join("..data")).unwrap();
+        for (k, v) in files {
+            fs::write(data.join(k), v).unwrap();
+            std::os::unix::fs::symlink(format!("..data/{k}"), vol.join(k)).unwrap();
+        }
+        vol
+    }
+
+    #[test]
+    fn etcd_client_files_go_before_the_conflist_root_only() {
+        let f = Fixture::new("etcd");
+        let vol = secret_volume(
+            &f.root.0,
+            &[("ca.crt", "CA"), ("tls.crt", "CERT"), ("tls.key", "KEY")],
+        );
+        let opts = Options {
+            etcd_tls_dir: Some(vol),
+            ..f.opts.clone()
+        };
+        let report = install(&opts).unwrap();
+        let dir = opts.conf_dir.join(ETCD_TLS_SUBDIR);
+        for (k, v) in [("ca.crt", "CA"), ("tls.crt", "CERT"), ("tls.key", "KEY")] {
+            assert_eq!(fs::read_to_string(dir.join(k)).unwrap(), v);
+            let m = fs::symlink_metadata(dir.join(k)).unwrap();
+            assert!(m.is_file(), "{k} is a copy, not a link");
+            assert_eq!(m.permissions().mode() & 0o7777, ETCD_FILE_MODE);
+        }
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // The conflist is the last file written, after the etcd files.
+        let names: Vec<String> = report
+            .files
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.last().unwrap(), "10-berth.conflist");
+        assert_eq!(
+            names[names.len() - 4..names.len() - 1],
+            ["ca.crt", "tls.crt", "tls.key"]
+        );
+        // Again: nothing changes.
+        let again = install(&opts).unwrap();
+        assert!(again.files.iter().all(|(_, o)| *o == Outcome::Unchanged));
+    }
+
+    #[test]
+    fn an_empty_or_missing_etcd_dir_writes_nothing() {
+        let f = Fixture::new("etcd-bad");
+        let empty = f.root.0.join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        for dir in [empty, f.root.0.join("absent")] {
+            let opts = Options {
+                etcd_tls_dir: Some(dir.clone()),
+                ..f.opts.clone()
+            };
+            let msg = err_text(install(&opts));
+            assert!(
+                msg.contains("--etcd-tls-dir") && msg.contains(&dir.display().to_string()),
+                "{msg}"
+            );
+            assert!(f.host_files().is_empty(), "{:?}", f.host_files());
+        }
     }
 
     #[test]

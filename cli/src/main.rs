@@ -12,6 +12,7 @@ mod gc;
 mod idle;
 mod install;
 mod metrics;
+mod node;
 mod status;
 mod volumes;
 mod watch;
@@ -35,6 +36,11 @@ enum Command {
     /// Block until SIGTERM or SIGINT, then exit 0 (a DaemonSet's main
     /// container, once the init container has installed everything).
     Idle(idle::Args),
+    /// berth's node agent (a Kubernetes DaemonSet's main container): the
+    /// overlay agent of the node's conflist, the reconciler, and
+    /// /metrics, /readyz and /healthz. Runs until SIGTERM, which leaves
+    /// the datapath, the rules and the lease in place.
+    Node(node::Args),
     /// Put back berth's firewall rules whenever something removes them
     /// (a firewall reload, `nft flush ruleset`), from berth's records;
     /// for hosts that run the CNI plugins without berthd. Runs until
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
         Command::Install(args) => install::run(&args),
         Command::Idle(args) => idle::run(&args),
         Command::Watch(args) => watch::run(&args),
+        Command::Node(args) => node::run(&args),
         Command::Status(args) => status::status(&args),
         Command::Ls(args) => status::ls(&args),
         Command::Inspect(args) => status::inspect(&args),

@@ -18,7 +18,7 @@ mod serve;
 
 pub use activity::Activity;
 pub use node::{render, NodeSources};
-pub use serve::serve;
+pub use serve::{serve, serve_with_probes, Probe};
 
 /// What can go wrong producing or serving metrics.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! `GET /metrics` over HTTP/1.1 (hyper on a tokio runtime of its own
-//! thread), for Prometheus to scrape. Anything else gets 404 (another
-//! path) or 405 (another method); a client that sends no complete request
+//! thread), for Prometheus to scrape, and for a node agent also
+//! `/readyz` and `/healthz`, its kubelet probes (200, or 503 with the
+//! reason in one line). Anything else gets 404 (another path) or 405
+//! (another method); a client that sends no complete request
 //! head within [`HEAD_TIMEOUT`] is dropped. Each scrape reads the records
 //! on tokio's blocking pool, so a slow one does not hold up another.
 
@@ -25,6 +27,23 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Render = dyn Fn() -> Result<String> + Send + Sync;
 
+/// A kubelet probe a node agent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `/readyz`: the node is ready for pods.
+    Ready,
+    /// `/healthz`: the process is working (restart it otherwise).
+    Live,
+}
+
+/// A probe's answer: Ok (200) or Err with the reason (503), in one line.
+type Prober = dyn Fn(Probe) -> std::result::Result<String, String> + Send + Sync;
+
+struct Routes {
+    render: Box<Render>,
+    probe: Option<Box<Prober>>,
+}
+
 /// Listens on `addr` (its errors are the caller's, at once) and serves
 /// `render`'s text on a thread of its own until the process ends. The
 /// address it listens on (port 0: the one the kernel picked).
@@ -32,6 +51,31 @@ pub fn serve(
     addr: SocketAddr,
     render: impl Fn() -> Result<String> + Send + Sync + 'static,
 ) -> Result<SocketAddr> {
+    listen(
+        addr,
+        Routes {
+            render: Box::new(render),
+            probe: None,
+        },
+    )
+}
+
+/// [`serve`], and `/readyz` and `/healthz` answered by `probe`.
+pub fn serve_with_probes(
+    addr: SocketAddr,
+    render: impl Fn() -> Result<String> + Send + Sync + 'static,
+    probe: impl Fn(Probe) -> std::result::Result<String, String> + Send + Sync + 'static,
+) -> Result<SocketAddr> {
+    listen(
+        addr,
+        Routes {
+            render: Box::new(render),
+            probe: Some(Box::new(probe)),
+        },
+    )
+}
+
+fn listen(addr: SocketAddr, routes: Routes) -> Result<SocketAddr> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
     let local = listener
@@ -44,15 +88,15 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(Error::Serve)?;
-    let render: Arc<Render> = Arc::new(render);
+    let routes = Arc::new(routes);
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || runtime.block_on(accept(listener, render)))
+        .spawn(move || runtime.block_on(accept(listener, routes)))
         .map_err(Error::Serve)?;
     Ok(local)
 }
 
-async fn accept(listener: std::net::TcpListener, render: Arc<Render>) {
+async fn accept(listener: std::net::TcpListener, routes: Arc<Routes>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -70,9 +114,9 @@ async fn accept(listener: std::net::TcpListener, render: Arc<Render>) {
                 continue;
             }
         };
-        let render = render.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, render.clone()));
+            let service = service_fn(move |req| answer(req, routes.clone()));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
@@ -86,18 +130,39 @@ async fn accept(listener: std::net::TcpListener, render: Arc<Render>) {
 
 async fn answer(
     req: Request<Incoming>,
-    render: Arc<Render>,
+    routes: Arc<Routes>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() != "/metrics" {
-        return Ok(text(StatusCode::NOT_FOUND, "only /metrics is served\n"));
-    }
+    let probe = match (req.uri().path(), &routes.probe) {
+        ("/metrics", _) => None,
+        ("/readyz", Some(_)) => Some(Probe::Ready),
+        ("/healthz", Some(_)) => Some(Probe::Live),
+        (_, None) => return Ok(text(StatusCode::NOT_FOUND, "only /metrics is served\n")),
+        _ => {
+            return Ok(text(
+                StatusCode::NOT_FOUND,
+                "only /metrics, /readyz and /healthz are served\n",
+            ))
+        }
+    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics is served\n",
+            "only GET is served\n",
         ));
     }
-    let rendered = tokio::task::spawn_blocking(move || render()).await;
+    if let Some(probe) = probe {
+        let answered = tokio::task::spawn_blocking(move || {
+            routes.probe.as_ref().map(|p| p(probe))
+        })
+        .await;
+        return Ok(match answered {
+            Ok(Some(Ok(said))) => text(StatusCode::OK, &format!("{said}\n")),
+            Ok(Some(Err(why))) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),
+            Ok(None) => text(StatusCode::NOT_FOUND, "no probes here\n"),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        });
+    }
+    let rendered = tokio::task::spawn_blocking(move || (routes.render)()).await;
     Ok(match rendered {
         Ok(Ok(body)) => {
             let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -154,6 +219,29 @@ mod tests {
         );
         // Still serving after all that.
         assert!(get(at, "GET /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 200"));
+    }
+
+    #[test]
+    fn probes_answer_200_or_503_with_the_reason() {
+        let at = serve_with_probes(
+            "127.0.0.1:0".parse().unwrap(),
+            || Ok("up 1\n".to_string()),
+            |p| match p {
+                Probe::Ready => Err("no lease yet".to_string()),
+                Probe::Live => Ok("ok".to_string()),
+            },
+        )
+        .unwrap();
+        let ready = get(at, "GET /readyz HTTP/1.0\r\n\r\n");
+        assert!(ready.starts_with("HTTP/1.0 503"), "{ready}");
+        assert!(ready.ends_with("\r\n\r\nno lease yet\n"), "{ready}");
+        let live = get(at, "GET /healthz HTTP/1.0\r\n\r\n");
+        assert!(live.starts_with("HTTP/1.0 200"), "{live}");
+        assert!(get(at, "GET /metrics HTTP/1.0\r\n\r\n").ends_with("up 1\n"));
+        assert!(get(at, "GET /other HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
+        // Without probes, the paths are not there.
+        let plain = serve("127.0.0.1:0".parse().unwrap(), || Ok(String::new())).unwrap();
+        assert!(get(plain, "GET /readyz HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
     }
 
     #[test]

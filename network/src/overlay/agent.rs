@@ -1,6 +1,9 @@
 //! The node agent: keeps the datapath equal to the peers the store
 //! reports, and the node's lease renewed, until told to stop.
 
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
 use crate::kernel;
 use crate::{Error, Kind};
 use berth_kernel::Handle;
@@ -11,6 +14,78 @@ use super::datapath::{claim_network, ensure_datapath, forget_peer, underlay, vxl
 use super::lease::{leases_prefix, release_lease, renew_lease, resolve_held, Held};
 use super::node::parse_conf;
 use super::record::{self, NodeRecord};
+
+/// How an agent runs, beyond its config.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// How often the static store's file is read again (and etcd tried
+    /// again while unreachable).
+    pub interval: std::time::Duration,
+    /// Give the lease back when stopping, so the other nodes forget this
+    /// one at once (a node leaving for good: `berth-overlay agent` under
+    /// systemd, berthd). False for an agent that is being replaced (a
+    /// Kubernetes node pod rolled or restarted): its successor renews the
+    /// same lease, and the other nodes keep their routes to this node's
+    /// pods meanwhile.
+    pub release_on_stop: bool,
+    /// Where each round's outcome is told (a node agent's readiness).
+    pub health: Option<Arc<AgentHealth>>,
+}
+
+impl AgentOptions {
+    pub fn new(interval: std::time::Duration) -> AgentOptions {
+        AgentOptions {
+            interval,
+            release_on_stop: true,
+            health: None,
+        }
+    }
+}
+
+/// What the agent's last round found, for a readiness probe: ready once
+/// the node holds its subnet and the datapath is programmed for every
+/// peer; not ready, with the reason in one line, while it cannot.
+#[derive(Debug, Default)]
+pub struct AgentHealth {
+    state: Mutex<HealthState>,
+}
+
+/// One reading of [`AgentHealth`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthState {
+    /// When the last round ended, whatever it found.
+    pub last_round: Option<Instant>,
+    /// The node's subnet and peers, as last programmed.
+    pub subnet: Option<ipnet::Ipv4Net>,
+    pub peers: usize,
+    /// Why the node is not ready: None once a round held the lease and
+    /// programmed the datapath.
+    pub problem: Option<String>,
+}
+
+impl AgentHealth {
+    pub fn new() -> Arc<AgentHealth> {
+        Arc::new(AgentHealth {
+            state: Mutex::new(HealthState {
+                problem: Some("the overlay agent has not finished its first round".into()),
+                ..HealthState::default()
+            }),
+        })
+    }
+
+    pub fn get(&self) -> HealthState {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut HealthState)) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut s);
+        s.last_round = Some(Instant::now());
+    }
+}
 
 /// The agent: keeps the node's datapath equal to the peers of its config:
 /// the static store's list in the file (re-read every `interval`), or the
@@ -26,10 +101,21 @@ pub fn run_agent(
     interval: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Error> {
+    run_agent_with(conf_path, &AgentOptions::new(interval), stop)
+}
+
+/// [`run_agent`] with every option: a file that is missing or wrong is
+/// read again each `interval` (a conflist the runtime has yet to render
+/// from its template), told to `health` meanwhile.
+pub fn run_agent_with(
+    conf_path: &std::path::Path,
+    opts: &AgentOptions,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
     agent_loop(
         &|| read_agent_conf(conf_path),
         &conf_path.display().to_string(),
-        interval,
+        opts,
         stop,
     )
 }
@@ -42,17 +128,28 @@ pub fn run_agent_on(
     interval: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Error> {
-    agent_loop(&|| Ok(conf.clone()), what, interval, stop)
+    agent_loop(
+        &|| Ok(conf.clone()),
+        what,
+        &AgentOptions::new(interval),
+        stop,
+    )
 }
 
 /// The agent's rounds, on the config `read` gives each round.
 fn agent_loop(
     read: &dyn Fn() -> Result<OverlayConf, Error>,
     what: &str,
-    interval: std::time::Duration,
+    opts: &AgentOptions,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Error> {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    let interval = opts.interval;
+    let tell = |f: &dyn Fn(&mut HealthState)| {
+        if let Some(h) = &opts.health {
+            h.set(f);
+        }
+    };
     /// Everything is reprogrammed this often even without a change, so
     /// entries removed behind the agent's back come back.
     const RESYNC: Duration = Duration::from_secs(10);
@@ -101,6 +198,7 @@ fn agent_loop(
                 // Said once, not every round, while it stays the same (an
                 // expired certificate fails every round until renewed).
                 let said = e.to_string();
+                tell(&|s| s.problem = Some(format!("{what}: {said}")));
                 if failing.as_deref() != Some(said.as_str()) {
                     tracing::warn!("{what}: {said} (the datapath stays as it is; trying again)");
                     failing = Some(said);
@@ -135,9 +233,17 @@ fn agent_loop(
                 Ok(()) => last = Some((conf.clone(), Instant::now())),
                 Err(e) => {
                     tracing::warn!("{e}");
+                    tell(&|s| s.problem = Some(format!("{what}: the datapath: {e}")));
                     last = None;
                 }
             }
+        }
+        if last.is_some() {
+            tell(&|s| {
+                s.subnet = Some(conf.subnet);
+                s.peers = conf.peers.len();
+                s.problem = None;
+            });
         }
         // What `berth status` shows of the node: written when it changes
         // (a peer, the subnet, a renewal).
@@ -173,6 +279,15 @@ fn agent_loop(
     }
     if let Some(r) = &recorded {
         NodeRecord::remove(&r.network);
+    }
+    if !opts.release_on_stop {
+        if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some()) {
+            tracing::info!(
+                "stopping; {} stays leased for this node's next agent",
+                conf.subnet
+            );
+        }
+        return Ok(());
     }
     if let Some((conf, _)) = last.filter(|(c, _)| c.etcd.is_some() && renewed.is_some()) {
         match release_lease(&conf) {

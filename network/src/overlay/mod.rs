@@ -24,7 +24,7 @@ pub mod lease;
 pub mod node;
 pub mod record;
 
-pub use agent::{run_agent, run_agent_on};
+pub use agent::{run_agent, run_agent_on, run_agent_with, AgentHealth, AgentOptions, HealthState};
 pub use config::{OverlayConf, Peer};
 pub use datapath::{bridge_name, mac_text, vtep_mac, vxlan_name};
 pub use lease::resolve;
