@@ -45,6 +45,12 @@ pub struct EtcdConf {
     pub lease_ttl: i64,
     /// The subnet this node asks for; None: the first free one.
     pub subnet: Option<String>,
+    /// The IPv6 subnet this node holds, when given (`podCIDRs`); None:
+    /// the one paired with its IPv4 subnet.
+    pub subnet6: Option<Ipv6Net>,
+    /// The key `subnet` came from, for errors: `store.etcd.subnet`, or
+    /// `podCIDRs` (the node's podCIDRs, which it never trades for another).
+    pub subnet_field: String,
 }
 
 /// `store.etcd` as written (Go's field matching, see cni::gojson).
@@ -124,6 +130,8 @@ impl EtcdConf {
             prefix: raw.prefix,
             lease_ttl: raw.lease_ttl,
             subnet: raw.subnet,
+            subnet6: None,
+            subnet_field: "store.etcd.subnet".into(),
         };
         conf.store()?;
         Ok(conf)
@@ -196,6 +204,10 @@ struct Raw {
     subnet_len6: Option<u8>,
     store: Option<Value>,
     data_dir: Option<String>,
+    /// The node's subnets as the orchestrator gave them (kubelet's
+    /// podCIDRs, rendered by the runtime into the conflist).
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -234,10 +246,67 @@ fn subnet(field: &str, s: &str, network: &Ipv4Net, len: u8) -> Result<Ipv4Net, E
     Ok(n)
 }
 
+/// `podCIDRs`: the node's subnets as Kubernetes allocated them, one per
+/// family (kubelet's `podCIDRs`, "10.244.3.0/24" and, dual stack,
+/// "fd44:0:0:3::/64"). The IPv4 one is a /subnetLen of `network`; the IPv6
+/// one, if any, a /subnetLen6 of `network6`.
+fn pod_cidrs(
+    cidrs: &[String],
+    network: &Ipv4Net,
+    subnet_len: u8,
+    network6: Option<(Ipv6Net, u8)>,
+) -> Result<(Ipv4Net, Option<Ipv6Net>), Error> {
+    let field = "podCIDRs";
+    let mut v4: Option<Ipv4Net> = None;
+    let mut v6: Option<Ipv6Net> = None;
+    for (i, c) in cidrs.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        match c.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(_)) if v4.is_some() => {
+                return Err(bad(&at, format!("{c}: a second IPv4 podCIDR")))
+            }
+            Ok(ipnet::IpNet::V4(_)) => v4 = Some(subnet(&at, c, network, subnet_len)?),
+            Ok(ipnet::IpNet::V6(_)) if v6.is_some() => {
+                return Err(bad(&at, format!("{c}: a second IPv6 podCIDR")))
+            }
+            Ok(ipnet::IpNet::V6(n)) => {
+                let Some((net6, len6)) = network6 else {
+                    return Err(bad(
+                        &at,
+                        format!("{c} is IPv6, and the network has no network6"),
+                    ));
+                };
+                if n.prefix_len() != len6 || n.trunc() != n || !net6.contains(&n) {
+                    return Err(bad(
+                        &at,
+                        format!("{c} is not a /{len6} subnet of network6 {net6}"),
+                    ));
+                }
+                v6 = Some(n);
+            }
+            Err(_) => return Err(bad(&at, format!("{c:?} is not a CIDR"))),
+        }
+    }
+    let v4 = v4.ok_or_else(|| {
+        bad(
+            field,
+            format!("{cidrs:?} holds no IPv4 subnet of {network} (the node's podCIDR)"),
+        )
+    })?;
+    Ok((v4, v6))
+}
+
 impl OverlayConf {
-    /// This node's IPv6 subnet (dual stack only).
+    /// This node's IPv6 subnet (dual stack only): the one given in
+    /// `podCIDRs`, else the one paired with its IPv4 subnet.
     pub fn subnet6(&self) -> Option<Ipv6Net> {
-        self.subnet6_of(&self.subnet)
+        self.given_subnet6()
+            .or_else(|| self.subnet6_of(&self.subnet))
+    }
+
+    /// The IPv6 subnet `podCIDRs` gave this node, if any.
+    pub fn given_subnet6(&self) -> Option<Ipv6Net> {
+        self.etcd.as_ref().and_then(|e| e.subnet6)
     }
 
     /// The IPv6 subnet paired with the IPv4 node subnet `subnet`: the one
@@ -367,8 +436,21 @@ impl OverlayConf {
                     ),
                 ));
             }
+            let mut etcd = etcd;
             if let Some(s) = &etcd.subnet {
                 subnet("store.etcd.subnet", s, &network, subnet_len)?;
+            }
+            if let Some(cidrs) = &raw.pod_cidrs {
+                let (v4, v6) = pod_cidrs(cidrs, &network, subnet_len, network6)?;
+                if let Some(s) = etcd.subnet.as_deref().filter(|s| **s != v4.to_string()) {
+                    return Err(bad(
+                        "store.etcd.subnet",
+                        format!("{s} is not podCIDRs' {v4}: give one or the other"),
+                    ));
+                }
+                etcd.subnet = Some(v4.to_string());
+                etcd.subnet6 = v6;
+                etcd.subnet_field = "podCIDRs".into();
             }
             // The node's subnet comes from the store; a placeholder until then.
             let first = network
@@ -381,6 +463,12 @@ impl OverlayConf {
         let st = store
             .go_get("static")
             .ok_or_else(|| bad("store", "needs \"static\" (or \"etcd\")"))?;
+        if raw.pod_cidrs.is_some() {
+            return Err(bad(
+                "podCIDRs",
+                "needs the etcd store, where the node announces them (with the static store, give store.static.subnet)",
+            ));
+        }
         let own = st
             .go_get("subnet")
             .and_then(Value::as_str)
@@ -450,6 +538,82 @@ mod tests {
             peers: Vec::new(),
             data_dir: None,
         }
+    }
+
+    /// An etcd-backed config with `extra` keys (no connection is made).
+    fn etcd_conf(extra: serde_json::Value) -> Result<OverlayConf, Error> {
+        let mut v = serde_json::json!({
+            "network": "10.244.0.0/16", "network6": "fd44::/48",
+            "store": {"etcd": {"endpoints": ["http://127.0.0.1:1"]}}
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            if k == "subnet" {
+                v["store"]["etcd"]["subnet"] = x.clone();
+            } else {
+                v[k] = x.clone();
+            }
+        }
+        OverlayConf::parse("t", &v)
+    }
+
+    #[test]
+    fn pod_cidrs_are_the_nodes_subnets() {
+        let c = etcd_conf(serde_json::json!({"podCIDRs": ["10.244.7.0/24", "fd44:0:0:1f::/64"]}))
+            .unwrap();
+        let e = c.etcd.as_ref().unwrap();
+        assert_eq!(e.subnet.as_deref(), Some("10.244.7.0/24"));
+        assert_eq!(e.subnet_field, "podCIDRs");
+        // The IPv6 podCIDR is the node's, not the one paired by index.
+        let own = OverlayConf {
+            subnet: "10.244.7.0/24".parse().unwrap(),
+            ..c.clone()
+        };
+        assert_eq!(own.subnet6().unwrap().to_string(), "fd44:0:0:1f::/64");
+        // IPv6 first, as a cluster whose first cluster CIDR is IPv6 has it.
+        let c = etcd_conf(serde_json::json!({"podCIDRs": ["fd44:0:0:2::/64", "10.244.2.0/24"]}))
+            .unwrap();
+        assert_eq!(c.etcd.unwrap().subnet.as_deref(), Some("10.244.2.0/24"));
+        // The same as store.etcd.subnet is fine.
+        assert!(etcd_conf(
+            serde_json::json!({"podCIDRs": ["10.244.7.0/24"], "subnet": "10.244.7.0/24"})
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_pod_cidrs_name_the_key() {
+        let field = |extra: serde_json::Value| {
+            let e = etcd_conf(extra).unwrap_err();
+            assert_eq!(e.kind, Kind::Config, "{e}");
+            format!("{}: {}", e.field.unwrap_or_default(), e.msg)
+        };
+        for (cidrs, at) in [
+            (serde_json::json!(["10.245.0.0/24"]), "podCIDRs[0]"),
+            (serde_json::json!(["10.244.0.0/23"]), "podCIDRs[0]"),
+            (serde_json::json!(["10.244.1.0/24", "10.244.2.0/24"]), "podCIDRs[1]"),
+            (serde_json::json!(["fd44::/64"]), "podCIDRs"),
+            (serde_json::json!(["10.244.1.0/24", "fd45::/64"]), "podCIDRs[1]"),
+            (serde_json::json!(["10.244.1.0/24", "fd44::/56"]), "podCIDRs[1]"),
+            (serde_json::json!(["nonsense"]), "podCIDRs[0]"),
+            (serde_json::json!([]), "podCIDRs"),
+        ] {
+            let msg = field(serde_json::json!({ "podCIDRs": cidrs }));
+            assert!(msg.contains(at), "{cidrs}: {msg}");
+        }
+        let msg = field(serde_json::json!({"podCIDRs": ["10.244.1.0/24"], "subnet": "10.244.2.0/24"}));
+        assert!(msg.contains("store.etcd.subnet"), "{msg}");
+        // Without network6, an IPv6 podCIDR has no place.
+        let v = serde_json::json!({"network": "10.244.0.0/16",
+            "podCIDRs": ["10.244.1.0/24", "fd44::/64"],
+            "store": {"etcd": {"endpoints": ["http://127.0.0.1:1"]}}});
+        let e = OverlayConf::parse("t", &v).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("podCIDRs[1]"));
+        assert!(e.msg.contains("network6"), "{e}");
+        // The static store has its own subnet key.
+        let v = serde_json::json!({"network": "10.244.0.0/16", "podCIDRs": ["10.244.1.0/24"],
+            "store": {"static": {"subnet": "10.244.1.0/24"}}});
+        let e = OverlayConf::parse("t", &v).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("podCIDRs"));
     }
 
     #[test]

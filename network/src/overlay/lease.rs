@@ -50,7 +50,7 @@ pub fn lease_value(conf: &OverlayConf, underlay: IpAddr, subnet: &ipnet::Ipv4Net
     let mut v = json!({
         "node": conf.node, "underlay": underlay.to_string(), "subnet": subnet.to_string(), "vtepMac": mac_text(&vtep_mac(underlay)),
     });
-    if let Some(s6) = conf.subnet6_of(subnet) {
+    if let Some(s6) = conf.given_subnet6().or_else(|| conf.subnet6_of(subnet)) {
         v["subnet6"] = json!(s6.to_string());
     }
     v.to_string()
@@ -97,6 +97,18 @@ pub fn read_leases(
             let mut peer = conf.peer(node, underlay, subnet);
             if let Some(mac) = v["vtepMac"].as_str().and_then(parse_mac) {
                 peer.mac = mac;
+            }
+            // A node given its IPv6 podCIDR announces it: it need not be
+            // the one paired with its IPv4 subnet.
+            if let (Some((net6, len6)), Some(s6)) = (
+                conf.network6,
+                v["subnet6"]
+                    .as_str()
+                    .and_then(|s| s.parse::<ipnet::Ipv6Net>().ok()),
+            ) {
+                if net6.contains(&s6) && s6.prefix_len() == len6 {
+                    peer.subnet6 = Some(s6);
+                }
             }
             peers.push((peer, kv.lease));
         }
@@ -187,10 +199,20 @@ pub fn resolve_held(
                     if let Some(wanted) = e.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()) {
                         if wanted != m.subnet {
                             return Err(Error::config(
-                                "store.etcd.subnet",
+                                &e.subnet_field,
                                 format!("{wanted} asked for, but node {:?} holds {}; release it first", conf.node, m.subnet),
                             ));
                         }
+                    }
+                    if let Some(wanted6) = e.subnet6.filter(|w| Some(*w) != m.subnet6) {
+                        return Err(Error::config(
+                            &e.subnet_field,
+                            format!(
+                                "{wanted6} asked for, but node {:?} holds {}; release it first",
+                                conf.node,
+                                m.subnet6.map(|s| s.to_string()).unwrap_or_else(|| "no IPv6 subnet".into())
+                            ),
+                        ));
                     }
                     (m, lease)
                 }
@@ -261,8 +283,17 @@ pub fn claim_subnet(
         .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok());
     if let Some(h) = wanted.and_then(|w| holder(&w)) {
         return Err(Error::config(
-            "store.etcd.subnet",
+            &e.subnet_field,
             format!("{} is held by node {:?} ({})", h.subnet, h.node, h.underlay),
+        ));
+    }
+    if let Some((w6, h)) = e
+        .subnet6
+        .and_then(|w6| leases.iter().find(|l| l.subnet6 == Some(w6)).map(|h| (w6, h)))
+    {
+        return Err(Error::config(
+            &e.subnet_field,
+            format!("{w6} is held by node {:?} ({})", h.node, h.underlay),
         ));
     }
     // Derived MACs of IPv6 underlays can collide (last four bytes); two
@@ -292,10 +323,14 @@ pub fn claim_subnet(
     };
     if let Some(wanted) = wanted {
         if try_one(&wanted)? {
-            return Ok((conf.peer(&conf.node, local, wanted), lease));
+            let mut own = conf.peer(&conf.node, local, wanted);
+            if e.subnet6.is_some() {
+                own.subnet6 = e.subnet6;
+            }
+            return Ok((own, lease));
         }
         return Err(Error::config(
-            "store.etcd.subnet",
+            &e.subnet_field,
             format!("{wanted} was just taken by another node"),
         ));
     }

@@ -76,7 +76,7 @@ impl NodeRecord {
             node: conf.node.clone(),
             vni: conf.vni,
             subnet: conf.subnet,
-            subnet6: conf.subnet6_of(&conf.subnet),
+            subnet6: conf.subnet6(),
             store: if conf.etcd.is_some() {
                 "etcd"
             } else {
