@@ -1,0 +1,529 @@
+//! `berth node`, the node agent of the Kubernetes DaemonSet, on hosts that
+//! are namespaces of the test's (root): two hosts on one underlay veth,
+//! etcd in the first, each host running `berth node` on its conflist and
+//! the plugins for containers of its own. Traffic stays between these
+//! namespaces.
+//!
+//! The DaemonSet itself (the image, the manifest's mounts and args, nodes
+//! with their own containerd) is tests/cluster.rs; this file checks what
+//! the agent does, case by case, without the image.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use berth_tests::*;
+use serde_json::{json, Value};
+
+/// Where each host's agent serves its probes (inside the host's namespace).
+const PROBES: &str = "127.0.0.1:9624";
+
+struct Host {
+    /// Shared by two nodes in one case (a second node name on one host).
+    ns: Rc<TestNetns>,
+    run: TempDir,
+    data: TempDir,
+    name: &'static str,
+}
+
+impl Host {
+    fn conflist_path(&self) -> std::path::PathBuf {
+        self.run.path().join("10-berth.conflist")
+    }
+
+    /// The conflist: berth-overlay with leases in the test's etcd, then
+    /// berth-portmap. `overlay` keys are added to the overlay's.
+    fn conflist(&self, net: &str, prefix: &str, overlay: Value) -> Value {
+        let mut o = json!({
+            "type": "berth-overlay",
+            "network": "10.244.0.0/16", "subnetLen": 24, "vni": 42, "iface": "ovu",
+            "network6": "fd44::/48",
+            "node": self.name,
+            "dataDir": self.data.path(),
+            "store": {"etcd": {"endpoints": ["http://192.168.77.1:2379"], "prefix": prefix,
+                               "leaseTTL": 30, "dialTimeout": "1s"}}
+        });
+        for (k, v) in overlay.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        json!({"cniVersion": "1.1.0", "name": net, "plugins": [
+            o, {"type": "berth-portmap", "capabilities": {"portMappings": true}}
+        ]})
+    }
+
+    fn write_conflist(&self, conflist: &Value) {
+        std::fs::write(self.conflist_path(), serde_json::to_vec(conflist).unwrap()).unwrap();
+    }
+
+    /// The overlay plugin's own config out of `conflist`, as a runtime
+    /// hands it over.
+    fn plugin_conf(conflist: &Value) -> Value {
+        let mut c = conflist["plugins"][0].clone();
+        c["name"] = conflist["name"].clone();
+        c["cniVersion"] = conflist["cniVersion"].clone();
+        c
+    }
+
+    fn exec(&self, command: &str, cid: &str, c: &TestNetns, conflist: &Value) -> PluginOutput {
+        run_cni_in(
+            &self.ns,
+            "berth-overlay",
+            command,
+            cid,
+            c,
+            self.run.path(),
+            &Host::plugin_conf(conflist),
+        )
+    }
+
+    /// `berth node` on this host's conflist, with the host's run dir.
+    fn agent(&self) -> NodeAgent {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.ns.name(), "env"])
+            .arg(format!("BERTH_RUN_DIR={}", self.run.path().display()))
+            .arg("BERTH_LOG=info")
+            .arg(bin("berth"))
+            .args(["node", "--conf"])
+            .arg(self.conflist_path())
+            .args(["--address", PROBES, "--data-dir"])
+            .arg(self.data.path())
+            .arg("--engine-state")
+            .arg(self.run.path().join("engine"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start berth node");
+        let log = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(pipe);
+            let mut line = String::new();
+            while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_str(&line);
+                line.clear();
+            }
+        });
+        NodeAgent { child, log }
+    }
+
+    /// GET `path` from the host's agent: (status code, body).
+    fn probe(&self, path: &str) -> Option<(u16, String)> {
+        let path = path.to_string();
+        self.ns.run(move || http_get(PROBES, &path))
+    }
+
+    fn wait_ready(&self, agent: &NodeAgent, limit: Duration) -> String {
+        let mut last = None;
+        let ok = overlay_hosts::within(limit, || {
+            last = self.probe("/readyz");
+            matches!(&last, Some((200, _)))
+        });
+        assert!(
+            ok,
+            "{}: not ready within {limit:?}: {last:?}\n{}",
+            self.name,
+            agent.log()
+        );
+        last.unwrap().1
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+/// A `berth node` process, killed by its PID when dropped; its log is kept
+/// (and printed if the test fails).
+struct NodeAgent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl NodeAgent {
+    fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// SIGTERM, as the kubelet stops a container; the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth node did not stop on SIGTERM\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- berth node log ---\n{}--- end ---", self.log());
+        }
+    }
+}
+
+fn two_hosts(tag: &str) -> (Host, Host) {
+    require_root();
+    let (h1, h2) = (
+        TestNetns::new(&format!("{tag}1")),
+        TestNetns::new(&format!("{tag}2")),
+    );
+    h1.sh(&format!("ip link set lo up && ip link add ovu type veth peer name ovu netns {} && ip addr add 192.168.77.1/24 dev ovu && ip link set ovu up", h2.name()));
+    h2.sh("ip link set lo up && ip addr add 192.168.77.2/24 dev ovu && ip link set ovu up");
+    let host = |ns, n: u8, name| Host {
+        ns: Rc::new(ns),
+        run: TempDir::new(&format!("{tag}-run{n}")),
+        data: TempDir::new(&format!("{tag}-data{n}")),
+        name,
+    };
+    (host(h1, 1, "h1"), host(h2, 2, "h2"))
+}
+
+/// The addresses of a plugin result: (IPv4, IPv6).
+fn addresses(r: &Value) -> (String, String) {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in r["ips"].as_array().unwrap() {
+        let a = ip["address"].as_str().unwrap().split('/').next().unwrap();
+        if a.contains(':') {
+            v6 = Some(a.to_string());
+        } else {
+            v4 = Some(a.to_string());
+        }
+    }
+    (v4.expect("an IPv4 address"), v6.expect("an IPv6 address"))
+}
+
+/// Pings `addr` from `c` at 10 per second for `secs` seconds (busybox ping
+/// in the background); the child's output says how many came back.
+fn ping_flood(c: &TestNetns, addr: &str, secs: u32) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            c.name(),
+            "busybox",
+            "ping",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-c",
+        ])
+        .arg((secs * 10).to_string())
+        .arg(addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("busybox ping")
+}
+
+/// (sent, received) from busybox ping's summary.
+fn ping_counts(out: &std::process::Output) -> (u32, u32) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let n: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (n[0], n[1])
+}
+
+/// The agent waits for its conflist (not ready, saying which file), is
+/// ready once the lease and the datapath are in place; containers on the
+/// two hosts talk over IPv4 and IPv6. SIGTERM stops it at once and leaves
+/// the lease and the datapath: a ping at 10/s across the restart loses
+/// nothing, and the other host keeps its route meanwhile. After `nft flush
+/// ruleset` the agent's reconciler puts the rules back and the host is
+/// ready again; /metrics counts the repair.
+#[test]
+fn the_node_agent_is_ready_restarts_without_loss_and_repairs_rules() {
+    let (h1, h2) = two_hosts("nda");
+    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
+    let prefix = format!("/berth-nda-{}", std::process::id());
+    let (l1, l2) = (
+        h1.conflist("nda", &prefix, json!({})),
+        h2.conflist("nda", &prefix, json!({})),
+    );
+
+    let mut a1 = h1.agent();
+    // No conflist yet: not ready, and the reason names the file.
+    let mut early = None;
+    assert!(
+        overlay_hosts::within(Duration::from_secs(10), || {
+            early = h1.probe("/readyz");
+            early.is_some()
+        }),
+        "no answer on {PROBES}\n{}",
+        a1.log()
+    );
+    let (code, why) = early.unwrap();
+    assert_eq!(code, 503, "{why}");
+    assert!(
+        why.contains(&h1.conflist_path().display().to_string()),
+        "{why}"
+    );
+    assert_eq!(h1.probe("/healthz").unwrap().0, 200);
+    assert!(a1.log().contains("not ready"), "{}", a1.log());
+
+    h1.write_conflist(&l1);
+    h2.write_conflist(&l2);
+    let said = h1.wait_ready(&a1, Duration::from_secs(10));
+    assert!(
+        said.contains("subnet 10.244.") && said.contains("rules in place"),
+        "{said}"
+    );
+    let a2 = h2.agent();
+    h2.wait_ready(&a2, Duration::from_secs(10));
+    assert!(
+        overlay_hosts::within(Duration::from_secs(5), || h1
+            .probe("/readyz")
+            .is_some_and(|(_, b)| b.contains("1 peers"))),
+        "h1 never saw h2: {:?}",
+        h1.probe("/readyz")
+    );
+
+    let (c1, c2) = (TestNetns::new("ndac1"), TestNetns::new("ndac2"));
+    let r1 = h1.exec("ADD", "c1", &c1, &l1).expect_ok().clone();
+    let r2 = h2.exec("ADD", "c2", &c2, &l2).expect_ok().clone();
+    let ((v4a, v6a), (v4b, v6b)) = (addresses(&r1), addresses(&r2));
+    for (c, a) in [(&c1, &v4b), (&c1, &v6b), (&c2, &v4a), (&c2, &v6a)] {
+        assert_ping(c, a);
+    }
+
+    // A restart, as a rolling update does it, while c1 pings c2 at 10/s.
+    let flood = ping_flood(&c1, &v4b, 6);
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut a2 = a2;
+    let stopped = Instant::now();
+    let st = a2.terminate();
+    assert!(st.success(), "berth node exited {st}\n{}", a2.log());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "SIGTERM took {:?}",
+        stopped.elapsed()
+    );
+    assert!(a2.log().contains("stays leased"), "{}", a2.log());
+    // The lease stays: h1 keeps routing to h2's pods.
+    let h2_subnet = format!("{}.0/24", v4b.rsplit_once('.').unwrap().0);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !h1.ns
+            .exec_ok(&["ip", "route", "show", &h2_subnet])
+            .trim()
+            .is_empty(),
+        "h1 forgot h2's subnet while h2's agent was away"
+    );
+    let a2 = h2.agent();
+    h2.wait_ready(&a2, Duration::from_secs(10));
+    let out = flood.wait_with_output().unwrap();
+    let (sent, got) = ping_counts(&out);
+    assert_eq!(
+        (sent, got),
+        (60, 60),
+        "packets lost across the agent's restart: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Its subnet is the one it had.
+    let r2b = h2.exec("ADD", "c2b", &TestNetns::new("ndac2b"), &l2);
+    assert!(
+        addresses(r2b.expect_ok())
+            .0
+            .starts_with(v4b.rsplit_once('.').unwrap().0),
+        "{r2b}"
+    );
+
+    // A firewall reload on h1: the reconciler in the agent puts berth's
+    // rules back within a second, and the node is ready again.
+    let flush = Instant::now();
+    h1.ns.exec_ok(&["nft", "flush", "ruleset"]);
+    assert!(
+        overlay_hosts::within(Duration::from_secs(1), || h1
+            .ns
+            .exec(&["nft", "list", "table", "inet", "berth"])
+            .status
+            .success()),
+        "rules not back within 1 s of the flush\n{}",
+        a1.log()
+    );
+    let back = flush.elapsed();
+    h1.wait_ready(&a1, Duration::from_secs(5));
+    assert_ping(&c2, &v4a);
+    let (code, metrics) = h1.probe("/metrics").unwrap();
+    assert_eq!(code, 200);
+    let repairs: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_reconciler_repairs_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(repairs >= 1.0, "rules back after {back:?}, yet {metrics}");
+    assert!(a1.log().contains("ready"), "{}", a1.log());
+
+    for (h, c, cid, l) in [(&h1, &c1, "c1", &l1), (&h2, &c2, "c2", &l2)] {
+        h.exec("DEL", cid, c, l).assert_ok();
+    }
+    h2.exec("DEL", "c2b", &TestNetns::new("ndac2c"), &l2)
+        .assert_ok();
+    drop(a2);
+    a1.terminate();
+}
+
+/// The podCIDR source: a node given its podCIDRs (as containerd renders
+/// kubelet's into the conflist) holds exactly those, the IPv6 one too
+/// even where it is not the IPv4 one's pair, and the other node routes to
+/// both. A podCIDR another node holds is refused, code 7 naming the
+/// holder, and that node's agent is not ready, saying why.
+#[test]
+fn pod_cidrs_are_held_as_given_and_refused_when_taken() {
+    let (h1, h2) = two_hosts("ndp");
+    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
+    let prefix = format!("/berth-ndp-{}", std::process::id());
+    let l1 = h1.conflist(
+        "ndp",
+        &prefix,
+        json!({"podCIDRs": ["10.244.7.0/24", "fd44:0:0:30::/64"]}),
+    );
+    let l2 = h2.conflist("ndp", &prefix, json!({}));
+    h1.write_conflist(&l1);
+    h2.write_conflist(&l2);
+    let a1 = h1.agent();
+    let a2 = h2.agent();
+    let said = h1.wait_ready(&a1, Duration::from_secs(10));
+    assert!(said.contains("subnet 10.244.7.0/24"), "{said}");
+    h2.wait_ready(&a2, Duration::from_secs(10));
+
+    let (c1, c2) = (TestNetns::new("ndpc1"), TestNetns::new("ndpc2"));
+    let (v4, v6) = addresses(h1.exec("ADD", "c1", &c1, &l1).expect_ok());
+    assert!(v4.starts_with("10.244.7."), "{v4}");
+    assert!(v6.starts_with("fd44:0:0:30:"), "{v6}");
+    let (w4, w6) = addresses(h2.exec("ADD", "c2", &c2, &l2).expect_ok());
+    assert!(
+        overlay_hosts::within(Duration::from_secs(2), || {
+            !h2.ns
+                .exec_ok(&["ip", "-6", "route", "show", "fd44:0:0:30::/64"])
+                .trim()
+                .is_empty()
+        }),
+        "h2 does not route to h1's IPv6 podCIDR"
+    );
+    for (c, a) in [(&c2, &v4), (&c2, &v6), (&c1, &w4), (&c1, &w6)] {
+        assert_ping(c, a);
+    }
+
+    // A third node name in h2's namespace, with run and IPAM dirs of its
+    // own, given h1's podCIDR: refused, naming h1, before anything is
+    // leased or made. (h2's agent makes room for h3's on the probe port;
+    // h2's lease stays.)
+    let mut a2 = a2;
+    a2.terminate();
+    let h3 = Host {
+        ns: h2.ns.clone(),
+        run: TempDir::new("ndp-run3"),
+        data: TempDir::new("ndp-data3"),
+        name: "h3",
+    };
+    let l3 = h3.conflist("ndp", &prefix, json!({"podCIDRs": ["10.244.7.0/24"]}));
+    h3.write_conflist(&l3);
+    let c3 = TestNetns::new("ndpc3");
+    let refused = h3.exec("ADD", "c3", &c3, &l3);
+    refused.expect_error(7);
+    let said = refused.error_msg().unwrap_or_default();
+    assert!(
+        said.contains("podCIDRs") && said.contains("\"h1\""),
+        "{refused}"
+    );
+    assert!(
+        c3.exec_ok(&["ip", "-o", "link"]).lines().count() == 1,
+        "a refused ADD made links"
+    );
+    let a3 = h3.agent();
+    let mut last = None;
+    assert!(
+        overlay_hosts::within(Duration::from_secs(10), || {
+            last = h3.probe("/readyz");
+            matches!(&last, Some((503, b)) if b.contains("podCIDRs") && b.contains("h1"))
+        }),
+        "{last:?}\n{}",
+        a3.log()
+    );
+    // Nothing of h3's was leased: h1 and h2 see one peer each.
+    assert!(h1.probe("/readyz").unwrap().1.contains("1 peers"));
+
+    h1.exec("DEL", "c1", &c1, &l1).assert_ok();
+    h2.exec("DEL", "c2", &c2, &l2).assert_ok();
+    drop((a1, a3));
+}
+
+/// An etcd that cannot be reached: the agent is not ready and says why in
+/// one line naming the store; an ADD fails with code 11 within the dial
+/// timeout instead of hanging.
+#[test]
+fn an_unreachable_etcd_is_not_ready_and_add_fails_fast() {
+    let (h1, _h2) = two_hosts("ndu");
+    // Nothing listens on 192.168.77.1:2379.
+    let l1 = h1.conflist("ndu", "/berth-ndu", json!({}));
+    h1.write_conflist(&l1);
+    let a1 = h1.agent();
+    let mut last = None;
+    assert!(
+        overlay_hosts::within(Duration::from_secs(10), || {
+            last = h1.probe("/readyz");
+            matches!(&last, Some((503, b)) if b.contains("192.168.77.1:2379"))
+        }),
+        "{last:?}\n{}",
+        a1.log()
+    );
+    let body = last.unwrap().1;
+    assert_eq!(body.trim_end().lines().count(), 1, "{body}");
+    let c = TestNetns::new("nduc");
+    let started = Instant::now();
+    let out = h1.exec("ADD", "c1", &c, &l1);
+    out.expect_error(11);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "ADD took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.error_msg()
+            .unwrap_or_default()
+            .contains("192.168.77.1:2379"),
+        "{out}"
+    );
+    drop(a1);
+}
