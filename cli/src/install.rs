@@ -43,6 +43,10 @@ const PLUGIN_MODE: u32 = 0o755;
 const CONFLIST_MODE: u32 = 0o644;
 /// Mode of the etcd client files: only root reads a key.
 const ETCD_FILE_MODE: u32 = 0o600;
+/// The directory of the conf dir a conflist template goes to (containerd's
+/// `conf_template = "/etc/cni/net.d/berth/10-berth.conflist.template"`):
+/// runtimes read only the conf dir's own files as networks.
+pub const TEMPLATE_SUBDIR: &str = "berth";
 /// The directory of the conf dir the etcd client files go to (the
 /// conflist names them there: `/etc/cni/net.d/berth-etcd/ca.crt`...).
 pub const ETCD_TLS_SUBDIR: &str = "berth-etcd";
@@ -64,6 +68,12 @@ pub struct Args {
     /// this `berth` binary is in].
     #[arg(long, value_name = "DIR")]
     pub source_dir: Option<PathBuf>,
+    /// A conflist template for containerd's `conf_template`, rendered by
+    /// containerd with the node's podCIDRs once kubelet hands them over:
+    /// installed as `berth/<its name>` in the conf dir (where the runtime
+    /// does not read it as a network), instead of a conflist.
+    #[arg(long, value_name = "FILE", conflicts_with = "conflist")]
+    pub conf_template: Option<PathBuf>,
     /// A directory of etcd client files (a mounted Secret: ca.crt,
     /// tls.crt, tls.key) to copy into the conf dir's `berth-etcd/`
     /// (mode 0600), where the plugins on the host read them, before the
@@ -87,6 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bin_dir: args.cni_bin_dir.clone(),
         conf_dir: args.cni_conf_dir.clone(),
         conflist: args.conflist.clone(),
+        conf_template: args.conf_template.clone(),
         etcd_tls_dir: args.etcd_tls_dir.clone(),
     };
     let report = install(&opts)?;
@@ -110,6 +121,7 @@ pub struct Options {
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
     pub conflist: Option<PathBuf>,
+    pub conf_template: Option<PathBuf>,
     pub etcd_tls_dir: Option<PathBuf>,
 }
 
@@ -173,6 +185,24 @@ pub fn install(opts: &Options) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    let template = match &opts.conf_template {
+        Some(path) => {
+            let name = path
+                .file_name()
+                .ok_or_else(|| anyhow!("conf template {}: not a file name", path.display()))?;
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("reading conf template {}", path.display()))?;
+            if !text.contains("PodCIDR") {
+                bail!(
+                    "conf template {}: it uses neither {{{{.PodCIDR}}}} nor {{{{.PodCIDRRanges}}}}, \
+                     so every node would get the same network: install it with --conflist instead",
+                    path.display()
+                );
+            }
+            Some((path.as_path(), name))
+        }
+        None => None,
+    };
     let etcd_files = match &opts.etcd_tls_dir {
         Some(dir) => secret_files(dir)?,
         None => Vec::new(),
@@ -209,6 +239,13 @@ pub fn install(opts: &Options) -> anyhow::Result<Report> {
             report.files.push((dir.join(name), outcome));
         }
         atomic::sync_dir(&dir).with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    if let Some((src, name)) = template {
+        let dir = opts.conf_dir.join(TEMPLATE_SUBDIR);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let outcome = install_file(src, &dir, name, CONFLIST_MODE)?;
+        atomic::sync_dir(&dir).with_context(|| format!("syncing {}", dir.display()))?;
+        report.files.push((dir.join(name), outcome));
     }
     if let Some((src, name)) = conflist {
         fs::create_dir_all(&opts.conf_dir)
@@ -460,6 +497,7 @@ mod tests {
                 bin_dir: root.0.join("host/opt/cni/bin"),
                 conf_dir: root.0.join("host/etc/cni/net.d"),
                 conflist: Some(root.0.join("10-berth.conflist")),
+                conf_template: None,
                 etcd_tls_dir: None,
             };
             Fixture { root, opts }
@@ -819,6 +857,33 @@ mod tests {
         // Again: nothing changes.
         let again = install(&opts).unwrap();
         assert!(again.files.iter().all(|(_, o)| *o == Outcome::Unchanged));
+    }
+
+    #[test]
+    fn a_conf_template_goes_where_the_runtime_does_not_read_networks() {
+        let f = Fixture::new("template");
+        let t = f.root.0.join("10-berth.conflist.template");
+        fs::write(&t, r#"{"podCIDRs": [{{range $i, $r := .PodCIDRRanges}}"{{$r}}"{{end}}]}"#)
+            .unwrap();
+        let opts = Options {
+            conflist: None,
+            conf_template: Some(t.clone()),
+            ..f.opts.clone()
+        };
+        install(&opts).unwrap();
+        let installed = opts.conf_dir.join(TEMPLATE_SUBDIR).join("10-berth.conflist.template");
+        assert_eq!(fs::read(&installed).unwrap(), fs::read(&t).unwrap());
+        assert!(!f.installed_conflist().exists());
+        // One without the podCIDR is every node's same network: refused.
+        fs::write(&t, "{}").unwrap();
+        let f2 = Fixture::new("template-bad");
+        let msg = err_text(install(&Options {
+            conf_template: Some(t),
+            conflist: None,
+            ..f2.opts.clone()
+        }));
+        assert!(msg.contains("PodCIDR"), "{msg}");
+        assert!(f2.host_files().is_empty());
     }
 
     #[test]

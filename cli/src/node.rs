@@ -29,10 +29,13 @@ use berth_network::overlay::{AgentHealth, AgentOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The conflist the node's runtime uses (the installed one). It may
-    /// appear after the agent starts (a runtime rendering it from its
-    /// template): the node is not ready until it does.
-    #[arg(long, value_name = "FILE")]
+    /// The network configuration the node's runtime uses: a file, or the
+    /// runtime's conf dir, where the first `.conf`, `.conflist` or `.json`
+    /// file by name is the one (as containerd and CRI-O pick it). It may
+    /// appear after the agent starts (containerd rendering its template
+    /// once kubelet hands it the node's podCIDR): the node is not ready
+    /// until it does.
+    #[arg(long, value_name = "FILE|DIR")]
     conf: PathBuf,
     /// Serve /metrics, /readyz and /healthz at http://HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:9624")]
@@ -217,14 +220,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// The overlay part: waits for the conflist, then runs the overlay agent
 /// on it if it holds berth-overlay, until `stop`.
 fn overlay(conf: &Path, health: &Health, stop: &AtomicBool) {
-    let has_overlay = loop {
+    let (conf, has_overlay) = loop {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        match conflist_has_overlay(conf) {
-            Ok(o) => {
+        match runtime_conf(conf).and_then(|f| conflist_has_overlay(&f).map(|o| (f, o))) {
+            Ok((file, o)) => {
+                tracing::info!("the node's network configuration: {}", file.display());
                 *lock(&health.conf) = None;
-                break o;
+                break (file, o);
             }
             Err(why) => {
                 *lock(&health.conf) = Some(why);
@@ -244,24 +248,57 @@ fn overlay(conf: &Path, health: &Health, stop: &AtomicBool) {
         release_on_stop: false,
         health: Some(agent),
     };
-    if let Err(e) = berth_network::overlay::run_agent_with(conf, &opts, stop) {
+    if let Err(e) = berth_network::overlay::run_agent_with(&conf, &opts, stop) {
         tracing::error!("overlay agent: {e}");
     }
 }
 
-/// Whether the conflist at `path` holds a berth-overlay plugin; why it
-/// cannot be used otherwise, in one line naming the file.
+/// The file the runtime takes its network from: `path` itself, or in a
+/// directory the first `.conf`, `.conflist` or `.json` file by name
+/// (libcni's `ConfFiles`, sorted, of which containerd and CRI-O load the
+/// first).
+fn runtime_conf(path: &Path) -> Result<PathBuf, String> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("conf" | "conflist" | "json")
+                )
+        })
+        .collect();
+    files.sort();
+    files.into_iter().next().ok_or_else(|| {
+        format!(
+            "no network configuration in {} yet (.conf, .conflist or .json)",
+            path.display()
+        )
+    })
+}
+
+/// Whether the network configuration at `path` (a conflist, or a single
+/// plugin's `.conf`) is berth-overlay's; why it cannot be used
+/// otherwise, in one line naming the file.
 fn conflist_has_overlay(path: &Path) -> Result<bool, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    let plugins = v
-        .get("plugins")
-        .and_then(|p| p.as_array())
-        .ok_or_else(|| format!("{}: field `plugins`: missing", path.display()))?;
-    Ok(plugins
-        .iter()
-        .any(|p| p.get("type").and_then(|t| t.as_str()) == Some("berth-overlay")))
+    let is_overlay = |p: &serde_json::Value| {
+        p.get("type").and_then(|t| t.as_str()) == Some("berth-overlay")
+    };
+    match (v.get("plugins").and_then(|p| p.as_array()), v.get("type")) {
+        (Some(plugins), _) => Ok(plugins.iter().any(is_overlay)),
+        (None, Some(_)) => Ok(is_overlay(&v)),
+        (None, None) => Err(format!(
+            "{}: field `plugins`: missing (nor a plugin's `type`)",
+            path.display()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +356,28 @@ mod tests {
         assert!(conflist_has_overlay(&gone)
             .unwrap_err()
             .starts_with(&gone.display().to_string()));
+        let single = dir.join("s.conf");
+        std::fs::write(&single, r#"{"type":"berth-overlay"}"#).unwrap();
+        assert_eq!(conflist_has_overlay(&single), Ok(true));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn in_a_conf_dir_the_runtimes_first_file_is_the_one() {
+        let dir = std::env::temp_dir().join(format!("berth-node-dir-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("berth-etcd")).unwrap();
+        assert!(runtime_conf(&dir).unwrap_err().contains("no network configuration"));
+        for f in ["20-b.conflist", "10-containerd-net.conflist", "05-x.txt", ".hidden"] {
+            std::fs::write(dir.join(f), "{}").unwrap();
+        }
+        assert_eq!(
+            runtime_conf(&dir).unwrap(),
+            dir.join("10-containerd-net.conflist")
+        );
+        std::fs::write(dir.join("00-a.json"), "{}").unwrap();
+        assert_eq!(runtime_conf(&dir).unwrap(), dir.join("00-a.json"));
+        let file = dir.join("20-b.conflist");
+        assert_eq!(runtime_conf(&file).unwrap(), file);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
