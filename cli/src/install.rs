@@ -268,8 +268,7 @@ pub fn install(opts: &Options) -> anyhow::Result<Report> {
 /// directory), followed through the symlinks the kubelet makes. An empty
 /// or unreadable directory is an error naming it.
 fn secret_files(dir: &Path) -> anyhow::Result<Vec<(std::ffi::OsString, PathBuf)>> {
-    let entries =
-        fs::read_dir(dir).with_context(|| format!("--etcd-tls-dir {}", dir.display()))?;
+    let entries = fs::read_dir(dir).with_context(|| format!("--etcd-tls-dir {}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("--etcd-tls-dir {}", dir.display()))?;
@@ -863,15 +862,21 @@ mod tests {
     fn a_conf_template_goes_where_the_runtime_does_not_read_networks() {
         let f = Fixture::new("template");
         let t = f.root.0.join("10-berth.conflist.template");
-        fs::write(&t, r#"{"podCIDRs": [{{range $i, $r := .PodCIDRRanges}}"{{$r}}"{{end}}]}"#)
-            .unwrap();
+        fs::write(
+            &t,
+            r#"{"podCIDRs": [{{range $i, $r := .PodCIDRRanges}}"{{$r}}"{{end}}]}"#,
+        )
+        .unwrap();
         let opts = Options {
             conflist: None,
             conf_template: Some(t.clone()),
             ..f.opts.clone()
         };
         install(&opts).unwrap();
-        let installed = opts.conf_dir.join(TEMPLATE_SUBDIR).join("10-berth.conflist.template");
+        let installed = opts
+            .conf_dir
+            .join(TEMPLATE_SUBDIR)
+            .join("10-berth.conflist.template");
         assert_eq!(fs::read(&installed).unwrap(), fs::read(&t).unwrap());
         assert!(!f.installed_conflist().exists());
         // One without the podCIDR is every node's same network: refused.

@@ -286,11 +286,10 @@ fn runtime_conf(path: &Path) -> Result<PathBuf, String> {
 /// otherwise, in one line naming the file.
 fn conflist_has_overlay(path: &Path) -> Result<bool, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    let is_overlay = |p: &serde_json::Value| {
-        p.get("type").and_then(|t| t.as_str()) == Some("berth-overlay")
-    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let is_overlay =
+        |p: &serde_json::Value| p.get("type").and_then(|t| t.as_str()) == Some("berth-overlay");
     match (v.get("plugins").and_then(|p| p.as_array()), v.get("type")) {
         (Some(plugins), _) => Ok(plugins.iter().any(is_overlay)),
         (None, Some(_)) => Ok(is_overlay(&v)),
@@ -366,8 +365,15 @@ mod tests {
     fn in_a_conf_dir_the_runtimes_first_file_is_the_one() {
         let dir = std::env::temp_dir().join(format!("berth-node-dir-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("berth-etcd")).unwrap();
-        assert!(runtime_conf(&dir).unwrap_err().contains("no network configuration"));
-        for f in ["20-b.conflist", "10-containerd-net.conflist", "05-x.txt", ".hidden"] {
+        assert!(runtime_conf(&dir)
+            .unwrap_err()
+            .contains("no network configuration"));
+        for f in [
+            "20-b.conflist",
+            "10-containerd-net.conflist",
+            "05-x.txt",
+            ".hidden",
+        ] {
             std::fs::write(dir.join(f), "{}").unwrap();
         }
         assert_eq!(

@@ -145,16 +145,11 @@ async fn answer(
         }
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served\n",
-        ));
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n"));
     }
     if let Some(probe) = probe {
-        let answered = tokio::task::spawn_blocking(move || {
-            routes.probe.as_ref().map(|p| p(probe))
-        })
-        .await;
+        let answered =
+            tokio::task::spawn_blocking(move || routes.probe.as_ref().map(|p| p(probe))).await;
         return Ok(match answered {
             Ok(Some(Ok(said))) => text(StatusCode::OK, &format!("{said}\n")),
             Ok(Some(Err(why))) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),

@@ -527,3 +527,70 @@ fn an_unreachable_etcd_is_not_ready_and_add_fails_fast() {
     );
     drop(a1);
 }
+
+/// `ipMasq` (flannel's `--ip-masq`) with `isDefaultGateway`: a pod's traffic to a host outside
+/// the cluster networks leaves with its node's address; to a pod on the
+/// other node it keeps its own. The rule survives a flush (the agent's
+/// reconciler puts it back). `hairpinMode` is on the pod's bridge port.
+#[test]
+fn ip_masq_hides_pods_only_beyond_the_cluster() {
+    let (h1, h2) = two_hosts("ndm");
+    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
+    let prefix = format!("/berth-ndm-{}", std::process::id());
+    let keys = json!({"ipMasq": true, "hairpinMode": true, "isDefaultGateway": true});
+    let (l1, l2) = (
+        h1.conflist("ndm", &prefix, keys.clone()),
+        h2.conflist("ndm", &prefix, keys),
+    );
+    h1.write_conflist(&l1);
+    h2.write_conflist(&l2);
+    let a1 = h1.agent();
+    h1.wait_ready(&a1, Duration::from_secs(10));
+
+    // An outside host on a second link of h1 (172.31.250.0/24), with
+    // h1 as its router.
+    let outside = TestNetns::new("ndmo");
+    h1.ns.sh(&format!(
+        "ip link add ndmo type veth peer name eth0 netns {} && ip addr add 172.31.250.1/24 dev ndmo && ip link set ndmo up && sysctl -qw net.ipv4.ip_forward=1",
+        outside.name()
+    ));
+    outside.sh("ip link set lo up && ip addr add 172.31.250.2/24 dev eth0 && ip link set eth0 up");
+    let echo_out = PeerEcho::start(&outside, 18080, 18081);
+
+    let (c1, c2) = (TestNetns::new("ndmc1"), TestNetns::new("ndmc2"));
+    let (v4a, _) = addresses(h1.exec("ADD", "c1", &c1, &l1).expect_ok());
+    let (v4b, _) = addresses(h2.exec("ADD", "c2", &c2, &l2).expect_ok());
+    let echo_pod = PeerEcho::start(&c2, 18080, 18081);
+
+    let seen_outside = |_: ()| tcp_ask(&c1, "172.31.250.2:18080".parse().unwrap());
+    assert_eq!(seen_outside(()).unwrap(), "peer=172.31.250.1");
+    let to_pod = format!("{v4b}:18080").parse().unwrap();
+    assert_eq!(tcp_ask(&c1, to_pod).unwrap(), format!("peer={v4a}"));
+
+    h1.ns.exec_ok(&["nft", "flush", "ruleset"]);
+    assert!(
+        overlay_hosts::within(Duration::from_secs(1), || seen_outside(()).as_deref()
+            == Ok("peer=172.31.250.1")),
+        "masquerade not back within 1 s of the flush\n{}",
+        a1.log()
+    );
+
+    // Hairpin on the pod's port of the node's bridge.
+    let port = h1
+        .ns
+        .exec_ok(&["bridge", "-d", "-j", "link", "show", "master", "bov42"]);
+    let ports: Value = serde_json::from_str(&port).unwrap();
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["hairpin"] == true),
+        "no hairpin port on bov42: {ports:#}"
+    );
+
+    drop((echo_out, echo_pod));
+    h1.exec("DEL", "c1", &c1, &l1).assert_ok();
+    h2.exec("DEL", "c2", &c2, &l2).assert_ok();
+    drop(a1);
+}

@@ -46,6 +46,10 @@ pub struct BridgeNetwork {
     pub force_address: bool,
     /// Traffic from the network's subnets leaving the host is masqueraded.
     pub masquerade: bool,
+    /// With `masquerade`: the subnets whose traffic is masqueraded as it
+    /// leaves them (an overlay's cluster networks: between nodes' pods it
+    /// keeps its addresses). None: the network's addresses' subnets.
+    pub masquerade_subnets: Option<Vec<IpNet>>,
     /// No traffic to or from other berth bridge networks (published ports
     /// excepted).
     pub isolation: bool,
@@ -528,14 +532,14 @@ impl Add<'_> {
             }
             .apply(self.host, &bridge)?;
         }
-        let masquerade: Vec<IpNet> = if net.masquerade {
-            addresses
+        let masquerade: Vec<IpNet> = match (&net.masquerade_subnets, net.masquerade) {
+            (_, false) => Vec::new(),
+            (Some(subnets), true) => subnets.clone(),
+            (None, true) => addresses
                 .addresses
                 .iter()
                 .map(|a| a.address.trunc())
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
         };
         let lock = self.state.lock()?;
         let fw = NetworkFirewall {

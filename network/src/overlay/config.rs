@@ -188,6 +188,16 @@ pub struct OverlayConf {
     pub peers: Vec<Peer>,
     /// berth-ipam's dataDir for the node subnet (default berth-ipam's).
     pub data_dir: Option<String>,
+    /// `ipMasq` (flannel's `--ip-masq`): traffic from the cluster network
+    /// leaving it is masqueraded; between pods it keeps its addresses.
+    pub ip_masq: bool,
+    /// `hairpinMode` (flannel's conflist sets it): a pod reaches itself
+    /// through a Service's address.
+    pub hairpin: bool,
+    /// `isDefaultGateway` (flannel's conflist sets it): the pods' default
+    /// routes go through the node's bridge, not only the cluster
+    /// networks'.
+    pub default_gateway: bool,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +214,9 @@ struct Raw {
     subnet_len6: Option<u8>,
     store: Option<Value>,
     data_dir: Option<String>,
+    ip_masq: Option<bool>,
+    hairpin_mode: Option<bool>,
+    is_default_gateway: Option<bool>,
     /// The node's subnets as the orchestrator gave them (kubelet's
     /// podCIDRs, rendered by the runtime into the conflist).
     #[serde(rename = "podCIDRs")]
@@ -422,6 +435,9 @@ impl OverlayConf {
             subnet,
             peers,
             data_dir: raw.data_dir.clone(),
+            ip_masq: raw.ip_masq.unwrap_or(false),
+            hairpin: raw.hairpin_mode.unwrap_or(false),
+            default_gateway: raw.is_default_gateway.unwrap_or(false),
         };
         if let Some(e) = store.go_get("etcd") {
             let etcd = EtcdConf::parse(e, name, &super::lease::run_dir())?;
@@ -537,6 +553,9 @@ mod tests {
             subnet: "10.244.5.0/24".parse().unwrap(),
             peers: Vec::new(),
             data_dir: None,
+            ip_masq: false,
+            hairpin: false,
+            default_gateway: false,
         }
     }
 
@@ -590,17 +609,27 @@ mod tests {
         for (cidrs, at) in [
             (serde_json::json!(["10.245.0.0/24"]), "podCIDRs[0]"),
             (serde_json::json!(["10.244.0.0/23"]), "podCIDRs[0]"),
-            (serde_json::json!(["10.244.1.0/24", "10.244.2.0/24"]), "podCIDRs[1]"),
+            (
+                serde_json::json!(["10.244.1.0/24", "10.244.2.0/24"]),
+                "podCIDRs[1]",
+            ),
             (serde_json::json!(["fd44::/64"]), "podCIDRs"),
-            (serde_json::json!(["10.244.1.0/24", "fd45::/64"]), "podCIDRs[1]"),
-            (serde_json::json!(["10.244.1.0/24", "fd44::/56"]), "podCIDRs[1]"),
+            (
+                serde_json::json!(["10.244.1.0/24", "fd45::/64"]),
+                "podCIDRs[1]",
+            ),
+            (
+                serde_json::json!(["10.244.1.0/24", "fd44::/56"]),
+                "podCIDRs[1]",
+            ),
             (serde_json::json!(["nonsense"]), "podCIDRs[0]"),
             (serde_json::json!([]), "podCIDRs"),
         ] {
             let msg = field(serde_json::json!({ "podCIDRs": cidrs }));
             assert!(msg.contains(at), "{cidrs}: {msg}");
         }
-        let msg = field(serde_json::json!({"podCIDRs": ["10.244.1.0/24"], "subnet": "10.244.2.0/24"}));
+        let msg =
+            field(serde_json::json!({"podCIDRs": ["10.244.1.0/24"], "subnet": "10.244.2.0/24"}));
         assert!(msg.contains("store.etcd.subnet"), "{msg}");
         // Without network6, an IPv6 podCIDR has no place.
         let v = serde_json::json!({"network": "10.244.0.0/16",

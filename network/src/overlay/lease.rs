@@ -287,10 +287,12 @@ pub fn claim_subnet(
             format!("{} is held by node {:?} ({})", h.subnet, h.node, h.underlay),
         ));
     }
-    if let Some((w6, h)) = e
-        .subnet6
-        .and_then(|w6| leases.iter().find(|l| l.subnet6 == Some(w6)).map(|h| (w6, h)))
-    {
+    if let Some((w6, h)) = e.subnet6.and_then(|w6| {
+        leases
+            .iter()
+            .find(|l| l.subnet6 == Some(w6))
+            .map(|h| (w6, h))
+    }) {
         return Err(Error::config(
             &e.subnet_field,
             format!("{w6} is held by node {:?} ({})", h.node, h.underlay),

@@ -133,6 +133,7 @@ impl BridgeConf {
                 default_gateway: raw.is_default_gateway,
                 force_address: raw.force_address,
                 masquerade: raw.ip_masq,
+                masquerade_subnets: None,
                 // No traffic to or from other berth bridge networks
                 // (published ports excepted), as the reference firewall
                 // plugin's `ingressPolicy: same-bridge`.

@@ -36,14 +36,20 @@ fn node_network(req: &Request, conf: &OverlayConf, mtu: Option<u32>) -> BridgeNe
         mtu,
         promisc: false,
         gateway: true,
-        default_gateway: false,
+        default_gateway: conf.default_gateway,
         force_address: false,
-        // Traffic between nodes' containers keeps its addresses.
-        masquerade: false,
+        // Traffic between nodes' containers keeps its addresses: only what
+        // leaves the cluster networks is masqueraded (ipMasq).
+        masquerade: conf.ip_masq,
+        masquerade_subnets: Some(
+            std::iter::once(ipnet::IpNet::V4(conf.network))
+                .chain(conf.network6.map(|(n6, _)| ipnet::IpNet::V6(n6)))
+                .collect(),
+        ),
         isolation: true,
         uplinks: vec![vxlan_name(conf.vni)],
         macspoofchk: false,
-        hairpin: false,
+        hairpin: conf.hairpin,
         port_isolation: false,
         vlans: None,
         dad: false,
