@@ -14,6 +14,7 @@ mod install;
 mod metrics;
 mod node;
 mod status;
+mod uninstall;
 mod volumes;
 mod watch;
 
@@ -36,6 +37,11 @@ enum Command {
     /// Block until SIGTERM or SIGINT, then exit 0 (a DaemonSet's main
     /// container, once the init container has installed everything).
     Idle(idle::Args),
+    /// Take this node off berth once its pods are drained and the node
+    /// agent stopped: an overlay network left for good (lease, VXLAN
+    /// device, bridge, rules), then the conflists, etcd files and plugins
+    /// `berth install` put there (`loopback` stays).
+    Uninstall(uninstall::Args),
     /// berth's node agent (a Kubernetes DaemonSet's main container): the
     /// overlay agent of the node's conflist, the reconciler, and
     /// /metrics, /readyz and /healthz. Runs until SIGTERM, which leaves
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Command::Idle(args) => idle::run(&args),
         Command::Watch(args) => watch::run(&args),
         Command::Node(args) => node::run(&args),
+        Command::Uninstall(args) => uninstall::run(&args),
         Command::Status(args) => status::status(&args),
         Command::Ls(args) => status::ls(&args),
         Command::Inspect(args) => status::inspect(&args),

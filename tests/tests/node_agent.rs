@@ -594,3 +594,132 @@ fn ip_masq_hides_pods_only_beyond_the_cluster() {
     h2.exec("DEL", "c2", &c2, &l2).assert_ok();
     drop(a1);
 }
+
+/// `berth uninstall` on a host whose pods are gone and whose agent has
+/// stopped: the lease goes back (the other host forgets the subnet), the
+/// VXLAN device, the bridge and berth's rules go, and so do the conflist,
+/// the etcd files and the plugins (`loopback` stays). While a container
+/// is attached, or the agent runs, it refuses and changes nothing.
+#[test]
+fn uninstall_takes_the_node_off_berth() {
+    let (h1, h2) = two_hosts("ndx");
+    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
+    let prefix = format!("/berth-ndx-{}", std::process::id());
+    let (l1, l2) = (
+        h1.conflist("ndx", &prefix, json!({"ipMasq": true})),
+        h2.conflist("ndx", &prefix, json!({})),
+    );
+    h1.write_conflist(&l1);
+    h2.write_conflist(&l2);
+    let mut a1 = h1.agent();
+    let a2 = h2.agent();
+    h1.wait_ready(&a1, Duration::from_secs(10));
+    h2.wait_ready(&a2, Duration::from_secs(10));
+    let c1 = TestNetns::new("ndxc1");
+    let (v4, _) = addresses(h1.exec("ADD", "c1", &c1, &l1).expect_ok());
+    let subnet = format!("{}.0/24", v4.rsplit_once('.').unwrap().0);
+    let routed_by_h2 = || {
+        !h2.ns
+            .exec_ok(&["ip", "route", "show", &subnet])
+            .trim()
+            .is_empty()
+    };
+    assert!(overlay_hosts::within(Duration::from_secs(2), routed_by_h2));
+
+    // A node laid out as berth install leaves it.
+    let conf_dir = TempDir::new("ndx-net.d");
+    let bin_dir = TempDir::new("ndx-bin");
+    std::fs::copy(
+        h1.conflist_path(),
+        conf_dir.path().join("10-berth.conflist"),
+    )
+    .unwrap();
+    std::fs::write(
+        conf_dir.path().join("20-other.conflist"),
+        r#"{"plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(conf_dir.path().join("berth-etcd")).unwrap();
+    std::fs::write(conf_dir.path().join("berth-etcd/ca.crt"), "CA").unwrap();
+    for p in [
+        "berth-bridge",
+        "berth-overlay",
+        "berth-portmap",
+        "loopback",
+        "host-local",
+    ] {
+        std::fs::write(bin_dir.path().join(p), "#!/bin/sh\n").unwrap();
+    }
+    let uninstall = |extra: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", h1.ns.name(), "env"])
+            .arg(format!("BERTH_RUN_DIR={}", h1.run.path().display()))
+            .arg(bin("berth"))
+            .args(["uninstall", "--cni-bin-dir"])
+            .arg(bin_dir.path())
+            .arg("--cni-conf-dir")
+            .arg(conf_dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let files = || {
+        let mut f: Vec<String> = [conf_dir.path(), bin_dir.path()]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        f.sort();
+        f
+    };
+    let before = files();
+    let links = || h1.ns.exec_ok(&["ip", "-o", "link"]);
+
+    // The agent still runs: refused.
+    let (ok, said) = uninstall(&[]);
+    assert!(!ok && said.contains("DaemonSet"), "{said}");
+    a1.terminate();
+    // A container is still attached: refused, naming it.
+    let (ok, said) = uninstall(&[]);
+    assert!(!ok && said.contains("drain"), "{said}");
+    assert_eq!(files(), before);
+    assert!(links().contains("berth.42") && links().contains("bov42"));
+
+    h1.exec("DEL", "c1", &c1, &l1).assert_ok();
+    let (ok, said) = uninstall(&[]);
+    assert!(ok, "{said}");
+    assert_eq!(
+        files(),
+        ["20-other.conflist", "host-local", "loopback"],
+        "{said}"
+    );
+    let left = links();
+    assert!(
+        !left.contains("berth.42") && !left.contains("bov42"),
+        "{left}"
+    );
+    assert!(
+        !h1.ns
+            .exec(&["nft", "list", "table", "inet", "berth"])
+            .status
+            .success(),
+        "berth's table is still there"
+    );
+    // The lease is gone: h2 forgets h1's subnet at once, not after the TTL.
+    assert!(
+        overlay_hosts::within(Duration::from_secs(2), || !routed_by_h2()),
+        "h2 still routes {subnet}"
+    );
+    // Again: nothing left to do, and nothing fails.
+    let (ok, said) = uninstall(&[]);
+    assert!(ok, "{said}");
+    drop(a2);
+}

@@ -6,7 +6,9 @@ use crate::{Error, Kind};
 use berth_kernel::Handle;
 
 use super::config::OverlayConf;
-use super::datapath::{claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name};
+use super::datapath::{
+    bridge_name, claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name,
+};
 use super::lease::{cache_path, cached_subnet, release_lease, resolve, resolve_held};
 
 /// A berth-overlay config object (the plugin's keys, with `name`) outside
@@ -70,5 +72,49 @@ pub fn leave_node(conf: &OverlayConf) -> Result<(), Error> {
         .map_err(kernel)?;
     let _ = std::fs::remove_file(network_note_path(conf));
     let _ = std::fs::remove_file(cache_path(conf));
+    Ok(())
+}
+
+/// Takes this node off the overlay network for good (`berth uninstall`):
+/// its lease given back and the VXLAN device gone ([`leave_node`]), the
+/// network's rules out of the ruleset, and the node's bridge deleted.
+/// Refused while a container is still attached (its record names it):
+/// pods are the operator's to drain first. Each step already done is fine.
+pub fn remove_node(conf: &OverlayConf) -> Result<(), Error> {
+    let state = crate::attachment::state::State::from_env();
+    let attached = state.records(&conf.name);
+    if let Some((veth, _)) = attached.first() {
+        return Err(Error::new(
+            Kind::Exists,
+            format!(
+                "network {:?} still has {} container(s) on this node (host veth {veth}): \
+                 drain the node's pods first",
+                conf.name,
+                attached.len()
+            ),
+        ));
+    }
+    // Even without a note of the network (a plugin that never joined on
+    // this node), a lease this node holds in the store is given back.
+    if conf.etcd.is_some() && !network_note_path(conf).exists() {
+        if let Ok(held) = resolve(conf, false) {
+            let _ = release_lease(&held);
+        }
+    }
+    leave_node(conf)?;
+    {
+        let lock = state.lock()?;
+        if let Some(marker) = state.rules_marker(&conf.name) {
+            crate::firewall::uninstall(
+                &state,
+                &lock,
+                &crate::firewall::NetworkFirewall::of_marker(&conf.name, &marker),
+            )?;
+        }
+    }
+    Handle::new()
+        .map_err(kernel)?
+        .delete_link_by_name(&bridge_name(conf.vni))
+        .map_err(kernel)?;
     Ok(())
 }
