@@ -51,6 +51,38 @@ pub struct Options {
 }
 
 impl Options {
+    /// A digest of who these settings reach etcd as: the endpoints, the
+    /// TLS files' paths, the user and the password (its file's path, or
+    /// itself, which the digest does not give back). Two configs with the
+    /// same digest are the same client; a process that kept another's
+    /// word for what the store holds can tell by it that the word applies.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let parts = [
+            self.endpoints.join(","),
+            path(&self.ca_file),
+            path(&self.cert_file),
+            path(&self.key_file),
+            self.username.clone().unwrap_or_default(),
+            self.password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+            path(&self.password_file),
+        ];
+        for part in parts {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+
     /// Plain endpoints and nothing else set.
     pub fn new(endpoints: Vec<String>) -> Options {
         Options {
@@ -196,6 +228,25 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fingerprint_tells_clients_apart_and_hides_the_password() {
+        let mut a = Options::new(vec!["https://e:2379".into()]);
+        a.password = Some(Secret::new("s3cret-pass"));
+        let same = a.clone();
+        assert_eq!(a.fingerprint(), same.fingerprint());
+        assert!(!a.fingerprint().contains("s3cret"));
+        let mut other = a.clone();
+        other.password = Some(Secret::new("other"));
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let mut cert = a.clone();
+        cert.cert_file = Some("/x.crt".into());
+        assert_ne!(a.fingerprint(), cert.fingerprint());
+        // How long a dial may take is not who the client is.
+        let mut slow = a.clone();
+        slow.dial_timeout = Duration::from_secs(9);
+        assert_eq!(a.fingerprint(), slow.fingerprint());
+    }
 
     fn with(endpoints: &[&str]) -> Options {
         Options::new(endpoints.iter().map(|s| s.to_string()).collect())

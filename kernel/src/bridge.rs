@@ -186,6 +186,30 @@ impl Handle {
             })
     }
 
+    /// Sets the bridge's own `nf_call_iptables` and `nf_call_ip6tables`
+    /// (br_netfilter's bridge-nf-call-* for this bridge alone): bridged
+    /// IPv4 and IPv6 frames pass the IP netfilter hooks, so conntrack sees
+    /// both directions of a connection DNATed to a port of the same bridge.
+    pub fn set_bridge_nf_call(&mut self, index: u32, on: bool) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::NfCallIpTables(on),
+                InfoBridge::NfCallIp6Tables(on),
+            ])),
+        ]));
+        self.sock
+            .request(RouteNetlinkMessage::NewLink(msg), 0)
+            .map_err(|e| {
+                e.context(format!(
+                    "set nf_call_iptables={} on bridge {index}",
+                    u8::from(on)
+                ))
+            })
+    }
+
     /// Adds a VLAN entry to port `index` (or to the bridge itself when
     /// `vlan.self_`). Re-adding an existing VID updates its flags.
     pub fn bridge_vlan_add(&mut self, index: u32, vlan: &BridgeVlan) -> Result<()> {

@@ -191,6 +191,9 @@ pub struct BridgeOptions {
     pub promisc: bool,
     /// Turn IGMP/MLD snooping off (the kernel turns it on).
     pub no_multicast_snooping: bool,
+    /// Bridged IPv4/IPv6 frames pass the IP netfilter hooks (see
+    /// [`Handle::set_bridge_nf_call`]).
+    pub nf_call: bool,
 }
 
 /// Options for [`Handle::add_veth`]. `mtu` applies to both ends.
@@ -314,6 +317,10 @@ impl Handle {
         }
         if opts.no_multicast_snooping {
             data.push(InfoBridge::MulticastSnooping(false));
+        }
+        if opts.nf_call {
+            data.push(InfoBridge::NfCallIpTables(true));
+            data.push(InfoBridge::NfCallIp6Tables(true));
         }
         if !data.is_empty() {
             info.push(LinkInfo::Data(InfoData::Bridge(data)));

@@ -21,6 +21,11 @@ pub struct BridgeSpec {
     /// up (all ports' query timers, under RTNL). Docker's bridge driver
     /// leaves the kernel's default (on); berthd users can ask for that.
     pub multicast_snooping: bool,
+    /// Bridged IPv4/IPv6 traffic passes the IP netfilter hooks (this
+    /// bridge's own bridge-nf-call-iptables): kube-proxy's Service DNAT to
+    /// a pod on the same bridge needs conntrack to see the reply, which is
+    /// bridged.
+    pub netfilter: bool,
 }
 
 impl BridgeSpec {
@@ -32,6 +37,7 @@ impl BridgeSpec {
             vlan_filtering: false,
             promisc: false,
             multicast_snooping: false,
+            netfilter: false,
         }
     }
 
@@ -54,6 +60,7 @@ impl BridgeSpec {
             vlan_filtering: self.vlan_filtering,
             promisc: self.promisc,
             no_multicast_snooping: !self.multicast_snooping,
+            nf_call: self.netfilter,
         }
     }
 
@@ -104,6 +111,11 @@ impl BridgeSpec {
         if self.vlan_filtering && !created {
             h.set_bridge_vlan_filtering(link.index, true)
                 .map_err(Error::kernel("bridge VLAN filtering"))?;
+        }
+        if self.netfilter && !created {
+            // A bridge made before, or by hand: cheap to set again.
+            h.set_bridge_nf_call(link.index, true)
+                .map_err(Error::kernel("bridge nf_call_iptables"))?;
         }
         Ok(Bridge { link, created })
     }

@@ -723,3 +723,140 @@ fn uninstall_takes_the_node_off_berth() {
     assert!(ok, "{said}");
     drop(a2);
 }
+
+/// The nat part of the `ip kube-proxy` table kube-proxy's nftables mode
+/// writes for ClusterIP Services (pkg/proxy/nftables/proxier.go:
+/// `setupNFTables` and `syncProxyRules`, with its `--cluster-cidr` local
+/// traffic detector): the base chains at dstnat and srcnat, the
+/// `service-ips` verdict map, a service chain that marks traffic from
+/// outside the cluster CIDR for masquerade and picks an endpoint with
+/// `numgen random mod N`, endpoint chains that mark hairpin traffic (from
+/// the endpoint itself) and DNAT, and the masquerade of marked traffic
+/// (mark 0x4000). Chain names follow kube-proxy's shapes. (nat-output's
+/// priority is written as -100, dstnat's value: Debian 12's nft 1.0.6
+/// takes the name only on prerouting.)
+fn kube_proxy_table(cluster_cidr: &str, services: &[(&str, &[&str])]) -> String {
+    let mut elements = Vec::new();
+    let mut chains = String::new();
+    for (i, (vip, endpoints)) in services.iter().enumerate() {
+        let svc = format!("service-T{i}ESTSVC-ns/svc{i}/tcp/p80");
+        elements.push(format!("{vip} . tcp . 80 : goto {svc}"));
+        let mut vmap = Vec::new();
+        for (j, ep) in endpoints.iter().enumerate() {
+            let chain = format!("endpoint-T{i}EP{j}-ns/svc{i}/tcp/p80__{ep}/8080");
+            vmap.push(format!("{j} : goto {chain}"));
+            chains.push_str(&format!(
+                "  chain {chain} {{\n    ip saddr {ep} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ep}:8080\n  }}\n"
+            ));
+        }
+        chains.push_str(&format!(
+            "  chain {svc} {{\n    ip daddr {vip} tcp dport 80 ip saddr != {cluster_cidr} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {} }}\n  }}\n",
+            endpoints.len(),
+            vmap.join(", ")
+        ));
+    }
+    format!(
+        "table ip kube-proxy {{\n  comment \"rules for kube-proxy\"\n\
+         {chains}\
+           chain mark-for-masquerade {{\n    mark set mark or 0x4000\n  }}\n\
+           chain masquerading {{\n    mark and 0x4000 == 0 return\n    mark set mark xor 0x4000\n    masquerade fully-random\n  }}\n\
+           map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}\n\
+           chain services {{\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }}\n\
+           chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }}\n\
+           chain nat-output {{\n    type nat hook output priority -100; policy accept;\n    jump services\n  }}\n\
+           chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    jump masquerading\n  }}\n\
+         }}\n",
+        elements.join(", ")
+    )
+}
+
+/// Kubernetes Services through kube-proxy's own nftables rules, on a node
+/// whose global bridge-nf-call-iptables is off (berth turns it on for its
+/// bridge alone): a pod reaches a ClusterIP whose endpoint is a pod on the
+/// same bridge (the reply is bridged, and conntrack must see it) keeping
+/// its own address; itself through the ClusterIP (hairpin, masqueraded by
+/// kube-proxy's mark); a pod on the other node; and a Service with both,
+/// each answering.
+#[test]
+fn kube_proxy_services_reach_pods_on_this_bridge_itself_and_other_nodes() {
+    let (h1, h2) = two_hosts("nds");
+    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
+    let prefix = format!("/berth-nds-{}", std::process::id());
+    let keys = json!({"ipMasq": true, "hairpinMode": true, "isDefaultGateway": true});
+    let (l1, l2) = (
+        h1.conflist("nds", &prefix, keys.clone()),
+        h2.conflist("nds", &prefix, keys),
+    );
+    h1.write_conflist(&l1);
+    h2.write_conflist(&l2);
+    let a1 = h1.agent();
+    let a2 = h2.agent();
+    h1.wait_ready(&a1, Duration::from_secs(10));
+    h2.wait_ready(&a2, Duration::from_secs(10));
+    h1.ns.sh(
+        "sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0",
+    );
+
+    let (p1, p2, q1) = (
+        TestNetns::new("ndsp1"),
+        TestNetns::new("ndsp2"),
+        TestNetns::new("ndsq1"),
+    );
+    let (ip_p1, _) = addresses(h1.exec("ADD", "p1", &p1, &l1).expect_ok());
+    let (ip_p2, _) = addresses(h1.exec("ADD", "p2", &p2, &l1).expect_ok());
+    let (ip_q1, _) = addresses(h2.exec("ADD", "q1", &q1, &l2).expect_ok());
+    let gateway = format!("{}.1", ip_p1.rsplit_once('.').unwrap().0);
+    let _echo = [
+        PeerEcho::start(&p1, 8080, 8081),
+        PeerEcho::start(&p2, 8080, 8081),
+        PeerEcho::start(&q1, 8080, 8081),
+    ];
+    let rules = kube_proxy_table(
+        "10.244.0.0/16",
+        &[
+            ("10.96.0.10", &[ip_p2.as_str()]),
+            ("10.96.0.11", &[ip_p1.as_str()]),
+            ("10.96.0.12", &[ip_q1.as_str()]),
+            ("10.96.0.13", &[ip_p2.as_str(), ip_q1.as_str()]),
+        ],
+    );
+    let file = h1.run.path().join("kube-proxy.nft");
+    std::fs::write(&file, &rules).unwrap();
+    h1.ns.exec_ok(&["nft", "-f", file.to_str().unwrap()]);
+
+    let ask = |vip: &str| tcp_ask(&p1, format!("{vip}:80").parse().unwrap());
+    // Same bridge: the endpoint sees the client's own address.
+    assert_eq!(ask("10.96.0.10"), Ok(format!("peer={ip_p1}")), "{rules}");
+    // Itself: kube-proxy masquerades hairpin traffic, to the bridge's address.
+    assert_eq!(ask("10.96.0.11"), Ok(format!("peer={gateway}")), "{rules}");
+    // Another node's pod, across the VXLAN.
+    assert_eq!(ask("10.96.0.12"), Ok(format!("peer={ip_p1}")), "{rules}");
+    // Both: numgen spreads connections; each endpoint answers some, as a
+    // counter of the test's own (after kube-proxy's DNAT) shows.
+    h1.ns.sh(&format!(
+        "nft add table ip ndsprobe && nft add chain ip ndsprobe post '{{ type filter hook postrouting priority 0; }}' && nft add rule ip ndsprobe post ip daddr {ip_p2} tcp dport 8080 tcp flags syn counter && nft add rule ip ndsprobe post ip daddr {ip_q1} tcp dport 8080 tcp flags syn counter"
+    ));
+    for _ in 0..40 {
+        assert_eq!(ask("10.96.0.13"), Ok(format!("peer={ip_p1}")));
+    }
+    let probe = h1.ns.exec_ok(&["nft", "list", "table", "ip", "ndsprobe"]);
+    let counts: Vec<u64> = probe
+        .lines()
+        .filter_map(|l| l.split("packets ").nth(1))
+        .map(|n| n.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 2, "{probe}");
+    assert!(
+        counts.iter().all(|c| *c > 0) && counts.iter().sum::<u64>() == 40,
+        "connections per endpoint: {counts:?}\n{probe}"
+    );
+
+    for (h, c, cid, l) in [
+        (&h1, &p1, "p1", &l1),
+        (&h1, &p2, "p2", &l1),
+        (&h2, &q1, "q1", &l2),
+    ] {
+        h.exec("DEL", cid, c, l).assert_ok();
+    }
+    drop((a1, a2));
+}

@@ -606,9 +606,10 @@ fn start_agent(n: &Node, conf: &Value) -> Agent {
 
 /// With etcd: each node's agent leases a subnet and programs the other
 /// node; containers on the two hosts talk; with etcd gone their traffic
-/// keeps flowing, an ADD fails with code 11 within seconds, and STATUS is
-/// fine for a node holding a lease and 50 for one without; etcd back, ADD
-/// works again.
+/// keeps flowing, an ADD on the node whose agent just renewed its lease
+/// works, one that needs a lease fails with code 11 within seconds, and
+/// STATUS is fine for a node holding a lease and 50 for one without; etcd
+/// back, that ADD works.
 #[test]
 fn etcd_store_leases_subnets_and_survives_an_outage() {
     let (n1, n2) = two_nodes("ove");
@@ -674,28 +675,37 @@ fn etcd_store_leases_subnets_and_survives_an_outage() {
 
     etcd.stop();
     assert_ping(&c1, &ip2);
+    // The agent renewed the node's lease moments ago (its record says so):
+    // an ADD goes on without etcd.
     let c3 = TestNetns::new("ovec3");
+    n1.exec("ADD", "c3", &c3, &conf1).expect_ok();
+    assert_ping(&c3, &ip2);
+    // A network this node holds no lease of cannot get one: code 11
+    // within seconds, nothing made.
+    let mut nolease = etcd_conf(&n1, "h1", "ovenolease");
+    nolease["vni"] = json!(43);
+    nolease["network"] = json!("10.245.0.0/16");
+    let c4 = TestNetns::new("ovec4");
     let started = std::time::Instant::now();
-    n1.exec("ADD", "c3", &c3, &conf1).expect_error(11);
+    n1.exec("ADD", "c4", &c4, &nolease).expect_error(11);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
         "ADD hung {:?}",
         started.elapsed()
     );
     n1.exec("STATUS", "", &c3, &conf1).assert_ok();
-    n1.exec("STATUS", "", &c3, &etcd_conf(&n1, "h1", "ovenolease"))
-        .expect_error(50);
+    n1.exec("STATUS", "", &c4, &nolease).expect_error(50);
 
     etcd.spawn();
     assert!(
-        within(five, || n1.exec("ADD", "c3", &c3, &conf1).success()),
+        within(five, || n1.exec("ADD", "c4", &c4, &nolease).success()),
         "ADD does not work again after etcd came back"
     );
-    assert_ping(&c3, &ip2);
     for (n, c, cid, conf) in [
         (&n1, &c1, "c1", &conf1),
         (&n2, &c2, "c2", &conf2),
         (&n1, &c3, "c3", &conf1),
+        (&n1, &c4, "c4", &nolease),
     ] {
         n.exec("DEL", cid, c, conf).assert_ok();
     }

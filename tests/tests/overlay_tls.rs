@@ -241,9 +241,11 @@ fn etcd_auth_keeps_berth_to_its_prefix_and_its_password_secret() {
     assert_eq!(mode.mode() & 0o777, 0o600, "token file mode");
 
     // A token etcd no longer knows (as one expired after etcd's
-    // --auth-token-ttl) is replaced: the next ADD authenticates again and
-    // keeps the new one. (berth keeps each token with a seal of the
-    // credentials it was given for; this one is sealed like berth's.)
+    // --auth-token-ttl) is replaced: the next plugin call that asks etcd
+    // (STATUS always does; an ADD needs none while the agent's lease is
+    // fresh) authenticates again and keeps the new one. (berth keeps each
+    // token with a seal of the credentials it was given for; this one is
+    // sealed like berth's.)
     let stale = "staletoken.1";
     let seal = {
         use sha2::{Digest, Sha256};
@@ -259,6 +261,7 @@ fn etcd_auth_keeps_berth_to_its_prefix_and_its_password_secret() {
     let r3 = hosts[0].exec("ADD", "c3", &c3, &confs[0]);
     r3.assert_ok();
     outputs.push(r3.to_string());
+    hosts[0].exec("STATUS", "", &c3, &confs[0]).assert_ok();
     let kept = std::fs::read_to_string(&token).expect("token file");
     assert!(
         !kept.contains(stale) && kept.lines().count() == 3,

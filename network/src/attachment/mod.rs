@@ -46,6 +46,9 @@ pub struct BridgeNetwork {
     pub force_address: bool,
     /// Traffic from the network's subnets leaving the host is masqueraded.
     pub masquerade: bool,
+    /// Bridged traffic passes the IP netfilter hooks (see
+    /// [`BridgeSpec::netfilter`](crate::bridge::BridgeSpec)).
+    pub bridge_netfilter: bool,
     /// With `masquerade`: the subnets whose traffic is masqueraded as it
     /// leaves them (an overlay's cluster networks: between nodes' pods it
     /// keeps its addresses). None: the network's addresses' subnets.
@@ -240,6 +243,7 @@ impl BridgeNetwork {
             mtu: self.mtu,
             vlan_filtering: self.vlans.is_some(),
             promisc: self.promisc,
+            netfilter: self.bridge_netfilter,
             ..BridgeSpec::new(&self.bridge)
         }
     }

@@ -10,6 +10,7 @@ use super::datapath::{
     bridge_name, claim_network, ensure_datapath_on, network_note_path, underlay, vxlan_name,
 };
 use super::lease::{cache_path, cached_subnet, release_lease, resolve, resolve_held};
+use super::record::{self, NodeRecord};
 
 /// A berth-overlay config object (the plugin's keys, with `name`) outside
 /// any CNI call: the agent's file, berthd's overlay networks.
@@ -33,7 +34,14 @@ pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
     claim_network(&mut h, conf)?;
     // Looked up once for the lease and the datapath (route and address dumps).
     let (up, local) = underlay(&mut h, conf)?;
-    let (conf, _) = resolve_held(conf, Some(local))?;
+    let conf = match agent_held(
+        conf,
+        &super::record::NodeRecord::read(&conf.name),
+        record::now(),
+    ) {
+        Some(held) => held,
+        None => resolve_held(conf, Some(local))?.0,
+    };
     let mtu = {
         // The VXLAN device and peer entries are shared by every ADD on
         // the node (and berthd's overlay networks).
@@ -41,6 +49,37 @@ pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
         ensure_datapath_on(&mut h, &conf, &up, local)?
     };
     Ok((conf, mtu))
+}
+
+/// The node's subnet as its agent holds it, when the agent's record says
+/// the lease is certainly alive: renewed less than half its TTL ago (the
+/// agent renews every third), for this node, VNI and store (the same
+/// endpoints, credentials and prefix: a config with others must hear
+/// etcd's own answer), and the subnets the config asks for. An ADD then needs no round trip to etcd; the
+/// agent keeps the peers, so none are returned to program. None: ask the
+/// store (no agent, one stopped cleanly, one that has not renewed, etcd
+/// unreachable for a while).
+fn agent_held(conf: &OverlayConf, rec: &Option<NodeRecord>, now: u64) -> Option<OverlayConf> {
+    let e = conf.etcd.as_ref()?;
+    let rec = rec.as_ref()?;
+    let ttl = rec.lease_ttl?.min(u64::try_from(e.lease_ttl).ok()?);
+    let fresh = rec
+        .lease_age(now)
+        .is_some_and(|age| age.saturating_mul(2) < ttl);
+    let wanted = e.subnet.as_deref().map(str::parse::<ipnet::Ipv4Net>);
+    let same = rec.node == conf.node
+        && rec.vni == conf.vni
+        && rec.store == "etcd"
+        && rec.store_key.as_deref() == Some(record::store_key(e).as_str())
+        && wanted.is_none_or(|w| w.ok() == Some(rec.subnet))
+        && e.subnet6.is_none_or(|w| rec.subnet6 == Some(w))
+        && conf.network.contains(&rec.subnet)
+        && rec.subnet.prefix_len() == conf.subnet_len;
+    (fresh && same).then(|| OverlayConf {
+        subnet: rec.subnet,
+        peers: Vec::new(),
+        ..conf.clone()
+    })
 }
 
 /// Takes this node out of the overlay (berthd's DeleteNetwork): gives the
@@ -117,4 +156,59 @@ pub fn remove_node(conf: &OverlayConf) -> Result<(), Error> {
         .delete_link_by_name(&bridge_name(conf.vni))
         .map_err(kernel)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: serde_json::Value) -> OverlayConf {
+        let mut v = serde_json::json!({"name": "n", "network": "10.244.0.0/16", "node": "a",
+            "store": {"etcd": {"endpoints": ["http://127.0.0.1:1"], "leaseTTL": 60}}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        parse_conf(&v).unwrap()
+    }
+
+    fn rec(renewed_at: u64) -> Option<NodeRecord> {
+        let held = OverlayConf {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            ..conf(serde_json::json!({}))
+        };
+        Some(NodeRecord::of(&held, Some(renewed_at)))
+    }
+
+    #[test]
+    fn an_agents_fresh_lease_spares_the_store() {
+        let c = conf(serde_json::json!({}));
+        let held = agent_held(&c, &rec(1000), 1010).unwrap();
+        assert_eq!(held.subnet.to_string(), "10.244.3.0/24");
+        assert!(held.peers.is_empty());
+        // Renewed too long ago (half the TTL): ask the store.
+        assert!(agent_held(&c, &rec(1000), 1030).is_none());
+        assert!(agent_held(&c, &None, 1010).is_none());
+        // Other credentials for the store, or another prefix.
+        let other = conf(
+            serde_json::json!({"store": {"etcd": {"endpoints": ["http://127.0.0.1:1"],
+            "leaseTTL": 60, "username": "u", "password": "p"}}}),
+        );
+        assert!(agent_held(&other, &rec(1000), 1010).is_none());
+        let prefix = conf(
+            serde_json::json!({"store": {"etcd": {"endpoints": ["http://127.0.0.1:1"],
+            "leaseTTL": 60, "prefix": "/else"}}}),
+        );
+        assert!(agent_held(&prefix, &rec(1000), 1010).is_none());
+        // Another node name, or podCIDRs the record does not hold.
+        assert!(agent_held(&conf(serde_json::json!({"node": "b"})), &rec(1000), 1010).is_none());
+        let given = conf(serde_json::json!({"podCIDRs": ["10.244.4.0/24"]}));
+        assert!(agent_held(&given, &rec(1000), 1010).is_none());
+        let same = conf(serde_json::json!({"podCIDRs": ["10.244.3.0/24"]}));
+        assert!(agent_held(&same, &rec(1000), 1010).is_some());
+        // The static store has no lease to spare.
+        let st = parse_conf(&serde_json::json!({"name": "n", "network": "10.244.0.0/16",
+            "store": {"static": {"subnet": "10.244.3.0/24"}}}))
+        .unwrap();
+        assert!(agent_held(&st, &rec(1000), 1010).is_none());
+    }
 }

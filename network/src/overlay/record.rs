@@ -34,6 +34,10 @@ pub struct NodeRecord {
     pub lease_ttl: Option<u64>,
     /// When the lease was last renewed, in seconds since the epoch.
     pub renewed_at: Option<u64>,
+    /// Which store the lease is in, as [`store_key`]: a plugin uses the
+    /// agent's word for the lease only with the same store settings.
+    #[serde(default)]
+    pub store_key: Option<String>,
     pub peers: Vec<RecordedPeer>,
     /// The agent's process (berthd's, for its networks).
     pub pid: u32,
@@ -57,6 +61,12 @@ impl From<&Peer> for RecordedPeer {
             subnet6: p.subnet6,
         }
     }
+}
+
+/// Who a config reaches its etcd store as and where its leases are: the
+/// client's fingerprint (the password in it unrecoverable) and the prefix.
+pub fn store_key(e: &super::config::EtcdConf) -> String {
+    format!("{}{}", e.client.fingerprint(), e.prefix)
 }
 
 /// Seconds since the epoch, now.
@@ -88,6 +98,7 @@ impl NodeRecord {
                 .as_ref()
                 .and_then(|e| u64::try_from(e.lease_ttl).ok()),
             renewed_at,
+            store_key: conf.etcd.as_ref().map(store_key),
             peers: conf.peers.iter().map(RecordedPeer::from).collect(),
             pid: std::process::id(),
         }
@@ -125,6 +136,12 @@ impl NodeRecord {
         }
         store::file::write_atomic(&path, &text)
             .map_err(|e| Error::new(Kind::Io, format!("{}: {e}", path.display())))
+    }
+
+    /// The network's record, if there is one that reads.
+    pub fn read(network: &str) -> Option<NodeRecord> {
+        let bytes = std::fs::read(Self::path(network)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Removes the network's record (gone already is fine).
@@ -171,6 +188,7 @@ mod tests {
             store: "etcd".into(),
             lease_ttl: Some(60),
             renewed_at: Some(1000),
+            store_key: None,
             peers: Vec::new(),
             pid: std::process::id(),
         };

@@ -134,6 +134,7 @@ impl BridgeConf {
                 force_address: raw.force_address,
                 masquerade: raw.ip_masq,
                 masquerade_subnets: None,
+                bridge_netfilter: false,
                 // No traffic to or from other berth bridge networks
                 // (published ports excepted), as the reference firewall
                 // plugin's `ingressPolicy: same-bridge`.

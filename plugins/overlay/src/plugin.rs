@@ -50,6 +50,8 @@ fn node_network(req: &Request, conf: &OverlayConf, mtu: Option<u32>) -> BridgeNe
         uplinks: vec![vxlan_name(conf.vni)],
         macspoofchk: false,
         hairpin: conf.hairpin,
+        // Kubernetes Services: kube-proxy DNATs to pods on this bridge too.
+        bridge_netfilter: true,
         port_isolation: false,
         vlans: None,
         dad: false,
