@@ -38,12 +38,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping,
-    Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StatusResponse,
-    StopPodSandboxRequest,
+    ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+    NetworkConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping,
+    Protocol, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig,
+    StartContainerRequest, StatusRequest, StatusResponse, StopContainerRequest,
+    StopPodSandboxRequest, UpdateRuntimeConfigRequest,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -170,6 +174,20 @@ pub struct ContainerdOptions {
     pub conf_dir: PathBuf,
     /// Serve Prometheus metrics on a free 127.0.0.1 port.
     pub metrics: bool,
+    /// A command containerd's own command line is appended to, which must
+    /// exec it in place (so the child's PID stays containerd's): e.g.
+    /// `unshare ... sh -c '...; exec "$@"' sh`, to start it in namespaces
+    /// of its own. Empty: containerd is started directly.
+    pub launcher: Vec<String>,
+    /// The CRI plugin's CNI `conf_template`: the conflist containerd
+    /// writes into `conf_dir` once kubelet hands it a pod CIDR
+    /// (`UpdateRuntimeConfig`).
+    pub conf_template: Option<PathBuf>,
+    /// Pods' network namespaces mounted under containerd's state dir
+    /// (`netns_mounts_under_state_dir`, the default here: nothing of the
+    /// test's in the host's `/var/run/netns`); false: containerd's own
+    /// default, `/var/run/netns`, as on a node.
+    pub netns_under_state_dir: bool,
 }
 
 impl ContainerdOptions {
@@ -178,11 +196,32 @@ impl ContainerdOptions {
             bin_dir: bin_dir.into(),
             conf_dir: conf_dir.into(),
             metrics: false,
+            launcher: Vec::new(),
+            conf_template: None,
+            netns_under_state_dir: true,
         }
     }
 
     pub fn metrics(mut self, on: bool) -> Self {
         self.metrics = on;
+        self
+    }
+
+    /// See [`launcher`](Self::launcher).
+    pub fn launcher(mut self, cmd: Vec<String>) -> Self {
+        self.launcher = cmd;
+        self
+    }
+
+    /// See [`netns_under_state_dir`](Self::netns_under_state_dir).
+    pub fn netns_under_state_dir(mut self, on: bool) -> Self {
+        self.netns_under_state_dir = on;
+        self
+    }
+
+    /// See [`conf_template`](Self::conf_template).
+    pub fn conf_template(mut self, path: impl Into<PathBuf>) -> Self {
+        self.conf_template = Some(path.into());
         self
     }
 }
@@ -304,10 +343,15 @@ impl Containerd {
         self.dir.path().join("runc").join(CRI_NAMESPACE)
     }
 
-    /// Where pod network namespaces are mounted
-    /// (`netns_mounts_under_state_dir`).
+    /// Where pod network namespaces are mounted (under the state dir, or
+    /// containerd's default `/var/run/netns`: see
+    /// [`ContainerdOptions::netns_under_state_dir`]).
     pub fn netns_dir(&self) -> PathBuf {
-        self.state().join("io.containerd.grpc.v1.cri").join("netns")
+        if self.opts.netns_under_state_dir {
+            self.state().join("io.containerd.grpc.v1.cri").join("netns")
+        } else {
+            PathBuf::from("/var/run/netns")
+        }
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
@@ -332,6 +376,10 @@ impl Containerd {
             Some(a) => format!("[metrics]\n  address = \"{a}\"\n"),
             None => String::new(),
         };
+        let conf_template = match &self.opts.conf_template {
+            Some(t) => format!("\x20 conf_template = {}\n", q(t)),
+            None => String::new(),
+        };
         format!(
             "version = 2\n\
              root = {root}\n\
@@ -344,7 +392,7 @@ impl Containerd {
              [{cri}]\n\
              \x20 sandbox_image = \"{image}\"\n\
              \x20 restrict_oom_score_adj = true\n\
-             \x20 netns_mounts_under_state_dir = true\n\
+             \x20 netns_mounts_under_state_dir = {netns_under_state_dir}\n\
              \x20 stream_server_address = \"127.0.0.1\"\n\
              \x20 stream_server_port = \"0\"\n\
              [{cri}.containerd]\n\
@@ -357,7 +405,8 @@ impl Containerd {
              [{cri}.cni]\n\
              \x20 bin_dir = {bin}\n\
              \x20 conf_dir = {conf}\n\
-             \x20 max_conf_num = 1\n",
+             \x20 max_conf_num = 1\n\
+             {conf_template}",
             root = q(&self.root()),
             state = q(&self.state()),
             disabled = disabled.join(", "),
@@ -367,6 +416,7 @@ impl Containerd {
             runc = q(&self.dir.path().join("runc")),
             bin = q(&self.opts.bin_dir),
             conf = q(&self.opts.conf_dir),
+            netns_under_state_dir = self.opts.netns_under_state_dir,
         )
     }
 
@@ -391,7 +441,15 @@ impl Containerd {
             .append(true)
             .open(self.log_path())
             .map_err(|e| format!("open containerd.log: {e}"))?;
-        let child = Command::new("containerd")
+        let mut cmd = match self.opts.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(self.config_path())
             // Plugins inherit containerd's environment: berth-bridge must
@@ -858,6 +916,7 @@ pub fn cni_setup_durations(log: &str) -> Vec<(String, Duration)> {
 pub struct CriClient {
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
     /// Deadline of each call ([`CRI_TIMEOUT`] by default).
     pub timeout: Duration,
 }
@@ -872,8 +931,11 @@ pub struct PodStatus {
     pub ip: Option<IpAddr>,
     /// `network.additional_ips` (dual stack: the other family).
     pub additional_ips: Vec<IpAddr>,
-    /// The network namespace path from the verbose info's runtime spec.
+    /// The network namespace path from the verbose info's runtime spec
+    /// (a path in containerd's mount namespace).
     pub netns: Option<PathBuf>,
+    /// The sandbox ("pause") process, from the verbose info.
+    pub pid: Option<u32>,
     /// The verbose `info` entry, parsed.
     pub info: Value,
 }
@@ -894,6 +956,15 @@ impl PodStatus {
 
     pub fn ipv6(&self) -> Option<IpAddr> {
         self.ips().into_iter().find(IpAddr::is_ipv6)
+    }
+
+    /// `/proc/<pause pid>/ns/net`: the pod's network namespace, usable
+    /// from any mount namespace (unlike [`netns`](Self::netns) when
+    /// containerd runs in a mount namespace of its own).
+    pub fn proc_netns(&self) -> Option<PathBuf> {
+        self.pid
+            .filter(|p| *p > 0)
+            .map(|p| PathBuf::from(format!("/proc/{p}/ns/net")))
     }
 }
 
@@ -995,7 +1066,8 @@ impl CriClient {
             .map_err(|e| format!("connect to {}: {e:?}", socket.display()))?;
         Ok(CriClient {
             rt,
-            client: RuntimeServiceClient::new(channel),
+            client: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
             timeout: CRI_TIMEOUT,
         })
     }
@@ -1096,6 +1168,7 @@ impl CriClient {
             ip,
             additional_ips,
             netns: netns_of(&info),
+            pid: info["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
             info,
         })
     }
@@ -1138,6 +1211,157 @@ impl CriClient {
         self.stop_pod(id)?;
         self.remove_pod(id)
     }
+
+    /// `RunPodSandbox` of a sandbox config built by the caller; the id.
+    pub fn run_pod_config(&mut self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = self.request(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        });
+        let c = &mut self.client;
+        self.rt
+            .block_on(c.run_pod_sandbox(req))
+            .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    /// `CreateContainer` in sandbox `pod` (whose config was `sandbox`); the
+    /// container's id.
+    pub fn create_container(
+        &mut self,
+        pod: &str,
+        config: ContainerConfig,
+        sandbox: &PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = self.request(CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        });
+        let c = &mut self.client;
+        self.rt
+            .block_on(c.create_container(req))
+            .map(|r| r.into_inner().container_id)
+    }
+
+    /// `StartContainer`.
+    pub fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = self.request(StartContainerRequest {
+            container_id: id.to_string(),
+        });
+        let c = &mut self.client;
+        self.rt.block_on(c.start_container(req)).map(|_| ())
+    }
+
+    /// `ContainerStatus` (not verbose).
+    pub fn container_status(&mut self, id: &str) -> Result<ContainerStatus, tonic::Status> {
+        let req = self.request(ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        });
+        let c = &mut self.client;
+        self.rt
+            .block_on(c.container_status(req))?
+            .into_inner()
+            .status
+            .ok_or_else(|| tonic::Status::internal("ContainerStatus without status"))
+    }
+
+    /// Waits (up to `timeout`) until the container has exited; its exit
+    /// code. Err: the last status seen, or the call's error.
+    pub fn wait_container_exit(&mut self, id: &str, timeout: Duration) -> Result<i32, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.container_status(id).map_err(|e| e.to_string())?;
+            if st.state == ContainerState::ContainerExited as i32 {
+                return Ok(st.exit_code);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "container {id} still {:?} after {timeout:?}",
+                    ContainerState::try_from(st.state)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `StopContainer` with `timeout` seconds between SIGTERM (the image's
+    /// stop signal) and SIGKILL, as kubelet stops a container with the
+    /// pod's terminationGracePeriodSeconds. The call returns once the
+    /// container has exited.
+    pub fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let mut req = self.request(StopContainerRequest {
+            container_id: id.to_string(),
+            timeout,
+        });
+        // The call itself lasts up to `timeout`.
+        req.set_timeout(self.timeout + Duration::from_secs(timeout.max(0) as u64));
+        let c = &mut self.client;
+        self.rt.block_on(c.stop_container(req)).map(|_| ())
+    }
+
+    /// `RemoveContainer`.
+    pub fn remove_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = self.request(RemoveContainerRequest {
+            container_id: id.to_string(),
+        });
+        let c = &mut self.client;
+        self.rt.block_on(c.remove_container(req)).map(|_| ())
+    }
+
+    /// `UpdateRuntimeConfig` with the node's pod CIDR, as kubelet sends
+    /// `spec.podCIDR` (containerd then writes its `conf_template`).
+    pub fn update_runtime_config(&mut self, pod_cidr: &str) -> Result<(), tonic::Status> {
+        let req = self.request(UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig {
+                    pod_cidr: pod_cidr.to_string(),
+                }),
+            }),
+        });
+        let c = &mut self.client;
+        self.rt.block_on(c.update_runtime_config(req)).map(|_| ())
+    }
+
+    /// `ImageStatus` of `image` (a reference as a pod spec names it): the
+    /// image's id if the runtime has it, as kubelet asks before pulling
+    /// with `imagePullPolicy: IfNotPresent`.
+    pub fn image_id(&mut self, image: &str) -> Result<Option<String>, tonic::Status> {
+        let req = self.request(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        });
+        let c = &mut self.images;
+        let resp = self.rt.block_on(c.image_status(req))?.into_inner();
+        Ok(resp.image.map(|i| i.id))
+    }
+}
+
+/// The messages of a CRI container log (`<time> <stream> <P|F> <msg>`
+/// lines, as containerd writes them), one line each; partial lines (`P`)
+/// joined with what follows.
+pub fn cri_log_text(log: &str) -> String {
+    let mut out = String::new();
+    for line in log.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (_time, _stream, tag, msg) = (parts.next(), parts.next(), parts.next(), parts.next());
+        match (tag, msg) {
+            (Some("P"), Some(m)) => out.push_str(m),
+            (Some(_), Some(m)) => {
+                out.push_str(m);
+                out.push('\n');
+            }
+            (Some("F"), None) | (Some("P"), None) => out.push('\n'),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// The network namespace path in a verbose PodSandboxStatus info
@@ -1305,6 +1529,17 @@ containerd_cri_sandbox_create_network_seconds_count 1
                 count: 1,
                 sum: Duration::from_millis(500)
             }
+        );
+    }
+
+    #[test]
+    fn cri_log_lines() {
+        let log = "2026-12-07T18:00:00.1Z stderr F installed /host/opt/cni/bin/loopback\n\
+                   2026-12-07T18:00:00.2Z stdout P part one \n\
+                   2026-12-07T18:00:00.3Z stdout F and two\n";
+        assert_eq!(
+            cri_log_text(log),
+            "installed /host/opt/cni/bin/loopback\npart one and two\n"
         );
     }
 

@@ -22,8 +22,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod bandwidth;
+pub mod cluster;
 pub mod cri;
 pub mod etcd_tls;
+pub mod image;
+pub mod kube_proxy;
+pub mod manifest;
 pub mod metrics;
 pub mod overlay_hosts;
 
@@ -67,6 +71,14 @@ pub fn require_root() {
 
 // ---------------------------------------------------------------------------
 // binaries
+
+/// The workspace's root directory (the parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
 
 /// The directory holding the built plugin binaries: `$BERTH_BIN_DIR` if set,
 /// else the cargo target profile directory this test executable was built

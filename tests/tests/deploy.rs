@@ -1,33 +1,35 @@
 //! berth's node image and DaemonSet (deploy/kubernetes), end to end (root).
 //!
 //! The image is built by `deploy/kubernetes/build-image.sh` (release
-//! binaries; cargo only rebuilds what changed) against a private dockerd:
-//! its own data root, exec root, pidfile and socket, no networking of its
-//! own (`--bridge=none --iptables=false`, containers on `--network none`),
-//! so it never meets the dockerd of another test running at the same time.
-//! The DaemonSet's init container is then run as `berth.yaml` describes it
-//! (its image, its args and the ConfigMap's conflist are read from the
-//! manifest), with temporary directories mounted where the DaemonSet mounts
-//! the host's `/opt/cni/bin` and `/etc/cni/net.d`, and what lands there is
-//! checked. dockerd is stopped by its PID.
+//! binaries; cargo only rebuilds what changed) against a private dockerd
+//! (`berth_tests::image`). The DaemonSet's init container is then run as
+//! `berth.yaml` describes it (its image, args, volume mounts and the
+//! ConfigMap's conflist are read from the parsed manifest,
+//! `berth_tests::manifest`), with temporary directories mounted where the
+//! DaemonSet mounts the host's paths, the ConfigMap and a Secret
+//! `berth-etcd` laid out as kubelet lays them out, and what lands there is
+//! checked.
 //!
 //! Then containerd's CRI (a private containerd, `berth_tests::cri`) is
 //! pointed at the installed bin and conf dirs, as kubelet's containerd is
 //! on a node, and runs pods on the conflist the init container put there:
-//! the manifest's own, with only its identity made the test's (network
-//! name, bridge, subnet, IPAM dataDir), so it cannot meet a real node's.
-//!
-//! [`deploy_node`] is the reusable part: it returns the [`Node`] with the
-//! installed bin and conf dirs, for a runtime (containerd's CRI) to be
-//! pointed at next.
+//! the manifest's cluster network made a single node's (its etcd store
+//! replaced by a static one with no peers, and the network's name, VNI
+//! and IPAM dataDir made the test's), so it cannot meet a real node's.
+//! The multi-node cluster with etcd is tests/cluster.rs.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_tests::cluster::write_atomic_volume;
 use berth_tests::cri::{ask, ping_in, serve_hi_in, Containerd, PodSpec};
+use berth_tests::etcd_tls::Pki;
+use berth_tests::image::{output_text as text, release_dir, NodeImage};
+use berth_tests::manifest::{Container, Manifest, DEFAULT_VOLUME_MODE};
 use berth_tests::*;
 use serde_json::{json, Value};
 
@@ -42,321 +44,176 @@ const PLUGINS: [&str; 7] = [
     "loopback",
 ];
 
-/// Where the DaemonSet mounts the host's directories (berth.yaml).
-const POD_BIN_DIR: &str = "/host/opt/cni/bin";
-const POD_CONF_DIR: &str = "/host/etc/cni/net.d";
-const POD_CONFIG_DIR: &str = "/etc/berth";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/release`, where build-image.sh takes the binaries from.
-fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile = bin_dir_from_exe(&exe);
-    profile.parent().expect("target dir").join("release")
-}
-
-fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-// ---------------------------------------------------------------------------
-// the manifest
-
-/// What the test takes from `deploy/kubernetes/berth.yaml`.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    /// The init container's image.
-    pub image: String,
-    /// The init container's args (the image's entrypoint is `berth`).
-    pub init_args: Vec<String>,
-    /// The ConfigMap's conflist: its key (file name) and text.
-    pub conflist_name: String,
-    pub conflist: String,
-}
-
-impl Manifest {
-    /// Reads the fields this test needs with plain text matching (the
-    /// manifest keeps `args` in flow style, which is JSON).
-    pub fn read() -> Manifest {
-        let path = workspace_root().join("deploy/kubernetes/berth.yaml");
-        let yaml =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let lines: Vec<&str> = yaml.lines().collect();
-        let key = lines
-            .iter()
-            .position(|l| l.trim_end() == "  10-berth.conflist: |")
-            .expect("ConfigMap key 10-berth.conflist");
-        let mut conflist = String::new();
-        for l in &lines[key + 1..] {
-            if !l.trim().is_empty() && !l.starts_with("    ") {
-                break;
-            }
-            conflist.push_str(l.strip_prefix("    ").unwrap_or(""));
-            conflist.push('\n');
-        }
-        let init = lines
-            .iter()
-            .position(|l| l.trim() == "initContainers:")
-            .expect("initContainers");
-        let after = &lines[init..];
-        let image = after
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("image: "))
-            .expect("init container image")
-            .to_string();
-        let args = after
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("args: "))
-            .expect("init container args");
-        let init_args: Vec<String> =
-            serde_json::from_str(args).expect("init container args are a JSON list");
-        for mount in [POD_BIN_DIR, POD_CONF_DIR, POD_CONFIG_DIR] {
-            assert!(
-                yaml.contains(&format!("mountPath: {mount}\n")),
-                "berth.yaml mounts nothing at {mount}"
-            );
-        }
-        Manifest {
-            image,
-            init_args,
-            conflist_name: "10-berth.conflist".into(),
-            conflist: conflist.trim_end().to_string() + "\n",
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// a private dockerd
-
-pub struct Dockerd {
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl Dockerd {
-    pub fn start() -> Dockerd {
-        require_root();
-        assert!(
-            Path::new("/usr/sbin/dockerd").is_file(),
-            "dockerd not found: run ./scripts/test, which installs docker.io"
-        );
-        let dir = TempDir::new("deploy-dockerd");
-        let d = dir.path();
-        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
-        let child = Command::new("/usr/sbin/dockerd")
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .args([
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
-        let dockerd = Dockerd {
-            dir,
-            child: Some(child),
-        };
-        wait_for(|| dockerd.docker(&["info"]).status.success(), "dockerd");
-        dockerd
-    }
-
-    /// `unix://…/docker.sock`, for DOCKER_HOST.
-    pub fn host(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-
-    pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run docker")
-    }
-
-    pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(o.status.success(), "docker {args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dockerd {
-    /// SIGTERM by PID and wait, as a service manager stops it.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- dockerd.log (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        // Mounts dockerd left under its data root (overlay, shm) if it died.
-        let root = self.dir.path().to_path_buf();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&root))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
-    }
-}
+/// The etcd client files the init container copies from the Secret.
+const ETCD_FILES: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
 
 // ---------------------------------------------------------------------------
 // a node
 
-/// A node as the DaemonSet sees it: a private dockerd holding the berth
-/// image, and temporary directories standing for the host's
-/// `/opt/cni/bin` and `/etc/cni/net.d` (created beforehand, as the
-/// DaemonSet's `hostPath` volumes with `DirectoryOrCreate` are).
+/// A node as the DaemonSet sees it: the berth image in a private dockerd,
+/// and temporary directories standing for the host's paths the manifest's
+/// hostPath volumes name (created beforehand, as `DirectoryOrCreate`
+/// does).
 pub struct Node {
     pub manifest: Manifest,
     /// The host's CNI plugin directory (`/opt/cni/bin`).
     pub bin_dir: PathBuf,
     /// The host's CNI conf directory (`/etc/cni/net.d`).
     pub conf_dir: PathBuf,
-    /// How long build-image.sh took.
-    pub image_build: Duration,
+    /// The Secret `berth-etcd`'s data (any PEM files of a test CA).
+    pub secret: BTreeMap<String, Vec<u8>>,
     host: TempDir,
-    pub docker: Dockerd,
+    _pki: Pki,
+    pub image: Arc<NodeImage>,
 }
 
 impl Node {
-    /// Starts dockerd and builds the image with the manifest's tag.
+    /// Builds (or shares) the image and makes the host's directories.
     pub fn start() -> Node {
         let manifest = Manifest::read();
-        let docker = Dockerd::start();
+        let image = NodeImage::shared();
         let host = TempDir::new("deploy-host");
+        for p in manifest.pod().host_paths() {
+            std::fs::create_dir_all(host.path().join(p.trim_start_matches('/'))).unwrap();
+        }
         let bin_dir = host.path().join("opt/cni/bin");
         let conf_dir = host.path().join("etc/cni/net.d");
-        std::fs::create_dir_all(&bin_dir).unwrap();
-        std::fs::create_dir_all(&conf_dir).unwrap();
-
-        let script = workspace_root().join("deploy/kubernetes/build-image.sh");
-        let log_path = host.path().join("build-image.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let t = Instant::now();
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg(&manifest.image)
-            .env("DOCKER_HOST", docker.host())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .expect("run build-image.sh");
-        let image_build = t.elapsed();
-        let out = std::fs::read_to_string(&log_path).unwrap_or_default();
         assert!(
-            status.success(),
-            "{} {} failed ({status}):\n{out}",
-            script.display(),
-            manifest.image
+            bin_dir.is_dir(),
+            "the manifest has no hostPath /opt/cni/bin"
         );
-        eprintln!(
-            "build-image.sh {} took {:.1} s",
-            manifest.image,
-            image_build.as_secs_f64()
+        assert!(
+            conf_dir.is_dir(),
+            "the manifest has no hostPath /etc/cni/net.d"
         );
+        let pki = Pki::new("deploy");
+        let client = pki.client("kube-apiserver-etcd-client");
+        let secret = [
+            ("ca.crt", std::fs::read(pki.ca_file()).unwrap()),
+            ("tls.crt", std::fs::read(&client.cert).unwrap()),
+            ("tls.key", std::fs::read(&client.key).unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         Node {
             manifest,
             bin_dir,
             conf_dir,
-            image_build,
+            secret,
             host,
-            docker,
+            _pki: pki,
+            image,
         }
     }
 
-    /// A ConfigMap volume holding `conflist` under `name`, laid out as the
-    /// kubelet lays one out (the key a symlink into `..data`).
-    fn config_map(&self, name: &str, conflist: &str) -> PathBuf {
-        let dir = self.host.path().join(format!("configmap-{}", next_id()));
-        let data = dir.join("..2025_01_01_00_00_00.000000001");
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join(name), conflist).unwrap();
-        std::os::unix::fs::symlink("..2025_01_01_00_00_00.000000001", dir.join("..data")).unwrap();
-        std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
-        dir
+    /// The DaemonSet's (only) init container.
+    pub fn init_container(&self) -> &Container {
+        match self.manifest.pod().init_containers.as_slice() {
+            [c] => c,
+            other => panic!("the DaemonSet has {} init containers, not 1", other.len()),
+        }
     }
 
-    /// Runs the DaemonSet's init container (its image and args from the
-    /// manifest) with these host dirs and a ConfigMap holding `conflist`.
+    /// Where the init container mounts the host path `host_path`.
+    pub fn pod_path_of(&self, host_path: &str) -> String {
+        let pod = self.manifest.pod();
+        let c = self.init_container();
+        c.volume_mounts
+            .iter()
+            .find(|m| {
+                pod.volume(&m.name)
+                    .host_path
+                    .as_ref()
+                    .is_some_and(|h| h.path == host_path)
+            })
+            .unwrap_or_else(|| panic!("the init container does not mount the host's {host_path}"))
+            .mount_path
+            .clone()
+    }
+
+    /// The ConfigMap's conflist: its key (file name) and text.
+    pub fn conflist(&self) -> (String, String) {
+        let pod = self.manifest.pod();
+        let cm = self
+            .init_container()
+            .volume_mounts
+            .iter()
+            .find_map(|m| pod.volume(&m.name).config_map.as_ref())
+            .expect("the init container mounts no ConfigMap");
+        self.manifest
+            .config_map(&cm.name)
+            .data
+            .iter()
+            .find(|(k, _)| k.ends_with(".conflist"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .expect("the ConfigMap holds no .conflist")
+    }
+
+    /// Runs the DaemonSet's init container (its image, args and mounts
+    /// from the manifest) with these host dirs, the manifest's ConfigMap
+    /// with `conflist` in place of its conflist, and the Secret.
     pub fn run_init_container(&self, conflist: &str) -> Output {
-        let cm = self.config_map(&self.manifest.conflist_name, conflist);
-        let bin = format!("{}:{POD_BIN_DIR}", self.bin_dir.display());
-        let conf = format!("{}:{POD_CONF_DIR}", self.conf_dir.display());
-        let config = format!("{}:{POD_CONFIG_DIR}:ro", cm.display());
-        let mut args = vec![
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "-v",
-            &bin,
-            "-v",
-            &conf,
-            "-v",
-            &config,
-        ];
-        args.push(&self.manifest.image);
-        args.extend(self.manifest.init_args.iter().map(String::as_str));
-        self.docker.docker(&args)
+        let pod = self.manifest.pod();
+        let c = self.init_container();
+        let (key, _) = self.conflist();
+        let mut volumes = Vec::new();
+        for m in &c.volume_mounts {
+            let v = pod.volume(&m.name);
+            let src = if let Some(h) = &v.host_path {
+                self.host.path().join(h.path.trim_start_matches('/'))
+            } else {
+                let dir = self
+                    .host
+                    .path()
+                    .join(format!("vol-{}-{}", v.name, next_id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let (data, mode, items) = if let Some(cm) = &v.config_map {
+                    // The ConfigMap as shipped, its conflist replaced.
+                    let mut data: BTreeMap<String, Vec<u8>> = self
+                        .manifest
+                        .config_map(&cm.name)
+                        .data
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                        .collect();
+                    data.insert(key.clone(), conflist.as_bytes().to_vec());
+                    (data, cm.default_mode, &cm.items)
+                } else if let Some(s) = &v.secret {
+                    assert_eq!(s.secret_name, "berth-etcd", "the Secret the manifest names");
+                    (self.secret.clone(), s.default_mode, &s.items)
+                } else {
+                    panic!("volume {}: no source", v.name)
+                };
+                write_atomic_volume(
+                    &dir,
+                    &data,
+                    items,
+                    mode.map_or(DEFAULT_VOLUME_MODE, |m| m.0),
+                )
+                .unwrap();
+                dir
+            };
+            let ro = if m.read_only { ":ro" } else { "" };
+            volumes.push(format!("{}:{}{ro}", src.display(), m.mount_path));
+        }
+        let mut args = vec!["run", "--rm", "--network", "none"];
+        for v in &volumes {
+            args.extend(["-v", v.as_str()]);
+        }
+        if !c.command.is_empty() {
+            args.extend(["--entrypoint", c.command[0].as_str()]);
+        }
+        args.push(&c.image);
+        args.extend(c.command.iter().skip(1).map(String::as_str));
+        args.extend(c.args.iter().map(String::as_str));
+        self.image.docker.docker(&args)
     }
 
     /// [`run_init_container`](Self::run_init_container) with the
     /// ConfigMap's conflist; must succeed. Returns its output.
     pub fn install(&self) -> String {
-        let out = self.run_init_container(&self.manifest.conflist);
+        let out = self.run_init_container(&self.conflist().1);
         assert!(
             out.status.success(),
             "init container failed ({}): {}",
@@ -368,17 +225,8 @@ impl Node {
 
     /// The installed conflist's path.
     pub fn conflist_path(&self) -> PathBuf {
-        self.conf_dir.join(&self.manifest.conflist_name)
+        self.conf_dir.join(self.conflist().0)
     }
-}
-
-/// A node whose init container has run: the plugins in [`Node::bin_dir`],
-/// the ConfigMap's conflist in [`Node::conf_dir`]. What a runtime test
-/// (containerd's CRI with `bin_dir`/`conf_dir` set to these) starts from.
-pub fn deploy_node() -> Node {
-    let node = Node::start();
-    node.install();
-    node
 }
 
 /// A directory's entries: name -> (inode, mode, mtime s, mtime ns), and
@@ -410,6 +258,9 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
     let t0 = Instant::now();
     let node = Node::start();
     let release = release_dir();
+    let pod_bin_dir = node.pod_path_of("/opt/cni/bin");
+    let (conflist_key, conflist_text) = node.conflist();
+    let etcd_dir = node.conf_dir.join("berth-etcd");
 
     // A plugin already on the node (the runtime's own): left alone.
     let other = node.bin_dir.join("bandwidth");
@@ -456,7 +307,7 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
             release.join(p).display()
         );
         assert!(
-            out.contains(&format!("installed {POD_BIN_DIR}/{p}")),
+            out.contains(&format!("installed {pod_bin_dir}/{p}")),
             "{out}"
         );
     }
@@ -466,13 +317,43 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
         m.is_file(),
         "the conflist is installed as a file, not the ConfigMap's symlink"
     );
-    assert_eq!(
-        std::fs::read_to_string(&conflist).unwrap(),
-        node.manifest.conflist
-    );
+    assert_eq!(std::fs::read_to_string(&conflist).unwrap(), conflist_text);
     let parsed: Value =
-        serde_json::from_str(&node.manifest.conflist).expect("the ConfigMap's conflist is JSON");
-    assert_eq!(parsed["plugins"][0]["type"], "berth-bridge");
+        serde_json::from_str(&conflist_text).expect("the ConfigMap's conflist is JSON");
+    assert_eq!(parsed["plugins"][0]["type"], "berth-overlay");
+    // The Secret's files, copied (not linked) where the conflist names
+    // them; the key readable by root only.
+    for f in ETCD_FILES {
+        let dst = etcd_dir.join(f);
+        let m = std::fs::symlink_metadata(&dst)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{out}", dst.display()));
+        assert!(m.is_file(), "{} is not a regular file", dst.display());
+        assert_eq!(
+            std::fs::read(&dst).unwrap(),
+            node.secret[f],
+            "{} differs from the Secret's {f}",
+            dst.display()
+        );
+    }
+    let key_mode = std::fs::metadata(etcd_dir.join("tls.key")).unwrap().mode();
+    assert_eq!(
+        key_mode & 0o077,
+        0,
+        "the installed tls.key is mode {:o}",
+        key_mode & 0o7777
+    );
+    let store = &parsed["plugins"][0]["store"]["etcd"];
+    for (k, f) in [
+        ("caFile", "ca.crt"),
+        ("certFile", "tls.crt"),
+        ("keyFile", "tls.key"),
+    ] {
+        assert_eq!(
+            store[k].as_str(),
+            Some(format!("/etc/cni/net.d/berth-etcd/{f}").as_str()),
+            "the conflist's {k}"
+        );
+    }
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "#!/bin/sh\n");
     // Nothing else: no temporary files.
     let mut names: Vec<String> = std::fs::read_dir(&node.bin_dir)
@@ -487,7 +368,18 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
         .collect();
     want.sort();
     assert_eq!(names, want);
-    assert_eq!(std::fs::read_dir(&node.conf_dir).unwrap().count(), 1);
+    let list = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want_conf = vec!["berth-etcd".to_string(), conflist_key.clone()];
+    want_conf.sort();
+    assert_eq!(list(&node.conf_dir), want_conf);
+    assert_eq!(list(&etcd_dir), ETCD_FILES.map(String::from).to_vec());
 
     // The installed loopback runs on the host.
     let v = run_plugin(
@@ -509,26 +401,29 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
     );
 
     // Again (a pod restart): nothing is touched.
-    let before = (snapshot(&node.bin_dir), snapshot(&node.conf_dir));
+    let state = || {
+        (
+            snapshot(&node.bin_dir),
+            snapshot(&node.conf_dir),
+            snapshot(&etcd_dir),
+        )
+    };
+    let before = state();
     let again = node.install();
-    assert_eq!(
-        again.lines().filter(|l| l.starts_with("unchanged")).count(),
-        PLUGINS.len() + 1,
+    assert!(
+        !again.lines().any(|l| l.starts_with("installed")),
+        "a re-run installed something: {again}"
+    );
+    assert!(
+        again.lines().filter(|l| l.starts_with("unchanged")).count() > PLUGINS.len(),
         "{again}"
     );
-    assert_eq!(
-        (snapshot(&node.bin_dir), snapshot(&node.conf_dir)),
-        before,
-        "a re-run changed files"
-    );
+    assert_eq!(state(), before, "a re-run changed files");
 
     // A broken ConfigMap fails the init container, naming the field, and
     // leaves the node as it was.
-    let bad = node
-        .manifest
-        .conflist
-        .replace("\"berth-portmap\"", "\"no-such-plugin\"");
-    assert_ne!(bad, node.manifest.conflist);
+    let bad = conflist_text.replace("\"berth-portmap\"", "\"no-such-plugin\"");
+    assert_ne!(bad, conflist_text);
     let out = node.run_init_container(&bad);
     assert!(
         !out.status.success(),
@@ -536,46 +431,35 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
         text(&out)
     );
     assert!(text(&out).contains("plugins[1].type"), "{}", text(&out));
-    assert_eq!(
-        (snapshot(&node.bin_dir), snapshot(&node.conf_dir)),
-        before,
-        "a rejected conflist changed files"
-    );
+    assert_eq!(state(), before, "a rejected conflist changed files");
 
-    // The main container idles and stops at once on SIGTERM (as PID 1).
-    let id = node.docker.ok(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        &node.manifest.image,
-        "idle",
-    ]);
+    // `berth idle` stops at once on SIGTERM (as PID 1).
+    let image = &node.init_container().image;
+    let docker = &node.image.docker;
+    let id = docker.ok(&["run", "-d", "--network", "none", image, "idle"]);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        node.docker
-            .ok(&["inspect", "-f", "{{.State.Running}}", &id]),
+        docker.ok(&["inspect", "-f", "{{.State.Running}}", &id]),
         "true"
     );
     let t = Instant::now();
-    node.docker.ok(&["stop", "-t", "20", &id]);
+    docker.ok(&["stop", "-t", "20", &id]);
     let stop = t.elapsed();
     assert!(
         stop < Duration::from_secs(10),
         "berth idle ignored SIGTERM (stopped after {stop:?})"
     );
     assert_eq!(
-        node.docker
-            .ok(&["inspect", "-f", "{{.State.ExitCode}}", &id]),
+        docker.ok(&["inspect", "-f", "{{.State.ExitCode}}", &id]),
         "0"
     );
-    node.docker.ok(&["rm", &id]);
+    docker.ok(&["rm", &id]);
 
     pods_run_on_the_installed_node(&node);
 
     eprintln!(
         "deploy test: image build {:.1} s, whole test {:.1} s",
-        node.image_build.as_secs_f64(),
+        node.image.build_time.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
 }
@@ -583,21 +467,19 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
 impl Node {
     /// `docker create` of the image (not started); the container's id.
     fn ok_create(&self) -> String {
-        self.docker.ok(&[
-            "create",
-            "--network",
-            "none",
-            &self.manifest.image,
-            "--help",
-        ])
+        let image = &self.init_container().image;
+        self.image
+            .docker
+            .ok(&["create", "--network", "none", image, "--help"])
     }
 
     /// The files of a created container's filesystem (`docker export`),
     /// relative paths without a leading `./`; removes the container.
     fn docker_export_list(&self, id: &str) -> Vec<String> {
         let tar = self.host.path().join(format!("export-{}.tar", next_id()));
-        self.docker.ok(&["export", "-o", tar.to_str().unwrap(), id]);
-        self.docker.ok(&["rm", id]);
+        let docker = &self.image.docker;
+        docker.ok(&["export", "-o", tar.to_str().unwrap(), id]);
+        docker.ok(&["rm", id]);
         let list = run_ok("tar", &["-tf", tar.to_str().unwrap()]);
         let _ = std::fs::remove_file(&tar);
         list.lines()
@@ -609,32 +491,60 @@ impl Node {
 // ---------------------------------------------------------------------------
 // the installed node under containerd's CRI
 
-/// The manifest's conflist with the test's network name, bridge, subnet
-/// and IPAM dataDir; everything else as shipped.
-fn node_conflist(manifest: &str, network: &str, bridge: &str, v4: &str, data: &Path) -> String {
+/// A single node's network: the manifest's conflist with its berth-overlay
+/// store made static (this node's `subnet`, no peers: nothing leaves the
+/// host over VXLAN) and the network's name, VNI and IPAM `dataDir` the
+/// test's; everything else as shipped.
+fn node_conflist(manifest: &str, network: &str, vni: u32, subnet: &str, data: &Path) -> String {
     let mut c: Value = serde_json::from_str(manifest).expect("the ConfigMap's conflist is JSON");
     c["name"] = json!(network);
-    let br = &mut c["plugins"][0];
-    assert_eq!(br["type"], "berth-bridge", "the manifest's first plugin");
-    br["bridge"] = json!(bridge);
-    br["ipam"]["ranges"] = json!([[{"subnet": v4}]]);
-    br["ipam"]["dataDir"] = json!(data);
+    let ov = c["plugins"]
+        .as_array_mut()
+        .and_then(|p| p.iter_mut().find(|p| p["type"] == "berth-overlay"))
+        .expect("the manifest's conflist has a berth-overlay plugin");
+    ov["store"] = json!({"static": {"subnet": subnet, "peers": []}});
+    ov["vni"] = json!(vni);
+    ov["dataDir"] = json!(data);
     serde_json::to_string_pretty(&c).unwrap()
 }
 
-/// Installs a conflist through the init container, starts containerd on
-/// the node's dirs, and runs two pods (one with a hostPort) that reach
-/// each other and the host, and one with an egress-bandwidth annotation is
-/// shaped; after StopPodSandbox and RemovePodSandbox nothing of them is
-/// left.
+/// Removes what berth-overlay keeps for network `name` in its default run
+/// dir (`/run/berth/overlay/<name>.*`) when dropped.
+struct OverlayRunFiles(String);
+
+impl Drop for OverlayRunFiles {
+    fn drop(&mut self) {
+        let dir = Path::new("/run/berth/overlay");
+        let prefix = format!("{}.", self.0);
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Installs a single-node conflist through the init container, starts
+/// containerd on the node's dirs, and runs two pods (one with a hostPort)
+/// that reach each other and the host, and one with an egress-bandwidth
+/// annotation is shaped; after StopPodSandbox and RemovePodSandbox nothing
+/// of them is left.
 fn pods_run_on_the_installed_node(node: &Node) {
     let network = unique_name("bdep", 32);
-    let bridge = unique_name("bdep", IFNAMSIZ_MAX);
+    // A VNI, and so a bridge `bov<vni>` and VXLAN device `berth.<vni>`, of
+    // this process's own.
+    let vni = 100_000 + std::process::id() % 1_000_000;
+    let bridge = format!("bov{vni}");
+    let _vxlan = LinkGuard::new(format!("berth.{vni}"));
     let _link = LinkGuard::new(bridge.clone());
     let _nft = NftNetworkGuard::new(network.clone());
-    let (v4, _) = unique_subnets();
+    let _run = OverlayRunFiles(network.clone());
+    let (unique, _) = unique_subnets();
+    // A /24 of the manifest's 10.244.0.0/16, spread by pid like unique_subnets.
+    let third: u8 = unique.split('.').nth(2).unwrap().parse().unwrap();
+    let v4 = format!("10.244.{third}.0/24");
     let data = TempDir::new("deploy-ipam");
-    let conflist = node_conflist(&node.manifest.conflist, &network, &bridge, &v4, data.path());
+    let conflist = node_conflist(&node.conflist().1, &network, vni, &v4, data.path());
     let out = node.run_init_container(&conflist);
     assert!(out.status.success(), "init container: {}", text(&out));
     assert_eq!(
@@ -664,7 +574,7 @@ fn pods_run_on_the_installed_node(node: &Node) {
         let netns = st.netns.clone().expect("the pod's netns");
         pods.push((st.id, ip, netns));
     }
-    // The bridge's address: .1 of the test's /24.
+    // The bridge's address: .1 of the node's /24.
     let gateway: std::net::IpAddr = format!("{}1", v4.strip_suffix("0/24").unwrap())
         .parse()
         .unwrap();
