@@ -13,6 +13,11 @@
 //! files. The writer holds an exclusive flock on its temporary file; one
 //! left by a killed installer has no holder, and [`remove_stale_temps`]
 //! deletes it on the next run.
+//!
+//! The lock is held on a read-only handle, and the handle written through
+//! is closed before the rename: the kernel refuses to exec a file that a
+//! process has open for writing (ETXTBSY), and a runtime exec'ing the
+//! plugin just swapped in must not meet that.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -39,33 +44,42 @@ fn temp_name(name: &OsStr) -> PathBuf {
 }
 
 /// A temporary file that is unlinked on drop unless it was renamed into
-/// place, so no error path leaves one behind.
+/// place, so no error path leaves one behind. It is locked (on a handle
+/// of its own, read-only) for as long as it lives.
 struct TempFile {
     path: PathBuf,
-    file: Flock<File>,
+    _lock: Flock<File>,
     persisted: bool,
 }
 
 impl TempFile {
-    fn create(dir: &Path, name: &OsStr, mode: u32) -> io::Result<TempFile> {
+    /// The temporary file and the handle to write it through, which the
+    /// caller closes before renaming (see the module doc).
+    fn create(dir: &Path, name: &OsStr, mode: u32) -> io::Result<(TempFile, File)> {
         let path = dir.join(temp_name(name));
-        let file = OpenOptions::new()
+        let writer = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&path)?;
-        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => f,
-            Err((_, errno)) => {
+        let locked = File::open(&path).and_then(|f| {
+            Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, errno)| io::Error::from(errno))
+        });
+        match locked {
+            Ok(lock) => Ok((
+                TempFile {
+                    path,
+                    _lock: lock,
+                    persisted: false,
+                },
+                writer,
+            )),
+            Err(e) => {
                 let _ = fs::remove_file(&path);
-                return Err(io::Error::from(errno));
+                Err(e)
             }
-        };
-        Ok(TempFile {
-            path,
-            file,
-            persisted: false,
-        })
+        }
     }
 }
 
@@ -81,11 +95,12 @@ impl Drop for TempFile {
 /// permission bits `mode`, atomically: temporary file, fchmod (the umask
 /// does not apply), fsync, rename. Does not fsync `dir`: see [`sync_dir`].
 pub fn replace(dir: &Path, name: &OsStr, src: &mut impl Read, mode: u32) -> io::Result<()> {
-    let mut tmp = TempFile::create(dir, name, mode)?;
-    let mut out: &File = &tmp.file;
-    io::copy(src, &mut out)?;
-    tmp.file.set_permissions(fs::Permissions::from_mode(mode))?;
-    tmp.file.sync_all()?;
+    let (mut tmp, mut writer) = TempFile::create(dir, name, mode)?;
+    io::copy(src, &mut writer)?;
+    writer.set_permissions(fs::Permissions::from_mode(mode))?;
+    writer.sync_all()?;
+    // No handle open for writing may reach the new name: see the module doc.
+    drop(writer);
     fs::rename(&tmp.path, dir.join(name))?;
     tmp.persisted = true;
     Ok(())
@@ -201,6 +216,52 @@ mod tests {
         let s = a.to_str().unwrap();
         assert!(s.starts_with(".loopback.berth-tmp."), "{s}");
         assert!(!s.ends_with(".conflist") && !s.ends_with(".conf") && !s.ends_with(".json"));
+    }
+
+    /// A runtime exec'ing a plugin while `replace` swaps it in never meets
+    /// ETXTBSY ("text file busy"): no handle open for writing is left on
+    /// the new file when it takes the plugin's name. (containerd 1.6's
+    /// retry on that error re-runs a used command and fails the pod.) The
+    /// runtime is a shell loop of its own: a child forked by this process
+    /// would hold our handles until its exec, which no runtime does.
+    #[test]
+    fn a_plugin_swapped_in_is_never_busy_for_exec() {
+        let dir = std::env::temp_dir().join(format!("berth-atomic-exec-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let name = OsStr::new("plugin");
+        let versions = [
+            &b"#!/bin/sh\nexit 0\n"[..],
+            &b"#!/bin/sh\n# v2\nexit 0\n"[..],
+        ];
+        replace(&dir, name, &mut { versions[0] }, 0o755).unwrap();
+        // Exit status 126: the shell could not exec the plugin.
+        let runtime = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                "ran=0 busy=0; while [ ! -e stop ]; do ./plugin 2>/dev/null; \
+                 if [ $? = 126 ]; then busy=$((busy+1)); else ran=$((ran+1)); fi; done; \
+                 echo $ran $busy",
+            )
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for i in 0..600 {
+            replace(&dir, name, &mut { versions[i % 2] }, 0o755).unwrap();
+        }
+        fs::write(dir.join("stop"), "").unwrap();
+        let out = runtime.wait_with_output().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let counts: Vec<u64> = said
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(counts[0] > 0, "{said}");
+        assert_eq!(
+            counts[1], 0,
+            "execs that found the plugin busy (ran, busy): {said}"
+        );
     }
 
     #[test]
