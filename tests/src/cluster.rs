@@ -48,6 +48,12 @@
 //! The image (built by build-image.sh, [`NodeImage`]) is imported into
 //! every node's containerd with `ctr`, as the README says to load it.
 //!
+//! A test adds nodes to a running cluster ([`Cluster::add_node`]), kills
+//! one as a machine dies ([`ClusterNode::kill`]: containerd, its shims
+//! and every pod process SIGKILLed by PID, the underlay link down), and
+//! runs commands in the node pod's containers as `kubectl exec` does (CRI
+//! ExecSync, [`ClusterNode::exec_in_pod`]).
+//!
 //! etcd is set up as kubeadm sets it up ([`KubeadmPki`]): a 3-member TLS
 //! [`EtcdCluster`] in namespaces of its own on the same underlay
 //! (192.168.77.(200+i)), its CA and the API server's etcd client
@@ -83,6 +89,7 @@ use crate::image::{output_text, NodeImage};
 use crate::manifest::{self, Container, DaemonSet, Manifest, Resources, Volume};
 use crate::overlay_hosts::Switch;
 use crate::{bin, next_id, run, Netns, TempDir, TestNetns};
+use k8s_cri::v1::ExecSyncResponse;
 
 /// Paths every node has as its own, whatever the manifest names.
 pub const NODE_PATHS: &[&str] = &[
@@ -440,6 +447,8 @@ pub struct PodContainer {
     pub init: bool,
     /// Its CRI log file.
     pub log: PathBuf,
+    /// When StartContainer returned for it.
+    pub started: Option<Instant>,
 }
 
 /// The DaemonSet's pod on a node.
@@ -471,6 +480,8 @@ pub struct StoppedPod {
 pub struct ClusterNode {
     /// Its name: its hostname, so its name in the overlay.
     pub name: String,
+    /// Its index (from 1): its address is [`node_address`] of it.
+    pub index: u8,
     /// Its address on the underlay.
     pub address: IpAddr,
     // Dropped first: pods removed (CNI DEL), containerd stopped.
@@ -586,6 +597,7 @@ impl ClusterNode {
         let containerd = Containerd::start_with(&format!("node-{name}"), cd_opts);
         let node = ClusterNode {
             name: name.to_string(),
+            index,
             address,
             containerd,
             pod: None,
@@ -748,6 +760,45 @@ impl ClusterNode {
     /// The node pod, if one runs.
     pub fn node_pod(&self) -> Option<&NodePod> {
         self.pod.as_ref()
+    }
+
+    /// The node dies as a machine does: containerd, its shims, the node
+    /// pod's containers and every pod's processes are killed (SIGKILL, by
+    /// PID; no CNI DEL, no clean stop of anything), and the node's
+    /// underlay link goes down. What the node left in its namespace stays
+    /// until the node is dropped. Returns how many processes were killed.
+    /// Nothing can run on the node afterwards.
+    pub fn kill(&mut self) -> usize {
+        if let Some(pod) = self.pod.take() {
+            self.archive_logs(&pod);
+        }
+        let killed = self.containerd.kill_all();
+        self.ns.sh("ip link set ovu down");
+        killed
+    }
+
+    /// The id of the node pod's container `name`.
+    pub fn container_id(&self, name: &str) -> Result<String, String> {
+        let pod = self.pod.as_ref().ok_or("no node pod runs")?;
+        pod.containers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.id.clone())
+            .ok_or_else(|| format!("the node pod has no container {name:?}"))
+    }
+
+    /// `cmd` run in the node pod's container `name` through CRI `ExecSync`,
+    /// as `kubectl exec` runs it (no terminal), within `timeout`.
+    pub fn exec_in_pod(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecSyncResponse, String> {
+        let id = self.container_id(container)?;
+        self.cri()
+            .exec_sync(&id, cmd, timeout)
+            .map_err(|e| format!("ExecSync {cmd:?} in {container}: {}", e.message()))
     }
 
     // -- the DaemonSet's pod ------------------------------------------------
@@ -938,10 +989,14 @@ impl ClusterNode {
                 id: id.clone(),
                 init,
                 log: log.clone(),
+                started: None,
             });
             if let Err(e) = cri.start_container(&id) {
                 failure = Some(format!("StartContainer {}: {}", c.name, e.message()));
                 break;
+            }
+            if let Some(last) = created.last_mut() {
+                last.started = Some(Instant::now());
             }
             if init {
                 match cri.wait_container_exit(&id, INIT_TIMEOUT) {
@@ -1519,6 +1574,9 @@ pub struct ClusterOptions {
     pub network6: Option<String>,
     /// Every node's containerd `conf_template` (a path on the node).
     pub conf_template: Option<String>,
+    /// The overlay's etcd `leaseTTL` in the ConfigMap's conflists, in
+    /// seconds (None: the manifest's).
+    pub lease_ttl: Option<u64>,
 }
 
 impl ClusterOptions {
@@ -1527,7 +1585,13 @@ impl ClusterOptions {
             nodes,
             network6: None,
             conf_template: None,
+            lease_ttl: None,
         }
+    }
+
+    pub fn lease_ttl(mut self, secs: u64) -> Self {
+        self.lease_ttl = Some(secs);
+        self
     }
 
     pub fn conf_template(mut self, node_path: &str) -> Self {
@@ -1559,6 +1623,8 @@ pub struct Cluster {
     pub image: Arc<NodeImage>,
     /// How long [`start`](Self::start) took.
     pub started_in: Duration,
+    /// What nodes are started with ([`add_node`](Self::add_node) too).
+    node_opts: NodeOptions,
 }
 
 /// The Secret the DaemonSet's etcd volume names, as the manifest's
@@ -1625,7 +1691,12 @@ impl Cluster {
             let endpoints: Vec<String> = (0..3u8)
                 .map(|i| format!("https://{}", SocketAddr::new(etcd_address(i), CLIENT_PORT)))
                 .collect();
-            let objects = api_objects(&manifest, &nodes[0], &endpoints, opts.network6.as_deref());
+            let edits = ConflistEdits {
+                endpoints,
+                network6: opts.network6.clone(),
+                lease_ttl: opts.lease_ttl,
+            };
+            let objects = api_objects(&manifest, &nodes[0], &edits);
             Cluster {
                 nodes,
                 etcd,
@@ -1636,8 +1707,37 @@ impl Cluster {
                 switch,
                 image,
                 started_in: t0.elapsed(),
+                node_opts,
             }
         })
+    }
+
+    /// Starts one more node (the next index after the highest there is,
+    /// named `node-<index>`) as [`start`](Self::start) starts each: on
+    /// the underlay, kubeadm's etcd files laid on it, the image imported.
+    /// No node pod runs on it yet. Returns its position in
+    /// [`nodes`](Self::nodes).
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        assert!(index <= 40, "node index {index}: too many nodes");
+        let node = ClusterNode::start(
+            &self.switch,
+            &format!("node-{index}"),
+            index,
+            &self.node_opts,
+        );
+        node.install_kubeadm_pki(&self.pki);
+        node.import_image(&self.image.tar);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// The node named `name`; panics if there is none.
+    pub fn node(&self, name: &str) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     /// The DaemonSet.
@@ -1691,23 +1791,18 @@ fn conflist_of(objects: &ApiObjects) -> (String, Value) {
         .expect("no ConfigMap holds a .conflist")
 }
 
-/// The manifest's ConfigMaps, each conflist's berth-overlay etcd
-/// `endpoints` set to the test's (and `network6` added when given), and
-/// the Secret `berth-etcd` from kubeadm's files on `node`.
-fn api_objects(
-    manifest: &Manifest,
-    node: &ClusterNode,
-    endpoints: &[String],
-    network6: Option<&str>,
-) -> ApiObjects {
+/// The manifest's ConfigMaps, each conflist (and conflist template)
+/// edited by `edits`, and the Secret `berth-etcd` from kubeadm's files on
+/// `node`.
+fn api_objects(manifest: &Manifest, node: &ClusterNode, edits: &ConflistEdits) -> ApiObjects {
     let mut objects = ApiObjects::default();
     for cm in &manifest.config_maps {
         let mut data = BTreeMap::new();
         for (k, v) in &cm.data {
             let text = if k.ends_with(".conflist") {
-                edit_conflist(v, endpoints, network6)
+                edit_conflist(v, edits)
             } else if k.ends_with(".conflist.template") {
-                edit_conflist_template(v, endpoints, network6).unwrap_or_else(|| {
+                edit_conflist_template(v, edits).unwrap_or_else(|| {
                     eprintln!(
                         "warning: ConfigMap {} key {k}: not JSON once its template \
                          actions are hidden; served unedited",
@@ -1744,9 +1839,21 @@ fn api_objects(
     objects
 }
 
-/// The conflist `text` with every berth-overlay plugin's etcd endpoints
-/// set (and `network6` added when given).
-pub fn edit_conflist(text: &str, endpoints: &[String], network6: Option<&str>) -> String {
+/// What the test changes in the manifest's conflists: what the README
+/// tells the operator to edit (the etcd `endpoints`; `network6` for dual
+/// stack), and the lease TTL where a test wants a short one.
+#[derive(Debug, Clone, Default)]
+pub struct ConflistEdits {
+    /// Every berth-overlay plugin's `store.etcd.endpoints`.
+    pub endpoints: Vec<String>,
+    /// Added as `network6`, if given.
+    pub network6: Option<String>,
+    /// `store.etcd.leaseTTL`, if given.
+    pub lease_ttl: Option<u64>,
+}
+
+/// The conflist `text` with every berth-overlay plugin edited by `edits`.
+pub fn edit_conflist(text: &str, edits: &ConflistEdits) -> String {
     let mut c: Value = serde_json::from_str(text).expect("the ConfigMap's conflist is JSON");
     let mut found = false;
     for p in c["plugins"].as_array_mut().into_iter().flatten() {
@@ -1758,9 +1865,12 @@ pub fn edit_conflist(text: &str, endpoints: &[String], network6: Option<&str>) -
             p["store"]["etcd"].is_object(),
             "the conflist's berth-overlay has no etcd store: {p}"
         );
-        p["store"]["etcd"]["endpoints"] = json!(endpoints);
-        if let Some(n6) = network6 {
+        p["store"]["etcd"]["endpoints"] = json!(edits.endpoints);
+        if let Some(n6) = &edits.network6 {
             p["network6"] = json!(n6);
+        }
+        if let Some(ttl) = edits.lease_ttl {
+            p["store"]["etcd"]["leaseTTL"] = json!(ttl);
         }
     }
     assert!(found, "the conflist has no berth-overlay plugin: {c}");
@@ -1772,11 +1882,7 @@ pub fn edit_conflist(text: &str, endpoints: &[String], network6: Option<&str>) -
 /// actions (`"podCIDRs": [{{range …}}…{{end}}]`) is hidden as a string
 /// while the JSON is edited, then put back as it was. None if the text is
 /// not JSON that way.
-pub fn edit_conflist_template(
-    text: &str,
-    endpoints: &[String],
-    network6: Option<&str>,
-) -> Option<String> {
+pub fn edit_conflist_template(text: &str, edits: &ConflistEdits) -> Option<String> {
     let mut hidden: Vec<String> = Vec::new();
     let mut plain = String::new();
     let mut rest = text;
@@ -1802,7 +1908,7 @@ pub fn edit_conflist_template(
     }
     plain.push_str(rest);
     serde_json::from_str::<Value>(&plain).ok()?;
-    let mut edited = edit_conflist(&plain, endpoints, network6);
+    let mut edited = edit_conflist(&plain, edits);
     for (i, array) in hidden.iter().enumerate() {
         edited = edited.replace(&format!("\"@@berth-template-{i}@@\""), array);
     }
@@ -1818,13 +1924,17 @@ mod tests {
         let t = r#"{"name":"n","plugins":[{"type":"berth-overlay",
           "podCIDRs": [{{range $i, $r := .PodCIDRRanges}}{{if $i}}, {{end}}"{{$r}}"{{end}}],
           "store":{"etcd":{"endpoints":["https://X:2379"]}}}]}"#;
-        let out = edit_conflist_template(t, &["https://10.0.0.1:2379".into()], None).unwrap();
+        let edits = ConflistEdits {
+            endpoints: vec!["https://10.0.0.1:2379".into()],
+            ..Default::default()
+        };
+        let out = edit_conflist_template(t, &edits).unwrap();
         assert!(
             out.contains(r#""podCIDRs": [{{range $i, $r := .PodCIDRRanges}}{{if $i}}, {{end}}"{{$r}}"{{end}}]"#),
             "{out}"
         );
         assert!(out.contains("https://10.0.0.1:2379"), "{out}");
-        assert_eq!(edit_conflist_template("{{.x}}", &[], None), None);
+        assert_eq!(edit_conflist_template("{{.x}}", &edits), None);
     }
 
     #[test]
@@ -1869,17 +1979,18 @@ mod tests {
     #[test]
     fn conflist_edit_sets_endpoints() {
         let c = r#"{"name":"n","plugins":[{"type":"berth-overlay","store":{"etcd":{"endpoints":["https://X:2379"]}}},{"type":"berth-portmap"}]}"#;
-        let out: Value = serde_json::from_str(&edit_conflist(
-            c,
-            &["https://10.0.0.1:2379".into()],
-            Some("fd44::/48"),
-        ))
-        .unwrap();
+        let edits = ConflistEdits {
+            endpoints: vec!["https://10.0.0.1:2379".into()],
+            network6: Some("fd44::/48".into()),
+            lease_ttl: Some(6),
+        };
+        let out: Value = serde_json::from_str(&edit_conflist(c, &edits)).unwrap();
         assert_eq!(
             out["plugins"][0]["store"]["etcd"]["endpoints"],
             json!(["https://10.0.0.1:2379"])
         );
         assert_eq!(out["plugins"][0]["network6"], "fd44::/48");
+        assert_eq!(out["plugins"][0]["store"]["etcd"]["leaseTTL"], 6);
         assert_eq!(out["plugins"][1], json!({"type": "berth-portmap"}));
     }
 }

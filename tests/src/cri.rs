@@ -42,11 +42,11 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    NetworkConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping,
-    Protocol, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig,
-    StartContainerRequest, StatusRequest, StatusResponse, StopContainerRequest,
+    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, ImageStatusRequest,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PortMapping, Protocol, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    RuntimeConfig, StartContainerRequest, StatusRequest, StatusResponse, StopContainerRequest,
     StopPodSandboxRequest, UpdateRuntimeConfigRequest,
 };
 use serde_json::Value;
@@ -502,6 +502,36 @@ impl Containerd {
         }
     }
 
+    /// Kills containerd, its shims and every process under them (the
+    /// pods' sandboxes and containers) with SIGKILL, each by its PID, as
+    /// when the machine dies: no CNI DEL runs, nothing is stopped cleanly.
+    /// Returns how many processes were killed.
+    pub fn kill_all(&mut self) -> usize {
+        let mut roots: Vec<i32> = self.shim_pids();
+        if let Some(c) = &self.child {
+            roots.push(c.id() as i32);
+        }
+        let doomed = descendants(&roots);
+        // Stopped first, so none of them acts on another's death (a shim
+        // reaping its container, containerd restarting a shim).
+        for pid in &doomed {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+        for pid in &doomed {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        doomed.len()
+    }
+
     /// Stops containerd by its PID: SIGTERM, SIGKILL after 10 s.
     pub fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {
@@ -699,6 +729,40 @@ impl Drop for Containerd {
         }
         // self.dir (TempDir) removes the directory after this.
     }
+}
+
+/// `roots` and every process below them (by the parent PIDs in
+/// `/proc/<pid>/stat`), roots first.
+fn descendants(roots: &[i32]) -> Vec<i32> {
+    let mut parent_of: Vec<(i32, i32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parens.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut out: Vec<i32> = roots.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for (child, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
+            if !out.contains(child) {
+                out.push(*child);
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -1321,6 +1385,29 @@ impl CriClient {
         });
         let c = &mut self.client;
         self.rt.block_on(c.update_runtime_config(req)).map(|_| ())
+    }
+
+    /// `ExecSync` of `cmd` in container `id` (what `kubectl exec` without a
+    /// terminal asks), killed by the runtime after `timeout`: its exit code,
+    /// stdout and stderr.
+    pub fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecSyncResponse, tonic::Status> {
+        let secs = timeout.as_secs().max(1);
+        let mut req = self.request(ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: i64::try_from(secs).unwrap_or(i64::MAX),
+        });
+        // The call lasts as long as the command may.
+        req.set_timeout(self.timeout + Duration::from_secs(secs));
+        let c = &mut self.client;
+        self.rt
+            .block_on(c.exec_sync(req))
+            .map(tonic::Response::into_inner)
     }
 
     /// `ImageStatus` of `image` (a reference as a pod spec names it): the

@@ -128,29 +128,42 @@ impl OverlayHost {
     }
 }
 
-/// `berth-overlay agent`, killed by its PID when dropped; what it logs is
-/// kept (and printed on drop if the test is failing).
-pub struct Agent {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
+/// `berth-overlay agent` on a host.
+pub type Agent = LoggedChild;
 
 impl Agent {
     fn start(ns: &TestNetns, run: &Path, conf: &Path) -> Agent {
         // `ip netns exec` and `env` exec in place: the child is the agent.
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "env"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name(), "env"])
             .arg(format!("BERTH_RUN_DIR={}", run.display()))
             .arg("BERTH_LOG=info")
             .arg(bin("berth-overlay"))
             .arg("agent")
             .arg("--conf")
-            .arg(conf)
+            .arg(conf);
+        LoggedChild::spawn(cmd, "berth-overlay agent")
+    }
+}
+
+/// A daemon a test started (an agent), killed by its PID when dropped;
+/// what it logs on stderr is kept (and printed on drop if the test is
+/// failing).
+pub struct LoggedChild {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    what: &'static str,
+}
+
+impl LoggedChild {
+    /// Spawns `cmd` with stdin and stdout closed and stderr kept.
+    pub fn spawn(mut cmd: Command, what: &'static str) -> LoggedChild {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start berth-overlay agent");
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr");
         let sink = log.clone();
@@ -164,7 +177,7 @@ impl Agent {
                 line.clear();
             }
         });
-        Agent { child, log }
+        LoggedChild { child, log, what }
     }
 
     pub fn pid(&self) -> u32 {
@@ -188,27 +201,37 @@ impl Agent {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// A clean stop (SIGTERM, as systemd stops it: the lease is given
-    /// back); waits up to 5 s.
-    pub fn terminate(&mut self) {
+    /// A clean stop (SIGTERM, as systemd or the kubelet stops it); waits
+    /// up to 5 s for the exit and returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let stopped = within(Duration::from_secs(5), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        assert!(stopped, "the agent did not exit on SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit on SIGTERM\n{}",
+                self.what,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
-impl Drop for Agent {
+impl Drop for LoggedChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!(
-                "--- agent (pid {}) log ---\n{}--- end ---",
+                "--- {} (pid {}) log ---\n{}--- end ---",
+                self.what,
                 self.child.id(),
                 self.log()
             );

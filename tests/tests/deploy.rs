@@ -10,13 +10,9 @@
 //! `berth-etcd` laid out as kubelet lays them out, and what lands there is
 //! checked.
 //!
-//! Then containerd's CRI (a private containerd, `berth_tests::cri`) is
-//! pointed at the installed bin and conf dirs, as kubelet's containerd is
-//! on a node, and runs pods on the conflist the init container put there:
-//! the manifest's cluster network made a single node's (its etcd store
-//! replaced by a static one with no peers, and the network's name, VNI
-//! and IPAM dataDir made the test's), so it cannot meet a real node's.
-//! The multi-node cluster with etcd is tests/cluster.rs.
+//! Pods on what the DaemonSet installs (containerd's CRI on nodes of their
+//! own, with etcd: published ports, the bandwidth annotations, nothing
+//! left after StopPodSandbox and RemovePodSandbox) are tests/cluster.rs.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -26,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_tests::cluster::write_atomic_volume;
-use berth_tests::cri::{ask, ping_in, serve_hi_in, Containerd, PodSpec};
 use berth_tests::etcd_tls::Pki;
 use berth_tests::image::{output_text as text, release_dir, NodeImage};
 use berth_tests::manifest::{Container, Manifest, DEFAULT_VOLUME_MODE};
@@ -455,8 +450,6 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
     );
     docker.ok(&["rm", &id]);
 
-    pods_run_on_the_installed_node(&node);
-
     eprintln!(
         "deploy test: image build {:.1} s, whole test {:.1} s",
         node.image.build_time.as_secs_f64(),
@@ -486,154 +479,4 @@ impl Node {
             .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
             .collect()
     }
-}
-
-// ---------------------------------------------------------------------------
-// the installed node under containerd's CRI
-
-/// A single node's network: the manifest's conflist with its berth-overlay
-/// store made static (this node's `subnet`, no peers: nothing leaves the
-/// host over VXLAN) and the network's name, VNI and IPAM `dataDir` the
-/// test's; everything else as shipped.
-fn node_conflist(manifest: &str, network: &str, vni: u32, subnet: &str, data: &Path) -> String {
-    let mut c: Value = serde_json::from_str(manifest).expect("the ConfigMap's conflist is JSON");
-    c["name"] = json!(network);
-    let ov = c["plugins"]
-        .as_array_mut()
-        .and_then(|p| p.iter_mut().find(|p| p["type"] == "berth-overlay"))
-        .expect("the manifest's conflist has a berth-overlay plugin");
-    ov["store"] = json!({"static": {"subnet": subnet, "peers": []}});
-    ov["vni"] = json!(vni);
-    ov["dataDir"] = json!(data);
-    serde_json::to_string_pretty(&c).unwrap()
-}
-
-/// Removes what berth-overlay keeps for network `name` in its default run
-/// dir (`/run/berth/overlay/<name>.*`) when dropped.
-struct OverlayRunFiles(String);
-
-impl Drop for OverlayRunFiles {
-    fn drop(&mut self) {
-        let dir = Path::new("/run/berth/overlay");
-        let prefix = format!("{}.", self.0);
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
-/// Installs a single-node conflist through the init container, starts
-/// containerd on the node's dirs, and runs two pods (one with a hostPort)
-/// that reach each other and the host, and one with an egress-bandwidth
-/// annotation is shaped; after StopPodSandbox and RemovePodSandbox nothing
-/// of them is left.
-fn pods_run_on_the_installed_node(node: &Node) {
-    let network = unique_name("bdep", 32);
-    // A VNI, and so a bridge `bov<vni>` and VXLAN device `berth.<vni>`, of
-    // this process's own.
-    let vni = 100_000 + std::process::id() % 1_000_000;
-    let bridge = format!("bov{vni}");
-    let _vxlan = LinkGuard::new(format!("berth.{vni}"));
-    let _link = LinkGuard::new(bridge.clone());
-    let _nft = NftNetworkGuard::new(network.clone());
-    let _run = OverlayRunFiles(network.clone());
-    let (unique, _) = unique_subnets();
-    // A /24 of the manifest's 10.244.0.0/16, spread by pid like unique_subnets.
-    let third: u8 = unique.split('.').nth(2).unwrap().parse().unwrap();
-    let v4 = format!("10.244.{third}.0/24");
-    let data = TempDir::new("deploy-ipam");
-    let conflist = node_conflist(&node.conflist().1, &network, vni, &v4, data.path());
-    let out = node.run_init_container(&conflist);
-    assert!(out.status.success(), "init container: {}", text(&out));
-    assert_eq!(
-        std::fs::read_to_string(node.conflist_path()).unwrap(),
-        conflist
-    );
-
-    let cd = Containerd::start("deploy", &node.bin_dir, &node.conf_dir);
-    let mut c = cd.client();
-    let (ready, why) = c
-        .wait_network_ready(true, Duration::from_secs(10))
-        .expect("Status");
-    assert!(ready, "NetworkReady is false on the installed node: {why}");
-
-    let port = 20000 + (std::process::id() % 20000) as u16;
-    let mut pods = Vec::new();
-    for spec in [
-        PodSpec::new("deploy-a").tcp_port(port, 80),
-        PodSpec::new("deploy-b").annotation("kubernetes.io/egress-bandwidth", "20M"),
-    ] {
-        let st = c
-            .run_pod_and_status(&spec)
-            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {}", spec.name, e.message()));
-        let ip = st
-            .ipv4()
-            .unwrap_or_else(|| panic!("pod {}: no IPv4: {st:?}", st.id));
-        let netns = st.netns.clone().expect("the pod's netns");
-        pods.push((st.id, ip, netns));
-    }
-    // The bridge's address: .1 of the node's /24.
-    let gateway: std::net::IpAddr = format!("{}1", v4.strip_suffix("0/24").unwrap())
-        .parse()
-        .unwrap();
-    for (id, _, netns) in &pods {
-        for (other, ip, _) in &pods {
-            if other != id {
-                ping_in(netns, *ip).unwrap_or_else(|e| panic!("pod {id} -> {ip}: {e}"));
-            }
-        }
-        ping_in(netns, gateway).unwrap_or_else(|e| panic!("pod {id} -> the host {gateway}: {e}"));
-    }
-    // deploy-b's egress goes through an ifb at 20 Mbit/s (the shipped
-    // conflist chains berth-bandwidth); deploy-a is not shaped.
-    use berth_tests::bandwidth::{redirect_targets, tbf_rate, Root};
-    let shaped_veth = bridge_host_veth(&pods[1].0, "eth0");
-    let ifbs = redirect_targets(&Root, &shaped_veth);
-    assert_eq!(
-        ifbs.len(),
-        1,
-        "{shaped_veth} redirects to one ifb: {ifbs:?}"
-    );
-    assert_eq!(
-        tbf_rate(&Root, &ifbs[0]),
-        Some(20_000_000),
-        "{}'s tbf",
-        ifbs[0]
-    );
-    assert_eq!(
-        redirect_targets(&Root, &bridge_host_veth(&pods[0].0, "eth0")),
-        Vec::<String>::new()
-    );
-    let server = serve_hi_in(&pods[0].2, pods[0].1);
-    assert_eq!(
-        ask(([127, 0, 0, 1], port).into()),
-        Ok("hi".into()),
-        "hostPort {port}"
-    );
-    drop(server);
-
-    for (id, _, _) in &pods {
-        c.stop_and_remove_pod(id)
-            .unwrap_or_else(|e| panic!("stop and remove {id}: {}", e.message()));
-    }
-    assert_eq!(c.list_pods().expect("ListPodSandbox"), Vec::<String>::new());
-    assert_eq!(
-        bridge_ports(&bridge),
-        Vec::<String>::new(),
-        "ports left on {bridge}"
-    );
-    assert!(!link_exists(&ifbs[0]), "{} left", ifbs[0]);
-    for (id, _, _) in &pods {
-        assert!(
-            !link_exists(&bridge_host_veth(id, "eth0")),
-            "host veth of {id} left"
-        );
-    }
-    assert!(
-        ask(([127, 0, 0, 1], port).into()).is_err(),
-        "hostPort {port} still answers"
-    );
-    drop(cd);
 }

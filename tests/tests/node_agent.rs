@@ -8,12 +8,12 @@
 //! with their own containerd) is tests/cluster.rs; this file checks what
 //! the agent does, case by case, without the image.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use berth_tests::overlay_hosts::LoggedChild;
 use berth_tests::*;
 use serde_json::{json, Value};
 
@@ -80,8 +80,8 @@ impl Host {
 
     /// `berth node` on this host's conflist, with the host's run dir.
     fn agent(&self) -> NodeAgent {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.ns.name(), "env"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name(), "env"])
             .arg(format!("BERTH_RUN_DIR={}", self.run.path().display()))
             .arg("BERTH_LOG=info")
             .arg(bin("berth"))
@@ -90,26 +90,8 @@ impl Host {
             .args(["--address", PROBES, "--data-dir"])
             .arg(self.data.path())
             .arg("--engine-state")
-            .arg(self.run.path().join("engine"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start berth node");
-        let log = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(pipe);
-            let mut line = String::new();
-            while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push_str(&line);
-                line.clear();
-            }
-        });
-        NodeAgent { child, log }
+            .arg(self.run.path().join("engine"));
+        LoggedChild::spawn(cmd, "berth node")
     }
 
     /// GET `path` from the host's agent: (status code, body).
@@ -145,51 +127,8 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// A `berth node` process, killed by its PID when dropped; its log is kept
-/// (and printed if the test fails).
-struct NodeAgent {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl NodeAgent {
-    fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// SIGTERM, as the kubelet stops a container; the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth node did not stop on SIGTERM\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NodeAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- berth node log ---\n{}--- end ---", self.log());
-        }
-    }
-}
+/// A `berth node` process.
+type NodeAgent = LoggedChild;
 
 fn two_hosts(tag: &str) -> (Host, Host) {
     require_root();
@@ -206,6 +145,43 @@ fn two_hosts(tag: &str) -> (Host, Host) {
         name,
     };
     (host(h1, 1, "h1"), host(h2, 2, "h2"))
+}
+
+/// Two hosts with etcd in the first, each with its conflist (the overlay
+/// keys `keys1`, `keys2` added) and its agent running and ready. Fields
+/// drop in order: the agents first, then etcd, then the hosts.
+struct Pair {
+    a1: NodeAgent,
+    a2: NodeAgent,
+    _etcd: Etcd,
+    l1: Value,
+    l2: Value,
+    h1: Host,
+    h2: Host,
+}
+
+fn ready_pair(tag: &str, keys1: Value, keys2: Value) -> Pair {
+    let (h1, h2) = two_hosts(tag);
+    let etcd = Etcd::start(&h1.ns, "192.168.77.1");
+    let prefix = format!("/berth-{tag}-{}", std::process::id());
+    let (l1, l2) = (
+        h1.conflist(tag, &prefix, keys1),
+        h2.conflist(tag, &prefix, keys2),
+    );
+    h1.write_conflist(&l1);
+    h2.write_conflist(&l2);
+    let (a1, a2) = (h1.agent(), h2.agent());
+    h1.wait_ready(&a1, Duration::from_secs(10));
+    h2.wait_ready(&a2, Duration::from_secs(10));
+    Pair {
+        a1,
+        a2,
+        _etcd: etcd,
+        l1,
+        l2,
+        h1,
+        h2,
+    }
 }
 
 /// The addresses of a plugin result: (IPv4, IPv6).
@@ -410,22 +386,21 @@ fn the_node_agent_is_ready_restarts_without_loss_and_repairs_rules() {
 /// holder, and that node's agent is not ready, saying why.
 #[test]
 fn pod_cidrs_are_held_as_given_and_refused_when_taken() {
-    let (h1, h2) = two_hosts("ndp");
-    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
-    let prefix = format!("/berth-ndp-{}", std::process::id());
-    let l1 = h1.conflist(
+    let Pair {
+        a1,
+        mut a2,
+        _etcd,
+        l1,
+        l2,
+        h1,
+        h2,
+    } = ready_pair(
         "ndp",
-        &prefix,
         json!({"podCIDRs": ["10.244.7.0/24", "fd44:0:0:30::/64"]}),
+        json!({}),
     );
-    let l2 = h2.conflist("ndp", &prefix, json!({}));
-    h1.write_conflist(&l1);
-    h2.write_conflist(&l2);
-    let a1 = h1.agent();
-    let a2 = h2.agent();
-    let said = h1.wait_ready(&a1, Duration::from_secs(10));
+    let said = h1.wait_ready(&a1, Duration::from_secs(1));
     assert!(said.contains("subnet 10.244.7.0/24"), "{said}");
-    h2.wait_ready(&a2, Duration::from_secs(10));
 
     let (c1, c2) = (TestNetns::new("ndpc1"), TestNetns::new("ndpc2"));
     let (v4, v6) = addresses(h1.exec("ADD", "c1", &c1, &l1).expect_ok());
@@ -449,7 +424,6 @@ fn pod_cidrs_are_held_as_given_and_refused_when_taken() {
     // own, given h1's podCIDR: refused, naming h1, before anything is
     // leased or made. (h2's agent makes room for h3's on the probe port;
     // h2's lease stays.)
-    let mut a2 = a2;
     a2.terminate();
     let h3 = Host {
         ns: h2.ns.clone(),
@@ -457,7 +431,8 @@ fn pod_cidrs_are_held_as_given_and_refused_when_taken() {
         data: TempDir::new("ndp-data3"),
         name: "h3",
     };
-    let l3 = h3.conflist("ndp", &prefix, json!({"podCIDRs": ["10.244.7.0/24"]}));
+    let mut l3 = h3.conflist("ndp", "", json!({"podCIDRs": ["10.244.7.0/24"]}));
+    l3["plugins"][0]["store"] = l1["plugins"][0]["store"].clone();
     h3.write_conflist(&l3);
     let c3 = TestNetns::new("ndpc3");
     let refused = h3.exec("ADD", "c3", &c3, &l3);
@@ -534,18 +509,16 @@ fn an_unreachable_etcd_is_not_ready_and_add_fails_fast() {
 /// reconciler puts it back). `hairpinMode` is on the pod's bridge port.
 #[test]
 fn ip_masq_hides_pods_only_beyond_the_cluster() {
-    let (h1, h2) = two_hosts("ndm");
-    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
-    let prefix = format!("/berth-ndm-{}", std::process::id());
     let keys = json!({"ipMasq": true, "hairpinMode": true, "isDefaultGateway": true});
-    let (l1, l2) = (
-        h1.conflist("ndm", &prefix, keys.clone()),
-        h2.conflist("ndm", &prefix, keys),
-    );
-    h1.write_conflist(&l1);
-    h2.write_conflist(&l2);
-    let a1 = h1.agent();
-    h1.wait_ready(&a1, Duration::from_secs(10));
+    let Pair {
+        a1,
+        a2: _a2,
+        _etcd,
+        l1,
+        l2,
+        h1,
+        h2,
+    } = ready_pair("ndm", keys.clone(), keys);
 
     // An outside host on a second link of h1 (172.31.250.0/24), with
     // h1 as its router.
@@ -602,19 +575,15 @@ fn ip_masq_hides_pods_only_beyond_the_cluster() {
 /// is attached, or the agent runs, it refuses and changes nothing.
 #[test]
 fn uninstall_takes_the_node_off_berth() {
-    let (h1, h2) = two_hosts("ndx");
-    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
-    let prefix = format!("/berth-ndx-{}", std::process::id());
-    let (l1, l2) = (
-        h1.conflist("ndx", &prefix, json!({"ipMasq": true})),
-        h2.conflist("ndx", &prefix, json!({})),
-    );
-    h1.write_conflist(&l1);
-    h2.write_conflist(&l2);
-    let mut a1 = h1.agent();
-    let a2 = h2.agent();
-    h1.wait_ready(&a1, Duration::from_secs(10));
-    h2.wait_ready(&a2, Duration::from_secs(10));
+    let Pair {
+        mut a1,
+        a2,
+        _etcd,
+        l1,
+        l2: _,
+        h1,
+        h2,
+    } = ready_pair("ndx", json!({"ipMasq": true}), json!({}));
     let c1 = TestNetns::new("ndxc1");
     let (v4, _) = addresses(h1.exec("ADD", "c1", &c1, &l1).expect_ok());
     let subnet = format!("{}.0/24", v4.rsplit_once('.').unwrap().0);
@@ -724,54 +693,9 @@ fn uninstall_takes_the_node_off_berth() {
     drop(a2);
 }
 
-/// The nat part of the `ip kube-proxy` table kube-proxy's nftables mode
-/// writes for ClusterIP Services (pkg/proxy/nftables/proxier.go:
-/// `setupNFTables` and `syncProxyRules`, with its `--cluster-cidr` local
-/// traffic detector): the base chains at dstnat and srcnat, the
-/// `service-ips` verdict map, a service chain that marks traffic from
-/// outside the cluster CIDR for masquerade and picks an endpoint with
-/// `numgen random mod N`, endpoint chains that mark hairpin traffic (from
-/// the endpoint itself) and DNAT, and the masquerade of marked traffic
-/// (mark 0x4000). Chain names follow kube-proxy's shapes. (nat-output's
-/// priority is written as -100, dstnat's value: Debian 12's nft 1.0.6
-/// takes the name only on prerouting.)
-fn kube_proxy_table(cluster_cidr: &str, services: &[(&str, &[&str])]) -> String {
-    let mut elements = Vec::new();
-    let mut chains = String::new();
-    for (i, (vip, endpoints)) in services.iter().enumerate() {
-        let svc = format!("service-T{i}ESTSVC-ns/svc{i}/tcp/p80");
-        elements.push(format!("{vip} . tcp . 80 : goto {svc}"));
-        let mut vmap = Vec::new();
-        for (j, ep) in endpoints.iter().enumerate() {
-            let chain = format!("endpoint-T{i}EP{j}-ns/svc{i}/tcp/p80__{ep}/8080");
-            vmap.push(format!("{j} : goto {chain}"));
-            chains.push_str(&format!(
-                "  chain {chain} {{\n    ip saddr {ep} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ep}:8080\n  }}\n"
-            ));
-        }
-        chains.push_str(&format!(
-            "  chain {svc} {{\n    ip daddr {vip} tcp dport 80 ip saddr != {cluster_cidr} jump mark-for-masquerade\n    numgen random mod {} vmap {{ {} }}\n  }}\n",
-            endpoints.len(),
-            vmap.join(", ")
-        ));
-    }
-    format!(
-        "table ip kube-proxy {{\n  comment \"rules for kube-proxy\"\n\
-         {chains}\
-           chain mark-for-masquerade {{\n    mark set mark or 0x4000\n  }}\n\
-           chain masquerading {{\n    mark and 0x4000 == 0 return\n    mark set mark xor 0x4000\n    masquerade fully-random\n  }}\n\
-           map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}\n\
-           chain services {{\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }}\n\
-           chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }}\n\
-           chain nat-output {{\n    type nat hook output priority -100; policy accept;\n    jump services\n  }}\n\
-           chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    jump masquerading\n  }}\n\
-         }}\n",
-        elements.join(", ")
-    )
-}
-
-/// Kubernetes Services through kube-proxy's own nftables rules, on a node
-/// whose global bridge-nf-call-iptables is off (berth turns it on for its
+/// Kubernetes Services through kube-proxy's own nftables rules (written
+/// as its pkg/proxy/nftables/proxier.go writes them:
+/// `berth_tests::kube_proxy`), on a node whose global bridge-nf-call-iptables is off (berth turns it on for its
 /// bridge alone): a pod reaches a ClusterIP whose endpoint is a pod on the
 /// same bridge (the reply is bridged, and conntrack must see it) keeping
 /// its own address; itself through the ClusterIP (hairpin, masqueraded by
@@ -779,20 +703,16 @@ fn kube_proxy_table(cluster_cidr: &str, services: &[(&str, &[&str])]) -> String 
 /// each answering.
 #[test]
 fn kube_proxy_services_reach_pods_on_this_bridge_itself_and_other_nodes() {
-    let (h1, h2) = two_hosts("nds");
-    let _etcd = Etcd::start(&h1.ns, "192.168.77.1");
-    let prefix = format!("/berth-nds-{}", std::process::id());
     let keys = json!({"ipMasq": true, "hairpinMode": true, "isDefaultGateway": true});
-    let (l1, l2) = (
-        h1.conflist("nds", &prefix, keys.clone()),
-        h2.conflist("nds", &prefix, keys),
-    );
-    h1.write_conflist(&l1);
-    h2.write_conflist(&l2);
-    let a1 = h1.agent();
-    let a2 = h2.agent();
-    h1.wait_ready(&a1, Duration::from_secs(10));
-    h2.wait_ready(&a2, Duration::from_secs(10));
+    let Pair {
+        a1,
+        a2,
+        _etcd,
+        l1,
+        l2,
+        h1,
+        h2,
+    } = ready_pair("nds", keys.clone(), keys);
     h1.ns.sh(
         "sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0",
     );
@@ -811,7 +731,7 @@ fn kube_proxy_services_reach_pods_on_this_bridge_itself_and_other_nodes() {
         PeerEcho::start(&p2, 8080, 8081),
         PeerEcho::start(&q1, 8080, 8081),
     ];
-    let rules = kube_proxy_table(
+    let rules = kube_proxy::kube_proxy_table(
         "10.244.0.0/16",
         &[
             ("10.96.0.10", &[ip_p2.as_str()]),

@@ -32,13 +32,18 @@ pub fn parse_conf(plugin: &serde_json::Value) -> Result<OverlayConf, Error> {
 pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
     let mut h = Handle::new().map_err(kernel)?;
     claim_network(&mut h, conf)?;
+    let held = agent_held(conf, &NodeRecord::read(&conf.name), record::now());
+    if let Some(held) = held.as_ref() {
+        // The agent keeps the datapath; its VXLAN device's MTU is the
+        // overlay's. Nothing to look up in the underlay or to program.
+        let vx = h.link_by_name(&vxlan_name(conf.vni)).map_err(kernel)?;
+        if let Some(vx) = vx.filter(|l| l.kind.as_deref() == Some("vxlan") && l.admin_up) {
+            return Ok((held.clone(), conf.mtu.unwrap_or(vx.mtu)));
+        }
+    }
     // Looked up once for the lease and the datapath (route and address dumps).
     let (up, local) = underlay(&mut h, conf)?;
-    let conf = match agent_held(
-        conf,
-        &super::record::NodeRecord::read(&conf.name),
-        record::now(),
-    ) {
+    let conf = match held {
         Some(held) => held,
         None => resolve_held(conf, Some(local))?.0,
     };
