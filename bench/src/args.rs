@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::{bandwidth, overlay, reconcile};
+use crate::{bandwidth, cluster, overlay, reconcile};
 
 /// The parts `--only` chooses from.
-pub(crate) const PARTS: [&str; 11] = [
+pub(crate) const PARTS: [&str; 12] = [
     "compare",
     "floor",
     "concurrent",
@@ -19,6 +19,7 @@ pub(crate) const PARTS: [&str; 11] = [
     "reconcile",
     "etcd",
     "bandwidth",
+    "cluster",
 ];
 
 /// berth-bench's command line, as clap reads it; [`Args`] is what the
@@ -49,7 +50,7 @@ pub(crate) struct Cli {
     #[arg(long = "n", value_name = "LIST", default_value = "1,100,1000", value_parser = counts)]
     pub(crate) ns: std::vec::Vec<usize>,
     /// parts to run: compare,floor,concurrent,host,portmap,engine,overlay,cri,
-    /// reconcile,etcd,bandwidth [default: all]
+    /// reconcile,etcd,bandwidth,cluster [default: all]
     #[arg(long, value_name = "LIST", value_parser = parts)]
     pub(crate) only: Option<std::vec::Vec<String>>,
     /// compare: run berth only
@@ -105,6 +106,33 @@ pub(crate) struct Cli {
     /// seconds each iperf3 run of `bandwidth` measures (after 1 s left out)
     #[arg(long, value_name = "S", default_value_t = 2, value_parser = at_least_one::<u64>)]
     pub(crate) bandwidth_secs: u64,
+    /// length of each iperf3 run for `cluster`, in seconds
+    #[arg(long, value_name = "S", default_value_t = 5, value_parser = at_least_one::<u64>)]
+    pub(crate) cluster_iperf_secs: u64,
+    /// iperf3 runs per path for `cluster`
+    #[arg(long, value_name = "R", default_value_t = 3, value_parser = at_least_one::<usize>)]
+    pub(crate) cluster_iperf_reps: usize,
+    /// pods per conflist (cluster and single-node) under containerd's CRI
+    /// for `cluster`
+    #[arg(long, value_name = "P", default_value_t = 40, value_parser = cluster_pods)]
+    pub(crate) cluster_pods: usize,
+    /// new nodes joined, one after the other, for `cluster`
+    #[arg(long, value_name = "J", default_value_t = 5, value_parser = cluster_joins)]
+    pub(crate) cluster_joins: usize,
+    /// simulated nodes' leases beside the node whose footprint `cluster`
+    /// measures (at most 250)
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = cluster_nodes)]
+    pub(crate) cluster_nodes: usize,
+    /// pods on that node (at most 250)
+    #[arg(long, value_name = "P", default_value_t = 200, value_parser = cluster_node_pods)]
+    pub(crate) cluster_node_pods: usize,
+    /// seconds the footprint is measured idle for `cluster`
+    #[arg(long, value_name = "S", default_value_t = 30, value_parser = at_least_one::<u64>)]
+    pub(crate) cluster_idle_secs: u64,
+    /// seconds of the flush storm (10 `nft flush ruleset` a second) for
+    /// `cluster`
+    #[arg(long, value_name = "S", default_value_t = 10, value_parser = at_least_one::<u64>)]
+    pub(crate) cluster_storm_secs: u64,
     /// cniVersion of the configs (1.0.0 is the newest the reference plugins
     /// 1.1.1 accept)
     #[arg(long, value_name = "V", default_value = "1.0.0")]
@@ -152,6 +180,15 @@ pub(crate) struct Args {
     pub(crate) bandwidth_levels: Vec<usize>,
     pub(crate) bandwidth_reps: usize,
     pub(crate) bandwidth_secs: u64,
+    pub(crate) cluster: bool,
+    pub(crate) cluster_iperf_secs: u64,
+    pub(crate) cluster_iperf_reps: usize,
+    pub(crate) cluster_pods: usize,
+    pub(crate) cluster_joins: usize,
+    pub(crate) cluster_nodes: usize,
+    pub(crate) cluster_node_pods: usize,
+    pub(crate) cluster_idle_secs: u64,
+    pub(crate) cluster_storm_secs: u64,
     pub(crate) cni_version: String,
     pub(crate) json: bool,
     pub(crate) markdown: bool,
@@ -230,6 +267,53 @@ pub(crate) fn reconcile_containers(v: &str) -> std::result::Result<usize, String
     Ok(n)
 }
 
+/// `--cluster-pods`: each conflist's pods take host ports from a base of
+/// their own, 1000 apart.
+pub(crate) fn cluster_pods(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=cluster::MAX_CRI_PODS).contains(&n) {
+        return Err(format!(
+            "1 to {} (host ports 1000 apart per conflist)",
+            cluster::MAX_CRI_PODS
+        ));
+    }
+    Ok(n)
+}
+
+/// `--cluster-joins`: each new node takes an underlay address.
+pub(crate) fn cluster_joins(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=cluster::MAX_JOINS).contains(&n) {
+        return Err(format!(
+            "1 to {} (each new node takes an underlay address)",
+            cluster::MAX_JOINS
+        ));
+    }
+    Ok(n)
+}
+
+/// `--cluster-nodes`: each simulated node holds a /24 of the ConfigMap's
+/// /16 beside the measured node's.
+pub(crate) fn cluster_nodes(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=cluster::MAX_NODES).contains(&n) {
+        return Err(format!(
+            "1 to {} (each takes a /24 of 10.244.0.0/16)",
+            cluster::MAX_NODES
+        ));
+    }
+    Ok(n)
+}
+
+/// `--cluster-node-pods`: the pods share the node's /24.
+pub(crate) fn cluster_node_pods(v: &str) -> std::result::Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=cluster::MAX_POD_COUNT).contains(&n) {
+        return Err(format!("1 to {} (the node's /24)", cluster::MAX_POD_COUNT));
+    }
+    Ok(n)
+}
+
 /// `--bandwidth-levels`: counts of shaped containers, at most
 /// [`bandwidth::MAX_LEVEL`], in increasing order (each level is installed
 /// on top of the one before); at least one.
@@ -273,6 +357,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         reconcile: only("reconcile"),
         etcd: only("etcd"),
         bandwidth: only("bandwidth"),
+        cluster: only("cluster"),
         ref_dir: cli.ref_dir,
         ns: cli.ns,
         no_ref: cli.no_ref,
@@ -292,6 +377,14 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
         bandwidth_levels: cli.bandwidth_levels,
         bandwidth_reps: cli.bandwidth_reps,
         bandwidth_secs: cli.bandwidth_secs,
+        cluster_iperf_secs: cli.cluster_iperf_secs,
+        cluster_iperf_reps: cli.cluster_iperf_reps,
+        cluster_pods: cli.cluster_pods,
+        cluster_joins: cli.cluster_joins,
+        cluster_nodes: cli.cluster_nodes,
+        cluster_node_pods: cli.cluster_node_pods,
+        cluster_idle_secs: cli.cluster_idle_secs,
+        cluster_storm_secs: cli.cluster_storm_secs,
         cni_version: cli.cni_version,
         json: cli.json,
         markdown: cli.markdown,
@@ -434,6 +527,66 @@ mod tests {
         assert!(parse_args(&argv("--bandwidth-secs 0")).is_err());
     }
 
+    #[test]
+    fn cluster_flags() {
+        let a = parse_args(&[]).unwrap();
+        assert!(a.cluster);
+        assert_eq!(
+            (
+                a.cluster_iperf_secs,
+                a.cluster_iperf_reps,
+                a.cluster_pods,
+                a.cluster_joins
+            ),
+            (5, 3, 40, 5)
+        );
+        assert_eq!(
+            (
+                a.cluster_nodes,
+                a.cluster_node_pods,
+                a.cluster_idle_secs,
+                a.cluster_storm_secs
+            ),
+            (100, 200, 30, 10)
+        );
+        let a = parse_args(&argv(
+            "--only cluster --cluster-iperf-secs 2 --cluster-iperf-reps=1 --cluster-pods 4 --cluster-joins 2 \
+             --cluster-nodes 250 --cluster-node-pods 10 --cluster-idle-secs 3 --cluster-storm-secs 1",
+        ))
+        .unwrap();
+        assert!(a.cluster && !a.overlay && !a.cri && !a.reconcile && !a.compare);
+        assert_eq!(
+            (
+                a.cluster_iperf_secs,
+                a.cluster_iperf_reps,
+                a.cluster_pods,
+                a.cluster_joins
+            ),
+            (2, 1, 4, 2)
+        );
+        assert_eq!(
+            (
+                a.cluster_nodes,
+                a.cluster_node_pods,
+                a.cluster_idle_secs,
+                a.cluster_storm_secs
+            ),
+            (250, 10, 3, 1)
+        );
+        assert!(!parse_args(&argv("--only overlay")).unwrap().cluster);
+        for bad in [
+            "--cluster-nodes 251",
+            "--cluster-nodes 0",
+            "--cluster-node-pods 251",
+            "--cluster-joins 0",
+            "--cluster-joins 201",
+            "--cluster-pods 1000",
+            "--cluster-idle-secs 0",
+        ] {
+            assert!(parse_args(&argv(bad)).is_err(), "{bad}");
+        }
+    }
+
     /// Every check names the flag at fault; the last of a repeated flag
     /// wins, as before clap.
 
@@ -460,6 +613,9 @@ mod tests {
             ("--bandwidth-levels 9999", "--bandwidth-levels"),
             ("--bandwidth-reps 0", "--bandwidth-reps"),
             ("--bandwidth-secs 0", "--bandwidth-secs"),
+            ("--cluster-nodes 251", "--cluster-nodes"),
+            ("--cluster-node-pods 0", "--cluster-node-pods"),
+            ("--cluster-pods 0", "--cluster-pods"),
             ("--concurrency x", "--concurrency"),
             ("--cni-version", "--cni-version"),
         ] {

@@ -53,29 +53,46 @@ use crate::stats::{median, ms};
 /// from here + 1000.
 const PORT_BASE: u16 = 61000;
 
-/// One implementation's node. Fields drop in order: containerd first (it
-/// removes what pods are left, so DEL runs while the bin dir and the
-/// network exist), then the dirs and the guards.
-struct Node {
-    label: &'static str,
+/// A private containerd whose CNI bin dir links the plugins it needs and
+/// whose conf dir holds one conflist, with a CRI client. Fields drop in
+/// order: containerd first (it removes what pods are left, so DEL runs
+/// while the bin dir, the network and whatever `keep` holds exist), then
+/// the dirs, then `keep`.
+pub(crate) struct CriNode {
+    pub(crate) label: &'static str,
     cd: Containerd,
     client: CriClient,
+    /// The namespace containerd runs in (its metrics listen on 127.0.0.1
+    /// there); None: the bench's own.
+    netns: Option<PathBuf>,
     _bin: TempDir,
-    _conf: TempDir,
-    _data: TempDir,
-    _ipt: IptablesGuard,
-    _nft: NftNetworkGuard,
-    _bridge: LinkGuard,
+    conf: TempDir,
+    _keep: Vec<Box<dyn std::any::Any>>,
 }
 
 /// One pod's figures, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
-struct Sample {
+pub(crate) struct Sample {
     run: f64,
     stop: f64,
     remove: f64,
     cni_del_stop: f64,
     cni_del_remove: f64,
+}
+
+/// What a [`CriNode`] runs: the plugins its bin dir links (from `dir`),
+/// its conflist (written as `10-<name>.conflist`), how containerd is
+/// started.
+pub(crate) struct CriSetup<'a> {
+    pub(crate) dir: &'a Path,
+    pub(crate) binaries: &'a [&'a str],
+    pub(crate) conflist: Value,
+    /// [`ContainerdOptions::launcher`], and the namespace it puts
+    /// containerd in (where its metrics are read).
+    pub(crate) launcher: Vec<String>,
+    pub(crate) netns: Option<PathBuf>,
+    /// Dropped after containerd: the IPAM dir, guards.
+    pub(crate) keep: Vec<Box<dyn std::any::Any>>,
 }
 
 /// (bridge, ipam, portmap) types and the binaries the bin dir links.
@@ -109,18 +126,64 @@ fn conflist(k: u8, types: [&str; 3], network: &str, bridge: &str, data: &Path) -
     })
 }
 
-impl Node {
-    fn new(label: &'static str, k: u8, dir: &Path) -> Result<Node> {
-        let (types, binaries) = plugins(k == 1);
-        let pid = std::process::id();
-        let network = format!("bench-cri-{label}-{pid}");
-        let bridge = format!("bcri{k}-{}", pid % 1_000_000_000);
+/// berth's single-node conflist of this part (berth-bridge + berth-ipam +
+/// berth-portmap, dual stack), for other parts to compare with: its
+/// binaries and the conflist.
+pub(crate) fn berth_single_node(
+    network: &str,
+    bridge: &str,
+    data: &Path,
+) -> ([&'static str; 4], Value) {
+    let (types, binaries) = plugins(false);
+    (binaries, conflist(0, types, network, bridge, data))
+}
+
+/// An implementation's node in the bench's own namespace.
+fn node(label: &'static str, k: u8, dir: &Path) -> Result<CriNode> {
+    let (types, binaries) = plugins(k == 1);
+    let pid = std::process::id();
+    let network = format!("bench-cri-{label}-{pid}");
+    let bridge = format!("bcri{k}-{}", pid % 1_000_000_000);
+    let data = TempDir::new(&format!("cri-{label}-ipam"));
+    let list = conflist(k, types, &network, &bridge, data.path());
+    // Guards dropped after containerd.
+    let keep: Vec<Box<dyn std::any::Any>> = vec![
+        Box::new(data),
+        Box::new(IptablesGuard::new(&network)),
+        Box::new(NftNetworkGuard::new(&network)),
+        Box::new(LinkGuard::new(&bridge)),
+    ];
+    CriNode::start(
+        label,
+        CriSetup {
+            dir,
+            binaries: &binaries,
+            conflist: list,
+            launcher: Vec::new(),
+            netns: None,
+            keep,
+        },
+    )
+}
+
+impl CriNode {
+    /// Links the plugins, writes the conflist, starts containerd (with
+    /// its metrics) and waits for its NetworkReady.
+    pub(crate) fn start(label: &'static str, setup: CriSetup<'_>) -> Result<CriNode> {
+        let CriSetup {
+            dir,
+            binaries,
+            conflist,
+            launcher,
+            netns,
+            keep,
+        } = setup;
         let bin = TempDir::new(&format!("cri-{label}-bin"));
         for name in binaries {
             let src: PathBuf = dir.join(name);
             if !src.is_file() {
                 bail!(
-                    "{}: not found (cri needs {binaries:?} in {})",
+                    "{}: not found ({label} needs {binaries:?} in {})",
                     src.display(),
                     dir.display()
                 );
@@ -129,21 +192,16 @@ impl Node {
                 .context("link a plugin into the bin dir")?;
         }
         let conf = TempDir::new(&format!("cri-{label}-conf"));
-        let data = TempDir::new(&format!("cri-{label}-ipam"));
-        let list = conflist(k, types, &network, &bridge, data.path());
+        let network = conflist["name"].as_str().unwrap_or(label);
         std::fs::write(
             conf.path().join(format!("10-{network}.conflist")),
-            list.to_string(),
+            conflist.to_string(),
         )?;
-        // Guards before containerd: dropped after it.
-        let (ipt, nft, link) = (
-            IptablesGuard::new(&network),
-            NftNetworkGuard::new(&network),
-            LinkGuard::new(&bridge),
-        );
         let cd = Containerd::try_start_with(
             &format!("bench-{label}"),
-            ContainerdOptions::new(bin.path(), conf.path()).metrics(true),
+            ContainerdOptions::new(bin.path(), conf.path())
+                .metrics(true)
+                .launcher(launcher),
         )
         .map_err(|e| anyhow!("{label}: start containerd: {e}"))?;
         let mut client = CriClient::connect(&cd.socket()).map_err(|e| anyhow!("{label}: {e}"))?;
@@ -153,27 +211,48 @@ impl Node {
         if !ready {
             bail!("{label}: containerd's NetworkReady is false: {why}");
         }
-        Ok(Node {
+        Ok(CriNode {
             label,
             cd,
             client,
+            netns,
             _bin: bin,
-            _conf: conf,
-            _data: data,
-            _ipt: ipt,
-            _nft: nft,
-            _bridge: link,
+            conf,
+            _keep: keep,
         })
     }
 
+    /// The CNI conf dir (the conflist in it).
+    pub(crate) fn conf_dir(&self) -> &Path {
+        self.conf.path()
+    }
+
     fn metrics(&self) -> Result<NetworkMetrics> {
-        self.cd
-            .network_metrics()
-            .map_err(|e| anyhow!("{}: containerd's metrics: {e}", self.label))
+        let (cd, label) = (&self.cd, self.label);
+        let read = || {
+            cd.network_metrics()
+                .map_err(|e| anyhow!("{label}: containerd's metrics: {e}"))
+        };
+        match &self.netns {
+            None => read(),
+            Some(ns) => berth_kernel::Netns::open(ns)
+                .with_context(|| format!("open {}", ns.display()))?
+                .run(read)
+                .with_context(|| format!("enter {}", ns.display()))?,
+        }
+    }
+
+    /// A pod that stays (as a node has running pods).
+    pub(crate) fn resident(&mut self) -> Result<()> {
+        let label = self.label;
+        self.client
+            .run_pod(&PodSpec::new("bench-resident"))
+            .map_err(|e| anyhow!("{label}: RunPodSandbox bench-resident: {}", e.message()))?;
+        Ok(())
     }
 
     /// One pod's Run, Stop and Remove; returns its sandbox id and figures.
-    fn pod(&mut self, name: &str, host_port: u16) -> Result<(String, Sample)> {
+    pub(crate) fn pod(&mut self, name: &str, host_port: u16) -> Result<(String, Sample)> {
         let spec = PodSpec::new(name).tcp_port(host_port, 80);
         let label = self.label;
         let cri = |call: &str, e: tonic::Status| anyhow!("{label}: {call} {name}: {}", e.message());
@@ -205,6 +284,18 @@ impl Node {
         s.cni_del_remove = ms(removed.plugin_teardown.since(&stopped.plugin_teardown).sum);
         Ok((id, s))
     }
+
+    /// The medians of `samples` (pods of this node), with their CNI ADD
+    /// times from containerd's log.
+    pub(crate) fn summary(&self, samples: &[(String, Sample)]) -> CriSummary {
+        let logged = cni_setup_durations(&self.cd.log());
+        let adds: Vec<f64> = samples
+            .iter()
+            .filter_map(|(id, _)| logged.iter().find(|(l, _)| l == id).map(|(_, d)| ms(*d)))
+            .collect();
+        let only: Vec<Sample> = samples.iter().map(|(_, s)| *s).collect();
+        summary(&only, &adds)
+    }
 }
 
 /// Medians of one implementation's samples; `adds` are the pods' CNI ADD
@@ -227,16 +318,10 @@ fn summary(samples: &[Sample], adds: &[f64]) -> CriSummary {
 
 pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Cri> {
     eprintln!("cri: starting a containerd for berth and one for the reference plugins");
-    let mut nodes = [
-        Node::new("berth", 0, berth_dir)?,
-        Node::new("ref", 1, ref_dir)?,
-    ];
+    let mut nodes = [node("berth", 0, berth_dir)?, node("ref", 1, ref_dir)?];
     let mut samples: [Vec<(String, Sample)>; 2] = Default::default();
     for node in nodes.iter_mut() {
-        let label = node.label;
-        node.client
-            .run_pod(&PodSpec::new("bench-resident"))
-            .map_err(|e| anyhow!("{label}: RunPodSandbox bench-resident: {}", e.message()))?;
+        node.resident()?;
     }
     eprintln!(
         "cri: {pods} pods each (Run + Stop + Remove) beside a resident pod, after one warm-up pod"
@@ -251,15 +336,7 @@ pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Cri> {
         }
     }
     let containerd = containerd_version();
-    let [berth, reference] = [0, 1].map(|k| {
-        let logged = cni_setup_durations(&nodes[k].cd.log());
-        let adds: Vec<f64> = samples[k]
-            .iter()
-            .filter_map(|(id, _)| logged.iter().find(|(l, _)| l == id).map(|(_, d)| ms(*d)))
-            .collect();
-        let only: Vec<Sample> = samples[k].iter().map(|(_, s)| *s).collect();
-        summary(&only, &adds)
-    });
+    let [berth, reference] = [0, 1].map(|k| nodes[k].summary(&samples[k]));
     let ratio = CriTimes::ratio(&reference.times, &berth.times);
     Ok(Cri {
         pods,
@@ -273,7 +350,7 @@ pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Cri> {
 
 /// containerd's version (`containerd --version` prints "containerd
 /// <module> <version> <revision>").
-fn containerd_version() -> Option<String> {
+pub(crate) fn containerd_version() -> Option<String> {
     std::process::Command::new("containerd")
         .arg("--version")
         .output()

@@ -238,7 +238,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// `etcd --version`'s version, if it says one.
-fn etcd_version() -> Option<String> {
+pub(crate) fn etcd_version() -> Option<String> {
     let out = Command::new("etcd")
         .arg("--version")
         .stdin(Stdio::null())
@@ -254,12 +254,12 @@ fn etcd_version() -> Option<String> {
 // PKI
 
 /// The CA and the certificates it signed, PEM files in the part's temp dir.
-struct Pki {
-    ca: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) ca: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+    pub(crate) client_cert: PathBuf,
+    pub(crate) client_key: PathBuf,
 }
 
 /// Minimal config for `openssl req` (independent of /etc/ssl/openssl.cnf).
@@ -296,7 +296,8 @@ fn server_ext(ip: &str) -> String {
 const CLIENT_SUBJECT: &str = "/O=berth-bench";
 
 impl Pki {
-    fn new(dir: &Path) -> Result<Pki> {
+    /// The files in `dir`; etcd's server certificate for `server_ip`.
+    pub(crate) fn new(dir: &Path, server_ip: &str) -> Result<Pki> {
         std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let cnf = dir.join("req.cnf");
         std::fs::write(&cnf, REQ_CNF).context("write req.cnf")?;
@@ -380,7 +381,7 @@ impl Pki {
         sign(
             &pki.server_key,
             "/CN=berth-bench etcd",
-            &server_ext(ETCD_ADDR),
+            &server_ext(server_ip),
             "0x02",
             &pki.server_cert,
         )
@@ -394,6 +395,20 @@ impl Pki {
         )
         .context("openssl: the client certificate")?;
         Ok(pki)
+    }
+}
+
+#[cfg(test)]
+impl Pki {
+    /// Paths under /p, no files: for configs in unit tests.
+    pub(crate) fn for_tests() -> Pki {
+        Pki {
+            ca: "/p/ca.pem".into(),
+            server_cert: "/p/s.pem".into(),
+            server_key: "/p/s-key.pem".into(),
+            client_cert: "/p/c.pem".into(),
+            client_key: "/p/c-key.pem".into(),
+        }
     }
 }
 
@@ -424,8 +439,8 @@ fn new_key(path: &Path) -> Result<()> {
 // etcd
 
 /// An etcd member started by the bench, stopped by its PID on drop.
-struct Member {
-    proc: Proc,
+pub(crate) struct Member {
+    pub(crate) proc: Proc,
     log: PathBuf,
     what: &'static str,
 }
@@ -434,7 +449,7 @@ struct Member {
 /// `client_urls` (the first advertised), for its peer on 127.0.0.1:`peer`
 /// (the etcd namespace's loopback), with the server certificate and
 /// client-cert-auth on its TLS listeners.
-fn start_member(
+pub(crate) fn start_member(
     ns: &Netns,
     dir: &Path,
     pki: &Pki,
@@ -851,7 +866,7 @@ pub(crate) fn etcd(berth_dir: &Path, containers: usize) -> Result<Etcd> {
     }
     let dir = TempDir::new("etcd")?;
     eprintln!("etcd: PKI (openssl), namespaces, two etcd members");
-    let pki = Pki::new(&dir.path().join("pki")).context("the PKI")?;
+    let pki = Pki::new(&dir.path().join("pki"), ETCD_ADDR).context("the PKI")?;
     let password_file = dir.path().join("pki/berth.password");
     let user_password = password("berth");
     {
@@ -1190,13 +1205,7 @@ mod tests {
     use super::*;
 
     fn pki() -> Pki {
-        Pki {
-            ca: "/p/ca.pem".into(),
-            server_cert: "/p/s.pem".into(),
-            server_key: "/p/s-key.pem".into(),
-            client_cert: "/p/c.pem".into(),
-            client_key: "/p/c-key.pem".into(),
-        }
+        Pki::for_tests()
     }
 
     #[test]

@@ -56,6 +56,16 @@
 //!   the rates both hold (iperf3 to an "outside" namespace, TCP and UDP,
 //!   each direction, 10 and 50 Mbit/s) as the receiver counts them (see
 //!   bandwidth.rs).
+//! * `cluster` — berth as a Kubernetes cluster network: nodes (namespaces
+//!   on one underlay switch) running `berth node` on
+//!   deploy/kubernetes/berth.yaml's conflist, leases in a private etcd
+//!   (TLS). Pod-to-pod iperf3 across two nodes against the same on one
+//!   node, the hand-built VXLAN path and the raw underlay; RunPodSandbox
+//!   and its CNI ADD under containerd's CRI on the cluster conflist with
+//!   the agent running against the single-node conflist; a new node's
+//!   join (agent start to its pod answering a ping from another node's);
+//!   the agent's RSS and CPU with N nodes' leases and M pods, idle and in
+//!   a flush storm (see cluster.rs).
 //!
 //! The report (report.rs) is printed as tables for people (print.rs), as
 //! JSON (`--json`) or as Markdown tables for docs/results/ (`--markdown`,
@@ -68,6 +78,7 @@
 
 mod args;
 mod bandwidth;
+mod cluster;
 mod compare;
 mod concurrent;
 mod cri;
@@ -213,6 +224,10 @@ fn real_main() -> Result<bool> {
             args.bandwidth_secs,
         ));
         ok &= report.bandwidth.as_ref().is_some_and(|b| b.ok());
+    }
+    if args.cluster {
+        (report.cluster, report.cluster_error) = split(cluster::cluster(&args));
+        ok &= report.cluster.as_ref().is_some_and(|c| c.ok());
     }
     report.ok = ok;
     if args.json {

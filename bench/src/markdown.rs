@@ -20,8 +20,8 @@ use std::fmt::Write as _;
 use crate::args::Args;
 use crate::print::{fx, fx2, pct};
 use crate::report::{
-    Bandwidth, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow,
-    HostRow, Overlay, PortmapRow, Reconcile, Report,
+    Bandwidth, Cluster, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor,
+    FlowReport, FlowRow, HostRow, Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// What follows the part's name on a heading line.
@@ -259,6 +259,31 @@ pub(crate) fn tables(report: &Report, args: &Args, run: &Run) -> String {
             bandwidth(&mut b, bw);
         }
         failed(&mut b, "bandwidth", &report.bandwidth_error);
+        blocks.push(b);
+    }
+    if args.cluster {
+        let mut b = run.heading(
+            "cluster",
+            &format!(
+                "nodes on one underlay running `berth node` on deploy/kubernetes/berth.yaml's conflist, leases in etcd {} over TLS; iperf3 TCP {} x {} s per path, alternating; {} per conflist under containerd's CRI; {}; the agent with {} simulated nodes' leases and {}; medians",
+                report
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.etcd.as_deref())
+                    .unwrap_or("?"),
+                count(args.cluster_iperf_reps, "run"),
+                args.cluster_iperf_secs,
+                count(args.cluster_pods, "pod"),
+                count(args.cluster_joins, "join"),
+                args.cluster_nodes,
+                count(args.cluster_node_pods, "pod"),
+            ),
+        );
+        b.push_str("\n\n");
+        if let Some(c) = &report.cluster {
+            cluster(&mut b, c);
+        }
+        failed(&mut b, "cluster", &report.cluster_error);
         blocks.push(b);
     }
     let mut out = String::new();
@@ -535,22 +560,9 @@ fn engine(b: &mut String, e: &Engine) {
 
 fn overlay(b: &mut String, o: &Overlay) {
     if let Some(t) = &o.throughput {
-        b.push_str("| path | median | runs | retransmits | FragCreates / ReasmReqds |\n");
-        b.push_str("|---|---:|---|---|---|\n");
-        for FlowRow { what, flow: p, .. } in t.paths() {
-            let gbps: Vec<String> = p.gbps.iter().map(|g| format!("{g:.2}")).collect();
-            let retr: Vec<String> = p.retransmits.iter().map(u64::to_string).collect();
-            row(
-                b,
-                &[
-                    what.replace("->", "→"),
-                    p.median_gbps
-                        .map_or("-".into(), |g| format!("{g:.2} Gbit/s")),
-                    gbps.join(" "),
-                    retr.join(" "),
-                    format!("+{} / +{}", p.frag_creates, p.reasm_reqds),
-                ],
-            );
+        b.push_str(FLOW_HEAD);
+        for FlowRow { what, flow, .. } in t.paths() {
+            flow_row(b, what, flow);
         }
         let m = &t.mtu;
         let _ = writeln!(
@@ -617,6 +629,183 @@ fn overlay(b: &mut String, o: &Overlay) {
         );
     }
     failed(b, "overlay convergence", &o.convergence_error);
+}
+
+/// A path's row of a throughput table.
+fn flow_row(b: &mut String, what: &str, p: &FlowReport) {
+    let gbps: Vec<String> = p.gbps.iter().map(|g| format!("{g:.2}")).collect();
+    let retr: Vec<String> = p.retransmits.iter().map(u64::to_string).collect();
+    row(
+        b,
+        &[
+            what.replace("->", "→"),
+            p.median_gbps
+                .map_or("-".into(), |g| format!("{g:.2} Gbit/s")),
+            gbps.join(" "),
+            retr.join(" "),
+            format!("+{} / +{}", p.frag_creates, p.reasm_reqds),
+        ],
+    );
+}
+
+/// The throughput table's head.
+const FLOW_HEAD: &str =
+    "| path | median | runs | retransmits | FragCreates / ReasmReqds |\n|---|---:|---|---|---|\n";
+
+fn cluster(b: &mut String, c: &Cluster) {
+    let each = |v: &[f64]| {
+        let items: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        items.join(" ")
+    };
+    let load = crate::print::load;
+    let _ = writeln!(
+        b,
+        "The machine's load average (1 min) when the part started: {}; when it ended: {}.\n",
+        load(c.load_average[0]),
+        load(c.load_average[1])
+    );
+    if let Some(t) = &c.throughput {
+        b.push_str(FLOW_HEAD);
+        for FlowRow { what, flow, .. } in t.paths() {
+            flow_row(b, what, flow);
+        }
+        let _ = writeln!(
+            b,
+            "\nAcross nodes over the hand-built VXLAN path: {} (target ≥ {:.2}): {}; over the same node: {}; over the underlay: {}; no fragmentation: {}. MTU: underlay {}, VXLAN {}, pod eth0 {}.",
+            fx2(t.cross_over_hand),
+            t.target_ratio,
+            crate::print::pass(t.ratio_pass),
+            fx2(t.cross_over_same_node),
+            fx2(t.cross_over_underlay),
+            crate::print::pass(t.no_fragmentation),
+            t.underlay_mtu,
+            t.vxlan_mtu,
+            t.pod_mtu
+        );
+    }
+    failed(b, "cluster throughput", &c.throughput_error);
+    if let Some(r) = &c.cri {
+        b.push_str(&format!(
+            "\nPods under containerd {}'s CRI, {} per conflist, alternating:\n\n",
+            r.containerd.as_deref().unwrap_or("?"),
+            r.pods
+        ));
+        b.push_str("| | cluster conflist, `berth node` running | single-node conflist | cluster/single | bench-cri.md (berth) |\n|---|---:|---:|---:|---:|\n");
+        for (name, figure) in CriTimes::ROWS {
+            let doc = match name {
+                "RunPodSandbox" => ms(Some(r.doc_run_ms)),
+                n if n.contains("CNI ADD") => ms(Some(r.doc_cni_add_ms)),
+                _ => String::new(),
+            };
+            let name = match name.strip_prefix("  ") {
+                Some(sub) => format!("&nbsp;&nbsp;{sub}"),
+                None => name.to_string(),
+            };
+            row(
+                b,
+                &[
+                    name,
+                    ms(figure(&r.cluster.times)),
+                    ms(figure(&r.single.times)),
+                    fx2(figure(&r.ratio)),
+                    doc,
+                ],
+            );
+        }
+        let _ = writeln!(
+            b,
+            "\nCNI ADD, the cluster conflist's over the single-node one's in this run: {} (target ≤ {:.2}): {}. The same conflists' plugins run straight in the same node namespaces ({} pods each, alternating, one exec per plugin, no containerd and no `loopback`), medians: cluster {}; single-node {}.",
+            fx2(r.ratio.cni_add_ms),
+            r.target_add_ratio,
+            crate::print::pass(r.add_pass),
+            r.straight_adds,
+            r.cluster_chain.describe(),
+            r.single_chain.describe()
+        );
+    }
+    failed(b, "cluster cri", &c.cri_error);
+    if let Some(j) = &c.join {
+        let _ = writeln!(
+            b,
+            "\n{} new nodes, one after the other (target < {:.0} ms):\n",
+            j.joins, j.target_ms
+        );
+        b.push_str("| from `berth node` starting on the new node | median | max | each | |\n|---|---:|---:|---|---|\n");
+        row(
+            b,
+            &[
+                "→ its pod answered a ping from a pod on another node (every 10 ms)".into(),
+                ms(j.answer_median_ms),
+                ms(j.answer_max_ms),
+                each(&j.answer_ms),
+                crate::print::pass(j.pass).into(),
+            ],
+        );
+        row(
+            b,
+            &[
+                "→ the pod's ADD returned (run right after the agent started)".into(),
+                ms(j.add_median_ms),
+                ms(j.add_ms.iter().copied().reduce(f64::max)),
+                each(&j.add_ms),
+                String::new(),
+            ],
+        );
+        row(
+            b,
+            &[
+                "→ the agent's /readyz answered 200".into(),
+                ms(j.ready_median_ms),
+                ms(j.ready_ms.iter().copied().reduce(f64::max)),
+                each(&j.ready_ms),
+                String::new(),
+            ],
+        );
+    }
+    failed(b, "cluster join", &c.join_error);
+    if let Some(p) = &c.footprint {
+        let _ = writeln!(
+            b,
+            "\n`berth node` with {} simulated nodes' leases and {} on its node:\n",
+            p.nodes,
+            count(p.pods, "pod")
+        );
+        b.push_str("| | CPU, share of one core | resident (VmRSS, most read) |\n|---|---:|---:|\n");
+        row(
+            b,
+            &[
+                format!("idle, {:.0} s", p.idle_secs),
+                pct(p.idle_cpu_percent),
+                format!("{:.1} MiB", p.idle_rss_mib),
+            ],
+        );
+        row(
+            b,
+            &[
+                format!(
+                    "flush storm: {} `nft flush ruleset` in {:.1} s, until berth's tables were back",
+                    p.storm_flushes, p.storm_secs
+                ),
+                pct(p.storm_cpu_percent),
+                format!("{:.1} MiB", p.storm_rss_mib),
+            ],
+        );
+        let _ = writeln!(
+            b,
+            "\nIdle CPU < {:.0}% of a core: {}; resident < {:.0} MiB: {} (VmHWM, the most it was ever resident: {:.1} MiB). After the storm's last flush berth's tables ({}) were back in {:.1} ms; the reconciler counted {} repairs during the storm. Setup (leases, the agent ready, the pods' ADDs): {:.1} s; the pods' ADDs, medians: {}.",
+            p.idle_cpu_target_percent,
+            crate::print::pass(p.idle_cpu_pass),
+            p.rss_target_mib,
+            crate::print::pass(p.rss_pass),
+            p.peak_rss_mib,
+            p.tables.join(", "),
+            p.rules_back_ms,
+            p.storm_repairs.map_or("?".into(), |r| r.to_string()),
+            p.setup_secs,
+            p.chain.describe()
+        );
+    }
+    failed(b, "cluster footprint", &c.footprint_error);
 }
 
 fn cri(b: &mut String, c: &Cri) {
@@ -1265,5 +1454,135 @@ mod tests {
         report.reconcile_error = Some("berth watch exited".into());
         assert!(tables(&report, &args, &run)
             .ends_with("then the watcher's CPU:\n\n- FAILED reconcile: berth watch exited\n"));
+    }
+
+    #[test]
+    fn cluster_block() {
+        use crate::report::{ChainTimes, ClusterCri, CriSummary, CriTimes, Footprint, Join};
+        let args = parse_args(&argv("--only cluster --cluster-pods 3 --cluster-joins 2")).unwrap();
+        let run = Run {
+            date: "2026-12-07".into(),
+            cores: 2,
+            kernel: "6.18.0".into(),
+            command: command(&argv("--markdown --only cluster")),
+        };
+        let mut report = Report::new(Config {
+            cni_path_berth: "/b".into(),
+            cni_path_ref: None,
+            n: vec![],
+            cni_version: "1.0.0".into(),
+            network: "",
+            warmup: "",
+        });
+        let times = |add: f64| CriSummary {
+            times: CriTimes {
+                run_ms: Some(60.0),
+                stop_ms: Some(50.0),
+                remove_ms: Some(8.0),
+                total_ms: Some(118.0),
+                cni_add_ms: Some(add),
+                cni_del_stop_ms: Some(30.0),
+                cni_del_remove_ms: Some(5.0),
+            },
+            pods_with_logged_add: 3,
+        };
+        let (cluster, single) = (times(14.0), times(12.5));
+        let chain = |plugins: &[&str], ms: &[f64]| ChainTimes {
+            plugins: plugins.iter().map(|p| p.to_string()).collect(),
+            median_ms: ms.iter().map(|&m| Some(m)).collect(),
+            total_median_ms: Some(ms.iter().sum()),
+        };
+        let fp_chain = chain(
+            &["berth-overlay", "berth-portmap", "berth-bandwidth"],
+            &[3.5, 4.5, 1.5],
+        );
+        report.cluster = Some(Cluster {
+            etcd: Some("3.4.23".into()),
+            load_average: [Some(0.25), None],
+            conflist: serde_json::json!({}),
+            throughput: None,
+            throughput_error: Some("iperf3 said no".into()),
+            cri: Some(ClusterCri {
+                pods: 3,
+                containerd: Some("1.6.20".into()),
+                ratio: CriTimes::ratio(&cluster.times, &single.times),
+                cluster,
+                single,
+                target_add_ratio: 1.05,
+                add_pass: false,
+                doc_cni_add_ms: 14.79,
+                doc_run_ms: 66.05,
+                straight_adds: 3,
+                cluster_chain: chain(
+                    &["berth-overlay", "berth-portmap", "berth-bandwidth"],
+                    &[3.0, 4.0, 1.5],
+                ),
+                single_chain: chain(&["berth-bridge", "berth-portmap"], &[2.5, 5.0]),
+            }),
+            cri_error: None,
+            join: Some(Join {
+                joins: 2,
+                answer_ms: vec![60.0, 70.0],
+                answer_median_ms: Some(65.0),
+                answer_max_ms: Some(70.0),
+                add_ms: vec![59.0, 69.0],
+                add_median_ms: Some(64.0),
+                ready_ms: vec![61.0, 71.0],
+                ready_median_ms: Some(66.0),
+                target_ms: 1000.0,
+                pass: true,
+            }),
+            join_error: None,
+            footprint: Some(Footprint {
+                nodes: 100,
+                pods: 200,
+                setup_secs: 5.04,
+                chain: fp_chain,
+                tables: vec!["inet berth".into()],
+                idle_secs: 30.0,
+                idle_cpu_percent: 0.03,
+                idle_rss_mib: 12.04,
+                storm_flushes: 100,
+                storm_secs: 9.91,
+                storm_cpu_percent: 6.25,
+                storm_rss_mib: 13.0,
+                rules_back_ms: 80.0,
+                storm_repairs: Some(40),
+                peak_rss_mib: 14.0,
+                rss_target_mib: 30.0,
+                idle_cpu_target_percent: 1.0,
+                rss_pass: true,
+                idle_cpu_pass: true,
+            }),
+            footprint_error: None,
+        });
+        let md = tables(&report, &args, &run);
+        assert!(md.starts_with(
+            "`cluster`, measured 2026-12-07 (2 cores, Linux 6.18.0) by `berth-bench --markdown --only cluster`; \
+             nodes on one underlay running `berth node` on deploy/kubernetes/berth.yaml's conflist, leases in etcd 3.4.23 over TLS; \
+             iperf3 TCP 3 runs x 5 s per path, alternating; 3 pods per conflist under containerd's CRI; 2 joins; \
+             the agent with 100 simulated nodes' leases and 200 pods; medians:\n\n\
+             The machine's load average (1 min) when the part started: 0.25; when it ended: ?.\n\n\
+             - FAILED cluster throughput: iperf3 said no\n"
+        ), "{md}");
+        assert!(
+            md.contains("| RunPodSandbox | 60.00 ms | 60.00 ms | 1.00x | 66.05 ms |\n"),
+            "{md}"
+        );
+        assert!(md.contains("| &nbsp;&nbsp;CNI ADD (containerd's log) | 14.00 ms | 12.50 ms | 1.12x | 14.79 ms |\n"), "{md}");
+        assert!(
+            md.contains("| StopPodSandbox | 50.00 ms | 50.00 ms | 1.00x |  |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("in this run: 1.12x (target ≤ 1.05): FAIL."),
+            "{md}"
+        );
+        assert!(md.contains("cluster berth-overlay 3.00 ms + berth-portmap 4.00 ms + berth-bandwidth 1.50 ms = 8.50 ms; single-node berth-bridge 2.50 ms + berth-portmap 5.00 ms = 7.50 ms."), "{md}");
+        assert!(md.contains("| → its pod answered a ping from a pod on another node (every 10 ms) | 65.00 ms | 70.00 ms | 60.0 70.0 | PASS |\n"), "{md}");
+        assert!(md.contains("| idle, 30 s | 0.0% | 12.0 MiB |\n"), "{md}");
+        assert!(md.contains("| flush storm: 100 `nft flush ruleset` in 9.9 s, until berth's tables were back | 6.2% | 13.0 MiB |\n"), "{md}");
+        assert!(md.contains("Idle CPU < 1% of a core: PASS; resident < 30 MiB: PASS (VmHWM, the most it was ever resident: 14.0 MiB)."), "{md}");
+        assert!(md.ends_with("berth-bandwidth 1.50 ms = 9.50 ms.\n"), "{md}");
     }
 }

@@ -118,7 +118,7 @@ pub fn overlay(
 
 /// `program args` in the bench's own namespace (iproute2 with `-n NS`
 /// reaches the others); its stdout.
-fn run(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -355,11 +355,11 @@ fn raw_vxlan(h: &Netns, local: &str, peer: &str, addr: &str) -> Result<()> {
 
 /// The hand-built container path's links in each host: bridge, VXLAN
 /// device, host end of the container's veth.
-const HAND_BRIDGE: &str = "hbr";
-const HAND_VXLAN: &str = "vxh";
+pub(crate) const HAND_BRIDGE: &str = "hbr";
+pub(crate) const HAND_VXLAN: &str = "vxh";
 const HAND_VETH: &str = "hvd";
 /// Its VNI (berth.42 has 42 on port 4789, the raw vxb 99 on port 4790).
-const HAND_VNI: &str = "98";
+pub(crate) const HAND_VNI: &str = "98";
 const HAND_PORT: &str = "4790";
 
 /// Host `n`'s underlay address (n = 1, 2).
@@ -375,7 +375,7 @@ fn hand_vtep_mac(n: u8) -> String {
 
 /// Host `n`'s container subnet on the hand-built path: 172.31.n.0/24,
 /// VTEP 172.31.n.0, gateway (bridge) 172.31.n.1, container 172.31.n.2.
-fn hand_subnet(n: u8, host: u8) -> String {
+pub(crate) fn hand_subnet(n: u8, host: u8) -> String {
     format!("172.31.{n}.{host}")
 }
 
@@ -388,7 +388,7 @@ fn hand_subnet(n: u8, host: u8) -> String {
 /// neighbour (its VTEP address at that MAC) and an onlink route to its
 /// subnet via its VTEP address. MTU 1450 on every link of it, as on
 /// berth's path; IP forwarding on in the host.
-fn hand_container(h: &Netns, d: &Netns, n: u8, p: u8) -> Result<()> {
+pub(crate) fn hand_container(h: &Netns, d: &Netns, n: u8, p: u8) -> Result<()> {
     let (hn, dn) = (h.name(), d.name());
     run(
         "ip",
@@ -571,7 +571,7 @@ fn hand_container(h: &Netns, d: &Netns, n: u8, p: u8) -> Result<()> {
 
 /// An iperf3 server in `ns` on `bind`, ready to take clients one after the
 /// other.
-fn iperf_server(ns: &Netns, bind: &str) -> Result<Proc> {
+pub(crate) fn iperf_server(ns: &Netns, bind: &str) -> Result<Proc> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-s", "-B", bind, "-p", IPERF_PORT])
         .stdin(Stdio::null())
@@ -703,7 +703,7 @@ fn frag_counters(nss: &[&Netns]) -> Result<[u64; 2]> {
     Ok(sum)
 }
 
-fn mtu_of(ns: &Netns, link: &str) -> Result<u32> {
+pub(crate) fn mtu_of(ns: &Netns, link: &str) -> Result<u32> {
     let mut h = sys::handle_in(ns)?;
     Ok(h.link_by_name(link)?
         .with_context(|| format!("no {link} in {}", ns.name()))?
@@ -713,7 +713,7 @@ fn mtu_of(ns: &Netns, link: &str) -> Result<u32> {
 /// One path iperf3 measures: its key in the report, client namespace,
 /// server address, the namespaces its packets cross (for the
 /// fragmentation counters), and its runs.
-struct Flow<'a> {
+pub(crate) struct Flow<'a> {
     key: &'static str,
     what: String,
     client: &'a Netns,
@@ -721,15 +721,34 @@ struct Flow<'a> {
     crossed: Vec<&'a Netns>,
     runs: Vec<Run>,
     /// FragCreates, ReasmReqds added during its runs.
-    frag: [u64; 2],
+    pub(crate) frag: [u64; 2],
 }
 
-impl Flow<'_> {
-    fn gbps(&self) -> Vec<f64> {
+impl<'a> Flow<'a> {
+    /// A path with no runs yet.
+    pub(crate) fn new(
+        key: &'static str,
+        what: String,
+        client: &'a Netns,
+        server: &str,
+        crossed: Vec<&'a Netns>,
+    ) -> Flow<'a> {
+        Flow {
+            key,
+            what,
+            client,
+            server: server.to_string(),
+            crossed,
+            runs: Vec::new(),
+            frag: [0; 2],
+        }
+    }
+
+    pub(crate) fn gbps(&self) -> Vec<f64> {
         self.runs.iter().map(|r| r.gbps).collect()
     }
 
-    fn report(&self) -> FlowReport {
+    pub(crate) fn report(&self) -> FlowReport {
         FlowReport {
             path: self.what.clone(),
             gbps: self.gbps(),
@@ -739,6 +758,37 @@ impl Flow<'_> {
             reasm_reqds: self.frag[1],
         }
     }
+}
+
+/// Runs the paths' iperf3 clients: a 1 s warm-up of each (not counted),
+/// then `reps` runs of `secs` seconds alternating path by path (each
+/// path's fragmentation counters read around its runs). Progress on
+/// stderr under `part`.
+pub(crate) fn alternate(part: &str, paths: &mut [Flow<'_>], secs: u64, reps: usize) -> Result<()> {
+    // Warm-up, not counted: neighbour resolution, first-use allocations.
+    for p in paths.iter() {
+        iperf_client(p.client, &p.server, 1).with_context(|| format!("{} warm-up", p.key))?;
+    }
+    for rep in 0..reps {
+        for p in paths.iter_mut() {
+            let before = frag_counters(&p.crossed)?;
+            let r = iperf_client(p.client, &p.server, secs)
+                .with_context(|| format!("{} run {}", p.key, rep + 1))?;
+            let after = frag_counters(&p.crossed)?;
+            for k in 0..2 {
+                p.frag[k] += after[k].saturating_sub(before[k]);
+            }
+            eprintln!(
+                "{part}: run {}/{reps} {:<14} {:6.2} Gbit/s, {} retransmits",
+                rep + 1,
+                p.key,
+                r.gbps,
+                r.retransmits
+            );
+            p.runs.push(r);
+        }
+    }
+    Ok(())
 }
 
 fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Throughput> {
@@ -773,15 +823,7 @@ fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Throughput> {
         iperf_server(&d2, &hand_server)?,
         iperf_server(&h2.ns, "172.31.99.2")?,
     ];
-    let flow = |key, what: String, client, server: &str, crossed| Flow {
-        key,
-        what,
-        client,
-        server: server.to_string(),
-        crossed,
-        runs: Vec::new(),
-        frag: [0; 2],
-    };
+    let flow = Flow::new;
     let mut paths = [
         flow(
             "berth",
@@ -808,29 +850,7 @@ fn throughput(berth_dir: &Path, secs: u64, reps: usize) -> Result<Throughput> {
             vec![&h1.ns, &h2.ns],
         ),
     ];
-    // Warm-up, not counted: neighbour resolution, first-use allocations.
-    for p in &paths {
-        iperf_client(p.client, &p.server, 1).with_context(|| format!("{} warm-up", p.key))?;
-    }
-    for rep in 0..reps {
-        for p in paths.iter_mut() {
-            let before = frag_counters(&p.crossed)?;
-            let r = iperf_client(p.client, &p.server, secs)
-                .with_context(|| format!("{} run {}", p.key, rep + 1))?;
-            let after = frag_counters(&p.crossed)?;
-            for k in 0..2 {
-                p.frag[k] += after[k].saturating_sub(before[k]);
-            }
-            eprintln!(
-                "overlay: run {}/{reps} {:<14} {:6.2} Gbit/s, {} retransmits",
-                rep + 1,
-                p.key,
-                r.gbps,
-                r.retransmits
-            );
-            p.runs.push(r);
-        }
-    }
+    alternate("overlay", &mut paths, secs, reps)?;
     let [berth, hand, raw] = &paths;
     let over = |other: &Flow| ratio(median(&berth.gbps()), median(&other.gbps()));
     let r = over(hand);
@@ -872,18 +892,29 @@ fn node_underlay(k: usize) -> Ipv4Addr {
     }
 }
 
-/// The lease record's key, as the agent reads it.
-fn node_key(k: usize) -> String {
-    let s = node_subnet(k);
+/// The key of the lease of `subnet` on network `network` under `prefix`,
+/// as the agent reads it.
+pub(crate) fn lease_key(prefix: &str, network: &str, subnet: Ipv4Net) -> String {
     format!(
-        "{CONV_PREFIX}/{CONV_NETWORK}/subnets/{}-{}",
-        s.network(),
-        s.prefix_len()
+        "{prefix}/{network}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
     )
 }
 
+/// A lease record as a node writes it (its VTEP MAC is derived from the
+/// underlay address, so the record need not hold it).
+pub(crate) fn lease_record(node: &str, underlay: Ipv4Addr, subnet: Ipv4Net) -> String {
+    json!({"node": node, "underlay": underlay.to_string(), "subnet": subnet.to_string()})
+        .to_string()
+}
+
+fn node_key(k: usize) -> String {
+    lease_key(CONV_PREFIX, CONV_NETWORK, node_subnet(k))
+}
+
 fn node_record(k: usize) -> String {
-    json!({"node": format!("n{k}"), "underlay": node_underlay(k).to_string(), "subnet": node_subnet(k).to_string()}).to_string()
+    lease_record(&format!("n{k}"), node_underlay(k), node_subnet(k))
 }
 
 fn b64(data: &[u8]) -> String {
@@ -928,7 +959,21 @@ fn etcd(ns: &Netns, path: &str, body: &Value) -> Result<Value> {
     serde_json::from_str(payload).with_context(|| format!("etcd {path}: {payload:?}"))
 }
 
-fn etcd_put(ns: &Netns, key: &str, value: &str) -> Result<()> {
+/// Waits (up to 30 s) until etcd `proc`, listening on 127.0.0.1:2379 in
+/// `ns`, answers a range request; fails at once if it exits.
+pub(crate) fn wait_etcd(ns: &Netns, proc: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = etcd(ns, "/v3/kv/range", &json!({"key": b64(b"/")})) {
+        still_running(proc, "etcd")?;
+        if Instant::now() > deadline {
+            bail!("etcd not answering after 30 s: {e:#}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub(crate) fn etcd_put(ns: &Netns, key: &str, value: &str) -> Result<()> {
     etcd(
         ns,
         "/v3/kv/put",
@@ -937,7 +982,7 @@ fn etcd_put(ns: &Netns, key: &str, value: &str) -> Result<()> {
     .map(|_| ())
 }
 
-fn etcd_del(ns: &Netns, key: &str) -> Result<()> {
+pub(crate) fn etcd_del(ns: &Netns, key: &str) -> Result<()> {
     let v = etcd(
         ns,
         "/v3/kv/deleterange",
@@ -1057,14 +1102,7 @@ fn convergence(berth_dir: &Path, nodes: usize) -> Result<Convergence> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut etcd_proc = spawn_in(&hn, cmd, "etcd (Debian package etcd-server)")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = etcd(&hn, "/v3/kv/range", &json!({"key": b64(b"/")})) {
-        still_running(&mut etcd_proc, "etcd")?;
-        if Instant::now() > deadline {
-            bail!("etcd not answering after 30 s: {e:#}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_etcd(&hn, &mut etcd_proc)?;
 
     let t = Instant::now();
     for k in 1..=nodes {

@@ -2,8 +2,8 @@
 //! `--markdown` as Markdown tables: markdown.rs).
 
 use crate::report::{
-    Bandwidth, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor, FlowRow,
-    HostRow, Overlay, PortmapRow, Reconcile, Report,
+    Bandwidth, Cluster, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor,
+    FlowRow, HostRow, Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// A figure with two decimals, `-` if there is none.
@@ -54,6 +54,24 @@ fn counts(v: &[u64]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+/// One line per iperf3 path: label, what, median, runs, retransmits.
+fn print_flows(paths: &[FlowRow<'_>]) {
+    let width = paths.iter().map(|p| p.what.len()).max().unwrap_or(0);
+    for FlowRow {
+        label,
+        what,
+        flow: p,
+    } in paths
+    {
+        println!(
+            "  {label:<6} {what:<width$} median {:>6} Gbit/s   runs [{}]   retransmits [{}]",
+            f(p.median_gbps),
+            list(&p.gbps, 2),
+            list(&counts(&p.retransmits), 0),
+        );
+    }
+}
+
 pub(crate) fn print_overlay(o: &Overlay) {
     if let Some(t) = &o.throughput {
         println!(
@@ -73,19 +91,7 @@ pub(crate) fn print_overlay(o: &Overlay) {
             m.raw_vxlan
         );
         let paths = t.paths();
-        for FlowRow {
-            label,
-            what,
-            flow: p,
-        } in &paths
-        {
-            println!(
-                "  {label:<6} {what:<42} median {:>6} Gbit/s   runs [{}]   retransmits [{}]",
-                f(p.median_gbps),
-                list(&p.gbps, 2),
-                list(&counts(&p.retransmits), 0),
-            );
-        }
+        print_flows(&paths);
         println!(
             "  berth/hand {} (target >= {:.2}): {}",
             f(t.berth_over_hand_container),
@@ -176,6 +182,127 @@ pub(crate) fn print_cri(c: &Cri) {
         );
     }
     println!();
+}
+
+/// A load average, two decimals, `?` if there is none.
+pub(crate) fn load(l: Option<f64>) -> String {
+    l.map_or("?".into(), |l| format!("{l:.2}"))
+}
+
+fn print_cluster(c: &Cluster) {
+    println!(
+        "== cluster: load average (1 min) {} at the start, {} at the end ==",
+        load(c.load_average[0]),
+        load(c.load_average[1])
+    );
+    if let Some(t) = &c.throughput {
+        println!(
+            "== cluster: iperf3 TCP, {} runs x {} s per path, alternating (MTU: underlay {}, VXLAN {}, pod eth0 {}) ==",
+            t.runs_per_path, t.iperf_secs, t.underlay_mtu, t.vxlan_mtu, t.pod_mtu
+        );
+        print_flows(&t.paths());
+        println!(
+            "  cross/hand {} (target >= {:.2}): {}; cross/same node {}; cross/underlay {}; no fragmentation: {}",
+            f(t.cross_over_hand),
+            t.target_ratio,
+            pass(t.ratio_pass),
+            f(t.cross_over_same_node),
+            f(t.cross_over_underlay),
+            pass(t.no_fragmentation)
+        );
+        println!();
+    }
+    print_error("cluster throughput", &c.throughput_error);
+    if let Some(r) = &c.cri {
+        println!(
+            "== cluster: pods under containerd {}'s CRI, median ms over {} pods each: the cluster conflist with `berth node` vs the single-node conflist ==",
+            r.containerd.as_deref().unwrap_or("?"),
+            r.pods
+        );
+        println!(
+            "{:<44} {:>10} {:>10} {:>14}",
+            "", "cluster", "single", "cluster/single"
+        );
+        for (name, figure) in CriTimes::ROWS {
+            println!(
+                "{:<44} {:>10} {:>10} {:>14}",
+                name,
+                f(figure(&r.cluster.times)),
+                f(figure(&r.single.times)),
+                f(figure(&r.ratio))
+            );
+        }
+        println!(
+            "  CNI ADD cluster/single {} (target <= {:.2}): {}; bench-cri.md (berth): RunPodSandbox {:.2}, CNI ADD {:.2}",
+            f(r.ratio.cni_add_ms),
+            r.target_add_ratio,
+            pass(r.add_pass),
+            r.doc_run_ms,
+            r.doc_cni_add_ms
+        );
+        println!(
+            "  straight ADDs ({} pods each, no containerd/loopback): cluster {}; single {}",
+            r.straight_adds,
+            r.cluster_chain.describe(),
+            r.single_chain.describe()
+        );
+        println!();
+    }
+    print_error("cluster cri", &c.cri_error);
+    if let Some(j) = &c.join {
+        println!(
+            "== cluster: {} new nodes joining, from `berth node` starting (target < {:.0} ms) ==",
+            j.joins, j.target_ms
+        );
+        println!(
+            "  -> its pod answers a ping from another node's: median {:>8} ms, max {:>8} ms   {}   [{}]",
+            f(j.answer_median_ms),
+            f(j.answer_max_ms),
+            pass(j.pass),
+            list(&j.answer_ms, 1)
+        );
+        println!(
+            "  -> the pod's ADD returned: median {:>8} ms [{}]; -> /readyz 200: median {:>8} ms [{}]",
+            f(j.add_median_ms),
+            list(&j.add_ms, 1),
+            f(j.ready_median_ms),
+            list(&j.ready_ms, 1)
+        );
+        println!();
+    }
+    print_error("cluster join", &c.join_error);
+    if let Some(p) = &c.footprint {
+        println!(
+            "== cluster: `berth node` with {} nodes' leases and {} pods (targets: < {:.0} MiB, < {:.0}% of a core idle) ==",
+            p.nodes, p.pods, p.rss_target_mib, p.idle_cpu_target_percent
+        );
+        println!(
+            "  idle {:.0} s: CPU {} ({}), RSS {:.1} MiB",
+            p.idle_secs,
+            pct(p.idle_cpu_percent),
+            pass(p.idle_cpu_pass),
+            p.idle_rss_mib
+        );
+        println!(
+            "  flush storm ({} flushes in {:.1} s, tables back {:.1} ms after the last, {} repairs counted): CPU {}, RSS {:.1} MiB",
+            p.storm_flushes,
+            p.storm_secs,
+            p.rules_back_ms,
+            p.storm_repairs.map_or("?".into(), |r| r.to_string()),
+            pct(p.storm_cpu_percent),
+            p.storm_rss_mib
+        );
+        println!(
+            "  resident at most {:.1} MiB while measured ({}); VmHWM {:.1} MiB; setup {:.1} s; ADDs: {}",
+            p.idle_rss_mib.max(p.storm_rss_mib),
+            pass(p.rss_pass),
+            p.peak_rss_mib,
+            p.setup_secs,
+            p.chain.describe()
+        );
+        println!();
+    }
+    print_error("cluster footprint", &c.footprint_error);
 }
 
 /// A CPU share of one core, one decimal.
@@ -615,6 +742,10 @@ pub(crate) fn print_tables(report: &Report) {
         print_bandwidth(bw);
     }
     print_error("bandwidth", &report.bandwidth_error);
+    if let Some(c) = &report.cluster {
+        print_cluster(c);
+    }
+    print_error("cluster", &report.cluster_error);
     if let Some(rows) = &report.compare {
         print_compare(rows);
     }

@@ -345,21 +345,40 @@ fn answered_after(
     })
 }
 
-/// `berth watch` in the host namespace, its stderr in a file; stopped
-/// (SIGTERM by its PID) on drop.
-struct Watcher {
+/// A long-running `berth` command (`berth watch`, `berth node`) in a host
+/// namespace, its stderr in a file; stopped (SIGTERM by its PID) on drop.
+pub(crate) struct Daemon {
     proc: Proc,
     log: PathBuf,
+    what: String,
     _dir: TempDir,
 }
 
-impl Watcher {
-    fn start(berth_dir: &Path, host: &Netns, run_dir: &Path) -> Result<Watcher> {
-        let dir = TempDir::new("rc-log")?;
-        let log = dir.path().join("watch.log");
+impl Daemon {
+    /// `berth watch` in the host namespace.
+    fn watch(berth_dir: &Path, host: &Netns, run_dir: &Path) -> Result<Daemon> {
+        Daemon::start(
+            berth_dir,
+            host,
+            run_dir,
+            &["watch", "--interval", INTERVAL_SECS],
+        )
+    }
+
+    /// `berth ARGS` in `host` with `run_dir` as its BERTH_RUN_DIR (the
+    /// plugins' there), logging at info level.
+    pub(crate) fn start(
+        berth_dir: &Path,
+        host: &Netns,
+        run_dir: &Path,
+        args: &[&str],
+    ) -> Result<Daemon> {
+        let what = format!("berth {}", args.first().copied().unwrap_or_default());
+        let dir = TempDir::new("daemon-log")?;
+        let log = dir.path().join("berth.log");
         let file = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
         let mut cmd = Command::new(berth_dir.join("berth"));
-        cmd.args(["watch", "--interval", INTERVAL_SECS])
+        cmd.args(args)
             .env("BERTH_RUN_DIR", run_dir)
             .env("BERTH_LOG", "info")
             // Plain lines in the file, whatever tracing's default.
@@ -369,16 +388,25 @@ impl Watcher {
             .stderr(file);
         // Spawned from a thread inside the host namespace: the process is
         // born there (its PID is berth's own, no `ip netns exec` between).
-        let child = host.run(move || cmd.spawn().context("start berth watch"))?;
-        Ok(Watcher {
+        let child = host.run(|| cmd.spawn().with_context(|| format!("start {what}")))?;
+        Ok(Daemon {
             proc: Proc(child),
             log,
+            what,
             _dir: dir,
         })
     }
 
     fn pid(&self) -> u32 {
         self.proc.0.id()
+    }
+
+    /// Fails if it has exited, saying how and how its log ends.
+    pub(crate) fn still_running(&mut self) -> Result<()> {
+        match self.proc.0.try_wait()? {
+            Some(status) => bail!("{} exited ({status}); {}", self.what, self.tail()),
+            None => Ok(()),
+        }
     }
 
     /// The log's length now, to read what comes after it.
@@ -393,11 +421,11 @@ impl Watcher {
     }
 
     /// The last lines of the log, for an error message.
-    fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let log = self.since(0);
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(5)..].join(" / ");
-        format!("berth watch's log ends: {tail:?}")
+        format!("{}'s log ends: {tail:?}", self.what)
     }
 
     /// Waits for the `watching` line (the end of the first pass).
@@ -423,13 +451,55 @@ impl Watcher {
         }
     }
 
-    /// The watcher's CPU time so far, in clock ticks.
-    fn cpu_ticks(&self) -> Result<u64> {
+    /// Its CPU time so far, in clock ticks.
+    pub(crate) fn cpu_ticks(&self) -> Result<u64> {
         let pid = self.pid();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("read /proc/{pid}/stat (has berth watch exited?)"))?;
+            .with_context(|| format!("read /proc/{pid}/stat (has {} exited?)", self.what))?;
         stat_cpu_ticks(&stat).with_context(|| format!("/proc/{pid}/stat: {stat:?}"))
     }
+
+    /// A `kB` line of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+    pub(crate) fn status_kib(&self, key: &str) -> Result<u64> {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status (has {} exited?)", self.what))?;
+        status_kib(&status, key).with_context(|| format!("no {key} in /proc/{pid}/status"))
+    }
+}
+
+/// The value of `key` (`VmRSS: 1234 kB`) in a /proc/PID/status text, in
+/// KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `per_sec` flushes of `host`'s ruleset a second for `over`, evenly
+/// spaced from the first; `each` runs after every flush. The flushes made
+/// and when the first started.
+pub(crate) fn flush_storm(
+    host: &Netns,
+    per_sec: u32,
+    over: Duration,
+    mut each: impl FnMut() -> Result<()>,
+) -> Result<(u32, Instant)> {
+    let flushes = (f64::from(per_sec) * over.as_secs_f64()).round() as u32;
+    let start = Instant::now();
+    for k in 0..flushes {
+        let at = start + over / flushes * k;
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        flush(host)?;
+        each()?;
+    }
+    Ok((flushes, start))
 }
 
 /// utime + stime of a /proc/PID/stat line (all the process's threads).
@@ -444,7 +514,7 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// Clock ticks over `over` as a percentage of one core.
-fn percent_of_a_core(ticks: u64, over: Duration) -> f64 {
+pub(crate) fn percent_of_a_core(ticks: u64, over: Duration) -> f64 {
     // SAFETY: sysconf has no preconditions; _SC_CLK_TCK is always known.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / per_sec / over.as_secs_f64() * 100.0
@@ -555,7 +625,7 @@ pub(crate) fn reconcile(
     }
 
     eprintln!("reconcile: starting berth watch");
-    let mut watcher = Watcher::start(berth_dir, &host, run.path())?;
+    let mut watcher = Daemon::watch(berth_dir, &host, run.path())?;
     let first_pass = watcher.wait_watching()?;
     if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
         bail!(
@@ -603,17 +673,10 @@ pub(crate) fn reconcile(
     let idle = start.elapsed();
     let idle_cpu_percent = percent_of_a_core(watcher.cpu_ticks()? - ticks, idle);
 
-    let storm_flushes = STORM_PER_SEC * STORM.as_secs() as u32;
-    eprintln!("reconcile: a flush storm, {storm_flushes} flushes in {STORM:?}");
+    eprintln!("reconcile: a flush storm, {STORM_PER_SEC} flushes a second for {STORM:?}");
     let mark = watcher.mark();
-    let (ticks, start) = (watcher.cpu_ticks()?, Instant::now());
-    for k in 0..storm_flushes {
-        let at = start + STORM / storm_flushes * k;
-        if let Some(wait) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        flush(&host)?;
-    }
+    let ticks = watcher.cpu_ticks()?;
+    let (storm_flushes, start) = flush_storm(&host, STORM_PER_SEC, STORM, || Ok(()))?;
     let last = Instant::now();
     let storm = last - start;
     let back = answered_after(&outside, probe, last, REPAIR_LIMIT)?;
@@ -672,6 +735,15 @@ mod tests {
         assert_eq!(stat_cpu_ticks(stat), Some(42));
         assert_eq!(stat_cpu_ticks("4242 (berth) S 1"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn kib_of_a_status_file() {
+        let status = "Name:\tberth\nVmHWM:\t   14336 kB\nVmRSS:\t   12288 kB\nThreads:\t5\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(12288));
+        assert_eq!(status_kib(status, "VmHWM"), Some(14336));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+        assert_eq!(status_kib("VmRSSx: 1 kB\n", "VmRSS"), None);
     }
 
     #[test]

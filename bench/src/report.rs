@@ -73,6 +73,10 @@ pub(crate) struct Report {
     pub(crate) bandwidth: Option<Bandwidth>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) bandwidth_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<Cluster>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster_error: Option<String>,
     /// Every part that ran succeeded (see main.rs).
     pub(crate) ok: bool,
 }
@@ -105,6 +109,8 @@ impl Report {
             etcd_error: None,
             bandwidth: None,
             bandwidth_error: None,
+            cluster: None,
+            cluster_error: None,
             ok: true,
         }
     }
@@ -811,4 +817,203 @@ impl Rate {
             _ => "-".into(),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// cluster
+
+/// berth as a Kubernetes cluster network (see cluster.rs): each
+/// measurement, or why it failed, next to the others.
+#[derive(Debug, Serialize)]
+pub(crate) struct Cluster {
+    /// The machine's 1-minute load average when the part started and
+    /// when it ended.
+    pub(crate) load_average: [Option<f64>; 2],
+    /// etcd's version, `null` if `etcd --version` said none.
+    pub(crate) etcd: Option<String>,
+    /// deploy/kubernetes/berth.yaml's conflist, as the ConfigMap holds it
+    /// (each node's has its store's endpoint, TLS files and prefix, its
+    /// name and dataDir patched in).
+    pub(crate) conflist: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throughput: Option<ClusterThroughput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throughput_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cri: Option<ClusterCri>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cri_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) join: Option<Join>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) join_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) footprint: Option<Footprint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) footprint_error: Option<String>,
+}
+
+impl Cluster {
+    /// Whether every measurement ran (the targets are reported, not
+    /// enforced, like the other parts').
+    pub(crate) fn ok(&self) -> bool {
+        self.throughput_error.is_none()
+            && self.cri_error.is_none()
+            && self.join_error.is_none()
+            && self.footprint_error.is_none()
+    }
+}
+
+/// Pod to pod across two nodes against the other paths, Gbit/s.
+#[derive(Debug, Serialize)]
+pub(crate) struct ClusterThroughput {
+    pub(crate) iperf_secs: u64,
+    pub(crate) runs_per_path: usize,
+    pub(crate) underlay_mtu: u32,
+    pub(crate) vxlan_mtu: u32,
+    pub(crate) pod_mtu: u32,
+    pub(crate) target_ratio: f64,
+    pub(crate) cross_over_hand: Option<f64>,
+    pub(crate) ratio_pass: bool,
+    pub(crate) cross_over_same_node: Option<f64>,
+    pub(crate) cross_over_underlay: Option<f64>,
+    pub(crate) no_fragmentation: bool,
+    pub(crate) cross_node: FlowReport,
+    pub(crate) same_node: FlowReport,
+    pub(crate) hand_vxlan: FlowReport,
+    pub(crate) underlay: FlowReport,
+}
+
+impl ClusterThroughput {
+    /// The four paths, in the order they ran.
+    pub(crate) fn paths(&self) -> [FlowRow<'_>; 4] {
+        [
+            FlowRow {
+                label: "cross",
+                what: "pod -> pod across two nodes (berth-overlay)",
+                flow: &self.cross_node,
+            },
+            FlowRow {
+                label: "same",
+                what: "pod -> pod on one node",
+                flow: &self.same_node,
+            },
+            FlowRow {
+                label: "hand",
+                what: "container -> container, VXLAN built by hand",
+                flow: &self.hand_vxlan,
+            },
+            FlowRow {
+                label: "under",
+                what: "node -> node on the underlay",
+                flow: &self.underlay,
+            },
+        ]
+    }
+}
+
+/// Pods under containerd's CRI on the cluster conflist (with `berth node`)
+/// and on the single-node one, in the same run.
+#[derive(Debug, Serialize)]
+pub(crate) struct ClusterCri {
+    pub(crate) pods: usize,
+    pub(crate) containerd: Option<String>,
+    pub(crate) cluster: CriSummary,
+    pub(crate) single: CriSummary,
+    /// cluster / single of each figure.
+    pub(crate) ratio: CriTimes,
+    pub(crate) target_add_ratio: f64,
+    pub(crate) add_pass: bool,
+    /// berth's figures in docs/results/bench-cri.md.
+    pub(crate) doc_cni_add_ms: f64,
+    pub(crate) doc_run_ms: f64,
+    /// Pods attached by running each conflist's plugins straight in the
+    /// same node namespaces (no containerd, no loopback), alternating.
+    pub(crate) straight_adds: usize,
+    pub(crate) cluster_chain: ChainTimes,
+    pub(crate) single_chain: ChainTimes,
+}
+
+/// A conflist's ADD plugin by plugin, one exec each, in ms.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChainTimes {
+    pub(crate) plugins: Vec<String>,
+    /// Each plugin's median, in the order of `plugins`.
+    pub(crate) median_ms: Vec<Option<f64>>,
+    /// The median of the pods' sums.
+    pub(crate) total_median_ms: Option<f64>,
+}
+
+impl ChainTimes {
+    /// `plugin 1.23 ms + plugin 4.56 ms = 5.79 ms`.
+    pub(crate) fn describe(&self) -> String {
+        let steps: Vec<String> = self
+            .plugins
+            .iter()
+            .zip(&self.median_ms)
+            .map(|(p, m)| format!("{p} {}", m.map_or("-".into(), |m| format!("{m:.2} ms"))))
+            .collect();
+        format!(
+            "{} = {}",
+            steps.join(" + "),
+            self.total_median_ms
+                .map_or("-".into(), |m| format!("{m:.2} ms"))
+        )
+    }
+}
+
+/// New nodes joining, one after the other: from `berth node` starting.
+#[derive(Debug, Serialize)]
+pub(crate) struct Join {
+    pub(crate) joins: usize,
+    /// ... to the new node's pod answering a ping from a pod on another
+    /// node.
+    pub(crate) answer_ms: Vec<f64>,
+    pub(crate) answer_median_ms: Option<f64>,
+    pub(crate) answer_max_ms: Option<f64>,
+    /// ... to the pod's ADD returning (started right after the agent).
+    pub(crate) add_ms: Vec<f64>,
+    pub(crate) add_median_ms: Option<f64>,
+    /// ... to the agent's /readyz answering 200.
+    pub(crate) ready_ms: Vec<f64>,
+    pub(crate) ready_median_ms: Option<f64>,
+    pub(crate) target_ms: f64,
+    pub(crate) pass: bool,
+}
+
+/// `berth node`'s resident set (MiB) and CPU (share of one core).
+#[derive(Debug, Serialize)]
+pub(crate) struct Footprint {
+    /// Simulated nodes' leases, and pods on the node.
+    pub(crate) nodes: usize,
+    pub(crate) pods: usize,
+    /// Leases put, the agent ready, the pods' ADDs.
+    pub(crate) setup_secs: f64,
+    /// The pods' ADDs, plugin by plugin (with the agent running).
+    pub(crate) chain: ChainTimes,
+    /// berth's nftables tables on the node, which the storm flushes.
+    pub(crate) tables: Vec<String>,
+    pub(crate) idle_secs: f64,
+    pub(crate) idle_cpu_percent: f64,
+    /// The largest VmRSS read (every second) while idle.
+    pub(crate) idle_rss_mib: f64,
+    pub(crate) storm_flushes: usize,
+    /// The first flush of the storm to the last one's return.
+    pub(crate) storm_secs: f64,
+    /// From the storm's first flush until the tables were back after the
+    /// last.
+    pub(crate) storm_cpu_percent: f64,
+    /// The largest VmRSS read (after each flush) during the storm.
+    pub(crate) storm_rss_mib: f64,
+    /// The storm's last flush returned -> berth's tables back.
+    pub(crate) rules_back_ms: f64,
+    /// berth_reconciler_repairs_total's growth over the storm.
+    pub(crate) storm_repairs: Option<u64>,
+    /// VmHWM at the end (or a larger VmRSS read): the most it was ever
+    /// resident.
+    pub(crate) peak_rss_mib: f64,
+    pub(crate) rss_target_mib: f64,
+    pub(crate) idle_cpu_target_percent: f64,
+    pub(crate) rss_pass: bool,
+    pub(crate) idle_cpu_pass: bool,
 }
