@@ -1577,6 +1577,10 @@ pub struct ClusterOptions {
     /// The overlay's etcd `leaseTTL` in the ConfigMap's conflists, in
     /// seconds (None: the manifest's).
     pub lease_ttl: Option<u64>,
+    /// The ConfigMap's conflists name kubeadm's own etcd client files on
+    /// the node (README.md's "kubeadm's files" variant) instead of the
+    /// Secret's copies.
+    pub kubeadm_files: bool,
 }
 
 impl ClusterOptions {
@@ -1586,7 +1590,13 @@ impl ClusterOptions {
             network6: None,
             conf_template: None,
             lease_ttl: None,
+            kubeadm_files: false,
         }
+    }
+
+    pub fn kubeadm_files(mut self) -> Self {
+        self.kubeadm_files = true;
+        self
     }
 
     pub fn lease_ttl(mut self, secs: u64) -> Self {
@@ -1695,6 +1705,9 @@ impl Cluster {
                 endpoints,
                 network6: opts.network6.clone(),
                 lease_ttl: opts.lease_ttl,
+                tls_files: opts
+                    .kubeadm_files
+                    .then(|| KUBEADM_ETCD_CLIENT_FILES.map(String::from)),
             };
             let objects = api_objects(&manifest, &nodes[0], &edits);
             Cluster {
@@ -1850,7 +1863,17 @@ pub struct ConflistEdits {
     pub network6: Option<String>,
     /// `store.etcd.leaseTTL`, if given.
     pub lease_ttl: Option<u64>,
+    /// `store.etcd`'s `caFile`, `certFile` and `keyFile`, if given.
+    pub tls_files: Option<[String; 3]>,
 }
+
+/// kubeadm's etcd CA and the API server's etcd client certificate and key,
+/// where kubeadm writes them on a control-plane node.
+pub const KUBEADM_ETCD_CLIENT_FILES: [&str; 3] = [
+    "/etc/kubernetes/pki/etcd/ca.crt",
+    "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+    "/etc/kubernetes/pki/apiserver-etcd-client.key",
+];
 
 /// The conflist `text` with every berth-overlay plugin edited by `edits`.
 pub fn edit_conflist(text: &str, edits: &ConflistEdits) -> String {
@@ -1871,6 +1894,11 @@ pub fn edit_conflist(text: &str, edits: &ConflistEdits) -> String {
         }
         if let Some(ttl) = edits.lease_ttl {
             p["store"]["etcd"]["leaseTTL"] = json!(ttl);
+        }
+        if let Some([ca, cert, key]) = &edits.tls_files {
+            p["store"]["etcd"]["caFile"] = json!(ca);
+            p["store"]["etcd"]["certFile"] = json!(cert);
+            p["store"]["etcd"]["keyFile"] = json!(key);
         }
     }
     assert!(found, "the conflist has no berth-overlay plugin: {c}");
@@ -1983,8 +2011,13 @@ mod tests {
             endpoints: vec!["https://10.0.0.1:2379".into()],
             network6: Some("fd44::/48".into()),
             lease_ttl: Some(6),
+            tls_files: Some(KUBEADM_ETCD_CLIENT_FILES.map(String::from)),
         };
         let out: Value = serde_json::from_str(&edit_conflist(c, &edits)).unwrap();
+        assert_eq!(
+            out["plugins"][0]["store"]["etcd"]["certFile"],
+            json!("/etc/kubernetes/pki/apiserver-etcd-client.crt")
+        );
         assert_eq!(
             out["plugins"][0]["store"]["etcd"]["endpoints"],
             json!(["https://10.0.0.1:2379"])

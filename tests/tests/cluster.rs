@@ -43,7 +43,9 @@ use berth_tests::cri::{ping_in, CriClient, PodSpec, PodStatus};
 use berth_tests::etcd_tls::unb64;
 use berth_tests::image::{output_text, release_dir, NodeImage};
 use berth_tests::kube_proxy::kube_proxy_table;
-use berth_tests::manifest::{DaemonSet, IntOrString, Manifest};
+use berth_tests::manifest::{
+    DaemonSet, HostPathSource, IntOrString, Manifest, Volume, VolumeMount,
+};
 use berth_tests::metrics::{key, promtool_finds_nothing, samples};
 use berth_tests::overlay_hosts::within;
 use berth_tests::{
@@ -626,6 +628,50 @@ fn daemon_set_with_template(ds: &DaemonSet) -> DaemonSet {
          to replace: {:?}",
         ds.spec.template.spec.init_containers
     );
+    ds
+}
+
+/// The DaemonSet reaching etcd with kubeadm's own files mounted read-only
+/// from the node instead of the Secret, the edits README.md ("A cluster
+/// from a fresh kubeadm install") tells the operator to make for it: no
+/// `--etcd-tls-dir` and no `berth-etcd` volume; the node container mounts
+/// the node's `/etc/kubernetes/pki` read-only at the same path (the
+/// conflist names the files there: `ClusterOptions::kubeadm_files`).
+fn daemon_set_with_kubeadm_files(ds: &DaemonSet) -> DaemonSet {
+    let mut ds = ds.clone();
+    let pod = &mut ds.spec.template.spec;
+    let mut dropped = 0;
+    for c in &mut pod.init_containers {
+        if let Some(i) = c.args.iter().position(|a| a == "--etcd-tls-dir") {
+            c.args.drain(i..i + 2);
+            dropped += 1;
+        }
+        c.volume_mounts.retain(|m| m.name != "berth-etcd");
+    }
+    assert_eq!(
+        dropped, 1,
+        "no --etcd-tls-dir to drop: {:?}",
+        pod.init_containers
+    );
+    let before = pod.volumes.len();
+    pod.volumes.retain(|v| v.name != "berth-etcd");
+    assert_eq!(pod.volumes.len(), before - 1, "no berth-etcd volume");
+    pod.volumes.push(Volume {
+        name: "kubeadm-pki".into(),
+        host_path: Some(HostPathSource {
+            path: "/etc/kubernetes/pki".into(),
+            kind: Some("Directory".into()),
+        }),
+        config_map: None,
+        secret: None,
+    });
+    pod.containers[0].volume_mounts.push(VolumeMount {
+        name: "kubeadm-pki".into(),
+        mount_path: "/etc/kubernetes/pki".into(),
+        read_only: true,
+        sub_path: None,
+        mount_propagation: None,
+    });
     ds
 }
 
@@ -1837,7 +1883,9 @@ fn node_dies(m: &mut Main) {
 // the podCIDR source, and bad ConfigMaps
 
 /// A second, smaller cluster whose containerds render the ConfigMap's
-/// podCIDR template (`conf_template`, as README.md says):
+/// podCIDR template (`conf_template`, as README.md says), and whose nodes
+/// reach etcd with kubeadm's own files mounted from the node (README.md's
+/// other variant, [`daemon_set_with_kubeadm_files`]):
 /// - the DaemonSet installs the template (its args switched from
 ///   `--conflist` to `--conf-template` on the parsed manifest, exactly as
 ///   README.md tells the operator), the node pods wait for the conflist;
@@ -1860,10 +1908,11 @@ fn pod_cidrs_from_containerds_template_and_bad_conflists() {
     let mut cluster = Cluster::start(
         ClusterOptions::new(2)
             .network6(NETWORK6)
-            .conf_template(TEMPLATE_ON_NODE),
+            .conf_template(TEMPLATE_ON_NODE)
+            .kubeadm_files(),
     );
     let plain_ds = cluster.manifest.daemon_set().clone();
-    let ds = daemon_set_with_template(&plain_ds);
+    let ds = daemon_set_with_kubeadm_files(&daemon_set_with_template(&plain_ds));
     let objects = cluster.objects.clone();
     let mut cases = Cases::default();
     let cidrs = [
@@ -1888,7 +1937,8 @@ fn pod_cidrs_from_containerds_template_and_bad_conflists() {
                     "{log}"
                 );
                 let conf = names(&n.host_path("/etc/cni/net.d"));
-                assert_eq!(conf, ["berth", "berth-etcd"], "{}'s conf dir", n.name);
+                // kubeadm's files are used where they are: no copies.
+                assert_eq!(conf, ["berth"], "{}'s conf dir", n.name);
                 let body = wait_not_ready(n, Duration::from_secs(10), |b| {
                     b.contains("no network configuration in /etc/cni/net.d")
                 })

@@ -28,4 +28,4 @@ pub use agent::{run_agent, run_agent_on, run_agent_with, AgentHealth, AgentOptio
 pub use config::{OverlayConf, Peer};
 pub use datapath::{bridge_name, mac_text, vtep_mac, vxlan_name};
 pub use lease::resolve;
-pub use node::{join_node, leave_node, parse_conf, remove_node};
+pub use node::{held_or_resolved, join_node, leave_node, parse_conf, remove_node};

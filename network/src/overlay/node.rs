@@ -87,6 +87,16 @@ fn agent_held(conf: &OverlayConf, rec: &Option<NodeRecord>, now: u64) -> Option<
     })
 }
 
+/// For DEL and GC, which need the node's subnet but not its peers: the
+/// agent's word when it holds a fresh lease (no round trip to etcd), else
+/// the store's view, else the subnet cached on this node.
+pub fn held_or_resolved(conf: &OverlayConf) -> Result<OverlayConf, Error> {
+    match agent_held(conf, &NodeRecord::read(&conf.name), record::now()) {
+        Some(held) => Ok(held),
+        None => super::lease::resolve_or_cached(conf),
+    }
+}
+
 /// Takes this node out of the overlay (berthd's DeleteNetwork): gives the
 /// lease back, deletes the VXLAN device (its FDB, neighbour entries and
 /// routes go with it) and this host's notes of the network. Each step

@@ -9,7 +9,7 @@ use berth_kernel::Handle;
 use berth_network::attachment::{Addresses, BridgeNetwork, Ipam};
 use berth_network::overlay::datapath::{bridge_name, peer_routes, vxlan_name};
 use berth_network::overlay::lease::{cached_subnet, resolve, resolve_or_cached};
-use berth_network::overlay::{join_node, OverlayConf};
+use berth_network::overlay::{held_or_resolved, join_node, OverlayConf};
 use berth_network::Kind;
 use cni::{CniResult, Error, Plugin, Request, Route};
 use ifconf::attach;
@@ -148,7 +148,7 @@ impl Plugin for OverlayPlugin {
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
-        let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
+        let conf = held_or_resolved(&overlay_conf(req)?).map_err(core_error)?;
         let mut ipam = NodeIpam { req, conf: &conf };
         attach::del(req, &node_network(req, &conf, None), Some(&mut ipam))
     }
@@ -204,7 +204,7 @@ impl Plugin for OverlayPlugin {
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
-        let conf = resolve_or_cached(&overlay_conf(req)?).map_err(core_error)?;
+        let conf = held_or_resolved(&overlay_conf(req)?).map_err(core_error)?;
         let mut ipam = NodeIpam { req, conf: &conf };
         attach::gc(req, &node_network(req, &conf, None), Some(&mut ipam))
     }
