@@ -60,10 +60,10 @@ pub fn join_node(conf: &OverlayConf) -> Result<(OverlayConf, u32), Error> {
 /// the lease is certainly alive: renewed less than half its TTL ago (the
 /// agent renews every third), for this node, VNI and store (the same
 /// endpoints, credentials and prefix: a config with others must hear
-/// etcd's own answer), and the subnets the config asks for. An ADD then needs no round trip to etcd; the
-/// agent keeps the peers, so none are returned to program. None: ask the
-/// store (no agent, one stopped cleanly, one that has not renewed, etcd
-/// unreachable for a while).
+/// etcd's own answer), and the subnets the config asks for. An ADD then
+/// needs no round trip to etcd; the agent keeps the peers, so none are
+/// returned to program. None: ask the store (no agent, one stopped
+/// cleanly, one that has not renewed, etcd unreachable for a while).
 fn agent_held(conf: &OverlayConf, rec: &Option<NodeRecord>, now: u64) -> Option<OverlayConf> {
     let e = conf.etcd.as_ref()?;
     let rec = rec.as_ref()?;
