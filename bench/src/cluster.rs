@@ -1123,12 +1123,15 @@ fn join(cl: &Infra, n2: &Node<'_>, joins: usize) -> Result<Join> {
 /// Simulated node `k` (1-based) of the footprint network holds
 /// 10.244.k.0/24 (of the ConfigMap's 10.244.0.0/16) from underlay
 /// 192.168.78.k, which need not exist.
-fn simulated(k: usize) -> (Ipv4Net, Ipv4Addr) {
-    let k = u8::try_from(k).expect("at most MAX_NODES");
-    (
-        Ipv4Net::new(Ipv4Addr::new(10, 244, k, 0), 24).expect("a /24"),
+fn simulated(k: usize) -> Result<(Ipv4Net, Ipv4Addr)> {
+    let k = u8::try_from(k)
+        .ok()
+        .filter(|k| *k > 0)
+        .with_context(|| format!("simulated node {k}: only 1..=255 fit 10.244.k.0/24"))?;
+    Ok((
+        Ipv4Net::new(Ipv4Addr::new(10, 244, k, 0), 24)?,
         Ipv4Addr::new(192, 168, 78, k),
-    )
+    ))
 }
 
 /// berth's nftables tables in `ns` (`family name` each).
@@ -1174,7 +1177,7 @@ fn footprint(
     let (network, prefix, _) = network_of(&hf.conflist)?;
     let t = Instant::now();
     for k in 1..=nodes {
-        let (subnet, underlay) = simulated(k);
+        let (subnet, underlay) = simulated(k)?;
         etcd_put(
             &cl.etcd_ns,
             &lease_key(&prefix, &network, subnet),
@@ -1371,15 +1374,16 @@ mod tests {
         assert_eq!(first_ipv4(&json!({})), None);
         assert_eq!((first_of_two(4), first_of_two(7)), ([0, 1], [1, 0]));
         assert_eq!(
-            simulated(250),
+            simulated(250).unwrap(),
             (
                 "10.244.250.0/24".parse().unwrap(),
                 Ipv4Addr::new(192, 168, 78, 250)
             )
         );
         assert_eq!(
-            lease_key("/p", "berth", simulated(5).0),
+            lease_key("/p", "berth", simulated(5).unwrap().0),
             "/p/berth/subnets/10.244.5.0-24"
         );
+        assert!(simulated(0).is_err() && simulated(256).is_err());
     }
 }

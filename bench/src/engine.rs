@@ -138,20 +138,7 @@ impl Docker {
 
 fn start_dockerd(dir: &Path) -> Result<(Proc, Docker)> {
     let child = Command::new("/usr/sbin/dockerd")
-        .arg("--data-root")
-        .arg(dir.join("data"))
-        .arg("--exec-root")
-        .arg(dir.join("exec"))
-        .arg("--pidfile")
-        .arg(dir.join("docker.pid"))
-        .arg("-H")
-        .arg(format!("unix://{}", dir.join("docker.sock").display()))
-        .args([
-            "--iptables=false",
-            "--ip6tables=false",
-            "--ip-masq=false",
-            "--bridge=none",
-        ])
+        .args(berth_tests::image::private_dockerd_args(dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -73,7 +73,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_cri::v1::{
     Capability, ContainerConfig, ContainerMetadata, ContainerState, ImageSpec, KeyValue,
@@ -212,29 +212,13 @@ pub struct ApiObjects {
 }
 
 /// kubelet's name for a volume's timestamped data directory
-/// (`..2006_01_02_15_04_05.000000000`).
+/// (`..2006_01_02_15_04_05.000000000`): RFC 3339 with its separators
+/// made underscores.
 fn timestamp_dir() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
     format!(
-        "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.{:09}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        now.subsec_nanos()
+        "..{}",
+        t.trim_end_matches('Z').replace(['-', 'T', ':'], "_")
     )
 }
 

@@ -53,6 +53,48 @@ pub struct Dockerd {
     child: Option<Child>,
 }
 
+/// dockerd's arguments for a private engine in `dir`: its own data root,
+/// exec root, pidfile and socket (`dir/docker.sock`), and no networking of
+/// its own (no bridge, no iptables), so it never meets another test's
+/// dockerd or the host's.
+pub fn private_dockerd_args(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, sub) in [
+        ("--data-root", "data"),
+        ("--exec-root", "exec"),
+        ("--pidfile", "docker.pid"),
+    ] {
+        a.push(flag.into());
+        a.push(dir.join(sub).into());
+    }
+    a.push("-H".into());
+    a.push(format!("unix://{}", dir.join("docker.sock").display()).into());
+    for flag in [
+        "--iptables=false",
+        "--ip6tables=false",
+        "--ip-masq=false",
+        "--bridge=none",
+    ] {
+        a.push(flag.into());
+    }
+    a
+}
+
+/// Lazily unmounts whatever is mounted under `root`, deepest first: what
+/// a daemon a test started (dockerd, berthd) left mounted when it died.
+pub fn unmount_under(root: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(root))
+        .collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours {
+        let _ = Command::new("umount").arg("-l").arg(m).status();
+    }
+}
+
 impl Dockerd {
     pub fn start() -> Dockerd {
         require_root();
@@ -64,20 +106,7 @@ impl Dockerd {
         let d = dir.path();
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let child = Command::new("/usr/sbin/dockerd")
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .args([
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-            ])
+            .args(private_dockerd_args(d))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -140,17 +169,7 @@ impl Drop for Dockerd {
             }
         }
         // Mounts dockerd left under its data root (overlay, shm) if it died.
-        let root = self.dir.path().to_path_buf();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&root))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
+        unmount_under(self.dir.path());
     }
 }
 

@@ -169,17 +169,7 @@ impl Drop for Berthd {
     fn drop(&mut self) {
         self.kill();
         // Whatever a failed test left mounted under our root.
-        let root = self.root();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&root))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
+        berth_tests::image::unmount_under(&self.root());
     }
 }
 

@@ -149,20 +149,7 @@ impl Daemons {
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let child = self
             .daemon_command("/usr/sbin/dockerd")
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .args([
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-            ])
+            .args(berth_tests::image::private_dockerd_args(d))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -294,17 +281,7 @@ impl Drop for Daemons {
         self.stop_dockerd();
         self.stop_berthd_hard();
         let _ = std::fs::remove_file(self.socket());
-        let root = self.dir.path().to_path_buf();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&root))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
+        berth_tests::image::unmount_under(self.dir.path());
     }
 }
 
