@@ -615,6 +615,20 @@ fn gc_releases_what_belongs_to_containers_that_are_gone() {
     let gone_path = ns_gone.path_str().to_string();
     drop(ns_gone);
     drop(ns_mgone);
+    // The kernel takes a deleted netns's veth pair down in a worker, a
+    // moment after the delete: wait for it, or status and the metrics
+    // taken after it could see the host end in one and not the other.
+    let gone_veth = host_veth(&r_gone, "opgcbr");
+    let veth_gone = poll_until(
+        std::time::Instant::now(),
+        std::time::Duration::from_secs(10),
+        || {
+            !fx.host
+                .sh("ip -j link show")
+                .contains(&format!("\"{gone_veth}\""))
+        },
+    );
+    assert!(veth_gone.is_some(), "{gone_veth} outlived its netns");
     let db = fx.data.path().join(&net_a).join("ipam.db");
     let c = rusqlite::Connection::open(&db).unwrap();
     let n = c
