@@ -42,6 +42,15 @@ pub enum Error {
     /// `nft` failed or printed something unexpected.
     #[error("{op}: {msg}")]
     Nft { op: String, msg: String },
+    /// The kernel refused an nf_tables batch (and applied none of it);
+    /// `object` is the command it refused.
+    #[error("{op}: {object}: {}{}", errno_text(*errno), ext_suffix(ext.as_deref()))]
+    NfTables {
+        op: String,
+        object: String,
+        errno: i32,
+        ext: Option<String>,
+    },
 }
 
 impl Error {
@@ -49,7 +58,7 @@ impl Error {
     /// call (e.g. `Some(libc::EEXIST)` when creating a link that exists).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Netlink { errno, .. } => Some(*errno),
+            Error::Netlink { errno, .. } | Error::NfTables { errno, .. } => Some(*errno),
             Error::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }

@@ -18,6 +18,7 @@ mod handle;
 mod link;
 mod mac;
 mod netns;
+pub mod nf_tables;
 mod nl;
 mod route;
 pub mod sysctl;

@@ -120,7 +120,7 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
         quiet::quiet_add_in(ns, &rules.quiet_ports)?;
     }
     let op = format!("apply firewall rules of network {}", rules.network);
-    run_batch(ns, rules::apply_batch(rules), &op)
+    rules::apply_batch(rules).commit(ns, &op)
 }
 
 /// Removes everything `network` has in the table. Succeeds when there is
@@ -146,7 +146,7 @@ pub fn remove_with_bridge_in(
         check_ifname(b)?;
     }
     let op = format!("remove firewall rules of network {network}");
-    run_batch(ns, rules::remove_batch(network, bridge), &op)
+    rules::remove_batch(network, bridge).commit(ns, &op)
 }
 
 /// Removes the whole `inet berth` table with everything in it, for the
@@ -157,7 +157,7 @@ pub fn remove_table() -> Result<()> {
 
 /// [`remove_table`] inside `ns` (None: the caller's namespace).
 pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
-    run_batch(ns, rules::remove_table_batch(), "remove table inet berth")
+    rules::remove_table_batch().commit(ns, "remove table inet berth")
 }
 
 /// Removes `network`'s objects (and `bridge` from `berth-bridges`, see
@@ -168,11 +168,9 @@ pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
 /// caller holds berth's host-wide lock.
 pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str>) -> Result<bool> {
     check_network(network)?;
-    let op = format!("list nft table inet {TABLE}");
-    let listing = list_table(ns, &op)?;
+    let listing = crate::nf_tables::list_table(ns, &rules::table())?;
     let others = match &listing {
-        Some(out) => state::foreign_objects(out, &chain_names(network))
-            .map_err(|msg| Error::Nft { op, msg })?,
+        Some(l) => state::foreign_objects(l, &chain_names(network)),
         None => 0,
     };
     if others > 0 {
@@ -197,8 +195,7 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
 /// left them while the ports were still there. The caller holds berth's
 /// host-wide lock, as for [`release_network_in`].
 pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
-    let op = format!("list nft table inet {TABLE}");
-    let Some(listing) = list_table(ns, &op)? else {
+    let Some(listing) = crate::nf_tables::list_table(ns, &rules::table())? else {
         return Ok(false);
     };
     let nothing = ChainNames {
@@ -207,23 +204,13 @@ pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
         set_v4: String::new(),
         set_v6: String::new(),
     };
-    if state::foreign_objects(&listing, &nothing).map_err(|msg| Error::Nft { op, msg })? > 0 {
+    if state::foreign_objects(&listing, &nothing) > 0 {
         return Ok(false);
     }
     remove_docker_user_in(ns)?;
     remove_table_in(ns)?;
     spoofchk_remove_table_if_unused_in(ns)?;
     Ok(true)
-}
-
-/// `nft -j list table inet berth`, or None if there is no such table (nft
-/// reports that as ENOENT on stderr).
-fn list_table(ns: Option<&Netns>, op: &str) -> Result<Option<String>> {
-    match nft::run(ns, &["-j", "list", "table", "inet", TABLE], None, op) {
-        Ok(out) => Ok(Some(out)),
-        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// For the reconciler: the first thing `listing` (of `inet berth`) lacks
@@ -281,9 +268,8 @@ pub fn network_state(network: &str) -> Result<NetworkState> {
 /// [`network_state`] inside `ns` (None: the caller's namespace).
 pub fn network_state_in(ns: Option<&Netns>, network: &str) -> Result<NetworkState> {
     check_network(network)?;
-    let op = format!("list nft table inet {TABLE}");
-    let Some(out) = list_table(ns, &op)? else {
+    let Some(listing) = crate::nf_tables::list_table(ns, &rules::table())? else {
         return Ok(NetworkState::default());
     };
-    state::parse(&out, &chain_names(network)).map_err(|msg| Error::Nft { op, msg })
+    Ok(state::parse(&listing, &chain_names(network)))
 }

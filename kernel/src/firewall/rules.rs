@@ -1,29 +1,26 @@
-//! Building the nftables batches for one network (pure: no I/O).
+//! Building the nf_tables batches for one network (pure: no I/O).
 //!
 //! Every batch is idempotent without listing the ruleset first: `add` of an
 //! existing table/chain/set is a no-op, so "add, then flush" always leaves
 //! an empty object to refill, and "add, then delete" always removes it,
-//! whether or not it existed before (nft 1.0.6 has no `destroy`). The whole
-//! batch is one kernel transaction: other processes see the old rules or
-//! the new ones, never a half-applied state.
-
-use std::borrow::Cow;
-use std::collections::HashSet;
+//! whether or not it existed before (kernels before 6.3 have no
+//! `destroy`). The whole batch is one kernel transaction: other processes
+//! see the old rules or the new ones, never a half-applied state.
+//!
+//! The rules are written as nft compiles them, instruction for
+//! instruction, so `nft list ruleset` shows them as it always has.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use nftables::batch::Batch;
-use nftables::expr::{
-    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
-};
-use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
-    Table,
-};
-use nftables::stmt::{Accept, Mangle, Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::names::{chain_names, ChainNames};
 use super::NetworkRules;
+use crate::nf_tables::value::{
+    addr_load, addr_prefix_cmp, bits, ct, ifname, meta, meta_cmp, nfproto_is, set_mark_bit,
+};
+use crate::nf_tables::{
+    BaseChain, Batch, Chain, ChainRef, ChainType, CmpOp, CtKey, DataType, Element, Expr, Family,
+    Hook, Key, MetaKey, Rule, Set, Table, Verdict, REG_1,
+};
 
 /// berth's private table (family inet: one table for IPv4 and IPv6).
 pub const TABLE: &str = "berth";
@@ -45,270 +42,169 @@ pub const FORWARD_MARK: u32 = 0x4000_0000;
 pub const BRIDGES_SET: &str = "berth-bridges";
 /// nft keeps at most 128 bytes of a rule comment.
 const COMMENT_MAX: usize = 120;
+/// IPS_DST_NAT: a connection that was DNATed (`ct status dnat`).
+pub(crate) const CT_STATUS_DNAT: u32 = 0x20;
+/// `ct state established,related`.
+const CT_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 
-fn table() -> Table<'static> {
-    Table {
-        family: NfFamily::INet,
-        name: TABLE.into(),
-        handle: None,
-    }
+pub(crate) fn table() -> Table {
+    Table::new(Family::Inet, TABLE)
 }
 
-fn base_chain(name: &str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
+fn base_chain(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
     Chain {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.to_string().into(),
-        newname: None,
-        handle: None,
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(prio),
-        dev: None,
-        policy: Some(NfChainPolicy::Accept),
+        at: table().chain(name),
+        base: Some(BaseChain {
+            kind,
+            hook,
+            priority,
+            accept: true,
+        }),
     }
 }
 
-fn nat_chain(n: &ChainNames) -> Chain<'static> {
-    base_chain(&n.nat, NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT)
+fn nat_chain(n: &ChainNames) -> Chain {
+    base_chain(&n.nat, ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT)
 }
 
-fn fwd_chain(n: &ChainNames) -> Chain<'static> {
-    base_chain(
-        &n.forward,
-        NfChainType::Filter,
-        NfHook::Forward,
-        PRIO_FORWARD,
-    )
+fn fwd_chain(n: &ChainNames) -> Chain {
+    base_chain(&n.forward, ChainType::Filter, Hook::Forward, PRIO_FORWARD)
 }
 
-fn addr_set(name: &str, kind: SetType) -> Box<Set<'static>> {
-    Box::new(Set {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.to_string().into(),
-        set_type: SetTypeValue::Single(kind),
-        flags: Some(HashSet::from([SetFlag::Interval])),
-        ..Set::default()
-    })
+fn addr_set(name: &str, v6: bool) -> Set {
+    Set {
+        table: table(),
+        name: name.to_string(),
+        key: Key(vec![if v6 {
+            DataType::Ipv6Addr
+        } else {
+            DataType::Ipv4Addr
+        }]),
+        data: None,
+        interval: true,
+    }
 }
 
 /// Adds `chain` and empties it.
-fn ensure_empty_chain(b: &mut Batch<'static>, chain: Chain<'static>) {
-    b.add(NfListObject::Chain(chain.clone()));
-    b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain)));
+fn ensure_empty_chain(b: &mut Batch, chain: &Chain) {
+    b.add_chain(chain).flush_chain(&chain.at);
 }
 
 /// Removes `chain` whether or not it exists. Flushed first: a chain must
 /// be empty to be deleted on older kernels.
-fn drop_chain(b: &mut Batch<'static>, chain: Chain<'static>) {
-    ensure_empty_chain(b, chain.clone());
-    b.delete(NfListObject::Chain(chain));
+fn drop_chain(b: &mut Batch, chain: &Chain) {
+    ensure_empty_chain(b, chain);
+    b.delete_chain(&chain.at);
 }
 
 /// Removes `set` whether or not it exists (must come after the rules
 /// referring to it are gone).
-fn drop_set(b: &mut Batch<'static>, set: Box<Set<'static>>) {
-    b.add(NfListObject::Set(set.clone()));
-    b.delete(NfListObject::Set(set));
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn prefix(net: IpNet) -> Expression<'static> {
-    let net = net.trunc();
-    prefix_raw(net.addr().to_string(), net.prefix_len())
-}
-
-fn prefix_raw(addr: String, len: u8) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(addr.into())),
-        len: u32::from(len),
-    }))
-}
-
-fn matches(
-    left: Expression<'static>,
-    op: Operator,
-    right: Expression<'static>,
-) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn rule(chain: &str, comment: &str, expr: Vec<Statement<'static>>) -> Rule<'static> {
-    Rule {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        chain: chain.to_string().into(),
-        expr: Cow::Owned(expr),
-        handle: None,
-        index: None,
-        comment: Some(comment.to_string().into()),
-    }
+fn drop_set(b: &mut Batch, set: &Set) {
+    b.add_set(set).delete_set(&set.table, &set.name);
 }
 
 /// `ip saddr @set ip daddr != @set ip daddr != 224.0.0.0/4 masquerade` (or
 /// the ip6 form): traffic from the network's subnets leaving to anything
 /// but the network itself or multicast gets the outgoing address.
-fn masquerade_rule(chain: &str, set: &str, v6: bool, comment: &str) -> Rule<'static> {
-    let (proto, multicast) = if v6 {
-        ("ip6", prefix_raw("ff00::".into(), 8))
+fn masquerade_rule(chain: &ChainRef, set: &str, v6: bool, comment: &str) -> Rule {
+    let multicast: IpNet = if v6 {
+        IpNet::V6(Ipv6Net::new_assert(
+            std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+            8,
+        ))
     } else {
-        ("ip", prefix_raw("224.0.0.0".into(), 4))
+        IpNet::V4(Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(224, 0, 0, 0),
+            4,
+        ))
     };
-    let set_ref = || Expression::String(format!("@{set}").into());
-    rule(
-        chain,
-        comment,
-        vec![
-            matches(payload(proto, "saddr"), Operator::EQ, set_ref()),
-            matches(payload(proto, "daddr"), Operator::NEQ, set_ref()),
-            matches(payload(proto, "daddr"), Operator::NEQ, multicast),
-            Statement::Masquerade(None),
-        ],
-    )
+    let lookup = |invert| Expr::Lookup {
+        set: set.to_string(),
+        sreg: REG_1,
+        dreg: None,
+        invert,
+    };
+    let mut e = nfproto_is(v6);
+    e.push(addr_load(v6, true, REG_1));
+    e.push(lookup(false));
+    e.push(addr_load(v6, false, REG_1));
+    e.push(lookup(true));
+    e.extend(addr_prefix_cmp(v6, false, CmpOp::Neq, &multicast));
+    e.push(Expr::Masquerade);
+    Rule::new(chain, e).with_comment(comment)
 }
 
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
+/// `iifname|oifname NAME` (OP: == or !=).
+fn dev(key: MetaKey, op: CmpOp, name: &str) -> Vec<Expr> {
+    meta_cmp(key, op, ifname(name))
 }
 
-/// `meta mark set meta mark | FORWARD_MARK`
-fn set_forward_mark() -> Statement<'static> {
-    Statement::Mangle(Mangle {
-        key: meta(MetaKey::Mark),
-        value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
-            meta(MetaKey::Mark),
-            Expression::Number(FORWARD_MARK),
-        ]))),
-    })
+/// `... meta mark set meta mark | FORWARD_MARK accept`
+fn mark_and_accept(mut e: Vec<Expr>) -> Vec<Expr> {
+    e.extend(set_mark_bit(FORWARD_MARK));
+    e.push(Expr::Verdict(Verdict::Accept));
+    e
 }
 
-fn forward_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2] {
-    let dev = || Expression::String(bridge.to_string().into());
+fn forward_rules(chain: &ChainRef, bridge: &str, comment: &str) -> [Rule; 2] {
+    // oifname BRIDGE ct state established,related
+    //   meta mark set meta mark | FORWARD_MARK accept
+    let mut replies = dev(MetaKey::Oifname, CmpOp::Eq, bridge);
+    replies.push(ct(CtKey::State));
+    replies.extend(bits(CT_ESTABLISHED_RELATED, CmpOp::Neq, 0));
     [
         // iifname BRIDGE meta mark set meta mark | FORWARD_MARK accept
-        rule(
+        Rule::new(
             chain,
-            comment,
-            vec![
-                matches(meta(MetaKey::Iifname), Operator::EQ, dev()),
-                set_forward_mark(),
-                Statement::Accept(Some(Accept {})),
-            ],
-        ),
-        // oifname BRIDGE ct state established,related
-        //   meta mark set meta mark | FORWARD_MARK accept
-        rule(
-            chain,
-            comment,
-            vec![
-                matches(meta(MetaKey::Oifname), Operator::EQ, dev()),
-                matches(
-                    Expression::Named(NamedExpression::CT(CT {
-                        key: "state".into(),
-                        family: None,
-                        dir: None,
-                    })),
-                    Operator::IN,
-                    Expression::List(vec![
-                        Expression::String("established".into()),
-                        Expression::String("related".into()),
-                    ]),
-                ),
-                set_forward_mark(),
-                Statement::Accept(Some(Accept {})),
-            ],
-        ),
+            mark_and_accept(dev(MetaKey::Iifname, CmpOp::Eq, bridge)),
+        )
+        .with_comment(comment),
+        Rule::new(chain, mark_and_accept(replies)).with_comment(comment),
     ]
 }
 
 /// `iifname UPLINK oifname BRIDGE meta mark set meta mark | FORWARD_MARK
 /// accept`: connections from an uplink (e.g. the overlay's VXLAN device)
 /// into the bridge.
-fn uplink_rule(chain: &str, bridge: &str, uplink: &str, comment: &str) -> Rule<'static> {
-    rule(
-        chain,
-        comment,
-        vec![
-            matches(
-                meta(MetaKey::Iifname),
-                Operator::EQ,
-                Expression::String(uplink.to_string().into()),
-            ),
-            matches(
-                meta(MetaKey::Oifname),
-                Operator::EQ,
-                Expression::String(bridge.to_string().into()),
-            ),
-            set_forward_mark(),
-            Statement::Accept(Some(Accept {})),
-        ],
-    )
+fn uplink_rule(chain: &ChainRef, bridge: &str, uplink: &str, comment: &str) -> Rule {
+    let mut e = dev(MetaKey::Iifname, CmpOp::Eq, uplink);
+    e.extend(dev(MetaKey::Oifname, CmpOp::Eq, bridge));
+    Rule::new(chain, mark_and_accept(e)).with_comment(comment)
 }
 
-fn bridges_set() -> Box<Set<'static>> {
-    Box::new(Set {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: BRIDGES_SET.into(),
-        set_type: SetTypeValue::Single(SetType::Ifname),
-        ..Set::default()
-    })
+fn bridges_set() -> Set {
+    Set {
+        table: table(),
+        name: BRIDGES_SET.to_string(),
+        key: Key(vec![DataType::Ifname]),
+        data: None,
+        interval: false,
+    }
 }
 
-fn bridge_element(bridge: &str) -> NfListObject<'static> {
-    NfListObject::Element(Element {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: BRIDGES_SET.into(),
-        elem: Cow::Owned(vec![Expression::String(bridge.to_string().into())]),
-    })
-}
-
-/// `ct status & dnat != dnat`: not a published-port connection (those may
-/// cross networks, as they may come from anywhere).
-fn not_dnat() -> Statement<'static> {
-    let status = Expression::Named(NamedExpression::CT(CT {
-        key: "status".into(),
-        family: None,
-        dir: None,
-    }));
-    matches(
-        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
-            status,
-            Expression::String("dnat".into()),
-        ))),
-        Operator::NEQ,
-        Expression::String("dnat".into()),
-    )
+fn bridge_element(bridge: &str) -> Vec<Element> {
+    vec![Element::key(ifname(bridge))]
 }
 
 /// Isolation: drop traffic from `bridge` to another berth bridge, and from
-/// another berth bridge to `bridge`.
-fn isolation_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2] {
-    let dev = || Expression::String(bridge.to_string().into());
-    let set = || Expression::String(format!("@{BRIDGES_SET}").into());
-    let drop = || Statement::Drop(Some(nftables::stmt::Drop {}));
+/// another berth bridge to `bridge`, unless it is a published-port
+/// connection (`ct status & dnat != dnat`: those may cross networks, as
+/// they may come from anywhere).
+fn isolation_rules(chain: &ChainRef, bridge: &str, comment: &str) -> [Rule; 2] {
     let one_way = |here: MetaKey, there: MetaKey| {
-        rule(
-            chain,
-            comment,
-            vec![
-                matches(meta(here), Operator::EQ, dev()),
-                matches(meta(there), Operator::NEQ, dev()),
-                matches(meta(there), Operator::EQ, set()),
-                not_dnat(),
-                drop(),
-            ],
-        )
+        let mut e = dev(here, CmpOp::Eq, bridge);
+        e.extend(dev(there, CmpOp::Neq, bridge));
+        e.push(meta(there));
+        e.push(Expr::Lookup {
+            set: BRIDGES_SET.to_string(),
+            sreg: REG_1,
+            dreg: None,
+            invert: false,
+        });
+        e.push(ct(CtKey::Status));
+        e.extend(bits(CT_STATUS_DNAT, CmpOp::Neq, CT_STATUS_DNAT));
+        e.push(Expr::Verdict(Verdict::Drop));
+        Rule::new(chain, e).with_comment(comment)
     };
     [
         one_way(MetaKey::Iifname, MetaKey::Oifname),
@@ -319,19 +215,12 @@ fn isolation_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 
 /// Internal network: drop everything the bridge would forward to or from
 /// any other link (its containers only talk among themselves and to the
 /// gateway address).
-fn internal_rules(chain: &str, bridge: &str, comment: &str) -> [Rule<'static>; 2] {
-    let dev = || Expression::String(bridge.to_string().into());
-    let drop = || Statement::Drop(Some(nftables::stmt::Drop {}));
+fn internal_rules(chain: &ChainRef, bridge: &str, comment: &str) -> [Rule; 2] {
     let one_way = |here: MetaKey, there: MetaKey| {
-        rule(
-            chain,
-            comment,
-            vec![
-                matches(meta(here), Operator::EQ, dev()),
-                matches(meta(there), Operator::NEQ, dev()),
-                drop(),
-            ],
-        )
+        let mut e = dev(here, CmpOp::Eq, bridge);
+        e.extend(dev(there, CmpOp::Neq, bridge));
+        e.push(Expr::Verdict(Verdict::Drop));
+        Rule::new(chain, e).with_comment(comment)
     };
     [
         one_way(MetaKey::Iifname, MetaKey::Oifname),
@@ -390,148 +279,109 @@ fn split_subnets(nets: &[IpNet]) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
 }
 
 /// The batch that makes `rules` the network's exact rule set.
-pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch<'static> {
+pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch {
     let n = chain_names(&rules.network);
     let comment = comment_for(&rules.network);
     let (v4, v6) = split_subnets(&rules.masquerade);
     let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
+    b.add_table(&table());
 
     if v4.is_empty() && v6.is_empty() {
-        drop_chain(&mut b, nat_chain(&n));
-        drop_set(&mut b, addr_set(&n.set_v4, SetType::Ipv4Addr));
-        drop_set(&mut b, addr_set(&n.set_v6, SetType::Ipv6Addr));
+        drop_chain(&mut b, &nat_chain(&n));
+        drop_set(&mut b, &addr_set(&n.set_v4, false));
+        drop_set(&mut b, &addr_set(&n.set_v6, true));
     } else {
         // Flush the chain before touching the sets: a set still referenced
         // by a rule cannot be deleted.
-        ensure_empty_chain(&mut b, nat_chain(&n));
-        let families: [(&str, SetType, Vec<IpNet>, bool); 2] = [
-            (
-                &n.set_v4,
-                SetType::Ipv4Addr,
-                v4.into_iter().map(IpNet::V4).collect(),
-                false,
-            ),
-            (
-                &n.set_v6,
-                SetType::Ipv6Addr,
-                v6.into_iter().map(IpNet::V6).collect(),
-                true,
-            ),
+        let nat = nat_chain(&n);
+        ensure_empty_chain(&mut b, &nat);
+        let families: [(&str, Vec<IpNet>, bool); 2] = [
+            (&n.set_v4, v4.into_iter().map(IpNet::V4).collect(), false),
+            (&n.set_v6, v6.into_iter().map(IpNet::V6).collect(), true),
         ];
-        for (set_name, kind, nets, is_v6) in families {
-            let set = addr_set(set_name, kind);
+        for (set_name, nets, is_v6) in families {
+            let set = addr_set(set_name, is_v6);
             if nets.is_empty() {
-                drop_set(&mut b, set);
+                drop_set(&mut b, &set);
                 continue;
             }
-            b.add(NfListObject::Set(set.clone()));
-            b.add_cmd(NfCmd::Flush(FlushObject::Set(set)));
-            b.add(NfListObject::Element(Element {
-                family: NfFamily::INet,
-                table: TABLE.into(),
-                name: set_name.to_string().into(),
-                elem: Cow::Owned(nets.into_iter().map(prefix).collect()),
-            }));
-            b.add(NfListObject::Rule(masquerade_rule(
-                &n.nat, set_name, is_v6, &comment,
-            )));
+            b.add_set(&set)
+                .flush_set(&set.table, set_name)
+                .add_elements(&set.table, set_name, Element::intervals(&nets));
+            b.add_rule(masquerade_rule(&nat.at, set_name, is_v6, &comment));
         }
     }
 
+    let fwd = fwd_chain(&n);
     if rules.forward {
-        b.add(NfListObject::Set(bridges_set()));
-        b.add(bridge_element(&rules.bridge));
-        ensure_empty_chain(&mut b, fwd_chain(&n));
+        b.add_set(&bridges_set()).add_elements(
+            &table(),
+            BRIDGES_SET,
+            bridge_element(&rules.bridge),
+        );
+        ensure_empty_chain(&mut b, &fwd);
         if rules.internal {
-            for r in internal_rules(&n.forward, &rules.bridge, &comment) {
-                b.add(NfListObject::Rule(r));
+            for r in internal_rules(&fwd.at, &rules.bridge, &comment) {
+                b.add_rule(r);
             }
         }
         if rules.isolation {
-            for r in isolation_rules(&n.forward, &rules.bridge, &comment) {
-                b.add(NfListObject::Rule(r));
+            for r in isolation_rules(&fwd.at, &rules.bridge, &comment) {
+                b.add_rule(r);
             }
         }
-        for r in forward_rules(&n.forward, &rules.bridge, &comment) {
-            b.add(NfListObject::Rule(r));
+        for r in forward_rules(&fwd.at, &rules.bridge, &comment) {
+            b.add_rule(r);
         }
         for uplink in &rules.uplinks {
-            b.add(NfListObject::Rule(uplink_rule(
-                &n.forward,
-                &rules.bridge,
-                uplink,
-                &comment,
-            )));
+            b.add_rule(uplink_rule(&fwd.at, &rules.bridge, uplink, &comment));
         }
     } else {
-        drop_chain(&mut b, fwd_chain(&n));
+        drop_chain(&mut b, &fwd);
     }
+    b
+}
+
+/// Drops the whole `inet berth` table ("add, then delete" so a missing
+/// table is not an error).
+pub(crate) fn remove_table_batch() -> Batch {
+    let mut b = Batch::new();
+    b.add_table(&table()).delete_table(&table());
     b
 }
 
 /// The batch that removes everything `network` owns (the shared table
 /// stays: other networks and port mappings live in it).
-/// Drops the whole `inet berth` table ("add, then delete" so a missing
-/// table is not an error).
-pub(crate) fn remove_table_batch() -> Batch<'static> {
-    let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    b.delete(NfListObject::Table(table()));
-    b
-}
-
-pub(crate) fn remove_batch(network: &str, bridge: Option<&str>) -> Batch<'static> {
+pub(crate) fn remove_batch(network: &str, bridge: Option<&str>) -> Batch {
     let n = chain_names(network);
     let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
+    b.add_table(&table());
     if let Some(br) = bridge {
         // "add, then delete": gone whether or not it was there.
-        b.add(NfListObject::Set(bridges_set()));
-        b.add(bridge_element(br));
-        b.delete(bridge_element(br));
+        b.add_set(&bridges_set())
+            .add_elements(&table(), BRIDGES_SET, bridge_element(br))
+            .delete_elements(&table(), BRIDGES_SET, bridge_element(br));
     }
-    drop_chain(&mut b, nat_chain(&n));
-    drop_chain(&mut b, fwd_chain(&n));
-    drop_set(&mut b, addr_set(&n.set_v4, SetType::Ipv4Addr));
-    drop_set(&mut b, addr_set(&n.set_v6, SetType::Ipv6Addr));
+    drop_chain(&mut b, &nat_chain(&n));
+    drop_chain(&mut b, &fwd_chain(&n));
+    drop_set(&mut b, &addr_set(&n.set_v4, false));
+    drop_set(&mut b, &addr_set(&n.set_v6, true));
     b
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
-
-    fn json(b: Batch<'static>) -> Value {
-        serde_json::to_value(b.to_nftables()).unwrap()
-    }
-
-    fn cmds(v: &Value) -> Vec<(String, String, String)> {
-        // (command, object kind, name)
-        v["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                let (cmd, inner) = o.as_object().unwrap().iter().next().unwrap();
-                let (kind, obj) = inner.as_object().unwrap().iter().next().unwrap();
-                let name = obj
-                    .get("name")
-                    .or_else(|| obj.get("chain"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                (cmd.clone(), kind.clone(), name)
-            })
-            .collect()
-    }
+    use crate::nf_tables::value::interval_prefixes;
 
     fn rules(masq: &[&str], forward: bool) -> NetworkRules {
         NetworkRules {
             network: "net1".into(),
             bridge: "br-test".into(),
-            masquerade: masq.iter().map(|s| s.parse().unwrap()).collect(),
+            masquerade: masq
+                .iter()
+                .map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+                .collect(),
             forward,
             isolation: forward,
             internal: false,
@@ -540,82 +390,105 @@ mod tests {
         }
     }
 
+    fn has(cmds: &[String], want: &str) -> bool {
+        cmds.iter().any(|c| c == want)
+    }
+
     #[test]
     fn apply_v4_only_with_forward() {
         let n = chain_names("net1");
-        let v = json(apply_batch(&rules(&["10.88.0.5/16"], true)));
-        let c = cmds(&v);
-        assert_eq!(c[0], ("add".into(), "table".into(), "berth".into()));
-        assert!(c.contains(&("flush".into(), "chain".into(), n.nat.clone())));
-        assert!(c.contains(&("flush".into(), "set".into(), n.set_v4.clone())));
-        assert!(c.contains(&("delete".into(), "set".into(), n.set_v6.clone())));
-        assert!(c.contains(&("flush".into(), "chain".into(), n.forward.clone())));
-        assert!(!c
-            .iter()
-            .any(|(cmd, kind, _)| cmd == "delete" && kind == "chain"));
-        // the chain flush precedes the v6 set deletion
-        let flush = c
-            .iter()
-            .position(|x| x == &("flush".into(), "chain".into(), n.nat.clone()));
-        let del = c
-            .iter()
-            .position(|x| x == &("delete".into(), "set".into(), n.set_v6.clone()));
-        assert!(flush < del);
-
-        let text = v.to_string();
-        // host bits cleared, set referenced, multicast excluded
+        let b = apply_batch(&rules(&["10.88.0.5/16"], true));
+        let c = b.describe();
+        assert_eq!(c[0], "add table inet berth");
+        assert!(has(&c, &format!("flush chain inet berth {}", n.nat)));
+        assert!(has(&c, &format!("flush set inet berth {}", n.set_v4)));
+        assert!(has(&c, &format!("delete set inet berth {}", n.set_v6)));
+        assert!(has(&c, &format!("flush chain inet berth {}", n.forward)));
+        assert!(!c.iter().any(|c| c.starts_with("delete chain")));
+        // The chain flush precedes the v6 set deletion.
+        let at = |w: String| c.iter().position(|x| *x == w);
         assert!(
-            text.contains(r#"{"prefix":{"addr":"10.88.0.0","len":16}}"#),
-            "{text}"
+            at(format!("flush chain inet berth {}", n.nat))
+                < at(format!("delete set inet berth {}", n.set_v6))
         );
-        assert!(text.contains(&format!("@{}", n.set_v4)));
-        assert!(text.contains(r#""addr":"224.0.0.0","len":4"#));
-        assert!(text.contains(r#""masquerade":null"#));
-        assert!(text.contains(r#""right":"br-test""#));
-        assert!(text.contains(r#"["established","related"]"#));
+        // Host bits cleared.
+        let masq: Vec<Element> = b.added_elements(&n.set_v4).into_iter().cloned().collect();
+        assert_eq!(
+            interval_prefixes(&masq),
+            vec!["10.88.0.0/16"
+                .parse::<IpNet>()
+                .unwrap_or_else(|_| unreachable!())]
+        );
+        let rules: Vec<&Rule> = b.rules().collect();
+        // Masquerade, two isolation drops, two accepts.
+        assert_eq!(rules.len(), 5);
+        assert!(rules[0].exprs.contains(&Expr::Masquerade));
+        assert!(rules[0].exprs.contains(&Expr::Lookup {
+            set: n.set_v4.clone(),
+            sreg: REG_1,
+            dreg: None,
+            invert: true
+        }));
+        assert!(rules[1].exprs.contains(&Expr::Verdict(Verdict::Drop)));
+        assert!(rules[4].exprs.contains(&Expr::Verdict(Verdict::Accept)));
+        assert!(rules
+            .iter()
+            .all(|r| r.comment.as_deref() == Some("berth network net1")));
     }
 
     #[test]
     fn apply_without_masquerade_drops_nat_objects() {
         let n = chain_names("net1");
-        let c = cmds(&json(apply_batch(&rules(&[], false))));
+        let b = apply_batch(&rules(&[], false));
+        let c = b.describe();
         for name in [&n.nat, &n.forward] {
-            assert!(c.contains(&("delete".into(), "chain".into(), name.clone())));
+            assert!(has(&c, &format!("delete chain inet berth {name}")));
         }
         for name in [&n.set_v4, &n.set_v6] {
-            assert!(c.contains(&("delete".into(), "set".into(), name.clone())));
+            assert!(has(&c, &format!("delete set inet berth {name}")));
         }
-        assert!(!c
-            .iter()
-            .any(|(cmd, kind, _)| cmd == "add" && kind == "rule"));
+        assert_eq!(b.rules().count(), 0);
     }
 
     #[test]
     fn overlapping_subnets_are_merged() {
+        let p = |s: &str| s.parse::<IpNet>().unwrap_or_else(|e| panic!("{s}: {e}"));
         let (v4, v6) = split_subnets(&[
-            "10.0.0.0/8".parse().unwrap(),
-            "10.1.0.0/16".parse().unwrap(),
-            "fd00::1/64".parse().unwrap(),
-            "fd00::/64".parse().unwrap(),
+            p("10.0.0.0/8"),
+            p("10.1.0.0/16"),
+            p("fd00::1/64"),
+            p("fd00::/64"),
         ]);
-        assert_eq!(v4, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]);
-        assert_eq!(v6, vec!["fd00::/64".parse::<Ipv6Net>().unwrap()]);
+        assert_eq!(v4, vec![Ipv4Net::new_assert([10, 0, 0, 0].into(), 8)]);
+        assert_eq!(
+            v6,
+            vec![Ipv6Net::new_assert(
+                std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+                64
+            )]
+        );
     }
 
     #[test]
-    fn v6_rule_uses_ip6() {
-        let text = json(apply_batch(&rules(&["fd10::/64"], false))).to_string();
-        assert!(text.contains(r#""protocol":"ip6""#));
-        assert!(text.contains(r#""addr":"ff00::","len":8"#));
+    fn v6_rule_matches_ip6_and_multicast() {
+        let b = apply_batch(&rules(&["fd10::/64"], false));
+        let r: Vec<&Rule> = b.rules().collect();
+        assert_eq!(r.len(), 1);
+        // meta nfproto ipv6 first, ff00::/8 as one byte.
+        assert_eq!(
+            r[0].exprs[1],
+            crate::nf_tables::value::cmp(CmpOp::Eq, vec![10])
+        );
+        assert!(r[0]
+            .exprs
+            .contains(&crate::nf_tables::value::cmp(CmpOp::Neq, vec![0xff])));
     }
 
     #[test]
     fn remove_keeps_table() {
-        let c = cmds(&json(remove_batch("net1", None)));
-        assert!(!c
-            .iter()
-            .any(|(cmd, kind, _)| cmd == "delete" && kind == "table"));
-        assert_eq!(c.iter().filter(|(cmd, _, _)| cmd == "delete").count(), 4);
+        let c = remove_batch("net1", None).describe();
+        assert!(!c.iter().any(|c| c.starts_with("delete table")));
+        assert_eq!(c.iter().filter(|c| c.starts_with("delete")).count(), 4);
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! Reading back what a network has in `inet berth` (for CNI CHECK).
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
-use serde_json::Value;
 
 use super::names::ChainNames;
+use crate::nf_tables::value::interval_prefixes;
+use crate::nf_tables::Listing;
 
 /// What the kernel holds for one network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,128 +17,103 @@ pub struct NetworkState {
     pub masquerade: Vec<IpNet>,
 }
 
-/// Extracts `names`' objects from `nft -j list table inet berth` output.
-pub(crate) fn parse(json: &str, names: &ChainNames) -> Result<NetworkState, String> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| format!("bad nft JSON: {e}"))?;
-    let items = doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or("nft JSON without an \"nftables\" array")?;
-    let mut st = NetworkState::default();
-    for item in items {
-        if let Some(chain) = item.get("chain") {
-            match chain.get("name").and_then(Value::as_str) {
-                Some(n) if n == names.nat => st.nat_chain = true,
-                Some(n) if n == names.forward => st.forward_chain = true,
-                _ => {}
-            }
-        } else if let Some(rule) = item.get("rule") {
-            match rule.get("chain").and_then(Value::as_str) {
-                Some(n) if n == names.nat => st.nat_rules += 1,
-                Some(n) if n == names.forward => st.forward_rules += 1,
-                _ => {}
-            }
-        } else if let Some(set) = item.get("set") {
-            let name = set.get("name").and_then(Value::as_str);
-            if name == Some(names.set_v4.as_str()) || name == Some(names.set_v6.as_str()) {
-                let elems = match set.get("elem") {
-                    Some(Value::Array(a)) => a.clone(),
-                    Some(v) => vec![v.clone()],
-                    None => Vec::new(),
-                };
-                st.masquerade.extend(elems.iter().filter_map(element_net));
-            }
+/// Extracts `names`' objects from a listing of `inet berth`.
+pub(crate) fn parse(listing: &Listing, names: &ChainNames) -> NetworkState {
+    let mut st = NetworkState {
+        nat_chain: listing.chain(&names.nat).is_some(),
+        forward_chain: listing.chain(&names.forward).is_some(),
+        nat_rules: listing.rules_of(&names.nat).count(),
+        forward_rules: listing.rules_of(&names.forward).count(),
+        masquerade: Vec::new(),
+    };
+    for set in [&names.set_v4, &names.set_v6] {
+        if let Some((_, elements)) = listing.set(set) {
+            st.masquerade.extend(interval_prefixes(elements));
         }
     }
-    Ok(st)
+    st
 }
 
-/// How many chains and sets in `nft -j list table inet berth` output
-/// belong to something other than `names` (another network, or another
-/// berth plugin).
-pub(crate) fn foreign_objects(json: &str, names: &ChainNames) -> Result<usize, String> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| format!("bad nft JSON: {e}"))?;
-    let items = doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or("nft JSON without an \"nftables\" array")?;
+/// How many chains and sets in a listing of `inet berth` belong to
+/// something other than `names` (another network, or another berth
+/// plugin).
+pub(crate) fn foreign_objects(listing: &Listing, names: &ChainNames) -> usize {
     let own = [&names.nat, &names.forward, &names.set_v4, &names.set_v6];
-    Ok(items
+    let chains = listing.chains.iter().map(|c| c.at.name.as_str());
+    let sets = listing
+        .sets
         .iter()
-        .filter_map(|i| {
-            i.get("chain")
-                .or_else(|| i.get("set"))
-                .or_else(|| i.get("map"))
-        })
-        .filter_map(|o| o.get("name").and_then(Value::as_str))
+        .map(|(s, _)| s.name.as_str())
+        .chain(listing.other_sets.iter().map(String::as_str));
+    chains
+        .chain(sets)
         // The shared set of bridges belongs to whichever network is left.
         .filter(|n| *n != super::rules::BRIDGES_SET && !own.iter().any(|o| o.as_str() == *n))
-        .count())
-}
-
-/// One set element: "10.0.0.1", {"prefix": {...}}, or either wrapped in
-/// {"elem": {"val": ...}}. Ranges that are not prefixes are skipped: berth
-/// only ever adds prefixes.
-fn element_net(v: &Value) -> Option<IpNet> {
-    match v {
-        Value::String(s) => {
-            let ip: IpAddr = s.parse().ok()?;
-            Some(IpNet::from(ip))
-        }
-        Value::Object(o) => {
-            if let Some(p) = o.get("prefix") {
-                let ip: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
-                let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
-                IpNet::new(ip, len).ok()
-            } else {
-                element_net(o.get("elem")?.get("val")?)
-            }
-        }
-        _ => None,
-    }
+        .count()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::firewall::chain_names;
+    use crate::nf_tables::{Chain, DataType, Element, Expr, Key, Rule, Set, Table};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn listing(n: &ChainNames) -> Listing {
+        let t = Table::new(crate::nf_tables::Family::Inet, "berth");
+        let chain = |name: &str| Chain {
+            at: t.chain(name),
+            base: None,
+        };
+        let set = |name: &str, kind| Set {
+            table: t.clone(),
+            name: name.to_string(),
+            key: Key(vec![kind]),
+            data: None,
+            interval: true,
+        };
+        Listing {
+            chains: vec![chain(&n.nat), chain("nat-other-00000000")],
+            sets: vec![
+                (
+                    set(&n.set_v4, DataType::Ipv4Addr),
+                    Element::intervals(&[net("10.88.0.0/16"), net("10.99.0.1/32")]),
+                ),
+                (
+                    set(&n.set_v6, DataType::Ipv6Addr),
+                    Element::intervals(&[net("fd00::/64")]),
+                ),
+            ],
+            other_sets: vec!["__set0".into()],
+            rules: vec![
+                Rule::new(&t.chain(&n.nat), vec![Expr::Masquerade]),
+                Rule::new(&t.chain("nat-other-00000000"), vec![Expr::Masquerade]),
+            ],
+        }
+    }
 
     #[test]
     fn parses_listing() {
         let n = chain_names("net1");
-        let json = format!(
-            r#"{{"nftables": [
-              {{"metainfo": {{"version": "1.0.6"}}}},
-              {{"table": {{"family": "inet", "name": "berth", "handle": 1}}}},
-              {{"chain": {{"family": "inet", "table": "berth", "name": "{nat}", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}},
-              {{"chain": {{"family": "inet", "table": "berth", "name": "nat-other-00000000", "handle": 2}}}},
-              {{"set": {{"family": "inet", "name": "{s4}", "table": "berth", "type": "ipv4_addr", "handle": 3, "flags": ["interval"], "elem": [{{"prefix": {{"addr": "10.88.0.0", "len": 16}}}}, "10.99.0.1"]}}}},
-              {{"set": {{"family": "inet", "name": "{s6}", "table": "berth", "type": "ipv6_addr", "handle": 4, "flags": ["interval"], "elem": [{{"elem": {{"val": {{"prefix": {{"addr": "fd00::", "len": 64}}}}, "comment": "x"}}}}]}}}},
-              {{"rule": {{"family": "inet", "table": "berth", "chain": "{nat}", "handle": 5, "expr": []}}}},
-              {{"rule": {{"family": "inet", "table": "berth", "chain": "nat-other-00000000", "handle": 6, "expr": []}}}}
-            ]}}"#,
-            nat = n.nat,
-            s4 = n.set_v4,
-            s6 = n.set_v6
-        );
-        let st = parse(&json, &n).unwrap();
+        let st = parse(&listing(&n), &n);
         assert!(st.nat_chain);
         assert_eq!(st.nat_rules, 1);
         assert!(!st.forward_chain);
         assert_eq!(st.forward_rules, 0);
         assert_eq!(
             st.masquerade,
-            vec![
-                "10.88.0.0/16".parse::<IpNet>().unwrap(),
-                "10.99.0.1/32".parse().unwrap(),
-                "fd00::/64".parse().unwrap()
-            ]
+            vec![net("10.88.0.0/16"), net("10.99.0.1/32"), net("fd00::/64")]
         );
     }
 
     #[test]
-    fn rejects_garbage() {
-        assert!(parse("not json", &chain_names("x")).is_err());
-        assert!(parse("{}", &chain_names("x")).is_err());
+    fn counts_what_is_not_the_networks() {
+        let n = chain_names("net1");
+        // The other network's chain and the anonymous set.
+        assert_eq!(foreign_objects(&listing(&n), &n), 2);
+        assert_eq!(parse(&Listing::default(), &n), NetworkState::default());
     }
 }

@@ -1,0 +1,440 @@
+//! nf_tables over netlink, in the process: typed tables, chains, sets,
+//! elements and rules; batches committed as one kernel transaction; and
+//! listings read back as the same types. No `nft` process and nothing of
+//! nft's on the host.
+//!
+//! A [`Batch`] is what `nft -f` sends for a script: BEGIN, the commands,
+//! END, in one sendmsg. The kernel applies all of it or none of it, and
+//! answers each command with an ack or an error, which names the command
+//! at fault here. The kernel processes the batch inside that sendmsg, so
+//! the answers are waiting when it returns.
+//!
+//! This module knows nf_tables, not berth: which tables and rules berth
+//! owns is decided by its callers.
+
+mod expr;
+mod objects;
+mod socket;
+pub mod value;
+mod wire;
+
+use std::collections::HashMap;
+
+pub use expr::{
+    reg_at_word, CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, FIB_F_DADDR,
+    FIB_RESULT_ADDRTYPE, NAT_MAP_IPS, NAT_PROTO_SPECIFIED, REG_1, REG_VERDICT,
+};
+pub use objects::{
+    BaseChain, Chain, ChainRef, ChainType, DataType, Element, ElementData, Family, Hook, Key,
+    MapData, Rule, Set, Table, VerdictKey,
+};
+
+use crate::{Error, Netns, Result};
+use wire::Attr;
+
+/// One command of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Command {
+    AddTable(Table),
+    DeleteTable(Table),
+    AddChain(Chain),
+    FlushChain(ChainRef),
+    DeleteChain(ChainRef),
+    AddSet(Set),
+    FlushSet(Table, String),
+    DeleteSet(Table, String),
+    AddElements(Table, String, Vec<Element>),
+    DeleteElements(Table, String, Vec<Element>),
+    AddRule(Rule),
+    InsertRule(Rule),
+    DeleteRule(ChainRef, u64),
+}
+
+impl Command {
+    /// What the command does, as nft would say it (for errors).
+    fn describe(&self) -> String {
+        match self {
+            Command::AddTable(t) => format!("add table {t}"),
+            Command::DeleteTable(t) => format!("delete table {t}"),
+            Command::AddChain(c) => format!("add chain {}", c.at),
+            Command::FlushChain(c) => format!("flush chain {c}"),
+            Command::DeleteChain(c) => format!("delete chain {c}"),
+            Command::AddSet(s) => format!("add set {} {}", s.table, s.name),
+            Command::FlushSet(t, s) => format!("flush set {t} {s}"),
+            Command::DeleteSet(t, s) => format!("delete set {t} {s}"),
+            Command::AddElements(t, s, e) => format!("add {} element(s) to {t} {s}", e.len()),
+            Command::DeleteElements(t, s, e) => {
+                format!("delete {} element(s) from {t} {s}", e.len())
+            }
+            Command::AddRule(r) | Command::InsertRule(r) => format!("add rule to {}", r.chain),
+            Command::DeleteRule(c, h) => format!("delete rule {c} handle {h}"),
+        }
+    }
+}
+
+/// Commands applied as one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    commands: Vec<Command>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Adds `table`; a no-op if it exists.
+    pub fn add_table(&mut self, table: &Table) -> &mut Batch {
+        self.push(Command::AddTable(table.clone()))
+    }
+
+    pub fn delete_table(&mut self, table: &Table) -> &mut Batch {
+        self.push(Command::DeleteTable(table.clone()))
+    }
+
+    /// Adds `chain`; a no-op if it exists as it is.
+    pub fn add_chain(&mut self, chain: &Chain) -> &mut Batch {
+        self.push(Command::AddChain(chain.clone()))
+    }
+
+    /// Removes every rule of `chain`.
+    pub fn flush_chain(&mut self, chain: &ChainRef) -> &mut Batch {
+        self.push(Command::FlushChain(chain.clone()))
+    }
+
+    pub fn delete_chain(&mut self, chain: &ChainRef) -> &mut Batch {
+        self.push(Command::DeleteChain(chain.clone()))
+    }
+
+    /// Adds `set`; a no-op if it exists as it is.
+    pub fn add_set(&mut self, set: &Set) -> &mut Batch {
+        self.push(Command::AddSet(set.clone()))
+    }
+
+    /// Removes every element of a set or map.
+    pub fn flush_set(&mut self, table: &Table, set: &str) -> &mut Batch {
+        self.push(Command::FlushSet(table.clone(), set.to_string()))
+    }
+
+    pub fn delete_set(&mut self, table: &Table, set: &str) -> &mut Batch {
+        self.push(Command::DeleteSet(table.clone(), set.to_string()))
+    }
+
+    /// Adds elements; ones already there stay as they are.
+    pub fn add_elements(&mut self, table: &Table, set: &str, elements: Vec<Element>) -> &mut Batch {
+        if elements.is_empty() {
+            return self;
+        }
+        self.push(Command::AddElements(
+            table.clone(),
+            set.to_string(),
+            elements,
+        ))
+    }
+
+    /// Deletes elements; each must be there.
+    pub fn delete_elements(
+        &mut self,
+        table: &Table,
+        set: &str,
+        elements: Vec<Element>,
+    ) -> &mut Batch {
+        if elements.is_empty() {
+            return self;
+        }
+        self.push(Command::DeleteElements(
+            table.clone(),
+            set.to_string(),
+            elements,
+        ))
+    }
+
+    /// Appends `rule` to its chain.
+    pub fn add_rule(&mut self, rule: Rule) -> &mut Batch {
+        self.push(Command::AddRule(rule))
+    }
+
+    /// Puts `rule` first in its chain.
+    pub fn insert_rule(&mut self, rule: Rule) -> &mut Batch {
+        self.push(Command::InsertRule(rule))
+    }
+
+    pub fn delete_rule(&mut self, chain: &ChainRef, handle: u64) -> &mut Batch {
+        self.push(Command::DeleteRule(chain.clone(), handle))
+    }
+
+    /// Each command as nft would say it, in order (for tests and logs).
+    pub fn describe(&self) -> Vec<String> {
+        self.commands.iter().map(Command::describe).collect()
+    }
+
+    /// The rules the batch adds, in order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.commands.iter().filter_map(|c| match c {
+            Command::AddRule(r) | Command::InsertRule(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The elements the batch adds to `set`.
+    pub fn added_elements(&self, set: &str) -> Vec<&Element> {
+        self.commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::AddElements(_, s, e) if s == set => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Appends another batch's commands.
+    pub fn extend(&mut self, other: Batch) -> &mut Batch {
+        self.commands.extend(other.commands);
+        self
+    }
+
+    fn push(&mut self, c: Command) -> &mut Batch {
+        self.commands.push(c);
+        self
+    }
+
+    /// The messages of the batch, BEGIN to END, with sequence numbers from
+    /// `first_seq` (BEGIN's); each command asks for an ack.
+    fn encode(&self, first_seq: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 * (self.commands.len() + 2));
+        wire::put_message(
+            &mut out,
+            wire::NFNL_MSG_BATCH_BEGIN,
+            wire::NLM_F_REQUEST,
+            first_seq,
+            0,
+            wire::NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        // Sets created in this batch are also named by their batch ID, as
+        // nft does.
+        let mut ids: HashMap<(Family, String, String), u32> = HashMap::new();
+        for c in &self.commands {
+            if let Command::AddSet(s) = c {
+                let next = ids.len() as u32 + 1;
+                ids.entry((s.table.family, s.table.name.clone(), s.name.clone()))
+                    .or_insert(next);
+            }
+        }
+        let mut seq = first_seq;
+        for c in &self.commands {
+            seq += 1;
+            let (kind, flags, family, attrs) = command_message(c, &ids);
+            wire::put_message(
+                &mut out,
+                wire::nft_type(kind),
+                wire::NLM_F_REQUEST | wire::NLM_F_ACK | flags,
+                seq,
+                family.code(),
+                0,
+                &attrs,
+            );
+        }
+        wire::put_message(
+            &mut out,
+            wire::NFNL_MSG_BATCH_END,
+            wire::NLM_F_REQUEST,
+            seq + 1,
+            0,
+            wire::NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        out
+    }
+
+    /// Applies the batch in `ns` (None: the caller's namespace) as one
+    /// transaction. `op` says what for, in errors.
+    pub fn commit(&self, ns: Option<&Netns>, op: &str) -> Result<()> {
+        if self.commands.is_empty() {
+            return Ok(());
+        }
+        let mut sock = socket::open(ns, op)?;
+        let first = sock.next_seqs(self.commands.len() as u32 + 2);
+        let bytes = self.encode(first);
+        let failed = sock
+            .transact(&bytes, first + 1, self.commands.len())
+            .map_err(|e| e.context(op))?;
+        match failed {
+            None => Ok(()),
+            Some((seq, errno, ext)) => {
+                let what = seq
+                    .checked_sub(first + 1)
+                    .and_then(|i| self.commands.get(i as usize))
+                    .map(Command::describe)
+                    .unwrap_or_else(|| "the batch".to_string());
+                Err(Error::NfTables {
+                    op: op.to_string(),
+                    object: what,
+                    errno,
+                    ext,
+                })
+            }
+        }
+    }
+}
+
+fn command_message(
+    c: &Command,
+    ids: &HashMap<(Family, String, String), u32>,
+) -> (u16, u16, Family, Vec<Attr>) {
+    let set_id = |t: &Table| {
+        let t = t.clone();
+        move |name: &str| {
+            ids.get(&(t.family, t.name.clone(), name.to_string()))
+                .copied()
+        }
+    };
+    let elements = |t: &Table, set: &str, e: &[Element]| {
+        let mut v = vec![
+            Attr::str(wire::NFTA_SET_ELEM_LIST_TABLE, &t.name),
+            Attr::str(wire::NFTA_SET_ELEM_LIST_SET, set),
+        ];
+        if let Some(id) = set_id(t)(set) {
+            v.push(Attr::u32(wire::NFTA_SET_ELEM_LIST_SET_ID, id));
+        }
+        if !e.is_empty() {
+            v.push(Attr::Nested(
+                wire::NFTA_SET_ELEM_LIST_ELEMENTS,
+                e.iter().map(Element::attr).collect(),
+            ));
+        }
+        v
+    };
+    let chain_attrs = |c: &ChainRef| {
+        vec![
+            Attr::str(wire::NFTA_CHAIN_TABLE, &c.table.name),
+            Attr::str(wire::NFTA_CHAIN_NAME, &c.name),
+        ]
+    };
+    let set_attrs = |t: &Table, s: &str| {
+        vec![
+            Attr::str(wire::NFTA_SET_TABLE, &t.name),
+            Attr::str(wire::NFTA_SET_NAME, s),
+        ]
+    };
+    match c {
+        Command::AddTable(t) => (
+            wire::NFT_MSG_NEWTABLE,
+            wire::NLM_F_CREATE,
+            t.family,
+            [t.attrs(), vec![Attr::u32(wire::NFTA_TABLE_FLAGS, 0)]].concat(),
+        ),
+        Command::DeleteTable(t) => (wire::NFT_MSG_DELTABLE, 0, t.family, t.attrs()),
+        Command::AddChain(ch) => (
+            wire::NFT_MSG_NEWCHAIN,
+            wire::NLM_F_CREATE,
+            ch.at.table.family,
+            ch.attrs(),
+        ),
+        Command::FlushChain(ch) => (
+            wire::NFT_MSG_DELRULE,
+            0,
+            ch.table.family,
+            vec![
+                Attr::str(wire::NFTA_RULE_TABLE, &ch.table.name),
+                Attr::str(wire::NFTA_RULE_CHAIN, &ch.name),
+            ],
+        ),
+        Command::DeleteChain(ch) => (wire::NFT_MSG_DELCHAIN, 0, ch.table.family, chain_attrs(ch)),
+        Command::AddSet(s) => {
+            let id = set_id(&s.table)(&s.name).unwrap_or(0);
+            (
+                wire::NFT_MSG_NEWSET,
+                wire::NLM_F_CREATE,
+                s.table.family,
+                s.attrs(id),
+            )
+        }
+        Command::FlushSet(t, s) => (wire::NFT_MSG_DELSETELEM, 0, t.family, elements(t, s, &[])),
+        Command::DeleteSet(t, s) => (wire::NFT_MSG_DELSET, 0, t.family, set_attrs(t, s)),
+        Command::AddElements(t, s, e) => (
+            wire::NFT_MSG_NEWSETELEM,
+            wire::NLM_F_CREATE,
+            t.family,
+            elements(t, s, e),
+        ),
+        Command::DeleteElements(t, s, e) => {
+            (wire::NFT_MSG_DELSETELEM, 0, t.family, elements(t, s, e))
+        }
+        Command::AddRule(r) => (
+            wire::NFT_MSG_NEWRULE,
+            wire::NLM_F_CREATE | wire::NLM_F_APPEND,
+            r.chain.table.family,
+            r.attrs(&set_id(&r.chain.table)),
+        ),
+        Command::InsertRule(r) => (
+            wire::NFT_MSG_NEWRULE,
+            wire::NLM_F_CREATE,
+            r.chain.table.family,
+            r.attrs(&set_id(&r.chain.table)),
+        ),
+        Command::DeleteRule(ch, handle) => (
+            wire::NFT_MSG_DELRULE,
+            0,
+            ch.table.family,
+            vec![
+                Attr::str(wire::NFTA_RULE_TABLE, &ch.table.name),
+                Attr::str(wire::NFTA_RULE_CHAIN, &ch.name),
+                Attr::u64(wire::NFTA_RULE_HANDLE, *handle),
+            ],
+        ),
+    }
+}
+
+/// A table's contents as the kernel lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub chains: Vec<Chain>,
+    /// Named sets and maps berth can describe, with their elements.
+    pub sets: Vec<(Set, Vec<Element>)>,
+    /// Sets the kernel listed that [`Set`] cannot describe (anonymous
+    /// ones, types berth does not write), by name.
+    pub other_sets: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+impl Listing {
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.at.name == name)
+    }
+
+    /// The rules of chain `name`, in order.
+    pub fn rules_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |r| r.chain.name == name)
+    }
+
+    pub fn set(&self, name: &str) -> Option<&(Set, Vec<Element>)> {
+        self.sets.iter().find(|(s, _)| s.name == name)
+    }
+
+    pub fn has_set(&self, name: &str) -> bool {
+        self.set(name).is_some() || self.other_sets.iter().any(|s| s == name)
+    }
+}
+
+/// Lists `table` in `ns`: None if there is no such table. The listing is
+/// of one ruleset generation: if the ruleset changed while it was read,
+/// it is read again.
+pub fn list_table(ns: Option<&Netns>, table: &Table) -> Result<Option<Listing>> {
+    let op = format!("list table {table}");
+    let mut sock = socket::open(ns, &op)?;
+    sock.list_table(table).map_err(|e| e.context(op))
+}
+
+/// True if the kernel has nf_tables in `ns` (the module loaded or
+/// loadable): a generation query answers.
+pub fn available(ns: Option<&Netns>) -> Result<()> {
+    let op = "ask nf_tables for its ruleset generation";
+    let mut sock = socket::open(ns, op)?;
+    sock.generation().map(|_| ()).map_err(|e| e.context(op))
+}
