@@ -19,23 +19,16 @@
 //! invisible to nftables: berth cannot add the exception there, and the
 //! operator must (see plugins/bridge/README.md).
 
-use nftables::batch::Batch;
-use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression};
-use nftables::schema::{NfCmd, NfListObject, Rule};
-use nftables::stmt::{Accept, Match, Operator, Statement};
-use nftables::types::NfFamily;
-use serde_json::Value;
-use std::borrow::Cow;
-
-use super::nft;
 use super::rules::FORWARD_MARK;
+use crate::nf_tables::value::{bits, meta};
+use crate::nf_tables::{self, Batch, ChainRef, CmpOp, Expr, Family, MetaKey, Rule, Table, Verdict};
 use crate::{Netns, Result};
 
 pub const DOCKER_USER: &str = "DOCKER-USER";
 /// Identifies berth's rule in DOCKER-USER.
 pub const DOCKER_USER_COMMENT: &str = "berth: accept traffic of berth bridges";
 
-const FAMILIES: [(NfFamily, &str); 2] = [(NfFamily::IP, "ip"), (NfFamily::IP6, "ip6")];
+const FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
 
 /// berth's rule in one family's DOCKER-USER chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,39 +41,28 @@ pub enum DockerUser {
     Present(Vec<u64>),
 }
 
+fn chain(family: Family) -> ChainRef {
+    Table::new(family, "filter").chain(DOCKER_USER)
+}
+
 /// The state of berth's rule in `ip filter DOCKER-USER` and
-/// `ip6 filter DOCKER-USER` (one `nft list` call each).
+/// `ip6 filter DOCKER-USER` (one listing each).
 pub fn docker_user_in(ns: Option<&Netns>) -> Result<[DockerUser; 2]> {
-    Ok([state(ns, "ip")?, state(ns, "ip6")?])
+    Ok([state(ns, Family::Ip)?, state(ns, Family::Ip6)?])
 }
 
-fn state(ns: Option<&Netns>, family: &str) -> Result<DockerUser> {
-    let op = format!("list {family} filter {DOCKER_USER}");
-    let out = match nft::run(
-        ns,
-        &["-j", "list", "chain", family, "filter", DOCKER_USER],
-        None,
-        &op,
-    ) {
-        Ok(out) => out,
-        // nft says "No such file or directory" for a missing table or chain.
-        Err(crate::Error::Nft { msg, .. }) if msg.contains("No such file or directory") => {
-            return Ok(DockerUser::NoChain)
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(parse_state(&out))
+fn state(ns: Option<&Netns>, family: Family) -> Result<DockerUser> {
+    Ok(match nf_tables::list_chain(ns, &chain(family))? {
+        None => DockerUser::NoChain,
+        Some(rules) => state_of(&rules),
+    })
 }
 
-fn parse_state(listing: &str) -> DockerUser {
-    let v: Value = serde_json::from_str(listing).unwrap_or(Value::Null);
-    let handles: Vec<u64> = v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("rule"))
-        .filter(|r| r["comment"].as_str() == Some(DOCKER_USER_COMMENT))
-        .filter_map(|r| r["handle"].as_u64())
+fn state_of(rules: &[Rule]) -> DockerUser {
+    let handles: Vec<u64> = rules
+        .iter()
+        .filter(|r| r.comment.as_deref() == Some(DOCKER_USER_COMMENT))
+        .filter_map(|r| r.handle)
         .collect();
     if handles.is_empty() {
         DockerUser::Missing
@@ -89,31 +71,13 @@ fn parse_state(listing: &str) -> DockerUser {
     }
 }
 
-fn mark() -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }))
-}
-
-fn accept_rule(family: NfFamily, handle: Option<u32>) -> Rule<'static> {
-    Rule {
-        family,
-        table: "filter".into(),
-        chain: DOCKER_USER.into(),
-        // meta mark & FORWARD_MARK == FORWARD_MARK accept
-        expr: Cow::Owned(vec![
-            Statement::Match(Match {
-                left: Expression::BinaryOperation(Box::new(BinaryOperation::AND(
-                    mark(),
-                    Expression::Number(FORWARD_MARK),
-                ))),
-                right: Expression::Number(FORWARD_MARK),
-                op: Operator::EQ,
-            }),
-            Statement::Accept(Some(Accept {})),
-        ]),
-        handle,
-        index: None,
-        comment: Some(DOCKER_USER_COMMENT.into()),
-    }
+/// `meta mark & FORWARD_MARK == FORWARD_MARK accept`, with berth's
+/// comment.
+fn accept_rule(family: Family) -> Rule {
+    let mut e = vec![meta(MetaKey::Mark)];
+    e.extend(bits(FORWARD_MARK, CmpOp::Eq, FORWARD_MARK));
+    e.push(Expr::Verdict(Verdict::Accept));
+    Rule::new(&chain(family), e).with_comment(DOCKER_USER_COMMENT)
 }
 
 /// Adds berth's rule to every existing DOCKER-USER chain that lacks it.
@@ -121,37 +85,26 @@ fn accept_rule(family: NfFamily, handle: Option<u32>) -> Rule<'static> {
 pub fn ensure_docker_user_in(ns: Option<&Netns>) -> Result<()> {
     let states = docker_user_in(ns)?;
     let mut b = Batch::new();
-    let mut any = false;
-    for ((family, _), st) in FAMILIES.into_iter().zip(&states) {
+    for (family, st) in FAMILIES.into_iter().zip(&states) {
         if *st == DockerUser::Missing {
-            b.add_cmd(NfCmd::Insert(NfListObject::Rule(accept_rule(family, None))));
-            any = true;
+            b.insert_rule(accept_rule(family));
         }
     }
-    if !any {
-        return Ok(());
-    }
-    nft::run_batch(ns, b, "insert berth's rule into DOCKER-USER")
+    b.commit(ns, "insert berth's rule into DOCKER-USER")
 }
 
 /// Removes berth's rule from the DOCKER-USER chains, if it is there.
 pub fn remove_docker_user_in(ns: Option<&Netns>) -> Result<()> {
     let states = docker_user_in(ns)?;
     let mut b = Batch::new();
-    let mut any = false;
-    for ((family, _), st) in FAMILIES.into_iter().zip(&states) {
+    for (family, st) in FAMILIES.into_iter().zip(&states) {
         if let DockerUser::Present(handles) = st {
             for &h in handles {
-                let Ok(h) = u32::try_from(h) else { continue };
-                b.delete(NfListObject::Rule(accept_rule(family, Some(h))));
-                any = true;
+                b.delete_rule(&chain(family), h);
             }
         }
     }
-    if !any {
-        return Ok(());
-    }
-    nft::run_batch(ns, b, "delete berth's rule from DOCKER-USER")
+    b.commit(ns, "delete berth's rule from DOCKER-USER")
 }
 
 #[cfg(test)]
@@ -160,30 +113,26 @@ mod tests {
 
     #[test]
     fn finds_berth_rules_by_comment() {
-        let listing = format!(
-            r#"{{"nftables":[{{"metainfo":{{}}}},{{"chain":{{"name":"DOCKER-USER"}}}},
-            {{"rule":{{"handle":7,"comment":"{DOCKER_USER_COMMENT}","expr":[]}}}},
-            {{"rule":{{"handle":2,"expr":[{{"return":null}}]}}}}]}}"#
-        );
-        assert_eq!(parse_state(&listing), DockerUser::Present(vec![7]));
+        let mut ours = accept_rule(Family::Ip);
+        ours.handle = Some(7);
+        let mut other = Rule::new(&chain(Family::Ip), vec![Expr::Verdict(Verdict::Return)]);
+        other.handle = Some(2);
         assert_eq!(
-            parse_state(r#"{"nftables":[{"rule":{"handle":2}}]}"#),
-            DockerUser::Missing
+            state_of(&[ours, other.clone()]),
+            DockerUser::Present(vec![7])
         );
+        assert_eq!(state_of(&[other]), DockerUser::Missing);
     }
 
     #[test]
     fn rule_matches_the_mark_and_accepts() {
-        let mut b = Batch::new();
-        b.add_cmd(NfCmd::Insert(NfListObject::Rule(accept_rule(
-            NfFamily::IP,
-            None,
-        ))));
-        let j = serde_json::to_value(b.to_nftables()).unwrap();
-        let rule = &j["nftables"][0]["insert"]["rule"];
-        assert_eq!(rule["family"], "ip");
-        assert_eq!(rule["chain"], DOCKER_USER);
-        assert_eq!(rule["expr"][0]["match"]["right"], FORWARD_MARK);
-        assert!(rule["expr"][1].get("accept").is_some());
+        let r = accept_rule(Family::Ip6);
+        assert_eq!(r.chain.table.family, Family::Ip6);
+        assert_eq!(r.chain.name, DOCKER_USER);
+        assert_eq!(r.exprs.last(), Some(&Expr::Verdict(Verdict::Accept)));
+        assert!(r.exprs.contains(&crate::nf_tables::value::cmp(
+            CmpOp::Eq,
+            FORWARD_MARK.to_ne_bytes().to_vec()
+        )));
     }
 }

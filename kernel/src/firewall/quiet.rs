@@ -38,12 +38,16 @@
 //! Matched by the ports' names, which the front ends choose (the caller
 //! passes their prefixes: names are not this crate's): this kernel has no
 //! `meta ibrname` in the bridge family. Made with the first berth network
-//! and dropped with the last one (one nft call each, never per container;
-//! nft's text syntax, as the portmap module's). The forward chain `quiet`
-//! of earlier versions is removed when the chain is made or dropped.
+//! and dropped with the last one (one batch each, never per container).
+//! The forward chain `quiet` of earlier versions is removed when the
+//! chain is made or dropped.
 
-use super::nft;
-use super::spoofchk::SPOOFCHK_TABLE;
+use super::spoofchk::bridge_table;
+use crate::nf_tables::value::{cmp, meta};
+use crate::nf_tables::{
+    BaseChain, Batch, Chain, ChainType, CmpOp, DataType, Element, Expr, Hook, Key, MetaKey,
+    PayloadBase, Rule, Verdict, REG_1,
+};
 use crate::{Netns, Result};
 
 /// The prerouting chain of `bridge berth` holding the drop rules.
@@ -52,45 +56,115 @@ pub const QUIET_CHAIN: &str = "quiet_ingress";
 const OLD_QUIET_CHAIN: &str = "quiet";
 /// Before the bridge family's default filter priority.
 const PRIO: i32 = -200;
+/// ICMPv6 types dropped: router solicitation, MLD report, MLDv2 report.
+const QUIET_TYPES: [u8; 3] = [133, 131, 143];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// True for the quiet chain's name, or the one it had before.
 pub(crate) fn is_quiet_chain(name: &str) -> bool {
     name == QUIET_CHAIN || name == OLD_QUIET_CHAIN
 }
 
+fn base(name: &str, hook: Hook) -> Chain {
+    Chain {
+        at: bridge_table().chain(name),
+        base: Some(BaseChain {
+            kind: ChainType::Filter,
+            hook,
+            priority: PRIO,
+            accept: true,
+        }),
+    }
+}
+
 /// Makes the table and the chain if missing, and removes the old forward
 /// chain (made first, so deleting it never fails for its absence).
-fn chain() -> String {
-    let t = SPOOFCHK_TABLE;
-    format!(
-        "add table bridge {t}\n\
-         add chain bridge {t} {OLD_QUIET_CHAIN} {{ type filter hook forward priority {PRIO}; policy accept; }}\n\
-         flush chain bridge {t} {OLD_QUIET_CHAIN}\n\
-         delete chain bridge {t} {OLD_QUIET_CHAIN}\n\
-         add chain bridge {t} {QUIET_CHAIN} {{ type filter hook prerouting priority {PRIO}; policy accept; }}\n"
-    )
+fn chain(b: &mut Batch) -> Chain {
+    let old = base(OLD_QUIET_CHAIN, Hook::Forward);
+    let quiet = base(QUIET_CHAIN, Hook::Prerouting);
+    b.add_table(&bridge_table())
+        .add_chain(&old)
+        .flush_chain(&old.at)
+        .delete_chain(&old.at)
+        .add_chain(&quiet);
+    quiet
+}
+
+/// `iifname "PREFIX*" icmpv6 type { nd-router-solicit,
+/// mld-listener-report, mld2-listener-report } drop`, as nft compiles it
+/// in the bridge family (with its `ether type ip6` dependency).
+fn quiet_rule(b: &mut Batch, chain: &Chain, prefix: &str) -> Rule {
+    let set = b.add_anonymous_set(
+        &bridge_table(),
+        Key(vec![DataType::Icmpv6Type]),
+        QUIET_TYPES.iter().map(|t| Element::key(vec![*t])).collect(),
+    );
+    let load = |base, offset, len| Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg: REG_1,
+    };
+    let exprs = vec![
+        meta(MetaKey::Iifname),
+        cmp(CmpOp::Eq, prefix.as_bytes().to_vec()),
+        load(PayloadBase::Link, 12, 2),
+        cmp(CmpOp::Eq, ETH_P_IPV6.to_vec()),
+        meta(MetaKey::L4proto),
+        cmp(CmpOp::Eq, vec![IPPROTO_ICMPV6]),
+        load(PayloadBase::Transport, 0, 1),
+        Expr::Lookup {
+            set,
+            sreg: REG_1,
+            dreg: None,
+            invert: false,
+        },
+        Expr::Verdict(Verdict::Drop),
+    ];
+    Rule::new(&chain.at, exprs)
 }
 
 /// Makes berth's bridges quiet for ports named `port_prefixes*`
 /// (idempotent: the chain is refilled).
 pub fn quiet_add_in(ns: Option<&Netns>, port_prefixes: &[String]) -> Result<()> {
-    let t = SPOOFCHK_TABLE;
-    let mut script = format!("{}flush chain bridge {t} {QUIET_CHAIN}\n", chain());
+    let mut b = Batch::new();
+    let quiet = chain(&mut b);
+    b.flush_chain(&quiet.at);
     for p in port_prefixes {
         crate::check_ifname(p)?;
-        script.push_str(&format!(
-            "add rule bridge {t} {QUIET_CHAIN} iifname \"{p}*\" icmpv6 type {{ nd-router-solicit, mld-listener-report, mld2-listener-report }} drop\n"
-        ));
+        let rule = quiet_rule(&mut b, &quiet, p);
+        b.add_rule(rule);
     }
-    nft::run(ns, &["-f", "-"], Some(&script), "quiet berth's bridges").map(|_| ())
+    b.commit(ns, "quiet berth's bridges")
 }
 
 /// Drops the chain (no berth network is left; gone already is fine).
 pub fn quiet_remove_in(ns: Option<&Netns>) -> Result<()> {
-    let script = format!(
-        "{}delete chain bridge {} {QUIET_CHAIN}\n",
-        chain(),
-        SPOOFCHK_TABLE
-    );
-    nft::run(ns, &["-f", "-"], Some(&script), "drop the quiet chain").map(|_| ())
+    let mut b = Batch::new();
+    let quiet = chain(&mut b);
+    b.delete_chain(&quiet.at);
+    b.commit(ns, "drop the quiet chain")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_and_one_set_per_prefix() {
+        let mut b = Batch::new();
+        let quiet = chain(&mut b);
+        let r = quiet_rule(&mut b, &quiet, "bv");
+        assert_eq!(r.exprs[1], cmp(CmpOp::Eq, b"bv".to_vec()));
+        b.add_rule(r);
+        let c = b.describe();
+        assert_eq!(c[0], "add table bridge berth");
+        assert!(c.contains(&"delete chain bridge berth quiet".to_string()));
+        assert!(c.contains(&"add anonymous set to bridge berth".to_string()));
+        assert_eq!(
+            c.last().map(String::as_str),
+            Some("add rule to bridge berth quiet_ingress")
+        );
+    }
 }

@@ -18,31 +18,23 @@
 //! flush" / "add, then delete" scheme as rules.rs; adding an element that
 //! exists with the same verdict is a no-op in the kernel).
 
-use std::borrow::Cow;
-
-use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Verdict};
-use nftables::schema::{
-    Chain, Element, FlushObject, Map, NfCmd, NfListObject, Rule, SetType, SetTypeValue, Table,
-};
-use nftables::stmt::{JumpTarget, Match, Operator, Statement, VerdictMap};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use serde_json::Value;
-
 use super::listing::TableListing;
-use super::nft;
 use super::rules::clean_comment;
 use crate::handle::check_ifname;
-use crate::{Error, Netns, Result};
+use crate::nf_tables::value::{cmp, ifname, meta};
+use crate::nf_tables::{
+    self, BaseChain, Batch, Chain, ChainRef, ChainType, CmpOp, DataType, Element, Expr, Family,
+    Hook, Key, MapData, MetaKey, PayloadBase, Rule, Set, Table, Verdict, REG_1, REG_VERDICT,
+};
+use crate::{Netns, Result};
 
 /// The table's name (family bridge; `inet berth` is another table).
 pub const SPOOFCHK_TABLE: &str = "berth";
 /// The base chain holding the single vmap rule.
 pub const SPOOFCHK_CHAIN: &str = "spoofchk";
-/// The verdict map from host veth name to its per-port chain.
+/// The verdict map from host veth to its port chain.
 pub const SPOOFCHK_MAP: &str = "spoofchk-ports";
-/// Priority of the base chain: the reference plugin's (before anything
-/// else in the bridge family's prerouting).
+/// Before everything else in the bridge family's prerouting.
 const PRIO: i32 = -300;
 
 /// The per-port chain of `host_veth`.
@@ -50,159 +42,113 @@ pub fn spoofchk_chain_name(host_veth: &str) -> String {
     format!("spoof-{host_veth}")
 }
 
-fn table() -> Table<'static> {
-    Table {
-        family: NfFamily::Bridge,
-        name: SPOOFCHK_TABLE.into(),
-        handle: None,
-    }
+/// `bridge berth`: the spoof checks and the quiet chain.
+pub(crate) fn bridge_table() -> Table {
+    Table::new(Family::Bridge, SPOOFCHK_TABLE)
 }
 
-fn chain(name: String, base: bool) -> Chain<'static> {
+fn base_chain() -> Chain {
     Chain {
-        family: NfFamily::Bridge,
-        table: SPOOFCHK_TABLE.into(),
-        name: name.into(),
-        newname: None,
-        handle: None,
-        _type: base.then_some(NfChainType::Filter),
-        hook: base.then_some(NfHook::Prerouting),
-        prio: base.then_some(PRIO),
-        dev: None,
-        policy: base.then_some(NfChainPolicy::Accept),
+        at: bridge_table().chain(SPOOFCHK_CHAIN),
+        base: Some(BaseChain {
+            kind: ChainType::Filter,
+            hook: Hook::Prerouting,
+            priority: PRIO,
+            accept: true,
+        }),
     }
 }
 
-/// The map's data type is really `verdict`, which the nftables crate (0.6)
-/// cannot express: `to_json` rewrites this placeholder.
-fn map() -> Box<Map<'static>> {
-    Box::new(Map {
-        family: NfFamily::Bridge,
-        table: SPOOFCHK_TABLE.into(),
-        name: SPOOFCHK_MAP.into(),
-        set_type: SetTypeValue::Single(SetType::Ifname),
-        map: SetTypeValue::Single(SetType::Ifname),
-        ..Map::default()
-    })
-}
-
-/// `"<hostveth>" : jump spoof-<hostveth>`
-fn element(host_veth: &str) -> Element<'static> {
-    Element {
-        family: NfFamily::Bridge,
-        table: SPOOFCHK_TABLE.into(),
-        name: SPOOFCHK_MAP.into(),
-        elem: Cow::Owned(vec![Expression::List(vec![
-            Expression::String(host_veth.to_string().into()),
-            Expression::Verdict(Verdict::Jump(JumpTarget {
-                target: spoofchk_chain_name(host_veth).into(),
-            })),
-        ])]),
+fn port_chain(host_veth: &str) -> Chain {
+    Chain {
+        at: bridge_table().chain(&spoofchk_chain_name(host_veth)),
+        base: None,
     }
 }
 
-fn rule(chain: String, expr: Vec<Statement<'static>>, comment: Option<String>) -> Rule<'static> {
-    Rule {
-        family: NfFamily::Bridge,
-        table: SPOOFCHK_TABLE.into(),
-        chain: chain.into(),
-        expr: Cow::Owned(expr),
-        handle: None,
-        index: None,
-        comment: comment.map(Cow::Owned),
+fn map() -> Set {
+    Set {
+        table: bridge_table(),
+        name: SPOOFCHK_MAP.to_string(),
+        key: Key(vec![DataType::Ifname]),
+        data: Some(MapData::Verdict),
+        interval: false,
     }
 }
 
-/// The batch installing the check for one port (and the shared table,
-/// map and base chain, which every ADD re-asserts so none is ever missing).
-pub(crate) fn add_batch(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Batch<'static> {
-    let port = spoofchk_chain_name(host_veth);
+fn element(host_veth: &str) -> Vec<Element> {
+    vec![Element::verdict(
+        ifname(host_veth),
+        Verdict::Jump(spoofchk_chain_name(host_veth)),
+    )]
+}
+
+/// `ether saddr`: the link header's source address.
+fn ether_saddr() -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Link,
+        offset: 6,
+        len: 6,
+        dreg: REG_1,
+    }
+}
+
+/// Adds the table, map and base chain if missing (the base chain is
+/// refilled: one rule), the port's chain (refilled) and its map element.
+pub(crate) fn add_batch(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Batch {
     let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    // The map before the rule that refers to it.
-    b.add(NfListObject::Map(map()));
-    // Base chain: flushed and refilled so its one rule is never doubled.
-    let base = chain(SPOOFCHK_CHAIN.into(), true);
-    b.add(NfListObject::Chain(base.clone()));
-    b.add_cmd(NfCmd::Flush(FlushObject::Chain(base)));
+    let base = base_chain();
+    b.add_table(&bridge_table())
+        .add_set(&map())
+        .add_chain(&base)
+        .flush_chain(&base.at);
     // iifname vmap @spoofchk-ports
-    b.add(NfListObject::Rule(rule(
-        SPOOFCHK_CHAIN.into(),
-        vec![Statement::VerdictMap(VerdictMap {
-            key: Expression::Named(NamedExpression::Meta(Meta {
-                key: MetaKey::Iifname,
-            })),
-            data: Expression::String(format!("@{SPOOFCHK_MAP}").into()),
-        })],
-        None,
-    )));
-    // The port's chain, emptied first: a re-ADD with another MAC replaces
-    // the rule instead of adding a second one.
-    let pc = chain(port.clone(), false);
-    b.add(NfListObject::Chain(pc.clone()));
-    b.add_cmd(NfCmd::Flush(FlushObject::Chain(pc)));
-    // ether saddr != MAC drop
-    b.add(NfListObject::Rule(rule(
-        port,
+    b.add_rule(Rule::new(
+        &base.at,
         vec![
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                    PayloadField {
-                        protocol: "ether".into(),
-                        field: "saddr".into(),
-                    },
-                ))),
-                right: Expression::String(crate::mac_text(mac).into()),
-                op: Operator::NEQ,
-            }),
-            Statement::Drop(None),
+            meta(MetaKey::Iifname),
+            Expr::Lookup {
+                set: SPOOFCHK_MAP.to_string(),
+                sreg: REG_1,
+                dreg: Some(REG_VERDICT),
+                invert: false,
+            },
         ],
-        Some(clean_comment(format!("berth container {container_id}"))),
-    )));
-    b.add(NfListObject::Element(element(host_veth)));
+    ));
+    let port = port_chain(host_veth);
+    b.add_chain(&port).flush_chain(&port.at);
+    // ether saddr != MAC drop
+    b.add_rule(
+        Rule::new(
+            &port.at,
+            vec![
+                ether_saddr(),
+                cmp(CmpOp::Neq, mac.to_vec()),
+                Expr::Verdict(Verdict::Drop),
+            ],
+        )
+        .with_comment(clean_comment(format!("berth container {container_id}"))),
+    );
+    b.add_elements(&bridge_table(), SPOOFCHK_MAP, element(host_veth));
     b
 }
 
-/// The batch removing one port's element and chain, whatever exists. The
-/// element is added before it is deleted, so its chain must exist: the
-/// chain is added first and deleted last (after the element no longer
-/// refers to it). The table and map stay for the other ports.
-pub(crate) fn remove_batch(host_veth: &str) -> Batch<'static> {
-    let pc = chain(spoofchk_chain_name(host_veth), false);
+/// Removes the port's element and chain, whether or not they exist (the
+/// element goes first: the chain is referenced by it).
+pub(crate) fn remove_batch(host_veth: &str) -> Batch {
+    let port = port_chain(host_veth);
     let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    b.add(NfListObject::Map(map()));
-    b.add(NfListObject::Chain(pc.clone()));
-    b.add(NfListObject::Element(element(host_veth)));
-    b.delete(NfListObject::Element(element(host_veth)));
-    b.add_cmd(NfCmd::Flush(FlushObject::Chain(pc.clone())));
-    b.delete(NfListObject::Chain(pc));
+    b.add_table(&bridge_table())
+        .add_set(&map())
+        .add_chain(&port)
+        .add_elements(&bridge_table(), SPOOFCHK_MAP, element(host_veth))
+        .delete_elements(&bridge_table(), SPOOFCHK_MAP, element(host_veth))
+        .flush_chain(&port.at)
+        .delete_chain(&port.at);
     b
 }
 
-/// Serializes `b`, giving every map its real data type (see [`map`]).
-fn to_json(b: Batch<'_>, op: &str) -> Result<String> {
-    let mut v = serde_json::to_value(b.to_nftables()).map_err(|e| Error::Nft {
-        op: op.to_string(),
-        msg: format!("serialize ruleset: {e}"),
-    })?;
-    for cmd in v["nftables"].as_array_mut().into_iter().flatten() {
-        for obj in cmd.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
-            if let Some(m) = obj.get_mut("map") {
-                m["map"] = Value::from("verdict");
-            }
-        }
-    }
-    Ok(v.to_string())
-}
-
-fn run(ns: Option<&Netns>, b: Batch<'_>, op: &str) -> Result<()> {
-    let json = to_json(b, op)?;
-    nft::run(ns, &["-j", "-f", "-"], Some(&json), op).map(|_| ())
-}
-
-/// Installs (or replaces) the spoof check of `host_veth`: only frames from
-/// `mac` may enter the bridge through it. One nft transaction; idempotent.
+/// Adds the MAC spoof check of `host_veth` (idempotent).
 pub fn spoofchk_add_in(
     ns: Option<&Netns>,
     host_veth: &str,
@@ -211,52 +157,33 @@ pub fn spoofchk_add_in(
 ) -> Result<()> {
     check_ifname(host_veth)?;
     let op = format!("add MAC spoof check of {host_veth}");
-    run(ns, add_batch(host_veth, mac, container_id), &op)
+    add_batch(host_veth, mac, container_id).commit(ns, &op)
 }
 
-/// Removes the spoof check of `host_veth`; succeeds when there is none.
-/// Needs no MAC. One nft transaction.
+/// Removes the MAC spoof check of `host_veth` (idempotent).
 pub fn spoofchk_remove_in(ns: Option<&Netns>, host_veth: &str) -> Result<()> {
     check_ifname(host_veth)?;
     let op = format!("remove MAC spoof check of {host_veth}");
-    run(ns, remove_batch(host_veth), &op)
+    remove_batch(host_veth).commit(ns, &op)
 }
 
-/// Removes the whole `bridge berth` table ("add, then delete"), for the
-/// caller that knows no berth network is left. Idempotent.
+/// Drops the whole `bridge berth` table (idempotent).
 pub fn spoofchk_remove_table_in(ns: Option<&Netns>) -> Result<()> {
     let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    b.delete(NfListObject::Table(table()));
-    run(ns, b, "remove table bridge berth")
+    b.add_table(&bridge_table()).delete_table(&bridge_table());
+    b.commit(ns, "remove table bridge berth")
 }
 
-/// Drops `bridge berth` when it holds no port's check any more (one
-/// listing; a missing table is fine), the quiet chain with it: callers
-/// call this once no berth network is left. Caller holds berth's
-/// host-wide lock.
+/// Drops `bridge berth` if no port's check is left in it (the quiet chain
+/// and the base chain alone don't keep it).
 pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
-    let op = format!("list table bridge {SPOOFCHK_TABLE}");
-    let out = match nft::run(
-        ns,
-        &["-j", "list", "table", "bridge", SPOOFCHK_TABLE],
-        None,
-        &op,
-    ) {
-        Ok(out) => out,
-        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(listing) = nf_tables::list_table(ns, &bridge_table())? else {
+        return Ok(());
     };
-    let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Nft {
-        op: op.clone(),
-        msg: format!("bad nft JSON: {e}"),
-    })?;
-    let ports = doc["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.get("chain")?.get("name")?.as_str())
-        .filter(|n| *n != SPOOFCHK_CHAIN && !super::quiet::is_quiet_chain(n))
+    let ports = listing
+        .chains
+        .iter()
+        .filter(|c| c.at.name != SPOOFCHK_CHAIN && !super::quiet::is_quiet_chain(&c.at.name))
         .count();
     if ports == 0 {
         spoofchk_remove_table_in(ns)?;
@@ -265,8 +192,7 @@ pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
 }
 
 /// For the reconciler: what `listing` (of `bridge berth`) lacks of
-/// `host_veth`'s check (the base chain's rule, the port's element in the
-/// map, its chain's rule), as text, or None.
+/// `host_veth`'s check, or None.
 pub fn spoofchk_missing_from_listing(listing: &TableListing, host_veth: &str) -> Option<String> {
     let chain = spoofchk_chain_name(host_veth);
     let filled = |c: &str| listing.chain_rules(c).is_some_and(|r| !r.is_empty());
@@ -282,144 +208,78 @@ pub fn spoofchk_missing_from_listing(listing: &TableListing, host_veth: &str) ->
     None
 }
 
-/// For CHECK: the MACs the per-port chain of `host_veth` lets through
-/// (lowercase, one per `ether saddr != MAC drop` rule), or None if the
-/// chain (or the table) does not exist. One `nft list chain`.
+/// The MACs `host_veth`'s chain lets through (lower case), or None if it
+/// has no chain.
 pub fn spoofchk_macs_in(ns: Option<&Netns>, host_veth: &str) -> Result<Option<Vec<String>>> {
     check_ifname(host_veth)?;
-    let name = spoofchk_chain_name(host_veth);
-    let op = format!("list chain bridge {SPOOFCHK_TABLE} {name}");
-    let args = [
-        "-j",
-        "list",
-        "chain",
-        "bridge",
-        SPOOFCHK_TABLE,
-        name.as_str(),
-    ];
-    let out = match nft::run(ns, &args, None, &op) {
-        Ok(out) => out,
-        // nft reports a missing table or chain as ENOENT on stderr.
-        Err(Error::Nft { msg, .. }) if msg.contains("No such file or directory") => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
-    parse_macs(&out)
-        .map(Some)
-        .map_err(|msg| Error::Nft { op, msg })
+    let chain: ChainRef = bridge_table().chain(&spoofchk_chain_name(host_veth));
+    Ok(nf_tables::list_chain(ns, &chain)?.map(|rules| macs(&rules)))
 }
 
-/// The MACs of the `ether saddr != MAC drop` rules in a chain listing.
-fn parse_macs(listing: &str) -> std::result::Result<Vec<String>, String> {
-    let doc: Value = serde_json::from_str(listing).map_err(|e| format!("bad nft JSON: {e}"))?;
-    let items = doc["nftables"]
-        .as_array()
-        .ok_or("nft JSON without an \"nftables\" array")?;
-    let macs = items
+/// The MACs of `ether saddr != MAC drop` rules.
+fn macs(rules: &[Rule]) -> Vec<String> {
+    rules
         .iter()
-        .filter_map(|o| o.get("rule")?.get("expr")?.as_array())
-        .filter(|expr| expr.iter().any(|s| s.get("drop").is_some()))
-        .filter_map(|expr| {
-            expr.iter().find_map(|s| {
-                let m = s.get("match")?;
-                let saddr = m["left"]["payload"]["protocol"] == "ether"
-                    && m["left"]["payload"]["field"] == "saddr"
-                    && m["op"] == "!=";
-                saddr.then(|| m["right"].as_str().map(str::to_ascii_lowercase))?
+        .filter(|r| r.exprs.contains(&Expr::Verdict(Verdict::Drop)))
+        .filter_map(|r| {
+            r.exprs.windows(2).find_map(|w| match w {
+                [load, Expr::Cmp {
+                    op: CmpOp::Neq,
+                    data,
+                    ..
+                }] if *load == ether_saddr() => <[u8; 6]>::try_from(data.as_slice()).ok(),
+                _ => None,
             })
         })
-        .collect();
-    Ok(macs)
+        .map(|mac| crate::mac_text(&mac).to_ascii_lowercase())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn json(b: Batch<'static>) -> Value {
-        serde_json::from_str(&to_json(b, "test").unwrap()).unwrap()
-    }
-
-    /// (command, object kind) of each command.
-    fn cmds(v: &Value) -> Vec<(String, String)> {
-        v["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                let (cmd, inner) = o.as_object().unwrap().iter().next().unwrap();
-                let kind = inner.as_object().unwrap().keys().next().unwrap();
-                (cmd.clone(), kind.clone())
-            })
-            .collect()
-    }
-
     #[test]
     fn add_batch_shape() {
-        let v = json(add_batch("bv0123abcd", &[2, 0, 0, 0, 0, 0xab], "c1"));
-        let want = [
-            ("add", "table"),
-            ("add", "map"),
-            ("add", "chain"),
-            ("flush", "chain"),
-            ("add", "rule"),
-            ("add", "chain"),
-            ("flush", "chain"),
-            ("add", "rule"),
-            ("add", "element"),
-        ];
-        let want: Vec<(String, String)> = want
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        assert_eq!(cmds(&v), want);
-        let n = &v["nftables"];
-        assert_eq!(n[0]["add"]["table"]["family"], "bridge");
-        assert_eq!(n[1]["add"]["map"]["type"], "ifname");
-        assert_eq!(n[1]["add"]["map"]["map"], "verdict");
-        assert_eq!(n[2]["add"]["chain"]["hook"], "prerouting");
-        assert_eq!(n[2]["add"]["chain"]["prio"], -300);
+        let b = add_batch("bv0123abcd", &[2, 0, 0, 0, 0, 0xab], "c1");
         assert_eq!(
-            n[4]["add"]["rule"]["expr"][0]["vmap"]["data"],
-            "@spoofchk-ports"
+            b.describe(),
+            [
+                "add table bridge berth",
+                "add set bridge berth spoofchk-ports",
+                "add chain bridge berth spoofchk",
+                "flush chain bridge berth spoofchk",
+                "add rule to bridge berth spoofchk",
+                "add chain bridge berth spoof-bv0123abcd",
+                "flush chain bridge berth spoof-bv0123abcd",
+                "add rule to bridge berth spoof-bv0123abcd",
+                "add 1 element(s) to bridge berth spoofchk-ports",
+            ]
         );
-        assert!(n[5]["add"]["chain"].get("hook").is_none());
-        let r = &n[7]["add"]["rule"];
-        assert_eq!(r["chain"], "spoof-bv0123abcd");
-        assert_eq!(r["expr"][0]["match"]["right"], "02:00:00:00:00:ab");
-        assert_eq!(r["expr"][0]["match"]["op"], "!=");
-        assert_eq!(r["comment"], "berth container c1");
+        let rules: Vec<&Rule> = b.rules().collect();
+        assert_eq!(rules[1].comment.as_deref(), Some("berth container c1"));
+        assert_eq!(macs(&[rules[1].clone()]), vec!["02:00:00:00:00:ab"]);
         assert_eq!(
-            n[8]["add"]["element"]["elem"],
-            serde_json::json!([["bv0123abcd", {"jump": {"target": "spoof-bv0123abcd"}}]])
+            b.added_elements(SPOOFCHK_MAP),
+            vec![&element("bv0123abcd")[0]]
         );
     }
 
     #[test]
     fn remove_batch_deletes_element_before_chain() {
-        let c = cmds(&json(remove_batch("bv1")));
-        let pos = |x: (&str, &str)| c.iter().position(|(a, b)| a == x.0 && b == x.1).unwrap();
-        assert!(pos(("add", "chain")) < pos(("add", "element")));
-        assert!(pos(("delete", "element")) < pos(("delete", "chain")));
+        let c = remove_batch("bv1").describe();
+        let pos = |x: &str| c.iter().position(|a| a.starts_with(x));
+        assert!(pos("add chain") < pos("add 1 element"));
+        assert!(pos("delete 1 element") < pos("delete chain"));
         assert!(!c
             .iter()
-            .any(|(a, b)| a == "delete" && (b == "table" || b == "map")));
+            .any(|a| a.starts_with("delete table") || a.starts_with("delete set")));
     }
 
     #[test]
-    fn parses_macs_from_listing() {
-        let listing = r#"{"nftables": [{"metainfo": {}},
-          {"chain": {"family": "bridge", "table": "berth", "name": "spoof-bv1"}},
-          {"rule": {"chain": "spoof-bv1", "expr": [{"match": {"op": "!=",
-            "left": {"payload": {"protocol": "ether", "field": "saddr"}},
-            "right": "02:00:00:00:00:AB"}}, {"drop": null}]}},
-          {"rule": {"chain": "spoof-bv1", "expr": [{"accept": null}]}}]}"#;
-        assert_eq!(parse_macs(listing).unwrap(), vec!["02:00:00:00:00:ab"]);
-        assert_eq!(
-            parse_macs(r#"{"nftables": []}"#).unwrap(),
-            Vec::<String>::new()
-        );
-        assert!(parse_macs("nope").is_err());
+    fn macs_of_accept_rules_are_not_listed() {
+        let chain = bridge_table().chain("spoof-bv1");
+        let accept = Rule::new(&chain, vec![Expr::Verdict(Verdict::Accept)]);
+        assert_eq!(macs(&[accept]), Vec::<String>::new());
     }
 }

@@ -390,7 +390,7 @@ impl Expr {
             } => {
                 let mut v = vec![
                     Attr::u32(NFTA_LOOKUP_SREG, *sreg),
-                    Attr::str(NFTA_LOOKUP_SET, set),
+                    Attr::str(NFTA_LOOKUP_SET, super::wire_set_name(set)),
                 ];
                 if let Some(id) = set_id(set) {
                     v.push(Attr::u32(NFTA_LOOKUP_SET_ID, id));

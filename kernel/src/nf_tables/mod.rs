@@ -41,6 +41,9 @@ enum Command {
     FlushChain(ChainRef),
     DeleteChain(ChainRef),
     AddSet(Set),
+    /// A constant anonymous set with its elements (nft's `{ a, b }`), by
+    /// the name [`Batch::add_anonymous_set`] gave it.
+    AddAnonymousSet(Table, String, Key, Vec<Element>),
     FlushSet(Table, String),
     DeleteSet(Table, String),
     AddElements(Table, String, Vec<Element>),
@@ -50,7 +53,32 @@ enum Command {
     DeleteRule(ChainRef, u64),
 }
 
+/// The name nft gives the kernel for an anonymous set: the kernel puts a
+/// number in place of `%d`.
+const ANON_SET: &str = "__set%d";
+
+/// A set's name as sent: an anonymous set's batch-local name is the
+/// kernel's template (the set ID tells them apart).
+fn wire_set_name(name: &str) -> &str {
+    match name.split_once('/') {
+        Some((ANON_SET, _)) => ANON_SET,
+        _ => name,
+    }
+}
+
 impl Command {
+    /// The messages the command is sent as: an anonymous set is created,
+    /// then filled, in two.
+    fn expand(&self) -> Vec<Command> {
+        match self {
+            Command::AddAnonymousSet(t, name, _, e) => vec![
+                self.clone(),
+                Command::AddElements(t.clone(), name.clone(), e.clone()),
+            ],
+            c => vec![c.clone()],
+        }
+    }
+
     /// What the command does, as nft would say it (for errors).
     fn describe(&self) -> String {
         match self {
@@ -60,6 +88,7 @@ impl Command {
             Command::FlushChain(c) => format!("flush chain {c}"),
             Command::DeleteChain(c) => format!("delete chain {c}"),
             Command::AddSet(s) => format!("add set {} {}", s.table, s.name),
+            Command::AddAnonymousSet(t, _, _, _) => format!("add anonymous set to {t}"),
             Command::FlushSet(t, s) => format!("flush set {t} {s}"),
             Command::DeleteSet(t, s) => format!("delete set {t} {s}"),
             Command::AddElements(t, s, e) => format!("add {} element(s) to {t} {s}", e.len()),
@@ -113,6 +142,26 @@ impl Batch {
     /// Adds `set`; a no-op if it exists as it is.
     pub fn add_set(&mut self, set: &Set) -> &mut Batch {
         self.push(Command::AddSet(set.clone()))
+    }
+
+    /// Adds a constant anonymous set holding `elements`, for the rules
+    /// added after it in this batch; returns the name a rule's lookup
+    /// uses for it. The kernel names it (`__set0`...) and removes it with
+    /// the rule.
+    pub fn add_anonymous_set(&mut self, table: &Table, key: Key, elements: Vec<Element>) -> String {
+        let n = self
+            .commands
+            .iter()
+            .filter(|c| matches!(c, Command::AddAnonymousSet(..)))
+            .count();
+        let name = format!("{ANON_SET}/{n}");
+        self.push(Command::AddAnonymousSet(
+            table.clone(),
+            name.clone(),
+            key,
+            elements,
+        ));
+        name
     }
 
     /// Removes every element of a set or map.
@@ -220,16 +269,19 @@ impl Batch {
         // nft does.
         let mut ids: HashMap<(Family, String, String), u32> = HashMap::new();
         for c in &self.commands {
-            if let Command::AddSet(s) = c {
-                let next = ids.len() as u32 + 1;
-                ids.entry((s.table.family, s.table.name.clone(), s.name.clone()))
-                    .or_insert(next);
-            }
+            let (table, name) = match c {
+                Command::AddSet(s) => (&s.table, &s.name),
+                Command::AddAnonymousSet(t, name, _, _) => (t, name),
+                _ => continue,
+            };
+            let next = ids.len() as u32 + 1;
+            ids.entry((table.family, table.name.clone(), name.clone()))
+                .or_insert(next);
         }
         let mut seq = first_seq;
-        for c in &self.commands {
+        for c in self.commands.iter().flat_map(Command::expand) {
             seq += 1;
-            let (kind, flags, family, attrs) = command_message(c, &ids);
+            let (kind, flags, family, attrs) = command_message(&c, &ids);
             wire::put_message(
                 &mut out,
                 wire::nft_type(kind),
@@ -258,18 +310,19 @@ impl Batch {
         if self.commands.is_empty() {
             return Ok(());
         }
+        let sent: Vec<Command> = self.commands.iter().flat_map(Command::expand).collect();
         let mut sock = socket::open(ns, op)?;
-        let first = sock.next_seqs(self.commands.len() as u32 + 2);
+        let first = sock.next_seqs(sent.len() as u32 + 2);
         let bytes = self.encode(first);
         let failed = sock
-            .transact(&bytes, first + 1, self.commands.len())
+            .transact(&bytes, first + 1, sent.len())
             .map_err(|e| e.context(op))?;
         match failed {
             None => Ok(()),
             Some((seq, errno, ext)) => {
                 let what = seq
                     .checked_sub(first + 1)
-                    .and_then(|i| self.commands.get(i as usize))
+                    .and_then(|i| sent.get(i as usize))
                     .map(Command::describe)
                     .unwrap_or_else(|| "the batch".to_string());
                 Err(Error::NfTables {
@@ -297,7 +350,7 @@ fn command_message(
     let elements = |t: &Table, set: &str, e: &[Element]| {
         let mut v = vec![
             Attr::str(wire::NFTA_SET_ELEM_LIST_TABLE, &t.name),
-            Attr::str(wire::NFTA_SET_ELEM_LIST_SET, set),
+            Attr::str(wire::NFTA_SET_ELEM_LIST_SET, wire_set_name(set)),
         ];
         if let Some(id) = set_id(t)(set) {
             v.push(Attr::u32(wire::NFTA_SET_ELEM_LIST_SET_ID, id));
@@ -353,6 +406,15 @@ fn command_message(
                 wire::NLM_F_CREATE,
                 s.table.family,
                 s.attrs(id),
+            )
+        }
+        Command::AddAnonymousSet(t, name, key, e) => {
+            let id = set_id(t)(name).unwrap_or(0);
+            (
+                wire::NFT_MSG_NEWSET,
+                wire::NLM_F_CREATE,
+                t.family,
+                objects::anonymous_set_attrs(t, key, e.len(), id),
             )
         }
         Command::FlushSet(t, s) => (wire::NFT_MSG_DELSETELEM, 0, t.family, elements(t, s, &[])),
@@ -429,6 +491,14 @@ pub fn list_table(ns: Option<&Netns>, table: &Table) -> Result<Option<Listing>> 
     let op = format!("list table {table}");
     let mut sock = socket::open(ns, &op)?;
     sock.list_table(table).map_err(|e| e.context(op))
+}
+
+/// The rules of `chain` in `ns`, in order; None if there is no such
+/// chain (or table).
+pub fn list_chain(ns: Option<&Netns>, chain: &ChainRef) -> Result<Option<Vec<Rule>>> {
+    let op = format!("list chain {chain}");
+    let mut sock = socket::open(ns, &op)?;
+    sock.list_chain(chain).map_err(|e| e.context(op))
 }
 
 /// True if the kernel has nf_tables in `ns` (the module loaded or

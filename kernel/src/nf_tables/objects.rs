@@ -369,6 +369,41 @@ fn set_userdata(key: &Key, data: &Option<MapData>) -> Vec<u8> {
     out
 }
 
+/// nft's description of an anonymous set's key taken from the expression
+/// it is matched against (NFTNL_UDATA_SET_KEY_TYPEOF): for `icmpv6 type
+/// { ... }`, the icmpv6 header's type field, as nft 1.0.6 writes it.
+const ICMPV6_TYPE_TYPEOF: [u8; 20] = [
+    0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0e, 0x00, 0x00, 0x00, 0x01, 0x04,
+    0x01, 0x00, 0x00, 0x00,
+];
+
+/// A constant anonymous set of `size` elements (flags, key, nft's user
+/// data); the kernel names it from the template.
+pub(super) fn anonymous_set_attrs(table: &Table, key: &Key, size: usize, id: u32) -> Vec<Attr> {
+    let mut udata = set_userdata(key, &None);
+    if key.0 == [DataType::Icmpv6Type] {
+        udata.push(3);
+        udata.push(ICMPV6_TYPE_TYPEOF.len() as u8);
+        udata.extend_from_slice(&ICMPV6_TYPE_TYPEOF);
+    }
+    vec![
+        Attr::str(wire::NFTA_SET_TABLE, &table.name),
+        Attr::str(wire::NFTA_SET_NAME, super::ANON_SET),
+        Attr::u32(
+            wire::NFTA_SET_FLAGS,
+            wire::NFT_SET_ANONYMOUS | wire::NFT_SET_CONSTANT,
+        ),
+        Attr::u32(wire::NFTA_SET_KEY_TYPE, key.type_id()),
+        Attr::u32(wire::NFTA_SET_KEY_LEN, key.len() as u32),
+        Attr::u32(wire::NFTA_SET_ID, id),
+        Attr::Nested(
+            wire::NFTA_SET_DESC,
+            vec![Attr::u32(wire::NFTA_SET_DESC_SIZE, size as u32)],
+        ),
+        Attr::Bytes(wire::NFTA_SET_USERDATA, udata),
+    ]
+}
+
 impl Set {
     pub(super) fn attrs(&self, id: u32) -> Vec<Attr> {
         let mut flags = 0;

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use netlink_packet_core::NetlinkBuffer;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket as NlSocket};
 
-use super::objects::{Chain, Element, Rule, Set, Table};
+use super::objects::{Chain, ChainRef, Element, Rule, Set, Table};
 use super::wire::{self, Attr};
 use super::Listing;
 use crate::nl::{NlError, NlResult};
@@ -209,6 +209,41 @@ impl Socket {
             };
             if self.generation()? == before {
                 return Ok(Some(listing));
+            }
+        }
+        Err(NlError::Kernel {
+            errno: libc::EINTR,
+            ext: Some(format!(
+                "the ruleset changed while it was read, {LIST_RETRIES} times"
+            )),
+        })
+    }
+
+    pub(super) fn list_chain(&mut self, chain: &ChainRef) -> NlResult<Option<Vec<Rule>>> {
+        let family = chain.table.family.code();
+        let name = [
+            Attr::str(wire::NFTA_CHAIN_TABLE, &chain.table.name),
+            Attr::str(wire::NFTA_CHAIN_NAME, &chain.name),
+        ];
+        let filter = [
+            Attr::str(wire::NFTA_RULE_TABLE, &chain.table.name),
+            Attr::str(wire::NFTA_RULE_CHAIN, &chain.name),
+        ];
+        for _ in 0..LIST_RETRIES {
+            let before = self.generation()?;
+            match self.request(wire::NFT_MSG_GETCHAIN, 0, family, &name) {
+                Ok(_) => {}
+                Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let rules = self
+                .request(wire::NFT_MSG_GETRULE, wire::NLM_F_DUMP, family, &filter)?
+                .into_iter()
+                .filter_map(|(_, attrs)| Rule::decode(chain.table.family, &wire::attrs(&attrs)))
+                .filter(|r| r.chain == *chain)
+                .collect();
+            if self.generation()? == before {
+                return Ok(Some(rules));
             }
         }
         Err(NlError::Kernel {

@@ -67,8 +67,10 @@ pub(super) const NFTA_SET_KEY_TYPE: u16 = 4;
 pub(super) const NFTA_SET_KEY_LEN: u16 = 5;
 pub(super) const NFTA_SET_DATA_TYPE: u16 = 6;
 pub(super) const NFTA_SET_DATA_LEN: u16 = 7;
+pub(super) const NFTA_SET_DESC: u16 = 9;
 pub(super) const NFTA_SET_ID: u16 = 10;
 pub(super) const NFTA_SET_USERDATA: u16 = 13;
+pub(super) const NFTA_SET_DESC_SIZE: u16 = 1;
 
 pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -83,6 +85,8 @@ pub(super) const NFTA_DATA_VERDICT: u16 = 2;
 pub(super) const NFTA_VERDICT_CODE: u16 = 1;
 pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
 
+pub(super) const NFT_SET_ANONYMOUS: u32 = 0x1;
+pub(super) const NFT_SET_CONSTANT: u32 = 0x2;
 pub(super) const NFT_SET_INTERVAL: u32 = 0x4;
 pub(super) const NFT_SET_MAP: u32 = 0x8;
 pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
