@@ -35,10 +35,12 @@
 #                                bench's etcd part; the system's trusted roots
 #   prometheus                   promtool check metrics, on berth's metrics
 #                                (its server is never started)
+#   strace                       shows that berth's plugins and reconciler
+#                                exec nothing (tests/no_exec.rs)
 BERTH_APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins
     busybox-static iperf3 jq kmod podman runc e2fsprogs docker.io etcd-server
     etcd-client procps containerd protobuf-compiler openssl ca-certificates
-    prometheus)
+    prometheus strace)
 
 berth_log() {
     printf '==> %s\n' "$*" >&2

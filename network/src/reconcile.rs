@@ -155,7 +155,7 @@ pub fn pass() -> Result<Pass> {
         let quiet = bridge
             .as_ref()
             .and_then(|l| l.chain_rules(QUIET_CHAIN))
-            .is_some_and(|r| r.len() >= prefixes.len());
+            .is_some_and(|r| r >= prefixes.len());
         if !quiet {
             quiet_add_in(None, &prefixes).map_err(Error::firewall)?;
             repaired.push(format!("the quiet chain of table bridge {SPOOFCHK_TABLE}"));

@@ -4,8 +4,9 @@
 //! [`chain_names`]): a postrouting nat chain that masquerades the network's
 //! subnets (held in one interval set per family), and a forward filter
 //! chain accepting traffic from the bridge and replies to it. Each
-//! operation is a single `nft -j -f -` transaction (~3 ms) that never needs
-//! to list the ruleset first; see rules.rs for how that stays idempotent.
+//! operation is a single nf_tables batch over netlink (crate::nf_tables:
+//! no nft process) that never needs to list the ruleset first; see
+//! rules.rs for how that stays idempotent.
 //!
 //! Note on `forward`: an `accept` in our chain only ends evaluation of *our*
 //! base chain. A drop policy in another table's forward hook still applies.
@@ -24,7 +25,6 @@ mod docker;
 mod events;
 mod listing;
 mod names;
-mod nft;
 mod portmap;
 mod quiet;
 mod rules;
@@ -40,7 +40,6 @@ pub use docker::{
 pub use events::RulesetEvents;
 pub use listing::{list_table_in, TableListing};
 pub use names::{chain_names, ChainNames};
-pub use nft::{nft_available, run_batch, NFT_ENV};
 pub use portmap::{
     add_elements_in, is_missing_object, missing_from_listing as portmap_missing_from_listing,
     missing_in as portmap_missing_in, rebuild_in, remove_elements_in, structure_missing_in,
@@ -220,12 +219,13 @@ pub fn network_missing_from_listing(
     rules: &NetworkRules,
 ) -> Option<String> {
     let n = chain_names(&rules.network);
-    let filled = |chain: &str| listing.chain_rules(chain).is_some_and(|r| !r.is_empty());
+    let filled = |chain: &str| listing.chain_rules(chain).is_some_and(|r| r > 0);
     if rules.forward {
         if !filled(&n.forward) {
             return Some(format!("forward chain {}", n.forward));
         }
-        if !listing.has_element(BRIDGES_SET, &format!("\"{}\"", rules.bridge)) {
+        let bridge = crate::nf_tables::Element::key(crate::nf_tables::value::ifname(&rules.bridge));
+        if !listing.has_element(BRIDGES_SET, &bridge) {
             return Some(format!("{} in set {BRIDGES_SET}", rules.bridge));
         }
     }
@@ -233,13 +233,22 @@ pub fn network_missing_from_listing(
         if !filled(&n.nat) {
             return Some(format!("masquerade chain {}", n.nat));
         }
+        let held = |set: &str| {
+            listing
+                .listing()
+                .set(set)
+                .map(|(_, e)| crate::nf_tables::value::interval_prefixes(e))
+                .unwrap_or_default()
+        };
         for net in &rules.masquerade {
             let set = if net.addr().is_ipv4() {
                 &n.set_v4
             } else {
                 &n.set_v6
             };
-            if !listing.has_element(set, &net.to_string()) {
+            // Covered by a prefix of the set (overlapping subnets are
+            // written merged).
+            if !held(set).iter().any(|p| p.contains(&net.trunc())) {
                 return Some(format!("{net} in set {set}"));
             }
         }

@@ -1,8 +1,8 @@
 //! Published ports (berth-portmap) in the `inet berth` table.
 //!
 //! Every packet to a local address does one map lookup per family; every
-//! container's ADD and DEL is one `nft -f -` transaction that adds or
-//! deletes exactly that container's elements, whatever else is installed:
+//! container's ADD and DEL is one nf_tables batch that adds or deletes
+//! exactly that container's elements, whatever else is installed:
 //!
 //! ```text
 //! chain pm-prerouting  nat/prerouting/dstnat: fib daddr type local jump pm-<profile>
@@ -28,14 +28,10 @@
 //! mappings of every config with the same conditions share its maps and
 //! chain, so conditions apply to exactly the mappings they came with.
 //!
-//! The batches are in nft's own syntax, not JSON: nft 1.0.6 (Debian 12)
-//! crashes (SIGSEGV) parsing a JSON map declaration whose data is a
-//! concatenation (`ipv4_addr . inet_service`). Every value written into
-//! the text is a parsed address, a number, a protocol from a closed list,
-//! an interface name checked by [`check_ifname`] or a name generated here;
-//! conditions are the administrator's nft expressions, as with the
-//! reference portmap's nftables backend, and are refused if they could end
-//! the statement they sit in.
+//! Conditions are the administrator's nft match expressions, as with the
+//! reference portmap's nftables backend; berth compiles the forms it knows
+//! into the same instructions nft would (nf_tables::matches) and refuses
+//! the others by name.
 //!
 //! Cost: an ADD that only adds elements commits in about 2 ms, whatever
 //! is installed; a transaction that touches a table, chain or set
@@ -50,16 +46,26 @@
 //! chain, set or map is a no-op; base chains are flushed and refilled by
 //! a rebuild (a few rules, whatever the number of containers); an element
 //! is removed by "add it, then delete it", which succeeds whether or not it
-//! was there (nft 1.0.6 has no `destroy`).
+//! was there (kernels before 6.3 have no `destroy`).
+//!
+//! The objects are made in the order nft made them from the scripts of
+//! earlier versions, so that `nft list` shows the same table.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::listing::TableListing;
 use super::names::fnv1a32;
-use super::nft;
-use super::rules::{FORWARD_MARK, TABLE};
+use super::rules::{table, CT_STATUS_DNAT, FORWARD_MARK, TABLE};
 use crate::handle::check_ifname;
+use crate::nf_tables::matches::compile_matches;
+use crate::nf_tables::value::{
+    addr_load, addr_prefix_cmp, bits, concat, ct, ifname, ip, meta, nfproto_is, port, set_mark_bit,
+};
+use crate::nf_tables::{
+    self, reg_at_word, BaseChain, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Element, Expr,
+    Family, Hook, Key, MapData, MetaKey, NatKind, PayloadBase, Rule, Set, Verdict, FIB_F_DADDR,
+    FIB_RESULT_ADDRTYPE, NAT_MAP_IPS, NAT_PROTO_SPECIFIED, REG_1,
+};
 use crate::{Error, Netns, Result};
 
 /// Base chain names (fixed: a later version must find them to delete them).
@@ -92,6 +98,15 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// The IP protocol number (what `meta l4proto` holds).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
         }
     }
 
@@ -163,6 +178,11 @@ impl Conditions {
                     return Err(Error::invalid(key, c, "unbalanced braces or quotes"));
                 }
             }
+            if !list.is_empty() {
+                let text = list.join(" ");
+                compile_conditions(&mut Batch::new(), &text, key == "conditionsV6")
+                    .map_err(|reason| Error::invalid(key, text, reason))?;
+            }
         }
         Ok(())
     }
@@ -194,8 +214,8 @@ fn fam(ip: &IpAddr) -> char {
     }
 }
 
-/// One element as (object name, key, data).
-type Elem = (String, String, Option<String>);
+/// One element: (set or map name, the element, how nft prints it).
+type Elem = (String, Element, String);
 
 impl PublishedPorts {
     pub fn validate(&self) -> Result<()> {
@@ -229,34 +249,43 @@ impl PublishedPorts {
         let mut out: Vec<Elem> = Vec::new();
         for m in &self.mappings {
             let f = fam(&m.container_ip);
-            let data = format!("{} . {}", m.container_ip, m.container_port);
-            let (map, key) = match m.host_ip {
+            let data = concat(&[ip(&m.container_ip), port(m.container_port)]);
+            let data_text = format!("{} . {}", m.container_ip, m.container_port);
+            let proto = vec![m.protocol.number()];
+            let (map, key, key_text) = match m.host_ip {
                 Some(h) => (
                     format!("pm{f}a-{p}"),
+                    concat(&[ip(&h), proto, port(m.host_port)]),
                     format!("{h} . {} . {}", m.protocol.name(), m.host_port),
                 ),
                 None => (
                     format!("pm{f}-{p}"),
+                    concat(&[proto, port(m.host_port)]),
                     format!("{} . {}", m.protocol.name(), m.host_port),
                 ),
             };
-            out.push((map, key, Some(data)));
-        }
-        for ip in &self.container_ips {
-            out.push((format!("pm-ip{}", fam(ip)), ip.to_string(), None));
-        }
-        for (ip, link) in &self.hairpin {
             out.push((
-                format!("pm-hairpin{}", fam(ip)),
-                format!("{ip} . \"{link}\""),
-                None,
+                map,
+                Element::mapping(key, data),
+                format!("{key_text} : {data_text}"),
             ));
         }
-        for ip in &self.localhost {
-            out.push((format!("pm-local{}", fam(ip)), ip.to_string(), None));
+        let plain = |set: String, ip_: &IpAddr| (set, Element::key(ip(ip_)), ip_.to_string());
+        for a in &self.container_ips {
+            out.push(plain(format!("pm-ip{}", fam(a)), a));
         }
-        for ip in &self.masq_all {
-            out.push((format!("pm-all{}", fam(ip)), ip.to_string(), None));
+        for (a, link) in &self.hairpin {
+            out.push((
+                format!("pm-hairpin{}", fam(a)),
+                Element::key(concat(&[ip(a), ifname(link)])),
+                format!("{a} . \"{link}\""),
+            ));
+        }
+        for a in &self.localhost {
+            out.push(plain(format!("pm-local{}", fam(a)), a));
+        }
+        for a in &self.masq_all {
+            out.push(plain(format!("pm-all{}", fam(a)), a));
         }
         out.sort();
         out.dedup();
@@ -264,174 +293,338 @@ impl PublishedPorts {
     }
 }
 
-/// Builds one nft script (a single transaction).
-struct Script(String);
+/// A profile's conditions as the instructions nft would write for them
+/// (their anonymous sets added to `b`).
+fn compile_conditions(
+    b: &mut Batch,
+    text: &str,
+    v6: bool,
+) -> std::result::Result<Vec<Expr>, String> {
+    compile_matches(text, v6).map(|c| c.add_to(b, &table()))
+}
 
-impl Script {
-    fn new() -> Script {
-        Script(String::new())
+fn addr_type(v6: bool) -> DataType {
+    if v6 {
+        DataType::Ipv6Addr
+    } else {
+        DataType::Ipv4Addr
     }
+}
 
-    fn table(&mut self) {
-        self.line(format_args!("add table inet {TABLE}"));
+fn set(name: &str, key: Vec<DataType>, data: Option<Vec<DataType>>) -> Set {
+    Set {
+        table: table(),
+        name: name.to_string(),
+        key: Key(key),
+        data: data.map(|d| MapData::Value(Key(d))),
+        interval: false,
     }
+}
 
-    fn line(&mut self, args: std::fmt::Arguments<'_>) {
-        let _ = self.0.write_fmt(args);
-        self.0.push('\n');
+/// The sets every profile shares: (name, key), in the order they are made.
+fn global_sets() -> Vec<Set> {
+    let mut v = Vec::new();
+    for v6 in [false, true] {
+        let f = if v6 { '6' } else { '4' };
+        let addr = addr_type(v6);
+        v.push(set(&format!("pm-ip{f}"), vec![addr], None));
+        v.push(set(
+            &format!("pm-hairpin{f}"),
+            vec![addr, DataType::Ifname],
+            None,
+        ));
+        v.push(set(&format!("pm-all{f}"), vec![addr], None));
     }
+    // IPv4 only: the kernel never routes ::1 off the loopback (IPv6 has
+    // no route_localnet), so a DNAT of it could not leave the host.
+    v.push(set("pm-local4", vec![DataType::Ipv4Addr], None));
+    v
+}
 
-    /// The sets every profile shares (no-ops when they exist).
-    fn global_sets(&mut self) {
-        for f in ['4', '6'] {
-            let addr = if f == '4' { "ipv4_addr" } else { "ipv6_addr" };
-            for (name, kind) in [
-                ("ip", addr.to_string()),
-                ("hairpin", format!("{addr} . ifname")),
-                ("all", addr.to_string()),
-            ] {
-                self.line(format_args!(
-                    "add set inet {TABLE} pm-{name}{f} {{ type {kind}; }}"
-                ));
-            }
-        }
-        // IPv4 only: the kernel never routes ::1 off the loopback (IPv6 has
-        // no route_localnet), so a DNAT of it could not leave the host.
-        self.line(format_args!(
-            "add set inet {TABLE} pm-local4 {{ type ipv4_addr; }}"
+/// A profile's four maps: (proto, port) and (address, proto, port) to
+/// (address, port), per family.
+fn profile_maps(id: &str) -> Vec<Set> {
+    let mut v = Vec::new();
+    for v6 in [false, true] {
+        let f = if v6 { '6' } else { '4' };
+        let addr = addr_type(v6);
+        let data = Some(vec![addr, DataType::InetService]);
+        v.push(set(
+            &format!("pm{f}-{id}"),
+            vec![DataType::InetProto, DataType::InetService],
+            data.clone(),
+        ));
+        v.push(set(
+            &format!("pm{f}a-{id}"),
+            vec![addr, DataType::InetProto, DataType::InetService],
+            data,
         ));
     }
+    v
+}
 
-    fn profile_maps(&mut self, id: &str) {
-        for f in ['4', '6'] {
-            let addr = if f == '4' { "ipv4_addr" } else { "ipv6_addr" };
-            let data = format!("{addr} . inet_service");
-            self.line(format_args!(
-                "add map inet {TABLE} pm{f}-{id} {{ type inet_proto . inet_service : {data}; }}"
-            ));
-            self.line(format_args!(
-                "add map inet {TABLE} pm{f}a-{id} {{ type {addr} . inet_proto . inet_service : {data}; }}"
-            ));
-        }
+fn base_chain(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
+    Chain {
+        at: table().chain(name),
+        base: Some(BaseChain {
+            kind,
+            hook,
+            priority,
+            accept: true,
+        }),
     }
+}
 
-    fn base_chains(&mut self) {
-        for (name, kind, hook, prio) in [
-            (PM_PREROUTING, "nat", "prerouting", PRIO_DSTNAT),
-            (PM_OUTPUT, "nat", "output", PRIO_DSTNAT),
-            (PM_POSTROUTING, "nat", "postrouting", PRIO_SRCNAT),
-            (PM_FORWARD, "filter", "forward", PRIO_FORWARD),
-        ] {
-            self.line(format_args!(
-                "add chain inet {TABLE} {name} {{ type {kind} hook {hook} priority {prio}; policy accept; }}"
-            ));
-            self.line(format_args!("flush chain inet {TABLE} {name}"));
-        }
+fn base_chains() -> [Chain; 4] {
+    [
+        base_chain(PM_PREROUTING, ChainType::Nat, Hook::Prerouting, PRIO_DSTNAT),
+        base_chain(PM_OUTPUT, ChainType::Nat, Hook::Output, PRIO_DSTNAT),
+        base_chain(
+            PM_POSTROUTING,
+            ChainType::Nat,
+            Hook::Postrouting,
+            PRIO_SRCNAT,
+        ),
+        base_chain(PM_FORWARD, ChainType::Filter, Hook::Forward, PRIO_FORWARD),
+    ]
+}
+
+fn profile_chain(id: &str) -> Chain {
+    Chain {
+        at: table().chain(&format!("pm-{id}")),
+        base: None,
     }
+}
 
-    /// Flushes and refills the base chains and every profile's chain:
-    /// the whole rule set, whose size depends only on the profiles.
-    fn rules(&mut self, profiles: &[&Conditions]) {
-        self.global_sets();
-        self.base_chains();
-        // ::1 is never DNATed: such a connection could not leave the host
-        // (no route_localnet for IPv6); berth-portmap's proxy answers it.
-        self.line(format_args!(
-            "add rule inet {TABLE} {PM_OUTPUT} ip6 daddr ::1 return"
-        ));
-        for c in profiles {
-            let id = c.id();
-            self.profile_maps(&id);
-            let chain = format!("pm-{id}");
-            self.line(format_args!("add chain inet {TABLE} {chain}"));
-            self.line(format_args!("flush chain inet {TABLE} {chain}"));
-            for (f, ip, conds) in [('4', "ip", &c.v4), ('6', "ip6", &c.v6)] {
-                let nfproto = if f == '4' { "ipv4" } else { "ipv6" };
-                let cond = conds.join(" ");
-                self.line(format_args!(
-                    "add rule inet {TABLE} {chain} meta nfproto {nfproto} {cond} dnat {ip} to {ip} daddr . meta l4proto . th dport map @pm{f}a-{id}"
-                ));
-                self.line(format_args!(
-                    "add rule inet {TABLE} {chain} meta nfproto {nfproto} {cond} dnat {ip} to meta l4proto . th dport map @pm{f}-{id}"
-                ));
+/// `ct status dnat`.
+fn dnatted() -> Vec<Expr> {
+    let mut e = vec![ct(CtKey::Status)];
+    e.extend(bits(CT_STATUS_DNAT, CmpOp::Neq, 0));
+    e
+}
+
+fn lookup(set: &str, sreg: u32, dreg: Option<u32>) -> Expr {
+    Expr::Lookup {
+        set: set.to_string(),
+        sreg,
+        dreg,
+        invert: false,
+    }
+}
+
+/// `fib daddr type local jump CHAIN`.
+fn jump_if_local(chain: &str) -> Vec<Expr> {
+    const RTN_LOCAL: u32 = 2;
+    vec![
+        Expr::Fib {
+            flags: FIB_F_DADDR,
+            result: FIB_RESULT_ADDRTYPE,
+            dreg: REG_1,
+        },
+        crate::nf_tables::value::cmp(CmpOp::Eq, RTN_LOCAL.to_ne_bytes().to_vec()),
+        Expr::Verdict(Verdict::Jump(chain.to_string())),
+    ]
+}
+
+/// A profile's DNAT rule: `meta nfproto F <conditions> dnat F to` the
+/// map's value for `[F daddr .] meta l4proto . th dport`.
+fn dnat_rule(id: &str, v6: bool, with_addr: bool, conditions: &[Expr]) -> Rule {
+    let f = if v6 { '6' } else { '4' };
+    let map = format!("pm{f}{}-{id}", if with_addr { "a" } else { "" });
+    let mut e = nfproto_is(v6);
+    e.extend_from_slice(conditions);
+    // The key's fields, each in the register after the last one's.
+    let mut word = 0;
+    if with_addr {
+        e.push(addr_load(v6, false, reg_at_word(0)));
+        word = if v6 { 4 } else { 1 };
+    }
+    e.push(Expr::Meta {
+        key: MetaKey::L4proto,
+        dreg: reg_at_word(word),
+    });
+    e.push(Expr::Payload {
+        base: PayloadBase::Transport,
+        offset: 2,
+        len: 2,
+        dreg: reg_at_word(word + 1),
+    });
+    e.push(lookup(&map, REG_1, Some(REG_1)));
+    // The value: the address in register 1, the port in the word after it.
+    e.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        family: if v6 { Family::Ip6 } else { Family::Ip },
+        addr: Some(REG_1),
+        proto: Some(reg_at_word(if v6 { 4 } else { 1 })),
+        flags: NAT_MAP_IPS | NAT_PROTO_SPECIFIED,
+    });
+    Rule::new(&profile_chain(id).at, e)
+}
+
+/// Adds the table, the shared sets and the base chains, flushed.
+fn structure(b: &mut Batch) {
+    for s in global_sets() {
+        b.add_set(&s);
+    }
+    for c in base_chains() {
+        b.add_chain(&c).flush_chain(&c.at);
+    }
+}
+
+/// Flushes and refills the base chains and every profile's chain: the
+/// whole rule set, whose size depends only on the profiles.
+fn rules(b: &mut Batch, profiles: &[&Conditions]) -> Result<()> {
+    structure(b);
+    let output = table().chain(PM_OUTPUT);
+    // ::1 is never DNATed: such a connection could not leave the host
+    // (no route_localnet for IPv6); berth-portmap's proxy answers it.
+    let mut e = nfproto_is(true);
+    e.extend(addr_prefix_cmp(
+        true,
+        false,
+        CmpOp::Eq,
+        &ipnet::IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    ));
+    e.push(Expr::Verdict(Verdict::Return));
+    b.add_rule(Rule::new(&output, e));
+    for c in profiles {
+        let id = c.id();
+        for m in profile_maps(&id) {
+            b.add_set(&m);
+        }
+        let chain = profile_chain(&id);
+        b.add_chain(&chain).flush_chain(&chain.at);
+        for (v6, conds) in [(false, &c.v4), (true, &c.v6)] {
+            // Each rule its own anonymous sets: the kernel binds such a
+            // set to one rule.
+            for with_addr in [true, false] {
+                let exprs = if conds.is_empty() {
+                    Vec::new()
+                } else {
+                    let key = if v6 { "conditionsV6" } else { "conditionsV4" };
+                    let text = conds.join(" ");
+                    compile_conditions(b, &text, v6)
+                        .map_err(|reason| Error::invalid(key, text.clone(), reason))?
+                };
+                b.add_rule(dnat_rule(&id, v6, with_addr, &exprs));
             }
-            for base in [PM_PREROUTING, PM_OUTPUT] {
-                self.line(format_args!(
-                    "add rule inet {TABLE} {base} fib daddr type local jump {chain}"
-                ));
-            }
         }
-        let (post, fwd) = (PM_POSTROUTING, PM_FORWARD);
-        let hp = HAIRPIN_MARK;
-        self.line(format_args!(
-            "add rule inet {TABLE} {post} ct status dnat meta mark & {hp:#x} == {hp:#x} masquerade"
-        ));
-        self.line(format_args!(
-            "add rule inet {TABLE} {post} ct status dnat ip saddr 127.0.0.0/8 ip daddr @pm-local4 masquerade"
-        ));
-        for (f, ip) in [('4', "ip"), ('6', "ip6")] {
-            self.line(format_args!(
-                "add rule inet {TABLE} {post} ct status dnat {ip} daddr @pm-all{f} masquerade"
-            ));
-            // The input link is known in forward, not in postrouting.
-            self.line(format_args!(
-                "add rule inet {TABLE} {fwd} ct status dnat {ip} daddr . iifname @pm-hairpin{f} meta mark set meta mark | {hp:#x}"
-            ));
-            self.line(format_args!(
-                "add rule inet {TABLE} {fwd} ct status dnat {ip} daddr @pm-ip{f} meta mark set meta mark | {FORWARD_MARK:#x} accept"
+        for base in [PM_PREROUTING, PM_OUTPUT] {
+            b.add_rule(Rule::new(
+                &table().chain(base),
+                jump_if_local(&chain.at.name),
             ));
         }
     }
+    let post = table().chain(PM_POSTROUTING);
+    let fwd = table().chain(PM_FORWARD);
+    // ct status dnat meta mark & HAIRPIN_MARK == HAIRPIN_MARK masquerade
+    let mut e = dnatted();
+    e.push(meta(MetaKey::Mark));
+    e.extend(bits(HAIRPIN_MARK, CmpOp::Eq, HAIRPIN_MARK));
+    e.push(Expr::Masquerade);
+    b.add_rule(Rule::new(&post, e));
+    // ct status dnat ip saddr 127.0.0.0/8 ip daddr @pm-local4 masquerade
+    let mut e = dnatted();
+    e.extend(nfproto_is(false));
+    e.extend(addr_prefix_cmp(
+        false,
+        true,
+        CmpOp::Eq,
+        &ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(127, 0, 0, 0),
+            8,
+        )),
+    ));
+    e.push(addr_load(false, false, REG_1));
+    e.push(lookup("pm-local4", REG_1, None));
+    e.push(Expr::Masquerade);
+    b.add_rule(Rule::new(&post, e));
+    for v6 in [false, true] {
+        let f = if v6 { '6' } else { '4' };
+        let daddr_in = |set: String| {
+            let mut e = dnatted();
+            e.extend(nfproto_is(v6));
+            e.push(addr_load(v6, false, REG_1));
+            e.push(lookup(&set, REG_1, None));
+            e
+        };
+        // ct status dnat F daddr @pm-allF masquerade
+        let mut e = daddr_in(format!("pm-all{f}"));
+        e.push(Expr::Masquerade);
+        b.add_rule(Rule::new(&post, e));
+        // The input link is known in forward, not in postrouting:
+        // ct status dnat F daddr . iifname @pm-hairpinF
+        //   meta mark set meta mark | HAIRPIN_MARK
+        let mut e = dnatted();
+        e.extend(nfproto_is(v6));
+        e.push(addr_load(v6, false, REG_1));
+        e.push(Expr::Meta {
+            key: MetaKey::Iifname,
+            dreg: reg_at_word(if v6 { 4 } else { 1 }),
+        });
+        e.push(lookup(&format!("pm-hairpin{f}"), REG_1, None));
+        e.extend(set_mark_bit(HAIRPIN_MARK));
+        b.add_rule(Rule::new(&fwd, e));
+        // ct status dnat F daddr @pm-ipF
+        //   meta mark set meta mark | FORWARD_MARK accept
+        let mut e = daddr_in(format!("pm-ip{f}"));
+        e.extend(set_mark_bit(FORWARD_MARK));
+        e.push(Expr::Verdict(Verdict::Accept));
+        b.add_rule(Rule::new(&fwd, e));
+    }
+    Ok(())
+}
 
-    fn add_elements(&mut self, elems: &[Elem]) {
-        for (obj, key, data) in elems {
-            match data {
-                Some(d) => self.line(format_args!(
-                    "add element inet {TABLE} {obj} {{ {key} : {d} }}"
-                )),
-                None => self.line(format_args!("add element inet {TABLE} {obj} {{ {key} }}")),
-            }
+/// Adds `elems`, grouped per set in one command each.
+fn add_elements(b: &mut Batch, elems: &[Elem]) {
+    for (set, group) in grouped(elems) {
+        b.add_elements(&table(), set, group);
+    }
+}
+
+/// Removes `elems` whether or not they are there.
+fn remove_elements(b: &mut Batch, elems: &[Elem]) {
+    add_elements(b, elems);
+    for (set, group) in grouped(elems) {
+        b.delete_elements(&table(), set, group);
+    }
+}
+
+/// `elems` (sorted by set) as (set, its elements).
+fn grouped(elems: &[Elem]) -> Vec<(&str, Vec<Element>)> {
+    let mut out: Vec<(&str, Vec<Element>)> = Vec::new();
+    for (set, e, _) in elems {
+        match out.last_mut() {
+            Some((s, v)) if *s == set.as_str() => v.push(e.clone()),
+            _ => out.push((set.as_str(), vec![e.clone()])),
         }
     }
+    out
+}
 
-    /// Removes `elems` whether or not they are there.
-    fn remove_elements(&mut self, elems: &[Elem]) {
-        self.add_elements(elems);
-        for (obj, key, _) in elems {
-            self.line(format_args!(
-                "delete element inet {TABLE} {obj} {{ {key} }}"
-            ));
-        }
+/// Drops a profile's chain and maps (its jumps must be gone already: the
+/// base chains were flushed earlier in the same batch).
+fn drop_profile(b: &mut Batch, id: &str) {
+    let maps = profile_maps(id);
+    for m in &maps {
+        b.add_set(m);
     }
-
-    /// Drops a profile's chain and maps (its jumps must be gone already:
-    /// the base chains were flushed earlier in the same script).
-    fn drop_profile(&mut self, id: &str) {
-        self.profile_maps(id);
-        let chain = format!("pm-{id}");
-        self.line(format_args!("add chain inet {TABLE} {chain}"));
-        self.line(format_args!("flush chain inet {TABLE} {chain}"));
-        self.line(format_args!("delete chain inet {TABLE} {chain}"));
-        for f in ['4', '6'] {
-            self.line(format_args!("delete map inet {TABLE} pm{f}-{id}"));
-            self.line(format_args!("delete map inet {TABLE} pm{f}a-{id}"));
-        }
+    let chain = profile_chain(id);
+    b.add_chain(&chain)
+        .flush_chain(&chain.at)
+        .delete_chain(&chain.at);
+    for m in &maps {
+        b.delete_set(&table(), &m.name);
     }
+}
 
-    fn drop_globals(&mut self) {
-        for name in [PM_PREROUTING, PM_OUTPUT, PM_POSTROUTING, PM_FORWARD] {
-            self.line(format_args!("delete chain inet {TABLE} {name}"));
-        }
-        for f in ['4', '6'] {
-            for name in ["ip", "hairpin", "all"] {
-                self.line(format_args!("delete set inet {TABLE} pm-{name}{f}"));
-            }
-        }
-        self.line(format_args!("delete set inet {TABLE} pm-local4"));
+fn drop_globals(b: &mut Batch) {
+    for c in base_chains() {
+        b.delete_chain(&c.at);
     }
-
-    fn run(self, ns: Option<&Netns>, op: &str) -> Result<()> {
-        nft::run(ns, &["-f", "-"], Some(&self.0), op).map(|_| ())
+    for s in global_sets() {
+        b.delete_set(&table(), &s.name);
     }
 }
 
@@ -445,27 +638,28 @@ fn distinct<'a>(profiles: impl IntoIterator<Item = &'a Conditions>) -> Vec<&'a C
     out
 }
 
-/// True for nft's answer when a table, chain, set or map is missing: the
-/// structure the fast paths assume is gone (a flushed ruleset, say).
+/// True for the kernel's answer when a table, chain, set or map is
+/// missing: the structure the fast paths assume is gone (a flushed
+/// ruleset, say).
 pub fn is_missing_object(e: &Error) -> bool {
-    matches!(e, Error::Nft { msg, .. } if msg.contains("No such file or directory"))
+    matches!(e, Error::NfTables { errno, .. } if *errno == libc::ENOENT)
 }
 
 /// The common ADD: adds `ports`' elements (after removing those of
 /// `replaced` that it no longer has, for a repeated ADD), touching nothing
 /// else. Element additions are the one kind of nftables transaction the
-/// kernel commits without waiting for an RCU grace period (about 2 ms
-/// here against 16 for anything that touches a table, chain or set
-/// definition, or deletes), whatever the number of elements installed.
-/// Fails with an error [`is_missing_object`] recognises if the structure
-/// (see [`rebuild_in`]) is not there.
+/// kernel commits without waiting for an RCU grace period (a fraction of
+/// a millisecond here against 16 for anything that touches a table, chain
+/// or set definition, or deletes), whatever the number of elements
+/// installed. Fails with an error [`is_missing_object`] recognises if the
+/// structure (see [`rebuild_in`]) is not there.
 pub fn add_elements_in(
     ns: Option<&Netns>,
     replaced: Option<&PublishedPorts>,
     ports: &PublishedPorts,
 ) -> Result<()> {
     ports.validate()?;
-    let mut s = Script::new();
+    let mut b = Batch::new();
     if let Some(old) = replaced {
         let new = ports.elements();
         let gone: Vec<Elem> = old
@@ -473,10 +667,10 @@ pub fn add_elements_in(
             .into_iter()
             .filter(|e| !new.contains(e))
             .collect();
-        s.remove_elements(&gone);
+        remove_elements(&mut b, &gone);
     }
-    s.add_elements(&ports.elements());
-    s.run(ns, "publish ports")
+    add_elements(&mut b, &ports.elements());
+    b.commit(ns, "publish ports")
 }
 
 /// Makes the whole structure exist for `profiles` (table, sets, each
@@ -500,28 +694,30 @@ pub fn rebuild_in(
             .copied()
             .chain(attachments.iter().map(|a| &a.conditions)),
     );
-    let mut s = Script::new();
-    s.table();
-    s.rules(&profiles);
+    let mut b = Batch::new();
+    b.add_table(&table());
+    rules(&mut b, &profiles)?;
     if let Some(old) = replaced {
         if !profiles.iter().any(|p| p.id() == old.conditions.id()) {
-            s.profile_maps(&old.conditions.id());
+            for m in profile_maps(&old.conditions.id()) {
+                b.add_set(&m);
+            }
         }
-        s.remove_elements(&old.elements());
+        remove_elements(&mut b, &old.elements());
     }
     for a in attachments {
-        s.add_elements(&a.elements());
+        add_elements(&mut b, &a.elements());
     }
-    s.run(ns, "publish ports")
+    b.commit(ns, "publish ports")
 }
 
 /// The common DEL: removes `ports`' elements and nothing else (an element
 /// already gone is fine). Fails with an error [`is_missing_object`]
 /// recognises if a set or map is gone; [`unpublish_in`] copes with that.
 pub fn remove_elements_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<()> {
-    let mut s = Script::new();
-    s.remove_elements(&ports.elements());
-    s.run(ns, "unpublish ports")
+    let mut b = Batch::new();
+    remove_elements(&mut b, &ports.elements());
+    b.commit(ns, "unpublish ports")
 }
 
 /// Removes `ports`' elements in one transaction, whatever exists. `others`
@@ -535,25 +731,26 @@ pub fn unpublish_in(
 ) -> Result<()> {
     let profiles = distinct(others.iter().copied());
     let id = ports.conditions.id();
-    let mut s = Script::new();
-    s.table();
+    let mut b = Batch::new();
+    b.add_table(&table());
     if profiles.is_empty() {
         // The last attachment: every portmap object goes, elements and all
         // (the base chains are made to exist and emptied first, so
         // deleting them cannot fail).
-        s.global_sets();
-        s.base_chains();
-        s.drop_profile(&id);
-        s.drop_globals();
+        structure(&mut b);
+        drop_profile(&mut b, &id);
+        drop_globals(&mut b);
     } else {
-        s.rules(&profiles);
-        s.profile_maps(&id);
-        s.remove_elements(&ports.elements());
+        rules(&mut b, &profiles)?;
+        for m in profile_maps(&id) {
+            b.add_set(&m);
+        }
+        remove_elements(&mut b, &ports.elements());
         if !profiles.iter().any(|p| p.id() == id) {
-            s.drop_profile(&id);
+            drop_profile(&mut b, &id);
         }
     }
-    s.run(ns, "unpublish ports")
+    b.commit(ns, "unpublish ports")
 }
 
 /// Rules each chain of the structure must hold for `profiles`: (chain,
@@ -578,34 +775,23 @@ pub fn structure_missing_in(
     profiles: &[&Conditions],
 ) -> Result<Option<String>> {
     let profiles = distinct(profiles.iter().copied());
+    let Some(listing) = nf_tables::list_table(ns, &table())? else {
+        return Ok(Some(format!("table inet {TABLE} is missing")));
+    };
+    let listing = TableListing::from(listing);
     for (chain, want) in expected_rules(&profiles) {
-        let cmd = format!("list chain inet {TABLE} {chain}");
-        let listing = match nft::run(ns, &["-f", "-"], Some(&cmd), "check published ports") {
-            Ok(out) => out,
-            Err(e) if is_missing_object(&e) => {
+        match listing.chain_rules(&chain) {
+            None => {
                 return Ok(Some(format!(
                     "chain {chain} is missing from table inet {TABLE}"
                 )))
             }
-            Err(e) => return Err(e),
-        };
-        // A rule is a line inside the chain's braces other than its
-        // "type ... hook ..." header.
-        let rules = listing
-            .lines()
-            .map(str::trim)
-            .filter(|l| {
-                !l.is_empty()
-                    && !l.starts_with("table ")
-                    && !l.starts_with("chain ")
-                    && !l.starts_with("type ")
-                    && *l != "}"
-            })
-            .count();
-        if rules < want {
-            return Ok(Some(format!(
-                "chain {chain} in table inet {TABLE} has {rules} rules, {want} expected"
-            )));
+            Some(rules) if rules < want => {
+                return Ok(Some(format!(
+                    "chain {chain} in table inet {TABLE} has {rules} rules, {want} expected"
+                )))
+            }
+            Some(_) => {}
         }
     }
     Ok(None)
@@ -613,8 +799,7 @@ pub fn structure_missing_in(
 
 /// For the reconciler: the first thing `listing` (of `inet berth`) lacks
 /// of the structure `profiles` need and of `attachments`' elements, as
-/// text, or None. Works from one listing, where [`structure_missing_in`]
-/// and [`missing_in`] ask nft per object.
+/// text, or None. Works from one listing.
 pub fn missing_from_listing(
     listing: &TableListing,
     profiles: &[&Conditions],
@@ -629,23 +814,16 @@ pub fn missing_from_listing(
     for (chain, want) in expected_rules(&profiles) {
         match listing.chain_rules(&chain) {
             None => return Some(format!("chain {chain}")),
-            Some(rules) if rules.len() < want => {
-                return Some(format!(
-                    "rules of chain {chain} ({} of {want})",
-                    rules.len()
-                ))
+            Some(rules) if rules < want => {
+                return Some(format!("rules of chain {chain} ({rules} of {want})"))
             }
             Some(_) => {}
         }
     }
     for a in attachments {
-        for (object, key, data) in a.elements() {
-            let element = match data {
-                Some(d) => format!("{key} : {d}"),
-                None => key,
-            };
+        for (object, element, text) in a.elements() {
             if !listing.has_element(&object, &element) {
-                return Some(format!("element {{ {element} }} of {object}"));
+                return Some(format!("element {{ {text} }} of {object}"));
             }
         }
     }
@@ -656,33 +834,15 @@ pub fn missing_from_listing(
 /// text naming the set or map, or None when all are there.
 pub fn missing_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<Option<String>> {
     let elems = ports.elements();
-    let mut objects: Vec<&str> = elems.iter().map(|e| e.0.as_str()).collect();
-    objects.dedup();
-    for obj in objects {
-        let mine: Vec<&Elem> = elems.iter().filter(|e| e.0 == obj).collect();
-        let keys: Vec<&str> = mine.iter().map(|e| e.1.as_str()).collect();
-        let cmd = format!("get element inet {TABLE} {obj} {{ {} }}", keys.join(", "));
-        let listing = match nft::run(ns, &["-f", "-"], Some(&cmd), "check published ports") {
-            Ok(out) => out,
-            Err(e) if is_missing_object(&e) => {
-                return Ok(Some(format!(
-                    "{obj} in table inet {TABLE} lacks some of {{ {} }}",
-                    keys.join(", ")
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        let flat = listing.split_whitespace().collect::<Vec<_>>().join(" ");
-        for (_, key, data) in mine {
-            let want = match data {
-                Some(d) => format!("{key} : {d}"),
-                None => key.clone(),
-            };
-            if !flat.contains(&want) {
-                return Ok(Some(format!(
-                    "{obj} in table inet {TABLE} lacks element {want}"
-                )));
-            }
+    let listing = nf_tables::list_table(ns, &table())?.map(TableListing::from);
+    for (object, element, text) in elems {
+        let there = listing
+            .as_ref()
+            .is_some_and(|l| l.has_element(&object, &element));
+        if !there {
+            return Ok(Some(format!(
+                "{object} in table inet {TABLE} lacks element {text}"
+            )));
         }
     }
     Ok(None)
@@ -722,19 +882,25 @@ mod tests {
     #[test]
     fn elements_name_their_maps() {
         let e = ports().elements();
-        assert!(e.contains(&(
-            "pm4-d".into(),
-            "tcp . 8080".into(),
-            Some("10.88.0.5 . 80".into())
-        )));
-        assert!(e.contains(&(
-            "pm4a-d".into(),
-            "192.0.2.1 . udp . 53".into(),
-            Some("10.88.0.5 . 5353".into())
-        )));
-        assert!(e.contains(&("pm-hairpin4".into(), "10.88.0.5 . \"berth0\"".into(), None)));
-        assert!(e.contains(&("pm-local4".into(), "10.88.0.5".into(), None)));
+        let text = |set: &str| {
+            e.iter()
+                .filter(|x| x.0 == set)
+                .map(|x| x.2.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(text("pm4-d"), ["tcp . 8080 : 10.88.0.5 . 80"]);
+        assert_eq!(text("pm4a-d"), ["192.0.2.1 . udp . 53 : 10.88.0.5 . 5353"]);
+        assert_eq!(text("pm-hairpin4"), ["10.88.0.5 . \"berth0\""]);
+        assert_eq!(text("pm-local4"), ["10.88.0.5"]);
         assert_eq!(e.len(), 5);
+        let tcp = e.iter().find(|x| x.0 == "pm4-d").map(|x| x.1.clone());
+        assert_eq!(
+            tcp,
+            Some(Element::mapping(
+                vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
+                vec![10, 88, 0, 5, 0, 80, 0, 0]
+            ))
+        );
     }
 
     #[test]
@@ -783,11 +949,44 @@ mod tests {
 
     #[test]
     fn unpublish_last_drops_everything() {
-        let mut s = Script::new();
-        s.drop_globals();
-        assert!(!s.0.contains("add table"));
-        assert!(s.0.contains("delete chain inet berth pm-prerouting"));
-        assert!(s.0.contains("delete set inet berth pm-hairpin6"));
-        assert!(s.0.contains("delete set inet berth pm-local4"));
+        let mut b = Batch::new();
+        drop_globals(&mut b);
+        let c = b.describe();
+        assert!(!c.iter().any(|c| c.starts_with("add table")));
+        for want in [
+            "delete chain inet berth pm-prerouting",
+            "delete set inet berth pm-hairpin6",
+            "delete set inet berth pm-local4",
+        ] {
+            assert!(c.contains(&want.to_string()), "{want}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn rules_are_made_in_the_order_of_the_old_scripts() {
+        let mut b = Batch::new();
+        let d = Conditions::default();
+        rules(&mut b, &[&d]).unwrap();
+        let chains: Vec<String> = b.rules().map(|r| r.chain.name.clone()).collect();
+        assert_eq!(
+            chains,
+            [
+                "pm-output",
+                "pm-d",
+                "pm-d",
+                "pm-d",
+                "pm-d",
+                "pm-prerouting",
+                "pm-output",
+                "pm-postrouting",
+                "pm-postrouting",
+                "pm-postrouting",
+                "pm-forward",
+                "pm-forward",
+                "pm-postrouting",
+                "pm-forward",
+                "pm-forward",
+            ]
+        );
     }
 }

@@ -195,11 +195,11 @@ pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
 /// `host_veth`'s check, or None.
 pub fn spoofchk_missing_from_listing(listing: &TableListing, host_veth: &str) -> Option<String> {
     let chain = spoofchk_chain_name(host_veth);
-    let filled = |c: &str| listing.chain_rules(c).is_some_and(|r| !r.is_empty());
+    let filled = |c: &str| listing.chain_rules(c).is_some_and(|r| r > 0);
     if !filled(SPOOFCHK_CHAIN) {
         return Some(format!("chain {SPOOFCHK_CHAIN}"));
     }
-    if !listing.has_element(SPOOFCHK_MAP, &format!("\"{host_veth}\" : jump {chain}")) {
+    if !listing.has_element(SPOOFCHK_MAP, &element(host_veth)[0]) {
         return Some(format!("{host_veth} in map {SPOOFCHK_MAP}"));
     }
     if !filled(&chain) {

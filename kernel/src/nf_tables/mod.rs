@@ -13,6 +13,7 @@
 //! owns is decided by its callers.
 
 mod expr;
+pub mod matches;
 mod objects;
 mod socket;
 pub mod value;
@@ -42,8 +43,11 @@ enum Command {
     DeleteChain(ChainRef),
     AddSet(Set),
     /// A constant anonymous set with its elements (nft's `{ a, b }`), by
-    /// the name [`Batch::add_anonymous_set`] gave it.
-    AddAnonymousSet(Table, String, Key, Vec<Element>),
+    /// the name [`Batch::add_anonymous_set`] gave it; in a match's form
+    /// when [`Batch::add_match_set`] added it.
+    AddAnonymousSet(Table, String, Key, Vec<Element>, Option<objects::SetForm>),
+    /// An anonymous interval set's elements, as nft sends them.
+    AddIntervalElements(Table, String, Vec<Element>),
     FlushSet(Table, String),
     DeleteSet(Table, String),
     AddElements(Table, String, Vec<Element>),
@@ -71,10 +75,14 @@ impl Command {
     /// then filled, in two.
     fn expand(&self) -> Vec<Command> {
         match self {
-            Command::AddAnonymousSet(t, name, _, e) => vec![
-                self.clone(),
-                Command::AddElements(t.clone(), name.clone(), e.clone()),
-            ],
+            Command::AddAnonymousSet(t, name, _, e, form) => {
+                let (t, name, e) = (t.clone(), name.clone(), e.clone());
+                let fill = match form {
+                    Some(f) if f.interval => Command::AddIntervalElements(t, name, e),
+                    _ => Command::AddElements(t, name, e),
+                };
+                vec![self.clone(), fill]
+            }
             c => vec![c.clone()],
         }
     }
@@ -88,10 +96,12 @@ impl Command {
             Command::FlushChain(c) => format!("flush chain {c}"),
             Command::DeleteChain(c) => format!("delete chain {c}"),
             Command::AddSet(s) => format!("add set {} {}", s.table, s.name),
-            Command::AddAnonymousSet(t, _, _, _) => format!("add anonymous set to {t}"),
+            Command::AddAnonymousSet(t, ..) => format!("add anonymous set to {t}"),
             Command::FlushSet(t, s) => format!("flush set {t} {s}"),
             Command::DeleteSet(t, s) => format!("delete set {t} {s}"),
-            Command::AddElements(t, s, e) => format!("add {} element(s) to {t} {s}", e.len()),
+            Command::AddElements(t, s, e) | Command::AddIntervalElements(t, s, e) => {
+                format!("add {} element(s) to {t} {s}", e.len())
+            }
             Command::DeleteElements(t, s, e) => {
                 format!("delete {} element(s) from {t} {s}", e.len())
             }
@@ -149,6 +159,24 @@ impl Batch {
     /// uses for it. The kernel names it (`__set0`...) and removes it with
     /// the rule.
     pub fn add_anonymous_set(&mut self, table: &Table, key: Key, elements: Vec<Element>) -> String {
+        self.push_anonymous(table, key, elements, None)
+    }
+
+    /// Adds a constant anonymous set as nft makes one for a match's
+    /// `{ ... }` (an interval set if need be, with the user data nft lists
+    /// it by); returns the name a rule's lookup uses for it.
+    pub fn add_match_set(&mut self, table: &Table, set: matches::AnonSet) -> String {
+        let form = objects::SetForm::for_match(set.interval, set.byteorder, &set.key_typeof);
+        self.push_anonymous(table, set.key, set.elements, Some(form))
+    }
+
+    fn push_anonymous(
+        &mut self,
+        table: &Table,
+        key: Key,
+        elements: Vec<Element>,
+        form: Option<objects::SetForm>,
+    ) -> String {
         let n = self
             .commands
             .iter()
@@ -160,6 +188,7 @@ impl Batch {
             name.clone(),
             key,
             elements,
+            form,
         ));
         name
     }
@@ -271,7 +300,7 @@ impl Batch {
         for c in &self.commands {
             let (table, name) = match c {
                 Command::AddSet(s) => (&s.table, &s.name),
-                Command::AddAnonymousSet(t, name, _, _) => (t, name),
+                Command::AddAnonymousSet(t, name, ..) => (t, name),
                 _ => continue,
             };
             let next = ids.len() as u32 + 1;
@@ -408,14 +437,13 @@ fn command_message(
                 s.attrs(id),
             )
         }
-        Command::AddAnonymousSet(t, name, key, e) => {
+        Command::AddAnonymousSet(t, name, key, e, form) => {
             let id = set_id(t)(name).unwrap_or(0);
-            (
-                wire::NFT_MSG_NEWSET,
-                wire::NLM_F_CREATE,
-                t.family,
-                objects::anonymous_set_attrs(t, key, e.len(), id),
-            )
+            let attrs = match form {
+                Some(f) => objects::anonymous_set_attrs_as(t, key, e, id, f),
+                None => objects::anonymous_set_attrs(t, key, e.len(), id),
+            };
+            (wire::NFT_MSG_NEWSET, wire::NLM_F_CREATE, t.family, attrs)
         }
         Command::FlushSet(t, s) => (wire::NFT_MSG_DELSETELEM, 0, t.family, elements(t, s, &[])),
         Command::DeleteSet(t, s) => (wire::NFT_MSG_DELSET, 0, t.family, set_attrs(t, s)),
@@ -425,6 +453,19 @@ fn command_message(
             t.family,
             elements(t, s, e),
         ),
+        Command::AddIntervalElements(t, s, e) => {
+            let mut attrs = elements(t, s, &[]);
+            attrs.push(Attr::Nested(
+                wire::NFTA_SET_ELEM_LIST_ELEMENTS,
+                objects::interval_element_attrs(e),
+            ));
+            (
+                wire::NFT_MSG_NEWSETELEM,
+                wire::NLM_F_CREATE,
+                t.family,
+                attrs,
+            )
+        }
         Command::DeleteElements(t, s, e) => {
             (wire::NFT_MSG_DELSETELEM, 0, t.family, elements(t, s, e))
         }

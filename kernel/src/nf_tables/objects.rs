@@ -377,6 +377,54 @@ const ICMPV6_TYPE_TYPEOF: [u8; 20] = [
     0x01, 0x00, 0x00, 0x00,
 ];
 
+/// How nft makes an anonymous set for a match's `{ ... }` beyond its key
+/// and elements (see [`super::matches::AnonSet`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct SetForm {
+    /// Elements are ranges.
+    pub(super) interval: bool,
+    pub(super) userdata: Vec<u8>,
+}
+
+impl SetForm {
+    /// nft 1.0.6's user data for a match's set: the key's byte order as
+    /// the matched expression has it, for an interval set that nft merged
+    /// its elements (NFTNL_UDATA_SET_MERGE_ELEMENTS), and the expression
+    /// (NFTNL_UDATA_SET_KEY_TYPEOF).
+    pub(super) fn for_match(interval: bool, byteorder: u32, key_typeof: &[u8]) -> SetForm {
+        let mut udata = vec![0, 4];
+        udata.extend_from_slice(&byteorder.to_ne_bytes());
+        if interval {
+            udata.extend_from_slice(&[2, 4]);
+            udata.extend_from_slice(&1u32.to_ne_bytes());
+        }
+        udata.push(3);
+        udata.push(key_typeof.len() as u8);
+        udata.extend_from_slice(key_typeof);
+        SetForm {
+            interval,
+            userdata: udata,
+        }
+    }
+}
+
+/// NFTA_SET_ELEM_USERDATA, and in it NFTNL_UDATA_SET_ELEM_FLAGS with
+/// NFTNL_SET_ELEM_F_INTERVAL_OPEN: nft's mark on a range without an end.
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const INTERVAL_OPEN: [u8; 6] = [1, 4, 1, 0, 0, 0];
+
+/// An anonymous interval set's elements (ascending) as nft sends them:
+/// the last, if it starts a range that reaches the top, marked open.
+pub(super) fn interval_element_attrs(elements: &[Element]) -> Vec<Attr> {
+    let mut out: Vec<Attr> = elements.iter().map(Element::attr).collect();
+    if let (Some(last), Some(Attr::Nested(_, attrs))) = (elements.last(), out.last_mut()) {
+        if !last.end {
+            attrs.push(Attr::Bytes(NFTA_SET_ELEM_USERDATA, INTERVAL_OPEN.to_vec()));
+        }
+    }
+    out
+}
+
 /// A constant anonymous set of `size` elements (flags, key, nft's user
 /// data); the kernel names it from the template.
 pub(super) fn anonymous_set_attrs(table: &Table, key: &Key, size: usize, id: u32) -> Vec<Attr> {
@@ -386,13 +434,37 @@ pub(super) fn anonymous_set_attrs(table: &Table, key: &Key, size: usize, id: u32
         udata.push(ICMPV6_TYPE_TYPEOF.len() as u8);
         udata.extend_from_slice(&ICMPV6_TYPE_TYPEOF);
     }
+    let form = SetForm {
+        interval: false,
+        userdata: udata,
+    };
+    set_attrs_as(table, key, size, id, &form)
+}
+
+/// The same in the form nft gives a match's set, holding `elements`: nft
+/// counts the end an open last range does not send in the set's size.
+pub(super) fn anonymous_set_attrs_as(
+    table: &Table,
+    key: &Key,
+    elements: &[Element],
+    id: u32,
+    form: &SetForm,
+) -> Vec<Attr> {
+    let open = form.interval && elements.last().is_some_and(|e| !e.end);
+    let size = elements.len() + usize::from(open);
+    set_attrs_as(table, key, size, id, form)
+}
+
+fn set_attrs_as(table: &Table, key: &Key, size: usize, id: u32, form: &SetForm) -> Vec<Attr> {
+    let mut flags = wire::NFT_SET_ANONYMOUS | wire::NFT_SET_CONSTANT;
+    if form.interval {
+        flags |= wire::NFT_SET_INTERVAL;
+    }
+    let udata = form.userdata.clone();
     vec![
         Attr::str(wire::NFTA_SET_TABLE, &table.name),
         Attr::str(wire::NFTA_SET_NAME, super::ANON_SET),
-        Attr::u32(
-            wire::NFTA_SET_FLAGS,
-            wire::NFT_SET_ANONYMOUS | wire::NFT_SET_CONSTANT,
-        ),
+        Attr::u32(wire::NFTA_SET_FLAGS, flags),
         Attr::u32(wire::NFTA_SET_KEY_TYPE, key.type_id()),
         Attr::u32(wire::NFTA_SET_KEY_LEN, key.len() as u32),
         Attr::u32(wire::NFTA_SET_ID, id),

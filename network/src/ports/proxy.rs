@@ -163,12 +163,32 @@ pub fn running(key: &str) -> bool {
 
 /// Stops every proxy of the attachment tagged `key` (none is fine).
 pub fn stop_all(key: &str) {
-    for pid in pids(key) {
+    let pids = pids(key);
+    for &pid in &pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // A killed relay holds its ports until it has exited: a new relay of
+    // the same ports (a repeated ADD) must not bind before that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while pids.iter().any(|&p| alive(p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// True while `pid` runs: neither gone nor a zombie (whose sockets are
+/// closed already).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 /// The proxy process: `proxy --owner KEY PROTO:LISTEN=TARGET...`. Prints

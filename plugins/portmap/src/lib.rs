@@ -275,13 +275,14 @@ impl Plugin for PortmapPlugin {
 
     fn status(&self, req: &Request) -> Result<(), Error> {
         PortmapConf::parse_keys(req)?;
-        if !berth_kernel::firewall::nft_available() {
-            return Err(Error::new(
+        // The kernel's nf_tables is what berth-portmap needs (no nft
+        // binary): a generation query tells whether it answers.
+        berth_kernel::nf_tables::available(None).map_err(|e| {
+            Error::new(
                 codes::NOT_AVAILABLE,
-                "nft (nftables) is not installed; berth-portmap needs it",
-            ));
-        }
-        Ok(())
+                format!("nf_tables (the kernel's nftables) is not available: {e}"),
+            )
+        })
     }
 
     fn about(&self) -> String {
