@@ -280,6 +280,13 @@ fn daemonset_installs_the_plugins_from_a_scratch_image() {
         !files.iter().any(|f| f == "bin/sh" || f == "usr/bin/sh"),
         "a scratch image has no shell: {files:?}"
     );
+    // Nor any tool: berth programs nftables over netlink itself.
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with("/nft") || f.ends_with("/iptables")),
+        "the image carries a firewall tool: {files:?}"
+    );
 
     // The init container, as the manifest runs it.
     let out = node.install();

@@ -62,8 +62,8 @@ use crate::nf_tables::value::{
     addr_load, addr_prefix_cmp, bits, concat, ct, ifname, ip, meta, nfproto_is, port, set_mark_bit,
 };
 use crate::nf_tables::{
-    self, reg_at_word, BaseChain, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Element, Expr,
-    Family, Hook, Key, MapData, MetaKey, NatKind, PayloadBase, Rule, Set, Verdict, FIB_F_DADDR,
+    self, reg_at_word, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Element, Expr, Family,
+    Hook, Key, MapData, MetaKey, NatKind, PayloadBase, Rule, Set, Verdict, FIB_F_DADDR,
     FIB_RESULT_ADDRTYPE, NAT_MAP_IPS, NAT_PROTO_SPECIFIED, REG_1,
 };
 use crate::{Error, Netns, Result};
@@ -364,15 +364,7 @@ fn profile_maps(id: &str) -> Vec<Set> {
 }
 
 fn base_chain(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
-    Chain {
-        at: table().chain(name),
-        base: Some(BaseChain {
-            kind,
-            hook,
-            priority,
-            accept: true,
-        }),
-    }
+    Chain::base(table().chain(name), kind, hook, priority)
 }
 
 fn base_chains() -> [Chain; 4] {
@@ -390,10 +382,7 @@ fn base_chains() -> [Chain; 4] {
 }
 
 fn profile_chain(id: &str) -> Chain {
-    Chain {
-        at: table().chain(&format!("pm-{id}")),
-        base: None,
-    }
+    Chain::regular(table().chain(&format!("pm-{id}")))
 }
 
 /// `ct status dnat`.

@@ -45,8 +45,8 @@
 use super::spoofchk::bridge_table;
 use crate::nf_tables::value::{cmp, meta};
 use crate::nf_tables::{
-    BaseChain, Batch, Chain, ChainType, CmpOp, DataType, Element, Expr, Hook, Key, MetaKey,
-    PayloadBase, Rule, Verdict, REG_1,
+    Batch, Chain, ChainType, CmpOp, DataType, Element, Expr, Hook, Key, MetaKey, PayloadBase, Rule,
+    Verdict, REG_1,
 };
 use crate::{Netns, Result};
 
@@ -67,15 +67,7 @@ pub(crate) fn is_quiet_chain(name: &str) -> bool {
 }
 
 fn base(name: &str, hook: Hook) -> Chain {
-    Chain {
-        at: bridge_table().chain(name),
-        base: Some(BaseChain {
-            kind: ChainType::Filter,
-            hook,
-            priority: PRIO,
-            accept: true,
-        }),
-    }
+    Chain::base(bridge_table().chain(name), ChainType::Filter, hook, PRIO)
 }
 
 /// Makes the table and the chain if missing, and removes the old forward

@@ -18,8 +18,8 @@ use crate::nf_tables::value::{
     addr_load, addr_prefix_cmp, bits, ct, ifname, meta, meta_cmp, nfproto_is, set_mark_bit,
 };
 use crate::nf_tables::{
-    BaseChain, Batch, Chain, ChainRef, ChainType, CmpOp, CtKey, DataType, Element, Expr, Family,
-    Hook, Key, MetaKey, Rule, Set, Table, Verdict, REG_1,
+    Batch, Chain, ChainRef, ChainType, CmpOp, CtKey, DataType, Element, Expr, Family, Hook, Key,
+    MetaKey, Rule, Set, Table, Verdict, REG_1,
 };
 
 /// berth's private table (family inet: one table for IPv4 and IPv6).
@@ -52,15 +52,7 @@ pub(crate) fn table() -> Table {
 }
 
 fn base_chain(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
-    Chain {
-        at: table().chain(name),
-        base: Some(BaseChain {
-            kind,
-            hook,
-            priority,
-            accept: true,
-        }),
-    }
+    Chain::base(table().chain(name), kind, hook, priority)
 }
 
 fn nat_chain(n: &ChainNames) -> Chain {

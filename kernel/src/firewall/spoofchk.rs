@@ -23,8 +23,8 @@ use super::rules::clean_comment;
 use crate::handle::check_ifname;
 use crate::nf_tables::value::{cmp, ifname, meta};
 use crate::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainRef, ChainType, CmpOp, DataType, Element, Expr, Family,
-    Hook, Key, MapData, MetaKey, PayloadBase, Rule, Set, Table, Verdict, REG_1, REG_VERDICT,
+    self, Batch, Chain, ChainRef, ChainType, CmpOp, DataType, Element, Expr, Family, Hook, Key,
+    MapData, MetaKey, PayloadBase, Rule, Set, Table, Verdict, REG_1, REG_VERDICT,
 };
 use crate::{Netns, Result};
 
@@ -48,22 +48,16 @@ pub(crate) fn bridge_table() -> Table {
 }
 
 fn base_chain() -> Chain {
-    Chain {
-        at: bridge_table().chain(SPOOFCHK_CHAIN),
-        base: Some(BaseChain {
-            kind: ChainType::Filter,
-            hook: Hook::Prerouting,
-            priority: PRIO,
-            accept: true,
-        }),
-    }
+    Chain::base(
+        bridge_table().chain(SPOOFCHK_CHAIN),
+        ChainType::Filter,
+        Hook::Prerouting,
+        PRIO,
+    )
 }
 
 fn port_chain(host_veth: &str) -> Chain {
-    Chain {
-        at: bridge_table().chain(&spoofchk_chain_name(host_veth)),
-        base: None,
-    }
+    Chain::regular(bridge_table().chain(&spoofchk_chain_name(host_veth)))
 }
 
 fn map() -> Set {

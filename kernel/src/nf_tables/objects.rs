@@ -169,6 +169,24 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// A base chain at `at` with an accept policy.
+    pub fn base(at: ChainRef, kind: ChainType, hook: Hook, priority: i32) -> Chain {
+        Chain {
+            at,
+            base: Some(BaseChain {
+                kind,
+                hook,
+                priority,
+                accept: true,
+            }),
+        }
+    }
+
+    /// A regular chain (reached by jumps).
+    pub fn regular(at: ChainRef) -> Chain {
+        Chain { at, base: None }
+    }
+
     pub(super) fn attrs(&self) -> Vec<Attr> {
         let mut v = vec![
             Attr::str(wire::NFTA_CHAIN_TABLE, &self.at.table.name),
