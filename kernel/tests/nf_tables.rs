@@ -186,3 +186,33 @@ fn listing_a_missing_table_is_none_and_nft_is_not_needed() {
     build().commit(Some(&netns), "test").unwrap();
     assert_eq!(nf_tables::list_table(Some(&netns), &bridge).unwrap(), None);
 }
+
+#[test]
+fn thousands_of_elements_go_in_one_batch() {
+    let ns = TestNs::new();
+    let netns = ns.open();
+    // More than one netlink attribute can hold: sent in several messages
+    // of the same transaction.
+    let many: Vec<Element> = (0..3000u16)
+        .map(|p| {
+            Element::mapping(
+                concat(&[vec![17], port(10000 + p)]),
+                concat(&[ip(&"10.1.0.2".parse().unwrap()), port(p)]),
+            )
+        })
+        .collect();
+    let mut b = build();
+    b.add_elements(&table(), "ports", many.clone());
+    b.commit(Some(&netns), "test").unwrap();
+    let l = nf_tables::list_table(Some(&netns), &table())
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.set("ports").unwrap().1.len(), 3001);
+    let mut b = Batch::new();
+    b.delete_elements(&table(), "ports", many);
+    b.commit(Some(&netns), "test").unwrap();
+    let l = nf_tables::list_table(Some(&netns), &table())
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.set("ports").unwrap().1, vec![mapping()]);
+}

@@ -694,9 +694,11 @@ pub fn rebuild_in(
         }
         remove_elements(&mut b, &old.elements());
     }
-    for a in attachments {
-        add_elements(&mut b, &a.elements());
-    }
+    // One command per set for all of them, not one per attachment.
+    let mut all: Vec<Elem> = attachments.iter().flat_map(|a| a.elements()).collect();
+    all.sort();
+    all.dedup();
+    add_elements(&mut b, &all);
     b.commit(ns, "publish ports")
 }
 

@@ -31,6 +31,7 @@ pub use objects::{
 };
 
 use crate::{Error, Netns, Result};
+use netlink_packet_core::Nla;
 use wire::Attr;
 
 /// One command of a batch.
@@ -56,6 +57,12 @@ enum Command {
     InsertRule(Rule),
     DeleteRule(ChainRef, u64),
 }
+
+/// Elements per NEWSETELEM/DELSETELEM message: the element list is one
+/// netlink attribute, at most 64 KiB, and an element of berth's widest
+/// map (an IPv6 address, protocol and port to an IPv6 address and port)
+/// takes under 100 bytes.
+const ELEMENTS_PER_MESSAGE: usize = 500;
 
 /// The name nft gives the kernel for an anonymous set: the kernel puts a
 /// number in place of `%d`.
@@ -83,6 +90,16 @@ impl Command {
                 };
                 vec![self.clone(), fill]
             }
+            // An attribute holds at most 64 KiB: many elements go in
+            // several messages (of one batch, so still one transaction).
+            Command::AddElements(t, name, e) if e.len() > ELEMENTS_PER_MESSAGE => e
+                .chunks(ELEMENTS_PER_MESSAGE)
+                .map(|c| Command::AddElements(t.clone(), name.clone(), c.to_vec()))
+                .collect(),
+            Command::DeleteElements(t, name, e) if e.len() > ELEMENTS_PER_MESSAGE => e
+                .chunks(ELEMENTS_PER_MESSAGE)
+                .map(|c| Command::DeleteElements(t.clone(), name.clone(), c.to_vec()))
+                .collect(),
             c => vec![c.clone()],
         }
     }
@@ -282,8 +299,8 @@ impl Batch {
     }
 
     /// The messages of the batch, BEGIN to END, with sequence numbers from
-    /// `first_seq` (BEGIN's); each command asks for an ack.
-    fn encode(&self, first_seq: u32) -> Vec<u8> {
+    /// `first_seq` (BEGIN's); the last command asks for an ack.
+    fn encode(&self, first_seq: u32) -> std::result::Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(256 * (self.commands.len() + 2));
         wire::put_message(
             &mut out,
@@ -308,13 +325,33 @@ impl Batch {
                 .or_insert(next);
         }
         let mut seq = first_seq;
-        for c in self.commands.iter().flat_map(Command::expand) {
+        let sent: Vec<Command> = self.commands.iter().flat_map(Command::expand).collect();
+        for (i, c) in sent.iter().enumerate() {
             seq += 1;
-            let (kind, flags, family, attrs) = command_message(&c, &ids);
+            let (kind, flags, family, attrs) = command_message(c, &ids);
+            // An attribute's length is 16 bits: refuse what cannot be
+            // said rather than emit a truncated message.
+            if attrs
+                .iter()
+                .any(|a| a.value_len() + 4 > usize::from(u16::MAX))
+            {
+                return Err(format!(
+                    "{}: too large for one netlink attribute",
+                    c.describe()
+                ));
+            }
+            // Errors are always answered; of the successes only the last
+            // command's: an ack per command would overrun the socket's
+            // receive buffer with thousands of commands (a rebuild).
+            let ack = if i + 1 == sent.len() {
+                wire::NLM_F_ACK
+            } else {
+                0
+            };
             wire::put_message(
                 &mut out,
                 wire::nft_type(kind),
-                wire::NLM_F_REQUEST | wire::NLM_F_ACK | flags,
+                wire::NLM_F_REQUEST | ack | flags,
                 seq,
                 family.code(),
                 0,
@@ -330,7 +367,7 @@ impl Batch {
             wire::NFNL_SUBSYS_NFTABLES,
             &[],
         );
-        out
+        Ok(out)
     }
 
     /// Applies the batch in `ns` (None: the caller's namespace) as one
@@ -342,7 +379,10 @@ impl Batch {
         let sent: Vec<Command> = self.commands.iter().flat_map(Command::expand).collect();
         let mut sock = socket::open(ns, op)?;
         let first = sock.next_seqs(sent.len() as u32 + 2);
-        let bytes = self.encode(first);
+        let bytes = self.encode(first).map_err(|msg| Error::Protocol {
+            op: op.to_string(),
+            msg,
+        })?;
         let failed = sock
             .transact(&bytes, first + 1, sent.len())
             .map_err(|e| e.context(op))?;

@@ -120,9 +120,11 @@ impl Socket {
     }
 
     /// Sends a batch whose commands carry sequence numbers `first` to
-    /// `first + n - 1`, each asking for an ack, and reads the answers:
-    /// None when every command was acked, or the first failure as (seq,
-    /// errno, the kernel's text).
+    /// `first + n - 1`, the last asking for an ack, and reads the answers:
+    /// None when the last command was acked with no error before it, or
+    /// the first failure as (seq, errno, the kernel's text). The kernel
+    /// processes the whole batch inside the send, so every answer is
+    /// queued by then.
     pub(super) fn transact(
         &mut self,
         bytes: &[u8],
@@ -130,8 +132,8 @@ impl Socket {
         n: usize,
     ) -> NlResult<Option<(u32, i32, Option<String>)>> {
         self.send(bytes)?;
-        let mut acked = 0;
-        while acked < n {
+        let last = first + n as u32 - 1;
+        loop {
             for (kind, flags, seq, payload) in self.recv()? {
                 if kind != wire::NLMSG_ERROR {
                     continue;
@@ -140,12 +142,11 @@ impl Socket {
                 if errno != 0 {
                     return Ok(Some((seq, errno, ext)));
                 }
-                if seq >= first && seq < first + n as u32 {
-                    acked += 1;
+                if seq == last {
+                    return Ok(None);
                 }
             }
         }
-        Ok(None)
     }
 
     /// Sends one request and collects what it answers: every message of
