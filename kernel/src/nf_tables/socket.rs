@@ -205,8 +205,13 @@ impl Socket {
     pub(super) fn list_table(&mut self, table: &Table) -> NlResult<Option<Listing>> {
         for _ in 0..LIST_RETRIES {
             let before = self.generation()?;
-            let Some(listing) = self.read_table(table)? else {
-                return Ok(None);
+            let listing = match self.read_table(table) {
+                Ok(Some(l)) => l,
+                Ok(None) => return Ok(None),
+                // A set or chain went between the dumps (another process
+                // committed meanwhile): read the whole table again.
+                Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => continue,
+                Err(e) => return Err(e),
             };
             if self.generation()? == before {
                 return Ok(Some(listing));
@@ -237,8 +242,14 @@ impl Socket {
                 Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => return Ok(None),
                 Err(e) => return Err(e),
             }
-            let rules = self
-                .request(wire::NFT_MSG_GETRULE, wire::NLM_F_DUMP, family, &filter)?
+            let dumped =
+                match self.request(wire::NFT_MSG_GETRULE, wire::NLM_F_DUMP, family, &filter) {
+                    Ok(d) => d,
+                    // The chain went since it was asked for: ask again.
+                    Err(NlError::Kernel { errno, .. }) if errno == libc::ENOENT => continue,
+                    Err(e) => return Err(e),
+                };
+            let rules = dumped
                 .into_iter()
                 .filter_map(|(_, attrs)| Rule::decode(chain.table.family, &wire::attrs(&attrs)))
                 .filter(|r| r.chain == *chain)
