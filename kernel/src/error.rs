@@ -39,9 +39,6 @@ pub enum Error {
         value: String,
         reason: String,
     },
-    /// `nft` failed or printed something unexpected.
-    #[error("{op}: {msg}")]
-    Nft { op: String, msg: String },
     /// The kernel refused an nf_tables batch (and applied none of it);
     /// `object` is the command it refused.
     #[error("{op}: {object}: {}{}", errno_text(*errno), ext_suffix(ext.as_deref()))]

@@ -1,6 +1,6 @@
 //! berth's kernel layer: network namespaces, rtnetlink (links, bridges,
-//! veths, addresses, routes, traffic control), sysctls and the nftables
-//! firewall.
+//! veths, addresses, routes, traffic control), sysctls, conntrack and
+//! nf_tables, as typed objects with no berth name or policy in them.
 //!
 //! Everything here is synchronous on purpose: a CNI plugin does a handful
 //! of kernel round trips per invocation, and a blocking netlink socket is
@@ -13,7 +13,6 @@ mod addr;
 mod bridge;
 pub mod conntrack;
 mod error;
-pub mod firewall;
 mod handle;
 mod link;
 mod mac;

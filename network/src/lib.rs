@@ -130,6 +130,16 @@ impl Error {
         Error::new(kind, e.to_string())
     }
 
+    /// An argument refused before anything reached the kernel (the same
+    /// text as berth-kernel's refusals).
+    pub fn invalid(
+        what: &str,
+        value: impl std::fmt::Debug,
+        reason: impl std::fmt::Display,
+    ) -> Error {
+        Error::new(Kind::Config, format!("invalid {what} {value:?}: {reason}"))
+    }
+
     pub fn check_failed(msg: impl Into<String>) -> Error {
         Error::new(Kind::CheckFailed, msg)
     }

@@ -30,21 +30,21 @@
 //! are left to that container's DEL.
 //!
 //! [`watch`] runs passes when the kernel announces a ruleset change
-//! (berth_kernel::firewall::RulesetEvents) and at a slow interval for
+//! (berth_kernel::nf_tables::RulesetEvents) and at a slow interval for
 //! what no event reports (iptables-legacy, a lost event).
 
 use std::time::{Duration, Instant};
 
-use berth_kernel::firewall::{
-    docker_user_in, ensure_docker_user_in, list_table_in, network_missing_from_listing,
-    quiet_add_in, spoofchk_add_in, spoofchk_missing_from_listing, DockerUser, RulesetEvents,
-    QUIET_CHAIN, SPOOFCHK_TABLE, TABLE,
-};
+use berth_kernel::nf_tables::RulesetEvents;
 use berth_kernel::parse_mac;
 
 use crate::attachment::state::State;
-use crate::firewall::{self, NetworkFirewall};
-use crate::{gateway, kernel, ports, Error, Result};
+use crate::firewall::{
+    self, docker_user_in, ensure_docker_user_in, list_table_in, network_missing_from_listing,
+    quiet_add_in, spoofchk_add_in, spoofchk_missing_from_listing, DockerUser, NetworkFirewall,
+    QUIET_CHAIN, SPOOFCHK_TABLE, TABLE,
+};
+use crate::{gateway, kernel, ports, Result};
 
 /// After the first event of a burst (a flush is many), how long to let
 /// the rest arrive before looking.
@@ -94,7 +94,7 @@ pub fn pass() -> Result<Pass> {
     }
     let mut repaired = Vec::new();
     let mut failed = Vec::new();
-    let inet = list_table_in(None, "inet", TABLE).map_err(Error::firewall)?;
+    let inet = list_table_in(None, "inet", TABLE)?;
     for fw in &networks {
         let missing = match &inet {
             None => Some(format!("table inet {TABLE}")),
@@ -120,7 +120,7 @@ pub fn pass() -> Result<Pass> {
         let prefixes = crate::names::port_prefixes();
         // (Adding a check leaves the quiet chain as it is: this listing
         // still tells whether that is there.)
-        let bridge = list_table_in(None, "bridge", SPOOFCHK_TABLE).map_err(Error::firewall)?;
+        let bridge = list_table_in(None, "bridge", SPOOFCHK_TABLE)?;
         for fw in &networks {
             let records = state.records(&fw.network);
             for (host_veth, mac) in state.spoof_macs(&fw.network) {
@@ -157,16 +157,13 @@ pub fn pass() -> Result<Pass> {
             .and_then(|l| l.chain_rules(QUIET_CHAIN))
             .is_some_and(|r| r >= prefixes.len());
         if !quiet {
-            quiet_add_in(None, &prefixes).map_err(Error::firewall)?;
+            quiet_add_in(None, &prefixes)?;
             repaired.push(format!("the quiet chain of table bridge {SPOOFCHK_TABLE}"));
         }
     }
     // Something is recorded (above): its traffic needs the exception.
-    if docker_user_in(None)
-        .map_err(Error::firewall)?
-        .contains(&DockerUser::Missing)
-    {
-        ensure_docker_user_in(None).map_err(Error::firewall)?;
+    if docker_user_in(None)?.contains(&DockerUser::Missing) {
+        ensure_docker_user_in(None)?;
         repaired.push("berth's rule in DOCKER-USER".into());
     }
     if !published.is_empty() {
@@ -174,7 +171,7 @@ pub fn pass() -> Result<Pass> {
         let inet = if repaired.is_empty() {
             inet
         } else {
-            list_table_in(None, "inet", TABLE).map_err(Error::firewall)?
+            list_table_in(None, "inet", TABLE)?
         };
         if let Some(what) = ports::repair(inet.as_ref(), &published)? {
             repaired.push(format!("published ports: {what}"));

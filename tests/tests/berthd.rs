@@ -1244,7 +1244,7 @@ fn link_shape(link: &str) -> Value {
 /// `inet berth`'s objects of one network, with its names, bridge and
 /// subnets replaced by placeholders and handles dropped.
 fn nft_shape(network: &str, bridge: &str, subnets: &[&str]) -> Vec<String> {
-    let names = berth_kernel::firewall::chain_names(network);
+    let names = berth_network::firewall::chain_names(network);
     let ours = [&names.nat, &names.forward, &names.set_v4, &names.set_v6];
     let mut out: Vec<String> = berth_nft_table()
         .into_iter()
@@ -1468,7 +1468,7 @@ fn a_restarted_berthd_repairs_what_changed_while_it_was_down() {
     assert!(!made.is_empty(), "the network has no nftables objects");
 
     d.kill();
-    berth_kernel::firewall::remove(&rules).expect("remove the network's objects");
+    berth_network::firewall::remove(&rules).expect("remove the network's objects");
     assert_eq!(nft_shape(&rules, &bridge, &[&v4]), Vec::<String>::new());
     d.spawn();
     let deadline = Instant::now() + Duration::from_secs(1);

@@ -795,7 +795,7 @@ fn docker_engine_uses_berthd_networks() {
             &format!("{{ {key} }}"),
         ],
     );
-    berth_kernel::firewall::remove(&rules).expect("remove the network's rules");
+    berth_network::firewall::remove(&rules).expect("remove the network's rules");
     // (Both removals succeeded, so whatever is there again was put back.)
     let taken = Instant::now();
     wait_for(
@@ -1554,7 +1554,7 @@ impl FwFx<'_> {
         let out = self.host.exec(&["iptables", "-S", "DOCKER-USER"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.contains(berth_kernel::firewall::DOCKER_USER_COMMENT))
+            .filter(|l| l.contains(berth_network::firewall::DOCKER_USER_COMMENT))
             .map(String::from)
             .collect()
     }
@@ -1628,7 +1628,7 @@ impl FwFx<'_> {
             Disruption::DeleteElement => {
                 // `-p 8080:80` is on every address: the key has no
                 // address, and the IPv4 map (`pm4-<profile>`, see
-                // kernel/src/firewall/portmap.rs) holds it.
+                // network/src/firewall/portmap.rs) holds it.
                 let key = format!("tcp . {HOST_PORT}");
                 let map = berth_maps_holding(Some(self.host), &key)
                     .into_iter()

@@ -5,7 +5,7 @@
 //! and after each interesting step the test takes `nft list ruleset` there,
 //! normalises it ([`normalise`]) and compares it with the step's section
 //! of `tests/golden/firewall/<scenario>.nft`. The goldens were recorded
-//! with the `nft`-binary implementation of kernel/src/firewall; any other
+//! with the `nft`-binary implementation of kernel/src/firewall (now network/src/firewall); any other
 //! implementation (nf_tables netlink, say) must leave the very same
 //! ruleset behind, step by step.
 //!

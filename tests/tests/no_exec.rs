@@ -46,8 +46,10 @@ fn execs(trace: &Path) -> Vec<String> {
 fn plugin_exit(trace: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(trace).ok()?;
     let pid = text.split_whitespace().next()?.to_string();
+    // strace pads the pid column (`7299  +++ exited with 0 +++`).
     text.lines().find_map(|l| {
-        let rest = l.strip_prefix(&format!("{pid} +++ exited with "))?;
+        let rest = l.strip_prefix(&pid)?.trim_start();
+        let rest = rest.strip_prefix("+++ exited with ")?;
         rest.split_whitespace().next()?.parse().ok()
     })
 }
@@ -140,7 +142,11 @@ impl Fx {
         let status = plugin_exit(&trace);
         let _ = child.kill();
         let out = child.wait_with_output().expect("wait for strace");
-        assert!(exit.is_some(), "{plugin} {verb} did not exit");
+        assert!(
+            exit.is_some(),
+            "{plugin} {verb} did not exit; trace:\n{}",
+            std::fs::read_to_string(&trace).unwrap_or_default()
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(status, Some(0), "{plugin} {verb}: {stdout}");
         let v = if stdout.trim().is_empty() {

@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use berth_kernel::firewall::DOCKER_USER_COMMENT;
+use berth_network::firewall::DOCKER_USER_COMMENT;
 use berth_tests::*;
 use serde_json::{json, Value};
 use store::{AllocationStore, SqliteStore};
@@ -504,7 +504,7 @@ fn disrupt(fx: &Fx, d: Disruption, user_file: &Path, verify: bool) {
         }
         Disruption::DeleteElement => {
             let key = "tcp . 8080";
-            // The IPv4 one (`pm4-<profile>`, see kernel/src/firewall/portmap.rs).
+            // The IPv4 one (`pm4-<profile>`, see network/src/firewall/portmap.rs).
             let map = berth_maps_holding(Some(&fx.host), key)
                 .into_iter()
                 .find(|m| m.starts_with("pm4-"))

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use berth_kernel::firewall::{PortMapping, Protocol, PublishedPorts};
+use berth_network::firewall::{PortMapping, Protocol, PublishedPorts};
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use store::ports::{PortClaim, PortOwner};

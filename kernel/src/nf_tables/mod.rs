@@ -12,6 +12,7 @@
 //! This module knows nf_tables, not berth: which tables and rules berth
 //! owns is decided by its callers.
 
+mod events;
 mod expr;
 pub mod matches;
 mod objects;
@@ -21,6 +22,7 @@ mod wire;
 
 use std::collections::HashMap;
 
+pub use events::RulesetEvents;
 pub use expr::{
     reg_at_word, CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, FIB_F_DADDR,
     FIB_RESULT_ADDRTYPE, NAT_MAP_IPS, NAT_PROTO_SPECIFIED, REG_1, REG_VERDICT,

@@ -1,5 +1,5 @@
 //! Published ports: host ports DNATed to a container's address, on
-//! nftables maps in `inet berth` (berth_kernel::firewall's portmap module), for
+//! nftables maps in `inet berth` (firewall/portmap.rs), for
 //! berth-portmap (`runtimeConfig.portMappings`) and berthd (Docker's
 //! `-p`) alike: both claim host ports in one store, so a port is never
 //! published twice.
@@ -25,7 +25,7 @@ pub mod proxy;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use berth_kernel::firewall::{Conditions, PortMapping, Protocol, PublishedPorts};
+use crate::firewall::{self, Conditions, PortMapping, Protocol, PublishedPorts};
 use serde::{Deserialize, Serialize};
 use store::host::boot_id;
 use store::ports::{PortClaim, PortOwner, PortStore, Published};
@@ -265,18 +265,13 @@ fn install(
     let mut profiles: Vec<&Conditions> = others.iter().collect();
     profiles.push(&ports.conditions);
     let note = structure_note(&profiles);
-    if noted(store, &note)? {
-        match berth_kernel::firewall::add_elements_in(None, replaced, ports) {
-            Ok(()) => return Ok(()),
-            Err(e) if berth_kernel::firewall::is_missing_object(&e) => {}
-            Err(e) => return Err(Error::firewall(e)),
-        }
+    if noted(store, &note)? && firewall::add_elements_in(None, replaced, ports)? {
+        return Ok(());
     }
     store.set_structure(None).map_err(Error::store)?;
     let all = ports_of(&store.all_attachments().map_err(Error::store)?)?;
     let refs: Vec<&PublishedPorts> = all.iter().collect();
-    berth_kernel::firewall::rebuild_in(None, &profiles, replaced, &refs)
-        .map_err(Error::firewall)?;
+    firewall::rebuild_in(None, &profiles, replaced, &refs)?;
     store.set_structure(Some(&note)).map_err(Error::store)
 }
 
@@ -305,15 +300,14 @@ fn release(store: &mut PortStore, published: &Published) -> Result<(), Error> {
     let shared = refs.iter().any(|c| c.id() == ports.conditions.id());
     let mut structure_lost = false;
     if shared && noted(store, &note)? {
-        match berth_kernel::firewall::remove_elements_in(None, &ports) {
-            Ok(()) => return store.release(&published.owner).map_err(Error::store),
-            Err(e) if berth_kernel::firewall::is_missing_object(&e) => structure_lost = true,
-            Err(e) => return Err(Error::firewall(e)),
+        if firewall::remove_elements_in(None, &ports)? {
+            return store.release(&published.owner).map_err(Error::store);
         }
+        structure_lost = true;
     }
-    berth_kernel::firewall::unpublish_in(None, &refs, &ports).map_err(Error::firewall)?;
+    firewall::unpublish_in(None, &refs, &ports)?;
     if others.is_empty() {
-        berth_kernel::firewall::remove_table_if_empty_in(None).map_err(Error::firewall)?;
+        firewall::remove_table_if_empty_in(None)?;
     }
     // After a lost structure the others' elements are gone too: no note,
     // so the next ADD rebuilds everything from the records.
@@ -370,7 +364,7 @@ pub fn published() -> Result<Vec<PortsOf>, Error> {
 /// all, as an ADD does when it finds the structure gone. Returns what was
 /// missing. Called under berth's lock.
 pub fn repair(
-    listing: Option<&berth_kernel::firewall::TableListing>,
+    listing: Option<&firewall::TableListing>,
     all: &[PublishedPorts],
 ) -> Result<Option<String>, Error> {
     if all.is_empty() {
@@ -379,8 +373,8 @@ pub fn repair(
     let refs: Vec<&PublishedPorts> = all.iter().collect();
     let profiles: Vec<&Conditions> = all.iter().map(|p| &p.conditions).collect();
     let missing = match listing {
-        None => Some(format!("table inet {}", berth_kernel::firewall::TABLE)),
-        Some(l) => berth_kernel::firewall::portmap_missing_from_listing(l, &profiles, &refs),
+        None => Some(format!("table inet {}", firewall::TABLE)),
+        Some(l) => firewall::portmap_missing_from_listing(l, &profiles, &refs),
     };
     let Some(what) = missing else {
         return Ok(None);
@@ -394,7 +388,7 @@ pub fn repair(
         .and_then(|mut st| st.set_structure(None).map_err(Error::store).map(|()| st))
         .map_err(|e| tracing::warn!("rebuilding published ports without noting it: {e}"))
         .ok();
-    berth_kernel::firewall::rebuild_in(None, &profiles, None, &refs).map_err(Error::firewall)?;
+    firewall::rebuild_in(None, &profiles, None, &refs)?;
     if let Some(st) = &mut store {
         st.set_structure(Some(&structure_note(&profiles)))
             .map_err(Error::store)?;
@@ -451,7 +445,7 @@ pub fn publish_with_proxies(
         if let Some(old) = &replaced {
             let others = other_profiles(&store, owner).unwrap_or_default();
             let refs: Vec<&Conditions> = others.iter().collect();
-            let _ = berth_kernel::firewall::unpublish_in(None, &refs, old);
+            let _ = firewall::unpublish_in(None, &refs, old);
         }
         let _ = store.release(owner);
         return Err(e);
@@ -520,14 +514,10 @@ pub fn check(
     let others = other_profiles(&store, owner)?;
     let mut profiles: Vec<&Conditions> = others.iter().collect();
     profiles.push(conditions);
-    if let Some(missing) =
-        berth_kernel::firewall::structure_missing_in(None, &profiles).map_err(Error::firewall)?
-    {
+    if let Some(missing) = firewall::structure_missing_in(None, &profiles)? {
         return Err(Error::check_failed(missing));
     }
-    match berth_kernel::firewall::portmap_missing_in(None, &installed.ports()?)
-        .map_err(Error::firewall)?
-    {
+    match firewall::portmap_missing_in(None, &installed.ports()?)? {
         Some(missing) => Err(Error::check_failed(missing)),
         None => Ok(()),
     }

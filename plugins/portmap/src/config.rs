@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use berth_kernel::firewall::{Conditions, Protocol};
+use berth_network::firewall::{Conditions, Protocol};
 use cni::conf::{flexible_bool, flexible_opt_bool};
 use cni::{Error, GoObject, Request};
 use serde::Deserialize;

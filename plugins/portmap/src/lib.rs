@@ -5,8 +5,8 @@
 //! entered, so DEL and GC work without it. Per ADD: one SQLite transaction
 //! that checks and claims the host ports (a port another attachment holds
 //! is refused, naming the holder) and records what will be installed, then
-//! one nft transaction adding exactly those elements (berth_kernel::firewall's
-//! portmap module; the shared chains and sets are built only when the
+//! one nf_tables batch adding exactly those elements (berth_network's
+//! firewall/portmap.rs; the shared chains and sets are built only when the
 //! store's note says they are missing, see `install`). DEL removes what the
 //! record says, so it needs neither the mappings again nor a listing of the
 //! ruleset. Both run under berth's host-wide lock, which berth-bridge also
@@ -28,8 +28,8 @@ pub use berth_network::ports::proxy;
 
 use std::net::IpAddr;
 
-use berth_kernel::firewall::{PortMapping, Protocol, PublishedPorts};
 use berth_kernel::Handle;
+use berth_network::firewall::{PortMapping, Protocol, PublishedPorts};
 use berth_network::ports;
 use cni::{codes, CniResult, Error, Plugin, Request};
 use config::{HostAddr, PortmapConf};

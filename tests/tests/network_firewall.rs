@@ -1,12 +1,35 @@
 //! nftables rules applied inside throw-away namespaces (nft inherits the
 //! namespace of the thread that spawns it), never on the host. Run as root.
 
-mod common;
-
-use berth_kernel::firewall::{self, chain_names, NetworkRules};
-use common::TestNs;
+use berth_network::firewall::{self, chain_names, NetworkRules};
+use berth_tests::TestNetns;
 use ipnet::IpNet;
 use serde_json::Value;
+
+/// A throw-away namespace, removed on drop.
+struct TestNs(TestNetns);
+
+impl TestNs {
+    fn new() -> TestNs {
+        TestNs(TestNetns::new("fw"))
+    }
+
+    fn open(&self) -> berth_kernel::Netns {
+        berth_kernel::Netns::open(self.0.path()).expect("open test netns")
+    }
+
+    /// `PROG ARGS` inside it: (success, stdout, stderr).
+    fn exec(&self, prog: &str, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = vec![prog];
+        cmd.extend_from_slice(args);
+        let out = self.0.exec(&cmd);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()

@@ -18,15 +18,16 @@
 //! flush" / "add, then delete" scheme as rules.rs; adding an element that
 //! exists with the same verdict is a no-op in the kernel).
 
+use super::check_ifname;
 use super::listing::TableListing;
 use super::rules::clean_comment;
-use crate::handle::check_ifname;
-use crate::nf_tables::value::{cmp, ifname, meta};
-use crate::nf_tables::{
+use crate::{Error, Result};
+use berth_kernel::nf_tables::value::{cmp, ifname, meta};
+use berth_kernel::nf_tables::{
     self, Batch, Chain, ChainRef, ChainType, CmpOp, DataType, Element, Expr, Family, Hook, Key,
     MapData, MetaKey, PayloadBase, Rule, Set, Table, Verdict, REG_1, REG_VERDICT,
 };
-use crate::{Netns, Result};
+use berth_kernel::Netns;
 
 /// The table's name (family bridge; `inet berth` is another table).
 pub const SPOOFCHK_TABLE: &str = "berth";
@@ -151,14 +152,18 @@ pub fn spoofchk_add_in(
 ) -> Result<()> {
     check_ifname(host_veth)?;
     let op = format!("add MAC spoof check of {host_veth}");
-    add_batch(host_veth, mac, container_id).commit(ns, &op)
+    add_batch(host_veth, mac, container_id)
+        .commit(ns, &op)
+        .map_err(Error::firewall)
 }
 
 /// Removes the MAC spoof check of `host_veth` (idempotent).
 pub fn spoofchk_remove_in(ns: Option<&Netns>, host_veth: &str) -> Result<()> {
     check_ifname(host_veth)?;
     let op = format!("remove MAC spoof check of {host_veth}");
-    remove_batch(host_veth).commit(ns, &op)
+    remove_batch(host_veth)
+        .commit(ns, &op)
+        .map_err(Error::firewall)
 }
 
 /// Drops the whole `bridge berth` table (idempotent).
@@ -166,12 +171,13 @@ pub fn spoofchk_remove_table_in(ns: Option<&Netns>) -> Result<()> {
     let mut b = Batch::new();
     b.add_table(&bridge_table()).delete_table(&bridge_table());
     b.commit(ns, "remove table bridge berth")
+        .map_err(Error::firewall)
 }
 
 /// Drops `bridge berth` if no port's check is left in it (the quiet chain
 /// and the base chain alone don't keep it).
 pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
-    let Some(listing) = nf_tables::list_table(ns, &bridge_table())? else {
+    let Some(listing) = nf_tables::list_table(ns, &bridge_table()).map_err(Error::firewall)? else {
         return Ok(());
     };
     let ports = listing
@@ -207,7 +213,9 @@ pub fn spoofchk_missing_from_listing(listing: &TableListing, host_veth: &str) ->
 pub fn spoofchk_macs_in(ns: Option<&Netns>, host_veth: &str) -> Result<Option<Vec<String>>> {
     check_ifname(host_veth)?;
     let chain: ChainRef = bridge_table().chain(&spoofchk_chain_name(host_veth));
-    Ok(nf_tables::list_chain(ns, &chain)?.map(|rules| macs(&rules)))
+    Ok(nf_tables::list_chain(ns, &chain)
+        .map_err(Error::firewall)?
+        .map(|rules| macs(&rules)))
 }
 
 /// The MACs of `ether saddr != MAC drop` rules.
@@ -225,7 +233,7 @@ fn macs(rules: &[Rule]) -> Vec<String> {
                 _ => None,
             })
         })
-        .map(|mac| crate::mac_text(&mac).to_ascii_lowercase())
+        .map(|mac| berth_kernel::mac_text(&mac).to_ascii_lowercase())
         .collect()
 }
 

@@ -53,20 +53,21 @@
 
 use std::net::IpAddr;
 
+use super::check_ifname;
 use super::listing::TableListing;
 use super::names::fnv1a32;
 use super::rules::{table, CT_STATUS_DNAT, FORWARD_MARK, TABLE};
-use crate::handle::check_ifname;
-use crate::nf_tables::matches::compile_matches;
-use crate::nf_tables::value::{
+use crate::{Error, Result};
+use berth_kernel::nf_tables::matches::compile_matches;
+use berth_kernel::nf_tables::value::{
     addr_load, addr_prefix_cmp, bits, concat, ct, ifname, ip, meta, nfproto_is, port, set_mark_bit,
 };
-use crate::nf_tables::{
+use berth_kernel::nf_tables::{
     self, reg_at_word, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Element, Expr, Family,
     Hook, Key, MapData, MetaKey, NatKind, PayloadBase, Rule, Set, Verdict, FIB_F_DADDR,
     FIB_RESULT_ADDRTYPE, NAT_MAP_IPS, NAT_PROTO_SPECIFIED, REG_1,
 };
-use crate::{Error, Netns, Result};
+use berth_kernel::Netns;
 
 /// Base chain names (fixed: a later version must find them to delete them).
 pub const PM_PREROUTING: &str = "pm-prerouting";
@@ -410,7 +411,7 @@ fn jump_if_local(chain: &str) -> Vec<Expr> {
             result: FIB_RESULT_ADDRTYPE,
             dreg: REG_1,
         },
-        crate::nf_tables::value::cmp(CmpOp::Eq, RTN_LOCAL.to_ne_bytes().to_vec()),
+        berth_kernel::nf_tables::value::cmp(CmpOp::Eq, RTN_LOCAL.to_ne_bytes().to_vec()),
         Expr::Verdict(Verdict::Jump(chain.to_string())),
     ]
 }
@@ -627,11 +628,15 @@ fn distinct<'a>(profiles: impl IntoIterator<Item = &'a Conditions>) -> Vec<&'a C
     out
 }
 
-/// True for the kernel's answer when a table, chain, set or map is
-/// missing: the structure the fast paths assume is gone (a flushed
-/// ruleset, say).
-pub fn is_missing_object(e: &Error) -> bool {
-    matches!(e, Error::NfTables { errno, .. } if *errno == libc::ENOENT)
+/// Commits `b`; Ok(false) when the kernel answers that a table, chain,
+/// set or map is missing: the structure the fast paths assume is gone (a
+/// flushed ruleset, say), and nothing of `b` was applied.
+fn commit_unless_missing(b: &Batch, ns: Option<&Netns>, op: &str) -> Result<bool> {
+    match b.commit(ns, op) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(Error::firewall(e)),
+    }
 }
 
 /// The common ADD: adds `ports`' elements (after removing those of
@@ -640,13 +645,13 @@ pub fn is_missing_object(e: &Error) -> bool {
 /// kernel commits without waiting for an RCU grace period (a fraction of
 /// a millisecond here against 16 for anything that touches a table, chain
 /// or set definition, or deletes), whatever the number of elements
-/// installed. Fails with an error [`is_missing_object`] recognises if the
-/// structure (see [`rebuild_in`]) is not there.
+/// installed. Ok(false), with nothing changed, if the structure (see
+/// [`rebuild_in`]) is not there.
 pub fn add_elements_in(
     ns: Option<&Netns>,
     replaced: Option<&PublishedPorts>,
     ports: &PublishedPorts,
-) -> Result<()> {
+) -> Result<bool> {
     ports.validate()?;
     let mut b = Batch::new();
     if let Some(old) = replaced {
@@ -659,7 +664,7 @@ pub fn add_elements_in(
         remove_elements(&mut b, &gone);
     }
     add_elements(&mut b, &ports.elements());
-    b.commit(ns, "publish ports")
+    commit_unless_missing(&b, ns, "publish ports")
 }
 
 /// Makes the whole structure exist for `profiles` (table, sets, each
@@ -699,16 +704,16 @@ pub fn rebuild_in(
     all.sort();
     all.dedup();
     add_elements(&mut b, &all);
-    b.commit(ns, "publish ports")
+    b.commit(ns, "publish ports").map_err(Error::firewall)
 }
 
 /// The common DEL: removes `ports`' elements and nothing else (an element
-/// already gone is fine). Fails with an error [`is_missing_object`]
-/// recognises if a set or map is gone; [`unpublish_in`] copes with that.
-pub fn remove_elements_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<()> {
+/// already gone is fine). Ok(false), with nothing changed, if a set or
+/// map is gone; [`unpublish_in`] copes with that.
+pub fn remove_elements_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<bool> {
     let mut b = Batch::new();
     remove_elements(&mut b, &ports.elements());
-    b.commit(ns, "unpublish ports")
+    commit_unless_missing(&b, ns, "unpublish ports")
 }
 
 /// Removes `ports`' elements in one transaction, whatever exists. `others`
@@ -741,7 +746,7 @@ pub fn unpublish_in(
             drop_profile(&mut b, &id);
         }
     }
-    b.commit(ns, "unpublish ports")
+    b.commit(ns, "unpublish ports").map_err(Error::firewall)
 }
 
 /// Rules each chain of the structure must hold for `profiles`: (chain,
@@ -766,7 +771,7 @@ pub fn structure_missing_in(
     profiles: &[&Conditions],
 ) -> Result<Option<String>> {
     let profiles = distinct(profiles.iter().copied());
-    let Some(listing) = nf_tables::list_table(ns, &table())? else {
+    let Some(listing) = nf_tables::list_table(ns, &table()).map_err(Error::firewall)? else {
         return Ok(Some(format!("table inet {TABLE} is missing")));
     };
     let listing = TableListing::from(listing);
@@ -825,7 +830,9 @@ pub fn missing_from_listing(
 /// text naming the set or map, or None when all are there.
 pub fn missing_in(ns: Option<&Netns>, ports: &PublishedPorts) -> Result<Option<String>> {
     let elems = ports.elements();
-    let listing = nf_tables::list_table(ns, &table())?.map(TableListing::from);
+    let listing = nf_tables::list_table(ns, &table())
+        .map_err(Error::firewall)?
+        .map(TableListing::from);
     for (object, element, text) in elems {
         let there = listing
             .as_ref()

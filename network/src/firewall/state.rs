@@ -3,8 +3,8 @@
 use ipnet::IpNet;
 
 use super::names::ChainNames;
-use crate::nf_tables::value::interval_prefixes;
-use crate::nf_tables::Listing;
+use berth_kernel::nf_tables::value::interval_prefixes;
+use berth_kernel::nf_tables::Listing;
 
 /// What the kernel holds for one network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,16 +54,16 @@ pub(crate) fn foreign_objects(listing: &Listing, names: &ChainNames) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::chain_names;
     use super::*;
-    use crate::firewall::chain_names;
-    use crate::nf_tables::{Chain, DataType, Element, Expr, Key, Rule, Set, Table};
+    use berth_kernel::nf_tables::{Chain, DataType, Element, Expr, Key, Rule, Set, Table};
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
     fn listing(n: &ChainNames) -> Listing {
-        let t = Table::new(crate::nf_tables::Family::Inet, "berth");
+        let t = Table::new(berth_kernel::nf_tables::Family::Inet, "berth");
         let chain = |name: &str| Chain {
             at: t.chain(name),
             base: None,

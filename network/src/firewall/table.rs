@@ -1,62 +1,18 @@
-//! berth's nftables rules, in one private table `inet berth`.
-//!
-//! Each bridge network owns a few objects in that table (named by
-//! [`chain_names`]): a postrouting nat chain that masquerades the network's
-//! subnets (held in one interval set per family), and a forward filter
-//! chain accepting traffic from the bridge and replies to it. Each
-//! operation is a single nf_tables batch over netlink (crate::nf_tables:
-//! no nft process) that never needs to list the ruleset first; see
-//! rules.rs for how that stays idempotent.
-//!
-//! Note on `forward`: an `accept` in our chain only ends evaluation of *our*
-//! base chain. A drop policy in another table's forward hook still applies.
-//! So the forward chain also marks the network's traffic ([`FORWARD_MARK`]),
-//! and docker.rs puts one rule accepting that mark into Docker's
-//! DOCKER-USER chain. Other firewalls with a drop policy (firewalld, for
-//! instance) still need their own exception.
-//!
-//! A second table, `bridge berth`, holds the macspoofchk rules
-//! (spoofchk.rs).
-//!
-//! Every function has an `_in` variant taking the namespace to act in
-//! (`None` = the caller's), which tests use to stay off the host's ruleset.
-
-mod docker;
-mod events;
-mod listing;
-mod names;
-mod portmap;
-mod quiet;
-mod rules;
-mod spoofchk;
-mod state;
+//! A bridge network's objects in `inet berth`: installed, removed and
+//! read back as one batch or listing each.
 
 use ipnet::IpNet;
 
-pub use docker::{
-    docker_user_in, ensure_docker_user_in, remove_docker_user_in, DockerUser, DOCKER_USER,
-    DOCKER_USER_COMMENT,
-};
-pub use events::RulesetEvents;
-pub use listing::{list_table_in, TableListing};
-pub use names::{chain_names, ChainNames};
-pub use portmap::{
-    add_elements_in, is_missing_object, missing_from_listing as portmap_missing_from_listing,
-    missing_in as portmap_missing_in, rebuild_in, remove_elements_in, structure_missing_in,
-    unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
-    PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
-};
-pub use quiet::{quiet_add_in, quiet_remove_in, QUIET_CHAIN};
-pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
-pub use spoofchk::{
-    spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_missing_from_listing,
-    spoofchk_remove_in, spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in,
-    SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
-};
-pub use state::NetworkState;
+use super::docker::remove_docker_user_in;
+use super::listing::TableListing;
+use super::names::{chain_names, ChainNames};
+use super::rules::{self, BRIDGES_SET};
+use super::spoofchk::spoofchk_remove_table_if_unused_in;
+use super::state::{self, NetworkState};
+use super::{check_ifname, quiet};
 
-use crate::handle::check_ifname;
-use crate::{Error, Netns, Result};
+use crate::{Error, Result};
+use berth_kernel::Netns;
 
 /// The firewall rules of one bridge network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -119,7 +75,9 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
         quiet::quiet_add_in(ns, &rules.quiet_ports)?;
     }
     let op = format!("apply firewall rules of network {}", rules.network);
-    rules::apply_batch(rules).commit(ns, &op)
+    rules::apply_batch(rules)
+        .commit(ns, &op)
+        .map_err(Error::firewall)
 }
 
 /// Removes everything `network` has in the table. Succeeds when there is
@@ -145,7 +103,9 @@ pub fn remove_with_bridge_in(
         check_ifname(b)?;
     }
     let op = format!("remove firewall rules of network {network}");
-    rules::remove_batch(network, bridge).commit(ns, &op)
+    rules::remove_batch(network, bridge)
+        .commit(ns, &op)
+        .map_err(Error::firewall)
 }
 
 /// Removes the whole `inet berth` table with everything in it, for the
@@ -156,7 +116,9 @@ pub fn remove_table() -> Result<()> {
 
 /// [`remove_table`] inside `ns` (None: the caller's namespace).
 pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
-    rules::remove_table_batch().commit(ns, "remove table inet berth")
+    rules::remove_table_batch()
+        .commit(ns, "remove table inet berth")
+        .map_err(Error::firewall)
 }
 
 /// Removes `network`'s objects (and `bridge` from `berth-bridges`, see
@@ -167,7 +129,8 @@ pub fn remove_table_in(ns: Option<&Netns>) -> Result<()> {
 /// caller holds berth's host-wide lock.
 pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str>) -> Result<bool> {
     check_network(network)?;
-    let listing = crate::nf_tables::list_table(ns, &rules::table())?;
+    let listing =
+        berth_kernel::nf_tables::list_table(ns, &rules::table()).map_err(Error::firewall)?;
     let others = match &listing {
         Some(l) => state::foreign_objects(l, &chain_names(network)),
         None => 0,
@@ -194,7 +157,9 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
 /// left them while the ports were still there. The caller holds berth's
 /// host-wide lock, as for [`release_network_in`].
 pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
-    let Some(listing) = crate::nf_tables::list_table(ns, &rules::table())? else {
+    let Some(listing) =
+        berth_kernel::nf_tables::list_table(ns, &rules::table()).map_err(Error::firewall)?
+    else {
         return Ok(false);
     };
     let nothing = ChainNames {
@@ -224,7 +189,9 @@ pub fn network_missing_from_listing(
         if !filled(&n.forward) {
             return Some(format!("forward chain {}", n.forward));
         }
-        let bridge = crate::nf_tables::Element::key(crate::nf_tables::value::ifname(&rules.bridge));
+        let bridge = berth_kernel::nf_tables::Element::key(berth_kernel::nf_tables::value::ifname(
+            &rules.bridge,
+        ));
         if !listing.has_element(BRIDGES_SET, &bridge) {
             return Some(format!("{} in set {BRIDGES_SET}", rules.bridge));
         }
@@ -237,7 +204,7 @@ pub fn network_missing_from_listing(
             listing
                 .listing()
                 .set(set)
-                .map(|(_, e)| crate::nf_tables::value::interval_prefixes(e))
+                .map(|(_, e)| berth_kernel::nf_tables::value::interval_prefixes(e))
                 .unwrap_or_default()
         };
         for net in &rules.masquerade {
@@ -277,7 +244,9 @@ pub fn network_state(network: &str) -> Result<NetworkState> {
 /// [`network_state`] inside `ns` (None: the caller's namespace).
 pub fn network_state_in(ns: Option<&Netns>, network: &str) -> Result<NetworkState> {
     check_network(network)?;
-    let Some(listing) = crate::nf_tables::list_table(ns, &rules::table())? else {
+    let Some(listing) =
+        berth_kernel::nf_tables::list_table(ns, &rules::table()).map_err(Error::firewall)?
+    else {
         return Ok(NetworkState::default());
     };
     Ok(state::parse(&listing, &chain_names(network)))

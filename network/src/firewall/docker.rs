@@ -20,9 +20,12 @@
 //! operator must (see plugins/bridge/README.md).
 
 use super::rules::FORWARD_MARK;
-use crate::nf_tables::value::{bits, meta};
-use crate::nf_tables::{self, Batch, ChainRef, CmpOp, Expr, Family, MetaKey, Rule, Table, Verdict};
-use crate::{Netns, Result};
+use crate::{Error, Result};
+use berth_kernel::nf_tables::value::{bits, meta};
+use berth_kernel::nf_tables::{
+    self, Batch, ChainRef, CmpOp, Expr, Family, MetaKey, Rule, Table, Verdict,
+};
+use berth_kernel::Netns;
 
 pub const DOCKER_USER: &str = "DOCKER-USER";
 /// Identifies berth's rule in DOCKER-USER.
@@ -52,10 +55,12 @@ pub fn docker_user_in(ns: Option<&Netns>) -> Result<[DockerUser; 2]> {
 }
 
 fn state(ns: Option<&Netns>, family: Family) -> Result<DockerUser> {
-    Ok(match nf_tables::list_chain(ns, &chain(family))? {
-        None => DockerUser::NoChain,
-        Some(rules) => state_of(&rules),
-    })
+    Ok(
+        match nf_tables::list_chain(ns, &chain(family)).map_err(Error::firewall)? {
+            None => DockerUser::NoChain,
+            Some(rules) => state_of(&rules),
+        },
+    )
 }
 
 fn state_of(rules: &[Rule]) -> DockerUser {
@@ -91,6 +96,7 @@ pub fn ensure_docker_user_in(ns: Option<&Netns>) -> Result<()> {
         }
     }
     b.commit(ns, "insert berth's rule into DOCKER-USER")
+        .map_err(Error::firewall)
 }
 
 /// Removes berth's rule from the DOCKER-USER chains, if it is there.
@@ -105,6 +111,7 @@ pub fn remove_docker_user_in(ns: Option<&Netns>) -> Result<()> {
         }
     }
     b.commit(ns, "delete berth's rule from DOCKER-USER")
+        .map_err(Error::firewall)
 }
 
 #[cfg(test)]
@@ -130,7 +137,7 @@ mod tests {
         assert_eq!(r.chain.table.family, Family::Ip6);
         assert_eq!(r.chain.name, DOCKER_USER);
         assert_eq!(r.exprs.last(), Some(&Expr::Verdict(Verdict::Accept)));
-        assert!(r.exprs.contains(&crate::nf_tables::value::cmp(
+        assert!(r.exprs.contains(&berth_kernel::nf_tables::value::cmp(
             CmpOp::Eq,
             FORWARD_MARK.to_ne_bytes().to_vec()
         )));

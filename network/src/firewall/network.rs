@@ -1,24 +1,9 @@
-//! A bridge network's nftables rules (masquerade, forward accept,
-//! isolation), for every front end: installed with a CNI network's first
-//! attachment or at berthd's CreateNetwork, recorded in the run dir's
-//! rules marker (attachment::state), and removed with the last attachment
-//! or at DeleteNetwork. The common ADD path only reads the marker: no nft
-//! call per container (except with macspoofchk: one batch per ADD and per
-//! DEL for the port's check).
-//!
-//! Every network gets its forward rules, masquerading or not: on a host
-//! where Docker set iptables' FORWARD policy to DROP and loaded
-//! br_netfilter, even traffic between two containers on one bridge passes
-//! that chain. The rules mark berth's traffic and one rule in Docker's
-//! DOCKER-USER chain accepts the mark (berth_kernel::firewall's docker module).
-//!
-//! With `isolation` (the default) the forward chain first drops traffic
-//! between the bridge and any other berth bridge, except published-port
-//! (DNATed) connections.
+//! A bridge network's firewall as the front ends install it, and the
+//! record of it.
 
+use super::NetworkRules;
 use crate::attachment::state::{boot_id, Lock, RulesMarker, State};
-use crate::{Error, Result};
-use berth_kernel::firewall::NetworkRules;
+use crate::Result;
 use ipnet::IpNet;
 
 /// A bridge network's firewall: what berth installs in `inet berth` for
@@ -119,10 +104,10 @@ pub fn ensure(state: &State, lock: &Lock, fw: &NetworkFirewall) -> Result<()> {
 /// marker that the network's removal acts on.
 pub fn install(state: &State, lock: &Lock, fw: &NetworkFirewall) -> Result<()> {
     state.write_rules_marker(lock, &fw.network, &fw.marker(true))?;
-    berth_kernel::firewall::apply(&fw.rules()).map_err(Error::firewall)?;
+    super::apply(&fw.rules())?;
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
-    berth_kernel::firewall::ensure_docker_user_in(None).map_err(Error::firewall)?;
+    super::ensure_docker_user_in(None)?;
     state.write_rules_marker(lock, &fw.network, &fw.marker(false))
 }
 
@@ -131,8 +116,8 @@ pub fn install(state: &State, lock: &Lock, fw: &NetworkFirewall) -> Result<()> {
 /// repair); killed midway, the marker still describes what the next pass
 /// puts back.
 pub fn restore(fw: &NetworkFirewall) -> Result<()> {
-    berth_kernel::firewall::apply(&fw.rules()).map_err(Error::firewall)?;
-    berth_kernel::firewall::ensure_docker_user_in(None).map_err(Error::firewall)
+    super::apply(&fw.rules())?;
+    super::ensure_docker_user_in(None)
 }
 
 /// Removes the network's rules and state once no attachment is left.
@@ -163,11 +148,9 @@ fn release(state: &State, lock: &Lock, network: &str) -> Result<()> {
         // unless another network still uses it.
         let bridge = (!state.bridge_used_by_others(network, &marker.bridge))
             .then_some(marker.bridge.as_str());
-        let table_dropped = berth_kernel::firewall::release_network_in(None, network, bridge)
-            .map_err(Error::firewall)?;
+        let table_dropped = super::release_network_in(None, network, bridge)?;
         if table_dropped {
-            berth_kernel::firewall::spoofchk_remove_table_if_unused_in(None)
-                .map_err(Error::firewall)?;
+            super::spoofchk_remove_table_if_unused_in(None)?;
         }
     }
     state.forget_network(lock, network)
@@ -177,7 +160,7 @@ fn release(state: &State, lock: &Lock, network: &str) -> Result<()> {
 /// `masquerade`), and Docker's DOCKER-USER, if there is one, lets them
 /// through. Returns what is missing.
 pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>> {
-    let st = berth_kernel::firewall::network_state(network).map_err(Error::firewall)?;
+    let st = super::network_state(network)?;
     if !st.forward_chain || st.forward_rules == 0 {
         return Ok(Some(format!(
             "forward rules of network {network:?} are missing from table inet berth"
@@ -188,12 +171,12 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>> {
             "masquerade rules of network {network:?} are missing from table inet berth"
         )));
     }
-    let docker = berth_kernel::firewall::docker_user_in(None).map_err(Error::firewall)?;
-    if docker.contains(&berth_kernel::firewall::DockerUser::Missing) {
+    let docker = super::docker_user_in(None)?;
+    if docker.contains(&super::DockerUser::Missing) {
         return Ok(Some(format!(
             "chain {} exists but lacks berth's rule {:?} (Docker started after the network was set up?)",
-            berth_kernel::firewall::DOCKER_USER,
-            berth_kernel::firewall::DOCKER_USER_COMMENT
+            super::DOCKER_USER,
+            super::DOCKER_USER_COMMENT
         )));
     }
     Ok(None)
@@ -204,8 +187,7 @@ pub fn missing(network: &str, masquerade: bool) -> Result<Option<String>> {
 /// then exists, so a concurrent last DEL of another network cannot drop
 /// the `bridge berth` table under us.
 pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Result<()> {
-    berth_kernel::firewall::spoofchk_add_in(None, host_veth, mac, container_id)
-        .map_err(Error::firewall)
+    super::spoofchk_add_in(None, host_veth, mac, container_id)
 }
 
 /// Removes `host_veth`'s spoof check (no MAC needed; nothing there is
@@ -213,15 +195,15 @@ pub fn spoofchk_add(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Resul
 /// [`spoofchk_add`]: run after the table was dropped, the batch would
 /// re-create it empty.
 pub fn spoofchk_remove(host_veth: &str) -> Result<()> {
-    berth_kernel::firewall::spoofchk_remove_in(None, host_veth).map_err(Error::firewall)
+    super::spoofchk_remove_in(None, host_veth)
 }
 
 /// CHECK with macspoofchk: `host_veth`'s chain exists and lets `mac`
 /// through. Returns what is missing.
 pub fn spoofchk_missing(host_veth: &str, mac: &str) -> Result<Option<String>> {
-    let chain = berth_kernel::firewall::spoofchk_chain_name(host_veth);
-    let table = berth_kernel::firewall::SPOOFCHK_TABLE;
-    match berth_kernel::firewall::spoofchk_macs_in(None, host_veth).map_err(Error::firewall)? {
+    let chain = super::spoofchk_chain_name(host_veth);
+    let table = super::SPOOFCHK_TABLE;
+    match super::spoofchk_macs_in(None, host_veth)? {
         None => Ok(Some(format!("MAC spoof check chain {chain} is missing from table bridge {table}"))),
         Some(macs) if !macs.iter().any(|m| m.eq_ignore_ascii_case(mac)) => Ok(Some(format!(
             "MAC spoof check chain {chain} in table bridge {table} has no rule for MAC {mac} (has {macs:?})"

@@ -14,10 +14,10 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::names::{chain_names, ChainNames};
 use super::NetworkRules;
-use crate::nf_tables::value::{
+use berth_kernel::nf_tables::value::{
     addr_load, addr_prefix_cmp, bits, ct, ifname, meta, meta_cmp, nfproto_is, set_mark_bit,
 };
-use crate::nf_tables::{
+use berth_kernel::nf_tables::{
     Batch, Chain, ChainRef, ChainType, CmpOp, CtKey, DataType, Element, Expr, Family, Hook, Key,
     MetaKey, Rule, Set, Table, Verdict, REG_1,
 };
@@ -364,7 +364,7 @@ pub(crate) fn remove_batch(network: &str, bridge: Option<&str>) -> Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nf_tables::value::interval_prefixes;
+    use berth_kernel::nf_tables::value::interval_prefixes;
 
     fn rules(masq: &[&str], forward: bool) -> NetworkRules {
         NetworkRules {
@@ -469,11 +469,11 @@ mod tests {
         // meta nfproto ipv6 first, ff00::/8 as one byte.
         assert_eq!(
             r[0].exprs[1],
-            crate::nf_tables::value::cmp(CmpOp::Eq, vec![10])
+            berth_kernel::nf_tables::value::cmp(CmpOp::Eq, vec![10])
         );
         assert!(r[0]
             .exprs
-            .contains(&crate::nf_tables::value::cmp(CmpOp::Neq, vec![0xff])));
+            .contains(&berth_kernel::nf_tables::value::cmp(CmpOp::Neq, vec![0xff])));
     }
 
     #[test]

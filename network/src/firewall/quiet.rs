@@ -43,12 +43,13 @@
 //! chain is made or dropped.
 
 use super::spoofchk::bridge_table;
-use crate::nf_tables::value::{cmp, meta};
-use crate::nf_tables::{
+use crate::{Error, Result};
+use berth_kernel::nf_tables::value::{cmp, meta};
+use berth_kernel::nf_tables::{
     Batch, Chain, ChainType, CmpOp, DataType, Element, Expr, Hook, Key, MetaKey, PayloadBase, Rule,
     Verdict, REG_1,
 };
-use crate::{Netns, Result};
+use berth_kernel::Netns;
 
 /// The prerouting chain of `bridge berth` holding the drop rules.
 pub const QUIET_CHAIN: &str = "quiet_ingress";
@@ -124,11 +125,12 @@ pub fn quiet_add_in(ns: Option<&Netns>, port_prefixes: &[String]) -> Result<()> 
     let quiet = chain(&mut b);
     b.flush_chain(&quiet.at);
     for p in port_prefixes {
-        crate::check_ifname(p)?;
+        super::check_ifname(p)?;
         let rule = quiet_rule(&mut b, &quiet, p);
         b.add_rule(rule);
     }
     b.commit(ns, "quiet berth's bridges")
+        .map_err(Error::firewall)
 }
 
 /// Drops the chain (no berth network is left; gone already is fine).
@@ -137,6 +139,7 @@ pub fn quiet_remove_in(ns: Option<&Netns>) -> Result<()> {
     let quiet = chain(&mut b);
     b.delete_chain(&quiet.at);
     b.commit(ns, "drop the quiet chain")
+        .map_err(Error::firewall)
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::nf_tables::{self, Element, Family, Listing, Table};
-use crate::{Error, Netns, Result};
+use crate::{Error, Result};
+use berth_kernel::nf_tables::{self, Element, Family, Listing, Table};
+use berth_kernel::Netns;
 
 /// The chains (how many rules each holds) and sets and maps (their
 /// elements) of a table.
@@ -84,14 +85,16 @@ pub fn list_table_in(ns: Option<&Netns>, family: &str, name: &str) -> Result<Opt
             ))
         }
     };
-    Ok(nf_tables::list_table(ns, &Table::new(family, name))?.map(TableListing::from))
+    Ok(nf_tables::list_table(ns, &Table::new(family, name))
+        .map_err(Error::firewall)?
+        .map(TableListing::from))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nf_tables::value::ifname;
-    use crate::nf_tables::{Chain, DataType, Expr, Key, Rule, Set};
+    use berth_kernel::nf_tables::value::ifname;
+    use berth_kernel::nf_tables::{Chain, DataType, Expr, Key, Rule, Set};
 
     #[test]
     fn chains_count_rules_and_sets_hold_elements() {
