@@ -199,9 +199,22 @@ pub const NAT_MAP_IPS: u32 = 0x1;
 /// NF_NAT_RANGE_PROTO_SPECIFIED: the NAT sets the port.
 pub const NAT_PROTO_SPECIFIED: u32 = 0x2;
 
-/// What `fib` looks up (enum nft_fib_result) and with what (NFTA_FIB_F_*).
+/// What `fib` looks up (enum nft_fib_result): the route type of the
+/// address, as `fib ... type` compares it.
 pub const FIB_RESULT_ADDRTYPE: u32 = 3;
+/// NFTA_FIB_F_* flags of [`Expr::Fib`] (or-ed): what the route is looked
+/// up by. `fib saddr`: the packet's source address; exactly one of this
+/// and [`FIB_F_DADDR`] (nft refuses both and neither).
+pub const FIB_F_SADDR: u32 = 0x1;
+/// `fib daddr`: the packet's destination address.
 pub const FIB_F_DADDR: u32 = 0x2;
+/// `fib ... . mark`: the packet's mark as the routing mark.
+pub const FIB_F_MARK: u32 = 0x4;
+/// `fib ... . iif`: only routes through the input interface.
+pub const FIB_F_IIF: u32 = 0x8;
+/// `fib ... . oif`: only routes through the output interface (nft
+/// refuses it together with [`FIB_F_IIF`]).
+pub const FIB_F_OIF: u32 = 0x10;
 
 /// One instruction of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

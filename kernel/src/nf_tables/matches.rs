@@ -12,20 +12,39 @@
 //! adjacent payload matches folded into one load (`tcp sport 1 tcp dport
 //! 2` is one 4-byte compare).
 //!
-//! Compiling is four steps: words (`tokenize`), matches as written (a
-//! recursive descent `Parser`: the subset's grammar is a handful of
-//! keyword sequences), nft's evaluation (dependencies, then merges) and
-//! the instructions with the anonymous sets they look up ([`Compiled`]).
+//! Compiling is four steps: words (`tokenize`), matches as written
+//! (`parse`), nft's evaluation (dependencies, then merges) and the
+//! instructions with the anonymous sets they look up ([`Compiled`]).
+//!
+//! The first two are nom parsers, the project's rule for parsing. Words
+//! come first, as a nom parser over the text, because nft's punctuation
+//! splits words even unspaced, and because a whole word (`10.0.0.0/8`,
+//! `1-5`) is what the standard library's address and number parsers
+//! take. The matches are a second nom parser over the words: the subset's
+//! grammar is a handful of keyword sequences, each chosen by its first
+//! word. Users read the refusals, so a refusal is nom's `Failure`
+//! carrying berth's own message (`Refusal`), which names the word at
+//! fault; nom's recoverable `Error` only means "another alternative"
+//! and, as the grammar commits after a match's first word, never reaches
+//! the user.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::Emitable;
+use nom::branch::alt;
+use nom::bytes::complete::{tag, take_till1, take_until, take_while};
+use nom::character::complete::{char, one_of};
+use nom::combinator::{all_consuming, cut, map, map_res, opt, value, verify};
+use nom::error::{ErrorKind, FromExternalError, ParseError};
+use nom::multi::{many0, separated_list1};
+use nom::sequence::{pair, preceded, terminated};
+use nom::IResult;
 
 use super::value::{cmp, ct, host_u32, ifname, meta};
 use super::wire::{self, Attr};
 use super::{
-    Batch, CmpOp, CtKey, DataType, Element, Expr, Key, MetaKey, PayloadBase, Table,
-    FIB_RESULT_ADDRTYPE, REG_1,
+    Batch, CmpOp, CtKey, DataType, Element, Expr, Key, MetaKey, PayloadBase, Table, FIB_F_DADDR,
+    FIB_F_IIF, FIB_F_MARK, FIB_F_OIF, FIB_F_SADDR, FIB_RESULT_ADDRTYPE, REG_1,
 };
 
 /// What berth compiles; named in every refusal of a token outside it.
@@ -83,13 +102,6 @@ const ADDR_TYPES: &[(&str, u32)] = &[
     ("prohibit", 8),
 ];
 
-/// NFTA_FIB_F_*: what `fib` looks up with.
-const FIB_F_SADDR: u32 = 0x1;
-const FIB_F_DADDR: u32 = 0x2;
-const FIB_F_MARK: u32 = 0x4;
-const FIB_F_IIF: u32 = 0x8;
-const FIB_F_OIF: u32 = 0x10;
-
 /// A lookup's set name until [`Compiled::add_to`] names the set: no real
 /// set name has a space.
 const PLACEHOLDER: &str = "match set ";
@@ -99,7 +111,7 @@ const PLACEHOLDER: &str = "match set ";
 /// in an `inet` table rule, after berth's own `meta nfproto ipv4|ipv6`
 /// match. Err: the reason, naming the token berth cannot compile.
 pub fn compile_matches(text: &str, v6: bool) -> Result<Compiled, String> {
-    let matches = Parser::new(tokenize(text)?, v6).parse()?;
+    let matches = parse(&tokenize(text)?, v6)?;
     let stmts = merge_payloads(add_dependencies(matches)?);
     let mut out = Compiled::default();
     for s in stmts {
@@ -212,60 +224,120 @@ impl Tok {
     }
 }
 
-/// Splits `text` into words: punctuation stands alone even unspaced
-/// (`{80,443}`), as in nft.
-fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
-    const SPECIAL: &[char] = &['{', '}', ',', '&', '!', '=', '"'];
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        let after = &rest[c.len_utf8()..];
-        rest = match c {
-            c if c.is_whitespace() => after,
-            '{' | '}' | ',' | '&' => {
-                out.push(match c {
-                    '{' => Tok::Open,
-                    '}' => Tok::Close,
-                    ',' => Tok::Comma,
-                    _ => Tok::Amp,
-                });
-                after
-            }
-            '!' | '=' => {
-                let Some(after) = after.strip_prefix('=') else {
-                    return Err(format!("\"{c}\": only == and != compare; {SUPPORTED}"));
-                };
-                out.push(if c == '!' { Tok::Neq } else { Tok::Eq });
-                after
-            }
-            '"' => {
-                let Some(end) = after.find('"') else {
-                    return Err(format!("\"{rest}\": the quote is not closed"));
-                };
-                let s = &after[..end];
-                // nft gives a backslash meaning (`"eth\*"`); berth does not
-                // guess which.
-                if s.contains('\\') {
-                    return Err(format!("\"{s}\": berth does not compile escapes"));
-                }
-                out.push(Tok::Quoted(s.to_string()));
-                &after[end + 1..]
-            }
-            _ => {
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || SPECIAL.contains(&c))
-                    .unwrap_or(rest.len());
-                let w = &rest[..end];
-                out.push(if w == "." {
-                    Tok::Dot
-                } else {
-                    Tok::Word(w.to_string())
-                });
-                &rest[end..]
-            }
-        };
+/// Why the text is refused, naming the word at fault: what the user
+/// reads, so it travels in nom's errors in place of nom's error kinds.
+#[derive(Debug)]
+struct Refusal(String);
+
+type PResult<I, O> = IResult<I, O, Refusal>;
+
+const ENDS_EARLY: &str = "the nft text ends too early";
+
+/// A refusal that ends the parse: no other alternative could take the
+/// text from here.
+fn refusal(why: String) -> nom::Err<Refusal> {
+    nom::Err::Failure(Refusal(why))
+}
+
+// nom makes these errors for "not this alternative", and the grammar
+// leaves none of them to the end: should one get there, it still names
+// the word it stopped at.
+impl<'a> ParseError<&'a str> for Refusal {
+    fn from_error_kind(input: &'a str, _: ErrorKind) -> Self {
+        Refusal(unsupported(
+            input.split_whitespace().next().unwrap_or_default(),
+        ))
     }
-    Ok(out)
+
+    fn append(_: &'a str, _: ErrorKind, other: Self) -> Self {
+        other
+    }
+}
+
+impl<'a> ParseError<Toks<'a>> for Refusal {
+    fn from_error_kind(input: Toks<'a>, _: ErrorKind) -> Self {
+        Refusal(match input.first() {
+            Some(t) => unsupported(&t.text()),
+            None => ENDS_EARLY.into(),
+        })
+    }
+
+    fn append(_: Toks<'a>, _: ErrorKind, other: Self) -> Self {
+        other
+    }
+}
+
+/// For `map_res`: the conversion's own message is the refusal.
+impl<I> FromExternalError<I, String> for Refusal {
+    fn from_external_error(_: I, _: ErrorKind, why: String) -> Self {
+        Refusal(why)
+    }
+}
+
+/// The parse's value, or the refusal's message.
+fn finish<I, O>(result: PResult<I, O>) -> Result<O, String> {
+    match result {
+        Ok((_, out)) => Ok(out),
+        Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e.0),
+        // Only nom's streaming parsers ask for more; these are complete.
+        Err(nom::Err::Incomplete(_)) => Err(ENDS_EARLY.into()),
+    }
+}
+
+/// Splits `text` into words: punctuation stands alone even unspaced
+/// (`{80,443}`), as in nft. Words come first, over the whole text, so
+/// that what cannot be a word (`!`, an open quote) is refused before any
+/// match is read, and an address or a range is one word for `elem`.
+fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
+    // char::is_whitespace, not nom's multispace: Unicode spaces separate
+    // words too.
+    let blank = || take_while(char::is_whitespace);
+    let token = alt((
+        value(Tok::Open, char('{')),
+        value(Tok::Close, char('}')),
+        value(Tok::Comma, char(',')),
+        value(Tok::Amp, char('&')),
+        value(Tok::Eq, tag("==")),
+        value(Tok::Neq, tag("!=")),
+        lone_comparison,
+        quoted,
+        bare_word,
+    ));
+    finish(all_consuming(preceded(
+        blank(),
+        many0(terminated(token, blank())),
+    ))(text))
+}
+
+/// A `!` or `=` that is not `!=` or `==`: nft's other comparisons.
+fn lone_comparison(input: &str) -> PResult<&str, Tok> {
+    let (_, c) = one_of("!=")(input)?;
+    Err(refusal(format!(
+        "\"{c}\": only == and != compare; {SUPPORTED}"
+    )))
+}
+
+fn quoted(input: &str) -> PResult<&str, Tok> {
+    let (after, _) = char('"')(input)?;
+    let (rest, s) = terminated(take_until("\""), char('"'))(after)
+        .map_err(|_: nom::Err<Refusal>| refusal(format!("\"{input}\": the quote is not closed")))?;
+    // nft gives a backslash meaning (`"eth\*"`); berth does not guess
+    // which.
+    if s.contains('\\') {
+        return Err(refusal(format!("\"{s}\": berth does not compile escapes")));
+    }
+    Ok((rest, Tok::Quoted(s.to_string())))
+}
+
+fn bare_word(input: &str) -> PResult<&str, Tok> {
+    const SPECIAL: &[char] = &['{', '}', ',', '&', '!', '=', '"'];
+    let (rest, w) = take_till1(|c: char| c.is_whitespace() || SPECIAL.contains(&c))(input)?;
+    let tok = if w == "." {
+        Tok::Dot
+    } else {
+        Tok::Word(w.to_string())
+    };
+    Ok((rest, tok))
 }
 
 // ---------------------------------------------------------------------
@@ -304,6 +376,9 @@ const DESC_SCTP: u32 = 10;
 const DESC_TH: u32 = 11;
 const DESC_IP: u32 = 12;
 const DESC_IP6: u32 = 13;
+const DESC_ICMPV6: u32 = 14;
+/// The icmpv6 header's `type` (nft's ICMP6HDR_TYPE).
+const ICMPV6_TYPE: u32 = 1;
 
 /// nft's expression types in `typeof` user data (its enum expr_types).
 const TYPEOF_PAYLOAD: u32 = 7;
@@ -409,14 +484,7 @@ impl Field {
             Field::Ifname { out } => (TYPEOF_META, vec![if out { 7 } else { 6 }]),
             Field::Mark => (TYPEOF_META, vec![3]),
         };
-        let mut nested = Vec::new();
-        for (i, v) in data.iter().enumerate() {
-            tlv(&mut nested, i as u8, &v.to_ne_bytes());
-        }
-        let mut out = Vec::new();
-        tlv(&mut out, 0, &kind.to_ne_bytes());
-        tlv(&mut out, 1, &nested);
-        out
+        typeof_udata(kind, &data)
     }
 
     /// As nft writes it (for errors).
@@ -437,6 +505,26 @@ impl Field {
             Field::Mark => "meta mark".into(),
         }
     }
+}
+
+/// NFTNL_UDATA_SET_TYPEOF_EXPR `kind` and its _DATA, `data` numbered
+/// from 0.
+fn typeof_udata(kind: u32, data: &[u32]) -> Vec<u8> {
+    let mut nested = Vec::new();
+    for (i, v) in data.iter().enumerate() {
+        tlv(&mut nested, i as u8, &v.to_ne_bytes());
+    }
+    let mut out = Vec::new();
+    tlv(&mut out, 0, &kind.to_ne_bytes());
+    tlv(&mut out, 1, &nested);
+    out
+}
+
+/// [`Field::key_typeof`] for `icmpv6 type`: berth's own rules match it
+/// against a set (nft lists the set by it), though the subset has no
+/// such match.
+pub(super) fn icmpv6_type_typeof() -> Vec<u8> {
+    typeof_udata(TYPEOF_PAYLOAD, &[DESC_ICMPV6, ICMPV6_TYPE])
 }
 
 /// One type-length-value of nft's user data.
@@ -495,244 +583,345 @@ enum Stmt {
     },
 }
 
-struct Parser {
-    toks: Vec<Tok>,
-    pos: usize,
-    v6: bool,
+type Toks<'a> = &'a [Tok];
+
+/// The matches of a rule of the family `v6` says, read from its words.
+fn parse(toks: &[Tok], v6: bool) -> Result<Vec<Stmt>, String> {
+    finish(all_consuming(many0(statement(v6)))(toks))
 }
 
-impl Parser {
-    fn new(toks: Vec<Tok>, v6: bool) -> Parser {
-        Parser { toks, pos: 0, v6 }
-    }
+/// One match. Its first word chooses the keyword sequence; past it the
+/// match is committed (`cut`), so a mistake is refused by its own word
+/// rather than tried as another match.
+fn statement<'a>(v6: bool) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, Stmt> {
+    alt((
+        ip(v6),
+        preceded(
+            word("iifname"),
+            cut(field_match(Field::Ifname { out: false })),
+        ),
+        preceded(
+            word("oifname"),
+            cut(field_match(Field::Ifname { out: true })),
+        ),
+        preceded(word("mark"), cut(mark)),
+        preceded(word("meta"), cut(meta_match)),
+        port,
+        preceded(
+            word("ct"),
+            cut(preceded(keyword("ct", &["state"]), ct_state)),
+        ),
+        preceded(word("fib"), cut(fib)),
+        unknown,
+    ))
+}
 
-    fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.pos)
-    }
+/// "Not this alternative".
+fn not_this(input: Toks<'_>) -> nom::Err<Refusal> {
+    nom::Err::Error(Refusal::from_error_kind(input, ErrorKind::Verify))
+}
 
-    fn next(&mut self) -> Option<Tok> {
-        let t = self.toks.get(self.pos).cloned();
-        self.pos += 1;
-        t
+/// The next token, whatever it is; at the end, `what` is missing after
+/// `after`.
+fn need<'a, S: AsRef<str>, W: AsRef<str>>(
+    after: S,
+    what: W,
+) -> impl Fn(Toks<'a>) -> PResult<Toks<'a>, &'a Tok> {
+    move |input: Toks<'a>| match input.split_first() {
+        Some((t, rest)) => Ok((rest, t)),
+        None => Err(refusal(format!(
+            "\"{}\": {} missing after it",
+            after.as_ref(),
+            what.as_ref()
+        ))),
     }
+}
 
-    /// The next token, which `what` needs.
-    fn need(&mut self, after: &str, what: &str) -> Result<Tok, String> {
-        self.next()
-            .ok_or_else(|| format!("\"{after}\": {what} missing after it"))
+fn token<'a>(want: Tok) -> impl Fn(Toks<'a>) -> PResult<Toks<'a>, ()> {
+    move |input: Toks<'a>| match input.split_first() {
+        Some((t, rest)) if *t == want => Ok((rest, ())),
+        _ => Err(not_this(input)),
     }
+}
 
-    /// The next word, one of `known` (anything else is outside the subset).
-    fn keyword(&mut self, after: &str, known: &[&str]) -> Result<String, String> {
-        match self.need(after, &known.join("|"))? {
-            Tok::Word(w) if known.contains(&w.as_str()) => Ok(w),
-            t => Err(unsupported(&format!("{after} {}", t.text()))),
-        }
+fn any_word(input: Toks<'_>) -> PResult<Toks<'_>, &str> {
+    match input.split_first() {
+        Some((Tok::Word(w), rest)) => Ok((rest, w.as_str())),
+        _ => Err(not_this(input)),
     }
+}
 
-    /// An optional `==` or `!=`.
-    fn op(&mut self) -> Option<bool> {
-        let neq = match self.peek()? {
-            Tok::Eq => false,
-            Tok::Neq => true,
-            _ => return None,
+fn word<'a>(want: &'static str) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, &'a str> {
+    verify(any_word, move |w: &str| w == want)
+}
+
+fn word_in<'a>(
+    known: &'static [&'static str],
+) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, &'a str> {
+    verify(any_word, move |w: &str| known.contains(&w))
+}
+
+/// The next word, one of `known`: after `after`, anything else is
+/// outside the subset.
+fn keyword<'a, S: AsRef<str>>(
+    after: S,
+    known: &'static [&'static str],
+) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, &'a str> {
+    move |input: Toks<'a>| {
+        let after = after.as_ref();
+        let (_, t) = need(after, known.join("|"))(input)?;
+        word_in(known)(input).map_err(|_| refusal(unsupported(&format!("{after} {}", t.text()))))
+    }
+}
+
+/// An optional `==` (false) or `!=` (true).
+fn operator(input: Toks<'_>) -> PResult<Toks<'_>, Option<bool>> {
+    opt(alt((
+        value(false, token(Tok::Eq)),
+        value(true, token(Tok::Neq)),
+    )))(input)
+}
+
+/// Any other first word: outside the subset. The end of the text ends
+/// the matches.
+fn unknown(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    match input.first() {
+        Some(t) => Err(refusal(unsupported(&t.text()))),
+        None => Err(not_this(input)),
+    }
+}
+
+/// `ip|ip6 saddr|daddr|protocol|nexthdr ...`, of the rule's family.
+fn ip<'a>(rule_v6: bool) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, Stmt> {
+    move |input: Toks<'a>| {
+        let (input, w) = word_in(&["ip", "ip6"])(input)?;
+        let v6 = w == "ip6";
+        let known: &'static [&'static str] = if v6 {
+            &["saddr", "daddr", "nexthdr"]
+        } else {
+            &["saddr", "daddr", "protocol"]
         };
-        self.pos += 1;
-        Some(neq)
-    }
-
-    fn parse(mut self) -> Result<Vec<Stmt>, String> {
-        let mut out = Vec::new();
-        while let Some(t) = self.next() {
-            let Tok::Word(w) = &t else {
-                return Err(unsupported(&t.text()));
+        let (input, k) = keyword(w, known)(input)?;
+        if v6 != rule_v6 {
+            let (rule, other) = if rule_v6 {
+                ("IPv6", "ip6")
+            } else {
+                ("IPv4", "ip")
             };
-            let stmt = match w.as_str() {
-                "ip" | "ip6" => {
-                    let v6 = w == "ip6";
-                    let what = if v6 { "nexthdr" } else { "protocol" };
-                    let k = self.keyword(w, &["saddr", "daddr", what])?;
-                    if v6 != self.v6 {
-                        let (rule, other) = if self.v6 {
-                            ("IPv6", "ip6")
-                        } else {
-                            ("IPv4", "ip")
-                        };
-                        return Err(format!(
-                            "\"{w} {k}\": not in an {rule} rule (use {other} there)"
-                        ));
-                    }
-                    let field = match k.as_str() {
-                        "saddr" | "daddr" => Field::Addr {
-                            v6,
-                            source: k == "saddr",
-                        },
-                        _ => Field::NextHeader { v6 },
-                    };
-                    self.field(field)?
-                }
-                "iifname" | "oifname" => self.field(Field::Ifname {
-                    out: w == "oifname",
-                })?,
-                "mark" => self.mark()?,
-                "meta" => {
-                    let k = self.keyword(w, &["l4proto", "mark", "iifname", "oifname"])?;
-                    match k.as_str() {
-                        "mark" => self.mark()?,
-                        "l4proto" => self.field(Field::L4proto)?,
-                        _ => self.field(Field::Ifname {
-                            out: k == "oifname",
-                        })?,
-                    }
-                }
-                "tcp" | "udp" | "sctp" | "th" => {
-                    let k = self.keyword(w, &["sport", "dport"])?;
-                    let proto = PROTOCOLS.iter().find(|p| p.0 == w).map(|p| p.1);
-                    self.field(Field::Port {
-                        proto,
-                        source: k == "sport",
-                    })?
-                }
-                "ct" => {
-                    self.keyword(w, &["state"])?;
-                    self.ct_state()?
-                }
-                "fib" => self.fib()?,
-                _ => return Err(unsupported(w)),
-            };
-            out.push(stmt);
+            return Err(refusal(format!(
+                "\"{w} {k}\": not in an {rule} rule (use {other} there)"
+            )));
         }
-        Ok(out)
+        let field = match k {
+            "saddr" | "daddr" => Field::Addr {
+                v6,
+                source: k == "saddr",
+            },
+            _ => Field::NextHeader { v6 },
+        };
+        cut(field_match(field))(input)
     }
+}
 
-    /// `[==|!=] VALUE` or `[==|!=] { VALUE, ... }` for `field`.
-    fn field(&mut self, field: Field) -> Result<Stmt, String> {
-        let neq = self.op().unwrap_or(false);
-        let name = field.name();
-        let rhs = match self.need(&name, "a value")? {
-            Tok::Open => {
-                let mut elems = Vec::new();
-                loop {
-                    match self.need(&name, "}")? {
-                        Tok::Close if !elems.is_empty() => break,
-                        t => elems.push(elem(field, &t)?),
-                    }
-                    match self.need(&name, "}")? {
-                        Tok::Comma => {}
-                        Tok::Close => break,
-                        t => return Err(format!("\"{}\": , or }} expected in a set", t.text())),
-                    }
-                }
-                if elems.len() == 1 {
-                    // nft turns a one-element set into a plain match.
-                    Rhs::One(elems.remove(0))
-                } else {
-                    Rhs::Set(elems)
-                }
+/// `tcp|udp|sctp|th sport|dport ...`.
+fn port(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    let (input, w) = word_in(&["tcp", "udp", "sctp", "th"])(input)?;
+    let (input, k) = keyword(w, &["sport", "dport"])(input)?;
+    let proto = PROTOCOLS.iter().find(|p| p.0 == w).map(|p| p.1);
+    cut(field_match(Field::Port {
+        proto,
+        source: k == "sport",
+    }))(input)
+}
+
+/// What follows `meta`.
+fn meta_match(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    let (input, k) = keyword("meta", &["l4proto", "mark", "iifname", "oifname"])(input)?;
+    match k {
+        "mark" => mark(input),
+        "l4proto" => field_match(Field::L4proto)(input),
+        _ => field_match(Field::Ifname {
+            out: k == "oifname",
+        })(input),
+    }
+}
+
+/// `[==|!=] VALUE` or `[==|!=] { VALUE, ... }` for `field`.
+fn field_match<'a>(field: Field) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, Stmt> {
+    let rhs = alt((
+        map(set(field), |mut elems| {
+            if elems.len() == 1 {
+                // nft turns a one-element set into a plain match.
+                Rhs::One(elems.remove(0))
+            } else {
+                Rhs::Set(elems)
             }
-            t => Rhs::One(elem(field, &t)?),
-        };
-        Ok(Stmt::Field { field, neq, rhs })
-    }
+        }),
+        map(
+            cut(map_res(need(field.name(), "a value"), move |t| {
+                elem(field, t)
+            })),
+            Rhs::One,
+        ),
+    ));
+    map(pair(operator, rhs), move |(neq, rhs)| Stmt::Field {
+        field,
+        neq: neq.unwrap_or(false),
+        rhs,
+    })
+}
 
-    /// `meta mark` (or `mark`) `[& MASK] [==|!=] VALUE|{ VALUES }`.
-    fn mark(&mut self) -> Result<Stmt, String> {
-        if self.peek() != Some(&Tok::Amp) {
-            return self.field(Field::Mark);
+/// `{ VALUE, ... }`, a comma allowed after the last value as nft allows
+/// it.
+fn set<'a>(field: Field) -> impl FnMut(Toks<'a>) -> PResult<Toks<'a>, Vec<Elem>> {
+    let end = move |input: Toks<'a>| match need(field.name(), "}")(input)? {
+        (rest, Tok::Close) => Ok((rest, ())),
+        (_, t) => Err(refusal(format!(
+            "\"{}\": , or }} expected in a set",
+            t.text()
+        ))),
+    };
+    preceded(
+        token(Tok::Open),
+        cut(terminated(
+            separated_list1(token(Tok::Comma), set_elem(field)),
+            pair(opt(token(Tok::Comma)), end),
+        )),
+    )
+}
+
+/// A set's value. A `}` in its place is not refused here but left as the
+/// end of the set (after a last comma); as the first value, its refusal
+/// is the set's.
+fn set_elem<'a>(field: Field) -> impl Fn(Toks<'a>) -> PResult<Toks<'a>, Elem> {
+    move |input: Toks<'a>| {
+        let (rest, t) = need(field.name(), "}")(input)?;
+        match elem(field, t) {
+            Ok(e) => Ok((rest, e)),
+            Err(why) if *t == Tok::Close => Err(nom::Err::Error(Refusal(why))),
+            Err(why) => Err(refusal(why)),
         }
-        self.pos += 1;
-        let mask = number_tok(&self.need("&", "a mask")?, u64::from(u32::MAX), "a mark")?;
-        let neq = self.op().unwrap_or(false);
-        let t = self.need("meta mark &", "a value")?;
-        if t == Tok::Open {
-            return Err(
-                "\"meta mark & MASK { ... }\": berth compiles a masked mark against one value"
-                    .into(),
-            );
-        }
-        let value = number_tok(&t, u64::from(u32::MAX), "a mark")?;
-        Ok(Stmt::MaskedMark {
+    }
+}
+
+/// `meta mark` (or `mark`) `[& MASK] [==|!=] VALUE|{ VALUES }`.
+fn mark(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    alt((masked_mark, field_match(Field::Mark)))(input)
+}
+
+/// `& MASK [==|!=] VALUE`.
+fn masked_mark(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    let max = u64::from(u32::MAX);
+    let (input, _) = token(Tok::Amp)(input)?;
+    let (input, mask) = cut(map_res(need("&", "a mask"), |t| {
+        number_tok(t, max, "a mark")
+    }))(input)?;
+    let (input, neq) = operator(input)?;
+    let (input, t) = need("meta mark &", "a value")(input)?;
+    if *t == Tok::Open {
+        return Err(refusal(
+            "\"meta mark & MASK { ... }\": berth compiles a masked mark against one value".into(),
+        ));
+    }
+    let value = number_tok(t, max, "a mark").map_err(refusal)?;
+    Ok((
+        input,
+        Stmt::MaskedMark {
             mask: mask as u32,
-            neq,
+            neq: neq.unwrap_or(false),
             value: value as u32,
-        })
-    }
+        },
+    ))
+}
 
-    /// `ct state [==|!=] STATE[,STATE]...`.
-    fn ct_state(&mut self) -> Result<Stmt, String> {
-        let op = match self.op() {
-            None => FlagOp::Any,
-            Some(false) => FlagOp::Eq,
-            Some(true) => FlagOp::Neq,
-        };
-        let mut bits = 0;
-        loop {
-            let t = self.need("ct state", "a state")?;
-            let bit = match &t {
-                Tok::Word(w) => CT_STATES.iter().find(|s| s.0 == w).map(|s| s.1),
-                _ => None,
-            };
-            let Some(bit) = bit else {
-                return Err(format!(
-                    "\"ct state {}\": berth compiles ct state with a comma list of \
-                     new, established, related, invalid, untracked",
-                    t.text()
-                ));
-            };
-            bits |= bit;
-            if self.peek() != Some(&Tok::Comma) {
-                break;
-            }
-            self.pos += 1;
-        }
-        Ok(Stmt::CtState { op, bits })
-    }
-
-    /// `fib saddr|daddr [. iif|oif|mark]... type [==|!=] TYPE`.
-    fn fib(&mut self) -> Result<Stmt, String> {
-        let mut flags = 0;
-        loop {
-            let k = self.keyword("fib", &["saddr", "daddr", "iif", "oif", "mark"])?;
-            let f = match k.as_str() {
-                "saddr" => FIB_F_SADDR,
-                "daddr" => FIB_F_DADDR,
-                "iif" => FIB_F_IIF,
-                "oif" => FIB_F_OIF,
-                _ => FIB_F_MARK,
-            };
-            if flags & f != 0 {
-                return Err(format!("\"fib {k}\": given twice"));
-            }
-            flags |= f;
-            if self.peek() != Some(&Tok::Dot) {
-                break;
-            }
-            self.pos += 1;
-        }
-        // What nft itself refuses.
-        let addrs = flags & (FIB_F_SADDR | FIB_F_DADDR);
-        if addrs == 0 || addrs == FIB_F_SADDR | FIB_F_DADDR {
-            return Err("\"fib\": one of saddr and daddr is needed".into());
-        }
-        if flags & (FIB_F_IIF | FIB_F_OIF) == FIB_F_IIF | FIB_F_OIF {
-            return Err("\"fib\": iif and oif are mutually exclusive".into());
-        }
-        self.keyword("fib ...", &["type"])?;
-        let neq = self.op().unwrap_or(false);
-        let t = self.need("fib ... type", "an address type")?;
-        let kind = match &t {
-            Tok::Word(w) => ADDR_TYPES.iter().find(|a| a.0 == w).map(|a| a.1),
-            _ => None,
-        };
-        let Some(kind) = kind else {
-            return Err(format!(
-                "\"fib ... type {}\": berth compiles fib ... type with one address type \
-                 (local, unicast, broadcast, anycast, multicast, blackhole, unreachable, \
-                 prohibit, unspec)",
+/// `ct state [==|!=] STATE[,STATE]...`.
+fn ct_state(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    let (input, op) = map(operator, |neq| match neq {
+        None => FlagOp::Any,
+        Some(false) => FlagOp::Eq,
+        Some(true) => FlagOp::Neq,
+    })(input)?;
+    let state = |input| {
+        let (rest, t) = need("ct state", "a state")(input)?;
+        match named(CT_STATES, t) {
+            Some(bit) => Ok((rest, bit)),
+            None => Err(refusal(format!(
+                "\"ct state {}\": berth compiles ct state with a comma list of \
+                 new, established, related, invalid, untracked",
                 t.text()
-            ));
-        };
-        Ok(Stmt::Fib { flags, neq, kind })
+            ))),
+        }
+    };
+    let (input, bits) = separated_list1(token(Tok::Comma), state)(input)?;
+    Ok((
+        input,
+        Stmt::CtState {
+            op,
+            bits: bits.into_iter().fold(0, |all, bit| all | bit),
+        },
+    ))
+}
+
+/// `fib saddr|daddr [. iif|oif|mark]... type [==|!=] TYPE`.
+fn fib(input: Toks<'_>) -> PResult<Toks<'_>, Stmt> {
+    let (input, flags) = fib_flags(0, input)?;
+    // What nft itself refuses.
+    let addrs = flags & (FIB_F_SADDR | FIB_F_DADDR);
+    if addrs == 0 || addrs == FIB_F_SADDR | FIB_F_DADDR {
+        return Err(refusal("\"fib\": one of saddr and daddr is needed".into()));
+    }
+    if flags & (FIB_F_IIF | FIB_F_OIF) == FIB_F_IIF | FIB_F_OIF {
+        return Err(refusal(
+            "\"fib\": iif and oif are mutually exclusive".into(),
+        ));
+    }
+    let (input, _) = keyword("fib ...", &["type"])(input)?;
+    let (input, neq) = operator(input)?;
+    let (input, t) = need("fib ... type", "an address type")(input)?;
+    let Some(kind) = named(ADDR_TYPES, t) else {
+        return Err(refusal(format!(
+            "\"fib ... type {}\": berth compiles fib ... type with one address type \
+             (local, unicast, broadcast, anycast, multicast, blackhole, unreachable, \
+             prohibit, unspec)",
+            t.text()
+        )));
+    };
+    Ok((
+        input,
+        Stmt::Fib {
+            flags,
+            neq: neq.unwrap_or(false),
+            kind,
+        },
+    ))
+}
+
+/// The keys `fib` looks up with, joined by `.`, on top of `seen`: a key
+/// given twice is refused where it stands, before the keys after it are
+/// read.
+fn fib_flags(seen: u32, input: Toks<'_>) -> PResult<Toks<'_>, u32> {
+    let (input, k) = keyword("fib", &["saddr", "daddr", "iif", "oif", "mark"])(input)?;
+    let f = match k {
+        "saddr" => FIB_F_SADDR,
+        "daddr" => FIB_F_DADDR,
+        "iif" => FIB_F_IIF,
+        "oif" => FIB_F_OIF,
+        _ => FIB_F_MARK,
+    };
+    if seen & f != 0 {
+        return Err(refusal(format!("\"fib {k}\": given twice")));
+    }
+    match opt(token(Tok::Dot))(input)? {
+        (input, Some(())) => fib_flags(seen | f, input),
+        (input, None) => Ok((input, seen | f)),
+    }
+}
+
+/// The value of the word `t` in `table`.
+fn named(table: &[(&str, u32)], t: &Tok) -> Option<u32> {
+    match t {
+        Tok::Word(w) => table.iter().find(|e| e.0 == w).map(|e| e.1),
+        _ => None,
     }
 }
 

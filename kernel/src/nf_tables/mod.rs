@@ -25,7 +25,8 @@ use std::collections::HashMap;
 pub use events::RulesetEvents;
 pub use expr::{
     reg_at_word, CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, FIB_F_DADDR,
-    FIB_RESULT_ADDRTYPE, NAT_MAP_IPS, NAT_PROTO_SPECIFIED, REG_1, REG_VERDICT,
+    FIB_F_IIF, FIB_F_MARK, FIB_F_OIF, FIB_F_SADDR, FIB_RESULT_ADDRTYPE, NAT_MAP_IPS,
+    NAT_PROTO_SPECIFIED, REG_1, REG_VERDICT,
 };
 pub use objects::{
     BaseChain, Chain, ChainRef, ChainType, DataType, Element, ElementData, Family, Hook, Key,

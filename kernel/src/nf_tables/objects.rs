@@ -387,14 +387,6 @@ fn set_userdata(key: &Key, data: &Option<MapData>) -> Vec<u8> {
     out
 }
 
-/// nft's description of an anonymous set's key taken from the expression
-/// it is matched against (NFTNL_UDATA_SET_KEY_TYPEOF): for `icmpv6 type
-/// { ... }`, the icmpv6 header's type field, as nft 1.0.6 writes it.
-const ICMPV6_TYPE_TYPEOF: [u8; 20] = [
-    0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0e, 0x00, 0x00, 0x00, 0x01, 0x04,
-    0x01, 0x00, 0x00, 0x00,
-];
-
 /// How nft makes an anonymous set for a match's `{ ... }` beyond its key
 /// and elements (see [`super::matches::AnonSet`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -447,10 +439,13 @@ pub(super) fn interval_element_attrs(elements: &[Element]) -> Vec<Attr> {
 /// data); the kernel names it from the template.
 pub(super) fn anonymous_set_attrs(table: &Table, key: &Key, size: usize, id: u32) -> Vec<Attr> {
     let mut udata = set_userdata(key, &None);
+    // nft describes the key by the expression matched against the set
+    // (NFTNL_UDATA_SET_KEY_TYPEOF), which for this key is `icmpv6 type`.
     if key.0 == [DataType::Icmpv6Type] {
+        let key_typeof = super::matches::icmpv6_type_typeof();
         udata.push(3);
-        udata.push(ICMPV6_TYPE_TYPEOF.len() as u8);
-        udata.extend_from_slice(&ICMPV6_TYPE_TYPEOF);
+        udata.push(key_typeof.len() as u8);
+        udata.extend_from_slice(&key_typeof);
     }
     let form = SetForm {
         interval: false,
@@ -852,6 +847,17 @@ mod tests {
         assert_eq!(map, want);
         let vmap = set_userdata(&Key(vec![DataType::Ifname]), &Some(MapData::Verdict));
         assert_eq!(vmap, [0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn icmpv6_type_sets_describe_their_key_as_nft_does() {
+        // What nft 1.0.6 writes for `icmpv6 type { ... }`, once a
+        // hard-coded copy here.
+        const NFT: [u8; 20] = [
+            0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0e, 0x00, 0x00, 0x00,
+            0x01, 0x04, 0x01, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(super::super::matches::icmpv6_type_typeof(), NFT);
     }
 
     #[test]
