@@ -39,6 +39,10 @@ pub enum Error {
         value: String,
         reason: String,
     },
+    /// The kernel lacks a feature the request needs: not built in, and its
+    /// module not loaded and not loadable.
+    #[error("{op}: the kernel has no {feature} (not built in, and its module is not loaded and could not be loaded)")]
+    Unsupported { op: String, feature: String },
     /// The kernel refused an nf_tables batch (and applied none of it);
     /// `object` is the command it refused.
     #[error("{op}: {object}: {}{}", errno_text(*errno), ext_suffix(ext.as_deref()))]

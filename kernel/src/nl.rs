@@ -32,8 +32,13 @@ const NLMSG_HDRLEN: usize = 16;
 #[derive(Debug)]
 pub(crate) enum NlError {
     Os(io::Error),
-    Kernel { errno: i32, ext: Option<String> },
+    Kernel {
+        errno: i32,
+        ext: Option<String>,
+    },
     Decode(String),
+    /// The kernel lacks this feature (not built in, no module loadable).
+    Unsupported(String),
 }
 
 impl NlError {
@@ -41,7 +46,7 @@ impl NlError {
         match self {
             NlError::Os(e) => e.raw_os_error(),
             NlError::Kernel { errno, .. } => Some(*errno),
-            NlError::Decode(_) => None,
+            NlError::Decode(_) | NlError::Unsupported(_) => None,
         }
     }
 
@@ -51,6 +56,7 @@ impl NlError {
             NlError::Os(source) => Error::Io { op, source },
             NlError::Kernel { errno, ext } => Error::Netlink { op, errno, ext },
             NlError::Decode(msg) => Error::Protocol { op, msg },
+            NlError::Unsupported(feature) => Error::Unsupported { op, feature },
         }
     }
 }

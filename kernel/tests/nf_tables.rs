@@ -216,3 +216,33 @@ fn thousands_of_elements_go_in_one_batch() {
         .unwrap();
     assert_eq!(l.set("ports").unwrap().1, vec![mapping()]);
 }
+
+#[test]
+fn a_missing_kernel_feature_is_named_and_nothing_is_applied() {
+    let ns = TestNs::new();
+    let netns = ns.open();
+    // An expression no kernel has: the kernel tries to load its module,
+    // fails, and refuses the rule, pointing at the expression.
+    let mut b = build();
+    let mut r = rule();
+    r.exprs.insert(
+        0,
+        Expr::Other {
+            name: "berthnosuch".into(),
+            data: vec![],
+        },
+    );
+    b.add_rule(r);
+    let err = b.commit(Some(&netns), "apply test rules").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, berth_kernel::Error::Unsupported { .. }),
+        "{err:?}"
+    );
+    assert!(text.contains("apply test rules"), "{text}");
+    assert!(
+        text.contains("the kernel has no nf_tables expression \"berthnosuch\""),
+        "{text}"
+    );
+    assert_eq!(nf_tables::list_table(Some(&netns), &table()).unwrap(), None);
+}

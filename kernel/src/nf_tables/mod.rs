@@ -389,22 +389,58 @@ impl Batch {
         let failed = sock
             .transact(&bytes, first + 1, sent.len())
             .map_err(|e| e.context(op))?;
-        match failed {
-            None => Ok(()),
-            Some((seq, errno, ext)) => {
-                let what = seq
-                    .checked_sub(first + 1)
-                    .and_then(|i| sent.get(i as usize))
-                    .map(Command::describe)
-                    .unwrap_or_else(|| "the batch".to_string());
-                Err(Error::NfTables {
-                    op: op.to_string(),
-                    object: what,
-                    errno,
-                    ext,
-                })
-            }
+        let Some(refused) = failed else {
+            return Ok(());
+        };
+        if let Some(feature) = missing_feature(&refused, &bytes, first) {
+            return Err(Error::Unsupported {
+                op: op.to_string(),
+                feature,
+            });
         }
+        let what = refused
+            .seq
+            .checked_sub(first + 1)
+            .and_then(|i| sent.get(i as usize))
+            .map(Command::describe)
+            .unwrap_or_else(|| "the batch".to_string());
+        Err(Error::NfTables {
+            op: op.to_string(),
+            object: what,
+            errno: refused.errno,
+            ext: refused.ext,
+        })
+    }
+}
+
+/// What the kernel lacks, when that is why it refused `batch` (sent with
+/// its BEGIN at sequence number `first`): nf_tables itself (nfnetlink
+/// answers a batch for a subsystem it does not have with EOPNOTSUPP), or
+/// the expression or chain type the attribute at fault names (its module
+/// could not be loaded: ENOENT, or EOPNOTSUPP).
+fn missing_feature(refused: &socket::Refusal, batch: &[u8], first: u32) -> Option<String> {
+    if !matches!(refused.errno, libc::ENOENT | libc::EOPNOTSUPP) {
+        return None;
+    }
+    if refused.seq == first {
+        return (refused.errno == libc::EOPNOTSUPP).then(|| "nf_tables".to_string());
+    }
+    let msg = wire::message_with_seq(batch, refused.seq)?;
+    let at = refused.offset? as usize;
+    let body = msg.get(wire::NLMSG_HDRLEN + wire::NFGENMSG_LEN..)?;
+    let at = at.checked_sub(wire::NLMSG_HDRLEN + wire::NFGENMSG_LEN)?;
+    let (kind, value, start) = wire::attr_holding(body, at)?;
+    match (wire::message_kind(msg)?, kind) {
+        (wire::NFT_MSG_NEWRULE, wire::NFTA_RULE_EXPRESSIONS) => {
+            let (_, expr, _) = wire::attr_holding(value, at.checked_sub(start)?)?;
+            let name = wire::get_str(&wire::attrs(expr), wire::NFTA_EXPR_NAME)?;
+            Some(format!("nf_tables expression {name:?}"))
+        }
+        (wire::NFT_MSG_NEWCHAIN, wire::NFTA_CHAIN_TYPE) => {
+            let name = wire::get_str(&[(kind, value)], kind)?;
+            Some(format!("nf_tables chain type {name:?}"))
+        }
+        _ => None,
     }
 }
 
@@ -591,4 +627,81 @@ pub fn available(ns: Option<&Netns>) -> Result<()> {
     let op = "ask nf_tables for its ruleset generation";
     let mut sock = socket::open(ns, op)?;
     sock.generation().map(|_| ()).map_err(|e| e.context(op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(seq: u32, errno: i32, offset: Option<u32>) -> socket::Refusal {
+        socket::Refusal {
+            seq,
+            errno,
+            ext: None,
+            offset,
+        }
+    }
+
+    /// Where `needle` starts in the message of `batch` with `seq`, as the
+    /// kernel counts an attribute's offset (from the message header, at
+    /// the attribute's own header).
+    fn offset_of(batch: &[u8], seq: u32, needle: &[u8]) -> Option<u32> {
+        let msg = wire::message_with_seq(batch, seq)?;
+        let at = msg.windows(needle.len()).position(|w| w == needle)?;
+        Some((at - 4) as u32)
+    }
+
+    fn base_chain() -> Chain {
+        Chain::base(
+            Table::new(Family::Inet, "t").chain("c"),
+            ChainType::Nat,
+            Hook::Postrouting,
+            100,
+        )
+    }
+
+    #[test]
+    fn a_refused_batch_names_what_the_kernel_lacks() {
+        let table = Table::new(Family::Inet, "t");
+        let chain = base_chain();
+        let mut b = Batch::new();
+        b.add_table(&table).add_chain(&chain).add_rule(Rule::new(
+            &chain.at,
+            vec![Expr::Other {
+                name: "berthnosuch".into(),
+                data: vec![],
+            }],
+        ));
+        let bytes = b.encode(10).unwrap_or_default();
+        // BEGIN is 10, the table 11, the chain 12, the rule 13.
+        let rule_at = offset_of(&bytes, 13, b"berthnosuch");
+        assert!(rule_at.is_some());
+        assert_eq!(
+            missing_feature(&refused(13, libc::ENOENT, rule_at), &bytes, 10).as_deref(),
+            Some("nf_tables expression \"berthnosuch\"")
+        );
+        let type_at = offset_of(&bytes, 12, b"nat\0");
+        assert_eq!(
+            missing_feature(&refused(12, libc::ENOENT, type_at), &bytes, 10).as_deref(),
+            Some("nf_tables chain type \"nat\"")
+        );
+        assert_eq!(
+            missing_feature(&refused(10, libc::EOPNOTSUPP, None), &bytes, 10).as_deref(),
+            Some("nf_tables")
+        );
+        // A missing object is not a missing feature: no offset into a
+        // module's name, or another errno.
+        assert_eq!(
+            missing_feature(&refused(13, libc::ENOENT, None), &bytes, 10),
+            None
+        );
+        assert_eq!(
+            missing_feature(&refused(13, libc::EEXIST, rule_at), &bytes, 10),
+            None
+        );
+        assert_eq!(
+            missing_feature(&refused(10, libc::ENOENT, None), &bytes, 10),
+            None
+        );
+    }
 }

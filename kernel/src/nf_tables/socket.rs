@@ -19,9 +19,23 @@ const LIST_RETRIES: usize = 5;
 const RX_BUF: usize = 64 * 1024;
 /// NLMSGERR_ATTR_MSG: the extended ack's text.
 const NLMSGERR_ATTR_MSG: u16 = 1;
+/// NLMSGERR_ATTR_OFFS: where in the refused message the attribute at
+/// fault starts.
+const NLMSGERR_ATTR_OFFS: u16 = 2;
 /// NLM_F_CAPPED and NLM_F_ACK_TLVS, on an error message.
 const NLM_F_CAPPED: u16 = 0x100;
 const NLM_F_ACK_TLVS: u16 = 0x200;
+
+/// The kernel's answer to the first command of a batch it refused.
+pub(super) struct Refusal {
+    pub(super) seq: u32,
+    pub(super) errno: i32,
+    /// The extended ack's text.
+    pub(super) ext: Option<String>,
+    /// Where the attribute at fault starts, from the start of the
+    /// refused message's header.
+    pub(super) offset: Option<u32>,
+}
 
 pub(super) struct Socket {
     sock: NlSocket,
@@ -45,7 +59,14 @@ pub(super) fn open(ns: Option<&Netns>, op: &str) -> Result<Socket> {
         Some(ns) => ns.run(make)?,
         None => make(),
     }
-    .map_err(|e| Error::io(format!("{op}: open a netfilter netlink socket"), e))?;
+    .map_err(|e| match e.raw_os_error() {
+        // A kernel built without nfnetlink has no such socket family.
+        Some(libc::EPROTONOSUPPORT) => Error::Unsupported {
+            op: op.to_string(),
+            feature: "netfilter netlink (nfnetlink)".into(),
+        },
+        _ => Error::io(format!("{op}: open a netfilter netlink socket"), e),
+    })?;
     Ok(Socket {
         sock,
         seq: std::process::id().wrapping_mul(7919) | 1,
@@ -122,7 +143,7 @@ impl Socket {
     /// Sends a batch whose commands carry sequence numbers `first` to
     /// `first + n - 1`, the last asking for an ack, and reads the answers:
     /// None when the last command was acked with no error before it, or
-    /// the first failure as (seq, errno, the kernel's text). The kernel
+    /// the first failure. The kernel
     /// processes the whole batch inside the send, so every answer is
     /// queued by then.
     pub(super) fn transact(
@@ -130,7 +151,7 @@ impl Socket {
         bytes: &[u8],
         first: u32,
         n: usize,
-    ) -> NlResult<Option<(u32, i32, Option<String>)>> {
+    ) -> NlResult<Option<Refusal>> {
         self.send(bytes)?;
         let last = first + n as u32 - 1;
         loop {
@@ -138,9 +159,14 @@ impl Socket {
                 if kind != wire::NLMSG_ERROR {
                     continue;
                 }
-                let (errno, ext) = error_of(flags, &payload)?;
+                let (errno, ext, offset) = error_of(flags, &payload)?;
                 if errno != 0 {
-                    return Ok(Some((seq, errno, ext)));
+                    return Ok(Some(Refusal {
+                        seq,
+                        errno,
+                        ext,
+                        offset,
+                    }));
                 }
                 if seq == last {
                     return Ok(None);
@@ -179,7 +205,7 @@ impl Socket {
                 match kind {
                     wire::NLMSG_DONE => return Ok(out),
                     wire::NLMSG_ERROR => {
-                        let (errno, ext) = error_of(eflags, &payload)?;
+                        let (errno, ext, _) = error_of(eflags, &payload)?;
                         if errno != 0 {
                             return Err(NlError::Kernel { errno, ext });
                         }
@@ -195,7 +221,15 @@ impl Socket {
     }
 
     pub(super) fn generation(&mut self) -> NlResult<u32> {
-        let reply = self.request(wire::NFT_MSG_GETGEN, 0, 0, &[])?;
+        let reply = match self.request(wire::NFT_MSG_GETGEN, 0, 0, &[]) {
+            // nfnetlink's answer to a message for a subsystem it does not
+            // have (nf_tables not built, its module not loadable); the
+            // query itself cannot be invalid.
+            Err(NlError::Kernel { errno, .. }) if errno == libc::EINVAL => {
+                return Err(NlError::Unsupported("nf_tables".into()))
+            }
+            r => r?,
+        };
         reply
             .first()
             .and_then(|(_, attrs)| wire::get_u32(&wire::attrs(attrs), wire::NFTA_GEN_ID))
@@ -337,14 +371,15 @@ impl Socket {
     }
 }
 
-/// An NLMSG_ERROR's errno (0 for an ack) and extended ack text.
-fn error_of(flags: u16, payload: &[u8]) -> NlResult<(i32, Option<String>)> {
+/// An NLMSG_ERROR's errno (0 for an ack), extended ack text and the
+/// offset of the attribute at fault.
+fn error_of(flags: u16, payload: &[u8]) -> NlResult<(i32, Option<String>, Option<u32>)> {
     let code = payload
         .get(..4)
         .and_then(|b| b.try_into().ok())
         .map(i32::from_ne_bytes)
         .ok_or_else(|| NlError::Decode("short error message".into()))?;
-    let mut ext = None;
+    let (mut ext, mut offset) = (None, None);
     if flags & NLM_F_ACK_TLVS != 0 {
         // After the errno: the request's header (capped) or the whole
         // request, then the TLVs.
@@ -358,8 +393,13 @@ fn error_of(flags: u16, payload: &[u8]) -> NlResult<(i32, Option<String>)> {
                 .unwrap_or(0) as usize
         };
         if let Some(tlvs) = payload.get(4 + ((echoed + 3) & !3)..) {
-            ext = wire::get_str(&wire::attrs(tlvs), NLMSGERR_ATTR_MSG);
+            let tlvs = wire::attrs(tlvs);
+            ext = wire::get_str(&tlvs, NLMSGERR_ATTR_MSG);
+            // Host byte order, unlike nf_tables' own attributes.
+            offset = wire::find(&tlvs, NLMSGERR_ATTR_OFFS)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes);
         }
     }
-    Ok((code.abs(), ext))
+    Ok((code.abs(), ext, offset))
 }

@@ -5,7 +5,8 @@
 //! are big-endian, as the kernel reads them.
 
 use netlink_packet_core::{
-    Emitable, Nla, NlaBuffer, NlasIterator, NLA_F_NESTED, NLA_HEADER_SIZE, NLA_TYPE_MASK,
+    Emitable, NetlinkBuffer, Nla, NlaBuffer, NlasIterator, NLA_F_NESTED, NLA_HEADER_SIZE,
+    NLA_TYPE_MASK,
 };
 
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -170,6 +171,27 @@ pub(super) fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
+/// The message of `batch` (messages back to back, as sent) with sequence
+/// number `seq`, header included.
+pub(super) fn message_with_seq(batch: &[u8], seq: u32) -> Option<&[u8]> {
+    let mut at = 0;
+    while let Some(rest) = batch.get(at..) {
+        let buf = NetlinkBuffer::new_checked(rest).ok()?;
+        let len = buf.length() as usize;
+        if buf.sequence_number() == seq {
+            return rest.get(..len);
+        }
+        at += (len + 3) & !3;
+    }
+    None
+}
+
+/// The nf_tables command (NFT_MSG_*) of a message, header included.
+pub(super) fn message_kind(message: &[u8]) -> Option<u16> {
+    let kind = NetlinkBuffer::new_checked(message).ok()?.message_type();
+    (kind >> 8 == NFNL_SUBSYS_NFTABLES).then_some(kind & 0xff)
+}
+
 /// Attributes of `data` as (type without flags, value); stops at the
 /// first malformed one.
 pub(super) fn attrs(data: &[u8]) -> Vec<(u16, &[u8])> {
@@ -180,6 +202,15 @@ pub(super) fn attrs(data: &[u8]) -> Vec<(u16, &[u8])> {
             (kind, &a.into_inner()[NLA_HEADER_SIZE..len])
         })
         .collect()
+}
+
+/// The attribute of `data` whose bytes (header included) hold offset
+/// `at` of `data`: (type, value, the value's offset in `data`).
+pub(super) fn attr_holding(data: &[u8], at: usize) -> Option<(u16, &[u8], usize)> {
+    attrs(data).into_iter().find_map(|(kind, value)| {
+        let start = value.as_ptr() as usize - data.as_ptr() as usize;
+        (start - NLA_HEADER_SIZE <= at && at < start + value.len()).then_some((kind, value, start))
+    })
 }
 
 pub(super) fn find<'a>(attrs: &[(u16, &'a [u8])], kind: u16) -> Option<&'a [u8]> {
