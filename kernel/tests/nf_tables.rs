@@ -246,3 +246,24 @@ fn a_missing_kernel_feature_is_named_and_nothing_is_applied() {
     );
     assert_eq!(nf_tables::list_table(Some(&netns), &table()).unwrap(), None);
 }
+
+#[test]
+fn ruleset_events_tell_own_commits_from_another_process() {
+    use berth_kernel::nf_tables::{RulesetEvents, Seen};
+    use std::time::Duration;
+    let ns = TestNs::new();
+    let netns = ns.open();
+    let mut events = netns
+        .run(RulesetEvents::subscribe)
+        .unwrap()
+        .expect("subscribe");
+    assert_eq!(events.wait(Duration::ZERO).unwrap(), Seen::Nothing);
+    build().commit(Some(&netns), "test").unwrap();
+    assert_eq!(
+        events.wait(Duration::from_secs(2)).unwrap(),
+        Seen::OwnCommits
+    );
+    let (ok, _, err) = ns.exec("nft", &["add", "table", "inet", "other"]);
+    assert!(ok, "{err}");
+    assert_eq!(events.wait(Duration::from_secs(2)).unwrap(), Seen::Changes);
+}

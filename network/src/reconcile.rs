@@ -30,12 +30,13 @@
 //! are left to that container's DEL.
 //!
 //! [`watch`] runs passes when the kernel announces a ruleset change
-//! (berth_kernel::nf_tables::RulesetEvents) and at a slow interval for
-//! what no event reports (iptables-legacy, a lost event).
+//! (berth_kernel::nf_tables::RulesetEvents) by another process (its own
+//! repairs do not wake it) and at a slow interval for what no event
+//! reports (iptables-legacy, a lost event).
 
 use std::time::{Duration, Instant};
 
-use berth_kernel::nf_tables::RulesetEvents;
+use berth_kernel::nf_tables::{RulesetEvents, Seen};
 use berth_kernel::parse_mac;
 
 use crate::attachment::state::State;
@@ -240,19 +241,28 @@ pub fn watch(interval: Duration, mut counted: impl FnMut(usize, usize)) -> ! {
     );
     let mut last = Instant::now();
     loop {
-        let changed = match &mut events {
-            Some(ev) => ev.wait(interval).unwrap_or_else(|e| {
-                tracing::warn!("{}", kernel(e));
-                std::thread::sleep(MIN_GAP);
-                true
-            }),
+        // A pass that left something broken is tried again soon: its own
+        // commits no longer wake the loop.
+        let next = if whole { interval } else { RETRY_GAP };
+        let seen = match &mut events {
+            Some(ev) => ev
+                .wait(next.saturating_sub(last.elapsed()))
+                .unwrap_or_else(|e| {
+                    tracing::warn!("{}", kernel(e));
+                    std::thread::sleep(MIN_GAP);
+                    Seen::Changes
+                }),
             None => {
                 std::thread::sleep(Duration::from_millis(500));
-                true
+                Seen::Changes
             }
         };
-        let seen = Instant::now();
-        if changed {
+        // This process's own repairs: nothing to compare.
+        if seen == Seen::OwnCommits && last.elapsed() < next {
+            continue;
+        }
+        let seen_at = Instant::now();
+        if seen == Seen::Changes {
             std::thread::sleep(SETTLE);
             if let Some(ev) = &mut events {
                 let _ = ev.drain();
@@ -262,7 +272,7 @@ pub fn watch(interval: Duration, mut counted: impl FnMut(usize, usize)) -> ! {
         if let Some(wait) = gap.checked_sub(last.elapsed()) {
             std::thread::sleep(wait);
         }
-        whole = pass_logged(seen, &mut counted);
+        whole = pass_logged(seen_at, &mut counted);
         last = Instant::now();
     }
 }

@@ -22,7 +22,7 @@ mod wire;
 
 use std::collections::HashMap;
 
-pub use events::RulesetEvents;
+pub use events::{RulesetEvents, Seen};
 pub use expr::{
     reg_at_word, CmpOp, CtKey, Expr, MetaKey, NatKind, PayloadBase, Verdict, FIB_F_DADDR,
     FIB_F_IIF, FIB_F_MARK, FIB_F_OIF, FIB_F_SADDR, FIB_RESULT_ADDRTYPE, NAT_MAP_IPS,

@@ -28,6 +28,7 @@ pub(super) const NFT_MSG_DELSET: u16 = 11;
 pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
 pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
 pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
+pub(super) const NFT_MSG_NEWGEN: u16 = 15;
 pub(super) const NFT_MSG_GETGEN: u16 = 16;
 
 pub(super) const NLM_F_REQUEST: u16 = 0x1;
@@ -93,6 +94,7 @@ pub(super) const NFT_SET_MAP: u32 = 0x8;
 pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 
 pub(super) const NFTA_GEN_ID: u16 = 1;
+pub(super) const NFTA_GEN_PROC_PID: u16 = 2;
 
 /// One attribute: a value, or attributes nested in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,16 +176,19 @@ pub(super) fn nft_type(msg: u16) -> u16 {
 /// The message of `batch` (messages back to back, as sent) with sequence
 /// number `seq`, header included.
 pub(super) fn message_with_seq(batch: &[u8], seq: u32) -> Option<&[u8]> {
-    let mut at = 0;
-    while let Some(rest) = batch.get(at..) {
-        let buf = NetlinkBuffer::new_checked(rest).ok()?;
-        let len = buf.length() as usize;
-        if buf.sequence_number() == seq {
-            return rest.get(..len);
-        }
-        at += (len + 3) & !3;
-    }
-    None
+    messages(batch).find(|m| NetlinkBuffer::new(*m).sequence_number() == seq)
+}
+
+/// The messages of `buf` (back to back, as sent or received), headers
+/// included; stops at the first malformed one.
+pub(super) fn messages(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let len = NetlinkBuffer::new_checked(rest).ok()?.length() as usize;
+        let msg = rest.get(..len)?;
+        rest = rest.get((len + 3) & !3..).unwrap_or_default();
+        Some(msg)
+    })
 }
 
 /// The nf_tables command (NFT_MSG_*) of a message, header included.
