@@ -10,8 +10,11 @@
 //! - [`attachment::BridgeNetwork`]: a container's attachment to a bridge
 //!   network (port, container side, gateway, firewall, and the records
 //!   DEL and GC work from), for berth-bridge and berth-overlay alike;
-//! - [`firewall::NetworkFirewall`]: a bridge network's nftables rules
-//!   and the record of them, whichever front end made the network;
+//! - [`firewall`]: everything berth owns in nftables (a bridge network's
+//!   rules and their record, published ports' maps and chains, the quiet
+//!   chain, MAC spoof checks, berth's rule in DOCKER-USER), as batches
+//!   built by pure functions and committed through berth-kernel's
+//!   nf_tables layer;
 //! - [`host_attachment`]: berth-host's `device` and `macvlan` attachments'
 //!   records, and putting a moved device back on the host;
 //! - [`container`]: the container side of an interface (addresses,
