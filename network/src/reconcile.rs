@@ -36,7 +36,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_kernel::nf_tables::{RulesetEvents, Seen};
+use berth_kernel::nf_tables::{Batch, RulesetEvents, Seen};
 use berth_kernel::parse_mac;
 
 use crate::attachment::state::State;
@@ -45,7 +45,7 @@ use crate::firewall::{
     quiet_add_in, spoofchk_add_in, spoofchk_missing_from_listing, DockerUser, NetworkFirewall,
     QUIET_CHAIN, SPOOFCHK_TABLE, TABLE,
 };
-use crate::{gateway, kernel, ports, Result};
+use crate::{gateway, kernel, ports, Error, Result};
 
 /// After the first event of a burst (a flush is many), how long to let
 /// the rest arrive before looking.
@@ -95,7 +95,29 @@ pub fn pass() -> Result<Pass> {
     }
     let mut repaired = Vec::new();
     let mut failed = Vec::new();
-    let inet = list_table_in(None, "inet", TABLE)?;
+    let mut inet = list_table_in(None, "inet", TABLE)?;
+    let bridge = if networks.is_empty() {
+        None
+    } else {
+        list_table_in(None, "bridge", SPOOFCHK_TABLE)?
+    };
+    match repair_at_once(
+        &state,
+        &networks,
+        &published,
+        inet.as_ref(),
+        bridge.as_ref(),
+    ) {
+        Ok(done) if done.is_empty() => {}
+        Ok(done) => {
+            repaired.extend(done);
+            // What follows finds nothing missing, unless something changed
+            // meanwhile.
+            inet = list_table_in(None, "inet", TABLE)?;
+        }
+        // One object refused: the repair one by one below says which.
+        Err(e) => tracing::debug!("repairing everything at once: {e}"),
+    }
     for fw in &networks {
         let missing = match &inet {
             None => Some(format!("table inet {TABLE}")),
@@ -188,6 +210,95 @@ pub fn pass() -> Result<Pass> {
         repaired.push(format!("sysctl {key}, which was turned off"));
     }
     Ok(Pass { repaired, failed })
+}
+
+/// Everything `inet` and `bridge` (the listings; None: the table is gone)
+/// lack of the records, put back in one transaction: after a flush that
+/// is a network's rules, the quiet chain, the spoof checks and the
+/// published ports, and each commit that makes chains or sets waits for
+/// the kernel's RCU grace period (about 16 ms here), so one commit
+/// instead of one per object is most of the way to a port answering
+/// again. Returns what was missing, one line each (empty: nothing). Err
+/// if an object is refused: nothing is applied then, and the repair one
+/// by one finds which.
+fn repair_at_once(
+    state: &State,
+    networks: &[NetworkFirewall],
+    published: &[firewall::PublishedPorts],
+    inet: Option<&firewall::TableListing>,
+    bridge: Option<&firewall::TableListing>,
+) -> Result<Vec<String>> {
+    let mut batch = Batch::new();
+    let mut done = Vec::new();
+    let mut quiet_in_batch = false;
+    for fw in networks {
+        let missing = match inet {
+            None => Some(format!("table inet {TABLE}")),
+            Some(l) => network_missing_from_listing(l, &fw.rules()),
+        };
+        if let Some(what) = missing {
+            // With the quiet chain: a network's batch refills it.
+            batch.extend(firewall::network_batch(&fw.rules())?);
+            quiet_in_batch = true;
+            done.push(format!("network {:?}: {what}", fw.network));
+        }
+    }
+    if !networks.is_empty() {
+        let prefixes = crate::names::port_prefixes();
+        let quiet = bridge
+            .and_then(|l| l.chain_rules(QUIET_CHAIN))
+            .is_some_and(|r| r >= prefixes.len());
+        if !quiet {
+            if !quiet_in_batch {
+                batch.extend(firewall::quiet_batch(&prefixes)?);
+            }
+            done.push(format!("the quiet chain of table bridge {SPOOFCHK_TABLE}"));
+        }
+        for fw in networks {
+            let records = state.records(&fw.network);
+            for (host_veth, mac) in state.spoof_macs(&fw.network) {
+                let missing = match bridge {
+                    None => Some(format!("table bridge {SPOOFCHK_TABLE}")),
+                    Some(l) => spoofchk_missing_from_listing(l, &host_veth),
+                };
+                let Some(what) = missing else { continue };
+                let Some(mac) = parse_mac(&mac) else {
+                    // Reported by the repair one by one.
+                    continue;
+                };
+                let container = records
+                    .iter()
+                    .find(|(v, _)| *v == host_veth)
+                    .and_then(|(_, r)| r.as_ref())
+                    .map_or("", |r| r.container_id.as_str());
+                batch.extend(firewall::spoofchk_add_batch(&host_veth, &mac, container)?);
+                done.push(format!(
+                    "MAC spoof check of {host_veth} (network {:?}): {what}",
+                    fw.network
+                ));
+            }
+        }
+    }
+    let ports = match ports::missing(inet, published) {
+        Some(what) => {
+            done.push(format!("published ports: {what}"));
+            Some(ports::Rebuild::begin(published)?)
+        }
+        None => None,
+    };
+    if let Some(r) = &ports {
+        batch.extend(r.batch.clone());
+    }
+    if batch.is_empty() {
+        return Ok(done);
+    }
+    batch
+        .commit(None, "put back berth's rules")
+        .map_err(Error::firewall)?;
+    if let Some(r) = ports {
+        r.done()?;
+    }
+    Ok(done)
 }
 
 /// Runs a pass, logging each repair with how long it took from `seen`

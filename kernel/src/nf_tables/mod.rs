@@ -197,12 +197,7 @@ impl Batch {
         elements: Vec<Element>,
         form: Option<objects::SetForm>,
     ) -> String {
-        let n = self
-            .commands
-            .iter()
-            .filter(|c| matches!(c, Command::AddAnonymousSet(..)))
-            .count();
-        let name = format!("{ANON_SET}/{n}");
+        let name = format!("{ANON_SET}/{}", self.anonymous_sets());
         self.push(Command::AddAnonymousSet(
             table.clone(),
             name.clone(),
@@ -290,10 +285,43 @@ impl Batch {
             .collect()
     }
 
-    /// Appends another batch's commands.
+    /// Appends another batch's commands (its anonymous sets renamed
+    /// after this batch's, so that each rule still looks up its own).
     pub fn extend(&mut self, other: Batch) -> &mut Batch {
-        self.commands.extend(other.commands);
+        let offset = self.anonymous_sets();
+        let renumber = |name: &mut String| {
+            let n = match name.split_once('/') {
+                Some((ANON_SET, n)) => n.parse::<usize>().ok(),
+                _ => None,
+            };
+            if let Some(n) = n {
+                *name = format!("{ANON_SET}/{}", n + offset);
+            }
+        };
+        for mut c in other.commands {
+            match &mut c {
+                Command::AddAnonymousSet(_, name, ..)
+                | Command::AddIntervalElements(_, name, _)
+                | Command::AddElements(_, name, _) => renumber(name),
+                Command::AddRule(r) | Command::InsertRule(r) => {
+                    for e in &mut r.exprs {
+                        if let Expr::Lookup { set, .. } = e {
+                            renumber(set);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.commands.push(c);
+        }
         self
+    }
+
+    fn anonymous_sets(&self) -> usize {
+        self.commands
+            .iter()
+            .filter(|c| matches!(c, Command::AddAnonymousSet(..)))
+            .count()
     }
 
     fn push(&mut self, c: Command) -> &mut Batch {
@@ -658,6 +686,53 @@ mod tests {
             Hook::Postrouting,
             100,
         )
+    }
+
+    #[test]
+    fn extending_keeps_each_rules_anonymous_set() {
+        let table = Table::new(Family::Inet, "t");
+        let chain = table.chain("c");
+        let one = |b: &mut Batch, v: u8| {
+            let set = b.add_anonymous_set(
+                &table,
+                Key(vec![DataType::InetProto]),
+                vec![Element::key(vec![v])],
+            );
+            b.add_rule(Rule::new(
+                &chain,
+                vec![Expr::Lookup {
+                    set,
+                    sreg: REG_1,
+                    dreg: None,
+                    invert: false,
+                }],
+            ));
+        };
+        let mut a = Batch::new();
+        one(&mut a, 6);
+        let mut b = Batch::new();
+        one(&mut b, 17);
+        one(&mut b, 1);
+        a.extend(b);
+        let looked_up: Vec<String> = a
+            .rules()
+            .flat_map(|r| r.exprs.iter())
+            .filter_map(|e| match e {
+                Expr::Lookup { set, .. } => Some(set.clone()),
+                _ => None,
+            })
+            .collect();
+        let made: Vec<&String> = a
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::AddAnonymousSet(_, name, _, e, _) => Some((name, e)),
+                _ => None,
+            })
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(looked_up, ["__set%d/0", "__set%d/1", "__set%d/2"]);
+        assert_eq!(made, looked_up.iter().collect::<Vec<_>>());
     }
 
     #[test]

@@ -63,22 +63,22 @@ pub use network::{
 };
 pub use portmap::{
     add_elements_in, missing_from_listing as portmap_missing_from_listing,
-    missing_in as portmap_missing_in, rebuild_in, remove_elements_in, structure_missing_in,
-    unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts, HAIRPIN_MARK, PM_FORWARD,
-    PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
+    missing_in as portmap_missing_in, rebuild_batch, rebuild_in, remove_elements_in,
+    structure_missing_in, unpublish_in, Conditions, PortMapping, Protocol, PublishedPorts,
+    HAIRPIN_MARK, PM_FORWARD, PM_OUTPUT, PM_POSTROUTING, PM_PREROUTING,
 };
-pub use quiet::{quiet_add_in, quiet_remove_in, QUIET_CHAIN};
+pub use quiet::{quiet_add_in, quiet_batch, quiet_remove_in, QUIET_CHAIN};
 pub use rules::{BRIDGES_SET, FORWARD_MARK, TABLE};
 pub use spoofchk::{
-    spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in, spoofchk_missing_from_listing,
-    spoofchk_remove_in, spoofchk_remove_table_if_unused_in, spoofchk_remove_table_in,
-    SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
+    spoofchk_add_batch, spoofchk_add_in, spoofchk_chain_name, spoofchk_macs_in,
+    spoofchk_missing_from_listing, spoofchk_remove_in, spoofchk_remove_table_if_unused_in,
+    spoofchk_remove_table_in, SPOOFCHK_CHAIN, SPOOFCHK_MAP, SPOOFCHK_TABLE,
 };
 pub use state::NetworkState;
 pub use table::{
-    apply, apply_in, network_missing_from_listing, network_present, network_present_in,
-    network_state, network_state_in, release_network_in, remove, remove_in, remove_table,
-    remove_table_if_empty_in, remove_table_in, remove_with_bridge_in, NetworkRules,
+    apply, apply_in, network_batch, network_missing_from_listing, network_present,
+    network_present_in, network_state, network_state_in, release_network_in, remove, remove_in,
+    remove_table, remove_table_if_empty_in, remove_table_in, remove_with_bridge_in, NetworkRules,
 };
 
 use crate::{Error, Result};

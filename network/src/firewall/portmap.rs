@@ -679,6 +679,17 @@ pub fn rebuild_in(
     replaced: Option<&PublishedPorts>,
     attachments: &[&PublishedPorts],
 ) -> Result<()> {
+    rebuild_batch(profiles, replaced, attachments)?
+        .commit(ns, "publish ports")
+        .map_err(Error::firewall)
+}
+
+/// What [`rebuild_in`] commits.
+pub fn rebuild_batch(
+    profiles: &[&Conditions],
+    replaced: Option<&PublishedPorts>,
+    attachments: &[&PublishedPorts],
+) -> Result<Batch> {
     for a in attachments {
         a.validate()?;
     }
@@ -704,7 +715,7 @@ pub fn rebuild_in(
     all.sort();
     all.dedup();
     add_elements(&mut b, &all);
-    b.commit(ns, "publish ports").map_err(Error::firewall)
+    Ok(b)
 }
 
 /// The common DEL: removes `ports`' elements and nothing else (an element

@@ -121,6 +121,13 @@ fn quiet_rule(b: &mut Batch, chain: &Chain, prefix: &str) -> Rule {
 /// Makes berth's bridges quiet for ports named `port_prefixes*`
 /// (idempotent: the chain is refilled).
 pub fn quiet_add_in(ns: Option<&Netns>, port_prefixes: &[String]) -> Result<()> {
+    quiet_batch(port_prefixes)?
+        .commit(ns, "quiet berth's bridges")
+        .map_err(Error::firewall)
+}
+
+/// What [`quiet_add_in`] commits.
+pub fn quiet_batch(port_prefixes: &[String]) -> Result<Batch> {
     let mut b = Batch::new();
     let quiet = chain(&mut b);
     b.flush_chain(&quiet.at);
@@ -129,8 +136,7 @@ pub fn quiet_add_in(ns: Option<&Netns>, port_prefixes: &[String]) -> Result<()> 
         let rule = quiet_rule(&mut b, &quiet, p);
         b.add_rule(rule);
     }
-    b.commit(ns, "quiet berth's bridges")
-        .map_err(Error::firewall)
+    Ok(b)
 }
 
 /// Drops the chain (no berth network is left; gone already is fine).

@@ -150,11 +150,16 @@ pub fn spoofchk_add_in(
     mac: &[u8; 6],
     container_id: &str,
 ) -> Result<()> {
-    check_ifname(host_veth)?;
     let op = format!("add MAC spoof check of {host_veth}");
-    add_batch(host_veth, mac, container_id)
+    spoofchk_add_batch(host_veth, mac, container_id)?
         .commit(ns, &op)
         .map_err(Error::firewall)
+}
+
+/// What [`spoofchk_add_in`] commits.
+pub fn spoofchk_add_batch(host_veth: &str, mac: &[u8; 6], container_id: &str) -> Result<Batch> {
+    check_ifname(host_veth)?;
+    Ok(add_batch(host_veth, mac, container_id))
 }
 
 /// Removes the MAC spoof check of `host_veth` (idempotent).

@@ -1,6 +1,7 @@
 //! A bridge network's objects in `inet berth`: installed, removed and
 //! read back as one batch or listing each.
 
+use berth_kernel::nf_tables::Batch;
 use ipnet::IpNet;
 
 use super::docker::remove_docker_user_in;
@@ -62,6 +63,15 @@ pub fn apply(rules: &NetworkRules) -> Result<()> {
 
 /// [`apply`] inside `ns` (None: the caller's namespace).
 pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
+    let op = format!("apply firewall rules of network {}", rules.network);
+    network_batch(rules)?
+        .commit(ns, &op)
+        .map_err(Error::firewall)
+}
+
+/// What [`apply`] commits: the network's objects, and the quiet chain
+/// for its bridge's ports, in one transaction.
+pub fn network_batch(rules: &NetworkRules) -> Result<Batch> {
     check_network(&rules.network)?;
     if rules.forward {
         check_ifname(&rules.bridge)?;
@@ -69,15 +79,12 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
     for u in &rules.uplinks {
         check_ifname(u)?;
     }
-    // The quiet chain first: should the network's batch then fail, all
-    // that stays is that chain, which the last network's removal drops.
+    let mut b = Batch::new();
     if rules.forward && !rules.quiet_ports.is_empty() {
-        quiet::quiet_add_in(ns, &rules.quiet_ports)?;
+        b.extend(quiet::quiet_batch(&rules.quiet_ports)?);
     }
-    let op = format!("apply firewall rules of network {}", rules.network);
-    rules::apply_batch(rules)
-        .commit(ns, &op)
-        .map_err(Error::firewall)
+    b.extend(rules::apply_batch(rules));
+    Ok(b)
 }
 
 /// Removes everything `network` has in the table. Succeeds when there is

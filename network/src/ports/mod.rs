@@ -26,6 +26,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::firewall::{self, Conditions, PortMapping, Protocol, PublishedPorts};
+use berth_kernel::nf_tables::Batch;
 use serde::{Deserialize, Serialize};
 use store::host::boot_id;
 use store::ports::{PortClaim, PortOwner, PortStore, Published};
@@ -367,33 +368,70 @@ pub fn repair(
     listing: Option<&firewall::TableListing>,
     all: &[PublishedPorts],
 ) -> Result<Option<String>, Error> {
-    if all.is_empty() {
+    let Some(what) = missing(listing, all) else {
         return Ok(None);
+    };
+    let rebuild = Rebuild::begin(all)?;
+    rebuild
+        .batch
+        .commit(None, "publish ports")
+        .map_err(Error::firewall)?;
+    rebuild.done()?;
+    Ok(Some(what))
+}
+
+/// What `listing` (of `inet berth`; None when the table is gone) lacks of
+/// `all`, as text; None when nothing.
+pub fn missing(listing: Option<&firewall::TableListing>, all: &[PublishedPorts]) -> Option<String> {
+    if all.is_empty() {
+        return None;
     }
     let refs: Vec<&PublishedPorts> = all.iter().collect();
     let profiles: Vec<&Conditions> = all.iter().map(|p| &p.conditions).collect();
-    let missing = match listing {
+    match listing {
         None => Some(format!("table inet {}", firewall::TABLE)),
         Some(l) => firewall::portmap_missing_from_listing(l, &profiles, &refs),
-    };
-    let Some(what) = missing else {
-        return Ok(None);
-    };
-    // The note is forgotten while the structure is rebuilt, so an ADD
-    // after a rebuild killed midway rebuilds it again. Where the store
-    // cannot be written (a read-only /run), the rebuild goes ahead
-    // without it: no ADD can run there either, and the next pass
-    // finishes what a killed one left.
-    let mut store = open_store()
-        .and_then(|mut st| st.set_structure(None).map_err(Error::store).map(|()| st))
-        .map_err(|e| tracing::warn!("rebuilding published ports without noting it: {e}"))
-        .ok();
-    firewall::rebuild_in(None, &profiles, None, &refs)?;
-    if let Some(st) = &mut store {
-        st.set_structure(Some(&structure_note(&profiles)))
-            .map_err(Error::store)?;
     }
-    Ok(Some(what))
+}
+
+/// A rebuild of every recorded attachment's ports: [`Rebuild::batch`] is
+/// committed by the caller (alone, or with the rest of a repair), then
+/// [`Rebuild::done`] notes it.
+pub struct Rebuild {
+    pub batch: Batch,
+    store: Option<PortStore>,
+    note: String,
+}
+
+impl Rebuild {
+    /// The rebuild of `all`. The note is forgotten while the structure is
+    /// rebuilt, so an ADD after a rebuild killed midway rebuilds it
+    /// again. Where the store cannot be written (a read-only /run), the
+    /// rebuild goes ahead without it: no ADD can run there either, and
+    /// the next pass finishes what a killed one left.
+    pub fn begin(all: &[PublishedPorts]) -> Result<Rebuild, Error> {
+        let refs: Vec<&PublishedPorts> = all.iter().collect();
+        let profiles: Vec<&Conditions> = all.iter().map(|p| &p.conditions).collect();
+        let batch = firewall::rebuild_batch(&profiles, None, &refs)?;
+        let store = open_store()
+            .and_then(|mut st| st.set_structure(None).map_err(Error::store).map(|()| st))
+            .map_err(|e| tracing::warn!("rebuilding published ports without noting it: {e}"))
+            .ok();
+        Ok(Rebuild {
+            batch,
+            store,
+            note: structure_note(&profiles),
+        })
+    }
+
+    /// After the batch was committed: notes the structure, so that ADDs
+    /// take the fast path again.
+    pub fn done(self) -> Result<(), Error> {
+        if let Some(mut st) = self.store {
+            st.set_structure(Some(&self.note)).map_err(Error::store)?;
+        }
+        Ok(())
+    }
 }
 
 /// Publishes `ports` for `owner`, claiming `claims` (ADD, and berthd's
