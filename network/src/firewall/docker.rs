@@ -101,6 +101,13 @@ pub fn ensure_docker_user_in(ns: Option<&Netns>) -> Result<()> {
 
 /// Removes berth's rule from the DOCKER-USER chains, if it is there.
 pub fn remove_docker_user_in(ns: Option<&Netns>) -> Result<()> {
+    remove_docker_user_batch(ns)?
+        .commit(ns, "delete berth's rule from DOCKER-USER")
+        .map_err(Error::firewall)
+}
+
+/// What [`remove_docker_user_in`] commits (after listing the chains).
+pub(crate) fn remove_docker_user_batch(ns: Option<&Netns>) -> Result<Batch> {
     let states = docker_user_in(ns)?;
     let mut b = Batch::new();
     for (family, st) in FAMILIES.into_iter().zip(&states) {
@@ -110,8 +117,7 @@ pub fn remove_docker_user_in(ns: Option<&Netns>) -> Result<()> {
             }
         }
     }
-    b.commit(ns, "delete berth's rule from DOCKER-USER")
-        .map_err(Error::firewall)
+    Ok(b)
 }
 
 #[cfg(test)]

@@ -148,10 +148,8 @@ fn release(state: &State, lock: &Lock, network: &str) -> Result<()> {
         // unless another network still uses it.
         let bridge = (!state.bridge_used_by_others(network, &marker.bridge))
             .then_some(marker.bridge.as_str());
-        let table_dropped = super::release_network_in(None, network, bridge)?;
-        if table_dropped {
-            super::spoofchk_remove_table_if_unused_in(None)?;
-        }
+        // The last network also takes `bridge berth` if it is unused.
+        super::release_network_in(None, network, bridge)?;
     }
     state.forget_network(lock, network)
 }

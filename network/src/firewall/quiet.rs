@@ -141,11 +141,17 @@ pub fn quiet_batch(port_prefixes: &[String]) -> Result<Batch> {
 
 /// Drops the chain (no berth network is left; gone already is fine).
 pub fn quiet_remove_in(ns: Option<&Netns>) -> Result<()> {
+    quiet_remove_batch()
+        .commit(ns, "drop the quiet chain")
+        .map_err(Error::firewall)
+}
+
+/// What [`quiet_remove_in`] commits.
+pub(crate) fn quiet_remove_batch() -> Batch {
     let mut b = Batch::new();
     let quiet = chain(&mut b);
     b.delete_chain(&quiet.at);
-    b.commit(ns, "drop the quiet chain")
-        .map_err(Error::firewall)
+    b
 }
 
 #[cfg(test)]

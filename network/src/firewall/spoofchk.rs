@@ -182,18 +182,44 @@ pub fn spoofchk_remove_table_in(ns: Option<&Netns>) -> Result<()> {
 /// Drops `bridge berth` if no port's check is left in it (the quiet chain
 /// and the base chain alone don't keep it).
 pub fn spoofchk_remove_table_if_unused_in(ns: Option<&Netns>) -> Result<()> {
-    let Some(listing) = nf_tables::list_table(ns, &bridge_table()).map_err(Error::firewall)? else {
+    let Some(unused) = unused_in(ns)? else {
         return Ok(());
+    };
+    let mut b = Batch::new();
+    if unused {
+        b.add_table(&bridge_table()).delete_table(&bridge_table());
+    }
+    b.commit(ns, "remove table bridge berth")
+        .map_err(Error::firewall)
+}
+
+/// What the last network's removal does to `bridge berth` (after a
+/// listing): drops the table if no port's check is left in it, else only
+/// the quiet chain; nothing if there is no such table.
+pub(crate) fn release_batch(ns: Option<&Netns>) -> Result<Batch> {
+    Ok(match unused_in(ns)? {
+        None => Batch::new(),
+        Some(true) => {
+            let mut b = Batch::new();
+            b.add_table(&bridge_table()).delete_table(&bridge_table());
+            b
+        }
+        Some(false) => super::quiet::quiet_remove_batch(),
+    })
+}
+
+/// Whether `bridge berth` holds no port's check; None if there is no such
+/// table.
+fn unused_in(ns: Option<&Netns>) -> Result<Option<bool>> {
+    let Some(listing) = nf_tables::list_table(ns, &bridge_table()).map_err(Error::firewall)? else {
+        return Ok(None);
     };
     let ports = listing
         .chains
         .iter()
         .filter(|c| c.at.name != SPOOFCHK_CHAIN && !super::quiet::is_quiet_chain(&c.at.name))
         .count();
-    if ports == 0 {
-        spoofchk_remove_table_in(ns)?;
-    }
-    Ok(())
+    Ok(Some(ports == 0))
 }
 
 /// For the reconciler: what `listing` (of `bridge berth`) lacks of

@@ -4,11 +4,11 @@
 use berth_kernel::nf_tables::Batch;
 use ipnet::IpNet;
 
-use super::docker::remove_docker_user_in;
+use super::docker::remove_docker_user_batch;
 use super::listing::TableListing;
 use super::names::{chain_names, ChainNames};
 use super::rules::{self, BRIDGES_SET};
-use super::spoofchk::spoofchk_remove_table_if_unused_in;
+use super::spoofchk;
 use super::state::{self, NetworkState};
 use super::{check_ifname, quiet};
 
@@ -146,14 +146,22 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
         remove_with_bridge_in(ns, network, bridge)?;
         return Ok(false);
     }
-    remove_docker_user_in(ns)?;
-    if listing.is_some() {
-        remove_table_in(ns)?;
-    }
-    // No berth network is left: no quiet bridge either.
-    quiet::quiet_remove_in(ns)?;
-    spoofchk_remove_table_if_unused_in(ns)?;
+    release_all_in(ns, listing.is_some())?;
     Ok(true)
+}
+
+/// No berth network is left: berth's DOCKER-USER rule, `inet berth` (if
+/// `inet`: it is there), the quiet chain and an unused `bridge berth` go,
+/// in one transaction (each commit that deletes waits for the kernel's
+/// RCU grace period).
+fn release_all_in(ns: Option<&Netns>, inet: bool) -> Result<()> {
+    let mut b = remove_docker_user_batch(ns)?;
+    if inet {
+        b.extend(rules::remove_table_batch());
+    }
+    b.extend(spoofchk::release_batch(ns)?);
+    b.commit(ns, "remove berth's last network's rules")
+        .map_err(Error::firewall)
 }
 
 /// Drops the `inet berth` table, and berth's DOCKER-USER rule with it, if
@@ -178,9 +186,7 @@ pub fn remove_table_if_empty_in(ns: Option<&Netns>) -> Result<bool> {
     if state::foreign_objects(&listing, &nothing) > 0 {
         return Ok(false);
     }
-    remove_docker_user_in(ns)?;
-    remove_table_in(ns)?;
-    spoofchk_remove_table_if_unused_in(ns)?;
+    release_all_in(ns, true)?;
     Ok(true)
 }
 
