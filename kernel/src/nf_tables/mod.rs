@@ -408,35 +408,36 @@ impl Batch {
             return Ok(());
         }
         let sent: Vec<Command> = self.commands.iter().flat_map(Command::expand).collect();
-        let mut sock = socket::open(ns, op)?;
-        let first = sock.next_seqs(sent.len() as u32 + 2);
-        let bytes = self.encode(first).map_err(|msg| Error::Protocol {
-            op: op.to_string(),
-            msg,
-        })?;
-        let failed = sock
-            .transact(&bytes, first + 1, sent.len())
-            .map_err(|e| e.context(op))?;
-        let Some(refused) = failed else {
-            return Ok(());
-        };
-        if let Some(feature) = missing_feature(&refused, &bytes, first) {
-            return Err(Error::Unsupported {
+        socket::with(ns, op, |sock| {
+            let first = sock.next_seqs(sent.len() as u32 + 2);
+            let bytes = self.encode(first).map_err(|msg| Error::Protocol {
                 op: op.to_string(),
-                feature,
-            });
-        }
-        let what = refused
-            .seq
-            .checked_sub(first + 1)
-            .and_then(|i| sent.get(i as usize))
-            .map(Command::describe)
-            .unwrap_or_else(|| "the batch".to_string());
-        Err(Error::NfTables {
-            op: op.to_string(),
-            object: what,
-            errno: refused.errno,
-            ext: refused.ext,
+                msg,
+            })?;
+            let failed = sock
+                .transact(&bytes, first + 1, sent.len())
+                .map_err(|e| e.context(op))?;
+            let Some(refused) = failed else {
+                return Ok(());
+            };
+            if let Some(feature) = missing_feature(&refused, &bytes, first) {
+                return Err(Error::Unsupported {
+                    op: op.to_string(),
+                    feature,
+                });
+            }
+            let what = refused
+                .seq
+                .checked_sub(first + 1)
+                .and_then(|i| sent.get(i as usize))
+                .map(Command::describe)
+                .unwrap_or_else(|| "the batch".to_string());
+            Err(Error::NfTables {
+                op: op.to_string(),
+                object: what,
+                errno: refused.errno,
+                ext: refused.ext,
+            })
         })
     }
 }
@@ -637,24 +638,23 @@ impl Listing {
 /// it is read again.
 pub fn list_table(ns: Option<&Netns>, table: &Table) -> Result<Option<Listing>> {
     let op = format!("list table {table}");
-    let mut sock = socket::open(ns, &op)?;
-    sock.list_table(table).map_err(|e| e.context(op))
+    socket::with(ns, &op, |sock| sock.list_table(table).map_err(|e| e.context(&op)))
 }
 
 /// The rules of `chain` in `ns`, in order; None if there is no such
 /// chain (or table).
 pub fn list_chain(ns: Option<&Netns>, chain: &ChainRef) -> Result<Option<Vec<Rule>>> {
     let op = format!("list chain {chain}");
-    let mut sock = socket::open(ns, &op)?;
-    sock.list_chain(chain).map_err(|e| e.context(op))
+    socket::with(ns, &op, |sock| sock.list_chain(chain).map_err(|e| e.context(&op)))
 }
 
 /// True if the kernel has nf_tables in `ns` (the module loaded or
 /// loadable): a generation query answers.
 pub fn available(ns: Option<&Netns>) -> Result<()> {
     let op = "ask nf_tables for its ruleset generation";
-    let mut sock = socket::open(ns, op)?;
-    sock.generation().map(|_| ()).map_err(|e| e.context(op))
+    socket::with(ns, op, |sock| {
+        sock.generation().map(|_| ()).map_err(|e| e.context(op))
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The NETLINK_NETFILTER socket nf_tables is spoken over: sending a batch
 //! and collecting its answers, and the dumps a listing is made of.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -72,6 +73,53 @@ pub(super) fn open(ns: Option<&Netns>, op: &str) -> Result<Socket> {
         seq: std::process::id().wrapping_mul(7919) | 1,
         rx: vec![0; RX_BUF],
     })
+}
+
+std::thread_local! {
+    /// This thread's socket in its own namespace (with that namespace's
+    /// ID), kept for the next call. Closing a netfilter socket while the
+    /// kernel still has objects of a commit to free (any commit that
+    /// deleted something) makes the close wait for that RCU grace period
+    /// (about 15 ms here): a process that keeps its socket pays that at
+    /// most once, at exit, and only for what has not passed by then.
+    static CACHED: RefCell<Option<(NetnsId, Socket)>> = const { RefCell::new(None) };
+}
+
+/// A network namespace's identity: its nsfs inode (device, inode).
+type NetnsId = (u64, u64);
+
+/// The namespace the calling thread is in; None if it cannot be told.
+fn current_netns() -> Option<NetnsId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Runs `f` on a socket in `ns` (None: the caller's namespace). In the
+/// caller's namespace the thread's socket is reused and kept if `f`
+/// succeeds; a failure may leave answers unread, so that socket is closed.
+pub(super) fn with<T>(
+    ns: Option<&Netns>,
+    op: &str,
+    f: impl FnOnce(&mut Socket) -> Result<T>,
+) -> Result<T> {
+    if ns.is_some() {
+        return f(&mut open(ns, op)?);
+    }
+    let here = current_netns();
+    let cached = CACHED
+        .with(|c| c.borrow_mut().take())
+        .filter(|(id, _)| Some(*id) == here)
+        .map(|(_, s)| s);
+    let mut sock = match cached {
+        Some(s) => s,
+        None => open(None, op)?,
+    };
+    let out = f(&mut sock)?;
+    if let Some(id) = here {
+        CACHED.with(|c| *c.borrow_mut() = Some((id, sock)));
+    }
+    Ok(out)
 }
 
 /// One received message: (type, flags, seq, payload after the header).
