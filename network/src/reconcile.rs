@@ -213,14 +213,12 @@ pub fn pass() -> Result<Pass> {
 }
 
 /// Everything `inet` and `bridge` (the listings; None: the table is gone)
-/// lack of the records, put back in one transaction: after a flush that
-/// is a network's rules, the quiet chain, the spoof checks and the
-/// published ports, and each commit that makes chains or sets waits for
-/// the kernel's RCU grace period (about 16 ms here), so one commit
-/// instead of one per object is most of the way to a port answering
-/// again. Returns what was missing, one line each (empty: nothing). Err
-/// if an object is refused: nothing is applied then, and the repair one
-/// by one finds which.
+/// lack of the records, put back in one transaction (after a flush: the
+/// networks' rules, the quiet chain, the spoof checks and the published
+/// ports), so a port answers again once that one commit is in, rather
+/// than after one commit per object. Returns what was missing, one line
+/// each (empty: nothing). Err if an object is refused: nothing is applied
+/// then, and the repair one by one finds which.
 fn repair_at_once(
     state: &State,
     networks: &[NetworkFirewall],

@@ -33,14 +33,16 @@
 //! into the same instructions nft would (nf_tables::matches) and refuses
 //! the others by name.
 //!
-//! Cost: an ADD that only adds elements commits in about 2 ms, whatever
-//! is installed; a transaction that touches a table, chain or set
-//! definition, flushes a chain or deletes anything waits for RCU grace
-//! periods (about 16 ms on this kernel). So the common ADD adds its
-//! elements and nothing else ([`add_elements_in`]); the structure is built
-//! by [`rebuild_in`] when the caller's record says it is not there (first
-//! ADD, new profile) or the fast path finds it gone. A DEL must delete
-//! ([`remove_elements_in`]).
+//! Cost: a transaction commits in well under a millisecond, whatever is
+//! installed. What a commit removes (a deleted element, a flushed chain's
+//! rules) the kernel frees after an RCU grace period, and closing a
+//! netfilter socket meanwhile waits for it (about 15 ms here; berth keeps
+//! its socket open, so a plugin waits at exit, for what is left of it).
+//! So the common ADD adds its elements and removes nothing
+//! ([`add_elements_in`]); the structure, whose base chains are flushed
+//! and refilled, is built by [`rebuild_in`] when the caller's record says
+//! it is not there (first ADD, new profile) or the fast path finds it
+//! gone. A DEL must delete ([`remove_elements_in`]).
 //!
 //! Idempotence without listing the ruleset: `add` of an existing table,
 //! chain, set or map is a no-op; base chains are flushed and refilled by
@@ -641,12 +643,9 @@ fn commit_unless_missing(b: &Batch, ns: Option<&Netns>, op: &str) -> Result<bool
 
 /// The common ADD: adds `ports`' elements (after removing those of
 /// `replaced` that it no longer has, for a repeated ADD), touching nothing
-/// else. Element additions are the one kind of nftables transaction the
-/// kernel commits without waiting for an RCU grace period (a fraction of
-/// a millisecond here against 16 for anything that touches a table, chain
-/// or set definition, or deletes), whatever the number of elements
-/// installed. Ok(false), with nothing changed, if the structure (see
-/// [`rebuild_in`]) is not there.
+/// else: removing nothing, it leaves the kernel no grace period to wait
+/// for (see the module's cost note). Ok(false), with nothing changed, if
+/// the structure (see [`rebuild_in`]) is not there.
 pub fn add_elements_in(
     ns: Option<&Netns>,
     replaced: Option<&PublishedPorts>,

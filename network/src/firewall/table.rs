@@ -152,8 +152,7 @@ pub fn release_network_in(ns: Option<&Netns>, network: &str, bridge: Option<&str
 
 /// No berth network is left: berth's DOCKER-USER rule, `inet berth` (if
 /// `inet`: it is there), the quiet chain and an unused `bridge berth` go,
-/// in one transaction (each commit that deletes waits for the kernel's
-/// RCU grace period).
+/// in one transaction: all or nothing, in one round trip.
 fn release_all_in(ns: Option<&Netns>, inet: bool) -> Result<()> {
     let mut b = remove_docker_user_batch(ns)?;
     if inet {
