@@ -1813,3 +1813,59 @@ pub fn tcp_probe(
         Ok(text.trim().to_string())
     })
 }
+
+/// POST /`method` with `body` (sent as is, so it may be malformed on
+/// purpose) to berthd's plugin socket, as the Docker engine calls it
+/// (hyper's HTTP/1.1 client): the status and the JSON answer
+/// (`Value::Null` if the answer is not JSON). Panics if the socket does
+/// not connect, the exchange fails or it takes longer than `timeout`.
+pub fn plugin_post(socket: &Path, method: &str, body: &[u8], timeout: Duration) -> (u16, Value) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::header::{ACCEPT, CONTENT_LENGTH, HOST};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let request = hyper::Request::post(format!("/{method}"))
+        .header(HOST, "plugin.moby.localhost")
+        .header(ACCEPT, "application/vnd.docker.plugins.v1.2+json")
+        // As Go's client sends it, even for an empty body.
+        .header(CONTENT_LENGTH, body.len())
+        .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+        .expect("plugin request");
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("answer: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok::<_, String>((status, answer))
+    };
+    let (status, answer) = rt
+        .block_on(async { tokio::time::timeout(timeout, exchange).await })
+        .unwrap_or_else(|_| {
+            panic!(
+                "POST /{method} to {}: no answer within {timeout:?}",
+                socket.display()
+            )
+        })
+        .unwrap_or_else(|e| panic!("POST /{method} to {}: {e}", socket.display()));
+    let answer = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    (status, answer)
+}

@@ -4,7 +4,7 @@
 //! Mounts it makes (bind, tmpfs, loop-mounted images) are under that root
 //! and are checked gone; a guard unmounts anything a failed test left.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,36 +94,7 @@ impl Berthd {
 
     /// POST /<method> with `body` (raw); (status, JSON answer).
     fn raw(&self, method: &str, body: &[u8]) -> (u16, Value) {
-        let mut s = UnixStream::connect(self.socket()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let head = format!(
-            "POST /{method} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut r = BufReader::new(s);
-        let mut status = String::new();
-        r.read_line(&mut status).unwrap();
-        let code: u16 = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status line");
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).unwrap();
-            if h.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        plugin_post(&self.socket(), method, body, Duration::from_secs(60))
     }
 
     fn call(&self, method: &str, body: Value) -> (u16, Value) {

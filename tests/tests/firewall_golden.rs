@@ -19,7 +19,7 @@
 //! (one file per scenario, one `# --- step: ... ---` section per step);
 //! without it, a missing golden fails the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1158,38 +1158,12 @@ impl Berthd {
 
     /// POST /<method> with `body`; the answer, which must be a success.
     fn ok(&self, method: &str, body: Value) -> Value {
-        let mut s = UnixStream::connect(self.dir.path().join("berth.sock")).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("timeout");
+        let socket = self.dir.path().join("berth.sock");
         let body = format!("{body}\n");
-        let head = format!(
-            "POST /{method} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
-             Accept: application/vnd.docker.plugins.v1.2+json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).expect("write");
-        s.write_all(body.as_bytes()).expect("write");
-        let mut r = BufReader::new(s);
-        let mut status = String::new();
-        r.read_line(&mut status).expect("status line");
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).expect("header");
-            if h.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().expect("content length");
-            }
-        }
-        let mut answer = vec![0; len];
-        r.read_exact(&mut answer).expect("body");
-        let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        let (code, v) = plugin_post(&socket, method, body.as_bytes(), Duration::from_secs(60));
         assert!(
-            status.contains(" 200 ") && v["Err"].as_str().unwrap_or("").is_empty(),
-            "{method} {body}: {status} {v}"
+            code == 200 && v["Err"].as_str().unwrap_or("").is_empty(),
+            "{method} {body}: {code} {v}"
         );
         v
     }

@@ -6,7 +6,7 @@
 //! `strace -f -e trace=execve` in a namespace standing for the host, and
 //! every exec it attempts, successful or not, is listed. Run as root.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -681,40 +681,12 @@ fn berth_ipam_and_berth_overlay_exec_nothing_of_the_hosts() {
 /// POST /METHOD with `body` to berthd's plugin socket, as the Docker
 /// engine calls it: (status, JSON answer).
 fn post(socket: &Path, method: &str, body: &Value) -> (u16, Value) {
-    let body = format!("{body}\n");
-    let mut s = UnixStream::connect(socket).expect("connect to berthd");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let head = format!(
-        "POST /{method} HTTP/1.1\r\nHost: plugin.moby.localhost\r\n\
-         Accept: application/vnd.docker.plugins.v1.2+json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("send");
-    s.write_all(body.as_bytes()).expect("send");
-    let mut r = BufReader::new(s);
-    let mut status = String::new();
-    r.read_line(&mut status).expect("status line");
-    let code = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{method}: status line {status:?}"));
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).expect("header");
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().expect("content-length");
-        }
-    }
-    let mut answer = vec![0; len];
-    r.read_exact(&mut answer).expect("body");
-    (code, serde_json::from_slice(&answer).unwrap_or(Value::Null))
+    plugin_post(
+        socket,
+        method,
+        format!("{body}\n").as_bytes(),
+        Duration::from_secs(30),
+    )
 }
 
 /// etcd's answer to GET /health on 127.0.0.1:2379 in `ns` (empty while it
