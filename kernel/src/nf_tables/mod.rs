@@ -638,14 +638,18 @@ impl Listing {
 /// it is read again.
 pub fn list_table(ns: Option<&Netns>, table: &Table) -> Result<Option<Listing>> {
     let op = format!("list table {table}");
-    socket::with(ns, &op, |sock| sock.list_table(table).map_err(|e| e.context(&op)))
+    socket::with(ns, &op, |sock| {
+        sock.list_table(table).map_err(|e| e.context(&op))
+    })
 }
 
 /// The rules of `chain` in `ns`, in order; None if there is no such
 /// chain (or table).
 pub fn list_chain(ns: Option<&Netns>, chain: &ChainRef) -> Result<Option<Vec<Rule>>> {
     let op = format!("list chain {chain}");
-    socket::with(ns, &op, |sock| sock.list_chain(chain).map_err(|e| e.context(&op)))
+    socket::with(ns, &op, |sock| {
+        sock.list_chain(chain).map_err(|e| e.context(&op))
+    })
 }
 
 /// True if the kernel has nf_tables in `ns` (the module loaded or
