@@ -38,6 +38,11 @@ pub(crate) struct Cli {
     /// berth-bridge, else <workspace>/target/release]
     #[arg(long = "cni-path-berth", value_name = "DIR")]
     pub(crate) berth_dir: Option<PathBuf>,
+    /// berth's previous build (its plugins and its `berth` binary): the
+    /// parts compare, floor, portmap, cri, bandwidth and reconcile measure
+    /// it as a third implementation, `berth (before)`, in the same rounds
+    #[arg(long = "cni-path-before", value_name = "DIR")]
+    pub(crate) before_dir: Option<PathBuf>,
     /// reference bridge + host-local
     #[arg(
         long = "cni-path-ref",
@@ -150,6 +155,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Clone)]
 pub(crate) struct Args {
     pub(crate) berth_dir: PathBuf,
+    /// `--cni-path-before`: berth's previous build, measured beside.
+    pub(crate) before_dir: Option<PathBuf>,
     pub(crate) ref_dir: PathBuf,
     pub(crate) ns: Vec<usize>,
     pub(crate) compare: bool,
@@ -346,6 +353,7 @@ pub(crate) fn parse_args(argv: &[String]) -> std::result::Result<Args, clap::Err
     };
     Ok(Args {
         berth_dir: cli.berth_dir.unwrap_or_else(default_berth_dir),
+        before_dir: cli.before_dir,
         compare: only("compare"),
         floor: only("floor"),
         concurrent: only("concurrent"),
@@ -435,6 +443,20 @@ mod tests {
         assert!(parse_args(&argv("--n 0")).is_err());
         assert!(parse_args(&argv("--only nope")).is_err());
         assert!(parse_args(&argv("--n")).is_err());
+    }
+
+    #[test]
+    fn before_flag() {
+        assert_eq!(parse_args(&[]).unwrap().before_dir, None);
+        let a = parse_args(&argv(
+            "--only portmap,cri --cni-path-before /old/target/release",
+        ))
+        .unwrap();
+        assert_eq!(a.before_dir, Some(PathBuf::from("/old/target/release")));
+        assert!(a.portmap && a.cri && !a.compare);
+        let a = parse_args(&argv("--cni-path-before=/a --cni-path-before /b")).unwrap();
+        assert_eq!(a.before_dir, Some(PathBuf::from("/b")));
+        assert!(parse_args(&argv("--cni-path-before")).is_err());
     }
 
     #[test]

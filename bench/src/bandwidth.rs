@@ -26,7 +26,8 @@
 //!   level, R rounds (`--bandwidth-reps`) after one warm-up round: one more
 //!   container per implementation, in a fresh netns made outside the
 //!   timing, ADDed through the chain (berth, then the reference), then
-//!   both DELeted. Each step is one exec of the plugin, timed around the
+//!   both DELeted, in the same order; the order rotates round by round
+//!   (the first DEL after the ADDs is the slower, whoever's it is). Each step is one exec of the plugin, timed around the
 //!   exec; the chain's time is the sum of its two steps. Medians and p90s,
 //!   ref/berth ratios, and each median over the first level's (growth):
 //!   whether a shaper's cost grows with the shaped containers beside it.
@@ -42,6 +43,11 @@
 //!   applied after its packets left it (containernetworking/plugins#922).
 //!   One run at a time, implementations alternating.
 //!
+//! * With `--cni-path-before`, berth's previous build is a third host
+//!   (same levels, its ADDs and DELs between berth's and the reference's
+//!   in every round); the rates are measured for berth and the reference
+//!   only.
+//!
 //! Cleanup, on failure as well: the measured containers are DELeted
 //! through the chain; the rest goes with the namespaces: dropping a host
 //! namespace deletes its bridge, veths (and so their container ends) and
@@ -56,7 +62,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::etcd::quantile;
+use crate::etcd::{quantile, rotated};
 use crate::exec::{exec_plugin_env, with_prev_result};
 use crate::report::{Bandwidth, BandwidthLevel, ChainStep, Rate, RateRow, Spread};
 use crate::stats::{median, ms, ratio};
@@ -318,26 +324,34 @@ impl Host {
     }
 }
 
-/// The samples of one level, per implementation: bridge ADD, shaper ADD,
-/// shaper DEL, bridge DEL.
-type Samples = [[Vec<f64>; 4]; 2];
+/// The samples of one level, per implementation (berth, [before,]
+/// reference): bridge ADD, shaper ADD, shaper DEL, bridge DEL.
+type Samples = Vec<[Vec<f64>; 4]>;
 
 /// R rounds (after one warm-up) of one more container per implementation.
-fn rounds(hosts: &[Host; 2], level: usize, reps: usize) -> Result<Samples> {
-    let mut samples: Samples = Default::default();
+fn rounds(hosts: &[Host], level: usize, reps: usize) -> Result<Samples> {
+    let mut samples: Samples = vec![Default::default(); hosts.len()];
     for round in 0..=reps {
-        let nss = [Netns::new(ns_name("c"))?, Netns::new(ns_name("c"))?];
+        let nss = hosts
+            .iter()
+            .map(|_| Netns::new(ns_name("c")))
+            .collect::<Result<Vec<_>>>()?;
         let cid = format!("probe{level}-{round}");
-        let mut attached = Vec::new();
-        let mut times = [[0.0; 4]; 2];
-        for (k, h) in hosts.iter().enumerate() {
-            let (a, [b, s]) = h.add(&cid, &nss[k], LIMITS[0], LIMITS[1])?;
+        let mut attached: Vec<Option<Attachment>> = hosts.iter().map(|_| None).collect();
+        let mut times = vec![[0.0; 4]; hosts.len()];
+        // The order rotates round by round: the first DEL after the ADDs
+        // is the slower (the kernel's deferred work of the ADDs before),
+        // whoever's it is.
+        let order = rotated(&(0..hosts.len()).collect::<Vec<usize>>(), round);
+        for &k in &order {
+            let (a, [b, s]) = hosts[k].add(&cid, &nss[k], LIMITS[0], LIMITS[1])?;
             times[k][0] = b;
             times[k][1] = s;
-            attached.push(a);
+            attached[k] = Some(a);
         }
-        for (k, h) in hosts.iter().enumerate() {
-            let [s, b] = h.del(&attached[k], &nss[k])?;
+        for &k in &order {
+            let a = attached[k].as_ref().context("no attachment")?;
+            let [s, b] = hosts[k].del(a, &nss[k])?;
             times[k][2] = s;
             times[k][3] = b;
         }
@@ -361,7 +375,9 @@ fn spread(v: &[f64]) -> Spread {
 }
 
 /// The steps of a level's table from its samples: each step and the
-/// chain's sums, with ref/berth ratios of the medians.
+/// chain's sums, with ref/berth (and before/berth) ratios of the medians.
+/// The first samples are berth's, the last the reference's, any between
+/// berth's previous build's.
 fn steps(samples: &Samples) -> Vec<ChainStep> {
     let sum = |s: &[Vec<f64>; 4], a: usize, b: usize| -> Vec<f64> {
         s[a].iter().zip(&s[b]).map(|(x, y)| x + y).collect()
@@ -376,16 +392,23 @@ fn steps(samples: &Samples) -> Vec<ChainStep> {
             sum(s, 2, 3),
         ]
     };
-    let (b, r) = (figures(&samples[0]), figures(&samples[1]));
+    let b = figures(&samples[0]);
+    let r = figures(&samples[samples.len() - 1]);
+    let old = (samples.len() > 2).then(|| figures(&samples[1]));
     ChainStep::NAMES
         .iter()
         .enumerate()
         .map(|(i, &step)| {
             let (berth, reference) = (spread(&b[i]), spread(&r[i]));
+            let before = old.as_ref().map(|o| spread(&o[i]));
             ChainStep {
                 step,
                 ratio: ratio(reference.median_ms, berth.median_ms),
+                ratio_before: before
+                    .as_ref()
+                    .and_then(|o| ratio(o.median_ms, berth.median_ms)),
                 berth,
+                before,
                 reference,
             }
         })
@@ -397,15 +420,24 @@ fn add_growth(levels: &mut [BandwidthLevel]) {
     let Some(first) = levels.first() else {
         return;
     };
-    let base: Vec<[Option<f64>; 2]> = first
+    let base: Vec<[Option<f64>; 3]> = first
         .steps
         .iter()
-        .map(|s| [s.berth.median_ms, s.reference.median_ms])
+        .map(|s| {
+            [
+                s.berth.median_ms,
+                s.reference.median_ms,
+                s.before.as_ref().and_then(|o| o.median_ms),
+            ]
+        })
         .collect();
     for l in levels.iter_mut() {
         for (s, b) in l.steps.iter_mut().zip(&base) {
             s.berth.growth = ratio(s.berth.median_ms, b[0]);
             s.reference.growth = ratio(s.reference.median_ms, b[1]);
+            if let Some(o) = &mut s.before {
+                o.growth = ratio(o.median_ms, b[2]);
+            }
         }
     }
 }
@@ -596,8 +628,9 @@ struct Probe {
     attachment: Attachment,
 }
 
-/// Each limit, protocol and direction, for both implementations.
-fn rates(hosts: &[Host; 2], secs: u64) -> Result<Vec<RateRow>> {
+/// Each limit, protocol and direction, for both implementations (berth's
+/// and the reference's).
+fn rates(hosts: [&Host; 2], secs: u64) -> Result<Vec<RateRow>> {
     // probes[host][i] is limited as PROBE_LIMITS[i].
     let mut probes: Vec<Vec<Probe>> = Vec::new();
     for h in hosts {
@@ -665,6 +698,7 @@ fn rates(hosts: &[Host; 2], secs: u64) -> Result<Vec<RateRow>> {
 
 pub(crate) fn bandwidth(
     berth_dir: &Path,
+    before_dir: Option<&Path>,
     ref_dir: &Path,
     cni_version: &str,
     levels: &[usize],
@@ -672,10 +706,12 @@ pub(crate) fn bandwidth(
     secs: u64,
 ) -> Result<Bandwidth> {
     let start = Instant::now();
-    let mut hosts = [
-        Host::new(Chain::berth(berth_dir), cni_version)?,
-        Host::new(Chain::reference(ref_dir), cni_version)?,
-    ];
+    // berth, [before,] reference.
+    let mut hosts = vec![Host::new(Chain::berth(berth_dir), cni_version)?];
+    if let Some(dir) = before_dir {
+        hosts.push(Host::new(Chain::berth(dir), cni_version)?);
+    }
+    hosts.push(Host::new(Chain::reference(ref_dir), cni_version)?);
     for h in &mut hosts {
         h.resident()?;
     }
@@ -683,19 +719,24 @@ pub(crate) fn bandwidth(
     let mut rate_rows = None;
     for &level in levels {
         eprintln!("bandwidth: installing {level} shaped containers per implementation");
-        let berth_fill = hosts[0].fill(level)?;
-        let ref_fill = hosts[1].fill(level)?;
+        let fills = hosts
+            .iter_mut()
+            .map(|h| h.fill(level))
+            .collect::<Result<Vec<f64>>>()?;
         eprintln!("bandwidth: {reps} rounds with {level} shaped containers");
         let samples = rounds(&hosts, level, reps)?;
         out.push(BandwidthLevel {
             shaped: level,
-            berth_fill_secs: berth_fill,
-            ref_fill_secs: ref_fill,
+            berth_fill_secs: fills[0],
+            ref_fill_secs: fills[fills.len() - 1],
+            before_fill_secs: (fills.len() > 2).then(|| fills[1]),
             steps: steps(&samples),
         });
         if rate_rows.is_none() {
-            eprintln!("bandwidth: rates, iperf3 -t {secs} -O {OMIT_SECS}");
-            rate_rows = Some(rates(&hosts, secs)?);
+            eprintln!(
+                "bandwidth: rates, iperf3 -t {secs} -O {OMIT_SECS} (berth and the reference)"
+            );
+            rate_rows = Some(rates([&hosts[0], &hosts[hosts.len() - 1]], secs)?);
         }
     }
     add_growth(&mut out);
@@ -747,7 +788,7 @@ mod tests {
     #[test]
     fn chain_steps_and_growth() {
         let s = |v: &[f64]| v.to_vec();
-        let samples: Samples = [
+        let samples: Samples = vec![
             [s(&[2.0, 4.0]), s(&[1.0, 3.0]), s(&[5.0]), s(&[6.0])],
             [s(&[20.0, 40.0]), s(&[10.0, 30.0]), s(&[50.0]), s(&[60.0])],
         ];
@@ -765,13 +806,15 @@ mod tests {
                 shaped: 0,
                 berth_fill_secs: 0.0,
                 ref_fill_secs: 0.0,
+                before_fill_secs: None,
                 steps: steps0,
             },
             BandwidthLevel {
                 shaped: 10,
                 berth_fill_secs: 1.0,
                 ref_fill_secs: 2.0,
-                steps: steps(&[
+                before_fill_secs: None,
+                steps: steps(&vec![
                     [s(&[4.0]), s(&[2.0]), s(&[5.0]), s(&[6.0])],
                     [s(&[30.0]), s(&[20.0]), s(&[50.0]), s(&[60.0])],
                 ]),
@@ -781,6 +824,48 @@ mod tests {
         assert_eq!(levels[0].steps[0].berth.growth, Some(1.0));
         assert_eq!(levels[1].steps[0].berth.growth, Some(4.0 / 3.0));
         assert_eq!(levels[1].steps[1].reference.growth, Some(1.0));
+    }
+
+    #[test]
+    fn chain_steps_with_the_previous_build() {
+        let s = |v: &[f64]| v.to_vec();
+        let two: Samples = vec![
+            [s(&[2.0]), s(&[1.0]), s(&[5.0]), s(&[6.0])],
+            [s(&[20.0]), s(&[10.0]), s(&[50.0]), s(&[60.0])],
+        ];
+        assert!(steps(&two)
+            .iter()
+            .all(|c| c.before.is_none() && c.ratio_before.is_none()));
+        // berth, before, reference: the reference is the last.
+        let three: Samples = vec![
+            [s(&[2.0]), s(&[1.0]), s(&[5.0]), s(&[6.0])],
+            [s(&[4.0]), s(&[3.0]), s(&[10.0]), s(&[12.0])],
+            [s(&[20.0]), s(&[10.0]), s(&[50.0]), s(&[60.0])],
+        ];
+        let st = steps(&three);
+        assert_eq!(st[0].reference.median_ms, Some(20.0));
+        assert_eq!(st[0].ratio, Some(10.0));
+        assert_eq!(st[2].before.as_ref().unwrap().median_ms, Some(7.0));
+        assert_eq!(st[2].ratio_before, Some(7.0 / 3.0));
+        assert_eq!(st[5].ratio_before, Some(2.0));
+        let level = |shaped, samples: &Samples| BandwidthLevel {
+            shaped,
+            berth_fill_secs: 0.0,
+            ref_fill_secs: 0.0,
+            before_fill_secs: Some(0.0),
+            steps: steps(samples),
+        };
+        let mut doubled = three.clone();
+        for x in doubled[1].iter_mut().flatten() {
+            *x *= 2.0;
+        }
+        let mut levels = vec![level(0, &three), level(1000, &doubled)];
+        add_growth(&mut levels);
+        assert_eq!(
+            levels[1].steps[0].before.as_ref().unwrap().growth,
+            Some(2.0)
+        );
+        assert_eq!(levels[1].steps[0].berth.growth, Some(1.0));
     }
 
     #[test]

@@ -66,8 +66,9 @@
 //!    does), `berth node` ready with N peers, and M pods on it (the
 //!    conflist's ADDs straight, one hostPort each). Then `berth node`'s
 //!    resident set (VmRSS of /proc/PID/status, every second, and VmHWM at
-//!    the end) and CPU (utime + stime of /proc/PID/stat, all threads, as
-//!    a share of one core) idle for I seconds, and during a flush storm:
+//!    the end) and CPU (utime + stime of /proc/PID/stat, all threads, and
+//!    its waited-for children's, as a share of one core) idle for I
+//!    seconds, and during a flush storm:
 //!    `nft flush ruleset` in the node's namespace 10 times a second for T
 //!    seconds, counted until berth's tables are back after the last.
 //!    Targets: < 30 MiB resident, < 1% of a core idle.

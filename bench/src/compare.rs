@@ -151,7 +151,11 @@ pub(crate) fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<CompareRow> {
     // one-time costs (page cache, firewall tables, sysctls) that would
     // otherwise land on whichever implementation runs first.
     eprintln!("compare: warm-up (1 container per implementation, not counted)");
+    let before = args.before_dir.as_deref().map(Impl::before);
     let _ = run_series(&berth, 1, args, taken);
+    if let Some(old) = &before {
+        let _ = run_series(old, 1, args, taken);
+    }
     if !args.no_ref {
         let _ = run_series(&reference, 1, args, taken);
     }
@@ -159,6 +163,10 @@ pub(crate) fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<CompareRow> {
     for &n in &args.ns {
         eprintln!("compare: N={n} berth");
         let b = run_series(&berth, n, args, taken);
+        let o = before.as_ref().map(|old| {
+            eprintln!("compare: N={n} {}", old.display());
+            run_series(old, n, args, taken)
+        });
         let r = if args.no_ref {
             None
         } else {
@@ -173,6 +181,13 @@ pub(crate) fn compare(args: &Args, taken: &mut Vec<u8>) -> Vec<CompareRow> {
             .and_then(|r| ratio(median(&r.del_ms), median(&b.del_ms)));
         rows.push(CompareRow {
             n,
+            add_ratio_before_over_berth: o
+                .as_ref()
+                .and_then(|o| ratio(median(&o.add_ms), median(&b.add_ms))),
+            del_ratio_before_over_berth: o
+                .as_ref()
+                .and_then(|o| ratio(median(&o.del_ms), median(&b.del_ms))),
+            before: o.as_ref().map(|o| o.report(n)),
             berth: b.report(n),
             reference: r.as_ref().map(|r| r.report(n)),
             add_ratio_ref_over_berth: add_ratio,

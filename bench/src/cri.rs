@@ -9,6 +9,10 @@
 //! with isGateway, ipMasq and default routes, chained with portmap. Every
 //! pod publishes one hostPort, as the Kubernetes case that matters here.
 //!
+//! With `--cni-path-before`, berth's previous build gets a third
+//! containerd the same way (subnets 10.203.2.0/24 and fd00:b203:2::/64),
+//! its pods alternating with the others'.
+//!
 //! Per pod, in turn for berth and the reference: RunPodSandbox,
 //! StopPodSandbox, RemovePodSandbox, each timed around the gRPC call, and
 //! what containerd itself reports of the network's share:
@@ -138,9 +142,11 @@ pub(crate) fn berth_single_node(
     (binaries, conflist(0, types, network, bridge, data))
 }
 
-/// An implementation's node in the bench's own namespace.
-fn node(label: &'static str, k: u8, dir: &Path) -> Result<CriNode> {
-    let (types, binaries) = plugins(k == 1);
+/// An implementation's node in the bench's own namespace: `k` numbers
+/// its subnets, host ports and bridge (0 berth, 1 the reference, 2
+/// berth's previous build).
+fn node(label: &'static str, k: u8, dir: &Path, reference: bool) -> Result<CriNode> {
+    let (types, binaries) = plugins(reference);
     let pid = std::process::id();
     let network = format!("bench-cri-{label}-{pid}");
     let bridge = format!("bcri{k}-{}", pid % 1_000_000_000);
@@ -316,10 +322,27 @@ fn summary(samples: &[Sample], adds: &[f64]) -> CriSummary {
     }
 }
 
-pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Cri> {
-    eprintln!("cri: starting a containerd for berth and one for the reference plugins");
-    let mut nodes = [node("berth", 0, berth_dir)?, node("ref", 1, ref_dir)?];
-    let mut samples: [Vec<(String, Sample)>; 2] = Default::default();
+pub fn cri(
+    berth_dir: &Path,
+    before_dir: Option<&Path>,
+    ref_dir: &Path,
+    pods: usize,
+) -> Result<Cri> {
+    eprintln!(
+        "cri: starting a containerd for berth{} and one for the reference plugins",
+        if before_dir.is_some() {
+            ", one for berth (before)"
+        } else {
+            ""
+        }
+    );
+    // berth, [before,] reference: pods alternate in this order.
+    let mut nodes = vec![node("berth", 0, berth_dir, false)?];
+    if let Some(dir) = before_dir {
+        nodes.push(node("before", 2, dir, false)?);
+    }
+    nodes.push(node("ref", 1, ref_dir, true)?);
+    let mut samples: Vec<Vec<(String, Sample)>> = vec![Vec::new(); nodes.len()];
     for node in nodes.iter_mut() {
         node.resident()?;
     }
@@ -336,13 +359,31 @@ pub fn cri(berth_dir: &Path, ref_dir: &Path, pods: usize) -> Result<Cri> {
         }
     }
     let containerd = containerd_version();
-    let [berth, reference] = [0, 1].map(|k| nodes[k].summary(&samples[k]));
+    let mut summaries: Vec<CriSummary> = nodes
+        .iter()
+        .zip(&samples)
+        .map(|(n, s)| n.summary(s))
+        .collect();
+    let reference = summaries.pop().context("no reference figures")?;
+    let before = if before_dir.is_some() {
+        summaries.pop()
+    } else {
+        None
+    };
+    let berth = summaries.pop().context("no berth figures")?;
     let ratio = CriTimes::ratio(&reference.times, &berth.times);
     Ok(Cri {
         pods,
         containerd,
         network: "bridge + IPAM (IPv4 /24 + IPv6 /64, isGateway, ipMasq, default routes) + portmap, one hostPort per pod, one resident pod",
+        ratio_before: before
+            .as_ref()
+            .map(|b| CriTimes::ratio(&b.times, &berth.times)),
+        ratio_ref_over_before: before
+            .as_ref()
+            .map(|b| CriTimes::ratio(&reference.times, &b.times)),
         berth,
+        before,
         reference,
         ratio,
     })

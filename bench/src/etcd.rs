@@ -175,7 +175,7 @@ impl Store {
 }
 
 /// Round `r`'s order of `items`: it starts with item `r % len`.
-fn rotated<T: Copy>(items: &[T], r: usize) -> Vec<T> {
+pub(crate) fn rotated<T: Copy>(items: &[T], r: usize) -> Vec<T> {
     let k = r % items.len();
     items[k..].iter().chain(&items[..k]).copied().collect()
 }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+/// What the reports call berth's previous build (`--cni-path-before`).
+pub(crate) const BEFORE: &str = "berth (before)";
+
 #[derive(Debug, Clone)]
 pub(crate) struct Impl {
     pub(crate) label: &'static str,
@@ -24,6 +27,25 @@ impl Impl {
             dir: dir.into(),
             bridge: "berth-bridge",
             ipam: "berth-ipam",
+        }
+    }
+
+    /// berth's previous build (`--cni-path-before`): the same plugins from
+    /// another dir. Its label goes into names (networks, temp dirs);
+    /// [`BEFORE`] is what the reports call it.
+    pub(crate) fn before(dir: &Path) -> Self {
+        Self {
+            label: "before",
+            ..Self::berth(dir)
+        }
+    }
+
+    /// The name the reports give it.
+    pub(crate) fn display(&self) -> &'static str {
+        match self.label {
+            "before" => BEFORE,
+            "ref" => "reference",
+            l => l,
         }
     }
 
@@ -46,6 +68,8 @@ impl Impl {
                     p.display(),
                     if self.label == "berth" {
                         " (build with `cargo build --workspace --bins --release` or pass --cni-path-berth)"
+                    } else if self.label == "before" {
+                        " (build berth's previous commit with `cargo build --release --bins` and pass its target/release)"
                     } else {
                         " (apt-get install containernetworking-plugins, or pass --cni-path-ref / --no-ref)"
                     }

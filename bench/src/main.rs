@@ -13,14 +13,17 @@
 //! * `floor` — the kernel's veth deletion cost, the floor under any DEL:
 //!   times `ip link del` of a veth pair (both ends in one throwaway netns,
 //!   and with the peer in a second netns as for a container), next to the
-//!   cost of running `ip` itself (`ip link show lo`).
+//!   cost of running `ip` itself (`ip link show lo`); and a network's first
+//!   ADD and last DEL against the usual ones, berth-bridge + berth-ipam in
+//!   private host namespaces (see floor.rs).
 //! * `concurrent` — K (64) ADDs at once on one berth network: all must
 //!   succeed with no address handed out twice; then K DELs at once.
 //! * `host` — berth-host's none, macvlan and device modes against
 //!   `loopback`, `macvlan` and `host-device` (see host.rs).
 //! * `portmap` — one more container's published ports with 0, 1000 and
-//!   5000 mappings installed, berth-portmap against `portmap` (see
-//!   portmap.rs).
+//!   5000 mappings installed, berth-portmap against `portmap`, and the
+//!   firewall part of berth's ADD and DEL (its one nf_tables batch) timed
+//!   in process (see portmap.rs).
 //! * `engine` — berthd under the Docker engine: volume protocol round
 //!   trips, `docker volume create` + `docker run -v` against the `local`
 //!   driver, `docker run` on a berth network against the `bridge` driver
@@ -67,6 +70,11 @@
 //!   the agent's RSS and CPU with N nodes' leases and M pods, idle and in
 //!   a flush storm (see cluster.rs).
 //!
+//! `--cni-path-before DIR` adds berth's previous build (its plugins and
+//! `berth` binary in DIR) as a third implementation, `berth (before)`, to
+//! compare, floor, portmap, cri, bandwidth and reconcile, in the same
+//! rounds as the others, with its figures over berth's in the tables.
+//!
 //! The report (report.rs) is printed as tables for people (print.rs), as
 //! JSON (`--json`) or as Markdown tables for docs/results/ (`--markdown`,
 //! markdown.rs; `scripts/bench-table` writes them there).
@@ -102,7 +110,7 @@ use crate::args::parse_args;
 use crate::compare::compare;
 use crate::concurrent::concurrent;
 use crate::exec::Impl;
-use crate::floor::{del_in_place, floor, FLOOR_BRIDGE_PORTS};
+use crate::floor::{del_in_place, first_last, floor, FIRST_LAST_CONTAINERS, FLOOR_BRIDGE_PORTS};
 use crate::print::print_tables;
 use crate::report::{split, Config, Report};
 
@@ -156,8 +164,29 @@ fn real_main() -> Result<bool> {
     }
     if args.floor {
         eprintln!("floor: berth DEL vs deleting the same veth, {FLOOR_BRIDGE_PORTS} containers");
-        (report.del_in_place, report.del_in_place_error) = split(del_in_place(&args, &mut taken));
+        let berth = Impl::berth(&args.berth_dir);
+        (report.del_in_place, report.del_in_place_error) =
+            split(del_in_place(&args, &berth, &mut taken));
         ok &= report.del_in_place_error.is_none();
+        if let Some(dir) = &args.before_dir {
+            let before = Impl::before(dir);
+            eprintln!(
+                "floor: {} DEL vs deleting the same veth, {FLOOR_BRIDGE_PORTS} containers",
+                before.display()
+            );
+            (report.del_in_place_before, report.del_in_place_before_error) = split(
+                before
+                    .check()
+                    .and_then(|()| del_in_place(&args, &before, &mut taken)),
+            );
+            ok &= report.del_in_place_before_error.is_none();
+        }
+        eprintln!(
+            "floor: a network's first ADD and last DEL, {} networks of {FIRST_LAST_CONTAINERS} containers per build and case",
+            args.floor_reps
+        );
+        (report.first_last, report.first_last_error) = split(first_last(&args, args.floor_reps));
+        ok &= report.first_last_error.is_none();
     }
     if args.concurrent {
         (report.concurrent, report.concurrent_error) = split(concurrent(&args, &mut taken));
@@ -174,6 +203,7 @@ fn real_main() -> Result<bool> {
     if args.portmap {
         (report.portmap, report.portmap_error) = split(portmap::portmap_levels(
             &args.berth_dir,
+            args.before_dir.as_deref(),
             &args.ref_dir,
             args.portmap_reps,
         ));
@@ -197,13 +227,18 @@ fn real_main() -> Result<bool> {
         ok &= report.overlay.as_ref().is_some_and(|o| o.ok());
     }
     if args.cri {
-        (report.cri, report.cri_error) =
-            split(cri::cri(&args.berth_dir, &args.ref_dir, args.cri_pods));
+        (report.cri, report.cri_error) = split(cri::cri(
+            &args.berth_dir,
+            args.before_dir.as_deref(),
+            &args.ref_dir,
+            args.cri_pods,
+        ));
         ok &= report.cri_error.is_none();
     }
     if args.reconcile {
         (report.reconcile, report.reconcile_error) = split(reconcile::reconcile(
             &args.berth_dir,
+            args.before_dir.as_deref(),
             args.reconcile_containers,
             args.reconcile_flushes,
             &args.cni_version,
@@ -217,6 +252,7 @@ fn real_main() -> Result<bool> {
     if args.bandwidth {
         (report.bandwidth, report.bandwidth_error) = split(bandwidth::bandwidth(
             &args.berth_dir,
+            args.before_dir.as_deref(),
             &args.ref_dir,
             &args.cni_version,
             &args.bandwidth_levels,

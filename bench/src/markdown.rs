@@ -18,10 +18,11 @@
 use std::fmt::Write as _;
 
 use crate::args::Args;
+use crate::exec::BEFORE;
 use crate::print::{fx, fx2, pct};
 use crate::report::{
-    Bandwidth, Cluster, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor,
-    FlowReport, FlowRow, HostRow, Overlay, PortmapRow, Reconcile, Report,
+    Bandwidth, Cluster, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, FirstLast,
+    Floor, FlowReport, FlowRow, HostRow, Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// What follows the part's name on a heading line.
@@ -303,24 +304,44 @@ fn compare(run: &Run, rows: &[CompareRow]) -> String {
         "per container (one exec of the bridge plugin each), medians",
     );
     b.push_str("\n\n");
-    b.push_str(
-        "| containers | berth ADD | reference ADD | ratio | berth DEL | reference DEL | ratio |\n",
-    );
-    b.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+    let three = rows.iter().any(|r| r.before.is_some());
+    if three {
+        let _ = writeln!(
+            b,
+            "| containers | berth ADD | {BEFORE} ADD | before/berth | reference ADD | ratio | berth DEL | {BEFORE} DEL | before/berth | reference DEL | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+    } else {
+        b.push_str(
+            "| containers | berth ADD | reference ADD | ratio | berth DEL | reference DEL | ratio |\n",
+        );
+        b.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+    }
     for r in rows {
         let reference = r.reference.as_ref();
-        row(
-            &mut b,
-            &[
-                r.n.to_string(),
-                ms(r.berth.add_median_ms),
-                ms(reference.and_then(|s| s.add_median_ms)),
-                fx(r.add_ratio_ref_over_berth),
-                ms(r.berth.del_median_ms),
-                ms(reference.and_then(|s| s.del_median_ms)),
-                fx(r.del_ratio_ref_over_berth),
-            ],
-        );
+        let old = r.before.as_ref();
+        let mut cells = vec![r.n.to_string(), ms(r.berth.add_median_ms)];
+        if three {
+            cells.extend([
+                ms(old.and_then(|s| s.add_median_ms)),
+                fx2(r.add_ratio_before_over_berth),
+            ]);
+        }
+        cells.extend([
+            ms(reference.and_then(|s| s.add_median_ms)),
+            fx(r.add_ratio_ref_over_berth),
+            ms(r.berth.del_median_ms),
+        ]);
+        if three {
+            cells.extend([
+                ms(old.and_then(|s| s.del_median_ms)),
+                fx2(r.del_ratio_before_over_berth),
+            ]);
+        }
+        cells.extend([
+            ms(reference.and_then(|s| s.del_median_ms)),
+            fx(r.del_ratio_ref_over_berth),
+        ]);
+        row(&mut b, &cells);
     }
     let growth: Vec<&CompareRow> = rows.iter().filter(|r| r.n >= 200).collect();
     if !growth.is_empty() {
@@ -362,9 +383,50 @@ fn floor(run: &Run, report: &Report, args: &Args) -> String {
     if let Some(d) = &report.del_in_place {
         del_in_place_rows(&mut b, d);
     }
+    if let Some(d) = &report.del_in_place_before {
+        del_in_place_rows(&mut b, d);
+    }
     failed(&mut b, "floor", &report.floor_error);
     failed(&mut b, "del_in_place", &report.del_in_place_error);
+    failed(
+        &mut b,
+        &format!("del_in_place, {BEFORE}"),
+        &report.del_in_place_before_error,
+    );
+    if let Some(fl) = &report.first_last {
+        first_last(&mut b, fl);
+    }
+    failed(&mut b, "first_last", &report.first_last_error);
     b
+}
+
+/// A network's first ADD and last DEL against the usual ones.
+fn first_last(b: &mut String, fl: &FirstLast) {
+    let _ = writeln!(
+        b,
+        "\nA network's first ADD (it makes the network's bridge and firewall rules) and last DEL (it removes the rules), berth-bridge + berth-ipam as in `compare`, {} of {} per build and case (the first, {} usual ADDs and DELs, the last), builds alternating, each in a private host namespace that holds another berth network or nothing, medians (target: no more than {} ms above a usual ADD or DEL):\n",
+        count(fl.networks, "network"),
+        count(fl.containers, "container"),
+        fl.containers.saturating_sub(2) + 1,
+        fl.target_ms
+    );
+    b.push_str("| build | host holds | first ADD | usual ADD | first − usual | last DEL | usual DEL | last − usual | ≤ target |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in &fl.rows {
+        row(
+            b,
+            &[
+                r.build.to_string(),
+                r.case.to_string(),
+                ms(r.first_add.median_ms),
+                ms(r.usual_add.median_ms),
+                plus_ms(r.add_over_usual_ms),
+                ms(r.last_del.median_ms),
+                ms(r.usual_del.median_ms),
+                plus_ms(r.del_over_usual_ms),
+                crate::print::pass(r.pass(fl.target_ms)).into(),
+            ],
+        );
+    }
 }
 
 fn floor_rows(b: &mut String, fl: &Floor, reps: usize) {
@@ -393,12 +455,23 @@ fn floor_rows(b: &mut String, fl: &Floor, reps: usize) {
 }
 
 fn del_in_place_rows(b: &mut String, d: &DelInPlace) {
+    // berth's rows as they always were; the previous build's say so.
+    let (containers, whose) = if d.build == "berth" {
+        ("berth container", "berth's".to_string())
+    } else {
+        ("container", format!("{}'s", d.build))
+    };
+    let of = if d.build == "berth" {
+        String::new()
+    } else {
+        format!(" of {}", d.build)
+    };
     row(
         b,
         &[
             format!(
-                "a container's host veth, {} on one network (every other one)",
-                count(d.containers, "berth container")
+                "a container's host veth, {}{of} on one network (every other one)",
+                count(d.containers, containers)
             ),
             ms(d.kernel_veth_del_ms),
         ],
@@ -407,7 +480,7 @@ fn del_in_place_rows(b: &mut String, d: &DelInPlace) {
         b,
         &[
             format!(
-                "berth's whole DEL of the others (process start included): {} the kernel's",
+                "{whose} whole DEL of the others (process start included): {} the kernel's",
                 fx(d.berth_over_kernel)
             ),
             ms(d.berth_del_ms),
@@ -482,26 +555,117 @@ fn host(b: &mut String, rows: &[HostRow]) {
 }
 
 fn portmap(b: &mut String, rows: &[PortmapRow]) {
-    b.push_str("| installed | berth ADD | growth | berth DEL | growth | reference ADD | growth | reference DEL | growth |\n");
-    b.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    if rows.iter().any(|r| r.before.is_some()) {
+        portmap_three(b, rows);
+    } else {
+        b.push_str("| installed | berth ADD | growth | berth DEL | growth | reference ADD | growth | reference DEL | growth |\n");
+        b.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in rows {
+            let (s, rf) = (&r.berth, &r.reference);
+            row(
+                b,
+                &[
+                    r.installed_mappings.to_string(),
+                    ms(s.add_ms),
+                    fx2(s.add_growth),
+                    ms(s.del_ms),
+                    fx2(s.del_growth),
+                    ms(rf.add_ms),
+                    fx2(rf.add_growth),
+                    ms(rf.del_ms),
+                    fx2(rf.del_growth),
+                ],
+            );
+        }
+        b.push_str("\n(growth: the cost at that level over the cost with none installed.)\n");
+    }
+    portmap_firewall(b, rows);
+}
+
+/// The portmap table with berth's previous build: a row per level and
+/// implementation, each with its cost over berth's.
+fn portmap_three(b: &mut String, rows: &[PortmapRow]) {
+    b.push_str(
+        "| installed | plugin | ADD | growth | over berth's | DEL | growth | over berth's |\n",
+    );
+    b.push_str("|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
-        let (s, rf) = (&r.berth, &r.reference);
+        let rf = &r.reference;
+        let mut sides = vec![(
+            "berth".to_string(),
+            [r.berth.add_ms, r.berth.add_growth, None],
+            [r.berth.del_ms, r.berth.del_growth, None],
+        )];
+        if let Some(s) = &r.before {
+            sides.push((
+                BEFORE.to_string(),
+                [s.add_ms, s.add_growth, r.add_ratio_before],
+                [s.del_ms, s.del_growth, r.del_ratio_before],
+            ));
+        }
+        sides.push((
+            format!("reference ({})", rf.plugin),
+            [rf.add_ms, rf.add_growth, r.add_ratio],
+            [rf.del_ms, rf.del_growth, r.del_ratio],
+        ));
+        for (name, add, del) in sides {
+            row(
+                b,
+                &[
+                    r.installed_mappings.to_string(),
+                    name,
+                    ms(add[0]),
+                    fx2(add[1]),
+                    fx2(add[2]),
+                    ms(del[0]),
+                    fx2(del[1]),
+                    fx2(del[2]),
+                ],
+            );
+        }
+    }
+    b.push_str("\n(growth: the cost at that level over the cost with none installed; over berth's: the median over berth's at the same level, in the same rounds.)\n");
+}
+
+/// The firewall part of berth's ADD and DEL, timed in process.
+fn portmap_firewall(b: &mut String, rows: &[PortmapRow]) {
+    let Some(target) = rows.first().map(|r| r.firewall.target_ms) else {
+        return;
+    };
+    let _ = writeln!(
+        b,
+        "\nThe firewall part of berth's ADD and DEL alone (target < {target} ms each): the one nf_tables batch the common ADD commits (`add_elements_in`) and the one the common DEL commits (`remove_elements_in`), timed in process in a namespace of its own holding the level's mappings, with the elements berth-portmap makes for the measured container, in the same rounds, medians and p90:\n"
+    );
+    b.push_str("| installed | ADD batch | p90 | DEL batch | p90 | < target |\n|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let f = &r.firewall;
         row(
             b,
             &[
                 r.installed_mappings.to_string(),
-                ms(s.add_ms),
-                fx2(s.add_growth),
-                ms(s.del_ms),
-                fx2(s.del_growth),
-                ms(rf.add_ms),
-                fx2(rf.add_growth),
-                ms(rf.del_ms),
-                fx2(rf.del_growth),
+                ms(f.add.median_ms),
+                ms(f.add.p90_ms),
+                ms(f.del.median_ms),
+                ms(f.del.p90_ms),
+                crate::print::pass(f.pass()).into(),
             ],
         );
     }
-    b.push_str("\n(growth: the cost at that level over the cost with none installed.)\n");
+    if let Some((first, last)) = rows.iter().find_map(|r| {
+        Some((
+            r.firewall.first_add.as_ref()?,
+            r.firewall.last_del.as_ref()?,
+        ))
+    }) {
+        let _ = writeln!(
+            b,
+            "\nWith nothing published (what berth-portmap does at 0 installed, where each measured container is the first and the last): the first ADD's batch (the structure and the elements, `rebuild_in`) {} (p90 {}), the last DEL's (`unpublish_in`, then the empty table removed) {} (p90 {}).",
+            ms(first.median_ms),
+            ms(first.p90_ms),
+            ms(last.median_ms),
+            ms(last.p90_ms)
+        );
+    }
 }
 
 fn engine(b: &mut String, e: &Engine) {
@@ -809,16 +973,39 @@ fn cluster(b: &mut String, c: &Cluster) {
 }
 
 fn cri(b: &mut String, c: &Cri) {
+    let name = |name: &str| match name.strip_prefix("  ") {
+        Some(sub) => format!("&nbsp;&nbsp;{sub}"),
+        None => name.to_string(),
+    };
+    if let (Some(before), Some(rb), Some(rrb)) =
+        (&c.before, &c.ratio_before, &c.ratio_ref_over_before)
+    {
+        let _ = writeln!(
+            b,
+            "| | berth | {BEFORE} | reference | ref/berth | before/berth | ref/before |\n|---|---:|---:|---:|---:|---:|---:|"
+        );
+        for (n, figure) in CriTimes::ROWS {
+            row(
+                b,
+                &[
+                    name(n),
+                    ms(figure(&c.berth.times)),
+                    ms(figure(&before.times)),
+                    ms(figure(&c.reference.times)),
+                    fx(figure(&c.ratio)),
+                    fx2(figure(rb)),
+                    fx(figure(rrb)),
+                ],
+            );
+        }
+        return;
+    }
     b.push_str("| | berth | reference | ref/berth |\n|---|---:|---:|---:|\n");
-    for (name, figure) in CriTimes::ROWS {
-        let name = match name.strip_prefix("  ") {
-            Some(sub) => format!("&nbsp;&nbsp;{sub}"),
-            None => name.to_string(),
-        };
+    for (n, figure) in CriTimes::ROWS {
         row(
             b,
             &[
-                name,
+                name(n),
                 ms(figure(&c.berth.times)),
                 ms(figure(&c.reference.times)),
                 fx(figure(&c.ratio)),
@@ -828,80 +1015,94 @@ fn cri(b: &mut String, c: &Cri) {
 }
 
 fn reconcile(b: &mut String, r: &Reconcile) {
+    if let Some(old) = &r.before {
+        return reconcile_three(b, r, old);
+    }
     // `count` adds an "s"; these take "es".
-    let es = |n: usize, thing: &str| format!("{n} {thing}{}", if n == 1 { "" } else { "es" });
     let each = |v: &[f64]| {
         let items: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
         items.join(" ")
     };
     b.push_str("| | median | max | each |\n|---|---:|---:|---|\n");
-    row(
-        b,
-        &[
+    for (what, median, max, v) in reconcile_rows(r) {
+        row(b, &[what, ms(median), ms(max), each(v)]);
+    }
+    b.push_str("\n| the watcher's CPU | share of one core |\n|---|---:|\n");
+    for (what, v) in reconcile_cpu(r) {
+        row(b, &[what, pct(v)]);
+    }
+    let _ = writeln!(b, "\n{}", reconcile_after(r));
+    for e in &r.errors {
+        failed(b, "reconcile", &Some(e.clone()));
+    }
+}
+
+/// `count` with "es".
+fn es(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "es" })
+}
+
+/// A row of the reconcile table: what, median, max, each.
+type ReconcileRow<'a> = (String, Option<f64>, Option<f64>, &'a [f64]);
+
+/// The reconcile table's rows.
+fn reconcile_rows(r: &Reconcile) -> [ReconcileRow<'_>; 4] {
+    [
+        (
             format!(
                 "`nft flush ruleset` returned → the published port answered again from outside ({} of {})",
                 r.answer_ms.len(),
                 es(r.flushes, "flush")
             ),
-            ms(r.answer_median_ms),
-            ms(r.answer_max_ms),
-            each(&r.answer_ms),
-        ],
-    );
-    row(
-        b,
-        &[
+            r.answer_median_ms,
+            r.answer_max_ms,
+            &r.answer_ms,
+        ),
+        (
             "the watcher's own figure (its log): change seen → end of the pass that put the rules back".into(),
-            ms(r.logged_median_ms),
-            ms(r.logged_max_ms),
-            each(&r.logged_ms),
-        ],
-    );
-    row(
-        b,
-        &[
+            r.logged_median_ms,
+            r.logged_max_ms,
+            &r.logged_ms,
+        ),
+        (
             format!(
                 "`berth status -o json` over the {} and {} (process start included)",
                 count(r.containers, "container"),
                 count(r.mappings, "published port")
             ),
-            ms(r.status_median_ms),
-            ms(r.status_max_ms),
-            each(&r.status_ms),
-        ],
-    );
-    row(
-        b,
-        &[
+            r.status_median_ms,
+            r.status_max_ms,
+            &r.status_ms,
+        ),
+        (
             "`berth metrics` over the same (process start included)".into(),
-            ms(r.metrics_median_ms),
-            ms(r.metrics_max_ms),
-            each(&r.metrics_ms),
-        ],
-    );
-    b.push_str("\n| the watcher's CPU | share of one core |\n|---|---:|\n");
-    row(
-        b,
-        &[
-            format!("idle, {:.0} s", r.idle_secs),
-            pct(r.idle_cpu_percent),
-        ],
-    );
-    row(
-        b,
-        &[
+            r.metrics_median_ms,
+            r.metrics_max_ms,
+            &r.metrics_ms,
+        ),
+    ]
+}
+
+/// The watcher's CPU rows: what, share of one core.
+fn reconcile_cpu(r: &Reconcile) -> [(String, f64); 2] {
+    [
+        (format!("idle, {:.0} s", r.idle_secs), r.idle_cpu_percent),
+        (
             format!(
                 "flush storm: {} in {:.1} s, until the port answered again ({} put the ports back)",
                 es(r.storm_flushes, "flush"),
                 r.storm_secs,
                 es(r.storm_port_repairs, "pass")
             ),
-            pct(r.storm_cpu_percent),
-        ],
-    );
-    let _ = writeln!(
-        b,
-        "\nAfter the storm the port answered again in {} (limit {:.0} ms): {}. {} and {} installed in {:.1} s; the watcher's first pass (nothing to repair) took {}.",
+            r.storm_cpu_percent,
+        ),
+    ]
+}
+
+/// The line after the tables: the storm's end, the setup, the first pass.
+fn reconcile_after(r: &Reconcile) -> String {
+    format!(
+        "After the storm the port answered again in {} (limit {:.0} ms): {}. {} and {} installed in {:.1} s; the watcher's first pass (nothing to repair) took {}.",
         ms(r.after_storm_answer_ms),
         r.after_storm_limit_ms,
         crate::print::pass(r.after_storm_pass),
@@ -909,9 +1110,69 @@ fn reconcile(b: &mut String, r: &Reconcile) {
         count(r.mappings, "published port"),
         r.setup_secs,
         ms(Some(r.first_pass_ms))
+    )
+}
+
+/// The reconcile tables with berth's previous build: a row per figure and
+/// build, each with its median over berth's.
+fn reconcile_three(b: &mut String, r: &Reconcile, old: &Reconcile) {
+    let each = |v: &[f64]| {
+        let items: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        items.join(" ")
+    };
+    b.push_str("| | build | median | max | over berth's | each |\n|---|---|---:|---:|---:|---|\n");
+    for ((what, median, max, v), (_, old_median, old_max, old_v)) in
+        reconcile_rows(r).into_iter().zip(reconcile_rows(old))
+    {
+        row(
+            b,
+            &[
+                what,
+                "berth".into(),
+                ms(median),
+                ms(max),
+                String::new(),
+                each(v),
+            ],
+        );
+        row(
+            b,
+            &[
+                String::new(),
+                BEFORE.into(),
+                ms(old_median),
+                ms(old_max),
+                fx2(crate::stats::ratio(old_median, median)),
+                each(old_v),
+            ],
+        );
+    }
+    let _ = writeln!(
+        b,
+        "\n| the watcher's CPU | berth | {BEFORE} |\n|---|---:|---:|"
+    );
+    for ((what, v), (old_what, old_v)) in reconcile_cpu(r).into_iter().zip(reconcile_cpu(old)) {
+        let what = if what == old_what {
+            what
+        } else {
+            format!(
+                "{what}; {BEFORE}: {}",
+                old_what.replace("flush storm: ", "")
+            )
+        };
+        row(b, &[what, pct(v), pct(old_v)]);
+    }
+    let _ = writeln!(
+        b,
+        "\nberth: {}\n\n{BEFORE} (its own host namespace, containers and watcher; flushes alternating with berth's, the idle CPU over the same 10 s): {}",
+        reconcile_after(r),
+        reconcile_after(old)
     );
     for e in &r.errors {
         failed(b, "reconcile", &Some(e.clone()));
+    }
+    for e in &old.errors {
+        failed(b, &format!("reconcile, {BEFORE}"), &Some(e.clone()));
     }
 }
 
@@ -999,10 +1260,21 @@ fn mbit(v: Option<f64>) -> String {
 }
 
 fn bandwidth(b: &mut String, bw: &Bandwidth) {
-    b.push_str(
-        "| shaped already | step | berth | p90 | growth | reference | p90 | growth | ref/berth |\n",
-    );
-    b.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let three = bw
+        .levels
+        .iter()
+        .any(|l| l.steps.iter().any(|s| s.before.is_some()));
+    if three {
+        let _ = writeln!(
+            b,
+            "| shaped already | step | berth | p90 | growth | {BEFORE} | p90 | growth | before/berth | reference | p90 | growth | ref/berth |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+    } else {
+        b.push_str(
+            "| shaped already | step | berth | p90 | growth | reference | p90 | growth | ref/berth |\n",
+        );
+        b.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    }
     for l in &bw.levels {
         for s in &l.steps {
             let (be, rf) = (&s.berth, &s.reference);
@@ -1012,20 +1284,24 @@ fn bandwidth(b: &mut String, bw: &Bandwidth) {
             } else {
                 s.step.to_string()
             };
-            row(
-                b,
-                &[
-                    l.shaped.to_string(),
-                    step,
-                    ms(be.median_ms),
-                    ms(be.p90_ms),
-                    fx2(be.growth),
-                    ms(rf.median_ms),
-                    ms(rf.p90_ms),
-                    fx2(rf.growth),
-                    fx(s.ratio),
-                ],
-            );
+            let mut cells = vec![
+                l.shaped.to_string(),
+                step,
+                ms(be.median_ms),
+                ms(be.p90_ms),
+                fx2(be.growth),
+            ];
+            if three {
+                let old = s.before.as_ref();
+                cells.extend([
+                    ms(old.and_then(|o| o.median_ms)),
+                    ms(old.and_then(|o| o.p90_ms)),
+                    fx2(old.and_then(|o| o.growth)),
+                    fx2(s.ratio_before),
+                ]);
+            }
+            cells.extend([ms(rf.median_ms), ms(rf.p90_ms), fx2(rf.growth), fx(s.ratio)]);
+            row(b, &cells);
         }
     }
     b.push_str("\n(bridge: the bridge plugin with its IPAM; shaper: the bandwidth plugin, its `prevResult` the bridge's result; chain: the two, per container; DEL in reverse order, each with the chain's result. growth: the median at that level over the median at the first.)\n");
@@ -1033,11 +1309,15 @@ fn bandwidth(b: &mut String, bw: &Bandwidth) {
         .levels
         .iter()
         .filter(|l| l.shaped > 0)
-        .map(|l| {
-            format!(
+        .map(|l| match l.before_fill_secs {
+            Some(old) => format!(
+                "up to {}: berth {:.1} s, {BEFORE} {old:.1} s, reference {:.1} s",
+                l.shaped, l.berth_fill_secs, l.ref_fill_secs
+            ),
+            None => format!(
                 "up to {}: berth {:.1} s, reference {:.1} s",
                 l.shaped, l.berth_fill_secs, l.ref_fill_secs
-            )
+            ),
         })
         .collect();
     if !filled.is_empty() {
@@ -1049,11 +1329,16 @@ fn bandwidth(b: &mut String, bw: &Bandwidth) {
     }
     let _ = writeln!(
         b,
-        "\nRates as the receiver counted them (iperf3 `-J`, `end.sum_received`), with {} beside, `-t {} -O {}`, bursts of {} bits; the client always in the container (`-R` for ingress); TCP as fast as it goes, UDP sent at twice the limit:\n",
+        "\nRates as the receiver counted them (iperf3 `-J`, `end.sum_received`), with {} beside, `-t {} -O {}`, bursts of {} bits; the client always in the container (`-R` for ingress); TCP as fast as it goes, UDP sent at twice the limit{}:\n",
         count(bw.rates_at_shaped, "shaped container"),
         bw.iperf_secs,
         bw.omit_secs,
-        bw.burst_bits
+        bw.burst_bits,
+        if three {
+            " (berth and the reference only)"
+        } else {
+            ""
+        }
     );
     b.push_str(
         "| limit | protocol | direction | berth | of the limit | reference | of the limit |\n",
@@ -1158,6 +1443,9 @@ mod tests {
                 reference: Some(series(30.0, None)),
                 add_ratio_ref_over_berth: Some(10.0),
                 del_ratio_ref_over_berth: Some(10.0),
+                before: None,
+                add_ratio_before_over_berth: None,
+                del_ratio_before_over_berth: None,
             },
             CompareRow {
                 n: 300,
@@ -1165,6 +1453,9 @@ mod tests {
                 reference: None,
                 add_ratio_ref_over_berth: None,
                 del_ratio_ref_over_berth: None,
+                before: None,
+                add_ratio_before_over_berth: None,
+                del_ratio_before_over_berth: None,
             },
         ]);
         report.concurrent_error = Some("no luck".into());
@@ -1315,13 +1606,16 @@ mod tests {
             shaped,
             berth_fill_secs: 12.34,
             ref_fill_secs: 56.78,
+            before_fill_secs: None,
             steps: ChainStep::NAMES
                 .iter()
                 .map(|&step| ChainStep {
                     step,
                     berth: spread(2.0, g),
+                    before: None,
                     reference: spread(20.0, g),
                     ratio: Some(10.0),
+                    ratio_before: None,
                 })
                 .collect(),
         };
@@ -1434,6 +1728,7 @@ mod tests {
             after_storm_limit_ms: 1000.0,
             after_storm_pass: true,
             errors: vec!["flush 2: the port still answered".into()],
+            before: None,
         });
         let md = tables(&report, &args, &run);
         assert!(md.starts_with(
@@ -1584,5 +1879,356 @@ mod tests {
         assert!(md.contains("| flush storm: 100 `nft flush ruleset` in 9.9 s, until berth's tables were back | 6.2% | 13.0 MiB |\n"), "{md}");
         assert!(md.contains("Idle CPU < 1% of a core: PASS; resident < 30 MiB: PASS (VmHWM, the most it was ever resident: 14.0 MiB)."), "{md}");
         assert!(md.ends_with("berth-bandwidth 1.50 ms = 9.50 ms.\n"), "{md}");
+    }
+
+    fn report() -> Report {
+        Report::new(Config {
+            cni_path_berth: "/b".into(),
+            cni_path_ref: None,
+            n: vec![],
+            cni_version: "1.0.0".into(),
+            network: "",
+            warmup: "",
+        })
+    }
+
+    fn run_of(args: &str) -> Run {
+        Run {
+            date: "2026-12-08".into(),
+            cores: 2,
+            kernel: "6.18.0".into(),
+            command: command(&argv(args)),
+        }
+    }
+
+    fn portmap_rows(before: bool) -> Vec<PortmapRow> {
+        use crate::report::{FirewallPart, PortmapRefSide, PortmapSide, Spread};
+        let side = |add: f64, growth: f64| PortmapSide {
+            add_ms: Some(add),
+            del_ms: Some(2.0 * add),
+            add_growth: Some(growth),
+            del_growth: Some(growth),
+        };
+        let spread = |m: f64| Spread {
+            median_ms: Some(m),
+            p90_ms: Some(m + 0.1),
+            growth: None,
+        };
+        [0, 1000]
+            .into_iter()
+            .map(|level| PortmapRow {
+                installed_mappings: level,
+                berth: side(5.0, 1.0),
+                before: before.then(|| side(10.0, 1.0)),
+                reference: PortmapRefSide {
+                    plugin: "portmap (iptables)",
+                    add_ms: Some(50.0),
+                    del_ms: Some(100.0),
+                    add_growth: Some(1.0),
+                    del_growth: Some(1.0),
+                },
+                add_ratio: Some(10.0),
+                del_ratio: Some(10.0),
+                add_ratio_before: before.then_some(2.0),
+                del_ratio_before: before.then_some(2.0),
+                firewall: FirewallPart {
+                    add: spread(0.2),
+                    del: spread(if level == 0 { 0.3 } else { 0.6 }),
+                    first_add: (level == 0).then(|| spread(1.5)),
+                    last_del: (level == 0).then(|| spread(16.0)),
+                    target_ms: 0.5,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn portmap_block_with_and_without_before() {
+        let args = parse_args(&argv("--only portmap --portmap-reps 3")).unwrap();
+        let run = run_of("--markdown --only portmap --portmap-reps 3");
+        let mut report = report();
+        report.portmap = Some(portmap_rows(false));
+        let md = tables(&report, &args, &run);
+        // Without the previous build: the table as it always was.
+        assert!(md.contains("| installed | berth ADD | growth | berth DEL | growth | reference ADD | growth | reference DEL | growth |\n"), "{md}");
+        assert!(md.contains("| 0 | 5.00 ms | 1.00x | 10.00 ms | 1.00x | 50.00 ms | 1.00x | 100.00 ms | 1.00x |\n"), "{md}");
+        assert!(!md.contains(BEFORE), "{md}");
+        // The firewall part under it.
+        assert!(
+            md.contains("| installed | ADD batch | p90 | DEL batch | p90 | < target |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 0 | 0.20 ms | 0.30 ms | 0.30 ms | 0.40 ms | PASS |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1000 | 0.20 ms | 0.30 ms | 0.60 ms | 0.70 ms | FAIL |\n"),
+            "{md}"
+        );
+        assert!(md.contains("the first ADD's batch (the structure and the elements, `rebuild_in`) 1.50 ms (p90 1.60 ms), the last DEL's (`unpublish_in`, then the empty table removed) 16.00 ms (p90 16.10 ms)."), "{md}");
+
+        report.portmap = Some(portmap_rows(true));
+        let md = tables(&report, &args, &run);
+        assert!(md.contains("| installed | plugin | ADD | growth | over berth's | DEL | growth | over berth's |\n"), "{md}");
+        assert!(
+            md.contains("| 1000 | berth | 5.00 ms | 1.00x | - | 10.00 ms | 1.00x | - |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 1000 | berth (before) | 10.00 ms | 1.00x | 2.00x | 20.00 ms | 1.00x | 2.00x |\n"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| 1000 | reference (portmap (iptables)) | 50.00 ms | 1.00x | 10.00x | 100.00 ms | 1.00x | 10.00x |\n"), "{md}");
+        assert!(
+            md.contains("| 1000 | 0.20 ms | 0.30 ms | 0.60 ms | 0.70 ms | FAIL |\n"),
+            "{md}"
+        );
+        assert_eq!(md.lines().filter(|l| l.contains(HEADING)).count(), 1);
+        // The JSON has the previous build's figures only when it ran.
+        let j = serde_json::to_value(&portmap_rows(false)[0]).unwrap();
+        assert!(j.get("before").is_none() && j.get("add_ratio_before").is_none());
+        assert_eq!(j["firewall"]["add"]["median_ms"], 0.2);
+        let j = serde_json::to_value(&portmap_rows(true)[1]).unwrap();
+        assert_eq!(j["before"]["add_ms"], 10.0);
+        assert!(j["firewall"].get("first_add").is_none());
+    }
+
+    #[test]
+    fn cri_block_with_before() {
+        use crate::report::CriSummary;
+        let args = parse_args(&argv("--only cri --cri-pods 3")).unwrap();
+        let run = run_of("--markdown --only cri --cri-pods 3");
+        let times = |k: f64| CriSummary {
+            times: CriTimes {
+                run_ms: Some(60.0 * k),
+                stop_ms: Some(50.0 * k),
+                remove_ms: Some(8.0 * k),
+                total_ms: Some(118.0 * k),
+                cni_add_ms: Some(10.0 * k),
+                cni_del_stop_ms: Some(20.0 * k),
+                cni_del_remove_ms: Some(5.0 * k),
+            },
+            pods_with_logged_add: 3,
+        };
+        let (berth, reference) = (times(1.0), times(12.0));
+        let mut cri = Cri {
+            pods: 3,
+            containerd: Some("1.6.20".into()),
+            network: "",
+            ratio: CriTimes::ratio(&reference.times, &berth.times),
+            ratio_before: None,
+            ratio_ref_over_before: None,
+            berth,
+            before: None,
+            reference,
+        };
+        let mut report = report();
+        report.cri = Some(clone_cri(&cri));
+        let md = tables(&report, &args, &run);
+        assert!(md.contains("| | berth | reference | ref/berth |\n"), "{md}");
+        assert!(
+            md.contains(
+                "| &nbsp;&nbsp;CNI ADD (containerd's log) | 10.00 ms | 120.00 ms | 12.0x |\n"
+            ),
+            "{md}"
+        );
+
+        let before = times(2.0);
+        cri.ratio_before = Some(CriTimes::ratio(&before.times, &cri.berth.times));
+        cri.ratio_ref_over_before = Some(CriTimes::ratio(&cri.reference.times, &before.times));
+        cri.before = Some(before);
+        report.cri = Some(cri);
+        let md = tables(&report, &args, &run);
+        assert!(md.contains("| | berth | berth (before) | reference | ref/berth | before/berth | ref/before |\n|---|---:|---:|---:|---:|---:|---:|\n"), "{md}");
+        assert!(md.contains("| &nbsp;&nbsp;CNI ADD (containerd's log) | 10.00 ms | 20.00 ms | 120.00 ms | 12.0x | 2.00x | 6.0x |\n"), "{md}");
+        assert!(
+            md.contains(
+                "| RunPodSandbox | 60.00 ms | 120.00 ms | 720.00 ms | 12.0x | 2.00x | 6.0x |\n"
+            ),
+            "{md}"
+        );
+        let j = serde_json::to_value(report.cri.as_ref().unwrap()).unwrap();
+        assert_eq!(j["before"]["cni_add_ms"], 20.0);
+        assert_eq!(j["ratio_before"]["cni_add_ms"], 2.0);
+    }
+
+    fn clone_cri(c: &Cri) -> Cri {
+        use crate::report::CriSummary;
+        Cri {
+            pods: c.pods,
+            containerd: c.containerd.clone(),
+            network: c.network,
+            berth: CriSummary {
+                times: c.berth.times,
+                pods_with_logged_add: c.berth.pods_with_logged_add,
+            },
+            before: None,
+            reference: CriSummary {
+                times: c.reference.times,
+                pods_with_logged_add: c.reference.pods_with_logged_add,
+            },
+            ratio: c.ratio,
+            ratio_before: None,
+            ratio_ref_over_before: None,
+        }
+    }
+
+    #[test]
+    fn bandwidth_block_with_before() {
+        use crate::report::{BandwidthLevel, ChainStep, Spread};
+        let args = parse_args(&argv("--only bandwidth --bandwidth-reps 3")).unwrap();
+        let run = run_of("--markdown --only bandwidth --bandwidth-reps 3");
+        let spread = |m: f64| Spread {
+            median_ms: Some(m),
+            p90_ms: Some(m + 1.0),
+            growth: Some(1.0),
+        };
+        let mut report = report();
+        report.bandwidth = Some(Bandwidth {
+            reps: 3,
+            cni_version: "1.0.0".into(),
+            burst_bits: 524288,
+            iperf_secs: 2,
+            omit_secs: 1,
+            rates_at_shaped: 0,
+            levels: vec![BandwidthLevel {
+                shaped: 1000,
+                berth_fill_secs: 10.0,
+                ref_fill_secs: 40.0,
+                before_fill_secs: Some(20.0),
+                steps: ChainStep::NAMES
+                    .iter()
+                    .map(|&step| ChainStep {
+                        step,
+                        berth: spread(2.0),
+                        before: Some(spread(3.0)),
+                        reference: spread(20.0),
+                        ratio: Some(10.0),
+                        ratio_before: Some(1.5),
+                    })
+                    .collect(),
+            }],
+            rates: vec![],
+            secs: 1.0,
+        });
+        let md = tables(&report, &args, &run);
+        assert!(md.contains("| shaped already | step | berth | p90 | growth | berth (before) | p90 | growth | before/berth | reference | p90 | growth | ref/berth |\n"), "{md}");
+        assert!(md.contains("| 1000 | **chain ADD** | 2.00 ms | 3.00 ms | 1.00x | 3.00 ms | 4.00 ms | 1.00x | 1.50x | 20.00 ms | 21.00 ms | 1.00x | 10.0x |\n"), "{md}");
+        assert!(
+            md.contains("(up to 1000: berth 10.0 s, berth (before) 20.0 s, reference 40.0 s)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("UDP sent at twice the limit (berth and the reference only):"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn reconcile_block_with_before() {
+        let args = parse_args(&argv(
+            "--only reconcile --reconcile-containers 2 --reconcile-flushes 2",
+        ))
+        .unwrap();
+        let run =
+            run_of("--markdown --only reconcile --reconcile-containers 2 --reconcile-flushes 2");
+        let figures = |k: f64| Reconcile {
+            containers: 2,
+            mappings: 4,
+            setup_secs: 1.0 * k,
+            status_ms: vec![20.0 * k],
+            status_median_ms: Some(20.0 * k),
+            status_max_ms: Some(20.0 * k),
+            metrics_ms: vec![30.0 * k],
+            metrics_median_ms: Some(30.0 * k),
+            metrics_max_ms: Some(30.0 * k),
+            first_pass_ms: 10.0 * k,
+            flushes: 2,
+            answer_ms: vec![40.0 * k, 50.0 * k],
+            answer_median_ms: Some(45.0 * k),
+            answer_max_ms: Some(50.0 * k),
+            logged_ms: vec![30.0 * k],
+            logged_median_ms: Some(30.0 * k),
+            logged_max_ms: Some(30.0 * k),
+            idle_secs: 10.0,
+            idle_cpu_percent: 0.0,
+            storm_flushes: 100,
+            storm_secs: 9.9,
+            storm_cpu_percent: 10.0 * k,
+            storm_port_repairs: 50,
+            after_storm_answer_ms: Some(44.0 * k),
+            after_storm_limit_ms: 1000.0,
+            after_storm_pass: true,
+            errors: vec![],
+            before: None,
+        };
+        let mut r = figures(1.0);
+        let mut old = figures(2.0);
+        old.errors.push("flush 1: the port still answered".into());
+        r.before = Some(Box::new(old));
+        let mut report = report();
+        report.reconcile = Some(r);
+        let md = tables(&report, &args, &run);
+        assert!(
+            md.contains("| | build | median | max | over berth's | each |\n"),
+            "{md}"
+        );
+        assert!(md.contains("| `nft flush ruleset` returned → the published port answered again from outside (2 of 2 flushes) | berth | 45.00 ms | 50.00 ms |  | 40.0 50.0 |\n|  | berth (before) | 90.00 ms | 100.00 ms | 2.00x | 80.0 100.0 |\n"), "{md}");
+        assert!(md.contains("| the watcher's CPU | berth | berth (before) |\n|---|---:|---:|\n| idle, 10 s | 0.0% | 0.0% |\n"), "{md}");
+        assert!(md.contains("| flush storm: 100 flushes in 9.9 s, until the port answered again (50 passes put the ports back) | 10.0% | 20.0% |\n"), "{md}");
+        assert!(
+            md.contains("\nberth: After the storm the port answered again in 44.00 ms"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- FAILED reconcile, berth (before): flush 1: the port still answered\n"),
+            "{md}"
+        );
+        assert!(report.reconcile.as_ref().unwrap().ok());
+        let j = serde_json::to_value(report.reconcile.as_ref().unwrap()).unwrap();
+        assert_eq!(j["before"]["answer_median_ms"], 90.0);
+    }
+
+    #[test]
+    fn floor_block_with_first_last() {
+        use crate::floor::{FirstLastSamples, FIRST_LAST_CASES};
+        use crate::report::FirstLast;
+        let args = parse_args(&argv("--only floor --floor-reps 2")).unwrap();
+        let run = run_of("--markdown --only floor --floor-reps 2");
+        let mut report = report();
+        report.floor_error = Some("no veth".into());
+        report.del_in_place = Some(DelInPlace {
+            build: "berth",
+            containers: 100,
+            kernel_veth_del_ms: Some(15.0),
+            berth_del_ms: Some(22.5),
+            berth_over_kernel: Some(1.5),
+        });
+        report.del_in_place_before = Some(DelInPlace {
+            build: BEFORE,
+            containers: 100,
+            kernel_veth_del_ms: Some(15.0),
+            berth_del_ms: Some(30.0),
+            berth_over_kernel: Some(2.0),
+        });
+        let rows = vec![crate::floor::tests_samples().row("berth", FIRST_LAST_CASES[0])];
+        report.first_last = Some(FirstLast {
+            networks: 2,
+            containers: 5,
+            rows,
+            target_ms: 2.0,
+        });
+        let md = tables(&report, &args, &run);
+        assert!(md.contains("| a container's host veth, 100 berth containers on one network (every other one) | 15.00 ms |\n| berth's whole DEL of the others (process start included): 1.5x the kernel's | 22.50 ms |\n"), "{md}");
+        assert!(md.contains("| a container's host veth, 100 containers of berth (before) on one network (every other one) | 15.00 ms |\n| berth (before)'s whole DEL of the others (process start included): 2.0x the kernel's | 30.00 ms |\n"), "{md}");
+        assert!(md.contains("2 networks of 5 containers per build and case (the first, 4 usual ADDs and DELs, the last)"), "{md}");
+        assert!(md.contains("| berth | another berth network | 11.00 ms | 2.25 ms | +8.75 ms | 40.00 ms | 16.00 ms | +24.00 ms | FAIL |\n"), "{md}");
+        assert!(md.contains("- FAILED floor: no veth"), "{md}");
+        let j = serde_json::to_value(report.del_in_place.as_ref().unwrap()).unwrap();
+        assert!(j.get("build").is_none());
+        let _ = FirstLastSamples::default();
     }
 }

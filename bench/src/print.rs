@@ -2,8 +2,8 @@
 //! `--markdown` as Markdown tables: markdown.rs).
 
 use crate::report::{
-    Bandwidth, Cluster, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, Floor,
-    FlowRow, HostRow, Overlay, PortmapRow, Reconcile, Report,
+    Bandwidth, Cluster, CompareRow, Concurrent, Cri, CriTimes, DelInPlace, Engine, Etcd, FirstLast,
+    Floor, FlowRow, HostRow, Overlay, PortmapRow, Reconcile, Report,
 };
 
 /// A figure with two decimals, `-` if there is none.
@@ -168,6 +168,28 @@ pub(crate) fn print_cri(c: &Cri) {
         c.containerd.as_deref().unwrap_or("?"),
         c.pods
     );
+    if let (Some(before), Some(rb), Some(rrb)) =
+        (&c.before, &c.ratio_before, &c.ratio_ref_over_before)
+    {
+        println!(
+            "{:<44} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}",
+            "", "berth", "before", "ref", "ref/berth", "bef/berth", "ref/before"
+        );
+        for (name, figure) in CriTimes::ROWS {
+            println!(
+                "{:<44} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}",
+                name,
+                f(figure(&c.berth.times)),
+                f(figure(&before.times)),
+                f(figure(&c.reference.times)),
+                fx(figure(&c.ratio)),
+                fx2(figure(rb)),
+                fx(figure(rrb))
+            );
+        }
+        println!();
+        return;
+    }
     println!(
         "{:<44} {:>10} {:>10} {:>9}",
         "", "berth", "ref", "ref/berth"
@@ -315,6 +337,15 @@ fn print_reconcile(r: &Reconcile) {
         "== reconcile: berth watch after `nft flush ruleset`, {} containers, {} published ports ==",
         r.containers, r.mappings
     );
+    print_reconcile_figures(r);
+    if let Some(old) = &r.before {
+        println!("  -- berth (before), flushes alternating with berth's:");
+        print_reconcile_figures(old);
+    }
+    println!();
+}
+
+fn print_reconcile_figures(r: &Reconcile) {
     println!(
         "  flush returned -> port answers from outside ({} of {} flushes):  median {:>8} ms, max {:>8} ms   [{}]",
         r.answer_ms.len(),
@@ -359,7 +390,6 @@ fn print_reconcile(r: &Reconcile) {
     for e in &r.errors {
         println!("  FAILED {e}");
     }
-    println!();
 }
 
 fn print_etcd(e: &Etcd) {
@@ -490,6 +520,17 @@ fn print_bandwidth(bw: &Bandwidth) {
                 fx2(r.growth),
                 fx(s.ratio)
             );
+            if let Some(o) = &s.before {
+                println!(
+                    "{:>6} {:<11} {:>8} {:>8} {:>7}  (berth (before); before/berth {})",
+                    "",
+                    "",
+                    f(o.median_ms),
+                    f(o.p90_ms),
+                    fx2(o.growth),
+                    fx2(s.ratio_before)
+                );
+            }
         }
         if l.shaped > 0 {
             println!(
@@ -543,14 +584,42 @@ fn print_portmap(rows: &[PortmapRow]) {
     println!(
         "   (growth = cost at M / cost at 0; berth's target at 5000: ADD and DEL growth <= 1.25x)"
     );
-    println!(
-        "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>10} {:>7}",
-        "M", "berth ADD", "growth", "berth DEL", "growth", "ref ADD", "growth", "ref DEL", "growth"
-    );
-    for r in rows {
-        let (b, rf) = (&r.berth, &r.reference);
+    let before = rows.iter().any(|r| r.before.is_some());
+    if before {
+        println!(
+            "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>6} {:>10} {:>7} {:>6}  {:>10} {:>7} {:>10} {:>7}",
+            "M", "berth ADD", "growth", "berth DEL", "growth", "before ADD", "growth", "x", "before DEL", "growth", "x", "ref ADD", "growth", "ref DEL", "growth"
+        );
+    } else {
         println!(
             "{:>6}  {:>10} {:>7} {:>10} {:>7}  {:>10} {:>7} {:>10} {:>7}",
+            "M",
+            "berth ADD",
+            "growth",
+            "berth DEL",
+            "growth",
+            "ref ADD",
+            "growth",
+            "ref DEL",
+            "growth"
+        );
+    }
+    for r in rows {
+        let (b, rf) = (&r.berth, &r.reference);
+        let old = match &r.before {
+            Some(o) => format!(
+                "  {:>10} {:>7} {:>6} {:>10} {:>7} {:>6}",
+                f(o.add_ms),
+                fx(o.add_growth),
+                fx(r.add_ratio_before),
+                f(o.del_ms),
+                fx(o.del_growth),
+                fx(r.del_ratio_before)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{:>6}  {:>10} {:>7} {:>10} {:>7}{old}  {:>10} {:>7} {:>10} {:>7}",
             r.installed_mappings,
             f(b.add_ms),
             fx(b.add_growth),
@@ -561,6 +630,33 @@ fn print_portmap(rows: &[PortmapRow]) {
             f(rf.del_ms),
             fx(rf.del_growth),
         );
+    }
+    if before {
+        println!("   (x: berth (before)'s median over berth's)");
+    }
+    println!("   firewall part (in process, one nf_tables batch), median / p90 ms:");
+    for r in rows {
+        let fw = &r.firewall;
+        let mut line = format!(
+            "{:>6}  ADD {} / {}   DEL {} / {}   (< {} ms: {})",
+            r.installed_mappings,
+            f(fw.add.median_ms),
+            f(fw.add.p90_ms),
+            f(fw.del.median_ms),
+            f(fw.del.p90_ms),
+            fw.target_ms,
+            pass(fw.pass())
+        );
+        if let (Some(a), Some(d)) = (&fw.first_add, &fw.last_del) {
+            line.push_str(&format!(
+                "   first ADD {} / {}   last DEL {} / {}",
+                f(a.median_ms),
+                f(a.p90_ms),
+                f(d.median_ms),
+                f(d.p90_ms)
+            ));
+        }
+        println!("{line}");
     }
     println!();
 }
@@ -601,6 +697,16 @@ fn print_compare(rows: &[CompareRow]) {
             f(reference.and_then(|s| s.del_median_ms)),
             fx(r.del_ratio_ref_over_berth),
         );
+        if let Some(old) = &r.before {
+            println!(
+                "{:>6}  berth (before): ADD {} ({} berth's), DEL {} ({} berth's)",
+                "",
+                f(old.add_median_ms),
+                fx2(r.add_ratio_before_over_berth),
+                f(old.del_median_ms),
+                fx2(r.del_ratio_before_over_berth),
+            );
+        }
     }
     let growth: Vec<&CompareRow> = rows.iter().filter(|r| r.n >= 200).collect();
     if !growth.is_empty() {
@@ -655,11 +761,37 @@ fn print_floor(fl: &Floor) {
     println!();
 }
 
+fn print_first_last(fl: &FirstLast) {
+    println!(
+        "== a network's first ADD and last DEL vs the usual ones ({} networks of {} containers per build and case), median ms (target: <= +{} ms) ==",
+        fl.networks, fl.containers, fl.target_ms
+    );
+    println!(
+        "{:<15} {:<28} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}",
+        "build", "host holds", "first ADD", "usual ADD", "diff", "last DEL", "usual DEL", "diff"
+    );
+    for r in &fl.rows {
+        println!(
+            "{:<15} {:<28} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}  {}",
+            r.build,
+            r.case,
+            f(r.first_add.median_ms),
+            f(r.usual_add.median_ms),
+            plus(r.add_over_usual_ms),
+            f(r.last_del.median_ms),
+            f(r.usual_del.median_ms),
+            plus(r.del_over_usual_ms),
+            pass(r.pass(fl.target_ms))
+        );
+    }
+    println!();
+}
+
 fn print_del_in_place(d: &DelInPlace) {
     println!();
     println!(
-        "== berth DEL vs the kernel deleting the same veth ({} containers on one network, alternating) ==",
-        d.containers
+        "== {} DEL vs the kernel deleting the same veth ({} containers on one network, alternating) ==",
+        d.build, d.containers
     );
     println!(
         "  kernel (one RTM_DELLINK of the host veth):          {:>8} ms",
@@ -756,6 +888,14 @@ pub(crate) fn print_tables(report: &Report) {
         print_del_in_place(d);
     }
     print_error("del_in_place", &report.del_in_place_error);
+    if let Some(d) = &report.del_in_place_before {
+        print_del_in_place(d);
+    }
+    print_error("del_in_place (before)", &report.del_in_place_before_error);
+    if let Some(fl) = &report.first_last {
+        print_first_last(fl);
+    }
+    print_error("first_last", &report.first_last_error);
     print_error("floor", &report.floor_error);
     if let Some(c) = &report.concurrent {
         print_concurrent(c);

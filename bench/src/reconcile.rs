@@ -30,8 +30,15 @@
 //! after the change was seen", from its log) is reported beside it.
 //! Flushes are 1 s apart, so each one starts from a quiet reconciler.
 //!
+//! With `--cni-path-before`, berth's previous build gets the same setup of
+//! its own (host and outside namespaces, containers, service, its `berth
+//! watch`); flushes alternate between the two hosts, both watchers' idle
+//! CPU is read over the same interval, then each host has its storm.
+//!
 //! CPU is the watcher's utime + stime from /proc/PID/stat (all its
-//! threads) over the interval, as a share of one core.
+//! threads), with its waited-for children's (cutime + cstime: the `nft`
+//! processes of a build that runs `nft`), over the interval, as a share
+//! of one core.
 //!
 //! Nothing is DELeted at the end: deleting the host namespace takes its
 //! bridge, veths and ruleset with it, and the run and IPAM dirs are the
@@ -180,19 +187,24 @@ fn time_berth(
     Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// Times `berth status -o json` and `berth metrics` in the host namespace
-/// over the records the setup made (STATUS_RUNS times each, ms each),
-/// after checking that both count exactly `containers` attachments and
-/// `mappings` published ports.
-fn time_status(
+/// `berth status -o json`'s arguments.
+const STATUS: [&str; 3] = ["status", "-o", "json"];
+/// `berth metrics`' arguments.
+const METRICS: [&str; 3] = ["metrics", "--volumes-root", "/nonexistent"];
+
+/// Checks that `berth status -o json` and `berth metrics` in the host
+/// namespace count exactly `containers` attachments and `mappings`
+/// published ports (the records the setup made); they are timed later
+/// (see [`reconcile`]).
+fn check_status(
     host: &Netns,
     run_dir: &Path,
     data_dir: &Path,
     berth_dir: &Path,
     containers: usize,
     mappings: usize,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let status = ["status", "-o", "json"];
+) -> Result<()> {
+    let status = STATUS;
     let (_, text) = time_berth(host, run_dir, data_dir, berth_dir, &status)?;
     let v: Value = serde_json::from_str(&text).context("berth status -o json")?;
     let nets = v["networks"].as_array().cloned().unwrap_or_default();
@@ -210,7 +222,7 @@ fn time_status(
              not {containers} and {mappings}"
         );
     }
-    let metrics = ["metrics", "--volumes-root", "/nonexistent"];
+    let metrics = METRICS;
     let (_, text) = time_berth(host, run_dir, data_dir, berth_dir, &metrics)?;
     let want = [
         format!("berth_attachments{{network=\"{NETWORK}\",state=\"live\"}} {containers}"),
@@ -219,12 +231,7 @@ fn time_status(
     if let Some(w) = want.iter().find(|w| !text.lines().any(|l| l == w.as_str())) {
         bail!("berth metrics has no line {w:?}");
     }
-    let times = |args: &[&str]| -> Result<Vec<f64>> {
-        (0..STATUS_RUNS)
-            .map(|_| time_berth(host, run_dir, data_dir, berth_dir, args).map(|(t, _)| ms(t)))
-            .collect()
-    };
-    Ok((times(&status)?, times(&metrics)?))
+    Ok(())
 }
 
 /// `nft flush ruleset` in the host namespace (never the real host's).
@@ -502,15 +509,17 @@ pub(crate) fn flush_storm(
     Ok((flushes, start))
 }
 
-/// utime + stime of a /proc/PID/stat line (all the process's threads).
-/// comm, field 2, is in parentheses and may hold spaces and parentheses
-/// itself: the fields after the last `)` are 3 (state) on, which puts
-/// utime and stime (14 and 15) at 11 and 12.
+/// utime + stime of a /proc/PID/stat line (all the process's threads),
+/// plus cutime + cstime: its children that it has waited for (the `nft`
+/// processes a build that runs `nft` starts; berth's own code starts
+/// none). comm, field 2, is in parentheses and may hold spaces and
+/// parentheses itself: the fields after the last `)` are 3 (state) on,
+/// which puts utime, stime, cutime and cstime (14 to 17) at 11 to 14.
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    (11..=14).try_fold(0u64, |sum, i| {
+        Some(sum + fields.get(i)?.parse::<u64>().ok()?)
+    })
 }
 
 /// Clock ticks over `over` as a percentage of one core.
@@ -553,103 +562,161 @@ fn check_binaries(berth_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn reconcile(
-    berth_dir: &Path,
-    containers: usize,
-    flushes: usize,
-    cni_version: &str,
-) -> Result<Reconcile> {
-    check_binaries(berth_dir)?;
-    // Declared in the order they are needed; dropped the other way round:
-    // the watcher first, then the service, the namespaces, the dirs.
-    let run = TempDir::new("rc-run")?;
-    let data = TempDir::new("rc-ipam")?;
-    let tag = format!("brc-{}-{}", std::process::id(), sys::next_id());
-    let host = Netns::new(format!("{tag}-h"))?;
-    let outside = Netns::new(format!("{tag}-o"))?;
-    link(&host, &outside)?;
-    let confs = Confs::new(cni_version, data.path());
+/// One implementation's host, containers, service and watcher. Fields
+/// drop in order: the watcher first, then the service, the namespaces, the
+/// dirs.
+struct Side {
+    watcher: Daemon,
+    _service: Service,
+    _nss: Vec<Netns>,
+    outside: Netns,
+    host: Netns,
+    data: TempDir,
+    run: TempDir,
+    berth_dir: PathBuf,
+    label: &'static str,
+    probe: SocketAddr,
+    setup_secs: f64,
+    status_ms: Vec<f64>,
+    metrics_ms: Vec<f64>,
+    first_pass: Duration,
+    answer_ms: Vec<f64>,
+    logged_ms: Vec<f64>,
+    errors: Vec<String>,
+}
 
-    eprintln!(
-        "reconcile: {containers} containers with 2 published ports each, in a private host namespace"
-    );
-    let setup = Instant::now();
-    let mut nss = Vec::with_capacity(containers);
-    for i in 0..containers {
-        let ns = Netns::new(format!("{tag}-{i}"))?;
-        let cid = format!("rc{i}");
-        let result = exec(
-            &host,
-            run.path(),
-            berth_dir,
-            "berth-bridge",
-            &cid,
-            &ns.path,
-            &confs.bridge,
-        )?;
-        let prev: Value = serde_json::from_str(&result)
-            .with_context(|| format!("berth-bridge ADD {cid} printed {result:?}"))?;
-        exec(
-            &host,
-            run.path(),
-            berth_dir,
-            "berth-portmap",
-            &cid,
-            &ns.path,
-            &confs.portmap(i, prev),
-        )?;
-        nss.push(ns);
-        if (i + 1) % 100 == 0 || i + 1 == containers {
-            eprint!("\r  reconcile: {} of {containers} containers", i + 1);
-        }
-    }
-    eprintln!();
-    let setup_secs = setup.elapsed().as_secs_f64();
-    eprintln!(
-        "reconcile: berth status and berth metrics over {containers} attachments, {STATUS_RUNS} times each"
-    );
-    let (status_ms, metrics_ms) = time_status(
-        &host,
-        run.path(),
-        data.path(),
-        berth_dir,
-        containers,
-        2 * containers,
-    )?;
-    let _service = Service::start(&nss[0])?;
-    let probe = SocketAddr::from((HOST_ADDR, host_port(0, false)));
-    // The path works before anything is flushed, or nothing below means
-    // anything.
-    if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
-        bail!("{probe} does not answer from outside even before any flush");
-    }
+impl Side {
+    /// Installs `containers` containers through `berth_dir`'s plugins in a
+    /// host namespace of its own, checks `berth status` and `berth
+    /// metrics` count them, starts the service and `berth watch`.
+    fn new(
+        label: &'static str,
+        berth_dir: &Path,
+        containers: usize,
+        cni_version: &str,
+    ) -> Result<Side> {
+        check_binaries(berth_dir)?;
+        let run = TempDir::new("rc-run")?;
+        let data = TempDir::new("rc-ipam")?;
+        let tag = format!("brc-{}-{}", std::process::id(), sys::next_id());
+        let host = Netns::new(format!("{tag}-h"))?;
+        let outside = Netns::new(format!("{tag}-o"))?;
+        link(&host, &outside)?;
+        let confs = Confs::new(cni_version, data.path());
 
-    eprintln!("reconcile: starting berth watch");
-    let mut watcher = Daemon::watch(berth_dir, &host, run.path())?;
-    let first_pass = watcher.wait_watching()?;
-    if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
-        bail!(
-            "{probe} does not answer once berth watch runs; {}",
-            watcher.tail()
+        eprintln!(
+            "reconcile ({label}): {containers} containers with 2 published ports each, in a private host namespace"
         );
+        let setup = Instant::now();
+        let mut nss = Vec::with_capacity(containers);
+        for i in 0..containers {
+            let ns = Netns::new(format!("{tag}-{i}"))?;
+            let cid = format!("rc{i}");
+            let result = exec(
+                &host,
+                run.path(),
+                berth_dir,
+                "berth-bridge",
+                &cid,
+                &ns.path,
+                &confs.bridge,
+            )?;
+            let prev: Value = serde_json::from_str(&result)
+                .with_context(|| format!("berth-bridge ADD {cid} printed {result:?}"))?;
+            exec(
+                &host,
+                run.path(),
+                berth_dir,
+                "berth-portmap",
+                &cid,
+                &ns.path,
+                &confs.portmap(i, prev),
+            )?;
+            nss.push(ns);
+            if (i + 1) % 100 == 0 || i + 1 == containers {
+                eprint!(
+                    "\r  reconcile ({label}): {} of {containers} containers",
+                    i + 1
+                );
+            }
+        }
+        eprintln!();
+        let setup_secs = setup.elapsed().as_secs_f64();
+        check_status(
+            &host,
+            run.path(),
+            data.path(),
+            berth_dir,
+            containers,
+            2 * containers,
+        )?;
+        let service = Service::start(&nss[0])?;
+        let probe = SocketAddr::from((HOST_ADDR, host_port(0, false)));
+        // The path works before anything is flushed, or nothing below
+        // means anything.
+        if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
+            bail!("{label}: {probe} does not answer from outside even before any flush");
+        }
+
+        eprintln!("reconcile ({label}): starting berth watch");
+        let mut watcher = Daemon::watch(berth_dir, &host, run.path())?;
+        let first_pass = watcher.wait_watching()?;
+        if answered_after(&outside, probe, Instant::now(), Duration::from_secs(5))?.is_none() {
+            bail!(
+                "{label}: {probe} does not answer once berth watch runs; {}",
+                watcher.tail()
+            );
+        }
+        Ok(Side {
+            watcher,
+            _service: service,
+            _nss: nss,
+            outside,
+            host,
+            data,
+            run,
+            berth_dir: berth_dir.to_path_buf(),
+            label,
+            probe,
+            setup_secs,
+            status_ms: Vec::new(),
+            metrics_ms: Vec::new(),
+            first_pass,
+            answer_ms: Vec::new(),
+            logged_ms: Vec::new(),
+            errors: Vec::new(),
+        })
     }
 
-    eprintln!("reconcile: {flushes} flushes, {GAP:?} apart");
-    let (mut answer_ms, mut logged_ms, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for k in 1..=flushes {
-        let mark = watcher.mark();
-        flush(&host)?;
+    /// One `berth ARGS` in this host, timed (ms).
+    fn time_berth(&self, args: &[&str]) -> Result<f64> {
+        let (t, _) = time_berth(
+            &self.host,
+            self.run.path(),
+            self.data.path(),
+            &self.berth_dir,
+            args,
+        )?;
+        Ok(ms(t))
+    }
+
+    /// Flush `k`: timed to the port answering again, then the gap; the
+    /// watcher's own figure from its log.
+    fn flush(&mut self, k: usize) -> Result<()> {
+        let mark = self.watcher.mark();
+        flush(&self.host)?;
         let flushed = Instant::now();
-        if outside.run(|| Ok(answers(probe)))? {
-            errors.push(format!(
+        if self.outside.run(|| Ok(answers(self.probe)))? {
+            self.errors.push(format!(
                 "flush {k}: the port still answered right after `nft flush ruleset` returned (not measured)"
             ));
         } else {
-            match answered_after(&outside, probe, flushed, REPAIR_LIMIT)? {
-                Some(t) => answer_ms.push(ms(t)),
+            match answered_after(&self.outside, self.probe, flushed, REPAIR_LIMIT)? {
+                Some(t) => self.answer_ms.push(ms(t)),
                 None => bail!(
-                    "flush {k}: the port did not answer again within {REPAIR_LIMIT:?}; {}",
-                    watcher.tail()
+                    "{}: flush {k}: the port did not answer again within {REPAIR_LIMIT:?}; {}",
+                    self.label,
+                    self.watcher.tail()
                 ),
             }
         }
@@ -657,70 +724,151 @@ pub(crate) fn reconcile(
         // One figure per flush: a pass logs each thing it put back with
         // the same figure; should a second pass have been needed, the
         // flush took until the later one.
-        if let Some(m) = logged_repairs(&watcher.since(mark))
+        if let Some(m) = logged_repairs(&self.watcher.since(mark))
             .into_iter()
             .reduce(f64::max)
         {
-            logged_ms.push(m);
+            self.logged_ms.push(m);
+        }
+        Ok(())
+    }
+
+    /// The flush storm, and the figures of this side.
+    fn storm(
+        &mut self,
+        containers: usize,
+        flushes: usize,
+        idle: Duration,
+        idle_ticks: u64,
+    ) -> Result<Reconcile> {
+        let label = self.label;
+        eprintln!(
+            "reconcile ({label}): a flush storm, {STORM_PER_SEC} flushes a second for {STORM:?}"
+        );
+        let mark = self.watcher.mark();
+        let ticks = self.watcher.cpu_ticks()?;
+        let (storm_flushes, start) = flush_storm(&self.host, STORM_PER_SEC, STORM, || Ok(()))?;
+        let last = Instant::now();
+        let storm = last - start;
+        let back = answered_after(&self.outside, self.probe, last, REPAIR_LIMIT)?;
+        // The storm's CPU runs until the port is back: the last flush's
+        // repair is part of the storm's work.
+        let storm_cpu_percent =
+            percent_of_a_core(self.watcher.cpu_ticks()? - ticks, start.elapsed());
+        std::thread::sleep(GAP);
+        let storm_port_repairs = port_repairs(&self.watcher.since(mark));
+        let mut errors = std::mem::take(&mut self.errors);
+        if back.is_none() {
+            errors.push(format!(
+                "after the storm the port did not answer again within {REPAIR_LIMIT:?}; {}",
+                self.watcher.tail()
+            ));
+        }
+        let after_storm_answer_ms = back.map(ms);
+        let (status_ms, metrics_ms) = (&self.status_ms, &self.metrics_ms);
+        let answer_ms = std::mem::take(&mut self.answer_ms);
+        let logged_ms = std::mem::take(&mut self.logged_ms);
+        Ok(Reconcile {
+            containers,
+            mappings: 2 * containers,
+            setup_secs: self.setup_secs,
+            status_median_ms: median(status_ms),
+            status_max_ms: status_ms.iter().copied().reduce(f64::max),
+            status_ms: status_ms.clone(),
+            metrics_median_ms: median(metrics_ms),
+            metrics_max_ms: metrics_ms.iter().copied().reduce(f64::max),
+            metrics_ms: metrics_ms.clone(),
+            first_pass_ms: ms(self.first_pass),
+            flushes,
+            answer_median_ms: median(&answer_ms),
+            answer_max_ms: answer_ms.iter().copied().reduce(f64::max),
+            answer_ms,
+            logged_median_ms: median(&logged_ms),
+            logged_max_ms: logged_ms.iter().copied().reduce(f64::max),
+            logged_ms,
+            idle_secs: idle.as_secs_f64(),
+            idle_cpu_percent: percent_of_a_core(idle_ticks, idle),
+            storm_flushes: storm_flushes as usize,
+            storm_secs: storm.as_secs_f64(),
+            storm_cpu_percent,
+            storm_port_repairs,
+            after_storm_answer_ms,
+            after_storm_limit_ms: ms(AFTER_STORM_LIMIT),
+            after_storm_pass: back.is_some_and(|t| t <= AFTER_STORM_LIMIT),
+            errors,
+            before: None,
+        })
+    }
+}
+
+/// The part: berth's side, and with `before_dir` berth's previous
+/// build's beside it (its own host namespace, containers and watcher),
+/// flushes alternating between the two, both watchers' idle CPU over the
+/// same interval, then each one's storm.
+pub(crate) fn reconcile(
+    berth_dir: &Path,
+    before_dir: Option<&Path>,
+    containers: usize,
+    flushes: usize,
+    cni_version: &str,
+) -> Result<Reconcile> {
+    let mut sides = vec![Side::new("berth", berth_dir, containers, cni_version)?];
+    if let Some(dir) = before_dir {
+        sides.push(Side::new("before", dir, containers, cni_version)?);
+    }
+
+    // Timed here, once every host is set up, alternating between the
+    // builds run by run: each sees the machine as the other does.
+    eprintln!(
+        "reconcile: berth status and berth metrics over {containers} attachments, {STATUS_RUNS} times each per implementation"
+    );
+    for args in [&STATUS, &METRICS] {
+        for _ in 0..STATUS_RUNS {
+            for side in sides.iter_mut() {
+                let t = side.time_berth(args)?;
+                if args == &STATUS {
+                    side.status_ms.push(t);
+                } else {
+                    side.metrics_ms.push(t);
+                }
+            }
+        }
+    }
+
+    eprintln!(
+        "reconcile: {flushes} flushes per implementation, {GAP:?} apart{}",
+        if sides.len() > 1 { ", alternating" } else { "" }
+    );
+    for k in 1..=flushes {
+        for side in sides.iter_mut() {
+            side.flush(k)?;
         }
         eprint!("\r  reconcile: {k} of {flushes} flushes");
     }
     eprintln!();
 
     eprintln!("reconcile: the watcher's CPU, idle for {IDLE:?}");
-    let (ticks, start) = (watcher.cpu_ticks()?, Instant::now());
+    let ticks = sides
+        .iter()
+        .map(|s| s.watcher.cpu_ticks())
+        .collect::<Result<Vec<u64>>>()?;
+    let start = Instant::now();
     std::thread::sleep(IDLE);
     let idle = start.elapsed();
-    let idle_cpu_percent = percent_of_a_core(watcher.cpu_ticks()? - ticks, idle);
+    let idle_ticks = sides
+        .iter()
+        .zip(&ticks)
+        .map(|(s, t)| Ok(s.watcher.cpu_ticks()? - t))
+        .collect::<Result<Vec<u64>>>()?;
 
-    eprintln!("reconcile: a flush storm, {STORM_PER_SEC} flushes a second for {STORM:?}");
-    let mark = watcher.mark();
-    let ticks = watcher.cpu_ticks()?;
-    let (storm_flushes, start) = flush_storm(&host, STORM_PER_SEC, STORM, || Ok(()))?;
-    let last = Instant::now();
-    let storm = last - start;
-    let back = answered_after(&outside, probe, last, REPAIR_LIMIT)?;
-    // The storm's CPU runs until the port is back: the last flush's repair
-    // is part of the storm's work.
-    let storm_cpu_percent = percent_of_a_core(watcher.cpu_ticks()? - ticks, start.elapsed());
-    std::thread::sleep(GAP);
-    let storm_port_repairs = port_repairs(&watcher.since(mark));
-    if back.is_none() {
-        errors.push(format!(
-            "after the storm the port did not answer again within {REPAIR_LIMIT:?}; {}",
-            watcher.tail()
-        ));
+    let mut out = Vec::new();
+    for (side, ticks) in sides.iter_mut().zip(idle_ticks) {
+        out.push(side.storm(containers, flushes, idle, ticks)?);
     }
-    let after_storm_answer_ms = back.map(ms);
-    Ok(Reconcile {
-        containers,
-        mappings: 2 * containers,
-        setup_secs,
-        status_median_ms: median(&status_ms),
-        status_max_ms: status_ms.iter().copied().reduce(f64::max),
-        status_ms,
-        metrics_median_ms: median(&metrics_ms),
-        metrics_max_ms: metrics_ms.iter().copied().reduce(f64::max),
-        metrics_ms,
-        first_pass_ms: ms(first_pass),
-        flushes,
-        answer_median_ms: median(&answer_ms),
-        answer_max_ms: answer_ms.iter().copied().reduce(f64::max),
-        answer_ms,
-        logged_median_ms: median(&logged_ms),
-        logged_max_ms: logged_ms.iter().copied().reduce(f64::max),
-        logged_ms,
-        idle_secs: idle.as_secs_f64(),
-        idle_cpu_percent,
-        storm_flushes: storm_flushes as usize,
-        storm_secs: storm.as_secs_f64(),
-        storm_cpu_percent,
-        storm_port_repairs,
-        after_storm_answer_ms,
-        after_storm_limit_ms: ms(AFTER_STORM_LIMIT),
-        after_storm_pass: back.is_some_and(|t| t <= AFTER_STORM_LIMIT),
-        errors,
-    })
+    let mut out = out.into_iter();
+    let mut berth = out.next().context("no figures of berth")?;
+    berth.before = out.next().map(Box::new);
+    Ok(berth)
 }
 
 #[cfg(test)]
@@ -733,6 +881,13 @@ mod tests {
         let stat =
             "4242 (berth (x) y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 37 5 0 0 20 0 2 0 123 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(42));
+        // Waited-for children (cutime 7, cstime 3) count too.
+        let stat = "4242 (berth) S 1 4242 4242 0 -1 4194560 1000 0 0 0 37 5 7 3 20 0 2 0 123 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(52));
+        assert_eq!(
+            stat_cpu_ticks("4242 (berth) S 1 4242 4242 0 -1 4194560 1000 0 0 0 37 5 7"),
+            None
+        );
         assert_eq!(stat_cpu_ticks("4242 (berth) S 1"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
     }

@@ -36,6 +36,16 @@ pub(crate) struct Report {
     pub(crate) del_in_place: Option<DelInPlace>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) del_in_place_error: Option<String>,
+    /// The same for berth's previous build (`--cni-path-before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) del_in_place_before: Option<DelInPlace>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) del_in_place_before_error: Option<String>,
+    /// A network's first ADD and last DEL (run with `floor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) first_last: Option<FirstLast>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) first_last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) concurrent: Option<Concurrent>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +101,10 @@ impl Report {
             floor_error: None,
             del_in_place: None,
             del_in_place_error: None,
+            del_in_place_before: None,
+            del_in_place_before_error: None,
+            first_last: None,
+            first_last_error: None,
             concurrent: None,
             concurrent_error: None,
             host: None,
@@ -142,27 +156,31 @@ pub(crate) struct Config {
 pub(crate) struct CompareRow {
     pub(crate) n: usize,
     pub(crate) berth: SeriesReport,
+    /// berth's previous build (`--cni-path-before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) before: Option<SeriesReport>,
     /// `null` with `--no-ref`.
     #[serde(rename = "ref")]
     pub(crate) reference: Option<SeriesReport>,
     pub(crate) add_ratio_ref_over_berth: Option<f64>,
     pub(crate) del_ratio_ref_over_berth: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) add_ratio_before_over_berth: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) del_ratio_before_over_berth: Option<f64>,
 }
 
 impl CompareRow {
-    /// Both series without an error.
+    /// Every series without an error.
     pub(crate) fn ok(&self) -> bool {
-        self.berth.error.is_none()
-            && self
-                .reference
-                .as_ref()
-                .and_then(|r| r.error.as_ref())
-                .is_none()
+        self.series().all(|(_, s)| s.error.is_none())
     }
 
     /// The series, labelled as the report labels them.
     pub(crate) fn series(&self) -> impl Iterator<Item = (&'static str, &SeriesReport)> {
-        std::iter::once(("berth", &self.berth)).chain(self.reference.iter().map(|r| ("ref", r)))
+        std::iter::once(("berth", &self.berth))
+            .chain(self.before.iter().map(|s| (crate::exec::BEFORE, s)))
+            .chain(self.reference.iter().map(|r| ("ref", r)))
     }
 }
 
@@ -203,10 +221,55 @@ pub(crate) struct Floor {
 /// `floor`).
 #[derive(Debug, Serialize)]
 pub(crate) struct DelInPlace {
+    /// Whose DEL: `berth` or `berth (before)`.
+    #[serde(skip_serializing_if = "is_berth")]
+    pub(crate) build: &'static str,
     pub(crate) containers: usize,
     pub(crate) kernel_veth_del_ms: Option<f64>,
     pub(crate) berth_del_ms: Option<f64>,
     pub(crate) berth_over_kernel: Option<f64>,
+}
+
+fn is_berth(build: &&'static str) -> bool {
+    *build == "berth"
+}
+
+/// A network's first ADD and last DEL against the usual ones (run with
+/// `floor`; see floor.rs), per build and case.
+#[derive(Debug, Serialize)]
+pub(crate) struct FirstLast {
+    /// Networks per build and case.
+    pub(crate) networks: usize,
+    /// Containers per network (the first and last included).
+    pub(crate) containers: usize,
+    pub(crate) rows: Vec<FirstLastRow>,
+    /// Issue 30's target: first ADD - usual ADD and last DEL - usual DEL.
+    pub(crate) target_ms: f64,
+}
+
+/// One build in one case, medians over the networks (first and last) and
+/// over every usual ADD and DEL.
+#[derive(Debug, Serialize)]
+pub(crate) struct FirstLastRow {
+    pub(crate) build: &'static str,
+    /// What else the host namespace holds.
+    pub(crate) case: &'static str,
+    pub(crate) first_add: Spread,
+    pub(crate) usual_add: Spread,
+    pub(crate) last_del: Spread,
+    pub(crate) usual_del: Spread,
+    /// Median first ADD - median usual ADD.
+    pub(crate) add_over_usual_ms: Option<f64>,
+    pub(crate) del_over_usual_ms: Option<f64>,
+}
+
+impl FirstLastRow {
+    /// Both differences within the target.
+    pub(crate) fn pass(&self, target_ms: f64) -> bool {
+        [self.add_over_usual_ms, self.del_over_usual_ms]
+            .iter()
+            .all(|d| d.is_some_and(|d| d <= target_ms))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -268,10 +331,46 @@ pub(crate) struct RefAddDel {
 pub(crate) struct PortmapRow {
     pub(crate) installed_mappings: usize,
     pub(crate) berth: PortmapSide,
+    /// berth's previous build (`--cni-path-before`), in the same rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) before: Option<PortmapSide>,
     #[serde(rename = "ref")]
     pub(crate) reference: PortmapRefSide,
+    /// ref / berth, medians.
     pub(crate) add_ratio: Option<f64>,
     pub(crate) del_ratio: Option<f64>,
+    /// before / berth, medians (with `--cni-path-before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) add_ratio_before: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) del_ratio_before: Option<f64>,
+    /// The current code's firewall part, timed in process.
+    pub(crate) firewall: FirewallPart,
+}
+
+/// The firewall part of berth-portmap's ADD and DEL, the current code's,
+/// timed in process at a level (see portmap.rs): the one nf_tables batch
+/// of the common ADD and of the common DEL, and with nothing published
+/// (level 0 only) the first ADD's and the last DEL's.
+#[derive(Debug, Serialize)]
+pub(crate) struct FirewallPart {
+    pub(crate) add: Spread,
+    pub(crate) del: Spread,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) first_add: Option<Spread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_del: Option<Spread>,
+    /// Issue 30's target for the common ADD's and DEL's medians.
+    pub(crate) target_ms: f64,
+}
+
+impl FirewallPart {
+    /// Both medians under the target.
+    pub(crate) fn pass(&self) -> bool {
+        [self.add.median_ms, self.del.median_ms]
+            .iter()
+            .all(|m| m.is_some_and(|m| m < self.target_ms))
+    }
 }
 
 /// Medians in ms, and their growth: the cost at this level over the cost
@@ -497,10 +596,20 @@ pub(crate) struct Cri {
     pub(crate) containerd: Option<String>,
     pub(crate) network: &'static str,
     pub(crate) berth: CriSummary,
+    /// berth's previous build (`--cni-path-before`), pods alternating with
+    /// the others'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) before: Option<CriSummary>,
     #[serde(rename = "ref")]
     pub(crate) reference: CriSummary,
     /// ref / berth of each figure.
     pub(crate) ratio: CriTimes,
+    /// before / berth of each figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio_before: Option<CriTimes>,
+    /// ref / before of each figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio_ref_over_before: Option<CriTimes>,
 }
 
 /// One implementation's medians.
@@ -606,10 +715,15 @@ pub(crate) struct Reconcile {
     /// Flushes that could not be measured, a storm the port did not
     /// come back from.
     pub(crate) errors: Vec<String>,
+    /// berth's previous build (`--cni-path-before`): the same figures, its
+    /// own host namespace and watcher, flushes alternating with berth's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) before: Option<Box<Reconcile>>,
 }
 
 impl Reconcile {
-    /// Every flush measured and the port back in time after the storm.
+    /// Every flush measured and the port back in time after the storm
+    /// (berth's; the previous build's figures are reported, not judged).
     pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty() && self.after_storm_pass
     }
@@ -751,6 +865,9 @@ pub(crate) struct BandwidthLevel {
     /// (netns, chain ADD each), in seconds.
     pub(crate) berth_fill_secs: f64,
     pub(crate) ref_fill_secs: f64,
+    /// berth's previous build's (with `--cni-path-before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) before_fill_secs: Option<f64>,
     /// In the order of [`ChainStep::NAMES`].
     pub(crate) steps: Vec<ChainStep>,
 }
@@ -760,10 +877,16 @@ pub(crate) struct BandwidthLevel {
 pub(crate) struct ChainStep {
     pub(crate) step: &'static str,
     pub(crate) berth: Spread,
+    /// berth's previous build (`--cni-path-before`), in the same rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) before: Option<Spread>,
     #[serde(rename = "ref")]
     pub(crate) reference: Spread,
     /// ref / berth, medians.
     pub(crate) ratio: Option<f64>,
+    /// before / berth, medians.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio_before: Option<f64>,
 }
 
 impl ChainStep {
