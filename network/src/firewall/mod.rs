@@ -76,7 +76,7 @@ pub use spoofchk::{
 };
 pub use state::NetworkState;
 pub use table::{
-    apply, apply_in, network_batch, network_missing_from_listing, network_present,
+    apply, apply_in, apply_listed_in, network_batch, network_missing_from_listing, network_present,
     network_present_in, network_state, network_state_in, release_network_in, remove, remove_in,
     remove_table, remove_table_if_empty_in, remove_table_in, remove_with_bridge_in, NetworkRules,
 };

@@ -104,7 +104,7 @@ pub fn ensure(state: &State, lock: &Lock, fw: &NetworkFirewall) -> Result<()> {
 /// marker that the network's removal acts on.
 pub fn install(state: &State, lock: &Lock, fw: &NetworkFirewall) -> Result<()> {
     state.write_rules_marker(lock, &fw.network, &fw.marker(true))?;
-    super::apply(&fw.rules())?;
+    super::apply_listed_in(None, &fw.rules())?;
     // Docker may have started since the last network was set up: this is
     // where a missing DOCKER-USER exception gets (re)added.
     super::ensure_docker_user_in(None)?;

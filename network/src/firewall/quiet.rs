@@ -42,6 +42,7 @@
 //! The forward chain `quiet` of earlier versions is removed when the
 //! chain is made or dropped.
 
+use super::listing::TableListing;
 use super::spoofchk::bridge_table;
 use crate::{Error, Result};
 use berth_kernel::nf_tables::value::{cmp, meta};
@@ -72,15 +73,19 @@ fn base(name: &str, hook: Hook) -> Chain {
 }
 
 /// Makes the table and the chain if missing, and removes the old forward
-/// chain (made first, so deleting it never fails for its absence).
-fn chain(b: &mut Batch) -> Chain {
+/// chain (made first, so deleting it never fails for its absence) unless
+/// `bridge` (the table's listing; None: no such table) shows it is not
+/// there.
+fn chain(b: &mut Batch, bridge: Option<Option<&TableListing>>) -> Chain {
     let old = base(OLD_QUIET_CHAIN, Hook::Forward);
     let quiet = base(QUIET_CHAIN, Hook::Prerouting);
-    b.add_table(&bridge_table())
-        .add_chain(&old)
-        .flush_chain(&old.at)
-        .delete_chain(&old.at)
-        .add_chain(&quiet);
+    b.add_table(&bridge_table());
+    let old_absent =
+        bridge.is_some_and(|l| l.is_none_or(|l| l.chain_rules(OLD_QUIET_CHAIN).is_none()));
+    if !old_absent {
+        b.add_chain(&old).flush_chain(&old.at).delete_chain(&old.at);
+    }
+    b.add_chain(&quiet);
     quiet
 }
 
@@ -128,8 +133,28 @@ pub fn quiet_add_in(ns: Option<&Netns>, port_prefixes: &[String]) -> Result<()> 
 
 /// What [`quiet_add_in`] commits.
 pub fn quiet_batch(port_prefixes: &[String]) -> Result<Batch> {
+    quiet_batch_given(port_prefixes, None)
+}
+
+/// [`quiet_batch`], knowing `bridge berth` as `bridge` lists it (None:
+/// unknown; Some(None): no such table): nothing if the chain holds a rule
+/// per prefix already, and no removal of an old chain that is not there.
+/// (A commit that removes nothing leaves the kernel nothing to free, which
+/// a process would wait for when it closes its socket.)
+pub(crate) fn quiet_batch_given(
+    port_prefixes: &[String],
+    bridge: Option<Option<&TableListing>>,
+) -> Result<Batch> {
+    let full = bridge.flatten().is_some_and(|l| {
+        l.chain_rules(QUIET_CHAIN)
+            .is_some_and(|r| r == port_prefixes.len())
+            && l.chain_rules(OLD_QUIET_CHAIN).is_none()
+    });
+    if full {
+        return Ok(Batch::new());
+    }
     let mut b = Batch::new();
-    let quiet = chain(&mut b);
+    let quiet = chain(&mut b, bridge);
     b.flush_chain(&quiet.at);
     for p in port_prefixes {
         super::check_ifname(p)?;
@@ -149,7 +174,7 @@ pub fn quiet_remove_in(ns: Option<&Netns>) -> Result<()> {
 /// What [`quiet_remove_in`] commits.
 pub(crate) fn quiet_remove_batch() -> Batch {
     let mut b = Batch::new();
-    let quiet = chain(&mut b);
+    let quiet = chain(&mut b, None);
     b.delete_chain(&quiet.at);
     b
 }
@@ -161,7 +186,7 @@ mod tests {
     #[test]
     fn one_rule_and_one_set_per_prefix() {
         let mut b = Batch::new();
-        let quiet = chain(&mut b);
+        let quiet = chain(&mut b, None);
         let r = quiet_rule(&mut b, &quiet, "bv");
         assert_eq!(r.exprs[1], cmp(CmpOp::Eq, b"bv".to_vec()));
         b.add_rule(r);
@@ -173,5 +198,18 @@ mod tests {
             c.last().map(String::as_str),
             Some("add rule to bridge berth quiet_ingress")
         );
+    }
+
+    #[test]
+    fn a_known_table_is_not_cleaned_of_what_it_lacks() {
+        let prefixes = vec!["bv".to_string(), "vb".to_string()];
+        for bridge in [None, Some(None)] {
+            let b = quiet_batch_given(&prefixes, bridge).unwrap_or_default();
+            let deletes = b.describe().iter().any(|c| c.starts_with("delete"));
+            // Unknown: the old chain is removed whether or not it is
+            // there; no table: there is nothing to remove.
+            assert_eq!(deletes, bridge.is_none(), "{bridge:?}: {:?}", b.describe());
+            assert_eq!(b.rules().count(), 2);
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::listing::TableListing;
 use super::names::{chain_names, ChainNames};
 use super::NetworkRules;
 use berth_kernel::nf_tables::value::{
@@ -82,17 +83,45 @@ fn ensure_empty_chain(b: &mut Batch, chain: &Chain) {
     b.add_chain(chain).flush_chain(&chain.at);
 }
 
-/// Removes `chain` whether or not it exists. Flushed first: a chain must
-/// be empty to be deleted on older kernels.
-fn drop_chain(b: &mut Batch, chain: &Chain) {
+/// Removes `chain` whether or not it exists, unless `known` says it is
+/// not there. Flushed first: a chain must be empty to be deleted on older
+/// kernels.
+fn drop_chain(b: &mut Batch, known: &Known, chain: &Chain) {
+    if known.absent(&chain.at.name) {
+        return;
+    }
     ensure_empty_chain(b, chain);
     b.delete_chain(&chain.at);
 }
 
-/// Removes `set` whether or not it exists (must come after the rules
-/// referring to it are gone).
-fn drop_set(b: &mut Batch, set: &Set) {
+/// Removes `set` whether or not it exists, unless `known` says it is not
+/// there (must come after the rules referring to it are gone).
+fn drop_set(b: &mut Batch, known: &Known, set: &Set) {
+    if known.absent(&set.name) {
+        return;
+    }
     b.add_set(set).delete_set(&set.table, &set.name);
+}
+
+/// What is known of `inet berth` before a batch: with a listing, objects
+/// that are not there need no removing. Removing nothing matters beyond
+/// the batch: what a commit removes the kernel frees after a grace period,
+/// which the process then waits for when it closes its socket.
+pub(crate) enum Known<'a> {
+    /// Anything may be there.
+    Nothing,
+    /// The table as listed (None: there is no such table).
+    Listing(Option<&'a TableListing>),
+}
+
+impl Known<'_> {
+    fn absent(&self, object: &str) -> bool {
+        match self {
+            Known::Nothing => false,
+            Known::Listing(None) => true,
+            Known::Listing(Some(l)) => l.chain_rules(object).is_none() && !l.has_set(object),
+        }
+    }
 }
 
 /// `ip saddr @set ip daddr != @set ip daddr != 224.0.0.0/4 masquerade` (or
@@ -271,7 +300,7 @@ fn split_subnets(nets: &[IpNet]) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
 }
 
 /// The batch that makes `rules` the network's exact rule set.
-pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch {
+pub(crate) fn apply_batch(rules: &NetworkRules, known: &Known) -> Batch {
     let n = chain_names(&rules.network);
     let comment = comment_for(&rules.network);
     let (v4, v6) = split_subnets(&rules.masquerade);
@@ -279,9 +308,9 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch {
     b.add_table(&table());
 
     if v4.is_empty() && v6.is_empty() {
-        drop_chain(&mut b, &nat_chain(&n));
-        drop_set(&mut b, &addr_set(&n.set_v4, false));
-        drop_set(&mut b, &addr_set(&n.set_v6, true));
+        drop_chain(&mut b, known, &nat_chain(&n));
+        drop_set(&mut b, known, &addr_set(&n.set_v4, false));
+        drop_set(&mut b, known, &addr_set(&n.set_v6, true));
     } else {
         // Flush the chain before touching the sets: a set still referenced
         // by a rule cannot be deleted.
@@ -294,7 +323,7 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch {
         for (set_name, nets, is_v6) in families {
             let set = addr_set(set_name, is_v6);
             if nets.is_empty() {
-                drop_set(&mut b, &set);
+                drop_set(&mut b, known, &set);
                 continue;
             }
             b.add_set(&set)
@@ -329,7 +358,7 @@ pub(crate) fn apply_batch(rules: &NetworkRules) -> Batch {
             b.add_rule(uplink_rule(&fwd.at, &rules.bridge, uplink, &comment));
         }
     } else {
-        drop_chain(&mut b, &fwd);
+        drop_chain(&mut b, known, &fwd);
     }
     b
 }
@@ -354,10 +383,10 @@ pub(crate) fn remove_batch(network: &str, bridge: Option<&str>) -> Batch {
             .add_elements(&table(), BRIDGES_SET, bridge_element(br))
             .delete_elements(&table(), BRIDGES_SET, bridge_element(br));
     }
-    drop_chain(&mut b, &nat_chain(&n));
-    drop_chain(&mut b, &fwd_chain(&n));
-    drop_set(&mut b, &addr_set(&n.set_v4, false));
-    drop_set(&mut b, &addr_set(&n.set_v6, true));
+    drop_chain(&mut b, &Known::Nothing, &nat_chain(&n));
+    drop_chain(&mut b, &Known::Nothing, &fwd_chain(&n));
+    drop_set(&mut b, &Known::Nothing, &addr_set(&n.set_v4, false));
+    drop_set(&mut b, &Known::Nothing, &addr_set(&n.set_v6, true));
     b
 }
 
@@ -389,7 +418,7 @@ mod tests {
     #[test]
     fn apply_v4_only_with_forward() {
         let n = chain_names("net1");
-        let b = apply_batch(&rules(&["10.88.0.5/16"], true));
+        let b = apply_batch(&rules(&["10.88.0.5/16"], true), &Known::Nothing);
         let c = b.describe();
         assert_eq!(c[0], "add table inet berth");
         assert!(has(&c, &format!("flush chain inet berth {}", n.nat)));
@@ -431,7 +460,7 @@ mod tests {
     #[test]
     fn apply_without_masquerade_drops_nat_objects() {
         let n = chain_names("net1");
-        let b = apply_batch(&rules(&[], false));
+        let b = apply_batch(&rules(&[], false), &Known::Nothing);
         let c = b.describe();
         for name in [&n.nat, &n.forward] {
             assert!(has(&c, &format!("delete chain inet berth {name}")));
@@ -463,7 +492,7 @@ mod tests {
 
     #[test]
     fn v6_rule_matches_ip6_and_multicast() {
-        let b = apply_batch(&rules(&["fd10::/64"], false));
+        let b = apply_batch(&rules(&["fd10::/64"], false), &Known::Nothing);
         let r: Vec<&Rule> = b.rules().collect();
         assert_eq!(r.len(), 1);
         // meta nfproto ipv6 first, ff00::/8 as one byte.
@@ -492,5 +521,24 @@ mod tests {
     #[test]
     fn comment_has_no_quotes() {
         assert_eq!(comment_for("a\"b\\c\n"), "berth network a_b_c_");
+    }
+
+    #[test]
+    fn a_first_apply_removes_nothing() {
+        // A v4-only network without forwarding, into a host with no
+        // table: unknown, its v6 set and forward chain are removed in
+        // case they are there; known absent, nothing is.
+        let r = rules(&["10.88.0.5/16"], false);
+        let removals = |known: &Known| {
+            apply_batch(&r, known)
+                .describe()
+                .into_iter()
+                .filter(|c| c.starts_with("delete"))
+                .count()
+        };
+        assert!(removals(&Known::Nothing) > 0);
+        // (Its new chain and set are still flushed: empty, they lose
+        // nothing.)
+        assert_eq!(removals(&Known::Listing(None)), 0);
     }
 }

@@ -5,10 +5,12 @@ use berth_kernel::nf_tables::Batch;
 use ipnet::IpNet;
 
 use super::docker::remove_docker_user_batch;
+use super::listing::list_table_in;
 use super::listing::TableListing;
 use super::names::{chain_names, ChainNames};
-use super::rules::{self, BRIDGES_SET};
+use super::rules::{self, Known, BRIDGES_SET, TABLE};
 use super::spoofchk;
+use super::spoofchk::SPOOFCHK_TABLE;
 use super::state::{self, NetworkState};
 use super::{check_ifname, quiet};
 
@@ -69,9 +71,32 @@ pub fn apply_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
         .map_err(Error::firewall)
 }
 
+/// [`apply_in`], after listing `inet berth` and `bridge berth`: the batch
+/// leaves out removing what is not there and refilling a quiet chain that
+/// is full, so a network's first ADD removes nothing and its process has
+/// no grace period to wait for when it closes its socket (see
+/// berth_kernel::nf_tables). The caller holds berth's host-wide lock, so
+/// the listings stay true until the commit.
+pub fn apply_listed_in(ns: Option<&Netns>, rules: &NetworkRules) -> Result<()> {
+    let inet = list_table_in(ns, "inet", TABLE)?;
+    let bridge = list_table_in(ns, "bridge", SPOOFCHK_TABLE)?;
+    let op = format!("apply firewall rules of network {}", rules.network);
+    network_batch_given(rules, &Known::Listing(inet.as_ref()), Some(bridge.as_ref()))?
+        .commit(ns, &op)
+        .map_err(Error::firewall)
+}
+
 /// What [`apply`] commits: the network's objects, and the quiet chain
 /// for its bridge's ports, in one transaction.
 pub fn network_batch(rules: &NetworkRules) -> Result<Batch> {
+    network_batch_given(rules, &Known::Nothing, None)
+}
+
+fn network_batch_given(
+    rules: &NetworkRules,
+    inet: &Known,
+    bridge: Option<Option<&TableListing>>,
+) -> Result<Batch> {
     check_network(&rules.network)?;
     if rules.forward {
         check_ifname(&rules.bridge)?;
@@ -81,9 +106,9 @@ pub fn network_batch(rules: &NetworkRules) -> Result<Batch> {
     }
     let mut b = Batch::new();
     if rules.forward && !rules.quiet_ports.is_empty() {
-        b.extend(quiet::quiet_batch(&rules.quiet_ports)?);
+        b.extend(quiet::quiet_batch_given(&rules.quiet_ports, bridge)?);
     }
-    b.extend(rules::apply_batch(rules));
+    b.extend(rules::apply_batch(rules, inet));
     Ok(b)
 }
 
