@@ -173,6 +173,19 @@ fn ready_pair(tag: &str, keys1: Value, keys2: Value) -> Pair {
     let (a1, a2) = (h1.agent(), h2.agent());
     h1.wait_ready(&a1, Duration::from_secs(10));
     h2.wait_ready(&a2, Duration::from_secs(10));
+    // Ready is about the node itself: the first to be ready may not have
+    // seen the other's lease yet, and a pod's first packet to the other
+    // node would find no route.
+    for h in [&h1, &h2] {
+        assert!(
+            overlay_hosts::within(Duration::from_secs(5), || h
+                .probe("/readyz")
+                .is_some_and(|(_, b)| b.contains("1 peers"))),
+            "{} never saw the other node: {:?}",
+            h.name,
+            h.probe("/readyz")
+        );
+    }
     Pair {
         a1,
         a2,
