@@ -319,28 +319,29 @@ fn compare(run: &Run, rows: &[CompareRow]) -> String {
     for r in rows {
         let reference = r.reference.as_ref();
         let old = r.before.as_ref();
-        let mut cells = vec![r.n.to_string(), ms(r.berth.add_median_ms)];
-        if three {
-            cells.extend([
-                ms(old.and_then(|s| s.add_median_ms)),
-                fx2(r.add_ratio_before_over_berth),
-            ]);
-        }
-        cells.extend([
-            ms(reference.and_then(|s| s.add_median_ms)),
-            fx(r.add_ratio_ref_over_berth),
-            ms(r.berth.del_median_ms),
-        ]);
-        if three {
-            cells.extend([
-                ms(old.and_then(|s| s.del_median_ms)),
-                fx2(r.del_ratio_before_over_berth),
-            ]);
-        }
-        cells.extend([
-            ms(reference.and_then(|s| s.del_median_ms)),
-            fx(r.del_ratio_ref_over_berth),
-        ]);
+        let mut cells = vec![r.n.to_string()];
+        // One verb's columns: berth, (before, before/berth,) reference, ratio.
+        let mut verb = |berth, before, before_ratio, refm, ref_ratio| {
+            cells.push(ms(berth));
+            if three {
+                cells.extend([ms(before), fx2(before_ratio)]);
+            }
+            cells.extend([ms(refm), fx(ref_ratio)]);
+        };
+        verb(
+            r.berth.add_median_ms,
+            old.and_then(|s| s.add_median_ms),
+            r.add_ratio_before_over_berth,
+            reference.and_then(|s| s.add_median_ms),
+            r.add_ratio_ref_over_berth,
+        );
+        verb(
+            r.berth.del_median_ms,
+            old.and_then(|s| s.del_median_ms),
+            r.del_ratio_before_over_berth,
+            reference.and_then(|s| s.del_median_ms),
+            r.del_ratio_ref_over_berth,
+        );
         row(&mut b, &cells);
     }
     let growth: Vec<&CompareRow> = rows.iter().filter(|r| r.n >= 200).collect();

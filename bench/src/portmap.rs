@@ -64,7 +64,13 @@ const BRIDGE: &str = "pmbench0";
 /// The containers' addresses: 10.200.0.0/16, container `i` at
 /// 10.200.<i/250>.<i%250 + 2> (.1 of the first /24 is the bridge's).
 fn container_ip(i: usize) -> String {
-    format!("10.200.{}.{}", i / 250, i % 250 + 2)
+    container_addr(i).to_string()
+}
+
+/// [`container_ip`] as an address: 10.200.0.0/16 counted in 250s.
+fn container_addr(i: usize) -> std::net::Ipv4Addr {
+    let (hi, lo) = ((i / 250) as u32, (i % 250 + 2) as u32);
+    std::net::Ipv4Addr::from(u32::from_be_bytes([10, 200, 0, 0]) + (hi << 8) + lo)
 }
 
 /// One implementation at one level.
@@ -267,7 +273,7 @@ fn no_conditions() -> Conditions {
 /// address, the container address for forwarding, its host-side link (the
 /// bench host's bridge) for hairpin and its address for 127.0.0.1.
 fn published(i: usize, first_port: u16) -> PublishedPorts {
-    let c: std::net::IpAddr = container_ip(i).parse().expect("an IPv4 address");
+    let c = std::net::IpAddr::V4(container_addr(i));
     let mapping = |protocol, host_port, container_port| PortMapping {
         protocol,
         host_ip: None,
@@ -483,6 +489,14 @@ pub(crate) const FIREWALL_TARGET_MS: f64 = 0.5;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_addresses_count_in_250s() {
+        assert_eq!(container_ip(0), "10.200.0.2");
+        assert_eq!(container_ip(249), "10.200.0.251");
+        assert_eq!(container_ip(250), "10.200.1.2");
+        assert_eq!(container_ip(4999), "10.200.19.251");
+    }
 
     #[test]
     fn reference_rules_have_the_reference_layout() {

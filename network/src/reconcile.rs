@@ -142,8 +142,13 @@ pub fn pass() -> Result<Pass> {
     if !networks.is_empty() {
         let prefixes = crate::names::port_prefixes();
         // (Adding a check leaves the quiet chain as it is: this listing
-        // still tells whether that is there.)
-        let bridge = list_table_in(None, "bridge", SPOOFCHK_TABLE)?;
+        // still tells whether that is there.) The first listing still
+        // holds unless a repair above changed the table.
+        let bridge = if repaired.is_empty() {
+            bridge
+        } else {
+            list_table_in(None, "bridge", SPOOFCHK_TABLE)?
+        };
         for fw in &networks {
             let records = state.records(&fw.network);
             for (host_veth, mac) in state.spoof_macs(&fw.network) {
